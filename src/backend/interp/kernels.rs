@@ -1,0 +1,208 @@
+//! The interpreter's kernels: one plain loop nest per primitive.
+
+use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::tensor::{strides, Tensor};
+
+pub fn unary(op: UnaryOp, a: &Tensor) -> Tensor {
+    let f = |x: f32| match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Tanh => x.tanh(),
+    };
+    Tensor::new(a.shape.clone(), a.data.iter().map(|&x| f(x)).collect())
+}
+
+/// NaN-propagating maximum and minimum (f32::max would drop a NaN).
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || a > b {
+        a
+    } else {
+        b
+    }
+}
+
+fn min_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || a < b {
+        a
+    } else {
+        b
+    }
+}
+
+pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
+    let f = |x: f32, y: f32| match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Pow => x.powf(y),
+        BinaryOp::Max => max_nan(x, y),
+        BinaryOp::Min => min_nan(x, y),
+    };
+    Tensor::new(a.shape.clone(), a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect())
+}
+
+pub fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
+    let f = |x: f32, y: f32| match op {
+        CmpOp::Eq => x == y,
+        CmpOp::Ne => x != y,
+        CmpOp::Lt => x < y,
+        CmpOp::Le => x <= y,
+        CmpOp::Gt => x > y,
+        CmpOp::Ge => x >= y,
+    };
+    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| if f(x, y) { 1.0 } else { 0.0 }).collect();
+    Tensor::new(a.shape.clone(), data)
+}
+
+pub fn select(c: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
+    let data = c
+        .data
+        .iter()
+        .zip(a.data.iter().zip(&b.data))
+        .map(|(&c, (&x, &y))| if c != 0.0 { x } else { y })
+        .collect();
+    Tensor::new(a.shape.clone(), data)
+}
+
+/// Calls `f(flat_index, multi_index)` for every element of `shape`, in
+/// row-major order.
+fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
+    let total: usize = shape.iter().product();
+    let mut idx = vec![0usize; shape.len()];
+    for flat in 0..total {
+        f(flat, &idx);
+        for ax in (0..shape.len()).rev() {
+            idx[ax] += 1;
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+pub fn reduce(op: ReduceOp, a: &Tensor, axes: &[usize]) -> Tensor {
+    let out_shape: Vec<usize> = a
+        .shape
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect();
+    let out_strides = strides(&out_shape);
+    let start = if op == ReduceOp::Max { f32::NEG_INFINITY } else { 0.0 };
+    let mut out = vec![start; out_shape.iter().product()];
+    for_each_index(&a.shape, |flat, idx| {
+        let mut o = 0;
+        let mut k = 0;
+        for (ax, &i) in idx.iter().enumerate() {
+            if !axes.contains(&ax) {
+                o += i * out_strides[k];
+                k += 1;
+            }
+        }
+        let x = a.data[flat];
+        out[o] = match op {
+            ReduceOp::Sum | ReduceOp::Mean => out[o] + x,
+            ReduceOp::Max => max_nan(x, out[o]),
+        };
+    });
+    if op == ReduceOp::Mean {
+        let count: usize = axes.iter().map(|&ax| a.shape[ax]).product();
+        for v in &mut out {
+            *v /= count as f32;
+        }
+    }
+    Tensor::new(out_shape, out)
+}
+
+pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    let r = a.shape.len();
+    let (m, k, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+    let batch: usize = a.shape[..r - 2].iter().product();
+    let mut out = vec![0.0f32; batch * m * n];
+    for bi in 0..batch {
+        let (ao, bo, oo) = (bi * m * k, bi * k * n, bi * m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    acc += a.data[ao + i * k + p] * b.data[bo + p * n + j];
+                }
+                out[oo + i * n + j] = acc;
+            }
+        }
+    }
+    let mut shape = a.shape[..r - 1].to_vec();
+    shape.push(n);
+    Tensor::new(shape, out)
+}
+
+pub fn transpose(a: &Tensor, perm: &[usize]) -> Tensor {
+    let out_shape: Vec<usize> = perm.iter().map(|&p| a.shape[p]).collect();
+    let in_strides = strides(&a.shape);
+    let mut out = Vec::with_capacity(a.len());
+    for_each_index(&out_shape, |_, idx| {
+        let src: usize = idx.iter().zip(perm).map(|(&i, &p)| i * in_strides[p]).sum();
+        out.push(a.data[src]);
+    });
+    Tensor::new(out_shape, out)
+}
+
+pub fn broadcast(a: &Tensor, out_shape: &[usize]) -> Tensor {
+    let offset = out_shape.len() - a.shape.len();
+    let in_strides = strides(&a.shape);
+    let mut out = Vec::with_capacity(out_shape.iter().product());
+    for_each_index(out_shape, |_, idx| {
+        let mut src = 0;
+        for (ax, &d) in a.shape.iter().enumerate() {
+            if d != 1 {
+                src += idx[ax + offset] * in_strides[ax];
+            }
+        }
+        out.push(a.data[src]);
+    });
+    Tensor::new(out_shape.to_vec(), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], data: &[f32]) -> Tensor {
+        Tensor::new(shape.to_vec(), data.to_vec())
+    }
+
+    #[test]
+    fn matmul_multiplies_batches() {
+        let a = t(&[2, 1, 2], &[1., 2., 3., 4.]);
+        let b = t(&[2, 2, 1], &[5., 6., 7., 8.]);
+        assert_eq!(matmul(&a, &b), t(&[2, 1, 1], &[17., 53.]));
+    }
+
+    #[test]
+    fn reduce_over_each_axis() {
+        let a = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        assert_eq!(reduce(ReduceOp::Sum, &a, &[0]), t(&[3], &[5., 7., 9.]));
+        assert_eq!(reduce(ReduceOp::Max, &a, &[1]), t(&[2], &[3., 6.]));
+        assert_eq!(reduce(ReduceOp::Mean, &a, &[0, 1]), t(&[], &[3.5]));
+    }
+
+    #[test]
+    fn broadcast_and_transpose_move_elements() {
+        let a = t(&[2, 1], &[1., 2.]);
+        assert_eq!(broadcast(&a, &[2, 2, 3]).data, vec![1., 1., 1., 2., 2., 2., 1., 1., 1., 2., 2., 2.]);
+        let m = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        assert_eq!(transpose(&m, &[1, 0]), t(&[3, 2], &[1., 4., 2., 5., 3., 6.]));
+    }
+
+    #[test]
+    fn max_propagates_nan() {
+        let a = t(&[2], &[f32::NAN, 1.0]);
+        assert!(reduce(ReduceOp::Max, &a, &[0]).data[0].is_nan());
+    }
+}

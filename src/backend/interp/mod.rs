@@ -1,0 +1,182 @@
+//! The reference interpreter: evaluates an IR graph on `f32` tensors, node
+//! by node in arena order, with the plainest loops that are obviously
+//! right. It is the oracle for every other backend; speed is not its job.
+
+mod init;
+mod kernels;
+
+pub use init::{init_params, param_seed};
+
+use crate::diag::{self, code, Diag, Span};
+use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, Sym};
+use crate::tensor::Tensor;
+use cranelift_entity::{EntitySet, SecondaryMap};
+
+/// Options for a run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The run's seed: parameters without a seed of their own derive theirs
+    /// from it and their name.
+    pub seed: u64,
+}
+
+/// Why a graph could not be evaluated. Each becomes a diagnostic pointing
+/// at the declaration concerned.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error("input `{name}` has no value")]
+    MissingInput { name: String, span: Span },
+    #[error("input `{name}` has shape {found:?}, expected {expected}")]
+    InputShape { name: String, expected: String, found: Vec<usize>, span: Span },
+    #[error("dimension `{sym}` is {first} in one input and {second} in input `{name}`")]
+    SymConflict { sym: String, first: usize, second: usize, name: String, span: Span },
+    #[error("dimension `{sym}` is not bound by any input")]
+    UnboundSym { sym: String, span: Span },
+}
+
+impl Error {
+    pub fn to_diag(&self) -> Diag {
+        let msg = self.to_string();
+        match self {
+            Error::MissingInput { span, .. } => diag::error(code::INPUT, msg)
+                .with_labels(vec![span.primary("declared here without a value")])
+                .with_notes(vec!["help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into()]),
+            Error::InputShape { span, .. } | Error::SymConflict { span, .. } | Error::UnboundSym { span, .. } => {
+                diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
+            }
+        }
+    }
+}
+
+/// Values for a graph's parameters and inputs.
+pub struct Feed<'t> {
+    pub params: &'t SecondaryMap<ParamId, Tensor>,
+    /// Inputs given from outside; the rest take their declared value.
+    pub inputs: &'t SecondaryMap<InputId, Option<Tensor>>,
+}
+
+/// Evaluates the graph's outputs, in the order they are declared.
+pub fn run(g: &Graph, feed: &Feed) -> Result<Vec<Tensor>, Error> {
+    let roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
+    let values = evaluate(g, feed, &roots)?;
+    Ok(roots.iter().map(|n| values[*n].clone()).collect())
+}
+
+/// Evaluates every node the `roots` depend on; the others stay empty.
+pub fn evaluate(g: &Graph, feed: &Feed, roots: &[Node]) -> Result<SecondaryMap<Node, Tensor>, Error> {
+    let live = live_nodes(g, roots);
+    let inputs = input_values(g, feed, &live)?;
+    let syms = bind_syms(g, &inputs)?;
+    let mut vals: SecondaryMap<Node, Tensor> = SecondaryMap::new();
+    for (n, data) in g.nodes.iter() {
+        if !live.contains(n) {
+            continue;
+        }
+        let dims = |shape: &[Dim]| -> Result<Vec<usize>, Error> {
+            shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(k) => Ok(*k as usize),
+                    Dim::Sym(s) => syms[*s].ok_or_else(|| Error::UnboundSym {
+                        sym: g.syms[*s].name.clone(),
+                        span: data.span,
+                    }),
+                })
+                .collect()
+        };
+        let out_shape = dims(&data.ty.shape)?;
+        let v = match &data.op {
+            Op::Input(i) => inputs[*i].clone().unwrap_or_else(|| Tensor::full(out_shape.clone(), 0.0)),
+            Op::Param(p) => feed.params[*p].clone(),
+            Op::Const(c) => g.consts[*c].clone(),
+            Op::Fill { value, .. } => Tensor::full(out_shape.clone(), *value),
+            Op::Unary(op, a) => kernels::unary(*op, &vals[*a]),
+            Op::Binary(op, a, b) => kernels::binary(*op, &vals[*a], &vals[*b]),
+            Op::Compare(op, a, b) => kernels::compare(*op, &vals[*a], &vals[*b]),
+            Op::Select(c, a, b) => kernels::select(&vals[*c], &vals[*a], &vals[*b]),
+            Op::Reduce { op, arg, axes } => kernels::reduce(*op, &vals[*arg], axes),
+            Op::MatMul(a, b) => kernels::matmul(&vals[*a], &vals[*b]),
+            Op::Reshape(a, _) => Tensor::new(out_shape.clone(), vals[*a].data.clone()),
+            Op::Transpose(a, perm) => kernels::transpose(&vals[*a], perm),
+            Op::Broadcast(a, _) => kernels::broadcast(&vals[*a], &out_shape),
+        };
+        debug_assert_eq!(v.shape, out_shape, "{n}: kernel shape differs from the node's type");
+        vals[n] = v;
+    }
+    Ok(vals)
+}
+
+fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
+    let mut live = EntitySet::new();
+    for &r in roots {
+        live.insert(r);
+    }
+    for (n, d) in g.nodes.iter().rev() {
+        if live.contains(n) {
+            for a in d.op.args() {
+                live.insert(a);
+            }
+        }
+    }
+    live
+}
+
+fn input_values(g: &Graph, feed: &Feed, live: &EntitySet<Node>) -> Result<SecondaryMap<InputId, Option<Tensor>>, Error> {
+    let mut used: EntitySet<InputId> = EntitySet::new();
+    for (n, d) in g.nodes.iter() {
+        if let Op::Input(i) = d.op {
+            if live.contains(n) {
+                used.insert(i);
+            }
+        }
+    }
+    let mut out = SecondaryMap::new();
+    for (i, info) in g.inputs.iter() {
+        let v = feed.inputs[i].clone().or_else(|| info.default.map(|c| g.consts[c].clone()));
+        if v.is_none() && used.contains(i) {
+            return Err(Error::MissingInput {
+                name: info.name.clone(),
+                span: info.span,
+            });
+        }
+        out[i] = v;
+    }
+    Ok(out)
+}
+
+/// Binds every symbolic dimension from the inputs' actual shapes.
+fn bind_syms(g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
+    let mut syms: SecondaryMap<Sym, Option<usize>> = SecondaryMap::new();
+    for (i, info) in g.inputs.iter() {
+        let Some(t) = &inputs[i] else { continue };
+        let shape = &info.ty.shape;
+        let mismatch = || Error::InputShape {
+            name: info.name.clone(),
+            expected: g.shape_str(shape),
+            found: t.shape.clone(),
+            span: info.span,
+        };
+        if t.shape.len() != shape.len() {
+            return Err(mismatch());
+        }
+        for (&n, d) in t.shape.iter().zip(shape) {
+            match d {
+                Dim::Known(k) if *k as usize != n => return Err(mismatch()),
+                Dim::Known(_) => {}
+                Dim::Sym(s) => match syms[*s] {
+                    Some(first) if first != n => {
+                        return Err(Error::SymConflict {
+                            sym: g.syms[*s].name.clone(),
+                            first,
+                            second: n,
+                            name: info.name.clone(),
+                            span: info.span,
+                        })
+                    }
+                    _ => syms[*s] = Some(n),
+                },
+            }
+        }
+    }
+    Ok(syms)
+}

@@ -1,0 +1,221 @@
+//! The `nnc` command line.
+
+use crate::backend::interp;
+use crate::diag::{self, Diagnostics, SourceMap};
+use crate::driver::output;
+use crate::ir::Graph;
+use crate::pipeline::{self, Compilation, Stage};
+use clap::{Parser, Subcommand, ValueEnum};
+use cranelift_entity::SecondaryMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nnc",
+    version,
+    about = "A compiler for neural networks written close to the math",
+    after_help = "Examples:\n  nnc check model.nn\n  nnc compile model.nn --emit ir\n  nnc run examples/neuron.nn --format json"
+)]
+pub struct Cli {
+    /// When to colour diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a file: exit 0 if it is valid, else print diagnostics and exit 1.
+    #[command(after_help = "Example:\n  nnc check examples/neuron.nn")]
+    Check {
+        /// The .nn file.
+        file: PathBuf,
+    },
+    /// Compile a file and print a stage of the pipeline.
+    #[command(after_help = "Examples:\n  nnc compile examples/neuron.nn --emit ast\n  nnc compile examples/neuron.nn --emit ir")]
+    Compile {
+        /// The .nn file.
+        file: PathBuf,
+        /// The stage to print.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+    },
+    /// Evaluate a file's `output`s and print them.
+    #[command(after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json")]
+    Run {
+        /// The .nn file.
+        file: PathBuf,
+        /// How to print the outputs.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Seed for parameters initialised at random (without a seed of their own).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    Ast,
+    Ir,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Runs the command line; returns the process exit code (0 success, 1
+/// diagnostics). Usage errors exit with 2 inside clap.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal(),
+    };
+    match execute(&cli.command) {
+        Ok(out) => {
+            print!("{}", out.stdout);
+            eprint!("{}", out.render(color));
+            0
+        }
+        Err(out) => {
+            print!("{}", out.stdout);
+            eprint!("{}", out.render(color));
+            1
+        }
+    }
+}
+
+/// What a command printed: stdout text and diagnostics.
+pub struct Outcome {
+    pub stdout: String,
+    pub sources: SourceMap,
+    pub diags: Diagnostics,
+}
+
+impl Outcome {
+    fn render(&self, color: bool) -> String {
+        self.diags.render(&self.sources, color)
+    }
+
+    fn from(c: Compilation, stdout: String) -> Outcome {
+        Outcome {
+            stdout,
+            sources: c.sources,
+            diags: c.diags,
+        }
+    }
+}
+
+/// Executes a command; `Err` means the exit code is 1.
+pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
+    match cmd {
+        Command::Check { file } => {
+            let c = load(file, Stage::Ir)?;
+            finish(c, String::new())
+        }
+        Command::Compile { file, emit } => {
+            let stage = match emit {
+                Emit::Ast => Stage::Ast,
+                Emit::Ir => Stage::Ir,
+            };
+            let c = load(file, stage)?;
+            let text = match (emit, &c.ast, &c.graph) {
+                (Emit::Ast, Some(a), _) => crate::syntax::print_ast(a),
+                (Emit::Ir, _, Some(g)) => crate::ir::print_graph(g),
+                _ => String::new(),
+            };
+            finish(c, text)
+        }
+        Command::Run { file, format, seed } => {
+            let mut c = load(file, Stage::Ir)?;
+            let Some(g) = c.graph.take() else {
+                return Err(Outcome::from(c, String::new()));
+            };
+            match run_graph(&g, *seed) {
+                Ok(outputs) => {
+                    if outputs.is_empty() {
+                        c.diags.push(
+                            diag::warning("this file declares no outputs, so nothing was printed")
+                                .with_notes(vec!["help: name a result with `output z = ...`".into()]),
+                        );
+                    }
+                    warn_non_finite(&g, &outputs, &mut c.diags);
+                    let text = match format {
+                        Format::Text => output::text(&outputs),
+                        Format::Json => output::json(&outputs) + "\n",
+                    };
+                    Ok(Outcome::from(c, text))
+                }
+                Err(e) => {
+                    c.diags.push(e.to_diag());
+                    Err(Outcome::from(c, String::new()))
+                }
+            }
+        }
+    }
+}
+
+/// Evaluates a graph's outputs with the reference interpreter.
+pub fn run_graph(g: &Graph, seed: u64) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+    let params = interp::init_params(g, seed);
+    let inputs = SecondaryMap::new();
+    let values = interp::run(
+        g,
+        &interp::Feed {
+            params: &params,
+            inputs: &inputs,
+        },
+    )?;
+    Ok(g.outputs.iter().map(|o| o.name.clone()).zip(values).collect())
+}
+
+fn warn_non_finite(g: &Graph, outputs: &[(String, crate::tensor::Tensor)], diags: &mut Diagnostics) {
+    for ((name, t), o) in outputs.iter().zip(&g.outputs) {
+        if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
+            diags.push(
+                diag::warning(format!("output `{name}` contains a non-finite value ({v})"))
+                    .with_labels(vec![o.span.primary("computed here")])
+                    .with_notes(vec!["note: look for log of 0 or a negative number, division by 0, or overflowing exp".into()]),
+            );
+        }
+    }
+}
+
+fn finish(c: Compilation, stdout: String) -> Result<Outcome, Outcome> {
+    if c.diags.has_errors() {
+        Err(Outcome::from(c, String::new()))
+    } else {
+        Ok(Outcome::from(c, stdout))
+    }
+}
+
+/// Reads and compiles a file; a file that cannot be read is an error
+/// without a source location.
+fn load(path: &Path, stage: Stage) -> Result<Compilation, Outcome> {
+    match pipeline::read_source(path) {
+        Ok(text) => Ok(pipeline::compile(&path.display().to_string(), &text, stage)),
+        Err(d) => {
+            let mut diags = Diagnostics::new();
+            diags.push(d);
+            Err(Outcome {
+                stdout: String::new(),
+                sources: SourceMap::new(),
+                diags,
+            })
+        }
+    }
+}
+

@@ -1,0 +1,4 @@
+//! The user-facing drivers: the `nnc` command line (and, later, the REPL).
+
+pub mod cli;
+pub mod output;

@@ -1,0 +1,108 @@
+//! Dimensions, shapes and the shape rules shared by sema and the IR:
+//! NumPy broadcasting and element counts with symbolic dimensions.
+
+use super::Sym;
+use std::fmt;
+
+/// One dimension: a number known at compile time, or a symbol (`B`) bound
+/// when the graph runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Known(u64),
+    Sym(Sym),
+}
+
+/// The element type. Only `f32` exists today; comparisons produce `f32`
+/// masks of 0 and 1. The enum leaves room for `f16`, `bf16` and `i32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DType::F32 => f.write_str("f32"),
+        }
+    }
+}
+
+pub type Shape = Vec<Dim>;
+
+/// The type of every IR value: an element type and a shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Type {
+    pub dtype: DType,
+    pub shape: Shape,
+}
+
+impl Type {
+    pub fn f32(shape: Shape) -> Type {
+        Type {
+            dtype: DType::F32,
+            shape,
+        }
+    }
+}
+
+/// Where two shapes fail to broadcast: the axis (counted from the left of
+/// the result) and the two clashing dimensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastError {
+    pub axis: usize,
+    pub left: Dim,
+    pub right: Dim,
+}
+
+/// NumPy broadcasting: align from the right; equal dims stay, a `1`
+/// stretches to the other side. A symbol only matches itself or 1, since
+/// its value is unknown until the graph runs.
+pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Shape, BroadcastError> {
+    let rank = a.len().max(b.len());
+    let mut out = Vec::with_capacity(rank);
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { Dim::Known(1) };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { Dim::Known(1) };
+        out.push(match (da, db) {
+            (x, y) if x == y => x,
+            (Dim::Known(1), y) => y,
+            (x, Dim::Known(1)) => x,
+            (x, y) => {
+                return Err(BroadcastError {
+                    axis: i,
+                    left: x,
+                    right: y,
+                })
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `from` broadcasts to exactly `to`.
+pub fn broadcasts_to(from: &[Dim], to: &[Dim]) -> bool {
+    from.len() <= to.len() && broadcast(from, to).as_deref() == Ok(to)
+}
+
+/// An element count with symbols: the product of the known dims and the
+/// sorted list of symbols. Two shapes hold the same number of elements for
+/// every binding exactly when their counts are equal.
+pub fn element_count(shape: &[Dim]) -> (u64, Vec<Sym>) {
+    let mut known = 1u64;
+    let mut syms = Vec::new();
+    for d in shape {
+        match d {
+            Dim::Known(n) => known = known.saturating_mul(*n),
+            Dim::Sym(s) => syms.push(*s),
+        }
+    }
+    syms.sort();
+    (known, syms)
+}
+
+/// Resolves a possibly negative axis against a rank.
+pub fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    (0..r).contains(&a).then_some(a as usize)
+}

@@ -1,0 +1,125 @@
+//! The primitives the language exposes by name. Everything else a user
+//! calls is a `.nn` function (the stdlib's or their own).
+
+/// A builtin function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    Tanh,
+    Maximum,
+    Minimum,
+    Sum,
+    Mean,
+    Max,
+    Select,
+    Reshape,
+    Transpose,
+    Zeros,
+    Ones,
+    Full,
+}
+
+/// How a builtin's argument is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// A tensor value.
+    Tensor,
+    /// A compile-time integer or list of integers (an axis).
+    Axes,
+    /// A compile-time `true`/`false`.
+    Bool,
+    /// A compile-time shape: `[B, 8]`, with dimension names.
+    Shape,
+    /// A compile-time list of integers (a permutation).
+    Perm,
+    /// A compile-time number.
+    Number,
+}
+
+/// One parameter of a builtin's signature.
+#[derive(Clone, Copy, Debug)]
+pub struct BParam {
+    pub name: &'static str,
+    pub kind: ArgKind,
+    pub required: bool,
+}
+
+const fn req(name: &'static str, kind: ArgKind) -> BParam {
+    BParam {
+        name,
+        kind,
+        required: true,
+    }
+}
+
+const fn opt(name: &'static str, kind: ArgKind) -> BParam {
+    BParam {
+        name,
+        kind,
+        required: false,
+    }
+}
+
+use ArgKind::*;
+
+pub const ALL: &[(&str, Builtin)] = &[
+    ("exp", Builtin::Exp),
+    ("log", Builtin::Log),
+    ("sqrt", Builtin::Sqrt),
+    ("abs", Builtin::Abs),
+    ("tanh", Builtin::Tanh),
+    ("maximum", Builtin::Maximum),
+    ("minimum", Builtin::Minimum),
+    ("sum", Builtin::Sum),
+    ("mean", Builtin::Mean),
+    ("max", Builtin::Max),
+    ("select", Builtin::Select),
+    ("reshape", Builtin::Reshape),
+    ("transpose", Builtin::Transpose),
+    ("zeros", Builtin::Zeros),
+    ("ones", Builtin::Ones),
+    ("full", Builtin::Full),
+];
+
+impl Builtin {
+    pub fn name(self) -> &'static str {
+        ALL.iter()
+            .find(|(_, b)| *b == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    pub fn params(self) -> &'static [BParam] {
+        const UNARY: &[BParam] = &[req("x", Tensor)];
+        const BINARY: &[BParam] = &[req("a", Tensor), req("b", Tensor)];
+        const REDUCE: &[BParam] = &[req("x", Tensor), opt("axis", Axes), opt("keepdims", Bool)];
+        const SELECT: &[BParam] = &[req("cond", Tensor), req("a", Tensor), req("b", Tensor)];
+        const RESHAPE: &[BParam] = &[req("x", Tensor), req("shape", Shape)];
+        const TRANSPOSE: &[BParam] = &[req("x", Tensor), opt("perm", Perm)];
+        const FILL: &[BParam] = &[req("shape", Shape)];
+        const FULL: &[BParam] = &[req("shape", Shape), req("value", Number)];
+        match self {
+            Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => UNARY,
+            Builtin::Maximum | Builtin::Minimum => BINARY,
+            Builtin::Sum | Builtin::Mean | Builtin::Max => REDUCE,
+            Builtin::Select => SELECT,
+            Builtin::Reshape => RESHAPE,
+            Builtin::Transpose => TRANSPOSE,
+            Builtin::Zeros | Builtin::Ones => FILL,
+            Builtin::Full => FULL,
+        }
+    }
+
+    /// The signature as a user reads it in a note.
+    pub fn signature(self) -> String {
+        let ps: Vec<String> = self
+            .params()
+            .iter()
+            .map(|p| if p.required { p.name.to_string() } else { format!("{} = …", p.name) })
+            .collect();
+        format!("{}({})", self.name(), ps.join(", "))
+    }
+}

@@ -1,0 +1,646 @@
+//! Lowering: items and expressions to IR nodes, inlining every call.
+//!
+//! Values during lowering are tensors (IR nodes), functions (to be called
+//! or passed on), models (namespaces), booleans (for flags such as
+//! `keepdims`) or *poison*: the result of an expression that already
+//! produced an error, which silences everything that depends on it.
+
+use super::builtins::Builtin;
+use super::resolve::{self, bind_args, fn_formals, fn_signature, Formal, Resolved};
+use super::scope::{Def, DefId, ScopeId, Scopes, STDLIB};
+use super::types::{self, Bindings, Bound, Mismatch};
+use crate::diag::{self, code, Diag, Diagnostics, FileId, Span};
+use crate::ir::{shape, BinaryOp, CmpOp, Dim, Graph, Node, Op, ReduceOp, Shape, UnaryOp};
+use crate::syntax::ast::{self, BinOp, Expr, ExprKind, FnDef, ParamType};
+use crate::tensor::Tensor;
+use std::collections::{HashMap, HashSet};
+
+mod builtin_calls;
+mod items;
+
+/// Inlining deeper than this is refused: only recursion through function
+/// arguments, which resolution cannot see, gets here.
+const MAX_INLINE_DEPTH: usize = 64;
+
+#[derive(Clone, Copy, Debug)]
+enum Callee<'a> {
+    Builtin(Builtin),
+    User(&'a FnDef, DefId, ScopeId),
+}
+
+#[derive(Clone, Debug)]
+enum Value<'a> {
+    T(Node),
+    Func(Callee<'a>),
+    Model(ScopeId),
+    /// `true`/`false`, which only compile-time arguments accept.
+    Bool,
+    Poison,
+}
+
+/// The environment of one function instance (or of the top level).
+struct Env<'a> {
+    scope: ScopeId,
+    locals: Vec<(String, Value<'a>)>,
+    dims: Bindings,
+    /// Inside the stdlib, new nodes take the span of the user's call.
+    site: Option<Span>,
+}
+
+struct Lowerer<'s, 'a, 'd> {
+    s: &'s Scopes<'a>,
+    recursive: &'s HashSet<DefId>,
+    g: Graph,
+    diags: &'d mut Diagnostics,
+    globals: HashMap<DefId, Value<'a>>,
+    in_progress: HashSet<DefId>,
+    top_dims: Bindings,
+    stdlib_files: HashSet<FileId>,
+    depth: usize,
+}
+
+pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Graph {
+    let mut l = Lowerer {
+        s,
+        recursive: &resolved.recursive,
+        g: Graph::new(),
+        diags,
+        globals: HashMap::new(),
+        in_progress: HashSet::new(),
+        top_dims: Bindings::new(),
+        stdlib_files: stdlib_scope_files(s),
+        depth: 0,
+    };
+    l.items();
+    l.g
+}
+
+fn expr_kind_str(v: &Value) -> &'static str {
+    match v {
+        Value::T(_) => "a tensor",
+        Value::Func(_) => "a function",
+        Value::Model(_) => "a model",
+        Value::Bool => "a boolean",
+        Value::Poison => "an invalid value",
+    }
+}
+
+impl<'a> Lowerer<'_, 'a, '_> {
+    fn top_env(&self, scope: ScopeId) -> Env<'a> {
+        Env {
+            scope,
+            locals: Vec::new(),
+            dims: self.top_dims.clone(),
+            site: None,
+        }
+    }
+
+    fn span_in(&self, env: &Env, span: Span) -> Span {
+        env.site.unwrap_or(span)
+    }
+
+    /// Adds a node; a typing failure here is a compiler bug, reported as an
+    /// internal error rather than a panic.
+    fn add(&mut self, op: Op, span: Span) -> Option<Node> {
+        match self.g.add(op, span) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.diags.push(
+                    diag::error(code::INTERNAL, format!("internal compiler error: {e}"))
+                        .with_labels(vec![span.primary("while lowering this")])
+                        .with_notes(vec!["note: this is a bug in nnc; please report it".into()]),
+                );
+                None
+            }
+        }
+    }
+
+    fn shape_str(&self, n: Node) -> String {
+        self.g.shape_str(self.g.shape(n))
+    }
+
+    /// The tensor in `v`, or an error saying what was found instead.
+    fn tensor(&mut self, v: &Value, span: Span) -> Option<Node> {
+        match v {
+            Value::T(n) => Some(*n),
+            Value::Poison => None,
+            other => {
+                self.diags.push(
+                    diag::error(code::KIND, format!("expected a tensor, found {}", expr_kind_str(other)))
+                        .with_labels(vec![span.primary(format!("this is {}", expr_kind_str(other)))]),
+                );
+                None
+            }
+        }
+    }
+
+    fn tensor_expr(&mut self, env: &mut Env<'a>, e: &'a Expr) -> Option<Node> {
+        let v = self.expr(env, e);
+        self.tensor(&v, e.span)
+    }
+
+    fn broadcast_to(&mut self, n: Node, shape: &Shape, span: Span) -> Option<Node> {
+        if self.g.shape(n) == shape {
+            return Some(n);
+        }
+        self.add(Op::Broadcast(n, shape.clone()), span)
+    }
+
+    /// Broadcasts operands to their common shape (NumPy rules), reporting
+    /// the first clashing pair with both shapes labelled.
+    fn broadcast_all(&mut self, operands: &[(Node, Span)], what: &str, span: Span) -> Option<Vec<Node>> {
+        let mut common: Shape = Vec::new();
+        let mut from: Option<(Node, Span)> = None;
+        for &(n, sp) in operands {
+            match shape::broadcast(&common, self.g.shape(n)) {
+                Ok(s) => common = s,
+                Err(e) => {
+                    let (other, osp) = from.unwrap_or((n, sp));
+                    let (l, r) = (self.shape_str(other), self.shape_str(n));
+                    let axis = e.axis as i64 - common.len().max(self.g.shape(n).len()) as i64;
+                    self.diags.push(
+                        diag::error(code::BROADCAST, format!("shapes {l} and {r} cannot be broadcast together in {what}"))
+                            .with_labels(vec![
+                                osp.primary(format!("this has shape {l}")),
+                                sp.secondary(format!("this has shape {r}")),
+                            ])
+                            .with_notes(vec![
+                                format!(
+                                    "note: at axis {axis}, {} and {} differ and neither is 1",
+                                    self.g.dim_str(e.left),
+                                    self.g.dim_str(e.right)
+                                ),
+                                "help: broadcasting aligns shapes from the right; each pair of dimensions must be equal or one of them 1".into(),
+                            ]),
+                    );
+                    return None;
+                }
+            }
+            if from.is_none() || self.g.shape(n).len() >= common.len() {
+                from = Some((n, sp));
+            }
+        }
+        operands
+            .iter()
+            .map(|&(n, _)| self.broadcast_to(n, &common, span))
+            .collect()
+    }
+
+    fn expr(&mut self, env: &mut Env<'a>, e: &'a Expr) -> Value<'a> {
+        let span = self.span_in(env, e.span);
+        match &e.kind {
+            ExprKind::Error => Value::Poison,
+            ExprKind::Bool(_) => Value::Bool,
+            ExprKind::Number(v) => self.fill(*v, Vec::new(), span),
+            ExprKind::Tensor(_) => match literal(e) {
+                Ok(t) => {
+                    let c = self.g.consts.push(t);
+                    self.add(Op::Const(c), span).map_or(Value::Poison, Value::T)
+                }
+                Err(d) => {
+                    self.diags.push(d);
+                    Value::Poison
+                }
+            },
+            ExprKind::Name(i) => self.name(env, i),
+            ExprKind::Member(base, m) => match self.expr(env, base) {
+                Value::Model(scope) => match self.s.scopes[scope].names.get(&m.name) {
+                    Some(&d) => self.def_value(d),
+                    None => Value::Poison, // reported by resolution
+                },
+                Value::Poison => Value::Poison,
+                other => {
+                    self.diags.push(
+                        diag::error(code::KIND, format!("`.{}` is only valid on a model", m.name)).with_labels(vec![
+                            m.span.primary("member access on something that is not a model"),
+                            base.span.secondary(format!("this is {}", expr_kind_str(&other))),
+                        ]),
+                    );
+                    Value::Poison
+                }
+            },
+            ExprKind::Neg(x) => match self.tensor_expr(env, x) {
+                Some(n) => self.add(Op::Unary(UnaryOp::Neg, n), span).map_or(Value::Poison, Value::T),
+                None => Value::Poison,
+            },
+            ExprKind::Binary(op, a, b) => self.binary(env, *op, a, b, span, e.span),
+            ExprKind::Call(callee, args) => {
+                let f = self.expr(env, callee);
+                match f {
+                    Value::Func(Callee::Builtin(b)) => self.builtin(env, b, callee, args, e.span),
+                    Value::Func(Callee::User(fd, id, scope)) => self.inline(env, fd, id, scope, args, e.span),
+                    Value::Poison => {
+                        for a in args {
+                            self.expr(env, &a.value);
+                        }
+                        Value::Poison
+                    }
+                    other => {
+                        self.diags.push(
+                            diag::error(code::NOT_CALLABLE, format!("{} cannot be called", expr_kind_str(&other)))
+                                .with_labels(vec![callee.span.primary(format!("this is {}, not a function", expr_kind_str(&other)))]),
+                        );
+                        Value::Poison
+                    }
+                }
+            }
+        }
+    }
+
+    fn fill(&mut self, value: f32, shape: Shape, span: Span) -> Value<'a> {
+        self.add(Op::Fill { value, shape }, span).map_or(Value::Poison, Value::T)
+    }
+
+    fn name(&mut self, env: &Env<'a>, i: &ast::Ident) -> Value<'a> {
+        if let Some((_, v)) = env.locals.iter().rev().find(|(n, _)| *n == i.name) {
+            return v.clone();
+        }
+        match self.s.lookup(env.scope, &i.name) {
+            Some(d) => self.def_value(d),
+            None => {
+                let mut names = self.s.visible(env.scope);
+                names.extend(env.locals.iter().map(|(n, _)| n.as_str()));
+                self.diags.push(resolve::unknown_name(i, &names));
+                Value::Poison
+            }
+        }
+    }
+
+    fn def_value(&mut self, d: DefId) -> Value<'a> {
+        let entry = self.s.def(d);
+        match entry.def {
+            Def::Builtin(b) => Value::Func(Callee::Builtin(b)),
+            Def::Fn(f) => Value::Func(Callee::User(f, d, entry.scope)),
+            Def::Model(_, inner) => Value::Model(inner),
+            Def::Param(_) | Def::Input(_) | Def::Let(_) | Def::Output(_) => self.global(d),
+        }
+    }
+
+    fn binary(&mut self, env: &mut Env<'a>, op: BinOp, a: &'a Expr, b: &'a Expr, span: Span, whole: Span) -> Value<'a> {
+        let (x, y) = (self.tensor_expr(env, a), self.tensor_expr(env, b));
+        let (Some(x), Some(y)) = (x, y) else {
+            return Value::Poison;
+        };
+        if op == BinOp::MatMul {
+            return self.matmul(x, y, a.span, b.span, whole, span);
+        }
+        let what = format!("`{}`", op.symbol());
+        let Some(v) = self.broadcast_all(&[(x, a.span), (y, b.span)], &what, span) else {
+            return Value::Poison;
+        };
+        let (x, y) = (v[0], v[1]);
+        let op = match op {
+            BinOp::Add => Op::Binary(BinaryOp::Add, x, y),
+            BinOp::Sub => Op::Binary(BinaryOp::Sub, x, y),
+            BinOp::Mul => Op::Binary(BinaryOp::Mul, x, y),
+            BinOp::Div => Op::Binary(BinaryOp::Div, x, y),
+            BinOp::Pow => Op::Binary(BinaryOp::Pow, x, y),
+            BinOp::Eq => Op::Compare(CmpOp::Eq, x, y),
+            BinOp::Ne => Op::Compare(CmpOp::Ne, x, y),
+            BinOp::Lt => Op::Compare(CmpOp::Lt, x, y),
+            BinOp::Le => Op::Compare(CmpOp::Le, x, y),
+            BinOp::Gt => Op::Compare(CmpOp::Gt, x, y),
+            BinOp::Ge => Op::Compare(CmpOp::Ge, x, y),
+            BinOp::MatMul => unreachable!("handled above"),
+        };
+        self.add(op, span).map_or(Value::Poison, Value::T)
+    }
+
+    /// `a @ b` with NumPy's rules: a 1-D operand gains a unit dimension
+    /// (removed again from the result), batch dimensions broadcast.
+    fn matmul(&mut self, a: Node, b: Node, sa: Span, sb: Span, whole: Span, span: Span) -> Value<'a> {
+        let (la, lb) = (self.shape_str(a), self.shape_str(b));
+        let (mut ash, mut bsh) = (self.g.shape(a).clone(), self.g.shape(b).clone());
+        if ash.is_empty() || bsh.is_empty() {
+            let (bad, bsp) = if ash.is_empty() { (&la, sa) } else { (&lb, sb) };
+            self.diags.push(
+                diag::error(code::RANK, "rank mismatch: `@` needs operands of rank 1 or more")
+                    .with_labels(vec![bsp.primary(format!("this is a scalar ({bad})")), whole.secondary("in this matrix product")])
+                    .with_notes(vec!["help: use `*` to multiply by a scalar".into()]),
+            );
+            return Value::Poison;
+        }
+        let (va, vb) = (ash.len() == 1, bsh.len() == 1);
+        if va {
+            ash.insert(0, Dim::Known(1));
+        }
+        if vb {
+            bsh.push(Dim::Known(1));
+        }
+        let (k1, k2) = (ash[ash.len() - 1], bsh[bsh.len() - 2]);
+        if k1 != k2 {
+            self.diags.push(
+                diag::error(code::MATMUL, format!("matrix product dimensions do not match: {la} @ {lb}"))
+                    .with_labels(vec![
+                        whole.primary(format!(
+                            "inner dimensions differ: {} vs {}",
+                            self.g.dim_str(k1),
+                            self.g.dim_str(k2)
+                        )),
+                        sa.secondary(format!("this has shape {la}")),
+                        sb.secondary(format!("this has shape {lb}")),
+                    ])
+                    .with_notes(vec![
+                        "help: `a @ b` needs the last dimension of `a` to equal the second-to-last of `b`".into(),
+                    ]),
+            );
+            return Value::Poison;
+        }
+        let (ba, bb) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
+        let batch = match shape::broadcast(ba, bb) {
+            Ok(s) => s,
+            Err(_) => {
+                self.diags.push(
+                    diag::error(code::BROADCAST, format!("batch dimensions of {la} @ {lb} cannot be broadcast together"))
+                        .with_labels(vec![
+                            whole.primary("in this matrix product"),
+                            sa.secondary(format!("this has shape {la}")),
+                            sb.secondary(format!("this has shape {lb}")),
+                        ]),
+                );
+                return Value::Poison;
+            }
+        };
+        let full = |m: &Shape| {
+            let mut s = batch.clone();
+            s.extend_from_slice(&m[m.len() - 2..]);
+            s
+        };
+        let (fa, fb) = (full(&ash), full(&bsh));
+        let Some(a) = self.reshape_then_broadcast(a, &ash, &fa, span) else {
+            return Value::Poison;
+        };
+        let Some(b) = self.reshape_then_broadcast(b, &bsh, &fb, span) else {
+            return Value::Poison;
+        };
+        let Some(mut out) = self.add(Op::MatMul(a, b), span) else {
+            return Value::Poison;
+        };
+        if va || vb {
+            let mut s = self.g.shape(out).clone();
+            if vb {
+                s.pop();
+            }
+            if va {
+                s.remove(s.len() - 1 - usize::from(!vb));
+            }
+            match self.add(Op::Reshape(out, s), span) {
+                Some(n) => out = n,
+                None => return Value::Poison,
+            }
+        }
+        Value::T(out)
+    }
+
+    fn reshape_then_broadcast(&mut self, n: Node, shape: &Shape, target: &Shape, span: Span) -> Option<Node> {
+        let mut n = n;
+        if self.g.shape(n) != shape {
+            n = self.add(Op::Reshape(n, shape.clone()), span)?;
+        }
+        self.broadcast_to(n, target, span)
+    }
+
+    /// Inlines a call of a user (or stdlib) function.
+    fn inline(&mut self, env: &mut Env<'a>, f: &'a FnDef, id: DefId, scope: ScopeId, args: &'a [ast::Arg], span: Span) -> Value<'a> {
+        let formals: Vec<Formal> = fn_formals(f);
+        let bound = match bind_args(&f.name.name, &formals, args, span, Some(f.name.span), &fn_signature(f)) {
+            Ok(b) => b,
+            Err(d) => {
+                self.diags.push(d);
+                return Value::Poison;
+            }
+        };
+        // Arguments are evaluated in the caller; defaults in the callee's
+        // defining scope.
+        let mut values = Vec::with_capacity(f.params.len());
+        for (p, b) in f.params.iter().zip(&bound) {
+            let (v, sp) = match (b, &p.default) {
+                (Some(ai), _) => (self.expr(env, &args[*ai].value), args[*ai].value.span),
+                (None, Some(d)) => {
+                    let mut denv = self.top_env(scope);
+                    (self.expr(&mut denv, d), span)
+                }
+                (None, None) => (Value::Poison, span), // reported by bind_args
+            };
+            values.push((v, sp));
+        }
+        if self.recursive.contains(&id) || values.iter().any(|(v, _)| matches!(v, Value::Poison)) {
+            return Value::Poison;
+        }
+        if self.depth >= MAX_INLINE_DEPTH {
+            self.diags.push(
+                diag::error(code::RECURSION, format!("calls nested more than {MAX_INLINE_DEPTH} deep while inlining `{}`", f.name.name))
+                    .with_labels(vec![span.primary("this call"), f.name.span.secondary("function defined here")])
+                    .with_notes(vec!["note: a function that receives itself as an argument recurses without end".into()]),
+            );
+            return Value::Poison;
+        }
+        let mut dims = Bindings::new();
+        for (p, (v, sp)) in f.params.iter().zip(&values) {
+            if !self.check_param(f, p, v, *sp, &mut dims) {
+                return Value::Poison;
+            }
+        }
+        let site = if self.stdlib_files.contains(&f.name.span.file) {
+            Some(env.site.unwrap_or(span))
+        } else {
+            env.site
+        };
+        let mut inner = Env {
+            scope,
+            locals: f.params.iter().map(|p| p.name.name.clone()).zip(values.into_iter().map(|(v, _)| v)).collect(),
+            dims,
+            site,
+        };
+        self.depth += 1;
+        for l in &f.body.lets {
+            let v = self.expr(&mut inner, &l.value);
+            let v = self.check_annotation(&inner, l.ty.as_ref(), v, l.value.span, &format!("`{}`", l.name.name));
+            inner.locals.push((l.name.name.clone(), v));
+        }
+        let result = self.expr(&mut inner, &f.body.result);
+        self.depth -= 1;
+        match &f.ret {
+            Some(rt) => self.check_result(f, rt, &inner, result),
+            None => result,
+        }
+    }
+
+    /// Matches one argument against its parameter's declared type.
+    fn check_param(&mut self, f: &FnDef, p: &ast::FnParam, v: &Value<'a>, sp: Span, dims: &mut Bindings) -> bool {
+        let (ty, node) = match (&p.ty, v) {
+            (ParamType::Fn(_), Value::Func(_)) => return true,
+            (ParamType::Tensor(t), Value::T(n)) => (t, *n),
+            (ParamType::Fn(tsp), other) => {
+                self.diags.push(
+                    diag::error(code::KIND, format!("argument `{}` of `{}` must be a function, found {}", p.name.name, f.name.name, expr_kind_str(other)))
+                        .with_labels(vec![sp.primary("expected a function"), tsp.secondary("declared as `fn` here")]),
+                );
+                return false;
+            }
+            (ParamType::Tensor(t), other) => {
+                self.diags.push(
+                    diag::error(code::KIND, format!("argument `{}` of `{}` must be a tensor, found {}", p.name.name, f.name.name, expr_kind_str(other)))
+                        .with_labels(vec![sp.primary("expected a tensor"), t.span.secondary("declared type")]),
+                );
+                return false;
+            }
+        };
+        let shape = self.g.shape(node).clone();
+        let before = dims.clone();
+        match types::unify(ty, &shape, dims, true) {
+            Ok(()) => true,
+            Err(m) => {
+                let found = self.g.shape_str(&shape);
+                let expected = expected_str(&self.g, ty, &before);
+                let d = match m {
+                    Mismatch::Rank { expected: r, found: fr, at_least } => diag::error(
+                        code::RANK,
+                        format!(
+                            "rank mismatch: argument `{}` of `{}` has rank {fr}, expected rank {}{r}",
+                            p.name.name,
+                            f.name.name,
+                            if at_least { "at least " } else { "" }
+                        ),
+                    )
+                    .with_labels(vec![sp.primary(format!("this has shape {found}")), ty.span.secondary(format!("expected {expected}"))]),
+                    Mismatch::Dim { index, earlier } => {
+                        let mut notes = Vec::new();
+                        if let (Some(b), Some(ast::DimExpr::Sym(n) | ast::DimExpr::Variadic(n))) = (earlier, ty.dims.get(index)) {
+                            notes.push(format!("note: {} was bound by an earlier argument", types::bound_str(&self.g, &n.name, &b)));
+                        }
+                        diag::error(
+                            code::ARG_SHAPE,
+                            format!("argument `{}` of `{}` has shape {found}, expected {expected}", p.name.name, f.name.name),
+                        )
+                        .with_labels(vec![sp.primary(format!("this has shape {found}")), ty.span.secondary("parameter type declared here")])
+                        .with_notes(notes)
+                    }
+                };
+                self.diags.push(d);
+                false
+            }
+        }
+    }
+
+    /// Checks a `let` or `output` annotation; returns the value, or poison.
+    fn check_annotation(&mut self, env: &Env<'a>, ty: Option<&'a ast::TypeExpr>, v: Value<'a>, sp: Span, what: &str) -> Value<'a> {
+        let (Some(ty), Value::T(n)) = (ty, &v) else {
+            return v;
+        };
+        let Ok(expected) = types::substitute(ty, &env.dims) else {
+            return Value::Poison; // an unbound name, reported by resolution
+        };
+        let found = self.g.shape(*n).clone();
+        if found != expected {
+            let (fs, es) = (self.g.shape_str(&found), self.g.shape_str(&expected));
+            self.diags.push(
+                diag::error(code::RESULT_TYPE, format!("{what} has shape {fs} but its declared type is {es}"))
+                    .with_labels(vec![sp.primary(format!("this has shape {fs}")), ty.span.secondary(format!("declared {es} here"))]),
+            );
+            return Value::Poison;
+        }
+        v
+    }
+
+    fn check_result(&mut self, f: &FnDef, rt: &'a ast::TypeExpr, env: &Env<'a>, v: Value<'a>) -> Value<'a> {
+        let n = match &v {
+            Value::T(n) => *n,
+            Value::Poison => return v,
+            other => {
+                self.diags.push(
+                    diag::error(code::KIND, format!("`{}` returns {} but declares a tensor result", f.name.name, expr_kind_str(other)))
+                        .with_labels(vec![f.body.result.span.primary("this is not a tensor")]),
+                );
+                return Value::Poison;
+            }
+        };
+        let Ok(expected) = types::substitute(rt, &env.dims) else {
+            return Value::Poison; // an unbound name, reported by resolution
+        };
+        let found = self.g.shape(n).clone();
+        if found == expected {
+            return v;
+        }
+        let (fs, es) = (self.g.shape_str(&found), self.g.shape_str(&expected));
+        let mut bindings: Vec<String> = env.dims.iter().map(|(k, b)| types::bound_str(&self.g, k, b)).collect();
+        bindings.sort();
+        let mut notes = vec![];
+        if !bindings.is_empty() {
+            notes.push(format!("note: in this call {}", bindings.join(", ")));
+        }
+        self.diags.push(
+            diag::error(code::RESULT_TYPE, format!("`{}` returns shape {fs} but its declared result type is {es}", f.name.name))
+                .with_labels(vec![
+                    f.body.result.span.primary(format!("this has shape {fs}")),
+                    rt.span.secondary(format!("declared result type {}", crate::syntax::ast_type_str(rt))),
+                ])
+                .with_notes(notes),
+        );
+        Value::Poison
+    }
+}
+
+/// The declared type with the dimensions bound so far filled in.
+fn expected_str(g: &Graph, ty: &ast::TypeExpr, b: &Bindings) -> String {
+    let mut parts = Vec::new();
+    for d in &ty.dims {
+        match d {
+            ast::DimExpr::Const(n, _) => parts.push(n.to_string()),
+            ast::DimExpr::Sym(n) => match b.get(&n.name) {
+                Some(Bound::One(x)) => parts.push(g.dim_str(*x)),
+                _ => parts.push(n.name.clone()),
+            },
+            ast::DimExpr::Variadic(n) => match b.get(&n.name) {
+                Some(Bound::Many(xs)) => parts.extend(xs.iter().map(|x| g.dim_str(*x))),
+                _ => parts.push(format!("..{}", n.name)),
+            },
+        }
+    }
+    format!("[{}]", parts.join(", "))
+}
+
+/// A tensor literal's value: nested lists of numbers, not ragged.
+pub(super) fn literal(e: &Expr) -> Result<Tensor, Diag> {
+    match &e.kind {
+        ExprKind::Number(v) => Ok(Tensor::scalar(*v)),
+        ExprKind::Error => Err(diag::error(code::LITERAL, "invalid element in a tensor literal").with_labels(vec![e.span.primary("here")])),
+        ExprKind::Tensor(items) => {
+            let mut shape: Option<Vec<usize>> = None;
+            let mut data = Vec::new();
+            for it in items {
+                let t = literal(it)?;
+                match &shape {
+                    None => shape = Some(t.shape.clone()),
+                    Some(s) if *s != t.shape => {
+                        return Err(diag::error(code::LITERAL, "ragged tensor literal: rows differ in shape")
+                            .with_labels(vec![
+                                it.span.primary(format!("this has shape {:?}", t.shape)),
+                                items[0].span.secondary(format!("the first has shape {s:?}")),
+                            ])
+                            .with_notes(vec!["help: every row of a tensor literal must have the same length".into()]))
+                    }
+                    Some(_) => {}
+                }
+                data.extend(t.data);
+            }
+            let mut s = vec![items.len()];
+            s.extend(shape.unwrap_or_default());
+            Ok(Tensor::new(s, data))
+        }
+        _ => Err(diag::error(code::LITERAL, "tensor literals hold numbers only")
+            .with_labels(vec![e.span.primary("not a number")])
+            .with_notes(vec!["help: compute with the values instead, e.g. `x * [1, 2]`".into()])),
+    }
+}
+
+/// The standard library's files, whose calls take the span of the user's
+/// call site.
+pub fn stdlib_scope_files(s: &Scopes) -> HashSet<FileId> {
+    s.scopes[STDLIB]
+        .order
+        .iter()
+        .filter_map(|d| super::scope::def_name_span(&s.def(*d).def).map(|sp| sp.file))
+        .collect()
+}
+

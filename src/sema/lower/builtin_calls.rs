@@ -1,0 +1,273 @@
+//! Calls of builtins: each checks its arguments (compile-time ones such as
+//! axes and shapes included) and adds its primitive.
+
+use super::*;
+
+/// An error for a compile-time argument that is not written as one.
+fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
+    diag::error(code::CONST_ARG, format!("{what} must be written as a constant"))
+        .with_labels(vec![e.span.primary("not a constant")])
+        .with_notes(vec![format!("help: for example `{example}`")])
+}
+
+fn const_int(e: &Expr, what: &str, example: &str) -> Result<i64, Diag> {
+    match e.kind {
+        ExprKind::Number(v) if v.fract() == 0.0 && v.abs() < 1e9 => Ok(v as i64),
+        _ => Err(not_const(e, what, example)),
+    }
+}
+
+/// An integer or a list of integers.
+fn const_ints(e: &Expr, what: &str, example: &str) -> Result<Vec<i64>, Diag> {
+    match &e.kind {
+        ExprKind::Tensor(items) => items.iter().map(|i| const_int(i, what, example)).collect(),
+        _ => Ok(vec![const_int(e, what, example)?]),
+    }
+}
+
+fn const_bool(e: &Expr, what: &str) -> Result<bool, Diag> {
+    match e.kind {
+        ExprKind::Bool(b) => Ok(b),
+        _ => Err(not_const(e, what, "keepdims = true")),
+    }
+}
+
+pub(super) fn const_number(e: &Expr, what: &str) -> Result<f32, Diag> {
+    match e.kind {
+        ExprKind::Number(v) => Ok(v),
+        _ => Err(not_const(e, what, "0.5")),
+    }
+}
+
+impl<'a> Lowerer<'_, 'a, '_> {
+    pub(super) fn builtin(&mut self, env: &mut Env<'a>, b: Builtin, callee: &Expr, args: &'a [ast::Arg], span: Span) -> Value<'a> {
+        let formals: Vec<Formal> = b
+            .params()
+            .iter()
+            .map(|p| Formal {
+                name: p.name,
+                required: p.required,
+            })
+            .collect();
+        let bound = match bind_args(b.name(), &formals, args, span, None, &b.signature()) {
+            Ok(x) => x,
+            Err(d) => {
+                self.diags.push(d);
+                return Value::Poison;
+            }
+        };
+        let _ = callee;
+        let arg = |i: usize| -> Option<&'a Expr> { bound.get(i).copied().flatten().map(|ai| &args[ai].value) };
+        // bind_args guarantees every required argument is present.
+        let req = |i: usize| arg(i).expect("bind_args checked required arguments");
+        let nspan = self.span_in(env, span);
+        let result = match b {
+            Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => {
+                let u = match b {
+                    Builtin::Exp => UnaryOp::Exp,
+                    Builtin::Log => UnaryOp::Log,
+                    Builtin::Sqrt => UnaryOp::Sqrt,
+                    Builtin::Abs => UnaryOp::Abs,
+                    _ => UnaryOp::Tanh,
+                };
+                self.tensor_expr(env, req(0)).and_then(|x| self.add(Op::Unary(u, x), nspan))
+            }
+            Builtin::Maximum | Builtin::Minimum => {
+                let op = if b == Builtin::Maximum { BinaryOp::Max } else { BinaryOp::Min };
+                self.elementwise(env, &[req(0), req(1)], b.name(), nspan)
+                    .and_then(|v| self.add(Op::Binary(op, v[0], v[1]), nspan))
+            }
+            Builtin::Select => self
+                .elementwise(env, &[req(0), req(1), req(2)], "`select`", nspan)
+                .and_then(|v| self.add(Op::Select(v[0], v[1], v[2]), nspan)),
+            Builtin::Sum | Builtin::Mean | Builtin::Max => {
+                let op = match b {
+                    Builtin::Sum => ReduceOp::Sum,
+                    Builtin::Mean => ReduceOp::Mean,
+                    _ => ReduceOp::Max,
+                };
+                self.reduce(env, op, req(0), arg(1), arg(2), nspan)
+            }
+            Builtin::Reshape => self.reshape(env, req(0), req(1), nspan),
+            Builtin::Transpose => self.transpose(env, req(0), arg(1), nspan),
+            Builtin::Zeros | Builtin::Ones | Builtin::Full => {
+                let value = match b {
+                    Builtin::Zeros => Ok(0.0),
+                    Builtin::Ones => Ok(1.0),
+                    _ => const_number(req(1), "the fill value"),
+                };
+                match (self.shape_arg(env, req(0)), value) {
+                    (Ok(shape), Ok(value)) => self.add(Op::Fill { value, shape }, nspan),
+                    (Err(d), _) | (_, Err(d)) => {
+                        self.diags.push(d);
+                        None
+                    }
+                }
+            }
+        };
+        result.map_or(Value::Poison, Value::T)
+    }
+
+    /// Evaluates tensor operands and broadcasts them to one shape.
+    fn elementwise(&mut self, env: &mut Env<'a>, exprs: &[&'a Expr], what: &str, span: Span) -> Option<Vec<Node>> {
+        let mut ops = Vec::new();
+        for e in exprs {
+            ops.push(self.tensor_expr(env, e).map(|n| (n, e.span)));
+        }
+        let ops: Option<Vec<(Node, Span)>> = ops.into_iter().collect();
+        self.broadcast_all(&ops?, what, span)
+    }
+
+    fn reduce(&mut self, env: &mut Env<'a>, op: ReduceOp, x: &'a Expr, axis: Option<&'a Expr>, keep: Option<&'a Expr>, span: Span) -> Option<Node> {
+        let n = self.tensor_expr(env, x)?;
+        let shape = self.g.shape(n).clone();
+        let rank = shape.len();
+        let mut axes: Vec<usize> = match axis {
+            None => (0..rank).collect(),
+            Some(e) => {
+                let raw = match const_ints(e, "`axis`", "axis = 1") {
+                    Ok(r) => r,
+                    Err(d) => {
+                        self.diags.push(d);
+                        return None;
+                    }
+                };
+                let mut out = Vec::new();
+                for a in raw {
+                    match shape::normalize_axis(a, rank) {
+                        Some(ax) if !out.contains(&ax) => out.push(ax),
+                        Some(_) => {
+                            self.diags.push(
+                                diag::error(code::AXIS, format!("axis {a} is listed twice"))
+                                    .with_labels(vec![e.span.primary("repeated axis")]),
+                            );
+                            return None;
+                        }
+                        None => {
+                            let valid = if rank == 0 {
+                                "a scalar has no axes".to_string()
+                            } else {
+                                format!("valid axes are 0 to {} (or -{} to -1 counting from the end)", rank - 1, rank)
+                            };
+                            self.diags.push(
+                                diag::error(code::AXIS, format!("axis {a} is out of range for a tensor of rank {rank}"))
+                                    .with_labels(vec![
+                                        e.span.primary(format!("axis {a}")),
+                                        x.span.secondary(format!("this has shape {}", self.g.shape_str(&shape))),
+                                    ])
+                                    .with_notes(vec![format!("note: {valid}")]),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                out
+            }
+        };
+        axes.sort_unstable();
+        let keepdims = match keep.map(|k| const_bool(k, "`keepdims`")) {
+            None => false,
+            Some(Ok(b)) => b,
+            Some(Err(d)) => {
+                self.diags.push(d);
+                return None;
+            }
+        };
+        let r = self.add(Op::Reduce { op, arg: n, axes: axes.clone() }, span)?;
+        if !keepdims {
+            return Some(r);
+        }
+        let kept: Shape = shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if axes.contains(&i) { Dim::Known(1) } else { *d })
+            .collect();
+        self.add(Op::Reshape(r, kept), span)
+    }
+
+    fn reshape(&mut self, env: &mut Env<'a>, x: &'a Expr, s: &'a Expr, span: Span) -> Option<Node> {
+        let n = self.tensor_expr(env, x)?;
+        let target = match self.shape_arg(env, s) {
+            Ok(t) => t,
+            Err(d) => {
+                self.diags.push(d);
+                return None;
+            }
+        };
+        let from = self.g.shape(n).clone();
+        if shape::element_count(&from) != shape::element_count(&target) {
+            let (fs, ts) = (self.g.shape_str(&from), self.g.shape_str(&target));
+            self.diags.push(
+                diag::error(code::RESHAPE, format!("cannot reshape {fs} into {ts}"))
+                    .with_labels(vec![s.span.primary(format!("target {ts}")), x.span.secondary(format!("this has shape {fs}"))])
+                    .with_notes(vec!["note: a reshape keeps the number of elements".into()]),
+            );
+            return None;
+        }
+        self.add(Op::Reshape(n, target), span)
+    }
+
+    fn transpose(&mut self, env: &mut Env<'a>, x: &'a Expr, perm: Option<&'a Expr>, span: Span) -> Option<Node> {
+        let n = self.tensor_expr(env, x)?;
+        let rank = self.g.shape(n).len();
+        let perm: Vec<usize> = match perm {
+            None if rank < 2 => {
+                self.diags.push(
+                    diag::error(code::RANK, format!("rank mismatch: `transpose` needs rank 2 or more, found rank {rank}"))
+                        .with_labels(vec![x.span.primary(format!("this has shape {}", self.shape_str(n)))]),
+                );
+                return None;
+            }
+            None => {
+                let mut p: Vec<usize> = (0..rank).collect();
+                p.swap(rank - 2, rank - 1);
+                p
+            }
+            Some(e) => {
+                let raw = match const_ints(e, "`perm`", "perm = [1, 0]") {
+                    Ok(r) => r,
+                    Err(d) => {
+                        self.diags.push(d);
+                        return None;
+                    }
+                };
+                let mut sorted = raw.clone();
+                sorted.sort_unstable();
+                if sorted != (0..rank as i64).collect::<Vec<_>>() {
+                    self.diags.push(
+                        diag::error(code::CONST_ARG, format!("`perm` must be a permutation of 0..{rank}"))
+                            .with_labels(vec![e.span.primary("not a permutation"), x.span.secondary(format!("this has shape {}", self.shape_str(n)))]),
+                    );
+                    return None;
+                }
+                raw.into_iter().map(|p| p as usize).collect()
+            }
+        };
+        self.add(Op::Transpose(n, perm), span)
+    }
+
+    /// A compile-time shape: `[B, 8]`, where names are dimensions bound in
+    /// this function instance (or by inputs, outside functions).
+    fn shape_arg(&self, env: &Env<'a>, e: &Expr) -> Result<Shape, Diag> {
+        let ExprKind::Tensor(items) = &e.kind else {
+            return Err(not_const(e, "a shape", "[B, 8]"));
+        };
+        let mut out = Vec::new();
+        for it in items {
+            match &it.kind {
+                ExprKind::Number(v) if v.fract() == 0.0 && *v >= 0.0 => out.push(Dim::Known(*v as u64)),
+                ExprKind::Name(i) => match env.dims.get(&i.name) {
+                    Some(Bound::One(d)) => out.push(*d),
+                    Some(Bound::Many(ds)) => out.extend(ds),
+                    None => {
+                        return Err(diag::error(code::UNBOUND_DIM, format!("unbound symbolic dimension `{}`", i.name))
+                            .with_labels(vec![i.span.primary(format!("`{}` is not a dimension bound here", i.name))])
+                            .with_notes(vec!["help: a dimension name must first appear in a parameter's type (or, outside functions, in an `input`'s type)".into()]))
+                    }
+                },
+                _ => return Err(not_const(it, "a dimension", "[B, 8]")),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,38 @@
+//! Semantic analysis: from ASTs to a typed IR graph.
+//!
+//! 1. [`scope`] builds the scopes (builtins ← stdlib ← the user's file ←
+//!    each model) and reports duplicate definitions.
+//! 2. [`resolve`] walks every function body and item, reachable or not:
+//!    unknown names (with a "did you mean"), argument counts of direct
+//!    calls, recursion, and symbolic dimensions a signature cannot bind.
+//! 3. [`lower`] evaluates the items into IR, inlining every function call:
+//!    arguments are matched against declared shapes ([`types`]), symbolic
+//!    dimensions are bound at each call, and NumPy broadcasting becomes
+//!    explicit `broadcast` nodes. Shape errors are found here.
+//!
+//! Errors do not stop the analysis: a failed expression becomes a *poison*
+//! value that silences errors depending on it, so independent errors are
+//! all reported, and dependent ones are not reported twice.
+
+mod builtins;
+mod lower;
+mod resolve;
+mod scope;
+mod types;
+
+use crate::diag::Diagnostics;
+use crate::ir::Graph;
+use crate::syntax::ast;
+
+/// Checks `user` against the standard library and lowers it to a graph.
+/// Returns `None` when an error was reported.
+pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) -> Option<Graph> {
+    let scopes = scope::build(stdlib, user, diags);
+    let resolved = resolve::check(&scopes, diags);
+    let graph = lower::lower(&scopes, &resolved, diags);
+    if diags.has_errors() {
+        None
+    } else {
+        Some(graph)
+    }
+}

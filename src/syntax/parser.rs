@@ -1,0 +1,427 @@
+//! From source text to [`ast::File`]: pest does the parsing, a Pratt parser
+//! the operator precedence, and this module turns pest's pairs into the AST.
+//!
+//! A syntax error stops the parse (pest has no recovery) and becomes one
+//! diagnostic that says what was expected and what was found. Malformed
+//! numeric literals are reported here too, without stopping: the grammar
+//! reads them greedily so each gets its own diagnostic.
+
+use super::ast::*;
+use crate::diag::{self, code, Diagnostics, FileId, Span};
+use pest::error::InputLocation;
+use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser as _;
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/nn.pest"]
+struct NnParser;
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    PRATT.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::eq, Assoc::Left)
+                | Op::infix(Rule::ne, Assoc::Left)
+                | Op::infix(Rule::lt, Assoc::Left)
+                | Op::infix(Rule::le, Assoc::Left)
+                | Op::infix(Rule::gt, Assoc::Left)
+                | Op::infix(Rule::ge, Assoc::Left))
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left)
+                | Op::infix(Rule::div, Assoc::Left)
+                | Op::infix(Rule::matmul, Assoc::Left))
+            .op(Op::prefix(Rule::neg))
+            .op(Op::infix(Rule::pow, Assoc::Right))
+            .op(Op::postfix(Rule::call_args) | Op::postfix(Rule::member))
+    })
+}
+
+/// Parses one source file. Returns `None` after a syntax error (already in
+/// `diags`); invalid literals are reported but still give a tree.
+pub fn parse(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<File> {
+    pest::set_error_detail(true);
+    let pairs = match NnParser::parse(Rule::file, source) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            diags.push(syntax_error(file, source, &e));
+            return None;
+        }
+    };
+    let mut b = Builder { file, diags };
+    let mut items = Vec::new();
+    for pair in pairs.flat_map(|p| p.into_inner()) {
+        if pair.as_rule() != Rule::EOI {
+            items.push(b.item(pair));
+        }
+    }
+    Some(File { items })
+}
+
+struct Builder<'d> {
+    file: FileId,
+    diags: &'d mut Diagnostics,
+}
+
+// The grammar fixes the shape of every pair, so the `next()` calls below
+// cannot come up empty on a tree pest accepted; `child` documents that.
+fn child<'i>(it: &mut pest::iterators::Pairs<'i, Rule>) -> Pair<'i, Rule> {
+    it.next().expect("the grammar guarantees this child")
+}
+
+impl Builder<'_> {
+    fn span(&self, pair: &Pair<Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, pair: Pair<Rule>) -> Ident {
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
+    }
+
+    fn item(&mut self, pair: Pair<Rule>) -> Item {
+        let span = self.span(&pair);
+        let rule = pair.as_rule();
+        let mut it = pair.into_inner();
+        match rule {
+            Rule::fn_def => Item::Fn(self.fn_def(it, span)),
+            Rule::model_def => {
+                let name = self.ident(child(&mut it));
+                let items = it.map(|p| self.item(p)).collect();
+                Item::Model(ModelDef { name, items, span })
+            }
+            Rule::param_decl => {
+                let name = self.ident(child(&mut it));
+                let ty = self.type_expr(child(&mut it));
+                let init = self.expr(child(&mut it));
+                Item::Param(ParamDecl {
+                    name,
+                    ty,
+                    init,
+                    span,
+                })
+            }
+            Rule::input_decl => {
+                let name = self.ident(child(&mut it));
+                let ty = self.type_expr(child(&mut it));
+                let value = it.next().map(|p| self.expr(p));
+                Item::Input(InputDecl {
+                    name,
+                    ty,
+                    value,
+                    span,
+                })
+            }
+            Rule::let_item => Item::Let(self.let_decl(it, span)),
+            Rule::output_decl => Item::Output(self.let_decl(it, span)),
+            r => unreachable!("rule {r:?} is not an item in the grammar"),
+        }
+    }
+
+    fn fn_def(&mut self, mut it: pest::iterators::Pairs<Rule>, span: Span) -> FnDef {
+        let name = self.ident(child(&mut it));
+        let params = child(&mut it)
+            .into_inner()
+            .map(|p| {
+                let mut pi = p.into_inner();
+                let name = self.ident(child(&mut pi));
+                let ty_pair = child(&mut pi);
+                let ty = match ty_pair.as_rule() {
+                    Rule::fn_type => ParamType::Fn(self.span(&ty_pair)),
+                    _ => ParamType::Tensor(self.type_expr(ty_pair)),
+                };
+                let default = pi.next().map(|d| self.expr(d));
+                FnParam { name, ty, default }
+            })
+            .collect();
+        let mut ret = None;
+        let mut next = child(&mut it);
+        if next.as_rule() == Rule::ret_type {
+            ret = Some(self.type_expr(child(&mut next.into_inner())));
+            next = child(&mut it);
+        }
+        let body = self.block(next);
+        FnDef {
+            name,
+            params,
+            ret,
+            body,
+            span,
+        }
+    }
+
+    fn block(&mut self, pair: Pair<Rule>) -> Block {
+        let mut lets = Vec::new();
+        let mut result = None;
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::let_stmt => {
+                    let span = self.span(&p);
+                    lets.push(self.let_decl(p.into_inner(), span));
+                }
+                _ => result = Some(self.expr(p)),
+            }
+        }
+        Block {
+            lets,
+            result: result.expect("the grammar requires a block to end in an expression"),
+        }
+    }
+
+    fn let_decl(&mut self, mut it: pest::iterators::Pairs<Rule>, span: Span) -> LetDecl {
+        let name = self.ident(child(&mut it));
+        let mut next = child(&mut it);
+        let mut ty = None;
+        if next.as_rule() == Rule::type_expr {
+            ty = Some(self.type_expr(next));
+            next = child(&mut it);
+        }
+        let value = self.expr(next);
+        LetDecl {
+            name,
+            ty,
+            value,
+            span,
+        }
+    }
+
+    fn type_expr(&mut self, pair: Pair<Rule>) -> TypeExpr {
+        let span = self.span(&pair);
+        let mut dims = Vec::new();
+        for p in pair.into_inner() {
+            if p.as_rule() != Rule::shape_expr {
+                continue; // the dtype: only f32 exists today
+            }
+            for d in p.into_inner() {
+                let dspan = self.span(&d);
+                match d.as_rule() {
+                    Rule::dim_const => match d.as_str().parse::<u64>() {
+                        Ok(n) => dims.push(DimExpr::Const(n, dspan)),
+                        Err(_) => self.diags.push(
+                            diag::error(code::NUMBER, "invalid dimension")
+                                .with_labels(vec![dspan.primary("too large for a dimension")]),
+                        ),
+                    },
+                    Rule::dim_sym => dims.push(DimExpr::Sym(self.ident(child(&mut d.into_inner())))),
+                    Rule::dim_variadic => {
+                        dims.push(DimExpr::Variadic(self.ident(child(&mut d.into_inner()))))
+                    }
+                    r => unreachable!("rule {r:?} is not a dimension"),
+                }
+            }
+        }
+        TypeExpr { dims, span }
+    }
+
+    fn expr(&mut self, pair: Pair<Rule>) -> Expr {
+        // `expr` holds a flat sequence; the Pratt parser groups it. The
+        // closures all need `self`, so it is shared through a RefCell.
+        let this = std::cell::RefCell::new(self);
+        let tree = pratt()
+            .map_primary(|p| this.borrow_mut().primary(p))
+            .map_prefix(|op, rhs| {
+                let span = this.borrow().span(&op).to(rhs.span);
+                // Fold `-literal` into the literal: `-1` is a number.
+                let kind = match rhs.kind {
+                    ExprKind::Number(v) => ExprKind::Number(-v),
+                    _ => ExprKind::Neg(Box::new(rhs)),
+                };
+                Expr { kind, span }
+            })
+            .map_postfix(|lhs, op| {
+                let span = lhs.span.to(this.borrow().span(&op));
+                let kind = match op.as_rule() {
+                    Rule::call_args => {
+                        let args = op.into_inner().map(|a| this.borrow_mut().arg(a)).collect();
+                        ExprKind::Call(Box::new(lhs), args)
+                    }
+                    _ => {
+                        let name = this.borrow().ident(child(&mut op.into_inner()));
+                        ExprKind::Member(Box::new(lhs), name)
+                    }
+                };
+                Expr { kind, span }
+            })
+            .map_infix(|lhs, op, rhs| {
+                let bin = match op.as_rule() {
+                    Rule::add => BinOp::Add,
+                    Rule::sub => BinOp::Sub,
+                    Rule::mul => BinOp::Mul,
+                    Rule::div => BinOp::Div,
+                    Rule::pow => BinOp::Pow,
+                    Rule::matmul => BinOp::MatMul,
+                    Rule::eq => BinOp::Eq,
+                    Rule::ne => BinOp::Ne,
+                    Rule::lt => BinOp::Lt,
+                    Rule::le => BinOp::Le,
+                    Rule::gt => BinOp::Gt,
+                    Rule::ge => BinOp::Ge,
+                    r => unreachable!("rule {r:?} is not an operator"),
+                };
+                Expr {
+                    span: lhs.span.to(rhs.span),
+                    kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)),
+                }
+            })
+            .parse(pair.into_inner());
+        tree
+    }
+
+    fn arg(&mut self, pair: Pair<Rule>) -> Arg {
+        let mut name = None;
+        let mut value = None;
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::arg_name => name = Some(self.ident(child(&mut p.into_inner()))),
+                _ => value = Some(self.expr(p)),
+            }
+        }
+        Arg {
+            name,
+            value: value.expect("the grammar requires an argument value"),
+        }
+    }
+
+    fn primary(&mut self, pair: Pair<Rule>) -> Expr {
+        let span = self.span(&pair);
+        let kind = match pair.as_rule() {
+            Rule::number => self.number(pair.as_str(), span),
+            Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+            Rule::ident => ExprKind::Name(self.ident(pair)),
+            Rule::paren => return self.expr(child(&mut pair.into_inner())),
+            Rule::tensor_lit => ExprKind::Tensor(pair.into_inner().map(|p| self.expr(p)).collect()),
+            r => unreachable!("rule {r:?} is not a primary expression"),
+        };
+        Expr { kind, span }
+    }
+
+    fn number(&mut self, text: &str, span: Span) -> ExprKind {
+        let clean = text.replace('_', "");
+        let valid_form = clean
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+        match clean.parse::<f32>() {
+            Ok(v) if valid_form && v.is_finite() => ExprKind::Number(v),
+            Ok(_) if valid_form => {
+                self.diags.push(
+                    diag::error(code::NUMBER, format!("numeric literal `{text}` is out of range for f32"))
+                        .with_labels(vec![span.primary("does not fit in a 32-bit float")])
+                        .with_notes(vec!["note: the largest f32 is about 3.4e38".into()]),
+                );
+                ExprKind::Error
+            }
+            _ => {
+                self.diags.push(
+                    diag::error(code::NUMBER, format!("invalid numeric literal `{text}`"))
+                        .with_labels(vec![span.primary("not a number")])
+                        .with_notes(vec![
+                            "help: numbers are written like `3`, `0.25`, `1e-3` or `2.5E+4`".into(),
+                        ]),
+                );
+                ExprKind::Error
+            }
+        }
+    }
+}
+
+/// Friendly names for the rules pest reports as expected.
+fn rule_name(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::expr | Rule::unary => "an expression",
+        Rule::ident | Rule::arg_name | Rule::dim_sym => "a name",
+        Rule::number => "a number",
+        Rule::boolean => "`true` or `false`",
+        Rule::tensor_lit | Rule::shape_expr => "`[`",
+        Rule::paren | Rule::call_args => "`(`",
+        Rule::type_expr => "a type such as `[B, 784]`",
+        Rule::dtype => "`f32`",
+        Rule::dim_const | Rule::dim_variadic => "a dimension",
+        Rule::fn_def => "`fn`",
+        Rule::model_def => "`model`",
+        Rule::param_decl => "`param`",
+        Rule::input_decl => "`input`",
+        Rule::let_item | Rule::let_stmt => "`let`",
+        Rule::output_decl => "`output`",
+        Rule::ret_type => "`->`",
+        Rule::block => "`{`",
+        Rule::fn_param => "a parameter",
+        Rule::fn_type => "`fn`",
+        Rule::member => "`.`",
+        Rule::EOI => "end of file",
+        Rule::eq | Rule::ne | Rule::lt | Rule::le | Rule::gt | Rule::ge => "a comparison",
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul | Rule::pow => "an operator",
+        Rule::neg => "`-`",
+        _ => return None,
+    })
+}
+
+fn syntax_error(file: FileId, source: &str, e: &pest::error::Error<Rule>) -> diag::Diag {
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: Vec<String> = Vec::new();
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        for r in positives {
+            if let Some(n) = rule_name(*r) {
+                expected.push(n.to_string());
+            }
+        }
+    }
+    if let Some(attempts) = e.parse_attempts() {
+        for t in attempts.expected_tokens() {
+            // Literal tokens print as themselves; character ranges and
+            // built-in rules are covered by the rule names above.
+            let text = t.to_string();
+            let t = text.trim();
+            // Whitespace and comment openers are always acceptable;
+            // listing them helps nobody.
+            let noise = t.is_empty() || t == "//" || t == "/*" || t.contains("..") || t == "BUILTIN_RULE";
+            if !noise {
+                expected.push(format!("`{t}`"));
+            }
+        }
+    }
+    expected.sort();
+    expected.dedup();
+    let found = found_at(source, pos);
+    let end = (pos + found.1).min(source.len());
+    let span = Span::new(file, pos, end);
+    let message = if expected.is_empty() {
+        format!("unexpected {}", found.0)
+    } else {
+        format!("expected {}, found {}", join_or(&expected), found.0)
+    };
+    diag::error(code::SYNTAX, format!("syntax error: {message}"))
+        .with_labels(vec![span.primary(format!("unexpected {}", found.0))])
+}
+
+/// What stands at `pos`: a word, a symbol or the end of the file, and its
+/// length in bytes.
+fn found_at(source: &str, pos: usize) -> (String, usize) {
+    let rest = source.get(pos..).unwrap_or("");
+    let mut chars = rest.chars();
+    match chars.next() {
+        None => ("end of file".to_string(), 0),
+        Some(c) if c.is_alphanumeric() || c == '_' => {
+            let len = rest
+                .find(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '.'))
+                .unwrap_or(rest.len());
+            (format!("`{}`", &rest[..len]), len)
+        }
+        Some('\n') => ("end of line".to_string(), 1),
+        Some(c) => (format!("`{c}`"), c.len_utf8()),
+    }
+}
+
+fn join_or(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
