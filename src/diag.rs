@@ -126,10 +126,14 @@ impl SourceMap {
 
 /// A collector of diagnostics. Reporting the same message at the same place
 /// twice (a function body checked once per call site, say) keeps one copy.
+/// A diagnostic's identity for de-duplication: its message and where its
+/// first label points.
+type DiagKey = (String, Option<(FileId, usize, usize)>);
+
 #[derive(Default, Debug)]
 pub struct Diagnostics {
     list: Vec<Diag>,
-    seen: HashSet<(String, Option<(FileId, usize, usize)>)>,
+    seen: HashSet<DiagKey>,
 }
 
 impl Diagnostics {
@@ -201,9 +205,7 @@ impl Diagnostics {
 
 /// An error diagnostic with a code and a message.
 pub fn error(code: &str, message: impl Into<String>) -> Diag {
-    Diagnostic::error()
-        .with_code(code)
-        .with_message(message)
+    Diagnostic::error().with_code(code).with_message(message)
 }
 
 /// A warning diagnostic with a message.

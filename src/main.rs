@@ -3,7 +3,9 @@
 fn main() {
     // Parsing and lowering recurse over the source's nesting; a generous
     // stack keeps deeply nested input an error, not a crash.
-    let child = std::thread::Builder::new().stack_size(256 << 20).spawn(nnc::driver::cli::main);
+    let child = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(nnc::driver::cli::main);
     let code = match child.map(|h| h.join()) {
         Ok(Ok(code)) => code,
         _ => 101,

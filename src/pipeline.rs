@@ -54,7 +54,10 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
         if let Some(g) = &graph {
             if cfg!(debug_assertions) {
                 if let Err(e) = ir::verify(g) {
-                    diags.push(diag::error(code::INTERNAL, format!("internal compiler error: IR verifier: {e}")));
+                    diags.push(diag::error(
+                        code::INTERNAL,
+                        format!("internal compiler error: IR verifier: {e}"),
+                    ));
                     graph = None;
                 }
             }
@@ -74,18 +77,26 @@ pub fn read_source(path: &Path) -> Result<String, Diag> {
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| {
         let hint = match e.kind() {
-            std::io::ErrorKind::NotFound => "help: check the path; it is relative to the current directory",
+            std::io::ErrorKind::NotFound => {
+                "help: check the path; it is relative to the current directory"
+            }
             std::io::ErrorKind::PermissionDenied => "help: check the file's permissions",
             _ => "help: is it a regular, readable file?",
         };
-        diag::error(code::FILE, format!("cannot read `{shown}`: {}", io_reason(&e))).with_notes(vec![hint.to_string()])
+        diag::error(
+            code::FILE,
+            format!("cannot read `{shown}`: {}", io_reason(&e)),
+        )
+        .with_notes(vec![hint.to_string()])
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(e.as_bytes());
         let line = text[..at.min(text.len())].matches('\n').count() + 1;
-        diag::error(code::FILE, format!("`{shown}` is not valid UTF-8"))
-            .with_notes(vec![format!("note: the first invalid byte is at offset {at} (line {line})"), "help: .nn files must be UTF-8 text".into()])
+        diag::error(code::FILE, format!("`{shown}` is not valid UTF-8")).with_notes(vec![
+            format!("note: the first invalid byte is at offset {at} (line {line})"),
+            "help: .nn files must be UTF-8 text".into(),
+        ])
     })
 }
 

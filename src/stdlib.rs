@@ -7,7 +7,10 @@ use crate::syntax::{self, ast};
 use std::sync::OnceLock;
 
 pub const FILES: &[(&str, &str)] = &[
-    ("<stdlib>/activations.nn", include_str!("../stdlib/activations.nn")),
+    (
+        "<stdlib>/activations.nn",
+        include_str!("../stdlib/activations.nn"),
+    ),
     ("<stdlib>/losses.nn", include_str!("../stdlib/losses.nn")),
     ("<stdlib>/layers.nn", include_str!("../stdlib/layers.nn")),
 ];

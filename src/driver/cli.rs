@@ -41,7 +41,9 @@ pub enum Command {
         file: PathBuf,
     },
     /// Compile a file and print a stage of the pipeline.
-    #[command(after_help = "Examples:\n  nnc compile examples/neuron.nn --emit ast\n  nnc compile examples/neuron.nn --emit ir")]
+    #[command(
+        after_help = "Examples:\n  nnc compile examples/neuron.nn --emit ast\n  nnc compile examples/neuron.nn --emit ir"
+    )]
     Compile {
         /// The .nn file.
         file: PathBuf,
@@ -50,7 +52,9 @@ pub enum Command {
         emit: Emit,
     },
     /// Evaluate a file's `output`s and print them.
-    #[command(after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json")]
+    #[command(
+        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json"
+    )]
     Run {
         /// The .nn file.
         file: PathBuf,
@@ -149,7 +153,9 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                     if outputs.is_empty() {
                         c.diags.push(
                             diag::warning("this file declares no outputs, so nothing was printed")
-                                .with_notes(vec!["help: name a result with `output z = ...`".into()]),
+                                .with_notes(vec![
+                                    "help: name a result with `output z = ...`".into()
+                                ]),
                         );
                     }
                     warn_non_finite(&g, &outputs, &mut c.diags);
@@ -169,7 +175,10 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
 }
 
 /// Evaluates a graph's outputs with the reference interpreter.
-pub fn run_graph(g: &Graph, seed: u64) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+pub fn run_graph(
+    g: &Graph,
+    seed: u64,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
     let params = interp::init_params(g, seed);
     let inputs = SecondaryMap::new();
     let values = interp::run(
@@ -179,10 +188,18 @@ pub fn run_graph(g: &Graph, seed: u64) -> Result<Vec<(String, crate::tensor::Ten
             inputs: &inputs,
         },
     )?;
-    Ok(g.outputs.iter().map(|o| o.name.clone()).zip(values).collect())
+    Ok(g.outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(values)
+        .collect())
 }
 
-fn warn_non_finite(g: &Graph, outputs: &[(String, crate::tensor::Tensor)], diags: &mut Diagnostics) {
+fn warn_non_finite(
+    g: &Graph,
+    outputs: &[(String, crate::tensor::Tensor)],
+    diags: &mut Diagnostics,
+) {
     for ((name, t), o) in outputs.iter().zip(&g.outputs) {
         if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
             diags.push(
@@ -218,4 +235,3 @@ fn load(path: &Path, stage: Stage) -> Result<Compilation, Outcome> {
         }
     }
 }
-

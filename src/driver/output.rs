@@ -29,7 +29,10 @@ pub fn json(outputs: &[(String, Tensor)]) -> String {
         let data: Vec<Value> = t
             .data
             .iter()
-            .map(|&v| serde_json::Number::from_f64(f64::from(v)).map_or(Value::Null, |n| Value::Number(shortest(v, n))))
+            .map(|&v| {
+                serde_json::Number::from_f64(f64::from(v))
+                    .map_or(Value::Null, |n| Value::Number(shortest(v, n)))
+            })
             .collect();
         map.insert(name.clone(), json!({ "shape": t.shape, "data": data }));
     }
@@ -38,5 +41,7 @@ pub fn json(outputs: &[(String, Tensor)]) -> String {
 
 /// The f32's own shortest decimal (`0.1`, not `0.10000000149011612`).
 fn shortest(v: f32, fallback: serde_json::Number) -> serde_json::Number {
-    format_f32(v).parse::<serde_json::Number>().unwrap_or(fallback)
+    format_f32(v)
+        .parse::<serde_json::Number>()
+        .unwrap_or(fallback)
 }

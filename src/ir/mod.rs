@@ -298,7 +298,10 @@ impl Graph {
                 let shape = self.shape(*arg);
                 let sorted = axes.windows(2).all(|w| w[0] < w[1]);
                 if !sorted || axes.iter().any(|&a| a >= shape.len()) {
-                    return Err(bad("reduce", format!("axes {axes:?} invalid for rank {}", shape.len())));
+                    return Err(bad(
+                        "reduce",
+                        format!("axes {axes:?} invalid for rank {}", shape.len()),
+                    ));
                 }
                 let kept = shape
                     .iter()
@@ -353,7 +356,11 @@ impl Graph {
     pub fn dim_str(&self, d: Dim) -> String {
         match d {
             Dim::Known(n) => n.to_string(),
-            Dim::Sym(s) => self.syms.get(s).map(|i| i.name.clone()).unwrap_or_else(|| s.to_string()),
+            Dim::Sym(s) => self
+                .syms
+                .get(s)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| s.to_string()),
         }
     }
 

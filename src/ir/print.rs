@@ -31,7 +31,13 @@ pub fn print_graph(g: &Graph) -> String {
         );
     }
     for (_, i) in g.inputs.iter() {
-        let _ = write!(out, "input {}: {}{}", i.name, i.ty.dtype, g.shape_str(&i.ty.shape));
+        let _ = write!(
+            out,
+            "input {}: {}{}",
+            i.name,
+            i.ty.dtype,
+            g.shape_str(&i.ty.shape)
+        );
         if let Some(c) = i.default {
             let _ = write!(out, " = {c}");
         }
@@ -39,7 +45,13 @@ pub fn print_graph(g: &Graph) -> String {
     }
     for (_, p) in g.params.iter() {
         let shape: Vec<Dim> = p.shape.iter().map(|&d| Dim::Known(d)).collect();
-        let _ = write!(out, "param {}: f32{} = {}", p.name, g.shape_str(&shape), init_str(&p.init));
+        let _ = write!(
+            out,
+            "param {}: f32{} = {}",
+            p.name,
+            g.shape_str(&shape),
+            init_str(&p.init)
+        );
         if let Some(s) = p.seed {
             let _ = write!(out, " seed={s}");
         }
@@ -49,7 +61,13 @@ pub fn print_graph(g: &Graph) -> String {
         out.push('\n');
     }
     for (n, d) in g.nodes.iter() {
-        let _ = writeln!(out, "{n}: {}{} = {}", d.ty.dtype, g.shape_str(&d.ty.shape), op_str(g, &d.op));
+        let _ = writeln!(
+            out,
+            "{n}: {}{} = {}",
+            d.ty.dtype,
+            g.shape_str(&d.ty.shape),
+            op_str(g, &d.op)
+        );
     }
     for o in &g.outputs {
         let _ = writeln!(out, "output {} = {}", o.name, o.node);
@@ -60,8 +78,12 @@ pub fn print_graph(g: &Graph) -> String {
 fn init_str(init: &Init) -> String {
     match init {
         Init::Constant(v) => format!("constant({})", format_f32(*v)),
-        Init::Uniform { low, high } => format!("uniform({}, {})", format_f32(*low), format_f32(*high)),
-        Init::Normal { mean, std } => format!("normal({}, {})", format_f32(*mean), format_f32(*std)),
+        Init::Uniform { low, high } => {
+            format!("uniform({}, {})", format_f32(*low), format_f32(*high))
+        }
+        Init::Normal { mean, std } => {
+            format!("normal({}, {})", format_f32(*mean), format_f32(*std))
+        }
         Init::XavierUniform => "xavier_uniform".into(),
         Init::XavierNormal => "xavier_normal".into(),
         Init::HeUniform => "he_uniform".into(),

@@ -61,8 +61,16 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Shape, BroadcastError> {
     let rank = a.len().max(b.len());
     let mut out = Vec::with_capacity(rank);
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { Dim::Known(1) };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { Dim::Known(1) };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            Dim::Known(1)
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            Dim::Known(1)
+        };
         out.push(match (da, db) {
             (x, y) if x == y => x,
             (Dim::Known(1), y) => y,

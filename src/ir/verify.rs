@@ -31,7 +31,11 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     }
     for (c, t) in g.consts.iter() {
         if t.shape.iter().product::<usize>() != t.data.len() {
-            return Err(format!("{c}: {} elements for shape {:?}", t.data.len(), t.shape));
+            return Err(format!(
+                "{c}: {} elements for shape {:?}",
+                t.data.len(),
+                t.shape
+            ));
         }
     }
     for (i, info) in g.inputs.iter() {

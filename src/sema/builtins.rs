@@ -118,7 +118,13 @@ impl Builtin {
         let ps: Vec<String> = self
             .params()
             .iter()
-            .map(|p| if p.required { p.name.to_string() } else { format!("{} = …", p.name) })
+            .map(|p| {
+                if p.required {
+                    p.name.to_string()
+                } else {
+                    format!("{} = …", p.name)
+                }
+            })
             .collect();
         format!("{}({})", self.name(), ps.join(", "))
     }

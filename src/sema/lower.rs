@@ -126,8 +126,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Value::Poison => None,
             other => {
                 self.diags.push(
-                    diag::error(code::KIND, format!("expected a tensor, found {}", expr_kind_str(other)))
-                        .with_labels(vec![span.primary(format!("this is {}", expr_kind_str(other)))]),
+                    diag::error(
+                        code::KIND,
+                        format!("expected a tensor, found {}", expr_kind_str(other)),
+                    )
+                    .with_labels(vec![
+                        span.primary(format!("this is {}", expr_kind_str(other)))
+                    ]),
                 );
                 None
             }
@@ -148,7 +153,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
 
     /// Broadcasts operands to their common shape (NumPy rules), reporting
     /// the first clashing pair with both shapes labelled.
-    fn broadcast_all(&mut self, operands: &[(Node, Span)], what: &str, span: Span) -> Option<Vec<Node>> {
+    fn broadcast_all(
+        &mut self,
+        operands: &[(Node, Span)],
+        what: &str,
+        op: Option<Span>,
+        span: Span,
+    ) -> Option<Vec<Node>> {
         let mut common: Shape = Vec::new();
         let mut from: Option<(Node, Span)> = None;
         for &(n, sp) in operands {
@@ -158,12 +169,19 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     let (other, osp) = from.unwrap_or((n, sp));
                     let (l, r) = (self.shape_str(other), self.shape_str(n));
                     let axis = e.axis as i64 - common.len().max(self.g.shape(n).len()) as i64;
+                    let mut labels = vec![
+                        osp.secondary(format!("this has shape {l}")),
+                        sp.secondary(format!("this has shape {r}")),
+                    ];
+                    match op {
+                        Some(op) => labels.insert(0, op.primary("shapes do not broadcast")),
+                        None => {
+                            labels[0].style = codespan_reporting::diagnostic::LabelStyle::Primary
+                        }
+                    }
                     self.diags.push(
                         diag::error(code::BROADCAST, format!("shapes {l} and {r} cannot be broadcast together in {what}"))
-                            .with_labels(vec![
-                                osp.primary(format!("this has shape {l}")),
-                                sp.secondary(format!("this has shape {r}")),
-                            ])
+                            .with_labels(labels)
                             .with_notes(vec![
                                 format!(
                                     "note: at axis {axis}, {} and {} differ and neither is 1",
@@ -211,24 +229,34 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 Value::Poison => Value::Poison,
                 other => {
                     self.diags.push(
-                        diag::error(code::KIND, format!("`.{}` is only valid on a model", m.name)).with_labels(vec![
-                            m.span.primary("member access on something that is not a model"),
-                            base.span.secondary(format!("this is {}", expr_kind_str(&other))),
+                        diag::error(
+                            code::KIND,
+                            format!("`.{}` is only valid on a model", m.name),
+                        )
+                        .with_labels(vec![
+                            m.span
+                                .primary("member access on something that is not a model"),
+                            base.span
+                                .secondary(format!("this is {}", expr_kind_str(&other))),
                         ]),
                     );
                     Value::Poison
                 }
             },
             ExprKind::Neg(x) => match self.tensor_expr(env, x) {
-                Some(n) => self.add(Op::Unary(UnaryOp::Neg, n), span).map_or(Value::Poison, Value::T),
+                Some(n) => self
+                    .add(Op::Unary(UnaryOp::Neg, n), span)
+                    .map_or(Value::Poison, Value::T),
                 None => Value::Poison,
             },
-            ExprKind::Binary(op, a, b) => self.binary(env, *op, a, b, span, e.span),
+            ExprKind::Binary(op, op_span, a, b) => self.binary(env, *op, *op_span, a, b, span),
             ExprKind::Call(callee, args) => {
                 let f = self.expr(env, callee);
                 match f {
                     Value::Func(Callee::Builtin(b)) => self.builtin(env, b, callee, args, e.span),
-                    Value::Func(Callee::User(fd, id, scope)) => self.inline(env, fd, id, scope, args, e.span),
+                    Value::Func(Callee::User(fd, id, scope)) => {
+                        self.inline(env, fd, id, scope, args, e.span)
+                    }
                     Value::Poison => {
                         for a in args {
                             self.expr(env, &a.value);
@@ -237,8 +265,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     }
                     other => {
                         self.diags.push(
-                            diag::error(code::NOT_CALLABLE, format!("{} cannot be called", expr_kind_str(&other)))
-                                .with_labels(vec![callee.span.primary(format!("this is {}, not a function", expr_kind_str(&other)))]),
+                            diag::error(
+                                code::NOT_CALLABLE,
+                                format!("{} cannot be called", expr_kind_str(&other)),
+                            )
+                            .with_labels(vec![callee.span.primary(
+                                format!("this is {}, not a function", expr_kind_str(&other)),
+                            )]),
                         );
                         Value::Poison
                     }
@@ -248,7 +281,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
     }
 
     fn fill(&mut self, value: f32, shape: Shape, span: Span) -> Value<'a> {
-        self.add(Op::Fill { value, shape }, span).map_or(Value::Poison, Value::T)
+        self.add(Op::Fill { value, shape }, span)
+            .map_or(Value::Poison, Value::T)
     }
 
     fn name(&mut self, env: &Env<'a>, i: &ast::Ident) -> Value<'a> {
@@ -276,16 +310,25 @@ impl<'a> Lowerer<'_, 'a, '_> {
         }
     }
 
-    fn binary(&mut self, env: &mut Env<'a>, op: BinOp, a: &'a Expr, b: &'a Expr, span: Span, whole: Span) -> Value<'a> {
+    fn binary(
+        &mut self,
+        env: &mut Env<'a>,
+        op: BinOp,
+        op_span: Span,
+        a: &'a Expr,
+        b: &'a Expr,
+        span: Span,
+    ) -> Value<'a> {
         let (x, y) = (self.tensor_expr(env, a), self.tensor_expr(env, b));
         let (Some(x), Some(y)) = (x, y) else {
             return Value::Poison;
         };
         if op == BinOp::MatMul {
-            return self.matmul(x, y, a.span, b.span, whole, span);
+            return self.matmul(x, y, a.span, b.span, op_span, span);
         }
         let what = format!("`{}`", op.symbol());
-        let Some(v) = self.broadcast_all(&[(x, a.span), (y, b.span)], &what, span) else {
+        let Some(v) = self.broadcast_all(&[(x, a.span), (y, b.span)], &what, Some(op_span), span)
+        else {
             return Value::Poison;
         };
         let (x, y) = (v[0], v[1]);
@@ -308,15 +351,21 @@ impl<'a> Lowerer<'_, 'a, '_> {
 
     /// `a @ b` with NumPy's rules: a 1-D operand gains a unit dimension
     /// (removed again from the result), batch dimensions broadcast.
-    fn matmul(&mut self, a: Node, b: Node, sa: Span, sb: Span, whole: Span, span: Span) -> Value<'a> {
+    fn matmul(&mut self, a: Node, b: Node, sa: Span, sb: Span, at: Span, span: Span) -> Value<'a> {
         let (la, lb) = (self.shape_str(a), self.shape_str(b));
         let (mut ash, mut bsh) = (self.g.shape(a).clone(), self.g.shape(b).clone());
         if ash.is_empty() || bsh.is_empty() {
             let (bad, bsp) = if ash.is_empty() { (&la, sa) } else { (&lb, sb) };
             self.diags.push(
-                diag::error(code::RANK, "rank mismatch: `@` needs operands of rank 1 or more")
-                    .with_labels(vec![bsp.primary(format!("this is a scalar ({bad})")), whole.secondary("in this matrix product")])
-                    .with_notes(vec!["help: use `*` to multiply by a scalar".into()]),
+                diag::error(
+                    code::RANK,
+                    "rank mismatch: `@` needs operands of rank 1 or more",
+                )
+                .with_labels(vec![
+                    bsp.primary(format!("this is a scalar ({bad})")),
+                    at.secondary("in this matrix product"),
+                ])
+                .with_notes(vec!["help: use `*` to multiply by a scalar".into()]),
             );
             return Value::Poison;
         }
@@ -332,7 +381,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             self.diags.push(
                 diag::error(code::MATMUL, format!("matrix product dimensions do not match: {la} @ {lb}"))
                     .with_labels(vec![
-                        whole.primary(format!(
+                        at.primary(format!(
                             "inner dimensions differ: {} vs {}",
                             self.g.dim_str(k1),
                             self.g.dim_str(k2)
@@ -351,12 +400,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Ok(s) => s,
             Err(_) => {
                 self.diags.push(
-                    diag::error(code::BROADCAST, format!("batch dimensions of {la} @ {lb} cannot be broadcast together"))
-                        .with_labels(vec![
-                            whole.primary("in this matrix product"),
-                            sa.secondary(format!("this has shape {la}")),
-                            sb.secondary(format!("this has shape {lb}")),
-                        ]),
+                    diag::error(
+                        code::BROADCAST,
+                        format!("batch dimensions of {la} @ {lb} cannot be broadcast together"),
+                    )
+                    .with_labels(vec![
+                        at.primary("in this matrix product"),
+                        sa.secondary(format!("this has shape {la}")),
+                        sb.secondary(format!("this has shape {lb}")),
+                    ]),
                 );
                 return Value::Poison;
             }
@@ -392,7 +444,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
         Value::T(out)
     }
 
-    fn reshape_then_broadcast(&mut self, n: Node, shape: &Shape, target: &Shape, span: Span) -> Option<Node> {
+    fn reshape_then_broadcast(
+        &mut self,
+        n: Node,
+        shape: &Shape,
+        target: &Shape,
+        span: Span,
+    ) -> Option<Node> {
         let mut n = n;
         if self.g.shape(n) != shape {
             n = self.add(Op::Reshape(n, shape.clone()), span)?;
@@ -401,9 +459,24 @@ impl<'a> Lowerer<'_, 'a, '_> {
     }
 
     /// Inlines a call of a user (or stdlib) function.
-    fn inline(&mut self, env: &mut Env<'a>, f: &'a FnDef, id: DefId, scope: ScopeId, args: &'a [ast::Arg], span: Span) -> Value<'a> {
+    fn inline(
+        &mut self,
+        env: &mut Env<'a>,
+        f: &'a FnDef,
+        id: DefId,
+        scope: ScopeId,
+        args: &'a [ast::Arg],
+        span: Span,
+    ) -> Value<'a> {
         let formals: Vec<Formal> = fn_formals(f);
-        let bound = match bind_args(&f.name.name, &formals, args, span, Some(f.name.span), &fn_signature(f)) {
+        let bound = match bind_args(
+            &f.name.name,
+            &formals,
+            args,
+            span,
+            Some(f.name.span),
+            &fn_signature(f),
+        ) {
             Ok(b) => b,
             Err(d) => {
                 self.diags.push(d);
@@ -429,9 +502,21 @@ impl<'a> Lowerer<'_, 'a, '_> {
         }
         if self.depth >= MAX_INLINE_DEPTH {
             self.diags.push(
-                diag::error(code::RECURSION, format!("calls nested more than {MAX_INLINE_DEPTH} deep while inlining `{}`", f.name.name))
-                    .with_labels(vec![span.primary("this call"), f.name.span.secondary("function defined here")])
-                    .with_notes(vec!["note: a function that receives itself as an argument recurses without end".into()]),
+                diag::error(
+                    code::RECURSION,
+                    format!(
+                        "calls nested more than {MAX_INLINE_DEPTH} deep while inlining `{}`",
+                        f.name.name
+                    ),
+                )
+                .with_labels(vec![
+                    span.primary("this call"),
+                    f.name.span.secondary("function defined here"),
+                ])
+                .with_notes(vec![
+                    "note: a function that receives itself as an argument recurses without end"
+                        .into(),
+                ]),
             );
             return Value::Poison;
         }
@@ -448,14 +533,25 @@ impl<'a> Lowerer<'_, 'a, '_> {
         };
         let mut inner = Env {
             scope,
-            locals: f.params.iter().map(|p| p.name.name.clone()).zip(values.into_iter().map(|(v, _)| v)).collect(),
+            locals: f
+                .params
+                .iter()
+                .map(|p| p.name.name.clone())
+                .zip(values.into_iter().map(|(v, _)| v))
+                .collect(),
             dims,
             site,
         };
         self.depth += 1;
         for l in &f.body.lets {
             let v = self.expr(&mut inner, &l.value);
-            let v = self.check_annotation(&inner, l.ty.as_ref(), v, l.value.span, &format!("`{}`", l.name.name));
+            let v = self.check_annotation(
+                &inner,
+                l.ty.as_ref(),
+                v,
+                l.value.span,
+                &format!("`{}`", l.name.name),
+            );
             inner.locals.push((l.name.name.clone(), v));
         }
         let result = self.expr(&mut inner, &f.body.result);
@@ -467,21 +563,50 @@ impl<'a> Lowerer<'_, 'a, '_> {
     }
 
     /// Matches one argument against its parameter's declared type.
-    fn check_param(&mut self, f: &FnDef, p: &ast::FnParam, v: &Value<'a>, sp: Span, dims: &mut Bindings) -> bool {
+    fn check_param(
+        &mut self,
+        f: &FnDef,
+        p: &ast::FnParam,
+        v: &Value<'a>,
+        sp: Span,
+        dims: &mut Bindings,
+    ) -> bool {
         let (ty, node) = match (&p.ty, v) {
             (ParamType::Fn(_), Value::Func(_)) => return true,
             (ParamType::Tensor(t), Value::T(n)) => (t, *n),
             (ParamType::Fn(tsp), other) => {
                 self.diags.push(
-                    diag::error(code::KIND, format!("argument `{}` of `{}` must be a function, found {}", p.name.name, f.name.name, expr_kind_str(other)))
-                        .with_labels(vec![sp.primary("expected a function"), tsp.secondary("declared as `fn` here")]),
+                    diag::error(
+                        code::KIND,
+                        format!(
+                            "argument `{}` of `{}` must be a function, found {}",
+                            p.name.name,
+                            f.name.name,
+                            expr_kind_str(other)
+                        ),
+                    )
+                    .with_labels(vec![
+                        sp.primary("expected a function"),
+                        tsp.secondary("declared as `fn` here"),
+                    ]),
                 );
                 return false;
             }
             (ParamType::Tensor(t), other) => {
                 self.diags.push(
-                    diag::error(code::KIND, format!("argument `{}` of `{}` must be a tensor, found {}", p.name.name, f.name.name, expr_kind_str(other)))
-                        .with_labels(vec![sp.primary("expected a tensor"), t.span.secondary("declared type")]),
+                    diag::error(
+                        code::KIND,
+                        format!(
+                            "argument `{}` of `{}` must be a tensor, found {}",
+                            p.name.name,
+                            f.name.name,
+                            expr_kind_str(other)
+                        ),
+                    )
+                    .with_labels(vec![
+                        sp.primary("expected a tensor"),
+                        t.span.secondary("declared type"),
+                    ]),
                 );
                 return false;
             }
@@ -524,7 +649,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
     }
 
     /// Checks a `let` or `output` annotation; returns the value, or poison.
-    fn check_annotation(&mut self, env: &Env<'a>, ty: Option<&'a ast::TypeExpr>, v: Value<'a>, sp: Span, what: &str) -> Value<'a> {
+    fn check_annotation(
+        &mut self,
+        env: &Env<'a>,
+        ty: Option<&'a ast::TypeExpr>,
+        v: Value<'a>,
+        sp: Span,
+        what: &str,
+    ) -> Value<'a> {
         let (Some(ty), Value::T(n)) = (ty, &v) else {
             return v;
         };
@@ -535,22 +667,45 @@ impl<'a> Lowerer<'_, 'a, '_> {
         if found != expected {
             let (fs, es) = (self.g.shape_str(&found), self.g.shape_str(&expected));
             self.diags.push(
-                diag::error(code::RESULT_TYPE, format!("{what} has shape {fs} but its declared type is {es}"))
-                    .with_labels(vec![sp.primary(format!("this has shape {fs}")), ty.span.secondary(format!("declared {es} here"))]),
+                diag::error(
+                    code::RESULT_TYPE,
+                    format!("{what} has shape {fs} but its declared type is {es}"),
+                )
+                .with_labels(vec![
+                    sp.primary(format!("this has shape {fs}")),
+                    ty.span.secondary(format!("declared {es} here")),
+                ]),
             );
             return Value::Poison;
         }
         v
     }
 
-    fn check_result(&mut self, f: &FnDef, rt: &'a ast::TypeExpr, env: &Env<'a>, v: Value<'a>) -> Value<'a> {
+    fn check_result(
+        &mut self,
+        f: &FnDef,
+        rt: &'a ast::TypeExpr,
+        env: &Env<'a>,
+        v: Value<'a>,
+    ) -> Value<'a> {
         let n = match &v {
             Value::T(n) => *n,
             Value::Poison => return v,
             other => {
                 self.diags.push(
-                    diag::error(code::KIND, format!("`{}` returns {} but declares a tensor result", f.name.name, expr_kind_str(other)))
-                        .with_labels(vec![f.body.result.span.primary("this is not a tensor")]),
+                    diag::error(
+                        code::KIND,
+                        format!(
+                            "`{}` returns {} but declares a tensor result",
+                            f.name.name,
+                            expr_kind_str(other)
+                        ),
+                    )
+                    .with_labels(vec![f
+                        .body
+                        .result
+                        .span
+                        .primary("this is not a tensor")]),
                 );
                 return Value::Poison;
             }
@@ -563,19 +718,32 @@ impl<'a> Lowerer<'_, 'a, '_> {
             return v;
         }
         let (fs, es) = (self.g.shape_str(&found), self.g.shape_str(&expected));
-        let mut bindings: Vec<String> = env.dims.iter().map(|(k, b)| types::bound_str(&self.g, k, b)).collect();
+        let mut bindings: Vec<String> = env
+            .dims
+            .iter()
+            .map(|(k, b)| types::bound_str(&self.g, k, b))
+            .collect();
         bindings.sort();
         let mut notes = vec![];
         if !bindings.is_empty() {
             notes.push(format!("note: in this call {}", bindings.join(", ")));
         }
         self.diags.push(
-            diag::error(code::RESULT_TYPE, format!("`{}` returns shape {fs} but its declared result type is {es}", f.name.name))
-                .with_labels(vec![
-                    f.body.result.span.primary(format!("this has shape {fs}")),
-                    rt.span.secondary(format!("declared result type {}", crate::syntax::ast_type_str(rt))),
-                ])
-                .with_notes(notes),
+            diag::error(
+                code::RESULT_TYPE,
+                format!(
+                    "`{}` returns shape {fs} but its declared result type is {es}",
+                    f.name.name
+                ),
+            )
+            .with_labels(vec![
+                f.body.result.span.primary(format!("this has shape {fs}")),
+                rt.span.secondary(format!(
+                    "declared result type {}",
+                    crate::syntax::ast_type_str(rt)
+                )),
+            ])
+            .with_notes(notes),
         );
         Value::Poison
     }
@@ -604,7 +772,10 @@ fn expected_str(g: &Graph, ty: &ast::TypeExpr, b: &Bindings) -> String {
 pub(super) fn literal(e: &Expr) -> Result<Tensor, Diag> {
     match &e.kind {
         ExprKind::Number(v) => Ok(Tensor::scalar(*v)),
-        ExprKind::Error => Err(diag::error(code::LITERAL, "invalid element in a tensor literal").with_labels(vec![e.span.primary("here")])),
+        ExprKind::Error => Err(
+            diag::error(code::LITERAL, "invalid element in a tensor literal")
+                .with_labels(vec![e.span.primary("here")]),
+        ),
         ExprKind::Tensor(items) => {
             let mut shape: Option<Vec<usize>> = None;
             let mut data = Vec::new();
@@ -613,12 +784,19 @@ pub(super) fn literal(e: &Expr) -> Result<Tensor, Diag> {
                 match &shape {
                     None => shape = Some(t.shape.clone()),
                     Some(s) if *s != t.shape => {
-                        return Err(diag::error(code::LITERAL, "ragged tensor literal: rows differ in shape")
-                            .with_labels(vec![
-                                it.span.primary(format!("this has shape {:?}", t.shape)),
-                                items[0].span.secondary(format!("the first has shape {s:?}")),
-                            ])
-                            .with_notes(vec!["help: every row of a tensor literal must have the same length".into()]))
+                        return Err(diag::error(
+                            code::LITERAL,
+                            "ragged tensor literal: rows differ in shape",
+                        )
+                        .with_labels(vec![
+                            it.span.primary(format!("this has shape {:?}", t.shape)),
+                            items[0]
+                                .span
+                                .secondary(format!("the first has shape {s:?}")),
+                        ])
+                        .with_notes(vec![
+                            "help: every row of a tensor literal must have the same length".into(),
+                        ]))
                     }
                     Some(_) => {}
                 }
@@ -628,9 +806,13 @@ pub(super) fn literal(e: &Expr) -> Result<Tensor, Diag> {
             s.extend(shape.unwrap_or_default());
             Ok(Tensor::new(s, data))
         }
-        _ => Err(diag::error(code::LITERAL, "tensor literals hold numbers only")
-            .with_labels(vec![e.span.primary("not a number")])
-            .with_notes(vec!["help: compute with the values instead, e.g. `x * [1, 2]`".into()])),
+        _ => Err(
+            diag::error(code::LITERAL, "tensor literals hold numbers only")
+                .with_labels(vec![e.span.primary("not a number")])
+                .with_notes(vec![
+                    "help: compute with the values instead, e.g. `x * [1, 2]`".into(),
+                ]),
+        ),
     }
 }
 
@@ -643,4 +825,3 @@ pub fn stdlib_scope_files(s: &Scopes) -> HashSet<FileId> {
         .filter_map(|d| super::scope::def_name_span(&s.def(*d).def).map(|sp| sp.file))
         .collect()
 }
-

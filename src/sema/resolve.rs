@@ -57,11 +57,14 @@ pub fn check(s: &Scopes, diags: &mut Diagnostics) -> Resolved {
                         w.diags.push(
                             diag::error(
                                 code::UNBOUND_DIM,
-                                format!("unbound symbolic dimension `{}` in parameter `{}`", i.name, p.name.name),
+                                format!(
+                                    "unbound symbolic dimension `{}` in parameter `{}`",
+                                    i.name, p.name.name
+                                ),
                             )
                             .with_labels(vec![i.span.primary("not known at compile time")])
                             .with_notes(vec![
-                                "help: parameters need static shapes, such as `[784, 128]`".into()
+                                "help: parameters need static shapes, such as `[784, 128]`".into(),
                             ]),
                         );
                     }
@@ -175,7 +178,7 @@ impl Walker<'_, '_, '_> {
             }
             ExprKind::Tensor(items) => items.iter().for_each(|x| self.expr(x)),
             ExprKind::Neg(x) => self.expr(x),
-            ExprKind::Binary(_, a, b) => {
+            ExprKind::Binary(_, _, a, b) => {
                 self.expr(a);
                 self.expr(b);
             }
@@ -186,16 +189,24 @@ impl Walker<'_, '_, '_> {
 
     fn member(&mut self, base: &Expr, m: &Ident) {
         if let ExprKind::Name(i) = &base.kind {
-            if let Some(Def::Model(model, inner)) = self.global(&i.name).map(|d| self.s.def(d).def) {
+            if let Some(Def::Model(model, inner)) = self.global(&i.name).map(|d| self.s.def(d).def)
+            {
                 if !self.s.scopes[inner].names.contains_key(&m.name) {
-                    let names: Vec<&str> = self.s.scopes[inner].names.keys().map(|k| k.as_str()).collect();
+                    let names: Vec<&str> = self.s.scopes[inner]
+                        .names
+                        .keys()
+                        .map(|k| k.as_str())
+                        .collect();
                     let mut d = diag::error(
                         code::UNKNOWN_NAME,
                         format!("model `{}` has no member `{}`", model.name.name, m.name),
                     )
                     .with_labels(vec![
                         m.span.primary("unknown member"),
-                        model.name.span.secondary(format!("`{}` defined here", model.name.name)),
+                        model
+                            .name
+                            .span
+                            .secondary(format!("`{}` defined here", model.name.name)),
                     ]);
                     if let Some(sug) = diag::suggest(&m.name, names) {
                         d = d.with_notes(vec![format!("help: did you mean `{sug}`?")]);
@@ -207,8 +218,13 @@ impl Walker<'_, '_, '_> {
         }
         self.expr(base);
         self.diags.push(
-            diag::error(code::KIND, format!("`.{}` is only valid on a model", m.name))
-                .with_labels(vec![m.span.primary("member access on something that is not a model")]),
+            diag::error(
+                code::KIND,
+                format!("`.{}` is only valid on a model", m.name),
+            )
+            .with_labels(vec![m
+                .span
+                .primary("member access on something that is not a model")]),
         );
     }
 
@@ -217,9 +233,10 @@ impl Walker<'_, '_, '_> {
             ExprKind::Name(i) => self.global(&i.name).map(|d| (d, i.name.clone())),
             ExprKind::Member(base, m) => match &base.kind {
                 ExprKind::Name(i) => match self.global(&i.name).map(|d| self.s.def(d).def) {
-                    Some(Def::Model(_, inner)) => {
-                        self.s.scopes[inner].names.get(&m.name).map(|d| (*d, format!("{}.{}", i.name, m.name)))
-                    }
+                    Some(Def::Model(_, inner)) => self.s.scopes[inner]
+                        .names
+                        .get(&m.name)
+                        .map(|d| (*d, format!("{}.{}", i.name, m.name))),
                     _ => None,
                 },
                 _ => None,
@@ -252,7 +269,14 @@ impl Walker<'_, '_, '_> {
             Some((id, Def::Fn(f), name)) => {
                 self.calls.push((id, span));
                 let formals = fn_formals(f);
-                if let Err(d) = bind_args(&name, &formals, args, span, Some(f.name.span), &fn_signature(f)) {
+                if let Err(d) = bind_args(
+                    &name,
+                    &formals,
+                    args,
+                    span,
+                    Some(f.name.span),
+                    &fn_signature(f),
+                ) {
                     self.diags.push(d);
                 }
                 args.iter().for_each(|a| self.expr(&a.value));
@@ -273,8 +297,11 @@ pub fn static_arg(b: Builtin, a: &Arg, i: usize) -> bool {
 }
 
 pub fn unknown_name(i: &Ident, candidates: &[&str]) -> Diag {
-    let mut d = diag::error(code::UNKNOWN_NAME, format!("cannot find `{}` in this scope", i.name))
-        .with_labels(vec![i.span.primary("not found")]);
+    let mut d = diag::error(
+        code::UNKNOWN_NAME,
+        format!("cannot find `{}` in this scope", i.name),
+    )
+    .with_labels(vec![i.span.primary("not found")]);
     if let Some(s) = diag::suggest(&i.name, candidates.iter().copied()) {
         d = d.with_notes(vec![format!("help: did you mean `{s}`?")]);
     }
@@ -329,14 +356,19 @@ pub fn bind_args(
     let mut bound: Vec<Option<usize>> = vec![None; formals.len()];
     let with_def = |mut d: Diag| {
         if let Some(sp) = def {
-            d.labels.push(sp.secondary(format!("`{callee}` defined here")));
+            d.labels
+                .push(sp.secondary(format!("`{callee}` defined here")));
         }
         d.with_notes(vec![format!("note: the signature is `{signature}`")])
     };
     let positional = args.iter().filter(|a| a.name.is_none()).count();
     let (min, max) = (formals.iter().filter(|f| f.required).count(), formals.len());
     if positional > max {
-        let extra = &args.iter().filter(|a| a.name.is_none()).nth(max).map(|a| a.value.span);
+        let extra = &args
+            .iter()
+            .filter(|a| a.name.is_none())
+            .nth(max)
+            .map(|a| a.value.span);
         let mut labels = vec![call.primary(format!("expected {}", count_str(min, max)))];
         if let Some(e) = extra {
             labels.push(e.secondary("first extra argument"));
@@ -344,7 +376,10 @@ pub fn bind_args(
         return Err(with_def(
             diag::error(
                 code::ARITY,
-                format!("`{callee}` takes {} but {positional} were given", count_str(min, max)),
+                format!(
+                    "`{callee}` takes {} but {positional} were given",
+                    count_str(min, max)
+                ),
             )
             .with_labels(labels),
         ));
@@ -359,14 +394,20 @@ pub fn bind_args(
             Some(n) => match formals.iter().position(|f| f.name == n.name) {
                 Some(fi) if bound[fi].is_some() => {
                     return Err(with_def(
-                        diag::error(code::NAMED_ARG, format!("argument `{}` is given twice", n.name))
-                            .with_labels(vec![n.span.primary("given again here")]),
+                        diag::error(
+                            code::NAMED_ARG,
+                            format!("argument `{}` is given twice", n.name),
+                        )
+                        .with_labels(vec![n.span.primary("given again here")]),
                     ))
                 }
                 Some(fi) => bound[fi] = Some(ai),
                 None => {
-                    let mut d = diag::error(code::NAMED_ARG, format!("`{callee}` has no parameter named `{}`", n.name))
-                        .with_labels(vec![n.span.primary("unknown parameter")]);
+                    let mut d = diag::error(
+                        code::NAMED_ARG,
+                        format!("`{callee}` has no parameter named `{}`", n.name),
+                    )
+                    .with_labels(vec![n.span.primary("unknown parameter")]);
                     if let Some(s) = diag::suggest(&n.name, formals.iter().map(|f| f.name)) {
                         d = d.with_notes(vec![format!("help: did you mean `{s}`?")]);
                     }
@@ -387,7 +428,10 @@ pub fn bind_args(
         return Err(with_def(
             diag::error(
                 code::ARITY,
-                format!("`{callee}` takes {} but {given} were given", count_str(min, max)),
+                format!(
+                    "`{callee}` takes {} but {given} were given",
+                    count_str(min, max)
+                ),
             )
             .with_labels(vec![call.primary(format!("missing {}", names.join(", ")))]),
         ));
@@ -406,7 +450,11 @@ fn count_str(min: usize, max: usize) -> String {
 
 /// Finds call cycles among functions; reports each once and returns every
 /// function on one.
-fn find_cycles(s: &Scopes, calls: &HashMap<DefId, Vec<(DefId, Span)>>, diags: &mut Diagnostics) -> HashSet<DefId> {
+fn find_cycles(
+    s: &Scopes,
+    calls: &HashMap<DefId, Vec<(DefId, Span)>>,
+    diags: &mut Diagnostics,
+) -> HashSet<DefId> {
     let mut recursive = HashSet::new();
     let mut ids: Vec<DefId> = calls.keys().copied().collect();
     ids.sort();

@@ -135,7 +135,11 @@ fn add_items<'a>(s: &mut Scopes<'a>, scope: ScopeId, items: &'a [Item], diags: &
         };
         let name = item.name();
         let is_output = matches!(item, Item::Output(_));
-        let table = if is_output { &s.scopes[scope].outputs } else { &s.scopes[scope].names };
+        let table = if is_output {
+            &s.scopes[scope].outputs
+        } else {
+            &s.scopes[scope].names
+        };
         if let Some(&prev) = table.get(&name.name) {
             let first = def_name_span(&s.defs[prev].def);
             let mut labels = vec![name.span.primary(format!("`{}` redefined here", name.name))];
@@ -155,7 +159,11 @@ fn add_items<'a>(s: &mut Scopes<'a>, scope: ScopeId, items: &'a [Item], diags: &
             scope,
             qual: format!("{}{}", s.scopes[scope].prefix, name.name),
         });
-        let table = if is_output { &mut s.scopes[scope].outputs } else { &mut s.scopes[scope].names };
+        let table = if is_output {
+            &mut s.scopes[scope].outputs
+        } else {
+            &mut s.scopes[scope].names
+        };
         table.insert(name.name.clone(), id);
         s.scopes[scope].order.push(id);
         if let Def::Model(m, inner) = def {

@@ -18,16 +18,31 @@ pub type Bindings = HashMap<String, Bound>;
 #[derive(Clone, Debug)]
 pub enum Mismatch {
     /// Wrong number of dimensions (`at_least` when the type has a `..`).
-    Rank { expected: usize, found: usize, at_least: bool },
+    Rank {
+        expected: usize,
+        found: usize,
+        at_least: bool,
+    },
     /// Dimension `index` (of the type) does not match; `earlier` is set
     /// when it clashes with a binding made before.
-    Dim { index: usize, earlier: Option<Bound> },
+    Dim {
+        index: usize,
+        earlier: Option<Bound>,
+    },
 }
 
 /// Matches `shape` against `ty`, extending `bindings`. With `bind` off, a
 /// name not yet bound is an error (lowering reports it as unbound).
-pub fn unify(ty: &TypeExpr, shape: &[Dim], bindings: &mut Bindings, bind: bool) -> Result<(), Mismatch> {
-    let vpos = ty.dims.iter().position(|d| matches!(d, DimExpr::Variadic(_)));
+pub fn unify(
+    ty: &TypeExpr,
+    shape: &[Dim],
+    bindings: &mut Bindings,
+    bind: bool,
+) -> Result<(), Mismatch> {
+    let vpos = ty
+        .dims
+        .iter()
+        .position(|d| matches!(d, DimExpr::Variadic(_)));
     let fixed = ty.dims.len() - usize::from(vpos.is_some());
     let rank_ok = match vpos {
         Some(_) => shape.len() >= fixed,
@@ -82,7 +97,10 @@ pub fn unify(ty: &TypeExpr, shape: &[Dim], bindings: &mut Bindings, bind: bool) 
 
 /// The shape a type denotes under `bindings`, or the first name that is
 /// not bound.
-pub fn substitute<'t>(ty: &'t TypeExpr, bindings: &Bindings) -> Result<Shape, &'t crate::syntax::ast::Ident> {
+pub fn substitute<'t>(
+    ty: &'t TypeExpr,
+    bindings: &Bindings,
+) -> Result<Shape, &'t crate::syntax::ast::Ident> {
     let mut out = Vec::new();
     for d in &ty.dims {
         match d {

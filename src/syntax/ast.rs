@@ -165,7 +165,8 @@ pub enum ExprKind {
     Name(Ident),
     Tensor(Vec<Expr>),
     Neg(Box<Expr>),
-    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// An operator, the operator's own span, and the operands.
+    Binary(BinOp, Span, Box<Expr>, Box<Expr>),
     Call(Box<Expr>, Vec<Arg>),
     Member(Box<Expr>, Ident),
     /// A piece of source that was already reported (an invalid literal).

@@ -206,7 +206,9 @@ impl Builder<'_> {
                                 .with_labels(vec![dspan.primary("too large for a dimension")]),
                         ),
                     },
-                    Rule::dim_sym => dims.push(DimExpr::Sym(self.ident(child(&mut d.into_inner())))),
+                    Rule::dim_sym => {
+                        dims.push(DimExpr::Sym(self.ident(child(&mut d.into_inner()))))
+                    }
                     Rule::dim_variadic => {
                         dims.push(DimExpr::Variadic(self.ident(child(&mut d.into_inner()))))
                     }
@@ -262,9 +264,10 @@ impl Builder<'_> {
                     Rule::ge => BinOp::Ge,
                     r => unreachable!("rule {r:?} is not an operator"),
                 };
+                let op_span = this.borrow().span(&op);
                 Expr {
                     span: lhs.span.to(rhs.span),
-                    kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)),
+                    kind: ExprKind::Binary(bin, op_span, Box::new(lhs), Box::new(rhs)),
                 }
             })
             .parse(pair.into_inner());
@@ -308,9 +311,12 @@ impl Builder<'_> {
             Ok(v) if valid_form && v.is_finite() => ExprKind::Number(v),
             Ok(_) if valid_form => {
                 self.diags.push(
-                    diag::error(code::NUMBER, format!("numeric literal `{text}` is out of range for f32"))
-                        .with_labels(vec![span.primary("does not fit in a 32-bit float")])
-                        .with_notes(vec!["note: the largest f32 is about 3.4e38".into()]),
+                    diag::error(
+                        code::NUMBER,
+                        format!("numeric literal `{text}` is out of range for f32"),
+                    )
+                    .with_labels(vec![span.primary("does not fit in a 32-bit float")])
+                    .with_notes(vec!["note: the largest f32 is about 3.4e38".into()]),
                 );
                 ExprKind::Error
             }
@@ -360,34 +366,16 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
 }
 
 fn syntax_error(file: FileId, source: &str, e: &pest::error::Error<Rule>) -> diag::Diag {
-    let pos = match e.location {
+    let mut pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
-    let mut expected: Vec<String> = Vec::new();
-    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
-        for r in positives {
-            if let Some(n) = rule_name(*r) {
-                expected.push(n.to_string());
-            }
-        }
+    // The detailed attempts know the farthest position the parser reached,
+    // which is where the user's text went wrong.
+    if let Some(a) = e.parse_attempts() {
+        pos = pos.max(a.max_position);
     }
-    if let Some(attempts) = e.parse_attempts() {
-        for t in attempts.expected_tokens() {
-            // Literal tokens print as themselves; character ranges and
-            // built-in rules are covered by the rule names above.
-            let text = t.to_string();
-            let t = text.trim();
-            // Whitespace and comment openers are always acceptable;
-            // listing them helps nobody.
-            let noise = t.is_empty() || t == "//" || t == "/*" || t.contains("..") || t == "BUILTIN_RULE";
-            if !noise {
-                expected.push(format!("`{t}`"));
-            }
-        }
-    }
-    expected.sort();
-    expected.dedup();
+    let expected = expected_at(e);
     let found = found_at(source, pos);
     let end = (pos + found.1).min(source.len());
     let span = Span::new(file, pos, end);
@@ -398,6 +386,136 @@ fn syntax_error(file: FileId, source: &str, e: &pest::error::Error<Rule>) -> dia
     };
     diag::error(code::SYNTAX, format!("syntax error: {message}"))
         .with_labels(vec![span.primary(format!("unexpected {}", found.0))])
+}
+
+/// What the parser would have accepted, in words a user reads: the
+/// punctuation that would close or continue the construct, or "an
+/// expression" / "an operator" for the many tokens that start one.
+fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let mut rules: Vec<Rule> = Vec::new();
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        rules.extend(positives.iter().copied());
+    }
+    let mut tokens: BTreeSet<String> = BTreeSet::new();
+    if let Some(attempts) = e.parse_attempts() {
+        for t in attempts.expected_tokens() {
+            let text = t.to_string();
+            let t = text.trim();
+            // Words come from look-aheads (keywords, `e` of an exponent),
+            // ranges and built-in rules are covered by rule names, and
+            // whitespace or comments are always acceptable.
+            let noise = t.is_empty()
+                || t == "//"
+                || t == "/*"
+                || t.contains("..")
+                || t == "BUILTIN_RULE"
+                || t.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !noise {
+                tokens.insert(t.to_string());
+            }
+        }
+    }
+    const OPERATORS: &[&str] = &[
+        "+", "-", "*", "/", "@", "^", "==", "!=", "<", "<=", ">", ">=",
+    ];
+    const CLOSERS: &[&str] = &[",", ")", "]", "}", ";", "=", ":", "->", "{"];
+    // A name alone may be a definition's name; an expression is expected
+    // when a literal could start one too.
+    let starts_expr = rules.iter().any(|r| {
+        matches!(
+            r,
+            Rule::expr
+                | Rule::unary
+                | Rule::number
+                | Rule::tensor_lit
+                | Rule::paren
+                | Rule::boolean
+        )
+    }) || (tokens.contains("[")
+        && !rules
+            .iter()
+            .any(|r| matches!(r, Rule::type_expr | Rule::shape_expr)));
+    let has_closer = tokens.iter().any(|t| CLOSERS.contains(&t.as_str()));
+    // `-` also starts an expression, so alone it does not mean an operator.
+    let has_operator = tokens
+        .iter()
+        .any(|t| t != "-" && OPERATORS.contains(&t.as_str()))
+        || rules.iter().any(|r| {
+            matches!(
+                r,
+                Rule::add
+                    | Rule::sub
+                    | Rule::mul
+                    | Rule::div
+                    | Rule::matmul
+                    | Rule::pow
+                    | Rule::eq
+                    | Rule::ne
+                    | Rule::lt
+                    | Rule::le
+                    | Rule::gt
+                    | Rule::ge
+            )
+        });
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for t in &tokens {
+        let is_op = OPERATORS.contains(&t.as_str());
+        let continues_expr = is_op || t == "." || t == "(";
+        if starts_expr && (t == "(" || t == "[" || t == "-") {
+            continue;
+        }
+        if has_closer && continues_expr && !CLOSERS.contains(&t.as_str()) {
+            continue;
+        }
+        if is_op {
+            continue;
+        }
+        out.insert(format!("`{t}`"));
+    }
+    for r in &rules {
+        let expr_part = matches!(
+            r,
+            Rule::expr
+                | Rule::unary
+                | Rule::number
+                | Rule::ident
+                | Rule::tensor_lit
+                | Rule::paren
+                | Rule::boolean
+                | Rule::neg
+        );
+        let op_part = matches!(
+            r,
+            Rule::add
+                | Rule::sub
+                | Rule::mul
+                | Rule::div
+                | Rule::matmul
+                | Rule::pow
+                | Rule::eq
+                | Rule::ne
+                | Rule::lt
+                | Rule::le
+                | Rule::gt
+                | Rule::ge
+                | Rule::call_args
+                | Rule::member
+        );
+        if (starts_expr && expr_part) || op_part {
+            continue;
+        }
+        if let Some(n) = rule_name(*r) {
+            out.insert(n.to_string());
+        }
+    }
+    if starts_expr {
+        out.insert("an expression".into());
+    }
+    if has_operator && !has_closer {
+        out.insert("an operator".into());
+    }
+    out.into_iter().collect()
 }
 
 /// What stands at `pos`: a word, a symbol or the end of the file, and its

@@ -53,7 +53,13 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
             }
         }
         Item::Param(p) => {
-            let _ = writeln!(out, "param {}: {} = {}", p.name.name, type_str(&p.ty), expr_str(&p.init));
+            let _ = writeln!(
+                out,
+                "param {}: {} = {}",
+                p.name.name,
+                type_str(&p.ty),
+                expr_str(&p.init)
+            );
         }
         Item::Input(i) => {
             let _ = write!(out, "input {}: {}", i.name.name, type_str(&i.ty));
@@ -73,7 +79,12 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
 
 fn let_str(kw: &str, l: &LetDecl) -> String {
     match &l.ty {
-        Some(t) => format!("{kw} {}: {} = {}", l.name.name, type_str(t), expr_str(&l.value)),
+        Some(t) => format!(
+            "{kw} {}: {} = {}",
+            l.name.name,
+            type_str(t),
+            expr_str(&l.value)
+        ),
         None => format!("{kw} {} = {}", l.name.name, expr_str(&l.value)),
     }
 }
@@ -101,7 +112,9 @@ fn expr_str(e: &Expr) -> String {
             format!("[{}]", parts.join(", "))
         }
         ExprKind::Neg(x) => format!("(-{})", expr_str(x)),
-        ExprKind::Binary(op, a, b) => format!("({} {} {})", expr_str(a), op.symbol(), expr_str(b)),
+        ExprKind::Binary(op, _, a, b) => {
+            format!("({} {} {})", expr_str(a), op.symbol(), expr_str(b))
+        }
         ExprKind::Call(f, args) => {
             let parts: Vec<String> = args
                 .iter()

@@ -55,11 +55,14 @@ pub fn init_params(g: &Graph, run_seed: u64) -> SecondaryMap<ParamId, Tensor> {
         let n: usize = shape.iter().product();
         let mut rng = Pcg64::seed_from_u64(param_seed(run_seed, &p.name, p.seed));
         let (fan_in, fan_out) = fans(&shape);
-        let mut uniform = |a: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0f32..=1.0) * a).collect() };
+        let mut uniform =
+            |a: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0f32..=1.0) * a).collect() };
         let data = match &p.init {
             Init::Constant(v) => vec![*v; n],
             Init::Tensor(c) => g.consts[*c].data.clone(),
-            Init::Uniform { low, high } => (0..n).map(|_| low + (high - low) * rng.gen::<f32>()).collect(),
+            Init::Uniform { low, high } => (0..n)
+                .map(|_| low + (high - low) * rng.gen::<f32>())
+                .collect(),
             Init::Normal { mean, std } => normal(&mut rng, n, *mean, *std),
             Init::XavierUniform => uniform((6.0 / (fan_in + fan_out)).sqrt()),
             Init::HeUniform => uniform((6.0 / fan_in).sqrt()),
@@ -72,7 +75,9 @@ pub fn init_params(g: &Graph, run_seed: u64) -> SecondaryMap<ParamId, Tensor> {
 }
 
 fn normal(rng: &mut Pcg64, n: usize, mean: f32, std: f32) -> Vec<f32> {
-    (0..n).map(|_| mean + std * rng.sample::<f32, _>(StandardNormal)).collect()
+    (0..n)
+        .map(|_| mean + std * rng.sample::<f32, _>(StandardNormal))
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,6 +89,72 @@ mod tests {
         assert_ne!(param_seed(0, "w1", None), param_seed(0, "w2", None));
         assert_ne!(param_seed(0, "w1", None), param_seed(1, "w1", None));
         assert_eq!(param_seed(5, "w1", Some(9)), 9);
+    }
+
+    fn graph_with(init: Init, shape: Vec<u64>) -> Graph {
+        let mut g = Graph::new();
+        g.params.push(crate::ir::ParamInfo {
+            name: "w".into(),
+            shape,
+            init,
+            seed: Some(11),
+            span: Default::default(),
+        });
+        g
+    }
+
+    fn stats(t: &Tensor) -> (f32, f32, f32, f32) {
+        let n = t.data.len() as f32;
+        let mean = t.data.iter().sum::<f32>() / n;
+        let var = t.data.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
+        let lo = t.data.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = t.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (mean, var.sqrt(), lo, hi)
+    }
+
+    #[test]
+    fn distributions_have_their_stated_moments_and_bounds() {
+        let first = |init, shape| {
+            init_params(&graph_with(init, shape), 0)
+                .values()
+                .next()
+                .cloned()
+                .expect("one param")
+        };
+        let (m, s, lo, hi) = stats(&first(
+            Init::Uniform {
+                low: -0.5,
+                high: 1.5,
+            },
+            vec![200, 100],
+        ));
+        assert!(
+            lo >= -0.5 && hi <= 1.5 && (m - 0.5).abs() < 0.02,
+            "uniform: {m} {lo} {hi}"
+        );
+        assert!((s - 2.0 / 12f32.sqrt()).abs() < 0.02, "uniform std {s}");
+        let (m, s, _, _) = stats(&first(
+            Init::Normal {
+                mean: 1.0,
+                std: 0.5,
+            },
+            vec![200, 100],
+        ));
+        assert!(
+            (m - 1.0).abs() < 0.02 && (s - 0.5).abs() < 0.02,
+            "normal: {m} {s}"
+        );
+        let bound = (6.0f32 / (200.0 + 100.0)).sqrt();
+        let (_, _, lo, hi) = stats(&first(Init::XavierUniform, vec![200, 100]));
+        assert!(
+            lo >= -bound && hi <= bound && hi > 0.9 * bound,
+            "xavier: {lo} {hi} vs {bound}"
+        );
+        let (m, s, _, _) = stats(&first(Init::HeNormal, vec![200, 100]));
+        assert!(
+            m.abs() < 0.01 && (s - (2.0f32 / 200.0).sqrt()).abs() < 0.005,
+            "he: {m} {s}"
+        );
     }
 
     #[test]

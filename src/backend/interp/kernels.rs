@@ -42,7 +42,10 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
         BinaryOp::Max => max_nan(x, y),
         BinaryOp::Min => min_nan(x, y),
     };
-    Tensor::new(a.shape.clone(), a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect())
+    Tensor::new(
+        a.shape.clone(),
+        a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect(),
+    )
 }
 
 pub fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
@@ -54,7 +57,12 @@ pub fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
         CmpOp::Gt => x > y,
         CmpOp::Ge => x >= y,
     };
-    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| if f(x, y) { 1.0 } else { 0.0 }).collect();
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| if f(x, y) { 1.0 } else { 0.0 })
+        .collect();
     Tensor::new(a.shape.clone(), data)
 }
 
@@ -94,7 +102,11 @@ pub fn reduce(op: ReduceOp, a: &Tensor, axes: &[usize]) -> Tensor {
         .map(|(_, &d)| d)
         .collect();
     let out_strides = strides(&out_shape);
-    let start = if op == ReduceOp::Max { f32::NEG_INFINITY } else { 0.0 };
+    let start = if op == ReduceOp::Max {
+        f32::NEG_INFINITY
+    } else {
+        0.0
+    };
     let mut out = vec![start; out_shape.iter().product()];
     for_each_index(&a.shape, |flat, idx| {
         let mut o = 0;
@@ -195,9 +207,15 @@ mod tests {
     #[test]
     fn broadcast_and_transpose_move_elements() {
         let a = t(&[2, 1], &[1., 2.]);
-        assert_eq!(broadcast(&a, &[2, 2, 3]).data, vec![1., 1., 1., 2., 2., 2., 1., 1., 1., 2., 2., 2.]);
+        assert_eq!(
+            broadcast(&a, &[2, 2, 3]).data,
+            vec![1., 1., 1., 2., 2., 2., 1., 1., 1., 2., 2., 2.]
+        );
         let m = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
-        assert_eq!(transpose(&m, &[1, 0]), t(&[3, 2], &[1., 4., 2., 5., 3., 6.]));
+        assert_eq!(
+            transpose(&m, &[1, 0]),
+            t(&[3, 2], &[1., 4., 2., 5., 3., 6.])
+        );
     }
 
     #[test]

@@ -27,9 +27,20 @@ pub enum Error {
     #[error("input `{name}` has no value")]
     MissingInput { name: String, span: Span },
     #[error("input `{name}` has shape {found:?}, expected {expected}")]
-    InputShape { name: String, expected: String, found: Vec<usize>, span: Span },
+    InputShape {
+        name: String,
+        expected: String,
+        found: Vec<usize>,
+        span: Span,
+    },
     #[error("dimension `{sym}` is {first} in one input and {second} in input `{name}`")]
-    SymConflict { sym: String, first: usize, second: usize, name: String, span: Span },
+    SymConflict {
+        sym: String,
+        first: usize,
+        second: usize,
+        name: String,
+        span: Span,
+    },
     #[error("dimension `{sym}` is not bound by any input")]
     UnboundSym { sym: String, span: Span },
 }
@@ -40,8 +51,12 @@ impl Error {
         match self {
             Error::MissingInput { span, .. } => diag::error(code::INPUT, msg)
                 .with_labels(vec![span.primary("declared here without a value")])
-                .with_notes(vec!["help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into()]),
-            Error::InputShape { span, .. } | Error::SymConflict { span, .. } | Error::UnboundSym { span, .. } => {
+                .with_notes(vec![
+                    "help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into(),
+                ]),
+            Error::InputShape { span, .. }
+            | Error::SymConflict { span, .. }
+            | Error::UnboundSym { span, .. } => {
                 diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
             }
         }
@@ -63,7 +78,11 @@ pub fn run(g: &Graph, feed: &Feed) -> Result<Vec<Tensor>, Error> {
 }
 
 /// Evaluates every node the `roots` depend on; the others stay empty.
-pub fn evaluate(g: &Graph, feed: &Feed, roots: &[Node]) -> Result<SecondaryMap<Node, Tensor>, Error> {
+pub fn evaluate(
+    g: &Graph,
+    feed: &Feed,
+    roots: &[Node],
+) -> Result<SecondaryMap<Node, Tensor>, Error> {
     let live = live_nodes(g, roots);
     let inputs = input_values(g, feed, &live)?;
     let syms = bind_syms(g, &inputs)?;
@@ -86,7 +105,9 @@ pub fn evaluate(g: &Graph, feed: &Feed, roots: &[Node]) -> Result<SecondaryMap<N
         };
         let out_shape = dims(&data.ty.shape)?;
         let v = match &data.op {
-            Op::Input(i) => inputs[*i].clone().unwrap_or_else(|| Tensor::full(out_shape.clone(), 0.0)),
+            Op::Input(i) => inputs[*i]
+                .clone()
+                .unwrap_or_else(|| Tensor::full(out_shape.clone(), 0.0)),
             Op::Param(p) => feed.params[*p].clone(),
             Op::Const(c) => g.consts[*c].clone(),
             Op::Fill { value, .. } => Tensor::full(out_shape.clone(), *value),
@@ -100,7 +121,10 @@ pub fn evaluate(g: &Graph, feed: &Feed, roots: &[Node]) -> Result<SecondaryMap<N
             Op::Transpose(a, perm) => kernels::transpose(&vals[*a], perm),
             Op::Broadcast(a, _) => kernels::broadcast(&vals[*a], &out_shape),
         };
-        debug_assert_eq!(v.shape, out_shape, "{n}: kernel shape differs from the node's type");
+        debug_assert_eq!(
+            v.shape, out_shape,
+            "{n}: kernel shape differs from the node's type"
+        );
         vals[n] = v;
     }
     Ok(vals)
@@ -121,7 +145,11 @@ fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
     live
 }
 
-fn input_values(g: &Graph, feed: &Feed, live: &EntitySet<Node>) -> Result<SecondaryMap<InputId, Option<Tensor>>, Error> {
+fn input_values(
+    g: &Graph,
+    feed: &Feed,
+    live: &EntitySet<Node>,
+) -> Result<SecondaryMap<InputId, Option<Tensor>>, Error> {
     let mut used: EntitySet<InputId> = EntitySet::new();
     for (n, d) in g.nodes.iter() {
         if let Op::Input(i) = d.op {
@@ -132,7 +160,9 @@ fn input_values(g: &Graph, feed: &Feed, live: &EntitySet<Node>) -> Result<Second
     }
     let mut out = SecondaryMap::new();
     for (i, info) in g.inputs.iter() {
-        let v = feed.inputs[i].clone().or_else(|| info.default.map(|c| g.consts[c].clone()));
+        let v = feed.inputs[i]
+            .clone()
+            .or_else(|| info.default.map(|c| g.consts[c].clone()));
         if v.is_none() && used.contains(i) {
             return Err(Error::MissingInput {
                 name: info.name.clone(),
@@ -145,7 +175,10 @@ fn input_values(g: &Graph, feed: &Feed, live: &EntitySet<Node>) -> Result<Second
 }
 
 /// Binds every symbolic dimension from the inputs' actual shapes.
-fn bind_syms(g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
+fn bind_syms(
+    g: &Graph,
+    inputs: &SecondaryMap<InputId, Option<Tensor>>,
+) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
     let mut syms: SecondaryMap<Sym, Option<usize>> = SecondaryMap::new();
     for (i, info) in g.inputs.iter() {
         let Some(t) = &inputs[i] else { continue };

@@ -5,9 +5,12 @@ use super::*;
 
 /// An error for a compile-time argument that is not written as one.
 fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
-    diag::error(code::CONST_ARG, format!("{what} must be written as a constant"))
-        .with_labels(vec![e.span.primary("not a constant")])
-        .with_notes(vec![format!("help: for example `{example}`")])
+    diag::error(
+        code::CONST_ARG,
+        format!("{what} must be written as a constant"),
+    )
+    .with_labels(vec![e.span.primary("not a constant")])
+    .with_notes(vec![format!("help: for example `{example}`")])
 }
 
 fn const_int(e: &Expr, what: &str, example: &str) -> Result<i64, Diag> {
@@ -40,7 +43,14 @@ pub(super) fn const_number(e: &Expr, what: &str) -> Result<f32, Diag> {
 }
 
 impl<'a> Lowerer<'_, 'a, '_> {
-    pub(super) fn builtin(&mut self, env: &mut Env<'a>, b: Builtin, callee: &Expr, args: &'a [ast::Arg], span: Span) -> Value<'a> {
+    pub(super) fn builtin(
+        &mut self,
+        env: &mut Env<'a>,
+        b: Builtin,
+        callee: &Expr,
+        args: &'a [ast::Arg],
+        span: Span,
+    ) -> Value<'a> {
         let formals: Vec<Formal> = b
             .params()
             .iter()
@@ -57,7 +67,9 @@ impl<'a> Lowerer<'_, 'a, '_> {
             }
         };
         let _ = callee;
-        let arg = |i: usize| -> Option<&'a Expr> { bound.get(i).copied().flatten().map(|ai| &args[ai].value) };
+        let arg = |i: usize| -> Option<&'a Expr> {
+            bound.get(i).copied().flatten().map(|ai| &args[ai].value)
+        };
         // bind_args guarantees every required argument is present.
         let req = |i: usize| arg(i).expect("bind_args checked required arguments");
         let nspan = self.span_in(env, span);
@@ -70,10 +82,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     Builtin::Abs => UnaryOp::Abs,
                     _ => UnaryOp::Tanh,
                 };
-                self.tensor_expr(env, req(0)).and_then(|x| self.add(Op::Unary(u, x), nspan))
+                self.tensor_expr(env, req(0))
+                    .and_then(|x| self.add(Op::Unary(u, x), nspan))
             }
             Builtin::Maximum | Builtin::Minimum => {
-                let op = if b == Builtin::Maximum { BinaryOp::Max } else { BinaryOp::Min };
+                let op = if b == Builtin::Maximum {
+                    BinaryOp::Max
+                } else {
+                    BinaryOp::Min
+                };
                 self.elementwise(env, &[req(0), req(1)], b.name(), nspan)
                     .and_then(|v| self.add(Op::Binary(op, v[0], v[1]), nspan))
             }
@@ -109,16 +126,30 @@ impl<'a> Lowerer<'_, 'a, '_> {
     }
 
     /// Evaluates tensor operands and broadcasts them to one shape.
-    fn elementwise(&mut self, env: &mut Env<'a>, exprs: &[&'a Expr], what: &str, span: Span) -> Option<Vec<Node>> {
+    fn elementwise(
+        &mut self,
+        env: &mut Env<'a>,
+        exprs: &[&'a Expr],
+        what: &str,
+        span: Span,
+    ) -> Option<Vec<Node>> {
         let mut ops = Vec::new();
         for e in exprs {
             ops.push(self.tensor_expr(env, e).map(|n| (n, e.span)));
         }
         let ops: Option<Vec<(Node, Span)>> = ops.into_iter().collect();
-        self.broadcast_all(&ops?, what, span)
+        self.broadcast_all(&ops?, what, None, span)
     }
 
-    fn reduce(&mut self, env: &mut Env<'a>, op: ReduceOp, x: &'a Expr, axis: Option<&'a Expr>, keep: Option<&'a Expr>, span: Span) -> Option<Node> {
+    fn reduce(
+        &mut self,
+        env: &mut Env<'a>,
+        op: ReduceOp,
+        x: &'a Expr,
+        axis: Option<&'a Expr>,
+        keep: Option<&'a Expr>,
+        span: Span,
+    ) -> Option<Node> {
         let n = self.tensor_expr(env, x)?;
         let shape = self.g.shape(n).clone();
         let rank = shape.len();
@@ -146,16 +177,28 @@ impl<'a> Lowerer<'_, 'a, '_> {
                         None => {
                             let valid = if rank == 0 {
                                 "a scalar has no axes".to_string()
+                            } else if rank == 1 {
+                                "the only axis is 0 (or -1)".to_string()
                             } else {
-                                format!("valid axes are 0 to {} (or -{} to -1 counting from the end)", rank - 1, rank)
+                                format!(
+                                    "valid axes are 0 to {} (or -{} to -1 counting from the end)",
+                                    rank - 1,
+                                    rank
+                                )
                             };
                             self.diags.push(
-                                diag::error(code::AXIS, format!("axis {a} is out of range for a tensor of rank {rank}"))
-                                    .with_labels(vec![
-                                        e.span.primary(format!("axis {a}")),
-                                        x.span.secondary(format!("this has shape {}", self.g.shape_str(&shape))),
-                                    ])
-                                    .with_notes(vec![format!("note: {valid}")]),
+                                diag::error(
+                                    code::AXIS,
+                                    format!("axis {a} is out of range for a tensor of rank {rank}"),
+                                )
+                                .with_labels(vec![
+                                    e.span.primary(format!("axis {a}")),
+                                    x.span.secondary(format!(
+                                        "this has shape {}",
+                                        self.g.shape_str(&shape)
+                                    )),
+                                ])
+                                .with_notes(vec![format!("note: {valid}")]),
                             );
                             return None;
                         }
@@ -173,7 +216,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 return None;
             }
         };
-        let r = self.add(Op::Reduce { op, arg: n, axes: axes.clone() }, span)?;
+        let r = self.add(
+            Op::Reduce {
+                op,
+                arg: n,
+                axes: axes.clone(),
+            },
+            span,
+        )?;
         if !keepdims {
             return Some(r);
         }
@@ -199,7 +249,10 @@ impl<'a> Lowerer<'_, 'a, '_> {
             let (fs, ts) = (self.g.shape_str(&from), self.g.shape_str(&target));
             self.diags.push(
                 diag::error(code::RESHAPE, format!("cannot reshape {fs} into {ts}"))
-                    .with_labels(vec![s.span.primary(format!("target {ts}")), x.span.secondary(format!("this has shape {fs}"))])
+                    .with_labels(vec![
+                        s.span.primary(format!("target {ts}")),
+                        x.span.secondary(format!("this has shape {fs}")),
+                    ])
                     .with_notes(vec!["note: a reshape keeps the number of elements".into()]),
             );
             return None;
@@ -207,14 +260,27 @@ impl<'a> Lowerer<'_, 'a, '_> {
         self.add(Op::Reshape(n, target), span)
     }
 
-    fn transpose(&mut self, env: &mut Env<'a>, x: &'a Expr, perm: Option<&'a Expr>, span: Span) -> Option<Node> {
+    fn transpose(
+        &mut self,
+        env: &mut Env<'a>,
+        x: &'a Expr,
+        perm: Option<&'a Expr>,
+        span: Span,
+    ) -> Option<Node> {
         let n = self.tensor_expr(env, x)?;
         let rank = self.g.shape(n).len();
         let perm: Vec<usize> = match perm {
             None if rank < 2 => {
                 self.diags.push(
-                    diag::error(code::RANK, format!("rank mismatch: `transpose` needs rank 2 or more, found rank {rank}"))
-                        .with_labels(vec![x.span.primary(format!("this has shape {}", self.shape_str(n)))]),
+                    diag::error(
+                        code::RANK,
+                        format!(
+                            "rank mismatch: `transpose` needs rank 2 or more, found rank {rank}"
+                        ),
+                    )
+                    .with_labels(vec![x
+                        .span
+                        .primary(format!("this has shape {}", self.shape_str(n)))]),
                 );
                 return None;
             }
@@ -235,8 +301,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 sorted.sort_unstable();
                 if sorted != (0..rank as i64).collect::<Vec<_>>() {
                     self.diags.push(
-                        diag::error(code::CONST_ARG, format!("`perm` must be a permutation of 0..{rank}"))
-                            .with_labels(vec![e.span.primary("not a permutation"), x.span.secondary(format!("this has shape {}", self.shape_str(n)))]),
+                        diag::error(
+                            code::CONST_ARG,
+                            format!("`perm` must be a permutation of 0..{rank}"),
+                        )
+                        .with_labels(vec![
+                            e.span.primary("not a permutation"),
+                            x.span
+                                .secondary(format!("this has shape {}", self.shape_str(n))),
+                        ]),
                     );
                     return None;
                 }

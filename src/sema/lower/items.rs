@@ -24,14 +24,17 @@ const INITIALIZERS: &[(&str, &[&str])] = &[
 
 impl<'a> Lowerer<'_, 'a, '_> {
     pub(super) fn items(&mut self) {
-        let user_defs: Vec<DefId> = (0..self.s.defs.len()).filter(|&d| self.s.def(d).scope >= super::super::scope::USER).collect();
+        let user_defs: Vec<DefId> = (0..self.s.defs.len())
+            .filter(|&d| self.s.def(d).scope >= super::super::scope::USER)
+            .collect();
         // Inputs first: they introduce the graph's symbolic dimensions.
         for &d in &user_defs {
             if let Def::Input(i) = self.s.def(d).def {
                 for dim in &i.ty.dims {
                     if let ast::DimExpr::Sym(n) = dim {
                         let sym = self.g.sym(&n.name);
-                        self.top_dims.insert(n.name.clone(), Bound::One(Dim::Sym(sym)));
+                        self.top_dims
+                            .insert(n.name.clone(), Bound::One(Dim::Sym(sym)));
                     }
                 }
             }
@@ -57,8 +60,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
         if !self.in_progress.insert(d) {
             if let Def::Let(l) | Def::Output(l) = entry.def {
                 self.diags.push(
-                    diag::error(code::CYCLE, format!("`{}` is defined in terms of itself", l.name.name))
-                        .with_labels(vec![l.name.span.primary("this definition depends on its own value")]),
+                    diag::error(
+                        code::CYCLE,
+                        format!("`{}` is defined in terms of itself", l.name.name),
+                    )
+                    .with_labels(vec![l
+                        .name
+                        .span
+                        .primary("this definition depends on its own value")]),
                 );
             }
             return Value::Poison;
@@ -69,7 +78,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Def::Let(l) | Def::Output(l) => {
                 let mut env = self.top_env(entry.scope);
                 let v = self.expr(&mut env, &l.value);
-                let v = self.check_annotation(&env, l.ty.as_ref(), v, l.value.span, &format!("`{}`", l.name.name));
+                let v = self.check_annotation(
+                    &env,
+                    l.ty.as_ref(),
+                    v,
+                    l.value.span,
+                    &format!("`{}`", l.name.name),
+                );
                 if let Def::Output(_) = entry.def {
                     match &v {
                         Value::T(n) => self.g.outputs.push(Output {
@@ -79,14 +94,22 @@ impl<'a> Lowerer<'_, 'a, '_> {
                         }),
                         Value::Poison => {}
                         other => self.diags.push(
-                            diag::error(code::KIND, format!("an output must be a tensor, found {}", expr_kind_str(other)))
-                                .with_labels(vec![l.value.span.primary("not a tensor")]),
+                            diag::error(
+                                code::KIND,
+                                format!(
+                                    "an output must be a tensor, found {}",
+                                    expr_kind_str(other)
+                                ),
+                            )
+                            .with_labels(vec![l.value.span.primary("not a tensor")]),
                         ),
                     }
                 }
                 v
             }
-            Def::Builtin(_) | Def::Fn(_) | Def::Model(..) => unreachable!("only values are lowered as globals"),
+            Def::Builtin(_) | Def::Fn(_) | Def::Model(..) => {
+                unreachable!("only values are lowered as globals")
+            }
         };
         self.in_progress.remove(&d);
         self.globals.insert(d, v.clone());
@@ -115,7 +138,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
             seed,
             span: p.name.span,
         });
-        self.add(Op::Param(id), p.name.span).map_or(Value::Poison, Value::T)
+        self.add(Op::Param(id), p.name.span)
+            .map_or(Value::Poison, Value::T)
     }
 
     /// Reads an initializer: a number, a literal of the parameter's shape,
@@ -127,8 +151,16 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 let t = literal(e)?;
                 let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
                 if t.shape != want {
-                    return Err(diag::error(code::INIT, format!("initial value has shape {:?}, but the parameter is {:?}", t.shape, want))
-                        .with_labels(vec![e.span.primary(format!("this has shape {:?}", t.shape))]));
+                    return Err(diag::error(
+                        code::INIT,
+                        format!(
+                            "initial value has shape {:?}, but the parameter is {:?}",
+                            t.shape, want
+                        ),
+                    )
+                    .with_labels(vec![e
+                        .span
+                        .primary(format!("this has shape {:?}", t.shape))]));
                 }
                 return Ok((Init::Tensor(self.g.consts.push(t)), None));
             }
@@ -141,14 +173,24 @@ impl<'a> Lowerer<'_, 'a, '_> {
             _ => return Err(bad_init(e)),
         };
         let Some((_, params)) = INITIALIZERS.iter().find(|(n, _)| *n == name.name) else {
-            let mut d = diag::error(code::INIT, format!("unknown initializer `{}`", name.name)).with_labels(vec![name.span.primary("not an initializer")]);
+            let mut d = diag::error(code::INIT, format!("unknown initializer `{}`", name.name))
+                .with_labels(vec![name.span.primary("not an initializer")]);
             if let Some(s) = diag::suggest(&name.name, INITIALIZERS.iter().map(|(n, _)| *n)) {
                 d = d.with_notes(vec![format!("help: did you mean `{s}`?")]);
             }
             return Err(d);
         };
-        let mut formals: Vec<Formal> = params.iter().map(|n| Formal { name: n, required: true }).collect();
-        formals.push(Formal { name: "seed", required: false });
+        let mut formals: Vec<Formal> = params
+            .iter()
+            .map(|n| Formal {
+                name: n,
+                required: true,
+            })
+            .collect();
+        formals.push(Formal {
+            name: "seed",
+            required: false,
+        });
         let mut sig: Vec<String> = params.iter().map(|s| s.to_string()).collect();
         sig.push("seed = …".into());
         let sig = format!("{}({})", name.name, sig.join(", "));
@@ -162,7 +204,10 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Some(ai) => {
                 let v = const_number(&args[ai].value, "`seed`")?;
                 if v < 0.0 || v.fract() != 0.0 {
-                    return Err(diag::error(code::INIT, "`seed` must be a non-negative integer").with_labels(vec![args[ai].value.span.primary("here")]));
+                    return Err(
+                        diag::error(code::INIT, "`seed` must be a non-negative integer")
+                            .with_labels(vec![args[ai].value.span.primary("here")]),
+                    );
                 }
                 Some(v as u64)
             }
@@ -172,8 +217,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
             "zeros" => Init::Constant(0.0),
             "ones" => Init::Constant(1.0),
             "constant" => Init::Constant(vals[0]),
-            "uniform" => Init::Uniform { low: vals[0], high: vals[1] },
-            "normal" => Init::Normal { mean: vals[0], std: vals[1] },
+            "uniform" => Init::Uniform {
+                low: vals[0],
+                high: vals[1],
+            },
+            "normal" => Init::Normal {
+                mean: vals[0],
+                std: vals[1],
+            },
             "xavier_uniform" | "glorot_uniform" => Init::XavierUniform,
             "xavier_normal" | "glorot_normal" => Init::XavierNormal,
             "he_uniform" | "kaiming_uniform" => Init::HeUniform,
@@ -181,12 +232,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
         };
         if let Init::Uniform { low, high } = init {
             if low > high {
-                return Err(diag::error(code::INIT, "`uniform` needs low <= high").with_labels(vec![e.span.primary("empty range")]));
+                return Err(diag::error(code::INIT, "`uniform` needs low <= high")
+                    .with_labels(vec![e.span.primary("empty range")]));
             }
         }
         if let Init::Normal { std, .. } = init {
             if std < 0.0 {
-                return Err(diag::error(code::INIT, "`normal` needs a non-negative std").with_labels(vec![e.span.primary("negative std")]));
+                return Err(diag::error(code::INIT, "`normal` needs a non-negative std")
+                    .with_labels(vec![e.span.primary("negative std")]));
             }
         }
         Ok((init, seed))
@@ -200,8 +253,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 ast::DimExpr::Sym(n) => shape.push(Dim::Sym(self.g.sym(&n.name))),
                 ast::DimExpr::Variadic(n) => {
                     self.diags.push(
-                        diag::error(code::RANK, format!("input `{}` needs a fixed rank", i.name.name))
-                            .with_labels(vec![n.span.primary("`..` is only allowed in function signatures")]),
+                        diag::error(
+                            code::RANK,
+                            format!("input `{}` needs a fixed rank", i.name.name),
+                        )
+                        .with_labels(vec![n
+                            .span
+                            .primary("`..` is only allowed in function signatures")]),
                     );
                     return Value::Poison;
                 }
@@ -224,8 +282,17 @@ impl<'a> Lowerer<'_, 'a, '_> {
             if !fits {
                 let want = self.g.shape_str(&shape);
                 self.diags.push(
-                    diag::error(code::INPUT, format!("the value of input `{}` has shape {:?}, but its type is {want}", i.name.name, t.shape))
-                        .with_labels(vec![v.span.primary(format!("this has shape {:?}", t.shape)), i.ty.span.secondary("declared type")]),
+                    diag::error(
+                        code::INPUT,
+                        format!(
+                            "the value of input `{}` has shape {:?}, but its type is {want}",
+                            i.name.name, t.shape
+                        ),
+                    )
+                    .with_labels(vec![
+                        v.span.primary(format!("this has shape {:?}", t.shape)),
+                        i.ty.span.secondary("declared type"),
+                    ]),
                 );
                 return Value::Poison;
             }
@@ -237,7 +304,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
             default,
             span: i.name.span,
         });
-        self.add(Op::Input(id), i.name.span).map_or(Value::Poison, Value::T)
+        self.add(Op::Input(id), i.name.span)
+            .map_or(Value::Poison, Value::T)
     }
 }
 

@@ -1,0 +1,180 @@
+//! The `nnc` binary as a user runs it: exit codes, streams and help.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn nnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the nnc binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nnc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("temp file");
+    p
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let o = nnc(&["check", "examples/neuron.nn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn check_reports_the_matmul_shapes_at_the_operator() {
+    let o = nnc(&["--color", "never", "check", "tests/ui/fail/matmul.nn"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("[B, 784]") && err.contains("[10, 128]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("matmul.nn:4:21"),
+        "the primary label points at `@`: {err}"
+    );
+}
+
+#[test]
+fn check_reports_three_independent_errors() {
+    let o = nnc(&["--color", "never", "check", "tests/ui/fail/three_errors.nn"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.matches("error[").count(), 3, "{err}");
+    assert!(err.contains("aborting due to 3 previous errors"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let o = nnc(&["check", "no/such/file.nn"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read `no/such/file.nn`: no such file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_non_utf8_file_is_an_error() {
+    let p = temp_file("latin1.nn", b"let x = 1\n// caf\xe9\n");
+    let o = nnc(&["check", p.to_str().expect("utf-8 temp path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("is not valid UTF-8") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_is_an_error() {
+    let o = nnc(&["check", "examples"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read `examples`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    assert_eq!(nnc(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(nnc(&["run"]).status.code(), Some(2));
+    assert_eq!(
+        nnc(&["run", "examples/neuron.nn", "--format", "xml"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["compile", "--help"],
+        vec!["run", "--help"],
+    ] {
+        let o = nnc(&cmd);
+        assert_eq!(o.status.code(), Some(0));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("Example"),
+            "`nnc {}` shows no example:\n{out}",
+            cmd.join(" ")
+        );
+    }
+}
+
+#[test]
+fn compile_emits_each_stage() {
+    let ast = nnc(&["compile", "examples/neuron.nn", "--emit", "ast"]);
+    assert_eq!(ast.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ast.stdout).contains("let z = (sum((w * x)) + b)"));
+    let ir = nnc(&["compile", "examples/neuron.nn", "--emit", "ir"]);
+    assert_eq!(ir.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&ir.stdout);
+    assert!(
+        text.contains("param w: f32[3]") && text.contains("output z = %"),
+        "{text}"
+    );
+}
+
+#[test]
+fn compile_errors_print_nothing_on_stdout() {
+    let o = nnc(&["compile", "tests/ui/fail/broadcast.nn", "--emit", "ir"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn run_prints_text_by_default() {
+    let o = nnc(&["run", "examples/losses.nn"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("mse = 0.025")), "{out}");
+}
+
+#[test]
+fn run_warns_about_non_finite_outputs() {
+    let p = temp_file("nan.nn", b"output y = log([0.0, -1.0])\n");
+    let o = nnc(&[
+        "--color",
+        "never",
+        "run",
+        p.to_str().expect("utf-8 temp path"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("non-finite"), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(
+        json["outputs"]["y"]["data"],
+        serde_json::json!([null, null])
+    );
+}
+
+#[test]
+fn run_of_a_file_with_an_input_missing_its_value_fails() {
+    let o = nnc(&["--color", "never", "run", "tests/ui/fail/missing_input.nn"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("input `x` has no value"),
+        "{}",
+        stderr(&o)
+    );
+}

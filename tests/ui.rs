@@ -1,0 +1,96 @@
+//! File-driven snapshot tests. The folder says what is expected:
+//!
+//! - `ui/parse/*.nn` parse; the snapshot is the AST.
+//! - `ui/ir/*.nn` compile; the snapshot is the IR (verified first).
+//! - `ui/run/*.nn` compile and run; the snapshot is the printed outputs.
+//! - `ui/fail/*.nn` fail to compile or run; the snapshot is the
+//!   diagnostics, rendered without colour.
+//!
+//! Each snapshot's header holds the source it came from.
+
+use nnc::driver::cli::run_graph;
+use nnc::pipeline::{self, Stage};
+use std::path::Path;
+
+fn name_of(path: &Path) -> String {
+    let rel = path
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap_or(path);
+    rel.display().to_string()
+}
+
+fn settings(path: &Path, source: &str) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_description(source.to_string());
+    s.set_omit_expression(true);
+    s.set_prepend_module_to_snapshot(false);
+    s.set_snapshot_path(
+        path.parent()
+            .expect("a ui file lives in a folder")
+            .join("snapshots"),
+    );
+    s
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).expect("ui test files are UTF-8")
+}
+
+#[test]
+fn parse() {
+    insta::glob!("ui/parse/*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ast);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let ast = c.ast.expect("parsed");
+        settings(path, &src).bind(|| insta::assert_snapshot!(nnc::syntax::print_ast(&ast)));
+    });
+}
+
+#[test]
+fn ir() {
+    insta::glob!("ui/ir/*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("compiled");
+        nnc::ir::verify(&g).expect("the IR verifies");
+        settings(path, &src).bind(|| insta::assert_snapshot!(nnc::ir::print_graph(&g)));
+    });
+}
+
+#[test]
+fn run() {
+    insta::glob!("ui/run/*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("compiled");
+        nnc::ir::verify(&g).expect("the IR verifies");
+        let outputs = run_graph(&g, 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!outputs.is_empty(), "a run case must declare outputs");
+        settings(path, &src).bind(|| insta::assert_snapshot!(nnc::driver::output::text(&outputs)));
+    });
+}
+
+#[test]
+fn fail() {
+    let mut count = 0;
+    insta::glob!("ui/fail/*.nn", |path| {
+        count += 1;
+        let src = read(path);
+        let mut c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        // A case may also fail when it runs (an input without a value).
+        if let Some(g) = c.graph.take() {
+            if let Err(e) = run_graph(&g, 0) {
+                c.diags.push(e.to_diag());
+            }
+        }
+        assert!(c.diags.has_errors(), "{} should fail", path.display());
+        settings(path, &src).bind(|| insta::assert_snapshot!(c.render(false)));
+    });
+    assert!(
+        count >= 20,
+        "the fail suite has {count} cases; it should keep at least 20"
+    );
+}
