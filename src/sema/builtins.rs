@@ -113,6 +113,17 @@ impl Builtin {
         }
     }
 
+    /// The parameters as formals, for matching call arguments.
+    pub fn formals(self) -> Vec<super::resolve::Formal<'static>> {
+        self.params()
+            .iter()
+            .map(|p| super::resolve::Formal {
+                name: p.name,
+                required: p.required,
+            })
+            .collect()
+    }
+
     /// The signature as a user reads it in a note.
     pub fn signature(self) -> String {
         let ps: Vec<String> = self

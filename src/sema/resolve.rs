@@ -247,14 +247,7 @@ impl Walker<'_, '_, '_> {
         let target = target.map(|(d, n)| (d, self.s.def(d).def, n));
         match target {
             Some((_, Def::Builtin(b), name)) => {
-                let formals: Vec<Formal> = b
-                    .params()
-                    .iter()
-                    .map(|p| Formal {
-                        name: p.name,
-                        required: p.required,
-                    })
-                    .collect();
+                let formals = b.formals();
                 if let Err(d) = bind_args(&name, &formals, args, span, None, &b.signature()) {
                     self.diags.push(d);
                 }

@@ -441,23 +441,7 @@ fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
     let has_operator = tokens
         .iter()
         .any(|t| t != "-" && OPERATORS.contains(&t.as_str()))
-        || rules.iter().any(|r| {
-            matches!(
-                r,
-                Rule::add
-                    | Rule::sub
-                    | Rule::mul
-                    | Rule::div
-                    | Rule::matmul
-                    | Rule::pow
-                    | Rule::eq
-                    | Rule::ne
-                    | Rule::lt
-                    | Rule::le
-                    | Rule::gt
-                    | Rule::ge
-            )
-        });
+        || rules.iter().any(|r| is_operator(*r));
     let mut out: BTreeSet<String> = BTreeSet::new();
     for t in &tokens {
         let is_op = OPERATORS.contains(&t.as_str());
@@ -485,23 +469,7 @@ fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
                 | Rule::boolean
                 | Rule::neg
         );
-        let op_part = matches!(
-            r,
-            Rule::add
-                | Rule::sub
-                | Rule::mul
-                | Rule::div
-                | Rule::matmul
-                | Rule::pow
-                | Rule::eq
-                | Rule::ne
-                | Rule::lt
-                | Rule::le
-                | Rule::gt
-                | Rule::ge
-                | Rule::call_args
-                | Rule::member
-        );
+        let op_part = is_operator(*r) || matches!(r, Rule::call_args | Rule::member);
         if (starts_expr && expr_part) || op_part {
             continue;
         }
@@ -516,6 +484,14 @@ fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
         out.insert("an operator".into());
     }
     out.into_iter().collect()
+}
+
+fn is_operator(r: Rule) -> bool {
+    use Rule::*;
+    matches!(
+        r,
+        add | sub | mul | div | matmul | pow | eq | ne | lt | le | gt | ge
+    )
 }
 
 /// What stands at `pos`: a word, a symbol or the end of the file, and its

@@ -51,14 +51,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
         args: &'a [ast::Arg],
         span: Span,
     ) -> Value<'a> {
-        let formals: Vec<Formal> = b
-            .params()
-            .iter()
-            .map(|p| Formal {
-                name: p.name,
-                required: p.required,
-            })
-            .collect();
+        let formals = b.formals();
         let bound = match bind_args(b.name(), &formals, args, span, None, &b.signature()) {
             Ok(x) => x,
             Err(d) => {
