@@ -112,3 +112,66 @@ fn io_reason(e: &std::io::Error) -> String {
         }
     }
 }
+
+/// A graph extended with the gradient of its loss with respect to every
+/// trainable parameter: outputs `loss`, then `grad.NAME` per parameter.
+pub struct GradGraph {
+    pub graph: Graph,
+    pub loss: ir::Node,
+    /// (parameter, its gradient node), in parameter order.
+    pub grads: Vec<(ir::ParamId, ir::Node)>,
+    /// Warnings from differentiation (flat paths through comparisons).
+    pub warnings: Vec<Diag>,
+}
+
+/// The loss a file names: its `train` block's `loss`, or else an output
+/// called `loss`.
+pub fn find_loss(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Result<ir::Node, Diag> {
+    if let Some(t) = train {
+        return Ok(t.loss);
+    }
+    g.outputs.iter().find(|o| o.name == "loss").map(|o| o.node).ok_or_else(|| {
+        diag::error(code::INPUT, "nothing to differentiate: this file names no loss")
+            .with_notes(vec!["help: add a `train { loss = ... }` block, or an `output loss = ...`".into()])
+    })
+}
+
+/// Differentiates `loss` with respect to every trainable parameter.
+pub fn grad_graph(g: &Graph, loss: ir::Node) -> Result<GradGraph, Diag> {
+    let mut graph = g.clone();
+    graph.outputs.clear();
+    let params: Vec<(ir::ParamId, ir::Node)> = graph
+        .nodes
+        .iter()
+        .filter_map(|(n, d)| match d.op {
+            ir::Op::Param(p) if graph.params[p].role == ir::Role::Trainable => Some((p, n)),
+            _ => None,
+        })
+        .collect();
+    let wrt: Vec<ir::Node> = params.iter().map(|(_, n)| *n).collect();
+    let grads = crate::passes::autodiff::grad(&mut graph, loss, &wrt)?;
+    let span = graph.nodes[loss].span;
+    graph.outputs.push(ir::Output {
+        name: "loss".into(),
+        node: loss,
+        span,
+    });
+    for ((p, _), &gn) in params.iter().zip(&grads.grads) {
+        graph.outputs.push(ir::Output {
+            name: format!("grad.{}", graph.params[*p].name),
+            node: gn,
+            span,
+        });
+    }
+    if cfg!(debug_assertions) {
+        if let Err(e) = ir::verify(&graph) {
+            return Err(diag::error(code::INTERNAL, format!("internal compiler error: IR verifier after autodiff: {e}")));
+        }
+    }
+    Ok(GradGraph {
+        loss,
+        grads: params.iter().map(|(p, _)| *p).zip(grads.grads).collect(),
+        warnings: grads.warnings,
+        graph,
+    })
+}

@@ -164,9 +164,20 @@ pub enum Init {
     Tensor(ConstId),
 }
 
+/// What a parameter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Learned by training.
+    Trainable,
+    /// Optimizer state (momentum, Adam's moments, the step counter): kept
+    /// and updated in place, never differentiated.
+    State,
+}
+
 #[derive(Clone, Debug)]
 pub struct ParamInfo {
     pub name: String,
+    pub role: Role,
     pub shape: Vec<u64>,
     pub init: Init,
     /// An explicit seed; otherwise one is derived from the run's seed and
@@ -196,6 +207,14 @@ pub struct NodeData {
     pub span: Span,
 }
 
+/// `param ← node` after a step: every update reads the values from before
+/// the step, then all are written (in place where a backend can).
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub param: ParamId,
+    pub node: Node,
+}
+
 #[derive(Clone, Debug)]
 pub struct Output {
     pub name: String,
@@ -212,6 +231,7 @@ pub struct Graph {
     pub inputs: PrimaryMap<InputId, InputInfo>,
     pub consts: PrimaryMap<ConstId, Tensor>,
     pub outputs: Vec<Output>,
+    pub updates: Vec<Update>,
 }
 
 /// A typing rule was broken. Sema checks every user-facing rule before it

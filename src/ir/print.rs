@@ -72,6 +72,9 @@ pub fn print_graph(g: &Graph) -> String {
     for o in &g.outputs {
         let _ = writeln!(out, "output {} = {}", o.name, o.node);
     }
+    for u in &g.updates {
+        let _ = writeln!(out, "update {} <- {}", g.params[u.param].name, u.node);
+    }
     out
 }
 

@@ -6,7 +6,9 @@
 //! 3. every parameter, input and constant a node names exists, constants
 //!    hold as many elements as their shape says, and inputs' defaults fit
 //!    their declared type;
-//! 4. every output names an existing node, and output names are distinct.
+//! 4. every output names an existing node, and output names are distinct;
+//! 5. every update writes an existing parameter, at most once, with a node
+//!    of the parameter's type.
 //!
 //! A failure is a compiler bug, never a user error: it is run between the
 //! stages in tests and debug builds.
@@ -55,6 +57,19 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         }
         if !names.insert(&o.name) {
             return Err(format!("output {} is defined twice", o.name));
+        }
+    }
+    let mut written = std::collections::HashSet::new();
+    for u in &g.updates {
+        let (Some(p), true) = (g.params.get(u.param), g.nodes.is_valid(u.node)) else {
+            return Err(format!("update of {} by {} names something missing", u.param, u.node));
+        };
+        if !written.insert(u.param) {
+            return Err(format!("{} is updated twice", p.name));
+        }
+        let want: Vec<Dim> = p.shape.iter().map(|&d| Dim::Known(d)).collect();
+        if g.shape(u.node) != &want {
+            return Err(format!("update of {} has shape {}", p.name, g.shape_str(g.shape(u.node))));
         }
     }
     Ok(())

@@ -36,3 +36,10 @@ pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) 
         Some(graph)
     }
 }
+
+/// The training description of a file (its `train` block), checked.
+/// (Filled in by the training issue's lowering of `train`.)
+#[derive(Clone, Debug)]
+pub struct TrainSpec {
+    pub loss: crate::ir::Node,
+}

@@ -95,6 +95,7 @@ mod tests {
         let mut g = Graph::new();
         g.params.push(crate::ir::ParamInfo {
             name: "w".into(),
+            role: crate::ir::Role::Trainable,
             shape,
             init,
             seed: Some(11),

@@ -133,6 +133,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
         };
         let id = self.g.params.push(ParamInfo {
             name: qual.to_string(),
+            role: crate::ir::Role::Trainable,
             shape,
             init,
             seed,

@@ -1,0 +1,8 @@
+//! Graph-to-graph passes. Each is a plain function over an [`ir::Graph`]
+//! with a `//!` contract: what it takes, what it returns, what holds after.
+//!
+//! [`ir::Graph`]: crate::ir::Graph
+
+pub mod autodiff;
+mod build;
+pub mod optimizer;

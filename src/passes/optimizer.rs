@@ -1,0 +1,1 @@
+//! Optimizers compiled into the training step (being written).
