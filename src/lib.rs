@@ -34,11 +34,14 @@
 //! - Dense weights are `[in, out]` and a layer is `x @ w + b`.
 
 pub mod backend;
+pub mod data;
 pub mod diag;
 pub mod driver;
 pub mod ir;
+pub mod passes;
 pub mod pipeline;
 pub mod sema;
 pub mod stdlib;
 pub mod syntax;
 pub mod tensor;
+pub mod train;

@@ -21,6 +21,7 @@ pub struct Compilation {
     pub file: FileId,
     pub ast: Option<ast::File>,
     pub graph: Option<Graph>,
+    pub train: Option<crate::sema::TrainSpec>,
 }
 
 impl Compilation {
@@ -49,8 +50,12 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     }
     let ast = syntax::parse(file, text, &mut diags);
     let mut graph = None;
+    let mut train = None;
     if let (Some(a), Stage::Ir, false) = (&ast, stage, diags.has_errors()) {
-        graph = sema::analyze(std_asts, a, &mut diags);
+        if let Some(p) = sema::analyze(std_asts, a, &mut diags) {
+            graph = Some(p.graph);
+            train = p.train;
+        }
         if let Some(g) = &graph {
             if cfg!(debug_assertions) {
                 if let Err(e) = ir::verify(g) {
@@ -69,6 +74,7 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
         file,
         ast,
         graph,
+        train,
     }
 }
 
@@ -134,6 +140,36 @@ pub fn find_loss(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Result<ir
         diag::error(code::INPUT, "nothing to differentiate: this file names no loss")
             .with_notes(vec!["help: add a `train { loss = ... }` block, or an `output loss = ...`".into()])
     })
+}
+
+/// One training step as a graph: outputs `loss`, then `grad.NAME` per
+/// trainable parameter, then `predict` when the file names one; updates
+/// for every parameter and optimizer state.
+pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph, Diag> {
+    let mut gg = grad_graph(g, train.loss)?;
+    let targets: Vec<crate::passes::optimizer::Target> = gg
+        .grads
+        .iter()
+        .map(|&(param, grad)| crate::passes::optimizer::Target {
+            param,
+            node: gg.graph.nodes.iter().find(|(_, d)| d.op == ir::Op::Param(param)).map(|(n, _)| n).expect("every parameter has its node"),
+            grad,
+        })
+        .collect();
+    crate::passes::optimizer::append(&mut gg.graph, &targets, &train.optimizer, train.span)?;
+    if let Some(p) = train.predict {
+        gg.graph.outputs.push(ir::Output {
+            name: "predict".into(),
+            node: p,
+            span: train.span,
+        });
+    }
+    if cfg!(debug_assertions) {
+        if let Err(e) = ir::verify(&gg.graph) {
+            return Err(diag::error(code::INTERNAL, format!("internal compiler error: IR verifier after the optimizer pass: {e}")));
+        }
+    }
+    Ok(gg)
 }
 
 /// Differentiates `loss` with respect to every trainable parameter.

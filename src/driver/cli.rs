@@ -51,6 +51,23 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Emit::Ir)]
         emit: Emit,
     },
+    /// Print the loss and its gradient with respect to every parameter.
+    #[command(after_help = "Examples:\n  nnc grad examples/neuron_train.nn --format json\n  nnc grad model.nn --params weights.safetensors")]
+    Grad {
+        /// The .nn file: its `train` block's loss, or else an `output loss`.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Parameters to use instead of the file's initialisers.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Seed for parameters initialised at random.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train the model described by a file's `train` block.
+    #[command(after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors")]
+    Train(TrainArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
         after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json"
@@ -67,10 +84,33 @@ pub enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The .nn file with a `train` block.
+    pub file: PathBuf,
+    /// Train to this many epochs in all (overrides the file's `epochs`).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// The seed for initialisation, the split and shuffling (overrides the file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a checkpoint (weights, optimizer state, position) after every epoch.
+    #[arg(long, value_name = "W.safetensors")]
+    pub save: Option<PathBuf>,
+    /// Continue from a checkpoint written by `--save`.
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+    /// Write one JSON object per epoch to this file.
+    #[arg(long, value_name = "metrics.jsonl")]
+    pub log: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
     Ast,
     Ir,
+    /// The IR with the gradient of the loss appended.
+    Grad,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,7 +154,7 @@ impl Outcome {
         self.diags.render(&self.sources, color)
     }
 
-    fn from(c: Compilation, stdout: String) -> Outcome {
+    pub(super) fn from(c: Compilation, stdout: String) -> Outcome {
         Outcome {
             stdout,
             sources: c.sources,
@@ -133,16 +173,58 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         Command::Compile { file, emit } => {
             let stage = match emit {
                 Emit::Ast => Stage::Ast,
-                Emit::Ir => Stage::Ir,
+                Emit::Ir | Emit::Grad => Stage::Ir,
             };
-            let c = load(file, stage)?;
+            let mut c = load(file, stage)?;
             let text = match (emit, &c.ast, &c.graph) {
                 (Emit::Ast, Some(a), _) => crate::syntax::print_ast(a),
                 (Emit::Ir, _, Some(g)) => crate::ir::print_graph(g),
+                (Emit::Grad, _, Some(g)) => {
+                    let gg = pipeline::find_loss(g, c.train.as_ref()).and_then(|l| pipeline::grad_graph(g, l));
+                    match gg {
+                        Ok(gg) => {
+                            for w in gg.warnings {
+                                c.diags.push(w);
+                            }
+                            crate::ir::print_graph(&gg.graph)
+                        }
+                        Err(d) => {
+                            c.diags.push(d);
+                            String::new()
+                        }
+                    }
+                }
                 _ => String::new(),
             };
             finish(c, text)
         }
+        Command::Grad { file, format, params, seed } => {
+            let mut c = load(file, Stage::Ir)?;
+            let Some(g) = c.graph.take() else {
+                return Err(Outcome::from(c, String::new()));
+            };
+            match grad_values(&g, c.train.as_ref(), params.as_deref(), *seed) {
+                Ok((loss, grads, warnings)) => {
+                    for w in warnings {
+                        c.diags.push(w);
+                    }
+                    let text = match format {
+                        Format::Json => output::grad_json(loss, &grads) + "\n",
+                        Format::Text => {
+                            let mut all = vec![("loss".to_string(), crate::tensor::Tensor::scalar(loss))];
+                            all.extend(grads.into_iter().map(|(n, t)| (format!("grad {n}"), t)));
+                            output::text(&all)
+                        }
+                    };
+                    Ok(Outcome::from(c, text))
+                }
+                Err(d) => {
+                    c.diags.push(d);
+                    Err(Outcome::from(c, String::new()))
+                }
+            }
+        }
+        Command::Train(args) => super::train::command(args),
         Command::Run { file, format, seed } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
@@ -195,6 +277,27 @@ pub fn run_graph(
         .collect())
 }
 
+/// The loss and its gradients for the parameters as initialised (or
+/// loaded from `params`), with the file's input values.
+pub fn grad_values(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    params_file: Option<&Path>,
+    seed: u64,
+) -> Result<(f32, Vec<(String, crate::tensor::Tensor)>, Vec<crate::diag::Diag>), crate::diag::Diag> {
+    let loss = pipeline::find_loss(g, train)?;
+    let gg = pipeline::grad_graph(g, loss)?;
+    let mut params = interp::init_params(&gg.graph, seed);
+    if let Some(p) = params_file {
+        let span = g.nodes[loss].span;
+        crate::train::restore(&gg.graph, &mut params, p, span)?;
+    }
+    let inputs = SecondaryMap::new();
+    let outs = interp::run(&gg.graph, &interp::Feed { params: &params, inputs: &inputs }).map_err(|e| e.to_diag())?;
+    let grads = gg.grads.iter().zip(&outs[1..]).map(|((p, _), t)| (gg.graph.params[*p].name.clone(), t.clone())).collect();
+    Ok((outs[0].data[0], grads, gg.warnings))
+}
+
 fn warn_non_finite(
     g: &Graph,
     outputs: &[(String, crate::tensor::Tensor)],
@@ -221,7 +324,7 @@ fn finish(c: Compilation, stdout: String) -> Result<Outcome, Outcome> {
 
 /// Reads and compiles a file; a file that cannot be read is an error
 /// without a source location.
-fn load(path: &Path, stage: Stage) -> Result<Compilation, Outcome> {
+pub(super) fn load(path: &Path, stage: Stage) -> Result<Compilation, Outcome> {
     match pipeline::read_source(path) {
         Ok(text) => Ok(pipeline::compile(&path.display().to_string(), &text, stage)),
         Err(d) => {

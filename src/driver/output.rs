@@ -26,17 +26,27 @@ pub fn text(outputs: &[(String, Tensor)]) -> String {
 pub fn json(outputs: &[(String, Tensor)]) -> String {
     let mut map = Map::new();
     for (name, t) in outputs {
-        let data: Vec<Value> = t
-            .data
-            .iter()
-            .map(|&v| {
-                serde_json::Number::from_f64(f64::from(v))
-                    .map_or(Value::Null, |n| Value::Number(shortest(v, n)))
-            })
-            .collect();
-        map.insert(name.clone(), json!({ "shape": t.shape, "data": data }));
+        map.insert(name.clone(), tensor_json(t));
     }
     json!({ "outputs": map }).to_string()
+}
+
+/// `{"loss": L, "grads": {"PARAM": {"shape": [...], "data": [...]}, ...}}`.
+pub fn grad_json(loss: f32, grads: &[(String, Tensor)]) -> String {
+    let mut map = Map::new();
+    for (name, t) in grads {
+        map.insert(name.clone(), tensor_json(t));
+    }
+    json!({ "loss": number(loss), "grads": map }).to_string()
+}
+
+fn number(v: f32) -> Value {
+    serde_json::Number::from_f64(f64::from(v)).map_or(Value::Null, |n| Value::Number(shortest(v, n)))
+}
+
+fn tensor_json(t: &Tensor) -> Value {
+    let data: Vec<Value> = t.data.iter().map(|&v| number(v)).collect();
+    json!({ "shape": t.shape, "data": data })
 }
 
 /// The f32's own shortest decimal (`0.1`, not `0.10000000149011612`).

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 mod builtin_calls;
 mod items;
+mod train;
 
 /// Inlining deeper than this is refused: only recursion through function
 /// arguments, which resolution cannot see, gets here.
@@ -59,7 +60,7 @@ struct Lowerer<'s, 'a, 'd> {
     depth: usize,
 }
 
-pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Graph {
+pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> (Graph, Option<crate::sema::TrainSpec>) {
     let mut l = Lowerer {
         s,
         recursive: &resolved.recursive,
@@ -72,7 +73,8 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Graph 
         depth: 0,
     };
     l.items();
-    l.g
+    let train = l.train();
+    (l.g, train)
 }
 
 fn expr_kind_str(v: &Value) -> &'static str {
@@ -209,6 +211,14 @@ impl<'a> Lowerer<'_, 'a, '_> {
         match &e.kind {
             ExprKind::Error => Value::Poison,
             ExprKind::Bool(_) => Value::Bool,
+            ExprKind::Str(_) => {
+                self.diags.push(
+                    diag::error(code::KIND, "a string is not a value")
+                        .with_labels(vec![e.span.primary("a string")])
+                        .with_notes(vec!["note: strings only name files, in a `train` block's `data` setting".into()]),
+                );
+                Value::Poison
+            }
             ExprKind::Number(v) => self.fill(*v, Vec::new(), span),
             ExprKind::Tensor(_) => match literal(e) {
                 Ok(t) => {

@@ -26,20 +26,46 @@ use crate::syntax::ast;
 
 /// Checks `user` against the standard library and lowers it to a graph.
 /// Returns `None` when an error was reported.
-pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) -> Option<Graph> {
+pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) -> Option<Program> {
     let scopes = scope::build(stdlib, user, diags);
     let resolved = resolve::check(&scopes, diags);
-    let graph = lower::lower(&scopes, &resolved, diags);
+    let (graph, train) = lower::lower(&scopes, &resolved, diags);
     if diags.has_errors() {
         None
     } else {
-        Some(graph)
+        Some(Program { graph, train })
     }
 }
 
 /// The training description of a file (its `train` block), checked.
-/// (Filled in by the training issue's lowering of `train`.)
 #[derive(Clone, Debug)]
 pub struct TrainSpec {
+    /// The scalar to minimise.
     pub loss: crate::ir::Node,
+    /// The model's prediction, for accuracy (optional).
+    pub predict: Option<crate::ir::Node>,
+    pub optimizer: crate::passes::optimizer::Optimizer,
+    pub data: Option<DataSpec>,
+    pub batch: usize,
+    pub epochs: usize,
+    /// The fraction of the data held out for validation.
+    pub split: f32,
+    pub seed: u64,
+    /// The inputs fed with the data's features and targets.
+    pub features: Option<crate::ir::InputId>,
+    pub targets: Option<crate::ir::InputId>,
+    pub span: crate::diag::Span,
+}
+
+/// Where training data comes from; paths are relative to the `.nn` file.
+#[derive(Clone, Debug)]
+pub struct DataSpec {
+    pub source: crate::data::Source,
+    pub span: crate::diag::Span,
+}
+
+/// A checked program: its graph and its training description.
+pub struct Program {
+    pub graph: Graph,
+    pub train: Option<TrainSpec>,
 }

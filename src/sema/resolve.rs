@@ -83,6 +83,22 @@ pub fn check(s: &Scopes, diags: &mut Diagnostics) -> Resolved {
             }
         }
     }
+    if let Some((t, scope)) = s.train {
+        let mut w = Walker {
+            s,
+            scope,
+            locals: Vec::new(),
+            calls: Vec::new(),
+            diags,
+        };
+        // Only these settings hold program expressions; the others are
+        // compile-time settings that lowering reads.
+        for st in &t.settings {
+            if matches!(st.name.name.as_str(), "loss" | "predict" | "features" | "targets") {
+                w.expr(&st.value);
+            }
+        }
+    }
     Resolved {
         recursive: find_cycles(s, &calls, diags),
     }
@@ -168,7 +184,7 @@ impl Walker<'_, '_, '_> {
 
     fn expr(&mut self, e: &Expr) {
         match &e.kind {
-            ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Error => {}
+            ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Error => {}
             ExprKind::Name(i) => {
                 if !self.locals.contains(&i.name) && self.s.lookup(self.scope, &i.name).is_none() {
                     let mut names = self.s.visible(self.scope);

@@ -51,6 +51,9 @@ pub struct Scope {
 pub struct Scopes<'a> {
     pub scopes: Vec<Scope>,
     pub defs: Vec<DefEntry<'a>>,
+    /// The user's `train` block (at most one), with the scope its settings
+    /// are evaluated in: its model's, or the file's.
+    pub train: Option<(&'a TrainDef, ScopeId)>,
 }
 
 impl<'a> Scopes<'a> {
@@ -97,6 +100,7 @@ pub fn build<'a>(stdlib: &'a [File], user: &'a File, diags: &mut Diagnostics) ->
             },
         ],
         defs: Vec::new(),
+        train: None,
     };
     for (name, b) in builtins::ALL {
         let id = s.defs.len();
@@ -112,12 +116,48 @@ pub fn build<'a>(stdlib: &'a [File], user: &'a File, diags: &mut Diagnostics) ->
         add_items(&mut s, STDLIB, &f.items, diags);
     }
     add_items(&mut s, USER, &user.items, diags);
+    for item in &user.items {
+        let Item::Train(t) = item else { continue };
+        if let Some((first, _)) = s.train {
+            diags.push(
+                diag::error(code::DUPLICATE, "a file can have only one `train` block")
+                    .with_labels(vec![t.span.primary("second `train` block"), first.span.secondary("first one here")]),
+            );
+            continue;
+        }
+        let scope = match &t.model {
+            None => USER,
+            Some(m) => match s.scopes[USER].names.get(&m.name).map(|d| s.defs[*d].def) {
+                Some(Def::Model(_, inner)) => inner,
+                _ => {
+                    let models: Vec<&str> = s.scopes[USER]
+                        .names
+                        .iter()
+                        .filter(|(_, d)| matches!(s.defs[**d].def, Def::Model(..)))
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    let mut d = diag::error(code::UNKNOWN_NAME, format!("no model named `{}`", m.name))
+                        .with_labels(vec![m.span.primary("not a model in this file")]);
+                    if let Some(sug) = diag::suggest(&m.name, models) {
+                        d = d.with_notes(vec![format!("help: did you mean `{sug}`?")]);
+                    }
+                    diags.push(d);
+                    USER
+                }
+            },
+        };
+        s.train = Some((t, scope));
+    }
     s
 }
 
 fn add_items<'a>(s: &mut Scopes<'a>, scope: ScopeId, items: &'a [Item], diags: &mut Diagnostics) {
     for item in items {
+        let Some(name) = item.name() else {
+            continue; // a `train` block, collected by `build`
+        };
         let def = match item {
+            Item::Train(_) => continue,
             Item::Fn(f) => Def::Fn(f),
             Item::Param(p) => Def::Param(p),
             Item::Input(i) => Def::Input(i),
@@ -133,7 +173,6 @@ fn add_items<'a>(s: &mut Scopes<'a>, scope: ScopeId, items: &'a [Item], diags: &
                 Def::Model(m, inner)
             }
         };
-        let name = item.name();
         let is_output = matches!(item, Item::Output(_));
         let table = if is_output {
             &s.scopes[scope].outputs

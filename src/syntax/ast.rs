@@ -22,18 +22,34 @@ pub enum Item {
     Input(InputDecl),
     Let(LetDecl),
     Output(LetDecl),
+    Train(TrainDef),
+}
+
+/// `train Model { name = value ... }`: the training description.
+#[derive(Clone, Debug)]
+pub struct TrainDef {
+    pub model: Option<Ident>,
+    pub settings: Vec<Setting>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Setting {
+    pub name: Ident,
+    pub value: Expr,
 }
 
 impl Item {
-    /// The name the item defines.
-    pub fn name(&self) -> &Ident {
-        match self {
+    /// The name the item defines (a `train` block defines none).
+    pub fn name(&self) -> Option<&Ident> {
+        Some(match self {
+            Item::Train(_) => return None,
             Item::Fn(f) => &f.name,
             Item::Model(m) => &m.name,
             Item::Param(p) => &p.name,
             Item::Input(i) => &i.name,
             Item::Let(l) | Item::Output(l) => &l.name,
-        }
+        })
     }
 }
 
@@ -162,6 +178,8 @@ impl BinOp {
 pub enum ExprKind {
     Number(f32),
     Bool(bool),
+    /// A string literal, without its quotes (file names in `data`).
+    Str(String),
     Name(Ident),
     Tensor(Vec<Expr>),
     Neg(Box<Expr>),

@@ -118,6 +118,22 @@ impl Builder<'_> {
             }
             Rule::let_item => Item::Let(self.let_decl(it, span)),
             Rule::output_decl => Item::Output(self.let_decl(it, span)),
+            Rule::train_def => {
+                let mut model = None;
+                let mut settings = Vec::new();
+                for p in it {
+                    match p.as_rule() {
+                        Rule::ident => model = Some(self.ident(p)),
+                        _ => {
+                            let mut si = p.into_inner();
+                            let name = self.ident(child(&mut si));
+                            let value = self.expr(child(&mut si));
+                            settings.push(Setting { name, value });
+                        }
+                    }
+                }
+                Item::Train(TrainDef { model, settings, span })
+            }
             r => unreachable!("rule {r:?} is not an item in the grammar"),
         }
     }
@@ -294,6 +310,10 @@ impl Builder<'_> {
         let kind = match pair.as_rule() {
             Rule::number => self.number(pair.as_str(), span),
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+            Rule::string => {
+                let s = pair.as_str();
+                ExprKind::Str(s[1..s.len() - 1].to_string())
+            }
             Rule::ident => ExprKind::Name(self.ident(pair)),
             Rule::paren => return self.expr(child(&mut pair.into_inner())),
             Rule::tensor_lit => ExprKind::Tensor(pair.into_inner().map(|p| self.expr(p)).collect()),
@@ -341,6 +361,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::ident | Rule::arg_name | Rule::dim_sym => "a name",
         Rule::number => "a number",
         Rule::boolean => "`true` or `false`",
+        Rule::string => "a string",
         Rule::tensor_lit | Rule::shape_expr => "`[`",
         Rule::paren | Rule::call_args => "`(`",
         Rule::type_expr => "a type such as `[B, 784]`",
@@ -352,6 +373,8 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::input_decl => "`input`",
         Rule::let_item | Rule::let_stmt => "`let`",
         Rule::output_decl => "`output`",
+        Rule::train_def => "`train`",
+        Rule::setting => "a setting such as `epochs = 10`",
         Rule::ret_type => "`->`",
         Rule::block => "`{`",
         Rule::fn_param => "a parameter",

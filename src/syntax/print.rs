@@ -74,6 +74,14 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
         Item::Output(l) => {
             let _ = writeln!(out, "{}", let_str("output", l));
         }
+        Item::Train(t) => {
+            let name = t.model.as_ref().map(|m| format!(" {}", m.name)).unwrap_or_default();
+            let _ = writeln!(out, "train{name}");
+            for s in &t.settings {
+                indent(out, depth + 1);
+                let _ = writeln!(out, "{} = {}", s.name.name, expr_str(&s.value));
+            }
+        }
     }
 }
 
@@ -106,6 +114,7 @@ fn expr_str(e: &Expr) -> String {
     match &e.kind {
         ExprKind::Number(v) => format!("{v:?}"),
         ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Str(s) => format!("{s:?}"),
         ExprKind::Name(i) => i.name.clone(),
         ExprKind::Tensor(items) => {
             let parts: Vec<String> = items.iter().map(expr_str).collect();

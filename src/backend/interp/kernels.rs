@@ -139,13 +139,16 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     let mut out = vec![0.0f32; batch * m * n];
     for bi in 0..batch {
         let (ao, bo, oo) = (bi * m * k, bi * k * n, bi * m * n);
+        // i-p-j order: the inner loop walks rows of `b` and `out`
+        // contiguously. Each out[i][j] still sums over p in order.
         for i in 0..m {
-            for j in 0..n {
-                let mut acc = 0.0f32;
-                for p in 0..k {
-                    acc += a.data[ao + i * k + p] * b.data[bo + p * n + j];
+            let row = &mut out[oo + i * n..oo + (i + 1) * n];
+            for p in 0..k {
+                let x = a.data[ao + i * k + p];
+                let brow = &b.data[bo + p * n..bo + (p + 1) * n];
+                for (o, &y) in row.iter_mut().zip(brow) {
+                    *o += x * y;
                 }
-                out[oo + i * n + j] = acc;
             }
         }
     }

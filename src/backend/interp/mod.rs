@@ -77,6 +77,20 @@ pub fn run(g: &Graph, feed: &Feed) -> Result<Vec<Tensor>, Error> {
     Ok(roots.iter().map(|n| values[*n].clone()).collect())
 }
 
+/// Runs one step of a graph with updates: evaluates the outputs and every
+/// update from the current parameters, then writes the updates. Returns
+/// the outputs.
+pub fn step(g: &Graph, params: &mut SecondaryMap<ParamId, Tensor>, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Result<Vec<Tensor>, Error> {
+    let mut roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
+    roots.extend(g.updates.iter().map(|u| u.node));
+    let mut values = evaluate(g, &Feed { params, inputs }, &roots)?;
+    let outs = g.outputs.iter().map(|o| values[o.node].clone()).collect();
+    for u in &g.updates {
+        params[u.param] = std::mem::take(&mut values[u.node]);
+    }
+    Ok(outs)
+}
+
 /// Evaluates every node the `roots` depend on; the others stay empty.
 pub fn evaluate(
     g: &Graph,

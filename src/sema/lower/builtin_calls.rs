@@ -4,7 +4,7 @@
 use super::*;
 
 /// An error for a compile-time argument that is not written as one.
-fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
+pub(super) fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
     diag::error(
         code::CONST_ARG,
         format!("{what} must be written as a constant"),
@@ -35,9 +35,28 @@ fn const_bool(e: &Expr, what: &str) -> Result<bool, Diag> {
     }
 }
 
+/// A number written as a constant expression: `0.5`, `1/16`, `2^-8`.
 pub(super) fn const_number(e: &Expr, what: &str) -> Result<f32, Diag> {
-    match e.kind {
-        ExprKind::Number(v) => Ok(v),
+    fn eval(e: &Expr) -> Option<f32> {
+        match &e.kind {
+            ExprKind::Number(v) => Some(*v),
+            ExprKind::Neg(x) => eval(x).map(|v| -v),
+            ExprKind::Binary(op, _, a, b) => {
+                let (a, b) = (eval(a)?, eval(b)?);
+                match op {
+                    BinOp::Add => Some(a + b),
+                    BinOp::Sub => Some(a - b),
+                    BinOp::Mul => Some(a * b),
+                    BinOp::Div => Some(a / b),
+                    BinOp::Pow => Some(a.powf(b)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+    match eval(e) {
+        Some(v) if v.is_finite() => Ok(v),
         _ => Err(not_const(e, what, "0.5")),
     }
 }

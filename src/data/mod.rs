@@ -1,0 +1,197 @@
+//! Datasets for training and evaluation: features `[N, F]` and one label per
+//! row, loaded from CSV, IDX (the MNIST format) or NumPy `.npy` files.
+//!
+//! [`load`] reads a [`Source`]; [`check_class_labels`] checks that the
+//! labels are class indices. Every failure is a [`DataError`] that names the
+//! file and, where it applies, the line (CSV) or record (IDX, `.npy`).
+
+mod csv;
+mod error;
+mod idx;
+mod npy;
+#[cfg(test)]
+mod testutil;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::tensor::Tensor;
+
+pub use error::DataError;
+
+/// A loaded dataset: features `[N, F]` row-major and one label per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub features: Tensor,
+    pub labels: Vec<f32>,
+}
+
+/// Where the data comes from. `scale` multiplies every feature value (not
+/// the labels).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// CSV with a header row; `label` is the name of the label column (any
+    /// position); all other columns are features, in file order.
+    Csv {
+        path: PathBuf,
+        label: String,
+        scale: f32,
+    },
+    /// IDX files of unsigned bytes (MNIST), each plain or gzip-compressed
+    /// (told apart by the gzip magic bytes, not the extension). Images are
+    /// flattened to `[n, rows * cols]`.
+    Idx {
+        images: PathBuf,
+        labels: PathBuf,
+        scale: f32,
+    },
+    /// NumPy `.npy` files: features `[N, ...]`, flattened to
+    /// `[N, prod(rest)]`; labels `[N]` or `[N, 1]`.
+    Npy {
+        features: PathBuf,
+        labels: PathBuf,
+        scale: f32,
+    },
+}
+
+/// Loads a dataset.
+pub fn load(src: &Source) -> Result<Dataset, DataError> {
+    match src {
+        Source::Csv { path, label, scale } => csv::load(path, label, *scale),
+        Source::Idx {
+            images,
+            labels,
+            scale,
+        } => idx::load(images, labels, *scale),
+        Source::Npy {
+            features,
+            labels,
+            scale,
+        } => npy::load(features, labels, *scale),
+    }
+}
+
+/// Checks that every label is an integer class index in `0..classes`. The
+/// error names the first bad label's line (CSV, where the file can still be
+/// read) or record (IDX, `.npy`).
+pub fn check_class_labels(ds: &Dataset, classes: usize, src: &Source) -> Result<(), DataError> {
+    let is_class = |v: f32| v >= 0.0 && v.fract() == 0.0 && f64::from(v) < classes as f64;
+    let Some((record, &value)) = ds.labels.iter().enumerate().find(|(_, &v)| !is_class(v)) else {
+        return Ok(());
+    };
+    let (path, line) = match src {
+        Source::Csv { path, .. } => (path, csv::row_line(path, record)),
+        Source::Idx { labels, .. } | Source::Npy { labels, .. } => (labels, None),
+    };
+    Err(DataError::BadLabel {
+        path: path.clone(),
+        line,
+        record,
+        value,
+        classes,
+    })
+}
+
+/// Reads a whole file, with an error that says plainly why not.
+fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    let fail = |kind: io::ErrorKind, reason: String| DataError::Read {
+        path: path.to_path_buf(),
+        kind,
+        reason,
+    };
+    if path.is_dir() {
+        let kind = io::ErrorKind::IsADirectory;
+        return Err(fail(kind, "it is a directory".into()));
+    }
+    std::fs::read(path).map_err(|e| {
+        let reason = match e.kind() {
+            io::ErrorKind::NotFound => "no such file".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            io::ErrorKind::IsADirectory => "it is a directory".to_string(),
+            _ => e.to_string(),
+        };
+        fail(e.kind(), reason)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::TempDir;
+    use super::*;
+
+    fn csv_source(path: PathBuf) -> Source {
+        Source::Csv {
+            path,
+            label: "label".into(),
+            scale: 1.0,
+        }
+    }
+
+    #[test]
+    fn missing_file_and_directory_are_read_errors() {
+        let dir = TempDir::new("missing_file_and_directory_are_read_errors");
+        let missing = dir.path.join("nope.csv");
+        let e = load(&csv_source(missing.clone())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read `{}`: no such file", missing.display())
+        );
+        assert!(e.hint().is_some_and(|h| h.starts_with("help: ")));
+        let e = load(&csv_source(dir.path.clone())).unwrap_err();
+        assert!(e.to_string().ends_with(": it is a directory"), "{e}");
+    }
+
+    #[test]
+    fn good_labels_pass() {
+        let ds = Dataset {
+            features: Tensor::new(vec![3, 1], vec![0.0; 3]),
+            labels: vec![0.0, 2.0, 1.0],
+        };
+        let src = csv_source("unused.csv".into());
+        assert!(check_class_labels(&ds, 3, &src).is_ok());
+    }
+
+    #[test]
+    fn label_out_of_range_names_the_csv_line() {
+        let dir = TempDir::new("label_out_of_range_names_the_csv_line");
+        // Blank lines still count: the bad row (label 7) is on line 5.
+        let path = dir.file("d.csv", b"x,label\n1,0\n\n2,1\n3,7\n4,2\n");
+        let src = csv_source(path.clone());
+        let ds = load(&src).unwrap();
+        let e = check_class_labels(&ds, 3, &src).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "`{}` line 5: label `7` is not a class index in 0..3",
+                path.display()
+            )
+        );
+        assert_eq!(e.line(), Some(5));
+        assert!(e.hint().is_some_and(|h| h.contains("0 to 2")));
+    }
+
+    #[test]
+    fn fractional_and_negative_labels_are_rejected() {
+        let ds = Dataset {
+            features: Tensor::new(vec![2, 0], vec![]),
+            labels: vec![1.0, 1.5],
+        };
+        let src = Source::Npy {
+            features: "f.npy".into(),
+            labels: "l.npy".into(),
+            scale: 1.0,
+        };
+        let e = check_class_labels(&ds, 10, &src).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`l.npy` record 1: label `1.5` is not a class index in 0..10"
+        );
+        assert_eq!(e.line(), None);
+        assert!(e.hint().is_some_and(|h| h.contains("whole numbers")));
+        let ds = Dataset {
+            labels: vec![-1.0],
+            ..ds
+        };
+        assert!(check_class_labels(&ds, 10, &src).is_err());
+    }
+}

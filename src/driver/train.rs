@@ -1,0 +1,106 @@
+//! `nnc train`: the training loop of [`crate::train`] with a progress bar,
+//! one line per epoch and a final summary.
+
+use super::cli::{load, Outcome, TrainArgs};
+use crate::pipeline::Stage;
+use crate::train::{self, Event, Options};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
+    let mut c = load(&args.file, Stage::Ir)?;
+    let (Some(g), Some(spec)) = (c.graph.take(), c.train.take()) else {
+        if !c.diags.has_errors() {
+            c.diags.push(
+                crate::diag::error(crate::diag::code::INPUT, "this file has no `train` block")
+                    .with_notes(vec!["help: add `train Model { loss = ...; data = csv(\"...\"); optimizer = adam(lr = 1e-3) }`".into()]),
+            );
+        }
+        return Err(Outcome::from(c, String::new()));
+    };
+    let opts = Options {
+        epochs: args.epochs,
+        seed: args.seed,
+        save: args.save.clone(),
+        resume: args.resume.clone(),
+        log: args.log.clone(),
+        base_dir: args.file.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+    };
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} loss {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut epochs_total = 0;
+    let mut running = 0.0f32;
+    let mut steps = 0u64;
+    let result = train::run(&g, &spec, &opts, &mut |ev| match ev {
+        Event::Start { steps_per_epoch, first_epoch, epochs } => {
+            epochs_total = epochs;
+            bar.set_length(steps_per_epoch as u64);
+            bar.set_prefix(format!("{}/{epochs}", first_epoch + 1));
+            if first_epoch > 0 {
+                bar.println(format!("resuming after epoch {first_epoch}"));
+            }
+        }
+        Event::Step { loss } => {
+            steps += 1;
+            running = if steps == 1 { loss } else { 0.9 * running + 0.1 * loss };
+            bar.set_message(format!("{running:.4}"));
+            bar.inc(1);
+        }
+        Event::Epoch(s) => {
+            let mut line = format!("epoch {}/{}  train_loss {:.4}", s.epoch, epochs_total, s.train_loss);
+            if let Some(v) = s.val_loss {
+                line.push_str(&format!("  val_loss {v:.4}"));
+            }
+            if let Some(a) = s.val_accuracy {
+                line.push_str(&format!("  val_accuracy {a:.4}"));
+            }
+            bar.suspend(|| println!("{line}"));
+            bar.reset();
+            bar.set_prefix(format!("{}/{epochs_total}", (s.epoch + 1).min(epochs_total)));
+        }
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            for w in summary.warnings {
+                c.diags.push(w);
+            }
+            let mut text = String::new();
+            if let Some(last) = summary.epochs.last() {
+                text.push_str(&format!(
+                    "trained {} epoch{} in {:.1}s: train_loss {:.4}",
+                    summary.epochs.len(),
+                    if summary.epochs.len() == 1 { "" } else { "s" },
+                    started.elapsed().as_secs_f64(),
+                    last.train_loss
+                ));
+                if let Some(v) = last.val_loss {
+                    text.push_str(&format!(", val_loss {v:.4}"));
+                }
+                if let Some(a) = last.val_accuracy {
+                    text.push_str(&format!(", val_accuracy {a:.4}"));
+                }
+                text.push('\n');
+            } else {
+                text.push_str("nothing to do: the checkpoint has already reached the last epoch\n");
+            }
+            if let Some(p) = &args.save {
+                text.push_str(&format!("saved {}\n", p.display()));
+            }
+            Ok(Outcome::from(c, text))
+        }
+        Err(d) => {
+            c.diags.push(d);
+            Err(Outcome::from(c, String::new()))
+        }
+    }
+}

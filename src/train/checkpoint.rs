@@ -1,0 +1,98 @@
+//! Weights and checkpoints as safetensors files: every parameter (and the
+//! optimizer's state) as an f32 tensor under its name, and the training
+//! position in the metadata. Files are written to a temporary name in
+//! the same folder, synced, then renamed over the target, so a process
+//! killed mid-save leaves the previous file whole.
+
+use crate::tensor::Tensor;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot write `{path}`: {reason}")]
+    Write { path: String, reason: String },
+    #[error("cannot read `{path}`: {reason}")]
+    Read { path: String, reason: String },
+    #[error("`{path}` is not a safetensors file: {reason}")]
+    Format { path: String, reason: String },
+    #[error("tensor `{name}` in `{path}` is {dtype}, expected F32")]
+    Dtype { path: String, name: String, dtype: String },
+}
+
+/// Writes `tensors` and `meta` to `path` atomically.
+pub fn save(path: &Path, tensors: &[(String, &Tensor)], meta: &HashMap<String, String>) -> Result<(), CheckpointError> {
+    let shown = path.display().to_string();
+    let werr = |reason: String| CheckpointError::Write { path: shown.clone(), reason };
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, t), b) in tensors.iter().zip(&bytes) {
+        let v = TensorView::new(Dtype::F32, t.shape.clone(), b).map_err(|e| werr(e.to_string()))?;
+        views.push((name.clone(), v));
+    }
+    let data = safetensors::serialize(views, &Some(meta.clone())).map_err(|e| werr(e.to_string()))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        werr(e.to_string())
+    })
+}
+
+/// Reads every tensor and the metadata of a safetensors file.
+pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>), CheckpointError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Read {
+        path: shown.clone(),
+        reason: match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".into(),
+            _ => e.to_string(),
+        },
+    })?;
+    let ferr = |reason: String| CheckpointError::Format { path: shown.clone(), reason };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(CheckpointError::Dtype {
+                path: shown.clone(),
+                name,
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, Tensor::new(view.shape().to_vec(), data));
+    }
+    Ok((out, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_bits_and_metadata() {
+        let dir = std::env::temp_dir().join(format!("nnc-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("w.safetensors");
+        let t = Tensor::new(vec![2, 2], vec![1.5, -0.0, f32::MIN_POSITIVE, 3e38]);
+        let meta = HashMap::from([("epoch".to_string(), "3".to_string())]);
+        save(&p, &[("w".into(), &t)], &meta).expect("saves");
+        let (ts, m) = load(&p).expect("loads");
+        assert_eq!(ts["w"].data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(m["epoch"], "3");
+        std::fs::write(&p, b"not a checkpoint").expect("write");
+        assert!(matches!(load(&p), Err(CheckpointError::Format { .. })));
+    }
+}
