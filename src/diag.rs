@@ -230,9 +230,13 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `name`, if it is close enough to be a likely
-/// typo (at most a third of the name's length, and at least one edit).
+/// typo (at most a third of the name's length, at least two edits for
+/// names of four letters or more).
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
+    // Swapped letters cost two edits, so names of four letters or more
+    // allow two.
+    let len = name.chars().count();
+    let limit = if len >= 4 { (len / 3).max(2) } else { 1 };
     candidates
         .into_iter()
         .filter(|c| *c != name)

@@ -136,10 +136,19 @@ pub fn find_loss(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Result<ir
     if let Some(t) = train {
         return Ok(t.loss);
     }
-    g.outputs.iter().find(|o| o.name == "loss").map(|o| o.node).ok_or_else(|| {
-        diag::error(code::INPUT, "nothing to differentiate: this file names no loss")
-            .with_notes(vec!["help: add a `train { loss = ... }` block, or an `output loss = ...`".into()])
-    })
+    g.outputs
+        .iter()
+        .find(|o| o.name == "loss")
+        .map(|o| o.node)
+        .ok_or_else(|| {
+            diag::error(
+                code::INPUT,
+                "nothing to differentiate: this file names no loss",
+            )
+            .with_notes(vec![
+                "help: add a `train { loss = ... }` block, or an `output loss = ...`".into(),
+            ])
+        })
 }
 
 /// One training step as a graph: outputs `loss`, then `grad.NAME` per
@@ -152,7 +161,13 @@ pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph
         .iter()
         .map(|&(param, grad)| crate::passes::optimizer::Target {
             param,
-            node: gg.graph.nodes.iter().find(|(_, d)| d.op == ir::Op::Param(param)).map(|(n, _)| n).expect("every parameter has its node"),
+            node: gg
+                .graph
+                .nodes
+                .iter()
+                .find(|(_, d)| d.op == ir::Op::Param(param))
+                .map(|(n, _)| n)
+                .expect("every parameter has its node"),
             grad,
         })
         .collect();
@@ -166,7 +181,10 @@ pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph
     }
     if cfg!(debug_assertions) {
         if let Err(e) = ir::verify(&gg.graph) {
-            return Err(diag::error(code::INTERNAL, format!("internal compiler error: IR verifier after the optimizer pass: {e}")));
+            return Err(diag::error(
+                code::INTERNAL,
+                format!("internal compiler error: IR verifier after the optimizer pass: {e}"),
+            ));
         }
     }
     Ok(gg)
@@ -201,7 +219,10 @@ pub fn grad_graph(g: &Graph, loss: ir::Node) -> Result<GradGraph, Diag> {
     }
     if cfg!(debug_assertions) {
         if let Err(e) = ir::verify(&graph) {
-            return Err(diag::error(code::INTERNAL, format!("internal compiler error: IR verifier after autodiff: {e}")));
+            return Err(diag::error(
+                code::INTERNAL,
+                format!("internal compiler error: IR verifier after autodiff: {e}"),
+            ));
         }
     }
     Ok(GradGraph {

@@ -17,8 +17,19 @@ use nnc::tensor::Tensor;
 
 fn loss_of(g: &Graph, params: &SecondaryMap<ParamId, Tensor>) -> f32 {
     let inputs = SecondaryMap::new();
-    let outs = interp::run(g, &Feed { params, inputs: &inputs }).expect("runs");
-    let i = g.outputs.iter().position(|o| o.name == "loss").expect("a loss output");
+    let outs = interp::run(
+        g,
+        &Feed {
+            params,
+            inputs: &inputs,
+        },
+    )
+    .expect("runs");
+    let i = g
+        .outputs
+        .iter()
+        .position(|o| o.name == "loss")
+        .expect("a loss output");
     outs[i].data[0]
 }
 
@@ -31,7 +42,14 @@ fn check(name: &str, src: &str) {
     nnc::ir::verify(&gg.graph).expect("the gradient graph verifies");
     let params = interp::init_params(&g, 7);
     let inputs = SecondaryMap::new();
-    let outs = interp::run(&gg.graph, &Feed { params: &params, inputs: &inputs }).expect("runs");
+    let outs = interp::run(
+        &gg.graph,
+        &Feed {
+            params: &params,
+            inputs: &inputs,
+        },
+    )
+    .expect("runs");
     assert!(!gg.grads.is_empty(), "{name}: no parameters");
     let eps = 1e-3f32;
     for (k, (p, _)) in gg.grads.iter().enumerate() {
@@ -59,7 +77,10 @@ const W23: &str = "[[0.3, -1.2, 0.7], [1.1, 0.4, -0.6]]";
 #[test]
 fn unary_rules() {
     for f in ["-p", "exp(p)", "log(p)", "sqrt(p)", "abs(p - 1)", "tanh(p)"] {
-        check(f, &format!("param p: [3] = [0.5, 1.7, 2.9]\noutput loss = sum({f} * {W3})\n"));
+        check(
+            f,
+            &format!("param p: [3] = [0.5, 1.7, 2.9]\noutput loss = sum({f} * {W3})\n"),
+        );
     }
 }
 
@@ -81,7 +102,10 @@ fn binary_rules_with_broadcasting() {
 fn maximum_minimum_and_select() {
     check("maximum", &format!("param a: [3] = [0.1, 2.0, -1.0]\nparam b: [3] = [1.0, 0.5, -2.0]\noutput loss = sum(maximum(a, b) * {W3})\n"));
     check("minimum", &format!("param a: [3] = [0.1, 2.0, -1.0]\nparam b: [3] = [1.0, 0.5, -2.0]\noutput loss = sum(minimum(a, b) * {W3})\n"));
-    check("relu", &format!("param a: [3] = [0.3, -0.8, 1.5]\noutput loss = sum(relu(a) * {W3})\n"));
+    check(
+        "relu",
+        &format!("param a: [3] = [0.3, -0.8, 1.5]\noutput loss = sum(relu(a) * {W3})\n"),
+    );
     check("leaky", &format!("param a: [3] = [0.3, -0.8, 1.5]\noutput loss = sum(leaky_relu(a, slope = 0.1) * {W3})\n"));
     check("select", &format!("param a: [3] = [0.3, -0.8, 1.5]\nparam b: [3] = [1.0, 2.0, 3.0]\noutput loss = sum(select(a > 0, a * b, b ^ 2) * {W3})\n"));
 }
@@ -99,7 +123,10 @@ fn reductions() {
         ("mean(p)", "-0.7"),
         ("max(p)", "2.0"),
     ] {
-        check(f, &format!("param p: [2, 3] = normal(0, 1, seed = 5)\noutput loss = sum({f} * {w})\n"));
+        check(
+            f,
+            &format!("param p: [2, 3] = normal(0, 1, seed = 5)\noutput loss = sum({f} * {w})\n"),
+        );
     }
 }
 
@@ -138,22 +165,35 @@ fn losses_and_layers_end_to_end() {
 
 #[test]
 fn a_comparison_on_the_only_path_warns() {
-    let src = "param w: [3] = [0.2, -0.5, 1.0]\noutput loss = mse(step(sum(w * [0.5, 0.8, 0.2])), 1.0)\n";
+    let src =
+        "param w: [3] = [0.2, -0.5, 1.0]\noutput loss = mse(step(sum(w * [0.5, 0.8, 0.2])), 1.0)\n";
     let c = pipeline::compile("step.nn", src, Stage::Ir);
     let g = c.graph.expect("compiled");
-    let gg = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss")).expect("differentiates");
+    let gg = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss"))
+        .expect("differentiates");
     assert_eq!(gg.warnings.len(), 1);
     assert!(gg.warnings[0].message.contains("zero almost everywhere"));
     // relu's comparison only selects; it does not warn.
     let src = "param w: [3] = [0.2, -0.5, 1.0]\noutput loss = sum(relu(w))\n";
-    let g = pipeline::compile("relu.nn", src, Stage::Ir).graph.expect("compiled");
-    let gg = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss")).expect("differentiates");
+    let g = pipeline::compile("relu.nn", src, Stage::Ir)
+        .graph
+        .expect("compiled");
+    let gg = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss"))
+        .expect("differentiates");
     assert!(gg.warnings.is_empty());
 }
 
 #[test]
 fn a_non_scalar_loss_is_an_error() {
-    let g = pipeline::compile("v.nn", "param w: [3] = ones()\noutput loss = w * 2\n", Stage::Ir).graph.expect("compiled");
-    let e = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss")).err().expect("an error");
+    let g = pipeline::compile(
+        "v.nn",
+        "param w: [3] = ones()\noutput loss = w * 2\n",
+        Stage::Ir,
+    )
+    .graph
+    .expect("compiled");
+    let e = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss"))
+        .err()
+        .expect("an error");
     assert!(e.message.contains("must be a scalar"), "{}", e.message);
 }

@@ -2,6 +2,8 @@
 //!
 //! - `ui/parse/*.nn` parse; the snapshot is the AST.
 //! - `ui/ir/*.nn` compile; the snapshot is the IR (verified first).
+//! - `ui/grad/*.nn` compile and differentiate; the snapshot is the IR
+//!   with the gradient of the loss appended.
 //! - `ui/run/*.nn` compile and run; the snapshot is the printed outputs.
 //! - `ui/fail/*.nn` fail to compile or run; the snapshot is the
 //!   diagnostics, rendered without colour.
@@ -56,6 +58,20 @@ fn ir() {
         let g = c.graph.expect("compiled");
         nnc::ir::verify(&g).expect("the IR verifies");
         settings(path, &src).bind(|| insta::assert_snapshot!(nnc::ir::print_graph(&g)));
+    });
+}
+
+#[test]
+fn grad() {
+    insta::glob!("ui/grad/*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("compiled");
+        let loss = pipeline::find_loss(&g, c.train.as_ref()).expect("a loss");
+        let gg = pipeline::grad_graph(&g, loss).expect("differentiates");
+        nnc::ir::verify(&gg.graph).expect("the gradient graph verifies");
+        settings(path, &src).bind(|| insta::assert_snapshot!(nnc::ir::print_graph(&gg.graph)));
     });
 }
 

@@ -52,7 +52,9 @@ pub enum Command {
         emit: Emit,
     },
     /// Print the loss and its gradient with respect to every parameter.
-    #[command(after_help = "Examples:\n  nnc grad examples/neuron_train.nn --format json\n  nnc grad model.nn --params weights.safetensors")]
+    #[command(
+        after_help = "Examples:\n  nnc grad examples/neuron_train.nn --format json\n  nnc grad model.nn --params weights.safetensors"
+    )]
     Grad {
         /// The .nn file: its `train` block's loss, or else an `output loss`.
         file: PathBuf,
@@ -66,7 +68,9 @@ pub enum Command {
         seed: u64,
     },
     /// Train the model described by a file's `train` block.
-    #[command(after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors")]
+    #[command(
+        after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
+    )]
     Train(TrainArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
@@ -180,7 +184,8 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                 (Emit::Ast, Some(a), _) => crate::syntax::print_ast(a),
                 (Emit::Ir, _, Some(g)) => crate::ir::print_graph(g),
                 (Emit::Grad, _, Some(g)) => {
-                    let gg = pipeline::find_loss(g, c.train.as_ref()).and_then(|l| pipeline::grad_graph(g, l));
+                    let gg = pipeline::find_loss(g, c.train.as_ref())
+                        .and_then(|l| pipeline::grad_graph(g, l));
                     match gg {
                         Ok(gg) => {
                             for w in gg.warnings {
@@ -198,7 +203,12 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             };
             finish(c, text)
         }
-        Command::Grad { file, format, params, seed } => {
+        Command::Grad {
+            file,
+            format,
+            params,
+            seed,
+        } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
@@ -211,7 +221,8 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                     let text = match format {
                         Format::Json => output::grad_json(loss, &grads) + "\n",
                         Format::Text => {
-                            let mut all = vec![("loss".to_string(), crate::tensor::Tensor::scalar(loss))];
+                            let mut all =
+                                vec![("loss".to_string(), crate::tensor::Tensor::scalar(loss))];
                             all.extend(grads.into_iter().map(|(n, t)| (format!("grad {n}"), t)));
                             output::text(&all)
                         }
@@ -277,6 +288,13 @@ pub fn run_graph(
         .collect())
 }
 
+/// The loss, each parameter's gradient by name, and warnings.
+pub type GradValues = (
+    f32,
+    Vec<(String, crate::tensor::Tensor)>,
+    Vec<crate::diag::Diag>,
+);
+
 /// The loss and its gradients for the parameters as initialised (or
 /// loaded from `params`), with the file's input values.
 pub fn grad_values(
@@ -284,7 +302,7 @@ pub fn grad_values(
     train: Option<&crate::sema::TrainSpec>,
     params_file: Option<&Path>,
     seed: u64,
-) -> Result<(f32, Vec<(String, crate::tensor::Tensor)>, Vec<crate::diag::Diag>), crate::diag::Diag> {
+) -> Result<GradValues, crate::diag::Diag> {
     let loss = pipeline::find_loss(g, train)?;
     let gg = pipeline::grad_graph(g, loss)?;
     let mut params = interp::init_params(&gg.graph, seed);
@@ -293,8 +311,20 @@ pub fn grad_values(
         crate::train::restore(&gg.graph, &mut params, p, span)?;
     }
     let inputs = SecondaryMap::new();
-    let outs = interp::run(&gg.graph, &interp::Feed { params: &params, inputs: &inputs }).map_err(|e| e.to_diag())?;
-    let grads = gg.grads.iter().zip(&outs[1..]).map(|((p, _), t)| (gg.graph.params[*p].name.clone(), t.clone())).collect();
+    let outs = interp::run(
+        &gg.graph,
+        &interp::Feed {
+            params: &params,
+            inputs: &inputs,
+        },
+    )
+    .map_err(|e| e.to_diag())?;
+    let grads = gg
+        .grads
+        .iter()
+        .zip(&outs[1..])
+        .map(|((p, _), t)| (gg.graph.params[*p].name.clone(), t.clone()))
+        .collect();
     Ok((outs[0].data[0], grads, gg.warnings))
 }
 

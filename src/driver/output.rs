@@ -41,7 +41,8 @@ pub fn grad_json(loss: f32, grads: &[(String, Tensor)]) -> String {
 }
 
 fn number(v: f32) -> Value {
-    serde_json::Number::from_f64(f64::from(v)).map_or(Value::Null, |n| Value::Number(shortest(v, n)))
+    serde_json::Number::from_f64(f64::from(v))
+        .map_or(Value::Null, |n| Value::Number(shortest(v, n)))
 }
 
 fn tensor_json(t: &Tensor) -> Value {

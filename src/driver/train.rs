@@ -25,7 +25,11 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         save: args.save.clone(),
         resume: args.resume.clone(),
         log: args.log.clone(),
-        base_dir: args.file.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+        base_dir: args
+            .file
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
     };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
@@ -41,7 +45,11 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
     let mut running = 0.0f32;
     let mut steps = 0u64;
     let result = train::run(&g, &spec, &opts, &mut |ev| match ev {
-        Event::Start { steps_per_epoch, first_epoch, epochs } => {
+        Event::Start {
+            steps_per_epoch,
+            first_epoch,
+            epochs,
+        } => {
             epochs_total = epochs;
             bar.set_length(steps_per_epoch as u64);
             bar.set_prefix(format!("{}/{epochs}", first_epoch + 1));
@@ -51,12 +59,19 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         }
         Event::Step { loss } => {
             steps += 1;
-            running = if steps == 1 { loss } else { 0.9 * running + 0.1 * loss };
+            running = if steps == 1 {
+                loss
+            } else {
+                0.9 * running + 0.1 * loss
+            };
             bar.set_message(format!("{running:.4}"));
             bar.inc(1);
         }
         Event::Epoch(s) => {
-            let mut line = format!("epoch {}/{}  train_loss {:.4}", s.epoch, epochs_total, s.train_loss);
+            let mut line = format!(
+                "epoch {}/{}  train_loss {:.4}",
+                s.epoch, epochs_total, s.train_loss
+            );
             if let Some(v) = s.val_loss {
                 line.push_str(&format!("  val_loss {v:.4}"));
             }
@@ -65,7 +80,10 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             }
             bar.suspend(|| println!("{line}"));
             bar.reset();
-            bar.set_prefix(format!("{}/{epochs_total}", (s.epoch + 1).min(epochs_total)));
+            bar.set_prefix(format!(
+                "{}/{epochs_total}",
+                (s.epoch + 1).min(epochs_total)
+            ));
         }
     });
     bar.finish_and_clear();

@@ -62,14 +62,21 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     let mut written = std::collections::HashSet::new();
     for u in &g.updates {
         let (Some(p), true) = (g.params.get(u.param), g.nodes.is_valid(u.node)) else {
-            return Err(format!("update of {} by {} names something missing", u.param, u.node));
+            return Err(format!(
+                "update of {} by {} names something missing",
+                u.param, u.node
+            ));
         };
         if !written.insert(u.param) {
             return Err(format!("{} is updated twice", p.name));
         }
         let want: Vec<Dim> = p.shape.iter().map(|&d| Dim::Known(d)).collect();
         if g.shape(u.node) != &want {
-            return Err(format!("update of {} has shape {}", p.name, g.shape_str(g.shape(u.node))));
+            return Err(format!(
+                "update of {} has shape {}",
+                p.name,
+                g.shape_str(g.shape(u.node))
+            ));
         }
     }
     Ok(())

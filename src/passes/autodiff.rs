@@ -31,9 +31,16 @@ pub struct Gradients {
 pub fn grad(g: &mut Graph, loss: Node, wrt: &[Node]) -> Result<Gradients, Diag> {
     if !g.shape(loss).is_empty() {
         let shown = g.shape_str(g.shape(loss));
-        return Err(diag::error(crate::diag::code::RESULT_TYPE, format!("the loss must be a scalar, found shape {shown}"))
-            .with_labels(vec![g.nodes[loss].span.primary(format!("this has shape {shown}"))])
-            .with_notes(vec!["help: reduce it, e.g. with `mean(...)` or `sum(...)`".into()]));
+        return Err(diag::error(
+            crate::diag::code::RESULT_TYPE,
+            format!("the loss must be a scalar, found shape {shown}"),
+        )
+        .with_labels(vec![g.nodes[loss]
+            .span
+            .primary(format!("this has shape {shown}"))])
+        .with_notes(vec![
+            "help: reduce it, e.g. with `mean(...)` or `sum(...)`".into()
+        ]));
     }
     // needs[n]: n depends on some w, so its adjoint is worth computing.
     let end = g.nodes.len();
@@ -178,7 +185,11 @@ fn vjp(
         }
         // d max(a, b) = ḡ to the larger; split in half on a tie (as PyTorch)
         Op::Binary(op @ (BinaryOp::Max | BinaryOp::Min), x, y) => {
-            let wins = if *op == BinaryOp::Max { CmpOp::Gt } else { CmpOp::Lt };
+            let wins = if *op == BinaryOp::Max {
+                CmpOp::Gt
+            } else {
+                CmpOp::Lt
+            };
             let half = b.fill_like(0.5, out, sp)?;
             let tie = b.cmp(CmpOp::Eq, *x, *y, sp)?;
             let tie_half = b.mul(tie, half, sp)?;
@@ -214,13 +225,21 @@ fn vjp(
             }
         }
         // d Σ_axes a = ḡ broadcast back over the axes
-        Op::Reduce { op: ReduceOp::Sum, arg, axes } => {
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            arg,
+            axes,
+        } => {
             let s = b.shape(*arg);
             v.push((*arg, b.unreduce(gb, axes, &s, sp)?));
         }
         // d mean_axes a = ḡ / n broadcast back, n = Π of the reduced dims
         // (counted at run time: the dims may be symbolic)
-        Op::Reduce { op: ReduceOp::Mean, arg, axes } => {
+        Op::Reduce {
+            op: ReduceOp::Mean,
+            arg,
+            axes,
+        } => {
             let s = b.shape(*arg);
             let ones = b.fill(1.0, s.clone(), sp)?;
             let n = b.reduce(ReduceOp::Sum, ones, axes.clone(), sp)?;
@@ -228,7 +247,11 @@ fn vjp(
             v.push((*arg, b.unreduce(t, axes, &s, sp)?));
         }
         // d max_axes a = ḡ shared among the elements equal to the maximum
-        Op::Reduce { op: ReduceOp::Max, arg, axes } => {
+        Op::Reduce {
+            op: ReduceOp::Max,
+            arg,
+            axes,
+        } => {
             let s = b.shape(*arg);
             let m = b.unreduce(out, axes, &s, sp)?;
             let hit = b.cmp(CmpOp::Eq, *arg, m, sp)?;
@@ -270,4 +293,3 @@ fn vjp(
     v.retain(|(a, _)| need(a));
     Ok(v)
 }
-

@@ -73,7 +73,13 @@ impl Builder<'_> {
         self.add(Op::Reshape(a, shape), sp)
     }
 
-    pub fn reduce(&mut self, op: ReduceOp, a: Node, axes: Vec<usize>, sp: Span) -> Result<Node, Diag> {
+    pub fn reduce(
+        &mut self,
+        op: ReduceOp,
+        a: Node,
+        axes: Vec<usize>,
+        sp: Span,
+    ) -> Result<Node, Diag> {
         if axes.is_empty() {
             return Ok(a);
         }
@@ -93,7 +99,13 @@ impl Builder<'_> {
     }
 
     /// `x` broadcast back over `axes` that a reduction removed, to `shape`.
-    pub fn unreduce(&mut self, x: Node, axes: &[usize], shape: &Shape, sp: Span) -> Result<Node, Diag> {
+    pub fn unreduce(
+        &mut self,
+        x: Node,
+        axes: &[usize],
+        shape: &Shape,
+        sp: Span,
+    ) -> Result<Node, Diag> {
         let kept: Shape = shape
             .iter()
             .enumerate()

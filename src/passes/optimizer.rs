@@ -10,12 +10,12 @@
 //!
 //! The rules, with g the gradient, η the learning rate and λ the weight
 //! decay (as `torch.optim` defines them):
-//! - sgd:       g ← g + λw;  w ← w − η·g
-//! - momentum:  g ← g + λw;  b ← μ·b + g;  w ← w − η·(nesterov ? g + μ·b : b)
-//! - adam:      g ← g + λw (adamw instead: w ← w − ηλ·w);  t ← t + 1;
-//!              m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
-//!              w ← w − η·m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ);
-//!              without bias correction (the seed's form), m̂ = m, v̂ = v.
+//! - sgd: g ← g + λw; w ← w − η·g
+//! - momentum: g ← g + λw; b ← μ·b + g; w ← w − η·(nesterov ? g + μ·b : b)
+//! - adam: g ← g + λw (adamw instead: w ← w − ηλ·w); t ← t + 1;
+//!   m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
+//!   w ← w − η·m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ);
+//!   without bias correction (the seed's form), m̂ = m and v̂ = v.
 
 use super::build::Builder;
 use crate::diag::{Diag, Span};
@@ -24,8 +24,17 @@ use crate::ir::{BinaryOp, Dim, Graph, Init, Node, Op, ParamId, ParamInfo, Role, 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     Sgd,
-    Momentum { momentum: f32, nesterov: bool },
-    Adam { beta1: f32, beta2: f32, eps: f32, bias_correction: bool, decoupled: bool },
+    Momentum {
+        momentum: f32,
+        nesterov: bool,
+    },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        bias_correction: bool,
+        decoupled: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,7 +51,12 @@ pub struct Target {
     pub grad: Node,
 }
 
-fn state(b: &mut Builder, name: String, shape: Vec<u64>, span: Span) -> Result<(ParamId, Node), Diag> {
+fn state(
+    b: &mut Builder,
+    name: String,
+    shape: Vec<u64>,
+    span: Span,
+) -> Result<(ParamId, Node), Diag> {
     let id = b.g.params.push(ParamInfo {
         name,
         role: Role::State,
@@ -66,7 +80,10 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
             let (t_id, t) = state(&mut b, "opt.t".into(), vec![], sp)?;
             let one = b.fill(1.0, vec![], sp)?;
             let next = b.add2(t, one, sp)?;
-            updates.push(Update { param: t_id, node: next });
+            updates.push(Update {
+                param: t_id,
+                node: next,
+            });
             Some(next)
         }
         _ => None,
@@ -81,7 +98,13 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
         };
         let w = t.node;
         let mut gr = t.grad;
-        let coupled_decay = !matches!(opt.kind, Kind::Adam { decoupled: true, .. });
+        let coupled_decay = !matches!(
+            opt.kind,
+            Kind::Adam {
+                decoupled: true,
+                ..
+            }
+        );
         if opt.weight_decay != 0.0 && coupled_decay {
             let wd = scalar(&mut b, opt.weight_decay)?;
             let d = b.mul(wd, w, sp)?;
@@ -95,7 +118,10 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
                 let mu = scalar(&mut b, momentum)?;
                 let kept = b.mul(mu, buf, sp)?;
                 let nb = b.add2(kept, gr, sp)?;
-                updates.push(Update { param: buf_id, node: nb });
+                updates.push(Update {
+                    param: buf_id,
+                    node: nb,
+                });
                 if nesterov {
                     let ahead = b.mul(mu, nb, sp)?;
                     b.add2(gr, ahead, sp)?
@@ -103,21 +129,34 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
                     nb
                 }
             }
-            Kind::Adam { beta1, beta2, eps, bias_correction, .. } => {
+            Kind::Adam {
+                beta1,
+                beta2,
+                eps,
+                bias_correction,
+                ..
+            } => {
                 let (m_id, m) = state(&mut b, format!("opt.m.{name}"), shape.clone(), sp)?;
                 let (v_id, v) = state(&mut b, format!("opt.v.{name}"), shape.clone(), sp)?;
-                let lerp = |b: &mut Builder, beta: f32, old: Node, new: Node| -> Result<Node, Diag> {
-                    let kb = scalar(b, beta)?;
-                    let kn = scalar(b, 1.0 - beta)?;
-                    let x = b.mul(kb, old, sp)?;
-                    let y = b.mul(kn, new, sp)?;
-                    b.add2(x, y, sp)
-                };
+                let lerp =
+                    |b: &mut Builder, beta: f32, old: Node, new: Node| -> Result<Node, Diag> {
+                        let kb = scalar(b, beta)?;
+                        let kn = scalar(b, 1.0 - beta)?;
+                        let x = b.mul(kb, old, sp)?;
+                        let y = b.mul(kn, new, sp)?;
+                        b.add2(x, y, sp)
+                    };
                 let nm = lerp(&mut b, beta1, m, gr)?;
                 let g2 = b.mul(gr, gr, sp)?;
                 let nv = lerp(&mut b, beta2, v, g2)?;
-                updates.push(Update { param: m_id, node: nm });
-                updates.push(Update { param: v_id, node: nv });
+                updates.push(Update {
+                    param: m_id,
+                    node: nm,
+                });
+                updates.push(Update {
+                    param: v_id,
+                    node: nv,
+                });
                 let (mut mh, mut vh) = (nm, nv);
                 if bias_correction {
                     let t = t_next.expect("Adam creates its step counter above");
@@ -140,7 +179,10 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
             }
         };
         let mut nw = w;
-        if let Kind::Adam { decoupled: true, .. } = opt.kind {
+        if let Kind::Adam {
+            decoupled: true, ..
+        } = opt.kind
+        {
             if opt.weight_decay != 0.0 {
                 // AdamW: w ← w·(1 − ηλ) before the Adam step.
                 let k = scalar(&mut b, 1.0 - opt.lr * opt.weight_decay)?;
@@ -149,7 +191,10 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
         }
         let delta = b.mul(lr, step, sp)?;
         let nw = b.sub(nw, delta, sp)?;
-        updates.push(Update { param: t.param, node: nw });
+        updates.push(Update {
+            param: t.param,
+            node: nw,
+        });
     }
     b.g.updates.extend(updates);
     Ok(())

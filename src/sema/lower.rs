@@ -60,7 +60,11 @@ struct Lowerer<'s, 'a, 'd> {
     depth: usize,
 }
 
-pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> (Graph, Option<crate::sema::TrainSpec>) {
+pub fn lower(
+    s: &Scopes,
+    resolved: &Resolved,
+    diags: &mut Diagnostics,
+) -> (Graph, Option<crate::sema::TrainSpec>) {
     let mut l = Lowerer {
         s,
         recursive: &resolved.recursive,
@@ -215,7 +219,10 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 self.diags.push(
                     diag::error(code::KIND, "a string is not a value")
                         .with_labels(vec![e.span.primary("a string")])
-                        .with_notes(vec!["note: strings only name files, in a `train` block's `data` setting".into()]),
+                        .with_notes(vec![
+                            "note: strings only name files, in a `train` block's `data` setting"
+                                .into(),
+                        ]),
                 );
                 Value::Poison
             }

@@ -94,7 +94,10 @@ pub fn check(s: &Scopes, diags: &mut Diagnostics) -> Resolved {
         // Only these settings hold program expressions; the others are
         // compile-time settings that lowering reads.
         for st in &t.settings {
-            if matches!(st.name.name.as_str(), "loss" | "predict" | "features" | "targets") {
+            if matches!(
+                st.name.name.as_str(),
+                "loss" | "predict" | "features" | "targets"
+            ) {
                 w.expr(&st.value);
             }
         }

@@ -120,8 +120,12 @@ pub fn build<'a>(stdlib: &'a [File], user: &'a File, diags: &mut Diagnostics) ->
         let Item::Train(t) = item else { continue };
         if let Some((first, _)) = s.train {
             diags.push(
-                diag::error(code::DUPLICATE, "a file can have only one `train` block")
-                    .with_labels(vec![t.span.primary("second `train` block"), first.span.secondary("first one here")]),
+                diag::error(code::DUPLICATE, "a file can have only one `train` block").with_labels(
+                    vec![
+                        t.span.primary("second `train` block"),
+                        first.span.secondary("first one here"),
+                    ],
+                ),
             );
             continue;
         }
@@ -136,13 +140,16 @@ pub fn build<'a>(stdlib: &'a [File], user: &'a File, diags: &mut Diagnostics) ->
                         .filter(|(_, d)| matches!(s.defs[**d].def, Def::Model(..)))
                         .map(|(n, _)| n.as_str())
                         .collect();
-                    let mut d = diag::error(code::UNKNOWN_NAME, format!("no model named `{}`", m.name))
-                        .with_labels(vec![m.span.primary("not a model in this file")]);
+                    let mut d =
+                        diag::error(code::UNKNOWN_NAME, format!("no model named `{}`", m.name))
+                            .with_labels(vec![m.span.primary("not a model in this file")]);
                     if let Some(sug) = diag::suggest(&m.name, models) {
                         d = d.with_notes(vec![format!("help: did you mean `{sug}`?")]);
                     }
                     diags.push(d);
-                    USER
+                    // Its settings would only report names of the
+                    // missing model: leave the block out.
+                    continue;
                 }
             },
         };

@@ -132,7 +132,11 @@ impl Builder<'_> {
                         }
                     }
                 }
-                Item::Train(TrainDef { model, settings, span })
+                Item::Train(TrainDef {
+                    model,
+                    settings,
+                    span,
+                })
             }
             r => unreachable!("rule {r:?} is not an item in the grammar"),
         }
@@ -469,7 +473,7 @@ fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
     for t in &tokens {
         let is_op = OPERATORS.contains(&t.as_str());
         let continues_expr = is_op || t == "." || t == "(";
-        if starts_expr && (t == "(" || t == "[" || t == "-") {
+        if starts_expr && (t == "(" || t == "[" || t == "-" || t == "\"") {
             continue;
         }
         if has_closer && continues_expr && !CLOSERS.contains(&t.as_str()) {
@@ -490,6 +494,7 @@ fn expected_at(e: &pest::error::Error<Rule>) -> Vec<String> {
                 | Rule::tensor_lit
                 | Rule::paren
                 | Rule::boolean
+                | Rule::string
                 | Rule::neg
         );
         let op_part = is_operator(*r) || matches!(r, Rule::call_args | Rule::member);

@@ -75,7 +75,11 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
             let _ = writeln!(out, "{}", let_str("output", l));
         }
         Item::Train(t) => {
-            let name = t.model.as_ref().map(|m| format!(" {}", m.name)).unwrap_or_default();
+            let name = t
+                .model
+                .as_ref()
+                .map(|m| format!(" {}", m.name))
+                .unwrap_or_default();
             let _ = writeln!(out, "train{name}");
             for s in &t.settings {
                 indent(out, depth + 1);

@@ -19,22 +19,43 @@ pub enum CheckpointError {
     #[error("`{path}` is not a safetensors file: {reason}")]
     Format { path: String, reason: String },
     #[error("tensor `{name}` in `{path}` is {dtype}, expected F32")]
-    Dtype { path: String, name: String, dtype: String },
+    Dtype {
+        path: String,
+        name: String,
+        dtype: String,
+    },
 }
 
 /// Writes `tensors` and `meta` to `path` atomically.
-pub fn save(path: &Path, tensors: &[(String, &Tensor)], meta: &HashMap<String, String>) -> Result<(), CheckpointError> {
+pub fn save(
+    path: &Path,
+    tensors: &[(String, &Tensor)],
+    meta: &HashMap<String, String>,
+) -> Result<(), CheckpointError> {
     let shown = path.display().to_string();
-    let werr = |reason: String| CheckpointError::Write { path: shown.clone(), reason };
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let werr = |reason: String| CheckpointError::Write {
+        path: shown.clone(),
+        reason,
+    };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let mut views = Vec::with_capacity(tensors.len());
     for ((name, t), b) in tensors.iter().zip(&bytes) {
         let v = TensorView::new(Dtype::F32, t.shape.clone(), b).map_err(|e| werr(e.to_string()))?;
         views.push((name.clone(), v));
     }
-    let data = safetensors::serialize(views, &Some(meta.clone())).map_err(|e| werr(e.to_string()))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let data =
+        safetensors::serialize(views, &Some(meta.clone())).map_err(|e| werr(e.to_string()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -48,8 +69,11 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)], meta: &HashMap<String, S
     })
 }
 
+/// Tensors by name, and the string metadata.
+pub type Loaded = (HashMap<String, Tensor>, HashMap<String, String>);
+
 /// Reads every tensor and the metadata of a safetensors file.
-pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>), CheckpointError> {
+pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| CheckpointError::Read {
         path: shown.clone(),
@@ -58,7 +82,10 @@ pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Str
             _ => e.to_string(),
         },
     })?;
-    let ferr = |reason: String| CheckpointError::Format { path: shown.clone(), reason };
+    let ferr = |reason: String| CheckpointError::Format {
+        path: shown.clone(),
+        reason,
+    };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
@@ -71,7 +98,11 @@ pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Str
                 dtype: format!("{:?}", view.dtype()),
             });
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, Tensor::new(view.shape().to_vec(), data));
     }
     Ok((out, meta))
@@ -90,7 +121,10 @@ mod tests {
         let meta = HashMap::from([("epoch".to_string(), "3".to_string())]);
         save(&p, &[("w".into(), &t)], &meta).expect("saves");
         let (ts, m) = load(&p).expect("loads");
-        assert_eq!(ts["w"].data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            ts["w"].data.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         assert_eq!(m["epoch"], "3");
         std::fs::write(&p, b"not a checkpoint").expect("write");
         assert!(matches!(load(&p), Err(CheckpointError::Format { .. })));

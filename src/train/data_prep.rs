@@ -33,16 +33,41 @@ pub struct Prepared {
 
 fn rebase(src: &Source, dir: &Path) -> Source {
     match src {
-        Source::Csv { path, label, scale } => Source::Csv { path: dir.join(path), label: label.clone(), scale: *scale },
-        Source::Idx { images, labels, scale } => Source::Idx { images: dir.join(images), labels: dir.join(labels), scale: *scale },
-        Source::Npy { features, labels, scale } => Source::Npy { features: dir.join(features), labels: dir.join(labels), scale: *scale },
+        Source::Csv { path, label, scale } => Source::Csv {
+            path: dir.join(path),
+            label: label.clone(),
+            scale: *scale,
+        },
+        Source::Idx {
+            images,
+            labels,
+            scale,
+        } => Source::Idx {
+            images: dir.join(images),
+            labels: dir.join(labels),
+            scale: *scale,
+        },
+        Source::Npy {
+            features,
+            labels,
+            scale,
+        } => Source::Npy {
+            features: dir.join(features),
+            labels: dir.join(labels),
+            scale: *scale,
+        },
     }
 }
 
 fn data_error(span: Span, e: &data::DataError) -> Diag {
-    let mut d = diag::error(code::INPUT, e.to_string()).with_labels(vec![span.primary("data from here")]);
+    let mut d =
+        diag::error(code::INPUT, e.to_string()).with_labels(vec![span.primary("data from here")]);
     if let Some(h) = e.hint() {
-        d = d.with_notes(vec![if h.starts_with("help:") { h } else { format!("help: {h}") }]);
+        d = d.with_notes(vec![if h.starts_with("help:") {
+            h
+        } else {
+            format!("help: {h}")
+        }]);
     }
     d
 }
@@ -50,37 +75,66 @@ fn data_error(span: Span, e: &data::DataError) -> Diag {
 /// Loads the `train` block's data and checks it against the inputs.
 pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Prepared, Diag> {
     let Some(ds) = &spec.data else {
-        return Err(diag::error(code::INPUT, "this `train` block has no `data`")
-            .with_labels(vec![spec.span.primary("add `data = csv(\"file.csv\", label = \"label\")` here")]));
+        return Err(
+            diag::error(code::INPUT, "this `train` block has no `data`").with_labels(vec![spec
+                .span
+                .primary("add `data = csv(\"file.csv\", label = \"label\")` here")]),
+        );
     };
     let (Some(features), Some(targets)) = (spec.features, spec.targets) else {
-        return Err(diag::error(code::INPUT, "no inputs to feed").with_labels(vec![spec.span.primary("here")]));
+        return Err(diag::error(code::INPUT, "no inputs to feed")
+            .with_labels(vec![spec.span.primary("here")]));
     };
     let src = rebase(&ds.source, base);
     let data = data::load(&src).map_err(|e| data_error(ds.span, &e))?;
     let fin = &g.inputs[features];
-    let per_row: Option<u64> = fin.ty.shape.iter().skip(1).map(|d| match d {
-        Dim::Known(k) => Some(*k),
-        Dim::Sym(_) => None,
-    }).product();
+    let per_row: Option<u64> = fin
+        .ty
+        .shape
+        .iter()
+        .skip(1)
+        .map(|d| match d {
+            Dim::Known(k) => Some(*k),
+            Dim::Sym(_) => None,
+        })
+        .product();
     let have = data.features.shape.get(1).copied().unwrap_or(0) as u64;
     if fin.ty.shape.is_empty() || per_row != Some(have) {
-        return Err(diag::error(code::INPUT, format!(
-            "the data has {have} features per row, but input `{}` is {}",
-            fin.name,
-            g.shape_str(&fin.ty.shape)
-        ))
-        .with_labels(vec![fin.span.primary("this input takes the features"), ds.span.secondary("the data comes from here")])
-        .with_notes(vec!["help: the input's type must be [B, F] with F the number of feature columns".into()]));
+        return Err(diag::error(
+            code::INPUT,
+            format!(
+                "the data has {have} features per row, but input `{}` is {}",
+                fin.name,
+                g.shape_str(&fin.ty.shape)
+            ),
+        )
+        .with_labels(vec![
+            fin.span.primary("this input takes the features"),
+            ds.span.secondary("the data comes from here"),
+        ])
+        .with_notes(vec![
+            "help: the input's type must be [B, F] with F the number of feature columns".into(),
+        ]));
     }
     let tin = &g.inputs[targets];
     let kind = match tin.ty.shape.as_slice() {
         [_] | [_, Dim::Known(1)] => Targets::Values,
-        [_, Dim::Known(c)] => Targets::OneHot { classes: *c as usize },
+        [_, Dim::Known(c)] => Targets::OneHot {
+            classes: *c as usize,
+        },
         _ => {
-            return Err(diag::error(code::INPUT, format!("input `{}` cannot take targets: its type is {}", tin.name, g.shape_str(&tin.ty.shape)))
-                .with_labels(vec![tin.span.primary("this input takes the targets")])
-                .with_notes(vec!["help: use [B, C] for C classes (fed one-hot) or [B] for values".into()]))
+            return Err(diag::error(
+                code::INPUT,
+                format!(
+                    "input `{}` cannot take targets: its type is {}",
+                    tin.name,
+                    g.shape_str(&tin.ty.shape)
+                ),
+            )
+            .with_labels(vec![tin.span.primary("this input takes the targets")])
+            .with_notes(vec![
+                "help: use [B, C] for C classes (fed one-hot) or [B] for values".into(),
+            ]))
         }
     };
     if let Targets::OneHot { classes } = kind {
@@ -93,10 +147,20 @@ pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Pr
     let val = rows[..n_val].to_vec();
     let train = rows[n_val..].to_vec();
     if train.is_empty() {
-        return Err(diag::error(code::INPUT, format!("no rows left to train on: {n} rows, {n_val} held out for validation"))
-            .with_labels(vec![ds.span.primary("this data")]));
+        return Err(diag::error(
+            code::INPUT,
+            format!("no rows left to train on: {n} rows, {n_val} held out for validation"),
+        )
+        .with_labels(vec![ds.span.primary("this data")]));
     }
-    Ok(Prepared { data, features, targets, kind, train, val })
+    Ok(Prepared {
+        data,
+        features,
+        targets,
+        kind,
+        train,
+        val,
+    })
 }
 
 /// The order of the training rows in epoch `epoch` (0-based).
@@ -116,10 +180,17 @@ impl Prepared {
             x.extend_from_slice(&self.data.features.data[r * f..(r + 1) * f]);
         }
         let mut shape = vec![rows.len()];
-        shape.extend(g.inputs[self.features].ty.shape.iter().skip(1).map(|d| match d {
-            Dim::Known(k) => *k as usize,
-            Dim::Sym(_) => 1, // excluded by `prepare`
-        }));
+        shape.extend(
+            g.inputs[self.features]
+                .ty
+                .shape
+                .iter()
+                .skip(1)
+                .map(|d| match d {
+                    Dim::Known(k) => *k as usize,
+                    Dim::Sym(_) => 1, // excluded by `prepare`
+                }),
+        );
         let y = match self.kind {
             Targets::OneHot { classes } => {
                 let mut y = vec![0.0; rows.len() * classes];
@@ -154,7 +225,13 @@ impl Prepared {
                 let label = self.data.labels[r];
                 match self.kind {
                     Targets::OneHot { .. } => {
-                        let best = p.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (k, &v)| if v > b.1 { (k, v) } else { b });
+                        let best =
+                            p.iter()
+                                .enumerate()
+                                .fold(
+                                    (0, f32::NEG_INFINITY),
+                                    |b, (k, &v)| if v > b.1 { (k, v) } else { b },
+                                );
                         best.0 == label as usize
                     }
                     Targets::Values => (p[0] > 0.5) == (label > 0.5),

@@ -53,8 +53,14 @@ pub struct EpochStats {
 /// What the loop reports as it goes.
 pub enum Event<'e> {
     /// Before the first epoch: steps per epoch and the epochs to run.
-    Start { steps_per_epoch: usize, first_epoch: usize, epochs: usize },
-    Step { loss: f32 },
+    Start {
+        steps_per_epoch: usize,
+        first_epoch: usize,
+        epochs: usize,
+    },
+    Step {
+        loss: f32,
+    },
     Epoch(&'e EpochStats),
 }
 
@@ -66,18 +72,29 @@ pub struct Summary {
 
 fn error(span: Span, msg: String, hint: &str) -> Diag {
     diag::error(code::INPUT, msg)
-        .with_labels(vec![span.primary("in this training")])
+        .with_labels(vec![span.primary("training this")])
         .with_notes(vec![format!("help: {hint}")])
 }
 
 /// Runs training to the end, calling `observe` as it goes.
-pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(Event)) -> Result<Summary, Diag> {
+pub fn run(
+    g: &Graph,
+    spec: &TrainSpec,
+    opts: &Options,
+    observe: &mut dyn FnMut(Event),
+) -> Result<Summary, Diag> {
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);
     let data = prepare(g, spec, &opts.base_dir, seed)?;
     let step = pipeline::step_graph(g, spec)?;
     let mut eval = g.clone();
-    eval.outputs = step.graph.outputs.iter().filter(|o| o.name == "loss" || o.name == "predict").cloned().collect();
+    eval.outputs = step
+        .graph
+        .outputs
+        .iter()
+        .filter(|o| o.name == "loss" || o.name == "predict")
+        .cloned()
+        .collect();
     let n_grads = step.grads.len();
 
     let mut params = interp::init_params(&step.graph, seed);
@@ -89,7 +106,11 @@ pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(
         global_step = meta_step;
     }
     let steps_per_epoch = data.train.len().div_ceil(spec.batch);
-    observe(Event::Start { steps_per_epoch, first_epoch, epochs });
+    observe(Event::Start {
+        steps_per_epoch,
+        first_epoch,
+        epochs,
+    });
     let mut history = Vec::new();
     let mut log = String::new();
     if let (Some(path), true) = (&opts.log, first_epoch > 0) {
@@ -108,8 +129,13 @@ pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(
             // updated parameter must be finite.
             let bad = if !loss.is_finite() {
                 Some(format!("the loss is {loss}"))
-            } else if let Some(k) = (0..n_grads).find(|&k| outs[k + 1].data.iter().any(|v| !v.is_finite())) {
-                Some(format!("the gradient of `{}` is not finite", step.graph.params[step.grads[k].0].name))
+            } else if let Some(k) =
+                (0..n_grads).find(|&k| outs[k + 1].data.iter().any(|v| !v.is_finite()))
+            {
+                Some(format!(
+                    "the gradient of `{}` is not finite",
+                    step.graph.params[step.grads[k].0].name
+                ))
             } else {
                 step.graph
                     .params
@@ -119,7 +145,7 @@ pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(
             };
             if let Some(what) = bad {
                 return Err(error(
-                    spec.span,
+                    g.nodes[spec.loss].span,
                     format!("training diverged at epoch {}, step {} (batch {} of the epoch): {what}", epoch + 1, global_step, bi + 1),
                     "lower the learning rate, scale the inputs, or check for log of 0; the last checkpoint saved is intact",
                 ));
@@ -130,7 +156,12 @@ pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(
         }
         let train_loss = (total / seen.max(1) as f64) as f32;
         let (val_loss, val_accuracy) = validate(&eval, &params, &data, spec.batch)?;
-        let stats = EpochStats { epoch: epoch + 1, train_loss, val_loss, val_accuracy };
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            train_loss,
+            val_loss,
+            val_accuracy,
+        };
         observe(Event::Epoch(&stats));
         if let Some(path) = &opts.log {
             log.push_str(&log_line(&stats));
@@ -157,7 +188,10 @@ pub fn run(g: &Graph, spec: &TrainSpec, opts: &Options, observe: &mut dyn FnMut(
 
 /// One JSON object per line: `{"epoch": N, "train_loss": …, "val_loss": …, "val_accuracy": …}`.
 pub fn log_line(s: &EpochStats) -> String {
-    let num = |v: Option<f32>| v.filter(|x| x.is_finite()).map_or(serde_json::Value::Null, |x| serde_json::json!(x));
+    let num = |v: Option<f32>| {
+        v.filter(|x| x.is_finite())
+            .map_or(serde_json::Value::Null, |x| serde_json::json!(x))
+    };
     let obj = serde_json::json!({
         "epoch": s.epoch,
         "train_loss": num(Some(s.train_loss)),
@@ -167,7 +201,12 @@ pub fn log_line(s: &EpochStats) -> String {
     format!("{obj}\n")
 }
 
-fn validate(eval: &Graph, params: &SecondaryMap<ParamId, Tensor>, data: &Prepared, batch: usize) -> Result<(Option<f32>, Option<f32>), Diag> {
+fn validate(
+    eval: &Graph,
+    params: &SecondaryMap<ParamId, Tensor>,
+    data: &Prepared,
+    batch: usize,
+) -> Result<(Option<f32>, Option<f32>), Diag> {
     if data.val.is_empty() {
         return Ok((None, None));
     }
@@ -176,7 +215,14 @@ fn validate(eval: &Graph, params: &SecondaryMap<ParamId, Tensor>, data: &Prepare
     let has_predict = eval.outputs.len() > 1;
     for rows in data.val.chunks(batch) {
         let inputs = data.batch(eval, rows);
-        let outs = interp::run(eval, &interp::Feed { params, inputs: &inputs }).map_err(|e| e.to_diag())?;
+        let outs = interp::run(
+            eval,
+            &interp::Feed {
+                params,
+                inputs: &inputs,
+            },
+        )
+        .map_err(|e| e.to_diag())?;
         loss += f64::from(outs[0].data[0]) * rows.len() as f64;
         if has_predict {
             correct += data.count_correct(&outs[1], rows);
@@ -187,8 +233,19 @@ fn validate(eval: &Graph, params: &SecondaryMap<ParamId, Tensor>, data: &Prepare
     Ok((Some((loss / n) as f32), accuracy))
 }
 
-fn save(g: &Graph, params: &SecondaryMap<ParamId, Tensor>, path: &Path, epoch: usize, step: u64, seed: u64) -> Result<(), Diag> {
-    let tensors: Vec<(String, &Tensor)> = g.params.iter().map(|(id, p)| (p.name.clone(), &params[id])).collect();
+fn save(
+    g: &Graph,
+    params: &SecondaryMap<ParamId, Tensor>,
+    path: &Path,
+    epoch: usize,
+    step: u64,
+    seed: u64,
+) -> Result<(), Diag> {
+    let tensors: Vec<(String, &Tensor)> = g
+        .params
+        .iter()
+        .map(|(id, p)| (p.name.clone(), &params[id]))
+        .collect();
     let meta = HashMap::from([
         ("format".to_string(), "nnc-checkpoint-1".to_string()),
         ("epoch".to_string(), epoch.to_string()),
@@ -202,15 +259,27 @@ fn save(g: &Graph, params: &SecondaryMap<ParamId, Tensor>, path: &Path, epoch: u
 
 /// Loads parameters (and, from a checkpoint, optimizer state) by name;
 /// returns the epoch and step it was taken at (0 for plain weights).
-pub fn restore(g: &Graph, params: &mut SecondaryMap<ParamId, Tensor>, path: &Path, span: Span) -> Result<(usize, u64), Diag> {
-    let (tensors, meta) = checkpoint::load(path).map_err(|e| diag::error(code::FILE, e.to_string()))?;
+pub fn restore(
+    g: &Graph,
+    params: &mut SecondaryMap<ParamId, Tensor>,
+    path: &Path,
+    span: Span,
+) -> Result<(usize, u64), Diag> {
+    let (tensors, meta) =
+        checkpoint::load(path).map_err(|e| diag::error(code::FILE, e.to_string()))?;
     for (id, p) in g.params.iter() {
         match tensors.get(&p.name) {
             Some(t) if t.shape == params[id].shape => params[id] = t.clone(),
             Some(t) => {
                 return Err(error(
                     span,
-                    format!("`{}` in `{}` has shape {:?}, but the model's is {:?}", p.name, path.display(), t.shape, params[id].shape),
+                    format!(
+                        "`{}` in `{}` has shape {:?}, but the model's is {:?}",
+                        p.name,
+                        path.display(),
+                        t.shape,
+                        params[id].shape
+                    ),
                     "the checkpoint comes from a different model",
                 ))
             }
@@ -230,8 +299,14 @@ pub fn restore(g: &Graph, params: &mut SecondaryMap<ParamId, Tensor>, path: &Pat
 
 /// Writes a file through a temporary name and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -240,5 +315,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn file_error(path: &Path, e: &std::io::Error) -> Diag {
-    diag::error(code::FILE, format!("cannot write `{}`: {e}", path.display()))
+    diag::error(
+        code::FILE,
+        format!("cannot write `{}`: {e}", path.display()),
+    )
 }

@@ -80,7 +80,11 @@ pub fn run(g: &Graph, feed: &Feed) -> Result<Vec<Tensor>, Error> {
 /// Runs one step of a graph with updates: evaluates the outputs and every
 /// update from the current parameters, then writes the updates. Returns
 /// the outputs.
-pub fn step(g: &Graph, params: &mut SecondaryMap<ParamId, Tensor>, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Result<Vec<Tensor>, Error> {
+pub fn step(
+    g: &Graph,
+    params: &mut SecondaryMap<ParamId, Tensor>,
+    inputs: &SecondaryMap<InputId, Option<Tensor>>,
+) -> Result<Vec<Tensor>, Error> {
     let mut roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
     roots.extend(g.updates.iter().map(|u| u.node));
     let mut values = evaluate(g, &Feed { params, inputs }, &roots)?;

@@ -23,7 +23,18 @@ struct Draft {
     span: Span,
 }
 
-const SETTINGS: &[&str] = &["loss", "predict", "optimizer", "data", "batch", "epochs", "split", "seed", "features", "targets"];
+const SETTINGS: &[&str] = &[
+    "loss",
+    "predict",
+    "optimizer",
+    "data",
+    "batch",
+    "epochs",
+    "split",
+    "seed",
+    "features",
+    "targets",
+];
 
 impl<'a> Lowerer<'_, 'a, '_> {
     pub(super) fn train(&mut self) -> Option<TrainSpec> {
@@ -52,7 +63,10 @@ impl<'a> Lowerer<'_, 'a, '_> {
             if let Some(first) = seen.insert(name, st.name.span) {
                 self.diags.push(
                     diag::error(code::DUPLICATE, format!("setting `{name}` is given twice"))
-                        .with_labels(vec![st.name.span.primary("given again here"), first.secondary("first given here")]),
+                        .with_labels(vec![
+                            st.name.span.primary("given again here"),
+                            first.secondary("first given here"),
+                        ]),
                 );
                 ok = false;
                 continue;
@@ -65,9 +79,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
                         Some(n) if name == "loss" && !self.g.shape(n).is_empty() => {
                             let shown = self.shape_str(n);
                             Err(Some(
-                                diag::error(code::RESULT_TYPE, format!("the loss must be a scalar, found shape {shown}"))
-                                    .with_labels(vec![st.value.span.primary(format!("this has shape {shown}"))])
-                                    .with_notes(vec!["help: reduce it, e.g. with `mean(...)`".into()]),
+                                diag::error(
+                                    code::RESULT_TYPE,
+                                    format!("the loss must be a scalar, found shape {shown}"),
+                                )
+                                .with_labels(vec![st
+                                    .value
+                                    .span
+                                    .primary(format!("this has shape {shown}"))])
+                                .with_notes(vec!["help: reduce it, e.g. with `mean(...)`".into()]),
                             ))
                         }
                         Some(n) => {
@@ -80,7 +100,9 @@ impl<'a> Lowerer<'_, 'a, '_> {
                         }
                     }
                 }
-                "optimizer" => optimizer(&st.value).map(|o| spec.optimizer = o).map_err(Some),
+                "optimizer" => optimizer(&st.value)
+                    .map(|o| spec.optimizer = o)
+                    .map_err(Some),
                 "data" => data(&st.value).map(|d| spec.data = Some(d)).map_err(Some),
                 "batch" | "epochs" => positive_int(&st.value, name)
                     .map(|v| {
@@ -91,15 +113,23 @@ impl<'a> Lowerer<'_, 'a, '_> {
                         }
                     })
                     .map_err(Some),
-                "seed" => positive_int_or_zero(&st.value).map(|v| spec.seed = v).map_err(Some),
+                "seed" => positive_int_or_zero(&st.value)
+                    .map(|v| spec.seed = v)
+                    .map_err(Some),
                 "split" => match const_number(&st.value, "`split`") {
                     Ok(v) if (0.0..1.0).contains(&v) => {
                         spec.split = v;
                         Ok(())
                     }
                     Ok(_) => Err(Some(
-                        diag::error(code::CONST_ARG, "`split` must be at least 0 and less than 1")
-                            .with_labels(vec![st.value.span.primary("the fraction held out for validation")]),
+                        diag::error(
+                            code::CONST_ARG,
+                            "`split` must be at least 0 and less than 1",
+                        )
+                        .with_labels(vec![st
+                            .value
+                            .span
+                            .primary("the fraction held out for validation")]),
                     )),
                     Err(d) => Err(Some(d)),
                 },
@@ -115,9 +145,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     Err(d) => Err(d),
                 },
                 _ => {
-                    let mut d = diag::error(code::NAMED_ARG, format!("unknown training setting `{name}`"))
-                        .with_labels(vec![st.name.span.primary("not a setting")])
-                        .with_notes(vec![format!("note: the settings are {}", SETTINGS.join(", "))]);
+                    let mut d = diag::error(
+                        code::NAMED_ARG,
+                        format!("unknown training setting `{name}`"),
+                    )
+                    .with_labels(vec![st.name.span.primary("not a setting")])
+                    .with_notes(vec![format!(
+                        "note: the settings are {}",
+                        SETTINGS.join(", ")
+                    )]);
                     if let Some(s) = diag::suggest(name, SETTINGS.iter().copied()) {
                         d.notes.insert(0, format!("help: did you mean `{s}`?"));
                     }
@@ -135,7 +171,9 @@ impl<'a> Lowerer<'_, 'a, '_> {
             self.diags.push(
                 diag::error(code::ARITY, "this `train` block has no `loss`")
                     .with_labels(vec![t.span.primary("add `loss = ...` here")])
-                    .with_notes(vec!["help: for example `loss = softmax_cross_entropy(forward(x), y)`".into()]),
+                    .with_notes(vec![
+                        "help: for example `loss = softmax_cross_entropy(forward(x), y)`".into(),
+                    ]),
             );
         }
         if spec.data.is_some() {
@@ -181,7 +219,13 @@ impl<'a> Lowerer<'_, 'a, '_> {
             .collect();
         names
             .iter()
-            .filter_map(|n| self.g.inputs.iter().find(|(_, i)| &i.name == n).map(|(id, _)| id))
+            .filter_map(|n| {
+                self.g
+                    .inputs
+                    .iter()
+                    .find(|(_, i)| &i.name == n)
+                    .map(|(id, _)| id)
+            })
             .collect()
     }
 
@@ -203,21 +247,31 @@ impl<'a> Lowerer<'_, 'a, '_> {
 fn positive_int(e: &Expr, what: &str) -> Result<usize, Diag> {
     match e.kind {
         ExprKind::Number(v) if v >= 1.0 && v.fract() == 0.0 && v < 1e9 => Ok(v as usize),
-        _ => Err(diag::error(code::CONST_ARG, format!("`{what}` must be a positive whole number"))
-            .with_labels(vec![e.span.primary("here")])),
+        _ => Err(diag::error(
+            code::CONST_ARG,
+            format!("`{what}` must be a positive whole number"),
+        )
+        .with_labels(vec![e.span.primary("here")])),
     }
 }
 
 fn positive_int_or_zero(e: &Expr) -> Result<u64, Diag> {
     match e.kind {
         ExprKind::Number(v) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(v as u64),
-        _ => Err(diag::error(code::CONST_ARG, "`seed` must be a whole number, 0 or more").with_labels(vec![e.span.primary("here")])),
+        _ => Err(
+            diag::error(code::CONST_ARG, "`seed` must be a whole number, 0 or more")
+                .with_labels(vec![e.span.primary("here")]),
+        ),
     }
 }
 
 /// Reads `name(arg, key = value, ...)` with the given formals; returns
 /// the callee's name and, per formal, its argument expression.
-fn call_of<'e>(e: &'e Expr, what: &str, example: &str) -> Result<(&'e ast::Ident, &'e [ast::Arg]), Diag> {
+fn call_of<'e>(
+    e: &'e Expr,
+    what: &str,
+    example: &str,
+) -> Result<(&'e ast::Ident, &'e [ast::Arg]), Diag> {
     match &e.kind {
         ExprKind::Call(callee, args) => match &callee.kind {
             ExprKind::Name(i) => Ok((i, args.as_slice())),
@@ -239,28 +293,66 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
     let (name, args) = call_of(e, "the optimizer", "adam(lr = 1e-3)")?;
     let formals: &[(&str, &str)] = match name.name.as_str() {
         "sgd" => &[("lr", ""), ("weight_decay", "0")],
-        "momentum" => &[("lr", ""), ("momentum", "0.9"), ("nesterov", "false"), ("weight_decay", "0")],
-        "adam" => &[("lr", "0.001"), ("beta1", "0.9"), ("beta2", "0.999"), ("eps", "1e-8"), ("weight_decay", "0"), ("bias_correction", "true")],
-        "adamw" => &[("lr", "0.001"), ("beta1", "0.9"), ("beta2", "0.999"), ("eps", "1e-8"), ("weight_decay", "0.01")],
+        "momentum" => &[
+            ("lr", ""),
+            ("momentum", "0.9"),
+            ("nesterov", "false"),
+            ("weight_decay", "0"),
+        ],
+        "adam" => &[
+            ("lr", "0.001"),
+            ("beta1", "0.9"),
+            ("beta2", "0.999"),
+            ("eps", "1e-8"),
+            ("weight_decay", "0"),
+            ("bias_correction", "true"),
+        ],
+        "adamw" => &[
+            ("lr", "0.001"),
+            ("beta1", "0.9"),
+            ("beta2", "0.999"),
+            ("eps", "1e-8"),
+            ("weight_decay", "0.01"),
+        ],
         other => {
             let names = ["sgd", "momentum", "adam", "adamw"];
             let mut d = diag::error(code::CONST_ARG, format!("unknown optimizer `{other}`"))
                 .with_labels(vec![name.span.primary("not an optimizer")])
-                .with_notes(vec!["note: the optimizers are sgd, momentum, adam and adamw".into()]);
+                .with_notes(vec![
+                    "note: the optimizers are sgd, momentum, adam and adamw".into(),
+                ]);
             if let Some(s) = diag::suggest(other, names) {
                 d.notes.insert(0, format!("help: did you mean `{s}`?"));
             }
             return Err(d);
         }
     };
-    let f: Vec<Formal> = formals.iter().map(|(n, d)| Formal { name: n, required: d.is_empty() }).collect();
-    let sig: Vec<String> = formals.iter().map(|(n, d)| if d.is_empty() { n.to_string() } else { format!("{n} = {d}") }).collect();
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|(n, d)| Formal {
+            name: n,
+            required: d.is_empty(),
+        })
+        .collect();
+    let sig: Vec<String> = formals
+        .iter()
+        .map(|(n, d)| {
+            if d.is_empty() {
+                n.to_string()
+            } else {
+                format!("{n} = {d}")
+            }
+        })
+        .collect();
     let sig = format!("{}({})", name.name, sig.join(", "));
     let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
     let num = |i: usize| -> Result<f32, Diag> {
         match bound[i] {
             Some(ai) => const_number(&args[ai].value, &format!("`{}`", formals[i].0)),
-            None => formals[i].1.parse::<f32>().map_err(|_| not_const(e, "a default", "0")),
+            None => formals[i]
+                .1
+                .parse::<f32>()
+                .map_err(|_| not_const(e, "a default", "0")),
         }
     };
     let flag = |i: usize| -> Result<bool, Diag> {
@@ -271,27 +363,65 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
     };
     let (kind, wd) = match name.name.as_str() {
         "sgd" => (Kind::Sgd, num(1)?),
-        "momentum" => (Kind::Momentum { momentum: num(1)?, nesterov: flag(2)? }, num(3)?),
-        "adam" => (Kind::Adam { beta1: num(1)?, beta2: num(2)?, eps: num(3)?, bias_correction: flag(5)?, decoupled: false }, num(4)?),
-        _ => (Kind::Adam { beta1: num(1)?, beta2: num(2)?, eps: num(3)?, bias_correction: true, decoupled: true }, num(4)?),
+        "momentum" => (
+            Kind::Momentum {
+                momentum: num(1)?,
+                nesterov: flag(2)?,
+            },
+            num(3)?,
+        ),
+        "adam" => (
+            Kind::Adam {
+                beta1: num(1)?,
+                beta2: num(2)?,
+                eps: num(3)?,
+                bias_correction: flag(5)?,
+                decoupled: false,
+            },
+            num(4)?,
+        ),
+        _ => (
+            Kind::Adam {
+                beta1: num(1)?,
+                beta2: num(2)?,
+                eps: num(3)?,
+                bias_correction: true,
+                decoupled: true,
+            },
+            num(4)?,
+        ),
     };
     let lr = num(0)?;
-    if !(lr > 0.0) || wd < 0.0 {
-        return Err(diag::error(code::CONST_ARG, "the learning rate must be positive and the weight decay not negative")
-            .with_labels(vec![e.span.primary("in this optimizer")]));
+    if lr.is_nan() || lr <= 0.0 || wd < 0.0 {
+        return Err(diag::error(
+            code::CONST_ARG,
+            "the learning rate must be positive and the weight decay not negative",
+        )
+        .with_labels(vec![e.span.primary("in this optimizer")]));
     }
-    Ok(Optimizer { kind, lr, weight_decay: wd })
+    Ok(Optimizer {
+        kind,
+        lr,
+        weight_decay: wd,
+    })
 }
 
 fn string_arg(e: &Expr) -> Result<String, Diag> {
     match &e.kind {
         ExprKind::Str(s) => Ok(s.clone()),
-        _ => Err(diag::error(code::CONST_ARG, "expected a file name in quotes").with_labels(vec![e.span.primary("not a string")])),
+        _ => Err(
+            diag::error(code::CONST_ARG, "expected a file name in quotes")
+                .with_labels(vec![e.span.primary("not a string")]),
+        ),
     }
 }
 
 fn data(e: &Expr) -> Result<DataSpec, Diag> {
-    let (name, args) = call_of(e, "the data source", "csv(\"digits.csv\", label = \"label\")")?;
+    let (name, args) = call_of(
+        e,
+        "the data source",
+        "csv(\"digits.csv\", label = \"label\")",
+    )?;
     let formals: &[&str] = match name.name.as_str() {
         "csv" => &["path", "label", "scale"],
         "idx" | "npy" => &["features", "labels", "scale"],
@@ -301,7 +431,13 @@ fn data(e: &Expr) -> Result<DataSpec, Diag> {
                 .with_notes(vec!["note: the sources are csv(path, label = \"column\"), idx(images, labels) and npy(features, labels)".into()]))
         }
     };
-    let f: Vec<Formal> = formals.iter().map(|n| Formal { name: n, required: *n != "scale" && !(*n == "label" && name.name == "csv") }).collect();
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|n| Formal {
+            name: n,
+            required: *n != "scale" && !(*n == "label" && name.name == "csv"),
+        })
+        .collect();
     let sig = format!("{}({})", name.name, formals.join(", "));
     let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
     let arg = |i: usize| bound[i].map(|ai| &args[ai].value);
@@ -322,11 +458,22 @@ fn data(e: &Expr) -> Result<DataSpec, Diag> {
         kind => {
             let second = string_arg(arg(1).expect("bind_args checked required arguments"))?;
             if kind == "idx" {
-                crate::data::Source::Idx { images: first.into(), labels: second.into(), scale }
+                crate::data::Source::Idx {
+                    images: first.into(),
+                    labels: second.into(),
+                    scale,
+                }
             } else {
-                crate::data::Source::Npy { features: first.into(), labels: second.into(), scale }
+                crate::data::Source::Npy {
+                    features: first.into(),
+                    labels: second.into(),
+                    scale,
+                }
             }
         }
     };
-    Ok(DataSpec { source, span: e.span })
+    Ok(DataSpec {
+        source,
+        span: e.span,
+    })
 }

@@ -1,0 +1,348 @@
+//! `nnc train` and `nnc grad` as a user runs them: the examples train to
+//! their bars, resuming is exact, saves are atomic, bad data and numeric
+//! blow-ups are clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the nnc binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nnc-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+/// The per-epoch records of a `--log` file.
+fn log_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .expect("the log exists")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[test]
+fn digits_mlp_reaches_95_percent_and_the_log_shows_it() {
+    let d = temp_dir("digits");
+    let log = d.join("metrics.jsonl");
+    let o = nnc(&["train", "examples/digits_mlp.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 20);
+    let last = &lines[19];
+    assert_eq!(last["epoch"], 20);
+    let acc = last["val_accuracy"].as_f64().expect("an accuracy");
+    assert!(acc >= 0.95, "validation accuracy {acc}");
+    assert!(last["val_loss"].as_f64().is_some() && last["train_loss"].as_f64().is_some());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("epoch 20/20") && out.contains("val_accuracy"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mnist_mlp_learns_from_idx_files() {
+    let d = temp_dir("mnist");
+    let log = d.join("m.jsonl");
+    let o = nnc(&[
+        "train",
+        "examples/mnist_mlp.nn",
+        "--epochs",
+        "3",
+        "--log",
+        s(&log),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let acc = log_lines(&log)[2]["val_accuracy"]
+        .as_f64()
+        .expect("an accuracy");
+    // Three epochs on 4000 images; the full ten reach about 0.92.
+    assert!(acc >= 0.85, "validation accuracy after 3 epochs {acc}");
+}
+
+#[test]
+fn the_seed_neuron_learns_its_target() {
+    let d = temp_dir("neuron");
+    let log = d.join("n.jsonl");
+    let o = nnc(&["train", "examples/neuron_train.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines = log_lines(&log);
+    let first = lines[0]["train_loss"].as_f64().expect("loss");
+    let last = lines.last().expect("epochs")["train_loss"]
+        .as_f64()
+        .expect("loss");
+    assert!(
+        first > 0.2 && last < 0.01,
+        "loss went from {first} to {last}"
+    );
+    assert!(
+        lines[0]["val_loss"].is_null(),
+        "split = 0 holds nothing out"
+    );
+}
+
+#[test]
+fn xor_is_learned() {
+    let d = temp_dir("xor");
+    let log = d.join("x.jsonl");
+    let o = nnc(&["train", "examples/xor.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let last = log_lines(&log).last().expect("epochs")["train_loss"]
+        .as_f64()
+        .expect("loss");
+    // A mean BCE under 0.05 puts every one of the four outputs on the
+    // right side of 0.5 by a wide margin.
+    assert!(last < 0.05, "final loss {last}");
+}
+
+#[test]
+fn grad_prints_the_seed_neurons_gradient_as_json() {
+    let o = nnc(&["grad", "examples/neuron_train.nn", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["loss"], serde_json::json!(0.25));
+    // dL/dw = 2(y − t)·y(1 − y)·x = −0.25·x at y = 0.5, t = 1.
+    assert_eq!(
+        v["grads"]["Neuron.w"]["data"],
+        serde_json::json!([-0.125, -0.2, -0.05])
+    );
+    assert_eq!(v["grads"]["Neuron.b"]["shape"], serde_json::json!([]));
+}
+
+#[test]
+fn resuming_is_bit_identical_to_an_uninterrupted_run() {
+    let d = temp_dir("resume");
+    let (half, resumed, straight) = (
+        d.join("half.st"),
+        d.join("resumed.st"),
+        d.join("straight.st"),
+    );
+    let run = |args: &[&str]| {
+        let o = nnc(args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    };
+    run(&[
+        "train",
+        "examples/digits_mlp.nn",
+        "--epochs",
+        "2",
+        "--save",
+        s(&half),
+    ]);
+    run(&[
+        "train",
+        "examples/digits_mlp.nn",
+        "--epochs",
+        "4",
+        "--resume",
+        s(&half),
+        "--save",
+        s(&resumed),
+    ]);
+    run(&[
+        "train",
+        "examples/digits_mlp.nn",
+        "--epochs",
+        "4",
+        "--save",
+        s(&straight),
+    ]);
+    let (a, ma) = nnc::train::checkpoint::load(&resumed).expect("resumed checkpoint");
+    let (b, mb) = nnc::train::checkpoint::load(&straight).expect("straight checkpoint");
+    assert_eq!(ma.get("epoch"), Some(&"4".to_string()));
+    assert_eq!(ma, mb);
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.contains_key("opt.m.Mlp.w1") && a.contains_key("opt.t"),
+        "optimizer state is saved"
+    );
+    for (name, t) in &a {
+        let bits = |t: &nnc::tensor::Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(t), bits(&b[name]), "`{name}` differs after resuming");
+    }
+}
+
+#[test]
+fn a_killed_save_leaves_the_previous_checkpoint_readable() {
+    let d = temp_dir("kill");
+    let ck = d.join("xor.st");
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "5",
+        "--save",
+        s(&ck),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // XOR saves after every one-step epoch, so a kill at almost any moment
+    // lands during or between saves.
+    for delay_ms in [30u64, 60, 90, 120, 150] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nnc"))
+            .args([
+                "train",
+                "examples/xor.nn",
+                "--epochs",
+                "1000000",
+                "--save",
+                s(&ck),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawns");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().expect("kills");
+        child.wait().expect("waits");
+        let (tensors, meta) = nnc::train::checkpoint::load(&ck)
+            .unwrap_or_else(|e| panic!("after a kill at {delay_ms} ms: {e}"));
+        assert!(tensors.contains_key("Xor.w1"));
+        assert!(meta["epoch"].parse::<u64>().expect("an epoch") >= 1);
+    }
+}
+
+#[test]
+fn a_bad_cell_on_line_37_is_reported_with_its_line_and_nothing_is_written() {
+    let d = temp_dir("badcsv");
+    let mut csv = String::from("a,b,label\n");
+    for i in 2..=41 {
+        if i == 37 {
+            csv.push_str("0,abc,1\n");
+        } else {
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                i % 2,
+                (i / 2) % 2,
+                (i % 2) ^ ((i / 2) % 2)
+            ));
+        }
+    }
+    std::fs::write(d.join("bad.csv"), csv).expect("csv");
+    let model = std::fs::read_to_string("examples/xor.nn")
+        .expect("example")
+        .replace("data/xor.csv", "bad.csv");
+    std::fs::write(d.join("bad.nn"), model).expect("nn");
+    let (ck, log) = (d.join("w.st"), d.join("m.jsonl"));
+    let o = nnc(&[
+        "--color",
+        "never",
+        "train",
+        s(&d.join("bad.nn")),
+        "--save",
+        s(&ck),
+        "--log",
+        s(&log),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("line 37") && err.contains("`abc` is not a number"),
+        "{err}"
+    );
+    assert!(!ck.exists() && !log.exists(), "nothing may be written");
+}
+
+#[test]
+fn a_label_out_of_range_and_a_feature_count_mismatch_are_errors() {
+    let d = temp_dir("labels");
+    std::fs::write(d.join("three.csv"), "a,b,label\n0,1,1\n1,1,3\n").expect("csv");
+    let src = "model M {\n input x: [B, 2]\n input y: [B, 3]\n param w: [2, 3] = zeros()\n}\ntrain M {\n data = csv(\"three.csv\")\n loss = softmax_cross_entropy(x @ w, y)\n split = 0\n}\n";
+    std::fs::write(d.join("m.nn"), src).expect("nn");
+    let o = nnc(&["--color", "never", "train", s(&d.join("m.nn"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("line 3: label `3` is not a class index in 0..3"),
+        "{}",
+        text(&o.stderr)
+    );
+    std::fs::write(
+        d.join("m.nn"),
+        src.replace("[B, 2]", "[B, 4]").replace("[2, 3]", "[4, 3]"),
+    )
+    .expect("nn");
+    let o = nnc(&["--color", "never", "train", s(&d.join("m.nn"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("the data has 2 features per row, but input `M.x` is [B, 4]"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_blow_up_stops_training_and_keeps_the_last_good_checkpoint() {
+    let d = temp_dir("blowup");
+    std::fs::copy("examples/data/neuron.csv", d.join("neuron.csv")).expect("copy");
+    // Minimising −exp(x·w) drives w up without bound: exp overflows.
+    let src = "model N {\n input x: [B, 3]\n input t: [B]\n param w: [3] = [1.0, 1.0, 1.0]\n}\ntrain N {\n data = csv(\"neuron.csv\", label = \"target\")\n loss = -mean(exp(x @ w)) + 0 * mean(t)\n optimizer = sgd(lr = 10)\n batch = 1\n epochs = 10\n split = 0\n}\n";
+    std::fs::write(d.join("n.nn"), src).expect("nn");
+    let ck = d.join("n.st");
+    let o = nnc(&[
+        "--color",
+        "never",
+        "train",
+        s(&d.join("n.nn")),
+        "--save",
+        s(&ck),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("training diverged at epoch") && err.contains("step"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the loss is") || err.contains("not finite"),
+        "{err}"
+    );
+    let (tensors, meta) = nnc::train::checkpoint::load(&ck).expect("the last good checkpoint");
+    assert!(tensors["N.w"].data.iter().all(|v| v.is_finite()));
+    assert!(meta["epoch"].parse::<u64>().expect("epoch") >= 1);
+}
+
+#[test]
+fn training_through_step_warns() {
+    let d = temp_dir("step");
+    std::fs::copy("examples/data/neuron.csv", d.join("neuron.csv")).expect("copy");
+    let src = std::fs::read_to_string("examples/neuron_train.nn")
+        .expect("example")
+        .replace("sigmoid(x @ w + b)", "step(x @ w + b)")
+        .replace("data/neuron.csv", "neuron.csv");
+    std::fs::write(d.join("s.nn"), src).expect("nn");
+    let o = nnc(&[
+        "--color",
+        "never",
+        "train",
+        s(&d.join("s.nn")),
+        "--epochs",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("warning: the gradient through this comparison is zero almost everywhere"),
+        "{err}"
+    );
+    assert!(
+        err.contains("s.nn:"),
+        "the warning points at the user's line: {err}"
+    );
+}
