@@ -1,24 +1,17 @@
 //! The `nnc` binary as a user runs it: exit codes, streams and help.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn nnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the nnc binary runs")
-}
+use common::nnc;
+use std::path::PathBuf;
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nnc-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let p = dir.join(name);
+    let p = common::temp_dir(name).join(name);
     std::fs::write(&p, bytes).expect("temp file");
     p
 }

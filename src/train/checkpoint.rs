@@ -48,24 +48,30 @@ pub fn save(
     }
     let data =
         safetensors::serialize(views, &Some(meta.clone())).map_err(|e| werr(e.to_string()))?;
+    write_atomic(path, &data).map_err(|e| werr(e.to_string()))
+}
+
+/// Writes a file through a temporary name in the same folder, synced to
+/// disk, then renamed over `path`: readers see the old file or the new
+/// one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file_name = path
+    let name = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        werr(e.to_string())
     })
 }
 

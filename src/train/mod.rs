@@ -165,7 +165,7 @@ pub fn run(
         observe(Event::Epoch(&stats));
         if let Some(path) = &opts.log {
             log.push_str(&log_line(&stats));
-            write_atomic(path, log.as_bytes()).map_err(|e| file_error(path, &e))?;
+            checkpoint::write_atomic(path, log.as_bytes()).map_err(|e| file_error(path, &e))?;
         }
         if let Some(path) = &opts.save {
             save(&step.graph, &params, path, epoch + 1, global_step, seed)?;
@@ -295,23 +295,6 @@ pub fn restore(
     }
     let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok((num("epoch") as usize, num("step")))
-}
-
-/// Writes a file through a temporary name and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn file_error(path: &Path, e: &std::io::Error) -> Diag {
