@@ -84,7 +84,15 @@ pub mod code {
     pub const CONST_ARG: &str = "E0210";
     pub const INIT: &str = "E0211";
     pub const INPUT: &str = "E0212";
+    /// A convolution or pooling window that does not fit its input.
+    pub const WINDOW: &str = "E0213";
+    /// Slice bounds out of range, or a concatenation of mismatched shapes.
+    pub const SLICE: &str = "E0214";
     pub const FILE: &str = "E0301";
+    /// An index tensor holding a value that names no row (at run time).
+    pub const INDEX: &str = "E0302";
+    /// A derivative the autodiff pass does not take.
+    pub const GRAD: &str = "E0401";
     pub const INTERNAL: &str = "E9999";
 }
 

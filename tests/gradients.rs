@@ -33,10 +33,20 @@ fn loss_of(g: &Graph, params: &SecondaryMap<ParamId, Tensor>) -> f32 {
     outs[i].data[0]
 }
 
-fn check(name: &str, src: &str) {
+fn compile(name: &str, src: &str) -> Graph {
     let c = pipeline::compile(name, src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
-    let g = c.graph.expect("compiled");
+    c.graph.expect("compiled")
+}
+
+fn check(name: &str, src: &str) {
+    check_graph(name, &compile(name, src));
+}
+
+/// Checks the gradient of the graph's `loss` output against finite
+/// differences.
+fn check_graph(name: &str, g: &Graph) {
+    let g = g.clone();
     let loss = pipeline::find_loss(&g, None).expect("loss");
     let gg = pipeline::grad_graph(&g, loss).unwrap_or_else(|d| panic!("{name}: {}", d.message));
     nnc::ir::verify(&gg.graph).expect("the gradient graph verifies");
@@ -196,4 +206,137 @@ fn a_non_scalar_loss_is_an_error() {
         .err()
         .expect("an error");
     assert!(e.message.contains("must be a scalar"), "{}", e.message);
+}
+
+/// Two channels of 4×4 with distinct values at least 0.05 apart, so no
+/// pooling window has a tie, even after a finite-difference step.
+const POOL_INPUT: &str = "[[[[0.1, 0.9, -0.3, 0.5], [0.4, -0.8, 1.2, 0.2], [-1.1, 0.6, 0.0, -0.4], [0.7, 0.3, -0.6, 1.5]], [[1.0, -0.2, 0.35, 0.8], [-0.5, 0.15, -0.9, 0.45], [0.25, 1.3, -0.7, 0.55], [-0.1, 0.65, 0.05, -1.2]]]]";
+
+const CONV_PARAMS: &str = "param x: [2, 2, 4, 5] = normal(0, 1, seed = 1)\nparam w: [3, 2, 3, 2] = normal(0, 0.5, seed = 2)\n";
+
+#[test]
+fn convolutions() {
+    check(
+        "conv2d",
+        &format!("{CONV_PARAMS}output loss = mean(conv2d(x, w) ^ 2)\n"),
+    );
+    check(
+        "conv2d-stride2-pad1",
+        &format!("{CONV_PARAMS}output loss = mean(conv2d(x, w, stride = 2, padding = 1) ^ 2)\n"),
+    );
+    check(
+        "conv2d-bias-tanh",
+        &format!("{CONV_PARAMS}param b: [3] = [0.1, -0.2, 0.3]\noutput loss = mean(tanh(conv2d(x, w, padding = 1) + reshape(b, [3, 1, 1])) * 2)\n"),
+    );
+    check(
+        "conv2d-symbolic-batch",
+        "input x: [B, 1, 3, 3] = [[[[0.5, -1.0, 2.0], [1.5, 0.3, -0.7], [0.2, 0.9, -1.2]]], [[[1.0, 0.0, -0.5], [0.4, -0.6, 0.8], [-1.1, 0.7, 0.1]]]]\nparam w: [2, 1, 2, 2] = normal(0, 1, seed = 4)\noutput loss = mean(conv2d(x, w, stride = 1, padding = 1) ^ 2)\n",
+    );
+}
+
+#[test]
+fn pooling() {
+    let p = format!("param p: [1, 2, 4, 4] = {POOL_INPUT}\n");
+    let w = "[[[[1.0, -2.0], [0.5, 3.0]], [[-1.5, 0.7], [2.0, -0.3]]]]";
+    check(
+        "max_pool2d",
+        &format!("{p}output loss = sum(max_pool2d(p, 2) * {w})\n"),
+    );
+    check(
+        "max_pool2d-overlapping",
+        &format!("{p}output loss = mean(max_pool2d(p, 2, stride = 1) ^ 2)\n"),
+    );
+    check(
+        "avg_pool2d",
+        &format!("{p}output loss = sum(avg_pool2d(p, 2) * {w})\n"),
+    );
+    check(
+        "avg_pool2d-overlapping",
+        &format!("{p}output loss = mean(avg_pool2d(p, 3, stride = 1) ^ 2)\n"),
+    );
+}
+
+#[test]
+fn slices_and_concatenation() {
+    check("slice", "param p: [2, 5] = normal(0, 1, seed = 3)\noutput loss = sum(slice(p, axis = 1, start = 1, end = 4) * [[1.0, -2.0, 0.5], [0.3, 1.5, -0.7]])\n");
+    check("slice-negative", "param p: [3, 2] = normal(0, 1, seed = 4)\noutput loss = sum(slice(p, axis = -2, start = -2) ^ 2 * [[1.0, -2.0], [0.5, 3.0]])\n");
+    check("concat", "param a: [2, 2] = normal(0, 1, seed = 5)\nparam b: [2, 3] = normal(0, 1, seed = 6)\noutput loss = sum(concat(a, b, axis = 1) ^ 2 * [[1.0, -2.0, 0.5, 3.0, 0.2], [0.1, -1.0, 2.0, -0.4, 0.6]])\n");
+    check("concat-axis0-same-operand", "param a: [1, 3] = [[0.5, -1.0, 2.0]]\noutput loss = sum(concat(a, a * a, axis = 0) * [[1.0, -2.0, 0.5], [0.3, 1.5, -0.7]])\n");
+}
+
+#[test]
+fn gather_and_scatter_add() {
+    check("gather", "param t: [4, 3] = normal(0, 1, seed = 7)\noutput loss = sum(gather(t, [3, 0, 3]) ^ 2 * [[1.0, -2.0, 0.5], [0.3, 1.5, -0.7], [2.0, 0.1, -1.0]])\n");
+    check("gather-2d-indices", "param t: [3, 2] = normal(0, 1, seed = 8)\noutput loss = sum(gather(t, [[2, 0], [2, 2]]) * [[[1.0, -2.0], [0.5, 3.0]], [[0.3, 1.5], [-0.7, 2.0]]])\n");
+    check("scatter_add", "param v: [4, 2] = normal(0, 1, seed = 9)\noutput loss = sum(scatter_add(v, [2, 0, 2, 1], n = 3) ^ 2 * 0.5)\n");
+    check(
+        "message-passing",
+        "fn propagate(h: [V, D], src: [E], dst: [E]) -> [V, D] {
+           scatter_add(gather(h, src), dst, n = V)
+         }
+         param h: [3, 2] = normal(0, 1, seed = 10)
+         output loss = mean(tanh(propagate(propagate(h, [0, 1, 2, 2], [1, 2, 0, 1]), [1, 1], [0, 2])))\n",
+    );
+}
+
+/// The graph with `loss` replaced by ‖∇loss‖², the squared norm of its
+/// gradient with respect to every parameter: its own gradient goes through
+/// the VJPs of the gradient ops.
+fn gradient_norm(name: &str, src: &str) -> Result<Graph, String> {
+    use nnc::ir::{BinaryOp, Op, Output, ReduceOp};
+    let g = compile(name, src);
+    let loss = pipeline::find_loss(&g, None).expect("loss");
+    let gg = pipeline::grad_graph(&g, loss).map_err(|d| d.message)?;
+    let mut h = gg.graph;
+    let sp = h.nodes[loss].span;
+    let mut total = None;
+    for &(_, gn) in &gg.grads {
+        let sq = h.add(Op::Binary(BinaryOp::Mul, gn, gn), sp).expect("typed");
+        let axes = (0..h.shape(sq).len()).collect();
+        let s = h
+            .add(
+                Op::Reduce {
+                    op: ReduceOp::Sum,
+                    arg: sq,
+                    axes,
+                },
+                sp,
+            )
+            .expect("typed");
+        total = Some(match total {
+            None => s,
+            Some(t) => h.add(Op::Binary(BinaryOp::Add, t, s), sp).expect("typed"),
+        });
+    }
+    h.outputs = vec![Output {
+        name: "loss".into(),
+        node: total.expect("a parameter"),
+        span: sp,
+    }];
+    Ok(h)
+}
+
+#[test]
+fn second_derivatives_of_the_new_rules() {
+    for (name, src) in [
+        ("conv2d", format!("{CONV_PARAMS}output loss = mean(conv2d(x, w, stride = 2, padding = 1) ^ 2)\n")),
+        ("avg_pool2d", format!("param p: [1, 2, 4, 4] = {POOL_INPUT}\noutput loss = mean(avg_pool2d(p, 2, stride = 1) ^ 2)\n")),
+        ("slice-concat", "param p: [2, 3] = normal(0, 1, seed = 11)\noutput loss = mean(concat(slice(p, axis = 1, end = 2) ^ 2, p, axis = 1) ^ 2)\n".into()),
+        ("gather-scatter", "param t: [3, 2] = normal(0, 1, seed = 12)\noutput loss = mean(scatter_add(gather(t, [2, 0, 2]) ^ 2, [1, 1, 0], n = 2) ^ 2)\n".into()),
+    ] {
+        let g = gradient_norm(name, &src).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_graph(&format!("{name} (second order)"), &g);
+    }
+}
+
+#[test]
+fn second_derivatives_through_max_pooling_are_an_error() {
+    let src =
+        format!("param p: [1, 2, 4, 4] = {POOL_INPUT}\noutput loss = mean(max_pool2d(p, 2) ^ 2)\n");
+    let g = gradient_norm("max", &src).expect("first derivatives work");
+    let loss = pipeline::find_loss(&g, None).expect("loss");
+    let e = pipeline::grad_graph(&g, loss).err().expect("an error");
+    assert!(e.message.contains("`max_pool2d`"), "{}", e.message);
+    assert!(e.message.contains("second derivatives"), "{}", e.message);
+    assert!(!e.labels.is_empty(), "the error points at the op");
 }

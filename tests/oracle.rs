@@ -5,9 +5,10 @@
 //! rtol 1e-4, atol 1e-6 (the fixture's README: torch's float32 gradients
 //! agree with float64 ones to 8.5e-5 relative).
 //!
-//! Expressible today: the dense+sigmoid models (MSE and BCE) and the MLP
-//! with tanh and softmax cross-entropy. Conv, LSTM, GRU and attention wait
-//! for their operations.
+//! Expressible today: the dense+sigmoid models (MSE and BCE), the MLP
+//! with tanh and softmax cross-entropy, and the 2-D convolution with a
+//! per-channel bias and relu. LSTM, GRU and attention wait for their
+//! operations.
 
 use cranelift_entity::SecondaryMap;
 use nnc::backend::interp;
@@ -185,12 +186,56 @@ fn mlp_tanh_softmax_cross_entropy() {
 }
 
 #[test]
+fn conv2d_relu_mse() {
+    // y = relu(conv(x, K) + bias), the bias [2] broadcast per output
+    // channel over [1, 2, 3, 3] as [2, 1, 1].
+    check(
+        "conv2d_1to2_3x3_relu_mse",
+        "train {\n  loss = mse(relu(conv2d(x, K) + reshape(bias, [2, 1, 1])), target)\n  optimizer = sgd(lr = 0.1)\n}\n",
+    );
+}
+
+#[test]
+fn conv2d_output_and_input_gradient() {
+    // The same model with `x` made a parameter, so its gradient is
+    // computed too; and the forward value `y`.
+    let fx = fixture();
+    let m = &fx["models"]["conv2d_1to2_3x3_relu_mse"];
+    let y = "relu(conv2d(x, K) + reshape(bias, [2, 1, 1]))";
+    let src = format!(
+        "{}let h = {y}\noutput y = h\noutput loss = mse(h, target)\n",
+        decls(m).replace("input x:", "param x:")
+    );
+    let c = pipeline::compile("conv2d", &src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let params = interp::init_params(&g, 0);
+    let inputs = SecondaryMap::new();
+    let outs = interp::run(
+        &g,
+        &interp::Feed {
+            params: &params,
+            inputs: &inputs,
+        },
+    )
+    .expect("runs");
+    assert_close("conv2d y", &outs[0], &tensor(&m["outputs"]["y"]));
+    let (_, grads, _) = nnc::driver::cli::grad_values(&g, None, None, 0).expect("gradients");
+    let (_, gx) = grads
+        .iter()
+        .find(|(n, _)| n == "x")
+        .expect("a gradient for x");
+    assert_close("conv2d grad x", gx, &tensor(&m["input_grads"]["x"]));
+}
+
+#[test]
 fn the_fixture_has_the_models_tested_here() {
     let fx = fixture();
     for m in [
         "dense_sigmoid_mse",
         "dense_sigmoid_bce",
         "mlp_4_8_3_tanh_softmax_ce",
+        "conv2d_1to2_3x3_relu_mse",
     ] {
         assert!(
             fx["models"][m]["adam"]["steps"]

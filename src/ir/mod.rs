@@ -91,8 +91,21 @@ pub enum ReduceOp {
     Max,
 }
 
+/// The reduction of a pooling window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolOp {
+    Max,
+    Avg,
+}
+
 /// The primitives. Each variant's doc states its typing rule; [`Graph::add`]
 /// applies it.
+///
+/// The window ops (convolution, pooling) work on `[N, C, H, W]` tensors
+/// (NCHW): `N` and the channels may be symbolic, the spatial dims `H`, `W`
+/// and the kernel's must be known. Along each spatial axis a window of `k`
+/// moved by stride `s` over the input padded by `p` zeros on both sides
+/// gives `(H + 2p − k) / s + 1` positions ([`shape::window_out`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A value fed at run time. Type: the input's declared type.
@@ -131,6 +144,77 @@ pub enum Op {
     /// NumPy broadcast of the operand to `shape`: the operand's dims, aligned
     /// from the right, are each equal to the target's or 1.
     Broadcast(Node, Shape),
+    /// 2-D cross-correlation (no kernel flip, as PyTorch's `conv2d`):
+    /// `x [N, C, H, W]`, `w [O, C, KH, KW]` → `[N, O, OH, OW]` with
+    /// `OH = (H + 2p − KH)/s + 1`, likewise `OW`. The channels `C` are equal;
+    /// `stride ≥ 1`; the kernel fits in the padded input.
+    Conv2d {
+        x: Node,
+        w: Node,
+        stride: u64,
+        padding: u64,
+    },
+    /// The gradient of [`Op::Conv2d`] with respect to its input (a
+    /// transposed convolution): `gy [N, O, OH, OW]`, `w [O, C, KH, KW]` →
+    /// `[N, C, H, W]` with `[H, W] = size`. `gy`'s `O` is `w`'s, and a
+    /// convolution of `[H, W]` by `w` gives `[OH, OW]` (several sizes can,
+    /// hence `size`).
+    Conv2dBackwardInput {
+        gy: Node,
+        w: Node,
+        stride: u64,
+        padding: u64,
+        size: [u64; 2],
+    },
+    /// The gradient of [`Op::Conv2d`] with respect to its kernel:
+    /// `x [N, C, H, W]`, `gy [N, O, OH, OW]` → `[O, C, KH, KW]` with
+    /// `[KH, KW] = kernel`. The `N` are equal, and a convolution of `x` by a
+    /// `[KH, KW]` kernel gives `[OH, OW]`.
+    Conv2dBackwardWeight {
+        x: Node,
+        gy: Node,
+        stride: u64,
+        padding: u64,
+        kernel: [u64; 2],
+    },
+    /// Max or average pooling over `size × size` windows moved by `stride`,
+    /// without padding: `[N, C, H, W]` → `[N, C, OH, OW]`, `size ≥ 1`,
+    /// `stride ≥ 1`, the window no larger than `[H, W]`.
+    Pool2d {
+        op: PoolOp,
+        arg: Node,
+        size: u64,
+        stride: u64,
+    },
+    /// The gradient of [`Op::Pool2d`] with respect to its operand `x`,
+    /// given the output's gradient `gy`: `gy` has the type the pooling of `x`
+    /// has; the result has `x`'s. Max sends each window's gradient to its
+    /// first maximal element; average spreads it evenly.
+    Pool2dBackward {
+        op: PoolOp,
+        x: Node,
+        gy: Node,
+        size: u64,
+        stride: u64,
+    },
+    /// Elements `start..end` (end exclusive) along `axis`: that axis's dim
+    /// is known and `start < end ≤ dim`; the result has `end − start` there.
+    Slice {
+        arg: Node,
+        axis: usize,
+        start: u64,
+        end: u64,
+    },
+    /// `a` then `b` along `axis`: equal ranks, equal dims except at `axis`,
+    /// where both are known; the result has their sum there.
+    Concat { a: Node, b: Node, axis: usize },
+    /// Rows of a table: `table [V, D]`, `indices [..S]` (whole numbers in
+    /// `0..V`, checked at run time) → `[..S, D]`.
+    Gather { table: Node, indices: Node },
+    /// Sums rows into `n` slots: `values [..S, D]`, `indices [..S]` (whole
+    /// numbers in `0..n`, checked at run time) → `[n, D]`; row `i` of the
+    /// result is the sum of the rows of `values` whose index is `i`.
+    ScatterAdd { values: Node, indices: Node, n: Dim },
 }
 
 impl Op {
@@ -142,9 +226,21 @@ impl Op {
             | Op::Reduce { arg: a, .. }
             | Op::Reshape(a, _)
             | Op::Transpose(a, _)
-            | Op::Broadcast(a, _) => vec![*a],
+            | Op::Broadcast(a, _)
+            | Op::Pool2d { arg: a, .. }
+            | Op::Slice { arg: a, .. } => vec![*a],
             Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
             Op::Select(c, a, b) => vec![*c, *a, *b],
+            Op::Conv2d { x, w, .. } => vec![*x, *w],
+            Op::Conv2dBackwardInput { gy, w, .. } => vec![*gy, *w],
+            Op::Conv2dBackwardWeight { x, gy, .. } | Op::Pool2dBackward { x, gy, .. } => {
+                vec![*x, *gy]
+            }
+            Op::Concat { a, b, .. } => vec![*a, *b],
+            Op::Gather { table, indices } => vec![*table, *indices],
+            Op::ScatterAdd {
+                values, indices, ..
+            } => vec![*values, *indices],
         }
     }
 }
@@ -369,7 +465,156 @@ impl Graph {
                 }
                 Type::f32(shape.clone())
             }
+            Op::Conv2d {
+                x,
+                w,
+                stride,
+                padding,
+            } => {
+                let (sx, sw) = (self.nchw("conv2d", *x)?, self.nchw("conv2d", *w)?);
+                if sx[1] != sw[1] {
+                    return Err(bad("conv2d", "input and kernel channels differ"));
+                }
+                let kernel = known_hw("conv2d", sw)?;
+                let out = conv_hw("conv2d", known_hw("conv2d", sx)?, kernel, *stride, *padding)?;
+                Type::f32(vec![sx[0], sw[0], Dim::Known(out[0]), Dim::Known(out[1])])
+            }
+            Op::Conv2dBackwardInput {
+                gy,
+                w,
+                stride,
+                padding,
+                size,
+            } => {
+                const OP: &str = "conv2d.backward_input";
+                let (sg, sw) = (self.nchw(OP, *gy)?, self.nchw(OP, *w)?);
+                if sg[1] != sw[0] {
+                    return Err(bad(OP, "gradient and kernel output channels differ"));
+                }
+                let out = conv_hw(OP, *size, known_hw(OP, sw)?, *stride, *padding)?;
+                if known_hw(OP, sg)? != out {
+                    return Err(bad(OP, "gradient does not have the convolution's size"));
+                }
+                Type::f32(vec![sg[0], sw[1], Dim::Known(size[0]), Dim::Known(size[1])])
+            }
+            Op::Conv2dBackwardWeight {
+                x,
+                gy,
+                stride,
+                padding,
+                kernel,
+            } => {
+                const OP: &str = "conv2d.backward_weight";
+                let (sx, sg) = (self.nchw(OP, *x)?, self.nchw(OP, *gy)?);
+                if sx[0] != sg[0] {
+                    return Err(bad(OP, "input and gradient batch sizes differ"));
+                }
+                let out = conv_hw(OP, known_hw(OP, sx)?, *kernel, *stride, *padding)?;
+                if known_hw(OP, sg)? != out {
+                    return Err(bad(OP, "gradient does not have the convolution's size"));
+                }
+                Type::f32(vec![
+                    sg[1],
+                    sx[1],
+                    Dim::Known(kernel[0]),
+                    Dim::Known(kernel[1]),
+                ])
+            }
+            Op::Pool2d {
+                arg, size, stride, ..
+            } => {
+                let s = self.nchw("pool2d", *arg)?;
+                let out = conv_hw("pool2d", known_hw("pool2d", s)?, [*size; 2], *stride, 0)?;
+                Type::f32(vec![s[0], s[1], Dim::Known(out[0]), Dim::Known(out[1])])
+            }
+            Op::Pool2dBackward {
+                op,
+                x,
+                gy,
+                size,
+                stride,
+            } => {
+                let pooled = self.infer(&Op::Pool2d {
+                    op: *op,
+                    arg: *x,
+                    size: *size,
+                    stride: *stride,
+                })?;
+                if self.ty(*gy) != &pooled {
+                    return Err(bad(
+                        "pool2d.backward",
+                        "gradient does not have the pooling's type",
+                    ));
+                }
+                self.ty(*x).clone()
+            }
+            Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => {
+                let mut s = self.shape(*arg).clone();
+                let Some(&Dim::Known(d)) = s.get(*axis) else {
+                    return Err(bad("slice", "axis out of range or not of known size"));
+                };
+                if start >= end || *end > d {
+                    return Err(bad("slice", format!("{start}..{end} out of range for {d}")));
+                }
+                s[*axis] = Dim::Known(end - start);
+                Type::f32(s)
+            }
+            Op::Concat { a, b, axis } => {
+                let (sa, sb) = (self.shape(*a), self.shape(*b));
+                let others_equal = sa.len() == sb.len()
+                    && sa
+                        .iter()
+                        .zip(sb)
+                        .enumerate()
+                        .all(|(i, (x, y))| i == *axis || x == y);
+                let (Some(&Dim::Known(da)), Some(&Dim::Known(db)), true) =
+                    (sa.get(*axis), sb.get(*axis), others_equal)
+                else {
+                    return Err(bad("concat", "operands do not line up along the axis"));
+                };
+                let mut s = sa.clone();
+                s[*axis] = Dim::Known(da + db);
+                Type::f32(s)
+            }
+            Op::Gather { table, indices } => {
+                let t = self.shape(*table);
+                if t.len() != 2 {
+                    return Err(bad("gather", "the table must have rank 2"));
+                }
+                let mut s = self.shape(*indices).clone();
+                s.push(t[1]);
+                Type::f32(s)
+            }
+            Op::ScatterAdd { values, indices, n } => {
+                let v = self.shape(*values);
+                match v.split_last() {
+                    Some((d, lead)) if lead == self.shape(*indices).as_slice() => {
+                        Type::f32(vec![*n, *d])
+                    }
+                    _ => {
+                        return Err(bad(
+                            "scatter_add",
+                            "indices must have the values' leading dims",
+                        ))
+                    }
+                }
+            }
         })
+    }
+
+    /// The shape of a rank-4 (`[N, C, H, W]`) operand of a window op.
+    fn nchw(&self, op: &'static str, n: Node) -> Result<&Shape, TypeError> {
+        let s = self.shape(n);
+        if s.len() == 4 {
+            Ok(s)
+        } else {
+            Err(bad(op, format!("operand {n} must have rank 4")))
+        }
     }
 
     /// A dimension as text: a number or a symbol's name.
@@ -388,6 +633,40 @@ impl Graph {
     pub fn shape_str(&self, shape: &[Dim]) -> String {
         let dims: Vec<String> = shape.iter().map(|d| self.dim_str(*d)).collect();
         format!("[{}]", dims.join(", "))
+    }
+}
+
+/// The last two dims of a rank-4 shape, which must be known.
+fn known_hw(op: &'static str, s: &[Dim]) -> Result<[u64; 2], TypeError> {
+    match (shape::known(s[2]), shape::known(s[3])) {
+        (Some(h), Some(w)) => Ok([h, w]),
+        _ => Err(bad(op, "spatial dims must be known")),
+    }
+}
+
+/// The output size of a window op over `input`, or a type error.
+fn conv_hw(
+    op: &'static str,
+    input: [u64; 2],
+    window: [u64; 2],
+    stride: u64,
+    padding: u64,
+) -> Result<[u64; 2], TypeError> {
+    match (
+        shape::window_out(input[0], window[0], stride, padding),
+        shape::window_out(input[1], window[1], stride, padding),
+    ) {
+        (Some(h), Some(w)) => Ok([h, w]),
+        _ => Err(bad(op, "the window does not fit the input, or stride is 0")),
+    }
+}
+
+impl fmt::Display for PoolOp {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            PoolOp::Max => "max",
+            PoolOp::Avg => "avg",
+        })
     }
 }
 

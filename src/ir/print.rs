@@ -115,5 +115,55 @@ pub(crate) fn op_str(g: &Graph, op: &Op) -> String {
         Op::Reshape(a, s) => format!("reshape {a}, {}", g.shape_str(s)),
         Op::Transpose(a, p) => format!("transpose {a}, perm={}", list(p)),
         Op::Broadcast(a, s) => format!("broadcast {a}, {}", g.shape_str(s)),
+        Op::Conv2d {
+            x,
+            w,
+            stride,
+            padding,
+        } => format!("conv2d {x}, {w}, stride={stride}, padding={padding}"),
+        Op::Conv2dBackwardInput {
+            gy,
+            w,
+            stride,
+            padding,
+            size,
+        } => format!(
+            "conv2d.backward_input {gy}, {w}, stride={stride}, padding={padding}, size={}",
+            list(size)
+        ),
+        Op::Conv2dBackwardWeight {
+            x,
+            gy,
+            stride,
+            padding,
+            kernel,
+        } => format!(
+            "conv2d.backward_weight {x}, {gy}, stride={stride}, padding={padding}, kernel={}",
+            list(kernel)
+        ),
+        Op::Pool2d {
+            op,
+            arg,
+            size,
+            stride,
+        } => format!("pool2d.{op} {arg}, size={size}, stride={stride}"),
+        Op::Pool2dBackward {
+            op,
+            x,
+            gy,
+            size,
+            stride,
+        } => format!("pool2d.{op}.backward {x}, {gy}, size={size}, stride={stride}"),
+        Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => format!("slice {arg}, axis={axis}, range={start}..{end}"),
+        Op::Concat { a, b, axis } => format!("concat {a}, {b}, axis={axis}"),
+        Op::Gather { table, indices } => format!("gather {table}, {indices}"),
+        Op::ScatterAdd { values, indices, n } => {
+            format!("scatter_add {values}, {indices}, n={}", g.dim_str(*n))
+        }
     }
 }

@@ -114,3 +114,23 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
     let a = if axis < 0 { axis + r } else { axis };
     (0..r).contains(&a).then_some(a as usize)
 }
+
+/// The output length of a sliding window along one axis: `len` padded by
+/// `padding` on both sides, a window of `window` moved by `stride`, so
+/// `(len + 2·padding − window) / stride + 1` (rounded down). `None` when
+/// the stride is 0 or the window is larger than the padded length.
+pub fn window_out(len: u64, window: u64, stride: u64, padding: u64) -> Option<u64> {
+    let padded = len.checked_add(padding.checked_mul(2)?)?;
+    if stride == 0 || window == 0 || window > padded {
+        return None;
+    }
+    Some((padded - window) / stride + 1)
+}
+
+/// The number a dimension holds, when it is known at compile time.
+pub fn known(d: Dim) -> Option<u64> {
+    match d {
+        Dim::Known(n) => Some(n),
+        Dim::Sym(_) => None,
+    }
+}

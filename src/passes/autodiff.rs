@@ -13,11 +13,18 @@
 //! After the pass: the graph still verifies; every returned node has the
 //! shape of its `w`; a `w` the loss does not reach gets a zero gradient,
 //! and a warning says why when the only path runs through a comparison
-//! (`step`), whose derivative is zero almost everywhere.
+//! (`step`), whose derivative is zero almost everywhere. Indices (of
+//! `gather` and `scatter_add`) get no gradient either: they only pick rows.
+//!
+//! The gradient graph is made of primitives with rules of their own, so it
+//! can be differentiated again (the gradient ops of convolution and
+//! average pooling are linear, with closed-form rules) — except through
+//! max pooling's gradient, `pool2d.max.backward`, where the pass returns
+//! an error naming the op.
 
 use super::build::Builder;
 use crate::diag::{self, Diag, Span};
-use crate::ir::{BinaryOp, CmpOp, Graph, Node, Op, ReduceOp, UnaryOp};
+use crate::ir::{shape, BinaryOp, CmpOp, Dim, Graph, Node, Op, PoolOp, ReduceOp, UnaryOp};
 use cranelift_entity::EntityRef;
 use std::collections::HashMap;
 
@@ -91,6 +98,45 @@ fn flat_warning(span: Span) -> Diag {
             "note: `step` and comparisons are piecewise constant, so training gets no signal from them".into(),
             "help: use a smooth function, such as `sigmoid`, where the model must learn".into(),
         ])
+}
+
+/// The known spatial dims `[H, W]` of a rank-4 node (the window ops'
+/// typing rules guarantee them; a failure is a compiler bug).
+fn spatial(b: &Builder, n: Node, sp: Span) -> Result<[u64; 2], Diag> {
+    let s = b.shape(n);
+    match (
+        s.get(2).and_then(|d| shape::known(*d)),
+        s.get(3).and_then(|d| shape::known(*d)),
+    ) {
+        (Some(h), Some(w)) => Ok([h, w]),
+        _ => Err(internal(format!("{n} has no known spatial dims"), sp)),
+    }
+}
+
+/// The size of `n` along `axis`, which a typing rule guarantees is known.
+fn known_dim(b: &Builder, n: Node, axis: usize, sp: Span) -> Result<u64, Diag> {
+    match b.shape(n).get(axis) {
+        Some(Dim::Known(d)) => Ok(*d),
+        _ => Err(internal(format!("{n} has no known dim at axis {axis}"), sp)),
+    }
+}
+
+fn internal(msg: String, sp: Span) -> Diag {
+    diag::error(
+        diag::code::INTERNAL,
+        format!("internal compiler error: {msg}"),
+    )
+    .with_labels(vec![sp.primary("while differentiating this")])
+}
+
+/// The error for a primitive whose derivative the pass does not take.
+fn unsupported(what: &str, sp: Span, help: &str) -> Diag {
+    diag::error(
+        diag::code::GRAD,
+        format!("cannot differentiate {what}: second derivatives of it are not supported"),
+    )
+    .with_labels(vec![sp.primary("its gradient is differentiated again here")])
+    .with_notes(vec![format!("help: {help}")])
 }
 
 /// The vector-Jacobian products: for node `out = op(args)` with adjoint
@@ -288,6 +334,232 @@ fn vjp(
         Op::Broadcast(a, _) => {
             let s = b.shape(*a);
             v.push((*a, b.sum_to(gb, &s, sp)?));
+        }
+        // y[n,o,i,j] = Σ_{c,kh,kw} x[n,c,i·s+kh−p, j·s+kw−p]·w[o,c,kh,kw], so
+        // x̄[n,c,h,v] = Σ ḡ[n,o,i,j]·w[o,c,kh,kw] over i·s+kh−p = h,
+        //   j·s+kw−p = v (the transposed convolution: backward_input), and
+        // w̄[o,c,kh,kw] = Σ_{n,i,j} ḡ[n,o,i,j]·x[n,c,i·s+kh−p, j·s+kw−p]
+        //   (backward_weight).
+        Op::Conv2d {
+            x,
+            w,
+            stride,
+            padding,
+        } => {
+            let (stride, padding) = (*stride, *padding);
+            if need(x) {
+                let size = spatial(b, *x, sp)?;
+                let gx = Op::Conv2dBackwardInput {
+                    gy: gb,
+                    w: *w,
+                    stride,
+                    padding,
+                    size,
+                };
+                v.push((*x, b.add(gx, sp)?));
+            }
+            if need(w) {
+                let kernel = spatial(b, *w, sp)?;
+                let gw = Op::Conv2dBackwardWeight {
+                    x: *x,
+                    gy: gb,
+                    stride,
+                    padding,
+                    kernel,
+                };
+                v.push((*w, b.add(gw, sp)?));
+            }
+        }
+        // out = backward_input(gy, w) is bilinear, and the adjoint of the
+        // convolution: ⟨out, ḡ⟩ = ⟨gy, conv(ḡ, w)⟩ = ⟨w, backward_weight(ḡ, gy)⟩,
+        // so ḡy = conv(ḡ, w) and w̄ = backward_weight(ḡ, gy).
+        Op::Conv2dBackwardInput {
+            gy,
+            w,
+            stride,
+            padding,
+            ..
+        } => {
+            let (stride, padding) = (*stride, *padding);
+            if need(gy) {
+                let c = Op::Conv2d {
+                    x: gb,
+                    w: *w,
+                    stride,
+                    padding,
+                };
+                v.push((*gy, b.add(c, sp)?));
+            }
+            if need(w) {
+                let kernel = spatial(b, *w, sp)?;
+                let gw = Op::Conv2dBackwardWeight {
+                    x: gb,
+                    gy: *gy,
+                    stride,
+                    padding,
+                    kernel,
+                };
+                v.push((*w, b.add(gw, sp)?));
+            }
+        }
+        // out = backward_weight(x, gy) is bilinear:
+        // ⟨out, ḡ⟩ = ⟨x, backward_input(gy, ḡ)⟩ = ⟨gy, conv(x, ḡ)⟩, so
+        // x̄ = backward_input(gy, ḡ) and ḡy = conv(x, ḡ).
+        Op::Conv2dBackwardWeight {
+            x,
+            gy,
+            stride,
+            padding,
+            ..
+        } => {
+            let (stride, padding) = (*stride, *padding);
+            if need(x) {
+                let size = spatial(b, *x, sp)?;
+                let gx = Op::Conv2dBackwardInput {
+                    gy: *gy,
+                    w: gb,
+                    stride,
+                    padding,
+                    size,
+                };
+                v.push((*x, b.add(gx, sp)?));
+            }
+            if need(gy) {
+                let c = Op::Conv2d {
+                    x: *x,
+                    w: gb,
+                    stride,
+                    padding,
+                };
+                v.push((*gy, b.add(c, sp)?));
+            }
+        }
+        // max pooling: x̄ = ḡ of each window at the window's first maximal
+        // element (0 elsewhere); average pooling: ḡ/size² over each window.
+        // Overlapping windows add up. Both are pool2d.backward.
+        Op::Pool2d {
+            op,
+            arg,
+            size,
+            stride,
+        } => {
+            let back = Op::Pool2dBackward {
+                op: *op,
+                x: *arg,
+                gy: gb,
+                size: *size,
+                stride: *stride,
+            };
+            v.push((*arg, b.add(back, sp)?));
+        }
+        // avg: out[h,v] = Σ over windows (i,j) ∋ (h,v) of gy[i,j]/size², linear
+        // in gy with adjoint ḡy[i,j] = Σ_{(h,v) ∈ window (i,j)} ḡ[h,v]/size²
+        // = avg_pool(ḡ). Its value does not depend on x's values (x̄ = 0).
+        Op::Pool2dBackward {
+            op: PoolOp::Avg,
+            gy,
+            size,
+            stride,
+            ..
+        } => {
+            if need(gy) {
+                let pool = Op::Pool2d {
+                    op: PoolOp::Avg,
+                    arg: gb,
+                    size: *size,
+                    stride: *stride,
+                };
+                v.push((*gy, b.add(pool, sp)?));
+            }
+        }
+        // max: ḡy would read ḡ at each window's arg-max, which no primitive
+        // does; x̄ is 0 almost everywhere (the arg-max is piecewise constant).
+        Op::Pool2dBackward {
+            op: PoolOp::Max,
+            gy,
+            ..
+        } => {
+            if need(gy) {
+                return Err(unsupported(
+                    "the gradient of `max_pool2d`",
+                    sp,
+                    "use `avg_pool2d`, whose gradient can be differentiated again",
+                ));
+            }
+        }
+        // d a[start..end] = ḡ with zeros around it:
+        // concat(0[.., start, ..], ḡ, 0[.., dim − end, ..]) along the axis
+        Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => {
+            let axis = *axis;
+            let d = known_dim(b, *arg, axis, sp)?;
+            let mut zeros = b.shape(*arg);
+            let mut g = gb;
+            if *start > 0 {
+                zeros[axis] = Dim::Known(*start);
+                let z = b.fill(0.0, zeros.clone(), sp)?;
+                g = b.add(Op::Concat { a: z, b: g, axis }, sp)?;
+            }
+            if *end < d {
+                zeros[axis] = Dim::Known(d - end);
+                let z = b.fill(0.0, zeros, sp)?;
+                g = b.add(Op::Concat { a: g, b: z, axis }, sp)?;
+            }
+            v.push((*arg, g));
+        }
+        // d concat(a, b) = (ḡ[0..da], ḡ[da..da + db]) along the axis
+        Op::Concat { a, b: second, axis } => {
+            let axis = *axis;
+            let da = known_dim(b, *a, axis, sp)?;
+            if need(a) {
+                let s = Op::Slice {
+                    arg: gb,
+                    axis,
+                    start: 0,
+                    end: da,
+                };
+                v.push((*a, b.add(s, sp)?));
+            }
+            if need(second) {
+                let db = known_dim(b, *second, axis, sp)?;
+                let s = Op::Slice {
+                    arg: gb,
+                    axis,
+                    start: da,
+                    end: da + db,
+                };
+                v.push((*second, b.add(s, sp)?));
+            }
+        }
+        // out[s, :] = table[idx[s], :], so tablē[r, :] = Σ_{s: idx[s] = r} ḡ[s, :]
+        // = scatter_add(ḡ, idx, n = V); the indices get none.
+        Op::Gather { table, indices } => {
+            if need(table) {
+                let n = b.shape(*table)[0];
+                let sc = Op::ScatterAdd {
+                    values: gb,
+                    indices: *indices,
+                    n,
+                };
+                v.push((*table, b.add(sc, sp)?));
+            }
+        }
+        // out[r, :] = Σ_{s: idx[s] = r} values[s, :], so
+        // values̄[s, :] = ḡ[idx[s], :] = gather(ḡ, idx); the indices get none.
+        Op::ScatterAdd {
+            values, indices, ..
+        } => {
+            if need(values) {
+                let g = Op::Gather {
+                    table: gb,
+                    indices: *indices,
+                };
+                v.push((*values, b.add(g, sp)?));
+            }
         }
     }
     v.retain(|(a, _)| need(a));

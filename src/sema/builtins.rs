@@ -20,6 +20,13 @@ pub enum Builtin {
     Zeros,
     Ones,
     Full,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    Slice,
+    Concat,
+    Gather,
+    ScatterAdd,
 }
 
 /// How a builtin's argument is given.
@@ -37,6 +44,10 @@ pub enum ArgKind {
     Perm,
     /// A compile-time number.
     Number,
+    /// A compile-time integer (a stride, a window size, a slice bound).
+    Int,
+    /// A compile-time dimension: an integer or a dimension name, `N`.
+    Dim,
 }
 
 /// One parameter of a builtin's signature.
@@ -82,6 +93,13 @@ pub const ALL: &[(&str, Builtin)] = &[
     ("zeros", Builtin::Zeros),
     ("ones", Builtin::Ones),
     ("full", Builtin::Full),
+    ("conv2d", Builtin::Conv2d),
+    ("max_pool2d", Builtin::MaxPool2d),
+    ("avg_pool2d", Builtin::AvgPool2d),
+    ("slice", Builtin::Slice),
+    ("concat", Builtin::Concat),
+    ("gather", Builtin::Gather),
+    ("scatter_add", Builtin::ScatterAdd),
 ];
 
 impl Builtin {
@@ -101,6 +119,22 @@ impl Builtin {
         const TRANSPOSE: &[BParam] = &[req("x", Tensor), opt("perm", Perm)];
         const FILL: &[BParam] = &[req("shape", Shape)];
         const FULL: &[BParam] = &[req("shape", Shape), req("value", Number)];
+        const CONV: &[BParam] = &[
+            req("x", Tensor),
+            req("w", Tensor),
+            opt("stride", Int),
+            opt("padding", Int),
+        ];
+        const POOL: &[BParam] = &[req("x", Tensor), req("size", Int), opt("stride", Int)];
+        const SLICE: &[BParam] = &[
+            req("x", Tensor),
+            req("axis", Int),
+            opt("start", Int),
+            opt("end", Int),
+        ];
+        const CONCAT: &[BParam] = &[req("a", Tensor), req("b", Tensor), opt("axis", Int)];
+        const GATHER: &[BParam] = &[req("table", Tensor), req("indices", Tensor)];
+        const SCATTER: &[BParam] = &[req("values", Tensor), req("indices", Tensor), req("n", Dim)];
         match self {
             Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => UNARY,
             Builtin::Maximum | Builtin::Minimum => BINARY,
@@ -110,6 +144,12 @@ impl Builtin {
             Builtin::Transpose => TRANSPOSE,
             Builtin::Zeros | Builtin::Ones => FILL,
             Builtin::Full => FULL,
+            Builtin::Conv2d => CONV,
+            Builtin::MaxPool2d | Builtin::AvgPool2d => POOL,
+            Builtin::Slice => SLICE,
+            Builtin::Concat => CONCAT,
+            Builtin::Gather => GATHER,
+            Builtin::ScatterAdd => SCATTER,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod init;
 mod kernels;
+mod kernels_nn;
 
 pub use init::{init_params, param_seed};
 
@@ -43,6 +44,13 @@ pub enum Error {
     },
     #[error("dimension `{sym}` is not bound by any input")]
     UnboundSym { sym: String, span: Span },
+    #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
+    Index {
+        op: &'static str,
+        value: f32,
+        len: usize,
+        span: Span,
+    },
 }
 
 impl Error {
@@ -59,6 +67,11 @@ impl Error {
             | Error::UnboundSym { span, .. } => {
                 diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
             }
+            Error::Index { span, .. } => diag::error(code::INDEX, msg)
+                .with_labels(vec![span.primary("while evaluating this")])
+                .with_notes(vec![
+                    "note: indices are f32 values, each a whole number that names a row".into(),
+                ]),
         }
     }
 }
@@ -138,6 +151,56 @@ pub fn evaluate(
             Op::Reshape(a, _) => Tensor::new(out_shape.clone(), vals[*a].data.clone()),
             Op::Transpose(a, perm) => kernels::transpose(&vals[*a], perm),
             Op::Broadcast(a, _) => kernels::broadcast(&vals[*a], &out_shape),
+            Op::Conv2d {
+                x,
+                w,
+                stride,
+                padding,
+            } => kernels_nn::conv2d(&vals[*x], &vals[*w], *stride, *padding, &out_shape),
+            Op::Conv2dBackwardInput {
+                gy,
+                w,
+                stride,
+                padding,
+                ..
+            } => kernels_nn::conv2d_backward_input(
+                &vals[*gy], &vals[*w], *stride, *padding, &out_shape,
+            ),
+            Op::Conv2dBackwardWeight {
+                x,
+                gy,
+                stride,
+                padding,
+                ..
+            } => kernels_nn::conv2d_backward_weight(
+                &vals[*x], &vals[*gy], *stride, *padding, &out_shape,
+            ),
+            Op::Pool2d {
+                op,
+                arg,
+                size,
+                stride,
+            } => kernels_nn::pool2d(*op, &vals[*arg], *size, *stride, &out_shape),
+            Op::Pool2dBackward {
+                op,
+                x,
+                gy,
+                size,
+                stride,
+            } => kernels_nn::pool2d_backward(*op, &vals[*x], &vals[*gy], *size, *stride),
+            Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => kernels_nn::slice(&vals[*arg], *axis, *start, *end),
+            Op::Concat { a, b, axis } => kernels_nn::concat(&vals[*a], &vals[*b], *axis),
+            Op::Gather { table, indices } => kernels_nn::gather(&vals[*table], &vals[*indices])
+                .map_err(|e| index_error("gather", e, data.span))?,
+            Op::ScatterAdd {
+                values, indices, ..
+            } => kernels_nn::scatter_add(&vals[*values], &vals[*indices], &out_shape)
+                .map_err(|e| index_error("scatter_add", e, data.span))?,
         };
         debug_assert_eq!(
             v.shape, out_shape,
@@ -146,6 +209,15 @@ pub fn evaluate(
         vals[n] = v;
     }
     Ok(vals)
+}
+
+fn index_error(op: &'static str, e: kernels_nn::BadIndex, span: Span) -> Error {
+    Error::Index {
+        op,
+        value: e.value,
+        len: e.len,
+        span,
+    }
 }
 
 fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {

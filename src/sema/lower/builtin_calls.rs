@@ -2,6 +2,10 @@
 //! axes and shapes included) and adds its primitive.
 
 use super::*;
+use crate::ir::PoolOp;
+
+mod indexing;
+mod windows;
 
 /// An error for a compile-time argument that is not written as one.
 pub(super) fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
@@ -18,6 +22,53 @@ fn const_int(e: &Expr, what: &str, example: &str) -> Result<i64, Diag> {
         ExprKind::Number(v) if v.fract() == 0.0 && v.abs() < 1e9 => Ok(v as i64),
         _ => Err(not_const(e, what, example)),
     }
+}
+
+/// An optional compile-time integer of at least `min` (a stride, a
+/// padding, a window size), `default` when absent.
+fn const_count(
+    e: Option<&Expr>,
+    what: &str,
+    example: &str,
+    default: u64,
+    min: i64,
+) -> Result<u64, Diag> {
+    let Some(e) = e else {
+        return Ok(default);
+    };
+    let v = const_int(e, what, example)?;
+    if v < min {
+        return Err(diag::error(
+            code::CONST_ARG,
+            format!("{what} must be at least {min}, found {v}"),
+        )
+        .with_labels(vec![e.span.primary(format!("{v} is too small"))]));
+    }
+    Ok(v as u64)
+}
+
+/// An axis out of range for a tensor `x` of `shape`.
+fn axis_error(a: i64, shape: &str, rank: usize, at: &Expr, x: &Expr) -> Diag {
+    let valid = if rank == 0 {
+        "a scalar has no axes".to_string()
+    } else if rank == 1 {
+        "the only axis is 0 (or -1)".to_string()
+    } else {
+        format!(
+            "valid axes are 0 to {} (or -{} to -1 counting from the end)",
+            rank - 1,
+            rank
+        )
+    };
+    diag::error(
+        code::AXIS,
+        format!("axis {a} is out of range for a tensor of rank {rank}"),
+    )
+    .with_labels(vec![
+        at.span.primary(format!("axis {a}")),
+        x.span.secondary(format!("this has shape {shape}")),
+    ])
+    .with_notes(vec![format!("note: {valid}")])
 }
 
 /// An integer or a list of integers.
@@ -133,8 +184,26 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     }
                 }
             }
+            Builtin::Conv2d => self.conv2d(env, [req(0), req(1)], arg(2), arg(3), nspan),
+            Builtin::MaxPool2d | Builtin::AvgPool2d => {
+                let op = if b == Builtin::MaxPool2d {
+                    PoolOp::Max
+                } else {
+                    PoolOp::Avg
+                };
+                self.pool2d(env, op, req(0), req(1), arg(2), nspan)
+            }
+            Builtin::Slice => self.slice(env, req(0), req(1), [arg(2), arg(3)], nspan),
+            Builtin::Concat => self.concat(env, req(0), req(1), arg(2), nspan),
+            Builtin::Gather => self.gather(env, req(0), req(1), nspan),
+            Builtin::ScatterAdd => self.scatter_add(env, req(0), req(1), req(2), nspan),
         };
         result.map_or(Value::Poison, Value::T)
+    }
+
+    /// The value, or `None` after reporting the error.
+    fn report<T>(&mut self, r: Result<T, Diag>) -> Option<T> {
+        r.map_err(|d| self.diags.push(d)).ok()
     }
 
     /// Evaluates tensor operands and broadcasts them to one shape.
@@ -187,31 +256,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
                             return None;
                         }
                         None => {
-                            let valid = if rank == 0 {
-                                "a scalar has no axes".to_string()
-                            } else if rank == 1 {
-                                "the only axis is 0 (or -1)".to_string()
-                            } else {
-                                format!(
-                                    "valid axes are 0 to {} (or -{} to -1 counting from the end)",
-                                    rank - 1,
-                                    rank
-                                )
-                            };
-                            self.diags.push(
-                                diag::error(
-                                    code::AXIS,
-                                    format!("axis {a} is out of range for a tensor of rank {rank}"),
-                                )
-                                .with_labels(vec![
-                                    e.span.primary(format!("axis {a}")),
-                                    x.span.secondary(format!(
-                                        "this has shape {}",
-                                        self.g.shape_str(&shape)
-                                    )),
-                                ])
-                                .with_notes(vec![format!("note: {valid}")]),
-                            );
+                            let shown = self.g.shape_str(&shape);
+                            self.diags.push(axis_error(a, &shown, rank, e, x));
                             return None;
                         }
                     }
