@@ -67,6 +67,11 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Start an interactive session.
+    #[command(
+        after_help = "Example:\n  nnc repl\n  nnc> let x = [0.5, 0.8, 0.2]\n  nnc> sigmoid(sum(x * [0.2, -0.5, 1.0]) + 0.1)\n  0.5\n\nPiped input works too: printf 'sigmoid(0.0)\\n' | nnc repl"
+    )]
+    Repl,
     /// Train the model described by a file's `train` block.
     #[command(
         after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
@@ -132,6 +137,9 @@ pub fn main() -> i32 {
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal(),
     };
+    if let Command::Repl = cli.command {
+        return super::repl::run(color);
+    }
     match execute(&cli.command) {
         Ok(out) => {
             print!("{}", out.stdout);
@@ -236,6 +244,11 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             }
         }
         Command::Train(args) => super::train::command(args),
+        Command::Repl => Ok(Outcome {
+            stdout: String::new(),
+            sources: SourceMap::new(),
+            diags: Diagnostics::new(),
+        }),
         Command::Run { file, format, seed } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {

@@ -5,4 +5,5 @@
 
 pub mod autodiff;
 mod build;
+pub mod dce;
 pub mod optimizer;

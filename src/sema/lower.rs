@@ -60,11 +60,11 @@ struct Lowerer<'s, 'a, 'd> {
     depth: usize,
 }
 
-pub fn lower(
-    s: &Scopes,
-    resolved: &Resolved,
-    diags: &mut Diagnostics,
-) -> (Graph, Option<crate::sema::TrainSpec>) {
+/// The graph, the training description, and the nodes of the user's
+/// named values.
+type Lowered = (Graph, Option<crate::sema::TrainSpec>, Vec<(String, Node)>);
+
+pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowered {
     let mut l = Lowerer {
         s,
         recursive: &resolved.recursive,
@@ -78,7 +78,18 @@ pub fn lower(
     };
     l.items();
     let train = l.train();
-    (l.g, train)
+    let mut named: Vec<(String, Node)> = l
+        .globals
+        .iter()
+        .filter_map(|(d, v)| match (v, s.def(*d).def) {
+            (Value::T(n), Def::Param(_) | Def::Input(_) | Def::Let(_)) => {
+                Some((s.def(*d).qual.clone(), *n))
+            }
+            _ => None,
+        })
+        .collect();
+    named.sort_by_key(|(_, n)| *n);
+    (l.g, train, named)
 }
 
 fn expr_kind_str(v: &Value) -> &'static str {

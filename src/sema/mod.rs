@@ -29,11 +29,15 @@ use crate::syntax::ast;
 pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) -> Option<Program> {
     let scopes = scope::build(stdlib, user, diags);
     let resolved = resolve::check(&scopes, diags);
-    let (graph, train) = lower::lower(&scopes, &resolved, diags);
+    let (graph, train, named) = lower::lower(&scopes, &resolved, diags);
     if diags.has_errors() {
         None
     } else {
-        Some(Program { graph, train })
+        Some(Program {
+            graph,
+            train,
+            named,
+        })
     }
 }
 
@@ -68,4 +72,12 @@ pub struct DataSpec {
 pub struct Program {
     pub graph: Graph,
     pub train: Option<TrainSpec>,
+    /// The node of every parameter, input and `let` of the user's file,
+    /// by qualified name (`Mlp.w1`).
+    pub named: Vec<(String, crate::ir::Node)>,
+}
+
+/// The names of the builtin functions.
+pub fn builtin_names() -> Vec<&'static str> {
+    builtins::ALL.iter().map(|(n, _)| *n).collect()
 }

@@ -59,6 +59,22 @@ pub fn parse(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<File
     Some(File { items })
 }
 
+/// Parses a single expression (a REPL line). Returns `None` after a
+/// syntax error (already in `diags`).
+pub fn parse_expr(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<Expr> {
+    pest::set_error_detail(true);
+    let mut pairs = match NnParser::parse(Rule::repl_expr, source) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            diags.push(syntax_error(file, source, &e));
+            return None;
+        }
+    };
+    let top = pairs.next()?;
+    let expr = top.into_inner().find(|p| p.as_rule() == Rule::expr)?;
+    Some(Builder { file, diags }.expr(expr))
+}
+
 struct Builder<'d> {
     file: FileId,
     diags: &'d mut Diagnostics,

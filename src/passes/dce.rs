@@ -1,0 +1,224 @@
+//! Dead-node elimination.
+//!
+//! Takes a graph; returns a copy holding only the nodes its outputs and
+//! updates depend on, and only the parameters, inputs and constants those
+//! nodes use (renumbered, in their original order). Symbols are kept.
+//! After the pass the graph verifies and computes the same outputs.
+
+use crate::ir::{ConstId, Graph, Init, InputId, Node, Op, Output, ParamId, Update};
+use cranelift_entity::{EntityRef, SecondaryMap};
+
+pub fn prune(g: &Graph) -> Graph {
+    let mut live = vec![false; g.nodes.len()];
+    for n in g
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(g.updates.iter().map(|u| u.node))
+    {
+        live[n.index()] = true;
+    }
+    for (n, d) in g.nodes.iter().rev() {
+        if live[n.index()] {
+            for a in d.op.args() {
+                live[a.index()] = true;
+            }
+        }
+    }
+    let mut out = Graph {
+        syms: g.syms.clone(),
+        ..Graph::default()
+    };
+    let mut consts: SecondaryMap<ConstId, Option<ConstId>> = SecondaryMap::new();
+    let mut keep_const = |out: &mut Graph, c: ConstId| -> ConstId {
+        if let Some(k) = consts[c] {
+            return k;
+        }
+        let k = out.consts.push(g.consts[c].clone());
+        consts[c] = Some(k);
+        k
+    };
+    let mut params: SecondaryMap<ParamId, Option<ParamId>> = SecondaryMap::new();
+    let mut inputs: SecondaryMap<InputId, Option<InputId>> = SecondaryMap::new();
+    // Tables first, in their original order, so the renumbering is stable.
+    let used_params: Vec<bool> = {
+        let mut u = vec![false; g.params.len()];
+        for (n, d) in g.nodes.iter() {
+            if let (Op::Param(p), true) = (&d.op, live[n.index()]) {
+                u[p.index()] = true;
+            }
+        }
+        for upd in &g.updates {
+            u[upd.param.index()] = true;
+        }
+        u
+    };
+    for (p, info) in g.params.iter() {
+        if used_params[p.index()] {
+            let mut info = info.clone();
+            if let Init::Tensor(c) = info.init {
+                info.init = Init::Tensor(keep_const(&mut out, c));
+            }
+            params[p] = Some(out.params.push(info));
+        }
+    }
+    for (i, info) in g.inputs.iter() {
+        let used = g
+            .nodes
+            .iter()
+            .any(|(n, d)| live[n.index()] && d.op == Op::Input(i));
+        if used {
+            let mut info = info.clone();
+            info.default = info.default.map(|c| keep_const(&mut out, c));
+            inputs[i] = Some(out.inputs.push(info));
+        }
+    }
+    let mut map: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        if !live[n.index()] {
+            continue;
+        }
+        // Live nodes only read live nodes, added before them.
+        let m = |a: &Node| map[*a].expect("arguments of a live node are live and earlier");
+        let op = match &d.op {
+            Op::Input(i) => Op::Input(inputs[*i].expect("a live input is kept")),
+            Op::Param(p) => Op::Param(params[*p].expect("a live parameter is kept")),
+            Op::Const(c) => Op::Const(keep_const(&mut out, *c)),
+            Op::Fill { value, shape } => Op::Fill {
+                value: *value,
+                shape: shape.clone(),
+            },
+            other => remap_args(other, &m),
+        };
+        let data = crate::ir::NodeData {
+            op,
+            ty: d.ty.clone(),
+            span: d.span,
+        };
+        map[n] = Some(out.nodes.push(data));
+    }
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|o| Output {
+            name: o.name.clone(),
+            node: map[o.node].expect("outputs are live"),
+            span: o.span,
+        })
+        .collect();
+    out.updates = g
+        .updates
+        .iter()
+        .map(|u| Update {
+            param: params[u.param].expect("updated parameters are kept"),
+            node: map[u.node].expect("updates are live"),
+        })
+        .collect();
+    out
+}
+
+/// The same op reading remapped arguments.
+fn remap_args(op: &Op, m: &dyn Fn(&Node) -> Node) -> Op {
+    match op {
+        Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => op.clone(),
+        Op::Unary(u, a) => Op::Unary(*u, m(a)),
+        Op::Binary(b, x, y) => Op::Binary(*b, m(x), m(y)),
+        Op::Compare(c, x, y) => Op::Compare(*c, m(x), m(y)),
+        Op::Select(c, x, y) => Op::Select(m(c), m(x), m(y)),
+        Op::Reduce { op, arg, axes } => Op::Reduce {
+            op: *op,
+            arg: m(arg),
+            axes: axes.clone(),
+        },
+        Op::MatMul(x, y) => Op::MatMul(m(x), m(y)),
+        Op::Reshape(a, s) => Op::Reshape(m(a), s.clone()),
+        Op::Transpose(a, p) => Op::Transpose(m(a), p.clone()),
+        Op::Broadcast(a, s) => Op::Broadcast(m(a), s.clone()),
+        Op::Conv2d {
+            x,
+            w,
+            stride,
+            padding,
+        } => Op::Conv2d {
+            x: m(x),
+            w: m(w),
+            stride: *stride,
+            padding: *padding,
+        },
+        Op::Conv2dBackwardInput {
+            gy,
+            w,
+            stride,
+            padding,
+            size,
+        } => Op::Conv2dBackwardInput {
+            gy: m(gy),
+            w: m(w),
+            stride: *stride,
+            padding: *padding,
+            size: *size,
+        },
+        Op::Conv2dBackwardWeight {
+            x,
+            gy,
+            stride,
+            padding,
+            kernel,
+        } => Op::Conv2dBackwardWeight {
+            x: m(x),
+            gy: m(gy),
+            stride: *stride,
+            padding: *padding,
+            kernel: *kernel,
+        },
+        Op::Pool2d {
+            op,
+            arg,
+            size,
+            stride,
+        } => Op::Pool2d {
+            op: *op,
+            arg: m(arg),
+            size: *size,
+            stride: *stride,
+        },
+        Op::Pool2dBackward {
+            op,
+            x,
+            gy,
+            size,
+            stride,
+        } => Op::Pool2dBackward {
+            op: *op,
+            x: m(x),
+            gy: m(gy),
+            size: *size,
+            stride: *stride,
+        },
+        Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => Op::Slice {
+            arg: m(arg),
+            axis: *axis,
+            start: *start,
+            end: *end,
+        },
+        Op::Concat { a, b, axis } => Op::Concat {
+            a: m(a),
+            b: m(b),
+            axis: *axis,
+        },
+        Op::Gather { table, indices } => Op::Gather {
+            table: m(table),
+            indices: m(indices),
+        },
+        Op::ScatterAdd { values, indices, n } => Op::ScatterAdd {
+            values: m(values),
+            indices: m(indices),
+            n: *n,
+        },
+    }
+}
