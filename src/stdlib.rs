@@ -13,6 +13,10 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("<stdlib>/losses.nn", include_str!("../stdlib/losses.nn")),
     ("<stdlib>/layers.nn", include_str!("../stdlib/layers.nn")),
+    (
+        "<stdlib>/sequence.nn",
+        include_str!("../stdlib/sequence.nn"),
+    ),
 ];
 
 /// Adds the stdlib's sources to a fresh source map (ids `0..FILES.len()`).

@@ -340,3 +340,64 @@ fn second_derivatives_through_max_pooling_are_an_error() {
     assert!(e.message.contains("second derivatives"), "{}", e.message);
     assert!(!e.labels.is_empty(), "the error points at the op");
 }
+
+#[test]
+fn loops_over_sequences() {
+    // A recurrent cell: `wx` comes in as an extra argument, `wh` is read
+    // from outside the body (a capture), and the initial state and the
+    // sequence are learned too, so every operand of the loop gets a
+    // gradient.
+    let rnn = "fn cell(h: [B, H], x: [B, I], wx: [I, H]) -> [B, H] {
+  tanh(x @ wx + h @ wh)
+}
+param wh: [2, 2] = normal(0, 0.5, seed = 1)
+param wx: [3, 2] = normal(0, 0.5, seed = 2)
+param h0: [1, 2] = [[0.1, -0.2]]
+param xs: [4, 1, 3] = normal(0, 1, seed = 3)
+";
+    check("rnn", &format!("{rnn}output loss = sum(scan(cell, h0, xs, wx) * [[[1.0, -1.0]], [[0.5, 2.0]], [[-1.5, 0.3]], [[0.7, 0.2]]])\n"));
+    check(
+        "rnn-reverse",
+        &format!("{rnn}output loss = sum(scan(cell, h0, xs, wx, reverse = true) * [[[1.0, -1.0]], [[0.5, 2.0]], [[-1.5, 0.3]], [[0.7, 0.2]]])\n"),
+    );
+    check(
+        "rnn-last",
+        &format!(
+            "{rnn}output loss = sum(slice(scan(cell, h0, xs, wx), axis = 0, start = -1) ^ 2)\n"
+        ),
+    );
+    check(
+        "single-step",
+        "fn acc(s: [2], x: [2], k: [2]) -> [2] { s * k + x * x }
+param k: [2] = [0.5, -1.5]
+param s0: [2] = [1.0, 2.0]
+param xs: [1, 2] = [[0.3, -0.7]]
+output loss = sum(scan(acc, s0, xs, k) * [[1.0, -2.0]])\n",
+    );
+}
+
+#[test]
+fn a_loop_body_is_compiled_once_whatever_the_length() {
+    let src = |t: usize| {
+        format!(
+            "fn cell(h: [1, 4], x: [1, 3], wx: [3, 4]) -> [1, 4] {{ tanh(x @ wx + h @ wh) }}
+param wh: [4, 4] = normal(0, 0.5, seed = 1)
+param wx: [3, 4] = normal(0, 0.5, seed = 2)
+input xs: [{t}, 1, 3]
+output loss = sum(scan(cell, zeros([1, 4]), xs, wx))\n"
+        )
+    };
+    let size = |t: usize| {
+        let c = pipeline::compile("len.nn", &src(t), Stage::Ir);
+        let g = c.graph.expect("compiles");
+        let gg = pipeline::grad_graph(&g, pipeline::find_loss(&g, None).expect("loss"))
+            .expect("differentiates");
+        let body_nodes: usize = gg.graph.bodies.values().map(|b| b.nodes.len()).sum();
+        (gg.graph.nodes.len(), body_nodes)
+    };
+    assert_eq!(
+        size(32),
+        size(256),
+        "the graph of a longer sequence has the same nodes"
+    );
+}

@@ -6,9 +6,14 @@
 //! agree with float64 ones to 8.5e-5 relative).
 //!
 //! Expressible today: the dense+sigmoid models (MSE and BCE), the MLP
-//! with tanh and softmax cross-entropy, and the 2-D convolution with a
-//! per-channel bias and relu. LSTM, GRU and attention wait for their
-//! operations.
+//! with tanh and softmax cross-entropy, the 2-D convolution with a
+//! per-channel bias and relu, the LSTM and GRU cells over 5 steps and
+//! single-head self-attention (`stdlib/sequence.nn`). The language has no
+//! loop yet, so the recurrences are unrolled: the tests write the steps
+//! out (`let s1 = …; let s2 = …`). The fixture keeps one `[in, out]`
+//! matrix per gate; the cells take them stacked on a leading gate axis, so
+//! the models stack them (`stack4(Wx_i, Wx_f, Wx_g, Wx_o)`) and the
+//! gradients still reach each fixture parameter.
 
 use cranelift_entity::SecondaryMap;
 use nnc::backend::interp;
@@ -197,16 +202,26 @@ fn conv2d_relu_mse() {
 
 #[test]
 fn conv2d_output_and_input_gradient() {
-    // The same model with `x` made a parameter, so its gradient is
-    // computed too; and the forward value `y`.
-    let fx = fixture();
-    let m = &fx["models"]["conv2d_1to2_3x3_relu_mse"];
-    let y = "relu(conv2d(x, K) + reshape(bias, [2, 1, 1]))";
-    let src = format!(
-        "{}let h = {y}\noutput y = h\noutput loss = mse(h, target)\n",
-        decls(m).replace("input x:", "param x:")
+    check_forward(
+        "conv2d_1to2_3x3_relu_mse",
+        "let h = relu(conv2d(x, K) + reshape(bias, [2, 1, 1]))\n",
+        &[("y", "h")],
+        "mse(h, target)",
     );
-    let c = pipeline::compile("conv2d", &src, Stage::Ir);
+}
+
+/// The forward values `outputs` (fixture name, .nn expression) of a model
+/// written as `lets`, and the gradient of `loss` for its input `x`: the
+/// same model with `x` made a parameter, so its gradient is computed too.
+fn check_forward(model: &str, lets: &str, outputs: &[(&str, &str)], loss: &str) {
+    let fx = fixture();
+    let m = &fx["models"][model];
+    let mut src = decls(m).replace("input x:", "param x:") + lets;
+    for (name, e) in outputs {
+        src.push_str(&format!("output {name} = {e}\n"));
+    }
+    src.push_str(&format!("output loss = {loss}\n"));
+    let c = pipeline::compile(model, &src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("graph");
     let params = interp::init_params(&g, 0);
@@ -219,13 +234,176 @@ fn conv2d_output_and_input_gradient() {
         },
     )
     .expect("runs");
-    assert_close("conv2d y", &outs[0], &tensor(&m["outputs"]["y"]));
+    for (i, (name, _)) in outputs.iter().enumerate() {
+        let want = tensor(&m["outputs"][*name]);
+        assert_eq!(outs[i].shape, want.shape, "{model} {name}: shapes differ");
+        assert_close(&format!("{model} {name}"), &outs[i], &want);
+    }
     let (_, grads, _) = nnc::driver::cli::grad_values(&g, None, None, 0).expect("gradients");
     let (_, gx) = grads
         .iter()
         .find(|(n, _)| n == "x")
         .expect("a gradient for x");
-    assert_close("conv2d grad x", gx, &tensor(&m["input_grads"]["x"]));
+    assert_close(
+        &format!("{model} grad x"),
+        gx,
+        &tensor(&m["input_grads"]["x"]),
+    );
+}
+
+/// A train block minimizing `loss` with the SGD that `check` swaps out.
+fn train(loss: &str) -> String {
+    format!("train {{\n  loss = {loss}\n  optimizer = sgd(lr = 0.1)\n}}\n")
+}
+
+/// Time step `t` (from 1) of the input sequence `x: [T, 3]`, as a `[3]`.
+fn x_at(t: usize) -> String {
+    format!(
+        "reshape(slice(x, axis = 0, start = {}, end = {t}), [3])",
+        t - 1
+    )
+}
+
+/// The rows `f(1)`, …, `f(n)` (each `[4]`) stacked into `[n, 4]`.
+fn rows(n: usize, f: impl Fn(usize) -> String) -> String {
+    (2..=n).fold(format!("unsqueeze0({})", f(1)), |acc, t| {
+        format!("concat({acc}, unsqueeze0({}), axis = 0)", f(t))
+    })
+}
+
+/// The LSTM of the fixture unrolled over its 5 steps from h0 = c0 = 0: the
+/// states `s1` … `s5` (`lstm_state(h_t, c_t)`), the gates' weights
+/// stacked in the order (i, f, g, o).
+fn lstm_lets() -> String {
+    let mut s = String::from(
+        "let wx = stack4(Wx_i, Wx_f, Wx_g, Wx_o)\n\
+         let wh = stack4(Wh_i, Wh_f, Wh_g, Wh_o)\n\
+         let b = stack4(b_i, b_f, b_g, b_o)\n\
+         let s0 = lstm_state(zeros([4]), zeros([4]))\n",
+    );
+    for t in 1..=5 {
+        s.push_str(&format!(
+            "let s{t} = lstm_cell({}, s{}, wx, wh, b)\n",
+            x_at(t),
+            t - 1
+        ));
+    }
+    s
+}
+
+#[test]
+fn lstm_five_steps_mse() {
+    check(
+        "lstm_in3_h4_t5",
+        &(lstm_lets() + &train("mse(lstm_h(s5), target)")),
+    );
+}
+
+/// The same LSTM through the stdlib's `lstm`, a `scan` whose body is
+/// compiled once: the loop's derivative must agree with PyTorch too.
+#[test]
+fn lstm_as_a_loop() {
+    let lets = "let wx = stack4(Wx_i, Wx_f, Wx_g, Wx_o)\n\
+                let wh = stack4(Wh_i, Wh_f, Wh_g, Wh_o)\n\
+                let b = stack4(b_i, b_f, b_g, b_o)\n\
+                let s = last(lstm(x, lstm_state(zeros([4]), zeros([4])), wx, wh, b))\n";
+    check(
+        "lstm_in3_h4_t5",
+        &(lets.to_string() + &train("mse(lstm_h(s), target)")),
+    );
+}
+
+/// The GRU through the stdlib's `gru` loop.
+#[test]
+fn gru_as_a_loop() {
+    let lets = "let wx = stack3(Wx_r, Wx_z, Wx_n)\n\
+                let wh = stack3(Wh_r, Wh_z, Wh_n)\n\
+                let bx = stack3(b_r, b_z, b_n)\n\
+                let bh = stack3(zeros([4]), zeros([4]), bh_n)\n\
+                let h = last(gru(x, zeros([4]), wx, wh, bx, bh))\n";
+    check(
+        "gru_torch_in3_h4_t5",
+        &(lets.to_string() + &train("mse(h, target)")),
+    );
+}
+
+#[test]
+fn lstm_states_and_input_gradient() {
+    check_forward(
+        "lstm_in3_h4_t5",
+        &lstm_lets(),
+        &[
+            ("h_all", &rows(5, |t| format!("lstm_h(s{t})"))),
+            ("c_all", &rows(5, |t| format!("lstm_c(s{t})"))),
+            ("h_last", "lstm_h(s5)"),
+        ],
+        "mse(lstm_h(s5), target)",
+    );
+}
+
+/// The GRU of the fixture unrolled over its 5 steps from h0 = 0: `h1` …
+/// `h5`. The fixture's b_r, b_z and b_n are the input-side biases (those
+/// of r and z hold both sides' sums); its only hidden-side bias is bh_n.
+fn gru_lets() -> String {
+    let mut s = String::from(
+        "let wx = stack3(Wx_r, Wx_z, Wx_n)\n\
+         let wh = stack3(Wh_r, Wh_z, Wh_n)\n\
+         let bx = stack3(b_r, b_z, b_n)\n\
+         let bh = stack3(zeros([4]), zeros([4]), bh_n)\n\
+         let h0 = zeros([4])\n",
+    );
+    for t in 1..=5 {
+        s.push_str(&format!(
+            "let h{t} = gru_cell({}, h{}, wx, wh, bx, bh)\n",
+            x_at(t),
+            t - 1
+        ));
+    }
+    s
+}
+
+#[test]
+fn gru_five_steps_mse() {
+    check(
+        "gru_torch_in3_h4_t5",
+        &(gru_lets() + &train("mse(h5, target)")),
+    );
+}
+
+#[test]
+fn gru_states_and_input_gradient() {
+    check_forward(
+        "gru_torch_in3_h4_t5",
+        &gru_lets(),
+        &[("h_all", &rows(5, |t| format!("h{t}"))), ("h_last", "h5")],
+        "mse(h5, target)",
+    );
+}
+
+/// Single-head self-attention with the scale 1/√8 and an output
+/// projection.
+const ATTENTION: &str = "let q = x @ Wq\nlet k = x @ Wk\nlet v = x @ Wv\n";
+
+#[test]
+fn self_attention_mse() {
+    check(
+        "self_attention_s4_d8",
+        &(ATTENTION.to_string() + &train("mse(attention(q, k, v) @ Wo, target)")),
+    );
+}
+
+#[test]
+fn self_attention_values_and_input_gradient() {
+    check_forward(
+        "self_attention_s4_d8",
+        ATTENTION,
+        &[
+            ("scores", "q @ transpose(k) / sqrt(8)"),
+            ("attn", "softmax(q @ transpose(k) / sqrt(8))"),
+            ("out", "attention(q, k, v) @ Wo"),
+        ],
+        "mse(attention(q, k, v) @ Wo, target)",
+    );
 }
 
 #[test]
@@ -236,6 +414,9 @@ fn the_fixture_has_the_models_tested_here() {
         "dense_sigmoid_bce",
         "mlp_4_8_3_tanh_softmax_ce",
         "conv2d_1to2_3x3_relu_mse",
+        "lstm_in3_h4_t5",
+        "gru_torch_in3_h4_t5",
+        "self_attention_s4_d8",
     ] {
         assert!(
             fx["models"][m]["adam"]["steps"]

@@ -14,6 +14,7 @@
 //!   each autodiff rule and each kernel simple.
 
 mod print;
+mod scan;
 pub mod shape;
 mod verify;
 
@@ -50,6 +51,11 @@ entity_impl!(InputId, "input");
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConstId(u32);
 entity_impl!(ConstId, "const");
+
+/// The body of a loop ([`Op::Scan`]): a graph of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BodyId(u32);
+entity_impl!(BodyId, "body");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
@@ -215,6 +221,21 @@ pub enum Op {
     /// numbers in `0..n`, checked at run time) → `[n, D]`; row `i` of the
     /// result is the sum of the rows of `values` whose index is `i`.
     ScatterAdd { values: Node, indices: Node, n: Dim },
+    /// A loop over the leading axis of the sequences `xs` (all `[T, ..]`):
+    /// `c_t = body(c_{t−1}, xs_1[t], …, xs_k[t], args…)` from `c_0 = init`,
+    /// in reverse order of t when `reverse`. The body is a graph of its
+    /// own whose inputs are, in order, the carry (`init`'s type), one
+    /// step of each sequence (its type without the leading axis) and the
+    /// `args` (their types), and whose one output has the carry's type.
+    /// Type: `[T, ..C]`, the carry after every step (step t at index t).
+    /// The body is compiled once, whatever T is.
+    Scan {
+        body: BodyId,
+        init: Node,
+        xs: Vec<Node>,
+        args: Vec<Node>,
+        reverse: bool,
+    },
 }
 
 impl Op {
@@ -241,6 +262,131 @@ impl Op {
             Op::ScatterAdd {
                 values, indices, ..
             } => vec![*values, *indices],
+            Op::Scan { init, xs, args, .. } => {
+                let mut v = vec![*init];
+                v.extend(xs);
+                v.extend(args);
+                v
+            }
+        }
+    }
+
+    /// The same op reading `f(a)` for each argument `a`.
+    pub fn map_args(&self, f: &dyn Fn(Node) -> Node) -> Op {
+        match self {
+            Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => self.clone(),
+            Op::Unary(u, a) => Op::Unary(*u, f(*a)),
+            Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
+            Op::Compare(c, x, y) => Op::Compare(*c, f(*x), f(*y)),
+            Op::Select(c, x, y) => Op::Select(f(*c), f(*x), f(*y)),
+            Op::Reduce { op, arg, axes } => Op::Reduce {
+                op: *op,
+                arg: f(*arg),
+                axes: axes.clone(),
+            },
+            Op::MatMul(x, y) => Op::MatMul(f(*x), f(*y)),
+            Op::Reshape(a, s) => Op::Reshape(f(*a), s.clone()),
+            Op::Transpose(a, p) => Op::Transpose(f(*a), p.clone()),
+            Op::Broadcast(a, s) => Op::Broadcast(f(*a), s.clone()),
+            Op::Conv2d {
+                x,
+                w,
+                stride,
+                padding,
+            } => Op::Conv2d {
+                x: f(*x),
+                w: f(*w),
+                stride: *stride,
+                padding: *padding,
+            },
+            Op::Conv2dBackwardInput {
+                gy,
+                w,
+                stride,
+                padding,
+                size,
+            } => Op::Conv2dBackwardInput {
+                gy: f(*gy),
+                w: f(*w),
+                stride: *stride,
+                padding: *padding,
+                size: *size,
+            },
+            Op::Conv2dBackwardWeight {
+                x,
+                gy,
+                stride,
+                padding,
+                kernel,
+            } => Op::Conv2dBackwardWeight {
+                x: f(*x),
+                gy: f(*gy),
+                stride: *stride,
+                padding: *padding,
+                kernel: *kernel,
+            },
+            Op::Pool2d {
+                op,
+                arg,
+                size,
+                stride,
+            } => Op::Pool2d {
+                op: *op,
+                arg: f(*arg),
+                size: *size,
+                stride: *stride,
+            },
+            Op::Pool2dBackward {
+                op,
+                x,
+                gy,
+                size,
+                stride,
+            } => Op::Pool2dBackward {
+                op: *op,
+                x: f(*x),
+                gy: f(*gy),
+                size: *size,
+                stride: *stride,
+            },
+            Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => Op::Slice {
+                arg: f(*arg),
+                axis: *axis,
+                start: *start,
+                end: *end,
+            },
+            Op::Concat { a, b, axis } => Op::Concat {
+                a: f(*a),
+                b: f(*b),
+                axis: *axis,
+            },
+            Op::Gather { table, indices } => Op::Gather {
+                table: f(*table),
+                indices: f(*indices),
+            },
+            Op::ScatterAdd { values, indices, n } => Op::ScatterAdd {
+                values: f(*values),
+                indices: f(*indices),
+                n: *n,
+            },
+            Op::Scan {
+                body,
+                init,
+                xs,
+                args,
+                reverse,
+            } => Op::Scan {
+                body: *body,
+                init: f(*init),
+                xs: xs.iter().map(|x| f(*x)).collect(),
+                args: args.iter().map(|a| f(*a)).collect(),
+                reverse: *reverse,
+            },
         }
     }
 }
@@ -328,6 +474,8 @@ pub struct Graph {
     pub consts: PrimaryMap<ConstId, Tensor>,
     pub outputs: Vec<Output>,
     pub updates: Vec<Update>,
+    /// Loop bodies, each a graph with inputs and one output.
+    pub bodies: PrimaryMap<BodyId, Graph>,
 }
 
 /// A typing rule was broken. Sema checks every user-facing rule before it
@@ -590,6 +738,13 @@ impl Graph {
                 s.push(t[1]);
                 Type::f32(s)
             }
+            Op::Scan {
+                body,
+                init,
+                xs,
+                args,
+                ..
+            } => self.infer_scan(*body, *init, xs, args)?,
             Op::ScatterAdd { values, indices, n } => {
                 let v = self.shape(*values);
                 match v.split_last() {

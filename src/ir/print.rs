@@ -75,6 +75,17 @@ pub fn print_graph(g: &Graph) -> String {
     for u in &g.updates {
         let _ = writeln!(out, "update {} <- {}", g.params[u.param].name, u.node);
     }
+    for (id, b) in g.bodies.iter() {
+        let _ = writeln!(out, "\n{id} {{");
+        for line in print_graph(b).lines() {
+            if line.is_empty() {
+                out.push('\n');
+            } else {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        out.push_str("}\n");
+    }
     out
 }
 
@@ -102,6 +113,20 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 
 pub(crate) fn op_str(g: &Graph, op: &Op) -> String {
     match op {
+        Op::Scan {
+            body,
+            init,
+            xs,
+            args,
+            reverse,
+        } => {
+            let dir = if *reverse { ".reverse" } else { "" };
+            format!(
+                "scan{dir} {body}, init={init}, xs={}, args={}",
+                list(xs),
+                list(args)
+            )
+        }
         Op::Input(i) => format!("input {}", g.inputs[*i].name),
         Op::Param(p) => format!("param {}", g.params[*p].name),
         Op::Const(c) => format!("const {c}"),

@@ -8,7 +8,9 @@
 //!    their declared type;
 //! 4. every output names an existing node, and output names are distinct;
 //! 5. every update writes an existing parameter, at most once, with a node
-//!    of the parameter's type.
+//!    of the parameter's type;
+//! 6. every loop body verifies, has no parameters and no updates (what it
+//!    reads from outside comes in as inputs) and no bodies of its own.
 //!
 //! A failure is a compiler bug, never a user error: it is run between the
 //! stages in tests and debug builds.
@@ -57,6 +59,12 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         }
         if !names.insert(&o.name) {
             return Err(format!("output {} is defined twice", o.name));
+        }
+    }
+    for (id, b) in g.bodies.iter() {
+        verify(b).map_err(|e| format!("{id}: {e}"))?;
+        if !b.params.is_empty() || !b.updates.is_empty() || !b.bodies.is_empty() {
+            return Err(format!("{id} has parameters, updates or bodies of its own"));
         }
     }
     let mut written = std::collections::HashSet::new();

@@ -153,6 +153,26 @@ fn vjp(
     let need = |n: &Node| needs.get(n.index()).copied().unwrap_or(false);
     let mut v = Vec::new();
     match op {
+        // A loop's derivative is loops over the steps in reverse; see
+        // `scan_grad` for the recurrences.
+        Op::Scan {
+            body,
+            init,
+            xs,
+            args,
+            reverse,
+        } => {
+            let parts = super::scan_grad::ScanParts {
+                body: *body,
+                init: *init,
+                xs,
+                args,
+                reverse: *reverse,
+            };
+            v.extend(super::scan_grad::vjp(b, out, gb, sp, &parts, &|n| {
+                need(&n)
+            })?);
+        }
         // Leaves: nothing flows further.
         Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => {}
         // d(−a) = −ḡ

@@ -2,7 +2,8 @@
 //!
 //! Takes a graph; returns a copy holding only the nodes its outputs and
 //! updates depend on, and only the parameters, inputs and constants those
-//! nodes use (renumbered, in their original order). Symbols are kept.
+//! nodes use (renumbered, in their original order). Symbols and loop
+//! bodies are kept as they are.
 //! After the pass the graph verifies and computes the same outputs.
 
 use crate::ir::{ConstId, Graph, Init, InputId, Node, Op, Output, ParamId, Update};
@@ -27,6 +28,7 @@ pub fn prune(g: &Graph) -> Graph {
     }
     let mut out = Graph {
         syms: g.syms.clone(),
+        bodies: g.bodies.clone(),
         ..Graph::default()
     };
     let mut consts: SecondaryMap<ConstId, Option<ConstId>> = SecondaryMap::new();
@@ -79,7 +81,7 @@ pub fn prune(g: &Graph) -> Graph {
             continue;
         }
         // Live nodes only read live nodes, added before them.
-        let m = |a: &Node| map[*a].expect("arguments of a live node are live and earlier");
+        let m = |a: Node| map[a].expect("arguments of a live node are live and earlier");
         let op = match &d.op {
             Op::Input(i) => Op::Input(inputs[*i].expect("a live input is kept")),
             Op::Param(p) => Op::Param(params[*p].expect("a live parameter is kept")),
@@ -88,7 +90,7 @@ pub fn prune(g: &Graph) -> Graph {
                 value: *value,
                 shape: shape.clone(),
             },
-            other => remap_args(other, &m),
+            other => other.map_args(&m),
         };
         let data = crate::ir::NodeData {
             op,
@@ -115,110 +117,4 @@ pub fn prune(g: &Graph) -> Graph {
         })
         .collect();
     out
-}
-
-/// The same op reading remapped arguments.
-fn remap_args(op: &Op, m: &dyn Fn(&Node) -> Node) -> Op {
-    match op {
-        Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => op.clone(),
-        Op::Unary(u, a) => Op::Unary(*u, m(a)),
-        Op::Binary(b, x, y) => Op::Binary(*b, m(x), m(y)),
-        Op::Compare(c, x, y) => Op::Compare(*c, m(x), m(y)),
-        Op::Select(c, x, y) => Op::Select(m(c), m(x), m(y)),
-        Op::Reduce { op, arg, axes } => Op::Reduce {
-            op: *op,
-            arg: m(arg),
-            axes: axes.clone(),
-        },
-        Op::MatMul(x, y) => Op::MatMul(m(x), m(y)),
-        Op::Reshape(a, s) => Op::Reshape(m(a), s.clone()),
-        Op::Transpose(a, p) => Op::Transpose(m(a), p.clone()),
-        Op::Broadcast(a, s) => Op::Broadcast(m(a), s.clone()),
-        Op::Conv2d {
-            x,
-            w,
-            stride,
-            padding,
-        } => Op::Conv2d {
-            x: m(x),
-            w: m(w),
-            stride: *stride,
-            padding: *padding,
-        },
-        Op::Conv2dBackwardInput {
-            gy,
-            w,
-            stride,
-            padding,
-            size,
-        } => Op::Conv2dBackwardInput {
-            gy: m(gy),
-            w: m(w),
-            stride: *stride,
-            padding: *padding,
-            size: *size,
-        },
-        Op::Conv2dBackwardWeight {
-            x,
-            gy,
-            stride,
-            padding,
-            kernel,
-        } => Op::Conv2dBackwardWeight {
-            x: m(x),
-            gy: m(gy),
-            stride: *stride,
-            padding: *padding,
-            kernel: *kernel,
-        },
-        Op::Pool2d {
-            op,
-            arg,
-            size,
-            stride,
-        } => Op::Pool2d {
-            op: *op,
-            arg: m(arg),
-            size: *size,
-            stride: *stride,
-        },
-        Op::Pool2dBackward {
-            op,
-            x,
-            gy,
-            size,
-            stride,
-        } => Op::Pool2dBackward {
-            op: *op,
-            x: m(x),
-            gy: m(gy),
-            size: *size,
-            stride: *stride,
-        },
-        Op::Slice {
-            arg,
-            axis,
-            start,
-            end,
-        } => Op::Slice {
-            arg: m(arg),
-            axis: *axis,
-            start: *start,
-            end: *end,
-        },
-        Op::Concat { a, b, axis } => Op::Concat {
-            a: m(a),
-            b: m(b),
-            axis: *axis,
-        },
-        Op::Gather { table, indices } => Op::Gather {
-            table: m(table),
-            indices: m(indices),
-        },
-        Op::ScatterAdd { values, indices, n } => Op::ScatterAdd {
-            values: m(values),
-            indices: m(indices),
-            n: *n,
-        },
-    }
 }

@@ -7,3 +7,4 @@ pub mod autodiff;
 mod build;
 pub mod dce;
 pub mod optimizer;
+mod scan_grad;

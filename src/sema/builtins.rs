@@ -27,6 +27,8 @@ pub enum Builtin {
     Concat,
     Gather,
     ScatterAdd,
+    /// `scan(f, init, xs, extra…)`: a loop; lowered by `lower::scan`.
+    Scan,
 }
 
 /// How a builtin's argument is given.
@@ -100,6 +102,7 @@ pub const ALL: &[(&str, Builtin)] = &[
     ("concat", Builtin::Concat),
     ("gather", Builtin::Gather),
     ("scatter_add", Builtin::ScatterAdd),
+    ("scan", Builtin::Scan),
 ];
 
 impl Builtin {
@@ -135,6 +138,12 @@ impl Builtin {
         const CONCAT: &[BParam] = &[req("a", Tensor), req("b", Tensor), opt("axis", Int)];
         const GATHER: &[BParam] = &[req("table", Tensor), req("indices", Tensor)];
         const SCATTER: &[BParam] = &[req("values", Tensor), req("indices", Tensor), req("n", Dim)];
+        const SCAN: &[BParam] = &[
+            req("f", Tensor),
+            req("init", Tensor),
+            req("xs", Tensor),
+            opt("reverse", Bool),
+        ];
         match self {
             Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => UNARY,
             Builtin::Maximum | Builtin::Minimum => BINARY,
@@ -150,6 +159,8 @@ impl Builtin {
             Builtin::Concat => CONCAT,
             Builtin::Gather => GATHER,
             Builtin::ScatterAdd => SCATTER,
+            // Any number of extra arguments follow (checked when lowered).
+            Builtin::Scan => SCAN,
         }
     }
 

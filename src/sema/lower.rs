@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 mod builtin_calls;
 mod items;
+mod scan;
 mod train;
 
 /// Inlining deeper than this is refused: only recursion through function
@@ -48,6 +49,13 @@ struct Env<'a> {
     site: Option<Span>,
 }
 
+/// The enclosing graph while a loop body is lowered, and the values the
+/// body reads from it: (node outside, input node inside).
+struct Outer {
+    graph: Graph,
+    captures: Vec<(Node, Node)>,
+}
+
 struct Lowerer<'s, 'a, 'd> {
     s: &'s Scopes<'a>,
     recursive: &'s HashSet<DefId>,
@@ -58,6 +66,8 @@ struct Lowerer<'s, 'a, 'd> {
     top_dims: Bindings,
     stdlib_files: HashSet<FileId>,
     depth: usize,
+    /// Set while a `scan` body is lowered into `g`.
+    outer: Option<Outer>,
 }
 
 /// The graph, the training description, and the nodes of the user's
@@ -75,6 +85,7 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowere
         top_dims: Bindings::new(),
         stdlib_files: stdlib_scope_files(s),
         depth: 0,
+        outer: None,
     };
     l.items();
     let train = l.train();
@@ -334,7 +345,23 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Def::Builtin(b) => Value::Func(Callee::Builtin(b)),
             Def::Fn(f) => Value::Func(Callee::User(f, d, entry.scope)),
             Def::Model(_, inner) => Value::Model(inner),
-            Def::Param(_) | Def::Input(_) | Def::Let(_) | Def::Output(_) => self.global(d),
+            Def::Param(_) | Def::Input(_) | Def::Let(_) | Def::Output(_) => match self.outer.take()
+            {
+                None => self.global(d),
+                // Inside a loop body: the value lives in the enclosing
+                // graph, and comes into the body as an input.
+                Some(mut outer) => {
+                    std::mem::swap(&mut self.g, &mut outer.graph);
+                    let v = self.global(d);
+                    std::mem::swap(&mut self.g, &mut outer.graph);
+                    let v = match v {
+                        Value::T(n) => Value::T(self.capture(&mut outer, n)),
+                        other => other,
+                    };
+                    self.outer = Some(outer);
+                    v
+                }
+            },
         }
     }
 
@@ -525,6 +552,19 @@ impl<'a> Lowerer<'_, 'a, '_> {
             };
             values.push((v, sp));
         }
+        self.instantiate(env.site, f, id, scope, values, span)
+    }
+
+    /// Inlines `f` with evaluated arguments (one per parameter).
+    fn instantiate(
+        &mut self,
+        caller_site: Option<Span>,
+        f: &'a FnDef,
+        id: DefId,
+        scope: ScopeId,
+        values: Vec<(Value<'a>, Span)>,
+        span: Span,
+    ) -> Value<'a> {
         if self.recursive.contains(&id) || values.iter().any(|(v, _)| matches!(v, Value::Poison)) {
             return Value::Poison;
         }
@@ -555,9 +595,9 @@ impl<'a> Lowerer<'_, 'a, '_> {
             }
         }
         let site = if self.stdlib_files.contains(&f.name.span.file) {
-            Some(env.site.unwrap_or(span))
+            Some(caller_site.unwrap_or(span))
         } else {
-            env.site
+            caller_site
         };
         let mut inner = Env {
             scope,

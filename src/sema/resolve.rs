@@ -267,8 +267,12 @@ impl Walker<'_, '_, '_> {
         match target {
             Some((_, Def::Builtin(b), name)) => {
                 let formals = b.formals();
-                if let Err(d) = bind_args(&name, &formals, args, span, None, &b.signature()) {
-                    self.diags.push(d);
+                // `scan` takes extra arguments for its function: its
+                // lowering checks them.
+                if b != Builtin::Scan {
+                    if let Err(d) = bind_args(&name, &formals, args, span, None, &b.signature()) {
+                        self.diags.push(d);
+                    }
                 }
                 // Compile-time arguments (shapes, axes) hold dimension
                 // names, not values: lowering checks them.

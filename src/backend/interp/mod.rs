@@ -5,6 +5,7 @@
 mod init;
 mod kernels;
 mod kernels_nn;
+mod scan;
 
 pub use init::{init_params, param_seed};
 
@@ -201,6 +202,24 @@ pub fn evaluate(
                 values, indices, ..
             } => kernels_nn::scatter_add(&vals[*values], &vals[*indices], &out_shape)
                 .map_err(|e| index_error("scatter_add", e, data.span))?,
+            Op::Scan {
+                body,
+                init,
+                xs,
+                args,
+                reverse,
+            } => {
+                let xs: Vec<&Tensor> = xs.iter().map(|x| &vals[*x]).collect();
+                let args: Vec<&Tensor> = args.iter().map(|a| &vals[*a]).collect();
+                scan::run_scan(
+                    &g.bodies[*body],
+                    &vals[*init],
+                    &xs,
+                    &args,
+                    *reverse,
+                    &out_shape,
+                )?
+            }
         };
         debug_assert_eq!(
             v.shape, out_shape,

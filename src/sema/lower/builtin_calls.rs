@@ -121,6 +121,9 @@ impl<'a> Lowerer<'_, 'a, '_> {
         args: &'a [ast::Arg],
         span: Span,
     ) -> Value<'a> {
+        if b == Builtin::Scan {
+            return self.scan(env, args, span);
+        }
         let formals = b.formals();
         let bound = match bind_args(b.name(), &formals, args, span, None, &b.signature()) {
             Ok(x) => x,
@@ -197,6 +200,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Builtin::Concat => self.concat(env, req(0), req(1), arg(2), nspan),
             Builtin::Gather => self.gather(env, req(0), req(1), nspan),
             Builtin::ScatterAdd => self.scatter_add(env, req(0), req(1), req(2), nspan),
+            Builtin::Scan => unreachable!("scan is lowered before its arguments are matched"),
         };
         result.map_or(Value::Poison, Value::T)
     }
