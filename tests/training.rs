@@ -355,3 +355,29 @@ fn an_lstm_learns_to_continue_a_sine_wave() {
     let v = sine_val_loss("lstm_sine");
     assert!(v < 0.01, "validation MSE {v}");
 }
+
+#[test]
+fn a_transformer_block_learns_to_reverse_digit_sequences() {
+    let d = temp_dir("reverse");
+    let log = d.join("r.jsonl");
+    let o = nnc(&["train", "examples/transformer_reverse.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let last = log_lines(&log).last().expect("epochs").clone();
+    let acc = last["val_accuracy"].as_f64().expect("a token accuracy");
+    assert!(acc >= 0.95, "token accuracy {acc}");
+}
+
+#[test]
+fn several_label_columns_must_match_the_target_input() {
+    let d = temp_dir("labels2");
+    std::fs::write(d.join("two.csv"), "a,b,p,q\n1,2,0,1\n3,4,1,0\n").expect("csv");
+    let src = "model M {\n input x: [B, 2]\n input y: [B, 3, 2]\n param w: [2, 2] = zeros()\n}\ntrain M {\n data = csv(\"two.csv\", label = [\"p\", \"q\"])\n loss = mean(y) + sum(w)\n split = 0\n}\n";
+    std::fs::write(d.join("m.nn"), src).expect("nn");
+    let o = nnc(&["--color", "never", "train", s(&d.join("m.nn"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("input `M.y` cannot take targets") && err.contains("2 labels a row"),
+        "{err}"
+    );
+}

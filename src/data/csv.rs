@@ -10,7 +10,18 @@ use super::{read_file, DataError, Dataset};
 use crate::diag;
 use crate::tensor::Tensor;
 
+/// Loads a CSV with one label column.
+#[cfg(test)]
 pub(super) fn load(path: &Path, label: &str, scale: f32) -> Result<Dataset, DataError> {
+    load_columns(path, &[label.to_string()], scale)
+}
+
+/// Loads a CSV whose labels are the columns `labels`, in that order.
+pub(super) fn load_columns(
+    path: &Path,
+    labels_wanted: &[String],
+    scale: f32,
+) -> Result<Dataset, DataError> {
     let bytes = read_file(path)?;
     let text = decode(path, &bytes)?;
     let mut lines = numbered_lines(text);
@@ -20,7 +31,11 @@ pub(super) fn load(path: &Path, label: &str, scale: f32) -> Result<Dataset, Data
         });
     };
     let header: Vec<String> = cells(header_text).map(str::to_string).collect();
-    let label_col = find_label(path, header_line, header_text, &header, label)?;
+    let mut label_cols = Vec::with_capacity(labels_wanted.len());
+    for label in labels_wanted {
+        label_cols.push(find_label(path, header_line, header_text, &header, label)?);
+    }
+    let mut row_labels = vec![0.0f32; label_cols.len()];
 
     let width = header.len();
     let mut features = Vec::new();
@@ -59,21 +74,30 @@ pub(super) fn load(path: &Path, label: &str, scale: f32) -> Result<Dataset, Data
                     }
                 }
             })?;
-            if col == label_col {
-                labels.push(value);
-            } else {
+            let mut is_label = false;
+            for (k, &c) in label_cols.iter().enumerate() {
+                if c == col {
+                    row_labels[k] = value;
+                    is_label = true;
+                }
+            }
+            if !is_label {
                 features.push(value * scale);
             }
         }
+        labels.extend_from_slice(&row_labels);
     }
     if labels.is_empty() {
         return Err(DataError::NoData {
             path: path.to_path_buf(),
         });
     }
+    let rows = labels.len() / label_cols.len().max(1);
+    let feature_cols = features.len() / rows.max(1);
     Ok(Dataset {
-        features: Tensor::new(vec![labels.len(), width - 1], features),
+        features: Tensor::new(vec![rows, feature_cols], features),
         labels,
+        per_row: label_cols.len(),
     })
 }
 

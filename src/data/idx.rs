@@ -41,6 +41,7 @@ pub(super) fn load(images: &Path, labels: &Path, scale: f32) -> Result<Dataset, 
             pixels.iter().map(|&b| f32::from(b) * scale).collect(),
         ),
         labels: label_data.iter().map(|&b| f32::from(b)).collect(),
+        per_row: 1,
     })
 }
 

@@ -23,18 +23,30 @@ pub use error::DataError;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     pub features: Tensor,
+    /// `per_row` labels for each row, row-major.
     pub labels: Vec<f32>,
+    /// How many labels a row has (1, unless a CSV names several columns:
+    /// a label per position of a sequence).
+    pub per_row: usize,
+}
+
+impl Dataset {
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.labels.len() / self.per_row.max(1)
+    }
 }
 
 /// Where the data comes from. `scale` multiplies every feature value (not
 /// the labels).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    /// CSV with a header row; `label` is the name of the label column (any
-    /// position); all other columns are features, in file order.
+    /// CSV with a header row; `label` names the label column (any
+    /// position), or several, in the order given; all other columns are
+    /// features, in file order.
     Csv {
         path: PathBuf,
-        label: String,
+        label: Vec<String>,
         scale: f32,
     },
     /// IDX files of unsigned bytes (MNIST), each plain or gzip-compressed
@@ -57,7 +69,7 @@ pub enum Source {
 /// Loads a dataset.
 pub fn load(src: &Source) -> Result<Dataset, DataError> {
     match src {
-        Source::Csv { path, label, scale } => csv::load(path, label, *scale),
+        Source::Csv { path, label, scale } => csv::load_columns(path, label, *scale),
         Source::Idx {
             images,
             labels,
@@ -76,9 +88,10 @@ pub fn load(src: &Source) -> Result<Dataset, DataError> {
 /// read) or record (IDX, `.npy`).
 pub fn check_class_labels(ds: &Dataset, classes: usize, src: &Source) -> Result<(), DataError> {
     let is_class = |v: f32| v >= 0.0 && v.fract() == 0.0 && f64::from(v) < classes as f64;
-    let Some((record, &value)) = ds.labels.iter().enumerate().find(|(_, &v)| !is_class(v)) else {
+    let Some((i, &value)) = ds.labels.iter().enumerate().find(|(_, &v)| !is_class(v)) else {
         return Ok(());
     };
+    let record = i / ds.per_row.max(1);
     let (path, line) = match src {
         Source::Csv { path, .. } => (path, csv::row_line(path, record)),
         Source::Idx { labels, .. } | Source::Npy { labels, .. } => (labels, None),
@@ -122,7 +135,7 @@ mod tests {
     fn csv_source(path: PathBuf) -> Source {
         Source::Csv {
             path,
-            label: "label".into(),
+            label: vec!["label".into()],
             scale: 1.0,
         }
     }
@@ -146,6 +159,7 @@ mod tests {
         let ds = Dataset {
             features: Tensor::new(vec![3, 1], vec![0.0; 3]),
             labels: vec![0.0, 2.0, 1.0],
+            per_row: 1,
         };
         let src = csv_source("unused.csv".into());
         assert!(check_class_labels(&ds, 3, &src).is_ok());
@@ -175,6 +189,7 @@ mod tests {
         let ds = Dataset {
             features: Tensor::new(vec![2, 0], vec![]),
             labels: vec![1.0, 1.5],
+            per_row: 1,
         };
         let src = Source::Npy {
             features: "f.npy".into(),

@@ -53,6 +53,7 @@ pub(super) fn load(features: &Path, labels: &Path, scale: f32) -> Result<Dataset
     Ok(Dataset {
         features: Tensor::new(vec![n, width], data),
         labels: labs.data,
+        per_row: 1,
     })
 }
 

@@ -117,9 +117,16 @@ pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Pr
         ]));
     }
     let tin = &g.inputs[targets];
+    let width = data.per_row as u64;
+    // One label a row: [B] or [B, 1] values, [B, C] one-hot classes.
+    // L labels a row (a sequence): [B, L] values, [B, L, C] one-hot.
     let kind = match tin.ty.shape.as_slice() {
-        [_] | [_, Dim::Known(1)] => Targets::Values,
-        [_, Dim::Known(c)] => Targets::OneHot {
+        [_] | [_, Dim::Known(1)] if width == 1 => Targets::Values,
+        [_, Dim::Known(c)] if width == 1 => Targets::OneHot {
+            classes: *c as usize,
+        },
+        [_, Dim::Known(l)] if *l == width => Targets::Values,
+        [_, Dim::Known(l), Dim::Known(c)] if *l == width => Targets::OneHot {
             classes: *c as usize,
         },
         _ => {
@@ -132,15 +139,16 @@ pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Pr
                 ),
             )
             .with_labels(vec![tin.span.primary("this input takes the targets")])
-            .with_notes(vec![
-                "help: use [B, C] for C classes (fed one-hot) or [B] for values".into(),
-            ]))
+            .with_notes(vec![format!(
+                "help: the data has {width} label{} a row: use [B, C] for C classes (fed one-hot) or [B] for values, and [B, L, C] or [B, L] for L labels a row",
+                if width == 1 { "" } else { "s" }
+            )]))
         }
     };
     if let Targets::OneHot { classes } = kind {
         data::check_class_labels(&data, classes, &src).map_err(|e| data_error(ds.span, &e))?;
     }
-    let n = data.labels.len();
+    let n = data.rows();
     let mut rows: Vec<usize> = (0..n).collect();
     rows.shuffle(&mut Pcg64::seed_from_u64(seed));
     let n_val = ((n as f64) * f64::from(spec.split)).round() as usize;
@@ -191,21 +199,31 @@ impl Prepared {
                     Dim::Sym(_) => 1, // excluded by `prepare`
                 }),
         );
+        let w = self.data.per_row;
+        let labels = |r: usize| &self.data.labels[r * w..(r + 1) * w];
+        let mut y_shape = g.inputs[self.targets].ty.shape.iter().map(|d| match d {
+            Dim::Known(k) => *k as usize,
+            Dim::Sym(_) => rows.len(), // the batch axis
+        });
+        let _ = y_shape.next();
+        let mut y_dims = vec![rows.len()];
+        y_dims.extend(y_shape);
         let y = match self.kind {
             Targets::OneHot { classes } => {
-                let mut y = vec![0.0; rows.len() * classes];
+                let mut y = vec![0.0; rows.len() * w * classes];
                 for (i, &r) in rows.iter().enumerate() {
-                    y[i * classes + self.data.labels[r] as usize] = 1.0;
+                    for (k, &label) in labels(r).iter().enumerate() {
+                        y[(i * w + k) * classes + label as usize] = 1.0;
+                    }
                 }
-                Tensor::new(vec![rows.len(), classes], y)
+                Tensor::new(y_dims, y)
             }
             Targets::Values => {
-                let y: Vec<f32> = rows.iter().map(|&r| self.data.labels[r]).collect();
-                let mut s = vec![rows.len()];
-                if g.inputs[self.targets].ty.shape.len() == 2 {
-                    s.push(1);
-                }
-                Tensor::new(s, y)
+                let y: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| labels(r).iter().copied())
+                    .collect();
+                Tensor::new(y_dims, y)
             }
         };
         let mut inputs = SecondaryMap::new();
@@ -214,29 +232,35 @@ impl Prepared {
         inputs
     }
 
-    /// How many rows `predict` gets right: the arg-max class for one-hot
-    /// targets, the side of 0.5 for values.
-    pub fn count_correct(&self, predict: &Tensor, rows: &[usize]) -> usize {
-        let per = predict.data.len() / rows.len().max(1);
-        rows.iter()
-            .enumerate()
-            .filter(|(i, &r)| {
-                let p = &predict.data[i * per..(i + 1) * per];
-                let label = self.data.labels[r];
-                match self.kind {
+    /// How many labels `predict` gets right (the arg-max class for
+    /// one-hot targets, the side of 0.5 for values), and how many there
+    /// were.
+    pub fn count_correct(&self, predict: &Tensor, rows: &[usize]) -> (usize, usize) {
+        let w = self.data.per_row;
+        let total = rows.len() * w;
+        let per = predict.data.len() / total.max(1);
+        let mut correct = 0;
+        for (i, &r) in rows.iter().enumerate() {
+            for k in 0..w {
+                let at = i * w + k;
+                let p = &predict.data[at * per..(at + 1) * per];
+                let label = self.data.labels[r * w + k];
+                let right = match self.kind {
                     Targets::OneHot { .. } => {
                         let best =
                             p.iter()
                                 .enumerate()
                                 .fold(
                                     (0, f32::NEG_INFINITY),
-                                    |b, (k, &v)| if v > b.1 { (k, v) } else { b },
+                                    |b, (c, &v)| if v > b.1 { (c, v) } else { b },
                                 );
                         best.0 == label as usize
                     }
                     Targets::Values => (p[0] > 0.5) == (label > 0.5),
-                }
-            })
-            .count()
+                };
+                correct += usize::from(right);
+            }
+        }
+        (correct, total)
     }
 }

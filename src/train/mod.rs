@@ -211,7 +211,7 @@ fn validate(
         return Ok((None, None));
     }
     let mut loss = 0.0f64;
-    let mut correct = 0usize;
+    let (mut correct, mut labelled) = (0usize, 0usize);
     let has_predict = eval.outputs.len() > 1;
     for rows in data.val.chunks(batch) {
         let inputs = data.batch(eval, rows);
@@ -225,11 +225,13 @@ fn validate(
         .map_err(|e| e.to_diag())?;
         loss += f64::from(outs[0].data[0]) * rows.len() as f64;
         if has_predict {
-            correct += data.count_correct(&outs[1], rows);
+            let (c, t) = data.count_correct(&outs[1], rows);
+            correct += c;
+            labelled += t;
         }
     }
     let n = data.val.len() as f64;
-    let accuracy = has_predict.then(|| (correct as f64 / n) as f32);
+    let accuracy = has_predict.then(|| (correct as f64 / labelled.max(1) as f64) as f32);
     Ok((Some((loss / n) as f32), accuracy))
 }
 

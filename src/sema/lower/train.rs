@@ -450,8 +450,16 @@ fn data(e: &Expr) -> Result<DataSpec, Diag> {
         "csv" => crate::data::Source::Csv {
             path: first.into(),
             label: match arg(1) {
-                Some(x) => string_arg(x)?,
-                None => "label".to_string(),
+                // One column, or a list: a label per position.
+                Some(x) => match &x.kind {
+                    ExprKind::Tensor(items) if !items.is_empty() => items
+                        .iter()
+                        .map(string_arg)
+                        .collect::<Result<Vec<_>, _>>(
+                    )?,
+                    _ => vec![string_arg(x)?],
+                },
+                None => vec!["label".to_string()],
             },
             scale,
         },
