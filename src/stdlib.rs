@@ -17,6 +17,7 @@ pub const FILES: &[(&str, &str)] = &[
         "<stdlib>/sequence.nn",
         include_str!("../stdlib/sequence.nn"),
     ),
+    ("<stdlib>/graph.nn", include_str!("../stdlib/graph.nn")),
 ];
 
 /// Adds the stdlib's sources to a fresh source map (ids `0..FILES.len()`).

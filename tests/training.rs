@@ -381,3 +381,16 @@ fn several_label_columns_must_match_the_target_input() {
         "{err}"
     );
 }
+
+#[test]
+fn a_gcn_classifies_the_karate_club() {
+    // 17 members held out; an untrained model scores about 0.5 here.
+    let d = temp_dir("karate");
+    let log = d.join("k.jsonl");
+    let o = nnc(&["train", "examples/gcn_karate.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let acc = log_lines(&log).last().expect("epochs")["val_accuracy"]
+        .as_f64()
+        .expect("an accuracy");
+    assert!(acc >= 0.88, "held-out accuracy {acc}");
+}
