@@ -394,3 +394,15 @@ fn a_gcn_classifies_the_karate_club() {
         .expect("an accuracy");
     assert!(acc >= 0.88, "held-out accuracy {acc}");
 }
+
+#[test]
+fn lenet_reaches_95_percent_on_the_mnist_subset() {
+    let d = temp_dir("lenet");
+    let log = d.join("l.jsonl");
+    let o = nnc(&["train", "examples/lenet_mnist.nn", "--log", s(&log)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let acc = log_lines(&log).last().expect("epochs")["val_accuracy"]
+        .as_f64()
+        .expect("an accuracy");
+    assert!(acc >= 0.95, "validation accuracy {acc}");
+}
