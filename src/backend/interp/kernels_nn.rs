@@ -40,35 +40,56 @@ fn src(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<
     (o * stride + k).checked_sub(padding).filter(|&i| i < len)
 }
 
-/// `y[n, o, i, j] = Σ_{c, kh, kw} x[n, c, i·s + kh − p, j·s + kw − p] ·
-/// w[o, c, kh, kw]`, the padding reading as zeros.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: u64, padding: u64, out: &[usize]) -> Tensor {
-    let (xs, ws, os) = (dims4(&x.shape), dims4(&w.shape), dims4(out));
-    let (s, p) = (stride as usize, padding as usize);
-    let mut y = vec![0.0f32; out.iter().product()];
-    for n in 0..os[0] {
-        for o in 0..os[1] {
-            for i in 0..os[2] {
-                for j in 0..os[3] {
-                    let mut acc = 0.0f32;
-                    for c in 0..xs[1] {
+/// Calls `f(y, x, w)` with the flat offsets of every tap of a convolution
+/// — output `[n, o, i, j]`, input `[n, c, i·s + kh − p, j·s + kw − p]`,
+/// weight `[o, c, kh, kw]` — skipping taps that fall in the padding, in
+/// the order n, o, i, j, c, kh, kw. `xs`, `ws` and `ys` are the shapes.
+fn for_each_tap(
+    xs: [usize; 4],
+    ws: [usize; 4],
+    ys: [usize; 4],
+    s: usize,
+    p: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    for n in 0..ys[0] {
+        for o in 0..ys[1] {
+            for i in 0..ys[2] {
+                for j in 0..ys[3] {
+                    let y = at(ys, n, o, i, j);
+                    for c in 0..ws[1] {
                         for kh in 0..ws[2] {
                             let Some(h) = src(i, kh, s, p, xs[2]) else {
                                 continue;
                             };
                             for kw in 0..ws[3] {
                                 if let Some(v) = src(j, kw, s, p, xs[3]) {
-                                    acc +=
-                                        x.data[at(xs, n, c, h, v)] * w.data[at(ws, o, c, kh, kw)];
+                                    f(y, at(xs, n, c, h, v), at(ws, o, c, kh, kw));
                                 }
                             }
                         }
                     }
-                    y[at(os, n, o, i, j)] = acc;
                 }
             }
         }
     }
+}
+
+/// `y[n, o, i, j] = Σ_{c, kh, kw} x[n, c, i·s + kh − p, j·s + kw − p] ·
+/// w[o, c, kh, kw]`, the padding reading as zeros.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: u64, padding: u64, out: &[usize]) -> Tensor {
+    let mut y = vec![0.0f32; out.iter().product()];
+    let shapes = (dims4(&x.shape), dims4(&w.shape), dims4(out));
+    for_each_tap(
+        shapes.0,
+        shapes.1,
+        shapes.2,
+        stride as usize,
+        padding as usize,
+        |yi, xi, wi| {
+            y[yi] += x.data[xi] * w.data[wi];
+        },
+    );
     Tensor::new(out.to_vec(), y)
 }
 
@@ -82,30 +103,18 @@ pub fn conv2d_backward_input(
     padding: u64,
     out: &[usize],
 ) -> Tensor {
-    let (gs, ws, xs) = (dims4(&gy.shape), dims4(&w.shape), dims4(out));
-    let (s, p) = (stride as usize, padding as usize);
     let mut gx = vec![0.0f32; out.iter().product()];
-    for n in 0..gs[0] {
-        for o in 0..gs[1] {
-            for i in 0..gs[2] {
-                for j in 0..gs[3] {
-                    let g = gy.data[at(gs, n, o, i, j)];
-                    for c in 0..ws[1] {
-                        for kh in 0..ws[2] {
-                            let Some(h) = src(i, kh, s, p, xs[2]) else {
-                                continue;
-                            };
-                            for kw in 0..ws[3] {
-                                if let Some(v) = src(j, kw, s, p, xs[3]) {
-                                    gx[at(xs, n, c, h, v)] += g * w.data[at(ws, o, c, kh, kw)];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let shapes = (dims4(out), dims4(&w.shape), dims4(&gy.shape));
+    for_each_tap(
+        shapes.0,
+        shapes.1,
+        shapes.2,
+        stride as usize,
+        padding as usize,
+        |yi, xi, wi| {
+            gx[xi] += gy.data[yi] * w.data[wi];
+        },
+    );
     Tensor::new(out.to_vec(), gx)
 }
 
@@ -118,30 +127,18 @@ pub fn conv2d_backward_weight(
     padding: u64,
     out: &[usize],
 ) -> Tensor {
-    let (xs, gs, ws) = (dims4(&x.shape), dims4(&gy.shape), dims4(out));
-    let (s, p) = (stride as usize, padding as usize);
     let mut gw = vec![0.0f32; out.iter().product()];
-    for n in 0..gs[0] {
-        for o in 0..gs[1] {
-            for i in 0..gs[2] {
-                for j in 0..gs[3] {
-                    let g = gy.data[at(gs, n, o, i, j)];
-                    for c in 0..ws[1] {
-                        for kh in 0..ws[2] {
-                            let Some(h) = src(i, kh, s, p, xs[2]) else {
-                                continue;
-                            };
-                            for kw in 0..ws[3] {
-                                if let Some(v) = src(j, kw, s, p, xs[3]) {
-                                    gw[at(ws, o, c, kh, kw)] += g * x.data[at(xs, n, c, h, v)];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let shapes = (dims4(&x.shape), dims4(out), dims4(&gy.shape));
+    for_each_tap(
+        shapes.0,
+        shapes.1,
+        shapes.2,
+        stride as usize,
+        padding as usize,
+        |yi, xi, wi| {
+            gw[wi] += gy.data[yi] * x.data[xi];
+        },
+    );
     Tensor::new(out.to_vec(), gw)
 }
 
