@@ -28,7 +28,7 @@ use crate::syntax::ast;
 /// Returns `None` when an error was reported.
 pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) -> Option<Program> {
     let scopes = scope::build(stdlib, user, diags);
-    let resolved = resolve::check(&scopes, diags);
+    let resolved = resolve::check(&scopes, diags, false);
     let (graph, train, named) = lower::lower(&scopes, &resolved, diags);
     if diags.has_errors() {
         None
@@ -80,4 +80,25 @@ pub struct Program {
 /// The names of the builtin functions.
 pub fn builtin_names() -> Vec<&'static str> {
     builtins::ALL.iter().map(|(n, _)| *n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// User programs skip resolving the stdlib, so it must resolve
+    /// cleanly on its own: no unknown names, arity errors or recursion.
+    #[test]
+    fn the_stdlib_resolves_cleanly() {
+        let (std_asts, parse_diags) = crate::stdlib::asts();
+        assert!(parse_diags.is_empty());
+        let user = ast::File::default();
+        let mut diags = Diagnostics::new();
+        let scopes = scope::build(std_asts, &user, &mut diags);
+        let resolved = resolve::check(&scopes, &mut diags, true);
+        let mut sources = crate::diag::SourceMap::new();
+        crate::stdlib::add_sources(&mut sources);
+        assert!(diags.is_empty(), "{}", diags.render(&sources, false));
+        assert!(resolved.recursive.is_empty());
+    }
 }

@@ -1,12 +1,16 @@
 //! Name resolution over the whole program, reachable or not.
 //!
+//! The standard library is the same for every program: a test resolves
+//! it once (`check` with `stdlib` set), and compiling a user's file
+//! resolves only that file.
+//!
 //! Reports: unknown names (with a suggestion), members a model lacks,
 //! argument-count and argument-name errors of direct calls, recursive
 //! functions, and symbolic dimensions nothing binds. Shapes are checked
 //! later, by [`super::lower`], when calls are inlined.
 
 use super::builtins::{ArgKind, Builtin};
-use super::scope::{Def, DefId, ScopeId, Scopes};
+use super::scope::{Def, DefId, ScopeId, Scopes, STDLIB};
 use crate::diag::{self, code, Diag, Diagnostics, Span};
 use crate::syntax::ast::*;
 use std::collections::{HashMap, HashSet};
@@ -17,10 +21,14 @@ pub struct Resolved {
     pub recursive: HashSet<DefId>,
 }
 
-pub fn check(s: &Scopes, diags: &mut Diagnostics) -> Resolved {
+/// Resolves the user's definitions, and the stdlib's too when `stdlib`.
+pub fn check(s: &Scopes, diags: &mut Diagnostics, stdlib: bool) -> Resolved {
     let input_dims = input_dims(s);
     let mut calls: HashMap<DefId, Vec<(DefId, Span)>> = HashMap::new();
     for (id, entry) in s.defs.iter().enumerate() {
+        if entry.scope == STDLIB && !stdlib {
+            continue;
+        }
         let mut w = Walker {
             s,
             scope: entry.scope,

@@ -7,7 +7,7 @@ use super::*;
 fn npy_raw(major: u8, dict: &str, data: &[u8]) -> Vec<u8> {
     let prefix = if major == 1 { 10 } else { 12 };
     let mut header = dict.to_string();
-    while (prefix + header.len() + 1) % 64 != 0 {
+    while !(prefix + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
