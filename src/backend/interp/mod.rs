@@ -141,85 +141,7 @@ pub fn evaluate(
                 .clone()
                 .unwrap_or_else(|| Tensor::full(out_shape.clone(), 0.0)),
             Op::Param(p) => feed.params[*p].clone(),
-            Op::Const(c) => g.consts[*c].clone(),
-            Op::Fill { value, .. } => Tensor::full(out_shape.clone(), *value),
-            Op::Unary(op, a) => kernels::unary(*op, &vals[*a]),
-            Op::Binary(op, a, b) => kernels::binary(*op, &vals[*a], &vals[*b]),
-            Op::Compare(op, a, b) => kernels::compare(*op, &vals[*a], &vals[*b]),
-            Op::Select(c, a, b) => kernels::select(&vals[*c], &vals[*a], &vals[*b]),
-            Op::Reduce { op, arg, axes } => kernels::reduce(*op, &vals[*arg], axes),
-            Op::MatMul(a, b) => kernels::matmul(&vals[*a], &vals[*b]),
-            Op::Reshape(a, _) => Tensor::new(out_shape.clone(), vals[*a].data.clone()),
-            Op::Transpose(a, perm) => kernels::transpose(&vals[*a], perm),
-            Op::Broadcast(a, _) => kernels::broadcast(&vals[*a], &out_shape),
-            Op::Conv2d {
-                x,
-                w,
-                stride,
-                padding,
-            } => kernels_nn::conv2d(&vals[*x], &vals[*w], *stride, *padding, &out_shape),
-            Op::Conv2dBackwardInput {
-                gy,
-                w,
-                stride,
-                padding,
-                ..
-            } => kernels_nn::conv2d_backward_input(
-                &vals[*gy], &vals[*w], *stride, *padding, &out_shape,
-            ),
-            Op::Conv2dBackwardWeight {
-                x,
-                gy,
-                stride,
-                padding,
-                ..
-            } => kernels_nn::conv2d_backward_weight(
-                &vals[*x], &vals[*gy], *stride, *padding, &out_shape,
-            ),
-            Op::Pool2d {
-                op,
-                arg,
-                size,
-                stride,
-            } => kernels_nn::pool2d(*op, &vals[*arg], *size, *stride, &out_shape),
-            Op::Pool2dBackward {
-                op,
-                x,
-                gy,
-                size,
-                stride,
-            } => kernels_nn::pool2d_backward(*op, &vals[*x], &vals[*gy], *size, *stride),
-            Op::Slice {
-                arg,
-                axis,
-                start,
-                end,
-            } => kernels_nn::slice(&vals[*arg], *axis, *start, *end),
-            Op::Concat { a, b, axis } => kernels_nn::concat(&vals[*a], &vals[*b], *axis),
-            Op::Gather { table, indices } => kernels_nn::gather(&vals[*table], &vals[*indices])
-                .map_err(|e| index_error("gather", e, data.span))?,
-            Op::ScatterAdd {
-                values, indices, ..
-            } => kernels_nn::scatter_add(&vals[*values], &vals[*indices], &out_shape)
-                .map_err(|e| index_error("scatter_add", e, data.span))?,
-            Op::Scan {
-                body,
-                init,
-                xs,
-                args,
-                reverse,
-            } => {
-                let xs: Vec<&Tensor> = xs.iter().map(|x| &vals[*x]).collect();
-                let args: Vec<&Tensor> = args.iter().map(|a| &vals[*a]).collect();
-                scan::run_scan(
-                    &g.bodies[*body],
-                    &vals[*init],
-                    &xs,
-                    &args,
-                    *reverse,
-                    &out_shape,
-                )?
-            }
+            op => eval_op(g, op, data.span, &|a| &vals[a], &out_shape)?,
         };
         debug_assert_eq!(
             v.shape, out_shape,
@@ -228,6 +150,97 @@ pub fn evaluate(
         vals[n] = v;
     }
     Ok(vals)
+}
+
+/// Evaluates one operation from its arguments' values (`vals`) into a
+/// fresh tensor of `out_shape`. Inputs and parameters are the caller's
+/// business (they need the feed); every other operation is here, so other
+/// backends can fall back to it for operations they do not compile.
+pub fn eval_op<'v>(
+    g: &Graph,
+    op: &Op,
+    span: Span,
+    vals: &dyn Fn(Node) -> &'v Tensor,
+    out_shape: &[usize],
+) -> Result<Tensor, Error> {
+    Ok(match op {
+        Op::Input(_) | Op::Param(_) => unreachable!("inputs and parameters are fed by the caller"),
+        Op::Const(c) => g.consts[*c].clone(),
+        Op::Fill { value, .. } => Tensor::full(out_shape.to_vec(), *value),
+        Op::Unary(op, a) => kernels::unary(*op, vals(*a)),
+        Op::Binary(op, a, b) => kernels::binary(*op, vals(*a), vals(*b)),
+        Op::Compare(op, a, b) => kernels::compare(*op, vals(*a), vals(*b)),
+        Op::Select(c, a, b) => kernels::select(vals(*c), vals(*a), vals(*b)),
+        Op::Reduce { op, arg, axes } => kernels::reduce(*op, vals(*arg), axes),
+        Op::MatMul(a, b) => kernels::matmul(vals(*a), vals(*b)),
+        Op::Reshape(a, _) => Tensor::new(out_shape.to_vec(), vals(*a).data.clone()),
+        Op::Transpose(a, perm) => kernels::transpose(vals(*a), perm),
+        Op::Broadcast(a, _) => kernels::broadcast(vals(*a), out_shape),
+        Op::Conv2d {
+            x,
+            w,
+            stride,
+            padding,
+        } => kernels_nn::conv2d(vals(*x), vals(*w), *stride, *padding, out_shape),
+        Op::Conv2dBackwardInput {
+            gy,
+            w,
+            stride,
+            padding,
+            ..
+        } => kernels_nn::conv2d_backward_input(vals(*gy), vals(*w), *stride, *padding, out_shape),
+        Op::Conv2dBackwardWeight {
+            x,
+            gy,
+            stride,
+            padding,
+            ..
+        } => kernels_nn::conv2d_backward_weight(vals(*x), vals(*gy), *stride, *padding, out_shape),
+        Op::Pool2d {
+            op,
+            arg,
+            size,
+            stride,
+        } => kernels_nn::pool2d(*op, vals(*arg), *size, *stride, out_shape),
+        Op::Pool2dBackward {
+            op,
+            x,
+            gy,
+            size,
+            stride,
+        } => kernels_nn::pool2d_backward(*op, vals(*x), vals(*gy), *size, *stride),
+        Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => kernels_nn::slice(vals(*arg), *axis, *start, *end),
+        Op::Concat { a, b, axis } => kernels_nn::concat(vals(*a), vals(*b), *axis),
+        Op::Gather { table, indices } => kernels_nn::gather(vals(*table), vals(*indices))
+            .map_err(|e| index_error("gather", e, span))?,
+        Op::ScatterAdd {
+            values, indices, ..
+        } => kernels_nn::scatter_add(vals(*values), vals(*indices), out_shape)
+            .map_err(|e| index_error("scatter_add", e, span))?,
+        Op::Scan {
+            body,
+            init,
+            xs,
+            args,
+            reverse,
+        } => {
+            let xs: Vec<&Tensor> = xs.iter().map(|x| vals(*x)).collect();
+            let args: Vec<&Tensor> = args.iter().map(|a| vals(*a)).collect();
+            scan::run_scan(
+                &g.bodies[*body],
+                vals(*init),
+                &xs,
+                &args,
+                *reverse,
+                out_shape,
+            )?
+        }
+    })
 }
 
 fn index_error(op: &'static str, e: kernels_nn::BadIndex, span: Span) -> Error {
