@@ -88,6 +88,10 @@ pub mod code {
     pub const WINDOW: &str = "E0213";
     /// Slice bounds out of range, or a concatenation of mismatched shapes.
     pub const SLICE: &str = "E0214";
+    /// `assign` to something that is not a `state`, or to one twice.
+    pub const STATE: &str = "E0215";
+    /// A training phase's parameters or settings that do not fit.
+    pub const PHASE: &str = "E0216";
     pub const FILE: &str = "E0301";
     /// An index tensor holding a value that names no row (at run time).
     pub const INDEX: &str = "E0302";

@@ -153,9 +153,49 @@ pub fn find_loss(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Result<ir
 
 /// One training step as a graph: outputs `loss`, then `grad.NAME` per
 /// trainable parameter, then `predict` when the file names one; updates
-/// for every parameter and optimizer state.
+/// for every parameter and optimizer state. With phases, this is the
+/// first phase's step ([`train_steps`] gives them all).
 pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph, Diag> {
-    let mut gg = grad_graph(g, train.loss)?;
+    let first = train.steps().remove(0);
+    phase_graph(g, &first, train)
+}
+
+/// One phase of a training step, compiled.
+pub struct PhaseStep {
+    /// The phase's name; empty for a block with a single loss.
+    pub name: String,
+    pub step: GradGraph,
+}
+
+/// The step graph of every phase of `train`, in order. Parameter ids
+/// agree across them: each phase's optimizer state is added after the
+/// parameters (and states) of the phases before it, so one table of
+/// values, sized by the last graph's `params`, serves them all.
+pub fn train_steps(g: &Graph, train: &crate::sema::TrainSpec) -> Result<Vec<PhaseStep>, Diag> {
+    let mut base = g.clone();
+    let mut out = Vec::new();
+    for ph in train.steps() {
+        let step = phase_graph(&base, &ph, train)?;
+        base.params = step.graph.params.clone();
+        out.push(PhaseStep {
+            name: ph.name,
+            step,
+        });
+    }
+    Ok(out)
+}
+
+/// A phase's step: its loss differentiated with respect to its
+/// parameters (the others frozen), its optimizer's update and state
+/// (`opt.NAME.…`, or `opt.…` for an unnamed phase), the `assign`s of the
+/// layers its loss runs, and `training()` fixed to 1.
+fn phase_graph(
+    g: &Graph,
+    ph: &crate::sema::Phase,
+    train: &crate::sema::TrainSpec,
+) -> Result<GradGraph, Diag> {
+    let mut gg = grad_graph_wrt(g, ph.loss, ph.params.as_deref())?;
+    keep_assigns_of(&mut gg.graph, ph.loss);
     let targets: Vec<crate::passes::optimizer::Target> = gg
         .grads
         .iter()
@@ -171,7 +211,12 @@ pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph
             grad,
         })
         .collect();
-    crate::passes::optimizer::append(&mut gg.graph, &targets, &train.optimizer, train.span)?;
+    let prefix = if ph.name.is_empty() {
+        "opt.".to_string()
+    } else {
+        format!("opt.{}.", ph.name)
+    };
+    crate::passes::optimizer::append_as(&mut gg.graph, &targets, &ph.optimizer, &prefix, ph.span)?;
     if let Some(p) = train.predict {
         gg.graph.outputs.push(ir::Output {
             name: "predict".into(),
@@ -179,6 +224,7 @@ pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph
             span: train.span,
         });
     }
+    set_training(&mut gg.graph, true);
     if cfg!(debug_assertions) {
         if let Err(e) = ir::verify(&gg.graph) {
             return Err(diag::error(
@@ -190,15 +236,90 @@ pub fn step_graph(g: &Graph, train: &crate::sema::TrainSpec) -> Result<GradGraph
     Ok(gg)
 }
 
+/// Fixes `training()` in `g`: the implicit input behind it becomes the
+/// constant 1 (a training step) or 0 (evaluation), so later passes can
+/// fold what depends on it.
+pub fn set_training(g: &mut Graph, on: bool) {
+    let Some((id, _)) = g.inputs.iter().find(|(_, i)| i.name == ir::TRAINING_INPUT) else {
+        return;
+    };
+    for (_, d) in g.nodes.iter_mut() {
+        if d.op == ir::Op::Input(id) {
+            d.op = ir::Op::Fill {
+                value: if on { 1.0 } else { 0.0 },
+                shape: vec![],
+            };
+        }
+    }
+}
+
+/// Keeps the `assign`s (the updates already in `g`, made by sema) whose
+/// value is computed from the layer the loss runs: they share a node
+/// with the loss that is not a leaf. A phase that does not run a layer
+/// leaves its running statistics alone.
+fn keep_assigns_of(g: &mut Graph, loss: ir::Node) {
+    let ancestors = |root: ir::Node| {
+        let mut seen = vec![false; g.nodes.len()];
+        seen[cranelift_entity::EntityRef::index(root)] = true;
+        for (n, d) in g.nodes.iter().rev() {
+            if seen[cranelift_entity::EntityRef::index(n)] {
+                for a in d.op.args() {
+                    seen[cranelift_entity::EntityRef::index(a)] = true;
+                }
+            }
+        }
+        seen
+    };
+    let of_loss = ancestors(loss);
+    let is_leaf = |op: &ir::Op| {
+        matches!(
+            op,
+            ir::Op::Input(_)
+                | ir::Op::Param(_)
+                | ir::Op::Const(_)
+                | ir::Op::Fill { .. }
+                | ir::Op::Random { .. }
+        )
+    };
+    let keep: Vec<bool> = g
+        .updates
+        .iter()
+        .map(|u| {
+            let of_update = ancestors(u.node);
+            g.nodes.iter().any(|(n, d)| {
+                let i = cranelift_entity::EntityRef::index(n);
+                of_loss[i] && of_update[i] && !is_leaf(&d.op)
+            })
+        })
+        .collect();
+    let mut k = keep.into_iter();
+    g.updates.retain(|_| k.next().unwrap_or(false));
+}
+
 /// Differentiates `loss` with respect to every trainable parameter.
 pub fn grad_graph(g: &Graph, loss: ir::Node) -> Result<GradGraph, Diag> {
+    grad_graph_wrt(g, loss, None)
+}
+
+/// Differentiates `loss` with respect to the trainable parameters in
+/// `only` (every one when `None`); the others are constants here.
+pub fn grad_graph_wrt(
+    g: &Graph,
+    loss: ir::Node,
+    only: Option<&[ir::ParamId]>,
+) -> Result<GradGraph, Diag> {
     let mut graph = g.clone();
     graph.outputs.clear();
     let params: Vec<(ir::ParamId, ir::Node)> = graph
         .nodes
         .iter()
         .filter_map(|(n, d)| match d.op {
-            ir::Op::Param(p) if graph.params[p].role == ir::Role::Trainable => Some((p, n)),
+            ir::Op::Param(p)
+                if graph.params[p].role == ir::Role::Trainable
+                    && only.is_none_or(|o| o.contains(&p)) =>
+            {
+                Some((p, n))
+            }
             _ => None,
         })
         .collect();

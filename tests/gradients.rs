@@ -438,3 +438,26 @@ fn layer_norm_gradient() {
         "param x: [2, 4] = normal(0, 1, seed = 1)\nparam g: [4] = [1.0, 0.5, 2.0, 1.5]\nparam n: [4] = [0.1, 0.0, -0.1, 0.2]\noutput loss = sum(layer_norm(x, g, n) * [[1.0, -2.0, 0.5, 1.5], [0.3, 0.2, -1.0, 2.0]])\n",
     );
 }
+
+#[test]
+fn softplus_dropout_and_batch_norm() {
+    check(
+        "softplus",
+        &format!("param p: [3] = [-2.0, 0.3, 1.7]\noutput loss = sum(softplus(p) * {W3})\n"),
+    );
+    // In a training step's graph: the dropout mask is fixed by the key
+    // (the default [0, 0] here), so the loss is smooth in the parameters,
+    // and batch normalisation uses the batch's statistics.
+    let mut g = compile(
+        "dropout",
+        "param a: [4, 3] = normal(0, 1, seed = 1)\noutput loss = sum(dropout(tanh(a), p = 0.4) * [[1.0, -2.0, 0.5], [0.3, 1.5, -0.7], [2.0, 0.1, -1.0], [0.6, -0.4, 1.2]])\n",
+    );
+    nnc::pipeline::set_training(&mut g, true);
+    check_graph("dropout (training)", &g);
+    let mut g = compile(
+        "batch_norm",
+        "param x: [4, 3] = normal(0, 1, seed = 2)\nparam gamma: [3] = [1.0, 2.0, 0.5]\nparam beta: [3] = [0.1, -0.3, 0.2]\nstate rm: [3] = zeros()\nstate rv: [3] = ones()\noutput loss = sum(batch_norm(x, gamma, beta, rm, rv) * [[1.0, -2.0, 0.5], [0.3, 1.5, -0.7], [2.0, 0.1, -1.0], [0.6, -0.4, 1.2]])\n",
+    );
+    nnc::pipeline::set_training(&mut g, true);
+    check_graph("batch_norm (training)", &g);
+}

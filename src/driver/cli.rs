@@ -79,7 +79,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
-        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json"
+        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors"
     )]
     Run {
         /// The .nn file.
@@ -87,9 +87,14 @@ pub enum Command {
         /// How to print the outputs.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Seed for parameters initialised at random (without a seed of their own).
+        /// Seed for parameters initialised at random (without a seed of their own)
+        /// and for random draws.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Parameters to use instead of the file's initialisers (weights or a
+        /// checkpoint written by `nnc train --save`).
+        #[arg(long, value_name = "W.safetensors")]
+        params: Option<PathBuf>,
     },
 }
 
@@ -249,12 +254,21 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             sources: SourceMap::new(),
             diags: Diagnostics::new(),
         }),
-        Command::Run { file, format, seed } => {
+        Command::Run {
+            file,
+            format,
+            seed,
+            params,
+        } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
             };
-            match run_graph(&g, *seed) {
+            let ran = match params {
+                None => run_graph(&g, *seed).map_err(|e| e.to_diag()),
+                Some(p) => run_graph_with(&g, *seed, Some(p)),
+            };
+            match ran {
                 Ok(outputs) => {
                     if outputs.is_empty() {
                         c.diags.push(
@@ -271,8 +285,8 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                     };
                     Ok(Outcome::from(c, text))
                 }
-                Err(e) => {
-                    c.diags.push(e.to_diag());
+                Err(d) => {
+                    c.diags.push(d);
                     Err(Outcome::from(c, String::new()))
                 }
             }
@@ -280,13 +294,43 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
     }
 }
 
-/// Evaluates a graph's outputs with the reference interpreter.
+/// Evaluates a graph's outputs with the reference interpreter; random
+/// draws are keyed by `seed`.
 pub fn run_graph(
     g: &Graph,
     seed: u64,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
-    let params = interp::init_params(g, seed);
-    let inputs = SecondaryMap::new();
+    run_with_params(g, seed, interp::init_params(g, seed))
+}
+
+/// [`run_graph`] with the parameters (and states) found in `params_file`
+/// (by name) instead of their initial values.
+pub fn run_graph_with(
+    g: &Graph,
+    seed: u64,
+    params_file: Option<&Path>,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
+    let mut params = interp::init_params(g, seed);
+    if let Some(p) = params_file {
+        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
+        crate::train::restore(g, &mut params, p, span)?;
+    }
+    run_with_params(g, seed, params).map_err(|e| e.to_diag())
+}
+
+fn run_with_params(
+    g: &Graph,
+    seed: u64,
+    params: SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+    let mut inputs = SecondaryMap::new();
+    if let Some((id, _)) = g
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == crate::ir::RNG_KEY_INPUT)
+    {
+        inputs[id] = Some(interp::rng_key(seed, 0));
+    }
     let values = interp::run(
         g,
         &interp::Feed {

@@ -72,6 +72,9 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
                 "epoch {}/{}  train_loss {:.4}",
                 s.epoch, epochs_total, s.train_loss
             );
+            for (name, v) in &s.phase_losses {
+                line.push_str(&format!("  {name} {v:.4}"));
+            }
             if let Some(v) = s.val_loss {
                 line.push_str(&format!("  val_loss {v:.4}"));
             }

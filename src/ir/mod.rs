@@ -27,6 +27,17 @@ use crate::tensor::Tensor;
 use cranelift_entity::{entity_impl, PrimaryMap};
 use std::fmt;
 
+/// The implicit input that keys random draws ([`Op::Random`]): `[2]`,
+/// the run's seed folded to 24 bits and a counter that training advances
+/// every step (both whole numbers, exact in f32). Sema creates it at the
+/// first draw, with the value `[0, 0]` when nothing is fed.
+pub const RNG_KEY_INPUT: &str = "@rng";
+
+/// The implicit input behind `training()`: a scalar, 0 unless fed. The
+/// pipeline replaces it with the constant 1 in a training step's graph
+/// and 0 in an evaluation graph ([`crate::pipeline::set_training`]).
+pub const TRAINING_INPUT: &str = "@training";
+
 /// A value in the graph.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Node(u32);
@@ -97,6 +108,15 @@ pub enum ReduceOp {
     Max,
 }
 
+/// The distribution of [`Op::Random`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dist {
+    /// The standard normal, N(0, 1).
+    Normal,
+    /// Uniform on [0, 1).
+    Uniform,
+}
+
 /// The reduction of a pooling window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolOp {
@@ -122,6 +142,17 @@ pub enum Op {
     Const(ConstId),
     /// A tensor of `shape` with every element `value`. Type: `shape`.
     Fill { value: f32, shape: Shape },
+    /// Pseudo-random values of `shape` from `dist`, drawn from the stream
+    /// that `salt` (one per draw in the program) and `key` pick: `key` is
+    /// `[2]`, two whole numbers (the run's seed and a counter that training
+    /// advances every step), so one key and salt always give the same
+    /// values. Type: `shape`; `key` has shape `[2]`.
+    Random {
+        dist: Dist,
+        shape: Shape,
+        salt: u32,
+        key: Node,
+    },
     /// Elementwise unary op. Type: the operand's.
     Unary(UnaryOp, Node),
     /// Elementwise binary op. Operands of one type; the result has it too.
@@ -244,6 +275,7 @@ impl Op {
         match self {
             Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => vec![],
             Op::Unary(_, a)
+            | Op::Random { key: a, .. }
             | Op::Reduce { arg: a, .. }
             | Op::Reshape(a, _)
             | Op::Transpose(a, _)
@@ -275,6 +307,17 @@ impl Op {
     pub fn map_args(&self, f: &dyn Fn(Node) -> Node) -> Op {
         match self {
             Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => self.clone(),
+            Op::Random {
+                dist,
+                shape,
+                salt,
+                key,
+            } => Op::Random {
+                dist: *dist,
+                shape: shape.clone(),
+                salt: *salt,
+                key: f(*key),
+            },
             Op::Unary(u, a) => Op::Unary(*u, f(*a)),
             Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
             Op::Compare(c, x, y) => Op::Compare(*c, f(*x), f(*y)),
@@ -411,8 +454,9 @@ pub enum Init {
 pub enum Role {
     /// Learned by training.
     Trainable,
-    /// Optimizer state (momentum, Adam's moments, the step counter): kept
-    /// and updated in place, never differentiated.
+    /// Kept across steps and updated in place, never differentiated:
+    /// optimizer state (momentum, Adam's moments, the step counter) and
+    /// the program's own `state` (running statistics, set by `assign`).
     State,
 }
 
@@ -551,6 +595,12 @@ impl Graph {
                 None => return Err(bad("const", "no such constant")),
             },
             Op::Fill { shape, .. } => Type::f32(shape.clone()),
+            Op::Random { shape, key, .. } => {
+                if self.shape(*key) != &[Dim::Known(2)] {
+                    return Err(bad("random", "the key must have shape [2]"));
+                }
+                Type::f32(shape.clone())
+            }
             Op::Unary(_, a) => self.ty(*a).clone(),
             Op::Binary(_, a, b) => same("binary", *a, *b)?,
             Op::Compare(_, a, b) => same("compare", *a, *b)?,
@@ -813,6 +863,15 @@ fn conv_hw(
     ) {
         (Some(h), Some(w)) => Ok([h, w]),
         _ => Err(bad(op, "the window does not fit the input, or stride is 0")),
+    }
+}
+
+impl fmt::Display for Dist {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Dist::Normal => "normal",
+            Dist::Uniform => "uniform",
+        })
     }
 }
 

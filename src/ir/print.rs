@@ -187,6 +187,9 @@ pub(crate) fn op_str(g: &Graph, op: &Op) -> String {
         } => format!("slice {arg}, axis={axis}, range={start}..{end}"),
         Op::Concat { a, b, axis } => format!("concat {a}, {b}, axis={axis}"),
         Op::Gather { table, indices } => format!("gather {table}, {indices}"),
+        Op::Random {
+            dist, salt, key, ..
+        } => format!("random.{dist} {key}, salt={salt}"),
         Op::ScatterAdd { values, indices, n } => {
             format!("scatter_add {values}, {indices}, n={}", g.dim_str(*n))
         }

@@ -173,8 +173,10 @@ fn vjp(
                 need(&n)
             })?);
         }
-        // Leaves: nothing flows further.
-        Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => {}
+        // Leaves: nothing flows further. A random draw is a leaf too: its
+        // key only picks the stream, so ∂out/∂key = 0 (keys are never
+        // learned, so nothing reaches here that needs one).
+        Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } | Op::Random { .. } => {}
         // d(−a) = −ḡ
         Op::Unary(UnaryOp::Neg, a) => v.push((*a, b.unary(UnaryOp::Neg, gb, sp)?)),
         // d(eᵃ) = ḡ·eᵃ = ḡ·out

@@ -71,13 +71,26 @@ fn state(
 
 /// Appends the updates of `opt` for `targets` to `g`.
 pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) -> Result<(), Diag> {
+    append_as(g, targets, opt, "opt.", span)
+}
+
+/// [`append`] with the state named `PREFIX…` instead of `opt.…`
+/// (`opt.critic.m.NAME`): several optimizers in one program, one per
+/// training phase, each keep their own state.
+pub fn append_as(
+    g: &mut Graph,
+    targets: &[Target],
+    opt: &Optimizer,
+    prefix: &str,
+    span: Span,
+) -> Result<(), Diag> {
     let mut b = Builder { g };
     let mut updates = Vec::new();
     let sp = span;
     // Adam's step counter, shared by all parameters.
     let t_next = match opt.kind {
         Kind::Adam { .. } => {
-            let (t_id, t) = state(&mut b, "opt.t".into(), vec![], sp)?;
+            let (t_id, t) = state(&mut b, format!("{prefix}t"), vec![], sp)?;
             let one = b.fill(1.0, vec![], sp)?;
             let next = b.add2(t, one, sp)?;
             updates.push(Update {
@@ -114,7 +127,8 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
         let step = match opt.kind {
             Kind::Sgd => gr,
             Kind::Momentum { momentum, nesterov } => {
-                let (buf_id, buf) = state(&mut b, format!("opt.buf.{name}"), shape.clone(), sp)?;
+                let (buf_id, buf) =
+                    state(&mut b, format!("{prefix}buf.{name}"), shape.clone(), sp)?;
                 let mu = scalar(&mut b, momentum)?;
                 let kept = b.mul(mu, buf, sp)?;
                 let nb = b.add2(kept, gr, sp)?;
@@ -136,8 +150,8 @@ pub fn append(g: &mut Graph, targets: &[Target], opt: &Optimizer, span: Span) ->
                 bias_correction,
                 ..
             } => {
-                let (m_id, m) = state(&mut b, format!("opt.m.{name}"), shape.clone(), sp)?;
-                let (v_id, v) = state(&mut b, format!("opt.v.{name}"), shape.clone(), sp)?;
+                let (m_id, m) = state(&mut b, format!("{prefix}m.{name}"), shape.clone(), sp)?;
+                let (v_id, v) = state(&mut b, format!("{prefix}v.{name}"), shape.clone(), sp)?;
                 let lerp =
                     |b: &mut Builder, beta: f32, old: Node, new: Node| -> Result<Node, Diag> {
                         let kb = scalar(b, beta)?;

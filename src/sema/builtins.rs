@@ -29,6 +29,15 @@ pub enum Builtin {
     ScatterAdd,
     /// `scan(f, init, xs, extra…)`: a loop; lowered by `lower::scan`.
     Scan,
+    /// `random_normal(shape)`, `random_uniform(shape)`: fresh values every
+    /// training step.
+    RandomNormal,
+    RandomUniform,
+    /// `training()`: 1 in a training step, 0 elsewhere.
+    Training,
+    /// `assign(state, value)`: `value`, which a training step stores in
+    /// `state` after the step.
+    Assign,
 }
 
 /// How a builtin's argument is given.
@@ -103,6 +112,10 @@ pub const ALL: &[(&str, Builtin)] = &[
     ("gather", Builtin::Gather),
     ("scatter_add", Builtin::ScatterAdd),
     ("scan", Builtin::Scan),
+    ("random_normal", Builtin::RandomNormal),
+    ("random_uniform", Builtin::RandomUniform),
+    ("training", Builtin::Training),
+    ("assign", Builtin::Assign),
 ];
 
 impl Builtin {
@@ -144,7 +157,12 @@ impl Builtin {
             req("xs", Tensor),
             opt("reverse", Bool),
         ];
+        const RANDOM: &[BParam] = &[req("shape", Shape)];
+        const ASSIGN: &[BParam] = &[req("state", Tensor), req("value", Tensor)];
         match self {
+            Builtin::RandomNormal | Builtin::RandomUniform => RANDOM,
+            Builtin::Training => &[],
+            Builtin::Assign => ASSIGN,
             Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => UNARY,
             Builtin::Maximum | Builtin::Minimum => BINARY,
             Builtin::Sum | Builtin::Mean | Builtin::Max => REDUCE,

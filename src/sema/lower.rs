@@ -68,6 +68,8 @@ struct Lowerer<'s, 'a, 'd> {
     depth: usize,
     /// Set while a `scan` body is lowered into `g`.
     outer: Option<Outer>,
+    /// Random draws lowered so far: each gets its own salt.
+    draws: u32,
 }
 
 /// The graph, the training description, and the nodes of the user's
@@ -86,6 +88,7 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowere
         stdlib_files: stdlib_scope_files(s),
         depth: 0,
         outer: None,
+        draws: 0,
     };
     l.items();
     let train = l.train();

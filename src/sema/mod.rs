@@ -44,11 +44,19 @@ pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) 
 /// The training description of a file (its `train` block), checked.
 #[derive(Clone, Debug)]
 pub struct TrainSpec {
-    /// The scalar to minimise.
+    /// The scalar to minimise: the block's `loss` or, with phases, the
+    /// first phase's.
     pub loss: crate::ir::Node,
     /// The model's prediction, for accuracy (optional).
     pub predict: Option<crate::ir::Node>,
+    /// The block's optimizer or, with phases, the first phase's.
     pub optimizer: crate::passes::optimizer::Optimizer,
+    /// The parameters the block's `loss` trains (`params = ...`); `None`
+    /// for every trainable one. Unused with phases, which have their own.
+    pub params: Option<Vec<crate::ir::ParamId>>,
+    /// Losses minimised in turn on every batch (`phase NAME { ... }`), in
+    /// order; empty for a block with a single `loss`.
+    pub phases: Vec<Phase>,
     pub data: Option<DataSpec>,
     pub batch: usize,
     pub epochs: usize,
@@ -59,6 +67,37 @@ pub struct TrainSpec {
     pub features: Option<crate::ir::InputId>,
     pub targets: Option<crate::ir::InputId>,
     pub span: crate::diag::Span,
+}
+
+/// One phase of a training step: a loss, the parameters it trains (the
+/// others are frozen: not differentiated, not updated) and its optimizer,
+/// whose state is its own.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    /// The phase's name; empty for the single phase of a plain block.
+    pub name: String,
+    pub loss: crate::ir::Node,
+    /// `None`: every trainable parameter.
+    pub params: Option<Vec<crate::ir::ParamId>>,
+    pub optimizer: crate::passes::optimizer::Optimizer,
+    pub span: crate::diag::Span,
+}
+
+impl TrainSpec {
+    /// The phases one step runs, in order: the declared ones, or a single
+    /// unnamed phase made of the block's `loss`, `params` and `optimizer`.
+    pub fn steps(&self) -> Vec<Phase> {
+        if !self.phases.is_empty() {
+            return self.phases.clone();
+        }
+        vec![Phase {
+            name: String::new(),
+            loss: self.loss,
+            params: self.params.clone(),
+            optimizer: self.optimizer,
+            span: self.span,
+        }]
+    }
 }
 
 /// Where training data comes from; paths are relative to the `.nn` file.

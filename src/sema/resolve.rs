@@ -101,10 +101,11 @@ pub fn check(s: &Scopes, diags: &mut Diagnostics, stdlib: bool) -> Resolved {
         };
         // Only these settings hold program expressions; the others are
         // compile-time settings that lowering reads.
-        for st in &t.settings {
+        let phase_settings = t.phases.iter().flat_map(|p| &p.settings);
+        for st in t.settings.iter().chain(phase_settings) {
             if matches!(
                 st.name.name.as_str(),
-                "loss" | "predict" | "features" | "targets"
+                "loss" | "predict" | "features" | "targets" | "params"
             ) {
                 w.expr(&st.value);
             }

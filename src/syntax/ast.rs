@@ -30,6 +30,17 @@ pub enum Item {
 pub struct TrainDef {
     pub model: Option<Ident>,
     pub settings: Vec<Setting>,
+    /// `phase NAME { settings }`, in order; empty for a single loss.
+    pub phases: Vec<Phase>,
+    pub span: Span,
+}
+
+/// `phase NAME { loss = ...; params = Model; optimizer = ... }`: one of
+/// several losses a `train` block minimises in turn, each batch.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub name: Ident,
+    pub settings: Vec<Setting>,
     pub span: Span,
 }
 
@@ -106,10 +117,13 @@ pub struct ModelDef {
     pub span: Span,
 }
 
-/// `param w: [3, 4] = xavier_uniform(seed = 1)`.
+/// `param w: [3, 4] = xavier_uniform(seed = 1)`, or `state m: [4] =
+/// zeros()`: a tensor kept across training steps but not trained.
 #[derive(Clone, Debug)]
 pub struct ParamDecl {
     pub name: Ident,
+    /// Declared with `state`: not trained, changed only by `assign`.
+    pub state: bool,
     pub ty: TypeExpr,
     pub init: Expr,
     pub span: Span,

@@ -111,11 +111,13 @@ impl Builder<'_> {
                 Item::Model(ModelDef { name, items, span })
             }
             Rule::param_decl => {
+                let state = child(&mut it).as_str() == "state";
                 let name = self.ident(child(&mut it));
                 let ty = self.type_expr(child(&mut it));
                 let init = self.expr(child(&mut it));
                 Item::Param(ParamDecl {
                     name,
+                    state,
                     ty,
                     init,
                     span,
@@ -137,25 +139,41 @@ impl Builder<'_> {
             Rule::train_def => {
                 let mut model = None;
                 let mut settings = Vec::new();
+                let mut phases = Vec::new();
                 for p in it {
                     match p.as_rule() {
                         Rule::ident => model = Some(self.ident(p)),
-                        _ => {
-                            let mut si = p.into_inner();
-                            let name = self.ident(child(&mut si));
-                            let value = self.expr(child(&mut si));
-                            settings.push(Setting { name, value });
+                        Rule::phase => {
+                            let span = self.span(&p);
+                            let mut pi = p.into_inner();
+                            let _keyword = child(&mut pi);
+                            let name = self.ident(child(&mut pi));
+                            let settings = pi.map(|s| self.setting(s)).collect();
+                            phases.push(Phase {
+                                name,
+                                settings,
+                                span,
+                            });
                         }
+                        _ => settings.push(self.setting(p)),
                     }
                 }
                 Item::Train(TrainDef {
                     model,
                     settings,
+                    phases,
                     span,
                 })
             }
             r => unreachable!("rule {r:?} is not an item in the grammar"),
         }
+    }
+
+    fn setting(&mut self, p: Pair<Rule>) -> Setting {
+        let mut si = p.into_inner();
+        let name = self.ident(child(&mut si));
+        let value = self.expr(child(&mut si));
+        Setting { name, value }
     }
 
     fn fn_def(&mut self, mut it: pest::iterators::Pairs<Rule>, span: Span) -> FnDef {
@@ -389,12 +407,13 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::dim_const | Rule::dim_variadic => "a dimension",
         Rule::fn_def => "`fn`",
         Rule::model_def => "`model`",
-        Rule::param_decl => "`param`",
+        Rule::param_decl | Rule::param_kind => "`param`",
         Rule::input_decl => "`input`",
         Rule::let_item | Rule::let_stmt => "`let`",
         Rule::output_decl => "`output`",
         Rule::train_def => "`train`",
         Rule::setting => "a setting such as `epochs = 10`",
+        Rule::phase | Rule::phase_kw => "`phase`",
         Rule::ret_type => "`->`",
         Rule::block => "`{`",
         Rule::fn_param => "a parameter",

@@ -55,7 +55,8 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
         Item::Param(p) => {
             let _ = writeln!(
                 out,
-                "param {}: {} = {}",
+                "{} {}: {} = {}",
+                if p.state { "state" } else { "param" },
                 p.name.name,
                 type_str(&p.ty),
                 expr_str(&p.init)
@@ -84,6 +85,14 @@ fn item_to(out: &mut String, item: &Item, depth: usize) {
             for s in &t.settings {
                 indent(out, depth + 1);
                 let _ = writeln!(out, "{} = {}", s.name.name, expr_str(&s.value));
+            }
+            for p in &t.phases {
+                indent(out, depth + 1);
+                let _ = writeln!(out, "phase {}", p.name.name);
+                for s in &p.settings {
+                    indent(out, depth + 2);
+                    let _ = writeln!(out, "{} = {}", s.name.name, expr_str(&s.value));
+                }
             }
         }
     }

@@ -6,9 +6,14 @@
 //! the gradients and every parameter's update; the loop feeds it batches
 //! and commits the updates. Validation runs the forward graph alone.
 //!
+//! A `train` block with phases runs each phase's step graph in turn on
+//! every batch ([`pipeline::train_steps`]); they share one table of
+//! parameter values, so a phase sees the updates of the phases before it.
+//!
 //! Determinism: the split shuffles rows with the seed; epoch `e` shuffles
-//! the training rows with a generator seeded from (seed, e). Resuming
-//! from a checkpoint of epoch `e` therefore continues exactly as an
+//! the training rows with a generator seeded from (seed, e); random draws
+//! are keyed by (seed, step · phases + phase). Resuming from a checkpoint
+//! of epoch `e` (which keeps the step) therefore continues exactly as an
 //! uninterrupted run would.
 
 pub mod checkpoint;
@@ -16,7 +21,7 @@ mod data_prep;
 
 use crate::backend::interp;
 use crate::diag::{self, code, Diag, Span};
-use crate::ir::{Graph, ParamId, Role};
+use crate::ir::{Graph, ParamId, Role, RNG_KEY_INPUT};
 use crate::pipeline;
 use crate::sema::TrainSpec;
 use crate::tensor::Tensor;
@@ -48,6 +53,8 @@ pub struct EpochStats {
     pub train_loss: f32,
     pub val_loss: Option<f32>,
     pub val_accuracy: Option<f32>,
+    /// With phases, each phase's mean loss (their sum is `train_loss`).
+    pub phase_losses: Vec<(String, f32)>,
 }
 
 /// What the loop reports as it goes.
@@ -86,22 +93,37 @@ pub fn run(
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);
     let data = prepare(g, spec, &opts.base_dir, seed)?;
-    let step = pipeline::step_graph(g, spec)?;
+    let steps = pipeline::train_steps(g, spec)?;
+    // The last phase's graph knows every parameter and state.
+    let all = &steps.last().expect("a train block has a phase").step.graph;
     let mut eval = g.clone();
-    eval.outputs = step
-        .graph
-        .outputs
+    pipeline::set_training(&mut eval, false);
+    eval.outputs = steps
         .iter()
-        .filter(|o| o.name == "loss" || o.name == "predict")
-        .cloned()
+        .map(|ph| crate::ir::Output {
+            name: "loss".into(),
+            node: ph.step.loss,
+            span: spec.span,
+        })
         .collect();
-    let n_grads = step.grads.len();
+    if let Some(p) = spec.predict {
+        eval.outputs.push(crate::ir::Output {
+            name: "predict".into(),
+            node: p,
+            span: spec.span,
+        });
+    }
+    let rng = g
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == RNG_KEY_INPUT)
+        .map(|(id, _)| id);
 
-    let mut params = interp::init_params(&step.graph, seed);
+    let mut params = interp::init_params(all, seed);
     let mut first_epoch = 0;
     let mut global_step: u64 = 0;
     if let Some(path) = &opts.resume {
-        let (meta_epoch, meta_step) = restore(&step.graph, &mut params, path, spec.span)?;
+        let (meta_epoch, meta_step) = restore(all, &mut params, path, spec.span)?;
         first_epoch = meta_epoch;
         global_step = meta_step;
     }
@@ -116,51 +138,60 @@ pub fn run(
     if let (Some(path), true) = (&opts.log, first_epoch > 0) {
         log = std::fs::read_to_string(path).unwrap_or_default();
     }
+    let n_phases = steps.len() as u64;
     for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
-        let mut total = 0.0f64;
+        let mut totals = vec![0.0f64; steps.len()];
         let mut seen = 0usize;
         for (bi, rows) in order.chunks(spec.batch).enumerate() {
-            let inputs = data.batch(&step.graph, rows);
-            let outs = interp::step(&step.graph, &mut params, &inputs).map_err(|e| e.to_diag())?;
-            global_step += 1;
-            let loss = outs[0].data[0];
-            // The numerical guard: the loss, then each gradient, then each
-            // updated parameter must be finite.
-            let bad = if !loss.is_finite() {
-                Some(format!("the loss is {loss}"))
-            } else if let Some(k) =
-                (0..n_grads).find(|&k| outs[k + 1].data.iter().any(|v| !v.is_finite()))
-            {
-                Some(format!(
-                    "the gradient of `{}` is not finite",
-                    step.graph.params[step.grads[k].0].name
-                ))
-            } else {
-                step.graph
-                    .params
-                    .iter()
-                    .find(|(p, _)| params[*p].data.iter().any(|v| !v.is_finite()))
-                    .map(|(_, info)| format!("`{}` is not finite after the update", info.name))
-            };
-            if let Some(what) = bad {
-                return Err(error(
-                    g.nodes[spec.loss].span,
-                    format!("training diverged at epoch {}, step {} (batch {} of the epoch): {what}", epoch + 1, global_step, bi + 1),
-                    "lower the learning rate, scale the inputs, or check for log of 0; the last checkpoint saved is intact",
-                ));
+            let mut inputs = data.batch(all, rows);
+            let mut step_loss = 0.0f32;
+            for (k, ph) in steps.iter().enumerate() {
+                if let Some(id) = rng {
+                    // A fresh key for every phase of every step, from the
+                    // step counter a checkpoint keeps: resuming draws the
+                    // same values.
+                    inputs[id] = Some(interp::rng_key(seed, global_step * n_phases + k as u64));
+                }
+                let step = &ph.step;
+                let outs =
+                    interp::step(&step.graph, &mut params, &inputs).map_err(|e| e.to_diag())?;
+                let loss = outs[0].data[0];
+                if let Some(what) = non_finite(step, &outs, &params) {
+                    let phase = if ph.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", phase `{}`", ph.name)
+                    };
+                    return Err(error(
+                        g.nodes[step.loss].span,
+                        format!("training diverged at epoch {}, step {} (batch {} of the epoch{phase}): {what}", epoch + 1, global_step + 1, bi + 1),
+                        "lower the learning rate, scale the inputs, or check for log of 0; the last checkpoint saved is intact",
+                    ));
+                }
+                totals[k] += f64::from(loss) * rows.len() as f64;
+                step_loss += loss;
             }
-            total += f64::from(loss) * rows.len() as f64;
+            global_step += 1;
             seen += rows.len();
-            observe(Event::Step { loss });
+            observe(Event::Step { loss: step_loss });
         }
-        let train_loss = (total / seen.max(1) as f64) as f32;
+        let means: Vec<f32> = totals
+            .iter()
+            .map(|t| (t / seen.max(1) as f64) as f32)
+            .collect();
+        let train_loss = means.iter().sum();
         let (val_loss, val_accuracy) = validate(&eval, &params, &data, spec.batch)?;
         let stats = EpochStats {
             epoch: epoch + 1,
             train_loss,
             val_loss,
             val_accuracy,
+            phase_losses: if spec.phases.is_empty() {
+                Vec::new()
+            } else {
+                steps.iter().map(|p| p.name.clone()).zip(means).collect()
+            },
         };
         observe(Event::Epoch(&stats));
         if let Some(path) = &opts.log {
@@ -168,12 +199,11 @@ pub fn run(
             checkpoint::write_atomic(path, log.as_bytes()).map_err(|e| file_error(path, &e))?;
         }
         if let Some(path) = &opts.save {
-            save(&step.graph, &params, path, epoch + 1, global_step, seed)?;
+            save(all, &params, path, epoch + 1, global_step, seed)?;
         }
         history.push(stats);
     }
-    let out_params = step
-        .graph
+    let out_params = all
         .params
         .iter()
         .filter(|(_, p)| p.role == Role::Trainable)
@@ -182,8 +212,34 @@ pub fn run(
     Ok(Summary {
         epochs: history,
         params: out_params,
-        warnings: step.warnings,
+        warnings: steps.into_iter().flat_map(|p| p.step.warnings).collect(),
     })
+}
+
+/// The numerical guard: the loss, then each gradient, then each updated
+/// parameter must be finite. Returns what is not.
+fn non_finite(
+    step: &pipeline::GradGraph,
+    outs: &[Tensor],
+    params: &SecondaryMap<ParamId, Tensor>,
+) -> Option<String> {
+    let loss = outs[0].data[0];
+    if !loss.is_finite() {
+        return Some(format!("the loss is {loss}"));
+    }
+    if let Some(k) =
+        (0..step.grads.len()).find(|&k| outs[k + 1].data.iter().any(|v| !v.is_finite()))
+    {
+        return Some(format!(
+            "the gradient of `{}` is not finite",
+            step.graph.params[step.grads[k].0].name
+        ));
+    }
+    step.graph
+        .params
+        .iter()
+        .find(|(p, _)| params[*p].data.iter().any(|v| !v.is_finite()))
+        .map(|(_, info)| format!("`{}` is not finite after the update", info.name))
 }
 
 /// One JSON object per line: `{"epoch": N, "train_loss": …, "val_loss": …, "val_accuracy": …}`.
@@ -192,12 +248,15 @@ pub fn log_line(s: &EpochStats) -> String {
         v.filter(|x| x.is_finite())
             .map_or(serde_json::Value::Null, |x| serde_json::json!(x))
     };
-    let obj = serde_json::json!({
+    let mut obj = serde_json::json!({
         "epoch": s.epoch,
         "train_loss": num(Some(s.train_loss)),
         "val_loss": num(s.val_loss),
         "val_accuracy": num(s.val_accuracy),
     });
+    for (name, v) in &s.phase_losses {
+        obj[format!("loss.{name}")] = num(Some(*v));
+    }
     format!("{obj}\n")
 }
 
@@ -212,7 +271,9 @@ fn validate(
     }
     let mut loss = 0.0f64;
     let (mut correct, mut labelled) = (0usize, 0usize);
-    let has_predict = eval.outputs.len() > 1;
+    // Outputs: each phase's loss, then the prediction if any.
+    let has_predict = eval.outputs.last().is_some_and(|o| o.name == "predict");
+    let n_losses = eval.outputs.len() - usize::from(has_predict);
     for rows in data.val.chunks(batch) {
         let inputs = data.batch(eval, rows);
         let outs = interp::run(
@@ -223,9 +284,10 @@ fn validate(
             },
         )
         .map_err(|e| e.to_diag())?;
-        loss += f64::from(outs[0].data[0]) * rows.len() as f64;
+        let sum: f32 = outs[..n_losses].iter().map(|t| t.data[0]).sum();
+        loss += f64::from(sum) * rows.len() as f64;
         if has_predict {
-            let (c, t) = data.count_correct(&outs[1], rows);
+            let (c, t) = data.count_correct(&outs[n_losses], rows);
             correct += c;
             labelled += t;
         }

@@ -1,7 +1,44 @@
 //! The interpreter's kernels: one plain loop nest per primitive.
 
-use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, CmpOp, Dist, ReduceOp, UnaryOp};
 use crate::tensor::{strides, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_pcg::Pcg64;
+
+/// splitmix64's finaliser: a well-mixed 64-bit hash of `z`.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The key of the random draws ([`crate::ir::RNG_KEY_INPUT`]) for a run's
+/// `seed` and a `counter` (training's step): the seed folded to 24 bits
+/// and the counter modulo 2²⁴, so both are exact in f32.
+pub fn rng_key(seed: u64, counter: u64) -> Tensor {
+    const MASK: u64 = (1 << 24) - 1;
+    Tensor::new(
+        vec![2],
+        vec![(mix(seed) & MASK) as f32, (counter & MASK) as f32],
+    )
+}
+
+/// The values of a random draw: a PCG stream seeded from the draw's salt
+/// and its key's two whole numbers, sampled in row-major order.
+pub fn random(dist: Dist, salt: u32, key: &Tensor, out_shape: &[usize]) -> Tensor {
+    let k = |i: usize| key.data.get(i).copied().unwrap_or(0.0) as u64;
+    let seed = mix(mix(mix(u64::from(salt)) ^ k(0)) ^ k(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let n: usize = out_shape.iter().product();
+    let data = match dist {
+        Dist::Normal => (0..n)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect(),
+        Dist::Uniform => (0..n).map(|_| rng.gen::<f32>()).collect(),
+    };
+    Tensor::new(out_shape.to_vec(), data)
+}
 
 pub fn unary(op: UnaryOp, a: &Tensor) -> Tensor {
     let f = |x: f32| match op {

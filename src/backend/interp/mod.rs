@@ -8,6 +8,7 @@ mod kernels_nn;
 mod scan;
 
 pub use init::{init_params, param_seed};
+pub use kernels::rng_key;
 
 use crate::diag::{self, code, Diag, Span};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, Sym};
@@ -167,6 +168,9 @@ pub fn eval_op<'v>(
         Op::Input(_) | Op::Param(_) => unreachable!("inputs and parameters are fed by the caller"),
         Op::Const(c) => g.consts[*c].clone(),
         Op::Fill { value, .. } => Tensor::full(out_shape.to_vec(), *value),
+        Op::Random {
+            dist, salt, key, ..
+        } => kernels::random(*dist, *salt, vals(*key), out_shape),
         Op::Unary(op, a) => kernels::unary(*op, vals(*a)),
         Op::Binary(op, a, b) => kernels::binary(*op, vals(*a), vals(*b)),
         Op::Compare(op, a, b) => kernels::compare(*op, vals(*a), vals(*b)),

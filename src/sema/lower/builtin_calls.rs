@@ -5,6 +5,7 @@ use super::*;
 use crate::ir::PoolOp;
 
 mod indexing;
+mod state;
 mod windows;
 
 /// An error for a compile-time argument that is not written as one.
@@ -201,6 +202,16 @@ impl<'a> Lowerer<'_, 'a, '_> {
             Builtin::Gather => self.gather(env, req(0), req(1), nspan),
             Builtin::ScatterAdd => self.scatter_add(env, req(0), req(1), req(2), nspan),
             Builtin::Scan => unreachable!("scan is lowered before its arguments are matched"),
+            Builtin::RandomNormal | Builtin::RandomUniform => {
+                let dist = if b == Builtin::RandomNormal {
+                    crate::ir::Dist::Normal
+                } else {
+                    crate::ir::Dist::Uniform
+                };
+                self.random(env, dist, req(0), nspan)
+            }
+            Builtin::Training => self.training_flag(nspan),
+            Builtin::Assign => self.assign(env, req(0), req(1), nspan),
         };
         result.map_or(Value::Poison, Value::T)
     }

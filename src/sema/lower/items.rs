@@ -133,7 +133,11 @@ impl<'a> Lowerer<'_, 'a, '_> {
         };
         let id = self.g.params.push(ParamInfo {
             name: qual.to_string(),
-            role: crate::ir::Role::Trainable,
+            role: if p.state {
+                crate::ir::Role::State
+            } else {
+                crate::ir::Role::Trainable
+            },
             shape,
             init,
             seed,

@@ -4,15 +4,16 @@
 
 use super::builtin_calls::{const_number, not_const};
 use super::*;
-use crate::ir::InputId;
+use crate::ir::{InputId, ParamId, Role};
 use crate::passes::optimizer::{Kind, Optimizer};
-use crate::sema::{DataSpec, TrainSpec};
+use crate::sema::{DataSpec, Phase, TrainSpec};
 
 /// A [`TrainSpec`] while its settings are read.
 struct Draft {
     loss: Option<Node>,
     predict: Option<Node>,
-    optimizer: Optimizer,
+    optimizer: Option<Optimizer>,
+    params: Option<Vec<ParamId>>,
     data: Option<DataSpec>,
     batch: usize,
     epochs: usize,
@@ -27,6 +28,7 @@ const SETTINGS: &[&str] = &[
     "loss",
     "predict",
     "optimizer",
+    "params",
     "data",
     "batch",
     "epochs",
@@ -36,18 +38,41 @@ const SETTINGS: &[&str] = &[
     "targets",
 ];
 
+/// The settings a `phase` takes; the others belong to the whole block.
+const PHASE_SETTINGS: &[&str] = &["loss", "params", "optimizer"];
+
+/// The optimizer of a block that names none.
+const DEFAULT_OPTIMIZER: Optimizer = Optimizer {
+    kind: Kind::Sgd,
+    lr: 0.01,
+    weight_decay: 0.0,
+};
+
 impl<'a> Lowerer<'_, 'a, '_> {
+    /// Reports a setting given twice; true when `st` is a repeat.
+    fn repeated(&mut self, seen: &mut HashMap<String, Span>, st: &ast::Setting) -> bool {
+        let name = st.name.name.as_str();
+        if let Some(first) = seen.insert(name.to_string(), st.name.span) {
+            self.diags.push(
+                diag::error(code::DUPLICATE, format!("setting `{name}` is given twice"))
+                    .with_labels(vec![
+                        st.name.span.primary("given again here"),
+                        first.secondary("first given here"),
+                    ]),
+            );
+            return true;
+        }
+        false
+    }
+
     pub(super) fn train(&mut self) -> Option<TrainSpec> {
         let (t, scope) = self.s.train?;
-        let mut seen: HashMap<&str, Span> = HashMap::new();
+        let mut seen: HashMap<String, Span> = HashMap::new();
         let mut spec = Draft {
             loss: None,
             predict: None,
-            optimizer: Optimizer {
-                kind: Kind::Sgd,
-                lr: 0.01,
-                weight_decay: 0.0,
-            },
+            optimizer: None,
+            params: None,
             data: None,
             batch: 32,
             epochs: 10,
@@ -59,50 +84,43 @@ impl<'a> Lowerer<'_, 'a, '_> {
         };
         let mut ok = true;
         for st in &t.settings {
-            let name = st.name.name.as_str();
-            if let Some(first) = seen.insert(name, st.name.span) {
-                self.diags.push(
-                    diag::error(code::DUPLICATE, format!("setting `{name}` is given twice"))
-                        .with_labels(vec![
-                            st.name.span.primary("given again here"),
-                            first.secondary("first given here"),
-                        ]),
-                );
+            if self.repeated(&mut seen, st) {
                 ok = false;
                 continue;
             }
+            let name = st.name.name.as_str();
             let r = match name {
-                "loss" | "predict" => {
+                "loss" if !t.phases.is_empty() => Err(Some(
+                    diag::error(
+                        code::PHASE,
+                        "a `train` block with phases takes its losses from them",
+                    )
+                    .with_labels(vec![
+                        st.name.span.primary("a loss outside the phases"),
+                        t.phases[0].name.span.secondary("the first phase"),
+                    ])
+                    .with_notes(vec![
+                        "help: move this `loss` into a `phase NAME { ... }`, or remove the phases"
+                            .into(),
+                    ]),
+                )),
+                "loss" => self.loss_setting(scope, st).map(|n| spec.loss = Some(n)),
+                "predict" => {
                     let mut env = self.top_env(scope);
                     match self.tensor_expr(&mut env, &st.value) {
                         None => Err(None),
-                        Some(n) if name == "loss" && !self.g.shape(n).is_empty() => {
-                            let shown = self.shape_str(n);
-                            Err(Some(
-                                diag::error(
-                                    code::RESULT_TYPE,
-                                    format!("the loss must be a scalar, found shape {shown}"),
-                                )
-                                .with_labels(vec![st
-                                    .value
-                                    .span
-                                    .primary(format!("this has shape {shown}"))])
-                                .with_notes(vec!["help: reduce it, e.g. with `mean(...)`".into()]),
-                            ))
-                        }
                         Some(n) => {
-                            if name == "loss" {
-                                spec.loss = Some(n);
-                            } else {
-                                spec.predict = Some(n);
-                            }
+                            spec.predict = Some(n);
                             Ok(())
                         }
                     }
                 }
                 "optimizer" => optimizer(&st.value)
-                    .map(|o| spec.optimizer = o)
+                    .map(|o| spec.optimizer = Some(o))
                     .map_err(Some),
+                "params" => self
+                    .param_set(scope, &st.value)
+                    .map(|p| spec.params = Some(p)),
                 "data" => data(&st.value).map(|d| spec.data = Some(d)).map_err(Some),
                 "batch" | "epochs" => positive_int(&st.value, name)
                     .map(|v| {
@@ -144,21 +162,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     }
                     Err(d) => Err(d),
                 },
-                _ => {
-                    let mut d = diag::error(
-                        code::NAMED_ARG,
-                        format!("unknown training setting `{name}`"),
-                    )
-                    .with_labels(vec![st.name.span.primary("not a setting")])
-                    .with_notes(vec![format!(
-                        "note: the settings are {}",
-                        SETTINGS.join(", ")
-                    )]);
-                    if let Some(s) = diag::suggest(name, SETTINGS.iter().copied()) {
-                        d.notes.insert(0, format!("help: did you mean `{s}`?"));
-                    }
-                    Err(Some(d))
-                }
+                _ => Err(Some(unknown_setting(st, SETTINGS))),
             };
             if let Err(e) = r {
                 ok = false;
@@ -167,7 +171,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 }
             }
         }
-        if spec.loss.is_none() && ok {
+        let phases = self.phases(t, scope, &spec, &mut ok);
+        if spec.loss.is_none() && t.phases.is_empty() && ok {
             self.diags.push(
                 diag::error(code::ARITY, "this `train` block has no `loss`")
                     .with_labels(vec![t.span.primary("add `loss = ...` here")])
@@ -194,10 +199,16 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 );
             }
         }
+        let first = phases.first();
         Some(TrainSpec {
-            loss: spec.loss.filter(|_| ok)?,
+            loss: spec.loss.or(first.map(|p| p.loss)).filter(|_| ok)?,
             predict: spec.predict,
-            optimizer: spec.optimizer,
+            optimizer: first
+                .map(|p| p.optimizer)
+                .or(spec.optimizer)
+                .unwrap_or(DEFAULT_OPTIMIZER),
+            params: spec.params,
+            phases,
             data: spec.data,
             batch: spec.batch,
             epochs: spec.epochs,
@@ -207,6 +218,160 @@ impl<'a> Lowerer<'_, 'a, '_> {
             targets: spec.targets,
             span: spec.span,
         })
+    }
+
+    /// The block's phases, each with its loss, parameters and optimizer
+    /// (the block's `params` and `optimizer` where it gives none).
+    fn phases(
+        &mut self,
+        t: &'a ast::TrainDef,
+        scope: ScopeId,
+        spec: &Draft,
+        ok: &mut bool,
+    ) -> Vec<Phase> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, Span> = HashMap::new();
+        for ph in &t.phases {
+            if let Some(first) = names.insert(&ph.name.name, ph.name.span) {
+                self.diags.push(
+                    diag::error(
+                        code::DUPLICATE,
+                        format!("phase `{}` is defined twice", ph.name.name),
+                    )
+                    .with_labels(vec![
+                        ph.name.span.primary("defined again here"),
+                        first.secondary("first defined here"),
+                    ]),
+                );
+                *ok = false;
+                continue;
+            }
+            let mut seen: HashMap<String, Span> = HashMap::new();
+            let (mut loss, mut params, mut opt) = (None, spec.params.clone(), spec.optimizer);
+            for st in &ph.settings {
+                if self.repeated(&mut seen, st) {
+                    *ok = false;
+                    continue;
+                }
+                let r = match st.name.name.as_str() {
+                    "loss" => self.loss_setting(scope, st).map(|n| loss = Some(n)),
+                    "params" => self.param_set(scope, &st.value).map(|p| params = Some(p)),
+                    "optimizer" => optimizer(&st.value).map(|o| opt = Some(o)).map_err(Some),
+                    other if SETTINGS.contains(&other) => Err(Some(
+                        diag::error(
+                            code::PHASE,
+                            format!(
+                                "`{other}` is a setting of the whole `train` block, not of a phase"
+                            ),
+                        )
+                        .with_labels(vec![st.name.span.primary("inside a phase")])
+                        .with_notes(vec![
+                            format!("help: move `{other} = ...` out of `phase {}`", ph.name.name),
+                            "note: a phase takes `loss`, `params` and `optimizer`".into(),
+                        ]),
+                    )),
+                    _ => Err(Some(unknown_setting(st, PHASE_SETTINGS))),
+                };
+                if let Err(e) = r {
+                    *ok = false;
+                    if let Some(d) = e {
+                        self.diags.push(d);
+                    }
+                }
+            }
+            match loss {
+                Some(loss) => out.push(Phase {
+                    name: ph.name.name.clone(),
+                    loss,
+                    params,
+                    optimizer: opt.unwrap_or(DEFAULT_OPTIMIZER),
+                    span: ph.span,
+                }),
+                None if *ok => {
+                    self.diags.push(
+                        diag::error(
+                            code::ARITY,
+                            format!("phase `{}` has no `loss`", ph.name.name),
+                        )
+                        .with_labels(vec![ph.name.span.primary("add `loss = ...` to this phase")]),
+                    );
+                    *ok = false;
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// A `loss` setting: a scalar.
+    fn loss_setting(&mut self, scope: ScopeId, st: &'a ast::Setting) -> Result<Node, Option<Diag>> {
+        let mut env = self.top_env(scope);
+        let n = self.tensor_expr(&mut env, &st.value).ok_or(None)?;
+        if self.g.shape(n).is_empty() {
+            return Ok(n);
+        }
+        let shown = self.shape_str(n);
+        Err(Some(
+            diag::error(
+                code::RESULT_TYPE,
+                format!("the loss must be a scalar, found shape {shown}"),
+            )
+            .with_labels(vec![st
+                .value
+                .span
+                .primary(format!("this has shape {shown}"))])
+            .with_notes(vec!["help: reduce it, e.g. with `mean(...)`".into()]),
+        ))
+    }
+
+    /// `params = D`, `params = D.w`, `params = [G, D.w]`: the trainable
+    /// parameters of the models and the parameters named.
+    fn param_set(&mut self, scope: ScopeId, e: &'a Expr) -> Result<Vec<ParamId>, Option<Diag>> {
+        let items: Vec<&'a Expr> = match &e.kind {
+            ExprKind::Tensor(items) if !items.is_empty() => items.iter().collect(),
+            _ => vec![e],
+        };
+        let mut out = Vec::new();
+        for it in items {
+            let mut env = self.top_env(scope);
+            let found = match self.expr(&mut env, it) {
+                Value::Poison => return Err(None),
+                Value::Model(inner) => {
+                    let defs: Vec<DefId> = self.s.scopes[inner].order.clone();
+                    let mut ps = Vec::new();
+                    for d in defs {
+                        if let Def::Param(p) = self.s.def(d).def {
+                            if p.state {
+                                continue;
+                            }
+                            if let Value::T(n) = self.global(d) {
+                                if let Op::Param(id) = self.g.nodes[n].op {
+                                    ps.push(id);
+                                }
+                            }
+                        }
+                    }
+                    if ps.is_empty() {
+                        return Err(Some(
+                            diag::error(code::PHASE, "this model has no parameters to train")
+                                .with_labels(vec![it.span.primary("no `param` in here")]),
+                        ));
+                    }
+                    ps
+                }
+                Value::T(n) => match self.g.nodes[n].op {
+                    Op::Param(id) if self.g.params[id].role == Role::Trainable => vec![id],
+                    _ => return Err(Some(not_a_param_set(it))),
+                },
+                _ => return Err(Some(not_a_param_set(it))),
+            };
+            for p in found {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The inputs declared in `scope`, in source order.
@@ -242,6 +407,34 @@ impl<'a> Lowerer<'_, 'a, '_> {
             )),
         }
     }
+}
+
+fn unknown_setting(st: &ast::Setting, settings: &[&str]) -> Diag {
+    let name = st.name.name.as_str();
+    let mut d = diag::error(
+        code::NAMED_ARG,
+        format!("unknown training setting `{name}`"),
+    )
+    .with_labels(vec![st.name.span.primary("not a setting")])
+    .with_notes(vec![format!(
+        "note: the settings are {}",
+        settings.join(", ")
+    )]);
+    if let Some(s) = diag::suggest(name, settings.iter().copied()) {
+        d.notes.insert(0, format!("help: did you mean `{s}`?"));
+    }
+    d
+}
+
+fn not_a_param_set(e: &Expr) -> Diag {
+    diag::error(
+        code::PHASE,
+        "`params` names the models or parameters a loss trains",
+    )
+    .with_labels(vec![e.span.primary("not a model or a `param`")])
+    .with_notes(vec![
+        "help: for example `params = Generator`, or `params = [Encoder, Head.w]`".into(),
+    ])
 }
 
 fn positive_int(e: &Expr, what: &str) -> Result<usize, Diag> {
