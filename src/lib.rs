@@ -32,6 +32,14 @@
 //! - A symbolic dimension (`B`) matches only itself or 1 when
 //!   broadcasting, because its value is unknown until the graph runs.
 //! - Dense weights are `[in, out]` and a layer is `x @ w + b`.
+//! - Randomness is an op ([`ir::Op::Random`]) keyed by an implicit input
+//!   (the seed and a step counter the training loop feeds), not a
+//!   hidden generator: a graph stays a pure function of its inputs, and
+//!   a resumed run draws the same values. `training()` is another
+//!   implicit input, fixed to 1 in step graphs and 0 in evaluation ones.
+//! - A `train` block may hold phases (a GAN's discriminator and
+//!   generator); each compiles to its own step graph over one shared
+//!   table of parameter values ([`pipeline::train_steps`]).
 
 pub mod backend;
 pub mod data;

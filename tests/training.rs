@@ -499,7 +499,7 @@ fn a_gan_learns_a_mixture_of_eight_gaussians() {
     );
     // Measured with this seed: mean within 0.02 of 0, std 1.39 on both axes,
     // 84% within 3σ, every component 8.8–11.6%. An untrained generator
-    // puts its points near the origin (none within 3σ); a collapsed one
+    // spreads its points over a disc (none within 3σ); a collapsed one
     // leaves components empty.
     assert!(fit.mean.iter().all(|m| m.abs() < 0.15), "{shown}");
     assert!(fit.std.iter().all(|s| (1.2..1.6).contains(s)), "{shown}");
