@@ -11,21 +11,14 @@
 //! 2e-3 absolute. The cases keep away from kinks (relu at 0, ties in max).
 
 use cranelift_entity::SecondaryMap;
-use nnc::backend::interp::{self, Feed};
+use nnc::backend::{interp, BackendKind, Engine};
 use nnc::ir::{Graph, ParamId};
 use nnc::pipeline::{self, Stage};
 use nnc::tensor::Tensor;
 
-fn loss_of(g: &Graph, params: &SecondaryMap<ParamId, Tensor>) -> f32 {
+fn loss_of(e: &mut Engine, g: &Graph, params: &mut SecondaryMap<ParamId, Tensor>) -> f32 {
     let inputs = SecondaryMap::new();
-    let outs = interp::run(
-        g,
-        &Feed {
-            params,
-            inputs: &inputs,
-        },
-    )
-    .expect("runs");
+    let outs = e.run(params, &inputs).expect("runs");
     let i = g
         .outputs
         .iter()
@@ -45,7 +38,7 @@ fn check(name: &str, src: &str) {
 }
 
 /// Checks the gradient of the graph's `loss` output against finite
-/// differences.
+/// differences, on every backend (each computes both sides).
 fn check_graph(name: &str, g: &Graph) {
     check_graph_eps(name, g, 1e-3);
 }
@@ -54,20 +47,22 @@ fn check_graph(name: &str, g: &Graph) {
 /// attention) carries more f32 rounding into the difference quotient,
 /// which shrinks as 1/ε.
 fn check_graph_eps(name: &str, g: &Graph, eps: f32) {
+    for backend in [BackendKind::Interp, BackendKind::Jit] {
+        check_on(&format!("{name} [{backend:?}]"), g, eps, backend);
+    }
+}
+
+fn check_on(name: &str, g: &Graph, eps: f32, backend: BackendKind) {
     let g = g.clone();
     let loss = pipeline::find_loss(&g, None).expect("loss");
     let gg = pipeline::grad_graph(&g, loss).unwrap_or_else(|d| panic!("{name}: {}", d.message));
     nnc::ir::verify(&gg.graph).expect("the gradient graph verifies");
-    let params = interp::init_params(&g, 7);
+    let mut params = interp::init_params(&g, 7);
     let inputs = SecondaryMap::new();
-    let outs = interp::run(
-        &gg.graph,
-        &Feed {
-            params: &params,
-            inputs: &inputs,
-        },
-    )
-    .expect("runs");
+    let outs = Engine::new(backend, &gg.graph)
+        .run(&mut params, &inputs)
+        .expect("runs");
+    let mut fwd = Engine::new(backend, &g);
     assert!(!gg.grads.is_empty(), "{name}: no parameters");
     for (k, (p, _)) in gg.grads.iter().enumerate() {
         let analytic = &outs[k + 1];
@@ -77,7 +72,8 @@ fn check_graph_eps(name: &str, g: &Graph, eps: f32) {
             plus[*p].data[i] += eps;
             let mut minus = params.clone();
             minus[*p].data[i] -= eps;
-            let fd = (loss_of(&g, &plus) - loss_of(&g, &minus)) / (2.0 * eps);
+            let fd = (loss_of(&mut fwd, &g, &mut plus) - loss_of(&mut fwd, &g, &mut minus))
+                / (2.0 * eps);
             let ad = analytic.data[i];
             assert!(
                 (fd - ad).abs() <= 2e-3 + 1e-2 * fd.abs(),

@@ -16,7 +16,7 @@
 //! gradients still reach each fixture parameter.
 
 use cranelift_entity::SecondaryMap;
-use nnc::backend::interp;
+use nnc::backend::{interp, BackendKind, Engine};
 use nnc::pipeline::{self, Stage};
 use nnc::tensor::Tensor;
 use serde_json::Value;
@@ -84,6 +84,12 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 }
 
 fn check(model: &str, body: &str) {
+    for backend in [BackendKind::Interp, BackendKind::Jit] {
+        check_on(model, body, backend);
+    }
+}
+
+fn check_on(model: &str, body: &str, backend: BackendKind) {
     let fx = fixture();
     let m = &fx["models"][model];
     let src = format!("{}{body}", decls(m));
@@ -93,7 +99,7 @@ fn check(model: &str, body: &str) {
 
     // Loss and gradients.
     let (loss, grads, _) =
-        nnc::driver::cli::grad_values(&g, Some(&train), None, 0).expect("gradients");
+        nnc::driver::cli::grad_values(&g, Some(&train), None, 0, backend).expect("gradients");
     let want_loss = m["loss"].as_f64().expect("loss") as f32;
     assert_close(
         &format!("{model} loss"),
@@ -123,13 +129,14 @@ fn check(model: &str, body: &str) {
         let step = pipeline::step_graph(&g, &spec).expect("a step graph");
         let mut params = interp::init_params(&step.graph, 0);
         let inputs = SecondaryMap::new();
+        let mut engine = Engine::new(backend, &step.graph);
         for (k, want) in m[key]["steps"]
             .as_array()
             .expect("steps")
             .iter()
             .enumerate()
         {
-            let outs = interp::step(&step.graph, &mut params, &inputs).expect("a step");
+            let outs = engine.step(&mut params, &inputs).expect("a step");
             let before = want["loss_before"].as_f64().expect("loss") as f32;
             assert_close(
                 &format!("{model} {key} step {} loss", k + 1),
@@ -214,6 +221,18 @@ fn conv2d_output_and_input_gradient() {
 /// written as `lets`, and the gradient of `loss` for its input `x`: the
 /// same model with `x` made a parameter, so its gradient is computed too.
 fn check_forward(model: &str, lets: &str, outputs: &[(&str, &str)], loss: &str) {
+    for backend in [BackendKind::Interp, BackendKind::Jit] {
+        check_forward_on(model, lets, outputs, loss, backend);
+    }
+}
+
+fn check_forward_on(
+    model: &str,
+    lets: &str,
+    outputs: &[(&str, &str)],
+    loss: &str,
+    backend: BackendKind,
+) {
     let fx = fixture();
     let m = &fx["models"][model];
     let mut src = decls(m).replace("input x:", "param x:") + lets;
@@ -224,22 +243,18 @@ fn check_forward(model: &str, lets: &str, outputs: &[(&str, &str)], loss: &str) 
     let c = pipeline::compile(model, &src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("graph");
-    let params = interp::init_params(&g, 0);
+    let mut params = interp::init_params(&g, 0);
     let inputs = SecondaryMap::new();
-    let outs = interp::run(
-        &g,
-        &interp::Feed {
-            params: &params,
-            inputs: &inputs,
-        },
-    )
-    .expect("runs");
+    let outs = Engine::new(backend, &g)
+        .run(&mut params, &inputs)
+        .expect("runs");
     for (i, (name, _)) in outputs.iter().enumerate() {
         let want = tensor(&m["outputs"][*name]);
         assert_eq!(outs[i].shape, want.shape, "{model} {name}: shapes differ");
         assert_close(&format!("{model} {name}"), &outs[i], &want);
     }
-    let (_, grads, _) = nnc::driver::cli::grad_values(&g, None, None, 0).expect("gradients");
+    let (_, grads, _) =
+        nnc::driver::cli::grad_values(&g, None, None, 0, backend).expect("gradients");
     let (_, gx) = grads
         .iter()
         .find(|(n, _)| n == "x")

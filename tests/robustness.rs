@@ -39,7 +39,8 @@ fn every_prefix_of_every_file_compiles_or_fails_cleanly() {
                     let c = pipeline::compile("prefix.nn", text, Stage::Ir);
                     let rendered = c.render(false);
                     if let Some(g) = &c.graph {
-                        let _ = nnc::driver::cli::run_graph(g, 0);
+                        let _ =
+                            nnc::driver::cli::run_graph(g, 0, nnc::backend::BackendKind::Interp);
                     } else {
                         assert!(c.diags.has_errors(), "no graph and no error");
                     }

@@ -10,6 +10,7 @@
 //!
 //! Each snapshot's header holds the source it came from.
 
+use nnc::backend::BackendKind;
 use nnc::driver::cli::run_graph;
 use nnc::pipeline::{self, Stage};
 use std::path::Path;
@@ -83,8 +84,20 @@ fn run() {
         assert!(!c.diags.has_errors(), "{}", c.render(false));
         let g = c.graph.expect("compiled");
         nnc::ir::verify(&g).expect("the IR verifies");
-        let outputs = run_graph(&g, 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let outputs = run_graph(&g, 0, BackendKind::Interp)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!outputs.is_empty(), "a run case must declare outputs");
+        // The compiled backend must agree with the interpreter.
+        let jit = run_graph(&g, 0, BackendKind::Jit)
+            .unwrap_or_else(|e| panic!("{} on the JIT: {e}", path.display()));
+        for ((name, want), (_, got)) in outputs.iter().zip(&jit) {
+            assert_eq!(want.shape, got.shape, "{}: {name}", path.display());
+            for (i, (w, g)) in want.data.iter().zip(&got.data).enumerate() {
+                let same =
+                    w == g || (w.is_nan() && g.is_nan()) || (w - g).abs() <= 1e-5 + 1e-5 * w.abs();
+                assert!(same, "{}: {name}[{i}]: interp {w}, jit {g}", path.display());
+            }
+        }
         settings(path, &src).bind(|| insta::assert_snapshot!(nnc::driver::output::text(&outputs)));
     });
 }
@@ -98,7 +111,7 @@ fn fail() {
         let mut c = pipeline::compile(&name_of(path), &src, Stage::Ir);
         // A case may also fail when it runs (an input without a value).
         if let Some(g) = c.graph.take() {
-            if let Err(e) = run_graph(&g, 0) {
+            if let Err(e) = run_graph(&g, 0, BackendKind::Interp) {
                 c.diags.push(e.to_diag());
             }
         }

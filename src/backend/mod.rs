@@ -4,3 +4,59 @@
 //! JIT, OpenCL) is tested against.
 
 pub mod interp;
+pub mod jit;
+
+use crate::ir::{Graph, InputId, ParamId};
+use crate::tensor::Tensor;
+use cranelift_entity::SecondaryMap;
+pub use interp::Error;
+
+/// Which backend runs a graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Compiled to native code with Cranelift (the default).
+    #[default]
+    Jit,
+    /// The reference interpreter.
+    Interp,
+}
+
+/// A graph ready to run on one backend: the interpreter, or the JIT with
+/// its cache of compiled programs.
+pub enum Engine<'g> {
+    Interp(&'g Graph),
+    Jit(Box<jit::Jit<'g>>),
+}
+
+impl<'g> Engine<'g> {
+    pub fn new(kind: BackendKind, g: &'g Graph) -> Engine<'g> {
+        match kind {
+            BackendKind::Interp => Engine::Interp(g),
+            BackendKind::Jit => Engine::Jit(Box::new(jit::Jit::new(g))),
+        }
+    }
+
+    /// The graph's outputs; `params` are lent, not changed.
+    pub fn run(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<Vec<Tensor>, Error> {
+        match self {
+            Engine::Interp(g) => interp::run(g, &interp::Feed { params, inputs }),
+            Engine::Jit(j) => j.eval(params, inputs),
+        }
+    }
+
+    /// One step: the outputs, and the updates written into `params`.
+    pub fn step(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<Vec<Tensor>, Error> {
+        match self {
+            Engine::Interp(g) => interp::step(g, params, inputs),
+            Engine::Jit(j) => j.step(params, inputs),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The `nnc` command line.
 
 use crate::backend::interp;
+use crate::backend::{BackendKind, Engine};
 use crate::diag::{self, Diagnostics, SourceMap};
 use crate::driver::output;
 use crate::ir::Graph;
@@ -50,6 +51,10 @@ pub enum Command {
         /// The stage to print.
         #[arg(long, value_enum, default_value_t = Emit::Ir)]
         emit: Emit,
+        /// The size of a symbolic dimension, for `--emit clif` (e.g. `--dim B=128`);
+        /// a file with a `train` block binds the batch dimension from `batch`.
+        #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
     },
     /// Print the loss and its gradient with respect to every parameter.
     #[command(
@@ -66,6 +71,9 @@ pub enum Command {
         /// Seed for parameters initialised at random.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The backend that runs the program.
+        #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+        backend: BackendKind,
     },
     /// Start an interactive session.
     #[command(
@@ -95,6 +103,9 @@ pub enum Command {
         /// checkpoint written by `nnc train --save`).
         #[arg(long, value_name = "W.safetensors")]
         params: Option<PathBuf>,
+        /// The backend that runs the program.
+        #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+        backend: BackendKind,
     },
 }
 
@@ -117,6 +128,9 @@ pub struct TrainArgs {
     /// Write one JSON object per epoch to this file.
     #[arg(long, value_name = "metrics.jsonl")]
     pub log: Option<PathBuf>,
+    /// The backend that runs the training steps.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    pub backend: BackendKind,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,6 +139,23 @@ pub enum Emit {
     Ir,
     /// The IR with the gradient of the loss appended.
     Grad,
+    /// The kernels the fusion pass forms (of the training step when the
+    /// file has a `train` block, else of the outputs).
+    Fused,
+    /// The Cranelift IR of each loop kernel, for concrete sizes.
+    Clif,
+}
+
+/// `NAME=SIZE`, for `--dim`.
+pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
+    let (name, size) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=SIZE, e.g. B=128, found `{s}`"))?;
+    let size = size
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| format!("`{size}` is not a whole number"))?;
+    Ok((name.trim().to_string(), size))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -187,10 +218,10 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             let c = load(file, Stage::Ir)?;
             finish(c, String::new())
         }
-        Command::Compile { file, emit } => {
+        Command::Compile { file, emit, dims } => {
             let stage = match emit {
                 Emit::Ast => Stage::Ast,
-                Emit::Ir | Emit::Grad => Stage::Ir,
+                Emit::Ir | Emit::Grad | Emit::Fused | Emit::Clif => Stage::Ir,
             };
             let mut c = load(file, stage)?;
             let text = match (emit, &c.ast, &c.graph) {
@@ -212,6 +243,15 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                         }
                     }
                 }
+                (Emit::Fused | Emit::Clif, _, Some(g)) => {
+                    match backend_text(g, c.train.as_ref(), *emit, dims) {
+                        Ok(t) => t,
+                        Err(d) => {
+                            c.diags.push(d);
+                            String::new()
+                        }
+                    }
+                }
                 _ => String::new(),
             };
             finish(c, text)
@@ -221,12 +261,13 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             format,
             params,
             seed,
+            backend,
         } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
             };
-            match grad_values(&g, c.train.as_ref(), params.as_deref(), *seed) {
+            match grad_values(&g, c.train.as_ref(), params.as_deref(), *seed, *backend) {
                 Ok((loss, grads, warnings)) => {
                     for w in warnings {
                         c.diags.push(w);
@@ -259,14 +300,15 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             format,
             seed,
             params,
+            backend,
         } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
             };
             let ran = match params {
-                None => run_graph(&g, *seed).map_err(|e| e.to_diag()),
-                Some(p) => run_graph_with(&g, *seed, Some(p)),
+                None => run_graph(&g, *seed, *backend).map_err(|e| e.to_diag()),
+                Some(p) => run_graph_with(&g, *seed, Some(p), *backend),
             };
             match ran {
                 Ok(outputs) => {
@@ -294,13 +336,120 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
     }
 }
 
-/// Evaluates a graph's outputs with the reference interpreter; random
-/// draws are keyed by `seed`.
+/// The graphs a file compiles to: each training phase's step when it has
+/// a `train` block, else the outputs.
+pub fn compiled_graphs(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+) -> Result<Vec<(String, Graph)>, crate::diag::Diag> {
+    match train {
+        Some(t) => Ok(pipeline::train_steps(g, t)?
+            .into_iter()
+            .map(|p| (p.name, p.step.graph))
+            .collect()),
+        None => Ok(vec![(String::new(), g.clone())]),
+    }
+}
+
+/// Binds every symbolic dimension: from `--dim`, from inputs with a
+/// default value, and (for a training step) from the batch size.
+pub fn bind_dims(
+    g: &Graph,
+    dims: &[(String, usize)],
+    batch: Option<usize>,
+) -> Result<SecondaryMap<crate::ir::Sym, Option<usize>>, crate::diag::Diag> {
+    let mut syms: SecondaryMap<crate::ir::Sym, Option<usize>> = SecondaryMap::new();
+    for (i, info) in g.inputs.iter() {
+        let (Some(c), shape) = (info.default, &info.ty.shape) else {
+            continue;
+        };
+        let _ = i;
+        for (d, &n) in shape.iter().zip(&g.consts[c].shape) {
+            if let crate::ir::Dim::Sym(s) = d {
+                syms[*s] = Some(n);
+            }
+        }
+    }
+    for (name, size) in dims {
+        match g.syms.iter().find(|(_, s)| &s.name == name) {
+            Some((s, _)) => syms[s] = Some(*size),
+            None => {
+                let known: Vec<&str> = g.syms.values().map(|s| s.name.as_str()).collect();
+                return Err(crate::diag::error(
+                    crate::diag::code::UNBOUND_DIM,
+                    format!("`--dim {name}=…` names no dimension of this program"),
+                )
+                .with_notes(vec![format!(
+                    "help: its symbolic dimensions are: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )]));
+            }
+        }
+    }
+    for (s, info) in g.syms.iter() {
+        if syms[s].is_none() {
+            match batch {
+                Some(b) => syms[s] = Some(b),
+                None => {
+                    return Err(crate::diag::error(
+                        crate::diag::code::UNBOUND_DIM,
+                        format!("dimension `{}` has no size", info.name),
+                    )
+                    .with_notes(vec![format!(
+                        "help: give it one with `--dim {}=SIZE`",
+                        info.name
+                    )]))
+                }
+            }
+        }
+    }
+    Ok(syms)
+}
+
+/// `--emit fused` and `--emit clif`.
+fn backend_text(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    emit: Emit,
+    dims: &[(String, usize)],
+) -> Result<String, crate::diag::Diag> {
+    let mut out = String::new();
+    for (name, graph) in compiled_graphs(g, train)? {
+        if !name.is_empty() {
+            out.push_str(&format!("; phase {name}\n"));
+        }
+        match emit {
+            Emit::Fused => {
+                let graph = crate::passes::cse::cse(&graph);
+                let mut roots: Vec<crate::ir::Node> =
+                    graph.outputs.iter().map(|o| o.node).collect();
+                roots.extend(graph.updates.iter().map(|u| u.node));
+                let f = crate::passes::fusion::fuse(&graph, &roots);
+                out.push_str(&crate::passes::fusion::print(&graph, &f));
+            }
+            _ => {
+                let syms = bind_dims(&graph, dims, train.map(|t| t.batch))?;
+                let text = crate::backend::jit::clif(&graph, &syms).map_err(|e| e.to_diag())?;
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Evaluates a graph's outputs on `backend`; random draws are keyed by
+/// `seed`.
 pub fn run_graph(
     g: &Graph,
     seed: u64,
+    backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
-    run_with_params(g, seed, interp::init_params(g, seed))
+    run_with_params(g, seed, interp::init_params(g, seed), backend)
 }
 
 /// [`run_graph`] with the parameters (and states) found in `params_file`
@@ -309,19 +458,21 @@ pub fn run_graph_with(
     g: &Graph,
     seed: u64,
     params_file: Option<&Path>,
+    backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
     let mut params = interp::init_params(g, seed);
     if let Some(p) = params_file {
         let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
         crate::train::restore(g, &mut params, p, span)?;
     }
-    run_with_params(g, seed, params).map_err(|e| e.to_diag())
+    run_with_params(g, seed, params, backend).map_err(|e| e.to_diag())
 }
 
 fn run_with_params(
     g: &Graph,
     seed: u64,
-    params: SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    mut params: SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
     let mut inputs = SecondaryMap::new();
     if let Some((id, _)) = g
@@ -331,13 +482,7 @@ fn run_with_params(
     {
         inputs[id] = Some(interp::rng_key(seed, 0));
     }
-    let values = interp::run(
-        g,
-        &interp::Feed {
-            params: &params,
-            inputs: &inputs,
-        },
-    )?;
+    let values = Engine::new(backend, g).run(&mut params, &inputs)?;
     Ok(g.outputs
         .iter()
         .map(|o| o.name.clone())
@@ -359,6 +504,7 @@ pub fn grad_values(
     train: Option<&crate::sema::TrainSpec>,
     params_file: Option<&Path>,
     seed: u64,
+    backend: BackendKind,
 ) -> Result<GradValues, crate::diag::Diag> {
     let loss = pipeline::find_loss(g, train)?;
     let gg = pipeline::grad_graph(g, loss)?;
@@ -368,14 +514,9 @@ pub fn grad_values(
         crate::train::restore(&gg.graph, &mut params, p, span)?;
     }
     let inputs = SecondaryMap::new();
-    let outs = interp::run(
-        &gg.graph,
-        &interp::Feed {
-            params: &params,
-            inputs: &inputs,
-        },
-    )
-    .map_err(|e| e.to_diag())?;
+    let outs = Engine::new(backend, &gg.graph)
+        .run(&mut params, &inputs)
+        .map_err(|e| e.to_diag())?;
     let grads = gg
         .grads
         .iter()

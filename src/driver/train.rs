@@ -25,6 +25,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         save: args.save.clone(),
         resume: args.resume.clone(),
         log: args.log.clone(),
+        backend: args.backend,
         base_dir: args
             .file
             .parent()

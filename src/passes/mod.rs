@@ -5,6 +5,8 @@
 
 pub mod autodiff;
 mod build;
+pub mod cse;
 pub mod dce;
+pub mod fusion;
 pub mod optimizer;
 mod scan_grad;

@@ -20,6 +20,7 @@ pub mod checkpoint;
 mod data_prep;
 
 use crate::backend::interp;
+use crate::backend::Engine;
 use crate::diag::{self, code, Diag, Span};
 use crate::ir::{Graph, ParamId, Role, RNG_KEY_INPUT};
 use crate::pipeline;
@@ -42,6 +43,8 @@ pub struct Options {
     pub save: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub log: Option<PathBuf>,
+    /// The backend that runs the steps and the evaluation.
+    pub backend: crate::backend::BackendKind,
     /// The folder data paths are relative to (the `.nn` file's).
     pub base_dir: PathBuf,
 }
@@ -139,6 +142,11 @@ pub fn run(
         log = std::fs::read_to_string(path).unwrap_or_default();
     }
     let n_phases = steps.len() as u64;
+    let mut engines: Vec<Engine> = steps
+        .iter()
+        .map(|ph| Engine::new(opts.backend, &ph.step.graph))
+        .collect();
+    let mut eval_engine = Engine::new(opts.backend, &eval);
     for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
         let mut totals = vec![0.0f64; steps.len()];
@@ -154,8 +162,9 @@ pub fn run(
                     inputs[id] = Some(interp::rng_key(seed, global_step * n_phases + k as u64));
                 }
                 let step = &ph.step;
-                let outs =
-                    interp::step(&step.graph, &mut params, &inputs).map_err(|e| e.to_diag())?;
+                let outs = engines[k]
+                    .step(&mut params, &inputs)
+                    .map_err(|e| e.to_diag())?;
                 let loss = outs[0].data[0];
                 if let Some(what) = non_finite(step, &outs, &params) {
                     let phase = if ph.name.is_empty() {
@@ -181,7 +190,8 @@ pub fn run(
             .map(|t| (t / seen.max(1) as f64) as f32)
             .collect();
         let train_loss = means.iter().sum();
-        let (val_loss, val_accuracy) = validate(&eval, &params, &data, spec.batch)?;
+        let (val_loss, val_accuracy) =
+            validate(&mut eval_engine, &eval, &mut params, &data, spec.batch)?;
         let stats = EpochStats {
             epoch: epoch + 1,
             train_loss,
@@ -261,8 +271,9 @@ pub fn log_line(s: &EpochStats) -> String {
 }
 
 fn validate(
+    engine: &mut Engine,
     eval: &Graph,
-    params: &SecondaryMap<ParamId, Tensor>,
+    params: &mut SecondaryMap<ParamId, Tensor>,
     data: &Prepared,
     batch: usize,
 ) -> Result<(Option<f32>, Option<f32>), Diag> {
@@ -276,14 +287,7 @@ fn validate(
     let n_losses = eval.outputs.len() - usize::from(has_predict);
     for rows in data.val.chunks(batch) {
         let inputs = data.batch(eval, rows);
-        let outs = interp::run(
-            eval,
-            &interp::Feed {
-                params,
-                inputs: &inputs,
-            },
-        )
-        .map_err(|e| e.to_diag())?;
+        let outs = engine.run(params, &inputs).map_err(|e| e.to_diag())?;
         let sum: f32 = outs[..n_losses].iter().map(|t| t.data[0]).sum();
         loss += f64::from(sum) * rows.len() as f64;
         if has_predict {

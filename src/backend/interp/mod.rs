@@ -46,6 +46,10 @@ pub enum Error {
     },
     #[error("dimension `{sym}` is not bound by any input")]
     UnboundSym { sym: String, span: Span },
+    /// A compiling backend failed on a graph the checker accepted: a
+    /// compiler bug, reported as an internal error.
+    #[error("the backend failed: {message}")]
+    Backend { message: String },
     #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
     Index {
         op: &'static str,
@@ -69,6 +73,10 @@ impl Error {
             | Error::UnboundSym { span, .. } => {
                 diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
             }
+            Error::Backend { .. } => diag::error(code::INTERNAL, msg).with_notes(vec![
+                "note: this is a bug in nnc; `--backend interp` runs the program without compiling it"
+                    .into(),
+            ]),
             Error::Index { span, .. } => diag::error(code::INDEX, msg)
                 .with_labels(vec![span.primary("while evaluating this")])
                 .with_notes(vec![
@@ -256,7 +264,7 @@ fn index_error(op: &'static str, e: kernels_nn::BadIndex, span: Span) -> Error {
     }
 }
 
-fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
+pub(crate) fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
     let mut live = EntitySet::new();
     for &r in roots {
         live.insert(r);
@@ -271,7 +279,7 @@ fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
     live
 }
 
-fn input_values(
+pub(crate) fn input_values(
     g: &Graph,
     feed: &Feed,
     live: &EntitySet<Node>,
@@ -301,7 +309,7 @@ fn input_values(
 }
 
 /// Binds every symbolic dimension from the inputs' actual shapes.
-fn bind_syms(
+pub(crate) fn bind_syms(
     g: &Graph,
     inputs: &SecondaryMap<InputId, Option<Tensor>>,
 ) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {

@@ -1,0 +1,404 @@
+//! Loop kernels in Cranelift IR.
+//!
+//! A [`LoopKernel`] is an expression over strided loads, evaluated at every
+//! point of an iteration space and stored (or, for a reduction, combined)
+//! into the output at a strided offset. Its function has the signature
+//! `fn(args: *const *mut f32, start: i64, end: i64)`: `args[0]` is the
+//! output, `args[1 + k]` the buffer of access `k`; the outermost loop runs
+//! `start..end`, so callers can split it over threads. The innermost loop
+//! runs on `f32x4` vectors when every access moves by 0 or 1 element along
+//! it, then a scalar tail finishes the row.
+
+use super::math;
+use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_module::{FuncId, Linkage, Module};
+
+/// One element computation. Operands index earlier entries of
+/// [`LoopKernel::exprs`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The element of access `k` at the current point.
+    Load(usize),
+    Const(f32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    /// `x ^ k` for a whole `k`, as multiplications.
+    PowI(usize, i32),
+    /// 1.0 where the comparison holds, else 0.0.
+    Compare(CmpOp, usize, usize),
+    /// `c != 0 ? a : b`.
+    Select(usize, usize, usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct LoopKernel {
+    /// The iteration space, outermost first (never empty).
+    pub dims: Vec<usize>,
+    /// Element strides of each access along each dim.
+    pub accesses: Vec<Vec<i64>>,
+    /// Element strides of the output (0 along reduced dims).
+    pub out: Vec<i64>,
+    /// The expression DAG; the last entry is the kernel's value.
+    pub exprs: Vec<Expr>,
+    /// Set for reductions: the output is combined into, not overwritten.
+    pub reduce: Option<ReduceOp>,
+}
+
+impl LoopKernel {
+    /// Drops unit dims and merges neighbours that every access walks
+    /// contiguously, so a full-shape elementwise kernel is one flat loop.
+    pub fn simplify(&mut self) {
+        let keep: Vec<usize> = (0..self.dims.len())
+            .filter(|&d| self.dims[d] != 1)
+            .collect();
+        let pick = |v: &Vec<i64>| keep.iter().map(|&d| v[d]).collect::<Vec<i64>>();
+        let mut dims: Vec<usize> = keep.iter().map(|&d| self.dims[d]).collect();
+        let mut acc: Vec<Vec<i64>> = self.accesses.iter().map(pick).collect();
+        let mut out = pick(&self.out);
+        if dims.is_empty() {
+            dims.push(1);
+            acc.iter_mut().for_each(|a| a.push(0));
+            out.push(0);
+        }
+        let mut d = dims.len() - 1;
+        while d > 0 {
+            let inner = dims[d] as i64;
+            let merges = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
+            if acc.iter().all(merges) && merges(&out) {
+                dims[d - 1] *= dims[d];
+                dims.remove(d);
+                for s in acc.iter_mut().chain(std::iter::once(&mut out)) {
+                    s.remove(d - 1);
+                }
+            }
+            d -= 1;
+        }
+        self.dims = dims;
+        self.accesses = acc;
+        self.out = out;
+    }
+
+    fn vectorizable(&self) -> bool {
+        let last = self.dims.len() - 1;
+        self.accesses
+            .iter()
+            .chain(std::iter::once(&self.out))
+            .all(|s| s[last] == 0 || s[last] == 1)
+    }
+
+    /// Whether threads may split the outermost loop: each writes its own
+    /// part of the output.
+    pub fn splittable(&self) -> bool {
+        self.out[0] != 0
+    }
+}
+
+struct Ctx {
+    ptrs: Vec<Value>,
+    out_ptr: Value,
+}
+
+/// Declares and defines the kernel's function in `module`.
+pub fn compile(
+    module: &mut cranelift_jit::JITModule,
+    fctx: &mut FunctionBuilderContext,
+    k: &LoopKernel,
+    name: &str,
+    want_text: bool,
+) -> Result<(FuncId, Option<String>), String> {
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    ctx.func.signature.params.push(AbiParam::new(types::I64));
+    ctx.func.signature.params.push(AbiParam::new(types::I64));
+    let id = module
+        .declare_function(name, Linkage::Local, &ctx.func.signature)
+        .map_err(|e| e.to_string())?;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let [args, start, end] = b.block_params(entry) else {
+            unreachable!()
+        };
+        let (args, start, end) = (*args, *start, *end);
+        let flags = MemFlagsData::trusted();
+        let out_ptr = b.ins().load(ptr, flags, args, 0);
+        let ptrs = (0..k.accesses.len())
+            .map(|i| b.ins().load(ptr, flags, args, 8 * (i as i32 + 1)))
+            .collect();
+        let cx = Ctx { ptrs, out_ptr };
+        let zero = b.ins().iconst(types::I64, 0);
+        let offs = vec![zero; k.accesses.len() + 1];
+        emit_dims(&mut b, k, &cx, 0, start, end, &offs);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    let text = want_text.then(|| format!("; {name}\n{}", ctx.func.display()));
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| format!("{e:?}"))?;
+    module.clear_context(&mut ctx);
+    Ok((id, text))
+}
+
+/// `for i in lo..hi step` with a variable; calls `body(i)`. Returns the
+/// variable, which holds the first index not visited once the loop ends.
+fn emit_for(
+    b: &mut FunctionBuilder,
+    lo: Value,
+    hi: Value,
+    step: i64,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value),
+) -> Variable {
+    let i = b.declare_var(types::I64);
+    b.def_var(i, lo);
+    let head = b.create_block();
+    let body_block = b.create_block();
+    let exit = b.create_block();
+    b.ins().jump(head, &[]);
+    b.switch_to_block(head);
+    let iv = b.use_var(i);
+    let next = b.ins().iadd_imm_s(iv, step);
+    let go = b.ins().icmp(IntCC::SignedLessThanOrEqual, next, hi);
+    b.ins().brif(go, body_block, &[], exit, &[]);
+    b.switch_to_block(body_block);
+    let iv = b.use_var(i);
+    body(b, iv);
+    let iv = b.use_var(i);
+    let next = b.ins().iadd_imm_s(iv, step);
+    b.def_var(i, next);
+    b.ins().jump(head, &[]);
+    b.switch_to_block(exit);
+    i
+}
+
+/// Emits the loop over dim `d` (from `lo` to `hi`), with the element
+/// offsets of the output (last entry) and each access at the loop's start.
+fn emit_dims(
+    b: &mut FunctionBuilder,
+    k: &LoopKernel,
+    cx: &Ctx,
+    d: usize,
+    lo: Value,
+    hi: Value,
+    offs: &[Value],
+) {
+    let last = k.dims.len() - 1;
+    if d == last {
+        emit_inner(b, k, cx, lo, hi, offs);
+        return;
+    }
+    let strides: Vec<i64> = k
+        .accesses
+        .iter()
+        .map(|s| s[d])
+        .chain(std::iter::once(k.out[d]))
+        .collect();
+    let n_next = k.dims[d + 1] as i64;
+    emit_for(b, lo, hi, 1, &mut |b, i| {
+        let offs: Vec<Value> = offs
+            .iter()
+            .zip(&strides)
+            .map(|(&o, &s)| {
+                let t = b.ins().imul_imm_s(i, s);
+                b.ins().iadd(o, t)
+            })
+            .collect();
+        let zero = b.ins().iconst(types::I64, 0);
+        let n = b.ins().iconst(types::I64, n_next);
+        emit_dims(b, k, cx, d + 1, zero, n, &offs);
+    });
+}
+
+fn address(b: &mut FunctionBuilder, base: Value, off: Value, i: Value, stride: i64) -> Value {
+    let t = b.ins().imul_imm_s(i, stride);
+    let e = b.ins().iadd(off, t);
+    let bytes = b.ins().ishl_imm_u(e, 2);
+    b.ins().iadd(base, bytes)
+}
+
+fn emit_inner(
+    b: &mut FunctionBuilder,
+    k: &LoopKernel,
+    cx: &Ctx,
+    lo: Value,
+    hi: Value,
+    offs: &[Value],
+) {
+    let last = k.dims.len() - 1;
+    let out_off = offs[k.accesses.len()];
+    let out_stride = k.out[last];
+    let flags = MemFlagsData::new().with_notrap();
+    // A reduction along this loop keeps a running value in a variable and
+    // combines it into the output once, after the loop.
+    let along = k.reduce.is_some() && out_stride == 0;
+    let mut lanes: Vec<(Type, i64)> = Vec::new();
+    if k.vectorizable() {
+        lanes.push((types::F32X4, 4));
+    }
+    lanes.push((types::F32, 1));
+    let mut from = lo;
+    let mut total: Option<Value> = None;
+    for (ty, step) in lanes {
+        let acc = b.declare_var(ty);
+        if along {
+            let id = identity(b, k.reduce.unwrap(), ty);
+            b.def_var(acc, id);
+        }
+        let iv = emit_for(b, from, hi, step, &mut |b, i| {
+            let vals = eval(b, k, cx, ty, i, offs, flags);
+            let v = *vals.last().unwrap();
+            let addr = address(b, cx.out_ptr, out_off, i, out_stride);
+            match k.reduce {
+                None => {
+                    b.ins().store(flags, v, addr, 0);
+                }
+                Some(op) if along => {
+                    let a = b.use_var(acc);
+                    let c = combine(b, op, a, v);
+                    b.def_var(acc, c);
+                }
+                Some(op) => {
+                    let old = b.ins().load(ty, flags, addr, 0);
+                    let c = combine(b, op, old, v);
+                    b.ins().store(flags, c, addr, 0);
+                }
+            }
+        });
+        from = b.use_var(iv);
+        if along {
+            let a = b.use_var(acc);
+            let s = if ty.is_vector() {
+                horizontal(b, k.reduce.unwrap(), a)
+            } else {
+                a
+            };
+            total = Some(match total {
+                None => s,
+                Some(t) => combine(b, k.reduce.unwrap(), t, s),
+            });
+        }
+    }
+    if let Some(t) = total {
+        let addr = address(b, cx.out_ptr, out_off, lo, 0);
+        let old = b.ins().load(types::F32, flags, addr, 0);
+        let c = combine(b, k.reduce.unwrap(), old, t);
+        b.ins().store(flags, c, addr, 0);
+    }
+}
+
+fn identity(b: &mut FunctionBuilder, op: ReduceOp, ty: Type) -> Value {
+    let v = match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f32::NEG_INFINITY,
+    };
+    math::cst(b, ty, v)
+}
+
+fn combine(b: &mut FunctionBuilder, op: ReduceOp, a: Value, v: Value) -> Value {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => b.ins().fadd(a, v),
+        ReduceOp::Max => b.ins().fmax(a, v),
+    }
+}
+
+fn horizontal(b: &mut FunctionBuilder, op: ReduceOp, v: Value) -> Value {
+    let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(v, i)).collect();
+    let x = combine(b, op, l[0], l[1]);
+    let y = combine(b, op, l[2], l[3]);
+    combine(b, op, x, y)
+}
+
+/// Evaluates the expression DAG at point `i` of the innermost loop.
+fn eval(
+    b: &mut FunctionBuilder,
+    k: &LoopKernel,
+    cx: &Ctx,
+    ty: Type,
+    i: Value,
+    offs: &[Value],
+    flags: MemFlagsData,
+) -> Vec<Value> {
+    let last = k.dims.len() - 1;
+    let mut v: Vec<Value> = Vec::with_capacity(k.exprs.len());
+    for e in &k.exprs {
+        let x = match *e {
+            Expr::Load(a) => {
+                let s = k.accesses[a][last];
+                let addr = address(b, cx.ptrs[a], offs[a], i, s);
+                if ty.is_vector() && s == 0 {
+                    let x = b.ins().load(types::F32, flags, addr, 0);
+                    b.ins().splat(ty, x)
+                } else {
+                    b.ins().load(ty, flags, addr, 0)
+                }
+            }
+            Expr::Const(c) => math::cst(b, ty, c),
+            Expr::Unary(op, a) => {
+                let a = v[a];
+                match op {
+                    UnaryOp::Neg => b.ins().fneg(a),
+                    UnaryOp::Abs => b.ins().fabs(a),
+                    UnaryOp::Sqrt => b.ins().sqrt(a),
+                    UnaryOp::Exp => math::exp(b, ty, a),
+                    UnaryOp::Log => math::log(b, ty, a),
+                    UnaryOp::Tanh => math::tanh(b, ty, a),
+                }
+            }
+            Expr::Binary(op, x, y) => {
+                let (x, y) = (v[x], v[y]);
+                match op {
+                    BinaryOp::Add => b.ins().fadd(x, y),
+                    BinaryOp::Sub => b.ins().fsub(x, y),
+                    BinaryOp::Mul => b.ins().fmul(x, y),
+                    BinaryOp::Div => b.ins().fdiv(x, y),
+                    BinaryOp::Max => b.ins().fmax(x, y),
+                    BinaryOp::Min => b.ins().fmin(x, y),
+                    BinaryOp::Pow => unreachable!("pow is compiled as PowI or run on the host"),
+                }
+            }
+            Expr::PowI(x, p) => {
+                let x = v[x];
+                let mut r = math::cst(b, ty, 1.0);
+                for _ in 0..p.unsigned_abs() {
+                    r = b.ins().fmul(r, x);
+                }
+                if p < 0 {
+                    let one = math::cst(b, ty, 1.0);
+                    r = b.ins().fdiv(one, r);
+                }
+                r
+            }
+            Expr::Compare(op, x, y) => {
+                let cc = match op {
+                    CmpOp::Eq => FloatCC::Equal,
+                    CmpOp::Ne => FloatCC::NotEqual,
+                    CmpOp::Lt => FloatCC::LessThan,
+                    CmpOp::Le => FloatCC::LessThanOrEqual,
+                    CmpOp::Gt => FloatCC::GreaterThan,
+                    CmpOp::Ge => FloatCC::GreaterThanOrEqual,
+                };
+                let c = b.ins().fcmp(cc, v[x], v[y]);
+                let one = math::cst(b, ty, 1.0);
+                let zero = math::cst(b, ty, 0.0);
+                math::choose(b, ty, c, one, zero)
+            }
+            Expr::Select(c, x, y) => {
+                let zero = math::cst(b, ty, 0.0);
+                let c = b.ins().fcmp(FloatCC::NotEqual, v[c], zero);
+                math::choose(b, ty, c, v[x], v[y])
+            }
+        };
+        v.push(x);
+    }
+    v
+}

@@ -1,0 +1,754 @@
+//! A compiled program: the kernels of the fused graph for concrete shapes,
+//! their buffers (planned by liveness) and the code.
+
+use super::codegen::{self, Expr, LoopKernel};
+use crate::backend::interp::{self, Error};
+use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, ReduceOp, Sym};
+use crate::passes::fusion::{self, Kind};
+use crate::tensor::{strides, Tensor};
+use cranelift_entity::SecondaryMap;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::JITModule;
+use std::collections::HashMap;
+
+type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+
+/// Loops with fewer elements run on one thread: below this a split costs
+/// more than it saves (rayon's hand-off is a few microseconds).
+const PARALLEL_MIN: usize = 1 << 16;
+
+enum Step {
+    Loop {
+        f: KernelFn,
+        /// Buffers: the output first, then one per access.
+        bufs: Vec<usize>,
+        /// Their addresses, refreshed before each call.
+        ptrs: Vec<*mut f32>,
+        outer: usize,
+        total: usize,
+        split: bool,
+        /// For reductions: the output's starting value and final scale.
+        init: Option<f32>,
+        scale: Option<f32>,
+    },
+    MatMul {
+        a: usize,
+        b: usize,
+        out: usize,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        /// Row and column strides of each operand.
+        a_rc: (isize, isize),
+        b_rc: (isize, isize),
+    },
+    Transpose {
+        src: usize,
+        dst: usize,
+        shape: Vec<usize>,
+        perm: Vec<usize>,
+    },
+    Host {
+        node: Node,
+        out: usize,
+    },
+}
+
+pub struct Program {
+    module: Option<JITModule>,
+    steps: Vec<Step>,
+    bufs: Vec<Vec<f32>>,
+    buf_of: SecondaryMap<Node, usize>,
+    shapes: SecondaryMap<Node, Vec<usize>>,
+    inputs: Vec<(InputId, usize)>,
+    params: Vec<(ParamId, usize)>,
+    outputs: Vec<usize>,
+    updates: Vec<(ParamId, usize)>,
+    /// A copy of the graph's nodes for host steps (they need the ops).
+    g: Graph,
+    pub clif: Vec<String>,
+}
+
+// SAFETY: the raw pointers in `Step::Loop` are scratch, rewritten from the
+// owned buffers before every call.
+unsafe impl Send for Program {}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the functions of this module are only reachable
+            // through `self.steps`, which dies with it.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn internal(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        message: msg.into(),
+    }
+}
+
+impl Program {
+    pub fn compile(
+        g: &Graph,
+        roots_in: &[Node],
+        syms: &SecondaryMap<Sym, Option<usize>>,
+        want_clif: bool,
+    ) -> Result<Program, Error> {
+        let g = &crate::passes::cse::cse(g);
+        let roots: Vec<Node> = g
+            .outputs
+            .iter()
+            .map(|o| o.node)
+            .chain(g.updates.iter().map(|u| u.node))
+            .collect();
+        debug_assert_eq!(roots.len(), roots_in.len());
+        let roots = &roots[..];
+        let fu = fusion::fuse(g, roots);
+        let concrete = |shape: &[Dim], span| -> Result<Vec<usize>, Error> {
+            shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(k) => Ok(*k as usize),
+                    Dim::Sym(s) => syms[*s].ok_or_else(|| interp::Error::UnboundSym {
+                        sym: g.syms[*s].name.clone(),
+                        span,
+                    }),
+                })
+                .collect()
+        };
+        let mut shapes: SecondaryMap<Node, Vec<usize>> = SecondaryMap::new();
+        for (n, d) in g.nodes.iter() {
+            if let Ok(s) = concrete(&d.ty.shape, d.span) {
+                shapes[n] = s;
+            }
+        }
+        // Every live node's shape must be known.
+        for &(n, _) in &fu.kernels {
+            concrete(&g.nodes[n].ty.shape, g.nodes[n].span)?;
+        }
+        let plan = plan_buffers(g, &fu, &shapes, roots);
+        let mut module = super::new_module().map_err(internal)?;
+        let mut fctx = FunctionBuilderContext::new();
+        let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
+        let mut steps = Vec::new();
+        let mut clif = Vec::new();
+        for &(n, kind) in &fu.kernels {
+            let out = plan.buf_of[n];
+            let step = match kind {
+                Kind::Leaf | Kind::View => continue,
+                Kind::Elementwise | Kind::Reduce => {
+                    let (k, srcs) = loop_kernel(g, &fu, &shapes, n);
+                    let name = format!("k{}", steps.len());
+                    let (id, text) = codegen::compile(&mut module, &mut fctx, &k, &name, want_clif)
+                        .map_err(|e| internal(format!("Cranelift rejected kernel {n}: {e}")))?;
+                    clif.extend(text);
+                    pending.push((steps.len(), id));
+                    let mut bufs = vec![out];
+                    bufs.extend(srcs.iter().map(|s| plan.buf_of[*s]));
+                    let (init, scale) = match &g.nodes[n].op {
+                        Op::Reduce { op, arg, axes } => {
+                            let count: usize = axes.iter().map(|&a| shapes[*arg][a]).product();
+                            match op {
+                                ReduceOp::Sum => (Some(0.0), None),
+                                ReduceOp::Mean => (Some(0.0), Some(1.0 / count.max(1) as f32)),
+                                ReduceOp::Max => (Some(f32::NEG_INFINITY), None),
+                            }
+                        }
+                        _ => (None, None),
+                    };
+                    Step::Loop {
+                        f: dummy_kernel,
+                        ptrs: vec![std::ptr::null_mut(); bufs.len()],
+                        bufs,
+                        outer: k.dims[0],
+                        total: k.dims.iter().product(),
+                        split: k.splittable(),
+                        init,
+                        scale,
+                    }
+                }
+                Kind::MatMul => {
+                    let Op::MatMul(a, b) = g.nodes[n].op else {
+                        unreachable!()
+                    };
+                    let s = &shapes[n];
+                    let r = s.len();
+                    let (m, nn) = (s[r - 2], s[r - 1]);
+                    let k = shapes[a][r - 1];
+                    let operand = |x: Node, rows: usize, cols: usize| {
+                        if fu.strided.contains(x) {
+                            let Op::Transpose(src, _) = g.nodes[x].op else {
+                                unreachable!()
+                            };
+                            // x[i][j] = src[j][i], src is [cols, rows].
+                            (plan.buf_of[src], (1isize, rows as isize))
+                        } else {
+                            (plan.buf_of[x], (cols as isize, 1isize))
+                        }
+                    };
+                    let (ab, a_rc) = operand(a, m, k);
+                    let (bb, b_rc) = operand(b, k, nn);
+                    Step::MatMul {
+                        a: ab,
+                        b: bb,
+                        out,
+                        batch: s[..r - 2].iter().product(),
+                        m,
+                        k,
+                        n: nn,
+                        a_rc,
+                        b_rc,
+                    }
+                }
+                Kind::Transpose => {
+                    let Op::Transpose(src, perm) = &g.nodes[n].op else {
+                        unreachable!()
+                    };
+                    Step::Transpose {
+                        src: plan.buf_of[*src],
+                        dst: out,
+                        shape: shapes[*src].clone(),
+                        perm: perm.clone(),
+                    }
+                }
+                Kind::Host => Step::Host { node: n, out },
+            };
+            steps.push(step);
+        }
+        module
+            .finalize_definitions()
+            .map_err(|e| internal(format!("Cranelift could not finalise: {e}")))?;
+        for (i, id) in pending {
+            let p = module.get_finalized_function(id);
+            if let Step::Loop { f, .. } = &mut steps[i] {
+                // SAFETY: the function was compiled with exactly this
+                // signature by `codegen::compile`.
+                *f = unsafe { std::mem::transmute::<*const u8, KernelFn>(p) };
+            }
+        }
+        let mut bufs: Vec<Vec<f32>> = plan.sizes.iter().map(|&s| vec![0.0; s]).collect();
+        let mut inputs = Vec::new();
+        let mut params = Vec::new();
+        for &(n, kind) in &fu.kernels {
+            if kind != Kind::Leaf {
+                continue;
+            }
+            let b = plan.buf_of[n];
+            match g.nodes[n].op {
+                Op::Input(i) => inputs.push((i, b)),
+                Op::Param(p) => params.push((p, b)),
+                Op::Const(c) => bufs[b].copy_from_slice(&g.consts[c].data),
+                _ => unreachable!("leaves are inputs, params and consts"),
+            }
+        }
+        Ok(Program {
+            module: Some(module),
+            steps,
+            bufs,
+            outputs: g.outputs.iter().map(|o| plan.buf_of[o.node]).collect(),
+            updates: g
+                .updates
+                .iter()
+                .map(|u| (u.param, plan.buf_of[u.node]))
+                .collect(),
+            buf_of: plan.buf_of,
+            shapes,
+            inputs,
+            params,
+            g: g.clone(),
+            clif,
+        })
+    }
+
+    /// Copies the fed inputs (or their declared defaults) into their
+    /// buffers.
+    pub fn load_inputs(&mut self, g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) {
+        for &(i, b) in &self.inputs {
+            let src = match &inputs[i] {
+                Some(t) => &t.data,
+                None => match g.inputs[i].default {
+                    Some(c) => &g.consts[c].data,
+                    None => continue,
+                },
+            };
+            self.bufs[b].copy_from_slice(src);
+        }
+    }
+
+    pub fn copy_params(&mut self, params: &SecondaryMap<ParamId, Tensor>) {
+        for &(p, b) in &self.params {
+            self.bufs[b].copy_from_slice(&params[p].data);
+        }
+    }
+
+    /// Exchanges the parameters' storage with their buffers; calling it
+    /// twice restores both.
+    pub fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) {
+        for &(p, b) in &self.params {
+            std::mem::swap(&mut self.bufs[b], &mut params[p].data);
+        }
+    }
+
+    /// Runs a step and moves each update into its parameter: the old
+    /// parameter storage becomes the update's buffer for the next step.
+    /// With `outputs`, returns the outputs (read while the parameters are
+    /// in their buffers: an output may be a parameter).
+    pub fn step(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        outputs: bool,
+    ) -> Result<Vec<Tensor>, Error> {
+        self.swap_params(params);
+        let r = self.execute();
+        let outs = if outputs && r.is_ok() {
+            (0..self.outputs.len()).map(|i| self.output(i)).collect()
+        } else {
+            Vec::new()
+        };
+        self.swap_params(params);
+        r?;
+        for &(p, b) in &self.updates {
+            std::mem::swap(&mut self.bufs[b], &mut params[p].data);
+        }
+        Ok(outs)
+    }
+
+    /// Runs with the parameters lent by swapping; returns the outputs.
+    pub fn eval(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+    ) -> Result<Vec<Tensor>, Error> {
+        self.swap_params(params);
+        let r = self.execute();
+        let outs = (0..self.outputs.len()).map(|i| self.output(i)).collect();
+        self.swap_params(params);
+        r.map(|_| outs)
+    }
+
+    pub fn output(&self, i: usize) -> Tensor {
+        let b = self.outputs[i];
+        let n = self.g.outputs[i].node;
+        Tensor::new(self.shapes[n].clone(), self.bufs[b].clone())
+    }
+
+    /// Runs every step in order.
+    pub fn execute(&mut self) -> Result<(), Error> {
+        for si in 0..self.steps.len() {
+            match &mut self.steps[si] {
+                Step::Loop {
+                    f,
+                    bufs,
+                    ptrs,
+                    outer,
+                    total,
+                    split,
+                    init,
+                    scale,
+                } => {
+                    if let Some(v) = init {
+                        self.bufs[bufs[0]].fill(*v);
+                    }
+                    for (p, &b) in ptrs.iter_mut().zip(bufs.iter()) {
+                        *p = self.bufs[b].as_mut_ptr();
+                    }
+                    let args = SendPtr(ptrs.as_ptr());
+                    let f = *f;
+                    let threads = rayon::current_num_threads();
+                    if *split && *total >= PARALLEL_MIN && *outer >= threads && threads > 1 {
+                        let outer = *outer;
+                        use rayon::prelude::*;
+                        (0..threads).into_par_iter().for_each(|t| {
+                            let lo = outer * t / threads;
+                            let hi = outer * (t + 1) / threads;
+                            let a = &args;
+                            // SAFETY: each thread writes a disjoint range of
+                            // the outer loop; the buffers outlive the call.
+                            unsafe { f(a.0, lo as i64, hi as i64) };
+                        });
+                    } else {
+                        // SAFETY: `ptrs` holds one live buffer per argument,
+                        // each as long as the kernel's strides reach.
+                        unsafe { f(args.0, 0, *outer as i64) };
+                    }
+                    if let Some(s) = scale {
+                        self.bufs[bufs[0]].iter_mut().for_each(|x| *x *= *s);
+                    }
+                }
+                Step::MatMul {
+                    a,
+                    b,
+                    out,
+                    batch,
+                    m,
+                    k,
+                    n,
+                    a_rc,
+                    b_rc,
+                } => {
+                    let (m, k, n) = (*m, *k, *n);
+                    let a_ptr = self.bufs[*a].as_ptr();
+                    let b_ptr = self.bufs[*b].as_ptr();
+                    let o_ptr = self.bufs[*out].as_mut_ptr();
+                    let par = if m * n * k >= 1 << 18 {
+                        gemm::Parallelism::Rayon(rayon::current_num_threads())
+                    } else {
+                        gemm::Parallelism::None
+                    };
+                    for bi in 0..*batch {
+                        // SAFETY: each operand buffer holds `batch` row-major
+                        // (or stride-swapped) matrices of the sizes given.
+                        unsafe {
+                            gemm::gemm(
+                                m,
+                                n,
+                                k,
+                                o_ptr.add(bi * m * n),
+                                1,
+                                n as isize,
+                                false,
+                                a_ptr.add(bi * m * k),
+                                a_rc.1,
+                                a_rc.0,
+                                b_ptr.add(bi * k * n),
+                                b_rc.1,
+                                b_rc.0,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                par,
+                            )
+                        }
+                    }
+                }
+                Step::Transpose {
+                    src,
+                    dst,
+                    shape,
+                    perm,
+                } => {
+                    let (s, d) = two(&mut self.bufs, *src, *dst);
+                    transpose(s, d, shape, perm);
+                }
+                Step::Host { node, out } => {
+                    let node = *node;
+                    let data = &self.g.nodes[node];
+                    let args: HashMap<Node, Tensor> = data
+                        .op
+                        .args()
+                        .into_iter()
+                        .map(|a| {
+                            let t = Tensor::new(
+                                self.shapes[a].clone(),
+                                self.bufs[self.buf_of[a]].clone(),
+                            );
+                            (a, t)
+                        })
+                        .collect();
+                    let v = interp::eval_op(
+                        &self.g,
+                        &data.op,
+                        data.span,
+                        &|a| &args[&a],
+                        &self.shapes[node],
+                    )?;
+                    self.bufs[*out].copy_from_slice(&v.data);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct SendPtr(*const *mut f32);
+// SAFETY: the pointers are only dereferenced by kernels writing disjoint
+// ranges while the owning `Program` is borrowed mutably.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+unsafe extern "C" fn dummy_kernel(_: *const *mut f32, _: i64, _: i64) {}
+
+fn two(bufs: &mut [Vec<f32>], a: usize, b: usize) -> (&[f32], &mut [f32]) {
+    assert_ne!(a, b, "a transpose never writes its own input");
+    if a < b {
+        let (x, y) = bufs.split_at_mut(b);
+        (&x[a], &mut y[0])
+    } else {
+        let (x, y) = bufs.split_at_mut(a);
+        (&y[0], &mut x[b])
+    }
+}
+
+/// `dst` = `src` (of `shape`) with its axes permuted, walking `dst` in
+/// order.
+fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) {
+    let r = shape.len();
+    let st = strides(shape);
+    let mut idx = [0usize; 8];
+    let mut dims = [0usize; 8];
+    let mut sst = [0usize; 8];
+    assert!(r <= 8, "transpose of rank > 8");
+    for i in 0..r {
+        dims[i] = shape[perm[i]];
+        sst[i] = st[perm[i]];
+    }
+    if dst.is_empty() {
+        return;
+    }
+    let mut off = 0usize;
+    for d in dst.iter_mut() {
+        *d = src[off];
+        // Increment the multi-index, last axis fastest.
+        let mut ax = r;
+        while ax > 0 {
+            ax -= 1;
+            idx[ax] += 1;
+            off += sst[ax];
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            off -= sst[ax] * dims[ax];
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// Where each stored node lives.
+struct BufferPlan {
+    buf_of: SecondaryMap<Node, usize>,
+    sizes: Vec<usize>,
+}
+
+/// Assigns buffers in kernel order: a buffer whose last reader has run is
+/// reused by the next value of the same size. Leaves and roots keep their
+/// own; a view shares its operand's.
+fn plan_buffers(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    roots: &[Node],
+) -> BufferPlan {
+    // The stored nodes each kernel reads (through fused nodes).
+    let reads = |n: Node| -> Vec<Node> {
+        let mut out = Vec::new();
+        let mut stack = g.nodes[n].op.args();
+        while let Some(a) = stack.pop() {
+            if fu.fused.contains(a) || fu.strided.contains(a) {
+                stack.extend(g.nodes[a].op.args());
+            } else {
+                out.push(a);
+            }
+        }
+        out
+    };
+    let mut base: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    let mut last: SecondaryMap<Node, usize> = SecondaryMap::new();
+    let mut pinned: cranelift_entity::EntitySet<Node> = cranelift_entity::EntitySet::new();
+    for &r in roots {
+        pinned.insert(r);
+    }
+    let root_of = |base: &SecondaryMap<Node, Option<Node>>, mut n: Node| {
+        while let Some(b) = base[n] {
+            n = b;
+        }
+        n
+    };
+    for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
+        if kind == Kind::View {
+            let Op::Reshape(a, _) = g.nodes[n].op else {
+                unreachable!()
+            };
+            base[n] = Some(root_of(&base, a));
+        }
+        if kind == Kind::Leaf {
+            pinned.insert(n);
+        }
+        for a in reads(n) {
+            let b = root_of(&base, a);
+            last[b] = i;
+        }
+    }
+    for &r in roots {
+        let b = root_of(&base, r);
+        pinned.insert(b);
+    }
+    let mut buf_of: SecondaryMap<Node, usize> = SecondaryMap::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut free: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
+        if kind == Kind::View {
+            buf_of[n] = buf_of[root_of(&base, n)];
+        } else {
+            let len: usize = shapes[n].iter().product();
+            let reuse = if pinned.contains(n) {
+                None
+            } else {
+                free.get_mut(&len).and_then(|v| v.pop())
+            };
+            buf_of[n] = reuse.unwrap_or_else(|| {
+                sizes.push(len);
+                sizes.len() - 1
+            });
+        }
+        // Release what this kernel was the last to read.
+        for a in reads(n) {
+            let b = root_of(&base, a);
+            if last[b] == i && !pinned.contains(b) {
+                last[b] = usize::MAX; // released once
+                free.entry(sizes[buf_of[b]]).or_default().push(buf_of[b]);
+            }
+        }
+    }
+    BufferPlan { buf_of, sizes }
+}
+
+/// The loop kernel computing stored node `n`, and the stored node each of
+/// its accesses reads.
+fn loop_kernel(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    n: Node,
+) -> (LoopKernel, Vec<Node>) {
+    let (space, out, top) = match &g.nodes[n].op {
+        Op::Reduce { arg, axes, .. } => {
+            let ins = &shapes[*arg];
+            let ost = strides(&shapes[n]);
+            let mut out = Vec::new();
+            let mut k = 0;
+            for d in 0..ins.len() {
+                if axes.contains(&d) {
+                    out.push(0);
+                } else {
+                    out.push(ost[k] as i64);
+                    k += 1;
+                }
+            }
+            (ins.clone(), out, *arg)
+        }
+        _ => {
+            let s = shapes[n].clone();
+            let out = strides(&s).iter().map(|&x| x as i64).collect();
+            (s, out, n)
+        }
+    };
+    let mut b = KernelBuilder {
+        g,
+        fu,
+        shapes,
+        rank: space.len(),
+        exprs: Vec::new(),
+        memo: HashMap::new(),
+        accesses: Vec::new(),
+        srcs: Vec::new(),
+    };
+    let ident: Vec<Option<usize>> = (0..space.len()).map(Some).collect();
+    let is_reduce = top != n;
+    b.build(top, &ident, !is_reduce);
+    let reduce = match &g.nodes[n].op {
+        Op::Reduce { op, .. } => Some(*op),
+        _ => None,
+    };
+    let mut k = LoopKernel {
+        dims: space,
+        accesses: b.accesses,
+        out,
+        exprs: b.exprs,
+        reduce,
+    };
+    k.simplify();
+    (k, b.srcs)
+}
+
+struct KernelBuilder<'a> {
+    g: &'a Graph,
+    fu: &'a fusion::Fusion,
+    shapes: &'a SecondaryMap<Node, Vec<usize>>,
+    rank: usize,
+    exprs: Vec<Expr>,
+    memo: HashMap<(Node, Vec<Option<usize>>), usize>,
+    accesses: Vec<Vec<i64>>,
+    srcs: Vec<Node>,
+}
+
+impl KernelBuilder<'_> {
+    fn push(&mut self, e: Expr) -> usize {
+        self.exprs.push(e);
+        self.exprs.len() - 1
+    }
+
+    /// The expression of `n` evaluated where each of its dims is the
+    /// iteration dim `map[j]` (or 0 when `None`). `top`: compute `n` itself
+    /// even though it is stored.
+    fn build(&mut self, n: Node, map: &[Option<usize>], top: bool) -> usize {
+        let key = (n, map.to_vec());
+        if let Some(&e) = self.memo.get(&key) {
+            return e;
+        }
+        let stored = !self.fu.fused.contains(n);
+        let e = if stored && !top {
+            let st = strides(&self.shapes[n]);
+            let mut s = vec![0i64; self.rank];
+            for (j, m) in map.iter().enumerate() {
+                if let Some(d) = m {
+                    s[*d] += st[j] as i64;
+                }
+            }
+            self.srcs.push(n);
+            self.accesses.push(s);
+            let a = self.accesses.len() - 1;
+            self.push(Expr::Load(a))
+        } else {
+            match &self.g.nodes[n].op {
+                Op::Fill { value, .. } => self.push(Expr::Const(*value)),
+                Op::Broadcast(a, _) => {
+                    let from = &self.shapes[*a];
+                    let to = &self.shapes[n];
+                    let off = to.len() - from.len();
+                    let m: Vec<Option<usize>> = (0..from.len())
+                        .map(|j| {
+                            if from[j] == 1 && to[j + off] != 1 {
+                                None
+                            } else {
+                                map[j + off]
+                            }
+                        })
+                        .collect();
+                    self.build(*a, &m, false)
+                }
+                Op::Unary(op, a) => {
+                    let a = self.build(*a, map, false);
+                    self.push(Expr::Unary(*op, a))
+                }
+                Op::Binary(crate::ir::BinaryOp::Pow, a, e) => {
+                    let k = fusion::pow_exponent(self.g, *e).expect("fusion checked the exponent");
+                    let a = self.build(*a, map, false);
+                    self.push(Expr::PowI(a, k))
+                }
+                Op::Binary(op, a, b) => {
+                    let a = self.build(*a, map, false);
+                    let b = self.build(*b, map, false);
+                    self.push(Expr::Binary(*op, a, b))
+                }
+                Op::Compare(op, a, b) => {
+                    let a = self.build(*a, map, false);
+                    let b = self.build(*b, map, false);
+                    self.push(Expr::Compare(*op, a, b))
+                }
+                Op::Select(c, a, b) => {
+                    let c = self.build(*c, map, false);
+                    let a = self.build(*a, map, false);
+                    let b = self.build(*b, map, false);
+                    self.push(Expr::Select(c, a, b))
+                }
+                op => unreachable!("{op:?} is not a loop operation"),
+            }
+        };
+        self.memo.insert(key, e);
+        e
+    }
+}

@@ -1,0 +1,331 @@
+//! Fusion: groups the nodes a graph's roots need into kernels.
+//!
+//! Every live node is either *stored* — its value gets a buffer — or
+//! *fused* into the one kernel that reads it, where it is recomputed per
+//! element instead of written and read back. The rules, by name (each
+//! decision is logged under `NNC_LOG=fusion`):
+//!
+//! - `elementwise-chain`: an elementwise node (unary, binary, compare,
+//!   select) with exactly one reader, itself an elementwise node or a
+//!   reduction over the same shape, is fused into that reader.
+//! - `reduce-prologue`: the same, when the reader is a reduction: the
+//!   reduction's loop computes its operand per element.
+//! - `reduce-ends-group`: a reduction's result is always stored; its
+//!   readers start a new kernel (their loop runs over another shape).
+//! - `recompute-broadcast`: `fill` and `broadcast` are pure index maps, so
+//!   they are recomputed in every kernel that reads them, whatever their
+//!   number of readers (the stated cost rule: recompute costs one load per
+//!   element, storing costs a write and a read of the full shape).
+//! - `matmul-transposed-operand`: a transpose of the last two axes read
+//!   only by matmuls is not copied: the GEMM reads it with swapped strides.
+//! - `reshape-is-a-view`: a reshape shares its operand's buffer.
+//!
+//! Refusals are logged with their reason: several readers (the value is
+//! stored once rather than recomputed per reader), a reader that is not a
+//! loop kernel (matmul, convolution, scan …), a root of the graph.
+//!
+//! Matmul epilogues (bias + activation applied on cache-hot panels of the
+//! GEMM's output) are not fused yet: the elementwise kernel after a matmul
+//! reads its output from memory.
+
+use crate::ir::{BinaryOp, Graph, Node, Op};
+use cranelift_entity::{EntitySet, SecondaryMap};
+use std::fmt::Write;
+
+/// What a stored node's kernel is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// An input, parameter or constant: a buffer filled from outside.
+    Leaf,
+    /// One loop over the node's shape computing a fused expression.
+    Elementwise,
+    /// One loop over the operand's shape accumulating into the node.
+    Reduce,
+    /// A call to the GEMM.
+    MatMul,
+    /// A transpose copy.
+    Transpose,
+    /// Shares the operand's buffer.
+    View,
+    /// Any other operation, run by a host routine.
+    Host,
+}
+
+/// The grouping: which nodes are stored, with their kernel kind, and which
+/// are fused into their reader.
+pub struct Fusion {
+    /// Nodes in evaluation order that get a buffer, with their kernel.
+    pub kernels: Vec<(Node, Kind)>,
+    /// Live nodes that are computed inside their readers' kernels.
+    pub fused: EntitySet<Node>,
+    /// Transposes read by matmuls with swapped strides instead of copied.
+    pub strided: EntitySet<Node>,
+    /// Why each decision was taken, for `NNC_LOG=fusion`.
+    pub log: Vec<String>,
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(..) | Op::Compare(..) | Op::Select(..) | Op::Binary(..)
+    ) && !is_host_binary(op)
+}
+
+/// `pow` with an exponent that is not a constant runs on the host (the JIT
+/// has no vector `pow`); `x ^ c` for a whole `c` in -4..=4 is compiled as
+/// multiplications, see [`pow_exponent`].
+fn is_host_binary(op: &Op) -> bool {
+    matches!(op, Op::Binary(BinaryOp::Pow, ..))
+}
+
+/// The whole exponent of `x ^ c` when `c` is a fill (or a broadcast of a
+/// one-element constant) with a small integral value.
+pub fn pow_exponent(g: &Graph, c: Node) -> Option<i32> {
+    let v = match &g.nodes[c].op {
+        Op::Fill { value, .. } => *value,
+        Op::Broadcast(a, _) => return pow_exponent(g, *a),
+        Op::Const(k) if g.consts[*k].len() == 1 => g.consts[*k].data[0],
+        _ => return None,
+    };
+    (v.fract() == 0.0 && v.abs() <= 4.0).then_some(v as i32)
+}
+
+/// Whether the node is a loop kernel's element computation.
+fn is_loop_op(g: &Graph, op: &Op) -> bool {
+    is_elementwise(op)
+        || matches!(op, Op::Binary(BinaryOp::Pow, _, e) if pow_exponent(g, *e).is_some())
+}
+
+/// Transposes of the last two axes.
+fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i)
+}
+
+/// Groups the nodes `roots` need.
+pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
+    let mut live: EntitySet<Node> = EntitySet::new();
+    for &r in roots {
+        live.insert(r);
+    }
+    let mut readers: SecondaryMap<Node, Vec<Node>> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter().rev() {
+        if live.contains(n) {
+            for a in d.op.args() {
+                live.insert(a);
+                if !readers[a].contains(&n) {
+                    readers[a].push(n);
+                }
+            }
+        }
+    }
+    let mut is_root: EntitySet<Node> = EntitySet::new();
+    for &r in roots {
+        is_root.insert(r);
+    }
+    let mut f = Fusion {
+        kernels: Vec::new(),
+        fused: EntitySet::new(),
+        strided: EntitySet::new(),
+        log: Vec::new(),
+    };
+    let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
+    // A reader that runs a loop kernel over its own shape and can take the
+    // node's computation into it.
+    let loop_reader = |r: Node| -> bool {
+        let op = &g.nodes[r].op;
+        is_loop_op(g, op) || matches!(op, Op::Reduce { .. } | Op::Broadcast(..))
+    };
+    for (n, d) in g.nodes.iter() {
+        if !live.contains(n) {
+            continue;
+        }
+        let rs = &readers[n];
+        let kind = match &d.op {
+            Op::Input(_) | Op::Param(_) | Op::Const(_) => Kind::Leaf,
+            Op::Fill { .. } | Op::Broadcast(..) => {
+                let all_loops = rs.iter().all(|&r| loop_reader(r));
+                if !is_root.contains(n) && all_loops {
+                    f.log.push(format!(
+                        "recompute-broadcast: {} is recomputed in its {} reader(s)",
+                        name(n),
+                        rs.len()
+                    ));
+                    f.fused.insert(n);
+                    continue;
+                }
+                f.log.push(format!(
+                    "refused recompute-broadcast for {}: {}",
+                    name(n),
+                    if is_root.contains(n) {
+                        "it is a root".to_string()
+                    } else {
+                        "a reader is not a loop kernel".to_string()
+                    }
+                ));
+                Kind::Elementwise
+            }
+            op if is_loop_op(g, op) => {
+                let reason = if is_root.contains(n) {
+                    Some("it is a root".to_string())
+                } else if rs.len() != 1 {
+                    Some(format!(
+                        "{} readers: stored once instead of recomputed",
+                        rs.len()
+                    ))
+                } else if !loop_reader(rs[0]) || matches!(g.nodes[rs[0]].op, Op::Broadcast(..)) {
+                    Some(format!("its reader {} is not a loop kernel", name(rs[0])))
+                } else {
+                    None
+                };
+                match reason {
+                    None => {
+                        let rule = if matches!(g.nodes[rs[0]].op, Op::Reduce { .. }) {
+                            "reduce-prologue"
+                        } else {
+                            "elementwise-chain"
+                        };
+                        f.log
+                            .push(format!("{rule}: {} fused into {}", name(n), name(rs[0])));
+                        f.fused.insert(n);
+                        continue;
+                    }
+                    Some(why) => {
+                        f.log.push(format!("refused fusion of {}: {why}", name(n)));
+                        Kind::Elementwise
+                    }
+                }
+            }
+            Op::Reduce { .. } => {
+                f.log
+                    .push(format!("reduce-ends-group: {} is stored", name(n)));
+                Kind::Reduce
+            }
+            Op::MatMul(..) => Kind::MatMul,
+            Op::Transpose(_, perm) => {
+                let only_matmuls =
+                    !rs.is_empty() && rs.iter().all(|&r| matches!(g.nodes[r].op, Op::MatMul(..)));
+                if swaps_last_two(perm) && only_matmuls && !is_root.contains(n) {
+                    f.log.push(format!(
+                        "matmul-transposed-operand: {} is read with swapped strides",
+                        name(n)
+                    ));
+                    f.strided.insert(n);
+                    continue;
+                }
+                Kind::Transpose
+            }
+            Op::Reshape(..) => {
+                f.log.push(format!(
+                    "reshape-is-a-view: {} shares its operand's buffer",
+                    name(n)
+                ));
+                Kind::View
+            }
+            _ => Kind::Host,
+        };
+        f.kernels.push((n, kind));
+    }
+    // A fused node read by a transpose, reshape or host op must be stored:
+    // those read buffers. `loop_reader` already refused them, so only the
+    // broadcast case remains, where a fill read by a matmul is stored.
+    f
+}
+
+pub fn op_name(op: &Op) -> String {
+    let s = format!("{op:?}");
+    let end = s.find(['(', ' ', '{']).unwrap_or(s.len());
+    let mut name = s[..end].to_lowercase();
+    if let Op::Unary(u, _) = op {
+        name = format!("{u:?}").to_lowercase();
+    } else if let Op::Binary(b, ..) = op {
+        name = format!("{b:?}").to_lowercase();
+    } else if let Op::Compare(c, ..) = op {
+        name = format!("{c:?}").to_lowercase();
+    } else if let Op::Reduce { op, .. } = op {
+        name = format!("reduce_{op:?}").to_lowercase();
+    }
+    name
+}
+
+/// The fused program as text: one line per kernel with the expression it
+/// computes, fused nodes written inline.
+pub fn print(g: &Graph, f: &Fusion) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for &(n, kind) in &f.kernels {
+        let ty = g.shape_str(g.shape(n));
+        let body = match kind {
+            Kind::Leaf => continue,
+            _ => expr(g, f, n, true),
+        };
+        count += 1;
+        let _ = writeln!(out, "kernel {count} {kind:?} -> {n}: {ty} = {body}");
+    }
+    for o in &g.outputs {
+        let _ = writeln!(out, "output {} = {}", o.name, o.node);
+    }
+    for u in &g.updates {
+        let _ = writeln!(out, "update {} = {}", g.params[u.param].name, u.node);
+    }
+    out
+}
+
+fn expr(g: &Graph, f: &Fusion, n: Node, top: bool) -> String {
+    let d = &g.nodes[n];
+    if !top && !f.fused.contains(n) && !f.strided.contains(n) {
+        return n.to_string();
+    }
+    let args: Vec<String> = d.op.args().iter().map(|&a| expr(g, f, a, false)).collect();
+    match &d.op {
+        Op::Fill { value, .. } => format!("{value:?}"),
+        Op::Broadcast(..) => format!("broadcast({})", args[0]),
+        Op::Reduce { op, axes, .. } => {
+            format!(
+                "{}({}, axes={axes:?})",
+                format!("{op:?}").to_lowercase(),
+                args[0]
+            )
+        }
+        Op::Transpose(_, perm) => format!("transpose({}, {perm:?})", args[0]),
+        op => format!("{}({})", op_name(op), args.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Span;
+    use crate::ir::{Dim, UnaryOp};
+
+    #[test]
+    fn a_chain_becomes_one_kernel_and_a_shared_value_is_stored() {
+        let mut g = Graph::new();
+        let sp = Span::default();
+        let s = vec![Dim::Known(8)];
+        let x = g
+            .add(
+                Op::Fill {
+                    value: 1.0,
+                    shape: s.clone(),
+                },
+                sp,
+            )
+            .unwrap();
+        let x = g.add(Op::Unary(UnaryOp::Exp, x), sp).unwrap();
+        let a = g.add(Op::Unary(UnaryOp::Tanh, x), sp).unwrap();
+        let b = g.add(Op::Binary(BinaryOp::Mul, a, a), sp).unwrap();
+        let c = g.add(Op::Unary(UnaryOp::Neg, b), sp).unwrap();
+        let f = fuse(&g, &[c]);
+        assert_eq!(g.shape(c), &s);
+        // `a` has two reads by one reader: one reader, so fused; `x` too.
+        let stored: Vec<Node> = f.kernels.iter().map(|k| k.0).collect();
+        assert_eq!(stored, vec![c]);
+        assert!(f.fused.contains(b) && f.fused.contains(a));
+        let text = print(&g, &f);
+        assert!(
+            text.contains("neg(mul(tanh(exp(1.0)), tanh(exp(1.0))))"),
+            "{text}"
+        );
+    }
+}
