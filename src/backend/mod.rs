@@ -48,6 +48,32 @@ impl<'g> Engine<'g> {
         }
     }
 
+    /// Compiles for these inputs' shapes without running (the JIT; the
+    /// interpreter has nothing to prepare).
+    pub fn prepare(
+        &mut self,
+        params: &SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
+        match self {
+            Engine::Interp(_) => Ok(()),
+            Engine::Jit(j) => j.prepare(params, inputs),
+        }
+    }
+
+    /// A step whose outputs are not needed (the JIT then allocates
+    /// nothing once compiled).
+    pub fn step_in_place(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
+        match self {
+            Engine::Interp(g) => interp::step(g, params, inputs).map(|_| ()),
+            Engine::Jit(j) => j.step_in_place(params, inputs),
+        }
+    }
+
     /// One step: the outputs, and the updates written into `params`.
     pub fn step(
         &mut self,

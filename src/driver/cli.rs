@@ -85,6 +85,11 @@ pub enum Command {
         after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
     )]
     Train(TrainArgs),
+    /// Time a training step (or the outputs): compile once, warm up, then time runs.
+    #[command(
+        after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
+    )]
+    Bench(BenchArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
         after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors"
@@ -107,6 +112,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
         backend: BackendKind,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The .nn file: a `train` block is timed as a training step, else its outputs.
+    pub file: PathBuf,
+    /// Timed runs.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// The size of a symbolic dimension (e.g. `--dim B=128`).
+    #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
+    pub dims: Vec<(String, usize)>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The backend to time.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    pub backend: BackendKind,
 }
 
 #[derive(clap::Args, Debug)]
@@ -290,6 +315,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             }
         }
         Command::Train(args) => super::train::command(args),
+        Command::Bench(args) => super::bench::command(args),
         Command::Repl => Ok(Outcome {
             stdout: String::new(),
             sources: SourceMap::new(),

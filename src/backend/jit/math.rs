@@ -3,8 +3,10 @@
 //!
 //! The coefficients are Cephes' single-precision ones (`expf`, `logf`,
 //! `tanhf`). Measured against the host's libm over a sweep of inputs
-//! (`tests/jit_math.rs`): relative error ≤ 2e-7 (about 2 ulp) for `exp` on
-//! [-87, 88] and `log` on normal positive floats; `tanh` ≤ 3e-7 relative.
+//! (`tests/jit_math.rs`, 100k–200k points each): the largest relative
+//! errors seen are between 7e-8 and 1.4e-7 (one to two ulp) for `exp` on
+//! [-87, 88], `log` on normal positive floats, `tanh` and the stdlib's
+//! `sigmoid`; the test asserts 2e-7, 2e-7, 3e-7 and 5e-7.
 //! Out of range: `exp` saturates (inputs are clamped to [-87.3, 88.0], so
 //! `exp(-100)` gives 1.2e-38 instead of 0 and `exp(100)` gives 1.65e38
 //! instead of inf); `log` gives -inf at 0 and NaN below; subnormal inputs

@@ -96,6 +96,15 @@ impl<'g> Jit<'g> {
         Ok(p)
     }
 
+    /// Compiles the program for these inputs' shapes, if not yet cached.
+    pub fn prepare(
+        &mut self,
+        params: &SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
+        self.program(inputs, params).map(|_| ())
+    }
+
     /// Evaluates the graph's outputs.
     pub fn run(&mut self, feed: &Feed) -> Result<Vec<Tensor>, Error> {
         let n_out = self.g.outputs.len();

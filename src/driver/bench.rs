@@ -1,0 +1,147 @@
+//! `nnc bench`: compiles a file once, runs warm-up steps, then times `runs`
+//! steps. A file with a `train` block is timed as a training step (every
+//! phase, forward, backward and update); any other file as an evaluation
+//! of its outputs. Inputs without a value get seeded random data of their
+//! shape; symbolic dimensions take their size from `--dim` or, for a
+//! training step, from `batch`.
+//!
+//! `compile_ms` is from the source text to a compiled step ready to run:
+//! parsing, checking, lowering, autodiff and optimizer, fusion and code
+//! generation (the JIT compiles when the step is prepared, not on the first
+//! timed run).
+
+use super::cli::{bind_dims, compiled_graphs, load, BenchArgs, Format, Outcome};
+use crate::backend::{interp, Engine};
+use crate::ir::{Dim, Graph, InputId};
+use crate::pipeline::Stage;
+use crate::tensor::Tensor;
+use cranelift_entity::SecondaryMap;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
+    let started = Instant::now();
+    let mut c = load(&args.file, Stage::Ir)?;
+    let Some(g) = c.graph.take() else {
+        return Err(Outcome::from(c, String::new()));
+    };
+    let train = c.train.take();
+    let fail = |mut c: crate::pipeline::Compilation, d: crate::diag::Diag| {
+        c.diags.push(d);
+        Err(Outcome::from(c, String::new()))
+    };
+    let graphs = match compiled_graphs(&g, train.as_ref()) {
+        Ok(gs) => gs,
+        Err(d) => return fail(c, d),
+    };
+    let last = &graphs.last().expect("one graph at least").1;
+    let mut params = interp::init_params(last, 0);
+    // Making up input data is not compilation: the clock stops meanwhile.
+    let front = started.elapsed();
+    let mut feeds = Vec::new();
+    for (_, graph) in &graphs {
+        let syms = match bind_dims(graph, &args.dims, train.as_ref().map(|t| t.batch)) {
+            Ok(s) => s,
+            Err(d) => return fail(c, d),
+        };
+        feeds.push(random_inputs(graph, &syms));
+    }
+    let mut engines: Vec<Engine> = graphs
+        .iter()
+        .map(|(_, graph)| Engine::new(args.backend, graph))
+        .collect();
+    let restarted = Instant::now();
+    for (e, inputs) in engines.iter_mut().zip(&feeds) {
+        if let Err(err) = e.prepare(&params, inputs) {
+            return fail(c, err.to_diag());
+        }
+    }
+    let compile_ms = (front + restarted.elapsed()).as_secs_f64() * 1e3;
+    let is_train = train.is_some();
+    let mut step = |params: &mut SecondaryMap<_, Tensor>| -> Result<(), interp::Error> {
+        for (e, inputs) in engines.iter_mut().zip(&feeds) {
+            if is_train {
+                e.step_in_place(params, inputs)?;
+            } else {
+                e.run(params, inputs)?;
+            }
+        }
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        if let Err(e) = step(&mut params) {
+            return fail(c, e.to_diag());
+        }
+    }
+    let mut times = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        if let Err(e) = step(&mut params) {
+            return fail(c, e.to_diag());
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let (min, max) = (times[0], times[times.len() - 1]);
+    let text = match args.format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::json!({
+                "compile_ms": round3(compile_ms),
+                "median_ms": round3(median),
+                "min_ms": round3(min),
+                "max_ms": round3(max),
+                "runs": times.len(),
+            })
+        ),
+        Format::Text => format!(
+            "{} ({}, {:?} backend): compile {compile_ms:.1} ms; {} runs: median {median:.3} ms, min {min:.3} ms, max {max:.3} ms\n",
+            args.file.display(),
+            if is_train { "training step" } else { "outputs" },
+            args.backend,
+            times.len()
+        ),
+    };
+    Ok(Outcome::from(c, text))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// Seeded uniform [0, 1) data for every input without a default value
+/// (the hidden random key gets a fixed key).
+fn random_inputs(
+    g: &Graph,
+    syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
+) -> SecondaryMap<InputId, Option<Tensor>> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+    let mut inputs = SecondaryMap::new();
+    for (i, info) in g.inputs.iter() {
+        if info.default.is_some() {
+            continue;
+        }
+        if info.name == crate::ir::RNG_KEY_INPUT {
+            inputs[i] = Some(interp::rng_key(0, 0));
+            continue;
+        }
+        let shape: Vec<usize> = info
+            .ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Known(k) => *k as usize,
+                Dim::Sym(s) => syms[*s].unwrap_or(1),
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| rng.gen::<f32>()).collect();
+        inputs[i] = Some(Tensor::new(shape, data));
+    }
+    inputs
+}
