@@ -46,6 +46,7 @@ pub mod data;
 pub mod diag;
 pub mod driver;
 pub mod ir;
+pub mod log;
 pub mod passes;
 pub mod pipeline;
 pub mod sema;

@@ -91,7 +91,10 @@ fn tanh_within_3e7_relative() {
 fn sigmoid_within_5e7_relative() {
     let xs = sweep(-80.0, 80.0, 100_001);
     let got = jit_map("sigmoid(x)", &xs);
-    let want: Vec<f64> = xs.iter().map(|&x| 1.0 / (1.0 + (-(x as f64)).exp())).collect();
+    let want: Vec<f64> = xs
+        .iter()
+        .map(|&x| 1.0 / (1.0 + (-(x as f64)).exp()))
+        .collect();
     let (e, i) = max_rel_err(&got, &want, 1e-30);
     eprintln!("max relative error {e:e}");
     assert!(e <= 5e-7, "sigmoid: relative error {e:e} at x = {}", xs[i]);

@@ -28,7 +28,7 @@
 //! GEMM's output) are not fused yet: the elementwise kernel after a matmul
 //! reads its output from memory.
 
-use crate::ir::{BinaryOp, Graph, Node, Op};
+use crate::ir::{Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
 use std::fmt::Write;
 
@@ -68,17 +68,11 @@ fn is_elementwise(op: &Op) -> bool {
     matches!(
         op,
         Op::Unary(..) | Op::Compare(..) | Op::Select(..) | Op::Binary(..)
-    ) && !is_host_binary(op)
+    )
 }
 
-/// `pow` with an exponent that is not a constant runs on the host (the JIT
-/// has no vector `pow`); `x ^ c` for a whole `c` in -4..=4 is compiled as
-/// multiplications, see [`pow_exponent`].
-fn is_host_binary(op: &Op) -> bool {
-    matches!(op, Op::Binary(BinaryOp::Pow, ..))
-}
-
-/// The whole exponent of `x ^ c` when `c` is a fill (or a broadcast of a
+/// `x ^ c` is compiled as multiplications when `c` is whole and small;
+/// this gives that exponent when `c` is `c` is a fill (or a broadcast of a
 /// one-element constant) with a small integral value.
 pub fn pow_exponent(g: &Graph, c: Node) -> Option<i32> {
     let v = match &g.nodes[c].op {
@@ -91,9 +85,8 @@ pub fn pow_exponent(g: &Graph, c: Node) -> Option<i32> {
 }
 
 /// Whether the node is a loop kernel's element computation.
-fn is_loop_op(g: &Graph, op: &Op) -> bool {
+fn is_loop_op(_g: &Graph, op: &Op) -> bool {
     is_elementwise(op)
-        || matches!(op, Op::Binary(BinaryOp::Pow, _, e) if pow_exponent(g, *e).is_some())
 }
 
 /// Transposes of the last two axes.

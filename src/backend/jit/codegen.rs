@@ -363,7 +363,7 @@ fn eval(
                     BinaryOp::Div => b.ins().fdiv(x, y),
                     BinaryOp::Max => b.ins().fmax(x, y),
                     BinaryOp::Min => b.ins().fmin(x, y),
-                    BinaryOp::Pow => unreachable!("pow is compiled as PowI or run on the host"),
+                    BinaryOp::Pow => math::pow(b, ty, x, y),
                 }
             }
             Expr::PowI(x, p) => {

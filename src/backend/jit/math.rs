@@ -215,3 +215,49 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
     choose(b, ty, is_nan, x, r)
 }
+
+/// x^y as C's `powf` defines it, from exp(y·ln|x|): a negative x gives
+/// ±|x|^y for a whole y (odd: negative) and NaN otherwise; x = 0 gives
+/// 0, 1 or inf as y is positive, 0 or negative. The relative error grows
+/// with |y·ln x| (about 1e-7 · (1 + |y·ln x|)).
+pub fn pow(b: &mut FunctionBuilder, ty: Type, x: Value, y: Value) -> Value {
+    let ax = b.ins().fabs(x);
+    let l = log(b, ty, ax);
+    let t = b.ins().fmul(y, l);
+    let mag = exp_full(b, ty, t);
+    let zero = cst(b, ty, 0.0);
+    let one = cst(b, ty, 1.0);
+    let half = cst(b, ty, 0.5);
+    // y whole? odd?
+    let yr = b.ins().nearest(y);
+    let whole = b.ins().fcmp(FloatCC::Equal, yr, y);
+    let yh = b.ins().fmul(y, half);
+    let yhr = b.ins().nearest(yh);
+    let even = b.ins().fcmp(FloatCC::Equal, yhr, yh);
+    let neg_mag = b.ins().fneg(mag);
+    let signed = choose(b, ty, even, mag, neg_mag);
+    let nan = cst(b, ty, f32::NAN);
+    let negative = choose(b, ty, whole, signed, nan);
+    let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
+    let r = choose(b, ty, is_neg, negative, mag);
+    // x = ±0: exp(y·(−inf)) already gives 0 (y > 0) or inf (y < 0); y = 0
+    // gives 1 whatever x (NaN included), as powf does.
+    let y0 = b.ins().fcmp(FloatCC::Equal, y, zero);
+    choose(b, ty, y0, one, r)
+}
+
+/// exp without the input clamp: exact 0 and inf at the ends (for pow).
+fn exp_full(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let e = exp(b, ty, x);
+    let lo = cst(b, ty, -103.0);
+    let hi = cst(b, ty, 88.7);
+    let zero = cst(b, ty, 0.0);
+    let inf = cst(b, ty, f32::INFINITY);
+    let under = b.ins().fcmp(FloatCC::LessThan, x, lo);
+    let e = choose(b, ty, under, zero, e);
+    let over = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+    let e = choose(b, ty, over, inf, e);
+    // NaN stays NaN.
+    let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+    choose(b, ty, is_nan, x, e)
+}

@@ -107,6 +107,7 @@ impl Program {
         debug_assert_eq!(roots.len(), roots_in.len());
         let roots = &roots[..];
         let fu = fusion::fuse(g, roots);
+        crate::log::lines("fusion", &fu.log);
         let concrete = |shape: &[Dim], span| -> Result<Vec<usize>, Error> {
             shape
                 .iter()
@@ -217,6 +218,30 @@ impl Program {
                 Kind::Host => Step::Host { node: n, out },
             };
             steps.push(step);
+        }
+        if crate::log::enabled("plan") {
+            for (i, s) in steps.iter().enumerate() {
+                let what = match s {
+                    Step::Loop {
+                        bufs, total, split, ..
+                    } => {
+                        format!("loop over {total} elements, buffers {bufs:?}, split {split}")
+                    }
+                    Step::MatMul { batch, m, k, n, .. } => {
+                        format!("gemm {batch}x({m}x{k} @ {k}x{n})")
+                    }
+                    Step::Transpose { shape, perm, .. } => {
+                        format!("transpose {shape:?} by {perm:?}")
+                    }
+                    Step::Host { node, .. } => format!("host {node}: {:?}", g.nodes[*node].op),
+                };
+                eprintln!("[plan] step {i}: {what}");
+            }
+            eprintln!(
+                "[plan] {} buffers, {} floats",
+                plan.sizes.len(),
+                plan.sizes.iter().sum::<usize>()
+            );
         }
         module
             .finalize_definitions()
@@ -724,8 +749,10 @@ impl KernelBuilder<'_> {
                     let a = self.build(*a, map, false);
                     self.push(Expr::Unary(*op, a))
                 }
-                Op::Binary(crate::ir::BinaryOp::Pow, a, e) => {
-                    let k = fusion::pow_exponent(self.g, *e).expect("fusion checked the exponent");
+                Op::Binary(crate::ir::BinaryOp::Pow, a, e)
+                    if fusion::pow_exponent(self.g, *e).is_some() =>
+                {
+                    let k = fusion::pow_exponent(self.g, *e).expect("just checked");
                     let a = self.build(*a, map, false);
                     self.push(Expr::PowI(a, k))
                 }

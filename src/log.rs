@@ -1,0 +1,18 @@
+//! Debug logging to stderr, chosen by `NNC_LOG` (a comma-separated list of
+//! topics, e.g. `NNC_LOG=fusion,plan`): `fusion` says which rule fired
+//! where and why a candidate was refused; `plan` lists the JIT's steps and
+//! buffers.
+
+/// Whether `topic` is in `NNC_LOG`.
+pub fn enabled(topic: &str) -> bool {
+    std::env::var("NNC_LOG").is_ok_and(|v| v.split(',').any(|t| t.trim() == topic))
+}
+
+/// Writes `lines` under `topic` when it is enabled.
+pub fn lines(topic: &str, lines: &[String]) {
+    if enabled(topic) {
+        for l in lines {
+            eprintln!("[{topic}] {l}");
+        }
+    }
+}
