@@ -21,10 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Which backend evaluates expressions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Interp,
-}
+pub use crate::backend::BackendKind as Backend;
 
 /// What one input produced.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -102,7 +99,7 @@ impl Session {
             lines: 0,
             items: Vec::new(),
             loaded: Vec::new(),
-            backend: Backend::Interp,
+            backend: Backend::Jit,
             seed: 0,
             color: false,
             hidden: 0,
@@ -299,16 +296,11 @@ impl Session {
     }
 
     fn run(&self, g: &Graph) -> Result<Vec<Tensor>, Reply> {
-        let params = interp::init_params(g, self.seed);
+        let mut params = interp::init_params(g, self.seed);
         let inputs = SecondaryMap::new();
-        interp::run(
-            g,
-            &interp::Feed {
-                params: &params,
-                inputs: &inputs,
-            },
-        )
-        .map_err(|e| self.error(e.to_diag()))
+        crate::backend::Engine::new(self.backend, g)
+            .run(&mut params, &inputs)
+            .map_err(|e| self.error(e.to_diag()))
     }
 
     fn evaluate(&self, g: &Graph, _node: Node) -> Result<Reply, Reply> {
@@ -322,9 +314,12 @@ impl Session {
             "h" | "help" | "?" => Reply::out(HELP),
             "type" | "t" => self.with_expr(arg, |_, g, n, _| Ok(Reply::out(format!("f32{}\n", g.shape_str(g.shape(n)))))),
             "ir" => self.with_expr(arg, |_, g, _, _| Ok(Reply::out(crate::ir::print_graph(g)))),
-            "fused" => Reply::err(
-                "error: `:fused` needs the fusion pass, which has not landed yet; `:ir` shows the graph it will take\n",
-            ),
+            "fused" => self.with_expr(arg, |_, g, _, _| {
+                let g = passes::cse::cse(g);
+                let roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
+                let f = passes::fusion::fuse(&g, &roots);
+                Ok(Reply::out(passes::fusion::print(&g, &f)))
+            }),
             "grad" => self.grad(arg),
             "load" => self.load(arg.split_whitespace().map(PathBuf::from).collect()),
             "reload" => {
@@ -338,9 +333,13 @@ impl Session {
                     self.backend = Backend::Interp;
                     Reply::out("backend: interp\n")
                 }
-                "jit" => Reply::err("error: the jit backend has not landed yet; expressions run on `interp`\n"),
+                "jit" => {
+                    self.backend = Backend::Jit;
+                    Reply::out("backend: jit\n")
+                }
                 "" => Reply::out(format!("backend: {}\n", match self.backend {
                     Backend::Interp => "interp",
+                    Backend::Jit => "jit",
                 })),
                 other => Reply::err(format!("error: unknown backend `{other}`: choose `jit` or `interp`\n")),
             },
