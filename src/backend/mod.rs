@@ -74,6 +74,21 @@ impl<'g> Engine<'g> {
         }
     }
 
+    /// Runs the last call again on the inputs it loaded, keeping nothing
+    /// (for timing). The interpreter has no loaded state: it runs `inputs`.
+    pub fn again(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        step: bool,
+    ) -> Result<(), Error> {
+        match self {
+            Engine::Interp(g) if step => interp::step(g, params, inputs).map(|_| ()),
+            Engine::Interp(g) => interp::run(g, &interp::Feed { params, inputs }).map(|_| ()),
+            Engine::Jit(j) => j.again(params, step),
+        }
+    }
+
     /// One step: the outputs, and the updates written into `params`.
     pub fn step(
         &mut self,

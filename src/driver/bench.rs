@@ -5,6 +5,10 @@
 //! shape; symbolic dimensions take their size from `--dim` or, for a
 //! training step, from `batch`.
 //!
+//! The inputs are loaded once, when the step is prepared, and stay in
+//! place: the timed runs are the compiled step alone, as the peers' (which
+//! keep their arrays on the device) are.
+//!
 //! `compile_ms` is from the source text to a compiled step ready to run:
 //! parsing, checking, lowering, autodiff and optimizer, fusion and code
 //! generation (the JIT compiles when the step is prepared, not on the first
@@ -60,11 +64,7 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
     let is_train = train.is_some();
     let mut step = |params: &mut SecondaryMap<_, Tensor>| -> Result<(), interp::Error> {
         for (e, inputs) in engines.iter_mut().zip(&feeds) {
-            if is_train {
-                e.step_in_place(params, inputs)?;
-            } else {
-                e.run(params, inputs)?;
-            }
+            e.again(params, inputs, is_train)?;
         }
         Ok(())
     };

@@ -59,6 +59,8 @@ pub struct Jit<'g> {
     g: &'g Graph,
     roots: Vec<Node>,
     cache: HashMap<u64, plan::Program>,
+    /// The key of the last program run.
+    last: Option<u64>,
 }
 
 impl<'g> Jit<'g> {
@@ -71,6 +73,7 @@ impl<'g> Jit<'g> {
             g,
             roots,
             cache: HashMap::new(),
+            last: None,
         }
     }
 
@@ -91,6 +94,7 @@ impl<'g> Jit<'g> {
             let p = plan::Program::compile(self.g, &self.roots, &syms, false)?;
             self.cache.insert(key, p);
         }
+        self.last = Some(key);
         let p = self.cache.get_mut(&key).expect("just inserted");
         p.load_inputs(self.g, inputs);
         Ok(p)
@@ -134,6 +138,24 @@ impl<'g> Jit<'g> {
     ) -> Result<(), Error> {
         self.program(inputs, params)?.step(params, false)?;
         Ok(())
+    }
+
+    /// Runs the program of the last call again on the inputs it loaded
+    /// (a step when `step`, else an evaluation), returning nothing: the
+    /// loop `nnc bench` times, with the data already in place as the peers'
+    /// benchmarks have it. Errors if nothing ran yet.
+    pub fn again(&mut self, params: &mut SecondaryMap<ParamId, Tensor>, step: bool) -> Result<(), Error> {
+        let p = self.last.and_then(|k| self.cache.get_mut(&k)).ok_or_else(|| Error::Backend {
+            message: "`again` before a first call".into(),
+        })?;
+        if step {
+            p.step(params, false).map(|_| ())
+        } else {
+            p.swap_params(params);
+            let r = p.execute();
+            p.swap_params(params);
+            r
+        }
     }
 
     /// Output `i` of the last call.

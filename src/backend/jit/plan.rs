@@ -11,11 +11,21 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
 use std::collections::HashMap;
 
+/// GEMMs with fewer multiply-adds (m·n·k) run on one thread. Above it
+/// they use the pool: the MLP's 128x784x256 product took 0.93 ms on one
+/// thread and 0.81 ms on two, and with every GEMM of the MLP step on one
+/// thread the whole step went from 2.7 to 4.1 ms (the pool's workers stay
+/// awake between the GEMMs, so the loops after them split cheaply).
+const GEMM_PARALLEL_MIN: usize = 1 << 18;
+
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
-/// Loops with fewer elements run on one thread: below this a split costs
-/// more than it saves (rayon's hand-off is a few microseconds).
-const PARALLEL_MIN: usize = 1 << 16;
+/// Loops with fewer elements run on one thread. Waking rayon's sleeping
+/// workers costs tens to hundreds of microseconds here (measured with
+/// `NNC_LOG=profile`: Adam's update of a 784x256 weight took 0.19 ms on
+/// one thread and 0.43 ms split in two), so only loops of several
+/// megabytes are split.
+const PARALLEL_MIN: usize = 1 << 20;
 
 enum Step {
     Loop {
@@ -68,6 +78,10 @@ pub struct Program {
     /// A copy of the graph's nodes for host steps (they need the ops).
     g: Graph,
     pub clif: Vec<String>,
+    /// Seconds spent in each step, with `NNC_LOG=profile` (printed when
+    /// the program is dropped).
+    profile: Option<Vec<f64>>,
+    runs: usize,
 }
 
 // SAFETY: the raw pointers in `Step::Loop` are scratch, rewritten from the
@@ -76,6 +90,29 @@ unsafe impl Send for Program {}
 
 impl Drop for Program {
     fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let total: f64 = p.iter().sum();
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            eprintln!(
+                "[profile] {} runs, {:.3} ms per run in {} steps; the slowest:",
+                self.runs,
+                total * 1e3 / self.runs.max(1) as f64,
+                p.len()
+            );
+            for &i in order.iter().take(12) {
+                let what = match &self.steps[i] {
+                    Step::Loop { total, .. } => format!("loop over {total}"),
+                    Step::MatMul { batch, m, k, n, .. } => format!("gemm {batch}x({m}x{k} @ {k}x{n})"),
+                    Step::Transpose { shape, .. } => format!("transpose {shape:?}"),
+                    Step::Host { node, .. } => format!("host {}", fusion::op_name(&self.g.nodes[*node].op)),
+                };
+                eprintln!(
+                    "[profile]   step {i:3}: {:8.4} ms  {what}",
+                    p[i] * 1e3 / self.runs.max(1) as f64
+                );
+            }
+        }
         if let Some(m) = self.module.take() {
             // SAFETY: the functions of this module are only reachable
             // through `self.steps`, which dies with it.
@@ -254,6 +291,7 @@ impl Program {
                 *f = unsafe { std::mem::transmute::<*const u8, KernelFn>(p) };
             }
         }
+        let n_steps = steps.len();
         let mut bufs: Vec<Vec<f32>> = plan.sizes.iter().map(|&s| vec![0.0; s]).collect();
         let mut inputs = Vec::new();
         let mut params = Vec::new();
@@ -285,6 +323,8 @@ impl Program {
             params,
             g: g.clone(),
             clif,
+            profile: crate::log::enabled("profile").then(|| vec![0.0; n_steps]),
+            runs: 0,
         })
     }
 
@@ -361,7 +401,9 @@ impl Program {
 
     /// Runs every step in order.
     pub fn execute(&mut self) -> Result<(), Error> {
+        self.runs += 1;
         for si in 0..self.steps.len() {
+            let started = self.profile.is_some().then(std::time::Instant::now);
             match &mut self.steps[si] {
                 Step::Loop {
                     f,
@@ -417,7 +459,7 @@ impl Program {
                     let a_ptr = self.bufs[*a].as_ptr();
                     let b_ptr = self.bufs[*b].as_ptr();
                     let o_ptr = self.bufs[*out].as_mut_ptr();
-                    let par = if m * n * k >= 1 << 18 {
+                    let par = if m * n * k >= GEMM_PARALLEL_MIN {
                         gemm::Parallelism::Rayon(rayon::current_num_threads())
                     } else {
                         gemm::Parallelism::None
@@ -483,6 +525,9 @@ impl Program {
                     )?;
                     self.bufs[*out].copy_from_slice(&v.data);
                 }
+            }
+            if let (Some(t), Some(p)) = (started, &mut self.profile) {
+                p[si] += t.elapsed().as_secs_f64();
             }
         }
         Ok(())
