@@ -601,3 +601,31 @@ fn each_phase_trains_its_own_parameters_through_the_frozen_others() {
         }
     }
 }
+
+#[test]
+fn both_backends_train_the_digits_mlp_alike() {
+    // The same 3 epochs on the JIT and on the interpreter: the losses
+    // agree to rounding (summation order and the JIT's polynomial exp/log
+    // differ in the last bits, and 3 epochs of Adam do not amplify that
+    // beyond 1e-3 relative).
+    let loss = |backend: &str| -> f64 {
+        let dir = temp_dir(&format!("both_{backend}"));
+        let log = dir.join("m.jsonl");
+        let o = nnc(&[
+            "train",
+            "examples/digits_mlp.nn",
+            "--epochs",
+            "3",
+            "--backend",
+            backend,
+            "--log",
+            s(&log),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        log_lines(&log).last().expect("epochs")["val_loss"]
+            .as_f64()
+            .expect("val_loss")
+    };
+    let (j, i) = (loss("jit"), loss("interp"));
+    assert!((j - i).abs() <= 1e-3 * i.abs(), "jit {j}, interp {i}");
+}

@@ -5,6 +5,8 @@
 //! - `ui/grad/*.nn` compile and differentiate; the snapshot is the IR
 //!   with the gradient of the loss appended.
 //! - `ui/run/*.nn` compile and run; the snapshot is the printed outputs.
+//! - `examples/*.nn`: the fused program (`--emit fused`: the kernels of the
+//!   training step, or of the outputs), snapshots in `ui/fused/snapshots`.
 //! - `ui/fail/*.nn` fail to compile or run; the snapshot is the
 //!   diagnostics, rendered without colour.
 //!
@@ -99,6 +101,32 @@ fn run() {
             }
         }
         settings(path, &src).bind(|| insta::assert_snapshot!(nnc::driver::output::text(&outputs)));
+    });
+}
+
+#[test]
+fn fused() {
+    insta::glob!("../examples", "*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("compiled");
+        let mut text = String::new();
+        for (phase, graph) in
+            nnc::driver::cli::compiled_graphs(&g, c.train.as_ref()).expect("step graphs")
+        {
+            let graph = nnc::passes::cse::cse(&graph);
+            nnc::ir::verify(&graph).expect("the graph verifies after CSE");
+            let mut roots: Vec<_> = graph.outputs.iter().map(|o| o.node).collect();
+            roots.extend(graph.updates.iter().map(|u| u.node));
+            let f = nnc::passes::fusion::fuse(&graph, &roots);
+            text += &format!(
+                "; phase {phase}\n{}",
+                nnc::passes::fusion::print(&graph, &f)
+            );
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/fused/x.nn");
+        settings(&dir, &src).bind(|| insta::assert_snapshot!(text));
     });
 }
 

@@ -289,7 +289,7 @@ fn expr(g: &Graph, f: &Fusion, n: Node, top: bool) -> String {
 mod tests {
     use super::*;
     use crate::diag::Span;
-    use crate::ir::{Dim, UnaryOp};
+    use crate::ir::{BinaryOp, Dim, UnaryOp};
 
     #[test]
     fn a_chain_becomes_one_kernel_and_a_shared_value_is_stored() {

@@ -12,6 +12,10 @@
 //! instead of inf); `log` gives -inf at 0 and NaN below; subnormal inputs
 //! to `log` are treated as 0.
 
+// The coefficients are written as published, with more digits than f32
+// keeps.
+#![allow(clippy::excessive_precision)]
+
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;

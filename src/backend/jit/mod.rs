@@ -144,10 +144,17 @@ impl<'g> Jit<'g> {
     /// (a step when `step`, else an evaluation), returning nothing: the
     /// loop `nnc bench` times, with the data already in place as the peers'
     /// benchmarks have it. Errors if nothing ran yet.
-    pub fn again(&mut self, params: &mut SecondaryMap<ParamId, Tensor>, step: bool) -> Result<(), Error> {
-        let p = self.last.and_then(|k| self.cache.get_mut(&k)).ok_or_else(|| Error::Backend {
-            message: "`again` before a first call".into(),
-        })?;
+    pub fn again(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        step: bool,
+    ) -> Result<(), Error> {
+        let p = self
+            .last
+            .and_then(|k| self.cache.get_mut(&k))
+            .ok_or_else(|| Error::Backend {
+                message: "`again` before a first call".into(),
+            })?;
         if step {
             p.step(params, false).map(|_| ())
         } else {

@@ -103,9 +103,13 @@ impl Drop for Program {
             for &i in order.iter().take(12) {
                 let what = match &self.steps[i] {
                     Step::Loop { total, .. } => format!("loop over {total}"),
-                    Step::MatMul { batch, m, k, n, .. } => format!("gemm {batch}x({m}x{k} @ {k}x{n})"),
+                    Step::MatMul { batch, m, k, n, .. } => {
+                        format!("gemm {batch}x({m}x{k} @ {k}x{n})")
+                    }
                     Step::Transpose { shape, .. } => format!("transpose {shape:?}"),
-                    Step::Host { node, .. } => format!("host {}", fusion::op_name(&self.g.nodes[*node].op)),
+                    Step::Host { node, .. } => {
+                        format!("host {}", fusion::op_name(&self.g.nodes[*node].op))
+                    }
                 };
                 eprintln!(
                     "[profile]   step {i:3}: {:8.4} ms  {what}",
@@ -459,37 +463,32 @@ impl Program {
                     let a_ptr = self.bufs[*a].as_ptr();
                     let b_ptr = self.bufs[*b].as_ptr();
                     let o_ptr = self.bufs[*out].as_mut_ptr();
-                    let par = if m * n * k >= GEMM_PARALLEL_MIN {
-                        gemm::Parallelism::Rayon(rayon::current_num_threads())
-                    } else {
-                        gemm::Parallelism::None
-                    };
+                    let threads = rayon::current_num_threads();
+                    let split = m * n * k >= GEMM_PARALLEL_MIN && threads > 1;
+                    let (a_ptr, b_ptr, o_ptr) = (SendF(a_ptr), SendF(b_ptr), SendMut(o_ptr));
                     for bi in 0..*batch {
-                        // SAFETY: each operand buffer holds `batch` row-major
-                        // (or stride-swapped) matrices of the sizes given.
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                n,
-                                k,
-                                o_ptr.add(bi * m * n),
-                                1,
-                                n as isize,
-                                false,
-                                a_ptr.add(bi * m * k),
-                                a_rc.1,
-                                a_rc.0,
-                                b_ptr.add(bi * k * n),
-                                b_rc.1,
-                                b_rc.0,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                par,
-                            )
-                        }
+                        let a = a_ptr.0.wrapping_add(bi * m * k);
+                        let b = b_ptr.0.wrapping_add(bi * k * n);
+                        let o = o_ptr.0.wrapping_add(bi * m * n);
+                        let mm = Mm {
+                            a: SendF(a),
+                            b: SendF(b),
+                            o: SendMut(o),
+                            k,
+                            n,
+                            a_rc: *a_rc,
+                            b_rc: *b_rc,
+                        };
+                        // Splitting the rows over our own tasks (one
+                        // single-threaded GEMM each) measured the same as
+                        // gemm's threading within this machine's noise.
+                        let par = if split {
+                            gemm::Parallelism::Rayon(threads)
+                        } else {
+                            gemm::Parallelism::None
+                        };
+                        // SAFETY: the buffers hold matrices of these sizes.
+                        unsafe { mm.rows(0, m, par) }
                     }
                 }
                 Step::Transpose {
@@ -531,6 +530,64 @@ impl Program {
             }
         }
         Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendF(*const f32);
+#[derive(Clone, Copy)]
+struct SendMut(*mut f32);
+// SAFETY: used only for disjoint row ranges of one product.
+unsafe impl Send for SendF {}
+unsafe impl Sync for SendF {}
+unsafe impl Send for SendMut {}
+unsafe impl Sync for SendMut {}
+
+/// One matrix product: `o = a @ b`, `a` is m×k and `b` k×n with the
+/// given (row, column) strides, `o` row-major.
+#[derive(Clone, Copy)]
+struct Mm {
+    a: SendF,
+    b: SendF,
+    o: SendMut,
+    k: usize,
+    n: usize,
+    a_rc: (isize, isize),
+    b_rc: (isize, isize),
+}
+
+impl Mm {
+    /// Rows `r0..r1` of the product.
+    ///
+    /// # Safety
+    /// The pointers hold matrices of the sizes given.
+    unsafe fn rows(&self, r0: usize, r1: usize, par: gemm::Parallelism) {
+        if r1 <= r0 {
+            return;
+        }
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                self.n,
+                self.k,
+                self.o.0.add(r0 * self.n),
+                1,
+                self.n as isize,
+                false,
+                self.a.0.offset(r0 as isize * self.a_rc.0),
+                self.a_rc.1,
+                self.a_rc.0,
+                self.b.0,
+                self.b_rc.1,
+                self.b_rc.0,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
     }
 }
 

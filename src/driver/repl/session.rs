@@ -310,9 +310,14 @@ impl Session {
 
     fn command(&mut self, cmd: &str, arg: &str) -> Reply {
         match cmd {
-            "q" | "quit" | "exit" => Reply { quit: true, ..Reply::default() },
+            "q" | "quit" | "exit" => Reply {
+                quit: true,
+                ..Reply::default()
+            },
             "h" | "help" | "?" => Reply::out(HELP),
-            "type" | "t" => self.with_expr(arg, |_, g, n, _| Ok(Reply::out(format!("f32{}\n", g.shape_str(g.shape(n)))))),
+            "type" | "t" => self.with_expr(arg, |_, g, n, _| {
+                Ok(Reply::out(format!("f32{}\n", g.shape_str(g.shape(n)))))
+            }),
             "ir" => self.with_expr(arg, |_, g, _, _| Ok(Reply::out(crate::ir::print_graph(g)))),
             "fused" => self.with_expr(arg, |_, g, _, _| {
                 let g = passes::cse::cse(g);
@@ -337,11 +342,16 @@ impl Session {
                     self.backend = Backend::Jit;
                     Reply::out("backend: jit\n")
                 }
-                "" => Reply::out(format!("backend: {}\n", match self.backend {
-                    Backend::Interp => "interp",
-                    Backend::Jit => "jit",
-                })),
-                other => Reply::err(format!("error: unknown backend `{other}`: choose `jit` or `interp`\n")),
+                "" => Reply::out(format!(
+                    "backend: {}\n",
+                    match self.backend {
+                        Backend::Interp => "interp",
+                        Backend::Jit => "jit",
+                    }
+                )),
+                other => Reply::err(format!(
+                    "error: unknown backend `{other}`: choose `jit` or `interp`\n"
+                )),
             },
             "time" => self.with_expr(arg, |s, g, _, compile_s| {
                 let started = Instant::now();
@@ -357,8 +367,12 @@ impl Session {
             }),
             other => {
                 let names: Vec<&str> = COMMANDS.iter().map(|c| &c[1..]).collect();
-                let hint = diag::suggest(other, names).map(|s| format!("; did you mean `:{s}`?")).unwrap_or_default();
-                Reply::err(format!("error: unknown command `:{other}`{hint} (`:help` lists them)\n"))
+                let hint = diag::suggest(other, names)
+                    .map(|s| format!("; did you mean `:{s}`?"))
+                    .unwrap_or_default();
+                Reply::err(format!(
+                    "error: unknown command `:{other}`{hint} (`:help` lists them)\n"
+                ))
             }
         }
     }
