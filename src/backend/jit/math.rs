@@ -78,9 +78,14 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let lo = cst(b, ty, -87.3);
     let x = b.ins().fmin(x, hi);
     let x = b.ins().fmax(x, lo);
+    // n = round(x·log2 e) by the magic-number trick: adding 1.5·2^23
+    // (+127, the exponent bias) rounds to an integer held in the low
+    // mantissa bits, so the same value gives both n (as a float, after
+    // subtracting the magic) and 2^n (its bits shifted into the exponent).
     let log2e = cst(b, ty, std::f32::consts::LOG2_E);
-    let t = b.ins().fmul(x, log2e);
-    let n = b.ins().nearest(t);
+    let magic = cst(b, ty, 12_583_039.0);
+    let t = b.ins().fma(x, log2e, magic);
+    let n = b.ins().fsub(t, magic);
     let c1 = cst(b, ty, -0.693_359_4);
     let c2 = cst(b, ty, 2.121_944_4e-4);
     let r = b.ins().fma(n, c1, x);
@@ -100,14 +105,12 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     );
     let r2 = b.ins().fmul(r, r);
     let one = cst(b, ty, 1.0);
-    let t = b.ins().fma(p, r2, r);
-    let er = b.ins().fadd(t, one);
+    let q = b.ins().fma(p, r2, r);
+    let er = b.ins().fadd(q, one);
     // 2^n from the exponent bits.
     let ity = int_ty(ty);
-    let ni = b.ins().fcvt_to_sint_sat(ity, n);
-    let bias = icst(b, ity, 127);
-    let e = b.ins().iadd(ni, bias);
-    let e = b.ins().ishl_imm_u(e, 23);
+    let ti = bits(b, ity, t);
+    let e = b.ins().ishl_imm_u(ti, 23);
     let scale = bits(b, ty, e);
     b.ins().fmul(er, scale)
 }
