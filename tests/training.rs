@@ -110,9 +110,13 @@ fn grad_prints_the_seed_neurons_gradient_as_json() {
     assert_eq!(v["grads"]["Neuron.b"]["shape"], serde_json::json!([]));
 }
 
-#[test]
-fn resuming_is_bit_identical_to_an_uninterrupted_run() {
-    let d = temp_dir("resume");
+type Checkpoint = std::collections::HashMap<String, nnc::tensor::Tensor>;
+
+/// Trains `file` 2 epochs, resumes to 4, and trains 4 epochs straight;
+/// asserts both checkpoints hold the same tensors bit for bit and the same
+/// metadata, and returns the resumed one.
+fn resume_matches_a_straight_run(name: &str, file: &str) -> Checkpoint {
+    let d = temp_dir(name);
     let (half, resumed, straight) = (
         d.join("half.st"),
         d.join("resumed.st"),
@@ -122,17 +126,10 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         let o = nnc(args);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     };
+    run(&["train", file, "--epochs", "2", "--save", s(&half)]);
     run(&[
         "train",
-        "examples/digits_mlp.nn",
-        "--epochs",
-        "2",
-        "--save",
-        s(&half),
-    ]);
-    run(&[
-        "train",
-        "examples/digits_mlp.nn",
+        file,
         "--epochs",
         "4",
         "--resume",
@@ -140,27 +137,26 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         "--save",
         s(&resumed),
     ]);
-    run(&[
-        "train",
-        "examples/digits_mlp.nn",
-        "--epochs",
-        "4",
-        "--save",
-        s(&straight),
-    ]);
+    run(&["train", file, "--epochs", "4", "--save", s(&straight)]);
     let (a, ma) = nnc::train::checkpoint::load(&resumed).expect("resumed checkpoint");
     let (b, mb) = nnc::train::checkpoint::load(&straight).expect("straight checkpoint");
     assert_eq!(ma.get("epoch"), Some(&"4".to_string()));
     assert_eq!(ma, mb);
     assert_eq!(a.len(), b.len());
-    assert!(
-        a.contains_key("opt.m.Mlp.w1") && a.contains_key("opt.t"),
-        "optimizer state is saved"
-    );
     for (name, t) in &a {
         let bits = |t: &nnc::tensor::Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(t), bits(&b[name]), "`{name}` differs after resuming");
     }
+    a
+}
+
+#[test]
+fn resuming_is_bit_identical_to_an_uninterrupted_run() {
+    let a = resume_matches_a_straight_run("resume", "examples/digits_mlp.nn");
+    assert!(
+        a.contains_key("opt.m.Mlp.w1") && a.contains_key("opt.t"),
+        "optimizer state is saved"
+    );
 }
 
 #[test]
@@ -519,32 +515,7 @@ fn a_gan_learns_a_mixture_of_eight_gaussians() {
 
 #[test]
 fn resuming_a_gan_keeps_both_optimizers_and_is_bit_identical() {
-    let d = temp_dir("gan-resume");
-    let (half, resumed, straight) = (
-        d.join("half.st"),
-        d.join("resumed.st"),
-        d.join("straight.st"),
-    );
-    let run = |args: &[&str]| {
-        let o = nnc(args);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    };
-    let file = "examples/gan_mixture.nn";
-    run(&["train", file, "--epochs", "2", "--save", s(&half)]);
-    run(&[
-        "train",
-        file,
-        "--epochs",
-        "4",
-        "--resume",
-        s(&half),
-        "--save",
-        s(&resumed),
-    ]);
-    run(&["train", file, "--epochs", "4", "--save", s(&straight)]);
-    let (a, ma) = nnc::train::checkpoint::load(&resumed).expect("resumed checkpoint");
-    let (b, mb) = nnc::train::checkpoint::load(&straight).expect("straight checkpoint");
-    assert_eq!(ma, mb);
+    let a = resume_matches_a_straight_run("gan-resume", "examples/gan_mixture.nn");
     for name in [
         "opt.discriminator.t",
         "opt.discriminator.m.D.w1",
@@ -559,11 +530,6 @@ fn resuming_a_gan_keeps_both_optimizers_and_is_bit_identical() {
     );
     // Two Adam steps per batch, 32 batches an epoch.
     assert_eq!(a["opt.generator.t"].data, [128.0]);
-    assert_eq!(a.len(), b.len());
-    for (name, t) in &a {
-        let bits = |t: &nnc::tensor::Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(t), bits(&b[name]), "`{name}` differs after resuming");
-    }
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
         Ok(gs) => gs,
         Err(d) => return fail(c, d),
     };
+    // `compiled_graphs` gives the outputs' graph, or one step per phase of
+    // a `train` block, which has at least one: never empty.
     let last = &graphs.last().expect("one graph at least").1;
     let mut params = interp::init_params(last, 0);
     // Making up input data is not compilation: the clock stops meanwhile.

@@ -385,11 +385,10 @@ pub fn bind_dims(
     batch: Option<usize>,
 ) -> Result<SecondaryMap<crate::ir::Sym, Option<usize>>, crate::diag::Diag> {
     let mut syms: SecondaryMap<crate::ir::Sym, Option<usize>> = SecondaryMap::new();
-    for (i, info) in g.inputs.iter() {
+    for info in g.inputs.values() {
         let (Some(c), shape) = (info.default, &info.ty.shape) else {
             continue;
         };
-        let _ = i;
         for (d, &n) in shape.iter().zip(&g.consts[c].shape) {
             if let crate::ir::Dim::Sym(s) = d {
                 syms[*s] = Some(n);

@@ -219,9 +219,6 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         };
         f.kernels.push((n, kind));
     }
-    // A fused node read by a transpose, reshape or host op must be stored:
-    // those read buffers. `loop_reader` already refused them, so only the
-    // broadcast case remains, where a fill read by a matmul is stored.
     f
 }
 

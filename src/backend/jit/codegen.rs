@@ -240,7 +240,7 @@ fn emit_inner(
     let flags = MemFlagsData::new().with_notrap();
     // A reduction along this loop keeps a running value in a variable and
     // combines it into the output once, after the loop.
-    let along = k.reduce.is_some() && out_stride == 0;
+    let along = k.reduce.filter(|_| out_stride == 0);
     let mut lanes: Vec<(Type, i64)> = Vec::new();
     if k.vectorizable() {
         lanes.push((types::F32X4, 4));
@@ -250,19 +250,18 @@ fn emit_inner(
     let mut total: Option<Value> = None;
     for (ty, step) in lanes {
         let acc = b.declare_var(ty);
-        if along {
-            let id = identity(b, k.reduce.unwrap(), ty);
+        if let Some(op) = along {
+            let id = identity(b, op, ty);
             b.def_var(acc, id);
         }
         let iv = emit_for(b, from, hi, step, &mut |b, i| {
-            let vals = eval(b, k, cx, ty, i, offs, flags);
-            let v = *vals.last().unwrap();
+            let v = eval(b, k, cx, ty, i, offs, flags);
             let addr = address(b, cx.out_ptr, out_off, i, out_stride);
             match k.reduce {
                 None => {
                     b.ins().store(flags, v, addr, 0);
                 }
-                Some(op) if along => {
+                Some(op) if along.is_some() => {
                     let a = b.use_var(acc);
                     let c = combine(b, op, a, v);
                     b.def_var(acc, c);
@@ -275,23 +274,23 @@ fn emit_inner(
             }
         });
         from = b.use_var(iv);
-        if along {
+        if let Some(op) = along {
             let a = b.use_var(acc);
             let s = if ty.is_vector() {
-                horizontal(b, k.reduce.unwrap(), a)
+                horizontal(b, op, a)
             } else {
                 a
             };
             total = Some(match total {
                 None => s,
-                Some(t) => combine(b, k.reduce.unwrap(), t, s),
+                Some(t) => combine(b, op, t, s),
             });
         }
     }
-    if let Some(t) = total {
+    if let (Some(op), Some(t)) = (along, total) {
         let addr = address(b, cx.out_ptr, out_off, lo, 0);
         let old = b.ins().load(types::F32, flags, addr, 0);
-        let c = combine(b, k.reduce.unwrap(), old, t);
+        let c = combine(b, op, old, t);
         b.ins().store(flags, c, addr, 0);
     }
 }
@@ -318,7 +317,8 @@ fn horizontal(b: &mut FunctionBuilder, op: ReduceOp, v: Value) -> Value {
     combine(b, op, x, y)
 }
 
-/// Evaluates the expression DAG at point `i` of the innermost loop.
+/// Evaluates the expression DAG at point `i` of the innermost loop; returns
+/// the value of its last entry, the kernel's value.
 fn eval(
     b: &mut FunctionBuilder,
     k: &LoopKernel,
@@ -327,7 +327,7 @@ fn eval(
     i: Value,
     offs: &[Value],
     flags: MemFlagsData,
-) -> Vec<Value> {
+) -> Value {
     let last = k.dims.len() - 1;
     let mut v: Vec<Value> = Vec::with_capacity(k.exprs.len());
     for e in &k.exprs {
@@ -400,5 +400,7 @@ fn eval(
         };
         v.push(x);
     }
-    v
+    // A kernel's expression list always ends with its value (plan.rs
+    // builds at least one entry).
+    v[v.len() - 1]
 }

@@ -109,34 +109,25 @@ impl<'g> Jit<'g> {
         self.program(inputs, params).map(|_| ())
     }
 
-    /// Evaluates the graph's outputs.
-    pub fn run(&mut self, feed: &Feed) -> Result<Vec<Tensor>, Error> {
-        let n_out = self.g.outputs.len();
-        let p = self.program(feed.inputs, feed.params)?;
-        p.copy_params(feed.params);
-        p.execute()?;
-        Ok((0..n_out).map(|i| p.output(i)).collect())
-    }
-
-    /// Like [`Jit::run`], with the parameters lent by swapping rather than
-    /// copied (they are back in `params` when this returns).
+    /// Evaluates the graph's outputs, with the parameters lent by
+    /// swapping rather than copied (they are back in `params` when this
+    /// returns).
     pub fn eval(
         &mut self,
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
-        self.program(inputs, params)?.eval(params)
+        self.program(inputs, params)?.run(params, true, false)
     }
 
-    /// One step without returning anything: the outputs stay readable
-    /// through [`Jit::output`]. After the first call for a shape set this
-    /// allocates nothing when every operation is compiled.
+    /// One step without returning anything. After the first call for a
+    /// shape set this allocates nothing when every operation is compiled.
     pub fn step_in_place(
         &mut self,
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<(), Error> {
-        self.program(inputs, params)?.step(params, false)?;
+        self.program(inputs, params)?.run(params, false, true)?;
         Ok(())
     }
 
@@ -155,24 +146,7 @@ impl<'g> Jit<'g> {
             .ok_or_else(|| Error::Backend {
                 message: "`again` before a first call".into(),
             })?;
-        if step {
-            p.step(params, false).map(|_| ())
-        } else {
-            p.swap_params(params);
-            let r = p.execute();
-            p.swap_params(params);
-            r
-        }
-    }
-
-    /// Output `i` of the last call.
-    pub fn output(
-        &self,
-        inputs: &SecondaryMap<InputId, Option<Tensor>>,
-        i: usize,
-    ) -> Option<Tensor> {
-        let p = self.cache.get(&shape_key(self.g, inputs))?;
-        Some(p.output(i))
+        p.run(params, false, step).map(|_| ())
     }
 
     /// One step: outputs from the current parameters, then the updates
@@ -182,7 +156,7 @@ impl<'g> Jit<'g> {
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
-        self.program(inputs, params)?.step(params, true)
+        self.program(inputs, params)?.run(params, true, true)
     }
 }
 

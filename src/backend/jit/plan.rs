@@ -46,12 +46,7 @@ enum Step {
         b: usize,
         out: usize,
         batch: usize,
-        m: usize,
-        k: usize,
-        n: usize,
-        /// Row and column strides of each operand.
-        a_rc: (isize, isize),
-        b_rc: (isize, isize),
+        dims: Gemm,
     },
     Transpose {
         src: usize,
@@ -101,16 +96,7 @@ impl Drop for Program {
                 p.len()
             );
             for &i in order.iter().take(12) {
-                let what = match &self.steps[i] {
-                    Step::Loop { total, .. } => format!("loop over {total}"),
-                    Step::MatMul { batch, m, k, n, .. } => {
-                        format!("gemm {batch}x({m}x{k} @ {k}x{n})")
-                    }
-                    Step::Transpose { shape, .. } => format!("transpose {shape:?}"),
-                    Step::Host { node, .. } => {
-                        format!("host {}", fusion::op_name(&self.g.nodes[*node].op))
-                    }
-                };
+                let what = self.steps[i].describe(&self.g);
                 eprintln!(
                     "[profile]   step {i:3}: {:8.4} ms  {what}",
                     p[i] * 1e3 / self.runs.max(1) as f64
@@ -214,7 +200,7 @@ impl Program {
                 }
                 Kind::MatMul => {
                     let Op::MatMul(a, b) = g.nodes[n].op else {
-                        unreachable!()
+                        unreachable!("fusion gives Kind::MatMul only to matmuls")
                     };
                     let s = &shapes[n];
                     let r = s.len();
@@ -223,7 +209,7 @@ impl Program {
                     let operand = |x: Node, rows: usize, cols: usize| {
                         if fu.strided.contains(x) {
                             let Op::Transpose(src, _) = g.nodes[x].op else {
-                                unreachable!()
+                                unreachable!("fusion marks only transposes as strided")
                             };
                             // x[i][j] = src[j][i], src is [cols, rows].
                             (plan.buf_of[src], (1isize, rows as isize))
@@ -238,16 +224,18 @@ impl Program {
                         b: bb,
                         out,
                         batch: s[..r - 2].iter().product(),
-                        m,
-                        k,
-                        n: nn,
-                        a_rc,
-                        b_rc,
+                        dims: Gemm {
+                            m,
+                            k,
+                            n: nn,
+                            a_rc,
+                            b_rc,
+                        },
                     }
                 }
                 Kind::Transpose => {
                     let Op::Transpose(src, perm) = &g.nodes[n].op else {
-                        unreachable!()
+                        unreachable!("fusion gives Kind::Transpose only to transposes")
                     };
                     Step::Transpose {
                         src: plan.buf_of[*src],
@@ -262,21 +250,7 @@ impl Program {
         }
         if crate::log::enabled("plan") {
             for (i, s) in steps.iter().enumerate() {
-                let what = match s {
-                    Step::Loop {
-                        bufs, total, split, ..
-                    } => {
-                        format!("loop over {total} elements, buffers {bufs:?}, split {split}")
-                    }
-                    Step::MatMul { batch, m, k, n, .. } => {
-                        format!("gemm {batch}x({m}x{k} @ {k}x{n})")
-                    }
-                    Step::Transpose { shape, perm, .. } => {
-                        format!("transpose {shape:?} by {perm:?}")
-                    }
-                    Step::Host { node, .. } => format!("host {node}: {:?}", g.nodes[*node].op),
-                };
-                eprintln!("[plan] step {i}: {what}");
+                eprintln!("[plan] step {i}: {}", s.describe(g));
             }
             eprintln!(
                 "[plan] {} buffers, {} floats",
@@ -347,28 +321,24 @@ impl Program {
         }
     }
 
-    pub fn copy_params(&mut self, params: &SecondaryMap<ParamId, Tensor>) {
-        for &(p, b) in &self.params {
-            self.bufs[b].copy_from_slice(&params[p].data);
-        }
-    }
-
     /// Exchanges the parameters' storage with their buffers; calling it
     /// twice restores both.
-    pub fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) {
+    fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) {
         for &(p, b) in &self.params {
             std::mem::swap(&mut self.bufs[b], &mut params[p].data);
         }
     }
 
-    /// Runs a step and moves each update into its parameter: the old
-    /// parameter storage becomes the update's buffer for the next step.
-    /// With `outputs`, returns the outputs (read while the parameters are
-    /// in their buffers: an output may be a parameter).
-    pub fn step(
+    /// Runs with the parameters lent by swapping (no copy). With
+    /// `outputs`, returns the outputs, read while the parameters are still
+    /// in their buffers (an output may be a parameter). With `update`,
+    /// then moves each update into its parameter: the old parameter
+    /// storage becomes the update's buffer for the next call.
+    pub fn run(
         &mut self,
         params: &mut SecondaryMap<ParamId, Tensor>,
         outputs: bool,
+        update: bool,
     ) -> Result<Vec<Tensor>, Error> {
         self.swap_params(params);
         let r = self.execute();
@@ -379,32 +349,22 @@ impl Program {
         };
         self.swap_params(params);
         r?;
-        for &(p, b) in &self.updates {
-            std::mem::swap(&mut self.bufs[b], &mut params[p].data);
+        if update {
+            for &(p, b) in &self.updates {
+                std::mem::swap(&mut self.bufs[b], &mut params[p].data);
+            }
         }
         Ok(outs)
     }
 
-    /// Runs with the parameters lent by swapping; returns the outputs.
-    pub fn eval(
-        &mut self,
-        params: &mut SecondaryMap<ParamId, Tensor>,
-    ) -> Result<Vec<Tensor>, Error> {
-        self.swap_params(params);
-        let r = self.execute();
-        let outs = (0..self.outputs.len()).map(|i| self.output(i)).collect();
-        self.swap_params(params);
-        r.map(|_| outs)
-    }
-
-    pub fn output(&self, i: usize) -> Tensor {
+    fn output(&self, i: usize) -> Tensor {
         let b = self.outputs[i];
         let n = self.g.outputs[i].node;
         Tensor::new(self.shapes[n].clone(), self.bufs[b].clone())
     }
 
     /// Runs every step in order.
-    pub fn execute(&mut self) -> Result<(), Error> {
+    fn execute(&mut self) -> Result<(), Error> {
         self.runs += 1;
         for si in 0..self.steps.len() {
             let started = self.profile.is_some().then(std::time::Instant::now);
@@ -453,42 +413,24 @@ impl Program {
                     b,
                     out,
                     batch,
-                    m,
-                    k,
-                    n,
-                    a_rc,
-                    b_rc,
+                    dims,
                 } => {
-                    let (m, k, n) = (*m, *k, *n);
-                    let a_ptr = self.bufs[*a].as_ptr();
-                    let b_ptr = self.bufs[*b].as_ptr();
-                    let o_ptr = self.bufs[*out].as_mut_ptr();
+                    let Gemm { m, k, n, .. } = *dims;
                     let threads = rayon::current_num_threads();
-                    let split = m * n * k >= GEMM_PARALLEL_MIN && threads > 1;
-                    let (a_ptr, b_ptr, o_ptr) = (SendF(a_ptr), SendF(b_ptr), SendMut(o_ptr));
+                    let par = if m * n * k >= GEMM_PARALLEL_MIN && threads > 1 {
+                        gemm::Parallelism::Rayon(threads)
+                    } else {
+                        gemm::Parallelism::None
+                    };
+                    let (a, b) = (self.bufs[*a].as_ptr(), self.bufs[*b].as_ptr());
+                    let o = self.bufs[*out].as_mut_ptr();
                     for bi in 0..*batch {
-                        let a = a_ptr.0.wrapping_add(bi * m * k);
-                        let b = b_ptr.0.wrapping_add(bi * k * n);
-                        let o = o_ptr.0.wrapping_add(bi * m * n);
-                        let mm = Mm {
-                            a: SendF(a),
-                            b: SendF(b),
-                            o: SendMut(o),
-                            k,
-                            n,
-                            a_rc: *a_rc,
-                            b_rc: *b_rc,
-                        };
-                        // Splitting the rows over our own tasks (one
-                        // single-threaded GEMM each) measured the same as
-                        // gemm's threading within this machine's noise.
-                        let par = if split {
-                            gemm::Parallelism::Rayon(threads)
-                        } else {
-                            gemm::Parallelism::None
-                        };
-                        // SAFETY: the buffers hold matrices of these sizes.
-                        unsafe { mm.rows(0, m, par) }
+                        // SAFETY: the operand buffers hold `batch` matrices
+                        // of the sizes and strides in `dims` (the node's
+                        // type), the output `batch` row-major m×n ones.
+                        unsafe {
+                            dims.call(a.add(bi * m * k), b.add(bi * k * n), o.add(bi * m * n), par)
+                        }
                     }
                 }
                 Step::Transpose {
@@ -533,51 +475,34 @@ impl Program {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendF(*const f32);
-#[derive(Clone, Copy)]
-struct SendMut(*mut f32);
-// SAFETY: used only for disjoint row ranges of one product.
-unsafe impl Send for SendF {}
-unsafe impl Sync for SendF {}
-unsafe impl Send for SendMut {}
-unsafe impl Sync for SendMut {}
-
-/// One matrix product: `o = a @ b`, `a` is m×k and `b` k×n with the
-/// given (row, column) strides, `o` row-major.
-#[derive(Clone, Copy)]
-struct Mm {
-    a: SendF,
-    b: SendF,
-    o: SendMut,
+/// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
+/// (row, column) strides, `o` row-major.
+#[derive(Clone, Copy, Debug)]
+struct Gemm {
+    m: usize,
     k: usize,
     n: usize,
     a_rc: (isize, isize),
     b_rc: (isize, isize),
 }
 
-impl Mm {
-    /// Rows `r0..r1` of the product.
-    ///
+impl Gemm {
     /// # Safety
-    /// The pointers hold matrices of the sizes given.
-    unsafe fn rows(&self, r0: usize, r1: usize, par: gemm::Parallelism) {
-        if r1 <= r0 {
-            return;
-        }
+    /// The pointers hold matrices of the sizes and strides given.
+    unsafe fn call(&self, a: *const f32, b: *const f32, o: *mut f32, par: gemm::Parallelism) {
         unsafe {
             gemm::gemm(
-                r1 - r0,
+                self.m,
                 self.n,
                 self.k,
-                self.o.0.add(r0 * self.n),
+                o,
                 1,
                 self.n as isize,
                 false,
-                self.a.0.offset(r0 as isize * self.a_rc.0),
+                a,
                 self.a_rc.1,
                 self.a_rc.0,
-                self.b.0,
+                b,
                 self.b_rc.1,
                 self.b_rc.0,
                 0.0,
@@ -587,6 +512,25 @@ impl Mm {
                 false,
                 par,
             )
+        }
+    }
+}
+
+impl Step {
+    /// One line for `NNC_LOG=plan` and `NNC_LOG=profile`.
+    fn describe(&self, g: &Graph) -> String {
+        match self {
+            Step::Loop {
+                bufs, total, split, ..
+            } => format!("loop over {total} elements, buffers {bufs:?}, split {split}"),
+            Step::MatMul { batch, dims, .. } => {
+                let Gemm { m, k, n, .. } = dims;
+                format!("gemm {batch}x({m}x{k} @ {k}x{n})")
+            }
+            Step::Transpose { shape, perm, .. } => format!("transpose {shape:?} by {perm:?}"),
+            Step::Host { node, .. } => {
+                format!("host {node}: {}", fusion::op_name(&g.nodes[*node].op))
+            }
         }
     }
 }
@@ -687,7 +631,7 @@ fn plan_buffers(
     for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
         if kind == Kind::View {
             let Op::Reshape(a, _) = g.nodes[n].op else {
-                unreachable!()
+                unreachable!("fusion gives Kind::View only to reshapes")
             };
             base[n] = Some(root_of(&base, a));
         }
@@ -851,17 +795,19 @@ impl KernelBuilder<'_> {
                     let a = self.build(*a, map, false);
                     self.push(Expr::Unary(*op, a))
                 }
-                Op::Binary(crate::ir::BinaryOp::Pow, a, e)
-                    if fusion::pow_exponent(self.g, *e).is_some() =>
-                {
-                    let k = fusion::pow_exponent(self.g, *e).expect("just checked");
-                    let a = self.build(*a, map, false);
-                    self.push(Expr::PowI(a, k))
-                }
                 Op::Binary(op, a, b) => {
+                    let whole = match op {
+                        crate::ir::BinaryOp::Pow => fusion::pow_exponent(self.g, *b),
+                        _ => None,
+                    };
                     let a = self.build(*a, map, false);
-                    let b = self.build(*b, map, false);
-                    self.push(Expr::Binary(*op, a, b))
+                    match whole {
+                        Some(k) => self.push(Expr::PowI(a, k)),
+                        None => {
+                            let b = self.build(*b, map, false);
+                            self.push(Expr::Binary(*op, a, b))
+                        }
+                    }
                 }
                 Op::Compare(op, a, b) => {
                     let a = self.build(*a, map, false);
