@@ -94,9 +94,12 @@ fn src(e: &E) -> String {
             src(a)
         ),
         E::MatMul(w, a) => format!("(tanh({} + 0 * p0) @ w{w})", src(a)),
+        // The comparison is offset by 0.01 so that values equal up to
+        // rounding (a mean of copies against the copied value) do not
+        // flip between backends whose sums round differently.
         E::Select(a, b, c) => {
             let (a, b, c) = (src(a), src(b), src(c));
-            format!("select({a} > {b}, {a}, {c})")
+            format!("select({a} > {b} + 0.01, {a}, {c})")
         }
     }
 }
@@ -137,6 +140,9 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 1000,
         failure_persistence: None,
+        // The same 1000 programs in every run, so CI is deterministic;
+        // change the seed to explore others.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261128),
         .. ProptestConfig::default()
     })]
 

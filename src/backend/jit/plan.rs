@@ -37,9 +37,11 @@ enum Step {
         outer: usize,
         total: usize,
         split: bool,
-        /// For reductions: the output's starting value and final scale.
+        /// For reductions: the output's starting value, and for a mean
+        /// the count it is divided by (a division, as the interpreter's,
+        /// not a product with 1/count, which rounds differently).
         init: Option<f32>,
-        scale: Option<f32>,
+        divisor: Option<f32>,
     },
     MatMul {
         a: usize,
@@ -176,12 +178,12 @@ impl Program {
                     pending.push((steps.len(), id));
                     let mut bufs = vec![out];
                     bufs.extend(srcs.iter().map(|s| plan.buf_of[*s]));
-                    let (init, scale) = match &g.nodes[n].op {
+                    let (init, divisor) = match &g.nodes[n].op {
                         Op::Reduce { op, arg, axes } => {
                             let count: usize = axes.iter().map(|&a| shapes[*arg][a]).product();
                             match op {
                                 ReduceOp::Sum => (Some(0.0), None),
-                                ReduceOp::Mean => (Some(0.0), Some(1.0 / count.max(1) as f32)),
+                                ReduceOp::Mean => (Some(0.0), Some(count as f32)),
                                 ReduceOp::Max => (Some(f32::NEG_INFINITY), None),
                             }
                         }
@@ -195,7 +197,7 @@ impl Program {
                         total: k.dims.iter().product(),
                         split: k.splittable(),
                         init,
-                        scale,
+                        divisor,
                     }
                 }
                 Kind::MatMul => {
@@ -377,7 +379,7 @@ impl Program {
                     total,
                     split,
                     init,
-                    scale,
+                    divisor,
                 } => {
                     if let Some(v) = init {
                         self.bufs[bufs[0]].fill(*v);
@@ -404,8 +406,8 @@ impl Program {
                         // each as long as the kernel's strides reach.
                         unsafe { f(args.0, 0, *outer as i64) };
                     }
-                    if let Some(s) = scale {
-                        self.bufs[bufs[0]].iter_mut().for_each(|x| *x *= *s);
+                    if let Some(d) = divisor {
+                        self.bufs[bufs[0]].iter_mut().for_each(|x| *x /= *d);
                     }
                 }
                 Step::MatMul {
