@@ -313,20 +313,28 @@ pub(crate) fn bind_syms(
     g: &Graph,
     inputs: &SecondaryMap<InputId, Option<Tensor>>,
 ) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
+    bind_syms_by(g, |i| inputs[i].as_ref().map(|t| &t.shape[..]))
+}
+
+/// [`bind_syms`] from the inputs' shapes alone (`None`: not fed).
+pub(crate) fn bind_syms_by<'s>(
+    g: &Graph,
+    shape_of: impl Fn(InputId) -> Option<&'s [usize]>,
+) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
     let mut syms: SecondaryMap<Sym, Option<usize>> = SecondaryMap::new();
     for (i, info) in g.inputs.iter() {
-        let Some(t) = &inputs[i] else { continue };
+        let Some(found) = shape_of(i) else { continue };
         let shape = &info.ty.shape;
         let mismatch = || Error::InputShape {
             name: info.name.clone(),
             expected: g.shape_str(shape),
-            found: t.shape.clone(),
+            found: found.to_vec(),
             span: info.span,
         };
-        if t.shape.len() != shape.len() {
+        if found.len() != shape.len() {
             return Err(mismatch());
         }
-        for (&n, d) in t.shape.iter().zip(shape) {
+        for (&n, d) in found.iter().zip(shape) {
             match d {
                 Dim::Known(k) if *k as usize != n => return Err(mismatch()),
                 Dim::Known(_) => {}

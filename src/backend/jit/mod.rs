@@ -24,6 +24,7 @@
 
 mod codegen;
 mod math;
+mod native;
 mod plan;
 
 pub use codegen::{Expr, LoopKernel};

@@ -2,8 +2,9 @@
 //! their buffers (planned by liveness) and the code.
 
 use super::codegen::{self, Expr, LoopKernel};
+use super::native::{Blocks, Conv, ConvPass, Pool};
 use crate::backend::interp::{self, Error};
-use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, ReduceOp, Sym};
+use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, PoolOp, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
 use crate::tensor::{strides, Tensor};
 use cranelift_entity::SecondaryMap;
@@ -56,10 +57,49 @@ enum Step {
         shape: Vec<usize>,
         perm: Vec<usize>,
     },
-    Host {
-        node: Node,
+    /// A convolution or one of its gradients (im2col + GEMM).
+    Conv {
+        pass: ConvPass,
+        geo: Conv,
+        a: usize,
+        b: usize,
+        out: usize,
+        scratch: Vec<f32>,
+    },
+    /// A pooling (`gy: None`) or its gradient.
+    Pool {
+        geo: Pool,
+        x: usize,
+        gy: Option<usize>,
         out: usize,
     },
+    /// A slice (one part) or a concatenation (two): block copies.
+    Copy {
+        parts: Vec<(usize, Blocks)>,
+        out: usize,
+    },
+    /// A loop: its body compiled as a program of its own, run once per
+    /// step.
+    Scan(Box<ScanStep>),
+    /// Any other operation, run by the interpreter's routine.
+    Host { node: Node, out: usize },
+}
+
+/// A compiled [`Op::Scan`].
+struct ScanStep {
+    body: Program,
+    init: usize,
+    xs: Vec<usize>,
+    args: Vec<usize>,
+    out: usize,
+    steps: usize,
+    carry_len: usize,
+    /// Floats per step of each sequence.
+    step_lens: Vec<usize>,
+    reverse: bool,
+    /// The body's buffer for each operand (the carry, the sequences' step
+    /// slices, the extra arguments, in that order), where the body reads it.
+    slots: Vec<Option<usize>>,
 }
 
 pub struct Program {
@@ -246,7 +286,7 @@ impl Program {
                         perm: perm.clone(),
                     }
                 }
-                Kind::Host => Step::Host { node: n, out },
+                Kind::Host => host_step(g, &shapes, &plan.buf_of, n, out, want_clif, &mut clif)?,
             };
             steps.push(step);
         }
@@ -444,6 +484,48 @@ impl Program {
                     let (s, d) = two(&mut self.bufs, *src, *dst);
                     transpose(s, d, shape, perm);
                 }
+                Step::Conv {
+                    pass,
+                    geo,
+                    a,
+                    b,
+                    out,
+                    scratch,
+                } => {
+                    let mut o = std::mem::take(&mut self.bufs[*out]);
+                    let per = geo.scratch_per_thread(*pass).max(1);
+                    let threads = rayon::current_num_threads().min(scratch.len() / per);
+                    geo.run(
+                        *pass,
+                        &self.bufs[*a],
+                        &self.bufs[*b],
+                        &mut o,
+                        scratch,
+                        threads,
+                    );
+                    self.bufs[*out] = o;
+                }
+                Step::Pool { geo, x, gy, out } => {
+                    let mut o = std::mem::take(&mut self.bufs[*out]);
+                    match gy {
+                        None => geo.forward(&self.bufs[*x], &mut o),
+                        Some(gy) => geo.backward(&self.bufs[*x], &self.bufs[*gy], &mut o),
+                    }
+                    self.bufs[*out] = o;
+                }
+                Step::Copy { parts, out } => {
+                    let mut o = std::mem::take(&mut self.bufs[*out]);
+                    for (src, blocks) in parts.iter() {
+                        blocks.copy(&self.bufs[*src], &mut o);
+                    }
+                    self.bufs[*out] = o;
+                }
+                Step::Scan(sc) => {
+                    let mut o = std::mem::take(&mut self.bufs[sc.out]);
+                    let r = sc.run(&self.bufs, &mut o);
+                    self.bufs[sc.out] = o;
+                    r?;
+                }
                 Step::Host { node, out } => {
                     let node = *node;
                     let data = &self.g.nodes[node];
@@ -475,6 +557,213 @@ impl Program {
         }
         Ok(())
     }
+}
+
+type Shapes = SecondaryMap<Node, Vec<usize>>;
+
+/// The step for an operation that is not a loop kernel, matmul or
+/// transpose: a native routine where there is one ([`super::native`], or
+/// a compiled loop body), else the interpreter's.
+fn host_step(
+    g: &Graph,
+    shapes: &Shapes,
+    buf_of: &SecondaryMap<Node, usize>,
+    n: Node,
+    out: usize,
+    want_clif: bool,
+    clif: &mut Vec<String>,
+) -> Result<Step, Error> {
+    let s4 = |x: Node| -> [usize; 4] {
+        let s = &shapes[x];
+        [s[0], s[1], s[2], s[3]]
+    };
+    let conv = |pass: ConvPass,
+                (a, b): (Node, Node),
+                [xs, ws, ys]: [[usize; 4]; 3],
+                stride: u64,
+                pad: u64| {
+        let geo = Conv {
+            n: xs[0],
+            c: xs[1],
+            h: xs[2],
+            w: xs[3],
+            o: ws[0],
+            kh: ws[2],
+            kw: ws[3],
+            oh: ys[2],
+            ow: ys[3],
+            stride: stride as usize,
+            pad: pad as usize,
+        };
+        let threads = rayon::current_num_threads();
+        Step::Conv {
+            pass,
+            geo,
+            a: buf_of[a],
+            b: buf_of[b],
+            out,
+            scratch: vec![0.0; threads * geo.scratch_per_thread(pass)],
+        }
+    };
+    let pool = |op: PoolOp, [xs, ys]: [[usize; 4]; 2], size: u64, stride: u64| Pool {
+        op,
+        planes: xs[0] * xs[1],
+        h: xs[2],
+        w: xs[3],
+        oh: ys[2],
+        ow: ys[3],
+        size: size as usize,
+        stride: stride as usize,
+    };
+    // Blocks along `axis` of `shape`: `count` outer blocks of `inner`-float
+    // rows.
+    let along = |x: Node, axis: usize| -> (usize, usize, usize) {
+        let s = &shapes[x];
+        (
+            s[..axis].iter().product(),
+            s[axis],
+            s[axis + 1..].iter().product(),
+        )
+    };
+    Ok(match &g.nodes[n].op {
+        &Op::Conv2d {
+            x,
+            w,
+            stride,
+            padding,
+        } => conv(
+            ConvPass::Forward,
+            (x, w),
+            [s4(x), s4(w), s4(n)],
+            stride,
+            padding,
+        ),
+        &Op::Conv2dBackwardInput {
+            gy,
+            w,
+            stride,
+            padding,
+            ..
+        } => conv(
+            ConvPass::BackInput,
+            (gy, w),
+            [s4(n), s4(w), s4(gy)],
+            stride,
+            padding,
+        ),
+        &Op::Conv2dBackwardWeight {
+            x,
+            gy,
+            stride,
+            padding,
+            ..
+        } => conv(
+            ConvPass::BackWeight,
+            (x, gy),
+            [s4(x), s4(n), s4(gy)],
+            stride,
+            padding,
+        ),
+        &Op::Pool2d {
+            op,
+            arg,
+            size,
+            stride,
+        } => Step::Pool {
+            geo: pool(op, [s4(arg), s4(n)], size, stride),
+            x: buf_of[arg],
+            gy: None,
+            out,
+        },
+        &Op::Pool2dBackward {
+            op,
+            x,
+            gy,
+            size,
+            stride,
+        } => Step::Pool {
+            geo: pool(op, [s4(x), s4(gy)], size, stride),
+            x: buf_of[x],
+            gy: Some(buf_of[gy]),
+            out,
+        },
+        &Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => {
+            let (count, d, inner) = along(arg, axis);
+            let len = (end - start) as usize * inner;
+            let part = Blocks {
+                count,
+                len,
+                src_at: start as usize * inner,
+                src_stride: d * inner,
+                dst_at: 0,
+                dst_stride: len,
+            };
+            Step::Copy {
+                parts: vec![(buf_of[arg], part)],
+                out,
+            }
+        }
+        &Op::Concat { a, b, axis } => {
+            let (count, da, inner) = along(a, axis);
+            let (ra, rb) = (da * inner, shapes[b][axis] * inner);
+            let part = |len, dst_at| Blocks {
+                count,
+                len,
+                src_at: 0,
+                src_stride: len,
+                dst_at,
+                dst_stride: ra + rb,
+            };
+            Step::Copy {
+                parts: vec![(buf_of[a], part(ra, 0)), (buf_of[b], part(rb, ra))],
+                out,
+            }
+        }
+        Op::Scan {
+            body,
+            init,
+            xs,
+            args,
+            reverse,
+        } => {
+            let bg = &g.bodies[*body];
+            let mut operands: Vec<Vec<usize>> = vec![shapes[*init].clone()];
+            operands.extend(xs.iter().map(|x| shapes[*x][1..].to_vec()));
+            operands.extend(args.iter().map(|a| shapes[*a].clone()));
+            let ids: Vec<InputId> = bg.inputs.keys().collect();
+            let syms = interp::bind_syms_by(bg, |i| {
+                ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
+            })?;
+            let roots: Vec<Node> = bg.outputs.iter().map(|o| o.node).collect();
+            let body = Program::compile(bg, &roots, &syms, want_clif)?;
+            clif.extend(body.clif.iter().cloned());
+            let slots = ids
+                .iter()
+                .map(|&i| body.inputs.iter().find(|(j, _)| *j == i).map(|&(_, b)| b))
+                .collect();
+            Step::Scan(Box::new(ScanStep {
+                init: buf_of[*init],
+                xs: xs.iter().map(|x| buf_of[*x]).collect(),
+                args: args.iter().map(|a| buf_of[*a]).collect(),
+                out,
+                steps: shapes[n][0],
+                carry_len: operands[0].iter().product(),
+                step_lens: operands[1..=xs.len()]
+                    .iter()
+                    .map(|s| s.iter().product())
+                    .collect(),
+                reverse: *reverse,
+                slots,
+                body,
+            }))
+        }
+        _ => Step::Host { node: n, out },
+    })
 }
 
 /// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
@@ -530,10 +819,63 @@ impl Step {
                 format!("gemm {batch}x({m}x{k} @ {k}x{n})")
             }
             Step::Transpose { shape, perm, .. } => format!("transpose {shape:?} by {perm:?}"),
+            Step::Conv { pass, geo, .. } => format!("convolution {pass:?} {geo:?}"),
+            Step::Pool { geo, gy, .. } => {
+                let dir = if gy.is_some() { "gradient" } else { "forward" };
+                format!("pooling {dir} {geo:?}")
+            }
+            Step::Copy { parts, .. } => format!("block copy {parts:?}"),
+            Step::Scan(sc) => format!(
+                "scan of {} steps, a body of {} steps",
+                sc.steps,
+                sc.body.steps.len()
+            ),
             Step::Host { node, .. } => {
                 format!("host {node}: {}", fusion::op_name(&g.nodes[*node].op))
             }
         }
+    }
+}
+
+impl ScanStep {
+    /// Runs the body once per step: the carry is `init` at the first step,
+    /// then the previous step's result; every result is stacked into `out`
+    /// at its step's index.
+    fn run(&mut self, outer: &[Vec<f32>], out: &mut [f32]) -> Result<(), Error> {
+        let n_xs = self.xs.len();
+        let body = &mut self.body;
+        for (k, &a) in self.args.iter().enumerate() {
+            if let Some(b) = self.slots[1 + n_xs + k] {
+                body.bufs[b].copy_from_slice(&outer[a]);
+            }
+        }
+        let cl = self.carry_len;
+        let result = body.outputs[0];
+        for i in 0..self.steps {
+            let (t, prev) = if self.reverse {
+                let t = self.steps - 1 - i;
+                (t, t + 1)
+            } else {
+                (i, i.wrapping_sub(1))
+            };
+            if let Some(b) = self.slots[0] {
+                let carry = if i == 0 {
+                    &outer[self.init][..]
+                } else {
+                    &out[prev * cl..][..cl]
+                };
+                body.bufs[b].copy_from_slice(carry);
+            }
+            for (j, &x) in self.xs.iter().enumerate() {
+                if let Some(b) = self.slots[1 + j] {
+                    let len = self.step_lens[j];
+                    body.bufs[b].copy_from_slice(&outer[x][t * len..][..len]);
+                }
+            }
+            body.execute()?;
+            out[t * cl..][..cl].copy_from_slice(&body.bufs[result]);
+        }
+        Ok(())
     }
 }
 

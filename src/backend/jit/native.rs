@@ -1,0 +1,432 @@
+//! The JIT's precompiled routines for the operations that are not loop
+//! kernels: convolution and its gradients (im2col + GEMM), pooling and its
+//! gradient, slices and concatenation. They work on the program's buffers
+//! in place and allocate nothing per call (their scratch is planned with
+//! the program).
+//!
+//! The interpreter's kernels (`interp::kernels_nn`) are the reference:
+//! naive loop nests over every tap. These compute the same sums in another
+//! order (GEMM panels), so they agree to rounding; `tests/differential.rs`
+//! and the gradient tests check that.
+
+use crate::ir::PoolOp;
+use rayon::prelude::*;
+
+/// Work (multiply-adds) below which a convolution runs on one thread.
+const CONV_PARALLEL_MIN: usize = 1 << 17;
+
+/// `dst (m×n) = [dst +] a (m×k) @ b (k×n)`, each operand with its own
+/// (row, column) strides; `dst` is row-major with row stride `dst_rs`.
+///
+/// # Safety
+/// The pointers hold matrices of the sizes and strides given, and `dst`
+/// does not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: isize,
+    a: *const f32,
+    a_rc: (isize, isize),
+    b: *const f32,
+    b_rc: (isize, isize),
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            a,
+            a_rc.1,
+            a_rc.0,
+            b,
+            b_rc.1,
+            b_rc.0,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The geometry of a convolution: input `[n, c, h, w]`, kernel
+/// `[o, c, kh, kw]`, output `[n, o, oh, ow]`, one stride and one zero
+/// padding for both spatial axes.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// Which of the three products a convolution step computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// `y = conv(x, w)`, operands (x, w).
+    Forward,
+    /// `gx` from (gy, w).
+    BackInput,
+    /// `gw` from (x, gy).
+    BackWeight,
+}
+
+impl Conv {
+    /// Rows of the unfolded input: one per (channel, kernel row, kernel
+    /// column).
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Columns of the unfolded input: one per output position.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Floats of scratch each thread needs for `pass`.
+    pub fn scratch_per_thread(&self, pass: ConvPass) -> usize {
+        match pass {
+            ConvPass::BackWeight => self.k() * self.p() + self.o * self.k(),
+            _ => self.k() * self.p(),
+        }
+    }
+
+    /// The input row that output row `i` reads at kernel row `a`, if it
+    /// is not padding (likewise for columns).
+    fn src(&self, i: usize, a: usize, len: usize) -> Option<usize> {
+        (i * self.stride + a)
+            .checked_sub(self.pad)
+            .filter(|&v| v < len)
+    }
+
+    /// Unfolds one sample `x` (`[c, h, w]`) into `cols` (`[k, p]`):
+    /// `cols[(c, a, b), (i, j)] = x[c, i·s + a − pad, j·s + b − pad]`, zero
+    /// in the padding.
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let (p, ow) = (self.p(), self.ow);
+        for c in 0..self.c {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    for (i, dst) in row.chunks_exact_mut(ow).enumerate() {
+                        let Some(h) = self.src(i, a, self.h) else {
+                            dst.fill(0.0);
+                            continue;
+                        };
+                        let line = &x[(c * self.h + h) * self.w..][..self.w];
+                        if self.stride == 1 && self.pad == 0 {
+                            dst.copy_from_slice(&line[b..b + ow]);
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = self.src(j, b, self.w).map_or(0.0, |v| line[v]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Conv::im2col`]: `x` (one sample) is set to the sum
+    /// of the columns that read each of its elements.
+    fn col2im(&self, cols: &[f32], x: &mut [f32]) {
+        x.fill(0.0);
+        let (p, ow) = (self.p(), self.ow);
+        for c in 0..self.c {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let row = &cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    for (i, src) in row.chunks_exact(ow).enumerate() {
+                        let Some(h) = self.src(i, a, self.h) else {
+                            continue;
+                        };
+                        let line = &mut x[(c * self.h + h) * self.w..][..self.w];
+                        for (j, s) in src.iter().enumerate() {
+                            if let Some(v) = self.src(j, b, self.w) {
+                                line[v] += s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many threads to use and how many samples each takes.
+    fn split(&self, threads: usize) -> (usize, usize) {
+        let work = self.n * self.o * self.k() * self.p();
+        let t = if work >= CONV_PARALLEL_MIN {
+            threads.clamp(1, self.n.max(1))
+        } else {
+            1
+        };
+        (t, self.n.div_ceil(t).max(1))
+    }
+
+    /// Runs `pass` on operands `a`, `b` into `out`, with `scratch` holding
+    /// `threads ×` [`Conv::scratch_per_thread`] floats.
+    pub fn run(
+        &self,
+        pass: ConvPass,
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+        threads: usize,
+    ) {
+        if self.n * self.o * self.k() * self.p() == 0 {
+            // Nothing to sum: every output is zero (or there is none).
+            out.fill(0.0);
+            return;
+        }
+        let (t, per) = self.split(threads.max(1));
+        let (k, p, o) = (self.k(), self.p(), self.o);
+        let xlen = self.c * self.h * self.w;
+        let ylen = o * p;
+        let each = self.scratch_per_thread(pass);
+        let one = gemm::Parallelism::None;
+        match pass {
+            ConvPass::Forward => {
+                // y[n] (o×p) = w (o×k) @ cols (k×p)
+                let (x, w) = (a, b);
+                out.par_chunks_mut(per * ylen)
+                    .zip(scratch.par_chunks_mut(each).take(t))
+                    .enumerate()
+                    .for_each(|(g, (ys, cols))| {
+                        for (i, y) in ys.chunks_exact_mut(ylen).enumerate() {
+                            let s = g * per + i;
+                            self.im2col(&x[s * xlen..][..xlen], cols);
+                            // SAFETY: sizes and strides as stated above.
+                            unsafe {
+                                let kp = (k as isize, 1);
+                                sgemm(
+                                    (o, k, p),
+                                    y.as_mut_ptr(),
+                                    p as isize,
+                                    w.as_ptr(),
+                                    kp,
+                                    cols.as_ptr(),
+                                    (p as isize, 1),
+                                    false,
+                                    one,
+                                )
+                            }
+                        }
+                    });
+            }
+            ConvPass::BackInput => {
+                // cols (k×p) = wᵀ (k×o) @ gy[n] (o×p), folded back into gx[n]
+                let (gy, w) = (a, b);
+                out.par_chunks_mut(per * xlen)
+                    .zip(scratch.par_chunks_mut(each).take(t))
+                    .enumerate()
+                    .for_each(|(g, (gxs, cols))| {
+                        for (i, gx) in gxs.chunks_exact_mut(xlen).enumerate() {
+                            let s = g * per + i;
+                            // SAFETY: sizes and strides as stated above.
+                            unsafe {
+                                sgemm(
+                                    (k, o, p),
+                                    cols.as_mut_ptr(),
+                                    p as isize,
+                                    w.as_ptr(),
+                                    (1, k as isize),
+                                    gy[s * ylen..].as_ptr(),
+                                    (p as isize, 1),
+                                    false,
+                                    one,
+                                )
+                            }
+                            self.col2im(cols, gx);
+                        }
+                    });
+            }
+            ConvPass::BackWeight => {
+                // gw (o×k) = Σ_n gy[n] (o×p) @ cols[n]ᵀ (p×k), one partial
+                // sum per thread, added up at the end.
+                let (x, gy) = (a, b);
+                let wlen = o * k;
+                scratch
+                    .par_chunks_mut(each)
+                    .take(t)
+                    .enumerate()
+                    .for_each(|(g, sc)| {
+                        let (cols, acc) = sc.split_at_mut(k * p);
+                        let samples = g * per..((g + 1) * per).min(self.n);
+                        for (i, s) in samples.enumerate() {
+                            self.im2col(&x[s * xlen..][..xlen], cols);
+                            // SAFETY: sizes and strides as stated above.
+                            unsafe {
+                                sgemm(
+                                    (o, p, k),
+                                    acc.as_mut_ptr(),
+                                    k as isize,
+                                    gy[s * ylen..].as_ptr(),
+                                    (p as isize, 1),
+                                    cols.as_ptr(),
+                                    (1, p as isize),
+                                    i > 0,
+                                    one,
+                                )
+                            }
+                        }
+                        if per * g >= self.n {
+                            acc.fill(0.0);
+                        }
+                    });
+                out.copy_from_slice(&scratch[k * p..][..wlen]);
+                for g in 1..t {
+                    let part = &scratch[g * each + k * p..][..wlen];
+                    out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
+                }
+            }
+        }
+    }
+}
+
+/// The geometry of a pooling: `planes` channels of `h × w` pooled by
+/// `size × size` windows moved by `stride` into `oh × ow`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    pub op: PoolOp,
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl Pool {
+    /// The offset in `x` (one plane) of window `(i, j)`'s first maximal
+    /// element; a NaN counts as the maximum (the interpreter's rule).
+    fn argmax(&self, x: &[f32], i: usize, j: usize) -> usize {
+        let top = i * self.stride * self.w + j * self.stride;
+        let mut best = top;
+        for a in 0..self.size {
+            for b in 0..self.size {
+                let k = top + a * self.w + b;
+                let (v, m) = (x[k], x[best]);
+                if !m.is_nan() && (v > m || v.is_nan()) {
+                    best = k;
+                }
+            }
+        }
+        best
+    }
+
+    fn planes<'a>(
+        &self,
+        x: &'a [f32],
+        y: &'a mut [f32],
+    ) -> impl Iterator<Item = (&'a [f32], &'a mut [f32])> {
+        x.chunks_exact(self.h * self.w)
+            .zip(y.chunks_exact_mut(self.oh * self.ow))
+            .take(self.planes)
+    }
+
+    /// `y = pool(x)`.
+    pub fn forward(&self, x: &[f32], y: &mut [f32]) {
+        if x.is_empty() || y.is_empty() {
+            y.fill(0.0);
+            return;
+        }
+        let area = (self.size * self.size) as f32;
+        for (xp, yp) in self.planes(x, y) {
+            for i in 0..self.oh {
+                for j in 0..self.ow {
+                    yp[i * self.ow + j] = match self.op {
+                        PoolOp::Max => xp[self.argmax(xp, i, j)],
+                        PoolOp::Avg => {
+                            let top = i * self.stride * self.w + j * self.stride;
+                            let mut acc = 0.0f32;
+                            for a in 0..self.size {
+                                for v in &xp[top + a * self.w..][..self.size] {
+                                    acc += v;
+                                }
+                            }
+                            acc / area
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// `gx` from `x` and `gy`: max sends each window's gradient to its
+    /// first maximal element, average spreads it evenly.
+    pub fn backward(&self, x: &[f32], gy: &[f32], gx: &mut [f32]) {
+        gx.fill(0.0);
+        if gy.is_empty() {
+            return;
+        }
+        let area = (self.size * self.size) as f32;
+        let plane = self.h * self.w;
+        for (pi, gyp) in gy
+            .chunks_exact(self.oh * self.ow)
+            .take(self.planes)
+            .enumerate()
+        {
+            let xp = &x[pi * plane..][..plane];
+            let gxp = &mut gx[pi * plane..][..plane];
+            for i in 0..self.oh {
+                for j in 0..self.ow {
+                    let g = gyp[i * self.ow + j];
+                    match self.op {
+                        PoolOp::Max => gxp[self.argmax(xp, i, j)] += g,
+                        PoolOp::Avg => {
+                            let top = i * self.stride * self.w + j * self.stride;
+                            let share = g / area;
+                            for a in 0..self.size {
+                                for v in &mut gxp[top + a * self.w..][..self.size] {
+                                    *v += share;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies `count` blocks of `len` floats from `src` (blocks `src_stride`
+/// apart, starting at `src_at`) to `dst` (blocks `dst_stride` apart,
+/// starting at `dst_at`): a slice along an axis, or one half of a
+/// concatenation.
+#[derive(Clone, Copy, Debug)]
+pub struct Blocks {
+    pub count: usize,
+    pub len: usize,
+    pub src_at: usize,
+    pub src_stride: usize,
+    pub dst_at: usize,
+    pub dst_stride: usize,
+}
+
+impl Blocks {
+    pub fn copy(&self, src: &[f32], dst: &mut [f32]) {
+        for i in 0..self.count {
+            let s = self.src_at + i * self.src_stride;
+            let d = self.dst_at + i * self.dst_stride;
+            dst[d..d + self.len].copy_from_slice(&src[s..s + self.len]);
+        }
+    }
+}
