@@ -449,7 +449,7 @@ fn backend_text(
         }
         match emit {
             Emit::Fused => {
-                let graph = crate::passes::cse::cse(&graph);
+                let graph = crate::passes::optimize(&graph);
                 let mut roots: Vec<crate::ir::Node> =
                     graph.outputs.iter().map(|o| o.node).collect();
                 roots.extend(graph.updates.iter().map(|u| u.node));

@@ -65,14 +65,35 @@ pub fn grad(g: &mut Graph, loss: Node, wrt: &[Node]) -> Result<Gradients, Diag> 
     let mut b = Builder { g };
     let seed = b.fill(1.0, vec![], b.g.nodes[loss].span)?;
     adj.insert(loss, seed);
+    let mut pieces: HashMap<Node, Vec<Piece>> = HashMap::new();
     for i in (0..=loss.index()).rev() {
         let n = Node::from_u32(i as u32);
-        let Some(&gbar) = adj.get(&n) else { continue };
         if !needs[i] {
             continue;
         }
-        let op = b.g.nodes[n].op.clone();
         let span = b.g.nodes[n].span;
+        let Some(gbar) = settle(&mut b, n, &mut adj, &mut pieces, span)? else {
+            continue;
+        };
+        let op = b.g.nodes[n].op.clone();
+        if let Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } = op
+        {
+            if needs[arg.index()] {
+                let piece = Piece {
+                    axis,
+                    start,
+                    end,
+                    g: gbar,
+                };
+                pieces.entry(arg).or_default().push(piece);
+            }
+            continue;
+        }
         for (arg, contrib) in vjp(&mut b, &op, n, gbar, span, &needs, &mut warnings)? {
             let total = match adj.get(&arg) {
                 Some(&prev) => b.add2(prev, contrib, span)?,
@@ -83,12 +104,92 @@ pub fn grad(g: &mut Graph, loss: Node, wrt: &[Node]) -> Result<Gradients, Diag> 
     }
     let mut grads = Vec::with_capacity(wrt.len());
     for &w in wrt {
-        match adj.get(&w) {
-            Some(&gw) => grads.push(gw),
-            None => grads.push(b.fill_like(0.0, w, b.g.nodes[w].span)?),
+        let sp = b.g.nodes[w].span;
+        match settle(&mut b, w, &mut adj, &mut pieces, sp)? {
+            Some(gw) => grads.push(gw),
+            None => grads.push(b.fill_like(0.0, w, sp)?),
         }
     }
     Ok(Gradients { grads, warnings })
+}
+
+/// The adjoint of a slice `x[start..end]` along `axis`, waiting to be
+/// placed into the adjoint of `x`. The pieces of one tensor are kept
+/// apart until its adjoint is needed: slices that tile it (an LSTM's four
+/// gates cut from one stacked weight) are then joined by one chain of
+/// concatenations, instead of each being padded with zeros to the full
+/// shape and the padded copies added.
+#[derive(Clone, Copy)]
+struct Piece {
+    axis: usize,
+    start: u64,
+    end: u64,
+    g: Node,
+}
+
+/// The total adjoint of `n`: its dense contributions plus its slice
+/// pieces, placed. `None` when nothing reached it.
+fn settle(
+    b: &mut Builder,
+    n: Node,
+    adj: &mut HashMap<Node, Node>,
+    pieces: &mut HashMap<Node, Vec<Piece>>,
+    sp: Span,
+) -> Result<Option<Node>, Diag> {
+    let mut total = adj.get(&n).copied();
+    let mut rest = pieces.remove(&n).unwrap_or_default();
+    rest.sort_by_key(|p| (p.axis, p.start));
+    while !rest.is_empty() {
+        // A run of disjoint pieces along one axis becomes one tensor.
+        let mut group = vec![rest.remove(0)];
+        let mut i = 0;
+        while i < rest.len() {
+            let last = group[group.len() - 1];
+            if rest[i].axis == last.axis && rest[i].start >= last.end {
+                group.push(rest.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let dense = place(b, n, &group, sp)?;
+        total = Some(match total {
+            Some(t) => b.add2(t, dense, sp)?,
+            None => dense,
+        });
+    }
+    if let Some(t) = total {
+        adj.insert(n, t);
+    }
+    Ok(total)
+}
+
+/// Disjoint pieces (sorted, along one axis) laid into a tensor shaped like
+/// `x`, zeros between them.
+fn place(b: &mut Builder, x: Node, group: &[Piece], sp: Span) -> Result<Node, Diag> {
+    let axis = group[0].axis;
+    let d = known_dim(b, x, axis, sp)?;
+    let mut parts = Vec::new();
+    let mut pos = 0;
+    let zeros = |b: &mut Builder, from: u64, to: u64| {
+        let mut shape = b.shape(x);
+        shape[axis] = Dim::Known(to - from);
+        b.fill(0.0, shape, sp)
+    };
+    for p in group {
+        if p.start > pos {
+            parts.push(zeros(b, pos, p.start)?);
+        }
+        parts.push(p.g);
+        pos = p.end;
+    }
+    if pos < d {
+        parts.push(zeros(b, pos, d)?);
+    }
+    let mut out = parts[0];
+    for &p in &parts[1..] {
+        out = b.add(Op::Concat { a: out, b: p, axis }, sp)?;
+    }
+    Ok(out)
 }
 
 fn flat_warning(span: Span) -> Diag {
@@ -511,27 +612,20 @@ fn vjp(
         }
         // d a[start..end] = ḡ with zeros around it:
         // concat(0[.., start, ..], ḡ, 0[.., dim − end, ..]) along the axis
-        Op::Slice {
+        // (`grad` itself collects slices' adjoints as pieces; see `Piece`.)
+        &Op::Slice {
             arg,
             axis,
             start,
             end,
         } => {
-            let axis = *axis;
-            let d = known_dim(b, *arg, axis, sp)?;
-            let mut zeros = b.shape(*arg);
-            let mut g = gb;
-            if *start > 0 {
-                zeros[axis] = Dim::Known(*start);
-                let z = b.fill(0.0, zeros.clone(), sp)?;
-                g = b.add(Op::Concat { a: z, b: g, axis }, sp)?;
-            }
-            if *end < d {
-                zeros[axis] = Dim::Known(d - end);
-                let z = b.fill(0.0, zeros, sp)?;
-                g = b.add(Op::Concat { a: g, b: z, axis }, sp)?;
-            }
-            v.push((*arg, g));
+            let piece = Piece {
+                axis,
+                start,
+                end,
+                g: gb,
+            };
+            v.push((arg, place(b, arg, &[piece], sp)?));
         }
         // d concat(a, b) = (ḡ[0..da], ḡ[da..da + db]) along the axis
         Op::Concat { a, b: second, axis } => {

@@ -18,6 +18,11 @@
 //!   element, storing costs a write and a read of the full shape).
 //! - `matmul-transposed-operand`: a transpose of the last two axes read
 //!   only by matmuls is not copied: the GEMM reads it with swapped strides.
+//! - `matmul-broadcast-operand`: a broadcast that keeps a matrix's last two
+//!   dims (a weight shared by every batch of a batched product), read only
+//!   by matmuls, is not materialised: each batch reads the same matrix
+//!   (and when the other operand is contiguous, the batches become rows
+//!   of one GEMM).
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
 //!
 //! Refusals are logged with their reason: several readers (the value is
@@ -58,7 +63,9 @@ pub struct Fusion {
     pub kernels: Vec<(Node, Kind)>,
     /// Live nodes that are computed inside their readers' kernels.
     pub fused: EntitySet<Node>,
-    /// Transposes read by matmuls with swapped strides instead of copied.
+    /// Operands that matmuls read in place instead of a copy: transposes
+    /// of the last two axes (swapped strides) and batch broadcasts (the
+    /// same matrix for every batch).
     pub strided: EntitySet<Node>,
     /// Why each decision was taken, for `NNC_LOG=fusion`.
     pub log: Vec<String>,
@@ -95,6 +102,20 @@ fn swaps_last_two(perm: &[usize]) -> bool {
     r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i)
 }
 
+/// Broadcasts that only add or widen batch axes of a matrix operand:
+/// the last two dims stay as they are.
+fn batch_broadcast(g: &Graph, src: Node, to: &[crate::ir::Dim]) -> bool {
+    let from = g.shape(src);
+    from.len() >= 2 && to.len() >= 2 && from[from.len() - 2..] == to[to.len() - 2..]
+}
+
+/// Whether `r` sums `mm` over exactly its batch axes (all but the last
+/// two).
+fn sums_batch_axes(g: &Graph, r: Node, mm: Node) -> bool {
+    let batch: Vec<usize> = (0..g.shape(mm).len() - 2).collect();
+    matches!(&g.nodes[r].op, Op::Reduce { op: crate::ir::ReduceOp::Sum, arg, axes } if *arg == mm && *axes == batch)
+}
+
 /// Groups the nodes `roots` need.
 pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     let mut live: EntitySet<Node> = EntitySet::new();
@@ -123,6 +144,16 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         log: Vec::new(),
     };
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
+    let only_matmuls =
+        |rs: &[Node]| !rs.is_empty() && rs.iter().all(|&r| matches!(g.nodes[r].op, Op::MatMul(..)));
+    // A matmul, or a transpose that will be read by matmuls in place.
+    let matrix_reader = |r: Node| match &g.nodes[r].op {
+        Op::MatMul(..) => true,
+        Op::Transpose(_, perm) => {
+            swaps_last_two(perm) && only_matmuls(&readers[r]) && !is_root.contains(r)
+        }
+        _ => false,
+    };
     // A reader that runs a loop kernel over its own shape and can take the
     // node's computation into it.
     let loop_reader = |r: Node| -> bool {
@@ -136,6 +167,21 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         let rs = &readers[n];
         let kind = match &d.op {
             Op::Input(_) | Op::Param(_) | Op::Const(_) => Kind::Leaf,
+            Op::Broadcast(src, to)
+                if batch_broadcast(g, *src, to)
+                    && rs.iter().all(|&r| matrix_reader(r))
+                    && !rs.is_empty()
+                    && !is_root.contains(n)
+                    && !f.strided.contains(*src)
+                    && !matches!(g.nodes[*src].op, Op::Fill { .. } | Op::Broadcast(..)) =>
+            {
+                f.log.push(format!(
+                    "matmul-broadcast-operand: {} is read in place by each batch of the GEMM",
+                    name(n)
+                ));
+                f.strided.insert(n);
+                continue;
+            }
             Op::Fill { .. } | Op::Broadcast(..) => {
                 let all_loops = rs.iter().all(|&r| loop_reader(r));
                 if !is_root.contains(n) && all_loops {
@@ -189,16 +235,42 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     }
                 }
             }
+            Op::Reduce { arg, .. }
+                if f.fused.contains(*arg) && matches!(g.nodes[*arg].op, Op::MatMul(..)) =>
+            {
+                Kind::MatMul
+            }
             Op::Reduce { .. } => {
                 f.log
                     .push(format!("reduce-ends-group: {} is stored", name(n)));
                 Kind::Reduce
             }
-            Op::MatMul(..) => Kind::MatMul,
+            Op::MatMul(x, y) => {
+                let stacked_t = match &g.nodes[*x].op {
+                    Op::Transpose(src, _) => f.strided.contains(*x) && !f.strided.contains(*src),
+                    _ => false,
+                };
+                let batched = g.shape(n).len() > 2;
+                if let [r] = rs[..] {
+                    if batched
+                        && stacked_t
+                        && !f.strided.contains(*y)
+                        && !is_root.contains(n)
+                        && sums_batch_axes(g, r, n)
+                    {
+                        f.log.push(format!(
+                            "matmul-batch-sum: {} summed over its batch by {} is one GEMM over the stacked rows",
+                            name(n),
+                            name(r)
+                        ));
+                        f.fused.insert(n);
+                        continue;
+                    }
+                }
+                Kind::MatMul
+            }
             Op::Transpose(_, perm) => {
-                let only_matmuls =
-                    !rs.is_empty() && rs.iter().all(|&r| matches!(g.nodes[r].op, Op::MatMul(..)));
-                if swaps_last_two(perm) && only_matmuls && !is_root.contains(n) {
+                if swaps_last_two(perm) && only_matmuls(rs) && !is_root.contains(n) {
                     f.log.push(format!(
                         "matmul-transposed-operand: {} is read with swapped strides",
                         name(n)

@@ -8,5 +8,14 @@ mod build;
 pub mod cse;
 pub mod dce;
 pub mod fusion;
+pub mod licm;
 pub mod optimizer;
 mod scan_grad;
+
+/// The graph-level optimisations run before fusion and code generation:
+/// common subexpressions merged, loop-invariant work moved out of loop
+/// bodies, and merged again (the derivative loops of one scan hoist the
+/// same slices).
+pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
+    cse::cse(&licm::hoist(&cse::cse(g)))
+}

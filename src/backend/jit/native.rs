@@ -157,9 +157,15 @@ impl Conv {
                             continue;
                         };
                         let line = &mut x[(c * self.h + h) * self.w..][..self.w];
-                        for (j, s) in src.iter().enumerate() {
-                            if let Some(v) = self.src(j, b, self.w) {
-                                line[v] += s;
+                        if self.stride == 1 && self.pad == 0 {
+                            for (d, s) in line[b..b + ow].iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            for (j, s) in src.iter().enumerate() {
+                                if let Some(v) = self.src(j, b, self.w) {
+                                    line[v] += s;
+                                }
                             }
                         }
                     }
@@ -315,31 +321,32 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The offset in `x` (one plane) of window `(i, j)`'s first maximal
-    /// element; a NaN counts as the maximum (the interpreter's rule).
-    fn argmax(&self, x: &[f32], i: usize, j: usize) -> usize {
-        let top = i * self.stride * self.w + j * self.stride;
-        let mut best = top;
-        for a in 0..self.size {
-            for b in 0..self.size {
-                let k = top + a * self.w + b;
-                let (v, m) = (x[k], x[best]);
-                if !m.is_nan() && (v > m || v.is_nan()) {
-                    best = k;
-                }
-            }
-        }
-        best
+    /// Whether `v` replaces `m` as a window's maximum: the first maximal
+    /// element wins, and a NaN counts as the maximum (the interpreter's
+    /// rule, as `reduce.max`).
+    #[inline(always)]
+    fn beats(v: f32, m: f32) -> bool {
+        !m.is_nan() && (v > m || v.is_nan())
     }
 
-    fn planes<'a>(
-        &self,
-        x: &'a [f32],
-        y: &'a mut [f32],
-    ) -> impl Iterator<Item = (&'a [f32], &'a mut [f32])> {
-        x.chunks_exact(self.h * self.w)
-            .zip(y.chunks_exact_mut(self.oh * self.ow))
-            .take(self.planes)
+    /// Planes per parallel chunk: at least 64K input floats each.
+    fn chunk(&self) -> usize {
+        ((1 << 16) / (self.h * self.w).max(1)).max(1)
+    }
+
+    /// Calls `f(plane of x, plane of y)` for every plane, split over the
+    /// pool's threads when large.
+    fn each_plane(&self, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+        let (xl, yl) = (self.h * self.w, self.oh * self.ow);
+        let c = self.chunk();
+        y[..self.planes * yl]
+            .par_chunks_mut(c * yl)
+            .zip(x[..self.planes * xl].par_chunks(c * xl))
+            .for_each(|(ys, xs)| {
+                for (yp, xp) in ys.chunks_exact_mut(yl).zip(xs.chunks_exact(xl)) {
+                    f(xp, yp);
+                }
+            });
     }
 
     /// `y = pool(x)`.
@@ -348,17 +355,30 @@ impl Pool {
             y.fill(0.0);
             return;
         }
-        let area = (self.size * self.size) as f32;
-        for (xp, yp) in self.planes(x, y) {
-            for i in 0..self.oh {
-                for j in 0..self.ow {
-                    yp[i * self.ow + j] = match self.op {
-                        PoolOp::Max => xp[self.argmax(xp, i, j)],
+        let (k, s, w, ow) = (self.size, self.stride, self.w, self.ow);
+        let area = (k * k) as f32;
+        let op = self.op;
+        self.each_plane(x, y, |xp, yp| {
+            for (i, yrow) in yp.chunks_exact_mut(ow).enumerate() {
+                let top = &xp[i * s * w..];
+                for (j, out) in yrow.iter_mut().enumerate() {
+                    let win = &top[j * s..];
+                    *out = match op {
+                        PoolOp::Max => {
+                            let mut m = win[0];
+                            for a in 0..k {
+                                for &v in &win[a * w..][..k] {
+                                    if Self::beats(v, m) {
+                                        m = v;
+                                    }
+                                }
+                            }
+                            m
+                        }
                         PoolOp::Avg => {
-                            let top = i * self.stride * self.w + j * self.stride;
                             let mut acc = 0.0f32;
-                            for a in 0..self.size {
-                                for v in &xp[top + a * self.w..][..self.size] {
+                            for a in 0..k {
+                                for v in &win[a * w..][..k] {
                                     acc += v;
                                 }
                             }
@@ -367,7 +387,7 @@ impl Pool {
                     };
                 }
             }
-        }
+        });
     }
 
     /// `gx` from `x` and `gy`: max sends each window's gradient to its
@@ -377,33 +397,47 @@ impl Pool {
         if gy.is_empty() {
             return;
         }
-        let area = (self.size * self.size) as f32;
-        let plane = self.h * self.w;
-        for (pi, gyp) in gy
-            .chunks_exact(self.oh * self.ow)
-            .take(self.planes)
-            .enumerate()
-        {
-            let xp = &x[pi * plane..][..plane];
-            let gxp = &mut gx[pi * plane..][..plane];
-            for i in 0..self.oh {
-                for j in 0..self.ow {
-                    let g = gyp[i * self.ow + j];
-                    match self.op {
-                        PoolOp::Max => gxp[self.argmax(xp, i, j)] += g,
-                        PoolOp::Avg => {
-                            let top = i * self.stride * self.w + j * self.stride;
-                            let share = g / area;
-                            for a in 0..self.size {
-                                for v in &mut gxp[top + a * self.w..][..self.size] {
-                                    *v += share;
+        let (k, s, w, ow) = (self.size, self.stride, self.w, self.ow);
+        let area = (k * k) as f32;
+        let (xl, yl) = (self.h * w, self.oh * ow);
+        let c = self.chunk();
+        let op = self.op;
+        gx[..self.planes * xl]
+            .par_chunks_mut(c * xl)
+            .zip(x[..self.planes * xl].par_chunks(c * xl))
+            .zip(gy[..self.planes * yl].par_chunks(c * yl))
+            .for_each(|((gxs, xs), gys)| {
+                let planes = gxs.chunks_exact_mut(xl).zip(xs.chunks_exact(xl));
+                for ((gxp, xp), gyp) in planes.zip(gys.chunks_exact(yl)) {
+                    for (i, grow) in gyp.chunks_exact(ow).enumerate() {
+                        for (j, &g) in grow.iter().enumerate() {
+                            let top = i * s * w + j * s;
+                            match op {
+                                PoolOp::Max => {
+                                    let mut best = top;
+                                    for a in 0..k {
+                                        for b in 0..k {
+                                            let at = top + a * w + b;
+                                            if Self::beats(xp[at], xp[best]) {
+                                                best = at;
+                                            }
+                                        }
+                                    }
+                                    gxp[best] += g;
+                                }
+                                PoolOp::Avg => {
+                                    let share = g / area;
+                                    for a in 0..k {
+                                        for v in &mut gxp[top + a * w..][..k] {
+                                            *v += share;
+                                        }
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        }
+            });
     }
 }
 

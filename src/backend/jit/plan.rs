@@ -48,7 +48,10 @@ enum Step {
         a: usize,
         b: usize,
         out: usize,
-        batch: usize,
+        /// Where each batch's matrix starts in `a` and `b` (one entry per
+        /// GEMM; the outputs are consecutive m×n matrices).
+        a_offs: Vec<usize>,
+        b_offs: Vec<usize>,
         dims: Gemm,
     },
     Transpose {
@@ -166,7 +169,7 @@ impl Program {
         syms: &SecondaryMap<Sym, Option<usize>>,
         want_clif: bool,
     ) -> Result<Program, Error> {
-        let g = &crate::passes::cse::cse(g);
+        let g = &crate::passes::optimize(g);
         let roots: Vec<Node> = g
             .outputs
             .iter()
@@ -241,38 +244,73 @@ impl Program {
                     }
                 }
                 Kind::MatMul => {
-                    let Op::MatMul(a, b) = g.nodes[n].op else {
-                        unreachable!("fusion gives Kind::MatMul only to matmuls")
+                    // A matmul, or the sum over its batch of a fused one.
+                    let (mm, batch_sum) = match g.nodes[n].op {
+                        Op::Reduce { arg, .. } => (arg, true),
+                        _ => (n, false),
                     };
-                    let s = &shapes[n];
+                    let Op::MatMul(a, b) = g.nodes[mm].op else {
+                        unreachable!(
+                            "fusion gives Kind::MatMul only to matmuls and their batch sums"
+                        )
+                    };
+                    let s = &shapes[mm];
                     let r = s.len();
                     let (m, nn) = (s[r - 2], s[r - 1]);
                     let k = shapes[a][r - 1];
+                    let batch_shape = &s[..r - 2];
+                    let batch: usize = batch_shape.iter().product();
+                    // Each operand: its buffer, (row, column) strides, and
+                    // the offset of every batch's matrix.
                     let operand = |x: Node, rows: usize, cols: usize| {
-                        if fu.strided.contains(x) {
-                            let Op::Transpose(src, _) = g.nodes[x].op else {
-                                unreachable!("fusion marks only transposes as strided")
-                            };
-                            // x[i][j] = src[j][i], src is [cols, rows].
-                            (plan.buf_of[src], (1isize, rows as isize))
-                        } else {
-                            (plan.buf_of[x], (cols as isize, 1isize))
-                        }
+                        let (src, rc) = match &g.nodes[x].op {
+                            Op::Transpose(src, _) if fu.strided.contains(x) => {
+                                // x[i][j] = src[j][i], src is [cols, rows].
+                                (*src, (1isize, rows as isize))
+                            }
+                            _ => (x, (cols as isize, 1isize)),
+                        };
+                        let (src, offs) = match &g.nodes[src].op {
+                            Op::Broadcast(from, _) if fu.strided.contains(src) => {
+                                (*from, batch_offsets(batch_shape, &shapes[*from]))
+                            }
+                            _ => (src, batch_offsets(batch_shape, &shapes[src])),
+                        };
+                        (plan.buf_of[src], rc, offs)
                     };
-                    let (ab, a_rc) = operand(a, m, k);
-                    let (bb, b_rc) = operand(b, k, nn);
+                    let (ab, a_rc, mut a_offs) = operand(a, m, k);
+                    let (bb, b_rc, mut b_offs) = operand(b, k, nn);
+                    let mut dims = Gemm {
+                        m,
+                        k,
+                        n: nn,
+                        a_rc,
+                        b_rc,
+                    };
+                    // A matrix shared by every batch times a row-major
+                    // stack of them: one GEMM over all their rows.
+                    let shared = b_offs.iter().all(|&o| o == b_offs[0]);
+                    let stacked = a_rc == (k as isize, 1)
+                        && a_offs.iter().enumerate().all(|(i, &o)| o == i * m * k);
+                    if batch_sum {
+                        // Σ_b a_bᵀ b_b: the batches' rows stacked along k
+                        // (fusion checked that `a` is a transposed stack
+                        // and `b` a contiguous one).
+                        dims.k = k * batch;
+                        a_offs.truncate(1);
+                        b_offs.truncate(1);
+                    } else if batch > 1 && shared && stacked {
+                        dims.m = m * batch;
+                        a_offs.truncate(1);
+                        b_offs.truncate(1);
+                    }
                     Step::MatMul {
                         a: ab,
                         b: bb,
                         out,
-                        batch: s[..r - 2].iter().product(),
-                        dims: Gemm {
-                            m,
-                            k,
-                            n: nn,
-                            a_rc,
-                            b_rc,
-                        },
+                        a_offs,
+                        b_offs,
+                        dims,
                     }
                 }
                 Kind::Transpose => {
@@ -454,7 +492,8 @@ impl Program {
                     a,
                     b,
                     out,
-                    batch,
+                    a_offs,
+                    b_offs,
                     dims,
                 } => {
                     let Gemm { m, k, n, .. } = *dims;
@@ -466,13 +505,12 @@ impl Program {
                     };
                     let (a, b) = (self.bufs[*a].as_ptr(), self.bufs[*b].as_ptr());
                     let o = self.bufs[*out].as_mut_ptr();
-                    for bi in 0..*batch {
-                        // SAFETY: the operand buffers hold `batch` matrices
-                        // of the sizes and strides in `dims` (the node's
-                        // type), the output `batch` row-major m×n ones.
-                        unsafe {
-                            dims.call(a.add(bi * m * k), b.add(bi * k * n), o.add(bi * m * n), par)
-                        }
+                    for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs.iter()).enumerate() {
+                        // SAFETY: the operand buffers hold a matrix of the
+                        // sizes and strides in `dims` at each offset (the
+                        // nodes' types), the output consecutive row-major
+                        // m×n ones.
+                        unsafe { dims.call(a.add(ao), b.add(bo), o.add(bi * m * n), par) }
                     }
                 }
                 Step::Transpose {
@@ -560,6 +598,33 @@ impl Program {
 }
 
 type Shapes = SecondaryMap<Node, Vec<usize>>;
+
+/// The offset of each batch's matrix in a tensor of shape `src` read by a
+/// product over batch axes `batch`: `src`'s batch axes are aligned to the
+/// right of `batch`, and an axis of size 1 (or a missing one) is
+/// broadcast, so its stride is 0.
+fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
+    let st = strides(src);
+    let sb = src.len() - 2;
+    let lead = batch.len() - sb;
+    let stride: Vec<usize> = (0..batch.len())
+        .map(|d| match d.checked_sub(lead) {
+            Some(j) if src[j] != 1 => st[j],
+            _ => 0,
+        })
+        .collect();
+    let total: usize = batch.iter().product();
+    (0..total)
+        .map(|mut i| {
+            let mut off = 0;
+            for d in (0..batch.len()).rev() {
+                off += (i % batch[d]) * stride[d];
+                i /= batch[d];
+            }
+            off
+        })
+        .collect()
+}
 
 /// The step for an operation that is not a loop kernel, matmul or
 /// transpose: a native routine where there is one ([`super::native`], or
@@ -814,9 +879,9 @@ impl Step {
             Step::Loop {
                 bufs, total, split, ..
             } => format!("loop over {total} elements, buffers {bufs:?}, split {split}"),
-            Step::MatMul { batch, dims, .. } => {
+            Step::MatMul { a_offs, dims, .. } => {
                 let Gemm { m, k, n, .. } = dims;
-                format!("gemm {batch}x({m}x{k} @ {k}x{n})")
+                format!("gemm {}x({m}x{k} @ {k}x{n})", a_offs.len())
             }
             Step::Transpose { shape, perm, .. } => format!("transpose {shape:?} by {perm:?}"),
             Step::Conv { pass, geo, .. } => format!("convolution {pass:?} {geo:?}"),

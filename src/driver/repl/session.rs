@@ -320,7 +320,7 @@ impl Session {
             }),
             "ir" => self.with_expr(arg, |_, g, _, _| Ok(Reply::out(crate::ir::print_graph(g)))),
             "fused" => self.with_expr(arg, |_, g, _, _| {
-                let g = passes::cse::cse(g);
+                let g = passes::optimize(g);
                 let roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
                 let f = passes::fusion::fuse(&g, &roots);
                 Ok(Reply::out(passes::fusion::print(&g, &f)))

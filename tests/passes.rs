@@ -1,0 +1,119 @@
+//! The graph optimisations before code generation: what they change in
+//! the graph, and that the graph computes the same values after them.
+
+use cranelift_entity::SecondaryMap;
+use nnc::backend::interp::{self, Feed};
+use nnc::ir::{Dim, Graph, Op};
+use nnc::pipeline::{self, Stage};
+
+/// An LSTM over 5 steps with the stacked gate weights of the stdlib.
+const LSTM: &str = "\
+param wx: [4, 3, 6] = xavier_uniform(seed = 1)
+param wh: [4, 6, 6] = xavier_uniform(seed = 2)
+param b: [4, 6] = uniform(-0.5, 0.5, seed = 3)
+param xs: [5, 2, 3] = uniform(-1.0, 1.0, seed = 4)
+output loss = sum(lstm_h(last(lstm(xs, zeros([2, 2, 6]), wx, wh, b))) ^ 2)
+";
+
+fn grad_graph(src: &str) -> Graph {
+    let c = pipeline::compile("t.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("compiled");
+    let loss = pipeline::find_loss(&g, None).expect("a loss");
+    pipeline::grad_graph(&g, loss)
+        .expect("differentiates")
+        .graph
+}
+
+fn run(g: &Graph) -> Vec<Vec<f32>> {
+    let params = interp::init_params(g, 0);
+    let inputs = SecondaryMap::new();
+    let feed = Feed {
+        params: &params,
+        inputs: &inputs,
+    };
+    interp::run(g, &feed)
+        .expect("runs")
+        .into_iter()
+        .map(|t| t.data)
+        .collect()
+}
+
+/// The shapes cut by the live slices of the loop bodies that read one of
+/// the body's inputs directly.
+fn sliced_inputs_in_bodies(g: &Graph) -> Vec<Vec<Dim>> {
+    let mut out = Vec::new();
+    for b in g.bodies.values() {
+        let mut live = vec![false; b.nodes.len()];
+        for o in &b.outputs {
+            live[o.node.as_u32() as usize] = true;
+        }
+        for (n, d) in b.nodes.iter().rev() {
+            if !live[n.as_u32() as usize] {
+                continue;
+            }
+            for a in d.op.args() {
+                live[a.as_u32() as usize] = true;
+            }
+            if let Op::Slice { arg, .. } = d.op {
+                if matches!(b.nodes[arg].op, Op::Input(_)) {
+                    out.push(b.nodes[arg].ty.shape.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn loop_invariant_slices_leave_every_loop_body_and_the_values_stay() {
+    let g = grad_graph(LSTM);
+    // The forward loop and its derivative loops each cut the 12 gate
+    // weights from the stacked ones, every step (some slices also cut the
+    // state, which varies).
+    let before = sliced_inputs_in_bodies(&g);
+    let opt = nnc::passes::optimize(&g);
+    let after = sliced_inputs_in_bodies(&opt);
+    let gates = |v: &[Vec<Dim>]| v.iter().filter(|s| s[0] == Dim::Known(4)).count();
+    assert!(
+        gates(&before) >= 12 * 4,
+        "{} gate slices before",
+        gates(&before)
+    );
+    assert_eq!(gates(&after), 0, "a gate weight is still sliced in a body");
+    // What stays cuts the state: `lstm_h` and `lstm_c` of the carry.
+    assert!(
+        after.iter().all(|s| s[..] == [2, 2, 6].map(Dim::Known)),
+        "{after:?}"
+    );
+    // Moving work does not change arithmetic: the same bits.
+    assert_eq!(run(&g), run(&opt));
+}
+
+#[test]
+fn slices_that_tile_a_tensor_get_one_gradient_without_zero_padding() {
+    // Four gates cut from one stacked weight: their adjoints are joined
+    // into the weight's gradient, not each padded to [4, 6, 6] and added.
+    let src = "\
+param wh: [4, 6, 6] = xavier_uniform(seed = 2)
+param h: [2, 6] = uniform(-1.0, 1.0, seed = 4)
+fn gate(h: [B, 6], w: [1, 6, 6]) -> [B, 6] {
+  tanh(h @ reshape(w, [6, 6]))
+}
+output loss = sum(gate(h, slice(wh, 0, 0, 1)) * gate(h, slice(wh, 0, 1, 2)) + gate(h, slice(wh, 0, 2, 3)) - gate(h, slice(wh, 0, 3, 4)))
+";
+    let g = grad_graph(src);
+    let pads = g
+        .nodes
+        .values()
+        .filter(|d| matches!(d.op, Op::Fill { value, .. } if value == 0.0))
+        .filter(|d| d.ty.shape.len() == 3)
+        .count();
+    assert_eq!(pads, 0, "no zero blocks: the pieces tile the weight");
+    let concats = g
+        .nodes
+        .values()
+        .filter(|d| matches!(d.op, Op::Concat { .. }))
+        .count();
+    assert_eq!(concats, 3, "four pieces, three joins");
+}
