@@ -53,14 +53,20 @@ fn allocations_of_three_steps(src: &str, rows: usize) -> usize {
     let mut params = interp::init_params(&step.graph, 0);
     let mut inputs = SecondaryMap::new();
     for (i, info) in step.graph.inputs.iter() {
-        let cols = match info.ty.shape.last() {
-            Some(nnc::ir::Dim::Known(k)) => *k as usize,
-            _ => 1,
-        };
-        let data = (0..rows * cols)
+        // The declared shape, with `rows` for the symbolic (batch) dim.
+        let shape: Vec<usize> = info
+            .ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                nnc::ir::Dim::Known(k) => *k as usize,
+                nnc::ir::Dim::Sym(_) => rows,
+            })
+            .collect();
+        let data = (0..shape.iter().product::<usize>())
             .map(|k| ((k * 37) % 101) as f32 / 101.0)
             .collect();
-        inputs[i] = Some(Tensor::new(vec![rows, cols], data));
+        inputs[i] = Some(Tensor::new(shape, data));
     }
     let mut e = Engine::new(BackendKind::Jit, &step.graph);
     e.step_in_place(&mut params, &inputs).expect("first step");
@@ -100,4 +106,16 @@ fn in_the_mlp_step_only_the_gemm_calls_allocate() {
     let src = std::fs::read_to_string(path).expect("the benchmark file");
     let n = allocations_of_three_steps(&src, 128);
     assert!(n <= 3 * 8 * 4, "three steps allocated {n} times");
+}
+
+#[test]
+fn pooling_slices_concatenation_and_loops_allocate_nothing_after_the_first_step() {
+    // Max pooling and its gradient, a slice and a concatenation (and their
+    // adjoints), a loop and its derivative loops (with the extra argument
+    // hoisted and its steps summed as they run).
+    let src = "input x: [B, 1, 4, 4]\ninput s: [6, B, 4]\nparam w: [4] = uniform(-0.5, 0.5, seed = 1)\n\
+        fn cell(c: [N, 4], x: [N, 4], w: [4]) -> [N, 4] {\n  tanh(c * w + x)\n}\n\
+        train {\n  loss = mean(max_pool2d(x * w, 2) ^ 2) + mean(concat(slice(scan(cell, zeros([B, 4]), s, w * 2), axis = 0, start = 2), s, axis = 0) ^ 2)\n  optimizer = sgd(lr = 1e-2)\n  batch = 8\n}\n";
+    let n = allocations_of_three_steps(src, 8);
+    assert_eq!(n, 0, "three steps allocated {n} times");
 }

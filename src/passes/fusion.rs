@@ -24,6 +24,15 @@
 //!   (and when the other operand is contiguous, the batches become rows
 //!   of one GEMM).
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
+//! - `scan-sum`: a loop whose steps are independent (its body does not
+//!   read the carry) and whose stacked results are only summed over the
+//!   steps adds each step's result into the sum as it runs; the stack is
+//!   never stored.
+//! - `append-chain`: a concatenation that appends whole buffers (every dim
+//!   before its axis is 1), read only by another such append (directly or
+//!   through reshapes), is not stored: the outer one copies its parts in
+//!   place. Joined gradients (an LSTM's four gates, the packed arguments
+//!   of a loop) are then one copy of each part instead of one per join.
 //!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a
@@ -109,6 +118,45 @@ fn batch_broadcast(g: &Graph, src: Node, to: &[crate::ir::Dim]) -> bool {
     from.len() >= 2 && to.len() >= 2 && from[from.len() - 2..] == to[to.len() - 2..]
 }
 
+/// Whether concatenation `n` appends whole buffers: every dim before
+/// its axis is 1, so its result is its operands' data one after the other.
+pub fn is_append(g: &Graph, n: Node) -> bool {
+    match g.nodes[n].op {
+        Op::Concat { axis, .. } => g.shape(n)[..axis]
+            .iter()
+            .all(|d| *d == crate::ir::Dim::Known(1)),
+        _ => false,
+    }
+}
+
+/// Whether `r` sums loop `scan` over its steps (axis 0) alone.
+fn sums_steps(g: &Graph, r: Node, scan: Node) -> bool {
+    matches!(&g.nodes[r].op, Op::Reduce { op: crate::ir::ReduceOp::Sum, arg, axes } if *arg == scan && axes[..] == [0])
+}
+
+/// Whether a loop body reads its carry (its first input).
+fn reads_carry(body: &Graph) -> bool {
+    let Some(carry) = body.inputs.keys().next() else {
+        return false;
+    };
+    let roots: Vec<Node> = body.outputs.iter().map(|o| o.node).collect();
+    let mut live: EntitySet<Node> = EntitySet::new();
+    for r in roots {
+        live.insert(r);
+    }
+    for (n, d) in body.nodes.iter().rev() {
+        if live.contains(n) {
+            if matches!(d.op, Op::Input(i) if i == carry) {
+                return true;
+            }
+            for a in d.op.args() {
+                live.insert(a);
+            }
+        }
+    }
+    false
+}
+
 /// Whether `r` sums `mm` over exactly its batch axes (all but the last
 /// two).
 fn sums_batch_axes(g: &Graph, r: Node, mm: Node) -> bool {
@@ -146,6 +194,25 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     let only_matmuls =
         |rs: &[Node]| !rs.is_empty() && rs.iter().all(|&r| matches!(g.nodes[r].op, Op::MatMul(..)));
+    // Whether an append's value flows, through single-reader reshapes
+    // only, into another append: then it need not be stored (its parts are
+    // copied straight into the outer one).
+    fn sinks(
+        g: &Graph,
+        readers: &SecondaryMap<Node, Vec<Node>>,
+        roots: &EntitySet<Node>,
+        n: Node,
+    ) -> bool {
+        match readers[n][..] {
+            [r] if !roots.contains(n) => match g.nodes[r].op {
+                Op::Concat { .. } => is_append(g, r),
+                Op::Reshape(..) => sinks(g, readers, roots, r),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+    let append_sink = |n: Node| sinks(g, &readers, &is_root, n);
     // A matmul, or a transpose that will be read by matmuls in place.
     let matrix_reader = |r: Node| match &g.nodes[r].op {
         Op::MatMul(..) => true,
@@ -240,6 +307,23 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             {
                 Kind::MatMul
             }
+            Op::Reduce { arg, .. }
+                if f.fused.contains(*arg) && matches!(g.nodes[*arg].op, Op::Scan { .. }) =>
+            {
+                Kind::Host
+            }
+            Op::Scan { body, .. }
+                if !is_root.contains(n)
+                    && matches!(rs[..], [r] if sums_steps(g, r, n))
+                    && !reads_carry(&g.bodies[*body]) =>
+            {
+                f.log.push(format!(
+                    "scan-sum: {} is summed over its steps as it runs, never stacked",
+                    name(n)
+                ));
+                f.fused.insert(n);
+                continue;
+            }
             Op::Reduce { .. } => {
                 f.log
                     .push(format!("reduce-ends-group: {} is stored", name(n)));
@@ -279,6 +363,20 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     continue;
                 }
                 Kind::Transpose
+            }
+            Op::Concat { .. } if is_append(g, n) && append_sink(n) => {
+                f.log.push(format!(
+                    "append-chain: {} is written straight into the concatenation that reads it",
+                    name(n)
+                ));
+                f.fused.insert(n);
+                continue;
+            }
+            Op::Reshape(a, _) if f.fused.contains(*a) => {
+                // The operand is an append fused into a later one (see
+                // `append_sink`): so is this view of it.
+                f.fused.insert(n);
+                continue;
             }
             Op::Reshape(..) => {
                 f.log.push(format!(

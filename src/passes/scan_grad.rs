@@ -24,7 +24,7 @@ use crate::diag::{self, code, Diag, Span};
 use crate::ir::{BinaryOp, BodyId, Dim, Graph, InputInfo, Node, Op, ReduceOp, Shape, Type};
 
 /// What a derivative loop computes per step.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, PartialEq)]
 enum Want {
     /// M: the adjoint into the consumed carry; the loop's carry is M.
     Carry,
@@ -32,6 +32,13 @@ enum Want {
     Step(usize),
     /// The adjoint of extra argument `k`, added to the loop's carry.
     Arg(usize),
+    /// This step's contributions to the adjoints of the extra arguments
+    /// `ks` (each of a known shape), flattened and joined into one vector;
+    /// the steps are independent (the carry is not read) and the
+    /// contributions are summed over the steps after the loop. One loop
+    /// for all the arguments: the step's forward values and the shared
+    /// part of its derivative are computed once, not once per argument.
+    Args(Vec<usize>),
 }
 
 pub struct ScanParts<'o> {
@@ -149,8 +156,42 @@ pub fn vjp(
             ));
         }
     }
+    // Arguments of known shape share one loop; the others (a symbolic
+    // dim cannot be flattened) get one accumulating loop each.
+    let known = |b: &Builder, a: Node| -> Option<u64> {
+        b.shape(a)
+            .iter()
+            .map(|d| crate::ir::shape::known(*d))
+            .product()
+    };
+    let packed: Vec<usize> = (0..s.args.len())
+        .filter(|&k| need(s.args[k]) && known(b, s.args[k]).is_some())
+        .collect();
+    if !packed.is_empty() {
+        let sizes: Vec<u64> = packed.iter().filter_map(|&k| known(b, s.args[k])).collect();
+        let zero = b.fill(0.0, vec![Dim::Known(sizes.iter().sum())], sp)?;
+        let steps_out = derivative_loop(b, s, Want::Args(packed.clone()), zero, &seqs, false, sp)?;
+        // Summed over the steps first, then cut: the same sums, and one
+        // reduction (which the JIT folds into the loop).
+        let sums = b.reduce(ReduceOp::Sum, steps_out, vec![0], sp)?;
+        let mut at = 0;
+        for (&k, &size) in packed.iter().zip(&sizes) {
+            let piece = b.add(
+                Op::Slice {
+                    arg: sums,
+                    axis: 0,
+                    start: at,
+                    end: at + size,
+                },
+                sp,
+            )?;
+            at += size;
+            let shape = b.shape(s.args[k]);
+            v.push((s.args[k], b.reshape(piece, shape, sp)?));
+        }
+    }
     for (k, &a) in s.args.iter().enumerate() {
-        if need(a) {
+        if need(a) && !packed.contains(&k) {
             let zero = b.fill_like(0.0, a, sp)?;
             let sums = derivative_loop(b, s, Want::Arg(k), zero, &seqs, false, sp)?;
             let last = slice(b, sums, steps - 1, steps)?;
@@ -214,16 +255,47 @@ fn derivative_loop(
     let prod = inner.binary(BinaryOp::Mul, y, cot, sp)?;
     let all: Vec<usize> = (0..inner.shape(prod).len()).collect();
     let l = inner.reduce(ReduceOp::Sum, prod, all, sp)?;
-    let target = match want {
-        Want::Carry => prev,
-        Want::Step(j) => steps_in[j],
-        Want::Arg(k) => args_in[k],
+    let targets: Vec<Node> = match &want {
+        Want::Carry => vec![prev],
+        Want::Step(j) => vec![steps_in[*j]],
+        Want::Arg(k) => vec![args_in[*k]],
+        Want::Args(ks) => ks.iter().map(|&k| args_in[k]).collect(),
     };
-    let grads = super::autodiff::grad(inner.g, l, &[target])?;
-    let mut result = grads.grads[0];
-    if let Want::Arg(_) = want {
-        result = Builder { g: &mut g }.add2(carry, result, sp)?;
-    }
+    let grads = super::autodiff::grad(inner.g, l, &targets)?.grads;
+    let mut ib = Builder { g: &mut g };
+    let result = match want {
+        Want::Arg(_) => ib.add2(carry, grads[0], sp)?,
+        Want::Args(_) => {
+            let mut joined: Option<Node> = None;
+            for gr in grads {
+                let len = ib
+                    .shape(gr)
+                    .iter()
+                    .filter_map(|d| crate::ir::shape::known(*d))
+                    .product();
+                let flat = ib.reshape(gr, vec![Dim::Known(len)], sp)?;
+                joined = Some(match joined {
+                    None => flat,
+                    Some(j) => ib.add(
+                        Op::Concat {
+                            a: j,
+                            b: flat,
+                            axis: 0,
+                        },
+                        sp,
+                    )?,
+                });
+            }
+            joined.ok_or_else(|| {
+                diag::error(
+                    code::INTERNAL,
+                    "internal compiler error: a packed loop with no arguments",
+                )
+                .with_labels(vec![sp.primary("while differentiating this scan")])
+            })?
+        }
+        _ => grads[0],
+    };
     g.outputs.push(crate::ir::Output {
         name: "carry".into(),
         node: result,

@@ -7,10 +7,15 @@
 //! - Matmuls call the `gemm` crate (tuned AVX2 / AVX-512 kernels); a
 //!   transposed operand is read with swapped strides, never copied.
 //! - Transposes are strided copies in Rust.
-//! - Every other operation (convolution, pooling, gather, scatter, scan,
-//!   random draws) runs the interpreter's routine ([`interp::eval_op`]) on
-//!   the buffers: correct, but it allocates its result. Compiling those is
-//!   future work.
+//! - Convolution and its two gradients are im2col + GEMM, pooling and its
+//!   gradient, slices and concatenations are loops over the buffers
+//!   ([`native`]), all without allocating.
+//! - A `scan`'s body is compiled once, as a [`plan::Program`] of its own,
+//!   and run once per step; the carry and the step slices are copied into
+//!   its input buffers and its result out of its output buffer.
+//! - Gather, scatter and random draws run the interpreter's routine
+//!   ([`interp::eval_op`]) on the buffers: correct, but it allocates its
+//!   result.
 //!
 //! Buffers are planned once per shape set ([`plan`]): stored values share
 //! buffers when their lifetimes do not overlap. Parameters are swapped in

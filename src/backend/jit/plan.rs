@@ -100,6 +100,9 @@ struct ScanStep {
     /// Floats per step of each sequence.
     step_lens: Vec<usize>,
     reverse: bool,
+    /// Add the steps' results into `out` instead of stacking them (the
+    /// body does not read its carry; fusion's `scan-sum`).
+    sum: bool,
     /// The body's buffer for each operand (the carry, the sequences' step
     /// slices, the extra arguments, in that order), where the body reads it.
     slots: Vec<Option<usize>>,
@@ -324,7 +327,9 @@ impl Program {
                         perm: perm.clone(),
                     }
                 }
-                Kind::Host => host_step(g, &shapes, &plan.buf_of, n, out, want_clif, &mut clif)?,
+                Kind::Host => {
+                    host_step(g, &fu, &shapes, &plan.buf_of, n, out, want_clif, &mut clif)?
+                }
             };
             steps.push(step);
         }
@@ -599,6 +604,24 @@ impl Program {
 
 type Shapes = SecondaryMap<Node, Vec<usize>>;
 
+/// The stored values an append concatenation joins, in order, looking
+/// through the appends and reshapes fused into it (fusion's
+/// `append-chain`).
+fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) {
+    let parts = match g.nodes[n].op {
+        Op::Concat { a, b, .. } => vec![a, b],
+        Op::Reshape(a, _) => vec![a],
+        _ => unreachable!("only appends and reshapes are fused into an append"),
+    };
+    for x in parts {
+        if fu.fused.contains(x) {
+            append_sources(g, fu, x, out);
+        } else {
+            out.push(x);
+        }
+    }
+}
+
 /// The offset of each batch's matrix in a tensor of shape `src` read by a
 /// product over batch axes `batch`: `src`'s batch axes are aligned to the
 /// right of `batch`, and an axis of size 1 (or a missing one) is
@@ -629,8 +652,10 @@ fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
 /// The step for an operation that is not a loop kernel, matmul or
 /// transpose: a native routine where there is one ([`super::native`], or
 /// a compiled loop body), else the interpreter's.
+#[allow(clippy::too_many_arguments)]
 fn host_step(
     g: &Graph,
+    fu: &fusion::Fusion,
     shapes: &Shapes,
     buf_of: &SecondaryMap<Node, usize>,
     n: Node,
@@ -773,6 +798,27 @@ fn host_step(
                 out,
             }
         }
+        &Op::Concat { .. } if fusion::is_append(g, n) => {
+            let mut sources = Vec::new();
+            append_sources(g, fu, n, &mut sources);
+            let total: usize = shapes[n].iter().product();
+            let mut at = 0;
+            let mut parts = Vec::new();
+            for x in sources {
+                let len: usize = shapes[x].iter().product();
+                let part = Blocks {
+                    count: 1,
+                    len,
+                    src_at: 0,
+                    src_stride: len,
+                    dst_at: at,
+                    dst_stride: total,
+                };
+                parts.push((buf_of[x], part));
+                at += len;
+            }
+            Step::Copy { parts, out }
+        }
         &Op::Concat { a, b, axis } => {
             let (count, da, inner) = along(a, axis);
             let (ra, rb) = (da * inner, shapes[b][axis] * inner);
@@ -789,46 +835,69 @@ fn host_step(
                 out,
             }
         }
-        Op::Scan {
-            body,
-            init,
-            xs,
-            args,
-            reverse,
-        } => {
-            let bg = &g.bodies[*body];
-            let mut operands: Vec<Vec<usize>> = vec![shapes[*init].clone()];
-            operands.extend(xs.iter().map(|x| shapes[*x][1..].to_vec()));
-            operands.extend(args.iter().map(|a| shapes[*a].clone()));
-            let ids: Vec<InputId> = bg.inputs.keys().collect();
-            let syms = interp::bind_syms_by(bg, |i| {
-                ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
-            })?;
-            let roots: Vec<Node> = bg.outputs.iter().map(|o| o.node).collect();
-            let body = Program::compile(bg, &roots, &syms, want_clif)?;
-            clif.extend(body.clif.iter().cloned());
-            let slots = ids
-                .iter()
-                .map(|&i| body.inputs.iter().find(|(j, _)| *j == i).map(|&(_, b)| b))
-                .collect();
-            Step::Scan(Box::new(ScanStep {
-                init: buf_of[*init],
-                xs: xs.iter().map(|x| buf_of[*x]).collect(),
-                args: args.iter().map(|a| buf_of[*a]).collect(),
-                out,
-                steps: shapes[n][0],
-                carry_len: operands[0].iter().product(),
-                step_lens: operands[1..=xs.len()]
-                    .iter()
-                    .map(|s| s.iter().product())
-                    .collect(),
-                reverse: *reverse,
-                slots,
-                body,
-            }))
+        Op::Scan { .. } => scan_step(g, shapes, buf_of, n, out, false, want_clif, clif)?,
+        &Op::Reduce { arg, .. } if fu.fused.contains(arg) => {
+            // fusion's `scan-sum`: the loop adds its steps into `out`.
+            scan_step(g, shapes, buf_of, arg, out, true, want_clif, clif)?
         }
         _ => Step::Host { node: n, out },
     })
+}
+
+/// The step running loop `n`, stacking its results into `out` (or adding
+/// them up, with `sum`).
+#[allow(clippy::too_many_arguments)]
+fn scan_step(
+    g: &Graph,
+    shapes: &Shapes,
+    buf_of: &SecondaryMap<Node, usize>,
+    n: Node,
+    out: usize,
+    sum: bool,
+    want_clif: bool,
+    clif: &mut Vec<String>,
+) -> Result<Step, Error> {
+    let Op::Scan {
+        body,
+        init,
+        xs,
+        args,
+        reverse,
+    } = &g.nodes[n].op
+    else {
+        unreachable!("scan_step is given scans")
+    };
+    let bg = &g.bodies[*body];
+    let mut operands: Vec<Vec<usize>> = vec![shapes[*init].clone()];
+    operands.extend(xs.iter().map(|x| shapes[*x][1..].to_vec()));
+    operands.extend(args.iter().map(|a| shapes[*a].clone()));
+    let ids: Vec<InputId> = bg.inputs.keys().collect();
+    let syms = interp::bind_syms_by(bg, |i| {
+        ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
+    })?;
+    let roots: Vec<Node> = bg.outputs.iter().map(|o| o.node).collect();
+    let body = Program::compile(bg, &roots, &syms, want_clif)?;
+    clif.extend(body.clif.iter().cloned());
+    let slots = ids
+        .iter()
+        .map(|&i| body.inputs.iter().find(|(j, _)| *j == i).map(|&(_, b)| b))
+        .collect();
+    Ok(Step::Scan(Box::new(ScanStep {
+        init: buf_of[*init],
+        xs: xs.iter().map(|x| buf_of[*x]).collect(),
+        args: args.iter().map(|a| buf_of[*a]).collect(),
+        out,
+        steps: shapes[n][0],
+        carry_len: operands[0].iter().product(),
+        step_lens: operands[1..=xs.len()]
+            .iter()
+            .map(|s| s.iter().product())
+            .collect(),
+        reverse: *reverse,
+        sum,
+        slots,
+        body,
+    })))
 }
 
 /// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
@@ -916,6 +985,9 @@ impl ScanStep {
         }
         let cl = self.carry_len;
         let result = body.outputs[0];
+        if self.sum && self.steps == 0 {
+            out.fill(0.0);
+        }
         for i in 0..self.steps {
             let (t, prev) = if self.reverse {
                 let t = self.steps - 1 - i;
@@ -938,7 +1010,14 @@ impl ScanStep {
                 }
             }
             body.execute()?;
-            out[t * cl..][..cl].copy_from_slice(&body.bufs[result]);
+            let r = &body.bufs[result];
+            if !self.sum {
+                out[t * cl..][..cl].copy_from_slice(r);
+            } else if i == 0 {
+                out.copy_from_slice(r);
+            } else {
+                out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
+            }
         }
         Ok(())
     }
