@@ -340,8 +340,15 @@ fn vjp(
         // d(aᵇ) = (ḡ·b·aᵇ⁻¹, ḡ·aᵇ·ln a); the second only when b is learned
         Op::Binary(BinaryOp::Pow, x, y) => {
             if need(x) {
-                let one = b.fill_like(1.0, *y, sp)?;
-                let ym1 = b.sub(*y, one, sp)?;
+                // A constant exponent gives a constant b − 1 (so `x ^ 2`'s
+                // derivative compiles to a product, not a `powf`).
+                let ym1 = match super::fusion::constant_value(b.g, *y) {
+                    Some(c) => b.fill_like(c - 1.0, *y, sp)?,
+                    None => {
+                        let one = b.fill_like(1.0, *y, sp)?;
+                        b.sub(*y, one, sp)?
+                    }
+                };
                 let p = b.binary(BinaryOp::Pow, *x, ym1, sp)?;
                 let t = b.mul(*y, p, sp)?;
                 v.push((*x, b.mul(gb, t, sp)?));
