@@ -117,3 +117,42 @@ output loss = sum(gate(h, slice(wh, 0, 0, 1)) * gate(h, slice(wh, 0, 1, 2)) + ga
         .count();
     assert_eq!(concats, 3, "four pieces, three joins");
 }
+
+/// Loss and gradients of `src` on one backend.
+fn loss_and_grads(src: &str, backend: nnc::backend::BackendKind) -> Vec<Vec<f32>> {
+    let g = grad_graph(src);
+    let mut params = interp::init_params(&g, 3);
+    let inputs = SecondaryMap::new();
+    nnc::backend::Engine::new(backend, &g)
+        .run(&mut params, &inputs)
+        .expect("runs")
+        .into_iter()
+        .map(|t| t.data)
+        .collect()
+}
+
+#[test]
+fn native_window_kernels_agree_with_the_interpreter_on_both_threads() {
+    // Large enough that the JIT splits the convolutions over the pool's
+    // threads (the weight gradient then adds per-thread partial sums);
+    // stride 2 with padding, and overlapping pooling windows of both kinds.
+    use nnc::backend::BackendKind::{Interp, Jit};
+    let src = "\
+param x: [16, 4, 17, 17] = uniform(-1.0, 1.0, seed = 1)
+param w: [8, 4, 3, 3] = normal(0, 0.5, seed = 2)
+param v: [6, 8, 3, 3] = normal(0, 0.5, seed = 3)
+output loss = mean(max_pool2d(tanh(conv2d(x, w, stride = 2, padding = 1)), 3, stride = 2) ^ 2) + mean(avg_pool2d(conv2d(conv2d(x, w, padding = 1), v), 3, stride = 1) ^ 2)
+";
+    let (j, i) = (loss_and_grads(src, Jit), loss_and_grads(src, Interp));
+    assert_eq!(j.len(), 4, "loss and three gradients");
+    for (k, (a, b)) in j.iter().zip(&i).enumerate() {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (n, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale + 1e-7,
+                "output {k}[{n}]: jit {x}, interp {y} (largest {scale})"
+            );
+        }
+    }
+}
