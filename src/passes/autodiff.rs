@@ -76,25 +76,17 @@ pub fn grad(g: &mut Graph, loss: Node, wrt: &[Node]) -> Result<Gradients, Diag> 
             continue;
         };
         let op = b.g.nodes[n].op.clone();
-        if let Op::Slice {
-            arg,
-            axis,
-            start,
-            end,
-        } = op
-        {
-            if needs[arg.index()] {
-                let piece = Piece {
-                    axis,
-                    start,
-                    end,
-                    g: gbar,
-                };
-                pieces.entry(arg).or_default().push(piece);
-            }
-            continue;
-        }
-        for (arg, contrib) in vjp(&mut b, &op, n, gbar, span, &needs, &mut warnings)? {
+        let contribs = vjp(
+            &mut b,
+            &op,
+            n,
+            gbar,
+            span,
+            &needs,
+            &mut pieces,
+            &mut warnings,
+        )?;
+        for (arg, contrib) in contribs {
             let total = match adj.get(&arg) {
                 Some(&prev) => b.add2(prev, contrib, span)?,
                 None => contrib,
@@ -242,6 +234,9 @@ fn unsupported(what: &str, sp: Span, help: &str) -> Diag {
 
 /// The vector-Jacobian products: for node `out = op(args)` with adjoint
 /// `gb` (ḡ), the contributions ∂loss/∂arg for the arguments that need one.
+/// The dense contributions (operand, adjoint) of one node; a slice's
+/// contribution goes to `pieces` instead (see [`Piece`]).
+#[allow(clippy::too_many_arguments)]
 fn vjp(
     b: &mut Builder,
     op: &Op,
@@ -249,6 +244,7 @@ fn vjp(
     gb: Node,
     sp: Span,
     needs: &[bool],
+    pieces: &mut HashMap<Node, Vec<Piece>>,
     warnings: &mut Vec<Diag>,
 ) -> Result<Vec<(Node, Node)>, Diag> {
     let need = |n: &Node| needs.get(n.index()).copied().unwrap_or(false);
@@ -618,21 +614,23 @@ fn vjp(
             }
         }
         // d a[start..end] = ḡ with zeros around it:
-        // concat(0[.., start, ..], ḡ, 0[.., dim − end, ..]) along the axis
-        // (`grad` itself collects slices' adjoints as pieces; see `Piece`.)
+        // concat(0[.., start, ..], ḡ, 0[.., dim − end, ..]) along the axis,
+        // placed by `settle` once every piece of `a` is known.
         &Op::Slice {
             arg,
             axis,
             start,
             end,
         } => {
-            let piece = Piece {
-                axis,
-                start,
-                end,
-                g: gb,
-            };
-            v.push((arg, place(b, arg, &[piece], sp)?));
+            if need(&arg) {
+                let piece = Piece {
+                    axis,
+                    start,
+                    end,
+                    g: gb,
+                };
+                pieces.entry(arg).or_default().push(piece);
+            }
         }
         // d concat(a, b) = (ḡ[0..da], ḡ[da..da + db]) along the axis
         Op::Concat { a, b: second, axis } => {

@@ -28,6 +28,9 @@ pub fn hoist(g: &Graph) -> Graph {
     let mut out = g.clone();
     out.nodes = PrimaryMap::new();
     let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    // The arena is in topological order, so every argument has been copied
+    // before its reader, and outputs and updates name copied nodes: the
+    // `expect`s below are invariants of the graph, not of user input.
     for (n, d) in g.nodes.iter() {
         let mut op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
         if let Op::Scan { body, xs, args, .. } = &mut op {

@@ -33,12 +33,12 @@ enum Want {
     /// The adjoint of extra argument `k`, added to the loop's carry.
     Arg(usize),
     /// This step's contributions to the adjoints of the extra arguments
-    /// `ks` (each of a known shape), flattened and joined into one vector;
+    /// `ks` (each with its known number of elements), flattened and joined into one vector;
     /// the steps are independent (the carry is not read) and the
     /// contributions are summed over the steps after the loop. One loop
     /// for all the arguments: the step's forward values and the shared
     /// part of its derivative are computed once, not once per argument.
-    Args(Vec<usize>),
+    Args(Vec<(usize, u64)>),
 }
 
 pub struct ScanParts<'o> {
@@ -164,18 +164,19 @@ pub fn vjp(
             .map(|d| crate::ir::shape::known(*d))
             .product()
     };
-    let packed: Vec<usize> = (0..s.args.len())
-        .filter(|&k| need(s.args[k]) && known(b, s.args[k]).is_some())
+    let packed: Vec<(usize, u64)> = (0..s.args.len())
+        .filter(|&k| need(s.args[k]))
+        .filter_map(|k| Some((k, known(b, s.args[k])?)))
         .collect();
     if !packed.is_empty() {
-        let sizes: Vec<u64> = packed.iter().filter_map(|&k| known(b, s.args[k])).collect();
-        let zero = b.fill(0.0, vec![Dim::Known(sizes.iter().sum())], sp)?;
+        let total = packed.iter().map(|&(_, size)| size).sum();
+        let zero = b.fill(0.0, vec![Dim::Known(total)], sp)?;
         let steps_out = derivative_loop(b, s, Want::Args(packed.clone()), zero, &seqs, false, sp)?;
         // Summed over the steps first, then cut: the same sums, and one
         // reduction (which the JIT folds into the loop).
         let sums = b.reduce(ReduceOp::Sum, steps_out, vec![0], sp)?;
         let mut at = 0;
-        for (&k, &size) in packed.iter().zip(&sizes) {
+        for &(k, size) in &packed {
             let piece = b.add(
                 Op::Slice {
                     arg: sums,
@@ -191,7 +192,7 @@ pub fn vjp(
         }
     }
     for (k, &a) in s.args.iter().enumerate() {
-        if need(a) && !packed.contains(&k) {
+        if need(a) && !packed.iter().any(|&(p, _)| p == k) {
             let zero = b.fill_like(0.0, a, sp)?;
             let sums = derivative_loop(b, s, Want::Arg(k), zero, &seqs, false, sp)?;
             let last = slice(b, sums, steps - 1, steps)?;
@@ -259,20 +260,15 @@ fn derivative_loop(
         Want::Carry => vec![prev],
         Want::Step(j) => vec![steps_in[*j]],
         Want::Arg(k) => vec![args_in[*k]],
-        Want::Args(ks) => ks.iter().map(|&k| args_in[k]).collect(),
+        Want::Args(ks) => ks.iter().map(|&(k, _)| args_in[k]).collect(),
     };
     let grads = super::autodiff::grad(inner.g, l, &targets)?.grads;
     let mut ib = Builder { g: &mut g };
     let result = match want {
         Want::Arg(_) => ib.add2(carry, grads[0], sp)?,
-        Want::Args(_) => {
+        Want::Args(ks) => {
             let mut joined: Option<Node> = None;
-            for gr in grads {
-                let len = ib
-                    .shape(gr)
-                    .iter()
-                    .filter_map(|d| crate::ir::shape::known(*d))
-                    .product();
+            for (gr, (_, len)) in grads.into_iter().zip(ks) {
                 let flat = ib.reshape(gr, vec![Dim::Known(len)], sp)?;
                 joined = Some(match joined {
                     None => flat,

@@ -211,57 +211,44 @@ impl Conv {
             ConvPass::Forward => {
                 // y[n] (o×p) = w (o×k) @ cols (k×p)
                 let (x, w) = (a, b);
-                out.par_chunks_mut(per * ylen)
-                    .zip(scratch.par_chunks_mut(each).take(t))
-                    .enumerate()
-                    .for_each(|(g, (ys, cols))| {
-                        for (i, y) in ys.chunks_exact_mut(ylen).enumerate() {
-                            let s = g * per + i;
-                            self.im2col(&x[s * xlen..][..xlen], cols);
-                            // SAFETY: sizes and strides as stated above.
-                            unsafe {
-                                let kp = (k as isize, 1);
-                                sgemm(
-                                    (o, k, p),
-                                    y.as_mut_ptr(),
-                                    p as isize,
-                                    w.as_ptr(),
-                                    kp,
-                                    cols.as_ptr(),
-                                    (p as isize, 1),
-                                    false,
-                                    one,
-                                )
-                            }
-                        }
-                    });
+                per_sample(out, ylen, scratch, each, (t, per), |s, y, cols| {
+                    self.im2col(&x[s * xlen..][..xlen], cols);
+                    // SAFETY: sizes and strides as stated above.
+                    unsafe {
+                        sgemm(
+                            (o, k, p),
+                            y.as_mut_ptr(),
+                            p as isize,
+                            w.as_ptr(),
+                            (k as isize, 1),
+                            cols.as_ptr(),
+                            (p as isize, 1),
+                            false,
+                            one,
+                        )
+                    }
+                });
             }
             ConvPass::BackInput => {
                 // cols (k×p) = wᵀ (k×o) @ gy[n] (o×p), folded back into gx[n]
                 let (gy, w) = (a, b);
-                out.par_chunks_mut(per * xlen)
-                    .zip(scratch.par_chunks_mut(each).take(t))
-                    .enumerate()
-                    .for_each(|(g, (gxs, cols))| {
-                        for (i, gx) in gxs.chunks_exact_mut(xlen).enumerate() {
-                            let s = g * per + i;
-                            // SAFETY: sizes and strides as stated above.
-                            unsafe {
-                                sgemm(
-                                    (k, o, p),
-                                    cols.as_mut_ptr(),
-                                    p as isize,
-                                    w.as_ptr(),
-                                    (1, k as isize),
-                                    gy[s * ylen..].as_ptr(),
-                                    (p as isize, 1),
-                                    false,
-                                    one,
-                                )
-                            }
-                            self.col2im(cols, gx);
-                        }
-                    });
+                per_sample(out, xlen, scratch, each, (t, per), |s, gx, cols| {
+                    // SAFETY: sizes and strides as stated above.
+                    unsafe {
+                        sgemm(
+                            (k, o, p),
+                            cols.as_mut_ptr(),
+                            p as isize,
+                            w.as_ptr(),
+                            (1, k as isize),
+                            gy[s * ylen..].as_ptr(),
+                            (p as isize, 1),
+                            false,
+                            one,
+                        )
+                    }
+                    self.col2im(cols, gx);
+                });
             }
             ConvPass::BackWeight => {
                 // gw (o×k) = Σ_n gy[n] (o×p) @ cols[n]ᵀ (p×k), one partial
@@ -304,6 +291,27 @@ impl Conv {
             }
         }
     }
+}
+
+/// Calls `f(sample, its output, scratch)` for every sample, whose outputs
+/// are consecutive `len`-float blocks of `out`: `t` groups of `per`
+/// samples, one group per thread, each with its own `each`-float scratch.
+fn per_sample(
+    out: &mut [f32],
+    len: usize,
+    scratch: &mut [f32],
+    each: usize,
+    (t, per): (usize, usize),
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(per * len)
+        .zip(scratch.par_chunks_mut(each).take(t))
+        .enumerate()
+        .for_each(|(g, (outs, sc))| {
+            for (i, o) in outs.chunks_exact_mut(len).enumerate() {
+                f(g * per + i, o, sc);
+            }
+        });
 }
 
 /// The geometry of a pooling: `planes` channels of `h × w` pooled by

@@ -915,29 +915,10 @@ impl Gemm {
     /// # Safety
     /// The pointers hold matrices of the sizes and strides given.
     unsafe fn call(&self, a: *const f32, b: *const f32, o: *mut f32, par: gemm::Parallelism) {
-        unsafe {
-            gemm::gemm(
-                self.m,
-                self.n,
-                self.k,
-                o,
-                1,
-                self.n as isize,
-                false,
-                a,
-                self.a_rc.1,
-                self.a_rc.0,
-                b,
-                self.b_rc.1,
-                self.b_rc.0,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
-        }
+        let dims = (self.m, self.k, self.n);
+        let dst_rs = self.n as isize;
+        // SAFETY: as the caller promises; `o` is a separate output buffer.
+        unsafe { super::native::sgemm(dims, o, dst_rs, a, self.a_rc, b, self.b_rc, false, par) }
     }
 }
 
