@@ -92,9 +92,13 @@ pub mod code {
     pub const STATE: &str = "E0215";
     /// A training phase's parameters or settings that do not fit.
     pub const PHASE: &str = "E0216";
+    /// A tensor with more elements than nnc supports (2^48).
+    pub const SIZE: &str = "E0217";
     pub const FILE: &str = "E0301";
     /// An index tensor holding a value that names no row (at run time).
     pub const INDEX: &str = "E0302";
+    /// A run that needs more memory than its budget (`--max-memory`).
+    pub const MEMORY: &str = "E0303";
     /// A derivative the autodiff pass does not take.
     pub const GRAD: &str = "E0401";
     pub const INTERNAL: &str = "E9999";

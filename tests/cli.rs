@@ -171,3 +171,61 @@ fn run_of_a_file_with_an_input_missing_its_value_fails() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_dimension_too_large_for_any_tensor_is_a_usage_error() {
+    let o = nnc(&[
+        "bench",
+        "examples/bench/matmul.nn",
+        "--dim",
+        "N=18446744073709551615",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2^48 elements"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
+    // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
+    let p = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");
+    let file = p.to_str().expect("a UTF-8 path");
+    for backend in ["interp", "jit"] {
+        let o = nnc(&[
+            "--color",
+            "never",
+            "--max-memory",
+            "1G",
+            "run",
+            file,
+            "--backend",
+            backend,
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{backend}: {err}");
+        // The interpreter keeps every value (3 × 37.3 GiB); the JIT at
+        // least the product's.
+        assert!(
+            err.contains("error[E0303]: this run needs "),
+            "{backend}: {err}"
+        );
+        assert!(
+            err.contains(" GiB of memory; the limit is 1.0 GiB (--max-memory)"),
+            "{backend}: {err}"
+        );
+        assert!(
+            err.contains("the largest tensor, [100000, 100000]"),
+            "{backend}: {err}"
+        );
+    }
+    // The bench's made-up inputs are held to the budget too.
+    let o = nnc(&[
+        "--max-memory",
+        "1G",
+        "bench",
+        "examples/bench/matmul.nn",
+        "--dim",
+        "N=1000000",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("E0303"), "{}", stderr(&o));
+}

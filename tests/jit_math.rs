@@ -1,6 +1,9 @@
 //! The JIT's polynomial `exp`, `log`, `tanh` (and `sigmoid`, built from
 //! `exp` in the stdlib) against the host's libm over a sweep of inputs.
-//! The bounds asserted are the ones stated in `src/backend/jit/math.rs`.
+//! The bounds asserted are the ones stated in `src/backend/jit/math.rs`,
+//! over the whole float range: overflow to inf, underflow through the
+//! subnormals to 0, subnormal inputs to `log`, saturated `sigmoid` and
+//! its derivative, and a general power bit for bit with the interpreter.
 
 use cranelift_entity::SecondaryMap;
 use nnc::backend::{BackendKind, Engine};
@@ -98,4 +101,194 @@ fn sigmoid_within_5e7_relative() {
     let (e, i) = max_rel_err(&got, &want, 1e-30);
     eprintln!("max relative error {e:e}");
     assert!(e <= 5e-7, "sigmoid: relative error {e:e} at x = {}", xs[i]);
+}
+
+/// Error in units of the last place of `want` rounded to f32 (subnormals
+/// included: their ulp is 2^-149).
+fn ulps(got: f32, want: f64) -> f64 {
+    let w = want as f32;
+    if got == w {
+        return 0.0;
+    }
+    let ulp = if w.is_finite() && w != 0.0 {
+        let next = f32::from_bits(w.abs().to_bits() + 1);
+        (next - w.abs()) as f64
+    } else {
+        f32::from_bits(1) as f64
+    };
+    (got as f64 - want).abs() / ulp
+}
+
+#[test]
+fn exp_over_the_whole_range() {
+    // Through the overflow threshold (88.72), the subnormal results
+    // (below -87.3) and the underflow to 0 (about -103.97).
+    let mut xs = sweep(-110.0, 95.0, 400_001);
+    xs.extend([
+        88.722_83,
+        88.722_84,
+        -87.336_54,
+        -103.972_08,
+        -103.972_09,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        f32::MAX,
+        f32::MIN,
+    ]);
+    let got = jit_map("exp(x)", &xs);
+    let mut worst = (0.0, 0);
+    for (i, (&g, &x)) in got.iter().zip(&xs).enumerate() {
+        let want = (x as f64).exp();
+        let w = want as f32;
+        if w.is_infinite() || w == 0.0 {
+            assert_eq!(g, w, "exp({x}) = {g}, libm {w}");
+            continue;
+        }
+        let e = ulps(g, want);
+        if e > worst.0 {
+            worst = (e, i);
+        }
+    }
+    eprintln!("max error {} ulp at {}", worst.0, xs[worst.1]);
+    assert!(
+        worst.0 <= 2.0,
+        "exp: {} ulp at x = {}",
+        worst.0,
+        xs[worst.1]
+    );
+    assert!(jit_map("exp(x)", &[f32::NAN])[0].is_nan());
+}
+
+#[test]
+fn log_of_subnormals() {
+    // 2^-k for k in 1..=149: normal down to 2^-126, subnormal below.
+    let two_to_minus = |k: u32| match k <= 126 {
+        true => f32::from_bits((127 - k) << 23),
+        false => f32::from_bits(1 << (149 - k)),
+    };
+    let mut xs: Vec<f32> = (1..=149).map(two_to_minus).collect();
+    xs.extend([
+        1e-40,
+        3.3e-39,
+        1.1e-38,
+        f32::from_bits(1),
+        f32::from_bits(0x007f_ffff),
+    ]);
+    let got = jit_map("log(x)", &xs);
+    for (&g, &x) in got.iter().zip(&xs) {
+        let want = (x as f64).ln();
+        let e = (g as f64 - want).abs() / want.abs();
+        assert!(e <= 2e-7, "log({x:e}) = {g}, want {want} ({e:e} relative)");
+    }
+    let zeros = jit_map("log(x)", &[0.0, -0.0, -1e-40]);
+    assert_eq!(&zeros[..2], &[f32::NEG_INFINITY, f32::NEG_INFINITY]);
+    assert!(zeros[2].is_nan());
+}
+
+/// `output y = x ^ p` on the JIT and the interpreter.
+fn pow_both(xs: &[f32], ps: &[f32]) -> [Vec<f32>; 2] {
+    let src = "input x: [N]\ninput p: [N]\noutput y = x ^ p\n";
+    let c = pipeline::compile("pow", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let ids: Vec<_> = g.inputs.keys().collect();
+    let mut inputs = SecondaryMap::new();
+    inputs[ids[0]] = Some(Tensor::new(vec![xs.len()], xs.to_vec()));
+    inputs[ids[1]] = Some(Tensor::new(vec![ps.len()], ps.to_vec()));
+    [BackendKind::Jit, BackendKind::Interp].map(|k| {
+        let mut e = Engine::new(k, &g);
+        e.run(&mut SecondaryMap::new(), &inputs)
+            .expect("runs")
+            .remove(0)
+            .data
+    })
+}
+
+#[test]
+fn pow_agrees_with_the_interpreter_bit_for_bit() {
+    let bases = [
+        2.0,
+        0.5,
+        10.0,
+        1e-40,
+        3e38,
+        -2.0,
+        -0.5,
+        0.0,
+        -0.0,
+        1.0,
+        f32::INFINITY,
+        f32::NAN,
+        0.999_999,
+        7.3,
+    ];
+    let exps = [
+        -87.0,
+        -150.0,
+        127.0,
+        0.5,
+        -0.5,
+        3.0,
+        -3.0,
+        2.5,
+        0.0,
+        1e-3,
+        40.0,
+        f32::NAN,
+    ];
+    let (mut xs, mut ps) = (Vec::new(), Vec::new());
+    for &x in &bases {
+        for &p in &exps {
+            xs.push(x);
+            ps.push(p);
+        }
+    }
+    let [jit, interp] = pow_both(&xs, &ps);
+    for i in 0..xs.len() {
+        assert!(
+            jit[i].to_bits() == interp[i].to_bits() || (jit[i].is_nan() && interp[i].is_nan()),
+            "{} ^ {}: jit {} interp {}",
+            xs[i],
+            ps[i],
+            jit[i],
+            interp[i]
+        );
+    }
+    // 2^-87 exactly, which the f32 polynomial missed by 27 ulp.
+    assert_eq!(pow_both(&[2.0], &[-87.0])[0][0], 2f32.powi(-87));
+}
+
+#[test]
+fn saturated_sigmoid_and_its_derivative_are_finite() {
+    let src = "param x: [6] = [-1000.0, -100.0, -88.8, 0.0, 88.8, 1000.0]\n\
+               output loss = sum(sigmoid(x))\n";
+    let c = pipeline::compile("sig", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let loss = pipeline::find_loss(&g, None).expect("a loss");
+    let gg = pipeline::grad_graph(&g, loss).expect("differentiates");
+    let mut params = nnc::backend::interp::init_params(&gg.graph, 0);
+    for kind in [BackendKind::Jit, BackendKind::Interp] {
+        let mut e = Engine::new(kind, &gg.graph);
+        let outs = e.run(&mut params, &SecondaryMap::new()).expect("runs");
+        let grad = &outs[1].data;
+        for (&x, &d) in [-1000.0f64, -100.0, -88.8, 0.0, 88.8, 1000.0]
+            .iter()
+            .zip(grad)
+        {
+            // σ'(x) = σ(x)(1 − σ(x)) = e/(1 + e)² with e = e^(−|x|).
+            let e = (-x.abs()).exp();
+            let want = e / ((1.0 + e) * (1.0 + e));
+            assert!(d.is_finite(), "{kind:?}: σ'({x}) = {d}");
+            // Near −88.8 the derivative is subnormal (fewer significant
+            // bits): a few of its ulps (2^-149 each) apart.
+            let err = (d as f64 - want).abs();
+            assert!(
+                err <= 4.0 * want * f32::EPSILON as f64 + 8.0 * f32::from_bits(1) as f64,
+                "{kind:?}: σ'({x}) = {d:e}, want {want:e}"
+            );
+        }
+        assert_eq!(grad[3], 0.25, "{kind:?}: σ'(0)");
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod interp;
 pub mod jit;
+pub mod memory;
 
 use crate::ir::{Graph, InputId, ParamId};
 use crate::tensor::Tensor;

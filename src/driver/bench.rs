@@ -16,7 +16,7 @@
 
 use super::cli::{bind_dims, compiled_graphs, load, BenchArgs, Format, Outcome};
 use crate::backend::{interp, Engine};
-use crate::ir::{Dim, Graph, InputId};
+use crate::ir::{Graph, InputId};
 use crate::pipeline::Stage;
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
@@ -50,7 +50,10 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
             Ok(s) => s,
             Err(d) => return fail(c, d),
         };
-        feeds.push(random_inputs(graph, &syms));
+        match random_inputs(graph, &syms) {
+            Ok(f) => feeds.push(f),
+            Err(e) => return fail(c, e.to_diag()),
+        }
     }
     let mut engines: Vec<Engine> = graphs
         .iter()
@@ -118,32 +121,38 @@ fn round3(x: f64) -> f64 {
 
 /// Seeded uniform [0, 1) data for every input without a default value
 /// (the hidden random key gets a fixed key).
+/// Sizes are checked and the inputs' bytes held to the memory budget
+/// before anything is allocated.
 fn random_inputs(
     g: &Graph,
     syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
-) -> SecondaryMap<InputId, Option<Tensor>> {
+) -> Result<SecondaryMap<InputId, Option<Tensor>>, interp::Error> {
+    let mut bound = syms.clone();
+    for s in g.syms.keys() {
+        bound[s] = Some(syms[s].unwrap_or(1));
+    }
+    let mut shapes = Vec::new();
+    let mut budget = crate::backend::memory::Budget::default();
+    for (i, info) in g.inputs.iter() {
+        if info.default.is_some() || info.name == crate::ir::RNG_KEY_INPUT {
+            continue;
+        }
+        let shape = interp::concrete_shape(g, &bound, &info.ty.shape, info.span)?;
+        budget.add(shape.iter().product(), || info.name.clone(), info.span);
+        shapes.push((i, shape));
+    }
+    budget.check()?;
     let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
     let mut inputs = SecondaryMap::new();
     for (i, info) in g.inputs.iter() {
-        if info.default.is_some() {
-            continue;
-        }
         if info.name == crate::ir::RNG_KEY_INPUT {
             inputs[i] = Some(interp::rng_key(0, 0));
-            continue;
         }
-        let shape: Vec<usize> = info
-            .ty
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Known(k) => *k as usize,
-                Dim::Sym(s) => syms[*s].unwrap_or(1),
-            })
-            .collect();
+    }
+    for (i, shape) in shapes {
         let n: usize = shape.iter().product();
         let data = (0..n).map(|_| rng.gen::<f32>()).collect();
         inputs[i] = Some(Tensor::new(shape, data));
     }
-    inputs
+    Ok(inputs)
 }

@@ -22,6 +22,10 @@ pub struct Cli {
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     pub color: Color,
+    /// The most memory a run's tensors may take (e.g. `512M`, `8G`); by
+    /// default the memory available on this machine.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, global = true)]
+    pub max_memory: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -171,6 +175,11 @@ pub enum Emit {
     Clif,
 }
 
+/// A byte count, for `--max-memory`.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    crate::backend::memory::parse_size(s)
+}
+
 /// `NAME=SIZE`, for `--dim`.
 pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
     let (name, size) = s
@@ -180,6 +189,11 @@ pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
         .trim()
         .parse::<usize>()
         .map_err(|_| format!("`{size}` is not a whole number"))?;
+    if size as u64 > crate::ir::shape::MAX_ELEMENTS {
+        return Err(format!(
+            "{size} is larger than any tensor nnc can hold (2^48 elements)"
+        ));
+    }
     Ok((name.trim().to_string(), size))
 }
 
@@ -198,6 +212,7 @@ pub fn main() -> i32 {
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal(),
     };
+    crate::backend::memory::set_limit(cli.max_memory);
     if let Command::Repl = cli.command {
         return super::repl::run(color);
     }

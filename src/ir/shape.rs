@@ -108,6 +108,47 @@ pub fn element_count(shape: &[Dim]) -> (u64, Vec<Sym>) {
     (known, syms)
 }
 
+/// The most elements one tensor may hold: 2^48 (a PiB of `f32`). Every
+/// shape is checked against it where it is formed — in sema for the
+/// dimensions written in the source, when symbolic dimensions are bound
+/// for a run — so element counts, byte counts and the products of any of
+/// a shape's dimensions (strides, offsets, `m·n·k`) are computed without
+/// overflow everywhere after. Whether that many bytes can be had is the
+/// memory budget's question ([`crate::backend::memory`]).
+pub const MAX_ELEMENTS: u64 = 1 << 48;
+
+/// The element count of a concrete shape, or `None` when it exceeds
+/// [`MAX_ELEMENTS`]. The product of the non-zero dimensions is what is
+/// bounded, so a partial product of a shape that holds no elements
+/// (`[0, 2^40, 2^40]`) cannot overflow either.
+pub fn checked_elements(dims: &[usize]) -> Option<usize> {
+    let mut nonzero = 1u64;
+    let mut any_zero = false;
+    for &d in dims {
+        if d == 0 {
+            any_zero = true;
+        } else {
+            nonzero = nonzero
+                .checked_mul(d as u64)
+                .filter(|&n| n <= MAX_ELEMENTS)?;
+        }
+    }
+    Some(if any_zero { 0 } else { nonzero as usize })
+}
+
+/// Whether the dimensions known at compile time fit [`MAX_ELEMENTS`]
+/// (symbols are checked when they are bound).
+pub fn known_part_fits(shape: &[Dim]) -> bool {
+    let known: Vec<usize> = shape
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Known(n) => Some(usize::try_from(*n).unwrap_or(usize::MAX)),
+            Dim::Sym(_) => None,
+        })
+        .collect();
+    checked_elements(&known).is_some()
+}
+
 /// Resolves a possibly negative axis against a rank.
 pub fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
     let r = rank as i64;

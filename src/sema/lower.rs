@@ -132,8 +132,15 @@ impl<'a> Lowerer<'_, 'a, '_> {
 
     /// Adds a node; a typing failure here is a compiler bug, reported as an
     /// internal error rather than a panic.
+    /// A tensor with more than [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS)
+    /// elements is reported here, where its shape is formed, and poisons
+    /// what uses it.
     fn add(&mut self, op: Op, span: Span) -> Option<Node> {
         match self.g.add(op, span) {
+            Ok(n) if !crate::ir::shape::known_part_fits(self.g.shape(n)) => {
+                self.diags.push(too_large(&self.g, self.g.shape(n), span));
+                None
+            }
             Ok(n) => Some(n),
             Err(e) => {
                 self.diags.push(
@@ -251,7 +258,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 );
                 Value::Poison
             }
-            ExprKind::Number(v) => self.fill(*v, Vec::new(), span),
+            ExprKind::Number(v, _) => self.fill(*v, Vec::new(), span),
             ExprKind::Tensor(_) => match literal(e) {
                 Ok(t) => {
                     let c = self.g.consts.push(t);
@@ -842,7 +849,7 @@ fn expected_str(g: &Graph, ty: &ast::TypeExpr, b: &Bindings) -> String {
 /// A tensor literal's value: nested lists of numbers, not ragged.
 pub(super) fn literal(e: &Expr) -> Result<Tensor, Diag> {
     match &e.kind {
-        ExprKind::Number(v) => Ok(Tensor::scalar(*v)),
+        ExprKind::Number(v, _) => Ok(Tensor::scalar(*v)),
         ExprKind::Error => Err(
             diag::error(code::LITERAL, "invalid element in a tensor literal")
                 .with_labels(vec![e.span.primary("here")]),
@@ -895,4 +902,19 @@ pub fn stdlib_scope_files(s: &Scopes) -> HashSet<FileId> {
         .iter()
         .filter_map(|d| super::scope::def_name_span(&s.def(*d).def).map(|sp| sp.file))
         .collect()
+}
+
+/// A tensor whose shape holds more elements than nnc supports.
+pub(crate) fn too_large(g: &Graph, shape: &[crate::ir::Dim], span: Span) -> Diag {
+    diag::error(
+        code::SIZE,
+        format!("a tensor of shape {} is too large", g.shape_str(shape)),
+    )
+    .with_labels(vec![
+        span.primary("this tensor would hold more than 2^48 elements")
+    ])
+    .with_notes(vec![
+        "note: a tensor holds at most 2^48 elements (a PiB of f32)".into(),
+        "help: check the dimensions; a shape's elements are the product of its dimensions".into(),
+    ])
 }

@@ -196,7 +196,7 @@ impl Walker<'_, '_, '_> {
 
     fn expr(&mut self, e: &Expr) {
         match &e.kind {
-            ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Error => {}
+            ExprKind::Number(..) | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Error => {}
             ExprKind::Name(i) => {
                 if !self.locals.contains(&i.name) && self.s.lookup(self.scope, &i.name).is_none() {
                     let mut names = self.s.visible(self.scope);

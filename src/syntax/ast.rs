@@ -190,7 +190,10 @@ impl BinOp {
 
 #[derive(Clone, Debug)]
 pub enum ExprKind {
-    Number(f32),
+    /// A numeric literal, and its exact value when it is written as
+    /// plain digits (`784`, not `784.0` or `1e3`): what dimensions and
+    /// counts accept.
+    Number(f32, Option<u64>),
     Bool(bool),
     /// A string literal, without its quotes (file names in `data`).
     Str(String),

@@ -283,7 +283,7 @@ impl Builder<'_> {
                 let span = this.borrow().span(&op).to(rhs.span);
                 // Fold `-literal` into the literal: `-1` is a number.
                 let kind = match rhs.kind {
-                    ExprKind::Number(v) => ExprKind::Number(-v),
+                    ExprKind::Number(v, _) => ExprKind::Number(-v, None),
                     _ => ExprKind::Neg(Box::new(rhs)),
                 };
                 Expr { kind, span }
@@ -366,7 +366,10 @@ impl Builder<'_> {
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
         match clean.parse::<f32>() {
-            Ok(v) if valid_form && v.is_finite() => ExprKind::Number(v),
+            Ok(v) if valid_form && v.is_finite() => {
+                let whole = clean.bytes().all(|c| c.is_ascii_digit());
+                ExprKind::Number(v, whole.then(|| clean.parse::<u64>().ok()).flatten())
+            }
             Ok(_) if valid_form => {
                 self.diags.push(
                     diag::error(

@@ -125,7 +125,7 @@ pub(crate) fn type_str(t: &TypeExpr) -> String {
 
 fn expr_str(e: &Expr) -> String {
     match &e.kind {
-        ExprKind::Number(v) => format!("{v:?}"),
+        ExprKind::Number(v, _) => format!("{v:?}"),
         ExprKind::Bool(b) => b.to_string(),
         ExprKind::Str(s) => format!("{s:?}"),
         ExprKind::Name(i) => i.name.clone(),

@@ -50,6 +50,29 @@ pub enum Error {
     /// compiler bug, reported as an internal error.
     #[error("the backend failed: {message}")]
     Backend { message: String },
+    /// A bound shape whose element count exceeds
+    /// [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS).
+    #[error("a tensor of shape {shape} is too large")]
+    TooLarge { shape: String, span: Span },
+    /// The buffers of a run need more memory than its budget
+    /// ([`super::memory`]).
+    #[error("this run needs {} of memory; the limit is {} ({limit_from})", super::memory::human(*needed), super::memory::human(*limit))]
+    OutOfMemory {
+        needed: u64,
+        limit: u64,
+        limit_from: &'static str,
+        largest: String,
+        span: Span,
+    },
+    /// A parameter or input handed to a backend whose data does not
+    /// match its declared size (a caller's mistake through the API).
+    #[error("`{name}` holds {found} values; its shape needs {expected}")]
+    BadLength {
+        name: String,
+        expected: usize,
+        found: usize,
+        span: Span,
+    },
     #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
     Index {
         op: &'static str,
@@ -73,6 +96,18 @@ impl Error {
             | Error::UnboundSym { span, .. } => {
                 diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
             }
+            Error::TooLarge { span, .. } => diag::error(code::SIZE, msg)
+                .with_labels(vec![span.primary("this tensor would hold more than 2^48 elements")])
+                .with_notes(vec![
+                    "help: check the sizes given to symbolic dimensions (the inputs' shapes, `--dim`, `batch`)".into(),
+                ]),
+            Error::OutOfMemory { largest, span, .. } => diag::error(code::MEMORY, msg)
+                .with_labels(vec![span.primary(format!("the largest tensor, {largest}"))])
+                .with_notes(vec![
+                    "help: use a smaller batch or smaller dimensions, or raise the limit with `--max-memory SIZE` (e.g. `--max-memory 64G`)".into(),
+                ]),
+            Error::BadLength { span, .. } => diag::error(code::INPUT, msg)
+                .with_labels(vec![span.primary("declared here")]),
             Error::Backend { .. } => diag::error(code::INTERNAL, msg).with_notes(vec![
                 "note: this is a bug in nnc; `--backend interp` runs the program without compiling it"
                     .into(),
@@ -112,8 +147,14 @@ pub fn step(
     roots.extend(g.updates.iter().map(|u| u.node));
     let mut values = evaluate(g, &Feed { params, inputs }, &roots)?;
     let outs = g.outputs.iter().map(|o| values[o.node].clone()).collect();
-    for u in &g.updates {
-        params[u.param] = std::mem::take(&mut values[u.node]);
+    // Several updates may take one value (CSE merges equal ones): each
+    // but the last to read it gets a copy.
+    for (i, u) in g.updates.iter().enumerate() {
+        let read_later = g.updates[i + 1..].iter().any(|l| l.node == u.node);
+        params[u.param] = match read_later {
+            true => values[u.node].clone(),
+            false => std::mem::take(&mut values[u.node]),
+        };
     }
     Ok(outs)
 }
@@ -127,29 +168,41 @@ pub fn evaluate(
     let live = live_nodes(g, roots);
     let inputs = input_values(g, feed, &live)?;
     let syms = bind_syms(g, &inputs)?;
+    // Every live value is kept until the end: the budget is their sum.
+    let mut shapes: SecondaryMap<Node, Vec<usize>> = SecondaryMap::new();
+    let mut budget = super::memory::Budget::default();
+    for (n, data) in g.nodes.iter() {
+        if live.contains(n) {
+            let s = concrete_shape(g, &syms, &data.ty.shape, data.span)?;
+            let count = s.iter().product();
+            budget.add(count, || g.shape_str(&data.ty.shape), data.span);
+            shapes[n] = s;
+        }
+    }
+    budget.check()?;
     let mut vals: SecondaryMap<Node, Tensor> = SecondaryMap::new();
     for (n, data) in g.nodes.iter() {
         if !live.contains(n) {
             continue;
         }
-        let dims = |shape: &[Dim]| -> Result<Vec<usize>, Error> {
-            shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(k) => Ok(*k as usize),
-                    Dim::Sym(s) => syms[*s].ok_or_else(|| Error::UnboundSym {
-                        sym: g.syms[*s].name.clone(),
-                        span: data.span,
-                    }),
-                })
-                .collect()
-        };
-        let out_shape = dims(&data.ty.shape)?;
+        let out_shape = std::mem::take(&mut shapes[n]);
         let v = match &data.op {
             Op::Input(i) => inputs[*i]
                 .clone()
                 .unwrap_or_else(|| Tensor::full(out_shape.clone(), 0.0)),
-            Op::Param(p) => feed.params[*p].clone(),
+            Op::Param(p) => {
+                let t = &feed.params[*p];
+                if t.shape != out_shape || t.data.len() != t.shape.iter().product::<usize>() {
+                    let info = &g.params[*p];
+                    return Err(Error::BadLength {
+                        name: info.name.clone(),
+                        expected: out_shape.iter().product(),
+                        found: t.data.len(),
+                        span: info.span,
+                    });
+                }
+                t.clone()
+            }
             op => eval_op(g, op, data.span, &|a| &vals[a], &out_shape)?,
         };
         debug_assert_eq!(
@@ -303,9 +356,51 @@ pub(crate) fn input_values(
                 span: info.span,
             });
         }
+        if let Some(t) = &v {
+            let expected = crate::ir::shape::checked_elements(&t.shape);
+            if expected != Some(t.data.len()) {
+                return Err(Error::BadLength {
+                    name: info.name.clone(),
+                    expected: expected.unwrap_or(usize::MAX),
+                    found: t.data.len(),
+                    span: info.span,
+                });
+            }
+        }
         out[i] = v;
     }
     Ok(out)
+}
+
+/// A type's shape with its symbols bound, its element count checked
+/// against [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS): past this
+/// point products of its dimensions cannot overflow.
+pub(crate) fn concrete_shape(
+    g: &Graph,
+    syms: &SecondaryMap<Sym, Option<usize>>,
+    shape: &[Dim],
+    span: Span,
+) -> Result<Vec<usize>, Error> {
+    let dims = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Known(k) => usize::try_from(*k).map_err(|_| Error::TooLarge {
+                shape: g.shape_str(shape),
+                span,
+            }),
+            Dim::Sym(s) => syms[*s].ok_or_else(|| Error::UnboundSym {
+                sym: g.syms[*s].name.clone(),
+                span,
+            }),
+        })
+        .collect::<Result<Vec<usize>, Error>>()?;
+    match crate::ir::shape::checked_elements(&dims) {
+        Some(_) => Ok(dims),
+        None => Err(Error::TooLarge {
+            shape: format!("{} = {dims:?}", g.shape_str(shape)),
+            span,
+        }),
+    }
 }
 
 /// Binds every symbolic dimension from the inputs' actual shapes.

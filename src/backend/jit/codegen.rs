@@ -13,7 +13,7 @@ use super::math;
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_module::{FuncId, Linkage, Module};
@@ -101,6 +101,8 @@ impl LoopKernel {
 struct Ctx {
     ptrs: Vec<Value>,
     out_ptr: Value,
+    /// The host's `powf`, declared when the kernel has a general power.
+    powf: Option<FuncRef>,
 }
 
 /// Declares and defines the kernel's function in `module`.
@@ -134,7 +136,19 @@ pub fn compile(
         let ptrs = (0..k.accesses.len())
             .map(|i| b.ins().load(ptr, flags, args, 8 * (i as i32 + 1)))
             .collect();
-        let cx = Ctx { ptrs, out_ptr };
+        let powf = match k
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
+        {
+            true => Some(declare_powf(module, &mut b)?),
+            false => None,
+        };
+        let cx = Ctx {
+            ptrs,
+            out_ptr,
+            powf,
+        };
         let zero = b.ins().iconst(types::I64, 0);
         let offs = vec![zero; k.accesses.len() + 1];
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);
@@ -148,6 +162,18 @@ pub fn compile(
         .map_err(|e| format!("{e:?}"))?;
     module.clear_context(&mut ctx);
     Ok((id, text))
+}
+
+/// Imports [`math::powf`] into the function being built.
+fn declare_powf<M: Module>(module: &mut M, b: &mut FunctionBuilder) -> Result<FuncRef, String> {
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(types::F32));
+    sig.params.push(AbiParam::new(types::F32));
+    sig.returns.push(AbiParam::new(types::F32));
+    let id = module
+        .declare_function(math::POWF_SYMBOL, Linkage::Import, &sig)
+        .map_err(|e| e.to_string())?;
+    Ok(module.declare_func_in_func(id, b.func))
 }
 
 /// `for i in lo..hi step` with a variable; calls `body(i)`. Returns the
@@ -363,7 +389,11 @@ fn eval(
                     BinaryOp::Div => b.ins().fdiv(x, y),
                     BinaryOp::Max => b.ins().fmax(x, y),
                     BinaryOp::Min => b.ins().fmin(x, y),
-                    BinaryOp::Pow => math::pow(b, ty, x, y),
+                    BinaryOp::Pow => {
+                        // compile() declares it for every kernel with a Pow.
+                        let f = cx.powf.expect("powf is declared for kernels with a power");
+                        math::pow(b, ty, f, x, y)
+                    }
                 }
             }
             Expr::PowI(x, p) => {

@@ -7,17 +7,20 @@
 //! errors seen are between 7e-8 and 1.4e-7 (one to two ulp) for `exp` on
 //! [-87, 88], `log` on normal positive floats, `tanh` and the stdlib's
 //! `sigmoid`; the test asserts 2e-7, 2e-7, 3e-7 and 5e-7.
-//! Out of range: `exp` saturates (inputs are clamped to [-87.3, 88.0], so
-//! `exp(-100)` gives 1.2e-38 instead of 0 and `exp(100)` gives 1.65e38
-//! instead of inf); `log` gives -inf at 0 and NaN below; subnormal inputs
-//! to `log` are treated as 0.
+//! Over the whole float range they meet libm's special values: `exp`
+//! overflows to inf above ln(f32::MAX) and underflows through the
+//! subnormals to 0 (so a −inf mask gives exactly 0); `log` takes
+//! subnormal inputs at their value, gives −inf at ±0, NaN below 0 and
+//! inf at inf; NaN stays NaN. Subnormals are not flushed on either
+//! backend. `tests/jit_math.rs` checks these ends too. A general power
+//! calls the host's `powf` ([`powf`]).
 
 // The coefficients are written as published, with more digits than f32
 // keeps.
 #![allow(clippy::excessive_precision)]
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// A constant of type `ty` (a scalar or a splat).
@@ -72,18 +75,25 @@ fn poly(b: &mut FunctionBuilder, ty: Type, x: Value, coeffs: &[f32]) -> Value {
 }
 
 /// e^x = 2^n · e^r with n = round(x·log2 e), r = x − n·ln 2 (in two parts,
-/// so r is exact), e^r from a degree-7 polynomial.
+/// so r is exact), e^r from a degree-7 polynomial. 2^n is applied as two
+/// factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each a normal float, so the result
+/// overflows to inf above ln(f32::MAX) ≈ 88.72 and goes through the
+/// subnormals down to 0 below about −103.97, as libm's `expf` does.
 pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-    let hi = cst(b, ty, 88.0);
-    let lo = cst(b, ty, -87.3);
+    // Past these bounds the result is inf or 0 whatever x is; clamping
+    // keeps n within [−150, 129], where both factors are normal. NaN
+    // passes through fmin/fmax (Cranelift propagates it) and the
+    // arithmetic below.
+    let hi = cst(b, ty, 89.0);
+    let lo = cst(b, ty, -104.0);
     let x = b.ins().fmin(x, hi);
     let x = b.ins().fmax(x, lo);
     // n = round(x·log2 e) by the magic-number trick: adding 1.5·2^23
-    // (+127, the exponent bias) rounds to an integer held in the low
-    // mantissa bits, so the same value gives both n (as a float, after
-    // subtracting the magic) and 2^n (its bits shifted into the exponent).
+    // rounds to an integer held in the low mantissa bits, so the same
+    // value gives both n as a float (subtracting the magic) and as an
+    // integer (subtracting the magic's bits).
     let log2e = cst(b, ty, std::f32::consts::LOG2_E);
-    let magic = cst(b, ty, 12_583_039.0);
+    let magic = cst(b, ty, 12_582_912.0);
     let t = b.ins().fma(x, log2e, magic);
     let n = b.ins().fsub(t, magic);
     let c1 = cst(b, ty, -0.693_359_4);
@@ -107,19 +117,43 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let one = cst(b, ty, 1.0);
     let q = b.ins().fma(p, r2, r);
     let er = b.ins().fadd(q, one);
-    // 2^n from the exponent bits.
+    // 2^n = 2^h · 2^(n−h), h = n >> 1 (arithmetic), each from its
+    // exponent bits: (k + 127) << 23.
     let ity = int_ty(ty);
     let ti = bits(b, ity, t);
-    let e = b.ins().ishl_imm_u(ti, 23);
-    let scale = bits(b, ty, e);
-    b.ins().fmul(er, scale)
+    let magic_bits = icst(b, ity, 12_582_912f32.to_bits() as i32);
+    let ni = b.ins().isub(ti, magic_bits);
+    let h = b.ins().sshr_imm_u(ni, 1);
+    let l = b.ins().isub(ni, h);
+    let bias = icst(b, ity, 127);
+    let scale = |b: &mut FunctionBuilder, k: Value| {
+        let k = b.ins().iadd(k, bias);
+        let e = b.ins().ishl_imm_u(k, 23);
+        bits(b, ty, e)
+    };
+    let s1 = scale(b, h);
+    let s2 = scale(b, l);
+    // er·2^h is exact (a normal float); the second product rounds once,
+    // into the subnormals or to inf where the result lies there.
+    let y = b.ins().fmul(er, s1);
+    b.ins().fmul(y, s2)
 }
 
 /// ln x = ln m + e·ln 2 with x = m·2^e, m in [√½, √2), ln m from
 /// m − m²/2 + m³·P(m).
 pub fn log(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let ity = int_ty(ty);
-    let xi = bits(b, ity, x);
+    // A subnormal x is scaled by 2^23 into the normal range first (and
+    // 23 taken off its exponent below).
+    let tiny = cst(b, ty, f32::MIN_POSITIVE);
+    let sub = b.ins().fcmp(FloatCC::LessThan, x, tiny);
+    let two23 = cst(b, ty, 8_388_608.0);
+    let scaled = b.ins().fmul(x, two23);
+    let xn = choose(b, ty, sub, scaled, x);
+    let zero = cst(b, ty, 0.0);
+    let shift = cst(b, ty, 23.0);
+    let adj = choose(b, ty, sub, shift, zero);
+    let xi = bits(b, ity, xn);
     let ex = b.ins().ushr_imm_u(xi, 23);
     let bias = icst(b, ity, 126);
     let e = b.ins().isub(ex, bias);
@@ -129,10 +163,10 @@ pub fn log(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let mi = b.ins().bor(mi, half_bits);
     let m = bits(b, ty, mi); // in [0.5, 1)
     let mut ef = b.ins().fcvt_from_sint(ty, e);
+    ef = b.ins().fsub(ef, adj);
     let sqrth = cst(b, ty, std::f32::consts::FRAC_1_SQRT_2);
     let small = b.ins().fcmp(FloatCC::LessThan, m, sqrth);
     let one = cst(b, ty, 1.0);
-    let zero = cst(b, ty, 0.0);
     // m < √½: m = 2m − 1, e −= 1; else m = m − 1.
     let extra = choose(b, ty, small, m, zero);
     let dec = choose(b, ty, small, one, zero);
@@ -170,8 +204,7 @@ pub fn log(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let inf = cst(b, ty, f32::INFINITY);
     let is_inf = b.ins().fcmp(FloatCC::Equal, x, inf);
     let r = choose(b, ty, is_inf, inf, r);
-    let tiny = cst(b, ty, f32::MIN_POSITIVE);
-    let is_zero = b.ins().fcmp(FloatCC::LessThan, x, tiny);
+    let is_zero = b.ins().fcmp(FloatCC::Equal, x, zero);
     let ninf = cst(b, ty, f32::NEG_INFINITY);
     let r = choose(b, ty, is_zero, ninf, r);
     let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
@@ -223,48 +256,34 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     choose(b, ty, is_nan, x, r)
 }
 
-/// x^y as C's `powf` defines it, from exp(y·ln|x|): a negative x gives
-/// ±|x|^y for a whole y (odd: negative) and NaN otherwise; x = 0 gives
-/// 0, 1 or inf as y is positive, 0 or negative. The relative error grows
-/// with |y·ln x| (about 1e-7 · (1 + |y·ln x|)).
-pub fn pow(b: &mut FunctionBuilder, ty: Type, x: Value, y: Value) -> Value {
-    let ax = b.ins().fabs(x);
-    let l = log(b, ty, ax);
-    let t = b.ins().fmul(y, l);
-    let mag = exp_full(b, ty, t);
-    let zero = cst(b, ty, 0.0);
-    let one = cst(b, ty, 1.0);
-    let half = cst(b, ty, 0.5);
-    // y whole? odd?
-    let yr = b.ins().nearest(y);
-    let whole = b.ins().fcmp(FloatCC::Equal, yr, y);
-    let yh = b.ins().fmul(y, half);
-    let yhr = b.ins().nearest(yh);
-    let even = b.ins().fcmp(FloatCC::Equal, yhr, yh);
-    let neg_mag = b.ins().fneg(mag);
-    let signed = choose(b, ty, even, mag, neg_mag);
-    let nan = cst(b, ty, f32::NAN);
-    let negative = choose(b, ty, whole, signed, nan);
-    let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
-    let r = choose(b, ty, is_neg, negative, mag);
-    // x = ±0: exp(y·(−inf)) already gives 0 (y > 0) or inf (y < 0); y = 0
-    // gives 1 whatever x (NaN included), as powf does.
-    let y0 = b.ins().fcmp(FloatCC::Equal, y, zero);
-    choose(b, ty, y0, one, r)
+/// The symbol compiled kernels call for `x ^ y` with a non-constant or
+/// fractional exponent.
+pub const POWF_SYMBOL: &str = "nnc_powf";
+
+/// x^y as the host's `powf` computes it, the function the interpreter
+/// calls: a polynomial `exp(y·ln x)` in f32 loses about |y·ln x| ulp (27
+/// ulp at 2^−87), and doing better needs a double-length logarithm. A
+/// general power is rare in a model (whole exponents up to 4 become
+/// products; Adam's bias correction is one scalar per step), so kernels
+/// call this per element and agree with the interpreter bit for bit.
+pub extern "C" fn powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
 }
 
-/// exp without the input clamp: exact 0 and inf at the ends (for pow).
-fn exp_full(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-    let e = exp(b, ty, x);
-    let lo = cst(b, ty, -103.0);
-    let hi = cst(b, ty, 88.7);
-    let zero = cst(b, ty, 0.0);
-    let inf = cst(b, ty, f32::INFINITY);
-    let under = b.ins().fcmp(FloatCC::LessThan, x, lo);
-    let e = choose(b, ty, under, zero, e);
-    let over = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-    let e = choose(b, ty, over, inf, e);
-    // NaN stays NaN.
-    let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-    choose(b, ty, is_nan, x, e)
+/// `x ^ y` through [`powf`] (`f` is its reference in the function being
+/// built), lane by lane for a vector.
+pub fn pow(b: &mut FunctionBuilder, ty: Type, f: FuncRef, x: Value, y: Value) -> Value {
+    if !ty.is_vector() {
+        let call = b.ins().call(f, &[x, y]);
+        return b.inst_results(call)[0];
+    }
+    let mut r = x;
+    for lane in 0..ty.lane_count() as u8 {
+        let xl = b.ins().extractlane(x, lane);
+        let yl = b.ins().extractlane(y, lane);
+        let call = b.ins().call(f, &[xl, yl]);
+        let v = b.inst_results(call)[0];
+        r = b.ins().insertlane(r, v, lane);
+    }
+    r
 }

@@ -40,7 +40,6 @@ use crate::tensor::Tensor;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_entity::SecondaryMap;
 use cranelift_jit::{JITBuilder, JITModule};
-use std::collections::HashMap;
 
 /// A fresh JIT module for the host CPU (its ISA flags: SSE4.2, AVX, FMA
 /// where present), optimising for speed.
@@ -54,19 +53,21 @@ pub fn new_module() -> Result<JITModule, String> {
         .map_err(|e| format!("this CPU is not supported by Cranelift: {e}"))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| e.to_string())?;
-    Ok(JITModule::new(JITBuilder::with_isa(
-        isa,
-        cranelift_module::default_libcall_names(),
-    )))
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    builder.symbol(math::POWF_SYMBOL, math::powf as *const u8);
+    Ok(JITModule::new(builder))
 }
 
 /// A graph compiled on demand, once per set of input shapes.
 pub struct Jit<'g> {
     g: &'g Graph,
     roots: Vec<Node>,
-    cache: HashMap<u64, plan::Program>,
-    /// The key of the last program run.
-    last: Option<u64>,
+    /// Compiled programs with the input shapes each was compiled for
+    /// (`None`: the input was not fed). A handful at most, so a linear
+    /// search that compares the shapes themselves, without allocating.
+    cache: Vec<(Vec<Option<Vec<usize>>>, plan::Program)>,
+    /// The index of the last program run.
+    last: Option<usize>,
 }
 
 impl<'g> Jit<'g> {
@@ -78,7 +79,7 @@ impl<'g> Jit<'g> {
         Jit {
             g,
             roots,
-            cache: HashMap::new(),
+            cache: Vec::new(),
             last: None,
         }
     }
@@ -91,18 +92,28 @@ impl<'g> Jit<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
         params: &SecondaryMap<ParamId, Tensor>,
     ) -> Result<&mut plan::Program, Error> {
-        let key = shape_key(self.g, inputs);
-        if !self.cache.contains_key(&key) {
-            let live = interp::live_nodes(self.g, &self.roots);
-            let feed = Feed { params, inputs };
-            let values = interp::input_values(self.g, &feed, &live)?;
-            let syms = interp::bind_syms(self.g, &values)?;
-            let p = plan::Program::compile(self.g, &self.roots, &syms, false)?;
-            self.cache.insert(key, p);
-        }
-        self.last = Some(key);
-        let p = self.cache.get_mut(&key).expect("just inserted");
-        p.load_inputs(self.g, inputs);
+        let fed = |i: InputId| inputs[i].as_ref().map(|t| &t.shape[..]);
+        let hit = self.cache.iter().position(|(key, _)| {
+            key.iter()
+                .zip(self.g.inputs.keys())
+                .all(|(k, i)| k.as_deref() == fed(i))
+        });
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let live = interp::live_nodes(self.g, &self.roots);
+                let feed = Feed { params, inputs };
+                let values = interp::input_values(self.g, &feed, &live)?;
+                let syms = interp::bind_syms(self.g, &values)?;
+                let p = plan::Program::compile(self.g, &self.roots, &syms, false)?;
+                let key = self.g.inputs.keys().map(|i| fed(i).map(<[usize]>::to_vec));
+                self.cache.push((key.collect(), p));
+                self.cache.len() - 1
+            }
+        };
+        self.last = Some(at);
+        let p = &mut self.cache[at].1;
+        p.load_inputs(self.g, inputs)?;
         Ok(p)
     }
 
@@ -148,7 +159,8 @@ impl<'g> Jit<'g> {
     ) -> Result<(), Error> {
         let p = self
             .last
-            .and_then(|k| self.cache.get_mut(&k))
+            .and_then(|k| self.cache.get_mut(k))
+            .map(|(_, p)| p)
             .ok_or_else(|| Error::Backend {
                 message: "`again` before a first call".into(),
             })?;
@@ -164,20 +176,6 @@ impl<'g> Jit<'g> {
     ) -> Result<Vec<Tensor>, Error> {
         self.program(inputs, params)?.run(params, true, true)
     }
-}
-
-/// A hash of the shapes of the fed inputs (a missing input hashes apart
-/// from every shape), computed without allocating.
-fn shape_key(g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (i, info) in g.inputs.iter() {
-        match &inputs[i] {
-            Some(t) => t.shape.hash(&mut h),
-            None => (info.default.is_some(), usize::MAX).hash(&mut h),
-        }
-    }
-    h.finish()
 }
 
 /// The Cranelift IR of every loop kernel of `g`'s program for the given

@@ -464,6 +464,18 @@ pub struct Blocks {
 }
 
 impl Blocks {
+    /// One block: a whole buffer of `len` floats.
+    pub fn whole(len: usize) -> Blocks {
+        Blocks {
+            count: 1,
+            len,
+            src_at: 0,
+            src_stride: 0,
+            dst_at: 0,
+            dst_stride: 0,
+        }
+    }
+
     pub fn copy(&self, src: &[f32], dst: &mut [f32]) {
         for i in 0..self.count {
             let s = self.src_at + i * self.src_stride;

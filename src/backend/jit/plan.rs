@@ -4,6 +4,7 @@
 use super::codegen::{self, Expr, LoopKernel};
 use super::native::{Blocks, Conv, ConvPass, Pool};
 use crate::backend::interp::{self, Error};
+use crate::diag::Span;
 use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, PoolOp, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
 use crate::tensor::{strides, Tensor};
@@ -183,29 +184,20 @@ impl Program {
         let roots = &roots[..];
         let fu = fusion::fuse(g, roots);
         crate::log::lines("fusion", &fu.log);
-        let concrete = |shape: &[Dim], span| -> Result<Vec<usize>, Error> {
-            shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(k) => Ok(*k as usize),
-                    Dim::Sym(s) => syms[*s].ok_or_else(|| interp::Error::UnboundSym {
-                        sym: g.syms[*s].name.clone(),
-                        span,
-                    }),
-                })
-                .collect()
-        };
+        let concrete = |shape: &[Dim], span| interp::concrete_shape(g, syms, shape, span);
         let mut shapes: SecondaryMap<Node, Vec<usize>> = SecondaryMap::new();
         for (n, d) in g.nodes.iter() {
             if let Ok(s) = concrete(&d.ty.shape, d.span) {
                 shapes[n] = s;
             }
         }
-        // Every live node's shape must be known.
+        // Every live node's shape must be known, and of a size that fits.
         for &(n, _) in &fu.kernels {
             concrete(&g.nodes[n].ty.shape, g.nodes[n].span)?;
         }
-        let plan = plan_buffers(g, &fu, &shapes, roots);
+        let mut plan = plan_buffers(g, &fu, &shapes, roots);
+        let update_copies = plan.separate_updates(g, &fu);
+        plan.check_budget(g, &fu)?;
         let mut module = super::new_module().map_err(internal)?;
         let mut fctx = FunctionBuilderContext::new();
         let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
@@ -333,6 +325,12 @@ impl Program {
             };
             steps.push(step);
         }
+        for (src, dst) in update_copies {
+            steps.push(Step::Copy {
+                parts: vec![(src, Blocks::whole(plan.sizes[dst]))],
+                out: dst,
+            });
+        }
         if crate::log::enabled("plan") {
             for (i, s) in steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(g));
@@ -378,7 +376,8 @@ impl Program {
             updates: g
                 .updates
                 .iter()
-                .map(|u| (u.param, plan.buf_of[u.node]))
+                .zip(&plan.update_bufs)
+                .map(|(u, &b)| (u.param, b))
                 .collect(),
             buf_of: plan.buf_of,
             shapes,
@@ -392,8 +391,13 @@ impl Program {
     }
 
     /// Copies the fed inputs (or their declared defaults) into their
-    /// buffers.
-    pub fn load_inputs(&mut self, g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) {
+    /// buffers. An input whose data does not fill its buffer exactly (a
+    /// tensor whose data disagrees with its shape) is an error.
+    pub fn load_inputs(
+        &mut self,
+        g: &Graph,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
         for &(i, b) in &self.inputs {
             let src = match &inputs[i] {
                 Some(t) => &t.data,
@@ -402,16 +406,35 @@ impl Program {
                     None => continue,
                 },
             };
+            check_len(
+                &g.inputs[i].name,
+                self.bufs[b].len(),
+                src.len(),
+                g.inputs[i].span,
+            )?;
             self.bufs[b].copy_from_slice(src);
         }
+        Ok(())
     }
 
     /// Exchanges the parameters' storage with their buffers; calling it
-    /// twice restores both.
-    fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) {
+    /// twice restores both. The kernels' accesses rely on every buffer
+    /// having its planned length, so a parameter of another length (or a
+    /// missing one) is an error before anything is swapped.
+    fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        for &(p, b) in &self.params {
+            let info = &self.g.params[p];
+            check_len(
+                &info.name,
+                self.bufs[b].len(),
+                params[p].data.len(),
+                info.span,
+            )?;
+        }
         for &(p, b) in &self.params {
             std::mem::swap(&mut self.bufs[b], &mut params[p].data);
         }
+        Ok(())
     }
 
     /// Runs with the parameters lent by swapping (no copy). With
@@ -425,14 +448,15 @@ impl Program {
         outputs: bool,
         update: bool,
     ) -> Result<Vec<Tensor>, Error> {
-        self.swap_params(params);
+        self.swap_params(params)?;
         let r = self.execute();
         let outs = if outputs && r.is_ok() {
             (0..self.outputs.len()).map(|i| self.output(i)).collect()
         } else {
             Vec::new()
         };
-        self.swap_params(params);
+        // The lengths were checked by the first swap and have not changed.
+        self.swap_params(params)?;
         r?;
         if update {
             for &(p, b) in &self.updates {
@@ -685,15 +709,41 @@ fn host_step(
             stride: stride as usize,
             pad: pad as usize,
         };
+        // The unfolded input is [c·kh·kw, oh·ow] per thread (plus the
+        // weight's o·c·kh·kw, a checked shape, for its gradient): each
+        // factor is part of a checked shape, their product is checked
+        // here (a wide window over a wide output can pass 2^48).
+        let unfolded = [ws[1], ws[2], ws[3], ys[2], ys[3]];
         let threads = rayon::current_num_threads();
-        Step::Conv {
+        if crate::ir::shape::checked_elements(&unfolded)
+            .and_then(|e| e.checked_mul(2 * threads))
+            .is_none()
+        {
+            let d = &g.nodes[n];
+            return Err(Error::TooLarge {
+                shape: format!(
+                    "{} (unfolded for the convolution)",
+                    g.shape_str(&d.ty.shape)
+                ),
+                span: d.span,
+            });
+        }
+        let scratch = threads * geo.scratch_per_thread(pass);
+        let mut budget = crate::backend::memory::Budget::default();
+        budget.add(
+            scratch,
+            || "the convolution's unfolded input".into(),
+            g.nodes[n].span,
+        );
+        budget.check()?;
+        Ok(Step::Conv {
             pass,
             geo,
             a: buf_of[a],
             b: buf_of[b],
             out,
-            scratch: vec![0.0; threads * geo.scratch_per_thread(pass)],
-        }
+            scratch: vec![0.0; scratch],
+        })
     };
     let pool = |op: PoolOp, [xs, ys]: [[usize; 4]; 2], size: u64, stride: u64| Pool {
         op,
@@ -727,7 +777,7 @@ fn host_step(
             [s4(x), s4(w), s4(n)],
             stride,
             padding,
-        ),
+        )?,
         &Op::Conv2dBackwardInput {
             gy,
             w,
@@ -740,7 +790,7 @@ fn host_step(
             [s4(n), s4(w), s4(gy)],
             stride,
             padding,
-        ),
+        )?,
         &Op::Conv2dBackwardWeight {
             x,
             gy,
@@ -753,7 +803,7 @@ fn host_step(
             [s4(x), s4(n), s4(gy)],
             stride,
             padding,
-        ),
+        )?,
         &Op::Pool2d {
             op,
             arg,
@@ -1061,6 +1111,80 @@ fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) {
 struct BufferPlan {
     buf_of: SecondaryMap<Node, usize>,
     sizes: Vec<usize>,
+    /// The buffer each update (in the graph's order) is taken from after
+    /// a step: its value's, or a copy's ([`BufferPlan::separate_updates`]).
+    update_bufs: Vec<usize>,
+}
+
+impl BufferPlan {
+    /// After a step each update's buffer is swapped into its parameter,
+    /// so it must belong to that update alone. A view shares its base's
+    /// buffer and CSE merges equal values, so an update's value may sit
+    /// in a leaf's buffer (`assign(s, reshape(w, …))`, a reshaped
+    /// constant) or in another update's (`assign(s1, m); assign(s2, m)`).
+    /// Such an update gets a buffer of its own, filled by a copy after
+    /// every other step; returns those copies as (from, to) buffers.
+    fn separate_updates(&mut self, g: &Graph, fu: &fusion::Fusion) -> Vec<(usize, usize)> {
+        let mut taken: std::collections::HashSet<usize> = fu
+            .kernels
+            .iter()
+            .filter(|&&(_, kind)| kind == Kind::Leaf)
+            .map(|&(n, _)| self.buf_of[n])
+            .collect();
+        let mut copies = Vec::new();
+        self.update_bufs = g
+            .updates
+            .iter()
+            .map(|u| {
+                let b = self.buf_of[u.node];
+                if taken.insert(b) {
+                    return b;
+                }
+                self.sizes.push(self.sizes[b]);
+                let own = self.sizes.len() - 1;
+                copies.push((b, own));
+                own
+            })
+            .collect();
+        copies
+    }
+
+    /// Adds up the bytes of every buffer (each counted once, named by the
+    /// first node stored in it) and checks them against the memory
+    /// budget before anything is allocated.
+    fn check_budget(&self, g: &Graph, fu: &fusion::Fusion) -> Result<(), Error> {
+        let mut budget = crate::backend::memory::Budget::default();
+        let mut seen = vec![false; self.sizes.len()];
+        for &(n, kind) in &fu.kernels {
+            let b = self.buf_of[n];
+            if kind != Kind::View && !std::mem::replace(&mut seen[b], true) {
+                let d = &g.nodes[n];
+                budget.add(self.sizes[b], || g.shape_str(&d.ty.shape), d.span);
+            }
+        }
+        for (b, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+            budget.add(
+                self.sizes[b],
+                || "a copy of an update".into(),
+                Default::default(),
+            );
+        }
+        budget.check()
+    }
+}
+
+/// A buffer of `expected` floats handed `found` (a parameter or input
+/// given through the API with the wrong length).
+fn check_len(name: &str, expected: usize, found: usize, span: Span) -> Result<(), Error> {
+    match expected == found {
+        true => Ok(()),
+        false => Err(Error::BadLength {
+            name: name.to_string(),
+            expected,
+            found,
+            span,
+        }),
+    }
 }
 
 /// Assigns buffers in kernel order: a buffer whose last reader has run is
@@ -1143,7 +1267,11 @@ fn plan_buffers(
             }
         }
     }
-    BufferPlan { buf_of, sizes }
+    BufferPlan {
+        buf_of,
+        sizes,
+        update_bufs: Vec::new(),
+    }
 }
 
 /// The loop kernel computing stored node `n`, and the stored node each of

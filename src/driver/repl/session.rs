@@ -477,7 +477,7 @@ fn mentions(e: &ast::Expr, name: &str) -> bool {
     use ast::ExprKind::*;
     match &e.kind {
         Name(i) => i.name == name,
-        Number(_) | Bool(_) | Str(_) | Error => false,
+        Number(..) | Bool(_) | Str(_) | Error => false,
         Tensor(xs) => xs.iter().any(|x| mentions(x, name)),
         Neg(x) | Member(x, _) => mentions(x, name),
         Binary(_, _, a, b) => mentions(a, name) || mentions(b, name),
@@ -490,7 +490,7 @@ fn rename_in(e: &mut ast::Expr, from: &str, to: &str) {
     use ast::ExprKind::*;
     match &mut e.kind {
         Name(i) if i.name == from => i.name = to.to_string(),
-        Name(_) | Number(_) | Bool(_) | Str(_) | Error => {}
+        Name(_) | Number(..) | Bool(_) | Str(_) | Error => {}
         Tensor(xs) => xs.iter_mut().for_each(|x| rename_in(x, from, to)),
         Neg(x) | Member(x, _) => rename_in(x, from, to),
         Binary(_, _, a, b) => {

@@ -20,7 +20,7 @@ pub(super) fn not_const(e: &Expr, what: &str, example: &str) -> Diag {
 
 fn const_int(e: &Expr, what: &str, example: &str) -> Result<i64, Diag> {
     match e.kind {
-        ExprKind::Number(v) if v.fract() == 0.0 && v.abs() < 1e9 => Ok(v as i64),
+        ExprKind::Number(v, _) if v.fract() == 0.0 && v.abs() < 1e9 => Ok(v as i64),
         _ => Err(not_const(e, what, example)),
     }
 }
@@ -91,7 +91,7 @@ fn const_bool(e: &Expr, what: &str) -> Result<bool, Diag> {
 pub(super) fn const_number(e: &Expr, what: &str) -> Result<f32, Diag> {
     fn eval(e: &Expr) -> Option<f32> {
         match &e.kind {
-            ExprKind::Number(v) => Some(*v),
+            ExprKind::Number(v, _) => Some(*v),
             ExprKind::Neg(x) => eval(x).map(|v| -v),
             ExprKind::Binary(op, _, a, b) => {
                 let (a, b) = (eval(a)?, eval(b)?);
@@ -401,7 +401,12 @@ impl<'a> Lowerer<'_, 'a, '_> {
         let mut out = Vec::new();
         for it in items {
             match &it.kind {
-                ExprKind::Number(v) if v.fract() == 0.0 && *v >= 0.0 => out.push(Dim::Known(*v as u64)),
+                ExprKind::Number(_, Some(n)) => out.push(Dim::Known(*n)),
+                ExprKind::Number(..) => {
+                    return Err(diag::error(code::CONST_ARG, "a dimension must be a whole number")
+                        .with_labels(vec![it.span.primary("not a whole number written in digits")])
+                        .with_notes(vec!["help: write a dimension as digits, e.g. `[64, 10]`; a dimension holds at most 2^64 - 1".into()]))
+                }
                 ExprKind::Name(i) => match env.dims.get(&i.name) {
                     Some(Bound::One(d)) => out.push(*d),
                     Some(Bound::Many(ds)) => out.extend(ds),

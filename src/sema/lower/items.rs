@@ -151,7 +151,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
     /// or a call such as `normal(0, 0.01, seed = 3)`.
     fn init(&mut self, e: &'a Expr, shape: &[u64]) -> Result<(Init, Option<u64>), Diag> {
         let (name, args): (&ast::Ident, &[ast::Arg]) = match &e.kind {
-            ExprKind::Number(v) => return Ok((Init::Constant(*v), None)),
+            ExprKind::Number(v, _) => return Ok((Init::Constant(*v), None)),
             ExprKind::Tensor(_) => {
                 let t = literal(e)?;
                 let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();

@@ -439,7 +439,15 @@ fn not_a_param_set(e: &Expr) -> Diag {
 
 fn positive_int(e: &Expr, what: &str) -> Result<usize, Diag> {
     match e.kind {
-        ExprKind::Number(v) if v >= 1.0 && v.fract() == 0.0 && v < 1e9 => Ok(v as usize),
+        ExprKind::Number(v, _) if v >= 1.0 && v.fract() == 0.0 && v < 1e9 => Ok(v as usize),
+        ExprKind::Number(v, _) if v >= 1e9 && v.fract() == 0.0 => Err(diag::error(
+            code::CONST_ARG,
+            format!("`{what}` is too large"),
+        )
+        .with_labels(vec![e.span.primary("more than 999999999")])
+        .with_notes(vec![format!(
+            "help: `{what}` is a whole number from 1 to 999999999"
+        )])),
         _ => Err(diag::error(
             code::CONST_ARG,
             format!("`{what}` must be a positive whole number"),
@@ -450,7 +458,7 @@ fn positive_int(e: &Expr, what: &str) -> Result<usize, Diag> {
 
 fn positive_int_or_zero(e: &Expr) -> Result<u64, Diag> {
     match e.kind {
-        ExprKind::Number(v) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(v as u64),
+        ExprKind::Number(v, _) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(v as u64),
         _ => Err(
             diag::error(code::CONST_ARG, "`seed` must be a whole number, 0 or more")
                 .with_labels(vec![e.span.primary("here")]),

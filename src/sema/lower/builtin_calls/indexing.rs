@@ -270,7 +270,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
 /// name bound in this function instance (or by an input).
 fn dim_arg(env: &Env, e: &Expr) -> Result<Dim, Diag> {
     match &e.kind {
-        ExprKind::Number(_) => const_count(Some(e), "`n`", "n = 10", 0, 1).map(Dim::Known),
+        ExprKind::Number(..) => const_count(Some(e), "`n`", "n = 10", 0, 1).map(Dim::Known),
         ExprKind::Name(i) => match env.dims.get(&i.name) {
             Some(Bound::One(d)) => Ok(*d),
             Some(Bound::Many(_)) => Err(diag::error(
