@@ -1,6 +1,6 @@
 //! No input makes nnc panic: every prefix (cut at every byte) of every
 //! `.nn` file in the repository goes through the compiler, and through the
-//! interpreter when it compiles.
+//! interpreter and the JIT when it compiles.
 
 use nnc::pipeline::{self, Stage};
 use std::path::{Path, PathBuf};
@@ -39,8 +39,12 @@ fn every_prefix_of_every_file_compiles_or_fails_cleanly() {
                     let c = pipeline::compile("prefix.nn", text, Stage::Ir);
                     let rendered = c.render(false);
                     if let Some(g) = &c.graph {
-                        let _ =
-                            nnc::driver::cli::run_graph(g, 0, nnc::backend::BackendKind::Interp);
+                        for b in [
+                            nnc::backend::BackendKind::Interp,
+                            nnc::backend::BackendKind::Jit,
+                        ] {
+                            let _ = nnc::driver::cli::run_graph(g, 0, b);
+                        }
                     } else {
                         assert!(c.diags.has_errors(), "no graph and no error");
                     }

@@ -31,6 +31,7 @@ mod codegen;
 mod math;
 mod native;
 mod plan;
+pub mod threads;
 
 pub use codegen::{Expr, LoopKernel};
 

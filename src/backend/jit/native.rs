@@ -12,9 +12,6 @@
 use crate::ir::PoolOp;
 use rayon::prelude::*;
 
-/// Work (multiply-adds) below which a convolution runs on one thread.
-const CONV_PARALLEL_MIN: usize = 1 << 17;
-
 /// `dst (m×n) = [dst +] a (m×k) @ b (k×n)`, each operand with its own
 /// (row, column) strides; `dst` is row-major with row stride `dst_rs`.
 ///
@@ -176,8 +173,10 @@ impl Conv {
 
     /// How many threads to use and how many samples each takes.
     fn split(&self, threads: usize) -> (usize, usize) {
-        let work = self.n * self.o * self.k() * self.p();
-        let t = if work >= CONV_PARALLEL_MIN {
+        // Saturating: the output (n·o·p) and the unfolded input (k·p)
+        // are checked sizes, their product need not fit.
+        let work = (self.n * self.o * self.p()).saturating_mul(self.k());
+        let t = if work >= super::threads::conv_madds() {
             threads.clamp(1, self.n.max(1))
         } else {
             1

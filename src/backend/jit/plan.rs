@@ -13,21 +13,7 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
 use std::collections::HashMap;
 
-/// GEMMs with fewer multiply-adds (m·n·k) run on one thread. Above it
-/// they use the pool: the MLP's 128x784x256 product took 0.93 ms on one
-/// thread and 0.81 ms on two, and with every GEMM of the MLP step on one
-/// thread the whole step went from 2.7 to 4.1 ms (the pool's workers stay
-/// awake between the GEMMs, so the loops after them split cheaply).
-const GEMM_PARALLEL_MIN: usize = 1 << 18;
-
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
-
-/// Loops with fewer elements run on one thread. Waking rayon's sleeping
-/// workers costs tens to hundreds of microseconds here (measured with
-/// `NNC_LOG=profile`: Adam's update of a 784x256 weight took 0.19 ms on
-/// one thread and 0.43 ms split in two), so only loops of several
-/// megabytes are split.
-const PARALLEL_MIN: usize = 1 << 20;
 
 enum Step {
     Loop {
@@ -497,7 +483,11 @@ impl Program {
                     let args = SendPtr(ptrs.as_ptr());
                     let f = *f;
                     let threads = rayon::current_num_threads();
-                    if *split && *total >= PARALLEL_MIN && *outer >= threads && threads > 1 {
+                    if *split
+                        && *total >= super::threads::loop_elements()
+                        && *outer >= threads
+                        && threads > 1
+                    {
                         let outer = *outer;
                         use rayon::prelude::*;
                         (0..threads).into_par_iter().for_each(|t| {
@@ -527,7 +517,7 @@ impl Program {
                 } => {
                     let Gemm { m, k, n, .. } = *dims;
                     let threads = rayon::current_num_threads();
-                    let par = if m * n * k >= GEMM_PARALLEL_MIN && threads > 1 {
+                    let par = if m * n * k >= super::threads::gemm_madds() && threads > 1 {
                         gemm::Parallelism::Rayon(threads)
                     } else {
                         gemm::Parallelism::None

@@ -1,0 +1,57 @@
+//! When the JIT splits work over rayon's threads. Below these sizes work
+//! runs on one thread: waking the pool's workers costs tens to hundreds
+//! of microseconds. The defaults are measured; tests set them to 0 so
+//! that every split path runs on small programs ([`set`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The sizes from which work is split over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Elements of a loop kernel. Adam's update of a 784x256 weight took
+    /// 0.19 ms on one thread and 0.43 ms split in two (`NNC_LOG=profile`),
+    /// so only loops of several megabytes are split.
+    pub loop_elements: usize,
+    /// Multiply-adds (m·n·k) of a GEMM. The MLP's 128x784x256 product took
+    /// 0.93 ms on one thread and 0.81 ms on two, and with every GEMM of
+    /// the MLP step on one thread the whole step went from 2.7 to 4.1 ms
+    /// (the pool's workers stay awake between the GEMMs, so the loops
+    /// after them split cheaply).
+    pub gemm_madds: usize,
+    /// Multiply-adds of a convolution (split by samples).
+    pub conv_madds: usize,
+}
+
+impl Thresholds {
+    /// The measured defaults.
+    pub const DEFAULT: Thresholds = Thresholds {
+        loop_elements: 1 << 20,
+        gemm_madds: 1 << 18,
+        conv_madds: 1 << 17,
+    };
+}
+
+static LOOP: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.loop_elements);
+static GEMM: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.gemm_madds);
+static CONV: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.conv_madds);
+
+/// Sets the thresholds for every program of this process, from the next
+/// step on. Results do not depend on them beyond the order of a split
+/// reduction's partial sums (convolution weight gradients).
+pub fn set(t: Thresholds) {
+    LOOP.store(t.loop_elements, Ordering::Relaxed);
+    GEMM.store(t.gemm_madds, Ordering::Relaxed);
+    CONV.store(t.conv_madds, Ordering::Relaxed);
+}
+
+pub(crate) fn loop_elements() -> usize {
+    LOOP.load(Ordering::Relaxed)
+}
+
+pub(crate) fn gemm_madds() -> usize {
+    GEMM.load(Ordering::Relaxed)
+}
+
+pub(crate) fn conv_madds() -> usize {
+    CONV.load(Ordering::Relaxed)
+}
