@@ -188,6 +188,20 @@ impl Diagnostics {
         self.list.is_empty()
     }
 
+    /// How many diagnostics have been kept so far.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Changes every diagnostic kept after the first `start` (those
+    /// reported since [`Diagnostics::len`] returned `start`): adds context
+    /// to errors found in a function body, say.
+    pub fn amend_since(&mut self, start: usize, f: impl Fn(&mut Diag)) {
+        for d in self.list.iter_mut().skip(start) {
+            f(d);
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Diag> {
         self.list.iter()
     }

@@ -22,7 +22,13 @@ mod train;
 
 /// Inlining deeper than this is refused: only recursion through function
 /// arguments, which resolution cannot see, gets here.
-const MAX_INLINE_DEPTH: usize = 64;
+/// How deep calls may nest while inlining. A chain of distinct functions
+/// ends by itself; the limit keeps the compiler's own stack bounded.
+const MAX_INLINE_DEPTH: usize = 200;
+/// How often one function may be on the inlining stack at once. Direct
+/// recursion is rejected before lowering; a function reached again
+/// through a function argument (`fn f(g: fn) { g(f) }`) is caught here.
+const MAX_REENTRY: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 enum Callee<'a> {
@@ -65,7 +71,8 @@ struct Lowerer<'s, 'a, 'd> {
     in_progress: HashSet<DefId>,
     top_dims: Bindings,
     stdlib_files: HashSet<FileId>,
-    depth: usize,
+    /// The functions being inlined, outermost first, with their call.
+    inlining: Vec<(DefId, Span)>,
     /// Set while a `scan` body is lowered into `g`.
     outer: Option<Outer>,
     /// Random draws lowered so far: each gets its own salt.
@@ -86,7 +93,7 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowere
         in_progress: HashSet::new(),
         top_dims: Bindings::new(),
         stdlib_files: stdlib_scope_files(s),
-        depth: 0,
+        inlining: Vec::new(),
         outer: None,
         draws: 0,
     };
@@ -578,23 +585,31 @@ impl<'a> Lowerer<'_, 'a, '_> {
         if self.recursive.contains(&id) || values.iter().any(|(v, _)| matches!(v, Value::Poison)) {
             return Value::Poison;
         }
-        if self.depth >= MAX_INLINE_DEPTH {
-            self.diags.push(
-                diag::error(
-                    code::RECURSION,
+        let reentries = self.inlining.iter().filter(|(d, _)| *d == id).count();
+        if reentries >= MAX_REENTRY || self.inlining.len() >= MAX_INLINE_DEPTH {
+            let (message, note) = match reentries >= MAX_REENTRY {
+                true => (
+                    format!(
+                        "`{}` calls itself through its arguments without end",
+                        f.name.name
+                    ),
+                    "note: a function that receives itself as an argument recurses without end",
+                ),
+                false => (
                     format!(
                         "calls nested more than {MAX_INLINE_DEPTH} deep while inlining `{}`",
                         f.name.name
                     ),
-                )
-                .with_labels(vec![
-                    span.primary("this call"),
-                    f.name.span.secondary("function defined here"),
-                ])
-                .with_notes(vec![
-                    "note: a function that receives itself as an argument recurses without end"
-                        .into(),
-                ]),
+                    "help: every call is inlined; flatten the chain of calls",
+                ),
+            };
+            self.diags.push(
+                diag::error(code::RECURSION, message)
+                    .with_labels(vec![
+                        span.primary("this call"),
+                        f.name.span.secondary("function defined here"),
+                    ])
+                    .with_notes(vec![note.into()]),
             );
             return Value::Poison;
         }
@@ -620,7 +635,8 @@ impl<'a> Lowerer<'_, 'a, '_> {
             dims,
             site,
         };
-        self.depth += 1;
+        self.inlining.push((id, span));
+        let reported = self.diags.len();
         for l in &f.body.lets {
             let v = self.expr(&mut inner, &l.value);
             let v = self.check_annotation(
@@ -633,7 +649,24 @@ impl<'a> Lowerer<'_, 'a, '_> {
             inner.locals.push((l.name.name.clone(), v));
         }
         let result = self.expr(&mut inner, &f.body.result);
-        self.depth -= 1;
+        self.inlining.pop();
+        // An error inside a user's function body: say which call led
+        // there, at every level up to a few (the stdlib's errors already
+        // point at the call, through `site`).
+        if site.is_none() {
+            let name = &f.name.name;
+            self.diags.amend_since(reported, |d| {
+                if d.severity >= codespan_reporting::diagnostic::Severity::Error
+                    && d.labels.len() < 8
+                    && d.labels
+                        .iter()
+                        .all(|l| (l.file_id, l.range.clone()) != (span.file, span.range()))
+                {
+                    d.labels
+                        .push(span.secondary(format!("in this call of `{name}`")));
+                }
+            });
+        }
         match &f.ret {
             Some(rt) => self.check_result(f, rt, &inner, result),
             None => result,

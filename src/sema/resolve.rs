@@ -327,7 +327,15 @@ pub fn unknown_name(i: &Ident, candidates: &[&str]) -> Diag {
         format!("cannot find `{}` in this scope", i.name),
     )
     .with_labels(vec![i.span.primary("not found")]);
-    if let Some(s) = diag::suggest(&i.name, candidates.iter().copied()) {
+    let special = match i.name.to_ascii_lowercase().as_str() {
+        "inf" | "infinity" => Some("help: nnc has no `inf` constant: `1 / 0` is +∞ and `-1 / 0` is −∞; a mask can also use a large finite value such as `-1e30`"),
+        "nan" => Some("help: nnc has no `nan` constant: `0 / 0` is NaN"),
+        "pi" => Some("help: nnc has no `pi` constant: write it out, `3.14159265`"),
+        _ => None,
+    };
+    if let Some(help) = special {
+        d = d.with_notes(vec![help.to_string()]);
+    } else if let Some(s) = diag::suggest(&i.name, candidates.iter().copied()) {
         d = d.with_notes(vec![format!("help: did you mean `{s}`?")]);
     }
     d

@@ -109,7 +109,12 @@ pub(super) fn const_number(e: &Expr, what: &str) -> Result<f32, Diag> {
     }
     match eval(e) {
         Some(v) if v.is_finite() => Ok(v),
-        _ => Err(not_const(e, what, "0.5")),
+        Some(v) => Err(
+            diag::error(code::CONST_ARG, format!("{what} must be a finite number"))
+                .with_labels(vec![e.span.primary(format!("this is {v}"))])
+                .with_notes(vec!["help: for example `0.5`".into()]),
+        ),
+        None => Err(not_const(e, what, "0.5")),
     }
 }
 

@@ -592,14 +592,28 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
             num(4)?,
         ),
     };
-    let lr = num(0)?;
-    if lr.is_nan() || lr <= 0.0 || wd < 0.0 {
-        return Err(diag::error(
-            code::CONST_ARG,
-            "the learning rate must be positive and the weight decay not negative",
-        )
-        .with_labels(vec![e.span.primary("in this optimizer")]));
+    // Each setting within its range, the error at the setting (or at the
+    // call, for a default).
+    for (i, (setting, _)) in formals.iter().enumerate() {
+        let (ok, rule): (fn(f32) -> bool, &str) = match *setting {
+            "lr" => (|v| v > 0.0, "must be positive"),
+            "weight_decay" => (|v| v >= 0.0, "must be 0 or more"),
+            "beta1" | "beta2" => (|v| (0.0..1.0).contains(&v), "must be in [0, 1)"),
+            "momentum" => (|v| (0.0..=1.0).contains(&v), "must be in [0, 1]"),
+            "eps" => (|v| v > 0.0, "must be positive"),
+            _ => continue, // flags
+        };
+        let v = num(i)?;
+        if !ok(v) {
+            let at = bound[i].map_or(e.span, |ai| args[ai].value.span);
+            return Err(diag::error(
+                code::CONST_ARG,
+                format!("`{setting}` of `{}` {rule}, found {v}", name.name),
+            )
+            .with_labels(vec![at.primary(format!("`{setting}` {rule}"))]));
+        }
     }
+    let lr = num(0)?;
     Ok(Optimizer {
         kind,
         lr,
