@@ -106,7 +106,8 @@ pub fn read_source(path: &Path) -> Result<String, Diag> {
     })
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+/// An I/O error as a lower-case reason without the OS error number.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{nnc, temp_dir, text};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -597,4 +598,197 @@ fn both_backends_train_the_digits_mlp_alike() {
     };
     let (j, i) = (loss("jit"), loss("interp"));
     assert!((j - i).abs() <= 1e-3 * i.abs(), "jit {j}, interp {i}");
+}
+
+/// Rewrites the metadata of the checkpoint at `from` into `to`, with
+/// `edit` applied (the tensors unchanged).
+fn with_metadata(from: &Path, to: &Path, edit: impl Fn(&mut HashMap<String, String>)) {
+    let (tensors, mut meta) = nnc::train::checkpoint::load(from).expect("a checkpoint");
+    edit(&mut meta);
+    let named: Vec<(String, &nnc::tensor::Tensor)> =
+        tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+    nnc::train::checkpoint::save(to, &named, &meta).expect("saves");
+}
+
+#[test]
+fn impossible_checkpoint_metadata_is_refused_before_training() {
+    let d = temp_dir("meta");
+    let good = d.join("good.st");
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "1",
+        "--save",
+        s(&good),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let cases: [(&str, &dyn Fn(&mut HashMap<String, String>), &str); 4] = [
+        (
+            "neg",
+            &|m| {
+                m.insert("epoch".into(), "-1".into());
+            },
+            "its `epoch` is `-1`, not a count",
+        ),
+        (
+            "huge",
+            &|m| {
+                m.insert("epoch".into(), "1e23".into());
+            },
+            "its `epoch` is `1e23`, not a count",
+        ),
+        (
+            "format",
+            &|m| {
+                m.insert("format".into(), "other".into());
+            },
+            "its format is `other`",
+        ),
+        (
+            "seed",
+            &|m| {
+                m.insert("seed".into(), "7".into());
+            },
+            "was trained with seed 7, and this run's seed is",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let bad = d.join(format!("{name}.st"));
+        with_metadata(&good, &bad, edit);
+        let o = nnc(&[
+            "--color",
+            "never",
+            "train",
+            "examples/xor.nn",
+            "--epochs",
+            "3",
+            "--resume",
+            s(&bad),
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(o.stdout.is_empty(), "{name}: nothing trained");
+    }
+    // Plain weights (no training metadata) start at epoch 1, and say so.
+    let plain = d.join("plain.st");
+    with_metadata(&good, &plain, |m| m.clear());
+    let o = nnc(&[
+        "--color",
+        "never",
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "1",
+        "--resume",
+        s(&plain),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("holds weights but no training position"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(text(&o.stdout).contains("epoch 1/1"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn resuming_at_the_last_epoch_still_writes_the_save_file() {
+    let d = temp_dir("done");
+    let (done, copy) = (d.join("done.st"), d.join("copy.st"));
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "2",
+        "--save",
+        s(&done),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "2",
+        "--resume",
+        s(&done),
+        "--save",
+        s(&copy),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("nothing to do"),
+        "{}",
+        text(&o.stdout)
+    );
+    let (a, ma) = nnc::train::checkpoint::load(&done).expect("done");
+    let (b, mb) = nnc::train::checkpoint::load(&copy).expect("the copy was written");
+    assert_eq!(ma, mb);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn save_refuses_the_runs_inputs_and_unwritable_places_before_training() {
+    let d = temp_dir("save-target");
+    let src = d.join("m.nn");
+    std::fs::copy("examples/digits_mlp.nn", &src).expect("copy");
+    std::fs::create_dir_all(d.join("data")).expect("data dir");
+    std::fs::copy("examples/data/digits.csv", d.join("data/digits.csv")).expect("copy");
+    let before = std::fs::read(&src).expect("source");
+    let data = d.join("data/digits.csv");
+    let missing = d.join("no/such/dir/w.st");
+    for (target, expected) in [
+        (&src, "an input of this run"),
+        (&data, "an input of this run"),
+        (&missing, "cannot save to"),
+        (&d, "it is a folder"),
+    ] {
+        let o = nnc(&[
+            "--color",
+            "never",
+            "train",
+            s(&src),
+            "--epochs",
+            "1",
+            "--save",
+            s(target),
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(expected), "{}: {err}", target.display());
+        assert!(
+            !text(&o.stdout).contains("epoch 1/1"),
+            "refused before training: {}",
+            text(&o.stdout)
+        );
+    }
+    assert_eq!(
+        std::fs::read(&src).expect("source"),
+        before,
+        "the source is untouched"
+    );
+}
+
+#[test]
+fn a_save_removes_the_temporaries_of_killed_saves() {
+    let d = temp_dir("stale");
+    let ck = d.join("w.st");
+    // A process id that is not running (above the kernel's pid_max).
+    let stale = d.join(".w.st.tmp-4294967");
+    std::fs::write(&stale, b"half a checkpoint").expect("write");
+    let other = d.join(".other.st.tmp-4294967");
+    std::fs::write(&other, b"not ours").expect("write");
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "1",
+        "--save",
+        s(&ck),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(ck.exists());
+    assert!(!stale.exists(), "the stale temporary of w.st is removed");
+    assert!(other.exists(), "another file's temporary is left alone");
 }

@@ -31,6 +31,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             .parent()
             .map(|p| p.to_path_buf())
             .unwrap_or_default(),
+        source: Some(args.file.clone()),
     };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {

@@ -31,7 +31,7 @@ pub struct Prepared {
     pub val: Vec<usize>,
 }
 
-fn rebase(src: &Source, dir: &Path) -> Source {
+pub(super) fn rebase(src: &Source, dir: &Path) -> Source {
     match src {
         Source::Csv { path, label, scale } => Source::Csv {
             path: dir.join(path),

@@ -47,6 +47,8 @@ pub struct Options {
     pub backend: crate::backend::BackendKind,
     /// The folder data paths are relative to (the `.nn` file's).
     pub base_dir: PathBuf,
+    /// The `.nn` file trained, which `save` must not overwrite.
+    pub source: Option<PathBuf>,
 }
 
 /// One epoch's figures.
@@ -95,6 +97,9 @@ pub fn run(
 ) -> Result<Summary, Diag> {
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);
+    if let Some(save) = &opts.save {
+        check_save_target(save, &run_inputs(spec, opts))?;
+    }
     let data = prepare(g, spec, &opts.base_dir, seed)?;
     let steps = pipeline::train_steps(g, spec)?;
     // The last phase's graph knows every parameter and state.
@@ -125,10 +130,22 @@ pub fn run(
     let mut params = interp::init_params(all, seed);
     let mut first_epoch = 0;
     let mut global_step: u64 = 0;
+    let mut warnings = Vec::new();
     if let Some(path) = &opts.resume {
-        let (meta_epoch, meta_step) = restore(all, &mut params, path, spec.span)?;
-        first_epoch = meta_epoch;
-        global_step = meta_step;
+        match restore(all, &mut params, path, spec.span)? {
+            Some(at) => {
+                at.check(path, seed)?;
+                first_epoch = at.epoch;
+                global_step = at.step;
+            }
+            None => warnings.push(
+                diag::warning(format!(
+                    "`{}` holds weights but no training position: training starts at epoch 1 from the values it holds",
+                    path.display()
+                ))
+                .with_notes(vec!["note: checkpoints written by `nnc train --save` carry their epoch, step and seed".into()]),
+            ),
+        }
     }
     let steps_per_epoch = data.train.len().div_ceil(spec.batch);
     observe(Event::Start {
@@ -213,16 +230,22 @@ pub fn run(
         }
         history.push(stats);
     }
+    // Resumed at or past the last epoch: nothing ran, but `--save` still
+    // gets the state it was asked for.
+    if let (Some(path), true) = (&opts.save, history.is_empty()) {
+        save(all, &params, path, first_epoch, global_step, seed)?;
+    }
     let out_params = all
         .params
         .iter()
         .filter(|(_, p)| p.role == Role::Trainable)
         .map(|(id, p)| (p.name.clone(), params[id].clone()))
         .collect();
+    warnings.extend(steps.into_iter().flat_map(|p| p.step.warnings));
     Ok(Summary {
         epochs: history,
         params: out_params,
-        warnings: steps.into_iter().flat_map(|p| p.step.warnings).collect(),
+        warnings,
     })
 }
 
@@ -325,14 +348,137 @@ fn save(
     checkpoint::save(path, &tensors, &meta).map_err(|e| diag::error(code::FILE, e.to_string()))
 }
 
+/// Where a checkpoint was taken, from its metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: usize,
+    pub step: u64,
+    pub seed: u64,
+}
+
+impl Position {
+    /// Reads `format`, `epoch`, `step` and `seed` as `nnc train --save`
+    /// writes them; `None` when the file has no training metadata at
+    /// all (plain weights), an error when it has some that is wrong.
+    fn read(meta: &HashMap<String, String>, path: &Path) -> Result<Option<Position>, Diag> {
+        let keys = ["format", "epoch", "step", "seed"];
+        if keys.iter().all(|k| !meta.contains_key(*k)) {
+            return Ok(None);
+        }
+        let bad = |what: String| {
+            flag_error(
+                format!("`{}` is not a checkpoint nnc can resume: {what}", path.display()),
+                "resume from a file written by `nnc train --save`, or start afresh without `--resume`",
+            )
+        };
+        match meta.get("format").map(String::as_str) {
+            Some("nnc-checkpoint-1") => {}
+            Some(f) => {
+                return Err(bad(format!(
+                    "its format is `{f}`, expected `nnc-checkpoint-1`"
+                )))
+            }
+            None => return Err(bad("its metadata has no `format`".into())),
+        }
+        let num = |k: &str| -> Result<u64, Diag> {
+            let v = meta
+                .get(k)
+                .ok_or_else(|| bad(format!("its metadata has no `{k}`")))?;
+            v.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= 1 << 53)
+                .ok_or_else(|| bad(format!("its `{k}` is `{v}`, not a count")))
+        };
+        let (epoch, step, seed) = (num("epoch")?, num("step")?, num("seed")?);
+        if epoch > 999_999_999 || (epoch > 0 && step == 0) || (epoch == 0 && step > 0) {
+            return Err(bad(format!("epoch {epoch} at step {step} is impossible")));
+        }
+        Ok(Some(Position {
+            epoch: epoch as usize,
+            step,
+            seed,
+        }))
+    }
+
+    /// A resumed run continues the same data order only with the seed
+    /// the checkpoint was trained with.
+    fn check(&self, path: &Path, seed: u64) -> Result<(), Diag> {
+        if self.seed == seed {
+            return Ok(());
+        }
+        Err(flag_error(
+            format!(
+                "`{}` was trained with seed {}, and this run's seed is {seed}",
+                path.display(),
+                self.seed
+            ),
+            &format!(
+                "pass `--seed {}` to continue the same run (its data order and random draws)",
+                self.seed
+            ),
+        ))
+    }
+}
+
+/// The files a training run reads: its source and its data.
+fn run_inputs(spec: &TrainSpec, opts: &Options) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = opts.source.iter().cloned().collect();
+    if let Some(ds) = &spec.data {
+        match data_prep::rebase(&ds.source, &opts.base_dir) {
+            crate::data::Source::Csv { path, .. } => out.push(path),
+            crate::data::Source::Idx { images, labels, .. } => out.extend([images, labels]),
+            crate::data::Source::Npy {
+                features, labels, ..
+            } => out.extend([features, labels]),
+        }
+    }
+    out
+}
+
+/// Before any epoch runs: `--save` names a file that is none of the
+/// run's inputs (it would be overwritten) in a folder that can be
+/// written (else the first epoch's work would be lost).
+fn check_save_target(save: &Path, inputs: &[PathBuf]) -> Result<(), Diag> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if let Some(input) = inputs.iter().find(|i| same(save, i)) {
+        return Err(flag_error(
+            format!(
+                "`--save {}` would overwrite `{}`, an input of this run",
+                save.display(),
+                input.display()
+            ),
+            "save the weights to a file of their own, e.g. `--save model.safetensors`",
+        ));
+    }
+    checkpoint::check_writable(save).map_err(|e| {
+        flag_error(
+            format!(
+                "cannot save to `{}`: {}",
+                save.display(),
+                crate::pipeline::io_reason(&e)
+            ),
+            "choose a folder that exists and that you can write to",
+        )
+    })
+}
+
+/// An error about a command-line flag (`--save`, `--resume`, `--seed`):
+/// nothing in the source to point at.
+fn flag_error(message: String, hint: &str) -> Diag {
+    diag::error(code::FILE, message).with_notes(vec![format!("help: {hint}")])
+}
+
 /// Loads parameters (and, from a checkpoint, optimizer state) by name;
-/// returns the epoch and step it was taken at (0 for plain weights).
+/// returns where the checkpoint was taken (`None` for plain weights).
 pub fn restore(
     g: &Graph,
     params: &mut SecondaryMap<ParamId, Tensor>,
     path: &Path,
     span: Span,
-) -> Result<(usize, u64), Diag> {
+) -> Result<Option<Position>, Diag> {
     let (tensors, meta) =
         checkpoint::load(path).map_err(|e| diag::error(code::FILE, e.to_string()))?;
     for (id, p) in g.params.iter() {
@@ -361,8 +507,7 @@ pub fn restore(
             }
         }
     }
-    let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok((num("epoch") as usize, num("step")))
+    Position::read(&meta, path)
 }
 
 fn file_error(path: &Path, e: &std::io::Error) -> Diag {
