@@ -106,6 +106,18 @@ fn check_on(model: &str, body: &str, backend: BackendKind) {
         &Tensor::scalar(loss),
         &Tensor::scalar(want_loss),
     );
+    // The same gradients on both sides, not only those nnc computed.
+    let mut ours: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
+    let mut theirs: Vec<&str> = m["grads"]
+        .as_object()
+        .expect("a map of gradients")
+        .keys()
+        .map(String::as_str)
+        .filter(|n| m["params"].get(*n).is_some())
+        .collect();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    assert_eq!(ours, theirs, "{model}: the parameters with a gradient");
     for (name, t) in &grads {
         assert_close(
             &format!("{model} grad {name}"),

@@ -92,6 +92,15 @@ fn run() {
         // The compiled backend must agree with the interpreter.
         let jit = run_graph(&g, 0, BackendKind::Jit)
             .unwrap_or_else(|e| panic!("{} on the JIT: {e}", path.display()));
+        let names = |o: &[(String, nnc::tensor::Tensor)]| {
+            o.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&outputs),
+            names(&jit),
+            "{}: the outputs",
+            path.display()
+        );
         for ((name, want), (_, got)) in outputs.iter().zip(&jit) {
             assert_eq!(want.shape, got.shape, "{}: {name}", path.display());
             for (i, (w, g)) in want.data.iter().zip(&got.data).enumerate() {
