@@ -49,6 +49,7 @@ pub mod ir;
 pub mod log;
 pub mod passes;
 pub mod pipeline;
+pub mod schedule;
 pub mod sema;
 pub mod stdlib;
 pub mod syntax;

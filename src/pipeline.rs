@@ -78,6 +78,57 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     }
 }
 
+/// A graph ready to schedule: optimised ([`passes::optimize`]: CSE,
+/// loop-invariant code motion), fused into kernels ([`fusion::fuse`]),
+/// and likewise each loop body it runs.
+///
+/// [`passes::optimize`]: crate::passes::optimize
+/// [`fusion::fuse`]: crate::passes::fusion::fuse
+pub struct Fused {
+    pub graph: Graph,
+    /// The outputs, then the updates: what the program computes.
+    pub roots: Vec<ir::Node>,
+    pub fusion: crate::passes::fusion::Fusion,
+    pub bodies: std::collections::HashMap<ir::BodyId, Fused>,
+}
+
+/// The stages after the step graphs, for one graph: optimise, then fuse
+/// (`NNC_LOG=fusion` prints why), recursively into loop bodies. What is
+/// fused here is what every backend runs, and what `--emit fused` shows.
+pub fn fuse(g: &Graph) -> Fused {
+    let graph = crate::passes::optimize(g);
+    let roots: Vec<ir::Node> = graph
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(graph.updates.iter().map(|u| u.node))
+        .collect();
+    let fusion = crate::passes::fusion::fuse(&graph, &roots);
+    crate::log::lines("fusion", &fusion.log);
+    let bodies = graph.bodies.iter().map(|(id, b)| (id, fuse(b))).collect();
+    Fused {
+        graph,
+        roots,
+        fusion,
+        bodies,
+    }
+}
+
+/// The kernels of a fused graph as `--emit fused` prints them (loop
+/// bodies are fused likewise, and not printed).
+pub fn print_fused(f: &Fused) -> String {
+    crate::passes::fusion::print(&f.graph, &f.fusion)
+}
+
+/// The schedule of a fused graph for the given sizes of its symbolic
+/// dimensions: the last stage before a code generator.
+pub fn schedule(
+    f: &Fused,
+    syms: &cranelift_entity::SecondaryMap<ir::Sym, Option<usize>>,
+) -> Result<crate::schedule::Schedule, crate::backend::Error> {
+    crate::schedule::build(f, syms)
+}
+
 /// Reads a source file: it must exist and be UTF-8.
 pub fn read_source(path: &Path) -> Result<String, Diag> {
     let shown = path.display();

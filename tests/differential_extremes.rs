@@ -68,10 +68,6 @@ const FUNCTIONS: [&str; 22] = [
     "-log(1 - sigmoid(x))",
 ];
 
-fn close(a: f32, b: f32) -> bool {
-    close_within(a, b, 16.0 * f32::from_bits(1))
-}
-
 fn close_within(a: f32, b: f32, floor: f32) -> bool {
     if a.is_nan() || b.is_nan() {
         return a.is_nan() && b.is_nan();

@@ -72,7 +72,8 @@ fn loop_invariant_slices_leave_every_loop_body_and_the_values_stay() {
     // weights from the stacked ones, every step (some slices also cut the
     // state, which varies).
     let before = sliced_inputs_in_bodies(&g);
-    let opt = nnc::passes::optimize(&g);
+    // The optimised graph of the pipeline's fusion stage.
+    let opt = nnc::pipeline::fuse(&g).graph;
     let after = sliced_inputs_in_bodies(&opt);
     let gates = |v: &[Vec<Dim>]| v.iter().filter(|s| s[0] == Dim::Known(4)).count();
     assert!(

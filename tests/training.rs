@@ -600,6 +600,8 @@ fn both_backends_train_the_digits_mlp_alike() {
     assert!((j - i).abs() <= 1e-3 * i.abs(), "jit {j}, interp {i}");
 }
 
+type MetaEdit = dyn Fn(&mut HashMap<String, String>);
+
 /// Rewrites the metadata of the checkpoint at `from` into `to`, with
 /// `edit` applied (the tensors unchanged).
 fn with_metadata(from: &Path, to: &Path, edit: impl Fn(&mut HashMap<String, String>)) {
@@ -623,7 +625,7 @@ fn impossible_checkpoint_metadata_is_refused_before_training() {
         s(&good),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let cases: [(&str, &dyn Fn(&mut HashMap<String, String>), &str); 4] = [
+    let cases: [(&str, &MetaEdit, &str); 4] = [
         (
             "neg",
             &|m| {

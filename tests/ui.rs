@@ -124,15 +124,9 @@ fn fused() {
         for (phase, graph) in
             nnc::driver::cli::compiled_graphs(&g, c.train.as_ref()).expect("step graphs")
         {
-            let graph = nnc::passes::cse::cse(&graph);
-            nnc::ir::verify(&graph).expect("the graph verifies after CSE");
-            let mut roots: Vec<_> = graph.outputs.iter().map(|o| o.node).collect();
-            roots.extend(graph.updates.iter().map(|u| u.node));
-            let f = nnc::passes::fusion::fuse(&graph, &roots);
-            text += &format!(
-                "; phase {phase}\n{}",
-                nnc::passes::fusion::print(&graph, &f)
-            );
+            let fused = pipeline::fuse(&graph);
+            nnc::ir::verify(&fused.graph).expect("the graph verifies after optimising");
+            text += &format!("; phase {phase}\n{}", pipeline::print_fused(&fused));
         }
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/fused/x.nn");
         settings(&dir, &src).bind(|| insta::assert_snapshot!(text));

@@ -463,14 +463,7 @@ fn backend_text(
             out.push_str(&format!("; phase {name}\n"));
         }
         match emit {
-            Emit::Fused => {
-                let graph = crate::passes::optimize(&graph);
-                let mut roots: Vec<crate::ir::Node> =
-                    graph.outputs.iter().map(|o| o.node).collect();
-                roots.extend(graph.updates.iter().map(|u| u.node));
-                let f = crate::passes::fusion::fuse(&graph, &roots);
-                out.push_str(&crate::passes::fusion::print(&graph, &f));
-            }
+            Emit::Fused => out.push_str(&pipeline::print_fused(&pipeline::fuse(&graph))),
             _ => {
                 let syms = bind_dims(&graph, dims, train.map(|t| t.batch))?;
                 let text = crate::backend::jit::clif(&graph, &syms).map_err(|e| e.to_diag())?;

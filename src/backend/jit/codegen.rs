@@ -11,92 +11,13 @@
 
 use super::math;
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::schedule::{Expr, LoopKernel};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_module::{FuncId, Linkage, Module};
-
-/// One element computation. Operands index earlier entries of
-/// [`LoopKernel::exprs`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum Expr {
-    /// The element of access `k` at the current point.
-    Load(usize),
-    Const(f32),
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-    /// `x ^ k` for a whole `k`, as multiplications.
-    PowI(usize, i32),
-    /// 1.0 where the comparison holds, else 0.0.
-    Compare(CmpOp, usize, usize),
-    /// `c != 0 ? a : b`.
-    Select(usize, usize, usize),
-}
-
-#[derive(Clone, Debug)]
-pub struct LoopKernel {
-    /// The iteration space, outermost first (never empty).
-    pub dims: Vec<usize>,
-    /// Element strides of each access along each dim.
-    pub accesses: Vec<Vec<i64>>,
-    /// Element strides of the output (0 along reduced dims).
-    pub out: Vec<i64>,
-    /// The expression DAG; the last entry is the kernel's value.
-    pub exprs: Vec<Expr>,
-    /// Set for reductions: the output is combined into, not overwritten.
-    pub reduce: Option<ReduceOp>,
-}
-
-impl LoopKernel {
-    /// Drops unit dims and merges neighbours that every access walks
-    /// contiguously, so a full-shape elementwise kernel is one flat loop.
-    pub fn simplify(&mut self) {
-        let keep: Vec<usize> = (0..self.dims.len())
-            .filter(|&d| self.dims[d] != 1)
-            .collect();
-        let pick = |v: &Vec<i64>| keep.iter().map(|&d| v[d]).collect::<Vec<i64>>();
-        let mut dims: Vec<usize> = keep.iter().map(|&d| self.dims[d]).collect();
-        let mut acc: Vec<Vec<i64>> = self.accesses.iter().map(pick).collect();
-        let mut out = pick(&self.out);
-        if dims.is_empty() {
-            dims.push(1);
-            acc.iter_mut().for_each(|a| a.push(0));
-            out.push(0);
-        }
-        let mut d = dims.len() - 1;
-        while d > 0 {
-            let inner = dims[d] as i64;
-            let merges = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
-            if acc.iter().all(merges) && merges(&out) {
-                dims[d - 1] *= dims[d];
-                dims.remove(d);
-                for s in acc.iter_mut().chain(std::iter::once(&mut out)) {
-                    s.remove(d - 1);
-                }
-            }
-            d -= 1;
-        }
-        self.dims = dims;
-        self.accesses = acc;
-        self.out = out;
-    }
-
-    fn vectorizable(&self) -> bool {
-        let last = self.dims.len() - 1;
-        self.accesses
-            .iter()
-            .chain(std::iter::once(&self.out))
-            .all(|s| s[last] == 0 || s[last] == 1)
-    }
-
-    /// Whether threads may split the outermost loop: each writes its own
-    /// part of the output.
-    pub fn splittable(&self) -> bool {
-        self.out[0] != 0
-    }
-}
 
 struct Ctx {
     ptrs: Vec<Value>,
@@ -106,8 +27,8 @@ struct Ctx {
 }
 
 /// Declares and defines the kernel's function in `module`.
-pub fn compile(
-    module: &mut cranelift_jit::JITModule,
+pub fn compile<M: Module>(
+    module: &mut M,
     fctx: &mut FunctionBuilderContext,
     k: &LoopKernel,
     name: &str,

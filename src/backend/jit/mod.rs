@@ -1,42 +1,46 @@
-//! The Cranelift backend: the fused graph (see [`crate::passes::fusion`])
-//! compiled to native code for one set of concrete shapes.
+//! The Cranelift backend: a [`Schedule`] (see [`crate::schedule`])
+//! compiled to native code for this CPU and run.
 //!
 //! - Loop kernels (elementwise chains, reductions with their fused
 //!   prologue) become one Cranelift function each ([`codegen`]), `f32x4`
-//!   in the innermost loop, split over the rayon pool when large.
+//!   in the innermost loop, split over the rayon pool when large
+//!   ([`threads`]).
 //! - Matmuls call the `gemm` crate (tuned AVX2 / AVX-512 kernels); a
 //!   transposed operand is read with swapped strides, never copied.
 //! - Transposes are strided copies in Rust.
 //! - Convolution and its two gradients are im2col + GEMM, pooling and its
 //!   gradient, slices and concatenations are loops over the buffers
 //!   ([`native`]), all without allocating.
-//! - A `scan`'s body is compiled once, as a [`plan::Program`] of its own,
-//!   and run once per step; the carry and the step slices are copied into
-//!   its input buffers and its result out of its output buffer.
+//! - A `scan`'s body schedule is compiled once, as a [`program::Program`]
+//!   of its own, and run once per step; the carry and the step slices are
+//!   copied into its input buffers and its result out of its output
+//!   buffer.
 //! - Gather, scatter and random draws run the interpreter's routine
 //!   ([`interp::eval_op`]) on the buffers: correct, but it allocates its
 //!   result.
 //!
-//! Buffers are planned once per shape set ([`plan`]): stored values share
-//! buffers when their lifetimes do not overlap. Parameters are swapped in
-//! and out of their buffers (no copy), updates are swapped into the
-//! parameters after a step. After the first call on a shape set, a step
-//! made only of loop kernels, matmuls and transposes allocates nothing but
-//! the returned output tensors (`tests/jit.rs` counts).
+//! Parameters are swapped in and out of their buffers (no copy), updates
+//! are swapped into the parameters after a step. After the first call on
+//! a shape set, a step made only of loop kernels, matmuls and transposes
+//! allocates nothing but the returned output tensors (`tests/alloc.rs`
+//! counts).
 //!
-//! A [`Jit`] caches one compiled [`Program`] per set of input shapes; the
-//! machine code is freed when the program is dropped.
+//! A [`Jit`] fuses its graph once ([`pipeline::fuse`]) and keeps one
+//! compiled program per set of input shapes; the machine code is freed
+//! when the program is dropped.
+//!
+//! [`Schedule`]: crate::schedule::Schedule
+//! [`pipeline::fuse`]: crate::pipeline::fuse
 
 mod codegen;
 mod math;
 mod native;
-mod plan;
+mod program;
 pub mod threads;
 
-pub use codegen::{Expr, LoopKernel};
-
 use crate::backend::interp::{self, Error, Feed};
-use crate::ir::{Graph, InputId, Node, ParamId};
+use crate::ir::{Graph, InputId, ParamId};
+use crate::pipeline::{self, Fused};
 use crate::tensor::Tensor;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_entity::SecondaryMap;
@@ -62,11 +66,13 @@ pub fn new_module() -> Result<JITModule, String> {
 /// A graph compiled on demand, once per set of input shapes.
 pub struct Jit<'g> {
     g: &'g Graph,
-    roots: Vec<Node>,
+    /// The graph optimised and fused, on first use (it does not depend on
+    /// the shapes).
+    fused: Option<Fused>,
     /// Compiled programs with the input shapes each was compiled for
     /// (`None`: the input was not fed). A handful at most, so a linear
     /// search that compares the shapes themselves, without allocating.
-    cache: Vec<(Vec<Option<Vec<usize>>>, plan::Program)>,
+    cache: Vec<(Vec<Option<Vec<usize>>>, program::Program)>,
     /// The index of the last program run.
     last: Option<usize>,
 }
@@ -75,11 +81,9 @@ impl<'g> Jit<'g> {
     /// Prepares `g` for its outputs and updates; nothing is compiled until
     /// the first call.
     pub fn new(g: &'g Graph) -> Jit<'g> {
-        let mut roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
-        roots.extend(g.updates.iter().map(|u| u.node));
         Jit {
             g,
-            roots,
+            fused: None,
             cache: Vec::new(),
             last: None,
         }
@@ -92,7 +96,7 @@ impl<'g> Jit<'g> {
         &mut self,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
         params: &SecondaryMap<ParamId, Tensor>,
-    ) -> Result<&mut plan::Program, Error> {
+    ) -> Result<&mut program::Program, Error> {
         let fed = |i: InputId| inputs[i].as_ref().map(|t| &t.shape[..]);
         let hit = self.cache.iter().position(|(key, _)| {
             key.iter()
@@ -102,11 +106,13 @@ impl<'g> Jit<'g> {
         let at = match hit {
             Some(at) => at,
             None => {
-                let live = interp::live_nodes(self.g, &self.roots);
+                let fused = self.fused.get_or_insert_with(|| pipeline::fuse(self.g));
+                let live = interp::live_nodes(&fused.graph, &fused.roots);
                 let feed = Feed { params, inputs };
-                let values = interp::input_values(self.g, &feed, &live)?;
-                let syms = interp::bind_syms(self.g, &values)?;
-                let p = plan::Program::compile(self.g, &self.roots, &syms, false)?;
+                let values = interp::input_values(&fused.graph, &feed, &live)?;
+                let syms = interp::bind_syms(&fused.graph, &values)?;
+                let sched = pipeline::schedule(fused, &syms)?;
+                let p = program::Program::compile(sched, false)?;
                 let key = self.g.inputs.keys().map(|i| fed(i).map(<[usize]>::to_vec));
                 self.cache.push((key.collect(), p));
                 self.cache.len() - 1
@@ -114,7 +120,7 @@ impl<'g> Jit<'g> {
         };
         self.last = Some(at);
         let p = &mut self.cache[at].1;
-        p.load_inputs(self.g, inputs)?;
+        p.load_inputs(inputs)?;
         Ok(p)
     }
 
@@ -185,8 +191,7 @@ pub fn clif(
     g: &Graph,
     syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
 ) -> Result<String, Error> {
-    let mut roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
-    roots.extend(g.updates.iter().map(|u| u.node));
-    let p = plan::Program::compile(g, &roots, syms, true)?;
+    let sched = pipeline::schedule(&pipeline::fuse(g), syms)?;
+    let p = program::Program::compile(sched, true)?;
     Ok(p.clif.join("\n"))
 }

@@ -10,6 +10,8 @@
 //! and the gradient tests check that.
 
 use crate::ir::PoolOp;
+use crate::schedule::{Conv, ConvPass, Pool};
+use crate::tensor::strides;
 use rayon::prelude::*;
 
 /// `dst (m×n) = [dst +] a (m×k) @ b (k×n)`, each operand with its own
@@ -55,55 +57,7 @@ pub unsafe fn sgemm(
     }
 }
 
-/// The geometry of a convolution: input `[n, c, h, w]`, kernel
-/// `[o, c, kh, kw]`, output `[n, o, oh, ow]`, one stride and one zero
-/// padding for both spatial axes.
-#[derive(Clone, Copy, Debug)]
-pub struct Conv {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
-/// Which of the three products a convolution step computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvPass {
-    /// `y = conv(x, w)`, operands (x, w).
-    Forward,
-    /// `gx` from (gy, w).
-    BackInput,
-    /// `gw` from (x, gy).
-    BackWeight,
-}
-
 impl Conv {
-    /// Rows of the unfolded input: one per (channel, kernel row, kernel
-    /// column).
-    fn k(&self) -> usize {
-        self.c * self.kh * self.kw
-    }
-
-    /// Columns of the unfolded input: one per output position.
-    fn p(&self) -> usize {
-        self.oh * self.ow
-    }
-
-    /// Floats of scratch each thread needs for `pass`.
-    pub fn scratch_per_thread(&self, pass: ConvPass) -> usize {
-        match pass {
-            ConvPass::BackWeight => self.k() * self.p() + self.o * self.k(),
-            _ => self.k() * self.p(),
-        }
-    }
-
     /// The input row that output row `i` reads at kernel row `a`, if it
     /// is not padding (likewise for columns).
     fn src(&self, i: usize, a: usize, len: usize) -> Option<usize> {
@@ -313,20 +267,6 @@ fn per_sample(
         });
 }
 
-/// The geometry of a pooling: `planes` channels of `h × w` pooled by
-/// `size × size` windows moved by `stride` into `oh × ow`.
-#[derive(Clone, Copy, Debug)]
-pub struct Pool {
-    pub op: PoolOp,
-    pub planes: usize,
-    pub h: usize,
-    pub w: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub size: usize,
-    pub stride: usize,
-}
-
 impl Pool {
     /// Whether `v` replaces `m` as a window's maximum: the first maximal
     /// element wins, and a NaN counts as the maximum (the interpreter's
@@ -448,38 +388,48 @@ impl Pool {
     }
 }
 
-/// Copies `count` blocks of `len` floats from `src` (blocks `src_stride`
-/// apart, starting at `src_at`) to `dst` (blocks `dst_stride` apart,
-/// starting at `dst_at`): a slice along an axis, or one half of a
-/// concatenation.
-#[derive(Clone, Copy, Debug)]
-pub struct Blocks {
-    pub count: usize,
-    pub len: usize,
-    pub src_at: usize,
-    pub src_stride: usize,
-    pub dst_at: usize,
-    pub dst_stride: usize,
+/// `dst` = `src` (of `shape`) with its axes permuted, walking `dst` in
+/// order.
+pub fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) {
+    let r = shape.len();
+    let st = strides(shape);
+    let mut idx = [0usize; 8];
+    let mut dims = [0usize; 8];
+    let mut sst = [0usize; 8];
+    assert!(r <= 8, "transpose of rank > 8");
+    for i in 0..r {
+        dims[i] = shape[perm[i]];
+        sst[i] = st[perm[i]];
+    }
+    if dst.is_empty() {
+        return;
+    }
+    let mut off = 0usize;
+    for d in dst.iter_mut() {
+        *d = src[off];
+        // Increment the multi-index, last axis fastest.
+        let mut ax = r;
+        while ax > 0 {
+            ax -= 1;
+            idx[ax] += 1;
+            off += sst[ax];
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            off -= sst[ax] * dims[ax];
+            idx[ax] = 0;
+        }
+    }
 }
 
-impl Blocks {
-    /// One block: a whole buffer of `len` floats.
-    pub fn whole(len: usize) -> Blocks {
-        Blocks {
-            count: 1,
-            len,
-            src_at: 0,
-            src_stride: 0,
-            dst_at: 0,
-            dst_stride: 0,
-        }
-    }
-
-    pub fn copy(&self, src: &[f32], dst: &mut [f32]) {
-        for i in 0..self.count {
-            let s = self.src_at + i * self.src_stride;
-            let d = self.dst_at + i * self.dst_stride;
-            dst[d..d + self.len].copy_from_slice(&src[s..s + self.len]);
-        }
-    }
+/// Floats of scratch a convolution needs on `threads` threads, or `None`
+/// when that does not fit [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS)
+/// per thread: the unfolded input is [c·kh·kw, oh·ow] per thread (plus
+/// the weight's o·c·kh·kw, a checked shape, for its gradient), each
+/// factor part of a checked shape, but their product can pass 2^48 (a
+/// wide window over a wide output).
+pub fn conv_scratch(geo: &Conv, pass: ConvPass, threads: usize) -> Option<usize> {
+    let unfolded = [geo.c, geo.kh, geo.kw, geo.oh, geo.ow];
+    crate::ir::shape::checked_elements(&unfolded)?;
+    geo.scratch_per_thread(pass).checked_mul(threads)
 }

@@ -320,10 +320,9 @@ impl Session {
             }),
             "ir" => self.with_expr(arg, |_, g, _, _| Ok(Reply::out(crate::ir::print_graph(g)))),
             "fused" => self.with_expr(arg, |_, g, _, _| {
-                let g = passes::optimize(g);
-                let roots: Vec<Node> = g.outputs.iter().map(|o| o.node).collect();
-                let f = passes::fusion::fuse(&g, &roots);
-                Ok(Reply::out(passes::fusion::print(&g, &f)))
+                Ok(Reply::out(crate::pipeline::print_fused(
+                    &crate::pipeline::fuse(g),
+                )))
             }),
             "grad" => self.grad(arg),
             "load" => self.load(arg.split_whitespace().map(PathBuf::from).collect()),

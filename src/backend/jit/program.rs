@@ -1,0 +1,565 @@
+//! A schedule compiled for this CPU: a Cranelift function per loop step,
+//! a compiled program per loop body, scratch per convolution — one
+//! [`Exec`] per step of the [`Schedule`], which stays the description of
+//! what runs — and the buffers, allocated once.
+
+use super::codegen;
+use super::native::{self, sgemm};
+use crate::backend::interp::{self, Error};
+use crate::diag::Span;
+use crate::ir::{Node, ParamId};
+use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
+use crate::tensor::Tensor;
+use cranelift_entity::{EntityRef, SecondaryMap};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::JITModule;
+use std::collections::HashMap;
+
+type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+
+/// What the JIT keeps for one step of the schedule.
+enum Exec {
+    /// Nothing beyond the step's description.
+    Plain,
+    Loop {
+        f: KernelFn,
+        /// The addresses of the output and of each access's buffer,
+        /// refreshed before each call.
+        ptrs: Vec<*mut f32>,
+    },
+    Conv {
+        scratch: Vec<f32>,
+    },
+    Scan(Box<Program>),
+}
+
+pub struct Program {
+    module: Option<JITModule>,
+    sched: Schedule,
+    exec: Vec<Exec>,
+    /// One per [`BufId`], as long as the schedule says.
+    bufs: Vec<Vec<f32>>,
+    pub clif: Vec<String>,
+    /// Seconds spent in each step, with `NNC_LOG=profile` (printed when
+    /// the program is dropped).
+    profile: Option<Vec<f64>>,
+    runs: usize,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let total: f64 = p.iter().sum();
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            eprintln!(
+                "[profile] {} runs, {:.3} ms per run in {} steps; the slowest:",
+                self.runs,
+                total * 1e3 / self.runs.max(1) as f64,
+                p.len()
+            );
+            for &i in order.iter().take(12) {
+                let what = self.sched.steps[i].describe(&self.sched.graph);
+                eprintln!(
+                    "[profile]   step {i:3}: {:8.4} ms  {what}",
+                    p[i] * 1e3 / self.runs.max(1) as f64
+                );
+            }
+        }
+        if let Some(m) = self.module.take() {
+            // SAFETY: the functions of this module are only reachable
+            // through `self.exec`, which dies with it.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn internal(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        message: msg.into(),
+    }
+}
+
+/// A buffer of `expected` floats handed `found` (a parameter or input
+/// given through the API with the wrong length).
+fn check_len(name: &str, expected: usize, found: usize, span: Span) -> Result<(), Error> {
+    match expected == found {
+        true => Ok(()),
+        false => Err(Error::BadLength {
+            name: name.to_string(),
+            expected,
+            found,
+            span,
+        }),
+    }
+}
+
+impl Program {
+    /// Compiles `sched` (verified by [`crate::schedule::build`] in debug
+    /// builds; the kernels below trust its ranges).
+    pub fn compile(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
+        let mut module = super::new_module().map_err(internal)?;
+        let mut fctx = FunctionBuilderContext::new();
+        let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
+        let mut clif = Vec::new();
+        let mut exec = Vec::with_capacity(sched.steps.len());
+        for (i, step) in sched.steps.iter().enumerate() {
+            exec.push(match step {
+                Step::Loop { kernel, args, .. } => {
+                    let name = format!("k{i}");
+                    let (id, text) =
+                        codegen::compile(&mut module, &mut fctx, kernel, &name, want_clif)
+                            .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
+                    clif.extend(text);
+                    pending.push((i, id));
+                    Exec::Loop {
+                        f: dummy_kernel,
+                        ptrs: vec![std::ptr::null_mut(); args.len() + 1],
+                    }
+                }
+                Step::Conv { pass, geo, .. } => {
+                    let threads = rayon::current_num_threads();
+                    let scratch = native::conv_scratch(geo, *pass, threads)
+                        .ok_or_else(|| too_large_conv(&sched, i))?;
+                    let mut budget = crate::backend::memory::Budget::default();
+                    budget.add(
+                        scratch,
+                        || "the convolution's unfolded input".into(),
+                        step_span(&sched, i),
+                    );
+                    budget.check()?;
+                    Exec::Conv {
+                        scratch: vec![0.0; scratch],
+                    }
+                }
+                Step::Scan(sc) => {
+                    let body = Program::compile(sc.body.clone(), want_clif)?;
+                    clif.extend(body.clif.iter().cloned());
+                    Exec::Scan(Box::new(body))
+                }
+                _ => Exec::Plain,
+            });
+        }
+        if crate::log::enabled("plan") {
+            for (i, s) in sched.steps.iter().enumerate() {
+                eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
+            }
+            eprintln!(
+                "[plan] {} buffers, {} floats",
+                sched.bufs.len(),
+                sched.bufs.values().sum::<usize>()
+            );
+        }
+        module
+            .finalize_definitions()
+            .map_err(|e| internal(format!("Cranelift could not finalise: {e}")))?;
+        for (i, id) in pending {
+            let p = module.get_finalized_function(id);
+            if let Exec::Loop { f, .. } = &mut exec[i] {
+                // SAFETY: the function was compiled with exactly this
+                // signature by `codegen::compile`.
+                *f = unsafe { std::mem::transmute::<*const u8, KernelFn>(p) };
+            }
+        }
+        let mut bufs: Vec<Vec<f32>> = sched.bufs.values().map(|&len| vec![0.0; len]).collect();
+        for &(c, b) in &sched.consts {
+            bufs[b.index()].copy_from_slice(&sched.graph.consts[c].data);
+        }
+        let n_steps = sched.steps.len();
+        Ok(Program {
+            module: Some(module),
+            sched,
+            exec,
+            bufs,
+            clif,
+            profile: crate::log::enabled("profile").then(|| vec![0.0; n_steps]),
+            runs: 0,
+        })
+    }
+
+    /// Copies the fed inputs (or their declared defaults) into their
+    /// buffers. An input whose data does not fill its buffer exactly (a
+    /// tensor whose data disagrees with its shape) is an error.
+    pub fn load_inputs(
+        &mut self,
+        inputs: &SecondaryMap<crate::ir::InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
+        let g = &self.sched.graph;
+        for &(i, b) in &self.sched.inputs {
+            let src = match &inputs[i] {
+                Some(t) => &t.data,
+                None => match g.inputs[i].default {
+                    Some(c) => &g.consts[c].data,
+                    None => continue,
+                },
+            };
+            let dst = &mut self.bufs[b.index()];
+            check_len(&g.inputs[i].name, dst.len(), src.len(), g.inputs[i].span)?;
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// Exchanges the parameters' storage with their buffers; calling it
+    /// twice restores both. The kernels' accesses rely on every buffer
+    /// having its planned length, so a parameter of another length (or a
+    /// missing one) is an error before anything is swapped.
+    fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        for &(p, b) in &self.sched.params {
+            let info = &self.sched.graph.params[p];
+            let (want, found) = (self.bufs[b.index()].len(), params[p].data.len());
+            check_len(&info.name, want, found, info.span)?;
+        }
+        for &(p, b) in &self.sched.params {
+            std::mem::swap(&mut self.bufs[b.index()], &mut params[p].data);
+        }
+        Ok(())
+    }
+
+    /// Runs with the parameters lent by swapping (no copy). With
+    /// `outputs`, returns the outputs, read while the parameters are still
+    /// in their buffers (an output may be a parameter). With `update`,
+    /// then moves each update into its parameter: the old parameter
+    /// storage becomes the update's buffer for the next call (the
+    /// schedule gives every update a buffer of its own).
+    pub fn run(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        outputs: bool,
+        update: bool,
+    ) -> Result<Vec<Tensor>, Error> {
+        self.swap_params(params)?;
+        let r = self.execute();
+        let outs = if outputs && r.is_ok() {
+            (0..self.sched.outputs.len())
+                .map(|i| self.output(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // The lengths were checked by the first swap and have not changed.
+        self.swap_params(params)?;
+        r?;
+        if update {
+            for &(p, b) in &self.sched.updates {
+                std::mem::swap(&mut self.bufs[b.index()], &mut params[p].data);
+            }
+        }
+        Ok(outs)
+    }
+
+    fn output(&self, i: usize) -> Tensor {
+        let b = self.sched.outputs[i];
+        let n = self.sched.graph.outputs[i].node;
+        Tensor::new(self.sched.shapes[n].clone(), self.bufs[b.index()].clone())
+    }
+
+    /// Runs every step in order.
+    fn execute(&mut self) -> Result<(), Error> {
+        self.runs += 1;
+        for si in 0..self.sched.steps.len() {
+            let started = self.profile.is_some().then(std::time::Instant::now);
+            run_step(
+                &self.sched,
+                &self.sched.steps[si],
+                &mut self.exec[si],
+                &mut self.bufs,
+            )?;
+            if let (Some(t), Some(p)) = (started, &mut self.profile) {
+                p[si] += t.elapsed().as_secs_f64();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The span of the node a step computes, for diagnostics.
+fn step_span(sched: &Schedule, i: usize) -> Span {
+    let out = match &sched.steps[i] {
+        Step::Conv { out, .. } => Some(*out),
+        _ => None,
+    };
+    sched
+        .graph
+        .nodes
+        .iter()
+        .find(|(n, _)| out.is_some() && sched.buf(*n) == out)
+        .map(|(_, d)| d.span)
+        .unwrap_or_default()
+}
+
+fn too_large_conv(sched: &Schedule, i: usize) -> Error {
+    Error::TooLarge {
+        shape: format!(
+            "{} (unfolded for the convolution)",
+            sched.steps[i].describe(&sched.graph)
+        ),
+        span: step_span(sched, i),
+    }
+}
+
+/// Buffer `b` of `bufs`.
+fn buf(bufs: &[Vec<f32>], b: BufId) -> &[f32] {
+    &bufs[b.index()]
+}
+
+/// Runs one step on the program's buffers.
+fn run_step(
+    sched: &Schedule,
+    step: &Step,
+    exec: &mut Exec,
+    bufs: &mut [Vec<f32>],
+) -> Result<(), Error> {
+    match (step, exec) {
+        (
+            Step::Loop {
+                kernel,
+                out,
+                args,
+                init,
+                divisor,
+            },
+            Exec::Loop { f, ptrs },
+        ) => {
+            if let Some(v) = init {
+                bufs[out.index()].fill(*v);
+            }
+            for (p, b) in ptrs.iter_mut().zip(std::iter::once(out).chain(args)) {
+                *p = bufs[b.index()].as_mut_ptr();
+            }
+            let args = SendPtr(ptrs.as_ptr());
+            let f = *f;
+            let outer = kernel.dims[0];
+            let total: usize = kernel.dims.iter().product();
+            let threads = rayon::current_num_threads();
+            let split = kernel.splittable()
+                && total >= super::threads::loop_elements()
+                && outer >= threads
+                && threads > 1;
+            if split {
+                use rayon::prelude::*;
+                (0..threads).into_par_iter().for_each(|t| {
+                    let lo = outer * t / threads;
+                    let hi = outer * (t + 1) / threads;
+                    let a = &args;
+                    // SAFETY: the schedule verifier checked every access
+                    // of the kernel against its buffer's length over the
+                    // whole iteration space; each thread writes a disjoint
+                    // range of the outer loop; the buffers outlive the call.
+                    unsafe { f(a.0, lo as i64, hi as i64) };
+                });
+            } else {
+                // SAFETY: `ptrs` holds one live buffer per argument, each
+                // as long as the kernel's strides reach (the verifier's
+                // rule 2).
+                unsafe { f(args.0, 0, outer as i64) };
+            }
+            if let Some(d) = divisor {
+                bufs[out.index()].iter_mut().for_each(|x| *x /= *d);
+            }
+        }
+        (
+            Step::MatMul {
+                a,
+                b,
+                out,
+                a_offs,
+                b_offs,
+                dims,
+            },
+            Exec::Plain,
+        ) => {
+            let Gemm { m, k, n, .. } = *dims;
+            let threads = rayon::current_num_threads();
+            let par = if m * n * k >= super::threads::gemm_madds() && threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            let (a, b) = (bufs[a.index()].as_ptr(), bufs[b.index()].as_ptr());
+            let o = bufs[out.index()].as_mut_ptr();
+            for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs.iter()).enumerate() {
+                // SAFETY: the verifier's rule 3: the operand buffers hold a
+                // matrix of the sizes and strides in `dims` at each offset,
+                // the output the consecutive m×n ones, and it is neither
+                // operand.
+                unsafe {
+                    sgemm(
+                        (m, k, n),
+                        o.add(bi * m * n),
+                        n as isize,
+                        a.add(ao),
+                        dims.a_rc,
+                        b.add(bo),
+                        dims.b_rc,
+                        false,
+                        par,
+                    )
+                }
+            }
+        }
+        (
+            Step::Transpose {
+                src,
+                dst,
+                shape,
+                perm,
+            },
+            Exec::Plain,
+        ) => {
+            let (s, d) = two(bufs, *src, *dst);
+            native::transpose(s, d, shape, perm);
+        }
+        (
+            Step::Conv {
+                pass,
+                geo,
+                a,
+                b,
+                out,
+            },
+            Exec::Conv { scratch },
+        ) => {
+            let mut o = std::mem::take(&mut bufs[out.index()]);
+            let per = geo.scratch_per_thread(*pass).max(1);
+            let threads = rayon::current_num_threads().min(scratch.len() / per);
+            geo.run(
+                *pass,
+                buf(bufs, *a),
+                buf(bufs, *b),
+                &mut o,
+                scratch,
+                threads,
+            );
+            bufs[out.index()] = o;
+        }
+        (Step::Pool { geo, x, gy, out }, Exec::Plain) => {
+            let mut o = std::mem::take(&mut bufs[out.index()]);
+            match gy {
+                None => geo.forward(buf(bufs, *x), &mut o),
+                Some(gy) => geo.backward(buf(bufs, *x), buf(bufs, *gy), &mut o),
+            }
+            bufs[out.index()] = o;
+        }
+        (Step::Copy { parts, out }, Exec::Plain) => {
+            let mut o = std::mem::take(&mut bufs[out.index()]);
+            for (src, blocks) in parts.iter() {
+                blocks.copy(buf(bufs, *src), &mut o);
+            }
+            bufs[out.index()] = o;
+        }
+        (Step::Scan(sc), Exec::Scan(body)) => {
+            let mut o = std::mem::take(&mut bufs[sc.out.index()]);
+            let r = run_scan(sc, body, bufs, &mut o);
+            bufs[sc.out.index()] = o;
+            r?;
+        }
+        (Step::Host { node, out }, Exec::Plain) => {
+            let node = *node;
+            let data = &sched.graph.nodes[node];
+            let args: HashMap<Node, Tensor> = data
+                .op
+                .args()
+                .into_iter()
+                .map(|a| {
+                    let b = sched
+                        .buf(a)
+                        .expect("the schedule stores a host step's arguments");
+                    let t = Tensor::new(sched.shapes[a].clone(), bufs[b.index()].clone());
+                    (a, t)
+                })
+                .collect();
+            let v = interp::eval_op(
+                &sched.graph,
+                &data.op,
+                data.span,
+                &|a| &args[&a],
+                &sched.shapes[node],
+            )?;
+            bufs[out.index()].copy_from_slice(&v.data);
+        }
+        (step, _) => {
+            return Err(internal(format!(
+                "no compiled form for {}",
+                step.describe(&sched.graph)
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Runs a loop's body once per step: the carry is `init` at the first
+/// step, then the previous step's result; every result is stacked into
+/// `out` at its step's index (or added up, for a summed loop).
+fn run_scan(
+    sc: &ScanStep,
+    body: &mut Program,
+    outer: &[Vec<f32>],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    let n_xs = sc.xs.len();
+    for (k, &a) in sc.args.iter().enumerate() {
+        if let Some(b) = sc.slots[1 + n_xs + k] {
+            body.bufs[b.index()].copy_from_slice(buf(outer, a));
+        }
+    }
+    let cl = sc.carry_len;
+    let result = body.sched.outputs[0].index();
+    if sc.sum && sc.steps == 0 {
+        out.fill(0.0);
+    }
+    for i in 0..sc.steps {
+        let (t, prev) = if sc.reverse {
+            let t = sc.steps - 1 - i;
+            (t, t + 1)
+        } else {
+            (i, i.wrapping_sub(1))
+        };
+        if let Some(b) = sc.slots[0] {
+            let carry = if i == 0 {
+                buf(outer, sc.init)
+            } else {
+                &out[prev * cl..][..cl]
+            };
+            body.bufs[b.index()].copy_from_slice(carry);
+        }
+        for (j, &x) in sc.xs.iter().enumerate() {
+            if let Some(b) = sc.slots[1 + j] {
+                let len = sc.step_lens[j];
+                body.bufs[b.index()].copy_from_slice(&buf(outer, x)[t * len..][..len]);
+            }
+        }
+        body.execute()?;
+        let r = &body.bufs[result];
+        if !sc.sum {
+            out[t * cl..][..cl].copy_from_slice(r);
+        } else if i == 0 {
+            out.copy_from_slice(r);
+        } else {
+            out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
+        }
+    }
+    Ok(())
+}
+
+struct SendPtr(*const *mut f32);
+// SAFETY: the pointers are only dereferenced by kernels writing disjoint
+// ranges while the owning `Program` is borrowed mutably.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+unsafe extern "C" fn dummy_kernel(_: *const *mut f32, _: i64, _: i64) {}
+
+/// Buffer `a` to read and buffer `b` to write (the verifier checked that
+/// a transpose never writes its own input).
+fn two(bufs: &mut [Vec<f32>], a: BufId, b: BufId) -> (&[f32], &mut [f32]) {
+    let (a, b) = (a.index(), b.index());
+    assert_ne!(a, b, "a transpose never writes its own input");
+    if a < b {
+        let (x, y) = bufs.split_at_mut(b);
+        (&x[a], &mut y[0])
+    } else {
+        let (x, y) = bufs.split_at_mut(a);
+        (&y[0], &mut x[b])
+    }
+}

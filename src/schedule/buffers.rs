@@ -1,0 +1,163 @@
+//! Buffer planning: which buffer holds each stored node. Buffers are
+//! assigned in kernel order, and one whose last reader has run is reused
+//! by the next value of the same size; leaves and roots keep their own, a
+//! view shares its operand's, and every parameter update gets a buffer
+//! of its own (a copy where its value shares one).
+
+use super::BufId;
+use crate::backend::Error;
+use crate::ir::{Graph, Node, Op};
+use crate::passes::fusion::{Fusion, Kind};
+use cranelift_entity::packed_option::PackedOption;
+use cranelift_entity::{EntitySet, PrimaryMap, SecondaryMap};
+use std::collections::{HashMap, HashSet};
+
+/// Where each stored node lives.
+pub(super) struct BufferPlan {
+    pub buf_of: SecondaryMap<Node, PackedOption<BufId>>,
+    pub sizes: PrimaryMap<BufId, usize>,
+    /// The buffer each update (in the graph's order) is taken from after
+    /// a step: its value's, or a copy's ([`BufferPlan::separate_updates`]).
+    pub update_bufs: Vec<BufId>,
+}
+
+impl BufferPlan {
+    /// After a step each update's buffer is swapped into its parameter,
+    /// so it must belong to that update alone. A view shares its base's
+    /// buffer and CSE merges equal values, so an update's value may sit
+    /// in a leaf's buffer (`assign(s, reshape(w, …))`, a reshaped
+    /// constant) or in another update's (`assign(s1, m); assign(s2, m)`).
+    /// Such an update gets a buffer of its own, filled by a copy after
+    /// every other step; returns those copies as (from, to) buffers.
+    pub fn separate_updates(&mut self, g: &Graph, fu: &Fusion) -> Vec<(BufId, BufId)> {
+        let mut taken: HashSet<BufId> = fu
+            .kernels
+            .iter()
+            .filter(|&&(_, kind)| kind == Kind::Leaf)
+            .filter_map(|&(n, _)| self.buf_of[n].expand())
+            .collect();
+        let mut copies = Vec::new();
+        self.update_bufs = g
+            .updates
+            .iter()
+            .map(|u| {
+                let b = self.buf_of[u.node].expect("an update's value is stored");
+                if taken.insert(b) {
+                    return b;
+                }
+                let own = self.sizes.push(self.sizes[b]);
+                copies.push((b, own));
+                own
+            })
+            .collect();
+        copies
+    }
+
+    /// Adds up the bytes of every buffer (each counted once, named by the
+    /// first node stored in it) and checks them against the memory
+    /// budget before anything is allocated.
+    pub fn check_budget(&self, g: &Graph, fu: &Fusion) -> Result<(), Error> {
+        let mut budget = crate::backend::memory::Budget::default();
+        let mut seen: SecondaryMap<BufId, bool> = SecondaryMap::new();
+        for &(n, kind) in &fu.kernels {
+            let Some(b) = self.buf_of[n].expand() else {
+                continue;
+            };
+            if kind != Kind::View && !std::mem::replace(&mut seen[b], true) {
+                let d = &g.nodes[n];
+                budget.add(self.sizes[b], || g.shape_str(&d.ty.shape), d.span);
+            }
+        }
+        for (b, &len) in self.sizes.iter() {
+            if !seen[b] {
+                budget.add(len, || "a copy of an update".into(), Default::default());
+            }
+        }
+        budget.check()
+    }
+}
+
+/// Assigns buffers in kernel order: a buffer whose last reader has run is
+/// reused by the next value of the same size. Leaves and roots keep their
+/// own; a view shares its operand's.
+pub(super) fn plan_buffers(
+    g: &Graph,
+    fu: &Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    roots: &[Node],
+) -> BufferPlan {
+    // The stored nodes each kernel reads (through fused nodes).
+    let reads = |n: Node| -> Vec<Node> {
+        let mut out = Vec::new();
+        let mut stack = g.nodes[n].op.args();
+        while let Some(a) = stack.pop() {
+            if fu.fused.contains(a) || fu.strided.contains(a) {
+                stack.extend(g.nodes[a].op.args());
+            } else {
+                out.push(a);
+            }
+        }
+        out
+    };
+    let mut base: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    let mut last: SecondaryMap<Node, usize> = SecondaryMap::new();
+    let mut pinned: EntitySet<Node> = EntitySet::new();
+    for &r in roots {
+        pinned.insert(r);
+    }
+    let root_of = |base: &SecondaryMap<Node, Option<Node>>, mut n: Node| {
+        while let Some(b) = base[n] {
+            n = b;
+        }
+        n
+    };
+    for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
+        if kind == Kind::View {
+            let Op::Reshape(a, _) = g.nodes[n].op else {
+                unreachable!("fusion gives Kind::View only to reshapes")
+            };
+            base[n] = Some(root_of(&base, a));
+        }
+        if kind == Kind::Leaf {
+            pinned.insert(n);
+        }
+        for a in reads(n) {
+            let b = root_of(&base, a);
+            last[b] = i;
+        }
+    }
+    for &r in roots {
+        let b = root_of(&base, r);
+        pinned.insert(b);
+    }
+    let mut buf_of: SecondaryMap<Node, PackedOption<BufId>> = SecondaryMap::new();
+    let mut sizes: PrimaryMap<BufId, usize> = PrimaryMap::new();
+    let mut free: HashMap<usize, Vec<BufId>> = HashMap::new();
+    for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
+        if kind == Kind::View {
+            buf_of[n] = buf_of[root_of(&base, n)];
+        } else {
+            let len: usize = shapes[n].iter().product();
+            let reuse = if pinned.contains(n) {
+                None
+            } else {
+                free.get_mut(&len).and_then(|v| v.pop())
+            };
+            buf_of[n] = reuse.unwrap_or_else(|| sizes.push(len)).into();
+        }
+        // Release what this kernel was the last to read.
+        for a in reads(n) {
+            let b = root_of(&base, a);
+            if last[b] == i && !pinned.contains(b) {
+                last[b] = usize::MAX; // released once
+                let buf = buf_of[b].expect("a node read is stored before");
+                free.entry(sizes[buf]).or_default().push(buf);
+            }
+        }
+    }
+    BufferPlan {
+        buf_of,
+        sizes,
+        update_bufs: Vec::new(),
+    }
+}

@@ -1,0 +1,530 @@
+//! Building a schedule from a fused graph for concrete sizes: every
+//! shape bound and checked, one step per kernel of the fusion (a loop
+//! kernel, a GEMM with its operands read in place, a native routine's
+//! description, a loop over a body scheduled the same way), buffers
+//! planned, updates given buffers of their own, and the total held to
+//! the memory budget before anything is allocated.
+
+use super::buffers::{plan_buffers, BufferPlan};
+use super::{loop_kernel, Blocks, BufId, Conv, ConvPass, Gemm, Pool, ScanStep, Schedule, Step};
+use crate::backend::{interp, Error};
+use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
+use crate::passes::fusion::{self, Kind};
+use crate::pipeline::Fused;
+use crate::tensor::strides;
+use cranelift_entity::SecondaryMap;
+
+type Shapes = SecondaryMap<Node, Vec<usize>>;
+
+/// The schedule of `f` with its symbolic dimensions bound to `syms`.
+/// Verified in debug builds (a failure is a compiler bug, reported as an
+/// internal error).
+pub fn build(f: &Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Schedule, Error> {
+    let s = Builder::new(f, syms)?.finish()?;
+    if cfg!(debug_assertions) {
+        s.verify().map_err(|e| Error::Backend {
+            message: format!("the schedule does not verify: {e}"),
+        })?;
+    }
+    Ok(s)
+}
+
+struct Builder<'f> {
+    f: &'f Fused,
+    g: &'f Graph,
+    fu: &'f fusion::Fusion,
+    shapes: Shapes,
+    plan: BufferPlan,
+}
+
+impl<'f> Builder<'f> {
+    fn new(f: &'f Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Builder<'f>, Error> {
+        let (g, fu) = (&f.graph, &f.fusion);
+        let concrete = |shape: &[Dim], span| interp::concrete_shape(g, syms, shape, span);
+        let mut shapes: Shapes = SecondaryMap::new();
+        for (n, d) in g.nodes.iter() {
+            if let Ok(s) = concrete(&d.ty.shape, d.span) {
+                shapes[n] = s;
+            }
+        }
+        // Every live node's shape must be known, and of a size that fits.
+        for &(n, _) in &fu.kernels {
+            concrete(&g.nodes[n].ty.shape, g.nodes[n].span)?;
+        }
+        let plan = plan_buffers(g, fu, &shapes, &f.roots);
+        Ok(Builder {
+            f,
+            g,
+            fu,
+            shapes,
+            plan,
+        })
+    }
+
+    fn buf(&self, n: Node) -> Result<BufId, Error> {
+        self.plan.buf_of[n].expand().ok_or_else(|| Error::Backend {
+            message: format!("{n} is read but has no buffer"),
+        })
+    }
+
+    fn finish(mut self) -> Result<Schedule, Error> {
+        let update_copies = self.plan.separate_updates(self.g, self.fu);
+        self.plan.check_budget(self.g, self.fu)?;
+        let mut steps = Vec::new();
+        for &(n, kind) in &self.fu.kernels {
+            if matches!(kind, Kind::Leaf | Kind::View) {
+                continue;
+            }
+            steps.push(self.step(n, kind)?);
+        }
+        for (src, dst) in update_copies {
+            steps.push(Step::Copy {
+                parts: vec![(src, Blocks::whole(self.plan.sizes[dst]))],
+                out: dst,
+            });
+        }
+        let (g, fu) = (self.g, self.fu);
+        let (mut inputs, mut params, mut consts) = (Vec::new(), Vec::new(), Vec::new());
+        for &(n, kind) in &fu.kernels {
+            if kind != Kind::Leaf {
+                continue;
+            }
+            let b = self.buf(n)?;
+            match g.nodes[n].op {
+                Op::Input(i) => inputs.push((i, b)),
+                Op::Param(p) => params.push((p, b)),
+                Op::Const(c) => consts.push((c, b)),
+                _ => unreachable!("leaves are inputs, params and consts"),
+            }
+        }
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|o| self.buf(o.node))
+            .collect::<Result<_, _>>()?;
+        let updates = g
+            .updates
+            .iter()
+            .zip(&self.plan.update_bufs)
+            .map(|(u, &b)| (u.param, b))
+            .collect();
+        Ok(Schedule {
+            graph: g.clone(),
+            shapes: self.shapes,
+            buf_of: self.plan.buf_of,
+            bufs: self.plan.sizes,
+            steps,
+            inputs,
+            params,
+            consts,
+            outputs,
+            updates,
+        })
+    }
+
+    /// The step computing stored node `n`.
+    fn step(&self, n: Node, kind: Kind) -> Result<Step, Error> {
+        let (g, fu, shapes) = (self.g, self.fu, &self.shapes);
+        let out = self.buf(n)?;
+        Ok(match kind {
+            Kind::Leaf | Kind::View => unreachable!("leaves and views have no step"),
+            Kind::Elementwise | Kind::Reduce => {
+                let (kernel, srcs) = loop_kernel(g, fu, shapes, n);
+                let args = srcs
+                    .iter()
+                    .map(|&s| self.buf(s))
+                    .collect::<Result<_, _>>()?;
+                let (init, divisor) = match &g.nodes[n].op {
+                    Op::Reduce { op, arg, axes } => {
+                        let count: usize = axes.iter().map(|&a| shapes[*arg][a]).product();
+                        match op {
+                            ReduceOp::Sum => (Some(0.0), None),
+                            ReduceOp::Mean => (Some(0.0), Some(count as f32)),
+                            ReduceOp::Max => (Some(f32::NEG_INFINITY), None),
+                        }
+                    }
+                    _ => (None, None),
+                };
+                Step::Loop {
+                    kernel,
+                    out,
+                    args,
+                    init,
+                    divisor,
+                }
+            }
+            Kind::MatMul => self.matmul(n, out)?,
+            Kind::Transpose => {
+                let Op::Transpose(src, perm) = &g.nodes[n].op else {
+                    unreachable!("fusion gives Kind::Transpose only to transposes")
+                };
+                Step::Transpose {
+                    src: self.buf(*src)?,
+                    dst: out,
+                    shape: shapes[*src].clone(),
+                    perm: perm.clone(),
+                }
+            }
+            Kind::Host => self.host_step(n, out)?,
+        })
+    }
+
+    /// A matmul, or the sum over its batch of a fused one: GEMMs reading
+    /// transposed and batch-broadcast operands in place.
+    fn matmul(&self, n: Node, out: BufId) -> Result<Step, Error> {
+        let (g, fu, shapes) = (self.g, self.fu, &self.shapes);
+        let (mm, batch_sum) = match g.nodes[n].op {
+            Op::Reduce { arg, .. } => (arg, true),
+            _ => (n, false),
+        };
+        let Op::MatMul(a, b) = g.nodes[mm].op else {
+            unreachable!("fusion gives Kind::MatMul only to matmuls and their batch sums")
+        };
+        let s = &shapes[mm];
+        let r = s.len();
+        let (m, nn) = (s[r - 2], s[r - 1]);
+        let k = shapes[a][r - 1];
+        let batch_shape = &s[..r - 2];
+        let batch: usize = batch_shape.iter().product();
+        // Each operand: its buffer, (row, column) strides, and the offset
+        // of every batch's matrix.
+        let operand = |x: Node, rows: usize, cols: usize| {
+            let (src, rc) = match &g.nodes[x].op {
+                Op::Transpose(src, _) if fu.strided.contains(x) => {
+                    // x[i][j] = src[j][i], src is [cols, rows].
+                    (*src, (1isize, rows as isize))
+                }
+                _ => (x, (cols as isize, 1isize)),
+            };
+            let (src, offs) = match &g.nodes[src].op {
+                Op::Broadcast(from, _) if fu.strided.contains(src) => {
+                    (*from, batch_offsets(batch_shape, &shapes[*from]))
+                }
+                _ => (src, batch_offsets(batch_shape, &shapes[src])),
+            };
+            self.buf(src).map(|b| (b, rc, offs))
+        };
+        let (ab, a_rc, mut a_offs) = operand(a, m, k)?;
+        let (bb, b_rc, mut b_offs) = operand(b, k, nn)?;
+        let mut dims = Gemm {
+            m,
+            k,
+            n: nn,
+            a_rc,
+            b_rc,
+        };
+        // A matrix shared by every batch times a row-major stack of them:
+        // one GEMM over all their rows.
+        let shared = b_offs.iter().all(|&o| o == b_offs[0]);
+        let stacked =
+            a_rc == (k as isize, 1) && a_offs.iter().enumerate().all(|(i, &o)| o == i * m * k);
+        if batch_sum {
+            // Σ_b a_bᵀ b_b: the batches' rows stacked along k (fusion
+            // checked that `a` is a transposed stack and `b` a contiguous
+            // one).
+            dims.k = k * batch;
+            a_offs.truncate(1);
+            b_offs.truncate(1);
+        } else if batch > 1 && shared && stacked {
+            dims.m = m * batch;
+            a_offs.truncate(1);
+            b_offs.truncate(1);
+        }
+        Ok(Step::MatMul {
+            a: ab,
+            b: bb,
+            out,
+            a_offs,
+            b_offs,
+            dims,
+        })
+    }
+
+    /// The step for an operation that is not a loop kernel, matmul or
+    /// transpose: a routine's description where backends have one, or a
+    /// loop, else a host step.
+    fn host_step(&self, n: Node, out: BufId) -> Result<Step, Error> {
+        let (g, shapes) = (self.g, &self.shapes);
+        let s4 = |x: Node| -> [usize; 4] {
+            let s = &shapes[x];
+            [s[0], s[1], s[2], s[3]]
+        };
+        let conv = |pass: ConvPass,
+                    (a, b): (Node, Node),
+                    [xs, ws, ys]: [[usize; 4]; 3],
+                    stride: u64,
+                    pad: u64|
+         -> Result<Step, Error> {
+            let geo = Conv {
+                n: xs[0],
+                c: xs[1],
+                h: xs[2],
+                w: xs[3],
+                o: ws[0],
+                kh: ws[2],
+                kw: ws[3],
+                oh: ys[2],
+                ow: ys[3],
+                stride: stride as usize,
+                pad: pad as usize,
+            };
+            Ok(Step::Conv {
+                pass,
+                geo,
+                a: self.buf(a)?,
+                b: self.buf(b)?,
+                out,
+            })
+        };
+        let pool = |op, [xs, ys]: [[usize; 4]; 2], size: u64, stride: u64| Pool {
+            op,
+            planes: xs[0] * xs[1],
+            h: xs[2],
+            w: xs[3],
+            oh: ys[2],
+            ow: ys[3],
+            size: size as usize,
+            stride: stride as usize,
+        };
+        // Blocks along `axis` of `x`: `count` outer blocks of `inner`-float
+        // rows.
+        let along = |x: Node, axis: usize| -> (usize, usize, usize) {
+            let s = &shapes[x];
+            (
+                s[..axis].iter().product(),
+                s[axis],
+                s[axis + 1..].iter().product(),
+            )
+        };
+        Ok(match &g.nodes[n].op {
+            &Op::Conv2d {
+                x,
+                w,
+                stride,
+                padding,
+            } => conv(
+                ConvPass::Forward,
+                (x, w),
+                [s4(x), s4(w), s4(n)],
+                stride,
+                padding,
+            )?,
+            &Op::Conv2dBackwardInput {
+                gy,
+                w,
+                stride,
+                padding,
+                ..
+            } => conv(
+                ConvPass::BackInput,
+                (gy, w),
+                [s4(n), s4(w), s4(gy)],
+                stride,
+                padding,
+            )?,
+            &Op::Conv2dBackwardWeight {
+                x,
+                gy,
+                stride,
+                padding,
+                ..
+            } => conv(
+                ConvPass::BackWeight,
+                (x, gy),
+                [s4(x), s4(n), s4(gy)],
+                stride,
+                padding,
+            )?,
+            &Op::Pool2d {
+                op,
+                arg,
+                size,
+                stride,
+            } => Step::Pool {
+                geo: pool(op, [s4(arg), s4(n)], size, stride),
+                x: self.buf(arg)?,
+                gy: None,
+                out,
+            },
+            &Op::Pool2dBackward {
+                op,
+                x,
+                gy,
+                size,
+                stride,
+            } => Step::Pool {
+                geo: pool(op, [s4(x), s4(gy)], size, stride),
+                x: self.buf(x)?,
+                gy: Some(self.buf(gy)?),
+                out,
+            },
+            &Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => {
+                let (count, d, inner) = along(arg, axis);
+                let len = (end - start) as usize * inner;
+                let part = Blocks {
+                    count,
+                    len,
+                    src_at: start as usize * inner,
+                    src_stride: d * inner,
+                    dst_at: 0,
+                    dst_stride: len,
+                };
+                Step::Copy {
+                    parts: vec![(self.buf(arg)?, part)],
+                    out,
+                }
+            }
+            &Op::Concat { .. } if fusion::is_append(g, n) => {
+                let mut sources = Vec::new();
+                append_sources(g, self.fu, n, &mut sources);
+                let total: usize = shapes[n].iter().product();
+                let mut at = 0;
+                let mut parts = Vec::new();
+                for x in sources {
+                    let len: usize = shapes[x].iter().product();
+                    let part = Blocks {
+                        count: 1,
+                        len,
+                        src_at: 0,
+                        src_stride: len,
+                        dst_at: at,
+                        dst_stride: total,
+                    };
+                    parts.push((self.buf(x)?, part));
+                    at += len;
+                }
+                Step::Copy { parts, out }
+            }
+            &Op::Concat { a, b, axis } => {
+                let (count, da, inner) = along(a, axis);
+                let (ra, rb) = (da * inner, shapes[b][axis] * inner);
+                let part = |len, dst_at| Blocks {
+                    count,
+                    len,
+                    src_at: 0,
+                    src_stride: len,
+                    dst_at,
+                    dst_stride: ra + rb,
+                };
+                Step::Copy {
+                    parts: vec![(self.buf(a)?, part(ra, 0)), (self.buf(b)?, part(rb, ra))],
+                    out,
+                }
+            }
+            Op::Scan { .. } => self.scan_step(n, out, false)?,
+            &Op::Reduce { arg, .. } if self.fu.fused.contains(arg) => {
+                // fusion's `scan-sum`: the loop adds its steps into `out`.
+                self.scan_step(arg, out, true)?
+            }
+            op => {
+                // The interpreter's routine reads every argument's buffer.
+                for a in op.args() {
+                    self.buf(a)?;
+                }
+                Step::Host { node: n, out }
+            }
+        })
+    }
+
+    /// The step running loop `n`, stacking its results into `out` (or
+    /// adding them up, with `sum`): its body scheduled for the operands'
+    /// sizes.
+    fn scan_step(&self, n: Node, out: BufId, sum: bool) -> Result<Step, Error> {
+        let (g, shapes) = (self.g, &self.shapes);
+        let Op::Scan {
+            body,
+            init,
+            xs,
+            args,
+            reverse,
+        } = &g.nodes[n].op
+        else {
+            unreachable!("scan_step is given scans")
+        };
+        let fused_body = self.f.bodies.get(body).ok_or_else(|| Error::Backend {
+            message: format!("the body of {n} was not fused"),
+        })?;
+        let bg = &fused_body.graph;
+        let mut operands: Vec<Vec<usize>> = vec![shapes[*init].clone()];
+        operands.extend(xs.iter().map(|x| shapes[*x][1..].to_vec()));
+        operands.extend(args.iter().map(|a| shapes[*a].clone()));
+        let ids: Vec<InputId> = bg.inputs.keys().collect();
+        let syms = interp::bind_syms_by(bg, |i| {
+            ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
+        })?;
+        let body = build(fused_body, &syms)?;
+        let slots = ids
+            .iter()
+            .map(|&i| body.inputs.iter().find(|(j, _)| *j == i).map(|&(_, b)| b))
+            .collect();
+        Ok(Step::Scan(Box::new(ScanStep {
+            init: self.buf(*init)?,
+            xs: xs.iter().map(|x| self.buf(*x)).collect::<Result<_, _>>()?,
+            args: args
+                .iter()
+                .map(|a| self.buf(*a))
+                .collect::<Result<_, _>>()?,
+            out,
+            steps: shapes[n][0],
+            carry_len: operands[0].iter().product(),
+            step_lens: operands[1..=xs.len()]
+                .iter()
+                .map(|s| s.iter().product())
+                .collect(),
+            reverse: *reverse,
+            sum,
+            slots,
+            body,
+        })))
+    }
+}
+
+/// The stored values an append concatenation joins, in order, looking
+/// through the appends and reshapes fused into it (fusion's
+/// `append-chain`).
+fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) {
+    let parts = match g.nodes[n].op {
+        Op::Concat { a, b, .. } => vec![a, b],
+        Op::Reshape(a, _) => vec![a],
+        _ => unreachable!("only appends and reshapes are fused into an append"),
+    };
+    for x in parts {
+        if fu.fused.contains(x) {
+            append_sources(g, fu, x, out);
+        } else {
+            out.push(x);
+        }
+    }
+}
+
+/// The offset of each batch's matrix in a tensor of shape `src` read by a
+/// product over batch axes `batch`: `src`'s batch axes are aligned to the
+/// right of `batch`, and an axis of size 1 (or a missing one) is
+/// broadcast, so its stride is 0.
+fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
+    let st = strides(src);
+    let sb = src.len() - 2;
+    let lead = batch.len() - sb;
+    let stride: Vec<usize> = (0..batch.len())
+        .map(|d| match d.checked_sub(lead) {
+            Some(j) if src[j] != 1 => st[j],
+            _ => 0,
+        })
+        .collect();
+    let total: usize = batch.iter().product();
+    (0..total)
+        .map(|mut i| {
+            let mut off = 0;
+            for d in (0..batch.len()).rev() {
+                off += (i % batch[d]) * stride[d];
+                i /= batch[d];
+            }
+            off
+        })
+        .collect()
+}

@@ -1,0 +1,245 @@
+//! Loop kernels: an expression over strided loads, evaluated at every
+//! point of an iteration space and stored (or, for a reduction, combined)
+//! into the output at a strided offset. Fusion decides which nodes a
+//! kernel computes; [`loop_kernel`] builds its expression tree and
+//! iteration space for concrete shapes, and every code generator lowers
+//! the same [`LoopKernel`] (Cranelift: `backend/jit/codegen.rs`).
+
+use crate::ir::{BinaryOp, CmpOp, Graph, Node, Op, ReduceOp, UnaryOp};
+use crate::passes::fusion;
+use crate::tensor::strides;
+use cranelift_entity::SecondaryMap;
+use std::collections::HashMap;
+
+/// One element computation. Operands index earlier entries of
+/// [`LoopKernel::exprs`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The element of access `k` at the current point.
+    Load(usize),
+    Const(f32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    /// `x ^ k` for a whole `k`, as multiplications.
+    PowI(usize, i32),
+    /// 1.0 where the comparison holds, else 0.0.
+    Compare(CmpOp, usize, usize),
+    /// `c != 0 ? a : b`.
+    Select(usize, usize, usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct LoopKernel {
+    /// The iteration space, outermost first (never empty).
+    pub dims: Vec<usize>,
+    /// Element strides of each access along each dim.
+    pub accesses: Vec<Vec<i64>>,
+    /// Element strides of the output (0 along reduced dims).
+    pub out: Vec<i64>,
+    /// The expression DAG; the last entry is the kernel's value.
+    pub exprs: Vec<Expr>,
+    /// Set for reductions: the output is combined into, not overwritten.
+    pub reduce: Option<ReduceOp>,
+}
+
+impl LoopKernel {
+    /// Drops unit dims and merges neighbours that every access walks
+    /// contiguously, so a full-shape elementwise kernel is one flat loop.
+    pub fn simplify(&mut self) {
+        let keep: Vec<usize> = (0..self.dims.len())
+            .filter(|&d| self.dims[d] != 1)
+            .collect();
+        let pick = |v: &Vec<i64>| keep.iter().map(|&d| v[d]).collect::<Vec<i64>>();
+        let mut dims: Vec<usize> = keep.iter().map(|&d| self.dims[d]).collect();
+        let mut acc: Vec<Vec<i64>> = self.accesses.iter().map(pick).collect();
+        let mut out = pick(&self.out);
+        if dims.is_empty() {
+            dims.push(1);
+            acc.iter_mut().for_each(|a| a.push(0));
+            out.push(0);
+        }
+        let mut d = dims.len() - 1;
+        while d > 0 {
+            let inner = dims[d] as i64;
+            let merges = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
+            if acc.iter().all(merges) && merges(&out) {
+                dims[d - 1] *= dims[d];
+                dims.remove(d);
+                for s in acc.iter_mut().chain(std::iter::once(&mut out)) {
+                    s.remove(d - 1);
+                }
+            }
+            d -= 1;
+        }
+        self.dims = dims;
+        self.accesses = acc;
+        self.out = out;
+    }
+
+    /// Whether the innermost loop can run on vectors: every access moves
+    /// by 0 or 1 element along it.
+    pub fn vectorizable(&self) -> bool {
+        let last = self.dims.len() - 1;
+        self.accesses
+            .iter()
+            .chain(std::iter::once(&self.out))
+            .all(|s| s[last] == 0 || s[last] == 1)
+    }
+
+    /// Whether threads may split the outermost loop: each writes its own
+    /// part of the output.
+    pub fn splittable(&self) -> bool {
+        self.out[0] != 0
+    }
+}
+
+/// The loop kernel computing stored node `n`, and the stored node each of
+/// its accesses reads.
+pub fn loop_kernel(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    n: Node,
+) -> (LoopKernel, Vec<Node>) {
+    let (space, out, top) = match &g.nodes[n].op {
+        Op::Reduce { arg, axes, .. } => {
+            let ins = &shapes[*arg];
+            let ost = strides(&shapes[n]);
+            let mut out = Vec::new();
+            let mut k = 0;
+            for d in 0..ins.len() {
+                if axes.contains(&d) {
+                    out.push(0);
+                } else {
+                    out.push(ost[k] as i64);
+                    k += 1;
+                }
+            }
+            (ins.clone(), out, *arg)
+        }
+        _ => {
+            let s = shapes[n].clone();
+            let out = strides(&s).iter().map(|&x| x as i64).collect();
+            (s, out, n)
+        }
+    };
+    let mut b = KernelBuilder {
+        g,
+        fu,
+        shapes,
+        rank: space.len(),
+        exprs: Vec::new(),
+        memo: HashMap::new(),
+        accesses: Vec::new(),
+        srcs: Vec::new(),
+    };
+    let ident: Vec<Option<usize>> = (0..space.len()).map(Some).collect();
+    let is_reduce = top != n;
+    b.build(top, &ident, !is_reduce);
+    let reduce = match &g.nodes[n].op {
+        Op::Reduce { op, .. } => Some(*op),
+        _ => None,
+    };
+    let mut k = LoopKernel {
+        dims: space,
+        accesses: b.accesses,
+        out,
+        exprs: b.exprs,
+        reduce,
+    };
+    k.simplify();
+    (k, b.srcs)
+}
+
+struct KernelBuilder<'a> {
+    g: &'a Graph,
+    fu: &'a fusion::Fusion,
+    shapes: &'a SecondaryMap<Node, Vec<usize>>,
+    rank: usize,
+    exprs: Vec<Expr>,
+    memo: HashMap<(Node, Vec<Option<usize>>), usize>,
+    accesses: Vec<Vec<i64>>,
+    srcs: Vec<Node>,
+}
+
+impl KernelBuilder<'_> {
+    fn push(&mut self, e: Expr) -> usize {
+        self.exprs.push(e);
+        self.exprs.len() - 1
+    }
+
+    /// The expression of `n` evaluated where each of its dims is the
+    /// iteration dim `map[j]` (or 0 when `None`). `top`: compute `n` itself
+    /// even though it is stored.
+    fn build(&mut self, n: Node, map: &[Option<usize>], top: bool) -> usize {
+        let key = (n, map.to_vec());
+        if let Some(&e) = self.memo.get(&key) {
+            return e;
+        }
+        let stored = !self.fu.fused.contains(n);
+        let e = if stored && !top {
+            let st = strides(&self.shapes[n]);
+            let mut s = vec![0i64; self.rank];
+            for (j, m) in map.iter().enumerate() {
+                if let Some(d) = m {
+                    s[*d] += st[j] as i64;
+                }
+            }
+            self.srcs.push(n);
+            self.accesses.push(s);
+            let a = self.accesses.len() - 1;
+            self.push(Expr::Load(a))
+        } else {
+            match &self.g.nodes[n].op {
+                Op::Fill { value, .. } => self.push(Expr::Const(*value)),
+                Op::Broadcast(a, _) => {
+                    let from = &self.shapes[*a];
+                    let to = &self.shapes[n];
+                    let off = to.len() - from.len();
+                    let m: Vec<Option<usize>> = (0..from.len())
+                        .map(|j| {
+                            if from[j] == 1 && to[j + off] != 1 {
+                                None
+                            } else {
+                                map[j + off]
+                            }
+                        })
+                        .collect();
+                    self.build(*a, &m, false)
+                }
+                Op::Unary(op, a) => {
+                    let a = self.build(*a, map, false);
+                    self.push(Expr::Unary(*op, a))
+                }
+                Op::Binary(op, a, b) => {
+                    let whole = match op {
+                        BinaryOp::Pow => fusion::pow_exponent(self.g, *b),
+                        _ => None,
+                    };
+                    let a = self.build(*a, map, false);
+                    match whole {
+                        Some(k) => self.push(Expr::PowI(a, k)),
+                        None => {
+                            let b = self.build(*b, map, false);
+                            self.push(Expr::Binary(*op, a, b))
+                        }
+                    }
+                }
+                Op::Compare(op, a, b) => {
+                    let a = self.build(*a, map, false);
+                    let b = self.build(*b, map, false);
+                    self.push(Expr::Compare(*op, a, b))
+                }
+                Op::Select(c, a, b) => {
+                    let c = self.build(*c, map, false);
+                    let a = self.build(*a, map, false);
+                    let b = self.build(*b, map, false);
+                    self.push(Expr::Select(c, a, b))
+                }
+                op => unreachable!("{op:?} is not a loop operation"),
+            }
+        };
+        self.memo.insert(key, e);
+        e
+    }
+}

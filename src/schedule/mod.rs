@@ -1,0 +1,216 @@
+//! The schedule: what a compiled program does, for concrete sizes, in a
+//! form every code generator lowers — the ordered steps (loop kernels
+//! with their expression trees and iteration spaces, GEMMs with their
+//! operand layouts, convolutions, poolings, block copies, loops whose
+//! bodies are schedules of their own, and host steps), the buffers they
+//! read and write (planned by liveness), and where the leaves, outputs
+//! and parameter updates live.
+//!
+//! It holds no backend artifact: a backend compiles it into its own
+//! structure, indexed by step (the Cranelift JIT: a function pointer per
+//! loop step, a compiled program per loop body, scratch per convolution).
+//!
+//! ```text
+//! fused graph ──build──▶ Schedule ──verify──▶ code generator
+//!             (sizes bound,         (ranges,      jit, (opencl), (aot)
+//!              buffers planned)      aliasing)
+//! ```
+//!
+//! [`build`] makes one from a [`Fused`](crate::pipeline::Fused) graph
+//! and the sizes of its symbolic dimensions; [`Schedule::verify`] checks
+//! the invariants the backends' unchecked memory accesses rely on, and
+//! runs after every build in debug builds and tests.
+
+mod buffers;
+mod build;
+mod geometry;
+mod kernel;
+mod verify;
+
+pub use build::build;
+pub use geometry::{Blocks, Conv, ConvPass, Pool};
+pub use kernel::{loop_kernel, Expr, LoopKernel};
+pub use verify::VerifyError;
+
+use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
+use cranelift_entity::packed_option::PackedOption;
+use cranelift_entity::{entity_impl, PrimaryMap, SecondaryMap};
+
+/// A buffer of `f32`s.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(u32);
+entity_impl!(BufId, "buf");
+
+/// A program for concrete sizes.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The optimised graph the steps compute (host steps evaluate its
+    /// nodes; logs describe them).
+    pub graph: Graph,
+    /// Every node's shape, where it could be bound.
+    pub shapes: SecondaryMap<Node, Vec<usize>>,
+    /// The buffer holding each stored node (a view shares its base's);
+    /// none for a node computed inside its readers' kernels.
+    pub buf_of: SecondaryMap<Node, PackedOption<BufId>>,
+    /// Each buffer's length in floats.
+    pub bufs: PrimaryMap<BufId, usize>,
+    pub steps: Vec<Step>,
+    /// Where the fed inputs, parameters and constants are placed before
+    /// the steps run.
+    pub inputs: Vec<(InputId, BufId)>,
+    pub params: Vec<(ParamId, BufId)>,
+    pub consts: Vec<(ConstId, BufId)>,
+    /// The buffer of each of the graph's outputs, in order.
+    pub outputs: Vec<BufId>,
+    /// The buffer each update is taken from after the steps, in the
+    /// graph's order: it belongs to that update alone.
+    pub updates: Vec<(ParamId, BufId)>,
+}
+
+/// One step of a schedule.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A loop kernel writing `out`; `args[k]` is the buffer of access `k`.
+    Loop {
+        kernel: LoopKernel,
+        out: BufId,
+        args: Vec<BufId>,
+        /// For reductions: the output's starting value, and for a mean
+        /// the count it is divided by (a division, as the interpreter's,
+        /// not a product with 1/count, which rounds differently).
+        init: Option<f32>,
+        divisor: Option<f32>,
+    },
+    /// Matrix products: for each pair of offsets, `out[i] = a[a_offs[i]..]
+    /// @ b[b_offs[i]..]`, the outputs consecutive row-major m×n matrices.
+    MatMul {
+        a: BufId,
+        b: BufId,
+        out: BufId,
+        a_offs: Vec<usize>,
+        b_offs: Vec<usize>,
+        dims: Gemm,
+    },
+    /// `dst` = `src` (of `shape`) with its axes permuted.
+    Transpose {
+        src: BufId,
+        dst: BufId,
+        shape: Vec<usize>,
+        perm: Vec<usize>,
+    },
+    /// A convolution or one of its gradients, from operands `a` and `b`
+    /// as [`ConvPass`] says.
+    Conv {
+        pass: ConvPass,
+        geo: Conv,
+        a: BufId,
+        b: BufId,
+        out: BufId,
+    },
+    /// A pooling (`gy: None`) or its gradient.
+    Pool {
+        geo: Pool,
+        x: BufId,
+        gy: Option<BufId>,
+        out: BufId,
+    },
+    /// A slice (one part) or a concatenation (several): block copies.
+    Copy {
+        parts: Vec<(BufId, Blocks)>,
+        out: BufId,
+    },
+    /// A loop running its body's schedule once per step.
+    Scan(Box<ScanStep>),
+    /// Any other operation, computed by the interpreter's routine from
+    /// its arguments' buffers.
+    Host { node: Node, out: BufId },
+}
+
+/// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
+/// (row, column) strides, `o` row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a_rc: (isize, isize),
+    pub b_rc: (isize, isize),
+}
+
+/// A compiled `scan`: its body's schedule and how the loop feeds it.
+#[derive(Clone, Debug)]
+pub struct ScanStep {
+    pub body: Schedule,
+    pub init: BufId,
+    pub xs: Vec<BufId>,
+    pub args: Vec<BufId>,
+    pub out: BufId,
+    pub steps: usize,
+    /// Floats of the carry (and of each stacked result).
+    pub carry_len: usize,
+    /// Floats per step of each sequence.
+    pub step_lens: Vec<usize>,
+    pub reverse: bool,
+    /// Add the steps' results into `out` instead of stacking them (the
+    /// body does not read its carry; fusion's `scan-sum`).
+    pub sum: bool,
+    /// The body's buffer for each operand (the carry, the sequences' step
+    /// slices, the extra arguments, in that order), where the body reads
+    /// it.
+    pub slots: Vec<Option<BufId>>,
+}
+
+impl Schedule {
+    /// The buffer of stored node `n`.
+    pub fn buf(&self, n: Node) -> Option<BufId> {
+        self.buf_of[n].expand()
+    }
+
+    /// The floats a run needs for its buffers (loop bodies included).
+    pub fn floats(&self) -> usize {
+        let own: usize = self.bufs.values().sum();
+        let bodies: usize = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Scan(sc) => sc.body.floats(),
+                _ => 0,
+            })
+            .sum();
+        own + bodies
+    }
+}
+
+impl Step {
+    /// One line for `NNC_LOG=plan` and `NNC_LOG=profile`.
+    pub fn describe(&self, g: &Graph) -> String {
+        match self {
+            Step::Loop {
+                kernel, out, args, ..
+            } => format!(
+                "loop over {} elements into {out}, reading {args:?}",
+                kernel.dims.iter().product::<usize>()
+            ),
+            Step::MatMul { a_offs, dims, .. } => {
+                let Gemm { m, k, n, .. } = dims;
+                format!("gemm {}x({m}x{k} @ {k}x{n})", a_offs.len())
+            }
+            Step::Transpose { shape, perm, .. } => format!("transpose {shape:?} by {perm:?}"),
+            Step::Conv { pass, geo, .. } => format!("convolution {pass:?} {geo:?}"),
+            Step::Pool { geo, gy, .. } => {
+                let dir = if gy.is_some() { "gradient" } else { "forward" };
+                format!("pooling {dir} {geo:?}")
+            }
+            Step::Copy { parts, .. } => format!("block copy {parts:?}"),
+            Step::Scan(sc) => format!(
+                "scan of {} steps, a body of {} steps",
+                sc.steps,
+                sc.body.steps.len()
+            ),
+            Step::Host { node, .. } => format!(
+                "host {node}: {}",
+                crate::passes::fusion::op_name(&g.nodes[*node].op)
+            ),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The schedule verifier. The backends index their buffers without bounds
+//! checks (compiled kernels, GEMMs through raw pointers), so everything
+//! they rely on is checked here, once, before any of it runs:
+//!
+//! 1. every buffer a step names exists;
+//! 2. every loop kernel's accesses (and its output) stay inside their
+//!    buffers over the whole iteration space, with strides that are not
+//!    negative;
+//! 3. every GEMM's operands, at every offset, lie inside their buffers,
+//!    its outputs fit, and the output is neither operand;
+//! 4. transposes, convolutions, poolings and block copies read and write
+//!    inside their buffers, never writing what they read;
+//! 5. every update's buffer belongs to no input, parameter, constant or
+//!    other update (it is swapped into its parameter after a step);
+//! 6. a loop's body verifies, and its operands fit the body's slots.
+//!
+//! A failure is a compiler bug: [`build`](super::build) runs this in debug
+//! builds and tests, and reports one as an internal error.
+
+use super::{BufId, Schedule, Step};
+use std::collections::HashSet;
+
+/// What the verifier found wrong, with the step it is in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("step {step}: {message}")]
+pub struct VerifyError {
+    /// The index of the step (or `usize::MAX` for the leaves and updates).
+    pub step: usize,
+    pub message: String,
+}
+
+/// The highest element an access of `strides` reaches over `dims` from
+/// offset `at`, or `None` when the space is empty (nothing is read).
+fn reach(at: usize, dims: &[usize], strides: &[i64]) -> Result<Option<usize>, String> {
+    if dims.contains(&0) {
+        return Ok(None);
+    }
+    let mut hi = at as u128;
+    for (&d, &s) in dims.iter().zip(strides) {
+        if s < 0 {
+            return Err(format!("negative stride {s}"));
+        }
+        hi += (d as u128 - 1) * s as u128;
+    }
+    Ok(Some(usize::try_from(hi).unwrap_or(usize::MAX)))
+}
+
+impl Schedule {
+    /// Checks the invariants listed in this module's documentation.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        for (i, step) in self.steps.iter().enumerate() {
+            self.verify_step(step)
+                .map_err(|message| VerifyError { step: i, message })?;
+        }
+        self.verify_updates().map_err(|message| VerifyError {
+            step: usize::MAX,
+            message,
+        })
+    }
+
+    fn len(&self, b: BufId) -> Result<usize, String> {
+        self.bufs
+            .get(b)
+            .copied()
+            .ok_or_else(|| format!("{b} does not exist"))
+    }
+
+    /// `[at, at + count)` of `b` — or the reach of an access — inside it.
+    fn inside(&self, b: BufId, last: Option<usize>, what: &str) -> Result<(), String> {
+        let len = self.len(b)?;
+        match last {
+            Some(hi) if hi >= len => Err(format!(
+                "{what} reaches element {hi} of {b}, which holds {len}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn verify_step(&self, step: &Step) -> Result<(), String> {
+        let span = |at: usize, n: usize| (n > 0).then(|| at + n - 1);
+        let distinct = |out: BufId, ins: &[BufId], what: &str| match ins.contains(&out) {
+            true => Err(format!("{what} writes {out}, which it also reads")),
+            false => Ok(()),
+        };
+        match step {
+            Step::Loop {
+                kernel, out, args, ..
+            } => {
+                if kernel.accesses.len() != args.len() {
+                    return Err(format!(
+                        "a loop kernel with {} accesses is given {} buffers",
+                        kernel.accesses.len(),
+                        args.len()
+                    ));
+                }
+                let space = &kernel.dims;
+                if space.is_empty()
+                    || kernel.out.len() != space.len()
+                    || kernel.accesses.iter().any(|a| a.len() != space.len())
+                {
+                    return Err("a loop kernel's strides do not match its dimensions".into());
+                }
+                for (k, (&b, st)) in args.iter().zip(&kernel.accesses).enumerate() {
+                    self.inside(b, reach(0, space, st)?, &format!("access {k}"))?;
+                }
+                self.inside(*out, reach(0, space, &kernel.out)?, "the output")
+            }
+            Step::MatMul {
+                a,
+                b,
+                out,
+                a_offs,
+                b_offs,
+                dims,
+            } => {
+                if a_offs.len() != b_offs.len() {
+                    return Err("a GEMM's operands have different batch counts".into());
+                }
+                distinct(*out, &[*a, *b], "a GEMM")?;
+                let (m, k, n) = (dims.m, dims.k, dims.n);
+                let stride = |rc: (isize, isize)| -> Result<[i64; 2], String> {
+                    Ok([rc.0 as i64, rc.1 as i64])
+                };
+                for (&ao, &bo) in a_offs.iter().zip(b_offs) {
+                    self.inside(*a, reach(ao, &[m, k], &stride(dims.a_rc)?)?, "operand a")?;
+                    self.inside(*b, reach(bo, &[k, n], &stride(dims.b_rc)?)?, "operand b")?;
+                }
+                self.inside(*out, span(0, a_offs.len() * m * n), "the GEMM's output")
+            }
+            Step::Transpose {
+                src,
+                dst,
+                shape,
+                perm,
+            } => {
+                let n: usize = shape.iter().product();
+                let mut sorted = perm.clone();
+                sorted.sort_unstable();
+                if sorted != (0..shape.len()).collect::<Vec<_>>() || shape.len() > 8 {
+                    return Err(format!("{perm:?} is not a permutation of rank ≤ 8"));
+                }
+                distinct(*dst, &[*src], "a transpose")?;
+                self.inside(*src, span(0, n), "the transpose's input")?;
+                self.inside(*dst, span(0, n), "the transpose's output")
+            }
+            Step::Conv {
+                pass,
+                geo,
+                a,
+                b,
+                out,
+            } => {
+                use super::ConvPass::*;
+                distinct(*out, &[*a, *b], "a convolution")?;
+                let x = geo.n * geo.c * geo.h * geo.w;
+                let w = geo.o * geo.c * geo.kh * geo.kw;
+                let y = geo.n * geo.o * geo.oh * geo.ow;
+                let (la, lb, lo) = match pass {
+                    Forward => (x, w, y),
+                    BackInput => (y, w, x),
+                    BackWeight => (x, y, w),
+                };
+                let oh = (geo.h + 2 * geo.pad)
+                    .checked_sub(geo.kh)
+                    .map(|d| d / geo.stride.max(1) + 1);
+                let ow = (geo.w + 2 * geo.pad)
+                    .checked_sub(geo.kw)
+                    .map(|d| d / geo.stride.max(1) + 1);
+                if geo.stride == 0 || oh != Some(geo.oh) || ow != Some(geo.ow) {
+                    return Err(format!("inconsistent convolution geometry {geo:?}"));
+                }
+                self.inside(*a, span(0, la), "the convolution's first operand")?;
+                self.inside(*b, span(0, lb), "the convolution's second operand")?;
+                self.inside(*out, span(0, lo), "the convolution's output")
+            }
+            Step::Pool { geo, x, gy, out } => {
+                let (xl, yl) = (geo.planes * geo.h * geo.w, geo.planes * geo.oh * geo.ow);
+                if geo.stride == 0 || geo.size == 0 {
+                    return Err(format!("inconsistent pooling geometry {geo:?}"));
+                }
+                let fits = |o: usize, len: usize| o == 0 || (o - 1) * geo.stride + geo.size <= len;
+                if !fits(geo.oh, geo.h) || !fits(geo.ow, geo.w) {
+                    return Err(format!("a pooling window leaves its input: {geo:?}"));
+                }
+                let mut reads = vec![*x];
+                reads.extend(*gy);
+                distinct(*out, &reads, "a pooling")?;
+                self.inside(*x, span(0, xl), "the pooling's input")?;
+                match gy {
+                    Some(gy) => {
+                        self.inside(*gy, span(0, yl), "the pooling's gradient")?;
+                        self.inside(*out, span(0, xl), "the pooling gradient's output")
+                    }
+                    None => self.inside(*out, span(0, yl), "the pooling's output"),
+                }
+            }
+            Step::Copy { parts, out } => {
+                for (src, bl) in parts {
+                    distinct(*out, &[*src], "a block copy")?;
+                    if bl.count == 0 || bl.len == 0 {
+                        continue;
+                    }
+                    let last = |at: usize, stride: usize| at + (bl.count - 1) * stride + bl.len - 1;
+                    self.inside(
+                        *src,
+                        Some(last(bl.src_at, bl.src_stride)),
+                        "a copy's source",
+                    )?;
+                    self.inside(
+                        *out,
+                        Some(last(bl.dst_at, bl.dst_stride)),
+                        "a copy's target",
+                    )?;
+                }
+                Ok(())
+            }
+            Step::Scan(sc) => {
+                sc.body
+                    .verify()
+                    .map_err(|e| format!("in the loop's body: {e}"))?;
+                let mut reads = vec![sc.init];
+                reads.extend(&sc.xs);
+                reads.extend(&sc.args);
+                distinct(sc.out, &reads, "a loop")?;
+                if sc.slots.len() != 1 + sc.xs.len() + sc.args.len()
+                    || sc.step_lens.len() != sc.xs.len()
+                {
+                    return Err("a loop's operands do not match its body's inputs".into());
+                }
+                let results = if sc.sum { 1 } else { sc.steps };
+                self.inside(sc.init, span(0, sc.carry_len), "the loop's initial carry")?;
+                self.inside(
+                    sc.out,
+                    span(0, results * sc.carry_len),
+                    "the loop's results",
+                )?;
+                for (&x, &len) in sc.xs.iter().zip(&sc.step_lens) {
+                    self.inside(x, span(0, sc.steps * len), "a loop's sequence")?;
+                }
+                let lens = std::iter::once(sc.carry_len)
+                    .chain(sc.step_lens.iter().copied())
+                    .chain(
+                        sc.args
+                            .iter()
+                            .map(|&a| self.bufs.get(a).copied().unwrap_or(0)),
+                    );
+                for (slot, len) in sc.slots.iter().zip(lens) {
+                    if let Some(b) = slot {
+                        if sc.body.len(*b)? != len {
+                            return Err(format!("the body's {b} does not hold its operand"));
+                        }
+                    }
+                }
+                let result = sc
+                    .body
+                    .outputs
+                    .first()
+                    .ok_or("a loop body without a result")?;
+                if sc.body.len(*result)? != sc.carry_len {
+                    return Err("the body's result is not the size of the carry".into());
+                }
+                Ok(())
+            }
+            Step::Host { node, out } => {
+                let n: usize = self.shapes[*node].iter().product();
+                if self.len(*out)? != n {
+                    return Err(format!("a host step's output {out} does not hold {node}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn verify_updates(&self) -> Result<(), String> {
+        let mut taken: HashSet<BufId> = self
+            .inputs
+            .iter()
+            .map(|&(_, b)| b)
+            .chain(self.params.iter().map(|&(_, b)| b))
+            .chain(self.consts.iter().map(|&(_, b)| b))
+            .collect();
+        for &(p, b) in &self.updates {
+            self.len(b)?;
+            if !taken.insert(b) {
+                return Err(format!(
+                    "the update of parameter {p} would take {b}, which belongs to a leaf or another update"
+                ));
+            }
+        }
+        for &b in &self.outputs {
+            self.len(b)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The schedule verifier rejects a deliberately corrupted schedule of each
+//! kind it guards against, and accepts what the scheduler builds.
+
+use cranelift_entity::SecondaryMap;
+use nnc::pipeline::{self, Stage};
+use nnc::schedule::{Schedule, Step};
+
+/// A matmul, an elementwise chain and a state update, for B = 4.
+fn schedule() -> Schedule {
+    let src = "input x: [B, 3]\n\
+               param w: [3, 5] = uniform(-1, 1, seed = 1)\n\
+               state s: [5] = zeros()\n\
+               output y = tanh(x @ w + 1)\n\
+               output m = sum(assign(s, mean(x @ w, axis = 0)))\n";
+    let c = pipeline::compile("sched.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let mut syms = SecondaryMap::new();
+    let b = g.syms.keys().next().expect("B");
+    syms[b] = Some(4);
+    pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules")
+}
+
+fn rejects(s: &Schedule, what: &str) -> String {
+    let e = s.verify().expect_err(what).to_string();
+    eprintln!("{what}: {e}");
+    e
+}
+
+#[test]
+fn a_built_schedule_verifies() {
+    let s = schedule();
+    s.verify().expect("verifies");
+    assert!(s.steps.iter().any(|st| matches!(st, Step::MatMul { .. })));
+    assert!(s.steps.iter().any(|st| matches!(st, Step::Loop { .. })));
+    assert_eq!(s.updates.len(), 1);
+}
+
+#[test]
+fn an_access_out_of_its_buffer_is_rejected() {
+    let mut s = schedule();
+    let step = s
+        .steps
+        .iter_mut()
+        .find_map(|st| match st {
+            Step::Loop { kernel, .. } => Some(kernel),
+            _ => None,
+        })
+        .expect("a loop kernel");
+    step.dims[0] += 1;
+    let e = rejects(&s, "an iteration space one row too long");
+    assert!(e.contains("reaches element"), "{e}");
+}
+
+#[test]
+fn a_gemm_writing_its_operand_is_rejected() {
+    let mut s = schedule();
+    for st in s.steps.iter_mut() {
+        if let Step::MatMul { a, out, .. } = st {
+            *out = *a;
+        }
+    }
+    let e = rejects(&s, "a GEMM whose output is its left operand");
+    assert!(
+        e.contains("writes") && e.contains("which it also reads"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_gemm_operand_out_of_range_is_rejected() {
+    let mut s = schedule();
+    for st in s.steps.iter_mut() {
+        if let Step::MatMul { b_offs, .. } = st {
+            b_offs[0] += 1;
+        }
+    }
+    let e = rejects(&s, "a GEMM reading one float past its operand");
+    assert!(e.contains("operand b reaches element"), "{e}");
+}
+
+#[test]
+fn an_update_aliasing_a_parameter_is_rejected() {
+    let mut s = schedule();
+    let w = s.params[0].1;
+    s.updates[0].1 = w;
+    let e = rejects(&s, "an update taking a parameter's buffer");
+    assert!(e.contains("belongs to a leaf or another update"), "{e}");
+}
+
+#[test]
+fn a_missing_buffer_is_rejected() {
+    let mut s = schedule();
+    let bogus = cranelift_entity::EntityRef::new(s.bufs.len() + 3);
+    if let Some(Step::Loop { out, .. }) = s
+        .steps
+        .iter_mut()
+        .find(|st| matches!(st, Step::Loop { .. }))
+    {
+        *out = bogus;
+    }
+    let e = rejects(&s, "a step writing a buffer that does not exist");
+    assert!(e.contains("does not exist"), "{e}");
+}
