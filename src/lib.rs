@@ -45,6 +45,7 @@ pub mod backend;
 pub mod data;
 pub mod diag;
 pub mod driver;
+pub mod exec;
 pub mod ir;
 pub mod log;
 pub mod passes;

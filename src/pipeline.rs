@@ -78,24 +78,10 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     }
 }
 
-/// A graph ready to schedule: optimised ([`passes::optimize`]: CSE,
-/// loop-invariant code motion), fused into kernels ([`fusion::fuse`]),
-/// and likewise each loop body it runs.
-///
-/// [`passes::optimize`]: crate::passes::optimize
-/// [`fusion::fuse`]: crate::passes::fusion::fuse
-pub struct Fused {
-    pub graph: Graph,
-    /// The outputs, then the updates: what the program computes.
-    pub roots: Vec<ir::Node>,
-    pub fusion: crate::passes::fusion::Fusion,
-    pub bodies: std::collections::HashMap<ir::BodyId, Fused>,
-}
-
 /// The stages after the step graphs, for one graph: optimise, then fuse
 /// (`NNC_LOG=fusion` prints why), recursively into loop bodies. What is
 /// fused here is what every backend runs, and what `--emit fused` shows.
-pub fn fuse(g: &Graph) -> Fused {
+pub fn fuse(g: &Graph) -> crate::schedule::Fused {
     let graph = crate::passes::optimize(g);
     let roots: Vec<ir::Node> = graph
         .outputs
@@ -106,7 +92,7 @@ pub fn fuse(g: &Graph) -> Fused {
     let fusion = crate::passes::fusion::fuse(&graph, &roots);
     crate::log::lines("fusion", &fusion.log);
     let bodies = graph.bodies.iter().map(|(id, b)| (id, fuse(b))).collect();
-    Fused {
+    crate::schedule::Fused {
         graph,
         roots,
         fusion,
@@ -116,16 +102,16 @@ pub fn fuse(g: &Graph) -> Fused {
 
 /// The kernels of a fused graph as `--emit fused` prints them (loop
 /// bodies are fused likewise, and not printed).
-pub fn print_fused(f: &Fused) -> String {
+pub fn print_fused(f: &crate::schedule::Fused) -> String {
     crate::passes::fusion::print(&f.graph, &f.fusion)
 }
 
 /// The schedule of a fused graph for the given sizes of its symbolic
 /// dimensions: the last stage before a code generator.
 pub fn schedule(
-    f: &Fused,
+    f: &crate::schedule::Fused,
     syms: &cranelift_entity::SecondaryMap<ir::Sym, Option<usize>>,
-) -> Result<crate::schedule::Schedule, crate::backend::Error> {
+) -> Result<crate::schedule::Schedule, crate::exec::Error> {
     crate::schedule::build(f, syms)
 }
 

@@ -154,7 +154,7 @@ proptest! {
         let c = pipeline::compile("extreme_grad.nn", &gsource, Stage::Ir);
         prop_assert!(!c.diags.has_errors(), "{}\n{}", gsource, c.render(false));
         let g = c.graph.expect("graph");
-        let gv = |b| nnc::driver::cli::grad_values(&g, None, None, 0, b).expect("gradients");
+        let gv = |b| nnc::driver::graphs::grad_values(&g, None, None, 0, b).expect("gradients");
         // The loss, a sum over values up to ±f32::MAX, depends on the
         // order of summation (which the backends do not share): only the
         // gradients are compared.

@@ -99,7 +99,7 @@ fn check_on(model: &str, body: &str, backend: BackendKind) {
 
     // Loss and gradients.
     let (loss, grads, _) =
-        nnc::driver::cli::grad_values(&g, Some(&train), None, 0, backend).expect("gradients");
+        nnc::driver::graphs::grad_values(&g, Some(&train), None, 0, backend).expect("gradients");
     let want_loss = m["loss"].as_f64().expect("loss") as f32;
     assert_close(
         &format!("{model} loss"),
@@ -266,7 +266,7 @@ fn check_forward_on(
         assert_close(&format!("{model} {name}"), &outs[i], &want);
     }
     let (_, grads, _) =
-        nnc::driver::cli::grad_values(&g, None, None, 0, backend).expect("gradients");
+        nnc::driver::graphs::grad_values(&g, None, None, 0, backend).expect("gradients");
     let (_, gx) = grads
         .iter()
         .find(|(n, _)| n == "x")

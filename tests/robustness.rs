@@ -43,7 +43,7 @@ fn every_prefix_of_every_file_compiles_or_fails_cleanly() {
                             nnc::backend::BackendKind::Interp,
                             nnc::backend::BackendKind::Jit,
                         ] {
-                            let _ = nnc::driver::cli::run_graph(g, 0, b);
+                            let _ = nnc::driver::graphs::run_graph(g, 0, b);
                         }
                     } else {
                         assert!(c.diags.has_errors(), "no graph and no error");

@@ -600,8 +600,6 @@ fn both_backends_train_the_digits_mlp_alike() {
     assert!((j - i).abs() <= 1e-3 * i.abs(), "jit {j}, interp {i}");
 }
 
-type MetaEdit = dyn Fn(&mut HashMap<String, String>);
-
 /// Rewrites the metadata of the checkpoint at `from` into `to`, with
 /// `edit` applied (the tensors unchanged).
 fn with_metadata(from: &Path, to: &Path, edit: impl Fn(&mut HashMap<String, String>)) {
@@ -625,39 +623,23 @@ fn impossible_checkpoint_metadata_is_refused_before_training() {
         s(&good),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let cases: [(&str, &MetaEdit, &str); 4] = [
-        (
-            "neg",
-            &|m| {
-                m.insert("epoch".into(), "-1".into());
-            },
-            "its `epoch` is `-1`, not a count",
-        ),
-        (
-            "huge",
-            &|m| {
-                m.insert("epoch".into(), "1e23".into());
-            },
-            "its `epoch` is `1e23`, not a count",
-        ),
-        (
-            "format",
-            &|m| {
-                m.insert("format".into(), "other".into());
-            },
-            "its format is `other`",
-        ),
+    // (metadata key, its bad value, what the error says)
+    let cases = [
+        ("epoch", "-1", "its `epoch` is `-1`, not a count"),
+        ("epoch", "1e23", "its `epoch` is `1e23`, not a count"),
+        ("format", "other", "its format is `other`"),
         (
             "seed",
-            &|m| {
-                m.insert("seed".into(), "7".into());
-            },
+            "7",
             "was trained with seed 7, and this run's seed is",
         ),
     ];
-    for (name, edit, expected) in cases {
-        let bad = d.join(format!("{name}.st"));
-        with_metadata(&good, &bad, edit);
+    for (key, value, expected) in cases {
+        let name = format!("{key}={value}");
+        let bad = d.join(format!("{key}-{value}.st"));
+        with_metadata(&good, &bad, |m| {
+            m.insert(key.into(), value.into());
+        });
         let o = nnc(&[
             "--color",
             "never",

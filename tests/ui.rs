@@ -13,7 +13,7 @@
 //! Each snapshot's header holds the source it came from.
 
 use nnc::backend::BackendKind;
-use nnc::driver::cli::run_graph;
+use nnc::driver::graphs::run_graph;
 use nnc::pipeline::{self, Stage};
 use std::path::Path;
 
@@ -122,7 +122,7 @@ fn fused() {
         let g = c.graph.expect("compiled");
         let mut text = String::new();
         for (phase, graph) in
-            nnc::driver::cli::compiled_graphs(&g, c.train.as_ref()).expect("step graphs")
+            nnc::driver::graphs::compiled_graphs(&g, c.train.as_ref()).expect("step graphs")
         {
             let fused = pipeline::fuse(&graph);
             nnc::ir::verify(&fused.graph).expect("the graph verifies after optimising");

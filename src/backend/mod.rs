@@ -5,12 +5,11 @@
 
 pub mod interp;
 pub mod jit;
-pub mod memory;
 
+pub use crate::exec::{bind, memory, Error};
 use crate::ir::{Graph, InputId, ParamId};
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
-pub use interp::Error;
 
 /// Which backend runs a graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -44,7 +43,7 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
         match self {
-            Engine::Interp(g) => interp::run(g, &interp::Feed { params, inputs }),
+            Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }),
             Engine::Jit(j) => j.eval(params, inputs),
         }
     }
@@ -85,7 +84,7 @@ impl<'g> Engine<'g> {
     ) -> Result<(), Error> {
         match self {
             Engine::Interp(g) if step => interp::step(g, params, inputs).map(|_| ()),
-            Engine::Interp(g) => interp::run(g, &interp::Feed { params, inputs }).map(|_| ()),
+            Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }).map(|_| ()),
             Engine::Jit(j) => j.again(params, step),
         }
     }

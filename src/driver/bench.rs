@@ -14,7 +14,9 @@
 //! generation (the JIT compiles when the step is prepared, not on the first
 //! timed run).
 
-use super::cli::{bind_dims, compiled_graphs, load, BenchArgs, Format, Outcome};
+use super::args::{BenchArgs, Format};
+use super::graphs::{bind_dims, compiled_graphs};
+use super::outcome::{load, Outcome};
 use crate::backend::{interp, Engine};
 use crate::ir::{Graph, InputId};
 use crate::pipeline::Stage;
@@ -132,12 +134,12 @@ fn random_inputs(
         bound[s] = Some(syms[s].unwrap_or(1));
     }
     let mut shapes = Vec::new();
-    let mut budget = crate::backend::memory::Budget::default();
+    let mut budget = crate::exec::memory::Budget::default();
     for (i, info) in g.inputs.iter() {
         if info.default.is_some() || info.name == crate::ir::RNG_KEY_INPUT {
             continue;
         }
-        let shape = interp::concrete_shape(g, &bound, &info.ty.shape, info.span)?;
+        let shape = crate::exec::bind::concrete_shape(g, &bound, &info.ty.shape, info.span)?;
         budget.add(shape.iter().product(), || info.name.clone(), info.span);
         shapes.push((i, shape));
     }

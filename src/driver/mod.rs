@@ -1,7 +1,10 @@
 //! The user-facing drivers: the `nnc` command line (and, later, the REPL).
 
+pub mod args;
 pub mod bench;
 pub mod cli;
+pub mod graphs;
+pub mod outcome;
 pub mod output;
 pub mod repl;
 pub mod train;

@@ -1,7 +1,8 @@
 //! `nnc train`: the training loop of [`crate::train`] with a progress bar,
 //! one line per epoch and a final summary.
 
-use super::cli::{load, Outcome, TrainArgs};
+use super::args::TrainArgs;
+use super::outcome::{load, Outcome};
 use crate::pipeline::Stage;
 use crate::train::{self, Event, Options};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

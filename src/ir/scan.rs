@@ -1,6 +1,7 @@
 //! The typing rule of [`Op::Scan`], which checks the body graph against
 //! the operands.
 
+use super::infer::bad;
 use super::*;
 use cranelift_entity::EntityRef;
 

@@ -114,7 +114,7 @@ pub fn element_count(shape: &[Dim]) -> (u64, Vec<Sym>) {
 /// for a run — so element counts, byte counts and the products of any of
 /// a shape's dimensions (strides, offsets, `m·n·k`) are computed without
 /// overflow everywhere after. Whether that many bytes can be had is the
-/// memory budget's question ([`crate::backend::memory`]).
+/// memory budget's question ([`crate::exec::memory`]).
 pub const MAX_ELEMENTS: u64 = 1 << 48;
 
 /// The element count of a concrete shape, or `None` when it exceeds

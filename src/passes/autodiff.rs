@@ -338,7 +338,7 @@ fn vjp(
             if need(x) {
                 // A constant exponent gives a constant b − 1 (so `x ^ 2`'s
                 // derivative compiles to a product, not a `powf`).
-                let ym1 = match super::fusion::constant_value(b.g, *y) {
+                let ym1 = match crate::ir::constant::constant_value(b.g, *y) {
                     Some(c) => b.fill_like(c - 1.0, *y, sp)?,
                     None => {
                         let one = b.fill_like(1.0, *y, sp)?;

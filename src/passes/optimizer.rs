@@ -20,29 +20,7 @@
 use super::build::Builder;
 use crate::diag::{Diag, Span};
 use crate::ir::{BinaryOp, Dim, Graph, Init, Node, Op, ParamId, ParamInfo, Role, UnaryOp, Update};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Kind {
-    Sgd,
-    Momentum {
-        momentum: f32,
-        nesterov: bool,
-    },
-    Adam {
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        bias_correction: bool,
-        decoupled: bool,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Optimizer {
-    pub kind: Kind,
-    pub lr: f32,
-    pub weight_decay: f32,
-}
+pub use crate::sema::optimizer::{Kind, Optimizer};
 
 /// A trainable parameter: its id, its node in the graph, its gradient.
 pub struct Target {

@@ -5,7 +5,7 @@
 //! of its own (a copy where its value shares one).
 
 use super::BufId;
-use crate::backend::Error;
+use crate::exec::Error;
 use crate::ir::{Graph, Node, Op};
 use crate::passes::fusion::{Fusion, Kind};
 use cranelift_entity::packed_option::PackedOption;
@@ -57,7 +57,7 @@ impl BufferPlan {
     /// first node stored in it) and checks them against the memory
     /// budget before anything is allocated.
     pub fn check_budget(&self, g: &Graph, fu: &Fusion) -> Result<(), Error> {
-        let mut budget = crate::backend::memory::Budget::default();
+        let mut budget = crate::exec::memory::Budget::default();
         let mut seen: SecondaryMap<BufId, bool> = SecondaryMap::new();
         for &(n, kind) in &fu.kernels {
             let Some(b) = self.buf_of[n].expand() else {

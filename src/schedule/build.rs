@@ -6,11 +6,11 @@
 //! the memory budget before anything is allocated.
 
 use super::buffers::{plan_buffers, BufferPlan};
+use super::Fused;
 use super::{loop_kernel, Blocks, BufId, Conv, ConvPass, Gemm, Pool, ScanStep, Schedule, Step};
-use crate::backend::{interp, Error};
+use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
-use crate::pipeline::Fused;
 use crate::tensor::strides;
 use cranelift_entity::SecondaryMap;
 
@@ -40,7 +40,7 @@ struct Builder<'f> {
 impl<'f> Builder<'f> {
     fn new(f: &'f Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Builder<'f>, Error> {
         let (g, fu) = (&f.graph, &f.fusion);
-        let concrete = |shape: &[Dim], span| interp::concrete_shape(g, syms, shape, span);
+        let concrete = |shape: &[Dim], span| bind::concrete_shape(g, syms, shape, span);
         let mut shapes: Shapes = SecondaryMap::new();
         for (n, d) in g.nodes.iter() {
             if let Ok(s) = concrete(&d.ty.shape, d.span) {
@@ -454,7 +454,7 @@ impl<'f> Builder<'f> {
         operands.extend(xs.iter().map(|x| shapes[*x][1..].to_vec()));
         operands.extend(args.iter().map(|a| shapes[*a].clone()));
         let ids: Vec<InputId> = bg.inputs.keys().collect();
-        let syms = interp::bind_syms_by(bg, |i| {
+        let syms = bind::bind_syms_by(bg, |i| {
             ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
         })?;
         let body = build(fused_body, &syms)?;

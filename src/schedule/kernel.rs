@@ -213,7 +213,7 @@ impl KernelBuilder<'_> {
                 }
                 Op::Binary(op, a, b) => {
                     let whole = match op {
-                        BinaryOp::Pow => fusion::pow_exponent(self.g, *b),
+                        BinaryOp::Pow => crate::ir::constant::pow_exponent(self.g, *b),
                         _ => None,
                     };
                     let a = self.build(*a, map, false);

@@ -16,7 +16,7 @@
 //!              buffers planned)      aliasing)
 //! ```
 //!
-//! [`build`] makes one from a [`Fused`](crate::pipeline::Fused) graph
+//! [`build`] makes one from a [`Fused`] graph
 //! and the sizes of its symbolic dimensions; [`Schedule::verify`] checks
 //! the invariants the backends' unchecked memory accesses rely on, and
 //! runs after every build in debug builds and tests.
@@ -35,6 +35,21 @@ pub use verify::VerifyError;
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
 use cranelift_entity::packed_option::PackedOption;
 use cranelift_entity::{entity_impl, PrimaryMap, SecondaryMap};
+
+/// What scheduling takes: a graph optimised ([`passes::optimize`]: CSE,
+/// loop-invariant code motion) and fused into kernels ([`fusion::fuse`]),
+/// and likewise each loop body it runs ([`crate::pipeline::fuse`] makes
+/// one).
+///
+/// [`passes::optimize`]: crate::passes::optimize
+/// [`fusion::fuse`]: crate::passes::fusion::fuse
+pub struct Fused {
+    pub graph: crate::ir::Graph,
+    /// The outputs, then the updates: what the program computes.
+    pub roots: Vec<crate::ir::Node>,
+    pub fusion: crate::passes::fusion::Fusion,
+    pub bodies: std::collections::HashMap<crate::ir::BodyId, Fused>,
+}
 
 /// A buffer of `f32`s.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

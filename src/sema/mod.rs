@@ -16,6 +16,7 @@
 
 mod builtins;
 mod lower;
+pub mod optimizer;
 mod resolve;
 mod scope;
 mod types;
@@ -50,7 +51,7 @@ pub struct TrainSpec {
     /// The model's prediction, for accuracy (optional).
     pub predict: Option<crate::ir::Node>,
     /// The block's optimizer or, with phases, the first phase's.
-    pub optimizer: crate::passes::optimizer::Optimizer,
+    pub optimizer: optimizer::Optimizer,
     /// The parameters the block's `loss` trains (`params = ...`); `None`
     /// for every trainable one. Unused with phases, which have their own.
     pub params: Option<Vec<crate::ir::ParamId>>,
@@ -79,7 +80,7 @@ pub struct Phase {
     pub loss: crate::ir::Node,
     /// `None`: every trainable parameter.
     pub params: Option<Vec<crate::ir::ParamId>>,
-    pub optimizer: crate::passes::optimizer::Optimizer,
+    pub optimizer: optimizer::Optimizer,
     pub span: crate::diag::Span,
 }
 

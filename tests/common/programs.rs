@@ -176,7 +176,7 @@ pub fn check(source: &str) -> Result<(), TestCaseError> {
             );
         }
     }
-    let gv = |b| nnc::driver::cli::grad_values(&g, None, None, 0, b).expect("gradients");
+    let gv = |b| nnc::driver::graphs::grad_values(&g, None, None, 0, b).expect("gradients");
     let (lw, gw, _) = gv(BackendKind::Interp);
     let (lj, gj, _) = gv(BackendKind::Jit);
     prop_assert!(

@@ -10,10 +10,14 @@ mod scan;
 pub use init::{init_params, param_seed};
 pub use kernels::rng_key;
 
-use crate::diag::{self, code, Diag, Span};
-use crate::ir::{Dim, Graph, InputId, Node, Op, ParamId, Sym};
+pub use crate::exec::bind::Feed;
+pub use crate::exec::Error;
+
+use crate::diag::Span;
+use crate::exec::bind::{bind_syms, concrete_shape, input_values, live_nodes};
+use crate::ir::{Graph, InputId, Node, Op, ParamId};
 use crate::tensor::Tensor;
-use cranelift_entity::{EntitySet, SecondaryMap};
+use cranelift_entity::SecondaryMap;
 
 /// Options for a run.
 #[derive(Clone, Debug, Default)]
@@ -21,111 +25,6 @@ pub struct Options {
     /// The run's seed: parameters without a seed of their own derive theirs
     /// from it and their name.
     pub seed: u64,
-}
-
-/// Why a graph could not be evaluated. Each becomes a diagnostic pointing
-/// at the declaration concerned.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum Error {
-    #[error("input `{name}` has no value")]
-    MissingInput { name: String, span: Span },
-    #[error("input `{name}` has shape {found:?}, expected {expected}")]
-    InputShape {
-        name: String,
-        expected: String,
-        found: Vec<usize>,
-        span: Span,
-    },
-    #[error("dimension `{sym}` is {first} in one input and {second} in input `{name}`")]
-    SymConflict {
-        sym: String,
-        first: usize,
-        second: usize,
-        name: String,
-        span: Span,
-    },
-    #[error("dimension `{sym}` is not bound by any input")]
-    UnboundSym { sym: String, span: Span },
-    /// A compiling backend failed on a graph the checker accepted: a
-    /// compiler bug, reported as an internal error.
-    #[error("the backend failed: {message}")]
-    Backend { message: String },
-    /// A bound shape whose element count exceeds
-    /// [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS).
-    #[error("a tensor of shape {shape} is too large")]
-    TooLarge { shape: String, span: Span },
-    /// The buffers of a run need more memory than its budget
-    /// ([`super::memory`]).
-    #[error("this run needs {} of memory; the limit is {} ({limit_from})", super::memory::human(*needed), super::memory::human(*limit))]
-    OutOfMemory {
-        needed: u64,
-        limit: u64,
-        limit_from: &'static str,
-        largest: String,
-        span: Span,
-    },
-    /// A parameter or input handed to a backend whose data does not
-    /// match its declared size (a caller's mistake through the API).
-    #[error("`{name}` holds {found} values; its shape needs {expected}")]
-    BadLength {
-        name: String,
-        expected: usize,
-        found: usize,
-        span: Span,
-    },
-    #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
-    Index {
-        op: &'static str,
-        value: f32,
-        len: usize,
-        span: Span,
-    },
-}
-
-impl Error {
-    pub fn to_diag(&self) -> Diag {
-        let msg = self.to_string();
-        match self {
-            Error::MissingInput { span, .. } => diag::error(code::INPUT, msg)
-                .with_labels(vec![span.primary("declared here without a value")])
-                .with_notes(vec![
-                    "help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into(),
-                ]),
-            Error::InputShape { span, .. }
-            | Error::SymConflict { span, .. }
-            | Error::UnboundSym { span, .. } => {
-                diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
-            }
-            Error::TooLarge { span, .. } => diag::error(code::SIZE, msg)
-                .with_labels(vec![span.primary("this tensor would hold more than 2^48 elements")])
-                .with_notes(vec![
-                    "help: check the sizes given to symbolic dimensions (the inputs' shapes, `--dim`, `batch`)".into(),
-                ]),
-            Error::OutOfMemory { largest, span, .. } => diag::error(code::MEMORY, msg)
-                .with_labels(vec![span.primary(format!("the largest tensor, {largest}"))])
-                .with_notes(vec![
-                    "help: use a smaller batch or smaller dimensions, or raise the limit with `--max-memory SIZE` (e.g. `--max-memory 64G`)".into(),
-                ]),
-            Error::BadLength { span, .. } => diag::error(code::INPUT, msg)
-                .with_labels(vec![span.primary("declared here")]),
-            Error::Backend { .. } => diag::error(code::INTERNAL, msg).with_notes(vec![
-                "note: this is a bug in nnc; `--backend interp` runs the program without compiling it"
-                    .into(),
-            ]),
-            Error::Index { span, .. } => diag::error(code::INDEX, msg)
-                .with_labels(vec![span.primary("while evaluating this")])
-                .with_notes(vec![
-                    "note: indices are f32 values, each a whole number that names a row".into(),
-                ]),
-        }
-    }
-}
-
-/// Values for a graph's parameters and inputs.
-pub struct Feed<'t> {
-    pub params: &'t SecondaryMap<ParamId, Tensor>,
-    /// Inputs given from outside; the rest take their declared value.
-    pub inputs: &'t SecondaryMap<InputId, Option<Tensor>>,
 }
 
 /// Evaluates the graph's outputs, in the order they are declared.
@@ -315,138 +214,4 @@ fn index_error(op: &'static str, e: kernels_nn::BadIndex, span: Span) -> Error {
         len: e.len,
         span,
     }
-}
-
-pub(crate) fn live_nodes(g: &Graph, roots: &[Node]) -> EntitySet<Node> {
-    let mut live = EntitySet::new();
-    for &r in roots {
-        live.insert(r);
-    }
-    for (n, d) in g.nodes.iter().rev() {
-        if live.contains(n) {
-            for a in d.op.args() {
-                live.insert(a);
-            }
-        }
-    }
-    live
-}
-
-pub(crate) fn input_values(
-    g: &Graph,
-    feed: &Feed,
-    live: &EntitySet<Node>,
-) -> Result<SecondaryMap<InputId, Option<Tensor>>, Error> {
-    let mut used: EntitySet<InputId> = EntitySet::new();
-    for (n, d) in g.nodes.iter() {
-        if let Op::Input(i) = d.op {
-            if live.contains(n) {
-                used.insert(i);
-            }
-        }
-    }
-    let mut out = SecondaryMap::new();
-    for (i, info) in g.inputs.iter() {
-        let v = feed.inputs[i]
-            .clone()
-            .or_else(|| info.default.map(|c| g.consts[c].clone()));
-        if v.is_none() && used.contains(i) {
-            return Err(Error::MissingInput {
-                name: info.name.clone(),
-                span: info.span,
-            });
-        }
-        if let Some(t) = &v {
-            let expected = crate::ir::shape::checked_elements(&t.shape);
-            if expected != Some(t.data.len()) {
-                return Err(Error::BadLength {
-                    name: info.name.clone(),
-                    expected: expected.unwrap_or(usize::MAX),
-                    found: t.data.len(),
-                    span: info.span,
-                });
-            }
-        }
-        out[i] = v;
-    }
-    Ok(out)
-}
-
-/// A type's shape with its symbols bound, its element count checked
-/// against [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS): past this
-/// point products of its dimensions cannot overflow.
-pub(crate) fn concrete_shape(
-    g: &Graph,
-    syms: &SecondaryMap<Sym, Option<usize>>,
-    shape: &[Dim],
-    span: Span,
-) -> Result<Vec<usize>, Error> {
-    let dims = shape
-        .iter()
-        .map(|d| match d {
-            Dim::Known(k) => usize::try_from(*k).map_err(|_| Error::TooLarge {
-                shape: g.shape_str(shape),
-                span,
-            }),
-            Dim::Sym(s) => syms[*s].ok_or_else(|| Error::UnboundSym {
-                sym: g.syms[*s].name.clone(),
-                span,
-            }),
-        })
-        .collect::<Result<Vec<usize>, Error>>()?;
-    match crate::ir::shape::checked_elements(&dims) {
-        Some(_) => Ok(dims),
-        None => Err(Error::TooLarge {
-            shape: format!("{} = {dims:?}", g.shape_str(shape)),
-            span,
-        }),
-    }
-}
-
-/// Binds every symbolic dimension from the inputs' actual shapes.
-pub(crate) fn bind_syms(
-    g: &Graph,
-    inputs: &SecondaryMap<InputId, Option<Tensor>>,
-) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
-    bind_syms_by(g, |i| inputs[i].as_ref().map(|t| &t.shape[..]))
-}
-
-/// [`bind_syms`] from the inputs' shapes alone (`None`: not fed).
-pub(crate) fn bind_syms_by<'s>(
-    g: &Graph,
-    shape_of: impl Fn(InputId) -> Option<&'s [usize]>,
-) -> Result<SecondaryMap<Sym, Option<usize>>, Error> {
-    let mut syms: SecondaryMap<Sym, Option<usize>> = SecondaryMap::new();
-    for (i, info) in g.inputs.iter() {
-        let Some(found) = shape_of(i) else { continue };
-        let shape = &info.ty.shape;
-        let mismatch = || Error::InputShape {
-            name: info.name.clone(),
-            expected: g.shape_str(shape),
-            found: found.to_vec(),
-            span: info.span,
-        };
-        if found.len() != shape.len() {
-            return Err(mismatch());
-        }
-        for (&n, d) in found.iter().zip(shape) {
-            match d {
-                Dim::Known(k) if *k as usize != n => return Err(mismatch()),
-                Dim::Known(_) => {}
-                Dim::Sym(s) => match syms[*s] {
-                    Some(first) if first != n => {
-                        return Err(Error::SymConflict {
-                            sym: g.syms[*s].name.clone(),
-                            first,
-                            second: n,
-                            name: info.name.clone(),
-                            span: info.span,
-                        })
-                    }
-                    _ => syms[*s] = Some(n),
-                },
-            }
-        }
-    }
-    Ok(syms)
 }

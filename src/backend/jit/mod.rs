@@ -38,9 +38,11 @@ mod native;
 mod program;
 pub mod threads;
 
-use crate::backend::interp::{self, Error, Feed};
+use crate::exec::bind::{self, Feed};
+use crate::exec::Error;
 use crate::ir::{Graph, InputId, ParamId};
-use crate::pipeline::{self, Fused};
+use crate::pipeline;
+use crate::schedule::Fused;
 use crate::tensor::Tensor;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_entity::SecondaryMap;
@@ -107,10 +109,10 @@ impl<'g> Jit<'g> {
             Some(at) => at,
             None => {
                 let fused = self.fused.get_or_insert_with(|| pipeline::fuse(self.g));
-                let live = interp::live_nodes(&fused.graph, &fused.roots);
+                let live = bind::live_nodes(&fused.graph, &fused.roots);
                 let feed = Feed { params, inputs };
-                let values = interp::input_values(&fused.graph, &feed, &live)?;
-                let syms = interp::bind_syms(&fused.graph, &values)?;
+                let values = bind::input_values(&fused.graph, &feed, &live)?;
+                let syms = bind::bind_syms(&fused.graph, &values)?;
                 let sched = pipeline::schedule(fused, &syms)?;
                 let p = program::Program::compile(sched, false)?;
                 let key = self.g.inputs.keys().map(|i| fed(i).map(<[usize]>::to_vec));

@@ -5,8 +5,9 @@
 
 use super::codegen;
 use super::native::{self, sgemm};
-use crate::backend::interp::{self, Error};
+use crate::backend::interp;
 use crate::diag::Span;
+use crate::exec::Error;
 use crate::ir::{Node, ParamId};
 use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
 use crate::tensor::Tensor;
@@ -121,7 +122,7 @@ impl Program {
                     let threads = rayon::current_num_threads();
                     let scratch = native::conv_scratch(geo, *pass, threads)
                         .ok_or_else(|| too_large_conv(&sched, i))?;
-                    let mut budget = crate::backend::memory::Budget::default();
+                    let mut budget = crate::exec::memory::Budget::default();
                     budget.add(
                         scratch,
                         || "the convolution's unfolded input".into(),

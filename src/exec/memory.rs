@@ -8,7 +8,7 @@
 //! ([`set_limit`], the CLI's `--max-memory`). Where the available memory
 //! cannot be read, only the explicit limit applies.
 
-use super::interp::Error;
+use super::Error;
 use crate::diag::Span;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,197 @@
+//! The command line's arguments (clap): the subcommands and their flags.
+
+use crate::backend::BackendKind;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nnc",
+    version,
+    about = "A compiler for neural networks written close to the math",
+    after_help = "Examples:\n  nnc check model.nn\n  nnc compile model.nn --emit ir\n  nnc run examples/neuron.nn --format json"
+)]
+pub struct Cli {
+    /// When to colour diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
+    /// The most memory a run's tensors may take (e.g. `512M`, `8G`); by
+    /// default the memory available on this machine.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, global = true)]
+    pub max_memory: Option<u64>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a file: exit 0 if it is valid, else print diagnostics and exit 1.
+    #[command(after_help = "Example:\n  nnc check examples/neuron.nn")]
+    Check {
+        /// The .nn file.
+        file: PathBuf,
+    },
+    /// Compile a file and print a stage of the pipeline.
+    #[command(
+        after_help = "Examples:\n  nnc compile examples/neuron.nn --emit ast\n  nnc compile examples/neuron.nn --emit ir"
+    )]
+    Compile {
+        /// The .nn file.
+        file: PathBuf,
+        /// The stage to print.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+        /// The size of a symbolic dimension, for `--emit clif` (e.g. `--dim B=128`);
+        /// a file with a `train` block binds the batch dimension from `batch`.
+        #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+    },
+    /// Print the loss and its gradient with respect to every parameter.
+    #[command(
+        after_help = "Examples:\n  nnc grad examples/neuron_train.nn --format json\n  nnc grad model.nn --params weights.safetensors"
+    )]
+    Grad {
+        /// The .nn file: its `train` block's loss, or else an `output loss`.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Parameters to use instead of the file's initialisers.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Seed for parameters initialised at random.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The backend that runs the program.
+        #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+        backend: BackendKind,
+    },
+    /// Start an interactive session.
+    #[command(
+        after_help = "Example:\n  nnc repl\n  nnc> let x = [0.5, 0.8, 0.2]\n  nnc> sigmoid(sum(x * [0.2, -0.5, 1.0]) + 0.1)\n  0.5\n\nPiped input works too: printf 'sigmoid(0.0)\\n' | nnc repl"
+    )]
+    Repl,
+    /// Train the model described by a file's `train` block.
+    #[command(
+        after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
+    )]
+    Train(TrainArgs),
+    /// Time a training step (or the outputs): compile once, warm up, then time runs.
+    #[command(
+        after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
+    )]
+    Bench(BenchArgs),
+    /// Evaluate a file's `output`s and print them.
+    #[command(
+        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors"
+    )]
+    Run {
+        /// The .nn file.
+        file: PathBuf,
+        /// How to print the outputs.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Seed for parameters initialised at random (without a seed of their own)
+        /// and for random draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Parameters to use instead of the file's initialisers (weights or a
+        /// checkpoint written by `nnc train --save`).
+        #[arg(long, value_name = "W.safetensors")]
+        params: Option<PathBuf>,
+        /// The backend that runs the program.
+        #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+        backend: BackendKind,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The .nn file: a `train` block is timed as a training step, else its outputs.
+    pub file: PathBuf,
+    /// Timed runs.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// The size of a symbolic dimension (e.g. `--dim B=128`).
+    #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
+    pub dims: Vec<(String, usize)>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The backend to time.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    pub backend: BackendKind,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The .nn file with a `train` block.
+    pub file: PathBuf,
+    /// Train to this many epochs in all (overrides the file's `epochs`).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// The seed for initialisation, the split and shuffling (overrides the file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a checkpoint (weights, optimizer state, position) after every epoch.
+    #[arg(long, value_name = "W.safetensors")]
+    pub save: Option<PathBuf>,
+    /// Continue from a checkpoint written by `--save`.
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+    /// Write one JSON object per epoch to this file.
+    #[arg(long, value_name = "metrics.jsonl")]
+    pub log: Option<PathBuf>,
+    /// The backend that runs the training steps.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    pub backend: BackendKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    Ast,
+    Ir,
+    /// The IR with the gradient of the loss appended.
+    Grad,
+    /// The kernels the fusion pass forms (of the training step when the
+    /// file has a `train` block, else of the outputs).
+    Fused,
+    /// The Cranelift IR of each loop kernel, for concrete sizes.
+    Clif,
+}
+
+/// A byte count, for `--max-memory`.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    crate::exec::memory::parse_size(s)
+}
+
+/// `NAME=SIZE`, for `--dim`.
+pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
+    let (name, size) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=SIZE, e.g. B=128, found `{s}`"))?;
+    let size = size
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| format!("`{size}` is not a whole number"))?;
+    if size as u64 > crate::ir::shape::MAX_ELEMENTS {
+        return Err(format!(
+            "{size} is larger than any tensor nnc can hold (2^48 elements)"
+        ));
+    }
+    Ok((name.trim().to_string(), size))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}

@@ -1,0 +1,210 @@
+//! The graphs a command works on: a file's step graphs or outputs, the
+//! sizes of their symbolic dimensions, and running them on a backend
+//! (shared by `run`, `grad`, `compile --emit`, `bench` and the tests).
+
+use super::args::Emit;
+use crate::backend::interp;
+use crate::backend::{BackendKind, Engine};
+use crate::diag::{self, Diagnostics};
+use crate::ir::Graph;
+use crate::pipeline;
+use cranelift_entity::SecondaryMap;
+use std::path::Path;
+
+/// The graphs a file compiles to: each training phase's step when it has
+/// a `train` block, else the outputs.
+pub fn compiled_graphs(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+) -> Result<Vec<(String, Graph)>, crate::diag::Diag> {
+    match train {
+        Some(t) => Ok(pipeline::train_steps(g, t)?
+            .into_iter()
+            .map(|p| (p.name, p.step.graph))
+            .collect()),
+        None => Ok(vec![(String::new(), g.clone())]),
+    }
+}
+
+/// Binds every symbolic dimension: from `--dim`, from inputs with a
+/// default value, and (for a training step) from the batch size.
+pub fn bind_dims(
+    g: &Graph,
+    dims: &[(String, usize)],
+    batch: Option<usize>,
+) -> Result<SecondaryMap<crate::ir::Sym, Option<usize>>, crate::diag::Diag> {
+    let mut syms: SecondaryMap<crate::ir::Sym, Option<usize>> = SecondaryMap::new();
+    for info in g.inputs.values() {
+        let (Some(c), shape) = (info.default, &info.ty.shape) else {
+            continue;
+        };
+        for (d, &n) in shape.iter().zip(&g.consts[c].shape) {
+            if let crate::ir::Dim::Sym(s) = d {
+                syms[*s] = Some(n);
+            }
+        }
+    }
+    for (name, size) in dims {
+        match g.syms.iter().find(|(_, s)| &s.name == name) {
+            Some((s, _)) => syms[s] = Some(*size),
+            None => {
+                let known: Vec<&str> = g.syms.values().map(|s| s.name.as_str()).collect();
+                return Err(crate::diag::error(
+                    crate::diag::code::UNBOUND_DIM,
+                    format!("`--dim {name}=…` names no dimension of this program"),
+                )
+                .with_notes(vec![format!(
+                    "help: its symbolic dimensions are: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )]));
+            }
+        }
+    }
+    for (s, info) in g.syms.iter() {
+        if syms[s].is_none() {
+            match batch {
+                Some(b) => syms[s] = Some(b),
+                None => {
+                    return Err(crate::diag::error(
+                        crate::diag::code::UNBOUND_DIM,
+                        format!("dimension `{}` has no size", info.name),
+                    )
+                    .with_notes(vec![format!(
+                        "help: give it one with `--dim {}=SIZE`",
+                        info.name
+                    )]))
+                }
+            }
+        }
+    }
+    Ok(syms)
+}
+
+/// `--emit fused` and `--emit clif`.
+pub fn backend_text(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    emit: Emit,
+    dims: &[(String, usize)],
+) -> Result<String, crate::diag::Diag> {
+    let mut out = String::new();
+    for (name, graph) in compiled_graphs(g, train)? {
+        if !name.is_empty() {
+            out.push_str(&format!("; phase {name}\n"));
+        }
+        match emit {
+            Emit::Fused => out.push_str(&pipeline::print_fused(&pipeline::fuse(&graph))),
+            _ => {
+                let syms = bind_dims(&graph, dims, train.map(|t| t.batch))?;
+                let text = crate::backend::jit::clif(&graph, &syms).map_err(|e| e.to_diag())?;
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Evaluates a graph's outputs on `backend`; random draws are keyed by
+/// `seed`.
+pub fn run_graph(
+    g: &Graph,
+    seed: u64,
+    backend: BackendKind,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+    run_with_params(g, seed, interp::init_params(g, seed), backend)
+}
+
+/// [`run_graph`] with the parameters (and states) found in `params_file`
+/// (by name) instead of their initial values.
+pub fn run_graph_with(
+    g: &Graph,
+    seed: u64,
+    params_file: Option<&Path>,
+    backend: BackendKind,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
+    let mut params = interp::init_params(g, seed);
+    if let Some(p) = params_file {
+        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
+        crate::train::restore(g, &mut params, p, span)?;
+    }
+    run_with_params(g, seed, params, backend).map_err(|e| e.to_diag())
+}
+
+fn run_with_params(
+    g: &Graph,
+    seed: u64,
+    mut params: SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    backend: BackendKind,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+    let mut inputs = SecondaryMap::new();
+    if let Some((id, _)) = g
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == crate::ir::RNG_KEY_INPUT)
+    {
+        inputs[id] = Some(interp::rng_key(seed, 0));
+    }
+    let values = Engine::new(backend, g).run(&mut params, &inputs)?;
+    Ok(g.outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(values)
+        .collect())
+}
+
+/// The loss, each parameter's gradient by name, and warnings.
+pub type GradValues = (
+    f32,
+    Vec<(String, crate::tensor::Tensor)>,
+    Vec<crate::diag::Diag>,
+);
+
+/// The loss and its gradients for the parameters as initialised (or
+/// loaded from `params`), with the file's input values.
+pub fn grad_values(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    params_file: Option<&Path>,
+    seed: u64,
+    backend: BackendKind,
+) -> Result<GradValues, crate::diag::Diag> {
+    let loss = pipeline::find_loss(g, train)?;
+    let gg = pipeline::grad_graph(g, loss)?;
+    let mut params = interp::init_params(&gg.graph, seed);
+    if let Some(p) = params_file {
+        let span = g.nodes[loss].span;
+        crate::train::restore(&gg.graph, &mut params, p, span)?;
+    }
+    let inputs = SecondaryMap::new();
+    let outs = Engine::new(backend, &gg.graph)
+        .run(&mut params, &inputs)
+        .map_err(|e| e.to_diag())?;
+    let grads = gg
+        .grads
+        .iter()
+        .zip(&outs[1..])
+        .map(|((p, _), t)| (gg.graph.params[*p].name.clone(), t.clone()))
+        .collect();
+    Ok((outs[0].data[0], grads, gg.warnings))
+}
+
+pub fn warn_non_finite(
+    g: &Graph,
+    outputs: &[(String, crate::tensor::Tensor)],
+    diags: &mut Diagnostics,
+) {
+    for ((name, t), o) in outputs.iter().zip(&g.outputs) {
+        if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
+            diags.push(
+                diag::warning(format!("output `{name}` contains a non-finite value ({v})"))
+                    .with_labels(vec![o.span.primary("computed here")])
+                    .with_notes(vec!["note: look for log of 0 or a negative number, division by 0, or overflowing exp".into()]),
+            );
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The error every backend reports: why a graph could not be run (an
+//! input without a value, shapes that do not bind, a size too large, a
+//! run over the memory budget, a bad index at run time, or — a compiler
+//! bug — a backend that failed). Each becomes a diagnostic pointing at
+//! the declaration concerned.
+
+use crate::diag::{self, code, Diag, Span};
+
+/// Why a graph could not be evaluated. Each becomes a diagnostic pointing
+/// at the declaration concerned.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error("input `{name}` has no value")]
+    MissingInput { name: String, span: Span },
+    #[error("input `{name}` has shape {found:?}, expected {expected}")]
+    InputShape {
+        name: String,
+        expected: String,
+        found: Vec<usize>,
+        span: Span,
+    },
+    #[error("dimension `{sym}` is {first} in one input and {second} in input `{name}`")]
+    SymConflict {
+        sym: String,
+        first: usize,
+        second: usize,
+        name: String,
+        span: Span,
+    },
+    #[error("dimension `{sym}` is not bound by any input")]
+    UnboundSym { sym: String, span: Span },
+    /// A compiling backend failed on a graph the checker accepted: a
+    /// compiler bug, reported as an internal error.
+    #[error("the backend failed: {message}")]
+    Backend { message: String },
+    /// A bound shape whose element count exceeds
+    /// [`MAX_ELEMENTS`](crate::ir::shape::MAX_ELEMENTS).
+    #[error("a tensor of shape {shape} is too large")]
+    TooLarge { shape: String, span: Span },
+    /// The buffers of a run need more memory than its budget
+    /// ([`super::memory`]).
+    #[error("this run needs {} of memory; the limit is {} ({limit_from})", super::memory::human(*needed), super::memory::human(*limit))]
+    OutOfMemory {
+        needed: u64,
+        limit: u64,
+        limit_from: &'static str,
+        largest: String,
+        span: Span,
+    },
+    /// A parameter or input handed to a backend whose data does not
+    /// match its declared size (a caller's mistake through the API).
+    #[error("`{name}` holds {found} values; its shape needs {expected}")]
+    BadLength {
+        name: String,
+        expected: usize,
+        found: usize,
+        span: Span,
+    },
+    #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
+    Index {
+        op: &'static str,
+        value: f32,
+        len: usize,
+        span: Span,
+    },
+}
+
+impl Error {
+    pub fn to_diag(&self) -> Diag {
+        let msg = self.to_string();
+        match self {
+            Error::MissingInput { span, .. } => diag::error(code::INPUT, msg)
+                .with_labels(vec![span.primary("declared here without a value")])
+                .with_notes(vec![
+                    "help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into(),
+                ]),
+            Error::InputShape { span, .. }
+            | Error::SymConflict { span, .. }
+            | Error::UnboundSym { span, .. } => {
+                diag::error(code::INPUT, msg).with_labels(vec![span.primary("here")])
+            }
+            Error::TooLarge { span, .. } => diag::error(code::SIZE, msg)
+                .with_labels(vec![span.primary("this tensor would hold more than 2^48 elements")])
+                .with_notes(vec![
+                    "help: check the sizes given to symbolic dimensions (the inputs' shapes, `--dim`, `batch`)".into(),
+                ]),
+            Error::OutOfMemory { largest, span, .. } => diag::error(code::MEMORY, msg)
+                .with_labels(vec![span.primary(format!("the largest tensor, {largest}"))])
+                .with_notes(vec![
+                    "help: use a smaller batch or smaller dimensions, or raise the limit with `--max-memory SIZE` (e.g. `--max-memory 64G`)".into(),
+                ]),
+            Error::BadLength { span, .. } => diag::error(code::INPUT, msg)
+                .with_labels(vec![span.primary("declared here")]),
+            Error::Backend { .. } => diag::error(code::INTERNAL, msg).with_notes(vec![
+                "note: this is a bug in nnc; `--backend interp` runs the program without compiling it"
+                    .into(),
+            ]),
+            Error::Index { span, .. } => diag::error(code::INDEX, msg)
+                .with_labels(vec![span.primary("while evaluating this")])
+                .with_notes(vec![
+                    "note: indices are f32 values, each a whole number that names a row".into(),
+                ]),
+        }
+    }
+}

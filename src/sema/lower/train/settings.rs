@@ -1,0 +1,298 @@
+//! The settings of a `train` block that are compile-time values: the
+//! optimizer and its hyper-parameters (each checked in its range), the
+//! data source, counts and flags — each read from its expression with a
+//! diagnostic at it.
+
+use super::*;
+
+pub(super) fn unknown_setting(st: &ast::Setting, settings: &[&str]) -> Diag {
+    let name = st.name.name.as_str();
+    let mut d = diag::error(
+        code::NAMED_ARG,
+        format!("unknown training setting `{name}`"),
+    )
+    .with_labels(vec![st.name.span.primary("not a setting")])
+    .with_notes(vec![format!(
+        "note: the settings are {}",
+        settings.join(", ")
+    )]);
+    if let Some(s) = diag::suggest(name, settings.iter().copied()) {
+        d.notes.insert(0, format!("help: did you mean `{s}`?"));
+    }
+    d
+}
+
+pub(super) fn not_a_param_set(e: &Expr) -> Diag {
+    diag::error(
+        code::PHASE,
+        "`params` names the models or parameters a loss trains",
+    )
+    .with_labels(vec![e.span.primary("not a model or a `param`")])
+    .with_notes(vec![
+        "help: for example `params = Generator`, or `params = [Encoder, Head.w]`".into(),
+    ])
+}
+
+pub(super) fn positive_int(e: &Expr, what: &str) -> Result<usize, Diag> {
+    match e.kind {
+        ExprKind::Number(v, _) if v >= 1.0 && v.fract() == 0.0 && v < 1e9 => Ok(v as usize),
+        ExprKind::Number(v, _) if v >= 1e9 && v.fract() == 0.0 => Err(diag::error(
+            code::CONST_ARG,
+            format!("`{what}` is too large"),
+        )
+        .with_labels(vec![e.span.primary("more than 999999999")])
+        .with_notes(vec![format!(
+            "help: `{what}` is a whole number from 1 to 999999999"
+        )])),
+        _ => Err(diag::error(
+            code::CONST_ARG,
+            format!("`{what}` must be a positive whole number"),
+        )
+        .with_labels(vec![e.span.primary("here")])),
+    }
+}
+
+pub(super) fn positive_int_or_zero(e: &Expr) -> Result<u64, Diag> {
+    match e.kind {
+        ExprKind::Number(v, _) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(v as u64),
+        _ => Err(
+            diag::error(code::CONST_ARG, "`seed` must be a whole number, 0 or more")
+                .with_labels(vec![e.span.primary("here")]),
+        ),
+    }
+}
+
+/// Reads `name(arg, key = value, ...)` with the given formals; returns
+/// the callee's name and, per formal, its argument expression.
+pub(super) fn call_of<'e>(
+    e: &'e Expr,
+    what: &str,
+    example: &str,
+) -> Result<(&'e ast::Ident, &'e [ast::Arg]), Diag> {
+    match &e.kind {
+        ExprKind::Call(callee, args) => match &callee.kind {
+            ExprKind::Name(i) => Ok((i, args.as_slice())),
+            _ => Err(not_const(e, what, example)),
+        },
+        ExprKind::Name(i) => Ok((i, &[])),
+        _ => Err(not_const(e, what, example)),
+    }
+}
+
+pub(super) fn bool_arg(e: &Expr) -> Result<bool, Diag> {
+    match e.kind {
+        ExprKind::Bool(b) => Ok(b),
+        _ => Err(not_const(e, "this flag", "nesterov = true")),
+    }
+}
+
+pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
+    let (name, args) = call_of(e, "the optimizer", "adam(lr = 1e-3)")?;
+    let formals: &[(&str, &str)] = match name.name.as_str() {
+        "sgd" => &[("lr", ""), ("weight_decay", "0")],
+        "momentum" => &[
+            ("lr", ""),
+            ("momentum", "0.9"),
+            ("nesterov", "false"),
+            ("weight_decay", "0"),
+        ],
+        "adam" => &[
+            ("lr", "0.001"),
+            ("beta1", "0.9"),
+            ("beta2", "0.999"),
+            ("eps", "1e-8"),
+            ("weight_decay", "0"),
+            ("bias_correction", "true"),
+        ],
+        "adamw" => &[
+            ("lr", "0.001"),
+            ("beta1", "0.9"),
+            ("beta2", "0.999"),
+            ("eps", "1e-8"),
+            ("weight_decay", "0.01"),
+        ],
+        other => {
+            let names = ["sgd", "momentum", "adam", "adamw"];
+            let mut d = diag::error(code::CONST_ARG, format!("unknown optimizer `{other}`"))
+                .with_labels(vec![name.span.primary("not an optimizer")])
+                .with_notes(vec![
+                    "note: the optimizers are sgd, momentum, adam and adamw".into(),
+                ]);
+            if let Some(s) = diag::suggest(other, names) {
+                d.notes.insert(0, format!("help: did you mean `{s}`?"));
+            }
+            return Err(d);
+        }
+    };
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|(n, d)| Formal {
+            name: n,
+            required: d.is_empty(),
+        })
+        .collect();
+    let sig: Vec<String> = formals
+        .iter()
+        .map(|(n, d)| {
+            if d.is_empty() {
+                n.to_string()
+            } else {
+                format!("{n} = {d}")
+            }
+        })
+        .collect();
+    let sig = format!("{}({})", name.name, sig.join(", "));
+    let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
+    let num = |i: usize| -> Result<f32, Diag> {
+        match bound[i] {
+            Some(ai) => const_number(&args[ai].value, &format!("`{}`", formals[i].0)),
+            None => formals[i]
+                .1
+                .parse::<f32>()
+                .map_err(|_| not_const(e, "a default", "0")),
+        }
+    };
+    let flag = |i: usize| -> Result<bool, Diag> {
+        match bound[i] {
+            Some(ai) => bool_arg(&args[ai].value),
+            None => Ok(formals[i].1 == "true"),
+        }
+    };
+    let (kind, wd) = match name.name.as_str() {
+        "sgd" => (Kind::Sgd, num(1)?),
+        "momentum" => (
+            Kind::Momentum {
+                momentum: num(1)?,
+                nesterov: flag(2)?,
+            },
+            num(3)?,
+        ),
+        "adam" => (
+            Kind::Adam {
+                beta1: num(1)?,
+                beta2: num(2)?,
+                eps: num(3)?,
+                bias_correction: flag(5)?,
+                decoupled: false,
+            },
+            num(4)?,
+        ),
+        _ => (
+            Kind::Adam {
+                beta1: num(1)?,
+                beta2: num(2)?,
+                eps: num(3)?,
+                bias_correction: true,
+                decoupled: true,
+            },
+            num(4)?,
+        ),
+    };
+    // Each setting within its range, the error at the setting (or at the
+    // call, for a default).
+    for (i, (setting, _)) in formals.iter().enumerate() {
+        let (ok, rule): (fn(f32) -> bool, &str) = match *setting {
+            "lr" => (|v| v > 0.0, "must be positive"),
+            "weight_decay" => (|v| v >= 0.0, "must be 0 or more"),
+            "beta1" | "beta2" => (|v| (0.0..1.0).contains(&v), "must be in [0, 1)"),
+            "momentum" => (|v| (0.0..=1.0).contains(&v), "must be in [0, 1]"),
+            "eps" => (|v| v > 0.0, "must be positive"),
+            _ => continue, // flags
+        };
+        let v = num(i)?;
+        if !ok(v) {
+            let at = bound[i].map_or(e.span, |ai| args[ai].value.span);
+            return Err(diag::error(
+                code::CONST_ARG,
+                format!("`{setting}` of `{}` {rule}, found {v}", name.name),
+            )
+            .with_labels(vec![at.primary(format!("`{setting}` {rule}"))]));
+        }
+    }
+    let lr = num(0)?;
+    Ok(Optimizer {
+        kind,
+        lr,
+        weight_decay: wd,
+    })
+}
+
+pub(super) fn string_arg(e: &Expr) -> Result<String, Diag> {
+    match &e.kind {
+        ExprKind::Str(s) => Ok(s.clone()),
+        _ => Err(
+            diag::error(code::CONST_ARG, "expected a file name in quotes")
+                .with_labels(vec![e.span.primary("not a string")]),
+        ),
+    }
+}
+
+pub(super) fn data(e: &Expr) -> Result<DataSpec, Diag> {
+    let (name, args) = call_of(
+        e,
+        "the data source",
+        "csv(\"digits.csv\", label = \"label\")",
+    )?;
+    let formals: &[&str] = match name.name.as_str() {
+        "csv" => &["path", "label", "scale"],
+        "idx" | "npy" => &["features", "labels", "scale"],
+        other => {
+            return Err(diag::error(code::CONST_ARG, format!("unknown data source `{other}`"))
+                .with_labels(vec![name.span.primary("not a data source")])
+                .with_notes(vec!["note: the sources are csv(path, label = \"column\"), idx(images, labels) and npy(features, labels)".into()]))
+        }
+    };
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|n| Formal {
+            name: n,
+            required: *n != "scale" && !(*n == "label" && name.name == "csv"),
+        })
+        .collect();
+    let sig = format!("{}({})", name.name, formals.join(", "));
+    let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
+    let arg = |i: usize| bound[i].map(|ai| &args[ai].value);
+    let scale = match arg(2) {
+        Some(x) => const_number(x, "`scale`")?,
+        None => 1.0,
+    };
+    let first = string_arg(arg(0).expect("bind_args checked required arguments"))?;
+    let source = match name.name.as_str() {
+        "csv" => crate::data::Source::Csv {
+            path: first.into(),
+            label: match arg(1) {
+                // One column, or a list: a label per position.
+                Some(x) => match &x.kind {
+                    ExprKind::Tensor(items) if !items.is_empty() => items
+                        .iter()
+                        .map(string_arg)
+                        .collect::<Result<Vec<_>, _>>(
+                    )?,
+                    _ => vec![string_arg(x)?],
+                },
+                None => vec!["label".to_string()],
+            },
+            scale,
+        },
+        kind => {
+            let second = string_arg(arg(1).expect("bind_args checked required arguments"))?;
+            if kind == "idx" {
+                crate::data::Source::Idx {
+                    images: first.into(),
+                    labels: second.into(),
+                    scale,
+                }
+            } else {
+                crate::data::Source::Npy {
+                    features: first.into(),
+                    labels: second.into(),
+                    scale,
+                }
+            }
+        }
+    };
+    Ok(DataSpec {
+        source,
+        span: e.span,
+    })
+}
