@@ -215,6 +215,8 @@ impl Diagnostics {
         }
         let config = term::Config::default();
         for d in &self.list {
+            let shortened = shorten_long_lines(d, sources);
+            let d = shortened.as_ref().unwrap_or(d);
             // Writing into a memory buffer only fails on a bad label range,
             // which would be a compiler bug; fall back to the bare message.
             if term::emit(&mut out, &config, sources.files(), d).is_err() {
@@ -231,6 +233,54 @@ impl Diagnostics {
         }
         text
     }
+}
+
+/// Source lines longer than this are not printed under a diagnostic: a
+/// generated 1 MB line would otherwise be repeated once per label.
+const MAX_SHOWN_LINE: usize = 400;
+
+/// `d` with each label on an over-long line turned into a note that says
+/// where it points, or `None` when every labelled line is short.
+fn shorten_long_lines(d: &Diag, sources: &SourceMap) -> Option<Diag> {
+    use codespan_reporting::files::Files;
+    let files = sources.files();
+    let long = |l: &Label<FileId>| {
+        let line = files.line_index(l.file_id, l.range.start).ok();
+        let range = line.and_then(|i| files.line_range(l.file_id, i).ok());
+        range.is_some_and(|r| r.len() > MAX_SHOWN_LINE)
+    };
+    if !d.labels.iter().any(long) {
+        return None;
+    }
+    let mut out = d.clone();
+    let (keep, moved): (Vec<_>, Vec<_>) = d.labels.iter().cloned().partition(|l| !long(l));
+    out.labels = keep;
+    let mut notes: Vec<String> = moved
+        .iter()
+        .map(|l| {
+            let at = files
+                .location(l.file_id, l.range.start)
+                .map(|loc| {
+                    format!(
+                        "{}:{}:{}",
+                        files.name(l.file_id).unwrap_or_default(),
+                        loc.line_number,
+                        loc.column_number
+                    )
+                })
+                .unwrap_or_default();
+            match l.message.is_empty() {
+                true => format!("note: at {at}"),
+                false => format!("note: at {at}: {}", l.message),
+            }
+        })
+        .collect();
+    notes.push(format!(
+        "note: the line is longer than {MAX_SHOWN_LINE} characters and is not shown"
+    ));
+    notes.extend(out.notes);
+    out.notes = notes;
+    Some(out)
 }
 
 /// An error diagnostic with a code and a message.

@@ -229,3 +229,15 @@ fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("E0303"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_error_on_a_megabyte_line_prints_a_few_lines_not_the_line() {
+    let line = format!("output y = {} @\n", "1.0 + ".repeat(200_000));
+    let p = temp_file("long.nn", line.as_bytes());
+    let o = nnc(&["--color", "never", "check", p.to_str().expect("UTF-8 path")]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", &err[..err.len().min(2000)]);
+    assert!(err.len() < 1000, "{} bytes of diagnostics", err.len());
+    assert!(err.contains("long.nn:1:1200013: unexpected `@`"), "{err}");
+    assert!(err.contains("is not shown"), "{err}");
+}

@@ -430,6 +430,11 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
     })
 }
 
+/// The grammar's keywords (`keyword` in `grammar/nn.pest`).
+const KEYWORDS: &[&str] = &[
+    "fn", "model", "param", "input", "let", "output", "train", "with", "in", "true", "false", "f32",
+];
+
 fn syntax_error(file: FileId, source: &str, e: &pest::error::Error<Rule>) -> diag::Diag {
     let mut pos = match e.location {
         InputLocation::Pos(p) => p,
@@ -440,7 +445,46 @@ fn syntax_error(file: FileId, source: &str, e: &pest::error::Error<Rule>) -> dia
     if let Some(a) = e.parse_attempts() {
         pos = pos.max(a.max_position);
     }
+    let pos = pos.min(source.len());
     let expected = expected_at(e);
+    // A keyword where a name was expected: the parser read the word and
+    // stopped after it.
+    let word_start = source[..pos]
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_alphanumeric() || *c == '_')
+        .last()
+        .map_or(pos, |(i, _)| i);
+    let word = &source[word_start..pos];
+    if expected.iter().any(|x| x == "a name") && KEYWORDS.contains(&word) {
+        return diag::error(
+            code::SYNTAX,
+            format!("syntax error: `{word}` is a keyword, not a name"),
+        )
+        .with_labels(vec![
+            Span::new(file, word_start, pos).primary("a keyword cannot name a definition")
+        ])
+        .with_notes(vec![format!(
+            "help: choose another name, e.g. `{word}_`; the keywords are {}",
+            KEYWORDS.join(", ")
+        )]);
+    }
+    // A line that ends unfinished before a new definition (a `param`
+    // without `= init`): the error is at the end of that line, not at the
+    // next definition's keyword.
+    let before = source[..pos].trim_end_matches([' ', '\t', '\r', '\n']);
+    let gap_has_newline = source[before.len()..pos].contains('\n');
+    let next_word = found_at(source, pos).0;
+    let starts_item = [
+        "fn", "model", "param", "state", "input", "let", "output", "train",
+    ]
+    .iter()
+    .any(|k| next_word == format!("`{k}`"));
+    let pos = if gap_has_newline && starts_item && !before.is_empty() && !expected.is_empty() {
+        before.len()
+    } else {
+        pos
+    };
     let found = found_at(source, pos);
     let end = (pos + found.1).min(source.len());
     let span = Span::new(file, pos, end);
@@ -573,7 +617,15 @@ fn found_at(source: &str, pos: usize) -> (String, usize) {
                 .unwrap_or(rest.len());
             (format!("`{}`", &rest[..len]), len)
         }
-        Some('\n') => ("end of line".to_string(), 1),
+        // Zero width: the caret stands just after the line's last token.
+        Some('\n' | '\r') => ("end of line".to_string(), 0),
+        Some(' ' | '\t')
+            if rest
+                .trim_start_matches([' ', '\t'])
+                .starts_with(['\n', '\r']) =>
+        {
+            ("end of line".to_string(), 0)
+        }
         Some(c) => (format!("`{c}`"), c.len_utf8()),
     }
 }
