@@ -85,13 +85,18 @@ pub enum DataError {
         found: usize,
         needed: usize,
     },
-    /// Sizes are the bytes after the header.
-    #[error("`{path}`: the IDX header promises {expected} bytes of data, found {found}")]
+    /// Sizes are the bytes after the header. A compressed file is not
+    /// decompressed past one byte more than promised: there `found` is at
+    /// most `expected + 1`.
+    #[error("`{path}`: the IDX header promises {expected} bytes of data, found {found}{}", if *found == expected + 1 { " or more" } else { "" })]
     IdxSize {
         path: PathBuf,
         expected: u64,
         found: u64,
     },
+    /// A header that promises more data than a tensor can hold.
+    #[error("`{path}`: the IDX header promises {expected} bytes of data, more than nnc can load")]
+    IdxTooLarge { path: PathBuf, expected: u64 },
     /// The features and the labels hold different numbers of rows.
     #[error("`{features}` holds {n_features} rows but `{labels}` holds {n_labels} labels")]
     CountMismatch {
@@ -202,6 +207,7 @@ impl DataError {
                 ),
             },
             IdxHeader { .. } => "the file is cut short or not an IDX file".into(),
+            IdxTooLarge { .. } => "the header is damaged, or the file is not an IDX file".into(),
             IdxSize {
                 expected, found, ..
             }

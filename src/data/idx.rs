@@ -14,10 +14,8 @@ use super::{read_file, DataError, Dataset};
 use crate::tensor::Tensor;
 
 pub(super) fn load(images: &Path, labels: &Path, scale: f32) -> Result<Dataset, DataError> {
-    let image_bytes = read_maybe_gzip(images)?;
-    let label_bytes = read_maybe_gzip(labels)?;
-    let (dims, pixels) = parse(images, &image_bytes, IMAGES, 3)?;
-    let (label_dims, label_data) = parse(labels, &label_bytes, LABELS, 1)?;
+    let (dims, pixels) = read_idx(images, IMAGES, 3)?;
+    let (label_dims, label_data) = read_idx(labels, LABELS, 1)?;
 
     let n = dims.first().copied().unwrap_or(0);
     let width: usize = dims.iter().skip(1).product();
@@ -45,37 +43,37 @@ pub(super) fn load(images: &Path, labels: &Path, scale: f32) -> Result<Dataset, 
     })
 }
 
-/// The file's bytes, decompressed if they start with the gzip magic.
-fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads an IDX file, plain or gzip-compressed (told apart by the gzip
+/// magic bytes): the header first — magic and `rank` dimensions — then
+/// exactly the bytes it promises. A compressed file is decompressed as it
+/// is read, never past one byte more than the header promises, so a
+/// small file that inflates to gigabytes (a gzip bomb) is refused after
+/// its 16 header bytes, and a header that promises more than a tensor can
+/// hold is refused before anything is allocated.
+fn read_idx(path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bytes = read_file(path)?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut out = Vec::new();
-    GzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::Decompress {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    Ok(out)
-}
-
-/// Checks the magic and the size, and returns the `rank` dimensions and the
-/// data after the header.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-    rank: usize,
-) -> Result<(Vec<usize>, &'a [u8]), DataError> {
+    let gzip = bytes.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read + '_> = match gzip {
+        true => Box::new(GzDecoder::new(&bytes[..])),
+        false => Box::new(&bytes[..]),
+    };
+    let damaged = |e: std::io::Error| DataError::Decompress {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let header_len = 4 * (rank + 1);
+    let mut header = Vec::with_capacity(header_len);
+    reader
+        .by_ref()
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(damaged)?;
     let too_short = || DataError::IdxHeader {
         path: path.to_path_buf(),
-        found: bytes.len(),
+        found: header.len(),
         needed: header_len,
     };
-    let found = be_u32(bytes, 0).ok_or_else(too_short)?;
+    let found = be_u32(&header, 0).ok_or_else(too_short)?;
     if found != magic {
         return Err(DataError::IdxMagic {
             path: path.to_path_buf(),
@@ -84,14 +82,33 @@ fn parse<'a>(
         });
     }
     let dims = (1..=rank)
-        .map(|i| be_u32(bytes, 4 * i).map(|d| d as usize))
+        .map(|i| be_u32(&header, 4 * i).map(|d| d as usize))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(too_short)?;
-    let data = bytes.get(header_len..).ok_or_else(too_short)?;
     let expected = dims
         .iter()
         .fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
-    if expected != data.len() as u64 {
+    // Plain files are already read: their size is known.
+    let available = (!gzip).then(|| (bytes.len() - header_len) as u64);
+    if expected > crate::ir::shape::MAX_ELEMENTS {
+        return Err(DataError::IdxTooLarge {
+            path: path.to_path_buf(),
+            expected,
+        });
+    }
+    if available.is_some_and(|a| a != expected) {
+        return Err(DataError::IdxSize {
+            path: path.to_path_buf(),
+            expected,
+            found: available.unwrap_or_default(),
+        });
+    }
+    let mut data = Vec::new();
+    reader
+        .take(expected + 1)
+        .read_to_end(&mut data)
+        .map_err(damaged)?;
+    if data.len() as u64 != expected {
         return Err(DataError::IdxSize {
             path: path.to_path_buf(),
             expected,
@@ -168,6 +185,43 @@ mod tests {
         let images = dir.file("images.idx3-ubyte", &gzip(&images));
         let labels = dir.file("labels.idx1-ubyte.gz", &gzip(&labels));
         check_sample(&load(&images, &labels, 1.0).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_after_its_header() {
+        // 2 images of 2x2 promised, 64 MiB of zeros after them: the
+        // compressed file is tiny; it is decompressed 9 bytes into the
+        // data, not whole.
+        let dir = TempDir::new("idx_gzip_bomb");
+        let mut images = idx_images(2, 2, 2, &[1; 8]);
+        images.resize(images.len() + (64 << 20), 0);
+        let bomb = gzip(&images);
+        assert!(bomb.len() < 1 << 20, "{} bytes compressed", bomb.len());
+        let images = dir.file("images.gz", &bomb);
+        let labels = dir.file("labels", &idx_labels(&[1, 2]));
+        let e = load(&images, &labels, 1.0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::IdxSize {
+                    expected: 8,
+                    found: 9,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("promises 8 bytes of data, found 9 or more"),
+            "{e}"
+        );
+        // A header promising more than a tensor holds, compressed or not.
+        for wrap in [gzip as fn(&[u8]) -> Vec<u8>, <[u8]>::to_vec] {
+            let huge = dir.file("huge", &wrap(&idx_images(u32::MAX, u32::MAX, 16, &[])));
+            let e = load(&huge, &labels, 1.0).unwrap_err();
+            assert!(matches!(e, DataError::IdxTooLarge { .. }), "{e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::tensor::Tensor;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::SafeTensorError;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -132,8 +133,8 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
         path: shown.clone(),
         reason,
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ferr(format!("{e:?}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ferr(reason(&e)))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ferr(reason(&e)))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
@@ -152,6 +153,31 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
         out.insert(name, Tensor::new(view.shape().to_vec(), data));
     }
     Ok((out, meta))
+}
+
+/// What is wrong with a file the safetensors reader refused, in words
+/// (the crate's own messages are its variant names).
+fn reason(e: &SafeTensorError) -> String {
+    use SafeTensorError as E;
+    match e {
+        E::InvalidHeader => "its header is not UTF-8 text".into(),
+        E::InvalidHeaderStart => "its header does not start with `{`".into(),
+        E::InvalidHeaderDeserialization | E::JsonError(_) => "its header is not valid JSON".into(),
+        E::HeaderTooLarge => "its header is larger than the 100 MB safetensors allows".into(),
+        E::HeaderTooSmall => "it is shorter than the 8-byte length that starts the format".into(),
+        E::InvalidHeaderLength => "its header length is larger than the file".into(),
+        E::TensorNotFound(name) => format!("it names tensor `{name}` but does not hold it"),
+        E::TensorInvalidInfo => "a tensor's shape, type and offsets disagree".into(),
+        E::InvalidOffset(name) => format!("the offsets of tensor `{name}` are invalid"),
+        E::IoError(e) => e.to_string(),
+        E::InvalidTensorView(dtype, shape, len) => {
+            format!("a {dtype:?} tensor of shape {shape:?} cannot hold {len} bytes")
+        }
+        E::MetadataIncompleteBuffer => {
+            "its tensors do not cover its data exactly (truncated or padded)".into()
+        }
+        E::ValidationOverflow => "a tensor's size overflows".into(),
+    }
 }
 
 #[cfg(test)]

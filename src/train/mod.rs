@@ -479,8 +479,13 @@ pub fn restore(
     path: &Path,
     span: Span,
 ) -> Result<Option<Position>, Diag> {
-    let (tensors, meta) =
-        checkpoint::load(path).map_err(|e| diag::error(code::FILE, e.to_string()))?;
+    let (tensors, meta) = checkpoint::load(path).map_err(|e| {
+        let help = match e {
+            checkpoint::CheckpointError::Read { .. } => "help: check the path",
+            _ => "help: weights and checkpoints are safetensors files written by `nnc train --save`; this one may be truncated or of another kind",
+        };
+        diag::error(code::FILE, e.to_string()).with_notes(vec![help.into()])
+    })?;
     for (id, p) in g.params.iter() {
         match tensors.get(&p.name) {
             Some(t) if t.shape == params[id].shape => params[id] = t.clone(),

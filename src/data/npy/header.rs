@@ -53,10 +53,23 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, String> {
     })
 }
 
-/// Header text for an error message: lossy UTF-8, trimmed and shortened.
+/// Text from a file, for a message: lossy UTF-8 with control characters
+/// (NUL bytes of a corrupt header, say) escaped, so nothing unprintable
+/// reaches the terminal.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+/// Header text for an error message: printable, trimmed and shortened.
 pub(super) fn show(bytes: &[u8]) -> String {
     const MAX: usize = 120;
-    let text = String::from_utf8_lossy(bytes);
+    let text = printable(bytes.trim_ascii());
     let text = text.trim();
     if text.chars().count() <= MAX {
         text.to_string()
@@ -155,7 +168,7 @@ impl Parser<'_> {
                     return Err("a string is not closed".into());
                 }
                 self.pos += 1;
-                Ok(Lit::Str(String::from_utf8_lossy(text).into_owned()))
+                Ok(Lit::Str(printable(text)))
             }
             b'0'..=b'9' => {
                 let mut n: usize = 0;
@@ -181,12 +194,12 @@ impl Parser<'_> {
                     b"True" => Ok(Lit::Bool(true)),
                     b"False" => Ok(Lit::Bool(false)),
                     b"None" => Ok(Lit::None),
-                    word => Err(format!("unexpected `{}`", String::from_utf8_lossy(word))),
+                    word => Err(format!("unexpected `{}`", printable(word))),
                 }
             }
             _ => Err(format!(
                 "unexpected `{}` at byte {}",
-                char::from(c),
+                char::from(c).escape_default(),
                 self.pos
             )),
         }

@@ -202,3 +202,13 @@ fn npy_non_finite_value_names_the_record() {
         "{e}"
     );
 }
+
+#[test]
+fn a_header_of_nul_bytes_is_shown_escaped() {
+    let dir = TempDir::new("npy_nul_header");
+    let bad = dir.file("x.npy", &npy_raw(1, "\0\0\0{'descr': '<f4'}", &[]));
+    let labels = dir.file("y.npy", &npy(1, "|u1", &[1], &[0]));
+    let e = load(&bad, &labels, 1.0).unwrap_err().to_string();
+    assert!(!e.contains('\0'), "a NUL byte reaches the message: {e:?}");
+    assert!(e.contains("\\u{0}"), "{e}");
+}
