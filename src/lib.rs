@@ -2,11 +2,16 @@
 //!
 //! nnc reads a network written close to the math in a `.nn` file, checks
 //! names and shapes with diagnostics that point into the source, lowers it
-//! to a typed IR graph and runs it. The pipeline ([`pipeline::compile`]):
+//! to a typed IR graph, differentiates it, fuses it into kernels and runs
+//! it. The pipeline, stage by stage ([`pipeline`]):
 //!
 //! ```text
-//! .nn ──pest──▶ AST ──sema──▶ typed IR ──▶ backend
-//!     syntax/          sema/        ir/        backend/interp (reference)
+//! .nn ─parse─▶ AST ─sema─▶ typed IR ─autodiff, optimizer─▶ step graph
+//!     syntax/        sema/            passes/   (pipeline::train_steps)
+//!
+//!   ─optimize, fuse─▶ Fused ─schedule─▶ Schedule ─▶ code generator
+//!    (pipeline::fuse)        (pipeline::schedule,    backend/jit (Cranelift)
+//!                             verified)              backend/interp runs the IR
 //! ```
 //!
 //! - [`syntax`]: the grammar (`grammar/nn.pest`), the AST with spans, and
@@ -14,17 +19,26 @@
 //! - [`sema`]: scopes, name resolution, shape checking with symbolic
 //!   dimensions, and lowering with every function inlined. The compiler
 //!   knows only primitives; activations, losses and layers live in the
-//!   standard library ([`stdlib`], written in `.nn`).
+//!   standard library ([`stdlib`], written in `.nn`). Every tensor's
+//!   element count is checked where its shape is formed (at most 2^48).
 //! - [`ir`]: an arena of nodes with typed handles, a closed set of
 //!   primitive ops whose types are inferred when a node is added,
-//!   explicit broadcasting, a printer and a verifier. The IR is built to
-//!   take a reverse-mode autodiff pass (each op has a simple VJP), fusion,
-//!   and code generators (every op is a loop nest over static or symbolic
-//!   shapes).
+//!   explicit broadcasting, a printer and a verifier.
+//! - [`passes`]: reverse-mode autodiff (one VJP rule per op), the
+//!   optimizer's update, CSE, loop-invariant code motion, fusion.
+//! - [`schedule`]: the backend-neutral program for concrete sizes — the
+//!   ordered steps (loop kernels with their expression trees, GEMMs,
+//!   convolutions, copies, loops with sub-schedules), the buffer plan and
+//!   the parameter updates — and its verifier, which checks every range
+//!   the backends' unchecked accesses rely on.
+//! - [`exec`]: what running shares: the error type, feeding and binding
+//!   symbolic dimensions, the memory budget (`--max-memory`).
 //! - [`backend::interp`]: the reference interpreter, the oracle for every
-//!   faster backend.
+//!   faster backend; [`backend::jit`]: the schedule compiled with
+//!   Cranelift.
 //! - [`diag`]: spans, codes and rendering of diagnostics.
-//! - [`driver`]: the `nnc` command line.
+//! - [`driver`]: the `nnc` command line and the REPL; [`train`]: the
+//!   training loop, data and checkpoints.
 //!
 //! Decisions worth knowing:
 //! - Comparisons yield `f32` masks (1.0 / 0.0); `select(c, a, b)` picks
@@ -40,6 +54,11 @@
 //! - A `train` block may hold phases (a GAN's discriminator and
 //!   generator); each compiles to its own step graph over one shared
 //!   table of parameter values ([`pipeline::train_steps`]).
+//! - Floats follow IEEE on every backend: `exp` overflows to inf and
+//!   underflows through the subnormals to 0, `log` takes subnormals,
+//!   subnormals are not flushed; a general power is the host's `powf`.
+//! - A step's parameter updates never share a buffer with anything else:
+//!   the scheduler gives an update that would its own buffer and a copy.
 
 pub mod backend;
 pub mod data;
