@@ -48,19 +48,31 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_entity::SecondaryMap;
 use cranelift_jit::{JITBuilder, JITModule};
 
-/// A fresh JIT module for the host CPU (its ISA flags: SSE4.2, AVX, FMA
-/// where present), optimising for speed.
+/// The host CPU's ISA (its flags: SSE4.2, AVX, FMA where present),
+/// optimising for speed: built once per process and shared by every
+/// module, JIT or (for ahead-of-time output) object.
+pub fn host_isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
+    static ISA: std::sync::OnceLock<Result<cranelift_codegen::isa::OwnedTargetIsa, String>> =
+        std::sync::OnceLock::new();
+    ISA.get_or_init(|| {
+        let mut flags = settings::builder();
+        let set =
+            |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| e.to_string());
+        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+        set(&mut flags, "is_pic", "false")?;
+        cranelift_native::builder()
+            .map_err(|e| format!("this CPU is not supported by Cranelift: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
+/// A fresh JIT module on the host ISA, with the symbols compiled kernels
+/// call.
 pub fn new_module() -> Result<JITModule, String> {
-    let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| e.to_string());
-    set(&mut flags, "opt_level", "speed")?;
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| format!("this CPU is not supported by Cranelift: {e}"))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
-    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    let mut builder = JITBuilder::with_isa(host_isa()?, cranelift_module::default_libcall_names());
     builder.symbol(math::POWF_SYMBOL, math::powf as *const u8);
     Ok(JITModule::new(builder))
 }
