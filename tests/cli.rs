@@ -241,3 +241,63 @@ fn an_error_on_a_megabyte_line_prints_a_few_lines_not_the_line() {
     assert!(err.contains("long.nn:1:1200013: unexpected `@`"), "{err}");
     assert!(err.contains("is not shown"), "{err}");
 }
+
+/// The reproductions of the adversarial trial, run as a user runs them:
+/// each ends with exit 1 and a message that says what is wrong, on both
+/// backends, never with a signal, an abort or a wrong answer.
+#[test]
+fn the_adversarial_reproductions_end_with_a_diagnostic() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "wrap",
+            "input x: [3, 6148914691236517206]\noutput y = sum(x)\n",
+            "is too large",
+        ),
+        (
+            "fill",
+            "output y = sum(ones([4294967296, 4294967296]))\n",
+            "is too large",
+        ),
+        (
+            "float_dim",
+            "output y = sum(ones([1e30]))\n",
+            "a dimension must be a whole number",
+        ),
+        ("nan", "output y = nan\n", "nnc has no `nan` constant"),
+        (
+            "keyword",
+            "let input = 3.0\noutput y = input\n",
+            "`input` is a keyword, not a name",
+        ),
+        (
+            "init",
+            "param w: [3]\noutput y = sum(w)\n",
+            "found end of line",
+        ),
+        (
+            "huge",
+            "output y = ones([100000, 100000]) * 2\n",
+            "of memory; the limit is 1.0 GiB",
+        ),
+    ];
+    let d = common::temp_dir("repro");
+    for (name, src, expected) in cases {
+        let p = d.join(format!("{name}.nn"));
+        std::fs::write(&p, src).expect("write");
+        for backend in ["jit", "interp"] {
+            let args = ["--color", "never", "--max-memory", "1G", "run"];
+            let o = nnc(&[
+                &args[..],
+                &[p.to_str().expect("UTF-8"), "--backend", backend],
+            ]
+            .concat());
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{name} on {backend}: {err}");
+            assert!(err.contains(expected), "{name} on {backend}: {err}");
+            assert!(
+                o.stdout.is_empty(),
+                "{name} on {backend}: no answer is printed"
+            );
+        }
+    }
+}
