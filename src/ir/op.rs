@@ -15,6 +15,9 @@ pub enum UnaryOp {
     Sqrt,
     Abs,
     Tanh,
+    /// σ(x) = 1 / (1 + e^(−x)), a primitive so that its value and its
+    /// derivative σ(x)·σ(−x) are exact at both ends.
+    Sigmoid,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -400,6 +403,7 @@ impl fmt::Display for UnaryOp {
             UnaryOp::Sqrt => "sqrt",
             UnaryOp::Abs => "abs",
             UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
         })
     }
 }

@@ -301,6 +301,14 @@ fn vjp(
             let d = b.sub(one, sq, sp)?;
             v.push((*a, b.mul(gb, d, sp)?));
         }
+        // d σ(a) = ḡ·σ(a)(1 − σ(a)) = ḡ·σ(a)·σ(−a): 1 − σ(a) rounds to 0
+        // for a > 17 where σ(−a) is still exact.
+        Op::Unary(UnaryOp::Sigmoid, a) => {
+            let na = b.unary(UnaryOp::Neg, *a, sp)?;
+            let s_neg = b.unary(UnaryOp::Sigmoid, na, sp)?;
+            let d = b.mul(out, s_neg, sp)?;
+            v.push((*a, b.mul(gb, d, sp)?));
+        }
         // d(a + b) = (ḡ, ḡ)
         Op::Binary(BinaryOp::Add, x, y) => {
             v.push((*x, gb));

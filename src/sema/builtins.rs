@@ -9,6 +9,7 @@ pub enum Builtin {
     Sqrt,
     Abs,
     Tanh,
+    Sigmoid,
     Maximum,
     Minimum,
     Sum,
@@ -93,6 +94,7 @@ pub const ALL: &[(&str, Builtin)] = &[
     ("sqrt", Builtin::Sqrt),
     ("abs", Builtin::Abs),
     ("tanh", Builtin::Tanh),
+    ("sigmoid", Builtin::Sigmoid),
     ("maximum", Builtin::Maximum),
     ("minimum", Builtin::Minimum),
     ("sum", Builtin::Sum),
@@ -163,7 +165,12 @@ impl Builtin {
             Builtin::RandomNormal | Builtin::RandomUniform => RANDOM,
             Builtin::Training => &[],
             Builtin::Assign => ASSIGN,
-            Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => UNARY,
+            Builtin::Exp
+            | Builtin::Log
+            | Builtin::Sqrt
+            | Builtin::Abs
+            | Builtin::Tanh
+            | Builtin::Sigmoid => UNARY,
             Builtin::Maximum | Builtin::Minimum => BINARY,
             Builtin::Sum | Builtin::Mean | Builtin::Max => REDUCE,
             Builtin::Select => SELECT,

@@ -48,6 +48,16 @@ pub fn unary(op: UnaryOp, a: &Tensor) -> Tensor {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Tanh => x.tanh(),
+        // From e = e^(−|x|): no overflow, subnormal results kept.
+        UnaryOp::Sigmoid => {
+            let e = (-x.abs()).exp();
+            let r = 1.0 / (1.0 + e);
+            if x >= 0.0 {
+                r
+            } else {
+                e * r
+            }
+        }
     };
     Tensor::new(a.shape.clone(), a.data.iter().map(|&x| f(x)).collect())
 }

@@ -299,6 +299,7 @@ fn eval(
                     UnaryOp::Exp => math::exp(b, ty, a),
                     UnaryOp::Log => math::log(b, ty, a),
                     UnaryOp::Tanh => math::tanh(b, ty, a),
+                    UnaryOp::Sigmoid => math::sigmoid(b, ty, a),
                 }
             }
             Expr::Binary(op, x, y) => {

@@ -260,6 +260,23 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
 /// fractional exponent.
 pub const POWF_SYMBOL: &str = "nnc_powf";
 
+/// σ(x) from e = e^(−|x|) ∈ [0, 1]: 1/(1 + e) for x ≥ 0, e/(1 + e)
+/// below, so nothing overflows and σ reaches the subnormals (σ(−100) =
+/// 3.7e-44) before 0; NaN stays NaN (it fails `x ≥ 0` and propagates
+/// through `e`). The interpreter computes the same expression.
+pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let ax = b.ins().fabs(x);
+    let nax = b.ins().fneg(ax);
+    let e = exp(b, ty, nax);
+    let one = cst(b, ty, 1.0);
+    let d = b.ins().fadd(one, e);
+    let r = b.ins().fdiv(one, d);
+    let er = b.ins().fmul(e, r);
+    let zero = cst(b, ty, 0.0);
+    let pos = b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
+    choose(b, ty, pos, r, er)
+}
+
 /// x^y as the host's `powf` computes it, the function the interpreter
 /// calls: a polynomial `exp(y·ln x)` in f32 loses about |y·ln x| ulp (27
 /// ulp at 2^−87), and doing better needs a double-length logarithm. A

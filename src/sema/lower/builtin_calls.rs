@@ -146,12 +146,18 @@ impl<'a> Lowerer<'_, 'a, '_> {
         let req = |i: usize| arg(i).expect("bind_args checked required arguments");
         let nspan = self.span_in(env, span);
         let result = match b {
-            Builtin::Exp | Builtin::Log | Builtin::Sqrt | Builtin::Abs | Builtin::Tanh => {
+            Builtin::Exp
+            | Builtin::Log
+            | Builtin::Sqrt
+            | Builtin::Abs
+            | Builtin::Tanh
+            | Builtin::Sigmoid => {
                 let u = match b {
                     Builtin::Exp => UnaryOp::Exp,
                     Builtin::Log => UnaryOp::Log,
                     Builtin::Sqrt => UnaryOp::Sqrt,
                     Builtin::Abs => UnaryOp::Abs,
+                    Builtin::Sigmoid => UnaryOp::Sigmoid,
                     _ => UnaryOp::Tanh,
                 };
                 self.tensor_expr(env, req(0))
