@@ -15,8 +15,8 @@ pub enum UnaryOp {
     Sqrt,
     Abs,
     Tanh,
-    /// σ(x) = 1 / (1 + e^(−x)), a primitive so that its value and its
-    /// derivative σ(x)·σ(−x) are exact at both ends.
+    /// σ(x) = 1 / (1 + e^(−x)): a primitive so that its value and its
+    /// derivative σ(x)(1 − σ(x)) stay finite at both ends.
     Sigmoid,
 }
 

@@ -301,12 +301,13 @@ fn vjp(
             let d = b.sub(one, sq, sp)?;
             v.push((*a, b.mul(gb, d, sp)?));
         }
-        // d σ(a) = ḡ·σ(a)(1 − σ(a)) = ḡ·σ(a)·σ(−a): 1 − σ(a) rounds to 0
-        // for a > 17 where σ(−a) is still exact.
+        // d σ(a) = ḡ·σ(a)(1 − σ(a)) = ḡ·out·(1 − out), as PyTorch: finite
+        // everywhere; for a > 17, 1 − out rounds to 0 (the true value is
+        // below 4e-8).
         Op::Unary(UnaryOp::Sigmoid, a) => {
-            let na = b.unary(UnaryOp::Neg, *a, sp)?;
-            let s_neg = b.unary(UnaryOp::Sigmoid, na, sp)?;
-            let d = b.mul(out, s_neg, sp)?;
+            let one = b.fill_like(1.0, out, sp)?;
+            let rest = b.sub(one, out, sp)?;
+            let d = b.mul(out, rest, sp)?;
             v.push((*a, b.mul(gb, d, sp)?));
         }
         // d(a + b) = (ḡ, ḡ)

@@ -48,16 +48,8 @@ pub fn unary(op: UnaryOp, a: &Tensor) -> Tensor {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Tanh => x.tanh(),
-        // From e = e^(−|x|): no overflow, subnormal results kept.
-        UnaryOp::Sigmoid => {
-            let e = (-x.abs()).exp();
-            let r = 1.0 / (1.0 + e);
-            if x >= 0.0 {
-                r
-            } else {
-                e * r
-            }
-        }
+        // 1/(1 + inf) = 0 and 1/(1 + 0) = 1 at the ends.
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
     };
     Tensor::new(a.shape.clone(), a.data.iter().map(|&x| f(x)).collect())
 }

@@ -260,21 +260,15 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
 /// fractional exponent.
 pub const POWF_SYMBOL: &str = "nnc_powf";
 
-/// σ(x) from e = e^(−|x|) ∈ [0, 1]: 1/(1 + e) for x ≥ 0, e/(1 + e)
-/// below, so nothing overflows and σ reaches the subnormals (σ(−100) =
-/// 3.7e-44) before 0; NaN stays NaN (it fails `x ≥ 0` and propagates
-/// through `e`). The interpreter computes the same expression.
+/// σ(x) = 1 / (1 + e^(−x)), from [`exp`]: for x < −88.7 e^(−x) is inf
+/// and σ exactly 0, where e^(−x) underflows σ is 1; NaN stays NaN. The
+/// interpreter computes the same expression.
 pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-    let ax = b.ins().fabs(x);
-    let nax = b.ins().fneg(ax);
-    let e = exp(b, ty, nax);
+    let nx = b.ins().fneg(x);
+    let e = exp(b, ty, nx);
     let one = cst(b, ty, 1.0);
     let d = b.ins().fadd(one, e);
-    let r = b.ins().fdiv(one, d);
-    let er = b.ins().fmul(e, r);
-    let zero = cst(b, ty, 0.0);
-    let pos = b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
-    choose(b, ty, pos, r, er)
+    b.ins().fdiv(one, d)
 }
 
 /// x^y as the host's `powf` computes it, the function the interpreter
