@@ -65,6 +65,8 @@ pub mod data;
 pub mod diag;
 pub mod driver;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ir;
 pub mod log;
 pub mod passes;

@@ -23,3 +23,24 @@ proptest! {
         programs::check(&programs::program(&e, rows, cols))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261130),
+        .. ProptestConfig::default()
+    })]
+
+    /// The fuzzing campaign's generator (`nnc::fuzz`): programs of rank 0
+    /// to 4 over the language's operations (reductions over several axes,
+    /// batched and broadcast matmuls, reshapes, transposes, slices,
+    /// concatenations and the rest its documentation lists), on input
+    /// values that include the float limits; it asserts the backends
+    /// agree (outputs, and gradients where there is a loss) and panics
+    /// otherwise.
+    #[test]
+    fn generated_programs_of_every_rank_agree(bytes in prop::collection::vec(any::<u8>(), 16..400)) {
+        nnc::fuzz::differential(&bytes);
+    }
+}

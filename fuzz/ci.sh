@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A short fuzzing pass over every target in fuzz_targets/ (about two
+# minutes of fuzzing: 30 s each, one process, from the seeds in seeds/),
+# failing on the first crash. The harnesses live in src/fuzz.rs; inputs
+# that crashed them once are replayed by `cargo test --test
+# fuzz_regressions`. Installs the nightly toolchain and cargo-fuzz when
+# they are missing.
+#
+#   fuzz/ci.sh                 every target, 30 s each
+#   FUZZ_SECONDS=300 fuzz/ci.sh loaders
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+seconds="${FUZZ_SECONDS:-30}"
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(parse_check compile_run differential loaders)
+fi
+
+# -a: debug assertions on, as in `cargo test` (the IR verifier runs).
+echo "== cargo +nightly fuzz build"
+cargo +nightly fuzz build -O -a
+
+for t in "${targets[@]}"; do
+    echo "== fuzz $t for ${seconds}s"
+    # New inputs go to corpus/$t (ignored by git); seeds/ is only read.
+    mkdir -p "corpus/$t"
+    cargo +nightly fuzz run -O -a "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1
+done
+echo "== no crash"
