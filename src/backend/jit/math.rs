@@ -20,7 +20,7 @@
 #![allow(clippy::excessive_precision)]
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// A constant of type `ty` (a scalar or a splat).
@@ -75,30 +75,34 @@ fn poly(b: &mut FunctionBuilder, ty: Type, x: Value, coeffs: &[f32]) -> Value {
 }
 
 /// e^x = 2^n · e^r with n = round(x·log2 e), r = x − n·ln 2 (in two parts,
-/// so r is exact), e^r from a degree-7 polynomial. 2^n is applied as two
-/// factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), each a normal float, so the result
-/// overflows to inf above ln(f32::MAX) ≈ 88.72 and goes through the
-/// subnormals down to 0 below about −103.97, as libm's `expf` does.
+/// so r is exact), e^r from a degree-7 polynomial.
+///
+/// Where |x| < 86 (every lane of a vector), 2^n is applied by adding n to
+/// e^r's exponent bits: the result is a normal float. Otherwise (a lane
+/// near or past the ends, or NaN) a second block applies 2^n as two
+/// normal factors 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), so the result overflows to inf
+/// above ln(f32::MAX) ≈ 88.72 and goes through the subnormals down to 0
+/// below about −103.97, as libm's `expf` does; the fast lanes keep their
+/// value.
 pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     // Past these bounds the result is inf or 0 whatever x is; clamping
-    // keeps n within [−150, 129], where both factors are normal. NaN
-    // passes through fmin/fmax (Cranelift propagates it) and the
-    // arithmetic below.
+    // keeps n within [−150, 129]. NaN passes through fmin/fmax (Cranelift
+    // propagates it) and the arithmetic below.
     let hi = cst(b, ty, 89.0);
     let lo = cst(b, ty, -104.0);
-    let x = b.ins().fmin(x, hi);
-    let x = b.ins().fmax(x, lo);
+    let xc = b.ins().fmin(x, hi);
+    let xc = b.ins().fmax(xc, lo);
     // n = round(x·log2 e) by the magic-number trick: adding 1.5·2^23
     // rounds to an integer held in the low mantissa bits, so the same
-    // value gives both n as a float (subtracting the magic) and as an
-    // integer (subtracting the magic's bits).
+    // value gives n as a float (subtracting the magic) and n·2^23 as an
+    // integer (its bits shifted left by 23: the magic's own bits leave).
     let log2e = cst(b, ty, std::f32::consts::LOG2_E);
     let magic = cst(b, ty, 12_582_912.0);
-    let t = b.ins().fma(x, log2e, magic);
+    let t = b.ins().fma(xc, log2e, magic);
     let n = b.ins().fsub(t, magic);
     let c1 = cst(b, ty, -0.693_359_4);
     let c2 = cst(b, ty, 2.121_944_4e-4);
-    let r = b.ins().fma(n, c1, x);
+    let r = b.ins().fma(n, c1, xc);
     let r = b.ins().fma(n, c2, r);
     let p = poly(
         b,
@@ -117,10 +121,30 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let one = cst(b, ty, 1.0);
     let q = b.ins().fma(p, r2, r);
     let er = b.ins().fadd(q, one);
-    // 2^n = 2^h · 2^(n−h), h = n >> 1 (arithmetic), each from its
-    // exponent bits: (k + 127) << 23.
     let ity = int_ty(ty);
     let ti = bits(b, ity, t);
+    let nsh = b.ins().ishl_imm_u(ti, 23);
+    let erb = bits(b, ity, er);
+    let yb = b.ins().iadd(erb, nsh);
+    let fast = bits(b, ty, yb);
+    // Any lane outside the fast range (or NaN)?
+    let ax = b.ins().fabs(x);
+    let limit = cst(b, ty, 86.0);
+    let out = b
+        .ins()
+        .fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, ax, limit);
+    let any = if ty.is_vector() {
+        b.ins().vany_true(out)
+    } else {
+        out
+    };
+    let slow = b.create_block();
+    let join = b.create_block();
+    let result = b.append_block_param(join, ty);
+    b.ins().brif(any, slow, &[], join, &[BlockArg::Value(fast)]);
+    b.switch_to_block(slow);
+    // 2^n = 2^h · 2^(n−h), h = n >> 1 (arithmetic), each from its
+    // exponent bits: (k + 127) << 23.
     let magic_bits = icst(b, ity, 12_582_912f32.to_bits() as i32);
     let ni = b.ins().isub(ti, magic_bits);
     let h = b.ins().sshr_imm_u(ni, 1);
@@ -136,7 +160,11 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     // er·2^h is exact (a normal float); the second product rounds once,
     // into the subnormals or to inf where the result lies there.
     let y = b.ins().fmul(er, s1);
-    b.ins().fmul(y, s2)
+    let y = b.ins().fmul(y, s2);
+    let merged = choose(b, ty, out, y, fast);
+    b.ins().jump(join, &[BlockArg::Value(merged)]);
+    b.switch_to_block(join);
+    result
 }
 
 /// ln x = ln m + e·ln 2 with x = m·2^e, m in [√½, √2), ln m from
