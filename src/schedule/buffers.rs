@@ -41,6 +41,8 @@ impl BufferPlan {
             .updates
             .iter()
             .map(|u| {
+                // An update's value is a root: fusion never fuses a root,
+                // so plan_buffers gave it (or the base of its view) a buffer.
                 let b = self.buf_of[u.node].expect("an update's value is stored");
                 if taken.insert(b) {
                     return b;
@@ -150,6 +152,8 @@ pub(super) fn plan_buffers(
             let b = root_of(&base, a);
             if last[b] == i && !pinned.contains(b) {
                 last[b] = usize::MAX; // released once
+                                      // `reads` yields stored nodes of earlier kernels (leaves
+                                      // included), each given a buffer when its kernel was planned.
                 let buf = buf_of[b].expect("a node read is stored before");
                 free.entry(sizes[buf]).or_default().push(buf);
             }

@@ -463,6 +463,8 @@ fn run_step(
                 .args()
                 .into_iter()
                 .map(|a| {
+                    // schedule::build gives a host step only when each of
+                    // its arguments has a buffer (Builder::host_step).
                     let b = sched
                         .buf(a)
                         .expect("the schedule stores a host step's arguments");
