@@ -82,7 +82,7 @@ pub fn differential(data: &[u8]) {
     let p = Program::generate(&mut src, true);
     let g = p.compile();
     let values = p.values(&mut src);
-    compare(&p, &g, &values, "outputs");
+    let loss_scale = compare(&p, &g, &values, "outputs", None);
     if let Some(loss) = p.loss_node(&g) {
         let gg = match pipeline::grad_graph(&g, loss) {
             Ok(gg) => gg,
@@ -92,7 +92,7 @@ pub fn differential(data: &[u8]) {
             ),
         };
         // The gradient graph's parameters keep their names.
-        compare(&p, &gg.graph, &values, "gradients");
+        compare(&p, &gg.graph, &values, "gradients", Some(loss_scale));
     }
 }
 
@@ -210,8 +210,16 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Runs `g` on both backends with `values` for its parameters (the others
-/// at their initial values) and checks that they agree.
-fn compare(p: &Program, g: &Graph, values: &[(String, Tensor)], what: &str) {
+/// at their initial values) and checks that they agree. The loss is
+/// compared at the scale of its terms: `loss_scale` when given, else
+/// taken from `g`'s output `y` ([`Program::loss_scale`]), and returned.
+fn compare(
+    p: &Program,
+    g: &Graph,
+    values: &[(String, Tensor)],
+    what: &str,
+    loss_scale: Option<f64>,
+) -> f64 {
     let mut params = interp::init_params(g, 0);
     for (id, info) in g.params.iter() {
         if let Some((_, t)) = values.iter().find(|(n, _)| *n == info.name) {
@@ -234,7 +242,7 @@ fn compare(p: &Program, g: &Graph, values: &[(String, Tensor)], what: &str) {
     };
     let (want, got) = match (want, got) {
         (Ok(w), Ok(j)) => (w, j),
-        (Err(_), Err(_)) => return,
+        (Err(_), Err(_)) => return loss_scale.unwrap_or(0.0),
         (w, j) => panic!(
             "{what}: the interpreter {} but the JIT {}\n{}",
             w.map_or_else(|e| format!("failed ({e})"), |_| "ran".into()),
@@ -243,17 +251,25 @@ fn compare(p: &Program, g: &Graph, values: &[(String, Tensor)], what: &str) {
         ),
     };
     assert_eq!(want.len(), got.len(), "{what}: output count\n{}", shown());
+    let output = |name: &str| {
+        let k = g.outputs.iter().position(|o| o.name == name)?;
+        want.get(k)
+    };
+    let loss_scale =
+        loss_scale.unwrap_or_else(|| output("y").map_or(0.0, |y| p.loss_scale(y, values)));
     for (k, (w, j)) in want.iter().zip(&got).enumerate() {
         let name = g.outputs.get(k).map_or("?", |o| o.name.as_str());
+        let scale = if name == "loss" { loss_scale } else { 0.0 };
         assert_eq!(w.shape, j.shape, "{what}: shape of `{name}`\n{}", shown());
         for (i, (&x, &y)) in w.data.iter().zip(&j.data).enumerate() {
             assert!(
-                agree(x, y),
+                agree_at(x, y, scale),
                 "{what}: `{name}`[{i}]: interpreter {x:e}, JIT {y:e}\n{}",
                 shown()
             );
         }
     }
+    loss_scale
 }
 
 /// Whether two results agree: both NaN, equal (infinities included), or
@@ -269,6 +285,14 @@ fn compare(p: &Program, g: &Graph, values: &[(String, Tensor)], what: &str) {
 /// difference of two sums, is kept out by the generator's strict mode,
 /// not allowed for here.)
 pub fn agree(x: f32, y: f32) -> bool {
+    agree_at(x, y, 0.0)
+}
+
+/// [`agree`] for a result computed as a sum whose terms' magnitudes add up
+/// to `scale`: the relative error of 1e-5 is taken of `scale` when it is
+/// larger than the results (two orders of summing cancelling terms agree
+/// to a few ulps of the terms, not of the result).
+pub fn agree_at(x: f32, y: f32, scale: f64) -> bool {
     if x.is_nan() || y.is_nan() {
         return x.is_nan() && y.is_nan();
     }
@@ -279,5 +303,6 @@ pub fn agree(x: f32, y: f32) -> bool {
         return false;
     }
     let diff = (f64::from(x) - f64::from(y)).abs();
-    diff <= 1e-6 || diff <= 1e-5 * f64::from(x.abs().max(y.abs()))
+    let magnitude = f64::from(x.abs().max(y.abs())).max(scale);
+    diff <= 1e-6 || diff <= 1e-5 * magnitude
 }
