@@ -99,6 +99,9 @@ pub mod code {
     pub const INDEX: &str = "E0302";
     /// A run that needs more memory than its budget (`--max-memory`).
     pub const MEMORY: &str = "E0303";
+    /// A device that cannot run the program: no OpenCL platform or
+    /// device, too little device memory, a backend not built in.
+    pub const DEVICE: &str = "E0304";
     /// A derivative the autodiff pass does not take.
     pub const GRAD: &str = "E0401";
     pub const INTERNAL: &str = "E9999";

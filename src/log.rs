@@ -1,7 +1,8 @@
 //! Debug logging to stderr, chosen by `NNC_LOG` (a comma-separated list of
 //! topics, e.g. `NNC_LOG=fusion,plan`): `fusion` says which rule fired
 //! where and why a candidate was refused; `plan` lists the JIT's steps and
-//! buffers.
+//! buffers; `opencl` names the device and says whether each OpenCL
+//! program came from the disk cache or was built.
 
 /// Whether `topic` is in `NNC_LOG`.
 pub fn enabled(topic: &str) -> bool {

@@ -1,8 +1,10 @@
 //! Randomised differential testing: small programs (`common/programs.rs`)
-//! run on the JIT and on the interpreter, outputs and gradients compared.
+//! run on the interpreter and on each compiling backend (the JIT, and
+//! OpenCL where it runs), outputs and gradients compared.
 //! proptest shrinks a failure to a minimal program, which the failure
 //! message prints as `.nn` source.
 
+mod common;
 #[path = "common/programs.rs"]
 mod programs;
 
@@ -19,8 +21,11 @@ proptest! {
     })]
 
     #[test]
-    fn jit_agrees_with_the_interpreter(e in programs::expr(), rows in 1usize..7, cols in 1usize..10) {
-        programs::check(&programs::program(&e, rows, cols))?;
+    fn compiled_backends_agree_with_the_interpreter(e in programs::expr(), rows in 1usize..7, cols in 1usize..10) {
+        let source = programs::program(&e, rows, cols);
+        for kind in common::compiled_backends() {
+            programs::check_on(&source, kind)?;
+        }
     }
 }
 
@@ -41,6 +46,8 @@ proptest! {
     /// otherwise.
     #[test]
     fn generated_programs_of_every_rank_agree(bytes in prop::collection::vec(any::<u8>(), 16..400)) {
-        nnc::fuzz::differential(&bytes);
+        for kind in common::compiled_backends() {
+            nnc::fuzz::differential_on(&bytes, kind);
+        }
     }
 }

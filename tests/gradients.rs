@@ -10,6 +10,8 @@
 //! a truncation error of order ε², so the tolerance is 1e-2 relative plus
 //! 2e-3 absolute. The cases keep away from kinks (relu at 0, ties in max).
 
+mod common;
+
 use cranelift_entity::SecondaryMap;
 use nnc::backend::{interp, BackendKind, Engine};
 use nnc::ir::{Graph, ParamId};
@@ -47,7 +49,7 @@ fn check_graph(name: &str, g: &Graph) {
 /// attention) carries more f32 rounding into the difference quotient,
 /// which shrinks as 1/ε.
 fn check_graph_eps(name: &str, g: &Graph, eps: f32) {
-    for backend in [BackendKind::Interp, BackendKind::Jit] {
+    for backend in common::backends() {
         check_on(&format!("{name} [{backend:?}]"), g, eps, backend);
     }
 }

@@ -15,6 +15,8 @@
 //! the models stack them (`stack4(Wx_i, Wx_f, Wx_g, Wx_o)`) and the
 //! gradients still reach each fixture parameter.
 
+mod common;
+
 use cranelift_entity::SecondaryMap;
 use nnc::backend::{interp, BackendKind, Engine};
 use nnc::pipeline::{self, Stage};
@@ -84,7 +86,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 }
 
 fn check(model: &str, body: &str) {
-    for backend in [BackendKind::Interp, BackendKind::Jit] {
+    for backend in common::backends() {
         check_on(model, body, backend);
     }
 }
@@ -233,7 +235,7 @@ fn conv2d_output_and_input_gradient() {
 /// written as `lets`, and the gradient of `loss` for its input `x`: the
 /// same model with `x` made a parameter, so its gradient is computed too.
 fn check_forward(model: &str, lets: &str, outputs: &[(&str, &str)], loss: &str) {
-    for backend in [BackendKind::Interp, BackendKind::Jit] {
+    for backend in common::backends() {
         check_forward_on(model, lets, outputs, loss, backend);
     }
 }

@@ -12,6 +12,8 @@
 //!
 //! Each snapshot's header holds the source it came from.
 
+mod common;
+
 use nnc::backend::BackendKind;
 use nnc::driver::graphs::run_graph;
 use nnc::pipeline::{self, Stage};
@@ -89,24 +91,31 @@ fn run() {
         let outputs = run_graph(&g, 0, BackendKind::Interp)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(!outputs.is_empty(), "a run case must declare outputs");
-        // The compiled backend must agree with the interpreter.
-        let jit = run_graph(&g, 0, BackendKind::Jit)
-            .unwrap_or_else(|e| panic!("{} on the JIT: {e}", path.display()));
-        let names = |o: &[(String, nnc::tensor::Tensor)]| {
-            o.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(&outputs),
-            names(&jit),
-            "{}: the outputs",
-            path.display()
-        );
-        for ((name, want), (_, got)) in outputs.iter().zip(&jit) {
-            assert_eq!(want.shape, got.shape, "{}: {name}", path.display());
-            for (i, (w, g)) in want.data.iter().zip(&got.data).enumerate() {
-                let same =
-                    w == g || (w.is_nan() && g.is_nan()) || (w - g).abs() <= 1e-5 + 1e-5 * w.abs();
-                assert!(same, "{}: {name}[{i}]: interp {w}, jit {g}", path.display());
+        // The compiled backends must agree with the interpreter.
+        for kind in common::compiled_backends() {
+            let got = run_graph(&g, 0, kind)
+                .unwrap_or_else(|e| panic!("{} on {kind:?}: {e}", path.display()));
+            let names = |o: &[(String, nnc::tensor::Tensor)]| {
+                o.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(
+                names(&outputs),
+                names(&got),
+                "{}: the outputs",
+                path.display()
+            );
+            for ((name, want), (_, got)) in outputs.iter().zip(&got) {
+                assert_eq!(want.shape, got.shape, "{}: {name}", path.display());
+                for (i, (w, g)) in want.data.iter().zip(&got.data).enumerate() {
+                    let same = w == g
+                        || (w.is_nan() && g.is_nan())
+                        || (w - g).abs() <= 1e-5 + 1e-5 * w.abs();
+                    assert!(
+                        same,
+                        "{}: {name}[{i}]: interp {w}, {kind:?} {g}",
+                        path.display()
+                    );
+                }
             }
         }
         settings(path, &src).bind(|| insta::assert_snapshot!(nnc::driver::output::text(&outputs)));
@@ -131,6 +140,37 @@ fn fused() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/fused/x.nn");
         settings(&dir, &src).bind(|| insta::assert_snapshot!(text));
     });
+}
+
+/// The OpenCL C generated for every example (for its training step when
+/// it has a `train` block), without the library every program starts
+/// with, which has its own snapshot.
+#[test]
+fn opencl() {
+    insta::glob!("../examples", "*.nn", |path| {
+        let src = read(path);
+        let c = pipeline::compile(&name_of(path), &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("compiled");
+        let mut text = String::new();
+        for (phase, graph) in
+            nnc::driver::graphs::compiled_graphs(&g, c.train.as_ref()).expect("step graphs")
+        {
+            let syms =
+                nnc::driver::graphs::bind_dims(&graph, &[], c.train.as_ref().map(|t| t.batch))
+                    .expect("the example's sizes bind");
+            let sched = pipeline::schedule(&pipeline::fuse(&graph), &syms).expect("schedules");
+            text += &format!(
+                "// phase {phase}\n{}",
+                nnc::backend::opencl::codegen::generated(&sched)
+            );
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/opencl/x.nn");
+        settings(&dir, &src).bind(|| insta::assert_snapshot!(text));
+    });
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/opencl/library.nn");
+    settings(&dir, "")
+        .bind(|| insta::assert_snapshot!("library", nnc::backend::opencl::codegen::LIBRARY));
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! function. `interp` is the reference that every later backend (Cranelift
 //! JIT, OpenCL) is tested against.
 
+pub mod compiled;
 pub mod interp;
 pub mod jit;
+pub mod opencl;
 
 pub use crate::exec::{bind, memory, Error};
 use crate::ir::{Graph, InputId, ParamId};
@@ -19,6 +21,9 @@ pub enum BackendKind {
     Jit,
     /// The reference interpreter.
     Interp,
+    /// Generated OpenCL C kernels on an OpenCL device (a build with the
+    /// `opencl` feature; `--device N` chooses the device).
+    Opencl,
 }
 
 /// A graph ready to run on one backend: the interpreter, or the JIT with
@@ -26,6 +31,7 @@ pub enum BackendKind {
 pub enum Engine<'g> {
     Interp(&'g Graph),
     Jit(Box<jit::Jit<'g>>),
+    OpenCl(Box<opencl::OpenCl<'g>>),
 }
 
 impl<'g> Engine<'g> {
@@ -33,6 +39,7 @@ impl<'g> Engine<'g> {
         match kind {
             BackendKind::Interp => Engine::Interp(g),
             BackendKind::Jit => Engine::Jit(Box::new(jit::Jit::new(g))),
+            BackendKind::Opencl => Engine::OpenCl(Box::new(opencl::OpenCl::new(g))),
         }
     }
 
@@ -45,11 +52,12 @@ impl<'g> Engine<'g> {
         match self {
             Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }),
             Engine::Jit(j) => j.eval(params, inputs),
+            Engine::OpenCl(c) => c.eval(params, inputs),
         }
     }
 
-    /// Compiles for these inputs' shapes without running (the JIT; the
-    /// interpreter has nothing to prepare).
+    /// Compiles for these inputs' shapes without running (the compiling
+    /// backends; the interpreter has nothing to prepare).
     pub fn prepare(
         &mut self,
         params: &SecondaryMap<ParamId, Tensor>,
@@ -58,6 +66,7 @@ impl<'g> Engine<'g> {
         match self {
             Engine::Interp(_) => Ok(()),
             Engine::Jit(j) => j.prepare(params, inputs),
+            Engine::OpenCl(c) => c.prepare(params, inputs),
         }
     }
 
@@ -71,6 +80,7 @@ impl<'g> Engine<'g> {
         match self {
             Engine::Interp(g) => interp::step(g, params, inputs).map(|_| ()),
             Engine::Jit(j) => j.step_in_place(params, inputs),
+            Engine::OpenCl(c) => c.step_in_place(params, inputs),
         }
     }
 
@@ -86,6 +96,7 @@ impl<'g> Engine<'g> {
             Engine::Interp(g) if step => interp::step(g, params, inputs).map(|_| ()),
             Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }).map(|_| ()),
             Engine::Jit(j) => j.again(params, step),
+            Engine::OpenCl(c) => c.again(params, step),
         }
     }
 
@@ -98,6 +109,7 @@ impl<'g> Engine<'g> {
         match self {
             Engine::Interp(g) => interp::step(g, params, inputs),
             Engine::Jit(j) => j.step(params, inputs),
+            Engine::OpenCl(c) => c.step(params, inputs),
         }
     }
 }

@@ -19,6 +19,11 @@ pub struct Cli {
     /// default the memory available on this machine.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory, global = true)]
     pub max_memory: Option<u64>,
+    /// The OpenCL device for `--backend opencl`, by its number in `nnc
+    /// devices` (also `NNC_OPENCL_DEVICE`); by default the first GPU, else
+    /// the first device.
+    #[arg(long, value_name = "N", global = true)]
+    pub device: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,7 +53,8 @@ pub enum Command {
         /// The stage to print.
         #[arg(long, value_enum, default_value_t = Emit::Ir)]
         emit: Emit,
-        /// The size of a symbolic dimension, for `--emit clif` (e.g. `--dim B=128`);
+        /// The size of a symbolic dimension, for `--emit clif` and `--emit opencl`
+        /// (e.g. `--dim B=128`);
         /// a file with a `train` block binds the batch dimension from `batch`.
         #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
@@ -77,6 +83,11 @@ pub enum Command {
         after_help = "Example:\n  nnc repl\n  nnc> let x = [0.5, 0.8, 0.2]\n  nnc> sigmoid(sum(x * [0.2, -0.5, 1.0]) + 0.1)\n  0.5\n\nPiped input works too: printf 'sigmoid(0.0)\\n' | nnc repl"
     )]
     Repl,
+    /// List the OpenCL devices `--backend opencl` can run on.
+    #[command(
+        after_help = "Example:\n  nnc devices\n  nnc run model.nn --backend opencl --device 1"
+    )]
+    Devices,
     /// Train the model described by a file's `train` block.
     #[command(
         after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
@@ -166,6 +177,9 @@ pub enum Emit {
     Fused,
     /// The Cranelift IR of each loop kernel, for concrete sizes.
     Clif,
+    /// The OpenCL C program (every loop kernel, and the library kernels
+    /// the other steps call), for concrete sizes.
+    Opencl,
 }
 
 /// A byte count, for `--max-memory`.

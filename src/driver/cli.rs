@@ -19,6 +19,9 @@ pub fn main() -> i32 {
         Color::Auto => std::io::stderr().is_terminal(),
     };
     crate::exec::memory::set_limit(cli.max_memory);
+    if let Some(n) = cli.device {
+        crate::backend::opencl::choose_device(n);
+    }
     if let Command::Repl = cli.command {
         return super::repl::run(color);
     }
@@ -46,7 +49,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         Command::Compile { file, emit, dims } => {
             let stage = match emit {
                 Emit::Ast => Stage::Ast,
-                Emit::Ir | Emit::Grad | Emit::Fused | Emit::Clif => Stage::Ir,
+                Emit::Ir | Emit::Grad | Emit::Fused | Emit::Clif | Emit::Opencl => Stage::Ir,
             };
             let mut c = load(file, stage)?;
             let text = match (emit, &c.ast, &c.graph) {
@@ -68,7 +71,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                         }
                     }
                 }
-                (Emit::Fused | Emit::Clif, _, Some(g)) => {
+                (Emit::Fused | Emit::Clif | Emit::Opencl, _, Some(g)) => {
                     match backend_text(g, c.train.as_ref(), *emit, dims) {
                         Ok(t) => t,
                         Err(d) => {
@@ -121,6 +124,26 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             sources: SourceMap::new(),
             diags: Diagnostics::new(),
         }),
+        Command::Devices => {
+            let mut diags = Diagnostics::new();
+            let stdout = match crate::backend::opencl::devices() {
+                Ok(text) => text,
+                Err(e) => {
+                    diags.push(e.to_diag());
+                    let out = Outcome {
+                        stdout: String::new(),
+                        sources: SourceMap::new(),
+                        diags,
+                    };
+                    return Err(out);
+                }
+            };
+            Ok(Outcome {
+                stdout,
+                sources: SourceMap::new(),
+                diags,
+            })
+        }
         Command::Run {
             file,
             format,

@@ -84,7 +84,7 @@ pub fn bind_dims(
     Ok(syms)
 }
 
-/// `--emit fused` and `--emit clif`.
+/// `--emit fused`, `--emit clif` and `--emit opencl`.
 pub fn backend_text(
     g: &Graph,
     train: Option<&crate::sema::TrainSpec>,
@@ -100,7 +100,11 @@ pub fn backend_text(
             Emit::Fused => out.push_str(&pipeline::print_fused(&pipeline::fuse(&graph))),
             _ => {
                 let syms = bind_dims(&graph, dims, train.map(|t| t.batch))?;
-                let text = crate::backend::jit::clif(&graph, &syms).map_err(|e| e.to_diag())?;
+                let text = match emit {
+                    Emit::Opencl => crate::backend::opencl::source(&graph, &syms),
+                    _ => crate::backend::jit::clif(&graph, &syms),
+                }
+                .map_err(|e| e.to_diag())?;
                 out.push_str(&text);
                 out.push('\n');
             }

@@ -56,6 +56,11 @@ pub enum Error {
         found: usize,
         span: Span,
     },
+    /// The device a backend needs is missing or cannot hold the program
+    /// (no OpenCL platform, no device, too little device memory, a backend
+    /// this build lacks): not a bug; `help` says what to do.
+    #[error("{message}")]
+    Device { message: String, help: String },
     #[error("invalid index {value} in `{op}`: indices must be whole numbers in 0..{len}")]
     Index {
         op: &'static str,
@@ -95,6 +100,9 @@ impl Error {
                 "note: this is a bug in nnc; `--backend interp` runs the program without compiling it"
                     .into(),
             ]),
+            Error::Device { help, .. } => {
+                diag::error(code::DEVICE, msg).with_notes(vec![format!("help: {help}")])
+            }
             Error::Index { span, .. } => diag::error(code::INDEX, msg)
                 .with_labels(vec![span.primary("while evaluating this")])
                 .with_notes(vec![

@@ -78,11 +78,17 @@ pub fn compile_run(data: &[u8]) {
 /// backends must succeed or both fail; their outputs, and the loss and
 /// gradients when there is a loss, must agree as [`agree`] says.
 pub fn differential(data: &[u8]) {
+    differential_on(data, BackendKind::Jit);
+}
+
+/// [`differential`] with `kind` as the backend checked against the
+/// interpreter.
+pub fn differential_on(data: &[u8], kind: BackendKind) {
     let mut src = Bytes::new(data);
     let p = Program::generate(&mut src, true);
     let g = p.compile();
     let values = p.values(&mut src);
-    let loss_scale = compare(&p, &g, &values, "outputs", None);
+    let loss_scale = compare(&p, &g, &values, "outputs", None, kind);
     if let Some(loss) = p.loss_node(&g) {
         let gg = match pipeline::grad_graph(&g, loss) {
             Ok(gg) => gg,
@@ -92,7 +98,7 @@ pub fn differential(data: &[u8]) {
             ),
         };
         // The gradient graph's parameters keep their names.
-        compare(&p, &gg.graph, &values, "gradients", Some(loss_scale));
+        compare(&p, &gg.graph, &values, "gradients", Some(loss_scale), kind);
     }
 }
 
@@ -219,6 +225,7 @@ fn compare(
     values: &[(String, Tensor)],
     what: &str,
     loss_scale: Option<f64>,
+    kind: BackendKind,
 ) -> f64 {
     let mut params = interp::init_params(g, 0);
     for (id, info) in g.params.iter() {
@@ -232,7 +239,7 @@ fn compare(
         Engine::new(kind, g).run(&mut ps, &inputs)
     };
     let want = run(BackendKind::Interp);
-    let got = run(BackendKind::Jit);
+    let got = run(kind);
     let shown = || {
         let mut s = String::new();
         for (n, t) in values {
@@ -244,7 +251,7 @@ fn compare(
         (Ok(w), Ok(j)) => (w, j),
         (Err(_), Err(_)) => return loss_scale.unwrap_or(0.0),
         (w, j) => panic!(
-            "{what}: the interpreter {} but the JIT {}\n{}",
+            "{what}: the interpreter {} but {kind:?} {}\n{}",
             w.map_or_else(|e| format!("failed ({e})"), |_| "ran".into()),
             j.map_or_else(|e| format!("failed ({e})"), |_| "ran".into()),
             shown()
@@ -264,7 +271,7 @@ fn compare(
         for (i, (&x, &y)) in w.data.iter().zip(&j.data).enumerate() {
             assert!(
                 agree_at(x, y, scale),
-                "{what}: `{name}`[{i}]: interpreter {x:e}, JIT {y:e}\n{}",
+                "{what}: `{name}`[{i}]: interpreter {x:e}, {kind:?} {y:e}\n{}",
                 shown()
             );
         }

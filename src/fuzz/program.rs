@@ -744,7 +744,7 @@ output loss = mean(v6)
             .map(|((n, s), d)| (n.to_string(), Tensor::new(s.clone(), d)))
             .collect();
         let g = p.compile();
-        let scale = super::super::compare(&p, &g, &values, "outputs", None);
+        let scale = super::super::compare(&p, &g, &values, "outputs", None, BackendKind::Jit);
         // mean(|v6|): the scale the loss is compared at, far above it.
         assert!(scale > 10.0, "loss scale {scale}");
         // The two results the CI saw differ by more than `agree` allows

@@ -24,3 +24,40 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
+
+/// Whether the OpenCL backend can run here: this build has it and a
+/// device answers. Where the build has it but no device does, a test run
+/// in CI (`CI` set) fails, since `.ci/run` installs PoCL; elsewhere the
+/// OpenCL cases are skipped with the reason printed.
+pub fn opencl() -> bool {
+    if !nnc::backend::opencl::AVAILABLE {
+        return false;
+    }
+    match nnc::backend::opencl::probe() {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI needs an OpenCL device (PoCL): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping the OpenCL backend: {e}");
+            false
+        }
+    }
+}
+
+/// The compiling backends a test checks against the interpreter: the JIT,
+/// and OpenCL where [`opencl`] says it runs.
+pub fn compiled_backends() -> Vec<nnc::backend::BackendKind> {
+    let mut v = vec![nnc::backend::BackendKind::Jit];
+    if opencl() {
+        v.push(nnc::backend::BackendKind::Opencl);
+    }
+    v
+}
+
+/// The interpreter, then [`compiled_backends`].
+pub fn backends() -> Vec<nnc::backend::BackendKind> {
+    let mut v = vec![nnc::backend::BackendKind::Interp];
+    v.extend(compiled_backends());
+    v
+}

@@ -149,6 +149,11 @@ pub fn close(a: &[f32], b: &[f32]) -> Option<usize> {
 /// names and counts are compared first, so a missing output or gradient
 /// fails.
 pub fn check(source: &str) -> Result<(), TestCaseError> {
+    check_on(source, BackendKind::Jit)
+}
+
+/// [`check`] with `kind` as the backend checked against the interpreter.
+pub fn check_on(source: &str, kind: BackendKind) -> Result<(), TestCaseError> {
     let c = pipeline::compile("case.nn", source, Stage::Ir);
     prop_assert!(!c.diags.has_errors(), "{}\n{}", source, c.render(false));
     let g = c.graph.expect("graph");
@@ -157,20 +162,21 @@ pub fn check(source: &str) -> Result<(), TestCaseError> {
     let want = Engine::new(BackendKind::Interp, &g)
         .run(&mut params, &inputs)
         .expect("interp");
-    let got = Engine::new(BackendKind::Jit, &g)
+    let got = Engine::new(kind, &g)
         .run(&mut params, &inputs)
-        .expect("jit");
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}\n{source}"));
     prop_assert_eq!(want.len(), g.outputs.len(), "interp outputs\n{}", source);
-    prop_assert_eq!(got.len(), g.outputs.len(), "jit outputs\n{}", source);
+    prop_assert_eq!(got.len(), g.outputs.len(), "{:?} outputs\n{}", kind, source);
     for (k, (w, j)) in want.iter().zip(&got).enumerate() {
         prop_assert_eq!(&w.shape, &j.shape);
         if let Some(i) = close(&w.data, &j.data) {
             prop_assert!(
                 false,
-                "output {} [{}]: interp {}, jit {}\n--- program ---\n{}",
+                "output {} [{}]: interp {}, {:?} {}\n--- program ---\n{}",
                 g.outputs[k].name,
                 i,
                 w.data[i],
+                kind,
                 j.data[i],
                 source
             );
@@ -178,11 +184,12 @@ pub fn check(source: &str) -> Result<(), TestCaseError> {
     }
     let gv = |b| nnc::driver::graphs::grad_values(&g, None, None, 0, b).expect("gradients");
     let (lw, gw, _) = gv(BackendKind::Interp);
-    let (lj, gj, _) = gv(BackendKind::Jit);
+    let (lj, gj, _) = gv(kind);
     prop_assert!(
         close(&[lw], &[lj]).is_none(),
-        "loss: interp {}, jit {}\n{}",
+        "loss: interp {}, {:?} {}\n{}",
         lw,
+        kind,
         lj,
         source
     );
@@ -201,10 +208,11 @@ pub fn check(source: &str) -> Result<(), TestCaseError> {
         if let Some(i) = close(&w.data, &j.data) {
             prop_assert!(
                 false,
-                "grad {}[{}]: interp {}, jit {}\n--- program ---\n{}",
+                "grad {}[{}]: interp {}, {:?} {}\n--- program ---\n{}",
                 name,
                 i,
                 w.data[i],
+                kind,
                 j.data[i],
                 source
             );

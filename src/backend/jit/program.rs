@@ -97,8 +97,9 @@ fn check_len(name: &str, expected: usize, found: usize, span: Span) -> Result<()
 
 impl Program {
     /// Compiles `sched` (verified by [`crate::schedule::build`] in debug
-    /// builds; the kernels below trust its ranges).
-    pub fn compile(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
+    /// builds; the kernels below trust its ranges), keeping each kernel's
+    /// Cranelift IR as text when `want_clif`.
+    pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
         let mut module = super::new_module().map_err(internal)?;
         let mut fctx = FunctionBuilderContext::new();
         let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
@@ -134,7 +135,7 @@ impl Program {
                     }
                 }
                 Step::Scan(sc) => {
-                    let body = Program::compile(sc.body.clone(), want_clif)?;
+                    let body = Program::compile_with(sc.body.clone(), want_clif)?;
                     clif.extend(body.clif.iter().cloned());
                     Exec::Scan(Box::new(body))
                 }
@@ -271,6 +272,28 @@ impl Program {
             }
         }
         Ok(())
+    }
+}
+
+impl crate::backend::compiled::Compile for Program {
+    fn compile(sched: Schedule) -> Result<Program, Error> {
+        Program::compile_with(sched, false)
+    }
+
+    fn load_inputs(
+        &mut self,
+        inputs: &SecondaryMap<crate::ir::InputId, Option<Tensor>>,
+    ) -> Result<(), Error> {
+        Program::load_inputs(self, inputs)
+    }
+
+    fn run(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        outputs: bool,
+        update: bool,
+    ) -> Result<Vec<Tensor>, Error> {
+        Program::run(self, params, outputs, update)
     }
 }
 

@@ -341,15 +341,24 @@ impl Session {
                     self.backend = Backend::Jit;
                     Reply::out("backend: jit\n")
                 }
+                "opencl" if !crate::backend::opencl::AVAILABLE => Reply::err(format!(
+                    "error: {}\n",
+                    crate::backend::opencl::unavailable().to_diag().message
+                )),
+                "opencl" => {
+                    self.backend = Backend::Opencl;
+                    Reply::out("backend: opencl\n")
+                }
                 "" => Reply::out(format!(
                     "backend: {}\n",
                     match self.backend {
                         Backend::Interp => "interp",
                         Backend::Jit => "jit",
+                        Backend::Opencl => "opencl",
                     }
                 )),
                 other => Reply::err(format!(
-                    "error: unknown backend `{other}`: choose `jit` or `interp`\n"
+                    "error: unknown backend `{other}`: choose `jit`, `interp` or `opencl`\n"
                 )),
             },
             "time" => self.with_expr(arg, |s, g, _, compile_s| {
