@@ -66,10 +66,11 @@ pub fn kernel_name(path: &[usize]) -> String {
     s
 }
 
-/// The whole program for `sched`: the library, then a kernel for every
-/// loop step, loop bodies included.
+/// The program of `sched`'s generated kernels: the shared helpers, then a
+/// kernel for every loop step, loop bodies included. (The library is a
+/// program of its own, built once per process: [`LIBRARY`].)
 pub fn program_source(sched: &Schedule) -> String {
-    String::from(LIBRARY) + &generated(sched)
+    String::from(PRELUDE) + &generated(sched)
 }
 
 /// The kernels generated for `sched`'s loop steps (the program without
@@ -398,13 +399,19 @@ fn k_all(k: &LoopKernel) -> Vec<usize> {
     (0..k.dims.len()).collect()
 }
 
-/// The kernels every program shares; their sizes are arguments.
-pub const LIBRARY: &str = r#"// nnc: OpenCL C generated from a schedule
+/// What every generated program starts with.
+pub const PRELUDE: &str = r#"// nnc: OpenCL C generated from a schedule
 #pragma OPENCL FP_CONTRACT OFF
 
 // The interpreter's maximum and minimum: a NaN operand wins.
 inline float nnc_max(float a, float b) { return (isnan(a) || a > b) ? a : b; }
 inline float nnc_min(float a, float b) { return (isnan(a) || a < b) ? a : b; }
+"#;
+
+/// The kernels the steps other than loops call, their sizes as
+/// arguments: one program for the whole process.
+pub const LIBRARY: &str = r#"// nnc: the library kernels
+#pragma OPENCL FP_CONTRACT OFF
 
 // Batched C = A @ B: A is m×k and B k×n with (row, column) strides, at
 // offsets a_offs[z] and b_offs[z]; C the z-th row-major m×n matrix. A

@@ -40,7 +40,7 @@ pub struct Gpu {
 fn no_platform() -> Error {
     Error::Device {
         message: "no OpenCL platform is installed".into(),
-        help: "install an OpenCL driver: `apt-get install pocl-opencl-icd` runs kernels on the CPU; for an NVIDIA GPU, register its ICD (`echo libnvidia-opencl.so.1 > /etc/OpenCL/vendors/nvidia.icd`)".into(),
+        help: "install an OpenCL driver: `apt-get install pocl-opencl-icd` runs kernels on the CPU; for an NVIDIA GPU whose driver is installed, register its ICD (`echo libnvidia-opencl.so.1 > /etc/OpenCL/vendors/nvidia.icd`, or in a folder that OCL_ICD_VENDORS names)".into(),
     }
 }
 

@@ -46,7 +46,11 @@ pub fn source(
     syms: &cranelift_entity::SecondaryMap<crate::ir::Sym, Option<usize>>,
 ) -> Result<String, Error> {
     let sched = pipeline::schedule(&pipeline::fuse(g), syms)?;
-    Ok(codegen::program_source(&sched))
+    Ok(format!(
+        "{}\n{}",
+        codegen::LIBRARY,
+        codegen::program_source(&sched)
+    ))
 }
 
 /// Whether this build has the OpenCL runtime.

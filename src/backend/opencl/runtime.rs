@@ -82,6 +82,22 @@ pub struct Program {
     _tables: Vec<Buffer<i64>>,
 }
 
+/// The generated kernels of a schedule, and the library's.
+#[derive(Clone, Copy)]
+struct Programs<'a> {
+    generated: &'a ocl::Program,
+    library: &'static ocl::Program,
+}
+
+/// The library program ([`codegen::LIBRARY`]), built once per process.
+fn library(gpu: &device::Gpu) -> Result<&'static ocl::Program, Error> {
+    static LIBRARY: std::sync::OnceLock<Result<ocl::Program, Error>> = std::sync::OnceLock::new();
+    LIBRARY
+        .get_or_init(|| build(gpu, codegen::LIBRARY))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// The build options: none that change the arithmetic.
 const OPTIONS: &str = "";
 
@@ -202,16 +218,21 @@ impl Program {
     pub fn new(sched: Schedule) -> Result<Program, Error> {
         let gpu = device::gpu()?;
         check_memory(gpu, &sched)?;
+        let library = library(gpu)?;
         let source = codegen::program_source(&sched);
         let program = build(gpu, &source)?;
-        Program::with(gpu, &program, sched, &mut Vec::new())
+        let programs = Programs {
+            generated: &program,
+            library,
+        };
+        Program::with(gpu, programs, sched, &mut Vec::new())
     }
 
     /// The program of `sched` from the kernels of `program`; `path` is the
     /// step path of the loop whose body `sched` is (empty at the top).
     fn with(
         gpu: &'static device::Gpu,
-        program: &ocl::Program,
+        programs: Programs,
         sched: Schedule,
         path: &mut Vec<usize>,
     ) -> Result<Program, Error> {
@@ -240,7 +261,7 @@ impl Program {
         let mut exec = Vec::with_capacity(sched.steps.len());
         for (i, step) in sched.steps.iter().enumerate() {
             path.push(i);
-            let e = Self::step_exec(gpu, program, step, &bufs, &mut tables, path);
+            let e = Self::step_exec(gpu, programs, step, &bufs, &mut tables, path);
             path.pop();
             exec.push(e?);
         }
@@ -255,14 +276,19 @@ impl Program {
 
     fn step_exec(
         gpu: &'static device::Gpu,
-        program: &ocl::Program,
+        programs: Programs,
         step: &Step,
         bufs: &[Buffer<f32>],
         tables: &mut Vec<Buffer<i64>>,
         path: &mut Vec<usize>,
     ) -> Result<Exec, Error> {
         let buf = |b: BufId| &bufs[b.index()];
+        // The library's kernels are named `nnc_…`, the generated `k…`.
         let kernel = |name: &str| {
+            let program = match name.starts_with("nnc_") {
+                true => programs.library,
+                false => programs.generated,
+            };
             let mut k = Kernel::builder();
             k.program(program).name(name).queue(gpu.queue.clone());
             k
@@ -457,7 +483,7 @@ impl Program {
                 }])
             }
             Step::Scan(sc) => {
-                let body = Program::with(gpu, program, sc.body.clone(), path)?;
+                let body = Program::with(gpu, programs, sc.body.clone(), path)?;
                 let add = match sc.sum {
                     true => {
                         let result = body.sched.outputs[0];
