@@ -20,7 +20,7 @@ fn backends_for(counter: &AtomicUsize) -> Vec<BackendKind> {
     let n = counter.fetch_add(1, Ordering::Relaxed);
     common::compiled_backends()
         .into_iter()
-        .filter(|&k| k != BackendKind::Opencl || n % 10 == 0)
+        .filter(|&k| k != BackendKind::Opencl || n.is_multiple_of(10))
         .collect()
 }
 
