@@ -23,8 +23,15 @@ fn log_lines(p: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Every backend: the network-family examples must meet their bars on
-/// each (the interpreter is slower; these are sized for it).
-const BACKENDS: [&str; 2] = ["jit", "interp"];
+/// each (the interpreter is slower; these are sized for it), OpenCL
+/// included where it runs (`common::opencl`).
+fn backends() -> Vec<&'static str> {
+    let mut v = vec!["jit", "interp"];
+    if common::opencl() {
+        v.push("opencl");
+    }
+    v
+}
 
 /// Trains `examples/{example}.nn` on `backend` with the extra arguments;
 /// returns the log's last record, after checking the run succeeded.
@@ -361,7 +368,7 @@ fn training_through_step_warns() {
 /// possible MSE is about 0.0025); repeating the last value scores 0.049
 /// on this data and predicting the mean 0.52.
 fn sine_learned(example: &str) {
-    for backend in BACKENDS {
+    for backend in backends() {
         let v = field(&train_last(example, backend, &[]), "val_loss");
         assert!(v < 0.01, "{example} on {backend}: validation MSE {v}");
     }
@@ -379,7 +386,7 @@ fn an_lstm_learns_to_continue_a_sine_wave() {
 
 #[test]
 fn a_transformer_block_learns_to_reverse_digit_sequences() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let last = train_last("transformer_reverse", backend, &[]);
         let acc = field(&last, "val_accuracy");
         assert!(acc >= 0.95, "{backend}: token accuracy {acc}");
@@ -404,7 +411,7 @@ fn several_label_columns_must_match_the_target_input() {
 #[test]
 fn a_gcn_classifies_the_karate_club() {
     // 17 members held out; an untrained model scores about 0.5 here.
-    for backend in BACKENDS {
+    for backend in backends() {
         let acc = field(&train_last("gcn_karate", backend, &[]), "val_accuracy");
         assert!(acc >= 0.88, "{backend}: held-out accuracy {acc}");
     }
@@ -412,7 +419,7 @@ fn a_gcn_classifies_the_karate_club() {
 
 #[test]
 fn lenet_reaches_95_percent_on_the_mnist_subset() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let acc = field(&train_last("lenet_mnist", backend, &[]), "val_accuracy");
         assert!(acc >= 0.95, "{backend}: validation accuracy {acc}");
     }
@@ -489,7 +496,7 @@ fn gan_samples(backend: &str, params: Option<&Path>) -> Vec<f64> {
 
 #[test]
 fn a_gan_learns_a_mixture_of_eight_gaussians() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let d = temp_dir(&format!("gan_{backend}"));
         let ck = d.join("gan.st");
         let last = train_last("gan_mixture", backend, &["--save", s(&ck)]);
