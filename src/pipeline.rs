@@ -262,6 +262,7 @@ fn phase_graph(
             span: train.span,
         });
     }
+    append_finite(&mut gg, train.span)?;
     set_training(&mut gg.graph, true);
     if cfg!(debug_assertions) {
         if let Err(e) = ir::verify(&gg.graph) {
@@ -272,6 +273,35 @@ fn phase_graph(
         }
     }
     Ok(gg)
+}
+
+/// The name of a training step's last output: 0 when every updated
+/// parameter and optimizer state is finite, else NaN.
+pub const FINITE_OUTPUT: &str = "finite";
+
+/// Appends [`FINITE_OUTPUT`] to a step: `Σ sum(u − u)` over the updates
+/// (`x − x` is 0 for a finite `x`, NaN for ±∞ and NaN). A gradient that is
+/// not finite makes its parameter's update, or the optimizer state it
+/// feeds, not finite, so the updates suffice. A backend that keeps the
+/// parameters on a device reads back this scalar and the loss after each
+/// step, not the gradients and the parameters, to guard against a
+/// blow-up; the gradients are read only to say which one it was.
+fn append_finite(gg: &mut GradGraph, span: crate::diag::Span) -> Result<(), Diag> {
+    let xs: Vec<ir::Node> = gg.graph.updates.iter().map(|u| u.node).collect();
+    let mut b = crate::passes::build::Builder { g: &mut gg.graph };
+    let mut total = b.fill(0.0, vec![], span)?;
+    for x in xs {
+        let zero = b.sub(x, x, span)?;
+        let rank = b.shape(x).len();
+        let s = b.reduce(ir::ReduceOp::Sum, zero, (0..rank).collect(), span)?;
+        total = b.add2(total, s, span)?;
+    }
+    gg.graph.outputs.push(ir::Output {
+        name: FINITE_OUTPUT.into(),
+        node: total,
+        span,
+    });
+    Ok(())
 }
 
 /// Fixes `training()` in `g`: the implicit input behind it becomes the

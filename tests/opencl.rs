@@ -185,3 +185,54 @@ fn a_second_process_finds_its_program_in_the_disk_cache() {
     assert!(log4.contains("from the cache"), "{log4}");
     assert_eq!(out1, out4);
 }
+
+/// A training run keeps the parameters and the optimizer state on the
+/// device: per step only the loss and the step's guard come back (and
+/// the parameters once per epoch, and when a short last batch switches
+/// programs), far less than reading them back after every step would.
+#[test]
+fn training_keeps_the_parameters_on_the_device() {
+    if !common::opencl() {
+        return;
+    }
+    let d = temp_dir("opencl_kept");
+    let out = d.join("w.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(["train", "examples/digits_mlp.nn", "--backend", "opencl"])
+        .args(["--epochs", "2", "--save", out.to_str().expect("utf-8 path")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NNC_LOG", "opencl")
+        .output()
+        .expect("nnc runs");
+    let log = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    let bytes = std::fs::read(&out).expect("saved");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("a checkpoint");
+    let state: usize = st.tensors().iter().map(|(_, t)| t.data().len() / 4).sum();
+    // "[opencl] program of S steps: R runs, W floats written to the
+    // device, X read back", for the step programs (the evaluation's runs
+    // once per epoch).
+    let (mut runs, mut read) = (0u64, 0u64);
+    for line in log.lines().filter(|l| l.contains(" runs, ")) {
+        let num = |after: &str, before: &str| -> u64 {
+            let s = line.split(after).nth(1).expect("field");
+            s.split(before)
+                .next()
+                .expect("field")
+                .trim()
+                .parse()
+                .expect("a number")
+        };
+        let r = num("steps: ", " runs");
+        if r > 2 {
+            runs += r;
+            read += num("device, ", " read back");
+        }
+    }
+    assert!(runs >= 80, "two epochs of 45 steps: {log}");
+    let per_step_reads = runs * state as u64;
+    assert!(
+        read * 8 < per_step_reads,
+        "{read} floats read back over {runs} steps; reading the {state} floats of parameters and state after each step would be {per_step_reads}\n{log}"
+    );
+}

@@ -29,6 +29,40 @@ pub trait Compile: Sized {
         outputs: bool,
         update: bool,
     ) -> Result<Vec<Tensor>, Error>;
+
+    /// Whether the program keeps the parameters in its own buffers across
+    /// steps ([`Compile::step_kept`]: a device's memory); otherwise
+    /// `params` always holds them.
+    const KEEPS_PARAMS: bool = false;
+
+    /// A step on the parameters the program keeps (uploaded from `params`
+    /// first when `upload`), the updates applied in its buffers; returns
+    /// the outputs `wanted`, by index. A parameter the program does not
+    /// read but updates is written into `params` at once.
+    fn step_kept(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        upload: bool,
+        wanted: &[usize],
+    ) -> Result<Vec<Tensor>, Error> {
+        let _ = (params, upload, wanted);
+        Err(Error::Backend {
+            message: "this backend does not keep parameters".into(),
+        })
+    }
+
+    /// Copies the parameters the program keeps into `params`.
+    fn read_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        let _ = params;
+        Ok(())
+    }
+
+    /// Every output of the last run, read again.
+    fn read_outputs(&mut self) -> Result<Vec<Tensor>, Error> {
+        Err(Error::Backend {
+            message: "this backend does not keep its outputs".into(),
+        })
+    }
 }
 
 /// A graph compiled on demand, once per set of input shapes.
@@ -43,6 +77,13 @@ pub struct Compiled<'g, P> {
     cache: Vec<(Vec<Option<Vec<usize>>>, P)>,
     /// The index of the last program run.
     last: Option<usize>,
+    /// The program whose buffers hold the current parameters, when the
+    /// backend keeps them ([`Compile::KEEPS_PARAMS`]): `params` is then
+    /// stale until [`Compiled::sync`].
+    kept: Option<usize>,
+    /// The outputs of the last [`Compiled::step_kept`], on a backend that
+    /// does not keep parameters (it returns every output anyway).
+    last_outputs: Vec<Tensor>,
 }
 
 impl<'g, P: Compile> Compiled<'g, P> {
@@ -54,6 +95,8 @@ impl<'g, P: Compile> Compiled<'g, P> {
             fused: None,
             cache: Vec::new(),
             last: None,
+            kept: None,
+            last_outputs: Vec::new(),
         }
     }
 
@@ -65,6 +108,16 @@ impl<'g, P: Compile> Compiled<'g, P> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
         params: &SecondaryMap<ParamId, Tensor>,
     ) -> Result<&mut P, Error> {
+        let at = self.program_index(inputs, params)?;
+        Ok(&mut self.cache[at].1)
+    }
+
+    /// [`Compiled::program`]'s index in the cache.
+    fn program_index(
+        &mut self,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        params: &SecondaryMap<ParamId, Tensor>,
+    ) -> Result<usize, Error> {
         let fed = |i: InputId| inputs[i].as_ref().map(|t| &t.shape[..]);
         let hit = self.cache.iter().position(|(key, _)| {
             key.iter()
@@ -87,9 +140,58 @@ impl<'g, P: Compile> Compiled<'g, P> {
             }
         };
         self.last = Some(at);
-        let p = &mut self.cache[at].1;
-        p.load_inputs(inputs)?;
-        Ok(p)
+        self.cache[at].1.load_inputs(inputs)?;
+        Ok(at)
+    }
+
+    /// A training step that leaves the parameters where the backend
+    /// computes (a device's memory) until [`Compiled::sync`]: only the
+    /// outputs `wanted` (by index) are returned. On a backend that does
+    /// not keep parameters this is [`Compiled::step`], the updates written
+    /// into `params`.
+    pub fn step_kept(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        wanted: &[usize],
+    ) -> Result<Vec<Tensor>, Error> {
+        if !P::KEEPS_PARAMS {
+            self.last_outputs = self.step(params, inputs)?;
+            return Ok(wanted
+                .iter()
+                .map(|&i| self.last_outputs[i].clone())
+                .collect());
+        }
+        let at = self.program_index(inputs, params)?;
+        if self.kept.is_some_and(|k| k != at) {
+            // Another shape set's program holds them (a short last batch).
+            self.sync(params)?;
+        }
+        let upload = self.kept != Some(at);
+        self.kept = None;
+        let outs = self.cache[at].1.step_kept(params, upload, wanted)?;
+        self.kept = Some(at);
+        Ok(outs)
+    }
+
+    /// Brings the parameters kept by [`Compiled::step_kept`] back into
+    /// `params`; the next step uploads them again.
+    pub fn sync(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        match self.kept.take() {
+            Some(k) => self.cache[k].1.read_params(params),
+            None => Ok(()),
+        }
+    }
+
+    /// Every output of the last [`Compiled::step_kept`].
+    pub fn outputs(&mut self) -> Result<Vec<Tensor>, Error> {
+        if !P::KEEPS_PARAMS {
+            return Ok(self.last_outputs.clone());
+        }
+        match self.last {
+            Some(k) => self.cache[k].1.read_outputs(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Compiles the program for these inputs' shapes, if not yet cached.
@@ -107,6 +209,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
+        self.sync(params)?;
         self.program(inputs, params)?.run(params, true, false)
     }
 
@@ -116,6 +219,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<(), Error> {
+        self.sync(params)?;
         self.program(inputs, params)?.run(params, false, true)?;
         Ok(())
     }
@@ -129,6 +233,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
         params: &mut SecondaryMap<ParamId, Tensor>,
         step: bool,
     ) -> Result<(), Error> {
+        self.sync(params)?;
         let p = self
             .last
             .and_then(|k| self.cache.get_mut(k))
@@ -146,6 +251,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
         params: &mut SecondaryMap<ParamId, Tensor>,
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
+        self.sync(params)?;
         self.program(inputs, params)?.run(params, true, true)
     }
 }

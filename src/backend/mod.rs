@@ -29,7 +29,8 @@ pub enum BackendKind {
 /// A graph ready to run on one backend: the interpreter, or the JIT with
 /// its cache of compiled programs.
 pub enum Engine<'g> {
-    Interp(&'g Graph),
+    /// The graph, and the outputs of the last [`Engine::step_kept`].
+    Interp(&'g Graph, Vec<Tensor>),
     Jit(Box<jit::Jit<'g>>),
     OpenCl(Box<opencl::OpenCl<'g>>),
 }
@@ -37,7 +38,7 @@ pub enum Engine<'g> {
 impl<'g> Engine<'g> {
     pub fn new(kind: BackendKind, g: &'g Graph) -> Engine<'g> {
         match kind {
-            BackendKind::Interp => Engine::Interp(g),
+            BackendKind::Interp => Engine::Interp(g, Vec::new()),
             BackendKind::Jit => Engine::Jit(Box::new(jit::Jit::new(g))),
             BackendKind::Opencl => Engine::OpenCl(Box::new(opencl::OpenCl::new(g))),
         }
@@ -50,7 +51,7 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
         match self {
-            Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }),
+            Engine::Interp(g, _) => interp::run(g, &bind::Feed { params, inputs }),
             Engine::Jit(j) => j.eval(params, inputs),
             Engine::OpenCl(c) => c.eval(params, inputs),
         }
@@ -64,7 +65,7 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<(), Error> {
         match self {
-            Engine::Interp(_) => Ok(()),
+            Engine::Interp(..) => Ok(()),
             Engine::Jit(j) => j.prepare(params, inputs),
             Engine::OpenCl(c) => c.prepare(params, inputs),
         }
@@ -78,7 +79,7 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<(), Error> {
         match self {
-            Engine::Interp(g) => interp::step(g, params, inputs).map(|_| ()),
+            Engine::Interp(g, _) => interp::step(g, params, inputs).map(|_| ()),
             Engine::Jit(j) => j.step_in_place(params, inputs),
             Engine::OpenCl(c) => c.step_in_place(params, inputs),
         }
@@ -93,8 +94,8 @@ impl<'g> Engine<'g> {
         step: bool,
     ) -> Result<(), Error> {
         match self {
-            Engine::Interp(g) if step => interp::step(g, params, inputs).map(|_| ()),
-            Engine::Interp(g) => interp::run(g, &bind::Feed { params, inputs }).map(|_| ()),
+            Engine::Interp(g, _) if step => interp::step(g, params, inputs).map(|_| ()),
+            Engine::Interp(g, _) => interp::run(g, &bind::Feed { params, inputs }).map(|_| ()),
             Engine::Jit(j) => j.again(params, step),
             Engine::OpenCl(c) => c.again(params, step),
         }
@@ -107,9 +108,49 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
     ) -> Result<Vec<Tensor>, Error> {
         match self {
-            Engine::Interp(g) => interp::step(g, params, inputs),
+            Engine::Interp(g, _) => interp::step(g, params, inputs),
             Engine::Jit(j) => j.step(params, inputs),
             Engine::OpenCl(c) => c.step(params, inputs),
+        }
+    }
+
+    /// A training step that may leave the parameters on the device that
+    /// computes it (OpenCL) until [`Engine::sync`]: returns only the
+    /// outputs `wanted`, by index. On the CPU backends `params` holds the
+    /// updated parameters afterwards, as with [`Engine::step`].
+    pub fn step_kept(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        wanted: &[usize],
+    ) -> Result<Vec<Tensor>, Error> {
+        match self {
+            Engine::Interp(g, last) => {
+                *last = interp::step(g, params, inputs)?;
+                Ok(wanted.iter().map(|&i| last[i].clone()).collect())
+            }
+            Engine::Jit(j) => j.step_kept(params, inputs, wanted),
+            Engine::OpenCl(c) => c.step_kept(params, inputs, wanted),
+        }
+    }
+
+    /// Brings the parameters [`Engine::step_kept`] left on a device back
+    /// into `params` (nothing to do on the CPU backends).
+    pub fn sync(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        match self {
+            Engine::Interp(..) => Ok(()),
+            Engine::Jit(j) => j.sync(params),
+            Engine::OpenCl(c) => c.sync(params),
+        }
+    }
+
+    /// Every output of the last [`Engine::step_kept`] (to say what blew
+    /// up when its guard output is not finite).
+    pub fn outputs(&mut self) -> Result<Vec<Tensor>, Error> {
+        match self {
+            Engine::Interp(_, last) => Ok(last.clone()),
+            Engine::Jit(j) => j.outputs(),
+            Engine::OpenCl(c) => c.outputs(),
         }
     }
 }

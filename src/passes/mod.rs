@@ -4,7 +4,7 @@
 //! [`ir::Graph`]: crate::ir::Graph
 
 pub mod autodiff;
-mod build;
+pub(crate) mod build;
 pub mod cse;
 pub mod dce;
 pub mod fusion;

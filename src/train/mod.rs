@@ -179,11 +179,23 @@ pub fn run(
                     inputs[id] = Some(interp::rng_key(seed, global_step * n_phases + k as u64));
                 }
                 let step = &ph.step;
+                // Only the loss and the step's guard come back from a
+                // device that keeps the parameters.
+                let finite = step.graph.outputs.len() - 1;
                 let outs = engines[k]
-                    .step(&mut params, &inputs)
+                    .step_kept(&mut params, &inputs, &[0, finite])
                     .map_err(|e| e.to_diag())?;
+                if n_phases > 1 {
+                    // The phases share parameters: each reads them from
+                    // the host.
+                    engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
+                }
                 let loss = outs[0].data[0];
-                if let Some(what) = non_finite(step, &outs, &params) {
+                if !(loss.is_finite() && outs[1].data[0].is_finite()) {
+                    engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
+                    let all = engines[k].outputs().map_err(|e| e.to_diag())?;
+                    let what = non_finite(step, &all, &params)
+                        .unwrap_or_else(|| "a value is not finite".into());
                     let phase = if ph.name.is_empty() {
                         String::new()
                     } else {
@@ -207,6 +219,9 @@ pub fn run(
             .map(|t| (t / seen.max(1) as f64) as f32)
             .collect();
         let train_loss = means.iter().sum();
+        for e in &mut engines {
+            e.sync(&mut params).map_err(|e| e.to_diag())?;
+        }
         let (val_loss, val_accuracy) =
             validate(&mut eval_engine, &eval, &mut params, &data, spec.batch)?;
         let stats = EpochStats {

@@ -80,6 +80,28 @@ pub struct Program {
     bufs: Vec<Buffer<f32>>,
     /// The GEMMs' offset tables, alive as long as their kernels.
     _tables: Vec<Buffer<i64>>,
+    /// Runs, and floats written to and read from the device, for
+    /// `NNC_LOG=opencl` (logged when the program is dropped).
+    runs: usize,
+    written: std::cell::Cell<u64>,
+    read: std::cell::Cell<u64>,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if self.runs > 0 {
+            crate::log::lines(
+                "opencl",
+                &[format!(
+                    "program of {} steps: {} runs, {} floats written to the device, {} read back",
+                    self.sched.steps.len(),
+                    self.runs,
+                    self.written.get(),
+                    self.read.get()
+                )],
+            );
+        }
+    }
 }
 
 /// The generated kernels of a schedule, and the library's.
@@ -271,6 +293,9 @@ impl Program {
             exec,
             bufs,
             _tables: tables,
+            runs: 0,
+            written: Default::default(),
+            read: Default::default(),
         })
     }
 
@@ -514,6 +539,7 @@ impl Program {
         if data.is_empty() {
             return Ok(());
         }
+        self.written.set(self.written.get() + data.len() as u64);
         self.bufs[b.index()]
             .write(data)
             .enq()
@@ -523,6 +549,7 @@ impl Program {
     fn read(&self, b: BufId) -> Result<Vec<f32>, Error> {
         let len = self.sched.bufs[b];
         let mut v = vec![0.0f32; len];
+        self.read.set(self.read.get() + len as u64);
         if len > 0 {
             self.bufs[b.index()]
                 .read(&mut v)
@@ -535,6 +562,7 @@ impl Program {
 
     /// Enqueues every step in order.
     fn execute(&mut self) -> Result<(), Error> {
+        self.runs += 1;
         for si in 0..self.sched.steps.len() {
             match &self.exec[si] {
                 Exec::Nothing => {}
@@ -691,6 +719,87 @@ impl crate::backend::compiled::Compile for Program {
         outputs: bool,
         update: bool,
     ) -> Result<Vec<Tensor>, Error> {
+        self.upload_params(params)?;
+        self.execute()?;
+        let mut outs = Vec::new();
+        if outputs {
+            outs = self.read_outputs()?;
+        }
+        if update {
+            for &(p, b) in &self.sched.updates {
+                params[p].data = self.read(b)?;
+            }
+        }
+        self.gpu
+            .queue
+            .finish()
+            .map_err(|e| enqueue_error("finishing", e))?;
+        Ok(outs)
+    }
+
+    const KEEPS_PARAMS: bool = true;
+
+    /// Runs on the parameters in the device's buffers, reads back the
+    /// outputs `wanted`, then copies each update into its parameter's
+    /// buffer on the device: no parameter crosses to the host.
+    fn step_kept(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        upload: bool,
+        wanted: &[usize],
+    ) -> Result<Vec<Tensor>, Error> {
+        if upload {
+            self.upload_params(params)?;
+        }
+        self.execute()?;
+        let outs = wanted
+            .iter()
+            .map(|&i| self.output(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        for &(p, b) in &self.sched.updates {
+            match self.sched.params.iter().find(|(q, _)| *q == p) {
+                Some(&(_, to)) => {
+                    let len = self.sched.bufs[b];
+                    if len > 0 {
+                        self.bufs[b.index()]
+                            .copy(&self.bufs[to.index()], Some(0), Some(len))
+                            .queue(&self.gpu.queue)
+                            .enq()
+                            .map_err(|e| enqueue_error("updating a parameter", e))?;
+                    }
+                }
+                // Updated but not read by this program: the host keeps it.
+                None => params[p].data = self.read(b)?,
+            }
+        }
+        Ok(outs)
+    }
+
+    fn read_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+        for &(p, b) in &self.sched.params {
+            params[p].data = self.read(b)?;
+        }
+        Ok(())
+    }
+
+    fn read_outputs(&mut self) -> Result<Vec<Tensor>, Error> {
+        (0..self.sched.outputs.len())
+            .map(|i| self.output(i))
+            .collect()
+    }
+}
+
+impl Program {
+    /// Output `i`, read from the device.
+    fn output(&self, i: usize) -> Result<Tensor, Error> {
+        let b = self.sched.outputs[i];
+        let n = self.sched.graph.outputs[i].node;
+        Ok(Tensor::new(self.sched.shapes[n].clone(), self.read(b)?))
+    }
+
+    /// Writes the parameters into their buffers, after checking every
+    /// length.
+    fn upload_params(&self, params: &SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
         for &(p, b) in &self.sched.params {
             let info = &self.sched.graph.params[p];
             let (want, found) = (self.sched.bufs[b], params[p].data.len());
@@ -706,23 +815,6 @@ impl crate::backend::compiled::Compile for Program {
         for &(p, b) in &self.sched.params {
             self.write(b, &params[p].data)?;
         }
-        self.execute()?;
-        let mut outs = Vec::new();
-        if outputs {
-            for (i, &b) in self.sched.outputs.iter().enumerate() {
-                let n = self.sched.graph.outputs[i].node;
-                outs.push(Tensor::new(self.sched.shapes[n].clone(), self.read(b)?));
-            }
-        }
-        if update {
-            for &(p, b) in &self.sched.updates {
-                params[p].data = self.read(b)?;
-            }
-        }
-        self.gpu
-            .queue
-            .finish()
-            .map_err(|e| enqueue_error("finishing", e))?;
-        Ok(outs)
+        Ok(())
     }
 }

@@ -73,15 +73,15 @@ input, let, output) to keep it; a definition replaces one of the same name.
 Lines continue while brackets are open. Ctrl-C cancels the input, Ctrl-D
 leaves.
 
-  :type EXPR           the shape and element type of EXPR
-  :ir EXPR             the IR of EXPR (only the nodes it needs)
-  :fused EXPR          the fused kernels of EXPR
-  :grad EXPR wrt NAME  the gradient of the scalar EXPR with respect to NAME
-  :load FILE           the definitions of a .nn file (:reload reads it again)
-  :backend jit|interp  the backend that evaluates expressions
-  :time EXPR           compile and run times of EXPR
-  :help                this text
-  :quit                leave
+  :type EXPR                  the shape and element type of EXPR
+  :ir EXPR                    the IR of EXPR (only the nodes it needs)
+  :fused EXPR                 the fused kernels of EXPR
+  :grad EXPR wrt NAME         the gradient of the scalar EXPR with respect to NAME
+  :load FILE                  the definitions of a .nn file (:reload reads it again)
+  :backend jit|interp|opencl  the backend that evaluates expressions
+  :time EXPR                  compile and run times of EXPR
+  :help                       this text
+  :quit                       leave
 ";
 
 impl Default for Session {
