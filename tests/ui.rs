@@ -181,8 +181,20 @@ fn fail() {
         let src = read(path);
         let mut c = pipeline::compile(&name_of(path), &src, Stage::Ir);
         // A case may also fail when it runs (an input without a value).
+        // The compiled backends must fail the same way.
         if let Some(g) = c.graph.take() {
             if let Err(e) = run_graph(&g, 0, BackendKind::Interp) {
+                for kind in common::compiled_backends() {
+                    match run_graph(&g, 0, kind) {
+                        Err(k) => assert_eq!(
+                            k.to_string(),
+                            e.to_string(),
+                            "{} on {kind:?}",
+                            path.display()
+                        ),
+                        Ok(_) => panic!("{} runs on {kind:?}: {e}", path.display()),
+                    }
+                }
                 c.diags.push(e.to_diag());
             }
         }

@@ -7,7 +7,9 @@
 
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
-use super::{loop_kernel, Blocks, BufId, Conv, ConvPass, Gemm, Pool, ScanStep, Schedule, Step};
+use super::{
+    loop_kernel, Blocks, BufId, Conv, ConvPass, Gemm, Pool, Rows, ScanStep, Schedule, Step,
+};
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
@@ -416,6 +418,28 @@ impl<'f> Builder<'f> {
                     out,
                 }
             }
+            &Op::Gather { table, indices } => Step::Rows(Rows {
+                scatter: false,
+                src: self.buf(table)?,
+                idx: self.buf(indices)?,
+                out,
+                count: shapes[indices].iter().product(),
+                width: shapes[table][1],
+                rows: shapes[table][0],
+                node: n,
+            }),
+            &Op::ScatterAdd {
+                values, indices, ..
+            } => Step::Rows(Rows {
+                scatter: true,
+                src: self.buf(values)?,
+                idx: self.buf(indices)?,
+                out,
+                count: shapes[indices].iter().product(),
+                width: shapes[n][1],
+                rows: shapes[n][0],
+                node: n,
+            }),
             Op::Scan { .. } => self.scan_step(n, out, false)?,
             &Op::Reduce { arg, .. } if self.fu.fused.contains(arg) => {
                 // fusion's `scan-sum`: the loop adds its steps into `out`.

@@ -83,6 +83,13 @@ pub struct Blocks {
     pub dst_stride: usize,
 }
 
+/// The row a `gather` or `scatter_add` index names: a whole number in
+/// `0..rows` (NaN and ±∞ fail the first test: their fractional part is
+/// NaN), as the interpreter reads it.
+pub fn index_row(value: f32, rows: usize) -> Option<usize> {
+    (value.fract() == 0.0 && value >= 0.0 && (value as usize) < rows).then_some(value as usize)
+}
+
 impl Blocks {
     /// One block: a whole buffer of `len` floats.
     pub fn whole(len: usize) -> Blocks {

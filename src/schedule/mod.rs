@@ -28,7 +28,7 @@ mod kernel;
 mod verify;
 
 pub use build::build;
-pub use geometry::{Blocks, Conv, ConvPass, Pool};
+pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
 pub use kernel::{loop_kernel, Expr, LoopKernel};
 pub use verify::VerifyError;
 
@@ -134,11 +134,42 @@ pub enum Step {
         parts: Vec<(BufId, Blocks)>,
         out: BufId,
     },
+    /// Rows of a table picked by indices (`gather`) or added into rows of
+    /// a zero-filled output (`scatter_add`), as [`Rows`] says.
+    Rows(Rows),
     /// A loop running its body's schedule once per step.
     Scan(Box<ScanStep>),
     /// Any other operation, computed by the interpreter's routine from
     /// its arguments' buffers.
     Host { node: Node, out: BufId },
+}
+
+/// `gather` (`out[k, :] = src[idx[k], :]`) or `scatter_add`
+/// (`out[idx[k], :] += src[k, :]` for k in order, into zeros): `count`
+/// indices (whole numbers in `0..rows`, else an index error naming
+/// `node`), rows of `width` floats; the table (gather) or the output
+/// (scatter) has `rows` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    pub scatter: bool,
+    pub src: BufId,
+    pub idx: BufId,
+    pub out: BufId,
+    pub count: usize,
+    pub width: usize,
+    pub rows: usize,
+    pub node: Node,
+}
+
+impl Rows {
+    /// The operation's name in an index error.
+    pub fn op_name(&self) -> &'static str {
+        if self.scatter {
+            "scatter_add"
+        } else {
+            "gather"
+        }
+    }
 }
 
 /// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
@@ -217,6 +248,13 @@ impl Step {
                 format!("pooling {dir} {geo:?}")
             }
             Step::Copy { parts, .. } => format!("block copy {parts:?}"),
+            Step::Rows(r) => format!(
+                "{} of {} rows of {} from {} rows",
+                r.op_name(),
+                r.count,
+                r.width,
+                r.rows
+            ),
             Step::Scan(sc) => format!(
                 "scan of {} steps, a body of {} steps",
                 sc.steps,

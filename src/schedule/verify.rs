@@ -214,6 +214,18 @@ impl Schedule {
                 }
                 Ok(())
             }
+            Step::Rows(r) => {
+                distinct(r.out, &[r.src, r.idx], "a gather or scatter")?;
+                let (table, list) = (r.rows * r.width, r.count * r.width);
+                let (src, out) = if r.scatter {
+                    (list, table)
+                } else {
+                    (table, list)
+                };
+                self.inside(r.idx, span(0, r.count), "the indices")?;
+                self.inside(r.src, span(0, src), "the rows read")?;
+                self.inside(r.out, span(0, out), "the rows written")
+            }
             Step::Scan(sc) => {
                 sc.body
                     .verify()

@@ -472,6 +472,12 @@ fn run_step(
             }
             bufs[out.index()] = o;
         }
+        (Step::Rows(r), Exec::Plain) => {
+            let mut o = std::mem::take(&mut bufs[r.out.index()]);
+            let done = rows(sched, r, buf(bufs, r.src), buf(bufs, r.idx), &mut o);
+            bufs[r.out.index()] = o;
+            done?;
+        }
         (Step::Scan(sc), Exec::Scan(body)) => {
             let mut o = std::mem::take(&mut bufs[sc.out.index()]);
             let r = run_scan(sc, body, bufs, &mut o);
@@ -509,6 +515,39 @@ fn run_step(
                 "no compiled form for {}",
                 step.describe(&sched.graph)
             )))
+        }
+    }
+    Ok(())
+}
+
+/// A gather or scatter-add into `out`, as [`crate::schedule::Rows`] says.
+fn rows(
+    sched: &Schedule,
+    r: &crate::schedule::Rows,
+    src: &[f32],
+    idx: &[f32],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    let w = r.width;
+    if r.scatter {
+        out.fill(0.0);
+    }
+    for (k, &x) in idx[..r.count].iter().enumerate() {
+        let Some(row) = crate::schedule::index_row(x, r.rows) else {
+            return Err(Error::Index {
+                op: r.op_name(),
+                value: x,
+                len: r.rows,
+                span: sched.graph.nodes[r.node].span,
+            });
+        };
+        if r.scatter {
+            let to = &mut out[row * w..][..w];
+            to.iter_mut()
+                .zip(&src[k * w..][..w])
+                .for_each(|(o, v)| *o += v);
+        } else {
+            out[k * w..][..w].copy_from_slice(&src[row * w..][..w]);
         }
     }
     Ok(())

@@ -476,6 +476,42 @@ void nnc_copy(__global float *dst, __global const float *src, const long count, 
     dst[dst_at + i * dst_stride + j] = src[src_at + i * src_stride + j];
 }
 
+// The row an index names: a whole number in 0..rows (the interpreter's
+// rule); else -1, and the first bad index is recorded in status (the
+// step's number + 1, then the index's bits) for the host to report.
+inline int nnc_row(float x, int rows, __global volatile int *status, int step) {
+    if (x >= 0.0f && x < (float)rows && x == floor(x)) return (int)x;
+    if (atomic_cmpxchg(&status[0], 0, step + 1) == 0) status[1] = as_int(x);
+    return -1;
+}
+
+// out[k, :] = src[idx[k], :]: one item per output element.
+__kernel __attribute__((reqd_work_group_size(64, 1, 1)))
+void nnc_gather(__global float *out, __global const float *src, __global const float *idx,
+                const long count, const long width, const int rows,
+                __global volatile int *status, const int step) {
+    const long g = get_global_id(0);
+    if (g >= count * width) return;
+    const long k = g / width, j = g % width;
+    const int r = nnc_row(idx[k], rows, status, step);
+    out[g] = r < 0 ? 0.0f : src[(long)r * width + j];
+}
+
+// out[idx[k], :] += src[k, :] into zeros: one item per column, adding
+// the rows in the indices' order (deterministic, the interpreter's sums).
+__kernel __attribute__((reqd_work_group_size(64, 1, 1)))
+void nnc_scatter_add(__global float *out, __global const float *src, __global const float *idx,
+                     const long count, const long width, const int rows,
+                     __global volatile int *status, const int step) {
+    const long j = get_global_id(0);
+    if (j >= width) return;
+    for (long r = 0; r < rows; r++) out[r * width + j] = 0.0f;
+    for (long k = 0; k < count; k++) {
+        const int r = nnc_row(idx[k], rows, status, step);
+        if (r >= 0) out[(long)r * width + j] = out[(long)r * width + j] + src[k * width + j];
+    }
+}
+
 // dst[dst_at + i] += src[i]: a loop adding up its steps' results.
 __kernel __attribute__((reqd_work_group_size(64, 1, 1)))
 void nnc_add_into(__global float *dst, __global const float *src, const long dst_at, const long len) {

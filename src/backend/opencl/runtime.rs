@@ -80,6 +80,9 @@ pub struct Program {
     bufs: Vec<Buffer<f32>>,
     /// The GEMMs' offset tables, alive as long as their kernels.
     _tables: Vec<Buffer<i64>>,
+    /// The index checks of the gathers and scatters (top level only; loop
+    /// bodies write into the same buffer).
+    status: Option<IndexStatus>,
     /// Runs, and floats written to and read from the device, for
     /// `NNC_LOG=opencl` (logged when the program is dropped).
     runs: usize,
@@ -104,11 +107,21 @@ impl Drop for Program {
     }
 }
 
-/// The generated kernels of a schedule, and the library's.
+/// The device, the generated kernels of a schedule, and the library's.
 #[derive(Clone, Copy)]
 struct Programs<'a> {
+    gpu: &'static device::Gpu,
     generated: &'a ocl::Program,
     library: &'static ocl::Program,
+}
+
+/// Where the gathers and scatters of a program (loop bodies included)
+/// report a bad index: `[step number + 1, the index's bits]`, zero while
+/// none was seen; and what each of those steps is.
+struct IndexStatus {
+    buf: Buffer<i32>,
+    steps: Vec<crate::schedule::Rows>,
+    spans: Vec<crate::diag::Span>,
 }
 
 /// The library program ([`codegen::LIBRARY`]), built once per process.
@@ -244,10 +257,26 @@ impl Program {
         let source = codegen::program_source(&sched);
         let program = build(gpu, &source)?;
         let programs = Programs {
+            gpu,
             generated: &program,
             library,
         };
-        Program::with(gpu, programs, sched, &mut Vec::new())
+        let status = Buffer::<i32>::builder()
+            .queue(gpu.queue.clone())
+            .len(2)
+            .fill_val(0)
+            .build()
+            .map_err(|e| enqueue_error("allocating a status buffer", e))?;
+        let mut index = IndexStatus {
+            buf: status,
+            steps: Vec::new(),
+            spans: Vec::new(),
+        };
+        let mut p = Program::with(gpu, programs, sched, &mut Vec::new(), &mut index)?;
+        if !index.steps.is_empty() {
+            p.status = Some(index);
+        }
+        Ok(p)
     }
 
     /// The program of `sched` from the kernels of `program`; `path` is the
@@ -257,6 +286,7 @@ impl Program {
         programs: Programs,
         sched: Schedule,
         path: &mut Vec<usize>,
+        index: &mut IndexStatus,
     ) -> Result<Program, Error> {
         let bufs = sched
             .bufs
@@ -283,7 +313,7 @@ impl Program {
         let mut exec = Vec::with_capacity(sched.steps.len());
         for (i, step) in sched.steps.iter().enumerate() {
             path.push(i);
-            let e = Self::step_exec(gpu, programs, step, &bufs, &mut tables, path);
+            let e = Self::step_exec(programs, &sched, step, &bufs, &mut tables, path, index);
             path.pop();
             exec.push(e?);
         }
@@ -293,6 +323,7 @@ impl Program {
             exec,
             bufs,
             _tables: tables,
+            status: None,
             runs: 0,
             written: Default::default(),
             read: Default::default(),
@@ -300,13 +331,15 @@ impl Program {
     }
 
     fn step_exec(
-        gpu: &'static device::Gpu,
         programs: Programs,
+        sched: &Schedule,
         step: &Step,
         bufs: &[Buffer<f32>],
         tables: &mut Vec<Buffer<i64>>,
         path: &mut Vec<usize>,
+        index: &mut IndexStatus,
     ) -> Result<Exec, Error> {
+        let gpu = programs.gpu;
         let buf = |b: BufId| &bufs[b.index()];
         // The library's kernels are named `nnc_…`, the generated `k…`.
         let kernel = |name: &str| {
@@ -507,8 +540,37 @@ impl Program {
                     local: l,
                 }])
             }
+            Step::Rows(r) => {
+                if r.count * r.width == 0 {
+                    return Ok(Exec::Nothing);
+                }
+                let mut k = kernel(match r.scatter {
+                    true => "nnc_scatter_add",
+                    false => "nnc_gather",
+                });
+                k.arg(buf(r.out))
+                    .arg(buf(r.src))
+                    .arg(buf(r.idx))
+                    .arg(r.count as i64)
+                    .arg(r.width as i64)
+                    .arg(int(r.rows, "a table's row count")?)
+                    .arg(&index.buf)
+                    .arg(int(index.steps.len(), "the number of gathers")?);
+                index.steps.push(*r);
+                index.spans.push(sched.graph.nodes[r.node].span);
+                let (g, l) = items(if r.scatter {
+                    r.width
+                } else {
+                    r.count * r.width
+                });
+                Exec::Kernels(vec![Launched {
+                    kernel: built(&mut k)?,
+                    global: g,
+                    local: l,
+                }])
+            }
             Step::Scan(sc) => {
-                let body = Program::with(gpu, programs, sc.body.clone(), path)?;
+                let body = Program::with(gpu, programs, sc.body.clone(), path, index)?;
                 let add = match sc.sum {
                     true => {
                         let result = body.sched.outputs[0];
@@ -721,6 +783,7 @@ impl crate::backend::compiled::Compile for Program {
     ) -> Result<Vec<Tensor>, Error> {
         self.upload_params(params)?;
         self.execute()?;
+        self.check_indices()?;
         let mut outs = Vec::new();
         if outputs {
             outs = self.read_outputs()?;
@@ -752,6 +815,7 @@ impl crate::backend::compiled::Compile for Program {
             self.upload_params(params)?;
         }
         self.execute()?;
+        self.check_indices()?;
         let outs = wanted
             .iter()
             .map(|&i| self.output(i))
@@ -790,6 +854,37 @@ impl crate::backend::compiled::Compile for Program {
 }
 
 impl Program {
+    /// The first bad index a gather or scatter of the last run saw, as the
+    /// interpreter reports it (the status is cleared for the next run).
+    fn check_indices(&self) -> Result<(), Error> {
+        let Some(st) = &self.status else {
+            return Ok(());
+        };
+        let mut v = [0i32; 2];
+        st.buf
+            .read(&mut v[..])
+            .enq()
+            .map_err(|e| enqueue_error("reading the index status", e))?;
+        if v[0] == 0 {
+            return Ok(());
+        }
+        st.buf
+            .write(&[0i32, 0][..])
+            .enq()
+            .map_err(|e| enqueue_error("clearing the index status", e))?;
+        let at = (v[0] - 1) as usize;
+        let r = st
+            .steps
+            .get(at)
+            .ok_or_else(|| internal("an index status names no step"))?;
+        Err(Error::Index {
+            op: r.op_name(),
+            value: f32::from_bits(v[1] as u32),
+            len: r.rows,
+            span: st.spans[at],
+        })
+    }
+
     /// Output `i`, read from the device.
     fn output(&self, i: usize) -> Result<Tensor, Error> {
         let b = self.sched.outputs[i];
