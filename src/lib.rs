@@ -71,6 +71,7 @@ pub mod ir;
 pub mod log;
 pub mod passes;
 pub mod pipeline;
+pub mod rng;
 pub mod schedule;
 pub mod sema;
 pub mod stdlib;

@@ -97,6 +97,39 @@ fn dropout_draws_the_same_masks_on_every_backend() {
     );
 }
 
+/// Normal and uniform draws: uniform ones bit-identical on every backend,
+/// normal ones equal up to the last bits of `log` and `cos`.
+#[test]
+fn random_draws_agree_on_every_backend() {
+    let g = compile("output u = random_uniform([3000])\noutput z = random_normal([3000])\n");
+    let mut inputs: SecondaryMap<InputId, Option<Tensor>> = SecondaryMap::new();
+    let (id, _) = g
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == RNG_KEY_INPUT)
+        .expect("a random draw reads the key");
+    inputs[id] = Some(interp::rng_key(5, 17));
+    let run = |kind| {
+        let mut params = interp::init_params(&g, 0);
+        Engine::new(kind, &g)
+            .run(&mut params, &inputs)
+            .expect("runs")
+    };
+    let want = run(BackendKind::Interp);
+    let mean = want[1].data.iter().sum::<f32>() / 3000.0;
+    assert!(mean.abs() < 0.1, "normal mean {mean}");
+    for kind in common::compiled_backends() {
+        let got = run(kind);
+        assert_eq!(want[0].data, got[0].data, "uniform on {kind:?}");
+        for (i, (w, g)) in want[1].data.iter().zip(&got[1].data).enumerate() {
+            assert!(
+                (w - g).abs() <= 1e-6 + 1e-5 * w.abs(),
+                "normal [{i}] on {kind:?}: {w} vs {g}"
+            );
+        }
+    }
+}
+
 /// Training the same file ten times on OpenCL gives bit-identical
 /// parameters: every sum adds its terms in a fixed order.
 #[test]

@@ -418,6 +418,15 @@ impl<'f> Builder<'f> {
                     out,
                 }
             }
+            &Op::Random {
+                dist, salt, key, ..
+            } => Step::Random {
+                dist,
+                salt,
+                key: self.buf(key)?,
+                out,
+                count: shapes[n].iter().product(),
+            },
             &Op::Gather { table, indices } => Step::Rows(Rows {
                 scatter: false,
                 src: self.buf(table)?,

@@ -137,6 +137,15 @@ pub enum Step {
     /// Rows of a table picked by indices (`gather`) or added into rows of
     /// a zero-filled output (`scatter_add`), as [`Rows`] says.
     Rows(Rows),
+    /// `count` values of a random draw ([`crate::rng`]) from the key in
+    /// buffer `key` (two floats).
+    Random {
+        dist: crate::ir::Dist,
+        salt: u32,
+        key: BufId,
+        out: BufId,
+        count: usize,
+    },
     /// A loop running its body's schedule once per step.
     Scan(Box<ScanStep>),
     /// Any other operation, computed by the interpreter's routine from
@@ -248,6 +257,7 @@ impl Step {
                 format!("pooling {dir} {geo:?}")
             }
             Step::Copy { parts, .. } => format!("block copy {parts:?}"),
+            Step::Random { dist, count, .. } => format!("random {dist:?} draw of {count}"),
             Step::Rows(r) => format!(
                 "{} of {} rows of {} from {} rows",
                 r.op_name(),

@@ -214,6 +214,13 @@ impl Schedule {
                 }
                 Ok(())
             }
+            Step::Random {
+                key, out, count, ..
+            } => {
+                distinct(*out, &[*key], "a random draw")?;
+                self.inside(*key, span(0, 2), "the draw's key")?;
+                self.inside(*out, span(0, *count), "the draw")
+            }
             Step::Rows(r) => {
                 distinct(r.out, &[r.src, r.idx], "a gather or scatter")?;
                 let (table, list) = (r.rows * r.width, r.count * r.width);

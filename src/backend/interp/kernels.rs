@@ -2,9 +2,6 @@
 
 use crate::ir::{BinaryOp, CmpOp, Dist, ReduceOp, UnaryOp};
 use crate::tensor::{strides, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
-use rand_pcg::Pcg64;
 
 /// splitmix64's finaliser: a well-mixed 64-bit hash of `z`.
 fn mix(mut z: u64) -> u64 {
@@ -24,19 +21,13 @@ pub fn rng_key(seed: u64, counter: u64) -> Tensor {
     )
 }
 
-/// The values of a random draw: a PCG stream seeded from the draw's salt
-/// and its key's two whole numbers, sampled in row-major order.
+/// The values of a random draw: Philox4x32-10 of each element's index
+/// under the draw's salt and key ([`crate::rng`], the same on every
+/// backend).
 pub fn random(dist: Dist, salt: u32, key: &Tensor, out_shape: &[usize]) -> Tensor {
-    let k = |i: usize| key.data.get(i).copied().unwrap_or(0.0) as u64;
-    let seed = mix(mix(mix(u64::from(salt)) ^ k(0)) ^ k(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut rng = Pcg64::seed_from_u64(seed);
     let n: usize = out_shape.iter().product();
-    let data = match dist {
-        Dist::Normal => (0..n)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect(),
-        Dist::Uniform => (0..n).map(|_| rng.gen::<f32>()).collect(),
-    };
+    let mut data = vec![0.0; n];
+    crate::rng::fill(dist, salt, crate::rng::key(&key.data), &mut data);
     Tensor::new(out_shape.to_vec(), data)
 }
 

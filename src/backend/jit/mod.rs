@@ -15,9 +15,10 @@
 //!   of its own, and run once per step; the carry and the step slices are
 //!   copied into its input buffers and its result out of its output
 //!   buffer.
-//! - Gather, scatter and random draws run the interpreter's routine
-//!   ([`interp::eval_op`]) on the buffers: correct, but it allocates its
-//!   result.
+//! - Gathers, scatter-adds and random draws ([`crate::rng`]) are loops in
+//!   Rust over the buffers; any other operation a schedule leaves to the
+//!   host runs the interpreter's routine ([`interp::eval_op`]) on the
+//!   buffers: correct, but it allocates its result.
 //!
 //! Parameters are swapped in and out of their buffers (no copy), updates
 //! are swapped into the parameters after a step. After the first call on

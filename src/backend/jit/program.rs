@@ -472,6 +472,19 @@ fn run_step(
             }
             bufs[out.index()] = o;
         }
+        (
+            &Step::Random {
+                dist,
+                salt,
+                key,
+                out,
+                count,
+            },
+            Exec::Plain,
+        ) => {
+            let key = crate::rng::key(buf(bufs, key));
+            crate::rng::fill(dist, salt, key, &mut bufs[out.index()][..count]);
+        }
         (Step::Rows(r), Exec::Plain) => {
             let mut o = std::mem::take(&mut bufs[r.out.index()]);
             let done = rows(sched, r, buf(bufs, r.src), buf(bufs, r.idx), &mut o);

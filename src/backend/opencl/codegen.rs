@@ -512,6 +512,36 @@ void nnc_scatter_add(__global float *out, __global const float *src, __global co
     }
 }
 
+// Philox4x32-10 (crate::rng has the reference and its description).
+inline uint4 nnc_philox(uint4 c, uint2 k) {
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) { k.x += 0x9E3779B9u; k.y += 0xBB67AE85u; }
+        const uint lo0 = 0xD2511F53u * c.x, hi0 = mul_hi(0xD2511F53u, c.x);
+        const uint lo1 = 0xCD9E8D57u * c.z, hi1 = mul_hi(0xCD9E8D57u, c.z);
+        c = (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    }
+    return c;
+}
+
+// out[i] = element i of a random draw: uniform (dist 1) or normal
+// (dist 0), from the key's two whole numbers and the draw's salt.
+__kernel __attribute__((reqd_work_group_size(64, 1, 1)))
+void nnc_random(__global float *out, __global const float *key, const long count,
+                const int dist, const uint salt) {
+    const long i = get_global_id(0);
+    if (i >= count) return;
+    const uint2 k = (uint2)((uint)key[0], (uint)key[1]);
+    const uint4 w = nnc_philox((uint4)((uint)i, (uint)(i >> 32), salt, 0u), k);
+    const float unit = 1.0f / 16777216.0f;
+    if (dist == 1) {
+        out[i] = (float)(w.x >> 8) * unit;
+    } else {
+        const float u1 = (float)((w.x >> 8) + 1u) * unit;
+        const float u2 = (float)(w.y >> 8) * unit;
+        out[i] = sqrt(-2.0f * log(u1)) * cos(6.2831855f * u2);
+    }
+}
+
 // dst[dst_at + i] += src[i]: a loop adding up its steps' results.
 __kernel __attribute__((reqd_work_group_size(64, 1, 1)))
 void nnc_add_into(__global float *dst, __global const float *src, const long dst_at, const long len) {

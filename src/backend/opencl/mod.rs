@@ -15,16 +15,20 @@
 //! - matrix products: a tiled GEMM kernel (64×64 tiles, 4×4 outputs per
 //!   item, strided operands read in place, batches as the third axis);
 //! - convolutions and their gradients, poolings and their gradients,
-//!   slices and concatenations, a loop's sum: library kernels;
+//!   slices and concatenations, gathers and scatter-adds (one item per
+//!   column, rows added in index order: deterministic), random draws
+//!   (Philox, [`crate::rng`]: the same numbers as the other backends), a
+//!   loop's sum: library kernels;
 //! - `scan`: the body's kernels enqueued once per step, carries and slices
 //!   copied between device buffers;
-//! - gather, scatter and random draws: the interpreter's routine on the
-//!   host, on the buffers read back (the same numbers as the other
-//!   backends; a round trip through the host each).
+//! - any other operation (a schedule's host step): the interpreter's
+//!   routine on the host, on its arguments read back.
 //!
-//! Parameters are uploaded and the updates read back at every call (the
-//! engine's interface hands parameters over as host tensors); keeping
-//! them on the device across a training run is not done yet.
+//! A training run keeps the parameters and the optimizer state on the
+//! device ([`crate::backend::Engine::step_kept`]): each step reads back
+//! the loss and the step's guard output, and the parameters come back
+//! once per epoch. Other calls upload the parameters and read the updates
+//! back.
 
 pub mod codegen;
 

@@ -540,6 +540,32 @@ impl Program {
                     local: l,
                 }])
             }
+            &Step::Random {
+                dist,
+                salt,
+                key,
+                out,
+                count,
+            } => {
+                if count == 0 {
+                    return Ok(Exec::Nothing);
+                }
+                let mut k = kernel("nnc_random");
+                k.arg(buf(out))
+                    .arg(buf(key))
+                    .arg(count as i64)
+                    .arg(match dist {
+                        crate::ir::Dist::Normal => 0i32,
+                        crate::ir::Dist::Uniform => 1,
+                    })
+                    .arg(salt);
+                let (g, l) = items(count);
+                Exec::Kernels(vec![Launched {
+                    kernel: built(&mut k)?,
+                    global: g,
+                    local: l,
+                }])
+            }
             Step::Rows(r) => {
                 if r.count * r.width == 0 {
                     return Ok(Exec::Nothing);
