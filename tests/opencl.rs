@@ -50,6 +50,37 @@ fn no_platform_is_a_clean_error_at_once() {
     assert!(took.as_secs_f64() < 5.0, "took {took:?}");
 }
 
+/// A program whose buffers do not fit the device stops before anything
+/// is allocated, naming the buffer and what the device has.
+#[test]
+fn a_program_too_large_for_the_device_is_a_clean_error() {
+    if !common::opencl() {
+        return;
+    }
+    let d = temp_dir("opencl_big");
+    let file = d.join("big.nn");
+    // 149 GiB for each product operand and for the product: beyond any
+    // device's largest allocation today.
+    std::fs::write(
+        &file,
+        "let a = ones([200000, 200000]) @ ones([200000, 200000])\noutput s = sum(a)\n",
+    )
+    .expect("written");
+    let o = nnc(&[
+        "run",
+        file.to_str().expect("utf-8 path"),
+        "--backend",
+        "opencl",
+        "--max-memory",
+        "1T",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error[E0304]"), "{err}");
+    assert!(err.contains("[200000, 200000]"), "{err}");
+    assert!(err.contains("149.0 GiB"), "{err}");
+}
+
 fn compile(src: &str) -> Graph {
     let c = pipeline::compile("case.nn", src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));

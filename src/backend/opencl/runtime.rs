@@ -219,12 +219,26 @@ fn int(v: impl TryInto<i32>, what: &str) -> Result<i32, Error> {
 fn check_memory(gpu: &device::Gpu, sched: &Schedule) -> Result<(), Error> {
     let d = &gpu.summary;
     let total = 4 * sched.floats() as u64;
-    let largest = sched.bufs.values().copied().max().unwrap_or(0) as u64 * 4;
+    let biggest = sched
+        .bufs
+        .iter()
+        .max_by_key(|(_, &len)| len)
+        .map(|(b, _)| b);
+    let largest = biggest.map_or(0, |b| sched.bufs[b]) as u64 * 4;
+    // The tensor that buffer holds, to name it.
+    let shape = sched
+        .graph
+        .nodes
+        .keys()
+        .find(|&n| biggest.is_some() && sched.buf(n) == biggest)
+        .map_or_else(String::new, |n| {
+            format!(" (a tensor of shape {:?})", sched.shapes[n])
+        });
     let human = crate::exec::memory::human;
     if d.max_alloc > 0 && largest > d.max_alloc {
         return Err(Error::Device {
             message: format!(
-                "a buffer of {} does not fit the OpenCL device's largest allocation ({}, {})",
+                "a buffer of {}{shape} does not fit the OpenCL device's largest allocation ({}, {})",
                 human(largest),
                 human(d.max_alloc),
                 d.name
@@ -235,8 +249,9 @@ fn check_memory(gpu: &device::Gpu, sched: &Schedule) -> Result<(), Error> {
     if d.global_mem > 0 && total > d.global_mem {
         return Err(Error::Device {
             message: format!(
-                "this program's buffers need {} of device memory; {} has {}",
+                "this program's buffers need {} of device memory (the largest {}{shape}); {} has {}",
                 human(total),
+                human(largest),
                 d.name,
                 human(d.global_mem)
             ),
