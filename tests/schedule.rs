@@ -102,3 +102,32 @@ fn a_missing_buffer_is_rejected() {
     let e = rejects(&s, "a step writing a buffer that does not exist");
     assert!(e.contains("does not exist"), "{e}");
 }
+
+/// `gemm-epilogue`: a dense layer's bias (the sum its activation reads)
+/// becomes the product's epilogue, and an epilogue that writes one of the
+/// product's operands is rejected.
+#[test]
+fn a_dense_layer_gets_an_epilogue_and_a_bad_one_is_rejected() {
+    let src = "input x: [B, 3]\n\
+               param w: [3, 5] = uniform(-1, 1, seed = 1)\n\
+               param b: [5] = uniform(-1, 1, seed = 2)\n\
+               output y = relu(x @ w + b)\n";
+    let c = pipeline::compile("dense.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let mut syms = SecondaryMap::new();
+    syms[g.syms.keys().next().expect("B")] = Some(4);
+    let mut s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
+    s.verify().expect("verifies");
+    let Step::MatMul {
+        a,
+        epilogue: Some(e),
+        ..
+    } = &mut s.steps[0]
+    else {
+        panic!("a GEMM with an epilogue: {:?}", s.steps)
+    };
+    e.out = *a;
+    let e = rejects(&s, "an epilogue writing the GEMM's left operand");
+    assert!(e.contains("epilogue"), "{e}");
+}

@@ -60,22 +60,31 @@ fn field(record: &serde_json::Value, key: &str) -> f64 {
 
 #[test]
 fn digits_mlp_reaches_95_percent_and_the_log_shows_it() {
-    let d = temp_dir("digits");
-    let log = d.join("metrics.jsonl");
-    let o = nnc(&["train", "examples/digits_mlp.nn", "--log", s(&log)]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let lines = log_lines(&log);
-    assert_eq!(lines.len(), 20);
-    let last = &lines[19];
-    assert_eq!(last["epoch"], 20);
-    let acc = last["val_accuracy"].as_f64().expect("an accuracy");
-    assert!(acc >= 0.95, "validation accuracy {acc}");
-    assert!(last["val_loss"].as_f64().is_some() && last["train_loss"].as_f64().is_some());
-    let out = text(&o.stdout);
-    assert!(
-        out.contains("epoch 20/20") && out.contains("val_accuracy"),
-        "{out}"
-    );
+    // The JIT (the default), and OpenCL where it runs.
+    let mut extra: Vec<&[&str]> = vec![&[]];
+    if common::opencl() {
+        extra.push(&["--backend", "opencl"]);
+    }
+    for more in extra {
+        let d = temp_dir("digits");
+        let log = d.join("metrics.jsonl");
+        let mut args = vec!["train", "examples/digits_mlp.nn", "--log", s(&log)];
+        args.extend(more);
+        let o = nnc(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let lines = log_lines(&log);
+        assert_eq!(lines.len(), 20);
+        let last = &lines[19];
+        assert_eq!(last["epoch"], 20);
+        let acc = last["val_accuracy"].as_f64().expect("an accuracy");
+        assert!(acc >= 0.95, "{more:?}: validation accuracy {acc}");
+        assert!(last["val_loss"].as_f64().is_some() && last["train_loss"].as_f64().is_some());
+        let out = text(&o.stdout);
+        assert!(
+            out.contains("epoch 20/20") && out.contains("val_accuracy"),
+            "{out}"
+        );
+    }
 }
 
 #[test]
@@ -605,6 +614,10 @@ fn both_backends_train_the_digits_mlp_alike() {
     };
     let (j, i) = (loss("jit"), loss("interp"));
     assert!((j - i).abs() <= 1e-3 * i.abs(), "jit {j}, interp {i}");
+    if common::opencl() {
+        let o = loss("opencl");
+        assert!((o - i).abs() <= 1e-3 * i.abs(), "opencl {o}, interp {i}");
+    }
 }
 
 /// Rewrites the metadata of the checkpoint at `from` into `to`, with

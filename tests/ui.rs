@@ -170,7 +170,7 @@ fn opencl() {
     });
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/opencl/library.nn");
     settings(&dir, "")
-        .bind(|| insta::assert_snapshot!("library", nnc::backend::opencl::codegen::LIBRARY));
+        .bind(|| insta::assert_snapshot!("library", nnc::backend::opencl::codegen::library()));
 }
 
 #[test]

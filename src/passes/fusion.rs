@@ -6,8 +6,11 @@
 //! decision is logged under `NNC_LOG=fusion`):
 //!
 //! - `elementwise-chain`: an elementwise node (unary, binary, compare,
-//!   select) with exactly one reader, itself an elementwise node or a
-//!   reduction over the same shape, is fused into that reader.
+//!   select) whose readers, elementwise nodes or reductions over the same
+//!   shape, all end up in one kernel (one reader, or several fused into
+//!   the same kernel: `relu` reads `z` twice, through `z > 0` and the
+//!   select) is fused into that kernel, which computes it once per
+//!   element.
 //! - `reduce-prologue`: the same, when the reader is a reduction: the
 //!   reduction's loop computes its operand per element.
 //! - `reduce-ends-group`: a reduction's result is always stored; its
@@ -38,9 +41,9 @@
 //! stored once rather than recomputed per reader), a reader that is not a
 //! loop kernel (matmul, convolution, scan …), a root of the graph.
 //!
-//! Matmul epilogues (bias + activation applied on cache-hot panels of the
-//! GEMM's output) are not fused yet: the elementwise kernel after a matmul
-//! reads its output from memory.
+//! Matmul epilogues are a scheduling rule (`gemm-epilogue`, in
+//! `schedule/build.rs`): the elementwise kernel right after a matmul that
+//! reads its output is applied as the GEMM stores it.
 
 use crate::ir::{Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
@@ -214,6 +217,27 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         let op = &g.nodes[r].op;
         is_loop_op(g, op) || matches!(op, Op::Reduce { .. } | Op::Broadcast(..))
     };
+    // The kernel each elementwise node will be computed in: itself when
+    // stored, else the one kernel all its readers are computed in (decided
+    // from the consumers back, as the loop below decides forwards).
+    let mut owner: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter().rev() {
+        if !live.contains(n) {
+            continue;
+        }
+        let mut o = Some(n);
+        if is_loop_op(g, &d.op) && !is_root.contains(n) {
+            let rs = &readers[n];
+            let first = rs.first().and_then(|&r| owner[r]);
+            let one = rs.iter().all(|&r| {
+                owner[r] == first && loop_reader(r) && !matches!(g.nodes[r].op, Op::Broadcast(..))
+            });
+            if one && first.is_some() {
+                o = first;
+            }
+        }
+        owner[n] = o;
+    }
     for (n, d) in g.nodes.iter() {
         if !live.contains(n) {
             continue;
@@ -259,27 +283,31 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 Kind::Elementwise
             }
             op if is_loop_op(g, op) => {
+                let not_loop = rs
+                    .iter()
+                    .find(|&&r| !loop_reader(r) || matches!(g.nodes[r].op, Op::Broadcast(..)));
                 let reason = if is_root.contains(n) {
                     Some("it is a root".to_string())
-                } else if rs.len() != 1 {
+                } else if let Some(&r) = not_loop {
+                    Some(format!("its reader {} is not a loop kernel", name(r)))
+                } else if owner[n] == Some(n) {
                     Some(format!(
-                        "{} readers: stored once instead of recomputed",
+                        "{} readers in different kernels: stored once instead of recomputed",
                         rs.len()
                     ))
-                } else if !loop_reader(rs[0]) || matches!(g.nodes[rs[0]].op, Op::Broadcast(..)) {
-                    Some(format!("its reader {} is not a loop kernel", name(rs[0])))
                 } else {
                     None
                 };
                 match reason {
                     None => {
-                        let rule = if matches!(g.nodes[rs[0]].op, Op::Reduce { .. }) {
+                        let into = owner[n].expect("a fused node has the kernel it is fused into");
+                        let rule = if matches!(g.nodes[into].op, Op::Reduce { .. }) {
                             "reduce-prologue"
                         } else {
                             "elementwise-chain"
                         };
                         f.log
-                            .push(format!("{rule}: {} fused into {}", name(n), name(rs[0])));
+                            .push(format!("{rule}: {} fused into {}", name(n), name(into)));
                         f.fused.insert(n);
                         continue;
                     }

@@ -8,7 +8,8 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    loop_kernel, Blocks, BufId, Conv, ConvPass, Gemm, Pool, Rows, ScanStep, Schedule, Step,
+    loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep, Schedule,
+    Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
@@ -79,6 +80,7 @@ impl<'f> Builder<'f> {
             }
             steps.push(self.step(n, kind)?);
         }
+        fuse_epilogues(&mut steps);
         for (src, dst) in update_copies {
             steps.push(Step::Copy {
                 parts: vec![(src, Blocks::whole(self.plan.sizes[dst]))],
@@ -239,6 +241,7 @@ impl<'f> Builder<'f> {
             a_offs,
             b_offs,
             dims,
+            epilogue: None,
         })
     }
 
@@ -560,4 +563,65 @@ fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
             off
         })
         .collect()
+}
+
+/// The scheduling rule `gemm-epilogue`: an elementwise loop step right
+/// after a matrix product, reading the product once, at the point it
+/// writes, becomes the product's epilogue (applied as each block is
+/// stored: on OpenCL in the GEMM kernel's registers, on the JIT on each
+/// batch's output while it is in cache). The product is still stored, so
+/// later readers of it are unaffected. Refused when the loop writes one
+/// of the product's operands (the GEMM still reads them while blocks are
+/// stored) or reads the product elsewhere too, and when its iteration
+/// space is not the outputs in order (`[rows, n]` or flat).
+fn fuse_epilogues(steps: &mut Vec<Step>) {
+    let mut i = 0;
+    while i + 1 < steps.len() {
+        let merged = match (&steps[i], &steps[i + 1]) {
+            (
+                Step::MatMul {
+                    a,
+                    b,
+                    out: product,
+                    a_offs,
+                    dims,
+                    epilogue: None,
+                    ..
+                },
+                Step::Loop {
+                    kernel,
+                    out,
+                    args,
+                    init: None,
+                    divisor: None,
+                },
+            ) if kernel.reduce.is_none() && out != a && out != b => {
+                let rows = a_offs.len() * dims.m;
+                let n = dims.n as i64;
+                let walks = match kernel.dims[..] {
+                    [r, c] => r == rows && c == dims.n && kernel.out == [n, 1],
+                    [f] => f == rows * dims.n && kernel.out == [1],
+                    _ => false,
+                };
+                let reads: Vec<usize> = (0..args.len()).filter(|&k| args[k] == *product).collect();
+                match reads[..] {
+                    [acc] if walks && kernel.accesses[acc] == kernel.out => Some(Epilogue {
+                        kernel: kernel.clone(),
+                        acc,
+                        out: *out,
+                        args: args.clone(),
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(e) = merged {
+            steps.remove(i + 1);
+            if let Step::MatMul { epilogue, .. } = &mut steps[i] {
+                *epilogue = Some(Box::new(e));
+            }
+        }
+        i += 1;
+    }
 }

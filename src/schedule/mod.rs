@@ -105,6 +105,9 @@ pub enum Step {
         a_offs: Vec<usize>,
         b_offs: Vec<usize>,
         dims: Gemm,
+        /// The elementwise kernel that followed the product, applied as
+        /// each block of it is stored ([`Epilogue`]).
+        epilogue: Option<Box<Epilogue>>,
     },
     /// `dst` = `src` (of `shape`) with its axes permuted.
     Transpose {
@@ -181,6 +184,20 @@ impl Rows {
     }
 }
 
+/// An elementwise loop kernel fused into the store of the matrix product
+/// before it (the scheduling rule `gemm-epilogue`: a bias and an
+/// activation, say): its iteration space walks the products' outputs in
+/// order (`[rows, n]` or flat), access `acc` reads the product at the
+/// point being stored, and the kernel's value goes to `out` at the same
+/// point. The product is stored into the step's own `out` as well.
+#[derive(Clone, Debug)]
+pub struct Epilogue {
+    pub kernel: LoopKernel,
+    pub acc: usize,
+    pub out: BufId,
+    pub args: Vec<BufId>,
+}
+
 /// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
 /// (row, column) strides, `o` row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,9 +263,18 @@ impl Step {
                 "loop over {} elements into {out}, reading {args:?}",
                 kernel.dims.iter().product::<usize>()
             ),
-            Step::MatMul { a_offs, dims, .. } => {
+            Step::MatMul {
+                a_offs,
+                dims,
+                epilogue,
+                ..
+            } => {
                 let Gemm { m, k, n, .. } = dims;
-                format!("gemm {}x({m}x{k} @ {k}x{n})", a_offs.len())
+                let epi = match epilogue {
+                    Some(e) => format!(" with an epilogue into {}", e.out),
+                    None => String::new(),
+                };
+                format!("gemm {}x({m}x{k} @ {k}x{n}){epi}", a_offs.len())
             }
             Step::Transpose { shape, perm, .. } => format!("transpose {shape:?} by {perm:?}"),
             Step::Conv { pass, geo, .. } => format!("convolution {pass:?} {geo:?}"),

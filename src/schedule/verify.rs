@@ -112,6 +112,7 @@ impl Schedule {
                 a_offs,
                 b_offs,
                 dims,
+                epilogue,
             } => {
                 if a_offs.len() != b_offs.len() {
                     return Err("a GEMM's operands have different batch counts".into());
@@ -125,7 +126,28 @@ impl Schedule {
                     self.inside(*a, reach(ao, &[m, k], &stride(dims.a_rc)?)?, "operand a")?;
                     self.inside(*b, reach(bo, &[k, n], &stride(dims.b_rc)?)?, "operand b")?;
                 }
-                self.inside(*out, span(0, a_offs.len() * m * n), "the GEMM's output")
+                self.inside(*out, span(0, a_offs.len() * m * n), "the GEMM's output")?;
+                if let Some(e) = epilogue {
+                    self.verify_step(&Step::Loop {
+                        kernel: e.kernel.clone(),
+                        out: e.out,
+                        args: e.args.clone(),
+                        init: None,
+                        divisor: None,
+                    })
+                    .map_err(|m| format!("in the GEMM's epilogue: {m}"))?;
+                    let total = a_offs.len() * dims.m * dims.n;
+                    let whole: usize = e.kernel.dims.iter().product();
+                    if e.args.get(e.acc) != Some(out)
+                        || e.kernel.accesses[e.acc] != e.kernel.out
+                        || whole != total
+                        || e.out == *a
+                        || e.out == *b
+                    {
+                        return Err("a GEMM's epilogue does not walk its output".into());
+                    }
+                }
+                Ok(())
             }
             Step::Transpose {
                 src,

@@ -119,6 +119,22 @@ impl Program {
                         ptrs: vec![std::ptr::null_mut(); args.len() + 1],
                     }
                 }
+                Step::MatMul {
+                    epilogue: Some(e), ..
+                } => {
+                    let name = format!("k{i}e");
+                    let (id, text) =
+                        codegen::compile(&mut module, &mut fctx, &e.kernel, &name, want_clif)
+                            .map_err(|err| {
+                                internal(format!("Cranelift rejected epilogue {i}: {err}"))
+                            })?;
+                    clif.extend(text);
+                    pending.push((i, id));
+                    Exec::Loop {
+                        f: dummy_kernel,
+                        ptrs: vec![std::ptr::null_mut(); e.args.len() + 1],
+                    }
+                }
                 Step::Conv { pass, geo, .. } => {
                     let threads = rayon::current_num_threads();
                     let scratch = native::conv_scratch(geo, *pass, threads)
@@ -352,32 +368,10 @@ fn run_step(
                 *p = bufs[b.index()].as_mut_ptr();
             }
             let args = SendPtr(ptrs.as_ptr());
-            let f = *f;
-            let outer = kernel.dims[0];
-            let total: usize = kernel.dims.iter().product();
-            let threads = rayon::current_num_threads();
-            let split = kernel.splittable()
-                && total >= super::threads::loop_elements()
-                && outer >= threads
-                && threads > 1;
-            if split {
-                use rayon::prelude::*;
-                (0..threads).into_par_iter().for_each(|t| {
-                    let lo = outer * t / threads;
-                    let hi = outer * (t + 1) / threads;
-                    let a = &args;
-                    // SAFETY: the schedule verifier checked every access
-                    // of the kernel against its buffer's length over the
-                    // whole iteration space; each thread writes a disjoint
-                    // range of the outer loop; the buffers outlive the call.
-                    unsafe { f(a.0, lo as i64, hi as i64) };
-                });
-            } else {
-                // SAFETY: `ptrs` holds one live buffer per argument, each
-                // as long as the kernel's strides reach (the verifier's
-                // rule 2).
-                unsafe { f(args.0, 0, outer as i64) };
-            }
+            // SAFETY: `ptrs` holds one live buffer per argument, each as
+            // long as the kernel's strides reach over its whole space (the
+            // verifier's rule 2).
+            unsafe { call_loop(*f, &args, kernel, 0, kernel.dims[0]) };
             if let Some(d) = divisor {
                 bufs[out.index()].iter_mut().for_each(|x| *x /= *d);
             }
@@ -390,10 +384,23 @@ fn run_step(
                 a_offs,
                 b_offs,
                 dims,
+                epilogue,
             },
-            Exec::Plain,
+            exec,
         ) => {
             let Gemm { m, k, n, .. } = *dims;
+            // The epilogue's function and its arguments' addresses.
+            let epi = match (epilogue, exec) {
+                (Some(e), Exec::Loop { f, ptrs }) => {
+                    for (p, b) in ptrs.iter_mut().zip(std::iter::once(&e.out).chain(&e.args)) {
+                        *p = bufs[b.index()].as_mut_ptr();
+                    }
+                    let rows_outer = e.kernel.dims.len() == 2;
+                    Some((*f, SendPtr(ptrs.as_ptr()), rows_outer, &e.kernel))
+                }
+                (None, Exec::Plain) => None,
+                _ => return Err(internal("a GEMM step without its compiled form")),
+            };
             let threads = rayon::current_num_threads();
             let par = if m * n * k >= super::threads::gemm_madds() && threads > 1 {
                 gemm::Parallelism::Rayon(threads)
@@ -419,6 +426,19 @@ fn run_step(
                         false,
                         par,
                     )
+                }
+                if let Some((f, args, rows_outer, kernel)) = &epi {
+                    // This batch's outputs, while they are in cache: its
+                    // rows of a `[rows, n]` space, or its elements of a
+                    // flat one.
+                    let (lo, hi) = match rows_outer {
+                        true => (bi * m, (bi + 1) * m),
+                        false => (bi * m * n, (bi + 1) * m * n),
+                    };
+                    // SAFETY: the verifier checked the epilogue's accesses
+                    // over its whole space (this batch's range is part of
+                    // it) and that it writes neither operand of the GEMM.
+                    unsafe { call_loop(*f, args, kernel, lo, hi) };
                 }
             }
         }
@@ -618,6 +638,43 @@ fn run_scan(
         }
     }
     Ok(())
+}
+
+/// Runs loop kernel `f` over `lo..hi` of its outermost dim, split over
+/// the rayon pool when the range is large and each thread writes its own
+/// part of the output.
+///
+/// # Safety
+///
+/// `args` must hold the kernel's output and access buffers, each as long
+/// as the kernel's strides reach over `lo..hi`.
+unsafe fn call_loop(
+    f: KernelFn,
+    args: &SendPtr,
+    kernel: &crate::schedule::LoopKernel,
+    lo: usize,
+    hi: usize,
+) {
+    let outer = hi - lo;
+    let inner: usize = kernel.dims[1..].iter().product();
+    let threads = rayon::current_num_threads();
+    let split = kernel.splittable()
+        && outer * inner >= super::threads::loop_elements()
+        && outer >= threads
+        && threads > 1;
+    if split {
+        use rayon::prelude::*;
+        (0..threads).into_par_iter().for_each(|t| {
+            let a = lo + outer * t / threads;
+            let b = lo + outer * (t + 1) / threads;
+            // SAFETY: as the caller promised, over a part of its range;
+            // each thread writes a disjoint range of the outer loop.
+            unsafe { f(args.0, a as i64, b as i64) };
+        });
+    } else {
+        // SAFETY: as the caller promised.
+        unsafe { f(args.0, lo as i64, hi as i64) };
+    }
 }
 
 struct SendPtr(*const *mut f32);

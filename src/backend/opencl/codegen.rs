@@ -68,7 +68,7 @@ pub fn kernel_name(path: &[usize]) -> String {
 
 /// The program of `sched`'s generated kernels: the shared helpers, then a
 /// kernel for every loop step, loop bodies included. (The library is a
-/// program of its own, built once per process: [`LIBRARY`].)
+/// program of its own, built once per process: [`library`].)
 pub fn program_source(sched: &Schedule) -> String {
     String::from(PRELUDE) + &generated(sched)
 }
@@ -98,6 +98,12 @@ fn emit_steps(sched: &Schedule, path: &mut Vec<usize>, s: &mut String) {
                 let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
                 let k = transpose_kernel(shape, perm);
                 s.push_str(&loop_source(&kernel_name(path), &k, None, None));
+            }
+            Step::MatMul {
+                epilogue: Some(e), ..
+            } => {
+                let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
+                s.push_str(&epilogue_gemm(&kernel_name(path), e));
             }
             Step::Scan(sc) => emit_steps(&sc.body, path, s),
             _ => {}
@@ -242,10 +248,23 @@ fn offset(strides: &[i64], ds: &[usize]) -> String {
 /// The statements computing the kernel's value into `e{last}`, with the
 /// loads at the offsets the dims in `ds` give.
 fn expressions(s: &mut String, k: &LoopKernel, ds: &[usize], indent: &str) -> String {
+    expressions_with(s, k, ds, indent, None)
+}
+
+/// [`expressions`] where access `acc`, if any, is the value `v` in hand
+/// (a GEMM's product, in its epilogue) instead of a load.
+fn expressions_with(
+    s: &mut String,
+    k: &LoopKernel,
+    ds: &[usize],
+    indent: &str,
+    acc: Option<usize>,
+) -> String {
     let mut name = String::new();
     for (j, e) in k.exprs.iter().enumerate() {
         let v = |i: usize| format!("e{i}");
         let rhs = match *e {
+            Expr::Load(a) if Some(a) == acc => "v".into(),
             Expr::Load(a) => format!("a{a}[{}]", offset(&k.accesses[a], ds)),
             Expr::Const(c) => float(c),
             Expr::Unary(op, a) => {
@@ -399,30 +418,24 @@ fn k_all(k: &LoopKernel) -> Vec<usize> {
     (0..k.dims.len()).collect()
 }
 
-/// What every generated program starts with.
-pub const PRELUDE: &str = r#"// nnc: OpenCL C generated from a schedule
-#pragma OPENCL FP_CONTRACT OFF
+/// Where a GEMM kernel stores its 4×4 block: `v` is the product at row
+/// `r` (of this batch `z`) and column `cc`.
+const GEMM_STORE: &str = "c[(long)r * n + cc] = v;";
 
-// The interpreter's maximum and minimum: a NaN operand wins.
-inline float nnc_max(float a, float b) { return (isnan(a) || a > b) ? a : b; }
-inline float nnc_min(float a, float b) { return (isnan(a) || a < b) ? a : b; }
-"#;
-
-/// The kernels the steps other than loops call, their sizes as
-/// arguments: one program for the whole process.
-pub const LIBRARY: &str = r#"// nnc: the library kernels
-#pragma OPENCL FP_CONTRACT OFF
-
-// Batched C = A @ B: A is m×k and B k×n with (row, column) strides, at
-// offsets a_offs[z] and b_offs[z]; C the z-th row-major m×n matrix. A
-// work-group of 16×16 items computes a 64×64 tile of C, each item 4×4 of
-// it, through 64×16 and 16×64 tiles of A and B in local memory. Each
-// output is one fma chain over k in order.
-__kernel __attribute__((reqd_work_group_size(16, 16, 1)))
-void nnc_gemm(__global float *c, __global const float *a, __global const float *b,
+/// The tiled GEMM kernel `name`: batched `C = A @ B`, `A` m×k and `B` k×n
+/// with (row, column) strides at offsets `a_offs[z]` and `b_offs[z]`, `C`
+/// the z-th row-major m×n matrix. A work-group of 16×16 items computes a
+/// 64×64 tile of C, each item 4×4 of it, through 64×16 and 16×64 tiles of
+/// A and B in local memory; each output is one fma chain over k in order.
+/// `extra` adds arguments after the GEMM's; `store` is the statement that
+/// stores each output `v` (at row `r`, column `cc` of batch `z`).
+fn gemm_kernel(name: &str, extra: &str, store: &str) -> String {
+    format!(
+        r#"__kernel __attribute__((reqd_work_group_size(16, 16, 1)))
+void {name}(__global float *c, __global const float *a, __global const float *b,
               __global const long *a_offs, __global const long *b_offs,
               const int m, const int n, const int k,
-              const int a_r, const int a_c, const int b_r, const int b_c) {
+              const int a_r, const int a_c, const int b_r, const int b_c{extra}) {{
     __local float as[16][65];
     __local float bs[16][65];
     const int tx = get_local_id(0), ty = get_local_id(1);
@@ -435,8 +448,8 @@ void nnc_gemm(__global float *c, __global const float *a, __global const float *
     float acc[4][4];
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < k; k0 += 16) {
-        for (int l = 0; l < 4; l++) {
+    for (int k0 = 0; k0 < k; k0 += 16) {{
+        for (int l = 0; l < 4; l++) {{
             const int e = id + l * 256;
             const int ar = e / 16, ak = e % 16;
             const int gr = row0 + ar, gk = k0 + ak;
@@ -444,27 +457,78 @@ void nnc_gemm(__global float *c, __global const float *a, __global const float *
             const int bk = e / 64, bc = e % 64;
             const int hk = k0 + bk, gc = col0 + bc;
             bs[bk][bc] = (hk < k && gc < n) ? b[(long)hk * b_r + (long)gc * b_c] : 0.0f;
-        }
+        }}
         barrier(CLK_LOCAL_MEM_FENCE);
         const int kk_end = min(16, k - k0);
-        for (int kk = 0; kk < kk_end; kk++) {
+        for (int kk = 0; kk < kk_end; kk++) {{
             float av[4], bv[4];
             for (int i = 0; i < 4; i++) av[i] = as[kk][ty + 16 * i];
             for (int j = 0; j < 4; j++) bv[j] = bs[kk][tx + 16 * j];
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 4; j++) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-        }
+        }}
         barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    for (int i = 0; i < 4; i++) {
+    }}
+    for (int i = 0; i < 4; i++) {{
         const int r = row0 + ty + 16 * i;
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < 4; j++) {{
             const int cc = col0 + tx + 16 * j;
-            if (r < m && cc < n) c[(long)r * n + cc] = acc[i][j];
-        }
-    }
+            if (r < m && cc < n) {{
+                const float v = acc[i][j];
+                {store}
+            }}
+        }}
+    }}
+}}
+"#
+    )
 }
 
+/// The GEMM kernel `name` with epilogue `e` in its store: its arguments
+/// are the library GEMM's, then the epilogue's output and its accesses'
+/// buffers (`out, a0, a1, …`; the product's access is not read, its value
+/// is in hand).
+pub fn epilogue_gemm(name: &str, e: &crate::schedule::Epilogue) -> String {
+    let k = &e.kernel;
+    let mut extra = String::from(",\n              __global float *out");
+    for a in 0..k.accesses.len() {
+        let _ = write!(extra, ", __global const float *a{a}");
+    }
+    let indent = "                ";
+    let mut store = String::from(GEMM_STORE);
+    store.push('\n');
+    // The point of the epilogue's space this output is.
+    if k.dims.len() == 2 {
+        let _ = writeln!(store, "{indent}const long i0 = (long)z * m + r, i1 = cc;");
+    } else {
+        let _ = writeln!(store, "{indent}const long i0 = ((long)z * m + r) * n + cc;");
+    }
+    let all: Vec<usize> = (0..k.dims.len()).collect();
+    let value = expressions_with(&mut store, k, &all, indent, Some(e.acc));
+    let _ = write!(store, "{indent}out[{}] = {value};", offset(&k.out, &all));
+    gemm_kernel(name, &extra, &store)
+}
+
+/// What every generated program starts with.
+pub const PRELUDE: &str = r#"// nnc: OpenCL C generated from a schedule
+#pragma OPENCL FP_CONTRACT OFF
+
+// The interpreter's maximum and minimum: a NaN operand wins.
+inline float nnc_max(float a, float b) { return (isnan(a) || a > b) ? a : b; }
+inline float nnc_min(float a, float b) { return (isnan(a) || a < b) ? a : b; }
+"#;
+
+/// The kernels the steps other than loops call, their sizes as
+/// arguments: one program for the whole process.
+pub fn library() -> String {
+    LIBRARY.replace("{GEMM}\n", &gemm_kernel("nnc_gemm", "", GEMM_STORE))
+}
+
+/// [`library`] with its GEMM kernel left out.
+const LIBRARY: &str = r#"// nnc: the library kernels
+#pragma OPENCL FP_CONTRACT OFF
+
+{GEMM}
 // count blocks of len floats from src to dst (a slice, or one part of a
 // concatenation).
 __kernel __attribute__((reqd_work_group_size(64, 1, 1)))

@@ -52,7 +52,7 @@ pub fn source(
     let sched = pipeline::schedule(&pipeline::fuse(g), syms)?;
     Ok(format!(
         "{}\n{}",
-        codegen::LIBRARY,
+        codegen::library(),
         codegen::program_source(&sched)
     ))
 }

@@ -124,11 +124,11 @@ struct IndexStatus {
     spans: Vec<crate::diag::Span>,
 }
 
-/// The library program ([`codegen::LIBRARY`]), built once per process.
+/// The library program ([`codegen::library`]), built once per process.
 fn library(gpu: &device::Gpu) -> Result<&'static ocl::Program, Error> {
     static LIBRARY: std::sync::OnceLock<Result<ocl::Program, Error>> = std::sync::OnceLock::new();
     LIBRARY
-        .get_or_init(|| build(gpu, codegen::LIBRARY))
+        .get_or_init(|| build(gpu, &codegen::library()))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -416,6 +416,7 @@ impl Program {
                 a_offs,
                 b_offs,
                 dims,
+                epilogue,
             } => {
                 let Gemm {
                     m,
@@ -437,7 +438,10 @@ impl Program {
                         .map_err(|e| enqueue_error("allocating a GEMM table", e))
                 };
                 let (ta, tb) = (table(a_offs)?, table(b_offs)?);
-                let mut k = kernel("nnc_gemm");
+                let mut k = match epilogue {
+                    Some(_) => kernel(&codegen::kernel_name(path)),
+                    None => kernel("nnc_gemm"),
+                };
                 k.arg(buf(*out))
                     .arg(buf(*a))
                     .arg(buf(*b))
@@ -450,6 +454,12 @@ impl Program {
                     .arg(int(a_rc.1, "a stride")?)
                     .arg(int(b_rc.0, "a stride")?)
                     .arg(int(b_rc.1, "a stride")?);
+                if let Some(e) = epilogue {
+                    k.arg(buf(e.out));
+                    for &a in &e.args {
+                        k.arg(buf(a));
+                    }
+                }
                 let kernel = built(&mut k)?;
                 tables.push(ta);
                 tables.push(tb);
