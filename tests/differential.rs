@@ -56,6 +56,7 @@ proptest! {
 
     /// The fuzzing campaign's generator (`nnc::fuzz`): programs of rank 0
     /// to 4 over the language's operations (reductions over several axes,
+    /// gathers and scatter-adds, convolutions and poolings,
     /// batched and broadcast matmuls, reshapes, transposes, slices,
     /// concatenations and the rest its documentation lists), on input
     /// values that include the float limits; it asserts the backends

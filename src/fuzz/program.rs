@@ -2,7 +2,11 @@
 //! `differential` harnesses run: the fuzzer's bytes choose shapes (rank 0
 //! to 4, small dimensions), leaves and their values, and a sequence of
 //! the language's operations whose shape rules the generator follows, so
-//! every program it writes must compile.
+//! every program it writes must compile: elementwise functions and
+//! operators with broadcasting, comparisons and selects, reductions over
+//! any axes, matrix products of every rank, transposes, reshapes, slices,
+//! concatenations, gathers and scatter-adds, convolutions (strides,
+//! padding), max and average poolings, and −∞ masks before a softmax.
 
 use super::*;
 
@@ -200,7 +204,7 @@ impl Gen<'_, '_> {
         // further sums, where two correctly rounded but different sums
         // could end up far apart (catastrophic cancellation).
         let tame = !(self.strict && a.summed);
-        match self.src.below(12) {
+        match self.src.below(15) {
             0 | 1 => {
                 let all = [
                     "exp",
@@ -482,6 +486,64 @@ impl Gen<'_, '_> {
                 };
                 let e = format!("concat({}, {}, axis = {shown})", a.name, b.name);
                 self.push(e, s, a.summed || b.summed);
+            }
+            12 => {
+                // Rows of a matrix: gather, or scatter-add into n rows.
+                // Every backend adds a scatter's rows in index order, so
+                // neither makes a new order-dependent sum.
+                let [v, d] = a.shape[..] else {
+                    return false;
+                };
+                let list = |g: &mut Self, count: usize, below: usize| -> String {
+                    let xs: Vec<String> =
+                        (0..count).map(|_| g.src.below(below).to_string()).collect();
+                    format!("[{}]", xs.join(", "))
+                };
+                if self.src.flag() {
+                    let k = 1 + self.src.below(5);
+                    let idx = list(self, k, v);
+                    self.push(format!("gather({}, {idx})", a.name), vec![k, d], a.summed);
+                } else {
+                    let n = 1 + self.src.below(4);
+                    let idx = list(self, v, n);
+                    let e = format!("scatter_add({}, {idx}, n = {n})", a.name);
+                    self.push(e, vec![n, d], a.summed);
+                }
+            }
+            13 => {
+                // A convolution of an [N, C, H, W] value by a new kernel.
+                let [_, c, h, w] = a.shape[..] else {
+                    return false;
+                };
+                if !tame {
+                    return false;
+                }
+                let (kh, kw) = (1 + self.src.below(h), 1 + self.src.below(w));
+                let o = self.dim();
+                let (stride, pad) = (1 + self.src.below(2), self.src.below(2));
+                let k = self.leaf(vec![o, c, kh, kw], Leaf::Bounded);
+                let out = |x: usize, k: usize| (x + 2 * pad - k) / stride + 1;
+                let e = format!(
+                    "conv2d({}, {}, stride = {stride}, padding = {pad})",
+                    a.name, k.name
+                );
+                self.push(e, vec![a.shape[0], o, out(h, kh), out(w, kw)], true);
+            }
+            14 => {
+                // Max or average pooling of an [N, C, H, W] value.
+                let [n, c, h, w] = a.shape[..] else {
+                    return false;
+                };
+                let size = 1 + self.src.below(h.min(w));
+                let stride = 1 + self.src.below(size);
+                let out = |x: usize| (x - size) / stride + 1;
+                let (f, summed) = match self.src.flag() {
+                    true => ("max_pool2d", a.summed),
+                    false if tame => ("avg_pool2d", true),
+                    false => return false,
+                };
+                let e = format!("{f}({}, {size}, stride = {stride})", a.name);
+                self.push(e, vec![n, c, out(h), out(w)], summed);
             }
             _ => {
                 // A −∞ mask before a softmax, log-softmax or max.
