@@ -262,7 +262,6 @@ fn phase_graph(
             span: train.span,
         });
     }
-    append_finite(&mut gg, train.span)?;
     set_training(&mut gg.graph, true);
     if cfg!(debug_assertions) {
         if let Err(e) = ir::verify(&gg.graph) {
@@ -275,18 +274,21 @@ fn phase_graph(
     Ok(gg)
 }
 
-/// The name of a training step's last output: 0 when every updated
-/// parameter and optimizer state is finite, else NaN.
+/// The name of the guard output [`append_finite`] adds to a training
+/// step: 0 when every updated parameter and optimizer state is finite,
+/// else NaN.
 pub const FINITE_OUTPUT: &str = "finite";
 
 /// Appends [`FINITE_OUTPUT`] to a step: `Σ sum(u − u)` over the updates
 /// (`x − x` is 0 for a finite `x`, NaN for ±∞ and NaN). A gradient that is
 /// not finite makes its parameter's update, or the optimizer state it
-/// feeds, not finite, so the updates suffice. A backend that keeps the
-/// parameters on a device reads back this scalar and the loss after each
-/// step, not the gradients and the parameters, to guard against a
-/// blow-up; the gradients are read only to say which one it was.
-fn append_finite(gg: &mut GradGraph, span: crate::diag::Span) -> Result<(), Diag> {
+/// feeds, not finite, so the updates suffice. Training on a backend that
+/// keeps the parameters on a device reads back this scalar and the loss
+/// after each step, not the gradients and the parameters, to guard
+/// against a blow-up; the gradients are read only to say which one it
+/// was. (On the CPU backends the parameters are in host memory anyway and
+/// training checks them there: the step has no guard to compute.)
+pub fn append_finite(gg: &mut GradGraph, span: crate::diag::Span) -> Result<(), Diag> {
     let xs: Vec<ir::Node> = gg.graph.updates.iter().map(|u| u.node).collect();
     let mut b = crate::passes::build::Builder { g: &mut gg.graph };
     let mut total = b.fill(0.0, vec![], span)?;

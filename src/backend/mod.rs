@@ -35,6 +35,14 @@ pub enum Engine<'g> {
     OpenCl(Box<opencl::OpenCl<'g>>),
 }
 
+impl BackendKind {
+    /// Whether training on this backend keeps the parameters in the
+    /// device's memory between steps ([`Engine::step_kept`]).
+    pub fn keeps_params(self) -> bool {
+        matches!(self, BackendKind::Opencl)
+    }
+}
+
 impl<'g> Engine<'g> {
     pub fn new(kind: BackendKind, g: &'g Graph) -> Engine<'g> {
         match kind {

@@ -101,7 +101,16 @@ pub fn run(
         check_save_target(save, &run_inputs(spec, opts))?;
     }
     let data = prepare(g, spec, &opts.base_dir, seed)?;
-    let steps = pipeline::train_steps(g, spec)?;
+    let mut steps = pipeline::train_steps(g, spec)?;
+    // A backend that keeps the parameters on a device computes the
+    // step's guard there ([`pipeline::append_finite`]); the others are
+    // checked on the host.
+    let kept = opts.backend.keeps_params();
+    if kept {
+        for ph in &mut steps {
+            pipeline::append_finite(&mut ph.step, spec.span)?;
+        }
+    }
     // The last phase's graph knows every parameter and state.
     let all = &steps.last().expect("a train block has a phase").step.graph;
     let mut eval = g.clone();
@@ -179,23 +188,37 @@ pub fn run(
                     inputs[id] = Some(interp::rng_key(seed, global_step * n_phases + k as u64));
                 }
                 let step = &ph.step;
-                // Only the loss and the step's guard come back from a
-                // device that keeps the parameters.
-                let finite = step.graph.outputs.len() - 1;
-                let outs = engines[k]
-                    .step_kept(&mut params, &inputs, &[0, finite])
-                    .map_err(|e| e.to_diag())?;
-                if n_phases > 1 {
-                    // The phases share parameters: each reads them from
-                    // the host.
-                    engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
-                }
-                let loss = outs[0].data[0];
-                if !(loss.is_finite() && outs[1].data[0].is_finite()) {
-                    engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
-                    let all = engines[k].outputs().map_err(|e| e.to_diag())?;
-                    let what = non_finite(step, &all, &params)
-                        .unwrap_or_else(|| "a value is not finite".into());
+                let (loss, blown) = if kept {
+                    // Only the loss and the step's guard come back from a
+                    // device that keeps the parameters.
+                    let finite = step.graph.outputs.len() - 1;
+                    let outs = engines[k]
+                        .step_kept(&mut params, &inputs, &[0, finite])
+                        .map_err(|e| e.to_diag())?;
+                    if n_phases > 1 {
+                        // The phases share parameters: each reads them
+                        // from the host.
+                        engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
+                    }
+                    let loss = outs[0].data[0];
+                    let blown = if loss.is_finite() && outs[1].data[0].is_finite() {
+                        None
+                    } else {
+                        engines[k].sync(&mut params).map_err(|e| e.to_diag())?;
+                        let all = engines[k].outputs().map_err(|e| e.to_diag())?;
+                        Some(
+                            non_finite(step, &all, &params)
+                                .unwrap_or_else(|| "a value is not finite".into()),
+                        )
+                    };
+                    (loss, blown)
+                } else {
+                    let outs = engines[k]
+                        .step(&mut params, &inputs)
+                        .map_err(|e| e.to_diag())?;
+                    (outs[0].data[0], non_finite(step, &outs, &params))
+                };
+                if let Some(what) = blown {
                     let phase = if ph.name.is_empty() {
                         String::new()
                     } else {
