@@ -6,7 +6,8 @@
 //! operators with broadcasting, comparisons and selects, reductions over
 //! any axes, matrix products of every rank, transposes, reshapes, slices,
 //! concatenations, gathers and scatter-adds, convolutions (strides,
-//! padding), max and average poolings, and −∞ masks before a softmax.
+//! padding), max and average poolings, `scan` loops (forward and
+//! reverse), and −∞ masks before a softmax.
 
 use super::*;
 
@@ -89,6 +90,8 @@ struct Gen<'s, 'a> {
     leaves: Vec<(String, Vec<usize>, Leaf)>,
     vals: Vec<Val>,
     lets: String,
+    /// The loop bodies `scan` calls, written before everything else.
+    fns: String,
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -204,7 +207,7 @@ impl Gen<'_, '_> {
         // further sums, where two correctly rounded but different sums
         // could end up far apart (catastrophic cancellation).
         let tame = !(self.strict && a.summed);
-        match self.src.below(15) {
+        match self.src.below(16) {
             0 | 1 => {
                 let all = [
                     "exp",
@@ -545,6 +548,36 @@ impl Gen<'_, '_> {
                 let e = format!("{f}({}, {size}, stride = {stride})", a.name);
                 self.push(e, vec![n, c, out(h), out(w)], summed);
             }
+            15 => {
+                // A loop over the first axis: the carry has the shape of
+                // one step, starts at a new parameter, and the body is
+                // one of a few cells (a running sum only where sums are
+                // not restricted).
+                if r == 0 {
+                    return false;
+                }
+                let step = a.shape[1..].to_vec();
+                let cells = ["tanh(c * 0.5 + x)", "maximum(c, x)", "c * 0.5 - x", "c + x"];
+                let cell = match tame {
+                    true => self.src.pick(&cells),
+                    false => self.src.pick(&cells[..2]),
+                };
+                let f = format!("s{}", self.vals.len());
+                let ty = shape_src(&step);
+                let _ = writeln!(
+                    self.fns,
+                    "fn {f}(c: {ty}, x: {ty}) -> {ty} {{\n  {cell}\n}}"
+                );
+                let init = self.leaf(step, Leaf::Bounded);
+                let reverse = if self.src.flag() {
+                    ", reverse = true"
+                } else {
+                    ""
+                };
+                let e = format!("scan({f}, {}, {}{reverse})", init.name, a.name);
+                let summed = a.summed || cell.contains('+') || cell.contains('-');
+                self.push(e, a.shape.clone(), summed);
+            }
             _ => {
                 // A −∞ mask before a softmax, log-softmax or max.
                 if r == 0 || !tame {
@@ -583,6 +616,7 @@ impl Program {
             leaves: Vec::new(),
             vals: Vec::new(),
             lets: String::new(),
+            fns: String::new(),
         };
         for _ in 0..1 + g.src.below(4) {
             let s = g.shape();
@@ -619,7 +653,7 @@ impl Program {
                 }
             }
         }
-        let mut source = String::new();
+        let mut source = g.fns.clone();
         for (name, shape, _) in &g.leaves {
             let _ = writeln!(
                 source,
