@@ -129,18 +129,20 @@ pub fn program(e: &E, rows: usize, cols: usize) -> String {
     s
 }
 
-/// The first position where `a` and `b` differ by more than `1e-5` plus
-/// `2e-4` of the larger magnitude, NaN matching NaN. The relative part is
-/// that loose because a generated program chains up to 24 operations,
-/// each rounding differently on the two backends (vector polynomials,
-/// FMA, summation order), and reductions and matmuls amplify those
-/// differences by their cancellation; single operations are held to
-/// 1-2 ulp in `tests/jit_math.rs` and `differential_extremes`.
+/// The first position where `a` and `b` differ by more than `1e-6` plus
+/// `1e-5` of the larger magnitude, NaN matching NaN: the fuzzing
+/// campaign's bound ([`nnc::fuzz::agree`]). A generated program chains up
+/// to 24 operations, each rounding differently on the two backends
+/// (vector polynomials, FMA, summation order); over the 1000 programs of
+/// `tests/differential.rs` and their gradients that stays within 1e-5
+/// relative, with 1e-6 absolute for results near 0 computed from values
+/// of order 1. Single operations are held to 1-2 ulp in
+/// `tests/jit_math.rs` and `differential_extremes`.
 pub fn close(a: &[f32], b: &[f32]) -> Option<usize> {
     a.iter().zip(b).position(|(&x, &y)| {
         !(x == y
             || (x.is_nan() && y.is_nan())
-            || (x - y).abs() <= 1e-5 + 2e-4 * x.abs().max(y.abs()))
+            || (x - y).abs() <= 1e-6 + 1e-5 * x.abs().max(y.abs()))
     })
 }
 
