@@ -15,12 +15,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The backends case `n` runs on: the JIT on every case; OpenCL (where it
 /// runs) on every tenth, since each program's kernels are compiled by the
-/// device's driver (PoCL, on CI's CPU: about a second a program).
+/// device's driver (PoCL, on CI's CPU: about 1.5 s a program).
+/// `NNC_OPENCL_EVERY=1` runs OpenCL on every case.
 fn backends_for(counter: &AtomicUsize) -> Vec<BackendKind> {
     let n = counter.fetch_add(1, Ordering::Relaxed);
+    let every = std::env::var("NNC_OPENCL_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&e| e > 0)
+        .unwrap_or(10);
     common::compiled_backends()
         .into_iter()
-        .filter(|&k| k != BackendKind::Opencl || n.is_multiple_of(10))
+        .filter(|&k| k != BackendKind::Opencl || n.is_multiple_of(every))
         .collect()
 }
 
