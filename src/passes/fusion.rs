@@ -300,6 +300,8 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 };
                 match reason {
                     None => {
+                        // The owner pass above gave every live node an
+                        // owner; here it is not `n` itself.
                         let into = owner[n].expect("a fused node has the kernel it is fused into");
                         let rule = if matches!(g.nodes[into].op, Op::Reduce { .. }) {
                             "reduce-prologue"

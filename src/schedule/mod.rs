@@ -232,6 +232,20 @@ pub struct ScanStep {
     pub slots: Vec<Option<BufId>>,
 }
 
+impl ScanStep {
+    /// The `i`-th step the loop runs: the index `t` of the slices it reads
+    /// and of the result it writes, and the index of the previous result
+    /// (its carry; meaningless at `i = 0`, where the carry is `init`).
+    pub fn order(&self, i: usize) -> (usize, usize) {
+        if self.reverse {
+            let t = self.steps - 1 - i;
+            (t, t + 1)
+        } else {
+            (i, i.wrapping_sub(1))
+        }
+    }
+}
+
 impl Schedule {
     /// The buffer of stored node `n`.
     pub fn buf(&self, n: Node) -> Option<BufId> {

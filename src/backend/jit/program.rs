@@ -607,12 +607,7 @@ fn run_scan(
         out.fill(0.0);
     }
     for i in 0..sc.steps {
-        let (t, prev) = if sc.reverse {
-            let t = sc.steps - 1 - i;
-            (t, t + 1)
-        } else {
-            (i, i.wrapping_sub(1))
-        };
+        let (t, prev) = sc.order(i);
         if let Some(b) = sc.slots[0] {
             let carry = if i == 0 {
                 buf(outer, sc.init)

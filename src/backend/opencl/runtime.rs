@@ -759,12 +759,7 @@ impl Program {
                 .map_err(|e| enqueue_error("clearing", e))?;
         }
         for i in 0..sc.steps {
-            let (t, prev) = if sc.reverse {
-                let t = sc.steps - 1 - i;
-                (t, t + 1)
-            } else {
-                (i, i.wrapping_sub(1))
-            };
+            let (t, prev) = sc.order(i);
             if let Some(b) = sc.slots[0] {
                 let carry = if i == 0 {
                     (&outer[sc.init.index()], 0)
