@@ -14,16 +14,18 @@ use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The backends case `n` runs on: the JIT on every case; OpenCL (where it
-/// runs) on every tenth, since each program's kernels are compiled by the
-/// device's driver (PoCL, on CI's CPU: about 1.5 s a program).
-/// `NNC_OPENCL_EVERY=1` runs OpenCL on every case.
+/// runs) on every `NNC_OPENCL_EVERY`-th: by default every case in CI and
+/// every tenth elsewhere, since each program's kernels are compiled by
+/// the device's driver (PoCL, on a CPU: about half a second a program).
+/// The programs never repeat, so they are not put in the disk cache.
 fn backends_for(counter: &AtomicUsize) -> Vec<BackendKind> {
+    nnc::backend::opencl::cache_models_on_disk(false);
     let n = counter.fetch_add(1, Ordering::Relaxed);
     let every = std::env::var("NNC_OPENCL_EVERY")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&e| e > 0)
-        .unwrap_or(10);
+        .unwrap_or(if common::in_ci() { 1 } else { 10 });
     common::compiled_backends()
         .into_iter()
         .filter(|&k| k != BackendKind::Opencl || n.is_multiple_of(every))

@@ -11,11 +11,13 @@ pub mod fusion;
 pub mod licm;
 pub mod optimizer;
 mod scan_grad;
+pub mod scan_lift;
 
 /// The graph-level optimisations run before fusion and code generation:
 /// common subexpressions merged, loop-invariant work moved out of loop
-/// bodies, and merged again (the derivative loops of one scan hoist the
-/// same slices).
+/// bodies, step-parallel products lifted out of them, and merged again
+/// (the derivative loops of one scan hoist the same slices and recompute
+/// the same forward products).
 pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
-    cse::cse(&licm::hoist(&cse::cse(g)))
+    cse::cse(&scan_lift::lift(&licm::hoist(&cse::cse(g))))
 }

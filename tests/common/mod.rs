@@ -35,7 +35,7 @@ pub fn opencl() -> bool {
     }
     match nnc::backend::opencl::probe() {
         Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_some() => {
+        Err(e) if in_ci() => {
             panic!("CI needs an OpenCL device (PoCL): {e}")
         }
         Err(e) => {
@@ -60,4 +60,9 @@ pub fn backends() -> Vec<nnc::backend::BackendKind> {
     let mut v = vec![nnc::backend::BackendKind::Interp];
     v.extend(compiled_backends());
     v
+}
+
+/// Whether the tests run in CI (`CI` set, as `.ci/run` and CI services do).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
 }

@@ -10,6 +10,26 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Whether models' programs are cached: unset (0: ask the environment),
+/// on (1) or off (2).
+static MODELS: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the disk cache for models' programs on or off for this process.
+pub fn set_models(on: bool) {
+    MODELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether models' programs go through the disk cache: as
+/// [`set_models`] said, else unless `NNC_OPENCL_CACHE=off`.
+pub fn models() -> bool {
+    match MODELS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => std::env::var("NNC_OPENCL_CACHE").map_or(true, |v| v != "off"),
+    }
+}
 
 const MAGIC: &[u8; 8] = b"NNCCL\x00\x00\x01";
 

@@ -130,6 +130,18 @@ pub fn devices() -> Result<String, Error> {
     }
 }
 
+/// Whether the programs built for models are kept in the disk cache
+/// (they are unless `NNC_OPENCL_CACHE=off`): off for runs of many
+/// programs that never repeat, such as the differential tests, where
+/// asking PoCL for a binary to store costs as much again as the build.
+/// The kernel library, the same for every model, is always cached.
+pub fn cache_models_on_disk(on: bool) {
+    #[cfg(feature = "opencl")]
+    cache::set_models(on);
+    #[cfg(not(feature = "opencl"))]
+    let _ = on;
+}
+
 /// Chooses the OpenCL device by its number in `nnc devices` (`--device N`).
 pub fn choose_device(index: usize) {
     #[cfg(feature = "opencl")]

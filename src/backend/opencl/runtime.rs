@@ -128,7 +128,7 @@ struct IndexStatus {
 fn library(gpu: &device::Gpu) -> Result<&'static ocl::Program, Error> {
     static LIBRARY: std::sync::OnceLock<Result<ocl::Program, Error>> = std::sync::OnceLock::new();
     LIBRARY
-        .get_or_init(|| build(gpu, &codegen::library()))
+        .get_or_init(|| build(gpu, &codegen::library(), true))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -136,9 +136,9 @@ fn library(gpu: &device::Gpu) -> Result<&'static ocl::Program, Error> {
 /// The build options: none that change the arithmetic.
 const OPTIONS: &str = "";
 
-/// The built program for `source`, from the disk cache when an entry for
-/// it exists and loads, else from source (then stored).
-fn build(gpu: &device::Gpu, source: &str) -> Result<ocl::Program, Error> {
+/// The built program for `source`; with `cached`, from the disk cache
+/// when an entry for it exists and loads, else from source (then stored).
+fn build(gpu: &device::Gpu, source: &str, cached: bool) -> Result<ocl::Program, Error> {
     let s = &gpu.summary;
     let key = format!(
         "nnc {}\n{}\n{}\n{}\n{}\n{OPTIONS}\n{source}",
@@ -149,7 +149,7 @@ fn build(gpu: &device::Gpu, source: &str) -> Result<ocl::Program, Error> {
         s.version
     );
     let shown = cache::path(&key).map_or_else(String::new, |p| p.display().to_string());
-    if let Some(binary) = cache::load(&key) {
+    if let Some(binary) = cached.then(|| cache::load(&key)).flatten() {
         let bins = [&binary[..]];
         let built = ocl::Program::builder()
             .devices(gpu.device)
@@ -176,11 +176,20 @@ fn build(gpu: &device::Gpu, source: &str) -> Result<ocl::Program, Error> {
         .cmplr_opt(OPTIONS)
         .build(&gpu.context)
         .map_err(|e| build_failed(source, &e))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if !cached {
+        crate::log::lines(
+            "opencl",
+            &[format!(
+                "program built from source in {ms:.0} ms; not cached"
+            )],
+        );
+        return Ok(program);
+    }
     crate::log::lines(
         "opencl",
         &[format!(
-            "program built from source in {:.0} ms; cached as {shown}",
-            started.elapsed().as_secs_f64() * 1e3
+            "program built from source in {ms:.0} ms; cached as {shown}"
         )],
     );
     if let Ok(ocl::enums::ProgramInfoResult::Binaries(bins)) =
@@ -270,7 +279,7 @@ impl Program {
         check_memory(gpu, &sched)?;
         let library = library(gpu)?;
         let source = codegen::program_source(&sched);
-        let program = build(gpu, &source)?;
+        let program = build(gpu, &source, cache::models())?;
         let programs = Programs {
             gpu,
             generated: &program,
