@@ -8,7 +8,9 @@
 # trace + compile; onnxruntime: session creation), both in ms.
 # matmul is shown in GFLOP/s (2*n^3 / median time); its ratio is nnc/peer in
 # GFLOP/s (> 1: nnc faster). Peers are pinned to ANCHOR_THREADS (default 2)
-# threads.
+# threads. The memory column gives nnc's planned buffers and its process's
+# peak resident memory, and the peer process's peak resident memory (one
+# peer process may run several workloads: its peak covers all of them).
 #
 # The ratios only mean something within one run, on an idle machine; never
 # compare them with figures from another run or another machine.
@@ -57,7 +59,12 @@ peer() {  # peer KEY CMD...: run the peer once per invocation (shared by rows)
   local key=$1; shift
   [ -e "$LOGS/$key.log" ] && return 0
   echo ">> peer $*" >&2
-  "$@" > "$LOGS/$key.log" 2>&1 || { echo "peer $key exited with $?:" >&2; tail -5 "$LOGS/$key.log" >&2; }
+  # The peer's peak resident memory, from its rusage once it exits.
+  "$PEER_PY" -c 'import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:])
+print("PEAK_RSS", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+sys.exit(r.returncode)' "$@" > "$LOGS/$key.log" 2>&1 \
+    || { echo "peer $key exited with $?:" >&2; tail -5 "$LOGS/$key.log" >&2; }
 }
 
 row() {  # row NAME NNC_OUT PEER_LABEL PEER_KEY RESULT_TAG [GEMM_N]
@@ -76,6 +83,12 @@ def load_peer():
         if l.startswith(f"RESULT {tag} "):
             return json.loads(l[len(f"RESULT {tag} "):])
     return {"error": f"no RESULT {tag}"}
+def peer_rss():
+    for l in open(f"{logs}/{key}.log"):
+        if l.startswith("PEAK_RSS "):
+            return int(l.split()[1])
+    return None
+mib = lambda b: f"{b / 2**20:.0f}" if b is not None else "?"
 a, p = load_nnc(), load_peer()
 if n:  # peer result is {"<n>": {"gflops_median": ..}}, by size
     p = p.get(str(n), p)
@@ -99,6 +112,8 @@ else:
     first = next((p[k] for k in ("first_step_s", "first_call_s", "session_s") if p.get(k)), None) if ok_p else None
 c = f"{a['compile_ms']:.0f}" if ok_a else "n/a"
 cells.append(c + (f" (peer setup {first*1e3:.0f})" if first else ""))
+cells.append(f"{mib(a.get('planned_bytes'))} / {mib(a.get('peak_rss_bytes'))} · {mib(peer_rss())}"
+             if ok_a else f"n/a · {mib(peer_rss())}")
 print("| " + " | ".join(cells) + " |")
 EOF
 }
@@ -146,8 +161,8 @@ done
 echo
 echo "nnc vs peers, $(date -u +%FT%TZ), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg), RUNS=$RUNS, peer threads=$ANCHOR_THREADS"
 echo
-echo "| workload | nnc median ms [min–max] | peer | peer median ms | ratio nnc/peer | compile_ms |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| workload | nnc median ms [min–max] | peer | peer median ms | ratio nnc/peer | compile_ms | MiB: nnc planned / peak RSS · peer peak RSS |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
 [ "${KEEP_LOGS:-0}" = 1 ] && echo "logs: $LOGS" >&2
 exit 0

@@ -185,6 +185,41 @@ fn a_dimension_too_large_for_any_tensor_is_a_usage_error() {
 }
 
 #[test]
+fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
+    let o = nnc(&[
+        "bench",
+        "examples/bench/matmul.nn",
+        "--dim",
+        "N=64",
+        "--runs",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    // a, b and c: three 64×64 float buffers, and nothing else.
+    assert_eq!(v["planned_bytes"], 3 * 64 * 64 * 4, "{v}");
+    let rss = v["peak_rss_bytes"].as_u64().expect("a peak on Linux");
+    assert!(rss > 3 * 64 * 64 * 4, "{v}");
+    // The interpreter plans no buffers.
+    let o = nnc(&[
+        "bench",
+        "examples/bench/matmul.nn",
+        "--dim",
+        "N=8",
+        "--runs",
+        "1",
+        "--format",
+        "json",
+        "--backend",
+        "interp",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert!(v["planned_bytes"].is_null(), "{v}");
+}
+
+#[test]
 fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
     let p = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");

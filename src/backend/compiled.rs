@@ -77,6 +77,8 @@ pub struct Compiled<'g, P> {
     cache: Vec<(Vec<Option<Vec<usize>>>, P)>,
     /// The index of the last program run.
     last: Option<usize>,
+    /// The floats each cached program's schedule plans, by index.
+    planned: Vec<usize>,
     /// The program whose buffers hold the current parameters, when the
     /// backend keeps them ([`Compile::KEEPS_PARAMS`]): `params` is then
     /// stale until [`Compiled::sync`].
@@ -95,6 +97,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
             fused: None,
             cache: Vec::new(),
             last: None,
+            planned: Vec::new(),
             kept: None,
             last_outputs: Vec::new(),
         }
@@ -133,7 +136,14 @@ impl<'g, P: Compile> Compiled<'g, P> {
                 let values = bind::input_values(&fused.graph, &feed, &live)?;
                 let syms = bind::bind_syms(&fused.graph, &values)?;
                 let sched = pipeline::schedule(fused, &syms)?;
-                let p = P::compile(sched)?;
+                self.planned.push(sched.planned_floats());
+                let p = match P::compile(sched) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.planned.pop();
+                        return Err(e);
+                    }
+                };
                 let key = self.g.inputs.keys().map(|i| fed(i).map(<[usize]>::to_vec));
                 self.cache.push((key.collect(), p));
                 self.cache.len() - 1
@@ -192,6 +202,12 @@ impl<'g, P: Compile> Compiled<'g, P> {
             Some(k) => self.cache[k].1.read_outputs(),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// The bytes of the buffers the last program run plans (its loops'
+    /// bodies included); `None` before the first call.
+    pub fn planned_bytes(&self) -> Option<u64> {
+        self.last.map(|k| self.planned[k] as u64 * 4)
     }
 
     /// Compiles the program for these inputs' shapes, if not yet cached.

@@ -109,6 +109,16 @@ impl<'g> Engine<'g> {
         }
     }
 
+    /// The bytes of the buffers planned for the last call's program; the
+    /// interpreter plans none (it allocates as it goes).
+    pub fn planned_bytes(&self) -> Option<u64> {
+        match self {
+            Engine::Interp(..) => None,
+            Engine::Jit(j) => j.planned_bytes(),
+            Engine::OpenCl(c) => c.planned_bytes(),
+        }
+    }
+
     /// One step: the outputs, and the updates written into `params`.
     pub fn step(
         &mut self,

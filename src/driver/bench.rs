@@ -95,6 +95,11 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
         (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
     };
     let (min, max) = (times[0], times[times.len() - 1]);
+    let planned: Option<u64> = engines
+        .iter()
+        .map(Engine::planned_bytes)
+        .try_fold(0, |acc, b| b.map(|b| acc + b));
+    let peak_rss = peak_rss_bytes();
     let text = match args.format {
         Format::Json => format!(
             "{}\n",
@@ -104,17 +109,35 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
                 "min_ms": round3(min),
                 "max_ms": round3(max),
                 "runs": times.len(),
+                "planned_bytes": planned,
+                "peak_rss_bytes": peak_rss,
             })
         ),
         Format::Text => format!(
-            "{} ({}, {:?} backend): compile {compile_ms:.1} ms; {} runs: median {median:.3} ms, min {min:.3} ms, max {max:.3} ms\n",
+            "{} ({}, {:?} backend): compile {compile_ms:.1} ms; {} runs: median {median:.3} ms, min {min:.3} ms, max {max:.3} ms; planned {}, peak resident {}\n",
             args.file.display(),
             if is_train { "training step" } else { "outputs" },
             args.backend,
-            times.len()
+            times.len(),
+            planned.map_or_else(|| "no buffers (interpreter)".to_string(), mib),
+            peak_rss.map_or_else(|| "unknown".to_string(), mib),
         ),
     };
     Ok(Outcome::from(c, text))
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The process's peak resident memory so far (`VmHWM` in
+/// `/proc/self/status`; `None` where there is no such file).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn round3(x: f64) -> f64 {

@@ -247,6 +247,20 @@ impl ScanStep {
 }
 
 impl Schedule {
+    /// The floats of every buffer the schedule plans, its loops' bodies
+    /// included (`planned_bytes` in `nnc bench`).
+    pub fn planned_floats(&self) -> usize {
+        let bodies: usize = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Scan(sc) => sc.body.planned_floats(),
+                _ => 0,
+            })
+            .sum();
+        self.bufs.values().sum::<usize>() + bodies
+    }
+
     /// The buffer of stored node `n`.
     pub fn buf(&self, n: Node) -> Option<BufId> {
         self.buf_of[n].expand()
