@@ -19,6 +19,7 @@
 #   NAMES   comma-separated workload names or prefixes (default: all core ones):
 #           mlp_train mlp_infer_b1 mlp_infer_b128 chain matmul_512 matmul_1024
 #           and, with --families or by name, lenet_train lstm_train transformer_train
+#           transformer_stack_1 transformer_stack_8 transformer_stack_32
 # env: NNC (target/release/nnc), PEER_PY (/work/venv-peers/bin/python),
 #      SHARED_BENCH (../shared/bench from the repo root), RUNS (50),
 #      KEEP_LOGS=1 keeps the raw logs (their folder is printed at the end).
@@ -82,6 +83,10 @@ def load_peer():
     for l in open(f"{logs}/{key}.log"):
         if l.startswith(f"RESULT {tag} "):
             return json.loads(l[len(f"RESULT {tag} "):])
+        # bench_stack.py: "torch eager L=8 first 812 ms median 27.10 ms"
+        w = l.split()
+        if tag.startswith("stack/") and len(w) == 9 and w[2] == tag.split("/")[1]:
+            return {"median": float(w[7]) / 1e3, "first_step_s": float(w[4]) / 1e3}
     return {"error": f"no RESULT {tag}"}
 def peer_rss():
     for l in open(f"{logs}/{key}.log"):
@@ -106,7 +111,8 @@ if n:
 else:
     cells.append(f"{a['median_ms']:.3f} [{a['min_ms']:.3f}–{a['max_ms']:.3f}]" if ok_a else f"n/a ({a['error']})")
     cells.append(label)
-    cells.append(f"{p['median']*1e3:.3f} [{p['min']*1e3:.3f}–{p['max']*1e3:.3f}]" if ok_p else f"n/a ({p['error'][:80]})")
+    spread = f" [{p['min']*1e3:.3f}–{p['max']*1e3:.3f}]" if ok_p and "min" in p else ""
+    cells.append(f"{p['median']*1e3:.3f}{spread}" if ok_p else f"n/a ({p['error'][:80]})")
     cells.append(f"{a['median_ms'] / (p['median'] * 1e3):.2f}" if ok_a and ok_p else "n/a")
     # peer setup: jax/torch first step (trace + compile), onnxruntime session creation
     first = next((p[k] for k in ("first_step_s", "first_call_s", "session_s") if p.get(k)), None) if ok_p else None
@@ -155,6 +161,13 @@ for m in lstm transformer; do
   nnc "${m}_train" "${m}_train"
   peer torch_compile "$PEER_PY" "$SB/bench_torch.py" compile lstm transformer --steps "$RUNS"
   add "${m}_train" "${m}_train" "torch.compile" torch_compile "train/torch-compile/$m"
+done
+
+for l in 1 8 32; do
+  wanted "transformer_stack_$l" 1 || continue
+  nnc "transformer_stack_$l" "transformer_stack_$l"
+  peer "stack_$l" "$PEER_PY" "$SB/bench_stack.py" "$l" eager
+  add "transformer_stack_$l" "transformer_stack_$l" "torch eager" "stack_$l" "stack/L=$l"
 done
 
 [ ${#ROWS[@]} -gt 0 ] || { echo "no workload matches '$SEL'" >&2; exit 2; }

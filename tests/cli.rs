@@ -220,6 +220,28 @@ fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
 }
 
 #[test]
+fn identical_layers_share_their_compiled_kernels() {
+    // Eight encoder blocks of one shape, each with its own weights: the
+    // JIT compiles each distinct kernel once, so the stack has the one
+    // block's kernels (the blocks differ only in their buffers).
+    let functions = |file: &str| {
+        let o = nnc(&["compile", file, "--emit", "clif", "--dim", "B=16"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("function"))
+            .count()
+    };
+    let one = functions("examples/bench/transformer_stack_1.nn");
+    let eight = functions("examples/bench/transformer_stack_8.nn");
+    assert!(one > 20, "{one} kernels in one block");
+    assert!(
+        eight <= one + 2,
+        "{eight} kernels for 8 blocks, {one} for 1"
+    );
+}
+
+#[test]
 fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
     let p = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");

@@ -105,14 +105,32 @@ impl Program {
         let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
         let mut clif = Vec::new();
         let mut exec = Vec::with_capacity(sched.steps.len());
+        // Kernels by their description (iteration space, strides,
+        // expression: no buffers), so structurally identical ones — a
+        // stack of equal layers — are compiled once.
+        let mut compiled: HashMap<String, cranelift_module::FuncId> = HashMap::new();
+        let mut shared = 0usize;
+        let mut kernel_fn = |module: &mut JITModule,
+                             fctx: &mut FunctionBuilderContext,
+                             kernel: &crate::schedule::LoopKernel,
+                             name: String,
+                             clif: &mut Vec<String>|
+         -> Result<cranelift_module::FuncId, String> {
+            let key = format!("{kernel:?}");
+            if let Some(&id) = compiled.get(&key) {
+                shared += 1;
+                return Ok(id);
+            }
+            let (id, text) = codegen::compile(module, fctx, kernel, &name, want_clif)?;
+            clif.extend(text);
+            compiled.insert(key, id);
+            Ok(id)
+        };
         for (i, step) in sched.steps.iter().enumerate() {
             exec.push(match step {
                 Step::Loop { kernel, args, .. } => {
-                    let name = format!("k{i}");
-                    let (id, text) =
-                        codegen::compile(&mut module, &mut fctx, kernel, &name, want_clif)
-                            .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
-                    clif.extend(text);
+                    let id = kernel_fn(&mut module, &mut fctx, kernel, format!("k{i}"), &mut clif)
+                        .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
                     pending.push((i, id));
                     Exec::Loop {
                         f: dummy_kernel,
@@ -122,13 +140,14 @@ impl Program {
                 Step::MatMul {
                     epilogue: Some(e), ..
                 } => {
-                    let name = format!("k{i}e");
-                    let (id, text) =
-                        codegen::compile(&mut module, &mut fctx, &e.kernel, &name, want_clif)
-                            .map_err(|err| {
-                                internal(format!("Cranelift rejected epilogue {i}: {err}"))
-                            })?;
-                    clif.extend(text);
+                    let id = kernel_fn(
+                        &mut module,
+                        &mut fctx,
+                        &e.kernel,
+                        format!("k{i}e"),
+                        &mut clif,
+                    )
+                    .map_err(|err| internal(format!("Cranelift rejected epilogue {i}: {err}")))?;
                     pending.push((i, id));
                     Exec::Loop {
                         f: dummy_kernel,
@@ -158,14 +177,17 @@ impl Program {
                 _ => Exec::Plain,
             });
         }
+        drop(kernel_fn);
+        let compiled_count = compiled.len();
         if crate::log::enabled("plan") {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
             }
             eprintln!(
-                "[plan] {} buffers, {} floats",
+                "[plan] {} buffers, {} floats; {} loop kernels compiled, {shared} shared with an identical one",
                 sched.bufs.len(),
-                sched.bufs.values().sum::<usize>()
+                sched.bufs.values().sum::<usize>(),
+                compiled_count,
             );
         }
         module
