@@ -177,7 +177,6 @@ impl Program {
                 _ => Exec::Plain,
             });
         }
-        drop(kernel_fn);
         let compiled_count = compiled.len();
         if crate::log::enabled("plan") {
             for (i, s) in sched.steps.iter().enumerate() {
