@@ -1,7 +1,7 @@
 //! Randomised differential testing: small programs (`common/programs.rs`)
 //! run on the interpreter and on each compiling backend (the JIT on every
-//! case, OpenCL where it runs on every tenth), outputs and gradients
-//! compared.
+//! case; OpenCL, where it runs, on every case in CI and every tenth
+//! elsewhere), outputs and gradients compared.
 //! proptest shrinks a failure to a minimal program, which the failure
 //! message prints as `.nn` source.
 
@@ -14,22 +14,95 @@ use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The backends case `n` runs on: the JIT on every case; OpenCL (where it
-/// runs) on every `NNC_OPENCL_EVERY`-th: by default every case in CI and
-/// every tenth elsewhere, since each program's kernels are compiled by
-/// the device's driver (PoCL, on a CPU: about half a second a program).
-/// The programs never repeat, so they are not put in the disk cache.
-fn backends_for(counter: &AtomicUsize) -> Vec<BackendKind> {
+/// runs) on every `NNC_OPENCL_EVERY`-th (10 by default), since each
+/// program's kernels are compiled by the device's driver (PoCL, on a CPU:
+/// about half a second a program). The programs never repeat, so they are
+/// not put in the disk cache.
+///
+/// A child process of [`opencl_runs_every_program_in_chunks`] (which sets
+/// `NNC_DIFF_CHUNK=k/m`) runs OpenCL alone, on the cases `n` with
+/// `n % m == k`. In CI the `chunked` proptest leaves OpenCL to those
+/// children.
+fn backends_for(counter: &AtomicUsize, chunked: bool) -> Vec<BackendKind> {
     nnc::backend::opencl::cache_models_on_disk(false);
     let n = counter.fetch_add(1, Ordering::Relaxed);
+    if let Some((k, m)) = chunk() {
+        return common::compiled_backends()
+            .into_iter()
+            .filter(|&b| b == BackendKind::Opencl && n % m == k)
+            .collect();
+    }
     let every = std::env::var("NNC_OPENCL_EVERY")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&e| e > 0)
-        .unwrap_or(if common::in_ci() { 1 } else { 10 });
+        .or(if chunked && common::in_ci() {
+            None
+        } else {
+            Some(10)
+        });
     common::compiled_backends()
         .into_iter()
-        .filter(|&k| k != BackendKind::Opencl || n.is_multiple_of(every))
+        .filter(|&k| k != BackendKind::Opencl || every.is_some_and(|e| n.is_multiple_of(e)))
         .collect()
+}
+
+/// This process's share of the cases, `NNC_DIFF_CHUNK=k/m`.
+fn chunk() -> Option<(usize, usize)> {
+    let v = std::env::var("NNC_DIFF_CHUNK").ok()?;
+    let (k, m) = v.split_once('/')?;
+    Some((k.parse().ok()?, m.parse().ok()?))
+}
+
+/// In CI, all 1000 programs of the first proptest run on OpenCL too, in
+/// child processes of 250 each: PoCL keeps every kernel library it loads
+/// mapped for the life of the process (about five memory maps a kernel),
+/// and the 1000 programs' kernels together exceed the kernel's limit of
+/// 65,530 maps. Outside CI (or with no device) this is skipped, and the
+/// proptest runs OpenCL on every tenth case in-process.
+#[test]
+fn opencl_runs_every_program_in_chunks() {
+    if chunk().is_some() || !common::in_ci() || !common::opencl() {
+        return;
+    }
+    let me = std::env::current_exe().expect("the test binary's path");
+    let parts = 4;
+    // Two at a time: the driver's compiler keeps a core busy each.
+    for pair in (0..parts).collect::<Vec<_>>().chunks(2) {
+        let children: Vec<_> = pair
+            .iter()
+            .map(|k| {
+                std::process::Command::new(&me)
+                    .args([
+                        "compiled_backends_agree_with_the_interpreter",
+                        "--exact",
+                        "--test-threads",
+                        "1",
+                    ])
+                    .env("NNC_DIFF_CHUNK", format!("{k}/{parts}"))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("the test binary starts")
+            })
+            .collect();
+        for (k, child) in pair.iter().zip(children) {
+            let o = child.wait_with_output().expect("the chunk finishes");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                o.status.success(),
+                "OpenCL chunk {k}/{parts} failed:\n{text}"
+            );
+            assert!(
+                text.contains("1 passed"),
+                "chunk {k}/{parts} ran no test:\n{text}"
+            );
+        }
+    }
 }
 
 static SMALL: AtomicUsize = AtomicUsize::new(0);
@@ -48,7 +121,7 @@ proptest! {
     #[test]
     fn compiled_backends_agree_with_the_interpreter(e in programs::expr(), rows in 1usize..7, cols in 1usize..10) {
         let source = programs::program(&e, rows, cols);
-        for kind in backends_for(&SMALL) {
+        for kind in backends_for(&SMALL, true) {
             programs::check_on(&source, kind)?;
         }
     }
@@ -72,7 +145,7 @@ proptest! {
     /// otherwise.
     #[test]
     fn generated_programs_of_every_rank_agree(bytes in prop::collection::vec(any::<u8>(), 16..400)) {
-        for kind in backends_for(&GENERATED) {
+        for kind in backends_for(&GENERATED, false) {
             nnc::fuzz::differential_on(&bytes, kind);
         }
     }

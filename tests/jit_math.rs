@@ -293,3 +293,59 @@ fn saturated_sigmoid_and_its_derivative_are_finite() {
         assert_eq!(grad[3], 0.25, "{kind:?}: σ'(0)");
     }
 }
+
+/// The full-width kernels (`backend/jit/wide.rs`, AVX-512 or AVX2 where
+/// the CPU has them) give the bits of the Cranelift kernels they replace,
+/// over the whole float range and its special values.
+#[test]
+fn full_width_kernels_give_the_cranelift_kernels_bits() {
+    use nnc::backend::jit::wide;
+    let mut xs = sweep(-120.0, 120.0, 40_001);
+    xs.extend(sweep(-1.0, 1.0, 10_001));
+    xs.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        f32::MIN_POSITIVE / 3.0,
+        -f32::MIN_POSITIVE / 7.0,
+        f32::MAX,
+        f32::MIN,
+        88.72,
+        -103.9,
+        86.0,
+        -86.0,
+        0.625,
+        -0.625,
+    ]);
+    // Enough points that the kernel is wide-eligible, with a ragged end.
+    xs.extend(sweep(3.0, 7.0, 77));
+    if wide::level().is_none() {
+        eprintln!("this CPU has neither AVX-512 nor AVX2 with FMA: nothing runs wide");
+    }
+    for expr in [
+        "exp(x)",
+        "log(x)",
+        "tanh(x)",
+        "sigmoid(x)",
+        "tanh(x * 0.5 + 0.1) * sigmoid(x)",
+        "maximum(exp(x), x) - minimum(log(abs(x)), -x)",
+        "select(x > 0.5, sqrt(abs(x)), x ^ 3) / (1 + exp(-x))",
+        "leaky_relu(tanh(x)) + swish(x) + step(x)",
+    ] {
+        wide::set_enabled(true);
+        let wide_bits = jit_map(expr, &xs);
+        wide::set_enabled(false);
+        let narrow = jit_map(expr, &xs);
+        wide::set_enabled(true);
+        for (i, (a, b)) in wide_bits.iter().zip(&narrow).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{expr} at x = {:e}: wide {a:e}, Cranelift {b:e}",
+                xs[i]
+            );
+        }
+    }
+}

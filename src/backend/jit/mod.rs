@@ -39,6 +39,7 @@ mod math;
 mod native;
 mod program;
 pub mod threads;
+pub mod wide;
 
 use crate::exec::Error;
 use crate::ir::Graph;

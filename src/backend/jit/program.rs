@@ -3,8 +3,8 @@
 //! [`Exec`] per step of the [`Schedule`], which stays the description of
 //! what runs — and the buffers, allocated once.
 
-use super::codegen;
 use super::native::{self, sgemm};
+use super::{codegen, wide};
 use crate::backend::interp;
 use crate::diag::Span;
 use crate::exec::Error;
@@ -18,12 +18,50 @@ use std::collections::HashMap;
 
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
+/// How a loop kernel runs: Cranelift's code, or the full-width evaluator
+/// ([`wide`]) at a vector level this CPU has.
+#[derive(Clone, Copy)]
+enum Kern {
+    Jit(KernelFn),
+    /// Run by [`wide::run`], each thread with its own `per` floats of
+    /// the scratch at `scratch` (which its [`Exec::Loop`] owns), for up to
+    /// `slots` threads.
+    Wide {
+        level: wide::Level,
+        scratch: *mut f32,
+        per: usize,
+        slots: usize,
+    },
+}
+
+// SAFETY: a kernel's scratch is only written through distinct slots by
+// distinct threads, while the owning program is borrowed mutably.
+unsafe impl Send for Kern {}
+unsafe impl Sync for Kern {}
+
+/// A wide kernel's [`Kern`] and the scratch it writes.
+fn wide_kern(level: wide::Level, kernel: &crate::schedule::LoopKernel) -> (Kern, Vec<f32>) {
+    let slots = rayon::current_num_threads().max(1);
+    let per = wide::scratch_len(kernel);
+    let mut scratch = vec![0.0; per * slots];
+    let kern = Kern::Wide {
+        level,
+        scratch: scratch.as_mut_ptr(),
+        per,
+        slots,
+    };
+    (kern, scratch)
+}
+
 /// What the JIT keeps for one step of the schedule.
 enum Exec {
     /// Nothing beyond the step's description.
     Plain,
     Loop {
-        f: KernelFn,
+        f: Kern,
+        /// A wide kernel's scratch, which `f` points into (empty
+        /// otherwise): held here, never read here.
+        _scratch: Vec<f32>,
         /// The addresses of the output and of each access's buffer,
         /// refreshed before each call.
         ptrs: Vec<*mut f32>,
@@ -129,29 +167,65 @@ impl Program {
         for (i, step) in sched.steps.iter().enumerate() {
             exec.push(match step {
                 Step::Loop { kernel, args, .. } => {
-                    let id = kernel_fn(&mut module, &mut fctx, kernel, format!("k{i}"), &mut clif)
-                        .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
-                    pending.push((i, id));
-                    Exec::Loop {
-                        f: dummy_kernel,
-                        ptrs: vec![std::ptr::null_mut(); args.len() + 1],
+                    let ptrs = vec![std::ptr::null_mut(); args.len() + 1];
+                    match wide::eligible(kernel).filter(|_| !want_clif) {
+                        Some(level) => {
+                            let (f, scratch) = wide_kern(level, kernel);
+                            Exec::Loop {
+                                f,
+                                _scratch: scratch,
+                                ptrs,
+                            }
+                        }
+                        None => {
+                            let id = kernel_fn(
+                                &mut module,
+                                &mut fctx,
+                                kernel,
+                                format!("k{i}"),
+                                &mut clif,
+                            )
+                            .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
+                            pending.push((i, id));
+                            Exec::Loop {
+                                f: Kern::Jit(dummy_kernel),
+                                _scratch: Vec::new(),
+                                ptrs,
+                            }
+                        }
                     }
                 }
                 Step::MatMul {
                     epilogue: Some(e), ..
                 } => {
-                    let id = kernel_fn(
-                        &mut module,
-                        &mut fctx,
-                        &e.kernel,
-                        format!("k{i}e"),
-                        &mut clif,
-                    )
-                    .map_err(|err| internal(format!("Cranelift rejected epilogue {i}: {err}")))?;
-                    pending.push((i, id));
-                    Exec::Loop {
-                        f: dummy_kernel,
-                        ptrs: vec![std::ptr::null_mut(); e.args.len() + 1],
+                    let ptrs = vec![std::ptr::null_mut(); e.args.len() + 1];
+                    match wide::eligible(&e.kernel).filter(|_| !want_clif) {
+                        Some(level) => {
+                            let (f, scratch) = wide_kern(level, &e.kernel);
+                            Exec::Loop {
+                                f,
+                                _scratch: scratch,
+                                ptrs,
+                            }
+                        }
+                        None => {
+                            let id = kernel_fn(
+                                &mut module,
+                                &mut fctx,
+                                &e.kernel,
+                                format!("k{i}e"),
+                                &mut clif,
+                            )
+                            .map_err(|err| {
+                                internal(format!("Cranelift rejected epilogue {i}: {err}"))
+                            })?;
+                            pending.push((i, id));
+                            Exec::Loop {
+                                f: Kern::Jit(dummy_kernel),
+                                _scratch: Vec::new(),
+                                ptrs,
+                            }
+                        }
                     }
                 }
                 Step::Conv { pass, geo, .. } => {
@@ -197,7 +271,7 @@ impl Program {
             if let Exec::Loop { f, .. } = &mut exec[i] {
                 // SAFETY: the function was compiled with exactly this
                 // signature by `codegen::compile`.
-                *f = unsafe { std::mem::transmute::<*const u8, KernelFn>(p) };
+                *f = Kern::Jit(unsafe { std::mem::transmute::<*const u8, KernelFn>(p) });
             }
         }
         let mut bufs: Vec<Vec<f32>> = sched.bufs.values().map(|&len| vec![0.0; len]).collect();
@@ -380,7 +454,7 @@ fn run_step(
                 init,
                 divisor,
             },
-            Exec::Loop { f, ptrs },
+            Exec::Loop { f, ptrs, .. },
         ) => {
             if let Some(v) = init {
                 bufs[out.index()].fill(*v);
@@ -412,7 +486,7 @@ fn run_step(
             let Gemm { m, k, n, .. } = *dims;
             // The epilogue's function and its arguments' addresses.
             let epi = match (epilogue, exec) {
-                (Some(e), Exec::Loop { f, ptrs }) => {
+                (Some(e), Exec::Loop { f, ptrs, .. }) => {
                     for (p, b) in ptrs.iter_mut().zip(std::iter::once(&e.out).chain(&e.args)) {
                         *p = bufs[b.index()].as_mut_ptr();
                     }
@@ -665,7 +739,7 @@ fn run_scan(
 /// `args` must hold the kernel's output and access buffers, each as long
 /// as the kernel's strides reach over `lo..hi`.
 unsafe fn call_loop(
-    f: KernelFn,
+    f: Kern,
     args: &SendPtr,
     kernel: &crate::schedule::LoopKernel,
     lo: usize,
@@ -674,7 +748,12 @@ unsafe fn call_loop(
     let outer = hi - lo;
     let inner: usize = kernel.dims[1..].iter().product();
     let threads = rayon::current_num_threads();
-    let split = kernel.splittable()
+    let room = match f {
+        Kern::Wide { slots, .. } => slots >= threads,
+        Kern::Jit(_) => true,
+    };
+    let split = room
+        && kernel.splittable()
         && outer * inner >= super::threads::loop_elements()
         && outer >= threads
         && threads > 1;
@@ -685,11 +764,48 @@ unsafe fn call_loop(
             let b = lo + outer * (t + 1) / threads;
             // SAFETY: as the caller promised, over a part of its range;
             // each thread writes a disjoint range of the outer loop.
-            unsafe { f(args.0, a as i64, b as i64) };
+            unsafe { f.call(args, kernel, a, b, t) };
         });
     } else {
         // SAFETY: as the caller promised.
-        unsafe { f(args.0, lo as i64, hi as i64) };
+        unsafe { f.call(args, kernel, lo, hi, 0) };
+    }
+}
+
+impl Kern {
+    /// Runs the kernel over `lo..hi` of its outermost dim, as thread
+    /// `t` of the split.
+    ///
+    /// # Safety
+    ///
+    /// As [`call_loop`]'s, over that range; no other thread runs this
+    /// kernel as thread `t` at the same time.
+    unsafe fn call(
+        self,
+        args: &SendPtr,
+        kernel: &crate::schedule::LoopKernel,
+        lo: usize,
+        hi: usize,
+        t: usize,
+    ) {
+        match self {
+            // SAFETY: the caller's promise.
+            Kern::Jit(f) => unsafe { f(args.0, lo as i64, hi as i64) },
+            Kern::Wide {
+                level,
+                scratch,
+                per,
+                slots,
+            } => {
+                assert!(t < slots, "a wide kernel's thread has a scratch slot");
+                // SAFETY: slot `t` is this thread's alone; the rest is the
+                // caller's promise.
+                unsafe {
+                    let regs = std::slice::from_raw_parts_mut(scratch.add(t * per), per);
+                    wide::run(level, kernel, args.0, lo, hi, regs)
+                }
+            }
+        }
     }
 }
 

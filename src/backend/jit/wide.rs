@@ -1,0 +1,460 @@
+//! Full-width elementwise kernels: a loop kernel heavy in `exp`, `log`,
+//! `tanh` or `sigmoid` run by precompiled Rust at the CPU's full vector
+//! width (AVX-512: 16 lanes, else AVX2: 8) instead of Cranelift's 128-bit
+//! code (4 lanes), chosen at run time from the CPU's features.
+//!
+//! The kernel's expression is evaluated a block of [`BLOCK`] points at a
+//! time: each entry of the expression becomes one pass over the block
+//! (which stays in the L1 cache), so every pass is a plain loop over
+//! arrays that LLVM vectorizes at the width the enclosing function's
+//! `target_feature` allows. The arithmetic is the JIT's, operation for
+//! operation — the same polynomials, the same fused multiply-adds, the
+//! same handling of the ends of the range, NaN-propagating max and min —
+//! so a kernel gives the same bits either way (`tests/jit_math.rs`).
+//!
+//! Which kernels: elementwise (no reduction), every access and the output
+//! walking the innermost dim contiguously or not at all (a broadcast),
+//! at least [`MIN_INNER`] points along it, and at least one
+//! transcendental (where the width pays; an add or a copy is memory-bound
+//! either way), with no general power (`x ^ y` calls the host's `powf`).
+
+use crate::ir::{BinaryOp, CmpOp, UnaryOp};
+use crate::schedule::{Expr, LoopKernel};
+
+/// Points per block: 16 KiB of registers for a 16-entry expression.
+const BLOCK: usize = 256;
+
+/// The most accesses and dims a wide kernel has (its offsets live on the
+/// stack: a call allocates nothing).
+const MAX_ACCESSES: usize = 32;
+const MAX_RANK: usize = 8;
+
+/// The floats of scratch one thread needs to run `k`.
+pub fn scratch_len(k: &LoopKernel) -> usize {
+    k.exprs.len() * BLOCK
+}
+
+/// The shortest innermost dim worth a block.
+const MIN_INNER: usize = 64;
+
+/// The vector extension a wide kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Avx512,
+    Avx2,
+}
+
+/// Whether wide kernels are used: unset (0: unless `NNC_WIDE=off`), on
+/// (1) or off (2).
+static ENABLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns wide kernels on or off for the programs this process compiles
+/// from now on (tests compare both).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The widest level this CPU has, if any and if wide kernels are on
+/// ([`set_enabled`]; `NNC_WIDE=off` turns them off, for comparisons).
+pub fn level() -> Option<Level> {
+    static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
+    let on = match ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => !std::env::var("NNC_WIDE").is_ok_and(|v| v == "off"),
+    };
+    if !on {
+        return None;
+    }
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Some(Level::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Level::Avx2);
+            }
+        }
+        None
+    })
+}
+
+/// Whether `k` runs wide (see the module's rules), at `level`.
+pub fn eligible(k: &LoopKernel) -> Option<Level> {
+    let level = level()?;
+    let last = k.dims.len() - 1;
+    let contiguous = k.out[last] == 1 && k.accesses.iter().all(|s| s[last] == 0 || s[last] == 1);
+    let heavy = k.exprs.iter().any(|e| {
+        matches!(
+            e,
+            Expr::Unary(
+                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid,
+                _
+            )
+        )
+    });
+    let supported = !k
+        .exprs
+        .iter()
+        .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
+    let small = k.accesses.len() <= MAX_ACCESSES && k.dims.len() <= MAX_RANK;
+    (k.reduce.is_none() && contiguous && heavy && supported && small && k.dims[last] >= MIN_INNER)
+        .then_some(level)
+}
+
+/// Runs `k` (which [`eligible`] accepted) over `lo..hi` of its outermost
+/// dim, with `regs` ([`scratch_len`] floats) as its scratch.
+///
+/// # Safety
+///
+/// As a compiled loop kernel: `ptrs` holds the output's and each access's
+/// buffer, each as long as the kernel's strides reach over `lo..hi`.
+pub unsafe fn run(
+    level: Level,
+    k: &LoopKernel,
+    ptrs: *const *mut f32,
+    lo: usize,
+    hi: usize,
+    regs: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: `level` was detected on this CPU; the caller's promise.
+        Level::Avx512 => unsafe { run_avx512(k, ptrs, lo, hi, regs) },
+        Level::Avx2 => unsafe { run_avx2(k, ptrs, lo, hi, regs) },
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, k, ptrs, lo, hi, regs);
+        unreachable!("no wide level off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn run_avx512(
+    k: &LoopKernel,
+    ptrs: *const *mut f32,
+    lo: usize,
+    hi: usize,
+    regs: &mut [f32],
+) {
+    // SAFETY: the caller's promise.
+    unsafe { run_generic(k, ptrs, lo, hi, regs) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(k: &LoopKernel, ptrs: *const *mut f32, lo: usize, hi: usize, regs: &mut [f32]) {
+    // SAFETY: the caller's promise.
+    unsafe { run_generic(k, ptrs, lo, hi, regs) }
+}
+
+/// The walk over the iteration space, inlined into each level's function
+/// so that its passes are compiled at that level's width.
+#[inline(always)]
+unsafe fn run_generic(
+    k: &LoopKernel,
+    ptrs: *const *mut f32,
+    lo: usize,
+    hi: usize,
+    regs: &mut [f32],
+) {
+    let rank = k.dims.len();
+    let last = rank - 1;
+    let n_acc = k.accesses.len();
+    // SAFETY: the caller's promise: one pointer for the output, then one
+    // per access.
+    let out = unsafe { *ptrs };
+    let mut acc = [std::ptr::null_mut::<f32>(); MAX_ACCESSES];
+    for (a, p) in acc.iter_mut().enumerate().take(n_acc) {
+        *p = unsafe { *ptrs.add(a + 1) };
+    }
+    // The points: every index of the dims before the last (the first
+    // within lo..hi), then the innermost dim in blocks; a kernel of one dim
+    // has its range split directly.
+    let (outer_lo, outer_hi, inner_lo, inner_hi) = if rank == 1 {
+        (0, 1, lo, hi)
+    } else {
+        (lo, hi, 0, k.dims[last])
+    };
+    let mut idx_store = [0usize; MAX_RANK];
+    let idx = &mut idx_store[..rank - 1];
+    let middle: usize = k.dims[1..last.max(1)].iter().product();
+    for i0 in outer_lo..outer_hi {
+        for m in 0..if rank > 1 { middle } else { 1 } {
+            // The multi-index of the dims before the last.
+            if rank > 1 {
+                idx[0] = i0;
+                let mut r = m;
+                for d in (1..last).rev() {
+                    idx[d] = r % k.dims[d];
+                    r /= k.dims[d];
+                }
+            }
+            let base = |strides: &[i64]| -> isize {
+                idx.iter()
+                    .zip(strides)
+                    .map(|(&i, &s)| i as isize * s as isize)
+                    .sum()
+            };
+            let out_base = base(&k.out);
+            let mut acc_base = [0isize; MAX_ACCESSES];
+            for (b, s) in acc_base.iter_mut().zip(&k.accesses) {
+                *b = base(s);
+            }
+            let mut at = inner_lo;
+            while at < inner_hi {
+                let len = BLOCK.min(inner_hi - at);
+                for (e, expr) in k.exprs.iter().enumerate() {
+                    let (done, rest) = regs.split_at_mut(e * BLOCK);
+                    let r = &mut rest[..len];
+                    let reg = |j: usize| &done[j * BLOCK..j * BLOCK + len];
+                    match *expr {
+                        Expr::Load(a) => {
+                            let s = k.accesses[a][last] as isize;
+                            // SAFETY: the caller's promise covers every
+                            // point of the range.
+                            let p = unsafe { acc[a].offset(acc_base[a] + at as isize * s) };
+                            if s == 0 {
+                                r.fill(unsafe { *p });
+                            } else {
+                                r.copy_from_slice(unsafe { std::slice::from_raw_parts(p, len) });
+                            }
+                        }
+                        Expr::Const(c) => r.fill(c),
+                        Expr::Unary(op, x) => unary(op, reg(x), r),
+                        Expr::Binary(op, x, y) => binary(op, reg(x), reg(y), r),
+                        Expr::PowI(x, p) => {
+                            for (o, &v) in r.iter_mut().zip(reg(x)) {
+                                let mut acc = 1.0f32;
+                                for _ in 0..p.unsigned_abs() {
+                                    acc *= v;
+                                }
+                                *o = if p < 0 { 1.0 / acc } else { acc };
+                            }
+                        }
+                        Expr::Compare(op, x, y) => {
+                            for ((o, &a), &b) in r.iter_mut().zip(reg(x)).zip(reg(y)) {
+                                let c = match op {
+                                    CmpOp::Eq => a == b,
+                                    CmpOp::Ne => a != b,
+                                    CmpOp::Lt => a < b,
+                                    CmpOp::Le => a <= b,
+                                    CmpOp::Gt => a > b,
+                                    CmpOp::Ge => a >= b,
+                                };
+                                *o = if c { 1.0 } else { 0.0 };
+                            }
+                        }
+                        Expr::Select(c, x, y) => {
+                            for (((o, &c), &a), &b) in
+                                r.iter_mut().zip(reg(c)).zip(reg(x)).zip(reg(y))
+                            {
+                                *o = if c != 0.0 { a } else { b };
+                            }
+                        }
+                    }
+                }
+                let value = &regs[(k.exprs.len() - 1) * BLOCK..][..len];
+                // SAFETY: as for the loads; the output is contiguous here.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.offset(out_base + at as isize), len)
+                };
+                dst.copy_from_slice(value);
+                at += len;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn unary(op: UnaryOp, x: &[f32], r: &mut [f32]) {
+    // One loop per operation, so that each inlines and vectorizes.
+    let it = r.iter_mut().zip(x);
+    match op {
+        UnaryOp::Neg => it.for_each(|(o, &v)| *o = -v),
+        UnaryOp::Abs => it.for_each(|(o, &v)| *o = v.abs()),
+        UnaryOp::Sqrt => it.for_each(|(o, &v)| *o = v.sqrt()),
+        UnaryOp::Exp => it.for_each(|(o, &v)| *o = exp(v)),
+        UnaryOp::Log => it.for_each(|(o, &v)| *o = log(v)),
+        UnaryOp::Tanh => it.for_each(|(o, &v)| *o = tanh(v)),
+        UnaryOp::Sigmoid => it.for_each(|(o, &v)| *o = sigmoid(v)),
+    }
+}
+
+#[inline(always)]
+fn binary(op: BinaryOp, x: &[f32], y: &[f32], r: &mut [f32]) {
+    let it = r.iter_mut().zip(x).zip(y);
+    match op {
+        BinaryOp::Add => it.for_each(|((o, &a), &b)| *o = a + b),
+        BinaryOp::Sub => it.for_each(|((o, &a), &b)| *o = a - b),
+        BinaryOp::Mul => it.for_each(|((o, &a), &b)| *o = a * b),
+        BinaryOp::Div => it.for_each(|((o, &a), &b)| *o = a / b),
+        BinaryOp::Max => it.for_each(|((o, &a), &b)| *o = fmax(a, b)),
+        BinaryOp::Min => it.for_each(|((o, &a), &b)| *o = fmin(a, b)),
+        BinaryOp::Pow => unreachable!("`eligible` refuses kernels with a general power"),
+    }
+}
+
+/// Cranelift's `fmax`: NaN if either is, +0 over −0.
+#[inline(always)]
+fn fmax(a: f32, b: f32) -> f32 {
+    let m = if a > b { a } else { b };
+    let m = if a == b {
+        f32::from_bits(a.to_bits() & b.to_bits())
+    } else {
+        m
+    };
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else {
+        m
+    }
+}
+
+/// Cranelift's `fmin`: NaN if either is, −0 under +0.
+#[inline(always)]
+fn fmin(a: f32, b: f32) -> f32 {
+    let m = if a < b { a } else { b };
+    let m = if a == b {
+        f32::from_bits(a.to_bits() | b.to_bits())
+    } else {
+        m
+    };
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else {
+        m
+    }
+}
+
+/// Horner's rule with fused multiply-adds, as `math::poly`.
+#[inline(always)]
+fn poly(x: f32, coeffs: &[f32]) -> f32 {
+    let mut acc = coeffs[0];
+    for &c in &coeffs[1..] {
+        acc = acc.mul_add(x, c);
+    }
+    acc
+}
+
+// The coefficients are `math.rs`'s (Cephes'), written as published.
+#[allow(clippy::excessive_precision)]
+const EXP_P: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+/// `math::exp`, lane by lane: the fast and the slow form are both
+/// computed and the slow one kept where |x| ≥ 86 or x is NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = fmax(fmin(x, 89.0), -104.0);
+    let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
+    let r = n.mul_add(-0.693_359_4, xc);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let p = poly(r, &EXP_P);
+    let q = p.mul_add(r * r, r);
+    let er = q + 1.0;
+    let ti = t.to_bits() as i32;
+    let fast = f32::from_bits((er.to_bits() as i32).wrapping_add(ti.wrapping_shl(23)) as u32);
+    let ni = ti.wrapping_sub(MAGIC.to_bits() as i32);
+    let h = ni >> 1;
+    let l = ni.wrapping_sub(h);
+    let scale = |k: i32| f32::from_bits((k.wrapping_add(127)).wrapping_shl(23) as u32);
+    let slow = er * scale(h) * scale(l);
+    // `UnorderedOrGreaterThanOrEqual`: NaN or |x| ≥ 86.
+    let out = x.abs() >= 86.0 || x.is_nan();
+    if out {
+        slow
+    } else {
+        fast
+    }
+}
+
+#[allow(clippy::excessive_precision)]
+const LOG_P: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333e-1,
+];
+
+/// `math::log`, lane by lane.
+#[inline(always)]
+fn log(x: f32) -> f32 {
+    let sub = x < f32::MIN_POSITIVE;
+    let xn = if sub { x * 8_388_608.0 } else { x };
+    let adj = if sub { 23.0 } else { 0.0 };
+    let xi = xn.to_bits() as i32;
+    let e = ((xi as u32) >> 23) as i32 - 126;
+    let m = f32::from_bits(((xi & 0x007f_ffff) | 0x3f00_0000) as u32);
+    let mut ef = e as f32 - adj;
+    let small = m < std::f32::consts::FRAC_1_SQRT_2;
+    let extra = if small { m } else { 0.0 };
+    let dec = if small { 1.0 } else { 0.0 };
+    ef -= dec;
+    let m = (m - 1.0) + extra;
+    let z = m * m;
+    let p = poly(m, &LOG_P);
+    let y = (m * z) * p;
+    let y = ef.mul_add(-2.121_944_4e-4, y);
+    let y = z.mul_add(-0.5, y);
+    let r = m + y;
+    let r = ef.mul_add(0.693_359_4, r);
+    let r = if x == f32::INFINITY { f32::INFINITY } else { r };
+    let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
+    let r = if x < 0.0 { f32::NAN } else { r };
+    if x.is_nan() {
+        x
+    } else {
+        r
+    }
+}
+
+#[allow(clippy::excessive_precision)]
+const TANH_P: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_908_9e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328_2e-1,
+];
+
+/// `math::tanh`, lane by lane.
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    let ax = x.abs();
+    let e = exp(ax * 2.0);
+    let q = 2.0 / (e + 1.0);
+    let big = 1.0 - q;
+    let big = f32::from_bits(big.to_bits() | (x.to_bits() & 0x8000_0000));
+    let z = x * x;
+    let p = poly(z, &TANH_P);
+    let small = (x * z).mul_add(p, x);
+    let r = if ax < 0.625 { small } else { big };
+    if x.is_nan() {
+        x
+    } else {
+        r
+    }
+}
+
+/// `math::sigmoid`: 1 / (1 + e^(−x)).
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
