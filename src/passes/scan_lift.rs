@@ -118,6 +118,11 @@ pub fn lift(g: &Graph) -> Graph {
                                 reverse: *reverse,
                             };
                             done = out.add(scan, d.span).ok().filter(|&m| out.ty(m) == &d.ty);
+                            if done.is_none() && id == *body {
+                                // The loop stays as it was, and so must its
+                                // body (the lifted nodes are left dead).
+                                out.bodies[id] = src.clone();
+                            }
                         }
                     }
                 }

@@ -748,15 +748,15 @@ unsafe fn call_loop(
     let outer = hi - lo;
     let inner: usize = kernel.dims[1..].iter().product();
     let threads = rayon::current_num_threads();
-    let room = match f {
-        Kern::Wide { slots, .. } => slots >= threads,
-        Kern::Jit(_) => true,
+    // A wide kernel costs several times a plain loop's time per element
+    // (it is chosen for its transcendentals): it is split from an eighth
+    // of the size.
+    let (room, min) = match f {
+        Kern::Wide { slots, .. } => (slots >= threads, super::threads::loop_elements() / 8),
+        Kern::Jit(_) => (true, super::threads::loop_elements()),
     };
-    let split = room
-        && kernel.splittable()
-        && outer * inner >= super::threads::loop_elements()
-        && outer >= threads
-        && threads > 1;
+    let split =
+        room && kernel.splittable() && outer * inner >= min && outer >= threads && threads > 1;
     if split {
         use rayon::prelude::*;
         (0..threads).into_par_iter().for_each(|t| {

@@ -17,6 +17,7 @@
 
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::schedule::{Expr, LoopKernel, Schedule, Step};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// Work-items per work-group of a tree reduction (a power of two every
@@ -70,43 +71,98 @@ pub fn kernel_name(path: &[usize]) -> String {
 /// kernel for every loop step, loop bodies included. (The library is a
 /// program of its own, built once per process: [`library`].)
 pub fn program_source(sched: &Schedule) -> String {
-    String::from(PRELUDE) + &generated(sched)
+    program(sched).0
+}
+
+/// The kernel each step runs, by its path: structurally identical steps
+/// (a stack of equal layers) share one kernel, emitted once.
+#[derive(Default)]
+pub struct Names(HashMap<Vec<usize>, String>);
+
+impl Names {
+    /// The kernel of step `path`.
+    pub fn of(&self, path: &[usize]) -> String {
+        self.0
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| kernel_name(path))
+    }
+}
+
+/// [`program_source`], and the kernel each step runs.
+pub fn program(sched: &Schedule) -> (String, Names) {
+    let mut s = String::from(PRELUDE);
+    let mut names = Names::default();
+    emit_steps(
+        sched,
+        &mut Vec::new(),
+        &mut s,
+        &mut HashMap::new(),
+        &mut names,
+    );
+    (s, names)
 }
 
 /// The kernels generated for `sched`'s loop steps (the program without
 /// its library).
 pub fn generated(sched: &Schedule) -> String {
     let mut s = String::new();
-    emit_steps(sched, &mut Vec::new(), &mut s);
+    emit_steps(
+        sched,
+        &mut Vec::new(),
+        &mut s,
+        &mut HashMap::new(),
+        &mut Names::default(),
+    );
     s
 }
 
-fn emit_steps(sched: &Schedule, path: &mut Vec<usize>, s: &mut String) {
+/// The name a kernel's source is generated with before it gets its own.
+const PLACEHOLDER: &str = "NNC_THIS_KERNEL";
+
+fn emit_steps(
+    sched: &Schedule,
+    path: &mut Vec<usize>,
+    s: &mut String,
+    seen: &mut HashMap<String, String>,
+    names: &mut Names,
+) {
     for (i, step) in sched.steps.iter().enumerate() {
         path.push(i);
-        match step {
+        let source = match step {
             Step::Loop {
                 kernel,
                 init,
                 divisor,
                 ..
-            } => {
-                let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
-                s.push_str(&loop_source(&kernel_name(path), kernel, *init, *divisor));
-            }
+            } => Some(loop_source(PLACEHOLDER, kernel, *init, *divisor)),
             Step::Transpose { shape, perm, .. } => {
-                let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
                 let k = transpose_kernel(shape, perm);
-                s.push_str(&loop_source(&kernel_name(path), &k, None, None));
+                Some(loop_source(PLACEHOLDER, &k, None, None))
             }
             Step::MatMul {
                 epilogue: Some(e), ..
-            } => {
-                let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
-                s.push_str(&epilogue_gemm(&kernel_name(path), e));
+            } => Some(epilogue_gemm(PLACEHOLDER, e)),
+            Step::Scan(sc) => {
+                emit_steps(&sc.body, path, s, seen, names);
+                None
             }
-            Step::Scan(sc) => emit_steps(&sc.body, path, s),
-            _ => {}
+            _ => None,
+        };
+        if let Some(source) = source {
+            let _ = writeln!(s, "\n// step {}", step.describe(&sched.graph));
+            match seen.get(&source) {
+                Some(name) => {
+                    let _ = writeln!(s, "// runs {name}, above");
+                    names.0.insert(path.clone(), name.clone());
+                }
+                None => {
+                    let name = kernel_name(path);
+                    s.push_str(&source.replace(PLACEHOLDER, &name));
+                    seen.insert(source, name.clone());
+                    names.0.insert(path.clone(), name);
+                }
+            }
         }
         path.pop();
     }

@@ -112,6 +112,8 @@ impl Drop for Program {
 struct Programs<'a> {
     gpu: &'static device::Gpu,
     generated: &'a ocl::Program,
+    /// The kernel each step runs ([`codegen::Names`]).
+    names: &'a codegen::Names,
     library: &'static ocl::Program,
 }
 
@@ -278,11 +280,12 @@ impl Program {
         let gpu = device::gpu()?;
         check_memory(gpu, &sched)?;
         let library = library(gpu)?;
-        let source = codegen::program_source(&sched);
+        let (source, names) = codegen::program(&sched);
         let program = build(gpu, &source, cache::models())?;
         let programs = Programs {
             gpu,
             generated: &program,
+            names: &names,
             library,
         };
         let status = Buffer::<i32>::builder()
@@ -390,7 +393,7 @@ impl Program {
                 args,
                 ..
             } => {
-                let mut k = kernel(&codegen::kernel_name(path));
+                let mut k = kernel(&programs.names.of(path));
                 k.arg(buf(*out));
                 for a in args {
                     k.arg(buf(*a));
@@ -409,7 +412,7 @@ impl Program {
                 perm,
             } => {
                 let lk = codegen::transpose_kernel(shape, perm);
-                let mut k = kernel(&codegen::kernel_name(path));
+                let mut k = kernel(&programs.names.of(path));
                 k.arg(buf(*dst)).arg(buf(*src));
                 let (g, l) = codegen::loop_launch(&lk).sizes();
                 Exec::Kernels(vec![Launched {
@@ -448,7 +451,7 @@ impl Program {
                 };
                 let (ta, tb) = (table(a_offs)?, table(b_offs)?);
                 let mut k = match epilogue {
-                    Some(_) => kernel(&codegen::kernel_name(path)),
+                    Some(_) => kernel(&programs.names.of(path)),
                     None => kernel("nnc_gemm"),
                 };
                 k.arg(buf(*out))
