@@ -123,3 +123,16 @@ impl Builder<'_> {
         self.add(Op::Transpose(a, perm), sp)
     }
 }
+
+/// Points `g`'s outputs and updates at their nodes' copies, after a pass
+/// that rebuilt the arena in order and recorded each node's copy in
+/// `new_of` (every output and update is a node of the old arena, so each
+/// has one: an invariant of the pass, not of user input).
+pub fn renumber_roots(g: &mut Graph, new_of: &cranelift_entity::SecondaryMap<Node, Option<Node>>) {
+    for o in &mut g.outputs {
+        o.node = new_of[o.node].expect("outputs are nodes");
+    }
+    for u in &mut g.updates {
+        u.node = new_of[u.node].expect("updates are nodes");
+    }
+}

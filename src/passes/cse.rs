@@ -9,6 +9,7 @@
 //! forward values the loss already computed.
 //! After the pass the graph verifies and computes the same outputs.
 
+use super::build;
 use crate::ir::{Graph, Node, NodeData};
 use cranelift_entity::{PrimaryMap, SecondaryMap};
 use std::collections::HashMap;
@@ -39,11 +40,6 @@ pub fn cse(g: &Graph) -> Graph {
     }
     let mut out = g.clone();
     out.nodes = nodes;
-    for o in &mut out.outputs {
-        o.node = new_of[o.node].expect("outputs are nodes");
-    }
-    for u in &mut out.updates {
-        u.node = new_of[u.node].expect("updates are nodes");
-    }
+    build::renumber_roots(&mut out, &new_of);
     out
 }

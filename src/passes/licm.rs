@@ -17,6 +17,7 @@
 //! After the pass the graph verifies and computes the same outputs; the
 //! moved nodes are left dead in the body.
 
+use super::build;
 use crate::ir::{Dim, Graph, InputId, InputInfo, Node, NodeData, Op};
 use cranelift_entity::{EntityRef, PrimaryMap, SecondaryMap};
 use std::collections::HashMap;
@@ -70,12 +71,7 @@ pub fn hoist(g: &Graph) -> Graph {
         });
         new_of[n] = Some(m);
     }
-    for o in &mut out.outputs {
-        o.node = new_of[o.node].expect("outputs are nodes");
-    }
-    for u in &mut out.updates {
-        u.node = new_of[u.node].expect("updates are nodes");
-    }
+    build::renumber_roots(&mut out, &new_of);
     out
 }
 

@@ -38,6 +38,7 @@
 //! the order of float additions in the products' sums; the lifted nodes
 //! are left dead in the bodies.
 
+use super::build;
 use crate::ir::{Dim, Graph, InputInfo, Node, NodeData, Op, ReduceOp, TypeError};
 use cranelift_entity::{EntityRef, EntitySet, PrimaryMap, SecondaryMap};
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub fn lift(g: &Graph) -> Graph {
     let mut whole: EntitySet<Node> = EntitySet::new();
     let mut log = Vec::new();
     for (n, d) in g.nodes.iter() {
+        // The arena is in topological order: every argument was copied
+        // before its reader (an invariant of the graph, not of its input).
         let op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
         let mut done = None;
         match &op {
@@ -154,12 +157,7 @@ pub fn lift(g: &Graph) -> Graph {
         new_of[n] = Some(m);
     }
     crate::log::lines("fusion", &log);
-    for o in &mut out.outputs {
-        o.node = new_of[o.node].expect("outputs are nodes");
-    }
-    for u in &mut out.updates {
-        u.node = new_of[u.node].expect("updates are nodes");
-    }
+    build::renumber_roots(&mut out, &new_of);
     out
 }
 

@@ -23,6 +23,36 @@ use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
+/// The polynomials' coefficients (highest degree first), shared with the
+/// full-width kernels (`wide.rs`), which must compute the same values:
+/// e^r's on the reduced range, ln m's, and tanh's odd part in x².
+pub const EXP_P: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+pub const LOG_P: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333e-1,
+];
+pub const TANH_P: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_908_9e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328_2e-1,
+];
+
 /// A constant of type `ty` (a scalar or a splat).
 pub fn cst(b: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
     let s = b.ins().f32const(v);
@@ -104,19 +134,7 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let c2 = cst(b, ty, 2.121_944_4e-4);
     let r = b.ins().fma(n, c1, xc);
     let r = b.ins().fma(n, c2, r);
-    let p = poly(
-        b,
-        ty,
-        r,
-        &[
-            1.987_569_2e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ],
-    );
+    let p = poly(b, ty, r, &EXP_P);
     let r2 = b.ins().fmul(r, r);
     let one = cst(b, ty, 1.0);
     let q = b.ins().fma(p, r2, r);
@@ -202,22 +220,7 @@ pub fn log(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let m1 = b.ins().fsub(m, one);
     let m = b.ins().fadd(m1, extra);
     let z = b.ins().fmul(m, m);
-    let p = poly(
-        b,
-        ty,
-        m,
-        &[
-            7.037_683_6e-2,
-            -1.151_461e-1,
-            1.167_699_9e-1,
-            -1.242_014_1e-1,
-            1.424_932_3e-1,
-            -1.666_805_8e-1,
-            2.000_071_4e-1,
-            -2.499_999_4e-1,
-            3.333_333e-1,
-        ],
-    );
+    let p = poly(b, ty, m, &LOG_P);
     let mz = b.ins().fmul(m, z);
     let y = b.ins().fmul(mz, p);
     let q1 = cst(b, ty, -2.121_944_4e-4);
@@ -261,18 +264,7 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let bi = b.ins().bor(bi, sign);
     let big = bits(b, ty, bi);
     let z = b.ins().fmul(x, x);
-    let p = poly(
-        b,
-        ty,
-        z,
-        &[
-            -5.704_988_7e-3,
-            2.063_908_9e-2,
-            -5.373_971_6e-2,
-            1.333_144_2e-1,
-            -3.333_328_2e-1,
-        ],
-    );
+    let p = poly(b, ty, z, &TANH_P);
     let xz = b.ins().fmul(x, z);
     let small = b.ins().fma(xz, p, x);
     let lim = cst(b, ty, 0.625);

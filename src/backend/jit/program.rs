@@ -113,6 +113,74 @@ impl Drop for Program {
     }
 }
 
+/// What compiling a program's loop kernels needs: the module they go
+/// into, the kernels compiled so far by their description (iteration
+/// space, strides, expression — no buffers — so structurally identical
+/// ones, a stack of equal layers, are compiled once), and the functions
+/// to look up once the module is finalised.
+struct Kernels {
+    module: JITModule,
+    fctx: FunctionBuilderContext,
+    compiled: HashMap<String, cranelift_module::FuncId>,
+    /// Kernels that reused an identical one.
+    shared: usize,
+    /// Step index and function of each compiled kernel.
+    pending: Vec<(usize, cranelift_module::FuncId)>,
+    clif: Vec<String>,
+    want_clif: bool,
+}
+
+impl Kernels {
+    /// The [`Exec`] of step `i`'s loop kernel (its own or a GEMM's
+    /// epilogue, `what`) reading `n_args` buffers: run wide where it
+    /// qualifies ([`wide::eligible`]; not when the IR text is wanted),
+    /// else a Cranelift function named `name`.
+    fn exec(
+        &mut self,
+        i: usize,
+        kernel: &crate::schedule::LoopKernel,
+        n_args: usize,
+        name: String,
+        what: &str,
+    ) -> Result<Exec, Error> {
+        let ptrs = vec![std::ptr::null_mut(); n_args + 1];
+        if let Some(level) = wide::eligible(kernel).filter(|_| !self.want_clif) {
+            let (f, scratch) = wide_kern(level, kernel);
+            return Ok(Exec::Loop {
+                f,
+                _scratch: scratch,
+                ptrs,
+            });
+        }
+        let key = format!("{kernel:?}");
+        let id = match self.compiled.get(&key) {
+            Some(&id) => {
+                self.shared += 1;
+                id
+            }
+            None => {
+                let (id, text) = codegen::compile(
+                    &mut self.module,
+                    &mut self.fctx,
+                    kernel,
+                    &name,
+                    self.want_clif,
+                )
+                .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
+                self.clif.extend(text);
+                self.compiled.insert(key, id);
+                id
+            }
+        };
+        self.pending.push((i, id));
+        Ok(Exec::Loop {
+            f: Kern::Jit(dummy_kernel),
+            _scratch: Vec::new(),
+            ptrs,
+        })
+    }
+}
+
 fn internal(msg: impl Into<String>) -> Error {
     Error::Backend {
         message: msg.into(),
@@ -138,96 +206,24 @@ impl Program {
     /// builds; the kernels below trust its ranges), keeping each kernel's
     /// Cranelift IR as text when `want_clif`.
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
-        let mut module = super::new_module().map_err(internal)?;
-        let mut fctx = FunctionBuilderContext::new();
-        let mut pending: Vec<(usize, cranelift_module::FuncId)> = Vec::new();
-        let mut clif = Vec::new();
-        let mut exec = Vec::with_capacity(sched.steps.len());
-        // Kernels by their description (iteration space, strides,
-        // expression: no buffers), so structurally identical ones — a
-        // stack of equal layers — are compiled once.
-        let mut compiled: HashMap<String, cranelift_module::FuncId> = HashMap::new();
-        let mut shared = 0usize;
-        let mut kernel_fn = |module: &mut JITModule,
-                             fctx: &mut FunctionBuilderContext,
-                             kernel: &crate::schedule::LoopKernel,
-                             name: String,
-                             clif: &mut Vec<String>|
-         -> Result<cranelift_module::FuncId, String> {
-            let key = format!("{kernel:?}");
-            if let Some(&id) = compiled.get(&key) {
-                shared += 1;
-                return Ok(id);
-            }
-            let (id, text) = codegen::compile(module, fctx, kernel, &name, want_clif)?;
-            clif.extend(text);
-            compiled.insert(key, id);
-            Ok(id)
+        let mut kx = Kernels {
+            module: super::new_module().map_err(internal)?,
+            fctx: FunctionBuilderContext::new(),
+            compiled: HashMap::new(),
+            shared: 0,
+            pending: Vec::new(),
+            clif: Vec::new(),
+            want_clif,
         };
+        let mut exec = Vec::with_capacity(sched.steps.len());
         for (i, step) in sched.steps.iter().enumerate() {
             exec.push(match step {
                 Step::Loop { kernel, args, .. } => {
-                    let ptrs = vec![std::ptr::null_mut(); args.len() + 1];
-                    match wide::eligible(kernel).filter(|_| !want_clif) {
-                        Some(level) => {
-                            let (f, scratch) = wide_kern(level, kernel);
-                            Exec::Loop {
-                                f,
-                                _scratch: scratch,
-                                ptrs,
-                            }
-                        }
-                        None => {
-                            let id = kernel_fn(
-                                &mut module,
-                                &mut fctx,
-                                kernel,
-                                format!("k{i}"),
-                                &mut clif,
-                            )
-                            .map_err(|e| internal(format!("Cranelift rejected kernel {i}: {e}")))?;
-                            pending.push((i, id));
-                            Exec::Loop {
-                                f: Kern::Jit(dummy_kernel),
-                                _scratch: Vec::new(),
-                                ptrs,
-                            }
-                        }
-                    }
+                    kx.exec(i, kernel, args.len(), format!("k{i}"), "kernel")?
                 }
                 Step::MatMul {
                     epilogue: Some(e), ..
-                } => {
-                    let ptrs = vec![std::ptr::null_mut(); e.args.len() + 1];
-                    match wide::eligible(&e.kernel).filter(|_| !want_clif) {
-                        Some(level) => {
-                            let (f, scratch) = wide_kern(level, &e.kernel);
-                            Exec::Loop {
-                                f,
-                                _scratch: scratch,
-                                ptrs,
-                            }
-                        }
-                        None => {
-                            let id = kernel_fn(
-                                &mut module,
-                                &mut fctx,
-                                &e.kernel,
-                                format!("k{i}e"),
-                                &mut clif,
-                            )
-                            .map_err(|err| {
-                                internal(format!("Cranelift rejected epilogue {i}: {err}"))
-                            })?;
-                            pending.push((i, id));
-                            Exec::Loop {
-                                f: Kern::Jit(dummy_kernel),
-                                _scratch: Vec::new(),
-                                ptrs,
-                            }
-                        }
-                    }
-                }
+                } => kx.exec(i, &e.kernel, e.args.len(), format!("k{i}e"), "epilogue")?,
                 Step::Conv { pass, geo, .. } => {
                     let threads = rayon::current_num_threads();
                     let scratch = native::conv_scratch(geo, *pass, threads)
@@ -245,13 +241,20 @@ impl Program {
                 }
                 Step::Scan(sc) => {
                     let body = Program::compile_with(sc.body.clone(), want_clif)?;
-                    clif.extend(body.clif.iter().cloned());
+                    kx.clif.extend(body.clif.iter().cloned());
                     Exec::Scan(Box::new(body))
                 }
                 _ => Exec::Plain,
             });
         }
-        let compiled_count = compiled.len();
+        let Kernels {
+            mut module,
+            compiled,
+            shared,
+            pending,
+            clif,
+            ..
+        } = kx;
         if crate::log::enabled("plan") {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
@@ -260,7 +263,7 @@ impl Program {
                 "[plan] {} buffers, {} floats; {} loop kernels compiled, {shared} shared with an identical one",
                 sched.bufs.len(),
                 sched.bufs.values().sum::<usize>(),
-                compiled_count,
+                compiled.len(),
             );
         }
         module

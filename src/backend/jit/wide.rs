@@ -18,6 +18,7 @@
 //! transcendental (where the width pays; an add or a copy is memory-bound
 //! either way), with no general power (`x ^ y` calls the host's `powf`).
 
+use super::math::{EXP_P, LOG_P, TANH_P};
 use crate::ir::{BinaryOp, CmpOp, UnaryOp};
 use crate::schedule::{Expr, LoopKernel};
 
@@ -58,10 +59,11 @@ pub fn set_enabled(on: bool) {
 /// ([`set_enabled`]; `NNC_WIDE=off` turns them off, for comparisons).
 pub fn level() -> Option<Level> {
     static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
+    static ENV_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = match ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
         1 => true,
         2 => false,
-        _ => !std::env::var("NNC_WIDE").is_ok_and(|v| v == "off"),
+        _ => *ENV_ON.get_or_init(|| !std::env::var("NNC_WIDE").is_ok_and(|v| v == "off")),
     };
     if !on {
         return None;
@@ -340,17 +342,6 @@ fn poly(x: f32, coeffs: &[f32]) -> f32 {
     acc
 }
 
-// The coefficients are `math.rs`'s (Cephes'), written as published.
-#[allow(clippy::excessive_precision)]
-const EXP_P: [f32; 6] = [
-    1.987_569_2e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    5.000_000_1e-1,
-];
-
 /// `math::exp`, lane by lane: the fast and the slow form are both
 /// computed and the slow one kept where |x| ≥ 86 or x is NaN.
 #[inline(always)]
@@ -379,19 +370,6 @@ fn exp(x: f32) -> f32 {
         fast
     }
 }
-
-#[allow(clippy::excessive_precision)]
-const LOG_P: [f32; 9] = [
-    7.037_683_6e-2,
-    -1.151_461e-1,
-    1.167_699_9e-1,
-    -1.242_014_1e-1,
-    1.424_932_3e-1,
-    -1.666_805_8e-1,
-    2.000_071_4e-1,
-    -2.499_999_4e-1,
-    3.333_333e-1,
-];
 
 /// `math::log`, lane by lane.
 #[inline(always)]
@@ -424,15 +402,6 @@ fn log(x: f32) -> f32 {
         r
     }
 }
-
-#[allow(clippy::excessive_precision)]
-const TANH_P: [f32; 5] = [
-    -5.704_988_7e-3,
-    2.063_908_9e-2,
-    -5.373_971_6e-2,
-    1.333_144_2e-1,
-    -3.333_328_2e-1,
-];
 
 /// `math::tanh`, lane by lane.
 #[inline(always)]
