@@ -131,3 +131,48 @@ fn a_dense_layer_gets_an_epilogue_and_a_bad_one_is_rejected() {
     let e = rejects(&s, "an epilogue writing the GEMM's left operand");
     assert!(e.contains("epilogue"), "{e}");
 }
+
+#[test]
+fn a_chain_of_joins_along_one_axis_is_one_copy_of_each_part() {
+    // concat(concat(x, tanh(x)), x · 2) along the columns: fusion's
+    // `concat-chain` writes the inner join's parts straight into the outer
+    // one, so one step copies each of the three parts once.
+    let src = "input x: [B, 3]\n\
+               output y = concat(concat(x, tanh(x), axis = 1), x * 2, axis = 1)\n";
+    let c = pipeline::compile("chain.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let mut syms = SecondaryMap::new();
+    syms[g.syms.keys().next().expect("B")] = Some(4);
+    let s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
+    s.verify().expect("verifies");
+    let copies: Vec<usize> = s
+        .steps
+        .iter()
+        .filter_map(|st| match st {
+            Step::Copy { parts, .. } => Some(parts.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies, vec![3]);
+    // The JIT runs that step; the interpreter (the oracle) joins node by
+    // node.
+    let mut inputs = SecondaryMap::new();
+    inputs[g.inputs.keys().next().expect("x")] = Some(nnc::tensor::Tensor::new(
+        vec![4, 3],
+        (0..12).map(|i| i as f32 - 5.5).collect(),
+    ));
+    let run = |kind| {
+        let mut params = nnc::backend::interp::init_params(&g, 0);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &inputs)
+            .expect("runs")[0]
+            .clone()
+    };
+    let (jit, oracle) = (
+        run(nnc::backend::BackendKind::Jit),
+        run(nnc::backend::BackendKind::Interp),
+    );
+    assert_eq!(jit.shape, vec![4, 9]);
+    assert_eq!(jit.data, oracle.data);
+}

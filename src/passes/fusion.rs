@@ -203,6 +203,15 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         }
     }
     let append_sink = |n: Node| sinks(g, &readers, &is_root, n);
+    // Whether a concatenation's only reader joins along the same axis:
+    // then its parts are copied straight into the outer one (one copy of
+    // every part, however long the chain).
+    let column_sink = |n: Node, axis: usize| match readers[n][..] {
+        [r] if !is_root.contains(n) => {
+            matches!(g.nodes[r].op, Op::Concat { axis: outer, .. } if outer == axis)
+        }
+        _ => false,
+    };
     // A matmul, or a transpose that will be read by matmuls in place.
     let matrix_reader = |r: Node| match &g.nodes[r].op {
         Op::MatMul(..) => true,
@@ -384,6 +393,14 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             Op::Concat { .. } if is_append(g, n) && append_sink(n) => {
                 f.log.push(format!(
                     "append-chain: {} is written straight into the concatenation that reads it",
+                    name(n)
+                ));
+                f.fused.insert(n);
+                continue;
+            }
+            Op::Concat { axis, .. } if column_sink(n, *axis) => {
+                f.log.push(format!(
+                    "concat-chain: {}'s parts are written straight into the concatenation that reads it",
                     name(n)
                 ));
                 f.fused.insert(n);

@@ -12,12 +12,15 @@ pub mod licm;
 pub mod optimizer;
 mod scan_grad;
 pub mod scan_lift;
+pub mod scan_residual;
 
 /// The graph-level optimisations run before fusion and code generation:
 /// common subexpressions merged, loop-invariant work moved out of loop
 /// bodies, step-parallel products lifted out of them, and merged again
 /// (the derivative loops of one scan hoist the same slices and recompute
-/// the same forward products).
+/// the same forward products). First, forward loops store the products
+/// of their carry their derivative loops would recompute.
 pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
-    cse::cse(&scan_lift::lift(&licm::hoist(&cse::cse(g))))
+    let g = scan_residual::keep(g);
+    cse::cse(&scan_lift::lift(&licm::hoist(&cse::cse(&g))))
 }

@@ -288,7 +288,7 @@ fn plan(body: &Graph, nx: usize) -> Plan {
 /// `body` with each `frontier` node read as a new step slice: its inputs
 /// are the carry, the `nx` old step slices, the new ones, then the
 /// arguments.
-fn with_step_inputs(body: &Graph, nx: usize, frontier: &[Node]) -> Graph {
+pub(super) fn with_step_inputs(body: &Graph, nx: usize, frontier: &[Node]) -> Graph {
     let old: Vec<_> = body.inputs.keys().collect();
     let mut nb = body.clone();
     nb.inputs = PrimaryMap::new();

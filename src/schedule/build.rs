@@ -405,21 +405,29 @@ impl<'f> Builder<'f> {
                 }
                 Step::Copy { parts, out }
             }
-            &Op::Concat { a, b, axis } => {
-                let (count, da, inner) = along(a, axis);
-                let (ra, rb) = (da * inner, shapes[b][axis] * inner);
-                let part = |len, dst_at| Blocks {
-                    count,
-                    len,
-                    src_at: 0,
-                    src_stride: len,
-                    dst_at,
-                    dst_stride: ra + rb,
-                };
-                Step::Copy {
-                    parts: vec![(self.buf(a)?, part(ra, 0)), (self.buf(b)?, part(rb, ra))],
-                    out,
+            &Op::Concat { axis, .. } => {
+                // The parts of a chain of joins along one axis (fusion's
+                // `concat-chain`), each copied once.
+                let mut sources = Vec::new();
+                append_sources(g, self.fu, n, &mut sources);
+                let (count, _, inner) = along(n, axis);
+                let row = shapes[n][axis] * inner;
+                let mut at = 0;
+                let mut parts = Vec::new();
+                for x in sources {
+                    let len = shapes[x][axis] * inner;
+                    let part = Blocks {
+                        count,
+                        len,
+                        src_at: 0,
+                        src_stride: len,
+                        dst_at: at,
+                        dst_stride: row,
+                    };
+                    parts.push((self.buf(x)?, part));
+                    at += len;
                 }
+                Step::Copy { parts, out }
             }
             &Op::Random {
                 dist, salt, key, ..
@@ -527,7 +535,7 @@ fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) 
     let parts = match g.nodes[n].op {
         Op::Concat { a, b, .. } => vec![a, b],
         Op::Reshape(a, _) => vec![a],
-        _ => unreachable!("only appends and reshapes are fused into an append"),
+        _ => unreachable!("only joins and reshapes are fused into a join"),
     };
     for x in parts {
         if fu.fused.contains(x) {
