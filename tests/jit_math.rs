@@ -321,6 +321,10 @@ fn full_width_kernels_give_the_cranelift_kernels_bits() {
         -0.625,
     ]);
     // Enough points that the kernel is wide-eligible, with a ragged end.
+    // A wide kernel works in blocks of 256 consecutive points: the sweeps'
+    // middle blocks are tame (every |x| < 43, so `exp`, `tanh` and
+    // `sigmoid` take their fast forms alone), their ends and the block of
+    // special values are not (both forms, chosen per lane).
     xs.extend(sweep(3.0, 7.0, 77));
     if wide::level().is_none() {
         eprintln!("this CPU has neither AVX-512 nor AVX2 with FMA: nothing runs wide");

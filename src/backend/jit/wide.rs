@@ -279,9 +279,14 @@ fn unary(op: UnaryOp, x: &[f32], r: &mut [f32]) {
         UnaryOp::Neg => it.for_each(|(o, &v)| *o = -v),
         UnaryOp::Abs => it.for_each(|(o, &v)| *o = v.abs()),
         UnaryOp::Sqrt => it.for_each(|(o, &v)| *o = v.sqrt()),
+        UnaryOp::Exp if tame(x, EXP_FAST) => it.for_each(|(o, &v)| *o = exp_fast(v)),
         UnaryOp::Exp => it.for_each(|(o, &v)| *o = exp(v)),
         UnaryOp::Log => it.for_each(|(o, &v)| *o = log(v)),
+        UnaryOp::Tanh if tame(x, EXP_FAST / 2.0) => it.for_each(|(o, &v)| *o = tanh_fast(v)),
         UnaryOp::Tanh => it.for_each(|(o, &v)| *o = tanh(v)),
+        UnaryOp::Sigmoid if tame(x, EXP_FAST) => {
+            it.for_each(|(o, &v)| *o = 1.0 / (1.0 + exp_fast(-v)))
+        }
         UnaryOp::Sigmoid => it.for_each(|(o, &v)| *o = sigmoid(v)),
     }
 }
@@ -342,21 +347,56 @@ fn poly(x: f32, coeffs: &[f32]) -> f32 {
     acc
 }
 
-/// `math::exp`, lane by lane: the fast and the slow form are both
-/// computed and the slow one kept where |x| ≥ 86 or x is NaN.
+/// Where `exp` takes its fast form: |x| below this (and not NaN).
+const EXP_FAST: f32 = 86.0;
+
+/// Whether every lane of a block is below `limit` in magnitude (and none
+/// is NaN): then the block takes the fast forms alone, which give the
+/// same bits as the full ones there. One vectorized pass, no branch per
+/// lane.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = fmax(fmin(x, 89.0), -104.0);
+fn tame(x: &[f32], limit: f32) -> bool {
+    x.iter().fold(true, |all, &v| all & (v.abs() < limit))
+}
+
+const MAGIC: f32 = 12_582_912.0;
+
+/// `math::exp`'s reduction of `xc` (clamped): e^r as `er` and the
+/// rounded 2-exponent in the low bits of `t`.
+#[inline(always)]
+fn exp_reduced(xc: f32) -> (f32, f32) {
     let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
     let r = n.mul_add(-0.693_359_4, xc);
     let r = n.mul_add(2.121_944_4e-4, r);
     let p = poly(r, &EXP_P);
     let q = p.mul_add(r * r, r);
-    let er = q + 1.0;
+    (q + 1.0, t)
+}
+
+/// `math::exp`'s fast form: e^r with the exponent added to its bits.
+#[inline(always)]
+fn exp_scaled(er: f32, t: f32) -> f32 {
     let ti = t.to_bits() as i32;
-    let fast = f32::from_bits((er.to_bits() as i32).wrapping_add(ti.wrapping_shl(23)) as u32);
+    f32::from_bits((er.to_bits() as i32).wrapping_add(ti.wrapping_shl(23)) as u32)
+}
+
+/// `math::exp` for |x| < [`EXP_FAST`], not NaN: there the clamp leaves
+/// x as it is and the fast form is the result.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    let (er, t) = exp_reduced(x);
+    exp_scaled(er, t)
+}
+
+/// `math::exp`, lane by lane: the fast and the slow form are both
+/// computed and the slow one kept where |x| ≥ 86 or x is NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let xc = fmax(fmin(x, 89.0), -104.0);
+    let (er, t) = exp_reduced(xc);
+    let fast = exp_scaled(er, t);
+    let ti = t.to_bits() as i32;
     let ni = ti.wrapping_sub(MAGIC.to_bits() as i32);
     let h = ni >> 1;
     let l = ni.wrapping_sub(h);
@@ -406,6 +446,18 @@ fn log(x: f32) -> f32 {
 /// `math::tanh`, lane by lane.
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
+    tanh_with(x, exp)
+}
+
+/// `math::tanh` for |x| < [`EXP_FAST`] / 2, not NaN (e^2|x| in its fast
+/// form).
+#[inline(always)]
+fn tanh_fast(x: f32) -> f32 {
+    tanh_with(x, exp_fast)
+}
+
+#[inline(always)]
+fn tanh_with(x: f32, exp: impl Fn(f32) -> f32) -> f32 {
     let ax = x.abs();
     let e = exp(ax * 2.0);
     let q = 2.0 / (e + 1.0);
