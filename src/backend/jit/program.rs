@@ -345,7 +345,25 @@ impl Program {
         update: bool,
     ) -> Result<Vec<Tensor>, Error> {
         self.swap_params(params)?;
-        let r = self.execute();
+        let outside = rayon::current_thread_index().is_none();
+        let r = if outside && rayon::current_num_threads() > 1 && may_split(&self.sched) {
+            // The steps run on one of the pool's workers, so that the work
+            // a step splits starts there and the other workers steal it
+            // (from outside, each split is a job injected into the pool,
+            // and the caller's thread only waits).
+            struct Lent<'a>(&'a mut Program);
+            // SAFETY: the program is used by the one worker that runs the
+            // closure, while this thread waits for it (`scope` returns
+            // only when the closure has).
+            unsafe impl Send for Lent<'_> {}
+            let lent = Lent(self);
+            rayon::scope(move |_| {
+                let lent = lent;
+                lent.0.execute()
+            })
+        } else {
+            self.execute()
+        };
         let outs = if outputs && r.is_ok() {
             (0..self.sched.outputs.len())
                 .map(|i| self.output(i))
@@ -387,6 +405,22 @@ impl Program {
         }
         Ok(())
     }
+}
+
+/// Whether some step of `sched` is large enough that the JIT splits it
+/// over threads (the thresholds of [`super::threads`], read now: tests
+/// change them). A loop counts from the smallest size at which any loop
+/// kernel splits (a wide one's).
+fn may_split(sched: &Schedule) -> bool {
+    sched.steps.iter().any(|step| match step {
+        Step::Loop { kernel, .. } => {
+            kernel.dims.iter().product::<usize>() >= super::threads::loop_elements() / 8
+        }
+        Step::MatMul { dims, .. } => dims.m * dims.n * dims.k >= super::threads::gemm_madds(),
+        Step::Conv { .. } => true,
+        Step::Scan(s) => may_split(&s.body),
+        _ => false,
+    })
 }
 
 impl crate::backend::compiled::Compile for Program {
