@@ -57,6 +57,84 @@ pub unsafe fn sgemm(
     }
 }
 
+/// [`sgemm`] over `threads` threads, each computing one block of `dst`
+/// on its own: column blocks (each thread packs only its part of `b`)
+/// when `dst` is wide enough, else the `gemm` crate's own split.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_split(
+    (m, k, n): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: isize,
+    a: *const f32,
+    a_rc: (isize, isize),
+    b: *const f32,
+    b_rc: (isize, isize),
+    accumulate: bool,
+    threads: usize,
+) {
+    /// Columns per block: a multiple of the widest micro-kernel.
+    const COLS: usize = 64;
+    #[derive(Clone, Copy)]
+    struct Ptrs(*mut f32, *const f32, *const f32);
+    // SAFETY: the blocks written are disjoint; the operands are only read.
+    unsafe impl Send for Ptrs {}
+    unsafe impl Sync for Ptrs {}
+    impl Ptrs {
+        // Used whole, so that a closure captures the `Ptrs`, not its
+        // fields.
+        fn get(self) -> (*mut f32, *const f32, *const f32) {
+            (self.0, self.1, self.2)
+        }
+    }
+    let p = Ptrs(dst, a, b);
+    let cut = |t: usize| {
+        if t == threads {
+            n
+        } else {
+            n / COLS * t / threads * COLS
+        }
+    };
+    if n >= COLS * threads {
+        (0..threads).into_par_iter().for_each(|t| {
+            let (dst, a, b) = p.get();
+            let (lo, hi) = (cut(t), cut(t + 1));
+            // SAFETY: columns lo..hi of dst and b, as the caller promised
+            // for all of them.
+            unsafe {
+                sgemm(
+                    (m, k, hi - lo),
+                    dst.add(lo),
+                    dst_rs,
+                    a,
+                    a_rc,
+                    b.offset(lo as isize * b_rc.1),
+                    b_rc,
+                    accumulate,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+    } else {
+        // SAFETY: as the caller promised.
+        unsafe {
+            sgemm(
+                (m, k, n),
+                dst,
+                dst_rs,
+                a,
+                a_rc,
+                b,
+                b_rc,
+                accumulate,
+                gemm::Parallelism::Rayon(threads),
+            )
+        }
+    }
+}
+
 impl Conv {
     /// The input row that output row `i` reads at kernel row `a`, if it
     /// is not padding (likewise for columns).

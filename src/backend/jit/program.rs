@@ -534,10 +534,10 @@ fn run_step(
                 _ => return Err(internal("a GEMM step without its compiled form")),
             };
             let threads = rayon::current_num_threads();
-            let par = if m * n * k >= super::threads::gemm_madds() && threads > 1 {
-                gemm::Parallelism::Rayon(threads)
+            let threads = if m * n * k >= super::threads::gemm_madds() {
+                threads
             } else {
-                gemm::Parallelism::None
+                1
             };
             let (a, b) = (bufs[a.index()].as_ptr(), bufs[b.index()].as_ptr());
             let o = bufs[out.index()].as_mut_ptr();
@@ -547,17 +547,31 @@ fn run_step(
                 // the output the consecutive m×n ones, and it is neither
                 // operand.
                 unsafe {
-                    sgemm(
-                        (m, k, n),
-                        o.add(bi * m * n),
-                        n as isize,
-                        a.add(ao),
-                        dims.a_rc,
-                        b.add(bo),
-                        dims.b_rc,
-                        false,
-                        par,
-                    )
+                    if threads > 1 {
+                        native::sgemm_split(
+                            (m, k, n),
+                            o.add(bi * m * n),
+                            n as isize,
+                            a.add(ao),
+                            dims.a_rc,
+                            b.add(bo),
+                            dims.b_rc,
+                            false,
+                            threads,
+                        )
+                    } else {
+                        sgemm(
+                            (m, k, n),
+                            o.add(bi * m * n),
+                            n as isize,
+                            a.add(ao),
+                            dims.a_rc,
+                            b.add(bo),
+                            dims.b_rc,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
                 }
                 if let Some((f, args, rows_outer, kernel)) = &epi {
                     // This batch's outputs, while they are in cache: its
