@@ -272,3 +272,34 @@ fn forward_loops_store_what_their_derivatives_would_recompute() {
         }
     }
 }
+
+#[test]
+fn max_pooling_sends_each_gradient_to_the_first_maximal_tap_on_both_backends() {
+    // Every window a tie: the gradient goes to its first tap in row-major
+    // order. 2×2 with stride 2 (the JIT's own path for the common window)
+    // and 3×3 with stride 2 (overlapping windows, the general path).
+    let src = "\
+param p: [2, 3, 6, 6] = ones()
+param q: [2, 3, 7, 7] = ones()
+param w: [2, 3, 3, 3] = uniform(-1, 1, seed = 5)
+param v: [2, 3, 3, 3] = uniform(-1, 1, seed = 6)
+output loss = sum(max_pool2d(p, 2) * w) + sum(max_pool2d(q, 3, stride = 2) * v) + sum(max_pool2d(w * v, 2, stride = 1))
+";
+    let jit = loss_and_grads(src, nnc::backend::BackendKind::Jit);
+    let oracle = loss_and_grads(src, nnc::backend::BackendKind::Interp);
+    // The loss sums in another order; the gradients are the same bits.
+    let (l, m) = (jit[0][0], oracle[0][0]);
+    assert!((l - m).abs() <= 1e-6 * m.abs(), "{l} vs {m}");
+    for (a, b) in jit.iter().zip(&oracle).skip(1) {
+        let (a, b): (Vec<u32>, Vec<u32>) = (
+            a.iter().map(|x| x.to_bits()).collect(),
+            b.iter().map(|x| x.to_bits()).collect(),
+        );
+        assert_eq!(a, b);
+    }
+    // The 2×2 gradient: w at each window's top-left tap, zero elsewhere.
+    let gp = &jit[1];
+    let nonzero = gp.iter().filter(|x| **x != 0.0).count();
+    assert_eq!(nonzero, 2 * 3 * 3 * 3);
+    assert!(gp[0] != 0.0 && gp[1] == 0.0 && gp[6] == 0.0 && gp[7] == 0.0);
+}

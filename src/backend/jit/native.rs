@@ -351,7 +351,9 @@ impl Pool {
     /// rule, as `reduce.max`).
     #[inline(always)]
     fn beats(v: f32, m: f32) -> bool {
-        !m.is_nan() && (v > m || v.is_nan())
+        // Without short-circuits: a select, not a branch that the data
+        // decides (a random window's maximum is a coin toss per element).
+        !m.is_nan() & ((v > m) | v.is_nan())
     }
 
     /// Planes per parallel chunk: at least 64K input floats each.
@@ -386,20 +388,41 @@ impl Pool {
         self.each_plane(x, y, |xp, yp| {
             for (i, yrow) in yp.chunks_exact_mut(ow).enumerate() {
                 let top = &xp[i * s * w..];
+                if op == PoolOp::Max && k == 2 && s == 2 {
+                    // The common 2×2 window: its four taps in row-major
+                    // order, as pairs of neighbours in two input rows.
+                    let (r0, r1) = (&top[..2 * ow], &top[w..][..2 * ow]);
+                    let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+                    for (out, (p, q)) in yrow.iter_mut().zip(pairs) {
+                        let mut m = p[0];
+                        for v in [p[1], q[0], q[1]] {
+                            m = if Self::beats(v, m) { v } else { m };
+                        }
+                        *out = m;
+                    }
+                    continue;
+                }
+                if op == PoolOp::Max {
+                    // A row of windows at once, one tap of each at a
+                    // time, in the taps' row-major order (the first
+                    // maximal element still wins).
+                    for (out, &v) in yrow.iter_mut().zip(top.iter().step_by(s)) {
+                        *out = v;
+                    }
+                    for a in 0..k {
+                        for b in 0..k {
+                            let taps = top[a * w + b..].iter().step_by(s);
+                            for (out, &v) in yrow.iter_mut().zip(taps) {
+                                *out = if Self::beats(v, *out) { v } else { *out };
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for (j, out) in yrow.iter_mut().enumerate() {
                     let win = &top[j * s..];
                     *out = match op {
-                        PoolOp::Max => {
-                            let mut m = win[0];
-                            for a in 0..k {
-                                for &v in &win[a * w..][..k] {
-                                    if Self::beats(v, m) {
-                                        m = v;
-                                    }
-                                }
-                            }
-                            m
-                        }
+                        PoolOp::Max => unreachable!("max pooling is done above"),
                         PoolOp::Avg => {
                             let mut acc = 0.0f32;
                             for a in 0..k {
@@ -413,6 +436,51 @@ impl Pool {
                 }
             }
         });
+    }
+
+    /// The gradient of 2×2 max pooling with stride 2 (windows that do
+    /// not overlap) for whole planes: each tap gets 0 + g when it is its
+    /// window's first maximal element (the bits of adding into the zeroed
+    /// gradient), else 0. The four taps of every window are first laid
+    /// side by side, so that the choice is lane-wise arithmetic over the
+    /// plane's windows (it vectorizes), then written back.
+    fn max_2x2_backward(&self, gxs: &mut [f32], xs: &[f32], gys: &[f32]) {
+        let (w, oh, ow) = (self.w, self.oh, self.ow);
+        let (xl, yl) = (self.h * w, oh * ow);
+        // Windows per block: the taps live on the stack (a step allocates
+        // nothing).
+        const BLOCK: usize = 64;
+        let mut taps = [[0f32; BLOCK]; 4];
+        let planes = gxs.chunks_exact_mut(xl).zip(xs.chunks_exact(xl));
+        for ((gxp, xp), gyp) in planes.zip(gys.chunks_exact(yl)) {
+            let corner = |o: usize| 2 * (o / ow) * w + 2 * (o % ow);
+            for first in (0..yl).step_by(BLOCK) {
+                let n = BLOCK.min(yl - first);
+                let [t0, t1, t2, t3] = &mut taps;
+                for o in 0..n {
+                    let at = corner(first + o);
+                    (t0[o], t1[o], t2[o], t3[o]) = (xp[at], xp[at + 1], xp[at + w], xp[at + w + 1]);
+                }
+                for (o, &g) in gyp[first..first + n].iter().enumerate() {
+                    let (a, b, c, d) = (t0[o], t1[o], t2[o], t3[o]);
+                    let w1 = Self::beats(b, a);
+                    let m = if w1 { b } else { a };
+                    let w2 = Self::beats(c, m);
+                    let m = if w2 { c } else { m };
+                    let w3 = Self::beats(d, m);
+                    let share = |won: bool| if won { 0.0 + g } else { 0.0 };
+                    t0[o] = share(!w1 & !w2 & !w3);
+                    t1[o] = share(w1 & !w2 & !w3);
+                    t2[o] = share(w2 & !w3);
+                    t3[o] = share(w3);
+                }
+                for o in 0..n {
+                    let at = corner(first + o);
+                    (gxp[at], gxp[at + 1], gxp[at + w], gxp[at + w + 1]) =
+                        (t0[o], t1[o], t2[o], t3[o]);
+                }
+            }
+        }
     }
 
     /// `gx` from `x` and `gy`: max sends each window's gradient to its
@@ -432,11 +500,16 @@ impl Pool {
             .zip(x[..self.planes * xl].par_chunks(c * xl))
             .zip(gy[..self.planes * yl].par_chunks(c * yl))
             .for_each(|((gxs, xs), gys)| {
+                if op == PoolOp::Max && k == 2 && s == 2 {
+                    self.max_2x2_backward(gxs, xs, gys);
+                    return;
+                }
                 let planes = gxs.chunks_exact_mut(xl).zip(xs.chunks_exact(xl));
                 for ((gxp, xp), gyp) in planes.zip(gys.chunks_exact(yl)) {
                     for (i, grow) in gyp.chunks_exact(ow).enumerate() {
+                        let top = i * s * w;
                         for (j, &g) in grow.iter().enumerate() {
-                            let top = i * s * w + j * s;
+                            let top = top + j * s;
                             match op {
                                 PoolOp::Max => {
                                     let mut best = top;
