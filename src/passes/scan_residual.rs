@@ -138,7 +138,11 @@ fn consumed_carries_of(g: &Graph, p: Node) -> Option<Node> {
     let Dim::Known(t) = *g.shape(f).first()? else {
         return None;
     };
-    let bounds = if reverse { (1, t) } else { (0, t.checked_sub(1)?) };
+    let bounds = if reverse {
+        (1, t)
+    } else {
+        (0, t.checked_sub(1)?)
+    };
     (f_init == init && reverse == want_reverse && (start, end) == bounds).then_some(f)
 }
 

@@ -547,7 +547,21 @@ fn run_step(
                 // the output the consecutive m×n ones, and it is neither
                 // operand.
                 unsafe {
-                    if threads > 1 {
+                    // A single row (batch-1 layers) by the full-width
+                    // GEMV where the CPU has one; else the gemm crate.
+                    let done = m == 1
+                        && dims.b_rc.1 == 1
+                        && native::sgemv(
+                            (k, n),
+                            o.add(bi * m * n),
+                            a.add(ao),
+                            dims.a_rc.1,
+                            b.add(bo),
+                            dims.b_rc.0,
+                        );
+                    if done {
+                        // Nothing more for this batch's product.
+                    } else if threads > 1 {
                         native::sgemm_split(
                             (m, k, n),
                             o.add(bi * m * n),
