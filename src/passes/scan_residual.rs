@@ -40,7 +40,7 @@ use super::build;
 use super::scan_grad::ScanParts;
 use crate::ir::{BodyId, Dim, Graph, Node, NodeData, Op, Output, Type, TypeError};
 use cranelift_entity::{EntityRef, PrimaryMap, SecondaryMap};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn keep(g: &Graph) -> Graph {
     let plans = plan(g);
@@ -214,7 +214,8 @@ fn plan(g: &Graph) -> Plans {
     // Derivative loops of each forward loop, with the forward body nodes
     // they recompute: (derivative, [(its node, forward node)]).
     let mut found: Vec<(Node, Vec<(Node, Node)>)> = Vec::new();
-    let mut of_forward: HashMap<Node, Vec<usize>> = HashMap::new();
+    // In node order, so that the log reads the same from run to run.
+    let mut of_forward: BTreeMap<Node, Vec<usize>> = BTreeMap::new();
     for (dn, dd) in g.nodes.iter() {
         let Some(ScanParts {
             body: dbody,
