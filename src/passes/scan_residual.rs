@@ -390,24 +390,28 @@ fn rewrite(g: &Graph, plans: &Plans) -> Result<Graph, TypeError> {
         // before its reader (an invariant of the graph).
         let op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
         let sp = d.span;
-        let m = match (plans.forward.get(&n), plans.derivative.get(&n), &op) {
+        let m = match (
+            plans.forward.get(&n),
+            plans.derivative.get(&n),
+            scan_parts(&op),
+        ) {
             (
                 Some(fw),
                 _,
-                Op::Scan {
+                Some(ScanParts {
                     body,
                     init,
                     xs,
                     args,
                     reverse,
-                },
+                }),
             ) => {
-                let src = &g.bodies[*body];
+                let src = &g.bodies[body];
                 let wide = widened_body(src, fw)?;
                 let lead = fw.lead;
                 let total: u64 = fw.widths.iter().sum();
                 let c = fw.widths[0];
-                let flat = out.add(Op::Reshape(*init, vec![lead, Dim::Known(c)]), sp)?;
+                let flat = out.add(Op::Reshape(init, vec![lead, Dim::Known(c)]), sp)?;
                 let zeros = out.add(
                     Op::Fill {
                         value: 0.0,
@@ -423,14 +427,14 @@ fn rewrite(g: &Graph, plans: &Plans) -> Result<Graph, TypeError> {
                     },
                     sp,
                 )?;
-                let body = replace_body(&mut out, *body, wide, &uses);
+                let body = replace_body(&mut out, body, wide, &uses);
                 let scan = out.add(
                     Op::Scan {
                         body,
                         init,
-                        xs: xs.clone(),
-                        args: args.clone(),
-                        reverse: *reverse,
+                        xs: xs.to_vec(),
+                        args: args.to_vec(),
+                        reverse,
                     },
                     sp,
                 )?;
@@ -465,30 +469,30 @@ fn rewrite(g: &Graph, plans: &Plans) -> Result<Graph, TypeError> {
             (
                 _,
                 Some(dv),
-                Op::Scan {
+                Some(ScanParts {
                     body,
                     init,
                     xs,
                     args,
                     reverse,
-                },
+                }),
             ) => {
-                let src = &g.bodies[*body];
+                let src = &g.bodies[body];
                 let frontier: Vec<Node> = dv.reads.iter().map(|&(u, _)| u).collect();
                 let nb = super::scan_lift::with_step_inputs(src, xs.len(), &frontier);
                 let stored = stacks
                     .get(&dv.forward)
                     .ok_or_else(|| failed("a derivative loop before its forward loop"))?;
-                let mut xs = xs.clone();
+                let mut xs = xs.to_vec();
                 xs.extend(dv.reads.iter().map(|&(_, k)| stored[k]));
-                let body = replace_body(&mut out, *body, nb, &uses);
+                let body = replace_body(&mut out, body, nb, &uses);
                 let m = out.add(
                     Op::Scan {
                         body,
-                        init: *init,
+                        init,
                         xs,
-                        args: args.clone(),
-                        reverse: *reverse,
+                        args: args.to_vec(),
+                        reverse,
                     },
                     sp,
                 )?;

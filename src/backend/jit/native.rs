@@ -164,7 +164,8 @@ unsafe fn sgemv_body(
 
 /// [`sgemm`] over `threads` threads, each computing one block of `dst`
 /// on its own: column blocks (each thread packs only its part of `b`)
-/// when `dst` is wide enough, else the `gemm` crate's own split.
+/// when `dst` is wide enough, else the `gemm` crate's own split; on
+/// one thread, plainly.
 ///
 /// # Safety
 /// As [`sgemm`].
@@ -202,7 +203,12 @@ pub unsafe fn sgemm_split(
             n / COLS * t / threads * COLS
         }
     };
-    if n >= COLS * threads {
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    if threads > 1 && n >= COLS * threads {
         (0..threads).into_par_iter().for_each(|t| {
             let (dst, a, b) = p.get();
             let (lo, hi) = (cut(t), cut(t + 1));
@@ -224,19 +230,7 @@ pub unsafe fn sgemm_split(
         });
     } else {
         // SAFETY: as the caller promised.
-        unsafe {
-            sgemm(
-                (m, k, n),
-                dst,
-                dst_rs,
-                a,
-                a_rc,
-                b,
-                b_rc,
-                accumulate,
-                gemm::Parallelism::Rayon(threads),
-            )
-        }
+        unsafe { sgemm((m, k, n), dst, dst_rs, a, a_rc, b, b_rc, accumulate, par) }
     }
 }
 
@@ -524,20 +518,16 @@ impl Pool {
                     }
                     continue;
                 }
+                // Average pooling.
                 for (j, out) in yrow.iter_mut().enumerate() {
                     let win = &top[j * s..];
-                    *out = match op {
-                        PoolOp::Max => unreachable!("max pooling is done above"),
-                        PoolOp::Avg => {
-                            let mut acc = 0.0f32;
-                            for a in 0..k {
-                                for v in &win[a * w..][..k] {
-                                    acc += v;
-                                }
-                            }
-                            acc / area
+                    let mut acc = 0.0f32;
+                    for a in 0..k {
+                        for v in &win[a * w..][..k] {
+                            acc += v;
                         }
-                    };
+                    }
+                    *out = acc / area;
                 }
             }
         });

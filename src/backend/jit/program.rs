@@ -3,7 +3,7 @@
 //! [`Exec`] per step of the [`Schedule`], which stays the description of
 //! what runs — and the buffers, allocated once.
 
-use super::native::{self, sgemm};
+use super::native;
 use super::{codegen, wide};
 use crate::backend::interp;
 use crate::diag::Span;
@@ -559,9 +559,7 @@ fn run_step(
                             b.add(bo),
                             dims.b_rc.0,
                         );
-                    if done {
-                        // Nothing more for this batch's product.
-                    } else if threads > 1 {
+                    if !done {
                         native::sgemm_split(
                             (m, k, n),
                             o.add(bi * m * n),
@@ -572,18 +570,6 @@ fn run_step(
                             dims.b_rc,
                             false,
                             threads,
-                        )
-                    } else {
-                        sgemm(
-                            (m, k, n),
-                            o.add(bi * m * n),
-                            n as isize,
-                            a.add(ao),
-                            dims.a_rc,
-                            b.add(bo),
-                            dims.b_rc,
-                            false,
-                            gemm::Parallelism::None,
                         )
                     }
                 }
