@@ -132,6 +132,46 @@ fn a_dense_layer_gets_an_epilogue_and_a_bad_one_is_rejected() {
     assert!(e.contains("epilogue"), "{e}");
 }
 
+/// Layers of one width stacked: the second layer's activation could reuse
+/// the buffer of the first layer's output, which its product reads, and
+/// the epilogue would then write the GEMM's operand. The buffer plan keeps
+/// a product's operands live through the elementwise kernel after it, so
+/// every layer's bias and activation is its product's epilogue.
+#[test]
+fn stacked_layers_of_one_width_each_get_an_epilogue() {
+    let src = "input x: [B, 6]\n\
+               param w1: [6, 6] = uniform(-1, 1, seed = 1)\n\
+               param b1: [6] = uniform(-1, 1, seed = 2)\n\
+               param w2: [6, 6] = uniform(-1, 1, seed = 3)\n\
+               param b2: [6] = uniform(-1, 1, seed = 4)\n\
+               param w3: [6, 6] = uniform(-1, 1, seed = 5)\n\
+               param b3: [6] = uniform(-1, 1, seed = 6)\n\
+               let h1 = relu(x @ w1 + b1)\n\
+               let h2 = relu(h1 @ w2 + b2)\n\
+               output y = tanh(h2 @ w3 + b3)\n";
+    let c = pipeline::compile("stack.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let mut syms = SecondaryMap::new();
+    syms[g.syms.keys().next().expect("B")] = Some(4);
+    let s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
+    s.verify().expect("verifies");
+    let epilogues = s
+        .steps
+        .iter()
+        .filter(|st| {
+            matches!(
+                st,
+                Step::MatMul {
+                    epilogue: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((epilogues, s.steps.len()), (3, 3), "{:?}", s.steps);
+}
+
 #[test]
 fn a_chain_of_joins_along_one_axis_is_one_copy_of_each_part() {
     // concat(concat(x, tanh(x)), x · 2) along the columns: fusion's

@@ -101,6 +101,14 @@ pub(super) fn plan_buffers(
         }
         out
     };
+    // Whether kernel `i` is a product read by the elementwise kernel right
+    // after it, which may become its epilogue: the product's operands then
+    // stay live through that kernel (`gemm-epilogue` runs on the planned
+    // steps and refuses an epilogue that writes an operand the GEMM reads).
+    let epilogue_next = |i: usize| match (fu.kernels.get(i), fu.kernels.get(i + 1)) {
+        (Some(&(p, Kind::MatMul)), Some(&(e, Kind::Elementwise))) => reads(e).contains(&p),
+        _ => false,
+    };
     let mut base: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
     let mut last: SecondaryMap<Node, usize> = SecondaryMap::new();
     let mut pinned: EntitySet<Node> = EntitySet::new();
@@ -123,9 +131,10 @@ pub(super) fn plan_buffers(
         if kind == Kind::Leaf {
             pinned.insert(n);
         }
+        let until = if epilogue_next(i) { i + 1 } else { i };
         for a in reads(n) {
             let b = root_of(&base, a);
-            last[b] = i;
+            last[b] = last[b].max(until);
         }
     }
     for &r in roots {
@@ -147,8 +156,13 @@ pub(super) fn plan_buffers(
             };
             buf_of[n] = reuse.unwrap_or_else(|| sizes.push(len)).into();
         }
-        // Release what this kernel was the last to read.
-        for a in reads(n) {
+        // Release what this kernel was the last to need: what it reads, and
+        // what the product before it read.
+        let mut needed = reads(n);
+        if i > 0 && epilogue_next(i - 1) {
+            needed.extend(reads(fu.kernels[i - 1].0));
+        }
+        for a in needed {
             let b = root_of(&base, a);
             if last[b] == i && !pinned.contains(b) {
                 last[b] = usize::MAX; // released once
