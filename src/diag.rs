@@ -21,7 +21,9 @@ pub type FileId = usize;
 pub type Diag = Diagnostic<FileId>;
 
 /// A byte range in one source file. Every AST and IR node carries one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
 pub struct Span {
     pub file: FileId,
     pub start: u32,
@@ -102,6 +104,9 @@ pub mod code {
     /// A device that cannot run the program: no OpenCL platform or
     /// device, too little device memory, a backend not built in.
     pub const DEVICE: &str = "E0304";
+    /// A library `nnc compile` cannot build: no C compiler, no runtime
+    /// archive, a failed link, an unknown target CPU.
+    pub const LIBRARY: &str = "E0305";
     /// A derivative the autodiff pass does not take.
     pub const GRAD: &str = "E0401";
     pub const INTERNAL: &str = "E9999";

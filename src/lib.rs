@@ -60,6 +60,7 @@
 //! - A step's parameter updates never share a buffer with anything else:
 //!   the scheduler gives an update that would its own buffer and a copy.
 
+pub mod aot;
 pub mod backend;
 pub mod data;
 pub mod diag;

@@ -1,7 +1,7 @@
 //! A dense, row-major `f32` tensor: the value type of constants, parameters
 //! and the interpreter.
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,

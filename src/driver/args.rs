@@ -43,21 +43,42 @@ pub enum Command {
         /// The .nn file.
         file: PathBuf,
     },
-    /// Compile a file and print a stage of the pipeline.
+    /// Compile a file into a shared library and its C header, or print a
+    /// stage of the pipeline (`--emit`).
     #[command(
-        after_help = "Examples:\n  nnc compile examples/neuron.nn --emit ast\n  nnc compile examples/neuron.nn --emit ir"
+        after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir"
     )]
     Compile {
         /// The .nn file.
         file: PathBuf,
-        /// The stage to print.
-        #[arg(long, value_enum, default_value_t = Emit::Ir)]
-        emit: Emit,
-        /// The size of a symbolic dimension, for `--emit clif` and `--emit opencl`
-        /// (e.g. `--dim B=128`);
-        /// a file with a `train` block binds the batch dimension from `batch`.
+        /// Print this stage instead of writing a library.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// The size of a symbolic dimension (e.g. `--dim B=128`): a library
+        /// fixes every one; `--emit clif` and `--emit opencl` need them too
+        /// (a file with a `train` block binds the batch dimension from `batch`).
         #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
+        /// The library to write (`.so`; default: the file's name in the
+        /// current folder); the header is written beside it (`.h`).
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// The model's name, the prefix of every exported symbol (default:
+        /// the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Weights to embed (a safetensors file, as `nnc train --save`
+        /// writes) instead of the file's initialisers.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// The CPU the library's code is compiled for: a level (x86-64-v2,
+        /// x86-64-v3, x86-64-v4), a CPU name (znver3, skylake, …), or
+        /// `native` (this machine's).
+        #[arg(long, default_value = "x86-64-v3", value_name = "CPU")]
+        target_cpu: String,
+        /// Keep the generated C file and object beside the library.
+        #[arg(long)]
+        keep_temps: bool,
     },
     /// Print the loss and its gradient with respect to every parameter.
     #[command(

@@ -1,7 +1,9 @@
 //! The `nnc` command line.
 
 use super::args::{Cli, Color, Command, Emit, Format};
-use super::graphs::{backend_text, grad_values, run_graph, run_graph_with, warn_non_finite};
+use super::graphs::{
+    backend_text, grad_values, run_graph, run_graph_with, warn_non_finite, LibraryArgs,
+};
 use super::outcome::{finish, load, Outcome};
 use crate::diag::{self, Diagnostics, SourceMap};
 use crate::driver::output;
@@ -46,7 +48,43 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             let c = load(file, Stage::Ir)?;
             finish(c, String::new())
         }
-        Command::Compile { file, emit, dims } => {
+        Command::Compile {
+            file,
+            emit: None,
+            dims,
+            output,
+            name,
+            params,
+            target_cpu,
+            keep_temps,
+        } => {
+            let mut c = load(file, Stage::Ir)?;
+            let Some(g) = c.graph.take() else {
+                return Err(Outcome::from(c, String::new()));
+            };
+            let opts = LibraryArgs {
+                file,
+                dims,
+                output: output.as_deref(),
+                name: name.as_deref(),
+                params: params.as_deref(),
+                target_cpu,
+                keep_temps: *keep_temps,
+            };
+            match super::graphs::compile_library(&g, c.train.as_ref(), &opts) {
+                Ok(text) => Ok(Outcome::from(c, text)),
+                Err(d) => {
+                    c.diags.push(d);
+                    Err(Outcome::from(c, String::new()))
+                }
+            }
+        }
+        Command::Compile {
+            file,
+            emit: Some(emit),
+            dims,
+            ..
+        } => {
             let stage = match emit {
                 Emit::Ast => Stage::Ast,
                 Emit::Ir | Emit::Grad | Emit::Fused | Emit::Clif | Emit::Opencl => Stage::Ir,

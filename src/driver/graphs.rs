@@ -212,3 +212,83 @@ pub fn warn_non_finite(
         }
     }
 }
+
+/// `nnc compile`'s settings for a library.
+pub struct LibraryArgs<'a> {
+    pub file: &'a Path,
+    pub dims: &'a [(String, usize)],
+    pub output: Option<&'a Path>,
+    pub name: Option<&'a str>,
+    pub params: Option<&'a Path>,
+    pub target_cpu: &'a str,
+    pub keep_temps: bool,
+}
+
+/// Builds a library of `g`'s outputs ([`crate::aot`]); returns what to
+/// print: the files written and the exported functions.
+pub fn compile_library(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    a: &LibraryArgs,
+) -> Result<String, crate::diag::Diag> {
+    let lib_graph = crate::aot::library_graph(g, train)?;
+    let g = &lib_graph;
+    // Named after the output when one is given, else after the source.
+    let stem = a
+        .output
+        .unwrap_or(a.file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = match a.name {
+        Some(n) if crate::aot::name_from(n) == n => n.to_string(),
+        Some(n) => {
+            return Err(crate::diag::error(
+                crate::diag::code::LIBRARY,
+                format!("`--name {n}` is not a C identifier"),
+            )
+            .with_notes(vec![format!(
+                "help: letters, digits and `_`, not starting with a digit: `{}`",
+                crate::aot::name_from(n)
+            )]))
+        }
+        None => crate::aot::name_from(&stem),
+    };
+    let out = match a.output {
+        Some(p) if p.extension().is_some_and(|e| e == "so") => p.to_path_buf(),
+        Some(p) => {
+            return Err(crate::diag::error(
+                crate::diag::code::LIBRARY,
+                format!(
+                    "`-o {}`: only shared libraries (`.so`) are written so far",
+                    p.display()
+                ),
+            )
+            .with_notes(vec!["help: name the output `NAME.so`".into()]))
+        }
+        None => std::path::PathBuf::from(format!("{stem}.so")),
+    };
+    let syms = bind_dims(g, a.dims, train.map(|t| t.batch))?;
+    let mut params = interp::init_params(g, 0);
+    if let Some(p) = a.params {
+        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
+        crate::train::restore(g, &mut params, p, span)?;
+    }
+    let opts = crate::aot::Options {
+        name,
+        source: a.file.display().to_string(),
+        out,
+        target_cpu: a.target_cpu.to_string(),
+        keep: a.keep_temps,
+    };
+    let lib = crate::aot::compile(g, &syms, &params, &opts)?;
+    let mut text = format!(
+        "wrote {} and {}\n",
+        lib.library.display(),
+        lib.header.display()
+    );
+    for f in lib.functions {
+        text.push_str(&format!("  {f}\n"));
+    }
+    Ok(text)
+}

@@ -43,39 +43,51 @@ pub const RNG_KEY_INPUT: &str = "@rng";
 pub const TRAINING_INPUT: &str = "@training";
 
 /// A value in the graph.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct Node(u32);
 entity_impl!(Node, "%");
 
 /// A symbolic dimension (`B`), bound to a number when the graph runs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct Sym(u32);
 entity_impl!(Sym, "sym");
 
 /// A trainable parameter.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct ParamId(u32);
 entity_impl!(ParamId, "param");
 
 /// A value fed from outside (data).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct InputId(u32);
 entity_impl!(InputId, "input");
 
 /// A literal tensor.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct ConstId(u32);
 entity_impl!(ConstId, "const");
 
 /// The body of a loop ([`Op::Scan`]): a graph of its own.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct BodyId(u32);
 entity_impl!(BodyId, "body");
 
 /// How a parameter gets its first value. Fan-in and fan-out follow the
 /// `x @ w` convention: for a weight `[in, out]`, fan-in is `in`; for rank
 /// > 2, `[out_c, in_c, k...]` as for convolutions.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum Init {
     Constant(f32),
     Uniform { low: f32, high: f32 },
@@ -88,7 +100,7 @@ pub enum Init {
 }
 
 /// What a parameter is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Learned by training.
     Trainable,
@@ -98,7 +110,7 @@ pub enum Role {
     State,
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ParamInfo {
     pub name: String,
     pub role: Role,
@@ -110,7 +122,7 @@ pub struct ParamInfo {
     pub span: Span,
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct InputInfo {
     pub name: String,
     pub ty: Type,
@@ -119,12 +131,12 @@ pub struct InputInfo {
     pub span: Span,
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct SymInfo {
     pub name: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct NodeData {
     pub op: Op,
     pub ty: Type,
@@ -133,13 +145,13 @@ pub struct NodeData {
 
 /// `param ← node` after a step: every update reads the values from before
 /// the step, then all are written (in place where a backend can).
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Update {
     pub param: ParamId,
     pub node: Node,
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Output {
     pub name: String,
     pub node: Node,
@@ -147,7 +159,7 @@ pub struct Output {
 }
 
 /// An IR graph: the nodes and the tables they refer to.
-#[derive(Clone, Debug, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct Graph {
     pub nodes: PrimaryMap<Node, NodeData>,
     pub syms: PrimaryMap<Sym, SymInfo>,

@@ -7,7 +7,7 @@
 use super::{BodyId, ConstId, Dim, InputId, Node, ParamId, Shape};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     Neg,
     Exp,
@@ -20,7 +20,7 @@ pub enum UnaryOp {
     Sigmoid,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -33,7 +33,7 @@ pub enum BinaryOp {
 }
 
 /// Comparisons yield 1.0 where true and 0.0 where false.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CmpOp {
     Eq,
     Ne,
@@ -43,7 +43,7 @@ pub enum CmpOp {
     Ge,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     Sum,
     Mean,
@@ -51,7 +51,7 @@ pub enum ReduceOp {
 }
 
 /// The distribution of [`Op::Random`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dist {
     /// The standard normal, N(0, 1).
     Normal,
@@ -60,7 +60,7 @@ pub enum Dist {
 }
 
 /// The reduction of a pooling window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolOp {
     Max,
     Avg,
@@ -74,7 +74,7 @@ pub enum PoolOp {
 /// and the kernel's must be known. Along each spatial axis a window of `k`
 /// moved by stride `s` over the input padded by `p` zeros on both sides
 /// gives `(H + 2p − k) / s + 1` positions ([`shape::window_out`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum Op {
     /// A value fed at run time. Type: the input's declared type.
     Input(InputId),

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// One dimension: a number known at compile time, or a symbol (`B`) bound
 /// when the graph runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dim {
     Known(u64),
     Sym(Sym),
@@ -14,7 +14,7 @@ pub enum Dim {
 
 /// The element type. Only `f32` exists today; comparisons produce `f32`
 /// masks of 0 and 1. The enum leaves room for `f16`, `bf16` and `i32`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
 }
@@ -30,7 +30,7 @@ impl fmt::Display for DType {
 pub type Shape = Vec<Dim>;
 
 /// The type of every IR value: an element type and a shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Type {
     pub dtype: DType,
     pub shape: Shape,

@@ -8,7 +8,7 @@ use crate::ir::PoolOp;
 /// The geometry of a convolution: input `[n, c, h, w]`, kernel
 /// `[o, c, kh, kw]`, output `[n, o, oh, ow]`, one stride and one zero
 /// padding for both spatial axes.
-#[derive(Clone, Copy, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
 pub struct Conv {
     pub n: usize,
     pub c: usize,
@@ -24,7 +24,7 @@ pub struct Conv {
 }
 
 /// Which of the three products a convolution step computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPass {
     /// `y = conv(x, w)`, operands (x, w).
     Forward,
@@ -57,7 +57,7 @@ impl Conv {
 
 /// The geometry of a pooling: `planes` channels of `h × w` pooled by
 /// `size × size` windows moved by `stride` into `oh × ow`.
-#[derive(Clone, Copy, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
 pub struct Pool {
     pub op: PoolOp,
     pub planes: usize,
@@ -73,7 +73,7 @@ pub struct Pool {
 /// apart, starting at `src_at`) to `dst` (blocks `dst_stride` apart,
 /// starting at `dst_at`): a slice along an axis, or one half of a
 /// concatenation.
-#[derive(Clone, Copy, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
 pub struct Blocks {
     pub count: usize,
     pub len: usize,

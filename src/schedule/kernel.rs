@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 /// One element computation. Operands index earlier entries of
 /// [`LoopKernel::exprs`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum Expr {
     /// The element of access `k` at the current point.
     Load(usize),
@@ -28,7 +28,7 @@ pub enum Expr {
     Select(usize, usize, usize),
 }
 
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct LoopKernel {
     /// The iteration space, outermost first (never empty).
     pub dims: Vec<usize>,

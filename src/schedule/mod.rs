@@ -52,12 +52,14 @@ pub struct Fused {
 }
 
 /// A buffer of `f32`s.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct BufId(u32);
 entity_impl!(BufId, "buf");
 
 /// A program for concrete sizes.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Schedule {
     /// The optimised graph the steps compute (host steps evaluate its
     /// nodes; logs describe them).
@@ -83,7 +85,7 @@ pub struct Schedule {
 }
 
 /// One step of a schedule.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub enum Step {
     /// A loop kernel writing `out`; `args[k]` is the buffer of access `k`.
     Loop {
@@ -161,7 +163,7 @@ pub enum Step {
 /// indices (whole numbers in `0..rows`, else an index error naming
 /// `node`), rows of `width` floats; the table (gather) or the output
 /// (scatter) has `rows` rows.
-#[derive(Clone, Copy, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
 pub struct Rows {
     pub scatter: bool,
     pub src: BufId,
@@ -190,7 +192,7 @@ impl Rows {
 /// order (`[rows, n]` or flat), access `acc` reads the product at the
 /// point being stored, and the kernel's value goes to `out` at the same
 /// point. The product is stored into the step's own `out` as well.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Epilogue {
     pub kernel: LoopKernel,
     pub acc: usize,
@@ -200,7 +202,7 @@ pub struct Epilogue {
 
 /// One matrix product `o = a @ b`: `a` is m×k and `b` k×n with the given
 /// (row, column) strides, `o` row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gemm {
     pub m: usize,
     pub k: usize,
@@ -210,7 +212,7 @@ pub struct Gemm {
 }
 
 /// A compiled `scan`: its body's schedule and how the loop feeds it.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ScanStep {
     pub body: Schedule,
     pub init: BufId,

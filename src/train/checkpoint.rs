@@ -33,23 +33,29 @@ pub fn save(
     tensors: &[(String, &Tensor)],
     meta: &HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
-    let shown = path.display().to_string();
     let werr = |reason: String| CheckpointError::Write {
-        path: shown.clone(),
+        path: path.display().to_string(),
         reason,
     };
+    let data = to_bytes(tensors, meta).map_err(werr)?;
+    write_atomic(path, &data).map_err(|e| werr(e.to_string()))
+}
+
+/// `tensors` and `meta` as the bytes of a safetensors file.
+pub fn to_bytes(
+    tensors: &[(String, &Tensor)],
+    meta: &HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
         .collect();
     let mut views = Vec::with_capacity(tensors.len());
     for ((name, t), b) in tensors.iter().zip(&bytes) {
-        let v = TensorView::new(Dtype::F32, t.shape.clone(), b).map_err(|e| werr(e.to_string()))?;
+        let v = TensorView::new(Dtype::F32, t.shape.clone(), b).map_err(|e| e.to_string())?;
         views.push((name.clone(), v));
     }
-    let data =
-        safetensors::serialize(views, &Some(meta.clone())).map_err(|e| werr(e.to_string()))?;
-    write_atomic(path, &data).map_err(|e| werr(e.to_string()))
+    safetensors::serialize(views, &Some(meta.clone())).map_err(|e| e.to_string())
 }
 
 /// Writes a file through a temporary name in the same folder, synced to
@@ -129,12 +135,19 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
             _ => e.to_string(),
         },
     })?;
+    from_bytes(&bytes, &shown)
+}
+
+/// Every tensor and the metadata of a safetensors file's bytes; `shown`
+/// names the file in errors.
+pub fn from_bytes(bytes: &[u8], shown: &str) -> Result<Loaded, CheckpointError> {
+    let shown = shown.to_string();
     let ferr = |reason: String| CheckpointError::Format {
         path: shown.clone(),
         reason,
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ferr(reason(&e)))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ferr(reason(&e)))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| ferr(reason(&e)))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| ferr(reason(&e)))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {

@@ -41,6 +41,9 @@ mod program;
 pub mod threads;
 pub mod wide;
 
+pub use math::powf;
+pub use program::{KernelFn, ObjectKernels, Program};
+
 use crate::exec::Error;
 use crate::ir::Graph;
 use crate::pipeline;

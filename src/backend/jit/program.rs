@@ -16,7 +16,9 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
 use std::collections::HashMap;
 
-type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+/// A compiled loop kernel: the addresses of its output and accesses, and
+/// the range of its outer dimension to run.
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
 /// How a loop kernel runs: Cranelift's code, or the full-width evaluator
 /// ([`wide`]) at a vector level this CPU has.
@@ -113,12 +115,33 @@ impl Drop for Program {
     }
 }
 
-/// What compiling a program's loop kernels needs: the module they go
-/// into, the kernels compiled so far by their description (iteration
-/// space, strides, expression — no buffers — so structurally identical
-/// ones, a stack of equal layers, are compiled once), and the functions
-/// to look up once the module is finalised.
-struct Kernels {
+/// Where a program's loop kernels come from: compiled now into this
+/// process (the JIT), compiled into an object file for a library
+/// ([`ObjectKernels`], `nnc compile`), or taken from a library's table
+/// of compiled kernels ([`TableKernels`], its run time). The three walk
+/// a schedule's kernels in the same order ([`Program::assemble`]).
+trait Kernels {
+    /// The [`Exec`] of step `i`'s loop kernel (its own or a GEMM's
+    /// epilogue, `what`) reading `n_args` buffers, named `name`.
+    fn exec(
+        &mut self,
+        i: usize,
+        kernel: &crate::schedule::LoopKernel,
+        n_args: usize,
+        name: String,
+        what: &str,
+    ) -> Result<Exec, Error>;
+
+    /// A loop body's program.
+    fn body(&mut self, body: Schedule) -> Result<Program, Error>;
+}
+
+/// What the JIT needs to compile a program's loop kernels: the module
+/// they go into, the kernels compiled so far by their description
+/// (iteration space, strides, expression — no buffers — so structurally
+/// identical ones, a stack of equal layers, are compiled once), and the
+/// functions to look up once the module is finalised.
+struct JitKernels {
     module: JITModule,
     fctx: FunctionBuilderContext,
     compiled: HashMap<String, cranelift_module::FuncId>,
@@ -130,11 +153,47 @@ struct Kernels {
     want_clif: bool,
 }
 
-impl Kernels {
-    /// The [`Exec`] of step `i`'s loop kernel (its own or a GEMM's
-    /// epilogue, `what`) reading `n_args` buffers: run wide where it
-    /// qualifies ([`wide::eligible`]; not when the IR text is wanted),
-    /// else a Cranelift function named `name`.
+/// A loop step's [`Exec`] whose function is `f`, with the `n_args + 1`
+/// slots for its buffers' addresses.
+fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
+    Exec::Loop {
+        f,
+        _scratch: scratch,
+        ptrs: vec![std::ptr::null_mut(); n_args + 1],
+    }
+}
+
+/// Compiles `kernel` into `module` unless an identical one is in
+/// `compiled` (which then counts in `shared`).
+#[allow(clippy::too_many_arguments)]
+fn compile_kernel<M: cranelift_module::Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    compiled: &mut HashMap<String, cranelift_module::FuncId>,
+    shared: &mut usize,
+    clif: Option<&mut Vec<String>>,
+    kernel: &crate::schedule::LoopKernel,
+    name: &str,
+    what: &str,
+    i: usize,
+) -> Result<cranelift_module::FuncId, Error> {
+    let key = format!("{kernel:?}");
+    if let Some(&id) = compiled.get(&key) {
+        *shared += 1;
+        return Ok(id);
+    }
+    let (id, text) = codegen::compile(module, fctx, kernel, name, clif.is_some())
+        .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
+    if let Some(c) = clif {
+        c.extend(text);
+    }
+    compiled.insert(key, id);
+    Ok(id)
+}
+
+impl Kernels for JitKernels {
+    /// Runs wide where the kernel qualifies ([`wide::eligible`]; not when
+    /// the IR text is wanted), else compiles it.
     fn exec(
         &mut self,
         i: usize,
@@ -143,41 +202,136 @@ impl Kernels {
         name: String,
         what: &str,
     ) -> Result<Exec, Error> {
-        let ptrs = vec![std::ptr::null_mut(); n_args + 1];
         if let Some(level) = wide::eligible(kernel).filter(|_| !self.want_clif) {
             let (f, scratch) = wide_kern(level, kernel);
-            return Ok(Exec::Loop {
-                f,
-                _scratch: scratch,
-                ptrs,
-            });
+            return Ok(loop_exec(f, scratch, n_args));
         }
-        let key = format!("{kernel:?}");
-        let id = match self.compiled.get(&key) {
-            Some(&id) => {
-                self.shared += 1;
-                id
-            }
-            None => {
-                let (id, text) = codegen::compile(
-                    &mut self.module,
-                    &mut self.fctx,
-                    kernel,
-                    &name,
-                    self.want_clif,
-                )
-                .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
-                self.clif.extend(text);
-                self.compiled.insert(key, id);
-                id
-            }
-        };
+        let id = compile_kernel(
+            &mut self.module,
+            &mut self.fctx,
+            &mut self.compiled,
+            &mut self.shared,
+            self.want_clif.then_some(&mut self.clif),
+            kernel,
+            &name,
+            what,
+            i,
+        )?;
         self.pending.push((i, id));
-        Ok(Exec::Loop {
-            f: Kern::Jit(dummy_kernel),
-            _scratch: Vec::new(),
-            ptrs,
-        })
+        Ok(loop_exec(Kern::Jit(dummy_kernel), Vec::new(), n_args))
+    }
+
+    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
+        let p = Program::compile_with(body, self.want_clif)?;
+        self.clif.extend(p.clif.iter().cloned());
+        Ok(p)
+    }
+}
+
+/// Compiles every loop kernel of a program (its loop bodies' included)
+/// into an object file's module, in [`Program::assemble`]'s order: the
+/// `i`-th entry of `order` is the function of the `i`-th kernel asked
+/// for. Wide kernels are compiled too: whether one runs wide is decided
+/// by the CPU the library runs on.
+pub struct ObjectKernels<'m, M: cranelift_module::Module> {
+    pub module: &'m mut M,
+    fctx: FunctionBuilderContext,
+    compiled: HashMap<String, cranelift_module::FuncId>,
+    /// The prefix of the kernels' symbol names.
+    prefix: String,
+    pub order: Vec<cranelift_module::FuncId>,
+    pub shared: usize,
+}
+
+impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
+    pub fn new(module: &'m mut M, prefix: &str) -> Self {
+        ObjectKernels {
+            module,
+            fctx: FunctionBuilderContext::new(),
+            compiled: HashMap::new(),
+            prefix: prefix.to_string(),
+            order: Vec::new(),
+            shared: 0,
+        }
+    }
+
+    /// Compiles the kernels of `sched` (consumed: nothing runs).
+    pub fn add(&mut self, sched: Schedule) -> Result<(), Error> {
+        Program::assemble(&sched, self).map(drop)
+    }
+}
+
+impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
+    fn exec(
+        &mut self,
+        i: usize,
+        kernel: &crate::schedule::LoopKernel,
+        n_args: usize,
+        _name: String,
+        what: &str,
+    ) -> Result<Exec, Error> {
+        let name = format!("{}k{}", self.prefix, self.compiled.len());
+        let id = compile_kernel(
+            self.module,
+            &mut self.fctx,
+            &mut self.compiled,
+            &mut self.shared,
+            None,
+            kernel,
+            &name,
+            what,
+            i,
+        )?;
+        self.order.push(id);
+        Ok(loop_exec(Kern::Jit(dummy_kernel), Vec::new(), n_args))
+    }
+
+    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
+        let exec = Program::assemble(&body, self)?;
+        Ok(Program::with_exec(body, exec, None, Vec::new()))
+    }
+}
+
+/// A library's compiled kernels, handed out in [`Program::assemble`]'s
+/// order (the order [`ObjectKernels`] compiled them in). A kernel that
+/// qualifies runs wide when this CPU has the vector extension.
+pub struct TableKernels<'t> {
+    fns: &'t [KernelFn],
+    next: usize,
+}
+
+impl<'t> TableKernels<'t> {
+    pub fn new(fns: &'t [KernelFn]) -> Self {
+        TableKernels { fns, next: 0 }
+    }
+}
+
+impl Kernels for TableKernels<'_> {
+    fn exec(
+        &mut self,
+        i: usize,
+        kernel: &crate::schedule::LoopKernel,
+        n_args: usize,
+        _name: String,
+        what: &str,
+    ) -> Result<Exec, Error> {
+        let &f = self.fns.get(self.next).ok_or_else(|| {
+            internal(format!(
+                "the library has {} kernels; {what} {i} asks for one more",
+                self.fns.len()
+            ))
+        })?;
+        self.next += 1;
+        if let Some(level) = wide::eligible(kernel) {
+            let (f, scratch) = wide_kern(level, kernel);
+            return Ok(loop_exec(f, scratch, n_args));
+        }
+        Ok(loop_exec(Kern::Jit(f), Vec::new(), n_args))
+    }
+
+    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
+        let exec = Program::assemble(&body, self)?;
+        Ok(Program::with_exec(body, exec, None, Vec::new()))
     }
 }
 
@@ -206,7 +360,7 @@ impl Program {
     /// builds; the kernels below trust its ranges), keeping each kernel's
     /// Cranelift IR as text when `want_clif`.
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
-        let mut kx = Kernels {
+        let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
             fctx: FunctionBuilderContext::new(),
             compiled: HashMap::new(),
@@ -215,39 +369,8 @@ impl Program {
             clif: Vec::new(),
             want_clif,
         };
-        let mut exec = Vec::with_capacity(sched.steps.len());
-        for (i, step) in sched.steps.iter().enumerate() {
-            exec.push(match step {
-                Step::Loop { kernel, args, .. } => {
-                    kx.exec(i, kernel, args.len(), format!("k{i}"), "kernel")?
-                }
-                Step::MatMul {
-                    epilogue: Some(e), ..
-                } => kx.exec(i, &e.kernel, e.args.len(), format!("k{i}e"), "epilogue")?,
-                Step::Conv { pass, geo, .. } => {
-                    let threads = rayon::current_num_threads();
-                    let scratch = native::conv_scratch(geo, *pass, threads)
-                        .ok_or_else(|| too_large_conv(&sched, i))?;
-                    let mut budget = crate::exec::memory::Budget::default();
-                    budget.add(
-                        scratch,
-                        || "the convolution's unfolded input".into(),
-                        step_span(&sched, i),
-                    );
-                    budget.check()?;
-                    Exec::Conv {
-                        scratch: vec![0.0; scratch],
-                    }
-                }
-                Step::Scan(sc) => {
-                    let body = Program::compile_with(sc.body.clone(), want_clif)?;
-                    kx.clif.extend(body.clif.iter().cloned());
-                    Exec::Scan(Box::new(body))
-                }
-                _ => Exec::Plain,
-            });
-        }
-        let Kernels {
+        let mut exec = Program::assemble(&sched, &mut kx)?;
+        let JitKernels {
             mut module,
             compiled,
             shared,
@@ -277,20 +400,79 @@ impl Program {
                 *f = Kern::Jit(unsafe { std::mem::transmute::<*const u8, KernelFn>(p) });
             }
         }
+        Ok(Program::with_exec(sched, exec, Some(module), clif))
+    }
+
+    /// A program whose loop kernels are a library's compiled ones, in the
+    /// order [`ObjectKernels`] compiled them.
+    pub fn from_table(sched: Schedule, fns: &[KernelFn]) -> Result<Program, Error> {
+        let mut kx = TableKernels::new(fns);
+        let exec = Program::assemble(&sched, &mut kx)?;
+        match kx.next == fns.len() {
+            true => Ok(Program::with_exec(sched, exec, None, Vec::new())),
+            false => Err(internal(format!(
+                "the library has {} kernels, its schedule uses {}",
+                fns.len(),
+                kx.next
+            ))),
+        }
+    }
+
+    /// One [`Exec`] per step of `sched`, its loop kernels from `kx`.
+    fn assemble(sched: &Schedule, kx: &mut dyn Kernels) -> Result<Vec<Exec>, Error> {
+        let mut exec = Vec::with_capacity(sched.steps.len());
+        for (i, step) in sched.steps.iter().enumerate() {
+            exec.push(match step {
+                Step::Loop { kernel, args, .. } => {
+                    kx.exec(i, kernel, args.len(), format!("k{i}"), "kernel")?
+                }
+                Step::MatMul {
+                    epilogue: Some(e), ..
+                } => kx.exec(i, &e.kernel, e.args.len(), format!("k{i}e"), "epilogue")?,
+                Step::Conv { pass, geo, .. } => {
+                    let threads = rayon::current_num_threads();
+                    let scratch = native::conv_scratch(geo, *pass, threads)
+                        .ok_or_else(|| too_large_conv(sched, i))?;
+                    let mut budget = crate::exec::memory::Budget::default();
+                    budget.add(
+                        scratch,
+                        || "the convolution's unfolded input".into(),
+                        step_span(sched, i),
+                    );
+                    budget.check()?;
+                    Exec::Conv {
+                        scratch: vec![0.0; scratch],
+                    }
+                }
+                Step::Scan(sc) => Exec::Scan(Box::new(kx.body(sc.body.clone())?)),
+                _ => Exec::Plain,
+            });
+        }
+        Ok(exec)
+    }
+
+    /// The program running `exec`, with its buffers allocated and its
+    /// constants copied in.
+    fn with_exec(
+        sched: Schedule,
+        exec: Vec<Exec>,
+        module: Option<JITModule>,
+        clif: Vec<String>,
+    ) -> Program {
         let mut bufs: Vec<Vec<f32>> = sched.bufs.values().map(|&len| vec![0.0; len]).collect();
         for &(c, b) in &sched.consts {
             bufs[b.index()].copy_from_slice(&sched.graph.consts[c].data);
         }
         let n_steps = sched.steps.len();
-        Ok(Program {
-            module: Some(module),
+        Program {
+            module,
             sched,
             exec,
             bufs,
             clif,
             profile: crate::log::enabled("profile").then(|| vec![0.0; n_steps]),
             runs: 0,
-        })
+        }
     }
 
     /// Copies the fed inputs (or their declared defaults) into their

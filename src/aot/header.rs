@@ -1,0 +1,159 @@
+//! The C side of a library: the header a person reads (`NAME.h`) and the
+//! wrappers (`NAME.c`, compiled into the library) that give the runtime's
+//! functions the model's names and hand it the embedded data.
+
+/// A library's API: its name and its inputs and outputs with their shapes,
+/// in the order of `NAME_run`'s arguments.
+pub struct Api {
+    pub name: String,
+    pub source: String,
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub outputs: Vec<(String, Vec<usize>)>,
+}
+
+/// The sizes of what the object file embeds.
+pub struct Sizes {
+    pub plan: usize,
+    pub params: usize,
+    pub kernels: usize,
+}
+
+/// `name` as part of a C identifier (`@` and other marks become `_`).
+fn ident(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn shape_text(s: &[usize]) -> String {
+    let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+impl Api {
+    /// `NAME_run`'s parameter list.
+    fn run_params(&self) -> String {
+        let mut ps = vec![format!("{}_model *m", self.name)];
+        ps.extend(
+            self.inputs
+                .iter()
+                .map(|(n, _)| format!("const float *{}", ident(n))),
+        );
+        ps.extend(
+            self.outputs
+                .iter()
+                .map(|(n, _)| format!("float *{}", ident(n))),
+        );
+        ps.join(", ")
+    }
+
+    /// The exported functions, as declared.
+    pub fn functions(&self) -> Vec<String> {
+        let n = &self.name;
+        vec![
+            format!("{n}_model *{n}_new(void)"),
+            format!("int {n}_load_params({n}_model *m, const char *path)"),
+            format!("int {n}_run({})", self.run_params()),
+            format!("const char *{n}_last_error(void)"),
+            format!("void {n}_free({n}_model *m)"),
+        ]
+    }
+
+    pub fn header(&self) -> String {
+        let n = &self.name;
+        let up = n.to_uppercase();
+        let mut h = format!(
+            "/* {n}.h: the C API of the model `{n}`, compiled by nnc from {src}.\n\
+             *\n\
+             * {n}_new() loads the model with the weights embedded at compile time;\n\
+             * {n}_load_params() replaces them from a safetensors file (as written by\n\
+             * `nnc train --save`). {n}_run() computes the outputs from the inputs:\n\
+             * row-major float arrays of the sizes below. Every function returns\n\
+             * {up}_OK or an error code, never aborts; {n}_last_error() gives the\n\
+             * message of the calling thread's last error.\n\
+             *\n\
+             * Threads: a {n}_model holds the weights and the scratch buffers of a\n\
+             * run, so one handle is used by one thread at a time; create one per\n\
+             * thread to run in parallel. A run may use a pool of worker threads.\n\
+             */\n\
+             #ifndef {up}_H\n#define {up}_H\n\n\
+             #ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n\
+             /* The error codes. */\n\
+             #define {up}_OK 0\n\
+             #define {up}_ERR_ARGUMENT 1 /* a null or unusable argument */\n\
+             #define {up}_ERR_PARAMS 2 /* a weights file missing, unreadable or of another model */\n\
+             #define {up}_ERR_RUN 3 /* the run failed (the message says why) */\n\n",
+            src = self.source
+        );
+        let mut io = |kind: &str, list: &[(String, Vec<usize>)]| {
+            for (name, shape) in list {
+                let id = ident(name).to_uppercase();
+                h.push_str(&format!("/* {kind} `{name}`: {}. */\n", shape_text(shape)));
+                h.push_str(&format!("#define {up}_{id}_RANK {}\n", shape.len()));
+                for (k, d) in shape.iter().enumerate() {
+                    h.push_str(&format!("#define {up}_{id}_DIM{k} {d}\n"));
+                }
+                let len: usize = shape.iter().product();
+                h.push_str(&format!("#define {up}_{id}_LEN {len}\n\n"));
+            }
+        };
+        io("input", &self.inputs);
+        io("output", &self.outputs);
+        h.push_str(&format!(
+            "/* A loaded model (opaque). */\ntypedef struct {n}_model {n}_model;\n\n"
+        ));
+        let docs = [
+            "/* A model with the embedded weights; NULL on failure (see the error). */",
+            "/* Replaces the weights by those of the safetensors file at `path` (each\n   parameter by name and shape; on error none changes). */",
+            "/* Runs the model: reads each input, writes each output (arrays of the\n   _LEN sizes above). */",
+            "/* The message of the calling thread's last error (\"\" if none). */",
+            "/* Frees a model (NULL is ignored). */",
+        ];
+        for (d, f) in docs.iter().zip(self.functions()) {
+            h.push_str(&format!("{d}\n{f};\n\n"));
+        }
+        h.push_str("#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
+        h
+    }
+
+    /// The wrappers: each exported function calls the runtime with the
+    /// library's data.
+    pub fn wrappers(&self, sizes: &Sizes, header: &str) -> String {
+        let n = &self.name;
+        let ins: Vec<String> = self.inputs.iter().map(|(x, _)| ident(x)).collect();
+        let outs: Vec<String> = self.outputs.iter().map(|(x, _)| ident(x)).collect();
+        let array = |ty: &str, var: &str, xs: &[String]| match xs.len() {
+            0 => format!("    {ty} *const *{var} = 0;\n"),
+            _ => format!("    {ty} *const {var}[] = {{{}}};\n", xs.join(", ")),
+        };
+        format!(
+            "/* {n}.c: generated by nnc; the exported functions of `{n}`. */\n\
+             #include <stddef.h>\n#include \"{header}\"\n\n\
+             struct nnc_rt_model;\n\
+             struct nnc_rt_model *nnc_rt_new(const unsigned char *plan, size_t plan_len,\n\
+             \x20   void *const *kernels, size_t n_kernels, const unsigned char *params, size_t params_len);\n\
+             int nnc_rt_load_params(struct nnc_rt_model *m, const char *path);\n\
+             int nnc_rt_run(struct nnc_rt_model *m, const float *const *inputs, float *const *outputs);\n\
+             const char *nnc_rt_last_error(void);\n\
+             void nnc_rt_free(struct nnc_rt_model *m);\n\n\
+             extern const unsigned char {n}__nnc_plan[];\n\
+             extern const unsigned char {n}__nnc_params[];\n\
+             extern void *const {n}__nnc_kernels[];\n\n\
+             {n}_model *{n}_new(void) {{\n\
+             \x20   return ({n}_model *)nnc_rt_new({n}__nnc_plan, {plan}, {n}__nnc_kernels, {kernels},\n\
+             \x20       {n}__nnc_params, {params});\n}}\n\n\
+             int {n}_load_params({n}_model *m, const char *path) {{\n\
+             \x20   return nnc_rt_load_params((struct nnc_rt_model *)m, path);\n}}\n\n\
+             int {n}_run({run}) {{\n{in_arr}{out_arr}\
+             \x20   return nnc_rt_run((struct nnc_rt_model *)m, inputs, outputs);\n}}\n\n\
+             const char *{n}_last_error(void) {{\n    return nnc_rt_last_error();\n}}\n\n\
+             void {n}_free({n}_model *m) {{\n    nnc_rt_free((struct nnc_rt_model *)m);\n}}\n",
+            plan = sizes.plan,
+            params = sizes.params,
+            kernels = sizes.kernels,
+            run = self.run_params(),
+            in_arr = array("const float", "inputs", &ins),
+            out_arr = array("float", "outputs", &outs),
+        )
+    }
+}

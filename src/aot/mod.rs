@@ -1,0 +1,414 @@
+//! Ahead-of-time compilation: `nnc compile model.nn` writes a shared
+//! library that runs the model's outputs with no nnc, no JIT and no
+//! Python at run time, and a C header that is its API.
+//!
+//! ```text
+//! Schedule ──ObjectKernels──▶ NAME.kernels.o   loop kernels (Cranelift,
+//!    │                                          the JIT's code generator)
+//!    ├──serde_json──────────▶ plan (data)       the schedule the runtime runs
+//! params ──safetensors──────▶ params (data)     the weights, read-only
+//! header::c_api ────────────▶ NAME.h, NAME.c   the named API (`NAME_run`)
+//!         cc -shared NAME.c NAME.kernels.o libnnc.a ──▶ NAME.so
+//! ```
+//!
+//! The runtime ([`runtime`]) is this crate's static library (`libnnc.a`,
+//! built next to the `nnc` binary by cargo): its `nnc_rt_*` functions
+//! rebuild the program from the plan with the library's kernel table
+//! instead of JIT-compiled ones, and run it with the JIT's executor (the
+//! same GEMM, convolution and loop routines; wide kernels where the CPU
+//! has AVX-512 or AVX2). The linker keeps only what that reaches and
+//! hides the runtime's symbols: the library exports `NAME_*` alone, so
+//! two models link into one program.
+//!
+//! What this version does not do yet (issue 15): training steps
+//! (`NAME_train_step`), symbolic dimensions as run-time arguments (every
+//! one is fixed at compile time with `--dim`), `.a` / `.o` output,
+//! separate model and context handles (a handle holds the weights and
+//! the scratch: one per thread), cross-compilation.
+
+pub mod runtime;
+
+use crate::backend::jit::ObjectKernels;
+use crate::diag::{self, code, Diag};
+use crate::ir::{Graph, InputId, ParamId};
+use crate::schedule::Schedule;
+use crate::tensor::Tensor;
+use cranelift_entity::SecondaryMap;
+use cranelift_module::{DataDescription, Linkage, Module};
+use std::path::{Path, PathBuf};
+
+/// What a library embeds for its runtime: the schedule, and the inputs
+/// of its `run` function in order with their shapes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub schedule: Schedule,
+    pub inputs: Vec<(InputId, Vec<usize>)>,
+    /// The random draws' key input, fed by the runtime (seed 0).
+    pub rng_key: Option<InputId>,
+}
+
+/// What `nnc compile` was asked for.
+pub struct Options {
+    /// The model's name: the prefix of every exported symbol.
+    pub name: String,
+    /// The `.nn` file, named in the header.
+    pub source: String,
+    /// The library to write (`.so`); the header goes beside it (`.h`).
+    pub out: PathBuf,
+    /// The CPU the kernels are compiled for: a Cranelift preset
+    /// (`x86-64-v3`, …) or `native`.
+    pub target_cpu: String,
+    /// Keep the generated C file and object next to the library.
+    pub keep: bool,
+}
+
+/// What was written.
+pub struct Library {
+    pub library: PathBuf,
+    pub header: PathBuf,
+    pub functions: Vec<String>,
+}
+
+/// A model name from a file name: letters, digits and `_`, not starting
+/// with a digit.
+pub fn name_from(stem: &str) -> String {
+    let mut s: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+fn error(msg: impl Into<String>, help: impl Into<String>) -> Diag {
+    diag::error(code::LIBRARY, msg).with_notes(vec![format!("help: {}", help.into())])
+}
+
+/// The graph a library runs: a file's outputs, or for a file with a
+/// `train` block its `predict` (in inference mode: no dropout).
+pub fn library_graph(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Result<Graph, Diag> {
+    let Some(t) = train else {
+        return Ok(g.clone());
+    };
+    let Some(p) = t.predict else {
+        return Err(error(
+            "this file's `train` block has no `predict`, so a library would compute nothing",
+            "add `predict = forward(x)` (the model's output) to the `train` block",
+        ));
+    };
+    let mut eval = g.clone();
+    crate::pipeline::set_training(&mut eval, false);
+    eval.outputs = vec![crate::ir::Output {
+        name: "predict".into(),
+        node: p,
+        span: t.span,
+    }];
+    Ok(eval)
+}
+
+/// Compiles `g`'s outputs, with every symbolic dimension bound in `syms`
+/// and the parameters `params`, into a library as `opts` says.
+pub fn compile(
+    g: &Graph,
+    syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
+    params: &SecondaryMap<ParamId, Tensor>,
+    opts: &Options,
+) -> Result<Library, Diag> {
+    if g.outputs.is_empty() {
+        return Err(error(
+            "this file declares no outputs, so a library would compute nothing",
+            "name a result with `output y = ...`",
+        ));
+    }
+    let sched =
+        crate::pipeline::schedule(&crate::pipeline::fuse(g), syms).map_err(|e| e.to_diag())?;
+    let rng_key = sched
+        .inputs
+        .iter()
+        .map(|&(i, _)| i)
+        .find(|&i| g.inputs[i].name == crate::ir::RNG_KEY_INPUT);
+    let inputs: Vec<(InputId, Vec<usize>)> = sched
+        .inputs
+        .iter()
+        .filter(|&&(i, _)| Some(i) != rng_key)
+        .map(|&(i, _)| {
+            let shape =
+                crate::exec::bind::concrete_shape(g, syms, &g.inputs[i].ty.shape, g.inputs[i].span);
+            shape.map(|s| (i, s)).map_err(|e| e.to_diag())
+        })
+        .collect::<Result<_, _>>()?;
+    let outputs: Vec<(String, Vec<usize>)> = g
+        .outputs
+        .iter()
+        .map(|o| {
+            let shape =
+                crate::exec::bind::concrete_shape(g, syms, &g.nodes[o.node].ty.shape, o.span);
+            shape.map(|s| (o.name.clone(), s)).map_err(|e| e.to_diag())
+        })
+        .collect::<Result<_, _>>()?;
+    let api = header::Api {
+        name: opts.name.clone(),
+        source: opts.source.clone(),
+        inputs: inputs
+            .iter()
+            .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
+            .collect(),
+        outputs,
+    };
+    let isa = object_isa(&opts.target_cpu)?;
+    let tensors: Vec<(String, &Tensor)> = g
+        .params
+        .iter()
+        .map(|(id, p)| (p.name.clone(), &params[id]))
+        .collect();
+    let params_bytes =
+        crate::train::checkpoint::to_bytes(&tensors, &Default::default()).map_err(|e| {
+            error(
+                format!("the parameters could not be serialised: {e}"),
+                "report this as a bug",
+            )
+        })?;
+    let plan = Plan {
+        name: opts.name.clone(),
+        schedule: sched,
+        inputs,
+        rng_key,
+    };
+    let plan_bytes = serde_json::to_vec(&plan).map_err(|e| {
+        error(
+            format!("the plan could not be serialised: {e}"),
+            "report this as a bug",
+        )
+    })?;
+    let (object, n_kernels) = object(&plan.schedule, &opts.name, isa, &plan_bytes, &params_bytes)?;
+    let sizes = header::Sizes {
+        plan: plan_bytes.len(),
+        params: params_bytes.len(),
+        kernels: n_kernels,
+    };
+    let header = opts.out.with_extension("h");
+    let header_name = header.file_name().unwrap_or_default().to_string_lossy();
+    let (h, c) = (api.header(), api.wrappers(&sizes, &header_name));
+    link(opts, &h, &c, &object)?;
+    Ok(Library {
+        library: opts.out.clone(),
+        header: opts.out.with_extension("h"),
+        functions: api.functions(),
+    })
+}
+
+mod header;
+
+/// The ISA the kernels are compiled for: position-independent code for
+/// the host's architecture at the level `cpu` names.
+fn object_isa(cpu: &str) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Diag> {
+    use cranelift_codegen::settings::{self, Configurable};
+    let mut flags = settings::builder();
+    let fail = |e: String| {
+        error(
+            format!("the code generator could not be set up: {e}"),
+            "report this as a bug",
+        )
+    };
+    for (k, v) in [
+        ("opt_level", "speed"),
+        ("is_pic", "true"),
+        ("use_colocated_libcalls", "false"),
+    ] {
+        flags.set(k, v).map_err(|e| fail(e.to_string()))?;
+    }
+    // The host's builder has its CPU's features set; a fresh one for the
+    // same triple has none, and `cpu` names the level to enable.
+    let host = cranelift_native::builder().map_err(|e| fail(e.to_string()))?;
+    let mut b = match cpu {
+        "native" => host,
+        _ => cranelift_codegen::isa::lookup(host.triple().clone())
+            .map_err(|e| fail(e.to_string()))?,
+    };
+    if cpu != "native" {
+        b.enable(cpu).map_err(|_| {
+            error(
+                format!("`--target-cpu {cpu}` is not a CPU level the code generator knows"),
+                "use x86-64-v2, x86-64-v3, x86-64-v4, a CPU name such as znver3, or native",
+            )
+        })?;
+    }
+    b.finish(settings::Flags::new(flags))
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// The object file: the kernels, their table in the order the runtime
+/// asks for them, the plan and the parameters. Returns its bytes and
+/// the number of kernels.
+fn object(
+    sched: &Schedule,
+    name: &str,
+    isa: cranelift_codegen::isa::OwnedTargetIsa,
+    plan: &[u8],
+    params: &[u8],
+) -> Result<(Vec<u8>, usize), Diag> {
+    let bug = |e: String| {
+        error(
+            format!("the object file could not be written: {e}"),
+            "report this as a bug",
+        )
+    };
+    let builder =
+        cranelift_object::ObjectBuilder::new(isa, name, cranelift_module::default_libcall_names())
+            .map_err(|e| bug(e.to_string()))?;
+    let mut module = cranelift_object::ObjectModule::new(builder);
+    let mut kx = ObjectKernels::new(&mut module, &format!("{name}__nnc_"));
+    kx.add(sched.clone()).map_err(|e| e.to_diag())?;
+    let order = std::mem::take(&mut kx.order);
+    let define = |module: &mut cranelift_object::ObjectModule,
+                  sym: &str,
+                  d: &DataDescription,
+                  writable: bool| {
+        let id = module
+            .declare_data(sym, Linkage::Hidden, writable, false)
+            .map_err(|e| bug(e.to_string()))?;
+        module.define_data(id, d).map_err(|e| bug(e.to_string()))
+    };
+    let mut table = DataDescription::new();
+    table.define(vec![0; 8 * order.len().max(1)].into_boxed_slice());
+    table.set_align(8);
+    for (i, &f) in order.iter().enumerate() {
+        let r = module.declare_func_in_data(f, &mut table);
+        table.write_function_addr((8 * i) as u32, r);
+    }
+    // Writable, and defined (not zero-filled: `.bss` takes no relocations):
+    // the table's addresses are relocated when the library loads.
+    define(&mut module, &format!("{name}__nnc_kernels"), &table, true)?;
+    for (sym, data) in [("plan", plan), ("params", params)] {
+        let mut d = DataDescription::new();
+        d.define(data.to_vec().into_boxed_slice());
+        d.set_align(8);
+        define(&mut module, &format!("{name}__nnc_{sym}"), &d, false)?;
+    }
+    let bytes = module.finish().emit().map_err(|e| bug(e.to_string()))?;
+    Ok((bytes, order.len()))
+}
+
+/// Where the runtime archive is: `NNC_RUNTIME`, else `libnnc.a` beside
+/// the running `nnc` (where `cargo build` puts it), else the newest
+/// `deps/libnnc-*.a` there (a build tree that only `cargo test` built).
+fn runtime_archive() -> Result<PathBuf, Diag> {
+    if let Some(p) = std::env::var_os("NNC_RUNTIME") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| {
+        error(
+            format!("cannot locate nnc: {e}"),
+            "set NNC_RUNTIME to the path of libnnc.a",
+        )
+    })?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let beside = dir.join("libnnc.a");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let newest = std::fs::read_dir(dir.join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("libnnc-") && n.ends_with(".a")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
+    newest.map(|(_, p)| p).ok_or_else(|| {
+        error(
+            format!(
+                "the runtime library libnnc.a is not beside nnc (in {})",
+                dir.display()
+            ),
+            "cargo builds it with nnc (`cargo build --release`); or set NNC_RUNTIME to its path",
+        )
+    })
+}
+
+/// Writes the header, then links the library through a temporary name
+/// in the output's folder (renamed over the output when done).
+fn link(opts: &Options, header: &str, wrappers: &str, object: &[u8]) -> Result<(), Diag> {
+    let io = |what: &Path, e: std::io::Error| {
+        error(
+            format!("cannot write `{}`: {e}", what.display()),
+            "check the output folder exists and is writable",
+        )
+    };
+    let runtime = runtime_archive()?;
+    let out = &opts.out;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = dir.join(format!(".{}.nnc-build-{}", opts.name, std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| io(&work, e))?;
+    let result = (|| {
+        let h = out.with_extension("h");
+        let c = work.join(format!("{}.c", opts.name));
+        let o = work.join(format!("{}.kernels.o", opts.name));
+        let tmp = work.join("out.so");
+        crate::train::checkpoint::write_atomic(&h, header.as_bytes()).map_err(|e| io(&h, e))?;
+        std::fs::write(&c, wrappers).map_err(|e| io(&c, e))?;
+        std::fs::write(&o, object).map_err(|e| io(&o, e))?;
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let include = h
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let status = std::process::Command::new(&cc)
+            .args(["-shared", "-fPIC", "-O2", "-std=c99", "-Wall", "-Werror"])
+            .arg("-I")
+            .arg(include)
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&c)
+            .arg(&o)
+            .arg(&runtime)
+            .args(["-s", "-Wl,--gc-sections", "-Wl,--exclude-libs,ALL"])
+            .args([
+                "-lgcc_s",
+                "-lutil",
+                "-lrt",
+                "-lpthread",
+                "-lm",
+                "-ldl",
+                "-lc",
+            ])
+            .output()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => error(
+                    format!("the C compiler `{cc}` was not found; it links the library"),
+                    "install one (Debian: `apt-get install gcc`), or name it with CC=...",
+                ),
+                _ => error(
+                    format!("`{cc}` could not be started: {e}"),
+                    "check the C compiler",
+                ),
+            })?;
+        if !status.status.success() {
+            return Err(error(
+                format!(
+                    "linking the library with `{cc}` failed:\n{}",
+                    String::from_utf8_lossy(&status.stderr).trim_end()
+                ),
+                "the message above is the C compiler's",
+            ));
+        }
+        if opts.keep {
+            for f in [&c, &o] {
+                let dst = dir.join(f.file_name().unwrap_or_default());
+                std::fs::rename(f, &dst).map_err(|e| io(&dst, e))?;
+            }
+        }
+        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}

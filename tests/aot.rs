@@ -1,0 +1,572 @@
+//! `nnc compile` writes a shared library and a C header: a C program
+//! built against the header (`cc -std=c99 -Wall -Werror`) runs each
+//! library, and its outputs agree with the reference interpreter's on the
+//! same inputs and weights. Also: weights embedded with `--params` and
+//! replaced at run time, two models in one program, and the errors.
+
+use cranelift_entity::SecondaryMap;
+use nnc::backend::{interp, BackendKind, Engine};
+use nnc::pipeline::{self, Stage};
+use nnc::tensor::Tensor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn nnc(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("nnc runs")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh folder for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nnc-aot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// The inputs and outputs a header declares, in `NAME_run`'s order:
+/// (name, length) from its `/* input `x`: [2, 3]. */` comments.
+/// Names and lengths of a header's inputs or outputs.
+type Declared = Vec<(String, usize)>;
+
+fn declared(header: &str) -> (Declared, Declared) {
+    let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    for line in header.lines() {
+        for (kind, list) in [("/* input `", &mut ins), ("/* output `", &mut outs)] {
+            if let Some(rest) = line.strip_prefix(kind) {
+                let (name, shape) = rest.split_once("`: [").expect("a shape");
+                let dims = shape.split(']').next().expect("dims");
+                let len = dims
+                    .split(", ")
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.parse::<usize>().expect("a number"))
+                    .product();
+                list.push((name.to_string(), len));
+            }
+        }
+    }
+    (ins, outs)
+}
+
+/// A C program that reads `in.bin` (every input, in order), runs the
+/// model `name` and writes `out.bin` (every output, in order).
+fn harness(name: &str, ins: &[(String, usize)], outs: &[(String, usize)]) -> String {
+    let mut c = format!(
+        "#include <stdio.h>\n#include <stdlib.h>\n#include \"{name}.h\"\n\n\
+         static float *take(FILE *f, size_t n) {{\n\
+         \x20   float *p = malloc(n * sizeof(float) + 1);\n\
+         \x20   if (!p || (f && fread(p, sizeof(float), n, f) != n)) {{ fprintf(stderr, \"short input\\n\"); exit(2); }}\n\
+         \x20   return p;\n}}\n\n\
+         int main(void) {{\n\
+         \x20   FILE *in = fopen(\"in.bin\", \"rb\");\n\
+         \x20   if (!in) {{ perror(\"in.bin\"); return 2; }}\n"
+    );
+    let mut args = vec!["m".to_string()];
+    for (i, (_, len)) in ins.iter().enumerate() {
+        c.push_str(&format!("    float *i{i} = take(in, {len});\n"));
+        args.push(format!("i{i}"));
+    }
+    for (i, (_, len)) in outs.iter().enumerate() {
+        c.push_str(&format!("    float *o{i} = take(NULL, {len});\n"));
+        args.push(format!("o{i}"));
+    }
+    c.push_str(&format!(
+        "    {name}_model *m = {name}_new();\n\
+         \x20   if (!m) {{ fprintf(stderr, \"new: %s\\n\", {name}_last_error()); return 1; }}\n\
+         \x20   if ({name}_run({args}) != {up}_OK) {{ fprintf(stderr, \"run: %s\\n\", {name}_last_error()); return 1; }}\n\
+         \x20   FILE *out = fopen(\"out.bin\", \"wb\");\n",
+        args = args.join(", "),
+        up = name.to_uppercase()
+    ));
+    for (i, (_, len)) in outs.iter().enumerate() {
+        c.push_str(&format!("    fwrite(o{i}, sizeof(float), {len}, out);\n"));
+    }
+    c.push_str(&format!(
+        "    fclose(out);\n    {name}_free(m);\n    return 0;\n}}\n"
+    ));
+    c
+}
+
+/// Builds and runs `harness` against `lib` in `dir`.
+fn build_and_run(dir: &Path, c: &str, libs: &[&str]) -> std::process::Output {
+    std::fs::write(dir.join("main.c"), c).expect("write main.c");
+    let mut cc = Command::new("cc");
+    cc.args(["-std=c99", "-Wall", "-Werror", "-o", "main", "main.c"])
+        .args(libs.iter().map(|l| format!("./{l}")))
+        .arg("-Wl,-rpath,$ORIGIN")
+        .current_dir(dir);
+    let o = cc.output().expect("cc runs");
+    assert!(
+        o.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Command::new(dir.join("main"))
+        .current_dir(dir)
+        .output()
+        .expect("the program runs")
+}
+
+/// Input values: small whole numbers (valid indices for the tables of the
+/// examples, ordinary values for the rest).
+fn input_values(len: usize, salt: usize) -> Vec<f32> {
+    (0..len).map(|k| ((k * 7 + salt * 3) % 3) as f32).collect()
+}
+
+/// The interpreter's outputs for `file` with these inputs, by the
+/// library's graph; `params` None uses the initialisers (seed 0).
+fn reference(
+    file: &str,
+    dims: &[(String, usize)],
+    ins: &[(String, Vec<f32>)],
+    params: Option<&SecondaryMap<nnc::ir::ParamId, Tensor>>,
+) -> Vec<Tensor> {
+    let src = std::fs::read_to_string(root().join(file)).expect("example");
+    let c = pipeline::compile(file, &src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = nnc::aot::library_graph(c.graph.as_ref().expect("graph"), c.train.as_ref())
+        .expect("a library graph");
+    let syms =
+        nnc::driver::graphs::bind_dims(&g, dims, c.train.as_ref().map(|t| t.batch)).expect("dims");
+    let mut inputs = SecondaryMap::new();
+    for (name, data) in ins {
+        let (id, info) = g
+            .inputs
+            .iter()
+            .find(|(_, i)| &i.name == name)
+            .expect("input");
+        let shape = nnc::backend::bind::concrete_shape(&g, &syms, &info.ty.shape, info.span)
+            .expect("shape");
+        inputs[id] = Some(Tensor::new(shape, data.clone()));
+    }
+    let mut p = match params {
+        Some(p) => p.clone(),
+        None => interp::init_params(&g, 0),
+    };
+    Engine::new(BackendKind::Interp, &g)
+        .run(&mut p, &inputs)
+        .expect("the interpreter runs")
+}
+
+fn read_floats(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .expect("out.bin")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[Tensor], what: &str) {
+    let want: Vec<f32> = want.iter().flat_map(|t| t.data.iter().copied()).collect();
+    assert_eq!(got.len(), want.len(), "{what}: output length");
+    for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        let tol = 1e-4 * b.abs().max(1.0);
+        assert!(
+            (a - b).abs() <= tol,
+            "{what}: element {k}: library {a}, interpreter {b}"
+        );
+    }
+}
+
+/// Compiles `file` with `args`, runs it from C on fixed inputs and
+/// compares with the interpreter.
+fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
+    let dir = scratch(name);
+    let mut args = vec![
+        "compile".to_string(),
+        root().join(file).display().to_string(),
+    ];
+    args.extend([
+        "-o".into(),
+        format!("{name}.so"),
+        "--name".into(),
+        name.into(),
+    ]);
+    for (d, n) in dims {
+        args.extend(["--dim".into(), format!("{d}={n}")]);
+    }
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let o = nnc(&argv, &dir);
+    assert!(
+        o.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("int {name}_run(")), "{stdout}");
+    let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
+    let (ins, outs) = declared(&header);
+    assert!(!outs.is_empty(), "{file}: the header declares no output");
+    let values: Vec<(String, Vec<f32>)> = ins
+        .iter()
+        .enumerate()
+        .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
+        .collect();
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let ran = build_and_run(&dir, &harness(name, &ins, &outs), &[&format!("{name}.so")]);
+    assert!(
+        ran.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let dims: Vec<(String, usize)> = dims.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+    let want = reference(file, &dims, &values, None);
+    assert_close(&read_floats(&dir.join("out.bin")), &want, file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_dense_network_from_c_agrees_with_the_interpreter() {
+    agrees("examples/bench/mlp_infer.nn", "mlp", &[("B", 3)]);
+    // A `train` file: the library runs its `predict` (batch from --dim).
+    agrees("examples/digits_mlp.nn", "digits", &[("B", 5)]);
+}
+
+#[test]
+fn convolutions_attention_and_graphs_from_c_agree_with_the_interpreter() {
+    agrees("examples/lenet_mnist.nn", "lenet", &[("B", 2)]);
+    agrees("examples/transformer_reverse.nn", "tr", &[("B", 2)]);
+    agrees("examples/gcn_karate.nn", "gcn", &[]);
+}
+
+#[test]
+fn loops_powers_and_wide_kernels_from_c_agree_with_the_interpreter() {
+    agrees("tests/fixtures/aot/lstm_pow.nn", "lstm_pow", &[("B", 3)]);
+}
+
+/// The weights: embedded from `--params`, replaced at run time by
+/// `NAME_load_params` (all or nothing: a file of another model changes
+/// none), and bad arguments answered with error codes and messages.
+#[test]
+fn weights_are_embedded_replaced_at_run_time_and_bad_calls_are_errors() {
+    let dir = scratch("params");
+    let file = "examples/bench/mlp_infer.nn";
+    let src = std::fs::read_to_string(root().join(file)).expect("example");
+    let c = pipeline::compile(file, &src, Stage::Ir);
+    let g = c.graph.expect("graph");
+    // Two sets of weights other than the initialisers' (seed 0).
+    let save = |seed: u64, path: &Path| {
+        let p = interp::init_params(&g, seed);
+        let tensors: Vec<(String, &Tensor)> = g
+            .params
+            .iter()
+            .map(|(id, info)| (info.name.clone(), &p[id]))
+            .collect();
+        nnc::train::checkpoint::save(path, &tensors, &Default::default()).expect("save");
+        p
+    };
+    let w7 = save(7, &dir.join("w7.safetensors"));
+    let w9 = save(9, &dir.join("w9.safetensors"));
+    std::fs::write(dir.join("other.safetensors"), b"not a safetensors file").expect("write");
+    let o = nnc(
+        &[
+            "compile",
+            &root().join(file).display().to_string(),
+            "--dim",
+            "B=2",
+            "--params",
+            "w7.safetensors",
+            "-o",
+            "lib/net.so",
+            "--name",
+            "net",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("lib/net.h").is_file() && dir.join("lib/net.so").is_file());
+    let x = input_values(2 * 784, 0);
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let main = r#"#include <stdio.h>
+#include <stdlib.h>
+#include "lib/net.h"
+
+static void dump(const char *path, const float *y) {
+    FILE *f = fopen(path, "wb");
+    fwrite(y, sizeof(float), NET_LOGITS_LEN, f);
+    fclose(f);
+}
+
+int main(void) {
+    static float x[NET_MLP_X_LEN], y[NET_LOGITS_LEN];
+    FILE *in = fopen("in.bin", "rb");
+    if (!in || fread(x, sizeof(float), NET_MLP_X_LEN, in) != NET_MLP_X_LEN) return 2;
+    net_model *m = net_new();
+    if (!m || net_run(m, x, y) != NET_OK) return 3;
+    dump("embedded.bin", y);
+    int rc = net_load_params(m, "other.safetensors");
+    printf("other: %d %s\n", rc, net_last_error());
+    rc = net_load_params(m, "missing.safetensors");
+    printf("missing: %d %s\n", rc, net_last_error());
+    if (net_run(m, x, y) != NET_OK) return 4;
+    dump("unchanged.bin", y);
+    if (net_load_params(m, "w9.safetensors") != NET_OK) return 5;
+    if (net_run(m, x, y) != NET_OK) return 6;
+    dump("loaded.bin", y);
+    rc = net_run(m, NULL, y);
+    printf("null input: %d %s\n", rc, net_last_error());
+    rc = net_run(NULL, x, y);
+    printf("null model: %d %s\n", rc, net_last_error());
+    net_free(m);
+    net_free(NULL);
+    return 0;
+}
+"#;
+    std::fs::write(dir.join("main.c"), main).expect("main.c");
+    let cc = Command::new("cc")
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Werror",
+            "-o",
+            "main",
+            "main.c",
+            "lib/net.so",
+        ])
+        .arg("-Wl,-rpath,$ORIGIN/lib")
+        .current_dir(&dir)
+        .output()
+        .expect("cc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let ran = Command::new(dir.join("main"))
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let dims = [("B".to_string(), 2)];
+    let ins = [("Mlp.x".to_string(), x)];
+    let with7 = reference(file, &dims, &ins, Some(&w7));
+    let with9 = reference(file, &dims, &ins, Some(&w9));
+    assert_close(
+        &read_floats(&dir.join("embedded.bin")),
+        &with7,
+        "embedded weights",
+    );
+    assert_close(
+        &read_floats(&dir.join("unchanged.bin")),
+        &with7,
+        "after failed loads",
+    );
+    assert_close(
+        &read_floats(&dir.join("loaded.bin")),
+        &with9,
+        "loaded weights",
+    );
+    assert!(
+        out.contains("other: 2 ") && out.contains("not a safetensors file"),
+        "{out}"
+    );
+    assert!(
+        out.contains("missing: 2 ") && out.contains("missing.safetensors"),
+        "{out}"
+    );
+    assert!(
+        out.contains("null input: 1 ") && out.contains("`Mlp.x` is null"),
+        "{out}"
+    );
+    assert!(out.contains("null model: 1 "), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two libraries in one program: each exports its own names only (the
+/// runtime inside each is hidden), and both run.
+#[test]
+fn two_models_link_into_one_program() {
+    let dir = scratch("two");
+    for (file, name) in [
+        ("examples/xor.nn", "xor"),
+        ("examples/digits_mlp.nn", "digits_mlp"),
+    ] {
+        let o = nnc(
+            &[
+                "compile",
+                &root().join(file).display().to_string(),
+                "-o",
+                &format!("{name}.so"),
+            ],
+            &dir,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let nm = Command::new("nm")
+            .args(["-D", "--defined-only", &format!("{name}.so")])
+            .current_dir(&dir)
+            .output()
+            .expect("nm");
+        let syms = String::from_utf8_lossy(&nm.stdout);
+        let exported: Vec<&str> = syms
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        assert!(!exported.is_empty(), "{name}: nothing exported");
+        for s in &exported {
+            assert!(
+                s.starts_with(&format!("{name}_")),
+                "{name}.so exports `{s}`"
+            );
+        }
+    }
+    let main = r#"#include <stdio.h>
+#include "xor.h"
+#include "digits_mlp.h"
+
+int main(void) {
+    xor_model *a = xor_new();
+    digits_mlp_model *b = digits_mlp_new();
+    if (!a || !b) return 1;
+    static float x[DIGITS_MLP_MLP_X_LEN], p[DIGITS_MLP_PREDICT_LEN];
+    float xx[XOR_XOR_X_LEN] = {0}, y[XOR_PREDICT_LEN];
+    if (xor_run(a, xx, y) != XOR_OK || digits_mlp_run(b, x, p) != DIGITS_MLP_OK) return 2;
+    printf("ok %d %d\n", XOR_PREDICT_LEN, DIGITS_MLP_PREDICT_LEN);
+    xor_free(a);
+    digits_mlp_free(b);
+    return 0;
+}
+"#;
+    let ran = build_and_run(&dir, main, &["xor.so", "digits_mlp.so"]);
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(out.trim(), "ok 4 320"); // xor's batch 4, 32 digits × 10 classes
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What cannot be built is a diagnostic (exit 1), and nothing is left
+/// behind.
+#[test]
+fn libraries_that_cannot_be_built_are_clear_errors() {
+    let dir = scratch("errors");
+    let mlp = root()
+        .join("examples/bench/mlp_infer.nn")
+        .display()
+        .to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-o", "m.a", "--dim", "B=1"], "only shared libraries"),
+        (
+            &["--target-cpu", "pentium9", "--dim", "B=1"],
+            "not a CPU level",
+        ),
+        (&["--name", "9lives", "--dim", "B=1"], "not a C identifier"),
+        (&[], "dimension `B` has no size"),
+    ];
+    for (args, msg) in cases {
+        let mut argv = vec!["compile", mlp.as_str()];
+        argv.extend_from_slice(args);
+        let o = nnc(&argv, &dir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    let no_cc = Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(["compile", &mlp, "--dim", "B=1"])
+        .env("CC", "/nonexistent/cc")
+        .current_dir(&dir)
+        .output()
+        .expect("nnc runs");
+    let err = String::from_utf8_lossy(&no_cc.stderr);
+    assert_eq!(no_cc.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was not found") && err.contains("apt-get install gcc"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| {
+            n.to_string_lossy().ends_with(".so") || n.to_string_lossy().contains("nnc-build")
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `examples/aot/digits.c` end to end, as its comment and README say:
+/// train the digits MLP, compile it with the trained weights for one row
+/// at a time, build the C program and classify the data set.
+#[test]
+fn the_c_example_classifies_the_digits_with_trained_weights() {
+    let dir = scratch("example");
+    let model = root().join("examples/digits_mlp.nn").display().to_string();
+    let o = nnc(
+        &[
+            "train",
+            &model,
+            "--epochs",
+            "5",
+            "--save",
+            "digits.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = nnc(
+        &[
+            "compile",
+            &model,
+            "--params",
+            "digits.safetensors",
+            "--dim",
+            "B=1",
+            "-o",
+            "digits.so",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let example = root().join("examples/aot/digits.c");
+    let cc = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Werror", "-I.", "-o", "classify"])
+        .arg(&example)
+        .args(["./digits.so", "-Wl,-rpath,$ORIGIN"])
+        .current_dir(&dir)
+        .output()
+        .expect("cc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let ran = Command::new(dir.join("classify"))
+        .arg(root().join("examples/data/digits.csv"))
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let acc: f64 = out
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {out}"));
+    assert!(out.starts_with("1797 rows"), "{out}");
+    assert!(acc >= 0.9, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
