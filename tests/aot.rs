@@ -570,3 +570,130 @@ fn the_c_example_classifies_the_digits_with_trained_weights() {
     assert!(acc >= 0.9, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `NAME_train_step` from C: three Adam steps of the digits MLP on fixed
+/// batches give the interpreter's losses, and the weights and optimizer
+/// state `NAME_save_params` writes are the interpreter's after the same
+/// steps; a file from `nnc train --save`-like weights (no optimizer
+/// state) loads.
+#[test]
+fn training_steps_from_c_agree_with_the_interpreter() {
+    let dir = scratch("train");
+    let file = "examples/digits_mlp.nn";
+    let o = nnc(
+        &[
+            "compile",
+            &root().join(file).display().to_string(),
+            "--dim",
+            "B=8",
+            "-o",
+            "digits.so",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("int digits_train_step(digits_model *m, const float *Mlp_x, const float *Mlp_y, float *loss)"),
+        "{stdout}"
+    );
+    // Three batches of 8 rows: pixels, and one-hot labels.
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+        .map(|b| {
+            let x = input_values(8 * 64, b);
+            let y = (0..80)
+                .map(|k| f32::from(u8::from(k % 10 == (k / 10 + b) % 10)))
+                .collect();
+            (x, y)
+        })
+        .collect();
+    let bytes: Vec<u8> = batches
+        .iter()
+        .flat_map(|(x, y)| {
+            x.iter()
+                .chain(y)
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let main = r#"#include <stdio.h>
+#include "digits.h"
+
+int main(void) {
+    static float x[DIGITS_MLP_X_LEN], y[DIGITS_MLP_Y_LEN], losses[3];
+    FILE *in = fopen("in.bin", "rb");
+    digits_model *m = digits_new();
+    if (!in || !m) return 2;
+    for (int s = 0; s < 3; s++) {
+        if (fread(x, sizeof(float), DIGITS_MLP_X_LEN, in) != DIGITS_MLP_X_LEN) return 3;
+        if (fread(y, sizeof(float), DIGITS_MLP_Y_LEN, in) != DIGITS_MLP_Y_LEN) return 3;
+        if (digits_train_step(m, x, y, &losses[s]) != DIGITS_OK) {
+            fprintf(stderr, "step: %s\n", digits_last_error());
+            return 4;
+        }
+    }
+    if (digits_save_params(m, "after.safetensors") != DIGITS_OK) return 5;
+    FILE *out = fopen("out.bin", "wb");
+    fwrite(losses, sizeof(float), 3, out);
+    fclose(out);
+    int rc = digits_train_step(m, NULL, y, &losses[0]);
+    printf("null: %d %s\n", rc, digits_last_error());
+    digits_free(m);
+    return 0;
+}
+"#;
+    let ran = build_and_run(&dir, main, &["digits.so"]);
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        out.contains("null: 1 train_step: input `Mlp.x` is null"),
+        "{out}"
+    );
+    // The interpreter, on the step graph, from the same initial values.
+    let src = std::fs::read_to_string(root().join(file)).expect("example");
+    let c = pipeline::compile(file, &src, Stage::Ir);
+    let (g, t) = (c.graph.expect("graph"), c.train.expect("train block"));
+    let steps = pipeline::train_steps(&g, &t).expect("step graph");
+    let sg = &steps[0].step.graph;
+    let mut params = interp::init_params(sg, 0);
+    let mut losses = Vec::new();
+    for (x, y) in &batches {
+        let mut inputs = SecondaryMap::new();
+        for (name, data, width) in [("Mlp.x", x, 64), ("Mlp.y", y, 10)] {
+            let (id, _) = sg
+                .inputs
+                .iter()
+                .find(|(_, i)| i.name == name)
+                .expect("input");
+            inputs[id] = Some(Tensor::new(vec![8, width], data.clone()));
+        }
+        let outs = Engine::new(BackendKind::Interp, sg)
+            .step(&mut params, &inputs)
+            .expect("interpreter step");
+        losses.push(outs[0].clone());
+    }
+    assert_close(&read_floats(&dir.join("out.bin")), &losses, "losses");
+    let (saved, _) = nnc::train::checkpoint::load(&dir.join("after.safetensors")).expect("saved");
+    assert_eq!(
+        saved.len(),
+        sg.params.len(),
+        "every parameter and state saved"
+    );
+    for (id, p) in sg.params.iter() {
+        let got = &saved[&p.name];
+        assert_eq!(got.shape, params[id].shape, "{}", p.name);
+        for (k, (&a, &b)) in got.data.iter().zip(&params[id].data).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{}[{k}]: library {a}, interpreter {b}",
+                p.name
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,8 @@ pub struct Api {
     pub source: String,
     pub inputs: Vec<(String, Vec<usize>)>,
     pub outputs: Vec<(String, Vec<usize>)>,
+    /// The training step's inputs, for a file with a `train` block.
+    pub train: Option<Vec<(String, Vec<usize>)>>,
 }
 
 /// The sizes of what the object file embeds.
@@ -47,16 +49,59 @@ impl Api {
         ps.join(", ")
     }
 
+    /// `NAME_train_step`'s parameter list.
+    fn train_params(&self, inputs: &[(String, Vec<usize>)]) -> String {
+        let mut ps = vec![format!("{}_model *m", self.name)];
+        ps.extend(
+            inputs
+                .iter()
+                .map(|(n, _)| format!("const float *{}", ident(n))),
+        );
+        ps.push("float *loss".into());
+        ps.join(", ")
+    }
+
+    /// The exported functions, as declared, each with its comment.
+    fn declared(&self) -> Vec<(&'static str, String)> {
+        let n = &self.name;
+        let mut fs = vec![
+            (
+                "/* A model with the embedded weights; NULL on failure (see the error). */",
+                format!("{n}_model *{n}_new(void)"),
+            ),
+            (
+                "/* Replaces the weights by those of the safetensors file at `path` (each\n   parameter by name and shape; a file without the optimizer's state,\n   as `nnc train --save` writes, keeps it; on error nothing changes). */",
+                format!("int {n}_load_params({n}_model *m, const char *path)"),
+            ),
+            (
+                "/* Runs the model: reads each input, writes each output (arrays of the\n   _LEN sizes above). */",
+                format!("int {n}_run({})", self.run_params()),
+            ),
+        ];
+        if let Some(inputs) = &self.train {
+            fs.push((
+                "/* One training step on one batch (the `train` block's loss and\n   optimizer): updates the weights and the optimizer's state in place and\n   writes the loss; a loss that is not finite is an error. */",
+                format!("int {n}_train_step({})", self.train_params(inputs)),
+            ));
+        }
+        fs.push((
+            "/* Writes the weights and the optimizer's state to a safetensors file\n   (readable by `nnc run --params` and {n}_load_params). */",
+            format!("int {n}_save_params({n}_model *m, const char *path)"),
+        ));
+        fs.push((
+            "/* The message of the calling thread's last error (\"\" if none). */",
+            format!("const char *{n}_last_error(void)"),
+        ));
+        fs.push((
+            "/* Frees a model (NULL is ignored). */",
+            format!("void {n}_free({n}_model *m)"),
+        ));
+        fs
+    }
+
     /// The exported functions, as declared.
     pub fn functions(&self) -> Vec<String> {
-        let n = &self.name;
-        vec![
-            format!("{n}_model *{n}_new(void)"),
-            format!("int {n}_load_params({n}_model *m, const char *path)"),
-            format!("int {n}_run({})", self.run_params()),
-            format!("const char *{n}_last_error(void)"),
-            format!("void {n}_free({n}_model *m)"),
-        ]
+        self.declared().into_iter().map(|(_, f)| f).collect()
     }
 
     pub fn header(&self) -> String {
@@ -98,19 +143,20 @@ impl Api {
             }
         };
         io("input", &self.inputs);
+        if let Some(t) = &self.train {
+            let only: Vec<_> = t
+                .iter()
+                .filter(|(n, _)| !self.inputs.iter().any(|(m, _)| m == n))
+                .cloned()
+                .collect();
+            io("training input", &only);
+        }
         io("output", &self.outputs);
         h.push_str(&format!(
             "/* A loaded model (opaque). */\ntypedef struct {n}_model {n}_model;\n\n"
         ));
-        let docs = [
-            "/* A model with the embedded weights; NULL on failure (see the error). */",
-            "/* Replaces the weights by those of the safetensors file at `path` (each\n   parameter by name and shape; on error none changes). */",
-            "/* Runs the model: reads each input, writes each output (arrays of the\n   _LEN sizes above). */",
-            "/* The message of the calling thread's last error (\"\" if none). */",
-            "/* Frees a model (NULL is ignored). */",
-        ];
-        for (d, f) in docs.iter().zip(self.functions()) {
-            h.push_str(&format!("{d}\n{f};\n\n"));
+        for (d, f) in self.declared() {
+            h.push_str(&format!("{}\n{f};\n\n", d.replace("{n}", n)));
         }
         h.push_str("#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
         h
@@ -134,6 +180,8 @@ impl Api {
              \x20   void *const *kernels, size_t n_kernels, const unsigned char *params, size_t params_len);\n\
              int nnc_rt_load_params(struct nnc_rt_model *m, const char *path);\n\
              int nnc_rt_run(struct nnc_rt_model *m, const float *const *inputs, float *const *outputs);\n\
+             int nnc_rt_train_step(struct nnc_rt_model *m, const float *const *inputs, float *loss);\n\
+             int nnc_rt_save_params(struct nnc_rt_model *m, const char *path);\n\
              const char *nnc_rt_last_error(void);\n\
              void nnc_rt_free(struct nnc_rt_model *m);\n\n\
              extern const unsigned char {n}__nnc_plan[];\n\
@@ -146,6 +194,9 @@ impl Api {
              \x20   return nnc_rt_load_params((struct nnc_rt_model *)m, path);\n}}\n\n\
              int {n}_run({run}) {{\n{in_arr}{out_arr}\
              \x20   return nnc_rt_run((struct nnc_rt_model *)m, inputs, outputs);\n}}\n\n\
+             {train}\
+             int {n}_save_params({n}_model *m, const char *path) {{\n\
+             \x20   return nnc_rt_save_params((struct nnc_rt_model *)m, path);\n}}\n\n\
              const char *{n}_last_error(void) {{\n    return nnc_rt_last_error();\n}}\n\n\
              void {n}_free({n}_model *m) {{\n    nnc_rt_free((struct nnc_rt_model *)m);\n}}\n",
             plan = sizes.plan,
@@ -154,6 +205,18 @@ impl Api {
             run = self.run_params(),
             in_arr = array("const float", "inputs", &ins),
             out_arr = array("float", "outputs", &outs),
+            train = match &self.train {
+                None => String::new(),
+                Some(t) => {
+                    let xs: Vec<String> = t.iter().map(|(x, _)| ident(x)).collect();
+                    format!(
+                        "int {n}_train_step({}) {{\n{}\
+                         \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, inputs, loss);\n}}\n\n",
+                        self.train_params(t),
+                        array("const float", "inputs", &xs)
+                    )
+                }
+            },
         )
     }
 }

@@ -20,9 +20,9 @@
 //! hides the runtime's symbols: the library exports `NAME_*` alone, so
 //! two models link into one program.
 //!
-//! What this version does not do yet (issue 15): training steps
-//! (`NAME_train_step`), symbolic dimensions as run-time arguments (every
-//! one is fixed at compile time with `--dim`), `.a` / `.o` output,
+//! What this version does not do yet (issue 15): symbolic dimensions as
+//! run-time arguments (every one is fixed at compile time with `--dim`,
+//! or by the `train` block's `batch`), `.a` / `.o` output,
 //! separate model and context handles (a handle holds the weights and
 //! the scratch: one per thread), cross-compilation.
 
@@ -37,15 +37,37 @@ use cranelift_entity::SecondaryMap;
 use cranelift_module::{DataDescription, Linkage, Module};
 use std::path::{Path, PathBuf};
 
-/// What a library embeds for its runtime: the schedule, and the inputs
-/// of its `run` function in order with their shapes.
+/// What a library embeds for its runtime: the schedule of `NAME_run`
+/// and, for a file with a `train` block, of `NAME_train_step`.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub name: String,
+    pub run: Part,
+    pub train: Option<Train>,
+    /// Every parameter and state (optimizer state included) by name, in
+    /// the order of the largest graph's table, which all parts index.
+    pub params: Vec<String>,
+}
+
+/// One compiled entry point: its schedule and its inputs in the order of
+/// the C function's arguments, with their shapes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Part {
     pub schedule: Schedule,
     pub inputs: Vec<(InputId, Vec<usize>)>,
-    /// The random draws' key input, fed by the runtime (seed 0).
+    /// The random draws' key input, fed by the runtime.
     pub rng_key: Option<InputId>,
+}
+
+/// A training step: one part per phase of the `train` block (run in
+/// order, as `nnc train` does), the step's inputs (every phase's, each
+/// once: (phase, input) of its first appearance, with its shape) and the
+/// seed its random draws start from.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Train {
+    pub phases: Vec<Part>,
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub seed: u64,
 }
 
 /// What `nnc compile` was asked for.
@@ -109,81 +131,138 @@ pub fn library_graph(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Resul
     Ok(eval)
 }
 
-/// Compiles `g`'s outputs, with every symbolic dimension bound in `syms`
-/// and the parameters `params`, into a library as `opts` says.
-pub fn compile(
+/// The graphs a library is built from: the outputs it runs and, for a
+/// `train` block, each phase's step graph (their parameter tables agree,
+/// the last one's being the largest), with every symbolic dimension bound.
+pub struct Graphs<'g> {
+    pub run: &'g Graph,
+    pub train: Option<(Vec<Graph>, u64)>,
+    pub syms: &'g SecondaryMap<crate::ir::Sym, Option<usize>>,
+}
+
+fn concrete(
     g: &Graph,
     syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
+    shape: &[crate::ir::Dim],
+    span: crate::diag::Span,
+) -> Result<Vec<usize>, Diag> {
+    crate::exec::bind::concrete_shape(g, syms, shape, span).map_err(|e| e.to_diag())
+}
+
+/// Schedules `g` as one entry point.
+fn part(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Result<Part, Diag> {
+    let schedule =
+        crate::pipeline::schedule(&crate::pipeline::fuse(g), syms).map_err(|e| e.to_diag())?;
+    let rng_key = schedule
+        .inputs
+        .iter()
+        .map(|&(i, _)| i)
+        .find(|&i| g.inputs[i].name == crate::ir::RNG_KEY_INPUT);
+    let inputs = schedule
+        .inputs
+        .iter()
+        .filter(|&&(i, _)| Some(i) != rng_key)
+        .map(|&(i, _)| {
+            Ok((
+                i,
+                concrete(g, syms, &g.inputs[i].ty.shape, g.inputs[i].span)?,
+            ))
+        })
+        .collect::<Result<_, Diag>>()?;
+    Ok(Part {
+        schedule,
+        inputs,
+        rng_key,
+    })
+}
+
+/// Compiles the graphs into a library as `opts` says, embedding
+/// `params` (a value for every parameter of the largest graph).
+pub fn compile(
+    graphs: &Graphs,
     params: &SecondaryMap<ParamId, Tensor>,
     opts: &Options,
 ) -> Result<Library, Diag> {
+    let (g, syms) = (graphs.run, graphs.syms);
     if g.outputs.is_empty() {
         return Err(error(
             "this file declares no outputs, so a library would compute nothing",
             "name a result with `output y = ...`",
         ));
     }
-    let sched =
-        crate::pipeline::schedule(&crate::pipeline::fuse(g), syms).map_err(|e| e.to_diag())?;
-    let rng_key = sched
-        .inputs
-        .iter()
-        .map(|&(i, _)| i)
-        .find(|&i| g.inputs[i].name == crate::ir::RNG_KEY_INPUT);
-    let inputs: Vec<(InputId, Vec<usize>)> = sched
-        .inputs
-        .iter()
-        .filter(|&&(i, _)| Some(i) != rng_key)
-        .map(|&(i, _)| {
-            let shape =
-                crate::exec::bind::concrete_shape(g, syms, &g.inputs[i].ty.shape, g.inputs[i].span);
-            shape.map(|s| (i, s)).map_err(|e| e.to_diag())
-        })
-        .collect::<Result<_, _>>()?;
+    let run = part(g, syms)?;
     let outputs: Vec<(String, Vec<usize>)> = g
         .outputs
         .iter()
         .map(|o| {
-            let shape =
-                crate::exec::bind::concrete_shape(g, syms, &g.nodes[o.node].ty.shape, o.span);
-            shape.map(|s| (o.name.clone(), s)).map_err(|e| e.to_diag())
+            Ok((
+                o.name.clone(),
+                concrete(g, syms, &g.nodes[o.node].ty.shape, o.span)?,
+            ))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, Diag>>()?;
+    let mut table = g;
+    let train = match &graphs.train {
+        None => None,
+        Some((phases, seed)) => {
+            let parts: Vec<Part> = phases
+                .iter()
+                .map(|pg| part(pg, syms))
+                .collect::<Result<_, _>>()?;
+            let mut inputs: Vec<(String, Vec<usize>)> = Vec::new();
+            for (pg, p) in phases.iter().zip(&parts) {
+                for (i, shape) in &p.inputs {
+                    let name = &pg.inputs[*i].name;
+                    if !inputs.iter().any(|(n, _)| n == name) {
+                        inputs.push((name.clone(), shape.clone()));
+                    }
+                }
+            }
+            table = phases.last().unwrap_or(g);
+            Some(Train {
+                phases: parts,
+                inputs,
+                seed: *seed,
+            })
+        }
+    };
     let api = header::Api {
         name: opts.name.clone(),
         source: opts.source.clone(),
-        inputs: inputs
+        inputs: run
+            .inputs
             .iter()
             .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
             .collect(),
         outputs,
+        train: train.as_ref().map(|t| t.inputs.clone()),
     };
     let isa = object_isa(&opts.target_cpu)?;
-    let tensors: Vec<(String, &Tensor)> = g
+    let tensors: Vec<(String, &Tensor)> = table
         .params
         .iter()
         .map(|(id, p)| (p.name.clone(), &params[id]))
         .collect();
-    let params_bytes =
-        crate::train::checkpoint::to_bytes(&tensors, &Default::default()).map_err(|e| {
-            error(
-                format!("the parameters could not be serialised: {e}"),
-                "report this as a bug",
-            )
-        })?;
-    let plan = Plan {
-        name: opts.name.clone(),
-        schedule: sched,
-        inputs,
-        rng_key,
-    };
-    let plan_bytes = serde_json::to_vec(&plan).map_err(|e| {
+    let bug = |what: &str, e: String| {
         error(
-            format!("the plan could not be serialised: {e}"),
+            format!("{what} could not be serialised: {e}"),
             "report this as a bug",
         )
-    })?;
-    let (object, n_kernels) = object(&plan.schedule, &opts.name, isa, &plan_bytes, &params_bytes)?;
+    };
+    let params_bytes = crate::train::checkpoint::to_bytes(&tensors, &Default::default())
+        .map_err(|e| bug("the parameters", e))?;
+    let plan = Plan {
+        name: opts.name.clone(),
+        run,
+        train,
+        params: table.params.values().map(|p| p.name.clone()).collect(),
+    };
+    let plan_bytes = serde_json::to_vec(&plan).map_err(|e| bug("the plan", e.to_string()))?;
+    let mut schedules = vec![&plan.run.schedule];
+    if let Some(t) = &plan.train {
+        schedules.extend(t.phases.iter().map(|p| &p.schedule));
+    }
+    let (object, n_kernels) = object(&schedules, &opts.name, isa, &plan_bytes, &params_bytes)?;
     let sizes = header::Sizes {
         plan: plan_bytes.len(),
         params: params_bytes.len(),
@@ -195,7 +274,7 @@ pub fn compile(
     link(opts, &h, &c, &object)?;
     Ok(Library {
         library: opts.out.clone(),
-        header: opts.out.with_extension("h"),
+        header,
         functions: api.functions(),
     })
 }
@@ -240,11 +319,11 @@ fn object_isa(cpu: &str) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Diag>
         .map_err(|e| fail(e.to_string()))
 }
 
-/// The object file: the kernels, their table in the order the runtime
-/// asks for them, the plan and the parameters. Returns its bytes and
+/// The object file: the kernels of every schedule, their table in the
+/// order the runtime asks for them (schedule after schedule), the plan and the parameters. Returns its bytes and
 /// the number of kernels.
 fn object(
-    sched: &Schedule,
+    schedules: &[&Schedule],
     name: &str,
     isa: cranelift_codegen::isa::OwnedTargetIsa,
     plan: &[u8],
@@ -261,7 +340,9 @@ fn object(
             .map_err(|e| bug(e.to_string()))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
     let mut kx = ObjectKernels::new(&mut module, &format!("{name}__nnc_"));
-    kx.add(sched.clone()).map_err(|e| e.to_diag())?;
+    for sched in schedules {
+        kx.add((*sched).clone()).map_err(|e| e.to_diag())?;
+    }
     let order = std::mem::take(&mut kx.order);
     let define = |module: &mut cranelift_object::ObjectModule,
                   sym: &str,

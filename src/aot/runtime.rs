@@ -31,13 +31,18 @@ fn set_error(msg: impl Into<String>) {
     LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(msg).unwrap_or_default());
 }
 
-/// A loaded model and its execution context: the plan, the program built
-/// from it (with its buffers) and the parameters.
+/// A loaded model and its execution context: the plan, the programs
+/// built from it (with their buffers) and the parameters.
 pub struct Model {
     plan: Plan,
-    program: Program,
+    run: Program,
+    /// One program per phase of the training step.
+    train: Vec<Program>,
+    /// Every parameter and state, by the largest graph's table.
     params: SecondaryMap<ParamId, Tensor>,
     inputs: SecondaryMap<InputId, Option<Tensor>>,
+    /// Training steps taken (the random draws' key counter).
+    steps: u64,
 }
 
 /// Runs `f`, turning an error or a panic into an error code and message.
@@ -68,30 +73,60 @@ impl Model {
     fn new(plan: &[u8], fns: &[KernelFn], params: &[u8]) -> Result<Model, (c_int, String)> {
         let bad = |m: String| (ERR_RUN, format!("the library is damaged: {m}"));
         let plan: Plan = serde_json::from_slice(plan).map_err(|e| bad(e.to_string()))?;
-        let program =
-            Program::from_table(plan.schedule.clone(), fns).map_err(|e| bad(e.to_string()))?;
-        let g = &plan.schedule.graph;
-        let mut m = Model {
-            params: crate::backend::interp::init_params(g, 0),
-            inputs: SecondaryMap::new(),
-            program,
-            plan,
+        let mut used = 0;
+        let mut program = |sched: &crate::schedule::Schedule| {
+            let (p, n) = Program::from_table(sched.clone(), &fns[used.min(fns.len())..])
+                .map_err(|e| bad(e.to_string()))?;
+            used += n;
+            Ok::<_, (c_int, String)>(p)
         };
-        m.set_params(params, "the embedded parameters")?;
-        if let Some(k) = m.plan.rng_key {
-            m.inputs[k] = Some(crate::backend::interp::rng_key(0, 0));
+        let run = program(&plan.run.schedule)?;
+        let train = match &plan.train {
+            Some(t) => t
+                .phases
+                .iter()
+                .map(|p| program(&p.schedule))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        if used != fns.len() {
+            return Err(bad(format!("{} kernels, {used} used", fns.len())));
         }
+        // Placeholders of the right shapes, replaced by the embedded values.
+        let table = match &plan.train {
+            Some(t) => &t.phases.last().unwrap_or(&plan.run).schedule.graph,
+            None => &plan.run.schedule.graph,
+        };
+        let mut m = Model {
+            params: zeros(table),
+            inputs: SecondaryMap::new(),
+            run,
+            train,
+            plan,
+            steps: 0,
+        };
+        m.set_params(params, "the embedded parameters", true)?;
         Ok(m)
     }
 
-    /// Replaces every parameter by the tensor of its name in the
-    /// safetensors `bytes` (all or nothing).
-    fn set_params(&mut self, bytes: &[u8], shown: &str) -> Result<(), (c_int, String)> {
+    /// The graph whose parameter table the model keeps.
+    fn table(&self) -> &crate::ir::Graph {
+        match &self.plan.train {
+            Some(t) => &t.phases.last().unwrap_or(&self.plan.run).schedule.graph,
+            None => &self.plan.run.schedule.graph,
+        }
+    }
+
+    /// Replaces parameters by the tensors of their names in the
+    /// safetensors `bytes` (all or nothing). With `all`, every parameter
+    /// and state must be there; else a missing state (optimizer
+    /// moments, running statistics) keeps its value, as in `nnc run
+    /// --params` with weights saved by `nnc train --save`.
+    fn set_params(&mut self, bytes: &[u8], shown: &str, all: bool) -> Result<(), (c_int, String)> {
         let (tensors, _) = crate::train::checkpoint::from_bytes(bytes, shown)
             .map_err(|e| (ERR_PARAMS, e.to_string()))?;
-        let g = &self.plan.schedule.graph;
         let mut new = self.params.clone();
-        for (id, p) in g.params.iter() {
+        for (id, p) in self.table().params.iter() {
             match tensors.get(&p.name) {
                 Some(t) if t.shape == new[id].shape => new[id] = t.clone(),
                 Some(t) => {
@@ -103,12 +138,58 @@ impl Model {
                         ),
                     ))
                 }
+                None if !all && p.role == crate::ir::Role::State => {}
                 None => return Err((ERR_PARAMS, format!("`{shown}` has no tensor `{}`", p.name))),
             }
         }
         self.params = new;
         Ok(())
     }
+
+    /// Reads the inputs `list` names (in order) from `ptrs` into the
+    /// inputs of `g`.
+    ///
+    /// # Safety
+    /// `ptrs` holds `list.len()` pointers, each to as many floats as its
+    /// shape has (or null: an error).
+    unsafe fn read_inputs(
+        inputs: &mut SecondaryMap<InputId, Option<Tensor>>,
+        g: &crate::ir::Graph,
+        list: &[(InputId, Vec<usize>)],
+        names: &[(String, Vec<usize>)],
+        ptrs: *const *const f32,
+    ) -> Result<(), (c_int, String)> {
+        for (id, shape) in list {
+            let name = &g.inputs[*id].name;
+            let k = names.iter().position(|(n, _)| n == name).ok_or_else(|| {
+                (
+                    ERR_RUN,
+                    format!("the library is damaged: no argument for `{name}`"),
+                )
+            })?;
+            let p = *ptrs.add(k);
+            if p.is_null() {
+                return Err((ERR_ARGUMENT, format!("input `{name}` is null")));
+            }
+            let len = shape.iter().product();
+            inputs[*id] = Some(Tensor::new(
+                shape.clone(),
+                std::slice::from_raw_parts(p, len).to_vec(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A zero tensor of every parameter's shape.
+fn zeros(g: &crate::ir::Graph) -> SecondaryMap<ParamId, Tensor> {
+    let mut out = SecondaryMap::new();
+    for (id, p) in g.params.iter() {
+        let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+        let n = shape.iter().product();
+        out[id] = Tensor::new(shape, vec![0.0; n]);
+    }
+    out
 }
 
 /// Builds a model from a library's embedded plan (`plan_len` bytes of
@@ -155,7 +236,7 @@ pub unsafe extern "C" fn nnc_rt_load_params(m: *mut Model, path: *const c_char) 
         };
         let path = CStr::from_ptr(path).to_string_lossy().into_owned();
         let data = std::fs::read(&path).map_err(|e| (ERR_PARAMS, format!("`{path}`: {e}")))?;
-        m.set_params(&data, &path)
+        m.set_params(&data, &path, false)
     })
 }
 
@@ -176,37 +257,126 @@ pub unsafe extern "C" fn nnc_rt_run(
         let Some(m) = m.as_mut() else {
             return Err((ERR_ARGUMENT, "run: a null model".into()));
         };
-        let s = &m.plan.schedule;
-        let n_in = m.plan.inputs.len();
-        let n_out = s.outputs.len();
-        if (n_in > 0 && inputs.is_null()) || (n_out > 0 && outputs.is_null()) {
+        let g = &m.plan.run.schedule.graph;
+        let n_out = g.outputs.len();
+        if (!m.plan.run.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
             return Err((ERR_ARGUMENT, "run: a null input or output array".into()));
         }
-        for (k, &(id, ref shape)) in m.plan.inputs.iter().enumerate() {
-            let p = *inputs.add(k);
-            if p.is_null() {
-                let name = &s.graph.inputs[id].name;
-                return Err((ERR_ARGUMENT, format!("run: input `{name}` is null")));
-            }
-            let len = shape.iter().product();
-            let t = Tensor::new(shape.clone(), std::slice::from_raw_parts(p, len).to_vec());
-            m.inputs[id] = Some(t);
-        }
+        let names: Vec<(String, Vec<usize>)> = m
+            .plan
+            .run
+            .inputs
+            .iter()
+            .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
+            .collect();
+        Model::read_inputs(&mut m.inputs, g, &m.plan.run.inputs, &names, inputs)
+            .map_err(|(c, e)| (c, format!("run: {e}")))?;
         for k in 0..n_out {
             if (*outputs.add(k)).is_null() {
-                let name = &s.graph.outputs[k].name;
+                let name = &g.outputs[k].name;
                 return Err((ERR_ARGUMENT, format!("run: output `{name}` is null")));
             }
         }
-        let run = |m: &mut Model| -> Result<Vec<Tensor>, crate::exec::Error> {
-            m.program.load_inputs(&m.inputs)?;
-            m.program.run(&mut m.params, true, false)
-        };
-        let outs = run(m).map_err(|e| (ERR_RUN, e.to_string()))?;
+        if let Some(k) = m.plan.run.rng_key {
+            m.inputs[k] = Some(crate::backend::interp::rng_key(0, 0));
+        }
+        let program = &mut m.run;
+        program
+            .load_inputs(&m.inputs)
+            .map_err(|e| (ERR_RUN, e.to_string()))?;
+        let outs = program
+            .run(&mut m.params, true, false)
+            .map_err(|e| (ERR_RUN, e.to_string()))?;
         for (k, t) in outs.iter().enumerate() {
             std::ptr::copy_nonoverlapping(t.data.as_ptr(), *outputs.add(k), t.data.len());
         }
         Ok(())
+    })
+}
+
+/// One training step on one batch: `inputs[k]` holds the k-th input of
+/// the header's `train_step` order; each phase of the `train` block runs
+/// in order, updating the parameters and the optimizer's state in place;
+/// `*loss` receives the step's loss (the phases' sum). A loss that is not
+/// finite is an error (the update has then been made: reload weights).
+///
+/// # Safety
+/// As [`nnc_rt_run`]; `loss` points to one float.
+#[no_mangle]
+pub unsafe extern "C" fn nnc_rt_train_step(
+    m: *mut Model,
+    inputs: *const *const f32,
+    loss: *mut f32,
+) -> c_int {
+    guard(|| {
+        let Some(m) = m.as_mut() else {
+            return Err((ERR_ARGUMENT, "train_step: a null model".into()));
+        };
+        let Some(t) = &m.plan.train else {
+            return Err((
+                ERR_ARGUMENT,
+                "train_step: this model has no training step".into(),
+            ));
+        };
+        if (!t.inputs.is_empty() && inputs.is_null()) || loss.is_null() {
+            return Err((
+                ERR_ARGUMENT,
+                "train_step: a null input array or loss".into(),
+            ));
+        }
+        let n_phases = t.phases.len() as u64;
+        let mut total = 0.0f32;
+        for (k, (part, program)) in t.phases.iter().zip(&mut m.train).enumerate() {
+            let g = &part.schedule.graph;
+            Model::read_inputs(&mut m.inputs, g, &part.inputs, &t.inputs, inputs)
+                .map_err(|(c, e)| (c, format!("train_step: {e}")))?;
+            if let Some(key) = part.rng_key {
+                let counter = m.steps * n_phases + k as u64;
+                m.inputs[key] = Some(crate::backend::interp::rng_key(t.seed, counter));
+            }
+            program
+                .load_inputs(&m.inputs)
+                .map_err(|e| (ERR_RUN, e.to_string()))?;
+            let outs = program
+                .run(&mut m.params, true, true)
+                .map_err(|e| (ERR_RUN, e.to_string()))?;
+            total += outs.first().map_or(f32::NAN, |l| l.data[0]);
+        }
+        m.steps += 1;
+        *loss = total;
+        match total.is_finite() {
+            true => Ok(()),
+            false => Err((
+                ERR_RUN,
+                format!(
+                    "train_step: the loss is {total}; lower the learning rate or scale the inputs"
+                ),
+            )),
+        }
+    })
+}
+
+/// Writes every parameter and state to a safetensors file at `path`
+/// (through a temporary name: an existing file is replaced whole or not
+/// at all).
+///
+/// # Safety
+/// `m` comes from `nnc_rt_new`; `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn nnc_rt_save_params(m: *mut Model, path: *const c_char) -> c_int {
+    guard(|| {
+        let (Some(m), false) = (m.as_ref(), path.is_null()) else {
+            return Err((ERR_ARGUMENT, "save_params: a null model or path".into()));
+        };
+        let path = CStr::from_ptr(path).to_string_lossy().into_owned();
+        let tensors: Vec<(String, &Tensor)> = m
+            .table()
+            .params
+            .iter()
+            .map(|(id, p)| (p.name.clone(), &m.params[id]))
+            .collect();
+        crate::train::checkpoint::save(std::path::Path::new(&path), &tensors, &Default::default())
+            .map_err(|e| (ERR_PARAMS, e.to_string()))
     })
 }
 

@@ -231,6 +231,7 @@ pub fn compile_library(
     train: Option<&crate::sema::TrainSpec>,
     a: &LibraryArgs,
 ) -> Result<String, crate::diag::Diag> {
+    let file_graph = g;
     let lib_graph = crate::aot::library_graph(g, train)?;
     let g = &lib_graph;
     // Named after the output when one is given, else after the source.
@@ -269,10 +270,23 @@ pub fn compile_library(
         None => std::path::PathBuf::from(format!("{stem}.so")),
     };
     let syms = bind_dims(g, a.dims, train.map(|t| t.batch))?;
-    let mut params = interp::init_params(g, 0);
+    // A `train` block adds a training step; the last phase's graph holds
+    // every parameter and the optimizer's state.
+    let steps = match train {
+        Some(t) => Some((
+            pipeline::train_steps(file_graph, t)?
+                .into_iter()
+                .map(|p| p.step.graph)
+                .collect::<Vec<_>>(),
+            t.seed,
+        )),
+        None => None,
+    };
+    let table = steps.as_ref().and_then(|(s, _)| s.last()).unwrap_or(g);
+    let mut params = interp::init_params(table, 0);
     if let Some(p) = a.params {
         let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(g, &mut params, p, span)?;
+        crate::train::restore(table, &mut params, p, span)?;
     }
     let opts = crate::aot::Options {
         name,
@@ -281,7 +295,12 @@ pub fn compile_library(
         target_cpu: a.target_cpu.to_string(),
         keep: a.keep_temps,
     };
-    let lib = crate::aot::compile(g, &syms, &params, &opts)?;
+    let graphs = crate::aot::Graphs {
+        run: g,
+        train: steps,
+        syms: &syms,
+    };
+    let lib = crate::aot::compile(&graphs, &params, &opts)?;
     let mut text = format!(
         "wrote {} and {}\n",
         lib.library.display(),

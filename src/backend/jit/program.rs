@@ -403,19 +403,13 @@ impl Program {
         Ok(Program::with_exec(sched, exec, Some(module), clif))
     }
 
-    /// A program whose loop kernels are a library's compiled ones, in the
-    /// order [`ObjectKernels`] compiled them.
-    pub fn from_table(sched: Schedule, fns: &[KernelFn]) -> Result<Program, Error> {
+    /// A program whose loop kernels are a library's compiled ones, taken
+    /// from the start of `fns` in the order [`ObjectKernels`] compiled
+    /// them; also returns how many it took.
+    pub fn from_table(sched: Schedule, fns: &[KernelFn]) -> Result<(Program, usize), Error> {
         let mut kx = TableKernels::new(fns);
         let exec = Program::assemble(&sched, &mut kx)?;
-        match kx.next == fns.len() {
-            true => Ok(Program::with_exec(sched, exec, None, Vec::new())),
-            false => Err(internal(format!(
-                "the library has {} kernels, its schedule uses {}",
-                fns.len(),
-                kx.next
-            ))),
-        }
+        Ok((Program::with_exec(sched, exec, None, Vec::new()), kx.next))
     }
 
     /// One [`Exec`] per step of `sched`, its loop kernels from `kx`.
