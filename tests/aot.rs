@@ -568,7 +568,74 @@ fn the_c_example_classifies_the_digits_with_trained_weights() {
         .unwrap_or_else(|| panic!("no accuracy in {out}"));
     assert!(out.starts_with("1797 rows"), "{out}");
     assert!(acc >= 0.9, "{out}");
+    // The Rust example, through `extern "C"`, gives the same line.
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--edition", "2021", "-o", "classify-rs"])
+        .arg(root().join("examples/aot/digits.rs"))
+        .args([
+            "-C",
+            "link-arg=./digits.so",
+            "-C",
+            "link-arg=-Wl,-rpath,$ORIGIN",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("rustc");
+    assert!(
+        rustc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rustc.stderr)
+    );
+    let rs = Command::new(dir.join("classify-rs"))
+        .arg(root().join("examples/data/digits.csv"))
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&rs.stdout),
+        out,
+        "{}",
+        String::from_utf8_lossy(&rs.stderr)
+    );
+    // The Python example, through ctypes and NumPy, likewise (in CI a
+    // Python with NumPy is required; elsewhere its absence is reported).
+    match python_with_numpy() {
+        Some(py) => {
+            let run = Command::new(py)
+                .arg(root().join("examples/aot/digits.py"))
+                .arg(dir.join("digits.so"))
+                .arg(root().join("examples/data/digits.csv"))
+                .output()
+                .expect("python runs");
+            assert_eq!(
+                String::from_utf8_lossy(&run.stdout),
+                out,
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("no python3 with numpy (CI installs python3-numpy)")
+        }
+        None => eprintln!("skipped examples/aot/digits.py: no python3 with numpy"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Python that imports NumPy: `PYTHON`, the system's, or the first
+/// `python3` on the path.
+fn python_with_numpy() -> Option<String> {
+    let candidates = [
+        std::env::var("PYTHON").ok(),
+        Some("/usr/bin/python3".into()),
+        Some("python3".into()),
+    ];
+    candidates.into_iter().flatten().find(|py| {
+        Command::new(py)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// `NAME_train_step` from C: three Adam steps of the digits MLP on fixed
