@@ -76,7 +76,8 @@ pub struct Options {
     pub name: String,
     /// The `.nn` file, named in the header.
     pub source: String,
-    /// The library to write (`.so`); the header goes beside it (`.h`).
+    /// The library to write (`.so`, `.a` or `.o`: [`Kind`]); the header
+    /// goes beside it (`.h`).
     pub out: PathBuf,
     /// The CPU the kernels are compiled for: a Cranelift preset
     /// (`x86-64-v3`, …) or `native`.
@@ -90,6 +91,9 @@ pub struct Library {
     pub library: PathBuf,
     pub header: PathBuf,
     pub functions: Vec<String>,
+    /// For a static archive or an object: the linker arguments a program
+    /// needs (it, the runtime archive, the system libraries).
+    pub link_with: Option<String>,
 }
 
 /// A model name from a file name: letters, digits and `_`, not starting
@@ -271,11 +275,12 @@ pub fn compile(
     let header = opts.out.with_extension("h");
     let header_name = header.file_name().unwrap_or_default().to_string_lossy();
     let (h, c) = (api.header(), api.wrappers(&sizes, &header_name));
-    link(opts, &h, &c, &object)?;
+    let link_with = link(opts, &h, &c, &object)?;
     Ok(Library {
         library: opts.out.clone(),
         header,
         functions: api.functions(),
+        link_with,
     })
 }
 
@@ -413,15 +418,80 @@ fn runtime_archive() -> Result<PathBuf, Diag> {
     })
 }
 
-/// Writes the header, then links the library through a temporary name
-/// in the output's folder (renamed over the output when done).
-fn link(opts: &Options, header: &str, wrappers: &str, object: &[u8]) -> Result<(), Diag> {
+/// The kinds of output, by the extension of `-o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `.so`: everything linked in, the runtime hidden.
+    Shared,
+    /// `.a`: the wrappers and kernels, to link with the runtime archive.
+    Static,
+    /// `.o`: the same as one relocatable object.
+    Object,
+}
+
+impl Kind {
+    pub fn of(path: &Path) -> Option<Kind> {
+        match path.extension()?.to_str()? {
+            "so" => Some(Kind::Shared),
+            "a" => Some(Kind::Static),
+            "o" => Some(Kind::Object),
+            _ => None,
+        }
+    }
+}
+
+/// The system libraries the runtime (a Rust static library) needs.
+const SYSTEM_LIBS: [&str; 7] = [
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+/// Runs a tool of the C toolchain, its failure a diagnostic.
+fn tool(cmd: &mut std::process::Command, what: &str) -> Result<(), Diag> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => error(
+            format!("the C compiler `{name}` was not found; it {what}"),
+            "install one (Debian: `apt-get install gcc`), or name it with CC=...",
+        ),
+        _ => error(
+            format!("`{name}` could not be started: {e}"),
+            "check the C toolchain",
+        ),
+    })?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(error(
+            format!(
+                "`{name}` failed as it {what}:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            ),
+            "the message above is the toolchain's",
+        )),
+    }
+}
+
+/// Builds the output in a temporary folder beside it, then renames the
+/// header and the output into place: a failure leaves neither. Returns,
+/// for a static archive or an object, how to link it.
+fn link(
+    opts: &Options,
+    header: &str,
+    wrappers: &str,
+    object: &[u8],
+) -> Result<Option<String>, Diag> {
     let io = |what: &Path, e: std::io::Error| {
         error(
             format!("cannot write `{}`: {e}", what.display()),
             "check the output folder exists and is writable",
         )
     };
+    let kind = Kind::of(&opts.out).unwrap_or(Kind::Shared);
     let runtime = runtime_archive()?;
     let out = &opts.out;
     let dir = out
@@ -431,64 +501,68 @@ fn link(opts: &Options, header: &str, wrappers: &str, object: &[u8]) -> Result<(
     let work = dir.join(format!(".{}.nnc-build-{}", opts.name, std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| io(&work, e))?;
     let result = (|| {
-        let h = out.with_extension("h");
+        let h_final = out.with_extension("h");
+        let h = work.join(h_final.file_name().unwrap_or_default());
         let c = work.join(format!("{}.c", opts.name));
         let o = work.join(format!("{}.kernels.o", opts.name));
-        let tmp = work.join("out.so");
-        crate::train::checkpoint::write_atomic(&h, header.as_bytes()).map_err(|e| io(&h, e))?;
+        let tmp = work.join("out");
+        std::fs::write(&h, header).map_err(|e| io(&h, e))?;
         std::fs::write(&c, wrappers).map_err(|e| io(&c, e))?;
         std::fs::write(&o, object).map_err(|e| io(&o, e))?;
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let include = h
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let status = std::process::Command::new(&cc)
-            .args(["-shared", "-fPIC", "-O2", "-std=c99", "-Wall", "-Werror"])
-            .arg("-I")
-            .arg(include)
-            .arg("-o")
-            .arg(&tmp)
-            .arg(&c)
-            .arg(&o)
-            .arg(&runtime)
-            .args(["-s", "-Wl,--gc-sections", "-Wl,--exclude-libs,ALL"])
-            .args([
-                "-lgcc_s",
-                "-lutil",
-                "-lrt",
-                "-lpthread",
-                "-lm",
-                "-ldl",
-                "-lc",
-            ])
-            .output()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => error(
-                    format!("the C compiler `{cc}` was not found; it links the library"),
-                    "install one (Debian: `apt-get install gcc`), or name it with CC=...",
-                ),
-                _ => error(
-                    format!("`{cc}` could not be started: {e}"),
-                    "check the C compiler",
-                ),
-            })?;
-        if !status.status.success() {
-            return Err(error(
-                format!(
-                    "linking the library with `{cc}` failed:\n{}",
-                    String::from_utf8_lossy(&status.stderr).trim_end()
-                ),
-                "the message above is the C compiler's",
-            ));
-        }
+        let mut compile = std::process::Command::new(&cc);
+        compile
+            .args(["-fPIC", "-O2", "-std=c99", "-Wall", "-Werror", "-I"])
+            .arg(&work);
+        let link_with = match kind {
+            Kind::Shared => {
+                compile
+                    .args(["-shared", "-o"])
+                    .arg(&tmp)
+                    .arg(&c)
+                    .arg(&o)
+                    .arg(&runtime)
+                    .args(["-s", "-Wl,--gc-sections", "-Wl,--exclude-libs,ALL"])
+                    .args(SYSTEM_LIBS);
+                tool(&mut compile, "links the library")?;
+                None
+            }
+            Kind::Static | Kind::Object => {
+                let api = work.join(format!("{}.api.o", opts.name));
+                tool(
+                    compile.arg("-c").arg("-o").arg(&api).arg(&c),
+                    "compiles the wrappers",
+                )?;
+                if kind == Kind::Object {
+                    let mut ld = std::process::Command::new(&cc);
+                    ld.args(["-r", "-nostdlib", "-o"])
+                        .arg(&tmp)
+                        .arg(&api)
+                        .arg(&o);
+                    tool(&mut ld, "joins the objects")?;
+                } else {
+                    let ar = std::env::var("AR").unwrap_or_else(|_| "ar".into());
+                    let mut pack = std::process::Command::new(ar);
+                    pack.arg("rcs").arg(&tmp).arg(&api).arg(&o);
+                    tool(&mut pack, "archives the objects")?;
+                }
+                Some(format!(
+                    "{} {} -Wl,--gc-sections {}",
+                    out.display(),
+                    runtime.display(),
+                    SYSTEM_LIBS.join(" ")
+                ))
+            }
+        };
         if opts.keep {
             for f in [&c, &o] {
                 let dst = dir.join(f.file_name().unwrap_or_default());
                 std::fs::rename(f, &dst).map_err(|e| io(&dst, e))?;
             }
         }
-        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
+        std::fs::rename(&h, &h_final).map_err(|e| io(&h_final, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| io(out, e))?;
+        Ok(link_with)
     })();
     let _ = std::fs::remove_dir_all(&work);
     result

@@ -59,8 +59,9 @@ pub enum Command {
         /// (a file with a `train` block binds the batch dimension from `batch`).
         #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
-        /// The library to write (`.so`; default: the file's name in the
-        /// current folder); the header is written beside it (`.h`).
+        /// The library to write, its kind by the extension: `.so` (shared),
+        /// `.a` (static) or `.o` (an object); default: the file's name with
+        /// `.so` in the current folder. The header goes beside it (`.h`).
         #[arg(short = 'o', long = "output", value_name = "PATH")]
         output: Option<PathBuf>,
         /// The model's name, the prefix of every exported symbol (default:

@@ -256,17 +256,18 @@ pub fn compile_library(
         None => crate::aot::name_from(&stem),
     };
     let out = match a.output {
-        Some(p) if p.extension().is_some_and(|e| e == "so") => p.to_path_buf(),
-        Some(p) => {
-            return Err(crate::diag::error(
-                crate::diag::code::LIBRARY,
-                format!(
-                    "`-o {}`: only shared libraries (`.so`) are written so far",
-                    p.display()
-                ),
-            )
-            .with_notes(vec!["help: name the output `NAME.so`".into()]))
-        }
+        Some(p) if crate::aot::Kind::of(p).is_some() => p.to_path_buf(),
+        Some(p) => return Err(crate::diag::error(
+            crate::diag::code::LIBRARY,
+            format!(
+                "`-o {}`: the extension says what to write, and it is not .so, .a or .o",
+                p.display()
+            ),
+        )
+        .with_notes(vec![
+            "help: `NAME.so` (a shared library), `NAME.a` (a static one) or `NAME.o` (an object)"
+                .into(),
+        ])),
         None => std::path::PathBuf::from(format!("{stem}.so")),
     };
     let syms = bind_dims(g, a.dims, train.map(|t| t.batch))?;
@@ -308,6 +309,9 @@ pub fn compile_library(
     );
     for f in lib.functions {
         text.push_str(&format!("  {f}\n"));
+    }
+    if let Some(l) = lib.link_with {
+        text.push_str(&format!("link a program with: cc PROGRAM.c {l}\n"));
     }
     Ok(text)
 }
