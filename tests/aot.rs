@@ -842,3 +842,85 @@ int main(void) {
     assert_eq!(out.trim(), "ok 4 10");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--target aarch64-unknown-linux-gnu`: an AArch64 relocatable object
+/// with the kernels, their table, the plan and the weights, the wrappers'
+/// C source and the header (valid C, checked here on the host); linking
+/// needs an AArch64 toolchain and runtime, which this test does not have.
+#[test]
+fn cross_compiling_writes_an_aarch64_object_and_its_c_sources() {
+    let dir = scratch("cross");
+    for (file, name) in [
+        ("tests/fixtures/aot/lstm_pow.nn", "lstm_pow"),
+        ("examples/lenet_mnist.nn", "lenet_mnist"),
+    ] {
+        let model = root().join(file).display().to_string();
+        let o = nnc(
+            &[
+                "compile",
+                &model,
+                "--target",
+                "aarch64-unknown-linux-gnu",
+                "--dim",
+                "B=2",
+            ],
+            &dir,
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            stdout.contains(&format!("CC PROGRAM.c {name}.c {name}.o libnnc.a")),
+            "{stdout}"
+        );
+        let elf = Command::new("readelf")
+            .args(["-W", "-h", "-s", &format!("{name}.o")])
+            .current_dir(&dir)
+            .output()
+            .expect("readelf");
+        let text = String::from_utf8_lossy(&elf.stdout);
+        assert!(
+            text.contains("AArch64") && text.contains("REL (Relocatable file)"),
+            "{text}"
+        );
+        for sym in ["kernels", "plan", "params"] {
+            assert!(
+                text.contains(&format!("{name}__nnc_{sym}")),
+                "{sym}: {text}"
+            );
+        }
+        let cc = Command::new("cc")
+            .args([
+                "-std=c99",
+                "-Wall",
+                "-Werror",
+                "-fsyntax-only",
+                &format!("{name}.c"),
+            ])
+            .current_dir(&dir)
+            .output()
+            .expect("cc");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+    }
+    let model = root().join("examples/xor.nn").display().to_string();
+    for (args, msg) in [
+        (vec!["-o", "x.so"], "writes an object, not `x.so`"),
+        (vec!["--target-cpu", "native"], "describes this machine"),
+    ] {
+        let mut argv = vec![
+            "compile",
+            model.as_str(),
+            "--target",
+            "aarch64-unknown-linux-gnu",
+        ];
+        argv.extend(args);
+        let o = nnc(&argv, &dir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(msg), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,7 +24,10 @@
 //! run-time arguments (every one is fixed at compile time with `--dim`,
 //! or by the `train` block's `batch`), `.a` / `.o` output,
 //! separate model and context handles (a handle holds the weights and
-//! the scratch: one per thread), cross-compilation.
+//! the scratch: one per thread). Another architecture's output
+//! (`--target aarch64-unknown-linux-gnu`) is the kernels' object and the
+//! wrappers' C source, built and linked with that target's toolchain and
+//! runtime; nothing here runs it.
 
 pub mod runtime;
 
@@ -81,7 +84,11 @@ pub struct Options {
     pub out: PathBuf,
     /// The CPU the kernels are compiled for: a Cranelift preset
     /// (`x86-64-v3`, …) or `native`.
-    pub target_cpu: String,
+    pub target_cpu: Option<String>,
+    /// The target triple when it is not this machine's architecture: the
+    /// output is then the kernels' object, the wrappers' C source and the
+    /// header, to build with that target's toolchain.
+    pub target: Option<String>,
     /// Keep the generated C file and object next to the library.
     pub keep: bool,
 }
@@ -91,8 +98,8 @@ pub struct Library {
     pub library: PathBuf,
     pub header: PathBuf,
     pub functions: Vec<String>,
-    /// For a static archive or an object: the linker arguments a program
-    /// needs (it, the runtime archive, the system libraries).
+    /// For a static archive or an object: how to link a program with it
+    /// (it, the runtime archive, the system libraries).
     pub link_with: Option<String>,
 }
 
@@ -241,7 +248,7 @@ pub fn compile(
         outputs,
         train: train.as_ref().map(|t| t.inputs.clone()),
     };
-    let isa = object_isa(&opts.target_cpu)?;
+    let isa = object_isa(opts.target.as_deref(), opts.target_cpu.as_deref())?;
     let tensors: Vec<(String, &Tensor)> = table
         .params
         .iter()
@@ -275,7 +282,10 @@ pub fn compile(
     let header = opts.out.with_extension("h");
     let header_name = header.file_name().unwrap_or_default().to_string_lossy();
     let (h, c) = (api.header(), api.wrappers(&sizes, &header_name));
-    let link_with = link(opts, &h, &c, &object)?;
+    let link_with = match &opts.target {
+        None => link(opts, &h, &c, &object)?,
+        Some(t) => Some(cross(opts, t, &h, &c, &object)?),
+    };
     Ok(Library {
         library: opts.out.clone(),
         header,
@@ -287,8 +297,14 @@ pub fn compile(
 mod header;
 
 /// The ISA the kernels are compiled for: position-independent code for
-/// the host's architecture at the level `cpu` names.
-fn object_isa(cpu: &str) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Diag> {
+/// `target` (a triple; none: this machine's architecture) at the CPU level
+/// `cpu` names (a Cranelift preset such as `x86-64-v3` or a CPU name;
+/// `native`: this machine's own features; none: the architecture's
+/// baseline).
+fn object_isa(
+    target: Option<&str>,
+    cpu: Option<&str>,
+) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Diag> {
     use cranelift_codegen::settings::{self, Configurable};
     let mut flags = settings::builder();
     let fail = |e: String| {
@@ -304,15 +320,26 @@ fn object_isa(cpu: &str) -> Result<cranelift_codegen::isa::OwnedTargetIsa, Diag>
     ] {
         flags.set(k, v).map_err(|e| fail(e.to_string()))?;
     }
-    // The host's builder has its CPU's features set; a fresh one for the
-    // same triple has none, and `cpu` names the level to enable.
     let host = cranelift_native::builder().map_err(|e| fail(e.to_string()))?;
-    let mut b = match cpu {
-        "native" => host,
-        _ => cranelift_codegen::isa::lookup(host.triple().clone())
+    let mut b = match (target, cpu) {
+        (None, Some("native")) => host,
+        (Some(_), Some("native")) => {
+            return Err(error(
+                "`--target-cpu native` describes this machine, not another target",
+                "name the target's CPU level, or leave --target-cpu out",
+            ))
+        }
+        // A fresh builder for the triple has no features; `cpu` adds them.
+        (None, _) => cranelift_codegen::isa::lookup(host.triple().clone())
             .map_err(|e| fail(e.to_string()))?,
+        (Some(t), _) => cranelift_codegen::isa::lookup_by_name(t).map_err(|e| {
+            error(
+                format!("`--target {t}`: {e}"),
+                "the code generator writes x86_64-unknown-linux-gnu and aarch64-unknown-linux-gnu",
+            )
+        })?,
     };
-    if cpu != "native" {
+    if let Some(cpu) = cpu.filter(|&c| c != "native") {
         b.enable(cpu).map_err(|_| {
             error(
                 format!("`--target-cpu {cpu}` is not a CPU level the code generator knows"),
@@ -344,9 +371,28 @@ fn object(
         cranelift_object::ObjectBuilder::new(isa, name, cranelift_module::default_libcall_names())
             .map_err(|e| bug(e.to_string()))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
+    let module_triple = module.isa().triple().to_string();
     let mut kx = ObjectKernels::new(&mut module, &format!("{name}__nnc_"));
     for sched in schedules {
-        kx.add((*sched).clone()).map_err(|e| e.to_diag())?;
+        // Cranelift stops at a construct a backend cannot lower with a
+        // panic, not an error: turn it into one.
+        let added =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kx.add((*sched).clone())));
+        match added {
+            Ok(r) => r.map_err(|e| e.to_diag())?,
+            Err(_) => {
+                return Err(diag::error(
+                    code::INTERNAL,
+                    format!(
+                        "the code generator for `{}` failed on a kernel",
+                        module_triple
+                    ),
+                )
+                .with_notes(vec![
+                    "help: this is a bug in nnc; the message above the error says where".into(),
+                ]))
+            }
+        }
     }
     let order = std::mem::take(&mut kx.order);
     let define = |module: &mut cranelift_object::ObjectModule,
@@ -416,6 +462,41 @@ fn runtime_archive() -> Result<PathBuf, Diag> {
             "cargo builds it with nnc (`cargo build --release`); or set NNC_RUNTIME to its path",
         )
     })
+}
+
+/// For another architecture: writes the kernels' object (`-o`, a `.o`),
+/// the wrappers' C source beside it and the header, each through a
+/// temporary name; returns how to build a program from them.
+fn cross(
+    opts: &Options,
+    target: &str,
+    header: &str,
+    wrappers: &str,
+    object: &[u8],
+) -> Result<String, Diag> {
+    let io = |what: &Path, e: std::io::Error| {
+        error(
+            format!("cannot write `{}`: {e}", what.display()),
+            "check the output folder exists and is writable",
+        )
+    };
+    let out = &opts.out;
+    let c = out.with_extension("c");
+    let h = out.with_extension("h");
+    for (path, bytes) in [
+        (&c, wrappers.as_bytes()),
+        (&h, header.as_bytes()),
+        (out, object),
+    ] {
+        crate::train::checkpoint::write_atomic(path, bytes).map_err(|e| io(path, e))?;
+    }
+    Ok(format!(
+        "build a program with {target}'s C compiler and nnc's runtime built for it (`cargo build --release --target {target}`):\n  \
+         CC PROGRAM.c {} {} libnnc.a -Wl,--gc-sections {}",
+        c.display(),
+        out.display(),
+        SYSTEM_LIBS.join(" ")
+    ))
 }
 
 /// The kinds of output, by the extension of `-o`.
@@ -547,7 +628,7 @@ fn link(
                     tool(&mut pack, "archives the objects")?;
                 }
                 Some(format!(
-                    "{} {} -Wl,--gc-sections {}",
+                    "link a program with: cc PROGRAM.c {} {} -Wl,--gc-sections {}",
                     out.display(),
                     runtime.display(),
                     SYSTEM_LIBS.join(" ")

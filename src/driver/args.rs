@@ -75,8 +75,15 @@ pub enum Command {
         /// The CPU the library's code is compiled for: a level (x86-64-v2,
         /// x86-64-v3, x86-64-v4), a CPU name (znver3, skylake, …), or
         /// `native` (this machine's).
-        #[arg(long, default_value = "x86-64-v3", value_name = "CPU")]
-        target_cpu: String,
+        /// (Default: x86-64-v3 on x86-64, the baseline elsewhere.)
+        #[arg(long, value_name = "CPU")]
+        target_cpu: Option<String>,
+        /// Compile for another architecture (`aarch64-unknown-linux-gnu`):
+        /// writes the kernels' object (`-o NAME.o`), the wrappers' C source
+        /// and the header, to build with that target's C compiler and nnc
+        /// runtime.
+        #[arg(long, value_name = "TRIPLE")]
+        target: Option<String>,
         /// Keep the generated C file and object beside the library.
         #[arg(long)]
         keep_temps: bool,

@@ -56,6 +56,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             name,
             params,
             target_cpu,
+            target,
             keep_temps,
         } => {
             let mut c = load(file, Stage::Ir)?;
@@ -68,7 +69,8 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                 output: output.as_deref(),
                 name: name.as_deref(),
                 params: params.as_deref(),
-                target_cpu,
+                target_cpu: target_cpu.as_deref(),
+                target: target.as_deref(),
                 keep_temps: *keep_temps,
             };
             match super::graphs::compile_library(&g, c.train.as_ref(), &opts) {

@@ -220,7 +220,8 @@ pub struct LibraryArgs<'a> {
     pub output: Option<&'a Path>,
     pub name: Option<&'a str>,
     pub params: Option<&'a Path>,
-    pub target_cpu: &'a str,
+    pub target_cpu: Option<&'a str>,
+    pub target: Option<&'a str>,
     pub keep_temps: bool,
 }
 
@@ -257,19 +258,46 @@ pub fn compile_library(
     };
     let out = match a.output {
         Some(p) if crate::aot::Kind::of(p).is_some() => p.to_path_buf(),
-        Some(p) => return Err(crate::diag::error(
+        Some(p) => {
+            return Err(crate::diag::error(
+                crate::diag::code::LIBRARY,
+                format!(
+                    "`-o {}`: the extension says what to write, and it is not .so, .a or .o",
+                    p.display()
+                ),
+            )
+            .with_notes(vec![
+            "help: `NAME.so` (a shared library), `NAME.a` (a static one) or `NAME.o` (an object)"
+                .into(),
+        ]))
+        }
+        None if a
+            .target
+            .is_some_and(|t| t.split('-').next() != Some(std::env::consts::ARCH)) =>
+        {
+            std::path::PathBuf::from(format!("{stem}.o"))
+        }
+        None => std::path::PathBuf::from(format!("{stem}.so")),
+    };
+    // Another architecture than this machine's (a triple naming this
+    // one is this machine's).
+    let target = a
+        .target
+        .filter(|t| t.split('-').next() != Some(std::env::consts::ARCH))
+        .map(str::to_string);
+    if target.is_some() && crate::aot::Kind::of(&out) != Some(crate::aot::Kind::Object) {
+        return Err(crate::diag::error(
             crate::diag::code::LIBRARY,
             format!(
-                "`-o {}`: the extension says what to write, and it is not .so, .a or .o",
-                p.display()
+                "for another architecture nnc writes an object, not `{}`",
+                out.display()
             ),
         )
         .with_notes(vec![
-            "help: `NAME.so` (a shared library), `NAME.a` (a static one) or `NAME.o` (an object)"
+            "help: name the output `NAME.o`; its C wrappers and header are written beside it"
                 .into(),
-        ])),
-        None => std::path::PathBuf::from(format!("{stem}.so")),
-    };
+        ]));
+    }
     let syms = bind_dims(g, a.dims, train.map(|t| t.batch))?;
     // A `train` block adds a training step; the last phase's graph holds
     // every parameter and the optimizer's state.
@@ -293,7 +321,12 @@ pub fn compile_library(
         name,
         source: a.file.display().to_string(),
         out,
-        target_cpu: a.target_cpu.to_string(),
+        target_cpu: match (a.target_cpu, &target) {
+            (Some(c), _) => Some(c.to_string()),
+            (None, None) if cfg!(target_arch = "x86_64") => Some("x86-64-v3".into()),
+            (None, _) => None,
+        },
+        target,
         keep: a.keep_temps,
     };
     let graphs = crate::aot::Graphs {
@@ -311,7 +344,7 @@ pub fn compile_library(
         text.push_str(&format!("  {f}\n"));
     }
     if let Some(l) = lib.link_with {
-        text.push_str(&format!("link a program with: cc PROGRAM.c {l}\n"));
+        text.push_str(&format!("{l}\n"));
     }
     Ok(text)
 }

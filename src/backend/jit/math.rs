@@ -145,21 +145,21 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let erb = bits(b, ity, er);
     let yb = b.ins().iadd(erb, nsh);
     let fast = bits(b, ty, yb);
-    // Any lane outside the fast range (or NaN)?
+    // Every lane inside the fast range (not NaN)? Asked as `|x| < 86` in
+    // all lanes rather than "unordered or ≥" in any: AArch64's vector
+    // compares have no unordered-or-≥ form.
     let ax = b.ins().fabs(x);
     let limit = cst(b, ty, 86.0);
-    let out = b
-        .ins()
-        .fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, ax, limit);
-    let any = if ty.is_vector() {
-        b.ins().vany_true(out)
+    let inside = b.ins().fcmp(FloatCC::LessThan, ax, limit);
+    let all = if ty.is_vector() {
+        b.ins().vall_true(inside)
     } else {
-        out
+        inside
     };
     let slow = b.create_block();
     let join = b.create_block();
     let result = b.append_block_param(join, ty);
-    b.ins().brif(any, slow, &[], join, &[BlockArg::Value(fast)]);
+    b.ins().brif(all, join, &[BlockArg::Value(fast)], slow, &[]);
     b.switch_to_block(slow);
     // 2^n = 2^h · 2^(n−h), h = n >> 1 (arithmetic), each from its
     // exponent bits: (k + 127) << 23.
@@ -179,7 +179,7 @@ pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     // into the subnormals or to inf where the result lies there.
     let y = b.ins().fmul(er, s1);
     let y = b.ins().fmul(y, s2);
-    let merged = choose(b, ty, out, y, fast);
+    let merged = choose(b, ty, inside, fast, y);
     b.ins().jump(join, &[BlockArg::Value(merged)]);
     b.switch_to_block(join);
     result
