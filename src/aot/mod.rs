@@ -1,33 +1,34 @@
-//! Ahead-of-time compilation: `nnc compile model.nn` writes a shared
-//! library that runs the model's outputs with no nnc, no JIT and no
-//! Python at run time, and a C header that is its API.
+//! Ahead-of-time compilation: `nnc compile model.nn` writes a library
+//! that runs the model's outputs (or a `train` block's `predict`) and, for
+//! a `train` block, its training step, with no nnc, no JIT and no Python
+//! at run time, and a C header that is its API.
 //!
 //! ```text
-//! Schedule ──ObjectKernels──▶ NAME.kernels.o   loop kernels (Cranelift,
-//!    │                                          the JIT's code generator)
-//!    ├──serde_json──────────▶ plan (data)       the schedule the runtime runs
-//! params ──safetensors──────▶ params (data)     the weights, read-only
-//! header::c_api ────────────▶ NAME.h, NAME.c   the named API (`NAME_run`)
+//! Schedules ──ObjectKernels──▶ NAME.kernels.o   loop kernels (Cranelift,
+//!  (run, each training phase)                    the JIT's code generator)
+//!    ├──serde_json───────────▶ plan (data)       what the runtime runs
+//! params ──safetensors───────▶ params (data)     weights, optimizer state
+//! header::Api ───────────────▶ NAME.h, NAME.c    the named API (`NAME_run`)
 //!         cc -shared NAME.c NAME.kernels.o libnnc.a ──▶ NAME.so
+//!         (or NAME.a / NAME.o without the runtime, linked by the user)
 //! ```
 //!
 //! The runtime ([`runtime`]) is this crate's static library (`libnnc.a`,
 //! built next to the `nnc` binary by cargo): its `nnc_rt_*` functions
-//! rebuild the program from the plan with the library's kernel table
-//! instead of JIT-compiled ones, and run it with the JIT's executor (the
-//! same GEMM, convolution and loop routines; wide kernels where the CPU
-//! has AVX-512 or AVX2). The linker keeps only what that reaches and
-//! hides the runtime's symbols: the library exports `NAME_*` alone, so
-//! two models link into one program.
+//! rebuild the programs from the plan with the library's kernel table
+//! instead of JIT-compiled kernels, and run them with the JIT's executor
+//! (the same GEMM, convolution and loop routines; wide kernels where the
+//! CPU has AVX-512 or AVX2). In a shared library the linker keeps only
+//! what that reaches and hides the runtime's symbols: it exports `NAME_*`
+//! alone, so two models link into one program. Another architecture's
+//! output (`--target aarch64-unknown-linux-gnu`) is the kernels' object
+//! and the wrappers' C source, built and linked with that target's
+//! toolchain and runtime; nothing here runs it.
 //!
-//! What this version does not do yet (issue 15): symbolic dimensions as
-//! run-time arguments (every one is fixed at compile time with `--dim`,
-//! or by the `train` block's `batch`), `.a` / `.o` output,
-//! separate model and context handles (a handle holds the weights and
-//! the scratch: one per thread). Another architecture's output
-//! (`--target aarch64-unknown-linux-gnu`) is the kernels' object and the
-//! wrappers' C source, built and linked with that target's toolchain and
-//! runtime; nothing here runs it.
+//! Not done yet (issue 15): symbolic dimensions as run-time arguments
+//! (every one is fixed at compile time with `--dim`, or by the `train`
+//! block's `batch`), and separate model and context handles (a handle
+//! holds the weights and the scratch: one per thread).
 
 pub mod runtime;
 
@@ -47,9 +48,6 @@ pub struct Plan {
     pub name: String,
     pub run: Part,
     pub train: Option<Train>,
-    /// Every parameter and state (optimizer state included) by name, in
-    /// the order of the largest graph's table, which all parts index.
-    pub params: Vec<String>,
 }
 
 /// One compiled entry point: its schedule and its inputs in the order of
@@ -63,9 +61,10 @@ pub struct Part {
 }
 
 /// A training step: one part per phase of the `train` block (run in
-/// order, as `nnc train` does), the step's inputs (every phase's, each
-/// once: (phase, input) of its first appearance, with its shape) and the
-/// seed its random draws start from.
+/// order, as `nnc train` does; the last phase's graph holds every
+/// parameter and state, and the others' tables are prefixes of it), the
+/// step's inputs by name and shape in the order of `NAME_train_step`'s
+/// arguments (every phase's, each once) and the seed of its random draws.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Train {
     pub phases: Vec<Part>,
@@ -266,7 +265,6 @@ pub fn compile(
         name: opts.name.clone(),
         run,
         train,
-        params: table.params.values().map(|p| p.name.clone()).collect(),
     };
     let plan_bytes = serde_json::to_vec(&plan).map_err(|e| bug("the plan", e.to_string()))?;
     let mut schedules = vec![&plan.run.schedule];

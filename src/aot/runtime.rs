@@ -75,6 +75,8 @@ impl Model {
         let plan: Plan = serde_json::from_slice(plan).map_err(|e| bad(e.to_string()))?;
         let mut used = 0;
         let mut program = |sched: &crate::schedule::Schedule| {
+            // The kernels' memory accesses trust the schedule: check it.
+            sched.verify().map_err(|e| bad(e.to_string()))?;
             let (p, n) = Program::from_table(sched.clone(), &fns[used.min(fns.len())..])
                 .map_err(|e| bad(e.to_string()))?;
             used += n;
@@ -93,12 +95,8 @@ impl Model {
             return Err(bad(format!("{} kernels, {used} used", fns.len())));
         }
         // Placeholders of the right shapes, replaced by the embedded values.
-        let table = match &plan.train {
-            Some(t) => &t.phases.last().unwrap_or(&plan.run).schedule.graph,
-            None => &plan.run.schedule.graph,
-        };
         let mut m = Model {
-            params: zeros(table),
+            params: zeros(table_of(&plan)),
             inputs: SecondaryMap::new(),
             run,
             train,
@@ -111,10 +109,7 @@ impl Model {
 
     /// The graph whose parameter table the model keeps.
     fn table(&self) -> &crate::ir::Graph {
-        match &self.plan.train {
-            Some(t) => &t.phases.last().unwrap_or(&self.plan.run).schedule.graph,
-            None => &self.plan.run.schedule.graph,
-        }
+        table_of(&self.plan)
     }
 
     /// Replaces parameters by the tensors of their names in the
@@ -178,6 +173,15 @@ impl Model {
             ));
         }
         Ok(())
+    }
+}
+
+/// The graph whose parameter table every part indexes: the last training
+/// phase's (its table extends the others'), else the run's.
+fn table_of(plan: &Plan) -> &crate::ir::Graph {
+    match &plan.train {
+        Some(t) => &t.phases.last().unwrap_or(&plan.run).schedule.graph,
+        None => &plan.run.schedule.graph,
     }
 }
 
