@@ -924,3 +924,81 @@ fn cross_compiling_writes_an_aarch64_object_and_its_c_sources() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--dim B=2,5`: the batch is an argument of `NAME_run` and
+/// `NAME_train_step`, each size compiled gives the interpreter's outputs,
+/// and a size not compiled is an error naming those that were.
+#[test]
+fn a_dimension_given_several_sizes_is_a_run_time_argument() {
+    let dir = scratch("dims");
+    let file = "examples/digits_mlp.nn";
+    let model = root().join(file).display().to_string();
+    let o = nnc(
+        &["compile", &model, "--dim", "B=5,2", "-o", "digits.so"],
+        &dir,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains(
+            "int digits_run(digits_model *m, size_t B, const float *Mlp_x, float *predict)"
+        ),
+        "{stdout}"
+    );
+    let header = std::fs::read_to_string(dir.join("digits.h")).expect("header");
+    assert!(
+        header.contains("#define DIGITS_MLP_X_LEN(B) ((size_t)(B) * 64)"),
+        "{header}"
+    );
+    let main = r#"#include <stdio.h>
+#include <stdlib.h>
+#include "digits.h"
+
+int main(void) {
+    digits_model *m = digits_new();
+    if (!m) return 1;
+    FILE *out = fopen("out.bin", "wb");
+    for (size_t b = 2; b <= 5; b += 3) {
+        float *x = malloc(DIGITS_MLP_X_LEN(b) * sizeof(float));
+        float *p = malloc(DIGITS_PREDICT_LEN(b) * sizeof(float));
+        for (size_t i = 0; i < DIGITS_MLP_X_LEN(b); i++) x[i] = (float)((i * 7 + b) % 3);
+        if (digits_run(m, b, x, p) != DIGITS_OK) return 2;
+        fwrite(p, sizeof(float), DIGITS_PREDICT_LEN(b), out);
+        free(x);
+        free(p);
+    }
+    fclose(out);
+    static float x[DIGITS_MLP_X_LEN(3)], p[DIGITS_PREDICT_LEN(3)], y[DIGITS_MLP_Y_LEN(3)], loss;
+    int rc = digits_run(m, 3, x, p);
+    printf("run 3: %d %s\n", rc, digits_last_error());
+    rc = digits_train_step(m, 3, x, y, &loss);
+    printf("train 3: %d %s\n", rc, digits_last_error());
+    digits_free(m);
+    return 0;
+}
+"#;
+    let ran = build_and_run(&dir, main, &["digits.so"]);
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        out.contains("run 3: 1 run: B = 3 was not compiled into this library; it has B = 2; B = 5"),
+        "{out}"
+    );
+    assert!(
+        out.contains("train 3: 1 train_step: B = 3 was not compiled"),
+        "{out}"
+    );
+    let got = read_floats(&dir.join("out.bin"));
+    let mut want = Vec::new();
+    for b in [2usize, 5] {
+        let x: Vec<f32> = (0..b * 64).map(|i| ((i * 7 + b) % 3) as f32).collect();
+        let dims = [("B".to_string(), b)];
+        want.extend(reference(file, &dims, &[("Mlp.x".to_string(), x)], None));
+    }
+    assert_close(&got, &want, "B = 2 and B = 5");
+    let _ = std::fs::remove_dir_all(&dir);
+}

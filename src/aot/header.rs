@@ -2,15 +2,30 @@
 //! wrappers (`NAME.c`, compiled into the library) that give the runtime's
 //! functions the model's names and hand it the embedded data.
 
-/// A library's API: its name and its inputs and outputs with their shapes,
+/// One dimension of a shape in the header: a size, or the name of a
+/// dimension the functions take as an argument.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extent {
+    Fixed(usize),
+    Arg(String),
+}
+
+/// A name and its shape.
+pub type Io = (String, Vec<Extent>);
+
+/// A library's API: its name, the dimensions its functions take (with
+/// the size sets compiled), and its inputs and outputs with their shapes,
 /// in the order of `NAME_run`'s arguments.
 pub struct Api {
     pub name: String,
     pub source: String,
-    pub inputs: Vec<(String, Vec<usize>)>,
-    pub outputs: Vec<(String, Vec<usize>)>,
+    pub dims: Vec<String>,
+    /// The sizes of `dims` in each compiled variant.
+    pub sizes: Vec<Vec<usize>>,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
     /// The training step's inputs, for a file with a `train` block.
-    pub train: Option<Vec<(String, Vec<usize>)>>,
+    pub train: Option<Vec<Io>>,
 }
 
 /// The sizes of what the object file embeds.
@@ -27,15 +42,30 @@ fn ident(name: &str) -> String {
         .collect()
 }
 
-fn shape_text(s: &[usize]) -> String {
-    let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+fn extent_text(e: &Extent) -> String {
+    match e {
+        Extent::Fixed(n) => n.to_string(),
+        Extent::Arg(d) => d.clone(),
+    }
+}
+
+fn shape_text(s: &[Extent]) -> String {
+    let dims: Vec<String> = s.iter().map(extent_text).collect();
     format!("[{}]", dims.join(", "))
 }
 
 impl Api {
+    /// The model handle and the run-time dimensions: every function's
+    /// first parameters.
+    fn leading_params(&self) -> Vec<String> {
+        let mut ps = vec![format!("{}_model *m", self.name)];
+        ps.extend(self.dims.iter().map(|d| format!("size_t {}", ident(d))));
+        ps
+    }
+
     /// `NAME_run`'s parameter list.
     fn run_params(&self) -> String {
-        let mut ps = vec![format!("{}_model *m", self.name)];
+        let mut ps = self.leading_params();
         ps.extend(
             self.inputs
                 .iter()
@@ -50,8 +80,8 @@ impl Api {
     }
 
     /// `NAME_train_step`'s parameter list.
-    fn train_params(&self, inputs: &[(String, Vec<usize>)]) -> String {
-        let mut ps = vec![format!("{}_model *m", self.name)];
+    fn train_params(&self, inputs: &[Io]) -> String {
+        let mut ps = self.leading_params();
         ps.extend(
             inputs
                 .iter()
@@ -130,16 +160,69 @@ impl Api {
              #define {up}_ERR_RUN 3 /* the run failed (the message says why) */\n\n",
             src = self.source
         );
-        let mut io = |kind: &str, list: &[(String, Vec<usize>)]| {
+        if !self.dims.is_empty() {
+            let list: Vec<String> = self
+                .sizes
+                .iter()
+                .map(|v| {
+                    let xs: Vec<String> = self
+                        .dims
+                        .iter()
+                        .zip(v)
+                        .map(|(d, n)| format!("{d} = {n}"))
+                        .collect();
+                    xs.join(", ")
+                })
+                .collect();
+            let fns = match self.train {
+                Some(_) => format!("{n}_run and {n}_train_step"),
+                None => format!("{n}_run"),
+            };
+            h.push_str(&format!(
+                "/* Run-time dimensions: {}, the arguments after the model of\n   \
+                 {fns}. The library holds a program for each set of sizes\n   \
+                 compiled: {}; another is {up}_ERR_ARGUMENT. The array lengths below\n   \
+                 are macros of them. */\n\n",
+                self.dims.join(", "),
+                list.join("; ")
+            ));
+        }
+        let args: Vec<String> = self.dims.iter().map(|d| ident(d)).collect();
+        let args = args.join(", ");
+        let mut io = |kind: &str, list: &[Io]| {
             for (name, shape) in list {
                 let id = ident(name).to_uppercase();
                 h.push_str(&format!("/* {kind} `{name}`: {}. */\n", shape_text(shape)));
                 h.push_str(&format!("#define {up}_{id}_RANK {}\n", shape.len()));
                 for (k, d) in shape.iter().enumerate() {
-                    h.push_str(&format!("#define {up}_{id}_DIM{k} {d}\n"));
+                    if let Extent::Fixed(d) = d {
+                        h.push_str(&format!("#define {up}_{id}_DIM{k} {d}\n"));
+                    }
                 }
-                let len: usize = shape.iter().product();
-                h.push_str(&format!("#define {up}_{id}_LEN {len}\n\n"));
+                let fixed: usize = shape
+                    .iter()
+                    .map(|e| match e {
+                        Extent::Fixed(n) => *n,
+                        Extent::Arg(_) => 1,
+                    })
+                    .product();
+                let varying: Vec<String> = shape
+                    .iter()
+                    .filter_map(|e| match e {
+                        Extent::Arg(d) => Some(format!("(size_t)({})", ident(d))),
+                        Extent::Fixed(_) => None,
+                    })
+                    .collect();
+                if self.dims.is_empty() {
+                    h.push_str(&format!("#define {up}_{id}_LEN {fixed}\n\n"));
+                } else {
+                    let mut factors = varying;
+                    factors.push(fixed.to_string());
+                    h.push_str(&format!(
+                        "#define {up}_{id}_LEN({args}) ({})\n\n",
+                        factors.join(" * ")
+                    ));
+                }
             }
         };
         io("input", &self.inputs);
@@ -168,9 +251,14 @@ impl Api {
         let n = &self.name;
         let ins: Vec<String> = self.inputs.iter().map(|(x, _)| ident(x)).collect();
         let outs: Vec<String> = self.outputs.iter().map(|(x, _)| ident(x)).collect();
+        let dim_names: Vec<String> = self.dims.iter().map(|d| ident(d)).collect();
         let array = |ty: &str, var: &str, xs: &[String]| match xs.len() {
             0 => format!("    {ty} *const *{var} = 0;\n"),
             _ => format!("    {ty} *const {var}[] = {{{}}};\n", xs.join(", ")),
+        };
+        let dims_arr = match dim_names.len() {
+            0 => "    const size_t *dims = 0;\n".to_string(),
+            _ => format!("    const size_t dims[] = {{{}}};\n", dim_names.join(", ")),
         };
         format!(
             "/* {n}.c: generated by nnc; the exported functions of `{n}`. */\n\
@@ -179,8 +267,10 @@ impl Api {
              struct nnc_rt_model *nnc_rt_new(const unsigned char *plan, size_t plan_len,\n\
              \x20   void *const *kernels, size_t n_kernels, const unsigned char *params, size_t params_len);\n\
              int nnc_rt_load_params(struct nnc_rt_model *m, const char *path);\n\
-             int nnc_rt_run(struct nnc_rt_model *m, const float *const *inputs, float *const *outputs);\n\
-             int nnc_rt_train_step(struct nnc_rt_model *m, const float *const *inputs, float *loss);\n\
+             int nnc_rt_run(struct nnc_rt_model *m, const size_t *dims, const float *const *inputs,\n\
+             \x20   float *const *outputs);\n\
+             int nnc_rt_train_step(struct nnc_rt_model *m, const size_t *dims, const float *const *inputs,\n\
+             \x20   float *loss);\n\
              int nnc_rt_save_params(struct nnc_rt_model *m, const char *path);\n\
              const char *nnc_rt_last_error(void);\n\
              void nnc_rt_free(struct nnc_rt_model *m);\n\n\
@@ -192,8 +282,8 @@ impl Api {
              \x20       {n}__nnc_params, {params});\n}}\n\n\
              int {n}_load_params({n}_model *m, const char *path) {{\n\
              \x20   return nnc_rt_load_params((struct nnc_rt_model *)m, path);\n}}\n\n\
-             int {n}_run({run}) {{\n{in_arr}{out_arr}\
-             \x20   return nnc_rt_run((struct nnc_rt_model *)m, inputs, outputs);\n}}\n\n\
+             int {n}_run({run}) {{\n{dims_arr}{in_arr}{out_arr}\
+             \x20   return nnc_rt_run((struct nnc_rt_model *)m, dims, inputs, outputs);\n}}\n\n\
              {train}\
              int {n}_save_params({n}_model *m, const char *path) {{\n\
              \x20   return nnc_rt_save_params((struct nnc_rt_model *)m, path);\n}}\n\n\
@@ -210,9 +300,10 @@ impl Api {
                 Some(t) => {
                     let xs: Vec<String> = t.iter().map(|(x, _)| ident(x)).collect();
                     format!(
-                        "int {n}_train_step({}) {{\n{}\
-                         \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, inputs, loss);\n}}\n\n",
+                        "int {n}_train_step({}) {{\n{}{}\
+                         \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, dims, inputs, loss);\n}}\n\n",
                         self.train_params(t),
+                        dims_arr,
                         array("const float", "inputs", &xs)
                     )
                 }

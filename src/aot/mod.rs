@@ -25,10 +25,14 @@
 //! and the wrappers' C source, built and linked with that target's
 //! toolchain and runtime; nothing here runs it.
 //!
-//! Not done yet (issue 15): symbolic dimensions as run-time arguments
-//! (every one is fixed at compile time with `--dim`, or by the `train`
-//! block's `batch`), and separate model and context handles (a handle
-//! holds the weights and the scratch: one per thread).
+//! A symbolic dimension given several sizes (`--dim B=1,8,32`) is an
+//! argument of the library's functions: the plan holds one [`Variant`]
+//! per set of sizes, each compiled ahead, and the runtime builds a
+//! variant's programs on its first use.
+//!
+//! Not done yet (issue 15): a dimension that takes any size at run time
+//! (each is compiled ahead), and separate model and context handles (a
+//! handle holds the weights and the scratch: one per thread).
 
 pub mod runtime;
 
@@ -41,13 +45,26 @@ use cranelift_entity::SecondaryMap;
 use cranelift_module::{DataDescription, Linkage, Module};
 use std::path::{Path, PathBuf};
 
-/// What a library embeds for its runtime: the schedule of `NAME_run`
-/// and, for a file with a `train` block, of `NAME_train_step`.
+/// What a library embeds for its runtime: the names of the dimensions
+/// its functions take as arguments, and one variant per set of their
+/// sizes that was compiled (a single one when there are none).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub name: String,
+    pub dims: Vec<String>,
+    pub variants: Vec<Variant>,
+}
+
+/// The entry points for one size of each run-time dimension: the
+/// schedule of `NAME_run` and, for a file with a `train` block, of
+/// `NAME_train_step`; their kernels are the next `kernels` entries of the
+/// library's table.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Variant {
+    pub sizes: Vec<usize>,
     pub run: Part,
     pub train: Option<Train>,
+    pub kernels: usize,
 }
 
 /// One compiled entry point: its schedule and its inputs in the order of
@@ -143,11 +160,40 @@ pub fn library_graph(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Resul
 
 /// The graphs a library is built from: the outputs it runs and, for a
 /// `train` block, each phase's step graph (their parameter tables agree,
-/// the last one's being the largest), with every symbolic dimension bound.
+/// the last one's being the largest) with its seed; the dimensions that
+/// stay arguments of the library's functions, in argument order; and one
+/// binding of every symbolic dimension per variant to compile.
 pub struct Graphs<'g> {
     pub run: &'g Graph,
     pub train: Option<(Vec<Graph>, u64)>,
-    pub syms: &'g SecondaryMap<crate::ir::Sym, Option<usize>>,
+    pub dims: Vec<crate::ir::Sym>,
+    pub variants: Vec<SecondaryMap<crate::ir::Sym, Option<usize>>>,
+}
+
+/// A shape in the header: each dim a size, or a run-time dimension's name.
+fn api_shape(
+    g: &Graph,
+    graphs: &Graphs,
+    shape: &[crate::ir::Dim],
+    span: crate::diag::Span,
+) -> Result<Vec<header::Extent>, Diag> {
+    let first = graphs.variants.first().ok_or_else(|| {
+        error(
+            "no sizes to compile for",
+            "give each symbolic dimension a size with --dim",
+        )
+    })?;
+    let sizes = concrete(g, first, shape, span)?;
+    Ok(shape
+        .iter()
+        .zip(sizes)
+        .map(|(d, n)| match d {
+            crate::ir::Dim::Sym(s) if graphs.dims.contains(s) => {
+                header::Extent::Arg(g.syms[*s].name.clone())
+            }
+            _ => header::Extent::Fixed(n),
+        })
+        .collect())
 }
 
 fn concrete(
@@ -193,59 +239,99 @@ pub fn compile(
     params: &SecondaryMap<ParamId, Tensor>,
     opts: &Options,
 ) -> Result<Library, Diag> {
-    let (g, syms) = (graphs.run, graphs.syms);
+    let g = graphs.run;
     if g.outputs.is_empty() {
         return Err(error(
             "this file declares no outputs, so a library would compute nothing",
             "name a result with `output y = ...`",
         ));
     }
-    let run = part(g, syms)?;
-    let outputs: Vec<(String, Vec<usize>)> = g
-        .outputs
-        .iter()
-        .map(|o| {
-            Ok((
-                o.name.clone(),
-                concrete(g, syms, &g.nodes[o.node].ty.shape, o.span)?,
-            ))
-        })
-        .collect::<Result<_, Diag>>()?;
-    let mut table = g;
-    let train = match &graphs.train {
-        None => None,
-        Some((phases, seed)) => {
-            let parts: Vec<Part> = phases
-                .iter()
-                .map(|pg| part(pg, syms))
-                .collect::<Result<_, _>>()?;
-            let mut inputs: Vec<(String, Vec<usize>)> = Vec::new();
-            for (pg, p) in phases.iter().zip(&parts) {
-                for (i, shape) in &p.inputs {
-                    let name = &pg.inputs[*i].name;
-                    if !inputs.iter().any(|(n, _)| n == name) {
-                        inputs.push((name.clone(), shape.clone()));
+    let mut variants = Vec::new();
+    for syms in &graphs.variants {
+        let run = part(g, syms)?;
+        let train = match &graphs.train {
+            None => None,
+            Some((phases, seed)) => {
+                let parts: Vec<Part> = phases
+                    .iter()
+                    .map(|pg| part(pg, syms))
+                    .collect::<Result<_, _>>()?;
+                let mut inputs: Vec<(String, Vec<usize>)> = Vec::new();
+                for (pg, p) in phases.iter().zip(&parts) {
+                    for (i, shape) in &p.inputs {
+                        let name = &pg.inputs[*i].name;
+                        if !inputs.iter().any(|(n, _)| n == name) {
+                            inputs.push((name.clone(), shape.clone()));
+                        }
                     }
                 }
+                Some(Train {
+                    phases: parts,
+                    inputs,
+                    seed: *seed,
+                })
             }
-            table = phases.last().unwrap_or(g);
-            Some(Train {
-                phases: parts,
-                inputs,
-                seed: *seed,
-            })
-        }
+        };
+        let sizes = graphs.dims.iter().map(|&d| syms[d].unwrap_or(0)).collect();
+        variants.push(Variant {
+            sizes,
+            run,
+            train,
+            kernels: 0,
+        });
+    }
+    let table = match &graphs.train {
+        Some((phases, _)) => phases.last().unwrap_or(g),
+        None => g,
     };
+    // The header's shapes, from the first variant (the others differ only
+    // in the run-time dimensions).
+    let named = |graph: &Graph, list: &[(InputId, Vec<usize>)]| {
+        list.iter()
+            .map(|(i, _)| {
+                let info = &graph.inputs[*i];
+                Ok((
+                    info.name.clone(),
+                    api_shape(graph, graphs, &info.ty.shape, info.span)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Diag>>()
+    };
+    let first = &variants[0];
     let api = header::Api {
         name: opts.name.clone(),
         source: opts.source.clone(),
-        inputs: run
-            .inputs
+        dims: graphs
+            .dims
             .iter()
-            .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
+            .map(|&d| g.syms[d].name.clone())
             .collect(),
-        outputs,
-        train: train.as_ref().map(|t| t.inputs.clone()),
+        sizes: variants.iter().map(|v| v.sizes.clone()).collect(),
+        inputs: named(g, &first.run.inputs)?,
+        outputs: g
+            .outputs
+            .iter()
+            .map(|o| {
+                Ok((
+                    o.name.clone(),
+                    api_shape(g, graphs, &g.nodes[o.node].ty.shape, o.span)?,
+                ))
+            })
+            .collect::<Result<_, Diag>>()?,
+        train: match (&first.train, &graphs.train) {
+            (Some(t), Some((phases, _))) => {
+                let mut all = Vec::new();
+                for (pg, p) in phases.iter().zip(&t.phases) {
+                    for x in named(pg, &p.inputs)? {
+                        if !all.iter().any(|(n, _): &(String, _)| *n == x.0) {
+                            all.push(x);
+                        }
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        },
     };
     let isa = object_isa(opts.target.as_deref(), opts.target_cpu.as_deref())?;
     let tensors: Vec<(String, &Tensor)> = table
@@ -261,19 +347,14 @@ pub fn compile(
     };
     let params_bytes = crate::train::checkpoint::to_bytes(&tensors, &Default::default())
         .map_err(|e| bug("the parameters", e))?;
-    let plan = Plan {
+    let mut plan = Plan {
         name: opts.name.clone(),
-        run,
-        train,
+        dims: api.dims.clone(),
+        variants,
     };
-    let plan_bytes = serde_json::to_vec(&plan).map_err(|e| bug("the plan", e.to_string()))?;
-    let mut schedules = vec![&plan.run.schedule];
-    if let Some(t) = &plan.train {
-        schedules.extend(t.phases.iter().map(|p| &p.schedule));
-    }
-    let (object, n_kernels) = object(&schedules, &opts.name, isa, &plan_bytes, &params_bytes)?;
+    let (object, n_kernels, plan_len) = object(&mut plan, &opts.name, isa, &params_bytes)?;
     let sizes = header::Sizes {
-        plan: plan_bytes.len(),
+        plan: plan_len,
         params: params_bytes.len(),
         kernels: n_kernels,
     };
@@ -349,16 +430,17 @@ fn object_isa(
         .map_err(|e| fail(e.to_string()))
 }
 
-/// The object file: the kernels of every schedule, their table in the
-/// order the runtime asks for them (schedule after schedule), the plan and the parameters. Returns its bytes and
-/// the number of kernels.
+/// The object file: the kernels of every variant's schedules, their
+/// table in the order the runtime asks for them (variant after variant,
+/// each its run then its training phases; `plan` gets each variant's
+/// count), the plan and the parameters. Returns its bytes, the number of
+/// kernels and the plan's length.
 fn object(
-    schedules: &[&Schedule],
+    plan: &mut Plan,
     name: &str,
     isa: cranelift_codegen::isa::OwnedTargetIsa,
-    plan: &[u8],
     params: &[u8],
-) -> Result<(Vec<u8>, usize), Diag> {
+) -> Result<(Vec<u8>, usize, usize), Diag> {
     let bug = |e: String| {
         error(
             format!("the object file could not be written: {e}"),
@@ -371,27 +453,33 @@ fn object(
     let mut module = cranelift_object::ObjectModule::new(builder);
     let module_triple = module.isa().triple().to_string();
     let mut kx = ObjectKernels::new(&mut module, &format!("{name}__nnc_"));
-    for sched in schedules {
-        // Cranelift stops at a construct a backend cannot lower with a
-        // panic, not an error: turn it into one.
-        let added =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kx.add((*sched).clone())));
-        match added {
-            Ok(r) => r.map_err(|e| e.to_diag())?,
-            Err(_) => {
-                return Err(diag::error(
-                    code::INTERNAL,
-                    format!(
-                        "the code generator for `{}` failed on a kernel",
-                        module_triple
-                    ),
-                )
-                .with_notes(vec![
-                    "help: this is a bug in nnc; the message above the error says where".into(),
-                ]))
+    for v in &mut plan.variants {
+        let before = kx.order.len();
+        let mut schedules = vec![&v.run.schedule];
+        if let Some(t) = &v.train {
+            schedules.extend(t.phases.iter().map(|p| &p.schedule));
+        }
+        for sched in schedules {
+            // Cranelift stops at a construct a backend cannot lower with a
+            // panic, not an error: turn it into one.
+            let added =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kx.add(sched.clone())));
+            match added {
+                Ok(r) => r.map_err(|e| e.to_diag())?,
+                Err(_) => {
+                    return Err(diag::error(
+                        code::INTERNAL,
+                        format!("the code generator for `{module_triple}` failed on a kernel"),
+                    )
+                    .with_notes(vec![
+                        "help: this is a bug in nnc; the message above the error says where".into(),
+                    ]))
+                }
             }
         }
+        v.kernels = kx.order.len() - before;
     }
+    let plan_bytes = serde_json::to_vec(&*plan).map_err(|e| bug(e.to_string()))?;
     let order = std::mem::take(&mut kx.order);
     let define = |module: &mut cranelift_object::ObjectModule,
                   sym: &str,
@@ -412,14 +500,14 @@ fn object(
     // Writable, and defined (not zero-filled: `.bss` takes no relocations):
     // the table's addresses are relocated when the library loads.
     define(&mut module, &format!("{name}__nnc_kernels"), &table, true)?;
-    for (sym, data) in [("plan", plan), ("params", params)] {
+    for (sym, data) in [("plan", &plan_bytes[..]), ("params", params)] {
         let mut d = DataDescription::new();
         d.define(data.to_vec().into_boxed_slice());
         d.set_align(8);
         define(&mut module, &format!("{name}__nnc_{sym}"), &d, false)?;
     }
     let bytes = module.finish().emit().map_err(|e| bug(e.to_string()))?;
-    Ok((bytes, order.len()))
+    Ok((bytes, order.len(), plan_bytes.len()))
 }
 
 /// Where the runtime archive is: `NNC_RUNTIME`, else `libnnc.a` beside

@@ -32,17 +32,25 @@ fn set_error(msg: impl Into<String>) {
 }
 
 /// A loaded model and its execution context: the plan, the programs
-/// built from it (with their buffers) and the parameters.
+/// built from it (each variant's on its first use, with their buffers)
+/// and the parameters.
 pub struct Model {
     plan: Plan,
-    run: Program,
-    /// One program per phase of the training step.
-    train: Vec<Program>,
+    /// The library's kernels, and where each variant's start.
+    fns: Vec<KernelFn>,
+    starts: Vec<usize>,
+    built: Vec<Option<Built>>,
     /// Every parameter and state, by the largest graph's table.
     params: SecondaryMap<ParamId, Tensor>,
     inputs: SecondaryMap<InputId, Option<Tensor>>,
     /// Training steps taken (the random draws' key counter).
     steps: u64,
+}
+
+/// One variant's programs: its run and each phase of its training step.
+struct Built {
+    run: Program,
+    train: Vec<Program>,
 }
 
 /// Runs `f`, turning an error or a panic into an error code and message.
@@ -71,40 +79,103 @@ unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
 
 impl Model {
     fn new(plan: &[u8], fns: &[KernelFn], params: &[u8]) -> Result<Model, (c_int, String)> {
-        let bad = |m: String| (ERR_RUN, format!("the library is damaged: {m}"));
-        let plan: Plan = serde_json::from_slice(plan).map_err(|e| bad(e.to_string()))?;
-        let mut used = 0;
-        let mut program = |sched: &crate::schedule::Schedule| {
-            // The kernels' memory accesses trust the schedule: check it.
-            sched.verify().map_err(|e| bad(e.to_string()))?;
-            let (p, n) = Program::from_table(sched.clone(), &fns[used.min(fns.len())..])
-                .map_err(|e| bad(e.to_string()))?;
-            used += n;
-            Ok::<_, (c_int, String)>(p)
-        };
-        let run = program(&plan.run.schedule)?;
-        let train = match &plan.train {
-            Some(t) => t
-                .phases
-                .iter()
-                .map(|p| program(&p.schedule))
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        if used != fns.len() {
-            return Err(bad(format!("{} kernels, {used} used", fns.len())));
+        let plan: Plan = serde_json::from_slice(plan).map_err(|e| damaged(e.to_string()))?;
+        let mut starts = Vec::with_capacity(plan.variants.len());
+        let mut at = 0;
+        for v in &plan.variants {
+            starts.push(at);
+            at += v.kernels;
+        }
+        if at != fns.len() || plan.variants.is_empty() {
+            return Err(damaged(format!("{} kernels, {at} in the plan", fns.len())));
         }
         // Placeholders of the right shapes, replaced by the embedded values.
         let mut m = Model {
             params: zeros(table_of(&plan)),
             inputs: SecondaryMap::new(),
-            run,
-            train,
+            fns: fns.to_vec(),
+            starts,
+            built: plan.variants.iter().map(|_| None).collect(),
             plan,
             steps: 0,
         };
         m.set_params(params, "the embedded parameters", true)?;
         Ok(m)
+    }
+
+    /// The variant compiled for the run-time dimensions `dims` (one per
+    /// name of the plan's), its programs built on first use.
+    ///
+    /// # Safety
+    /// `dims` holds as many values as the plan has run-time dimensions.
+    unsafe fn variant(&mut self, dims: *const usize) -> Result<usize, (c_int, String)> {
+        let n = self.plan.dims.len();
+        if n > 0 && dims.is_null() {
+            return Err((ERR_ARGUMENT, "null dimensions".into()));
+        }
+        let sizes: &[usize] = match n {
+            0 => &[],
+            _ => std::slice::from_raw_parts(dims, n),
+        };
+        let Some(k) = self.plan.variants.iter().position(|v| v.sizes == sizes) else {
+            let asked: Vec<String> = self
+                .plan
+                .dims
+                .iter()
+                .zip(sizes)
+                .map(|(d, s)| format!("{d} = {s}"))
+                .collect();
+            let have: Vec<String> = self
+                .plan
+                .variants
+                .iter()
+                .map(|v| {
+                    let xs: Vec<String> = self
+                        .plan
+                        .dims
+                        .iter()
+                        .zip(&v.sizes)
+                        .map(|(d, s)| format!("{d} = {s}"))
+                        .collect();
+                    xs.join(", ")
+                })
+                .collect();
+            return Err((
+                ERR_ARGUMENT,
+                format!(
+                    "{} was not compiled into this library; it has {} (nnc compile --dim NAME=SIZE,SIZE,…)",
+                    asked.join(", "),
+                    have.join("; ")
+                ),
+            ));
+        };
+        if self.built[k].is_none() {
+            let v = &self.plan.variants[k];
+            let mut used = self.starts[k];
+            let fns = &self.fns[..self.starts[k] + v.kernels];
+            let mut program = |sched: &crate::schedule::Schedule| {
+                // The kernels' memory accesses trust the schedule: check it.
+                sched.verify().map_err(|e| damaged(e.to_string()))?;
+                let (p, n) = Program::from_table(sched.clone(), &fns[used.min(fns.len())..])
+                    .map_err(|e| damaged(e.to_string()))?;
+                used += n;
+                Ok::<_, (c_int, String)>(p)
+            };
+            let run = program(&v.run.schedule)?;
+            let train = match &v.train {
+                Some(t) => t
+                    .phases
+                    .iter()
+                    .map(|p| program(&p.schedule))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
+            if used != fns.len() {
+                return Err(damaged(format!("variant {k} uses {used} kernels")));
+            }
+            self.built[k] = Some(Built { run, train });
+        }
+        Ok(k)
     }
 
     /// The graph whose parameter table the model keeps.
@@ -177,12 +248,18 @@ impl Model {
 }
 
 /// The graph whose parameter table every part indexes: the last training
-/// phase's (its table extends the others'), else the run's.
+/// phase's (its table extends the others'), else the run's (parameters
+/// have the same shapes in every variant).
 fn table_of(plan: &Plan) -> &crate::ir::Graph {
-    match &plan.train {
-        Some(t) => &t.phases.last().unwrap_or(&plan.run).schedule.graph,
-        None => &plan.run.schedule.graph,
+    let v = &plan.variants[0];
+    match &v.train {
+        Some(t) => &t.phases.last().unwrap_or(&v.run).schedule.graph,
+        None => &v.run.schedule.graph,
     }
+}
+
+fn damaged(m: String) -> (c_int, String) {
+    (ERR_RUN, format!("the library is damaged: {m}"))
 }
 
 /// A zero tensor of every parameter's shape.
@@ -244,16 +321,18 @@ pub unsafe extern "C" fn nnc_rt_load_params(m: *mut Model, path: *const c_char) 
     })
 }
 
-/// Runs the model: `inputs[k]` holds the k-th input of the header's
-/// order (row-major, of its declared length), `outputs[k]` receives the
-/// k-th output.
+/// Runs the model: `dims` holds the run-time dimensions' sizes (in the
+/// plan's order; null when there are none), `inputs[k]` the k-th input of
+/// the header's order (row-major, of its declared length), `outputs[k]`
+/// receives the k-th output.
 ///
 /// # Safety
-/// `m` comes from `nnc_rt_new`; the arrays hold one valid pointer per
-/// input and output, each to as many floats as the header says.
+/// `m` comes from `nnc_rt_new`; the arrays hold one valid value per
+/// dimension, input and output, each array as long as the header says.
 #[no_mangle]
 pub unsafe extern "C" fn nnc_rt_run(
     m: *mut Model,
+    dims: *const usize,
     inputs: *const *const f32,
     outputs: *const *mut f32,
 ) -> c_int {
@@ -261,34 +340,37 @@ pub unsafe extern "C" fn nnc_rt_run(
         let Some(m) = m.as_mut() else {
             return Err((ERR_ARGUMENT, "run: a null model".into()));
         };
-        let g = &m.plan.run.schedule.graph;
-        let n_out = g.outputs.len();
-        if (!m.plan.run.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
+        let k = m.variant(dims).map_err(|(c, e)| (c, format!("run: {e}")))?;
+        let v = &m.plan.variants[k];
+        let g = &v.run.schedule.graph;
+        if (!v.run.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
             return Err((ERR_ARGUMENT, "run: a null input or output array".into()));
         }
-        let names: Vec<(String, Vec<usize>)> = m
-            .plan
+        let names: Vec<(String, Vec<usize>)> = v
             .run
             .inputs
             .iter()
             .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
             .collect();
-        Model::read_inputs(&mut m.inputs, g, &m.plan.run.inputs, &names, inputs)
+        Model::read_inputs(&mut m.inputs, g, &v.run.inputs, &names, inputs)
             .map_err(|(c, e)| (c, format!("run: {e}")))?;
-        for k in 0..n_out {
+        for (k, o) in g.outputs.iter().enumerate() {
             if (*outputs.add(k)).is_null() {
-                let name = &g.outputs[k].name;
-                return Err((ERR_ARGUMENT, format!("run: output `{name}` is null")));
+                return Err((ERR_ARGUMENT, format!("run: output `{}` is null", o.name)));
             }
         }
-        if let Some(k) = m.plan.run.rng_key {
-            m.inputs[k] = Some(crate::backend::interp::rng_key(0, 0));
+        if let Some(key) = v.run.rng_key {
+            m.inputs[key] = Some(crate::backend::interp::rng_key(0, 0));
         }
-        let program = &mut m.run;
-        program
+        let Some(built) = &mut m.built[k] else {
+            return Err(damaged("a variant was not built".into()));
+        };
+        built
+            .run
             .load_inputs(&m.inputs)
             .map_err(|e| (ERR_RUN, e.to_string()))?;
-        let outs = program
+        let outs = built
+            .run
             .run(&mut m.params, true, false)
             .map_err(|e| (ERR_RUN, e.to_string()))?;
         for (k, t) in outs.iter().enumerate() {
@@ -298,17 +380,19 @@ pub unsafe extern "C" fn nnc_rt_run(
     })
 }
 
-/// One training step on one batch: `inputs[k]` holds the k-th input of
-/// the header's `train_step` order; each phase of the `train` block runs
-/// in order, updating the parameters and the optimizer's state in place;
-/// `*loss` receives the step's loss (the phases' sum). A loss that is not
-/// finite is an error (the update has then been made: reload weights).
+/// One training step on one batch: `dims` as for [`nnc_rt_run`],
+/// `inputs[k]` the k-th input of the header's `train_step` order; each
+/// phase of the `train` block runs in order, updating the parameters and
+/// the optimizer's state in place; `*loss` receives the step's loss (the
+/// phases' sum). A loss that is not finite is an error (the update has
+/// then been made: reload weights).
 ///
 /// # Safety
 /// As [`nnc_rt_run`]; `loss` points to one float.
 #[no_mangle]
 pub unsafe extern "C" fn nnc_rt_train_step(
     m: *mut Model,
+    dims: *const usize,
     inputs: *const *const f32,
     loss: *mut f32,
 ) -> c_int {
@@ -316,11 +400,17 @@ pub unsafe extern "C" fn nnc_rt_train_step(
         let Some(m) = m.as_mut() else {
             return Err((ERR_ARGUMENT, "train_step: a null model".into()));
         };
-        let Some(t) = &m.plan.train else {
+        if m.plan.variants[0].train.is_none() {
             return Err((
                 ERR_ARGUMENT,
                 "train_step: this model has no training step".into(),
             ));
+        }
+        let k = m
+            .variant(dims)
+            .map_err(|(c, e)| (c, format!("train_step: {e}")))?;
+        let Some(t) = &m.plan.variants[k].train else {
+            return Err(damaged("a variant without its training step".into()));
         };
         if (!t.inputs.is_empty() && inputs.is_null()) || loss.is_null() {
             return Err((
@@ -328,9 +418,12 @@ pub unsafe extern "C" fn nnc_rt_train_step(
                 "train_step: a null input array or loss".into(),
             ));
         }
+        let Some(built) = &mut m.built[k] else {
+            return Err(damaged("a variant was not built".into()));
+        };
         let n_phases = t.phases.len() as u64;
         let mut total = 0.0f32;
-        for (k, (part, program)) in t.phases.iter().zip(&mut m.train).enumerate() {
+        for (k, (part, program)) in t.phases.iter().zip(&mut built.train).enumerate() {
             let g = &part.schedule.graph;
             Model::read_inputs(&mut m.inputs, g, &part.inputs, &t.inputs, inputs)
                 .map_err(|(c, e)| (c, format!("train_step: {e}")))?;

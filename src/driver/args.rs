@@ -54,11 +54,13 @@ pub enum Command {
         /// Print this stage instead of writing a library.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
-        /// The size of a symbolic dimension (e.g. `--dim B=128`): a library
-        /// fixes every one; `--emit clif` and `--emit opencl` need them too
-        /// (a file with a `train` block binds the batch dimension from `batch`).
-        #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
-        dims: Vec<(String, usize)>,
+        /// The size of a symbolic dimension: one (`--dim B=128`) fixes it
+        /// at compile time; several (`--dim B=1,8,32`) make it an argument
+        /// of the library's functions, taking any of those sizes.
+        /// `--emit clif` and `--emit opencl` take one size each (a file with
+        /// a `train` block binds the batch dimension from `batch`).
+        #[arg(long = "dim", value_name = "NAME=SIZE[,SIZE…]", value_parser = parse_dim_sizes)]
+        dims: Vec<(String, Vec<usize>)>,
         /// The library to write, its kind by the extension: `.so` (shared),
         /// `.a` (static) or `.o` (an object); default: the file's name with
         /// `.so` in the current folder. The header goes beside it (`.h`).
@@ -217,6 +219,21 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// `NAME=SIZE`, for `--dim`.
+/// `NAME=SIZE[,SIZE…]`: a dimension and one or more sizes, sorted,
+/// each once.
+pub fn parse_dim_sizes(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, sizes) = s.split_once('=').ok_or_else(|| {
+        format!("expected NAME=SIZE or NAME=SIZE,SIZE,…, e.g. B=1,32, found `{s}`")
+    })?;
+    let mut out = Vec::new();
+    for size in sizes.split(',') {
+        out.push(parse_dim(&format!("{name}={size}"))?.1);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok((name.trim().to_string(), out))
+}
+
 pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
     let (name, size) = s
         .split_once('=')

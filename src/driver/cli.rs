@@ -112,7 +112,17 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                     }
                 }
                 (Emit::Fused | Emit::Clif | Emit::Opencl, _, Some(g)) => {
-                    match backend_text(g, c.train.as_ref(), *emit, dims) {
+                    let one: Result<Vec<(String, usize)>, _> = dims
+                        .iter()
+                        .map(|(n, sizes)| match sizes[..] {
+                            [size] => Ok((n.clone(), size)),
+                            _ => Err(crate::diag::error(
+                                crate::diag::code::UNBOUND_DIM,
+                                format!("`--emit` prints one program: give `{n}` one size"),
+                            )),
+                        })
+                        .collect();
+                    match one.and_then(|d| backend_text(g, c.train.as_ref(), *emit, &d)) {
                         Ok(t) => t,
                         Err(d) => {
                             c.diags.push(d);

@@ -216,7 +216,8 @@ pub fn warn_non_finite(
 /// `nnc compile`'s settings for a library.
 pub struct LibraryArgs<'a> {
     pub file: &'a Path,
-    pub dims: &'a [(String, usize)],
+    /// Each dimension's sizes: one fixes it, several make it an argument.
+    pub dims: &'a [(String, Vec<usize>)],
     pub output: Option<&'a Path>,
     pub name: Option<&'a str>,
     pub params: Option<&'a Path>,
@@ -298,7 +299,49 @@ pub fn compile_library(
                 .into(),
         ]));
     }
-    let syms = bind_dims(g, a.dims, train.map(|t| t.batch))?;
+    // One binding per combination of the sizes of the dimensions given
+    // several (the run-time ones, in the order given).
+    let varying: Vec<&(String, Vec<usize>)> = a.dims.iter().filter(|(_, v)| v.len() > 1).collect();
+    let fixed: Vec<(String, usize)> = a
+        .dims
+        .iter()
+        .filter(|(_, v)| v.len() == 1)
+        .map(|(n, v)| (n.clone(), v[0]))
+        .collect();
+    let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
+    for (_, sizes) in &varying {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                sizes.iter().map(move |&s| {
+                    let mut c = c.clone();
+                    c.push(s);
+                    c
+                })
+            })
+            .collect();
+    }
+    const MAX_VARIANTS: usize = 16;
+    if combos.len() > MAX_VARIANTS {
+        return Err(crate::diag::error(
+            crate::diag::code::LIBRARY,
+            format!(
+                "{} combinations of sizes: a library holds at most {MAX_VARIANTS} compiled programs",
+                combos.len()
+            ),
+        )
+        .with_notes(vec!["help: give fewer sizes with --dim".into()]));
+    }
+    let mut variants = Vec::new();
+    for combo in &combos {
+        let mut dims = fixed.clone();
+        dims.extend(varying.iter().zip(combo).map(|((n, _), &s)| (n.clone(), s)));
+        variants.push(bind_dims(g, &dims, train.map(|t| t.batch))?);
+    }
+    let dims: Vec<crate::ir::Sym> = varying
+        .iter()
+        .filter_map(|(n, _)| g.syms.iter().find(|(_, s)| &s.name == n).map(|(s, _)| s))
+        .collect();
     // A `train` block adds a training step; the last phase's graph holds
     // every parameter and the optimizer's state.
     let steps = match train {
@@ -332,7 +375,8 @@ pub fn compile_library(
     let graphs = crate::aot::Graphs {
         run: g,
         train: steps,
-        syms: &syms,
+        dims,
+        variants,
     };
     let lib = crate::aot::compile(&graphs, &params, &opts)?;
     let mut text = format!(
