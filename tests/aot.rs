@@ -128,6 +128,18 @@ fn reference(
     ins: &[(String, Vec<f32>)],
     params: Option<&SecondaryMap<nnc::ir::ParamId, Tensor>>,
 ) -> Vec<Tensor> {
+    run_on(BackendKind::Interp, file, dims, ins, params)
+}
+
+/// The outputs of `file`'s library graph on `backend` (the JIT: what
+/// `nnc run` computes).
+fn run_on(
+    backend: BackendKind,
+    file: &str,
+    dims: &[(String, usize)],
+    ins: &[(String, Vec<f32>)],
+    params: Option<&SecondaryMap<nnc::ir::ParamId, Tensor>>,
+) -> Vec<Tensor> {
     let src = std::fs::read_to_string(root().join(file)).expect("example");
     let c = pipeline::compile(file, &src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
@@ -150,9 +162,9 @@ fn reference(
         Some(p) => p.clone(),
         None => interp::init_params(&g, 0),
     };
-    Engine::new(BackendKind::Interp, &g)
+    Engine::new(backend, &g)
         .run(&mut p, &inputs)
-        .expect("the interpreter runs")
+        .expect("the reference runs")
 }
 
 fn read_floats(path: &Path) -> Vec<f32> {
@@ -163,14 +175,28 @@ fn read_floats(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// Against the interpreter: within 1e-4 (relative, absolute below 1).
 fn assert_close(got: &[f32], want: &[Tensor], what: &str) {
+    assert_within(
+        got,
+        want,
+        |b| 1e-4 * b.abs().max(1.0),
+        &format!("{what} (interpreter)"),
+    );
+}
+
+/// Against the JIT (`nnc run`, the same kernels): within 1e-6 relative.
+fn assert_as_jit(got: &[f32], want: &[Tensor], what: &str) {
+    assert_within(got, want, |b| 1e-6 * b.abs(), &format!("{what} (JIT)"));
+}
+
+fn assert_within(got: &[f32], want: &[Tensor], tol: impl Fn(f32) -> f32, what: &str) {
     let want: Vec<f32> = want.iter().flat_map(|t| t.data.iter().copied()).collect();
     assert_eq!(got.len(), want.len(), "{what}: output length");
     for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
-        let tol = 1e-4 * b.abs().max(1.0);
         assert!(
-            (a - b).abs() <= tol,
-            "{what}: element {k}: library {a}, interpreter {b}"
+            (a - b).abs() <= tol(b),
+            "{what}: element {k}: library {a}, reference {b}"
         );
     }
 }
@@ -221,8 +247,10 @@ fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
         String::from_utf8_lossy(&ran.stderr)
     );
     let dims: Vec<(String, usize)> = dims.iter().map(|(d, n)| (d.to_string(), *n)).collect();
-    let want = reference(file, &dims, &values, None);
-    assert_close(&read_floats(&dir.join("out.bin")), &want, file);
+    let got = read_floats(&dir.join("out.bin"));
+    assert_close(&got, &reference(file, &dims, &values, None), file);
+    let jit = run_on(BackendKind::Jit, file, &dims, &values, None);
+    assert_as_jit(&got, &jit, file);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -269,6 +297,19 @@ fn weights_are_embedded_replaced_at_run_time_and_bad_calls_are_errors() {
     let w7 = save(7, &dir.join("w7.safetensors"));
     let w9 = save(9, &dir.join("w9.safetensors"));
     std::fs::write(dir.join("other.safetensors"), b"not a safetensors file").expect("write");
+    // Weights of another model (xor's), as `nnc train --save` writes them.
+    let o = nnc(
+        &[
+            "train",
+            &root().join("examples/xor.nn").display().to_string(),
+            "--epochs",
+            "1",
+            "--save",
+            "xor.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = nnc(
         &[
             "compile",
@@ -306,7 +347,9 @@ int main(void) {
     net_model *m = net_new();
     if (!m || net_run(m, x, y) != NET_OK) return 3;
     dump("embedded.bin", y);
-    int rc = net_load_params(m, "other.safetensors");
+    int rc = net_load_params(m, "xor.safetensors");
+    printf("xor: %d %s\n", rc, net_last_error());
+    rc = net_load_params(m, "other.safetensors");
     printf("other: %d %s\n", rc, net_last_error());
     rc = net_load_params(m, "missing.safetensors");
     printf("missing: %d %s\n", rc, net_last_error());
@@ -386,6 +429,22 @@ int main(void) {
         "{out}"
     );
     assert!(out.contains("null model: 1 "), "{out}");
+    let jit7 = run_on(BackendKind::Jit, file, &dims, &ins, Some(&w7));
+    let jit9 = run_on(BackendKind::Jit, file, &dims, &ins, Some(&w9));
+    assert_as_jit(
+        &read_floats(&dir.join("embedded.bin")),
+        &jit7,
+        "embedded weights",
+    );
+    assert_as_jit(
+        &read_floats(&dir.join("loaded.bin")),
+        &jit9,
+        "loaded weights",
+    );
+    assert!(
+        out.contains("xor: 2 ") && out.contains("has no tensor `Mlp.w1`"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -742,6 +801,25 @@ int main(void) {
         losses.push(outs[0].clone());
     }
     assert_close(&read_floats(&dir.join("out.bin")), &losses, "losses");
+    // And the JIT (what `nnc train` runs), step by step, within 1e-6.
+    let mut jit_params = interp::init_params(sg, 0);
+    let mut jit = Engine::new(BackendKind::Jit, sg);
+    let mut jit_losses = Vec::new();
+    for (x, y) in &batches {
+        let mut inputs = SecondaryMap::new();
+        for (name, data, width) in [("Mlp.x", x, 64), ("Mlp.y", y, 10)] {
+            let (id, _) = sg
+                .inputs
+                .iter()
+                .find(|(_, i)| i.name == name)
+                .expect("input");
+            inputs[id] = Some(Tensor::new(vec![8, width], data.clone()));
+        }
+        let outs = jit.step(&mut jit_params, &inputs).expect("JIT step");
+        jit_losses.push(outs[0].clone());
+    }
+    jit.sync(&mut jit_params).expect("sync");
+    assert_as_jit(&read_floats(&dir.join("out.bin")), &jit_losses, "losses");
     let (saved, _) = nnc::train::checkpoint::load(&dir.join("after.safetensors")).expect("saved");
     assert_eq!(
         saved.len(),
@@ -751,6 +829,7 @@ int main(void) {
     for (id, p) in sg.params.iter() {
         let got = &saved[&p.name];
         assert_eq!(got.shape, params[id].shape, "{}", p.name);
+        assert_as_jit(&got.data, std::slice::from_ref(&jit_params[id]), &p.name);
         for (k, (&a, &b)) in got.data.iter().zip(&params[id].data).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-4 * b.abs().max(1.0),
@@ -1000,5 +1079,94 @@ int main(void) {
         want.extend(reference(file, &dims, &[("Mlp.x".to_string(), x)], None));
     }
     assert_close(&got, &want, "B = 2 and B = 5");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The headers of the examples, as a person reads them (insta snapshots).
+#[test]
+fn headers_of_the_examples() {
+    let dir = scratch("headers");
+    for (file, name, dims) in [
+        ("examples/digits_mlp.nn", "digits", None),
+        ("examples/xor.nn", "xor", None),
+        ("examples/lenet_mnist.nn", "lenet", Some("B=1")),
+        ("examples/bench/mlp_infer.nn", "mlp", Some("B=1,8,128")),
+    ] {
+        let out = dir.join(format!("{name}.so")).display().to_string();
+        let mut args = vec!["compile", file, "-o", out.as_str()];
+        if let Some(d) = dims {
+            args.extend(["--dim", d]);
+        }
+        let o = nnc(&args, &root());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
+        insta::assert_snapshot!(format!("header_{name}"), header);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The code's target: x86-64-v3 by default (AVX2 and FMA, no AVX-512:
+/// the kernels never touch a zmm register or a mask), and x86-64-v2
+/// without AVX at all (no VEX instructions; the fused multiply-adds
+/// become calls to the C library's `fmaf`). The runtime's own routines
+/// choose AVX-512 or AVX2 at run time.
+#[test]
+fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let dir = scratch("target");
+    let model = root()
+        .join("tests/fixtures/aot/lstm_pow.nn")
+        .display()
+        .to_string();
+    for (cpu, out) in [("x86-64-v3", "v3.so"), ("x86-64-v2", "v2.so")] {
+        let o = nnc(
+            &[
+                "compile",
+                &model,
+                "--dim",
+                "B=2",
+                "--target-cpu",
+                cpu,
+                "-o",
+                out,
+                "--name",
+                "m",
+                "--keep-temps",
+            ],
+            &dir,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dis = Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn", "m.kernels.o"])
+            .current_dir(&dir)
+            .output()
+            .expect("objdump");
+        let text = String::from_utf8_lossy(&dis.stdout);
+        assert!(text.contains("m__nnc_k0"), "{text}");
+        assert!(
+            !text.contains("zmm") && !text.contains("%k1"),
+            "{cpu}: AVX-512 in the kernels"
+        );
+        match cpu {
+            "x86-64-v3" => assert!(text.contains("vfmadd"), "{cpu}: no FMA"),
+            _ => {
+                assert!(
+                    !text.contains("vfmadd") && !text.contains("ymm"),
+                    "{cpu}: AVX in the kernels"
+                );
+                assert!(
+                    !text.lines().any(|l| l
+                        .trim_start()
+                        .split('\t')
+                        .nth(1)
+                        .is_some_and(|i| i.starts_with('v'))),
+                    "{cpu}: a VEX instruction"
+                );
+            }
+        }
+        std::fs::remove_file(dir.join("m.kernels.o")).expect("kernels.o");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

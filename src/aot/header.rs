@@ -139,19 +139,19 @@ impl Api {
         let up = n.to_uppercase();
         let mut h = format!(
             "/* {n}.h: the C API of the model `{n}`, compiled by nnc from {src}.\n\
-             *\n\
-             * {n}_new() loads the model with the weights embedded at compile time;\n\
-             * {n}_load_params() replaces them from a safetensors file (as written by\n\
-             * `nnc train --save`). {n}_run() computes the outputs from the inputs:\n\
-             * row-major float arrays of the sizes below. Every function returns\n\
-             * {up}_OK or an error code, never aborts; {n}_last_error() gives the\n\
-             * message of the calling thread's last error.\n\
-             *\n\
-             * Threads: a {n}_model holds the weights and the scratch buffers of a\n\
-             * run, so one handle is used by one thread at a time; create one per\n\
-             * thread to run in parallel. A run may use a pool of worker threads.\n\
-             */\n\
-             #ifndef {up}_H\n#define {up}_H\n\n\
+             \x20*\n\
+             \x20* {n}_new() loads the model with the weights embedded at compile time;\n\
+             \x20* {n}_load_params() replaces them from a safetensors file (as written by\n\
+             \x20* `nnc train --save`). {n}_run() computes the outputs from the inputs:\n\
+             \x20* row-major float arrays of the sizes below. Every function returns\n\
+             \x20* {up}_OK or an error code, never aborts; {n}_last_error() gives the\n\
+             \x20* message of the calling thread's last error.\n\
+             \x20*\n\
+             \x20* Threads: a {n}_model holds the weights and the scratch buffers of a\n\
+             \x20* run, so one handle is used by one thread at a time; create one per\n\
+             \x20* thread to run in parallel. A run may use a pool of worker threads.\n\
+             \x20*/\n\
+             #ifndef {up}_H\n#define {up}_H\n\n#include <stddef.h>\n\n\
              #ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n\
              /* The error codes. */\n\
              #define {up}_OK 0\n\
@@ -181,8 +181,8 @@ impl Api {
             h.push_str(&format!(
                 "/* Run-time dimensions: {}, the arguments after the model of\n   \
                  {fns}. The library holds a program for each set of sizes\n   \
-                 compiled: {}; another is {up}_ERR_ARGUMENT. The array lengths below\n   \
-                 are macros of them. */\n\n",
+                 compiled, another is {up}_ERR_ARGUMENT; the array lengths below\n   \
+                 are macros of them. Compiled:\n   {}. */\n\n",
                 self.dims.join(", "),
                 list.join("; ")
             ));

@@ -425,6 +425,12 @@ fn object_isa(
                 "use x86-64-v2, x86-64-v3, x86-64-v4, a CPU name such as znver3, or native",
             )
         })?;
+        // Cranelift's x86-64-v3 and -v4 presets set AVX2 and FMA but not
+        // AVX, without which it uses neither (no VEX encoding; FMAs become
+        // calls to `fmaf`); every CPU with AVX2 has AVX.
+        if matches!(cpu, "x86-64-v3" | "x86-64-v4") {
+            b.enable("has_avx").map_err(|e| fail(e.to_string()))?;
+        }
     }
     b.finish(settings::Flags::new(flags))
         .map_err(|e| fail(e.to_string()))
