@@ -1170,3 +1170,84 @@ fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Eight threads share one loaded model, each running through a context
+/// of its own (`NAME_context_new`), twenty times on inputs of its own:
+/// every output is the one the model gives on one thread.
+#[test]
+fn eight_threads_with_their_own_contexts_give_the_single_thread_outputs() {
+    let dir = scratch("threads");
+    let model = root()
+        .join("examples/bench/mlp_infer.nn")
+        .display()
+        .to_string();
+    let o = nnc(&["compile", &model, "--dim", "B=4", "-o", "mlp.so"], &dir);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let main = r#"#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include "mlp.h"
+
+#define THREADS 8
+static mlp_model *shared;
+static float x[THREADS][MLP_MLP_X_LEN], want[THREADS][MLP_LOGITS_LEN];
+static int bad[THREADS];
+
+static void *work(void *arg) {
+    int t = (int)(size_t)arg;
+    mlp_model *c = mlp_context_new(shared);
+    float y[MLP_LOGITS_LEN];
+    if (!c) { bad[t] = -1; return NULL; }
+    for (int r = 0; r < 20; r++) {
+        if (mlp_run(c, x[t], y) != MLP_OK || memcmp(y, want[t], sizeof y) != 0) bad[t]++;
+    }
+    mlp_free(c);
+    return NULL;
+}
+
+int main(void) {
+    shared = mlp_new();
+    if (!shared) return 1;
+    for (int t = 0; t < THREADS; t++) {
+        for (int i = 0; i < MLP_MLP_X_LEN; i++) x[t][i] = (float)((i * 7 + t * 5) % 11) / 11.0f;
+        if (mlp_run(shared, x[t], want[t]) != MLP_OK) return 2;
+    }
+    pthread_t th[THREADS];
+    for (int t = 0; t < THREADS; t++) pthread_create(&th[t], NULL, work, (void *)(size_t)t);
+    for (int t = 0; t < THREADS; t++) pthread_join(th[t], NULL);
+    int total = 0;
+    for (int t = 0; t < THREADS; t++) total += bad[t];
+    printf("%d runs differed\n", total);
+    printf("distinct: %d\n", memcmp(want[0], want[1], sizeof want[0]) != 0);
+    mlp_free(shared);
+    return 0;
+}
+"#;
+    std::fs::write(dir.join("main.c"), main).expect("main.c");
+    let cc = Command::new("cc")
+        .args([
+            "-std=c99", "-Wall", "-Werror", "-pthread", "-o", "main", "main.c", "./mlp.so",
+        ])
+        .arg("-Wl,-rpath,$ORIGIN")
+        .current_dir(&dir)
+        .output()
+        .expect("cc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let ran = Command::new(dir.join("main"))
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(out.trim(), "0 runs differed\ndistinct: 1");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -108,6 +108,10 @@ impl Api {
                 format!("int {n}_run({})", self.run_params()),
             ),
         ];
+        fs.push((
+            "/* A context of `m`, to run it on another thread: a handle with its own\n   scratch buffers and a copy of m's current weights (m must not change\n   while this copies them); free it with {n}_free. NULL on failure. */",
+            format!("{n}_model *{n}_context_new(const {n}_model *m)"),
+        ));
         if let Some(inputs) = &self.train {
             fs.push((
                 "/* One training step on one batch (the `train` block's loss and\n   optimizer): updates the weights and the optimizer's state in place and\n   writes the loss; a loss that is not finite is an error. */",
@@ -147,9 +151,11 @@ impl Api {
              \x20* {up}_OK or an error code, never aborts; {n}_last_error() gives the\n\
              \x20* message of the calling thread's last error.\n\
              \x20*\n\
-             \x20* Threads: a {n}_model holds the weights and the scratch buffers of a\n\
-             \x20* run, so one handle is used by one thread at a time; create one per\n\
-             \x20* thread to run in parallel. A run may use a pool of worker threads.\n\
+             \x20* Threads: a {n}_model holds weights and the scratch buffers of a run,\n\
+             \x20* and is used by one thread at a time. To run on several threads, give\n\
+             \x20* each a context: {n}_context_new(m) makes a handle of its own (its own\n\
+             \x20* buffers and a copy of m's weights) for {n}_run and the others, freed\n\
+             \x20* with {n}_free. A run may use a pool of worker threads.\n\
              \x20*/\n\
              #ifndef {up}_H\n#define {up}_H\n\n#include <stddef.h>\n\n\
              #ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n\
@@ -273,13 +279,16 @@ impl Api {
              \x20   float *loss);\n\
              int nnc_rt_save_params(struct nnc_rt_model *m, const char *path);\n\
              const char *nnc_rt_last_error(void);\n\
-             void nnc_rt_free(struct nnc_rt_model *m);\n\n\
+             void nnc_rt_free(struct nnc_rt_model *m);\n\
+             struct nnc_rt_model *nnc_rt_context_new(const struct nnc_rt_model *m);\n\n\
              extern const unsigned char {n}__nnc_plan[];\n\
              extern const unsigned char {n}__nnc_params[];\n\
              extern void *const {n}__nnc_kernels[];\n\n\
              {n}_model *{n}_new(void) {{\n\
              \x20   return ({n}_model *)nnc_rt_new({n}__nnc_plan, {plan}, {n}__nnc_kernels, {kernels},\n\
              \x20       {n}__nnc_params, {params});\n}}\n\n\
+             {n}_model *{n}_context_new(const {n}_model *m) {{\n\
+             \x20   return ({n}_model *)nnc_rt_context_new((const struct nnc_rt_model *)m);\n}}\n\n\
              int {n}_load_params({n}_model *m, const char *path) {{\n\
              \x20   return nnc_rt_load_params((struct nnc_rt_model *)m, path);\n}}\n\n\
              int {n}_run({run}) {{\n{dims_arr}{in_arr}{out_arr}\

@@ -30,9 +30,13 @@
 //! per set of sizes, each compiled ahead, and the runtime builds a
 //! variant's programs on its first use.
 //!
+//! A handle holds the weights and a run's buffers; a context
+//! (`NAME_context_new`) is another handle with buffers of its own and a
+//! copy of the weights, for another thread.
+//!
 //! Not done yet (issue 15): a dimension that takes any size at run time
-//! (each is compiled ahead), and separate model and context handles (a
-//! handle holds the weights and the scratch: one per thread).
+//! (each is compiled ahead), and contexts that share the weights instead
+//! of copying them.
 
 pub mod runtime;
 
@@ -48,7 +52,7 @@ use std::path::{Path, PathBuf};
 /// What a library embeds for its runtime: the names of the dimensions
 /// its functions take as arguments, and one variant per set of their
 /// sizes that was compiled (a single one when there are none).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub name: String,
     pub dims: Vec<String>,
@@ -59,7 +63,7 @@ pub struct Plan {
 /// schedule of `NAME_run` and, for a file with a `train` block, of
 /// `NAME_train_step`; their kernels are the next `kernels` entries of the
 /// library's table.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     pub sizes: Vec<usize>,
     pub run: Part,
@@ -69,7 +73,7 @@ pub struct Variant {
 
 /// One compiled entry point: its schedule and its inputs in the order of
 /// the C function's arguments, with their shapes.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Part {
     pub schedule: Schedule,
     pub inputs: Vec<(InputId, Vec<usize>)>,
@@ -82,7 +86,7 @@ pub struct Part {
 /// parameter and state, and the others' tables are prefixes of it), the
 /// step's inputs by name and shape in the order of `NAME_train_step`'s
 /// arguments (every phase's, each once) and the seed of its random draws.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Train {
     pub phases: Vec<Part>,
     pub inputs: Vec<(String, Vec<usize>)>,

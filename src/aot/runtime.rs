@@ -483,6 +483,35 @@ pub extern "C" fn nnc_rt_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// A context of `m`: a model of its own built from `m`'s plan, kernels
+/// and current weights (copied), with its own buffers, to run on another
+/// thread while `m` and its other contexts run on theirs. Null on failure.
+///
+/// # Safety
+/// `m` comes from `nnc_rt_new`; nothing changes it (`nnc_rt_load_params`,
+/// a training step, a run) while this runs.
+#[no_mangle]
+pub unsafe extern "C" fn nnc_rt_context_new(m: *const Model) -> *mut Model {
+    let mut out = std::ptr::null_mut();
+    guard(|| {
+        let Some(m) = m.as_ref() else {
+            return Err((ERR_ARGUMENT, "context_new: a null model".into()));
+        };
+        let c = Model {
+            plan: m.plan.clone(),
+            fns: m.fns.clone(),
+            starts: m.starts.clone(),
+            built: m.plan.variants.iter().map(|_| None).collect(),
+            params: m.params.clone(),
+            inputs: SecondaryMap::new(),
+            steps: m.steps,
+        };
+        out = Box::into_raw(Box::new(c));
+        Ok(())
+    });
+    out
+}
+
 /// Frees a model (null is ignored).
 ///
 /// # Safety
