@@ -1,0 +1,69 @@
+/* Times NAME_run of the MLP libraries bench/aot/run.sh builds (batch 1
+ * and 128): 20 warm-up calls, then 200 timed one by one; prints the
+ * median and the minimum in ms. Also times loading: dlopen + NAME_new +
+ * the first NAME_run, in a fresh process (`mlp_run load LIB NEW RUN`). */
+#define _POSIX_C_SOURCE 199309L
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RUNS 200
+
+typedef void *(*new_fn)(void);
+typedef int (*run_fn)(void *, const float *, float *);
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void *sym(void *lib, const char *name) {
+    void *p = dlsym(lib, name);
+    if (!p) {
+        fprintf(stderr, "%s: %s\n", name, dlerror());
+        exit(1);
+    }
+    return p;
+}
+
+int main(int argc, char **argv) {
+    static float x[128 * 784], y[128 * 10];
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s time|load LIB.so NAME_new NAME_run\n", argv[0]);
+        return 2;
+    }
+    for (int i = 0; i < 128 * 784; i++) x[i] = (float)(i % 13) / 13.0f;
+    double t0 = now();
+    void *lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) {
+        fprintf(stderr, "%s\n", dlerror());
+        return 1;
+    }
+    new_fn mnew = (new_fn)sym(lib, argv[3]);
+    run_fn run = (run_fn)sym(lib, argv[4]);
+    void *m = mnew();
+    if (!m || run(m, x, y) != 0) return 1;
+    double t1 = now();
+    if (strcmp(argv[1], "load") == 0) {
+        printf("%s: load + first run %.2f ms\n", argv[2], (t1 - t0) * 1e3);
+        return 0;
+    }
+    static double t[RUNS];
+    for (int i = 0; i < 20; i++) run(m, x, y);
+    for (int i = 0; i < RUNS; i++) {
+        double s = now();
+        run(m, x, y);
+        t[i] = now() - s;
+    }
+    qsort(t, RUNS, sizeof(double), cmp);
+    printf("%s: median %.4f ms, min %.4f ms\n", argv[2], t[RUNS / 2] * 1e3, t[0] * 1e3);
+    return 0;
+}

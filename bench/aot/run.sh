@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# bench/aot/run.sh: the MLP of examples/bench/mlp_infer.nn compiled to a
+# library (`nnc compile`, batch 1 and 128) and called from C: NAME_run's
+# median over 200 calls, and load + first run in a fresh process (three
+# times). Compare with `bench/compare.sh mlp_infer` in the same session.
+# env: NNC (target/release/nnc), CC (cc).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NNC=${NNC:-target/release/nnc}
+CC=${CC:-cc}
+work=$(mktemp -d /tmp/nnc-aot-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+"$CC" -O2 -std=c99 -Wall -o "$work/mlp_run" bench/aot/mlp_run.c -ldl
+for b in 1 128; do
+  "$NNC" compile examples/bench/mlp_infer.nn --dim "B=$b" -o "$work/mlp$b.so" --name "mlp$b" >/dev/null
+  "$work/mlp_run" time "$work/mlp$b.so" "mlp${b}_new" "mlp${b}_run"
+  for _ in 1 2 3; do
+    "$work/mlp_run" load "$work/mlp$b.so" "mlp${b}_new" "mlp${b}_run"
+  done
+done
