@@ -94,24 +94,37 @@ fn harness(name: &str, ins: &[(String, usize)], outs: &[(String, usize)]) -> Str
     c
 }
 
-/// Builds and runs `harness` against `lib` in `dir`.
-fn build_and_run(dir: &Path, c: &str, libs: &[&str]) -> std::process::Output {
+/// Writes the C program `c` to `dir/main.c`, builds it with `cc -std=c99
+/// -Wall -Werror` and the linker arguments `link` (libraries are found
+/// beside the program at run time), runs it there and returns what it
+/// printed; the build and the run must succeed.
+fn run_c(dir: &Path, c: &str, link: &[&str]) -> String {
     std::fs::write(dir.join("main.c"), c).expect("write main.c");
-    let mut cc = Command::new("cc");
-    cc.args(["-std=c99", "-Wall", "-Werror", "-o", "main", "main.c"])
-        .args(libs.iter().map(|l| format!("./{l}")))
+    let cc = Command::new("cc")
+        .args([
+            "-std=c99", "-Wall", "-Werror", "-pthread", "-o", "main", "main.c",
+        ])
+        .args(link)
         .arg("-Wl,-rpath,$ORIGIN")
-        .current_dir(dir);
-    let o = cc.output().expect("cc runs");
-    assert!(
-        o.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Command::new(dir.join("main"))
         .current_dir(dir)
         .output()
-        .expect("the program runs")
+        .expect("cc runs");
+    assert!(
+        cc.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let ran = Command::new(dir.join("main"))
+        .current_dir(dir)
+        .output()
+        .expect("the program runs");
+    let out = String::from_utf8_lossy(&ran.stdout).into_owned();
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    out
 }
 
 /// Input values: small whole numbers (valid indices for the tables of the
@@ -240,11 +253,10 @@ fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
         .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
         .collect();
     std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
-    let ran = build_and_run(&dir, &harness(name, &ins, &outs), &[&format!("{name}.so")]);
-    assert!(
-        ran.status.success(),
-        "{file}: {}",
-        String::from_utf8_lossy(&ran.stderr)
+    run_c(
+        &dir,
+        &harness(name, &ins, &outs),
+        &[&format!("./{name}.so")],
     );
     let dims: Vec<(String, usize)> = dims.iter().map(|(d, n)| (d.to_string(), *n)).collect();
     let got = read_floats(&dir.join("out.bin"));
@@ -367,36 +379,7 @@ int main(void) {
     return 0;
 }
 "#;
-    std::fs::write(dir.join("main.c"), main).expect("main.c");
-    let cc = Command::new("cc")
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Werror",
-            "-o",
-            "main",
-            "main.c",
-            "lib/net.so",
-        ])
-        .arg("-Wl,-rpath,$ORIGIN/lib")
-        .current_dir(&dir)
-        .output()
-        .expect("cc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let ran = Command::new(dir.join("main"))
-        .current_dir(&dir)
-        .output()
-        .expect("runs");
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let out = run_c(&dir, main, &["lib/net.so", "-Wl,-rpath,$ORIGIN/lib"]);
     let dims = [("B".to_string(), 2)];
     let ins = [("Mlp.x".to_string(), x)];
     let with7 = reference(file, &dims, &ins, Some(&w7));
@@ -502,13 +485,7 @@ int main(void) {
     return 0;
 }
 "#;
-    let ran = build_and_run(&dir, main, &["xor.so", "digits_mlp.so"]);
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let out = run_c(&dir, main, &["./xor.so", "./digits_mlp.so"]);
     assert_eq!(out.trim(), "ok 4 320"); // xor's batch 4, 32 digits × 10 classes
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -766,13 +743,7 @@ int main(void) {
     return 0;
 }
 "#;
-    let ran = build_and_run(&dir, main, &["digits.so"]);
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let out = run_c(&dir, main, &["./digits.so"]);
     assert!(
         out.contains("null: 1 train_step: input `Mlp.x` is null"),
         "{out}"
@@ -884,40 +855,13 @@ int main(void) {
     return 0;
 }
 "#;
-    std::fs::write(dir.join("main.c"), main).expect("main.c");
     // The printed lines name each output and the same runtime: one copy.
     let xor_args: Vec<&str> = link[0].split_whitespace().collect();
     let digits_args: Vec<&str> = link[1].split_whitespace().collect();
     assert_eq!(xor_args[1..], digits_args[1..], "one runtime for both");
-    let cc = Command::new("cc")
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Werror",
-            "-o",
-            "main",
-            "main.c",
-            digits_args[0],
-        ])
-        .args(&xor_args)
-        .current_dir(&dir)
-        .output()
-        .expect("cc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let ran = Command::new(dir.join("main"))
-        .current_dir(&dir)
-        .output()
-        .expect("runs");
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let mut args = vec![digits_args[0]];
+    args.extend(&xor_args);
+    let out = run_c(&dir, main, &args);
     assert_eq!(out.trim(), "ok 4 10");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1056,13 +1000,7 @@ int main(void) {
     return 0;
 }
 "#;
-    let ran = build_and_run(&dir, main, &["digits.so"]);
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let out = run_c(&dir, main, &["./digits.so"]);
     assert!(
         out.contains("run 3: 1 run: B = 3 was not compiled into this library; it has B = 2; B = 5"),
         "{out}"
@@ -1224,30 +1162,7 @@ int main(void) {
     return 0;
 }
 "#;
-    std::fs::write(dir.join("main.c"), main).expect("main.c");
-    let cc = Command::new("cc")
-        .args([
-            "-std=c99", "-Wall", "-Werror", "-pthread", "-o", "main", "main.c", "./mlp.so",
-        ])
-        .arg("-Wl,-rpath,$ORIGIN")
-        .current_dir(&dir)
-        .output()
-        .expect("cc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let ran = Command::new(dir.join("main"))
-        .current_dir(&dir)
-        .output()
-        .expect("runs");
-    let out = String::from_utf8_lossy(&ran.stdout);
-    assert!(
-        ran.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    let out = run_c(&dir, main, &["./mlp.so"]);
     assert_eq!(out.trim(), "0 runs differed\ndistinct: 1");
     let _ = std::fs::remove_dir_all(&dir);
 }

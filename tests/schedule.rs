@@ -12,13 +12,19 @@ fn schedule() -> Schedule {
                state s: [5] = zeros()\n\
                output y = tanh(x @ w + 1)\n\
                output m = sum(assign(s, mean(x @ w, axis = 0)))\n";
-    let c = pipeline::compile("sched.nn", src, Stage::Ir);
+    schedule_of("sched.nn", src)
+}
+
+/// The schedule of `src` (one symbolic dimension, B) for B = 4, verified.
+fn schedule_of(name: &str, src: &str) -> Schedule {
+    let c = pipeline::compile(name, src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("graph");
     let mut syms = SecondaryMap::new();
-    let b = g.syms.keys().next().expect("B");
-    syms[b] = Some(4);
-    pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules")
+    syms[g.syms.keys().next().expect("B")] = Some(4);
+    let s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
+    s.verify().expect("verifies");
+    s
 }
 
 fn rejects(s: &Schedule, what: &str) -> String {
@@ -112,13 +118,7 @@ fn a_dense_layer_gets_an_epilogue_and_a_bad_one_is_rejected() {
                param w: [3, 5] = uniform(-1, 1, seed = 1)\n\
                param b: [5] = uniform(-1, 1, seed = 2)\n\
                output y = relu(x @ w + b)\n";
-    let c = pipeline::compile("dense.nn", src, Stage::Ir);
-    assert!(!c.diags.has_errors(), "{}", c.render(false));
-    let g = c.graph.expect("graph");
-    let mut syms = SecondaryMap::new();
-    syms[g.syms.keys().next().expect("B")] = Some(4);
-    let mut s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
-    s.verify().expect("verifies");
+    let mut s = schedule_of("dense.nn", src);
     let Step::MatMul {
         a,
         epilogue: Some(e),
@@ -149,13 +149,7 @@ fn stacked_layers_of_one_width_each_get_an_epilogue() {
                let h1 = relu(x @ w1 + b1)\n\
                let h2 = relu(h1 @ w2 + b2)\n\
                output y = tanh(h2 @ w3 + b3)\n";
-    let c = pipeline::compile("stack.nn", src, Stage::Ir);
-    assert!(!c.diags.has_errors(), "{}", c.render(false));
-    let g = c.graph.expect("graph");
-    let mut syms = SecondaryMap::new();
-    syms[g.syms.keys().next().expect("B")] = Some(4);
-    let s = pipeline::schedule(&pipeline::fuse(&g), &syms).expect("schedules");
-    s.verify().expect("verifies");
+    let s = schedule_of("stack.nn", src);
     let epilogues = s
         .steps
         .iter()

@@ -7,7 +7,7 @@
 
 use super::Plan;
 use crate::backend::jit::{KernelFn, Program};
-use crate::ir::{InputId, ParamId};
+use crate::ir::ParamId;
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
 use std::cell::RefCell;
@@ -42,7 +42,6 @@ pub struct Model {
     built: Vec<Option<Built>>,
     /// Every parameter and state, by the largest graph's table.
     params: SecondaryMap<ParamId, Tensor>,
-    inputs: SecondaryMap<InputId, Option<Tensor>>,
     /// Training steps taken (the random draws' key counter).
     steps: u64,
 }
@@ -92,7 +91,6 @@ impl Model {
         // Placeholders of the right shapes, replaced by the embedded values.
         let mut m = Model {
             params: zeros(table_of(&plan)),
-            inputs: SecondaryMap::new(),
             fns: fns.to_vec(),
             starts,
             built: plan.variants.iter().map(|_| None).collect(),
@@ -212,36 +210,39 @@ impl Model {
         Ok(())
     }
 
-    /// Reads the inputs `list` names (in order) from `ptrs` into the
-    /// inputs of `g`.
+    /// Copies each input of `part` from its argument (`arg(k, name)`: the
+    /// index in `ptrs` of the part's k-th input) straight into `program`'s
+    /// buffer, and the random draws' key (`key`) into its own.
     ///
     /// # Safety
-    /// `ptrs` holds `list.len()` pointers, each to as many floats as its
-    /// shape has (or null: an error).
-    unsafe fn read_inputs(
-        inputs: &mut SecondaryMap<InputId, Option<Tensor>>,
-        g: &crate::ir::Graph,
-        list: &[(InputId, Vec<usize>)],
-        names: &[(String, Vec<usize>)],
+    /// `ptrs` holds a pointer per argument, each to as many floats as its
+    /// input's shape has (or null: an error).
+    unsafe fn write_inputs(
+        program: &mut Program,
+        part: &super::Part,
+        arg: impl Fn(usize, &str) -> Option<usize>,
         ptrs: *const *const f32,
+        key: Option<Tensor>,
     ) -> Result<(), (c_int, String)> {
-        for (id, shape) in list {
+        let g = &part.schedule.graph;
+        for (k, (id, _)) in part.inputs.iter().enumerate() {
             let name = &g.inputs[*id].name;
-            let k = names.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                (
-                    ERR_RUN,
-                    format!("the library is damaged: no argument for `{name}`"),
-                )
-            })?;
-            let p = *ptrs.add(k);
+            let at = arg(k, name).ok_or_else(|| damaged(format!("no argument for `{name}`")))?;
+            let p = *ptrs.add(at);
             if p.is_null() {
                 return Err((ERR_ARGUMENT, format!("input `{name}` is null")));
             }
-            let len = shape.iter().product();
-            inputs[*id] = Some(Tensor::new(
-                shape.clone(),
-                std::slice::from_raw_parts(p, len).to_vec(),
-            ));
+            let buf = program
+                .input_mut(*id)
+                .ok_or_else(|| damaged(format!("no buffer for `{name}`")))?;
+            // The buffer has the input's planned length, the argument's.
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len());
+        }
+        if let (Some(id), Some(key)) = (part.rng_key, key) {
+            let buf = program
+                .input_mut(id)
+                .ok_or_else(|| damaged("no buffer for the random key".into()))?;
+            buf.copy_from_slice(&key.data);
         }
         Ok(())
     }
@@ -346,29 +347,17 @@ pub unsafe extern "C" fn nnc_rt_run(
         if (!v.run.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
             return Err((ERR_ARGUMENT, "run: a null input or output array".into()));
         }
-        let names: Vec<(String, Vec<usize>)> = v
-            .run
-            .inputs
-            .iter()
-            .map(|(i, s)| (g.inputs[*i].name.clone(), s.clone()))
-            .collect();
-        Model::read_inputs(&mut m.inputs, g, &v.run.inputs, &names, inputs)
-            .map_err(|(c, e)| (c, format!("run: {e}")))?;
         for (k, o) in g.outputs.iter().enumerate() {
             if (*outputs.add(k)).is_null() {
                 return Err((ERR_ARGUMENT, format!("run: output `{}` is null", o.name)));
             }
         }
-        if let Some(key) = v.run.rng_key {
-            m.inputs[key] = Some(crate::backend::interp::rng_key(0, 0));
-        }
         let Some(built) = &mut m.built[k] else {
             return Err(damaged("a variant was not built".into()));
         };
-        built
-            .run
-            .load_inputs(&m.inputs)
-            .map_err(|e| (ERR_RUN, e.to_string()))?;
+        let key = v.run.rng_key.map(|_| crate::backend::interp::rng_key(0, 0));
+        Model::write_inputs(&mut built.run, &v.run, |k, _| Some(k), inputs, key)
+            .map_err(|(c, e)| (c, format!("run: {e}")))?;
         let outs = built
             .run
             .run(&mut m.params, true, false)
@@ -424,16 +413,14 @@ pub unsafe extern "C" fn nnc_rt_train_step(
         let n_phases = t.phases.len() as u64;
         let mut total = 0.0f32;
         for (k, (part, program)) in t.phases.iter().zip(&mut built.train).enumerate() {
-            let g = &part.schedule.graph;
-            Model::read_inputs(&mut m.inputs, g, &part.inputs, &t.inputs, inputs)
+            // The arguments are the phases' inputs by name, each once.
+            let arg = |_: usize, name: &str| t.inputs.iter().position(|(n, _)| n == name);
+            let counter = m.steps * n_phases + k as u64;
+            let key = part
+                .rng_key
+                .map(|_| crate::backend::interp::rng_key(t.seed, counter));
+            Model::write_inputs(program, part, arg, inputs, key)
                 .map_err(|(c, e)| (c, format!("train_step: {e}")))?;
-            if let Some(key) = part.rng_key {
-                let counter = m.steps * n_phases + k as u64;
-                m.inputs[key] = Some(crate::backend::interp::rng_key(t.seed, counter));
-            }
-            program
-                .load_inputs(&m.inputs)
-                .map_err(|e| (ERR_RUN, e.to_string()))?;
             let outs = program
                 .run(&mut m.params, true, true)
                 .map_err(|e| (ERR_RUN, e.to_string()))?;
@@ -503,7 +490,6 @@ pub unsafe extern "C" fn nnc_rt_context_new(m: *const Model) -> *mut Model {
             starts: m.starts.clone(),
             built: m.plan.variants.iter().map(|_| None).collect(),
             params: m.params.clone(),
-            inputs: SecondaryMap::new(),
             steps: m.steps,
         };
         out = Box::into_raw(Box::new(c));

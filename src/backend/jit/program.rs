@@ -136,6 +136,14 @@ trait Kernels {
     fn body(&mut self, body: Schedule) -> Result<Program, Error>;
 }
 
+/// A loop body's program with its kernels from the same source as the
+/// enclosing program's (an object's module or a library's table; the JIT
+/// gives each body a module of its own).
+fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Error> {
+    let exec = Program::assemble(&body, kx)?;
+    Ok(Program::with_exec(body, exec, None, Vec::new()))
+}
+
 /// What the JIT needs to compile a program's loop kernels: the module
 /// they go into, the kernels compiled so far by their description
 /// (iteration space, strides, expression — no buffers — so structurally
@@ -262,6 +270,10 @@ impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
 }
 
 impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
+    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
+        body_from_source(self, body)
+    }
+
     fn exec(
         &mut self,
         i: usize,
@@ -285,11 +297,6 @@ impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
         self.order.push(id);
         Ok(loop_exec(Kern::Jit(dummy_kernel), Vec::new(), n_args))
     }
-
-    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
-        let exec = Program::assemble(&body, self)?;
-        Ok(Program::with_exec(body, exec, None, Vec::new()))
-    }
 }
 
 /// A library's compiled kernels, handed out in [`Program::assemble`]'s
@@ -307,6 +314,10 @@ impl<'t> TableKernels<'t> {
 }
 
 impl Kernels for TableKernels<'_> {
+    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
+        body_from_source(self, body)
+    }
+
     fn exec(
         &mut self,
         i: usize,
@@ -327,11 +338,6 @@ impl Kernels for TableKernels<'_> {
             return Ok(loop_exec(f, scratch, n_args));
         }
         Ok(loop_exec(Kern::Jit(f), Vec::new(), n_args))
-    }
-
-    fn body(&mut self, body: Schedule) -> Result<Program, Error> {
-        let exec = Program::assemble(&body, self)?;
-        Ok(Program::with_exec(body, exec, None, Vec::new()))
     }
 }
 
@@ -490,6 +496,13 @@ impl Program {
             dst.copy_from_slice(src);
         }
         Ok(())
+    }
+
+    /// The buffer of input `i`, to write it in place of
+    /// [`Program::load_inputs`] (none if the schedule does not read it).
+    pub fn input_mut(&mut self, i: crate::ir::InputId) -> Option<&mut [f32]> {
+        let &(_, b) = self.sched.inputs.iter().find(|&&(id, _)| id == i)?;
+        Some(&mut self.bufs[b.index()])
     }
 
     /// Exchanges the parameters' storage with their buffers; calling it
