@@ -22,10 +22,21 @@ pub struct Api {
     pub dims: Vec<String>,
     /// The sizes of `dims` in each compiled variant.
     pub sizes: Vec<Vec<usize>>,
+    /// The dimension `NAME_run` takes at any size (its last dimension
+    /// argument), with the chunk sizes compiled.
+    pub rows: Option<RowArg>,
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
     /// The training step's inputs, for a file with a `train` block.
     pub train: Option<Vec<Io>>,
+}
+
+/// A dimension of any size at run time: its name, the chunk sizes a run
+/// is cut into, and the batch the training step takes instead.
+pub struct RowArg {
+    pub name: String,
+    pub chunks: Vec<usize>,
+    pub train_batch: Option<usize>,
 }
 
 /// The sizes of what the object file embeds.
@@ -55,17 +66,27 @@ fn shape_text(s: &[Extent]) -> String {
 }
 
 impl Api {
+    /// The run-time dimensions of `NAME_run` (`run`) or of the training
+    /// step: the row dimension is `NAME_run`'s alone.
+    fn dim_names(&self, run: bool) -> Vec<String> {
+        let mut ds: Vec<String> = self.dims.iter().map(|d| ident(d)).collect();
+        if run {
+            ds.extend(self.rows.as_ref().map(|r| ident(&r.name)));
+        }
+        ds
+    }
+
     /// The model handle and the run-time dimensions: every function's
     /// first parameters.
-    fn leading_params(&self) -> Vec<String> {
+    fn leading_params(&self, run: bool) -> Vec<String> {
         let mut ps = vec![format!("{}_model *m", self.name)];
-        ps.extend(self.dims.iter().map(|d| format!("size_t {}", ident(d))));
+        ps.extend(self.dim_names(run).iter().map(|d| format!("size_t {d}")));
         ps
     }
 
     /// `NAME_run`'s parameter list.
     fn run_params(&self) -> String {
-        let mut ps = self.leading_params();
+        let mut ps = self.leading_params(true);
         ps.extend(
             self.inputs
                 .iter()
@@ -81,7 +102,7 @@ impl Api {
 
     /// `NAME_train_step`'s parameter list.
     fn train_params(&self, inputs: &[Io]) -> String {
-        let mut ps = self.leading_params();
+        let mut ps = self.leading_params(false);
         ps.extend(
             inputs
                 .iter()
@@ -193,9 +214,25 @@ impl Api {
                 list.join("; ")
             ));
         }
-        let args: Vec<String> = self.dims.iter().map(|d| ident(d)).collect();
-        let args = args.join(", ");
-        let mut io = |kind: &str, list: &[Io]| {
+        if let Some(r) = &self.rows {
+            let chunks: Vec<String> = r.chunks.iter().map(|c| c.to_string()).collect();
+            let train = match r.train_batch {
+                Some(b) => format!(
+                    "\n   {n}_train_step takes batches of {} = {b} (the `train` block's).",
+                    r.name
+                ),
+                None => String::new(),
+            };
+            h.push_str(&format!(
+                "/* {d}: the number of rows (examples), any size from 1, the last\n   \
+                 dimension argument of {n}_run; each row's outputs are those of\n   \
+                 that row alone. A run goes in chunks of {}\n   rows.{train} */\n\n",
+                chunks.join(", "),
+                d = r.name,
+            ));
+        }
+        let mut io = |kind: &str, list: &[Io], run: bool| {
+            let args = self.dim_names(run).join(", ");
             for (name, shape) in list {
                 let id = ident(name).to_uppercase();
                 h.push_str(&format!("/* {kind} `{name}`: {}. */\n", shape_text(shape)));
@@ -219,11 +256,13 @@ impl Api {
                         Extent::Fixed(_) => None,
                     })
                     .collect();
-                if self.dims.is_empty() {
+                if args.is_empty() {
                     h.push_str(&format!("#define {up}_{id}_LEN {fixed}\n\n"));
                 } else {
                     let mut factors = varying;
-                    factors.push(fixed.to_string());
+                    if fixed != 1 || factors.is_empty() {
+                        factors.push(fixed.to_string());
+                    }
                     h.push_str(&format!(
                         "#define {up}_{id}_LEN({args}) ({})\n\n",
                         factors.join(" * ")
@@ -231,16 +270,16 @@ impl Api {
                 }
             }
         };
-        io("input", &self.inputs);
+        io("input", &self.inputs, true);
         if let Some(t) = &self.train {
             let only: Vec<_> = t
                 .iter()
                 .filter(|(n, _)| !self.inputs.iter().any(|(m, _)| m == n))
                 .cloned()
                 .collect();
-            io("training input", &only);
+            io("training input", &only, false);
         }
-        io("output", &self.outputs);
+        io("output", &self.outputs, true);
         h.push_str(&format!(
             "/* A loaded model (opaque). */\ntypedef struct {n}_model {n}_model;\n\n"
         ));
@@ -257,14 +296,13 @@ impl Api {
         let n = &self.name;
         let ins: Vec<String> = self.inputs.iter().map(|(x, _)| ident(x)).collect();
         let outs: Vec<String> = self.outputs.iter().map(|(x, _)| ident(x)).collect();
-        let dim_names: Vec<String> = self.dims.iter().map(|d| ident(d)).collect();
         let array = |ty: &str, var: &str, xs: &[String]| match xs.len() {
             0 => format!("    {ty} *const *{var} = 0;\n"),
             _ => format!("    {ty} *const {var}[] = {{{}}};\n", xs.join(", ")),
         };
-        let dims_arr = match dim_names.len() {
-            0 => "    const size_t *dims = 0;\n".to_string(),
-            _ => format!("    const size_t dims[] = {{{}}};\n", dim_names.join(", ")),
+        let dims_arr = |run: bool| match self.dim_names(run) {
+            d if d.is_empty() => "    const size_t *dims = 0;\n".to_string(),
+            d => format!("    const size_t dims[] = {{{}}};\n", d.join(", ")),
         };
         format!(
             "/* {n}.c: generated by nnc; the exported functions of `{n}`. */\n\
@@ -302,6 +340,7 @@ impl Api {
             params = sizes.params,
             kernels = sizes.kernels,
             run = self.run_params(),
+            dims_arr = dims_arr(true),
             in_arr = array("const float", "inputs", &ins),
             out_arr = array("float", "outputs", &outs),
             train = match &self.train {
@@ -312,7 +351,7 @@ impl Api {
                         "int {n}_train_step({}) {{\n{}{}\
                          \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, dims, inputs, loss);\n}}\n\n",
                         self.train_params(t),
-                        dims_arr,
+                        dims_arr(false),
                         array("const float", "inputs", &xs)
                     )
                 }

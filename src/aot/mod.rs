@@ -28,15 +28,18 @@
 //! A symbolic dimension given several sizes (`--dim B=1,8,32`) is an
 //! argument of the library's functions: the plan holds one [`Variant`]
 //! per set of sizes, each compiled ahead, and the runtime builds a
-//! variant's programs on its first use.
+//! variant's programs on its first use. A symbolic dimension given no
+//! size that indexes independent examples ([`crate::ir::rows`]) takes
+//! any size at run time: `NAME_run` splits the rows into chunks of the
+//! sizes compiled ([`RowDim`]: 64, 32, …, 1) and runs each chunk's
+//! variant. A training step keeps the `train` block's batch.
 //!
 //! A handle holds the weights and a run's buffers; a context
 //! (`NAME_context_new`) is another handle with buffers of its own and a
 //! copy of the weights, for another thread.
 //!
-//! Not done yet (issue 15): a dimension that takes any size at run time
-//! (each is compiled ahead), and contexts that share the weights instead
-//! of copying them.
+//! Not done yet (issue 15): contexts that share the weights instead of
+//! copying them.
 
 pub mod runtime;
 
@@ -56,7 +59,39 @@ use std::path::{Path, PathBuf};
 pub struct Plan {
     pub name: String,
     pub dims: Vec<String>,
+    /// The dimension `NAME_run` takes at any size, after `dims`.
+    pub rows: Option<RowDim>,
     pub variants: Vec<Variant>,
+}
+
+/// A dimension that indexes independent examples, taken at any size by
+/// `NAME_run`: its name, the sizes compiled (largest first; a run of `n`
+/// rows is cut into chunks of these, greedily) and its axis in each of
+/// the run's inputs and outputs (`None`: the same for every row; such an
+/// input is fed whole to every chunk).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct RowDim {
+    pub name: String,
+    pub chunks: Vec<usize>,
+    pub inputs: Vec<Option<usize>>,
+    pub outputs: Vec<Option<usize>>,
+}
+
+/// The largest chunk of rows a library compiles; `NAME_run` on more rows
+/// runs several. The sizes are its halvings down to 1, so that any count
+/// is a sum of them.
+pub const MAX_CHUNK: usize = 64;
+
+/// The chunk sizes compiled for a row dimension: [`MAX_CHUNK`] and its
+/// halvings, and `extra` (a `train` block's batch, whose run comes with
+/// the training step), largest first.
+pub fn chunk_sizes(extra: Option<usize>) -> Vec<usize> {
+    let mut v: Vec<usize> =
+        std::iter::successors(Some(MAX_CHUNK), |&c| (c > 1).then_some(c / 2)).collect();
+    v.extend(extra);
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.dedup();
+    v
 }
 
 /// The entry points for one size of each run-time dimension: the
@@ -66,6 +101,9 @@ pub struct Plan {
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     pub sizes: Vec<usize>,
+    /// The size of the row dimension ([`RowDim`]) this variant's run was
+    /// compiled for (0 without one).
+    pub rows: usize,
     pub run: Part,
     pub train: Option<Train>,
     pub kernels: usize,
@@ -165,34 +203,41 @@ pub fn library_graph(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Resul
 /// The graphs a library is built from: the outputs it runs and, for a
 /// `train` block, each phase's step graph (their parameter tables agree,
 /// the last one's being the largest) with its seed; the dimensions that
-/// stay arguments of the library's functions, in argument order; and one
-/// binding of every symbolic dimension per variant to compile.
+/// stay arguments of the library's functions, in argument order; the
+/// row dimension `NAME_run` takes at any size, with its axes; and the
+/// variants to compile.
 pub struct Graphs<'g> {
     pub run: &'g Graph,
     pub train: Option<(Vec<Graph>, u64)>,
     pub dims: Vec<crate::ir::Sym>,
-    pub variants: Vec<SecondaryMap<crate::ir::Sym, Option<usize>>>,
+    pub rows: Option<(crate::ir::Sym, crate::ir::rows::RowAxes)>,
+    pub variants: Vec<Binding>,
 }
 
-/// A shape in the header: each dim a size, or a run-time dimension's name.
+/// One variant to compile: a size for every symbolic dimension, the row
+/// dimension's among them (0 without one), and whether it carries the
+/// training step (one variant per set of `dims` sizes does).
+pub struct Binding {
+    pub syms: SecondaryMap<crate::ir::Sym, Option<usize>>,
+    pub rows: usize,
+    pub train: bool,
+}
+
+/// A shape in the header: each dim a size (as `syms` binds it), or the
+/// name of a run-time dimension (one of `args`).
 fn api_shape(
     g: &Graph,
-    graphs: &Graphs,
+    syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
+    args: &[crate::ir::Sym],
     shape: &[crate::ir::Dim],
     span: crate::diag::Span,
 ) -> Result<Vec<header::Extent>, Diag> {
-    let first = graphs.variants.first().ok_or_else(|| {
-        error(
-            "no sizes to compile for",
-            "give each symbolic dimension a size with --dim",
-        )
-    })?;
-    let sizes = concrete(g, first, shape, span)?;
+    let sizes = concrete(g, syms, shape, span)?;
     Ok(shape
         .iter()
         .zip(sizes)
         .map(|(d, n)| match d {
-            crate::ir::Dim::Sym(s) if graphs.dims.contains(s) => {
+            crate::ir::Dim::Sym(s) if args.contains(s) => {
                 header::Extent::Arg(g.syms[*s].name.clone())
             }
             _ => header::Extent::Fixed(n),
@@ -251,11 +296,11 @@ pub fn compile(
         ));
     }
     let mut variants = Vec::new();
-    for syms in &graphs.variants {
+    for bind in &graphs.variants {
+        let syms = &bind.syms;
         let run = part(g, syms)?;
-        let train = match &graphs.train {
-            None => None,
-            Some((phases, seed)) => {
+        let train = match (&graphs.train, bind.train) {
+            (Some((phases, seed)), true) => {
                 let parts: Vec<Part> = phases
                     .iter()
                     .map(|pg| part(pg, syms))
@@ -275,33 +320,67 @@ pub fn compile(
                     seed: *seed,
                 })
             }
+            _ => None,
         };
         let sizes = graphs.dims.iter().map(|&d| syms[d].unwrap_or(0)).collect();
         variants.push(Variant {
             sizes,
+            rows: bind.rows,
             run,
             train,
             kernels: 0,
         });
     }
+    let (Some(first), Some(first_bind)) = (variants.first(), graphs.variants.first()) else {
+        return Err(error(
+            "no sizes to compile for",
+            "give each symbolic dimension a size with --dim",
+        ));
+    };
     let table = match &graphs.train {
         Some((phases, _)) => phases.last().unwrap_or(g),
         None => g,
     };
     // The header's shapes, from the first variant (the others differ only
-    // in the run-time dimensions).
-    let named = |graph: &Graph, list: &[(InputId, Vec<usize>)]| {
-        list.iter()
-            .map(|(i, _)| {
-                let info = &graph.inputs[*i];
-                Ok((
-                    info.name.clone(),
-                    api_shape(graph, graphs, &info.ty.shape, info.span)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, Diag>>()
-    };
-    let first = &variants[0];
+    // in the run-time dimensions); the training step's from the first
+    // with one (the row dimension is the batch there, not an argument).
+    let mut run_args = graphs.dims.clone();
+    run_args.extend(graphs.rows.as_ref().map(|(s, _)| *s));
+    let named =
+        |graph: &Graph, bind: &Binding, args: &[crate::ir::Sym], list: &[(InputId, Vec<usize>)]| {
+            list.iter()
+                .map(|(i, _)| {
+                    let info = &graph.inputs[*i];
+                    Ok((
+                        info.name.clone(),
+                        api_shape(graph, &bind.syms, args, &info.ty.shape, info.span)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Diag>>()
+        };
+    let with_train = variants
+        .iter()
+        .zip(&graphs.variants)
+        .find_map(|(v, b)| Some((v.train.as_ref()?, v.rows, b)));
+    let rows = graphs.rows.as_ref().map(|(s, axes)| {
+        let mut chunks: Vec<usize> = variants
+            .iter()
+            .filter(|v| v.sizes == first.sizes)
+            .map(|v| v.rows)
+            .collect();
+        chunks.sort_unstable_by(|a, b| b.cmp(a));
+        RowDim {
+            name: g.syms[*s].name.clone(),
+            chunks,
+            inputs: first
+                .run
+                .inputs
+                .iter()
+                .map(|(i, _)| axes.inputs[*i])
+                .collect(),
+            outputs: axes.outputs.clone(),
+        }
+    });
     let api = header::Api {
         name: opts.name.clone(),
         source: opts.source.clone(),
@@ -310,23 +389,38 @@ pub fn compile(
             .iter()
             .map(|&d| g.syms[d].name.clone())
             .collect(),
-        sizes: variants.iter().map(|v| v.sizes.clone()).collect(),
-        inputs: named(g, &first.run.inputs)?,
+        sizes: variants
+            .iter()
+            .filter(|v| v.rows == first.rows)
+            .map(|v| v.sizes.clone())
+            .collect(),
+        rows: rows.as_ref().map(|r| header::RowArg {
+            name: r.name.clone(),
+            chunks: r.chunks.clone(),
+            train_batch: with_train.map(|(_, r, _)| r),
+        }),
+        inputs: named(g, first_bind, &run_args, &first.run.inputs)?,
         outputs: g
             .outputs
             .iter()
             .map(|o| {
                 Ok((
                     o.name.clone(),
-                    api_shape(g, graphs, &g.nodes[o.node].ty.shape, o.span)?,
+                    api_shape(
+                        g,
+                        &first_bind.syms,
+                        &run_args,
+                        &g.nodes[o.node].ty.shape,
+                        o.span,
+                    )?,
                 ))
             })
             .collect::<Result<_, Diag>>()?,
-        train: match (&first.train, &graphs.train) {
-            (Some(t), Some((phases, _))) => {
+        train: match (with_train, &graphs.train) {
+            (Some((t, _, bind)), Some((phases, _))) => {
                 let mut all = Vec::new();
                 for (pg, p) in phases.iter().zip(&t.phases) {
-                    for x in named(pg, &p.inputs)? {
+                    for x in named(pg, bind, &graphs.dims, &p.inputs)? {
                         if !all.iter().any(|(n, _): &(String, _)| *n == x.0) {
                             all.push(x);
                         }
@@ -354,6 +448,7 @@ pub fn compile(
     let mut plan = Plan {
         name: opts.name.clone(),
         dims: api.dims.clone(),
+        rows,
         variants,
     };
     let (object, n_kernels, plan_len) = object(&mut plan, &opts.name, isa, &params_bytes)?;

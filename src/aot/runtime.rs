@@ -101,48 +101,60 @@ impl Model {
         Ok(m)
     }
 
-    /// The variant compiled for the run-time dimensions `dims` (one per
-    /// name of the plan's), its programs built on first use.
+    /// The sizes of the run-time dimensions in `dims`: the plan's, then
+    /// (for a run, `with_rows`) the row dimension's.
     ///
     /// # Safety
-    /// `dims` holds as many values as the plan has run-time dimensions.
-    unsafe fn variant(&mut self, dims: *const usize) -> Result<usize, (c_int, String)> {
+    /// `dims` holds as many values as that.
+    unsafe fn sizes<'d>(
+        &self,
+        dims: *const usize,
+        with_rows: bool,
+    ) -> Result<(&'d [usize], Option<usize>), Failure> {
         let n = self.plan.dims.len();
-        if n > 0 && dims.is_null() {
+        let rows = usize::from(with_rows && self.plan.rows.is_some());
+        if n + rows > 0 && dims.is_null() {
             return Err((ERR_ARGUMENT, "null dimensions".into()));
         }
-        let sizes: &[usize] = match n {
+        let all: &[usize] = match n + rows {
             0 => &[],
-            _ => std::slice::from_raw_parts(dims, n),
+            k => std::slice::from_raw_parts(dims, k),
         };
-        let Some(k) = self.plan.variants.iter().position(|v| v.sizes == sizes) else {
-            let asked: Vec<String> = self
-                .plan
-                .dims
-                .iter()
-                .zip(sizes)
-                .map(|(d, s)| format!("{d} = {s}"))
-                .collect();
-            let have: Vec<String> = self
-                .plan
-                .variants
-                .iter()
-                .map(|v| {
-                    let xs: Vec<String> = self
-                        .plan
-                        .dims
-                        .iter()
-                        .zip(&v.sizes)
-                        .map(|(d, s)| format!("{d} = {s}"))
-                        .collect();
-                    xs.join(", ")
-                })
-                .collect();
+        Ok((&all[..n], (rows == 1).then(|| all[n])))
+    }
+
+    /// The variant compiled for the run-time dimensions' `sizes` and
+    /// `rows` rows (0: any; none for a model without a row dimension),
+    /// with a training step when `train`; its programs built on first use.
+    fn variant(
+        &mut self,
+        sizes: &[usize],
+        rows: usize,
+        train: bool,
+    ) -> Result<usize, (c_int, String)> {
+        let found = self.plan.variants.iter().position(|v| {
+            v.sizes == sizes
+                && (train || rows == 0 || v.rows == rows)
+                && (!train || v.train.is_some())
+        });
+        let Some(k) = found else {
+            let show = |xs: &[usize]| {
+                let xs: Vec<String> = self
+                    .plan
+                    .dims
+                    .iter()
+                    .zip(xs)
+                    .map(|(d, s)| format!("{d} = {s}"))
+                    .collect();
+                xs.join(", ")
+            };
+            let mut have: Vec<String> = self.plan.variants.iter().map(|v| show(&v.sizes)).collect();
+            have.dedup();
             return Err((
                 ERR_ARGUMENT,
                 format!(
                     "{} was not compiled into this library; it has {} (nnc compile --dim NAME=SIZE,SIZE,…)",
-                    asked.join(", "),
+                    show(sizes),
                     have.join("; ")
                 ),
             ));
@@ -174,6 +186,57 @@ impl Model {
             self.built[k] = Some(Built { run, train });
         }
         Ok(k)
+    }
+
+    /// Runs variant `k` on rows `start..start + its rows` of `total` (a
+    /// run without a row dimension: `None`, the whole arrays), reading the
+    /// inputs from `inputs` and writing that window of the outputs.
+    ///
+    /// # Safety
+    /// As [`nnc_rt_run`], the arrays holding `total` rows.
+    unsafe fn run_window(
+        &mut self,
+        k: usize,
+        window: Option<(usize, usize)>,
+        inputs: *const *const f32,
+        outputs: *const *mut f32,
+    ) -> Result<(), (c_int, String)> {
+        let v = &self.plan.variants[k];
+        let axes = self.plan.rows.as_ref();
+        let Some(built) = &mut self.built[k] else {
+            return Err(damaged("a variant was not built".into()));
+        };
+        let key = v.run.rng_key.map(|_| crate::backend::interp::rng_key(0, 0));
+        let in_axis = |i: usize| axes.and_then(|r| r.inputs.get(i).copied().flatten());
+        Model::write_inputs(
+            &mut built.run,
+            &v.run,
+            |k, _| Some(k),
+            inputs,
+            key,
+            |i| window.zip(in_axis(i)),
+        )?;
+        let outs = built
+            .run
+            .run(&mut self.params, true, false)
+            .map_err(|e| (ERR_RUN, e.to_string()))?;
+        for (i, t) in outs.iter().enumerate() {
+            let dst = *outputs.add(i);
+            match window.zip(axes.and_then(|r| r.outputs.get(i).copied().flatten())) {
+                Some(((start, total), a)) => {
+                    let (outer, rows, inner) = split(&t.shape, a);
+                    for o in 0..outer {
+                        std::ptr::copy_nonoverlapping(
+                            t.data.as_ptr().add(o * rows * inner),
+                            dst.add((o * total + start) * inner),
+                            rows * inner,
+                        );
+                    }
+                }
+                None => std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()),
+            }
+        }
+        Ok(())
     }
 
     /// The graph whose parameter table the model keeps.
@@ -212,17 +275,20 @@ impl Model {
 
     /// Copies each input of `part` from its argument (`arg(k, name)`: the
     /// index in `ptrs` of the part's k-th input) straight into `program`'s
-    /// buffer, and the random draws' key (`key`) into its own.
+    /// buffer, and the random draws' key (`key`) into its own. Where
+    /// `window(k)` gives `((start, total), axis)`, the argument holds
+    /// `total` rows along `axis` and the buffer takes rows `start..`.
     ///
     /// # Safety
     /// `ptrs` holds a pointer per argument, each to as many floats as its
-    /// input's shape has (or null: an error).
+    /// input's shape has (with `total` rows; or null: an error).
     unsafe fn write_inputs(
         program: &mut Program,
         part: &super::Part,
         arg: impl Fn(usize, &str) -> Option<usize>,
         ptrs: *const *const f32,
         key: Option<Tensor>,
+        window: impl Fn(usize) -> Option<((usize, usize), usize)>,
     ) -> Result<(), (c_int, String)> {
         let g = &part.schedule.graph;
         for (k, (id, _)) in part.inputs.iter().enumerate() {
@@ -235,8 +301,20 @@ impl Model {
             let buf = program
                 .input_mut(*id)
                 .ok_or_else(|| damaged(format!("no buffer for `{name}`")))?;
-            // The buffer has the input's planned length, the argument's.
-            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len());
+            match window(k) {
+                Some(((start, total), a)) => {
+                    let (outer, rows, inner) = split(&part.inputs[k].1, a);
+                    for o in 0..outer {
+                        std::ptr::copy_nonoverlapping(
+                            p.add((o * total + start) * inner),
+                            buf.as_mut_ptr().add(o * rows * inner),
+                            rows * inner,
+                        );
+                    }
+                }
+                // The buffer has the input's planned length, the argument's.
+                None => std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()),
+            }
         }
         if let (Some(id), Some(key)) = (part.rng_key, key) {
             let buf = program
@@ -253,13 +331,25 @@ impl Model {
 /// have the same shapes in every variant).
 fn table_of(plan: &Plan) -> &crate::ir::Graph {
     let v = &plan.variants[0];
-    match &v.train {
+    match plan.variants.iter().find_map(|v| v.train.as_ref()) {
         Some(t) => &t.phases.last().unwrap_or(&v.run).schedule.graph,
         None => &v.run.schedule.graph,
     }
 }
 
-fn damaged(m: String) -> (c_int, String) {
+/// `shape` around axis `a`: the product of the dims before it, its dim,
+/// the product of those after.
+fn split(shape: &[usize], a: usize) -> (usize, usize, usize) {
+    let a = a.min(shape.len().saturating_sub(1));
+    let outer = shape[..a].iter().product();
+    let inner = shape.get(a + 1..).map_or(1, |s| s.iter().product());
+    (outer, shape.get(a).copied().unwrap_or(1), inner)
+}
+
+/// An error code and its message.
+type Failure = (c_int, String);
+
+fn damaged(m: String) -> Failure {
     (ERR_RUN, format!("the library is damaged: {m}"))
 }
 
@@ -341,32 +431,62 @@ pub unsafe extern "C" fn nnc_rt_run(
         let Some(m) = m.as_mut() else {
             return Err((ERR_ARGUMENT, "run: a null model".into()));
         };
-        let k = m.variant(dims).map_err(|(c, e)| (c, format!("run: {e}")))?;
-        let v = &m.plan.variants[k];
-        let g = &v.run.schedule.graph;
-        if (!v.run.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
-            return Err((ERR_ARGUMENT, "run: a null input or output array".into()));
-        }
-        for (k, o) in g.outputs.iter().enumerate() {
-            if (*outputs.add(k)).is_null() {
-                return Err((ERR_ARGUMENT, format!("run: output `{}` is null", o.name)));
-            }
-        }
-        let Some(built) = &mut m.built[k] else {
-            return Err(damaged("a variant was not built".into()));
-        };
-        let key = v.run.rng_key.map(|_| crate::backend::interp::rng_key(0, 0));
-        Model::write_inputs(&mut built.run, &v.run, |k, _| Some(k), inputs, key)
-            .map_err(|(c, e)| (c, format!("run: {e}")))?;
-        let outs = built
-            .run
-            .run(&mut m.params, true, false)
-            .map_err(|e| (ERR_RUN, e.to_string()))?;
-        for (k, t) in outs.iter().enumerate() {
-            std::ptr::copy_nonoverlapping(t.data.as_ptr(), *outputs.add(k), t.data.len());
-        }
-        Ok(())
+        run(m, dims, inputs, outputs).map_err(|(c, e)| (c, format!("run: {e}")))
     })
+}
+
+/// [`nnc_rt_run`] on a model.
+///
+/// # Safety
+/// As [`nnc_rt_run`].
+unsafe fn run(
+    m: &mut Model,
+    dims: *const usize,
+    inputs: *const *const f32,
+    outputs: *const *mut f32,
+) -> Result<(), (c_int, String)> {
+    let (sizes, rows) = m.sizes(dims, true)?;
+    let first = &m.plan.variants[0].run;
+    if (!first.inputs.is_empty() && inputs.is_null()) || outputs.is_null() {
+        return Err((ERR_ARGUMENT, "a null input or output array".into()));
+    }
+    for (k, o) in first.schedule.graph.outputs.iter().enumerate() {
+        if (*outputs.add(k)).is_null() {
+            return Err((ERR_ARGUMENT, format!("output `{}` is null", o.name)));
+        }
+    }
+    let (n, chunks) = match (rows, &m.plan.rows) {
+        (None, _) => {
+            let k = m.variant(sizes, 0, false)?;
+            return m.run_window(k, None, inputs, outputs);
+        }
+        (Some(n), Some(r)) => (n, r.chunks.clone()),
+        (Some(_), None) => return Err(damaged("rows without a row dimension".into())),
+    };
+    let name = m
+        .plan
+        .rows
+        .as_ref()
+        .map_or("", |r| r.name.as_str())
+        .to_string();
+    if n == 0 {
+        return Err((ERR_ARGUMENT, format!("{name} = 0: a run needs a row")));
+    }
+    if chunks.contains(&n) {
+        let k = m.variant(sizes, n, false)?;
+        return m.run_window(k, None, inputs, outputs);
+    }
+    // Greedily, largest chunk first: the sizes halve down to 1.
+    let mut start = 0;
+    while start < n {
+        let Some(&c) = chunks.iter().find(|&&c| c <= n - start) else {
+            return Err(damaged(format!("no chunk of at most {} rows", n - start)));
+        };
+        let k = m.variant(sizes, c, false)?;
+        m.run_window(k, Some((start, n)), inputs, outputs)?;
+        start += c;
+    }
+    Ok(())
 }
 
 /// One training step on one batch: `dims` as for [`nnc_rt_run`],
@@ -389,15 +509,15 @@ pub unsafe extern "C" fn nnc_rt_train_step(
         let Some(m) = m.as_mut() else {
             return Err((ERR_ARGUMENT, "train_step: a null model".into()));
         };
-        if m.plan.variants[0].train.is_none() {
+        if m.plan.variants.iter().all(|v| v.train.is_none()) {
             return Err((
                 ERR_ARGUMENT,
                 "train_step: this model has no training step".into(),
             ));
         }
-        let k = m
-            .variant(dims)
-            .map_err(|(c, e)| (c, format!("train_step: {e}")))?;
+        let prefix = |(c, e): (c_int, String)| (c, format!("train_step: {e}"));
+        let (sizes, _) = m.sizes(dims, false).map_err(prefix)?;
+        let k = m.variant(sizes, 0, true).map_err(prefix)?;
         let Some(t) = &m.plan.variants[k].train else {
             return Err(damaged("a variant without its training step".into()));
         };
@@ -419,8 +539,7 @@ pub unsafe extern "C" fn nnc_rt_train_step(
             let key = part
                 .rng_key
                 .map(|_| crate::backend::interp::rng_key(t.seed, counter));
-            Model::write_inputs(program, part, arg, inputs, key)
-                .map_err(|(c, e)| (c, format!("train_step: {e}")))?;
+            Model::write_inputs(program, part, arg, inputs, key, |_| None).map_err(prefix)?;
             let outs = program
                 .run(&mut m.params, true, true)
                 .map_err(|e| (ERR_RUN, e.to_string()))?;

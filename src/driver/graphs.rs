@@ -33,17 +33,7 @@ pub fn bind_dims(
     dims: &[(String, usize)],
     batch: Option<usize>,
 ) -> Result<SecondaryMap<crate::ir::Sym, Option<usize>>, crate::diag::Diag> {
-    let mut syms: SecondaryMap<crate::ir::Sym, Option<usize>> = SecondaryMap::new();
-    for info in g.inputs.values() {
-        let (Some(c), shape) = (info.default, &info.ty.shape) else {
-            continue;
-        };
-        for (d, &n) in shape.iter().zip(&g.consts[c].shape) {
-            if let crate::ir::Dim::Sym(s) = d {
-                syms[*s] = Some(n);
-            }
-        }
-    }
+    let mut syms = default_dims(g);
     for (name, size) in dims {
         match g.syms.iter().find(|(_, s)| &s.name == name) {
             Some((s, _)) => syms[s] = Some(*size),
@@ -82,6 +72,62 @@ pub fn bind_dims(
         }
     }
     Ok(syms)
+}
+
+/// The symbolic dimensions that inputs with a default value bind.
+fn default_dims(g: &Graph) -> SecondaryMap<crate::ir::Sym, Option<usize>> {
+    let mut syms: SecondaryMap<crate::ir::Sym, Option<usize>> = SecondaryMap::new();
+    for info in g.inputs.values() {
+        let (Some(c), shape) = (info.default, &info.ty.shape) else {
+            continue;
+        };
+        for (d, &n) in shape.iter().zip(&g.consts[c].shape) {
+            if let crate::ir::Dim::Sym(s) = d {
+                syms[*s] = Some(n);
+            }
+        }
+    }
+    syms
+}
+
+/// The dimension a library's run takes at any size: the one symbolic
+/// dimension of `g` that nothing sizes, when it indexes independent
+/// examples ([`crate::ir::rows`]), with its axes. Without a `train`
+/// block (whose batch would size it) a dimension that cannot is an
+/// error saying which op mixes the rows.
+fn row_dim(
+    g: &Graph,
+    dims: &[(String, Vec<usize>)],
+    train: bool,
+) -> Result<Option<(crate::ir::Sym, crate::ir::rows::RowAxes)>, crate::diag::Diag> {
+    let defaults = default_dims(g);
+    let free: Vec<crate::ir::Sym> = g
+        .syms
+        .iter()
+        .filter(|(s, info)| defaults[*s].is_none() && !dims.iter().any(|(n, _)| *n == info.name))
+        .map(|(s, _)| s)
+        .collect();
+    let [b] = free.as_slice() else {
+        return Ok(None);
+    };
+    match crate::ir::rows::row_axes(g, *b) {
+        Ok(axes) => Ok(Some((*b, axes))),
+        Err(_) if train => Ok(None),
+        Err(m) => {
+            let name = &g.syms[*b].name;
+            Err(crate::diag::error(
+                crate::diag::code::UNBOUND_DIM,
+                format!("dimension `{name}` has no size, and cannot take any size at run time"),
+            )
+            .with_labels(vec![m.span.primary(format!(
+                "{}: rows of `{name}` are not computed alone",
+                m.why
+            ))])
+            .with_notes(vec![format!(
+                "help: give it the sizes to compile with `--dim {name}=SIZE[,SIZE…]`"
+            )]))
+        }
+    }
 }
 
 /// `--emit fused`, `--emit clif` and `--emit opencl`.
@@ -332,11 +378,32 @@ pub fn compile_library(
         )
         .with_notes(vec!["help: give fewer sizes with --dim".into()]));
     }
+    // A dimension nothing sizes takes any size at run time when it can;
+    // a variant per chunk size of it, the training step (at the batch)
+    // in the one of the batch's size.
+    let rows = row_dim(g, a.dims, train.is_some())?;
+    let batch = train.map(|t| t.batch);
     let mut variants = Vec::new();
     for combo in &combos {
         let mut dims = fixed.clone();
         dims.extend(varying.iter().zip(combo).map(|((n, _), &s)| (n.clone(), s)));
-        variants.push(bind_dims(g, &dims, train.map(|t| t.batch))?);
+        let Some((b, _)) = &rows else {
+            variants.push(crate::aot::Binding {
+                syms: bind_dims(g, &dims, batch)?,
+                rows: 0,
+                train: true,
+            });
+            continue;
+        };
+        for c in crate::aot::chunk_sizes(batch) {
+            let mut dims = dims.clone();
+            dims.push((g.syms[*b].name.clone(), c));
+            variants.push(crate::aot::Binding {
+                syms: bind_dims(g, &dims, None)?,
+                rows: c,
+                train: batch == Some(c),
+            });
+        }
     }
     let dims: Vec<crate::ir::Sym> = varying
         .iter()
@@ -376,6 +443,7 @@ pub fn compile_library(
         run: g,
         train: steps,
         dims,
+        rows,
         variants,
     };
     let lib = crate::aot::compile(&graphs, &params, &opts)?;

@@ -17,6 +17,7 @@ pub mod constant;
 mod infer;
 mod op;
 mod print;
+pub mod rows;
 mod scan;
 pub mod shape;
 mod verify;

@@ -124,6 +124,7 @@ unsafe fn sgemv_avx2(
 /// The loops of [`sgemv`], inlined into each feature level's function so
 /// that they vectorize at its width.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 unsafe fn sgemv_body(
     (k, n): (usize, usize),
     dst: *mut f32,

@@ -18,6 +18,10 @@
 //! transcendental (where the width pays; an add or a copy is memory-bound
 //! either way), with no general power (`x ^ y` calls the host's `powf`).
 
+// Elsewhere than x86-64 there is no wider vector to reach: the JIT's
+// own kernels run and these routines are not called.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use super::math::{EXP_P, LOG_P, TANH_P};
 use crate::ir::{BinaryOp, CmpOp, UnaryOp};
 use crate::schedule::{Expr, LoopKernel};
