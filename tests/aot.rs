@@ -1066,7 +1066,8 @@ fn headers_of_the_examples() {
 /// the kernels never touch a zmm register or a mask), and x86-64-v2
 /// without AVX at all (no VEX instructions; the fused multiply-adds
 /// become calls to the C library's `fmaf`). The runtime's own routines
-/// choose AVX-512 or AVX2 at run time.
+/// choose AVX-512 or AVX2 at run time. The object and the library
+/// declare that level (read with the `object` crate).
 #[test]
 fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
     if !cfg!(target_arch = "x86_64") {
@@ -1123,9 +1124,43 @@ fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
                 );
             }
         }
+        // The level is declared in the object and kept in the library, so
+        // the loader refuses it on a CPU below it.
+        let want = match cpu {
+            "x86-64-v3" => object::elf::GNU_PROPERTY_X86_ISA_1_V3,
+            _ => object::elf::GNU_PROPERTY_X86_ISA_1_V2,
+        };
+        for file in ["m.kernels.o", out] {
+            assert_eq!(isa_needed(&dir.join(file)), Some(want), "{cpu}: {file}");
+        }
         std::fs::remove_file(dir.join("m.kernels.o")).expect("kernels.o");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The "x86 ISA needed" property of an ELF file's `.note.gnu.property`.
+fn isa_needed(path: &Path) -> Option<u32> {
+    use object::read::elf::{ElfFile64, FileHeader, SectionHeader};
+    let data = std::fs::read(path).expect("an ELF file");
+    let elf = ElfFile64::<object::Endianness>::parse(&*data).expect("ELF");
+    let endian = elf.endian();
+    let sections = elf.elf_header().sections(endian, &*data).expect("sections");
+    for section in sections.iter() {
+        let Some(mut notes) = section.notes(endian, &*data).expect("notes") else {
+            continue;
+        };
+        while let Some(note) = notes.next().expect("a note") {
+            let Some(mut props) = note.gnu_properties(endian) else {
+                continue;
+            };
+            while let Some(p) = props.next().expect("a property") {
+                if p.pr_type() == object::elf::GNU_PROPERTY_X86_ISA_1_NEEDED {
+                    return Some(p.data_u32(endian).expect("a u32"));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Eight threads share one loaded model, each running through a context
@@ -1405,6 +1440,110 @@ int main(void) {{
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Whether `qemu-x86_64` can run programs here (it emulates the CPUs
+/// below); in CI (`NNC_REQUIRE_QEMU`) its absence fails the test.
+fn qemu_x86() -> bool {
+    let found = Command::new("qemu-x86_64").arg("--version").output();
+    match found.is_ok_and(|o| o.status.success()) {
+        true => true,
+        false if std::env::var_os("NNC_REQUIRE_QEMU").is_some() => {
+            panic!("no qemu-x86_64 (Debian: qemu-user)")
+        }
+        false => {
+            eprintln!("skipped: no qemu-x86_64 (Debian: qemu-user)");
+            false
+        }
+    }
+}
+
+/// A library built for the default target (x86-64-v3) runs on a CPU
+/// without AVX-512 — `qemu-x86_64 -cpu Haswell`, AVX2 and FMA, where the
+/// runtime's routines choose their AVX2 code — and gives the
+/// interpreter's outputs; on a CPU below its level (`-cpu Nehalem`,
+/// x86-64-v2) the loader refuses it with a message, and the same model
+/// built with `--target-cpu x86-64-v2` runs there and agrees.
+#[test]
+fn a_portable_library_runs_without_avx512_and_is_refused_below_its_level() {
+    if !cfg!(target_arch = "x86_64") || !qemu_x86() {
+        return;
+    }
+    let dir = scratch("portable");
+    let file = "tests/fixtures/aot/lstm_pow.nn";
+    let model = root().join(file).display().to_string();
+    let mut built = Vec::new();
+    for (name, cpu) in [("v3", None), ("v2", Some("x86-64-v2"))] {
+        let mut args = vec!["compile", &model, "--dim", "B=3", "--name", name, "-o"];
+        let out = format!("{name}.so");
+        args.push(&out);
+        if let Some(c) = cpu {
+            args.extend(["--target-cpu", c]);
+        }
+        let o = nnc(&args, &dir);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
+        let (ins, outs) = declared(&header);
+        std::fs::write(dir.join("main.c"), harness(name, &ins, &outs)).expect("main.c");
+        let cc = Command::new("cc")
+            .args([
+                "-std=c99",
+                "-Wall",
+                "-Werror",
+                "-o",
+                name,
+                "main.c",
+                &format!("./{out}"),
+            ])
+            .arg("-Wl,-rpath,$ORIGIN")
+            .current_dir(&dir)
+            .output()
+            .expect("cc");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        built.push((name, ins));
+    }
+    let (_, ins) = &built[0];
+    let values: Vec<(String, Vec<f32>)> = ins
+        .iter()
+        .enumerate()
+        .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
+        .collect();
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let want = reference(file, &[("B".to_string(), 3)], &values, None);
+    let emulate = |cpu: &str, program: &str| {
+        let _ = std::fs::remove_file(dir.join("out.bin"));
+        Command::new("qemu-x86_64")
+            .args(["-cpu", cpu, &format!("./{program}")])
+            .current_dir(&dir)
+            .output()
+            .expect("qemu-x86_64")
+    };
+    for (cpu, program) in [("Haswell", "v3"), ("Haswell", "v2"), ("Nehalem", "v2")] {
+        let ran = emulate(cpu, program);
+        assert!(
+            ran.status.success(),
+            "{program} on {cpu}: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        let got = read_floats(&dir.join("out.bin"));
+        assert_close(&got, &want, &format!("{file}: {program} on {cpu}"));
+    }
+    let refused = emulate("Nehalem", "v3");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "v3 ran on Nehalem");
+    assert!(
+        err.contains("CPU ISA level is lower than required"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What running AArch64 code here needs: the cross C compiler, the

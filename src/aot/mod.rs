@@ -535,6 +535,37 @@ fn object_isa(
         .map_err(|e| fail(e.to_string()))
 }
 
+/// The x86-64 level (`GNU_PROPERTY_X86_ISA_1_*`) of the features `isa`
+/// compiles for, which the object declares in its `.note.gnu.property`
+/// ("x86 ISA needed", kept by the linker in the library): the dynamic
+/// loader then refuses the library on a CPU below that level with a
+/// message, instead of the program dying on an illegal instruction.
+/// None for another architecture.
+fn x86_isa_level(isa: &dyn cranelift_codegen::isa::TargetIsa) -> Option<u32> {
+    use cranelift_object::object::elf::*;
+    // Cranelift names its x86-64 backend "x64".
+    if isa.name() != "x64" {
+        return None;
+    }
+    let flags = isa.isa_flags();
+    let on = |names: &[&str]| {
+        names.iter().all(|n| {
+            flags
+                .iter()
+                .any(|v| v.name == *n && v.as_bool() == Some(true))
+        })
+    };
+    Some(if on(&["has_avx512f", "has_avx512vl", "has_avx512dq"]) {
+        GNU_PROPERTY_X86_ISA_1_V4
+    } else if on(&["has_avx2", "has_fma", "has_bmi1", "has_bmi2", "has_lzcnt"]) {
+        GNU_PROPERTY_X86_ISA_1_V3
+    } else if on(&["has_sse42", "has_popcnt", "has_ssse3"]) {
+        GNU_PROPERTY_X86_ISA_1_V2
+    } else {
+        GNU_PROPERTY_X86_ISA_1_BASELINE
+    })
+}
+
 /// The object file: the kernels of every variant's schedules, their
 /// table in the order the runtime asks for them (variant after variant,
 /// each its run then its training phases; `plan` gets each variant's
@@ -552,6 +583,7 @@ fn object(
             "report this as a bug",
         )
     };
+    let level = x86_isa_level(&*isa);
     let builder =
         cranelift_object::ObjectBuilder::new(isa, name, cranelift_module::default_libcall_names())
             .map_err(|e| bug(e.to_string()))?;
@@ -611,7 +643,14 @@ fn object(
         d.set_align(8);
         define(&mut module, &format!("{name}__nnc_{sym}"), &d, false)?;
     }
-    let bytes = module.finish().emit().map_err(|e| bug(e.to_string()))?;
+    let mut product = module.finish();
+    if let Some(level) = level {
+        use cranelift_object::object::elf::GNU_PROPERTY_X86_ISA_1_NEEDED;
+        product
+            .object
+            .add_elf_gnu_property_u32(GNU_PROPERTY_X86_ISA_1_NEEDED, level);
+    }
+    let bytes = product.emit().map_err(|e| bug(e.to_string()))?;
     Ok((bytes, order.len(), plan_bytes.len()))
 }
 
