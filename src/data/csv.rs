@@ -22,6 +22,26 @@ pub(super) fn load_columns(
     labels_wanted: &[String],
     scale: f32,
 ) -> Result<Dataset, DataError> {
+    load_csv(path, labels_wanted, false, scale)
+}
+
+/// Loads rows to predict: when the header has every column of `labels`,
+/// those are the rows' labels (as [`load_columns`]); otherwise every
+/// column is a feature and the rows have no labels (`per_row` 0).
+pub(super) fn load_unlabelled(
+    path: &Path,
+    labels: &[String],
+    scale: f32,
+) -> Result<Dataset, DataError> {
+    load_csv(path, labels, true, scale)
+}
+
+fn load_csv(
+    path: &Path,
+    labels_wanted: &[String],
+    optional: bool,
+    scale: f32,
+) -> Result<Dataset, DataError> {
     let bytes = read_file(path)?;
     let text = decode(path, &bytes)?;
     let mut lines = numbered_lines(text);
@@ -31,6 +51,10 @@ pub(super) fn load_columns(
         });
     };
     let header: Vec<String> = cells(header_text).map(str::to_string).collect();
+    let labels_wanted = match optional && !labels_wanted.iter().all(|l| header.contains(l)) {
+        true => &[],
+        false => labels_wanted,
+    };
     let mut label_cols = Vec::with_capacity(labels_wanted.len());
     for label in labels_wanted {
         label_cols.push(find_label(path, header_line, header_text, &header, label)?);
@@ -40,8 +64,10 @@ pub(super) fn load_columns(
     let width = header.len();
     let mut features = Vec::new();
     let mut labels = Vec::new();
+    let mut rows = 0;
     let mut row: Vec<&str> = Vec::with_capacity(width);
     for (line, text) in lines {
+        rows += 1;
         row.clear();
         row.extend(cells(text));
         if row.len() != width {
@@ -87,12 +113,11 @@ pub(super) fn load_columns(
         }
         labels.extend_from_slice(&row_labels);
     }
-    if labels.is_empty() {
+    if rows == 0 {
         return Err(DataError::NoData {
             path: path.to_path_buf(),
         });
     }
-    let rows = labels.len() / label_cols.len().max(1);
     let feature_cols = features.len() / rows.max(1);
     Ok(Dataset {
         features: Tensor::new(vec![rows, feature_cols], features),

@@ -26,14 +26,42 @@ pub struct Dataset {
     /// `per_row` labels for each row, row-major.
     pub labels: Vec<f32>,
     /// How many labels a row has (1, unless a CSV names several columns:
-    /// a label per position of a sequence).
+    /// a label per position of a sequence; 0 for rows to predict that
+    /// come without).
     pub per_row: usize,
 }
 
 impl Dataset {
     /// The number of rows.
     pub fn rows(&self) -> usize {
-        self.labels.len() / self.per_row.max(1)
+        self.features.shape.first().copied().unwrap_or(0)
+    }
+}
+
+/// A tensor fed to an input from `path`, by its extension: a `.npy`
+/// array in its own shape, or a CSV's rows (after the header) as `[rows,
+/// columns]`. `None` for another kind of file.
+pub fn load_tensor(path: &Path) -> Option<Result<Tensor, DataError>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Some(npy::load_array(path)),
+        Some("csv") => Some(csv::load_unlabelled(path, &[], 1.0).map(|d| d.features)),
+        _ => None,
+    }
+}
+
+/// Rows to predict from `path`, by its extension: a CSV (every column a
+/// feature, except `labels` when the header has them all: those become
+/// the rows' labels) or a NumPy `.npy` array of features; `scale`
+/// multiplies the features. `None` for another kind of file.
+pub fn load_unlabelled(
+    path: &Path,
+    labels: &[String],
+    scale: f32,
+) -> Option<Result<Dataset, DataError>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => Some(csv::load_unlabelled(path, labels, scale)),
+        Some("npy") => Some(npy::load_features(path, scale)),
+        _ => None,
     }
 }
 

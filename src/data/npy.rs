@@ -57,6 +57,40 @@ pub(super) fn load(features: &Path, labels: &Path, scale: f32) -> Result<Dataset
     })
 }
 
+/// A whole array, in its own shape.
+pub(super) fn load_array(path: &Path) -> Result<Tensor, DataError> {
+    let a = read_array(path)?;
+    Ok(Tensor::new(a.shape, a.data))
+}
+
+/// Rows to predict: features `[N, ...]` flattened to `[N, prod(rest)]`,
+/// without labels.
+pub(super) fn load_features(path: &Path, scale: f32) -> Result<Dataset, DataError> {
+    let feats = read_array(path)?;
+    let Some((&n, rest)) = feats.shape.split_first() else {
+        return Err(DataError::NpyShape {
+            path: path.to_path_buf(),
+            what: "features",
+            expected: "an array of one or more dimensions",
+            shape: feats.shape,
+        });
+    };
+    if n == 0 {
+        return Err(DataError::NoData {
+            path: path.to_path_buf(),
+        });
+    }
+    let width: usize = rest.iter().product();
+    Ok(Dataset {
+        features: Tensor::new(
+            vec![n, width],
+            feats.data.into_iter().map(|v| v * scale).collect(),
+        ),
+        labels: Vec::new(),
+        per_row: 0,
+    })
+}
+
 /// An array read from a `.npy` file, converted to `f32`.
 struct Array {
     shape: Vec<usize>,

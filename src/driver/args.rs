@@ -124,6 +124,12 @@ pub enum Command {
         after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
     )]
     Train(TrainArgs),
+    /// Apply a model to every row of a data file: its `train` block's
+    /// `predict` (or its outputs), one row of predictions per input row.
+    #[command(
+        after_help = "Examples:\n  nnc train examples/iris.nn --save iris.safetensors\n  nnc predict examples/iris.nn --params iris.safetensors --data new.csv -o predictions.csv\n  nnc predict examples/digits_mlp.nn --params digits.safetensors --data x.npy -o p.npy"
+    )]
+    Predict(PredictArgs),
     /// Time a training step (or the outputs): compile once, warm up, then time runs.
     #[command(
         after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
@@ -131,7 +137,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
-        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors"
+        after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors\n  nnc run examples/iris.nn --params iris.safetensors --input x=rows.npy"
     )]
     Run {
         /// The .nn file.
@@ -147,10 +153,27 @@ pub enum Command {
         /// checkpoint written by `nnc train --save`).
         #[arg(long, value_name = "W.safetensors")]
         params: Option<PathBuf>,
+        /// Feed an input from a file: a .npy array (its shape) or a CSV
+        /// (the rows after the header, [rows, columns]); the input by its
+        /// name (`x`, or `Model.x`). The `train` block's features input
+        /// gets the block's `scale`. A file with no outputs but a `train`
+        /// block's `predict` runs that.
+        #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
+        inputs: Vec<(String, PathBuf)>,
         /// The backend that runs the program.
         #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
         backend: BackendKind,
     },
+}
+
+/// `NAME=FILE`, for `--input`.
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, f)) if !n.trim().is_empty() && !f.is_empty() => {
+            Ok((n.trim().to_string(), PathBuf::from(f)))
+        }
+        _ => Err(format!("expected NAME=FILE, e.g. x=rows.npy, found `{s}`")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +192,33 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// The backend to time.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    pub backend: BackendKind,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// The .nn file: a `train` block's `predict`, else the outputs.
+    pub file: PathBuf,
+    /// The weights (as `nnc train --save` writes them); without, the
+    /// file's initialisers.
+    #[arg(long, value_name = "W.safetensors")]
+    pub params: Option<PathBuf>,
+    /// The rows: a CSV with a header (the columns the model was trained
+    /// on; the label column, when there, is set apart and the accuracy
+    /// printed) or a .npy array [N, ...]. The `train` block's `scale`
+    /// applies.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Where to write the predictions: .csv (a `class` column for a
+    /// classifier, then the values), .jsonl or .npy; default: CSV on
+    /// standard output.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Rows per run (default: the `train` block's batch, else 256).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// The backend that runs the model.
     #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     pub backend: BackendKind,
 }

@@ -2,7 +2,8 @@
 
 use super::args::{Cli, Color, Command, Emit, Format};
 use super::graphs::{
-    backend_text, grad_values, run_graph, run_graph_with, warn_non_finite, LibraryArgs,
+    backend_text, fed_graph, grad_values, run_fed, run_graph, run_graph_with, warn_non_finite,
+    LibraryArgs,
 };
 use super::outcome::{finish, load, Outcome};
 use crate::diag::{self, Diagnostics, SourceMap};
@@ -27,18 +28,17 @@ pub fn main() -> i32 {
     if let Command::Repl = cli.command {
         return super::repl::run(color);
     }
-    match execute(&cli.command) {
-        Ok(out) => {
-            print!("{}", out.stdout);
-            eprint!("{}", out.render(color));
-            0
-        }
-        Err(out) => {
-            print!("{}", out.stdout);
-            eprint!("{}", out.render(color));
-            1
-        }
-    }
+    let (out, code) = match execute(&cli.command) {
+        Ok(out) => (out, 0),
+        Err(out) => (out, 1),
+    };
+    // A reader that stops early (`nnc … | head`) closes the pipe: the
+    // rest is not wanted, which is no error (as for other Unix tools).
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stdout().flush();
+    eprint!("{}", out.render(color));
+    code
 }
 
 /// Executes a command; `Err` means the exit code is 1.
@@ -168,6 +168,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             }
         }
         Command::Train(args) => super::train::command(args),
+        Command::Predict(args) => super::predict::command(args),
         Command::Bench(args) => super::bench::command(args),
         Command::Repl => Ok(Outcome {
             stdout: String::new(),
@@ -199,15 +200,20 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             format,
             seed,
             params,
+            inputs,
             backend,
         } => {
             let mut c = load(file, Stage::Ir)?;
-            let Some(g) = c.graph.take() else {
+            let Some(mut g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
             };
-            let ran = match params {
-                None => run_graph(&g, *seed, *backend).map_err(|e| e.to_diag()),
-                Some(p) => run_graph_with(&g, *seed, Some(p), *backend),
+            let ran = match fed_graph(&mut g, c.train.as_ref(), inputs) {
+                Err(d) => Err(d),
+                Ok(fed) if fed.is_empty() => match params {
+                    None => run_graph(&g, *seed, *backend).map_err(|e| e.to_diag()),
+                    Some(p) => run_graph_with(&g, *seed, Some(p), *backend),
+                },
+                Ok(fed) => run_fed(&g, *seed, params.as_deref(), fed, *backend),
             };
             match ran {
                 Ok(outputs) => {

@@ -185,6 +185,133 @@ pub fn run_graph_with(
     run_with_params(g, seed, params, backend).map_err(|e| e.to_diag())
 }
 
+/// The tensors `--input NAME=FILE` feeds, by input, read from their
+/// files; with some, a file with no outputs but a `train` block's
+/// `predict` becomes its library graph (inference mode), which runs it.
+/// The block's features input gets its data's `scale`.
+pub fn fed_graph(
+    g: &mut Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    files: &[(String, std::path::PathBuf)],
+) -> Result<Vec<(crate::ir::InputId, crate::tensor::Tensor)>, crate::diag::Diag> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    if g.outputs.is_empty() && train.is_some_and(|t| t.predict.is_some()) {
+        *g = crate::aot::library_graph(g, train)?;
+    }
+    let fail = |msg: String, help: String| {
+        crate::diag::error(crate::diag::code::INPUT, msg).with_notes(vec![format!("help: {help}")])
+    };
+    let mut fed = Vec::new();
+    for (name, path) in files {
+        let found: Vec<crate::ir::InputId> = g
+            .inputs
+            .iter()
+            .filter(|(_, i)| i.name == *name || i.name.ends_with(&format!(".{name}")))
+            .map(|(id, _)| id)
+            .collect();
+        let [id] = found.as_slice() else {
+            let names: Vec<&str> = g
+                .inputs
+                .values()
+                .map(|i| i.name.as_str())
+                .filter(|n| !n.starts_with('@'))
+                .collect();
+            return Err(fail(
+                format!(
+                    "`--input {name}=…` names {} input of this program",
+                    if found.is_empty() {
+                        "no"
+                    } else {
+                        "more than one"
+                    }
+                ),
+                format!("its inputs are: {}", names.join(", ")),
+            ));
+        };
+        let mut t = match crate::data::load_tensor(path) {
+            Some(r) => r.map_err(|e| {
+                let mut d = crate::diag::error(crate::diag::code::INPUT, e.to_string());
+                if let Some(h) = e.hint() {
+                    d = d.with_notes(vec![h]);
+                }
+                d
+            })?,
+            None => {
+                return Err(fail(
+                    format!("`{}` is not a file `--input` reads", path.display()),
+                    "give a .npy array or a .csv file with a header row".into(),
+                ))
+            }
+        };
+        let scale = train
+            .filter(|t| t.features == Some(*id))
+            .and_then(|t| t.data.as_ref())
+            .map_or(1.0, |d| match &d.source {
+                crate::data::Source::Csv { scale, .. }
+                | crate::data::Source::Idx { scale, .. }
+                | crate::data::Source::Npy { scale, .. } => *scale,
+            });
+        t.data.iter_mut().for_each(|v| *v *= scale);
+        let info = &g.inputs[*id];
+        let fits = t.shape.len() == info.ty.shape.len()
+            && info.ty.shape.iter().zip(&t.shape).all(|(d, &n)| match d {
+                crate::ir::Dim::Known(k) => *k as usize == n,
+                crate::ir::Dim::Sym(_) => true,
+            });
+        if !fits {
+            return Err(crate::diag::error(
+                crate::diag::code::INPUT,
+                format!(
+                    "`{}` holds an array of shape {:?}, but input `{}` is {}",
+                    path.display(),
+                    t.shape,
+                    info.name,
+                    g.shape_str(&info.ty.shape)
+                ),
+            )
+            .with_labels(vec![info.span.primary("this input")]));
+        }
+        fed.push((*id, t));
+    }
+    Ok(fed)
+}
+
+/// The outputs of `g` with these inputs fed (the others' defaults).
+pub fn run_fed(
+    g: &Graph,
+    seed: u64,
+    params_file: Option<&Path>,
+    fed: Vec<(crate::ir::InputId, crate::tensor::Tensor)>,
+    backend: BackendKind,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
+    let mut params = interp::init_params(g, seed);
+    if let Some(p) = params_file {
+        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
+        crate::train::restore(g, &mut params, p, span)?;
+    }
+    let mut inputs = SecondaryMap::new();
+    for (id, t) in fed {
+        inputs[id] = Some(t);
+    }
+    if let Some((id, _)) = g
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == crate::ir::RNG_KEY_INPUT)
+    {
+        inputs[id] = Some(interp::rng_key(seed, 0));
+    }
+    let values = Engine::new(backend, g)
+        .run(&mut params, &inputs)
+        .map_err(|e| e.to_diag())?;
+    Ok(g.outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(values)
+        .collect())
+}
+
 fn run_with_params(
     g: &Graph,
     seed: u64,

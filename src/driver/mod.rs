@@ -6,5 +6,6 @@ pub mod cli;
 pub mod graphs;
 pub mod outcome;
 pub mod output;
+pub mod predict;
 pub mod repl;
 pub mod train;

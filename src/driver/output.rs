@@ -37,16 +37,17 @@ pub fn grad_json(loss: f32, grads: &[(String, Tensor)]) -> String {
     for (name, t) in grads {
         map.insert(name.clone(), tensor_json(t));
     }
-    json!({ "loss": number(loss), "grads": map }).to_string()
+    json!({ "loss": json_number(loss), "grads": map }).to_string()
 }
 
-fn number(v: f32) -> Value {
+/// A JSON number for an f32 (its shortest decimal), `null` when not finite.
+pub fn json_number(v: f32) -> Value {
     serde_json::Number::from_f64(f64::from(v))
         .map_or(Value::Null, |n| Value::Number(shortest(v, n)))
 }
 
 fn tensor_json(t: &Tensor) -> Value {
-    let data: Vec<Value> = t.data.iter().map(|&v| number(v)).collect();
+    let data: Vec<Value> = t.data.iter().map(|&v| json_number(v)).collect();
     json!({ "shape": t.shape, "data": data })
 }
 

@@ -1,0 +1,306 @@
+//! The everyday workflow around a trained model: `nnc predict` on data
+//! files, and the command line behaving as Unix tools do.
+
+mod common;
+
+use common::{nnc, temp_dir, text};
+use nnc::pipeline::{self, Stage};
+use std::path::Path;
+
+/// A NumPy `.npy` file (format 1.0) of little-endian f32 values.
+fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    header.push_str(&" ".repeat((64 - (10 + header.len() + 1) % 64) % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+/// The final `val_accuracy` a training printed (its `trained …` line).
+fn printed_val_accuracy(stdout: &str) -> f64 {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("trained "))
+        .and_then(|l| l.split("val_accuracy ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no val_accuracy in {stdout}"))
+}
+
+/// The validation rows `nnc train` holds out for `file` (its seeded
+/// split), as the lines of its CSV.
+fn validation_lines(file: &str, csv: &Path) -> Vec<String> {
+    let src = std::fs::read_to_string(file).expect("source");
+    let c = pipeline::compile(file, &src, Stage::Ir);
+    let (g, spec) = (c.graph.expect("graph"), c.train.expect("train block"));
+    let base = Path::new(file).parent().expect("folder");
+    let prepared = nnc::train::prepare(&g, &spec, base, spec.seed).expect("data");
+    let text = std::fs::read_to_string(csv).expect("csv");
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    prepared.val.iter().map(|&r| rows[r].to_string()).collect()
+}
+
+/// Train the Iris classifier, hold its validation rows out as a CSV of
+/// their own, predict on them: the written classes get the validation
+/// accuracy that training printed right, and `nnc predict` says so.
+/// Without the label column the same predictions are written.
+#[test]
+fn predictions_on_the_held_out_rows_have_the_printed_validation_accuracy() {
+    let dir = temp_dir("predict-iris");
+    let w = dir.join("iris.safetensors").display().to_string();
+    let o = nnc(&["train", "examples/iris.nn", "--save", &w]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let printed = printed_val_accuracy(&text(&o.stdout));
+    let lines = validation_lines("examples/iris.nn", Path::new("examples/data/iris.csv"));
+    assert_eq!(lines.len(), 30, "20% of 150 rows");
+    let header = "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm,label";
+    let held = dir.join("held.csv");
+    std::fs::write(&held, format!("{header}\n{}\n", lines.join("\n"))).expect("held.csv");
+    let out = dir.join("pred.csv");
+    let o = nnc(&[
+        "predict",
+        "examples/iris.nn",
+        "--params",
+        &w,
+        "--data",
+        &held.display().to_string(),
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&out).expect("predictions");
+    let mut rows = written.lines();
+    assert_eq!(
+        rows.next(),
+        Some("class,predict_0,predict_1,predict_2"),
+        "{written}"
+    );
+    let labels: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            l.rsplit(',')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("label")
+        })
+        .collect();
+    let mut right = 0;
+    let mut n = 0;
+    for (row, label) in rows.zip(&labels) {
+        let cells: Vec<f32> = row
+            .split(',')
+            .map(|c| c.parse().expect("a number"))
+            .collect();
+        assert_eq!(cells.len(), 4, "{row}");
+        // The class is the most probable one, the probabilities sum to 1.
+        let best = (1..4).fold(1, |b, k| if cells[k] > cells[b] { k } else { b });
+        assert_eq!(cells[0] as usize, best - 1, "{row}");
+        assert!((cells[1..].iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row}");
+        right += usize::from(cells[0] as usize == *label);
+        n += 1;
+    }
+    assert_eq!(n, 30);
+    let accuracy = right as f64 / n as f64;
+    assert!(
+        (accuracy - printed).abs() < 5e-5,
+        "{accuracy} vs printed {printed}"
+    );
+    assert!(
+        text(&o.stdout).contains(&format!(
+            "accuracy {accuracy:.4} ({right} of 30 labelled rows)"
+        )),
+        "{}",
+        text(&o.stdout)
+    );
+    // The same rows without their labels: the same predictions, on
+    // standard output.
+    let bare = dir.join("bare.csv");
+    let no_label: Vec<String> = lines
+        .iter()
+        .map(|l| l.rsplit_once(',').expect("cells").0.to_string())
+        .collect();
+    std::fs::write(
+        &bare,
+        format!(
+            "{}\n{}\n",
+            header.rsplit_once(',').expect("header").0,
+            no_label.join("\n")
+        ),
+    )
+    .expect("bare.csv");
+    let o = nnc(&[
+        "predict",
+        "examples/iris.nn",
+        "--params",
+        &w,
+        "--data",
+        &bare.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), written);
+    assert!(
+        !text(&o.stderr).contains("accuracy"),
+        "no labels, no accuracy"
+    );
+    // And through `nnc run --input` (a .npy of the rows): the same
+    // probabilities, so the same accuracy.
+    let npy = dir.join("held.npy");
+    let floats: Vec<f32> = no_label
+        .iter()
+        .flat_map(|l| l.split(',').map(|c| c.parse::<f32>().expect("a number")))
+        .collect();
+    std::fs::write(&npy, npy_f32(&[30, 4], &floats)).expect("held.npy");
+    let o = nnc(&[
+        "run",
+        "examples/iris.nn",
+        "--params",
+        &w,
+        "--input",
+        &format!("x={}", npy.display()),
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).expect("JSON");
+    let p = &v["outputs"]["predict"];
+    assert_eq!(p["shape"], serde_json::json!([30, 3]));
+    let probs: Vec<f32> = p["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect();
+    let from_predict: Vec<f32> = written
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|c| c.parse::<f32>().expect("number"))
+        })
+        .collect();
+    assert_eq!(probs, from_predict);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Predictions as JSON lines and as a NumPy array hold the CSV's values;
+/// a file of the wrong width, an unknown format and a missing file are
+/// diagnostics (exit 1) and write nothing.
+#[test]
+fn predictions_in_every_format_and_bad_data_as_diagnostics() {
+    let dir = temp_dir("predict-formats");
+    let data = "examples/data/iris.csv";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["predict", "examples/iris.nn", "--data"];
+        args.extend_from_slice(extra);
+        nnc(&args)
+    };
+    let csv = run(&[data]);
+    assert!(csv.status.success(), "{}", text(&csv.stderr));
+    let csv = text(&csv.stdout);
+    let values: Vec<Vec<f32>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|c| c.parse().expect("number"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(values.len(), 150);
+    let jsonl = dir.join("p.jsonl");
+    let o = run(&[data, "-o", &jsonl.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 150);
+    for (r, (line, want)) in lines.iter().zip(&values).enumerate() {
+        assert_eq!(line["row"], r);
+        let got: Vec<f32> = line["predict"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect();
+        assert_eq!(&got, want, "row {r}");
+    }
+    let npy = dir.join("p.npy");
+    let o = run(&[data, "-o", &npy.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bytes = std::fs::read(&npy).expect("npy");
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("header");
+    assert!(
+        header.contains("'shape': (150, 3)") && header.contains("'<f4'"),
+        "{header}"
+    );
+    assert_eq!((10 + hlen) % 64, 0, "aligned data");
+    let floats: Vec<f32> = bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(floats, values.concat());
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["examples/data/digits.csv", "-o", "never.csv"],
+            "has 64 features per row, but input `Iris.x` is [B, 4]",
+        ),
+        (&[data, "-o", "never.txt"], "as .csv, .jsonl or .npy"),
+        (&["no/such.csv", "-o", "never.csv"], "no such file"),
+    ];
+    for (args, msg) in cases {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&o.stderr).contains(msg),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    for f in ["never.csv", "never.txt"] {
+        assert!(
+            !Path::new(env!("CARGO_MANIFEST_DIR")).join(f).exists(),
+            "{f} written"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `nnc … | head`: the reader closing the pipe early ends the command
+/// quietly with exit 0, no panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args([
+            "predict",
+            "examples/iris.nn",
+            "--data",
+            "examples/data/iris.csv",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nnc runs");
+    // Close our end of stdout at once, as `head -0` would.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("nnc ends");
+    let err = text(&o.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{err}");
+}
