@@ -133,6 +133,22 @@ fn input_values(len: usize, salt: usize) -> Vec<f32> {
     (0..len).map(|k| ((k * 7 + salt * 3) % 3) as f32).collect()
 }
 
+/// Writes `dir/in.bin` for the [`harness`]: each input of `ins` (names
+/// and lengths) filled with [`input_values`], in order; returns them.
+fn write_inputs(dir: &Path, ins: &[(String, usize)]) -> Vec<(String, Vec<f32>)> {
+    let values: Vec<(String, Vec<f32>)> = ins
+        .iter()
+        .enumerate()
+        .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
+        .collect();
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    values
+}
+
 /// The interpreter's outputs for `file` with these inputs, by the
 /// library's graph; `params` None uses the initialisers (seed 0).
 fn reference(
@@ -243,16 +259,7 @@ fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
     let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
     let (ins, outs) = declared(&header);
     assert!(!outs.is_empty(), "{file}: the header declares no output");
-    let values: Vec<(String, Vec<f32>)> = ins
-        .iter()
-        .enumerate()
-        .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
-        .collect();
-    let bytes: Vec<u8> = values
-        .iter()
-        .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
-        .collect();
-    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let values = write_inputs(&dir, &ins);
     run_c(
         &dir,
         &harness(name, &ins, &outs),
@@ -1507,16 +1514,7 @@ fn a_portable_library_runs_without_avx512_and_is_refused_below_its_level() {
         built.push((name, ins));
     }
     let (_, ins) = &built[0];
-    let values: Vec<(String, Vec<f32>)> = ins
-        .iter()
-        .enumerate()
-        .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
-        .collect();
-    let bytes: Vec<u8> = values
-        .iter()
-        .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
-        .collect();
-    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let values = write_inputs(&dir, ins);
     let want = reference(file, &[("B".to_string(), 3)], &values, None);
     let emulate = |cpu: &str, program: &str| {
         let _ = std::fs::remove_file(dir.join("out.bin"));
@@ -1676,16 +1674,7 @@ fn aarch64_libraries_run_under_qemu_and_agree_with_the_host() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
         let (ins, outs) = declared(&header);
-        let values: Vec<(String, Vec<f32>)> = ins
-            .iter()
-            .enumerate()
-            .map(|(k, (n, len))| (n.clone(), input_values(*len, k)))
-            .collect();
-        let bytes: Vec<u8> = values
-            .iter()
-            .flat_map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()))
-            .collect();
-        std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+        let values = write_inputs(&dir, &ins);
         std::fs::write(dir.join("harness.c"), harness(name, &ins, &outs)).expect("harness.c");
         cross_link(name, &dir.join("harness.c"), "harness");
         qemu("./harness", &[]);

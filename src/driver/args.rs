@@ -56,7 +56,9 @@ pub enum Command {
         emit: Option<Emit>,
         /// The size of a symbolic dimension: one (`--dim B=128`) fixes it
         /// at compile time; several (`--dim B=1,8,32`) make it an argument
-        /// of the library's functions, taking any of those sizes.
+        /// of the library's functions, taking any of those sizes. A batch
+        /// given none takes any size at run time (when each row is
+        /// computed alone; a `train` step keeps its `batch`).
         /// `--emit clif` and `--emit opencl` take one size each (a file with
         /// a `train` block binds the batch dimension from `batch`).
         #[arg(long = "dim", value_name = "NAME=SIZE[,SIZE…]", value_parser = parse_dim_sizes)]

@@ -166,7 +166,7 @@ pub fn run_graph(
     seed: u64,
     backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
-    run_with_params(g, seed, interp::init_params(g, seed), backend)
+    run_with_params(g, seed, interp::init_params(g, seed), Vec::new(), backend)
 }
 
 /// [`run_graph`] with the parameters (and states) found in `params_file`
@@ -177,12 +177,7 @@ pub fn run_graph_with(
     params_file: Option<&Path>,
     backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
-    let mut params = interp::init_params(g, seed);
-    if let Some(p) = params_file {
-        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(g, &mut params, p, span)?;
-    }
-    run_with_params(g, seed, params, backend).map_err(|e| e.to_diag())
+    run_fed(g, seed, params_file, Vec::new(), backend)
 }
 
 /// The tensors `--input NAME=FILE` feeds, by input, read from their
@@ -291,34 +286,20 @@ pub fn run_fed(
         let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
         crate::train::restore(g, &mut params, p, span)?;
     }
-    let mut inputs = SecondaryMap::new();
-    for (id, t) in fed {
-        inputs[id] = Some(t);
-    }
-    if let Some((id, _)) = g
-        .inputs
-        .iter()
-        .find(|(_, i)| i.name == crate::ir::RNG_KEY_INPUT)
-    {
-        inputs[id] = Some(interp::rng_key(seed, 0));
-    }
-    let values = Engine::new(backend, g)
-        .run(&mut params, &inputs)
-        .map_err(|e| e.to_diag())?;
-    Ok(g.outputs
-        .iter()
-        .map(|o| o.name.clone())
-        .zip(values)
-        .collect())
+    run_with_params(g, seed, params, fed, backend).map_err(|e| e.to_diag())
 }
 
 fn run_with_params(
     g: &Graph,
     seed: u64,
     mut params: SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    fed: Vec<(crate::ir::InputId, crate::tensor::Tensor)>,
     backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
     let mut inputs = SecondaryMap::new();
+    for (id, t) in fed {
+        inputs[id] = Some(t);
+    }
     if let Some((id, _)) = g
         .inputs
         .iter()
