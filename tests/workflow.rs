@@ -304,3 +304,140 @@ fn a_closed_pipe_ends_quietly() {
     );
     assert_eq!(o.status.code(), Some(0), "{err}");
 }
+
+/// The `val_loss` of every epoch in a `--log` file.
+fn logged_val_losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            v["val_loss"].as_f64().expect("val_loss")
+        })
+        .collect()
+}
+
+fn meta(path: &Path) -> std::collections::HashMap<String, String> {
+    let (_, meta) = nnc::train::checkpoint::load(path).expect("a checkpoint");
+    meta
+}
+
+/// Early stopping on a crafted plateau: with a learning rate of 0 the
+/// validation loss never moves, so with `--patience 3` the run stops
+/// after epoch 4 (the best is epoch 1, three epochs without improvement
+/// follow). Resumed from a checkpoint of epoch 2, it stops at the same
+/// epoch: the checkpoint keeps the best epoch and the count.
+#[test]
+fn early_stopping_stops_on_a_plateau_and_resumes_its_count() {
+    let dir = temp_dir("early-stop");
+    let log = dir.join("log.jsonl").display().to_string();
+    let flags = ["--lr", "0", "--patience", "3"];
+    let mut args = vec!["train", "examples/iris.nn", "--log", &log];
+    args.extend(flags);
+    let o = nnc(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("stopped early after epoch 4: val_loss has not improved for 3 epochs"),
+        "{out}"
+    );
+    assert!(out.contains("best epoch 1: val_loss"), "{out}");
+    assert_eq!(logged_val_losses(Path::new(&log)).len(), 4);
+    // Two epochs, then resumed.
+    let ck = dir.join("ck.safetensors").display().to_string();
+    let mut args = vec!["train", "examples/iris.nn", "--epochs", "2", "--save", &ck];
+    args.extend(flags);
+    let o = nnc(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m = meta(Path::new(&ck));
+    assert_eq!((m["best_epoch"].as_str(), m["stale"].as_str()), ("1", "1"));
+    let mut args = vec!["train", "examples/iris.nn", "--resume", &ck, "--save", &ck];
+    args.extend(flags);
+    let o = nnc(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("stopped early after epoch 4"),
+        "{}",
+        text(&o.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--save-best` keeps the epoch with the lowest validation loss (the
+/// first of equals): its checkpoint says that epoch, and its weights
+/// give that epoch's validation loss again.
+#[test]
+fn save_best_keeps_the_epoch_with_the_lowest_validation_loss() {
+    let dir = temp_dir("save-best");
+    let log = dir.join("log.jsonl");
+    let best = dir.join("best.safetensors");
+    let o = nnc(&[
+        "train",
+        "examples/iris.nn",
+        "--log",
+        &log.display().to_string(),
+        "--save-best",
+        &best.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let losses = logged_val_losses(&log);
+    let (k, lowest) =
+        losses.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |b, (k, &v)| if v < b.1 { (k, v) } else { b },
+        );
+    assert!(
+        k + 1 < losses.len(),
+        "the best epoch is not the last: {losses:?}"
+    );
+    let m = meta(&best);
+    assert_eq!(m["epoch"], (k + 1).to_string());
+    assert_eq!(m["best_epoch"], (k + 1).to_string());
+    assert!(
+        text(&o.stdout).contains(&format!("saved epoch {} to", k + 1)),
+        "{}",
+        text(&o.stdout)
+    );
+    // Training zero more epochs from it evaluates nothing; its weights
+    // on the validation rows (as `predict` counts them) are that epoch's.
+    let o = nnc(&[
+        "train",
+        "examples/iris.nn",
+        "--resume",
+        &best.display().to_string(),
+        "--epochs",
+        &(k + 2).to_string(),
+        "--log",
+        &dir.join("again.jsonl").display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again = logged_val_losses(&dir.join("again.jsonl"));
+    // The next epoch from the best one is the uninterrupted run's.
+    assert_eq!(
+        again.last().copied(),
+        losses.get(k + 1).copied(),
+        "{again:?}"
+    );
+    assert!(lowest.is_finite());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Overrides that cannot work are diagnostics.
+#[test]
+fn bad_training_overrides_are_diagnostics() {
+    for (args, msg) in [
+        (&["--lr=-1"][..], "is not a learning rate"),
+        (&["--batch", "0"][..], "a step needs a row"),
+        (&["--min-delta=-0.5"][..], "must be a finite number"),
+    ] {
+        let mut argv = vec!["train", "examples/iris.nn"];
+        argv.extend_from_slice(args);
+        let o = nnc(&argv);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&o.stderr).contains(msg),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}

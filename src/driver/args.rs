@@ -123,7 +123,7 @@ pub enum Command {
     Devices,
     /// Train the model described by a file's `train` block.
     #[command(
-        after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors"
+        after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors\n  nnc train examples/iris.nn --lr 0.005 --patience 5 --save-best best.safetensors"
     )]
     Train(TrainArgs),
     /// Apply a model to every row of a data file: its `train` block's
@@ -244,9 +244,36 @@ pub struct TrainArgs {
     /// Write one JSON object per epoch to this file.
     #[arg(long, value_name = "metrics.jsonl")]
     pub log: Option<PathBuf>,
+    /// The learning rate of every optimizer (overrides the file's).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+    /// Rows per step (overrides the file's `batch`).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Write a checkpoint whenever the monitored figure improves: the
+    /// best epoch's weights (a checkpoint `--resume` continues).
+    #[arg(long, value_name = "W.safetensors")]
+    pub save_best: Option<PathBuf>,
+    /// Stop when the monitored figure has not improved for N epochs.
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
+    /// The least change that counts as an improvement.
+    #[arg(long, value_name = "D", default_value_t = 0.0)]
+    pub min_delta: f32,
+    /// The figure `--patience` and `--save-best` follow (default: the
+    /// validation loss, or the training loss without validation rows).
+    #[arg(long, value_enum)]
+    pub monitor: Option<MonitorArg>,
     /// The backend that runs the training steps.
     #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     pub backend: BackendKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MonitorArg {
+    ValLoss,
+    ValAccuracy,
+    TrainLoss,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,17 +1,17 @@
 //! `nnc train`: the training loop of [`crate::train`] with a progress bar,
 //! one line per epoch and a final summary.
 
-use super::args::TrainArgs;
+use super::args::{MonitorArg, TrainArgs};
 use super::outcome::{load, Outcome};
 use crate::pipeline::Stage;
-use crate::train::{self, Event, Options};
+use crate::train::{self, Event, Monitor, Options};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Instant;
 
 pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
     let mut c = load(&args.file, Stage::Ir)?;
-    let (Some(g), Some(spec)) = (c.graph.take(), c.train.take()) else {
+    let (Some(g), Some(mut spec)) = (c.graph.take(), c.train.take()) else {
         if !c.diags.has_errors() {
             c.diags.push(
                 crate::diag::error(crate::diag::code::INPUT, "this file has no `train` block")
@@ -20,6 +20,20 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         }
         return Err(Outcome::from(c, String::new()));
     };
+    // Overrides of the file's settings, for every phase.
+    if let Some(lr) = args.lr {
+        spec.optimizer.lr = lr;
+        for ph in &mut spec.phases {
+            ph.optimizer.lr = lr;
+        }
+    }
+    if let Some(b) = args.batch {
+        spec.batch = b;
+    }
+    if let Some(d) = check_overrides(args) {
+        c.diags.push(d);
+        return Err(Outcome::from(c, String::new()));
+    }
     let opts = Options {
         epochs: args.epochs,
         seed: args.seed,
@@ -33,6 +47,15 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             .map(|p| p.to_path_buf())
             .unwrap_or_default(),
         source: Some(args.file.clone()),
+        monitor: match args.monitor {
+            None => Monitor::Loss,
+            Some(MonitorArg::ValLoss) => Monitor::ValLoss,
+            Some(MonitorArg::ValAccuracy) => Monitor::ValAccuracy,
+            Some(MonitorArg::TrainLoss) => Monitor::TrainLoss,
+        },
+        save_best: args.save_best.clone(),
+        patience: args.patience,
+        min_delta: args.min_delta,
     };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
@@ -117,8 +140,27 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             } else {
                 text.push_str("nothing to do: the checkpoint has already reached the last epoch\n");
             }
+            if let Some(at) = summary.stopped_at {
+                if let Some((name, b)) = summary.best {
+                    text.push_str(&format!(
+                        "stopped early after epoch {at}: {name} has not improved for {} epochs\n",
+                        b.stale
+                    ));
+                }
+            }
+            if let Some((name, b)) = summary.best {
+                let v = if name == "val_accuracy" {
+                    -b.value
+                } else {
+                    b.value
+                };
+                text.push_str(&format!("best epoch {}: {name} {v:.4}\n", b.epoch));
+            }
             if let Some(p) = &args.save {
                 text.push_str(&format!("saved {}\n", p.display()));
+            }
+            if let (Some(p), Some((_, b))) = (&args.save_best, summary.best) {
+                text.push_str(&format!("saved epoch {} to {}\n", b.epoch, p.display()));
             }
             Ok(Outcome::from(c, text))
         }
@@ -127,4 +169,33 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             Err(Outcome::from(c, String::new()))
         }
     }
+}
+
+/// Overrides that cannot work, as a usage diagnostic.
+fn check_overrides(args: &TrainArgs) -> Option<crate::diag::Diag> {
+    let bad = |msg: String, help: &str| {
+        Some(
+            crate::diag::error(crate::diag::code::INPUT, msg)
+                .with_notes(vec![format!("help: {help}")]),
+        )
+    };
+    if let Some(lr) = args.lr.filter(|l| !l.is_finite() || *l < 0.0) {
+        return bad(
+            format!("`--lr {lr}` is not a learning rate"),
+            "give a finite number ≥ 0, e.g. --lr 0.001",
+        );
+    }
+    if args.batch == Some(0) {
+        return bad("`--batch 0`: a step needs a row".into(), "give 1 or more");
+    }
+    if !args.min_delta.is_finite() || args.min_delta < 0.0 {
+        return bad(
+            format!(
+                "`--min-delta {}` must be a finite number ≥ 0",
+                args.min_delta
+            ),
+            "e.g. --min-delta 0.001",
+        );
+    }
+    None
 }

@@ -49,6 +49,58 @@ pub struct Options {
     pub base_dir: PathBuf,
     /// The `.nn` file trained, which `save` must not overwrite.
     pub source: Option<PathBuf>,
+    /// The figure that decides the best epoch (`--monitor`).
+    pub monitor: Monitor,
+    /// Write a checkpoint whenever the monitored figure improves.
+    pub save_best: Option<PathBuf>,
+    /// Stop after this many epochs without an improvement (`--patience`).
+    pub patience: Option<usize>,
+    /// How much the figure must improve to count (`--min-delta`).
+    pub min_delta: f32,
+}
+
+/// Which epoch figure early stopping and `--save-best` follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Monitor {
+    /// The validation loss, or the training loss without a validation
+    /// split.
+    #[default]
+    Loss,
+    ValLoss,
+    ValAccuracy,
+    TrainLoss,
+}
+
+impl Monitor {
+    fn name(self, has_val: bool) -> &'static str {
+        match self {
+            Monitor::Loss if has_val => "val_loss",
+            Monitor::Loss | Monitor::TrainLoss => "train_loss",
+            Monitor::ValLoss => "val_loss",
+            Monitor::ValAccuracy => "val_accuracy",
+        }
+    }
+
+    /// The figure in `s`, oriented so that lower is better.
+    fn value(self, s: &EpochStats) -> Option<f32> {
+        match self {
+            Monitor::Loss => s.val_loss.or(Some(s.train_loss)),
+            Monitor::ValLoss => s.val_loss,
+            Monitor::ValAccuracy => s.val_accuracy.map(|a| -a),
+            Monitor::TrainLoss => Some(s.train_loss),
+        }
+    }
+}
+
+/// The best epoch so far and the epochs since, as a checkpoint keeps
+/// them (so a resumed run stops where the uninterrupted one would).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Best {
+    /// The monitored figure, oriented so that lower is better.
+    pub value: f32,
+    pub epoch: usize,
+    /// Epochs since `epoch` that did not improve on it.
+    pub stale: usize,
 }
 
 /// One epoch's figures.
@@ -80,6 +132,11 @@ pub struct Summary {
     pub epochs: Vec<EpochStats>,
     pub params: Vec<(String, Tensor)>,
     pub warnings: Vec<Diag>,
+    /// The best epoch by the monitored figure (named), when one was
+    /// followed (`--save-best`, `--patience`).
+    pub best: Option<(&'static str, Best)>,
+    /// Training stopped early (`--patience`) after this epoch.
+    pub stopped_at: Option<usize>,
 }
 
 fn error(span: Span, msg: String, hint: &str) -> Diag {
@@ -97,7 +154,7 @@ pub fn run(
 ) -> Result<Summary, Diag> {
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);
-    if let Some(save) = &opts.save {
+    for save in opts.save.iter().chain(&opts.save_best) {
         check_save_target(save, &run_inputs(spec, opts))?;
     }
     let data = prepare(g, spec, &opts.base_dir, seed)?;
@@ -140,12 +197,15 @@ pub fn run(
     let mut first_epoch = 0;
     let mut global_step: u64 = 0;
     let mut warnings = Vec::new();
+    let follow = opts.save_best.is_some() || opts.patience.is_some();
+    let mut best: Option<Best> = None;
     if let Some(path) = &opts.resume {
         match restore(all, &mut params, path, spec.span)? {
             Some(at) => {
                 at.check(path, seed)?;
                 first_epoch = at.epoch;
                 global_step = at.step;
+                best = at.best;
             }
             None => warnings.push(
                 diag::warning(format!(
@@ -173,6 +233,11 @@ pub fn run(
         .map(|ph| Engine::new(opts.backend, &ph.step.graph))
         .collect();
     let mut eval_engine = Engine::new(opts.backend, &eval);
+    let has_val = !data.val.is_empty();
+    if follow {
+        check_monitor(opts.monitor, has_val, spec)?;
+    }
+    let mut stopped_at = None;
     for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
         let mut totals = vec![0.0f64; steps.len()];
@@ -263,15 +328,53 @@ pub fn run(
             log.push_str(&log_line(&stats));
             checkpoint::write_atomic(path, log.as_bytes()).map_err(|e| file_error(path, &e))?;
         }
+        // The best epoch so far, and whether this one improved on it by
+        // more than `min_delta`.
+        let mut improved = false;
+        if let (true, Some(v)) = (follow, opts.monitor.value(&stats)) {
+            improved = best.is_none_or(|b| v < b.value - opts.min_delta);
+            best = Some(match best {
+                Some(b) if !improved => Best {
+                    stale: b.stale + 1,
+                    ..b
+                },
+                _ => Best {
+                    value: v,
+                    epoch: epoch + 1,
+                    stale: 0,
+                },
+            });
+        }
+        let at = Position {
+            epoch: epoch + 1,
+            step: global_step,
+            seed,
+            best,
+        };
         if let Some(path) = &opts.save {
-            save(all, &params, path, epoch + 1, global_step, seed)?;
+            save(all, &params, path, &at)?;
+        }
+        if let (Some(path), true) = (&opts.save_best, improved) {
+            save(all, &params, path, &at)?;
         }
         history.push(stats);
+        if let (Some(p), Some(b)) = (opts.patience, best) {
+            if b.stale >= p && epoch + 1 < epochs {
+                stopped_at = Some(epoch + 1);
+                break;
+            }
+        }
     }
     // Resumed at or past the last epoch: nothing ran, but `--save` still
     // gets the state it was asked for.
     if let (Some(path), true) = (&opts.save, history.is_empty()) {
-        save(all, &params, path, first_epoch, global_step, seed)?;
+        let at = Position {
+            epoch: first_epoch,
+            step: global_step,
+            seed,
+            best,
+        };
+        save(all, &params, path, &at)?;
     }
     let out_params = all
         .params
@@ -284,7 +387,29 @@ pub fn run(
         epochs: history,
         params: out_params,
         warnings,
+        best: best
+            .filter(|_| follow)
+            .map(|b| (opts.monitor.name(has_val), b)),
+        stopped_at,
     })
+}
+
+/// The monitored figure must be one the run computes.
+fn check_monitor(m: Monitor, has_val: bool, spec: &TrainSpec) -> Result<(), Diag> {
+    let missing = match m {
+        Monitor::ValLoss if !has_val => Some("val_loss needs validation rows"),
+        Monitor::ValAccuracy if !has_val || spec.predict.is_none() => {
+            Some("val_accuracy needs validation rows and a `predict`")
+        }
+        _ => None,
+    };
+    match missing {
+        None => Ok(()),
+        Some(why) => Err(flag_error(
+            format!("`--monitor`: {why}, and this run has none"),
+            "set `split` (and `predict`) in the `train` block, or monitor train_loss",
+        )),
+    }
 }
 
 /// The numerical guard: the loss, then each gradient, then each updated
@@ -366,32 +491,38 @@ fn save(
     g: &Graph,
     params: &SecondaryMap<ParamId, Tensor>,
     path: &Path,
-    epoch: usize,
-    step: u64,
-    seed: u64,
+    at: &Position,
 ) -> Result<(), Diag> {
     let tensors: Vec<(String, &Tensor)> = g
         .params
         .iter()
         .map(|(id, p)| (p.name.clone(), &params[id]))
         .collect();
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), "nnc-checkpoint-1".to_string()),
-        ("epoch".to_string(), epoch.to_string()),
-        ("step".to_string(), step.to_string()),
+        ("epoch".to_string(), at.epoch.to_string()),
+        ("step".to_string(), at.step.to_string()),
         // Shuffling is re-seeded from (seed, epoch) every epoch, so these
         // two numbers are the whole state of the data order's generator.
-        ("seed".to_string(), seed.to_string()),
+        ("seed".to_string(), at.seed.to_string()),
     ]);
+    if let Some(b) = at.best {
+        // The value's bits, so that a resumed run compares exactly.
+        meta.insert("best".into(), b.value.to_bits().to_string());
+        meta.insert("best_epoch".into(), b.epoch.to_string());
+        meta.insert("stale".into(), b.stale.to_string());
+    }
     checkpoint::save(path, &tensors, &meta).map_err(|e| diag::error(code::FILE, e.to_string()))
 }
 
 /// Where a checkpoint was taken, from its metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Position {
     pub epoch: usize,
     pub step: u64,
     pub seed: u64,
+    /// The best epoch so far, when the run followed one.
+    pub best: Option<Best>,
 }
 
 impl Position {
@@ -431,10 +562,22 @@ impl Position {
         if epoch > 999_999_999 || (epoch > 0 && step == 0) || (epoch == 0 && step > 0) {
             return Err(bad(format!("epoch {epoch} at step {step} is impossible")));
         }
+        let best = match meta.get("best") {
+            None => None,
+            Some(v) => Some(Best {
+                value: v
+                    .parse::<u32>()
+                    .map(f32::from_bits)
+                    .map_err(|_| bad(format!("its `best` is `{v}`")))?,
+                epoch: num("best_epoch")? as usize,
+                stale: num("stale")? as usize,
+            }),
+        };
         Ok(Some(Position {
             epoch: epoch as usize,
             step,
             seed,
+            best,
         }))
     }
 
