@@ -441,3 +441,186 @@ fn bad_training_overrides_are_diagnostics() {
         );
     }
 }
+
+/// `examples/iris.nn` with another optimizer line, written to `dir`
+/// (reading the shipped data by its absolute path).
+fn iris_with(dir: &Path, name: &str, optimizer: &str) -> String {
+    let src = std::fs::read_to_string("examples/iris.nn").expect("iris.nn");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
+    let src = src
+        .replace(
+            "optimizer = adam(lr = 1e-2)",
+            &format!("optimizer = {optimizer}"),
+        )
+        .replace("data/iris.csv", &data.display().to_string());
+    assert!(src.contains(optimizer));
+    let path = dir.join(name);
+    std::fs::write(&path, src).expect("model");
+    path.display().to_string()
+}
+
+/// A figure of every line of a `--log` file.
+fn logged(path: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {l}"))
+        })
+        .collect()
+}
+
+/// Each schedule's rate, as the log records it for the last step of
+/// every epoch (8 steps an epoch: 120 training rows, batch 16), against
+/// its formula; `reduce_on_plateau` with a `min_delta` no epoch beats
+/// halves the rate after every epoch but the first.
+#[test]
+fn learning_rate_schedules_follow_their_formulas() {
+    let dir = temp_dir("schedules");
+    // The settings as the file gives them: f32 numbers.
+    let lr = f64::from(0.01f32);
+    let (gamma, min) = (f64::from(0.9f32), f64::from(0.001f32));
+    let pi = std::f64::consts::PI;
+    // The rate at (epoch, global step), both from 0.
+    type Rate = Box<dyn Fn(u64, u64) -> f64>;
+    let cases: Vec<(&str, Rate)> = vec![
+        (
+            "step(every = 2, gamma = 0.5)",
+            Box::new(move |e, _| lr * 0.5f64.powi((e / 2) as i32)),
+        ),
+        (
+            "exponential(gamma = 0.9)",
+            Box::new(move |e, _| lr * gamma.powf(e as f64)),
+        ),
+        (
+            "cosine(epochs = 4, min_lr = 0.001)",
+            Box::new(move |e, _| {
+                min + (lr - min) * (1.0 + (pi * (e.min(4) as f64) / 4.0).cos()) / 2.0
+            }),
+        ),
+        (
+            "constant, warmup = 20",
+            Box::new(move |_, s| lr * ((s + 1) as f64 / 20.0).min(1.0)),
+        ),
+        (
+            "reduce_on_plateau(factor = 0.5, patience = 1, min_delta = 10)",
+            Box::new(move |e, _| lr * 0.5f64.powi(e.saturating_sub(1) as i32)),
+        ),
+    ];
+    for (k, (schedule, formula)) in cases.iter().enumerate() {
+        let opt = format!("sgd(lr = 0.01, schedule = {schedule})");
+        let model = iris_with(&dir, &format!("s{k}.nn"), &opt);
+        let log = dir.join(format!("s{k}.jsonl"));
+        let o = nnc(&[
+            "train",
+            &model,
+            "--epochs",
+            "6",
+            "--log",
+            &log.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{schedule}: {}", text(&o.stderr));
+        let rates = logged(&log, "lr");
+        assert_eq!(rates.len(), 6);
+        for (e, &got) in rates.iter().enumerate() {
+            let e = e as u64;
+            let want = formula(e, 8 * e + 7) as f32;
+            assert_eq!(got as f32, want, "{schedule}: epoch {}", e + 1);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The fed rate is the one the step uses: with `step(every = 1, gamma =
+/// 0)` the rate is 0 from the second epoch on, so the weights, and with
+/// them the validation loss, stay where the first epoch left them.
+#[test]
+fn a_scheduled_rate_of_zero_stops_the_weights() {
+    let dir = temp_dir("schedule-zero");
+    let model = iris_with(
+        &dir,
+        "z.nn",
+        "adam(lr = 0.01, schedule = step(every = 1, gamma = 0))",
+    );
+    let log = dir.join("z.jsonl");
+    let o = nnc(&[
+        "train",
+        &model,
+        "--epochs",
+        "4",
+        "--log",
+        &log.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let losses = logged(&log, "val_loss");
+    assert_eq!(losses.len(), 4);
+    assert!(losses[1..].iter().all(|&l| l == losses[0]), "{losses:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `clip_norm = C`: one SGD step (all 120 training rows in one batch,
+/// rate 1) moves the weights by C in L2 norm over all of them, however
+/// large the gradient (as `torch.nn.utils.clip_grad_norm_` scales it).
+#[test]
+fn clipping_bounds_the_global_norm_of_a_step() {
+    let dir = temp_dir("clip");
+    let model = iris_with(&dir, "c.nn", "sgd(lr = 1, clip_norm = 0.001)");
+    let before = dir.join("before.safetensors").display().to_string();
+    let after = dir.join("after.safetensors").display().to_string();
+    for (epochs, save) in [("0", &before), ("1", &after)] {
+        let o = nnc(&[
+            "train", &model, "--epochs", epochs, "--batch", "120", "--save", save,
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let (w0, _) = nnc::train::checkpoint::load(Path::new(&before)).expect("before");
+    let (w1, _) = nnc::train::checkpoint::load(Path::new(&after)).expect("after");
+    let mut sq = 0.0f64;
+    for name in ["Iris.w1", "Iris.b1", "Iris.w2", "Iris.b2"] {
+        for (a, b) in w0[name].data.iter().zip(&w1[name].data) {
+            sq += f64::from(b - a).powi(2);
+        }
+    }
+    let moved = sq.sqrt();
+    assert!((moved - 0.001).abs() < 1e-6, "moved {moved}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plateau schedule's state travels in the checkpoint: three epochs,
+/// then three more resumed, log the rates and losses of six in a row.
+#[test]
+fn a_resumed_plateau_schedule_continues_exactly() {
+    let dir = temp_dir("plateau-resume");
+    let model = iris_with(
+        &dir,
+        "p.nn",
+        "adam(lr = 0.01, schedule = reduce_on_plateau(factor = 0.5, patience = 1, min_delta = 0.2))",
+    );
+    let straight = dir.join("straight.jsonl").display().to_string();
+    let o = nnc(&["train", &model, "--epochs", "6", "--log", &straight]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let split = dir.join("split.jsonl").display().to_string();
+    let ck = dir.join("ck.safetensors").display().to_string();
+    for (epochs, resume) in [("3", false), ("6", true)] {
+        let mut args = vec![
+            "train", &model, "--epochs", epochs, "--log", &split, "--save", &ck,
+        ];
+        if resume {
+            args.extend(["--resume", &ck]);
+        }
+        let o = nnc(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    for key in ["lr", "val_loss", "train_loss"] {
+        let (a, b) = (
+            logged(Path::new(&straight), key),
+            logged(Path::new(&split), key),
+        );
+        assert_eq!(a, b, "{key}");
+    }
+    // The rate did fall: the schedule was exercised.
+    let rates = logged(Path::new(&straight), "lr");
+    assert!(rates.last() < rates.first(), "{rates:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

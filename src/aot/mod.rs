@@ -295,6 +295,17 @@ pub fn compile(
             "name a result with `output y = ...`",
         ));
     }
+    if let Some((phases, _)) = &graphs.train {
+        if phases
+            .iter()
+            .any(|pg| pg.inputs.values().any(|i| i.name.starts_with("@lr.")))
+        {
+            return Err(error(
+                "a learning rate that varies (`schedule`, `warmup`) is not compiled into libraries yet",
+                "compile with a constant rate: drop the optimizer's `schedule` and `warmup`",
+            ));
+        }
+    }
     let mut variants = Vec::new();
     for bind in &graphs.variants {
         let syms = &bind.syms;

@@ -16,10 +16,20 @@
 //!   m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
 //!   w ← w − η·m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ);
 //!   without bias correction (the seed's form), m̂ = m and v̂ = v.
+//!
+//! With `clip_norm = C` the gradients are first scaled by min(1, C/(‖g‖ +
+//! 10⁻⁶)), ‖g‖ the L2 norm of all of them together (as
+//! `torch.nn.utils.clip_grad_norm_`). A rate that varies (a schedule, a
+//! warmup) is read from a scalar input `@lr.PREFIX` ([`lr_input`]) that
+//! the training loop feeds every step (its default: the optimizer's
+//! rate); a constant rate is compiled in.
 
 use super::build::Builder;
 use crate::diag::{Diag, Span};
-use crate::ir::{BinaryOp, Dim, Graph, Init, Node, Op, ParamId, ParamInfo, Role, UnaryOp, Update};
+use crate::ir::{
+    BinaryOp, Dim, Graph, Init, InputInfo, Node, Op, ParamId, ParamInfo, ReduceOp, Role, Type,
+    UnaryOp, Update,
+};
 pub use crate::sema::optimizer::{Kind, Optimizer};
 
 /// A trainable parameter: its id, its node in the graph, its gradient.
@@ -45,6 +55,12 @@ fn state(
     });
     let n = b.add(Op::Param(id), span)?;
     Ok((id, n))
+}
+
+/// The name of the input that feeds the learning rate of the optimizer
+/// whose state is named `prefix…`, when the rate varies.
+pub fn lr_input(prefix: &str) -> String {
+    format!("@lr.{}", prefix.trim_end_matches('.'))
 }
 
 /// Appends the updates of `opt` for `targets` to `g`.
@@ -79,6 +95,40 @@ pub fn append_as(
         }
         _ => None,
     };
+    // The rate, when it varies: a scalar input fed every step.
+    let lr_fed = match opt.varies() {
+        false => None,
+        true => {
+            let c = b.g.consts.push(crate::tensor::Tensor::scalar(opt.lr));
+            let id = b.g.inputs.push(InputInfo {
+                name: lr_input(prefix),
+                ty: Type::f32(vec![]),
+                default: Some(c),
+                span: sp,
+            });
+            Some(b.add(Op::Input(id), sp)?)
+        }
+    };
+    // Clipping: every gradient times min(1, C / (‖g‖ + 1e-6)).
+    let clip = match opt.clip_norm {
+        None => None,
+        Some(c) => {
+            let mut total = b.fill(0.0, vec![], sp)?;
+            for t in targets {
+                let sq = b.mul(t.grad, t.grad, sp)?;
+                let rank = b.g.shape(sq).len();
+                let s = b.reduce(ReduceOp::Sum, sq, (0..rank).collect(), sp)?;
+                total = b.add2(total, s, sp)?;
+            }
+            let norm = b.unary(UnaryOp::Sqrt, total, sp)?;
+            let tiny = b.fill(1e-6, vec![], sp)?;
+            let den = b.add2(norm, tiny, sp)?;
+            let cap = b.fill(c, vec![], sp)?;
+            let coef = b.div(cap, den, sp)?;
+            let one = b.fill(1.0, vec![], sp)?;
+            Some(b.binary(BinaryOp::Min, coef, one, sp)?)
+        }
+    };
     for t in targets {
         let p = &b.g.params[t.param];
         let (name, shape) = (p.name.clone(), p.shape.clone());
@@ -89,6 +139,10 @@ pub fn append_as(
         };
         let w = t.node;
         let mut gr = t.grad;
+        if let Some(k) = clip {
+            let k = b.broadcast(k, dims.clone(), sp)?;
+            gr = b.mul(gr, k, sp)?;
+        }
         let coupled_decay = !matches!(
             opt.kind,
             Kind::Adam {
@@ -101,7 +155,10 @@ pub fn append_as(
             let d = b.mul(wd, w, sp)?;
             gr = b.add2(gr, d, sp)?;
         }
-        let lr = scalar(&mut b, opt.lr)?;
+        let lr = match lr_fed {
+            Some(r) => b.broadcast(r, dims.clone(), sp)?,
+            None => scalar(&mut b, opt.lr)?,
+        };
         let step = match opt.kind {
             Kind::Sgd => gr,
             Kind::Momentum { momentum, nesterov } => {
@@ -177,7 +234,16 @@ pub fn append_as(
         {
             if opt.weight_decay != 0.0 {
                 // AdamW: w ← w·(1 − ηλ) before the Adam step.
-                let k = scalar(&mut b, 1.0 - opt.lr * opt.weight_decay)?;
+                let k = match lr_fed {
+                    Some(r) => {
+                        let wd = b.fill(opt.weight_decay, vec![], sp)?;
+                        let d = b.mul(r, wd, sp)?;
+                        let one = b.fill(1.0, vec![], sp)?;
+                        let k = b.sub(one, d, sp)?;
+                        b.broadcast(k, dims.clone(), sp)?
+                    }
+                    None => scalar(&mut b, 1.0 - opt.lr * opt.weight_decay)?,
+                };
                 nw = b.mul(k, w, sp)?;
             }
         }

@@ -112,6 +112,9 @@ pub struct EpochStats {
     pub val_accuracy: Option<f32>,
     /// With phases, each phase's mean loss (their sum is `train_loss`).
     pub phase_losses: Vec<(String, f32)>,
+    /// The learning rate of the epoch's last step (the first phase's),
+    /// when it varies.
+    pub lr: Option<f32>,
 }
 
 /// What the loop reports as it goes.
@@ -234,6 +237,28 @@ pub fn run(
         .collect();
     let mut eval_engine = Engine::new(opts.backend, &eval);
     let has_val = !data.val.is_empty();
+    // Each phase's optimizer, and the input its varying rate is fed by.
+    let optimizers: Vec<crate::sema::optimizer::Optimizer> = match spec.phases.is_empty() {
+        true => vec![spec.optimizer],
+        false => spec.phases.iter().map(|p| p.optimizer).collect(),
+    };
+    let lr_inputs: Vec<Option<crate::ir::InputId>> = steps
+        .iter()
+        .map(|ph| {
+            ph.step
+                .graph
+                .inputs
+                .iter()
+                .find(|(_, i)| i.name.starts_with("@lr."))
+                .map(|(id, _)| id)
+        })
+        .collect();
+    // A plateau schedule's factor, best loss and epochs since, per phase.
+    let mut plateaus: Vec<Plateau> = vec![Plateau::default(); steps.len()];
+    if let Some(path) = &opts.resume {
+        plateaus = read_plateaus(path, steps.len());
+    }
+    let mut last_lr = None;
     if follow {
         check_monitor(opts.monitor, has_val, spec)?;
     }
@@ -246,6 +271,13 @@ pub fn run(
             let mut inputs = data.batch(all, rows);
             let mut step_loss = 0.0f32;
             for (k, ph) in steps.iter().enumerate() {
+                if let (Some(id), Some(opt)) = (lr_inputs[k], optimizers.get(k)) {
+                    let rate = opt.rate(epoch as u64, global_step, plateaus[k].factor);
+                    if k == 0 {
+                        last_lr = Some(rate);
+                    }
+                    inputs[id] = Some(Tensor::scalar(rate));
+                }
                 if let Some(id) = rng {
                     // A fresh key for every phase of every step, from the
                     // step counter a checkpoint keeps: resuming draws the
@@ -322,7 +354,25 @@ pub fn run(
             } else {
                 steps.iter().map(|p| p.name.clone()).zip(means).collect()
             },
+            lr: last_lr,
         };
+        // Plateau schedules follow the validation loss (else the
+        // training loss), each with its own patience.
+        for (p, opt) in plateaus.iter_mut().zip(&optimizers) {
+            if let crate::sema::optimizer::LrSchedule::ReduceOnPlateau {
+                factor,
+                patience,
+                min_delta,
+            } = opt.schedule
+            {
+                p.observe(
+                    stats.val_loss.unwrap_or(stats.train_loss),
+                    factor,
+                    patience,
+                    min_delta,
+                );
+            }
+        }
         observe(Event::Epoch(&stats));
         if let Some(path) = &opts.log {
             log.push_str(&log_line(&stats));
@@ -350,6 +400,7 @@ pub fn run(
             step: global_step,
             seed,
             best,
+            plateaus: plateaus.clone(),
         };
         if let Some(path) = &opts.save {
             save(all, &params, path, &at)?;
@@ -373,6 +424,7 @@ pub fn run(
             step: global_step,
             seed,
             best,
+            plateaus: plateaus.clone(),
         };
         save(all, &params, path, &at)?;
     }
@@ -453,6 +505,9 @@ pub fn log_line(s: &EpochStats) -> String {
     for (name, v) in &s.phase_losses {
         obj[format!("loss.{name}")] = num(Some(*v));
     }
+    if let Some(lr) = s.lr {
+        obj["lr"] = num(Some(lr));
+    }
     format!("{obj}\n")
 }
 
@@ -506,6 +561,11 @@ fn save(
         // two numbers are the whole state of the data order's generator.
         ("seed".to_string(), at.seed.to_string()),
     ]);
+    for (k, p) in at.plateaus.iter().enumerate() {
+        if *p != Plateau::default() {
+            meta.insert(format!("plateau.{k}"), p.text());
+        }
+    }
     if let Some(b) = at.best {
         // The value's bits, so that a resumed run compares exactly.
         meta.insert("best".into(), b.value.to_bits().to_string());
@@ -516,13 +576,85 @@ fn save(
 }
 
 /// Where a checkpoint was taken, from its metadata.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Position {
     pub epoch: usize,
     pub step: u64,
     pub seed: u64,
     /// The best epoch so far, when the run followed one.
     pub best: Option<Best>,
+    /// Each phase's plateau schedule state.
+    pub plateaus: Vec<Plateau>,
+}
+
+/// Where a `reduce_on_plateau` schedule stands: the factor the rate has
+/// reached, the best loss so far and the epochs since it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plateau {
+    pub factor: f32,
+    pub best: f32,
+    pub stale: u64,
+}
+
+impl Default for Plateau {
+    fn default() -> Plateau {
+        Plateau {
+            factor: 1.0,
+            best: f32::INFINITY,
+            stale: 0,
+        }
+    }
+}
+
+impl Plateau {
+    /// An epoch's loss: an improvement by more than `min_delta` resets
+    /// the count; `patience` epochs without one multiply the rate by
+    /// `factor` and start counting again.
+    fn observe(&mut self, loss: f32, factor: f32, patience: u64, min_delta: f32) {
+        if loss < self.best - min_delta {
+            self.best = loss;
+            self.stale = 0;
+        } else {
+            self.stale += 1;
+            if self.stale >= patience {
+                self.factor *= factor;
+                self.stale = 0;
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{},{},{}",
+            self.factor.to_bits(),
+            self.best.to_bits(),
+            self.stale
+        )
+    }
+
+    fn parse(s: &str) -> Option<Plateau> {
+        let mut it = s.split(',');
+        let factor = f32::from_bits(it.next()?.parse().ok()?);
+        let best = f32::from_bits(it.next()?.parse().ok()?);
+        let stale = it.next()?.parse().ok()?;
+        Some(Plateau {
+            factor,
+            best,
+            stale,
+        })
+    }
+}
+
+/// The plateau states a checkpoint keeps (defaults where it has none).
+fn read_plateaus(path: &Path, n: usize) -> Vec<Plateau> {
+    let meta = checkpoint::load(path).map(|(_, m)| m).unwrap_or_default();
+    (0..n)
+        .map(|k| {
+            meta.get(&format!("plateau.{k}"))
+                .and_then(|v| Plateau::parse(v))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 impl Position {
@@ -578,6 +710,7 @@ impl Position {
             step,
             seed,
             best,
+            plateaus: Vec::new(),
         }))
     }
 

@@ -49,6 +49,9 @@ const DEFAULT_OPTIMIZER: Optimizer = Optimizer {
     kind: Kind::Sgd,
     lr: 0.01,
     weight_decay: 0.0,
+    schedule: crate::sema::optimizer::LrSchedule::Constant,
+    warmup: 0,
+    clip_norm: None,
 };
 
 impl<'a> Lowerer<'_, 'a, '_> {

@@ -4,6 +4,7 @@
 //! diagnostic at it.
 
 use super::*;
+use crate::sema::optimizer::LrSchedule;
 
 pub(super) fn unknown_setting(st: &ast::Setting, settings: &[&str]) -> Diag {
     let name = st.name.name.as_str();
@@ -89,12 +90,21 @@ pub(super) fn bool_arg(e: &Expr) -> Result<bool, Diag> {
 pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
     let (name, args) = call_of(e, "the optimizer", "adam(lr = 1e-3)")?;
     let formals: &[(&str, &str)] = match name.name.as_str() {
-        "sgd" => &[("lr", ""), ("weight_decay", "0")],
+        "sgd" => &[
+            ("lr", ""),
+            ("weight_decay", "0"),
+            ("schedule", "constant"),
+            ("warmup", "0"),
+            ("clip_norm", "none"),
+        ],
         "momentum" => &[
             ("lr", ""),
             ("momentum", "0.9"),
             ("nesterov", "false"),
             ("weight_decay", "0"),
+            ("schedule", "constant"),
+            ("warmup", "0"),
+            ("clip_norm", "none"),
         ],
         "adam" => &[
             ("lr", "0.001"),
@@ -103,6 +113,9 @@ pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
             ("eps", "1e-8"),
             ("weight_decay", "0"),
             ("bias_correction", "true"),
+            ("schedule", "constant"),
+            ("warmup", "0"),
+            ("clip_norm", "none"),
         ],
         "adamw" => &[
             ("lr", "0.001"),
@@ -110,6 +123,9 @@ pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
             ("beta2", "0.999"),
             ("eps", "1e-8"),
             ("weight_decay", "0.01"),
+            ("schedule", "constant"),
+            ("warmup", "0"),
+            ("clip_norm", "none"),
         ],
         other => {
             let names = ["sgd", "momentum", "adam", "adamw"];
@@ -197,7 +213,8 @@ pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
             "beta1" | "beta2" => (|v| (0.0..1.0).contains(&v), "must be in [0, 1)"),
             "momentum" => (|v| (0.0..=1.0).contains(&v), "must be in [0, 1]"),
             "eps" => (|v| v > 0.0, "must be positive"),
-            _ => continue, // flags
+            "clip_norm" if bound[i].is_some() => (|v| v > 0.0, "must be positive"),
+            _ => continue, // flags, the schedule, the warmup
         };
         let v = num(i)?;
         if !ok(v) {
@@ -210,10 +227,119 @@ pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
         }
     }
     let lr = num(0)?;
+    let at = |n: &str| {
+        formals
+            .iter()
+            .position(|(f, _)| *f == n)
+            .and_then(|i| bound[i])
+    };
+    let schedule = match at("schedule") {
+        Some(ai) => schedule(&args[ai].value)?,
+        None => LrSchedule::Constant,
+    };
+    let warmup = match at("warmup") {
+        Some(ai) => positive_int_or_zero(&args[ai].value)?,
+        None => 0,
+    };
+    let clip_norm = match formals.iter().position(|(f, _)| *f == "clip_norm") {
+        Some(i) if bound[i].is_some() => Some(num(i)?),
+        _ => None,
+    };
     Ok(Optimizer {
         kind,
         lr,
         weight_decay: wd,
+        schedule,
+        warmup,
+        clip_norm,
+    })
+}
+
+/// `schedule = step(every = 10, gamma = 0.1)` and the others of
+/// [`crate::sema::optimizer::LrSchedule`].
+fn schedule(e: &Expr) -> Result<LrSchedule, Diag> {
+    let (name, args) = call_of(e, "the schedule", "cosine(epochs = 50)")?;
+    let formals: &[(&str, &str)] = match name.name.as_str() {
+        "constant" => &[],
+        "step" => &[("every", ""), ("gamma", "0.1")],
+        "exponential" => &[("gamma", "")],
+        "cosine" => &[("epochs", ""), ("min_lr", "0")],
+        "reduce_on_plateau" => &[("factor", "0.1"), ("patience", "10"), ("min_delta", "0")],
+        other => {
+            let names = [
+                "constant",
+                "step",
+                "exponential",
+                "cosine",
+                "reduce_on_plateau",
+            ];
+            let mut d = diag::error(code::CONST_ARG, format!("unknown schedule `{other}`"))
+                .with_labels(vec![name.span.primary("not a schedule")])
+                .with_notes(vec![
+                    "note: the schedules are constant, step, exponential, cosine and reduce_on_plateau".into(),
+                ]);
+            if let Some(s) = diag::suggest(other, names) {
+                d.notes.insert(0, format!("help: did you mean `{s}`?"));
+            }
+            return Err(d);
+        }
+    };
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|(n, d)| Formal {
+            name: n,
+            required: d.is_empty(),
+        })
+        .collect();
+    let sig: Vec<String> = formals
+        .iter()
+        .map(|(n, d)| match d.is_empty() {
+            true => n.to_string(),
+            false => format!("{n} = {d}"),
+        })
+        .collect();
+    let sig = format!("{}({})", name.name, sig.join(", "));
+    let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
+    let num = |i: usize, ok: fn(f32) -> bool, rule: &str| -> Result<f32, Diag> {
+        let v = match bound[i] {
+            Some(ai) => const_number(&args[ai].value, &format!("`{}`", formals[i].0))?,
+            None => formals[i].1.parse::<f32>().unwrap_or(0.0),
+        };
+        if ok(v) {
+            return Ok(v);
+        }
+        let at = bound[i].map_or(e.span, |ai| args[ai].value.span);
+        Err(diag::error(
+            code::CONST_ARG,
+            format!("`{}` of `{}` {rule}, found {v}", formals[i].0, name.name),
+        )
+        .with_labels(vec![at.primary(rule.to_string())]))
+    };
+    let count = |i: usize| -> Result<u64, Diag> {
+        match bound[i] {
+            Some(ai) => Ok(positive_int(&args[ai].value, formals[i].0)? as u64),
+            None => Ok(formals[i].1.parse::<u64>().unwrap_or(1)),
+        }
+    };
+    let positive: fn(f32) -> bool = |v| v > 0.0;
+    Ok(match name.name.as_str() {
+        "constant" => LrSchedule::Constant,
+        "step" => LrSchedule::Step {
+            every: count(0)?,
+            gamma: num(1, |v| v >= 0.0, "must be 0 or more")?,
+        },
+        "exponential" => LrSchedule::Exponential {
+            gamma: num(0, positive, "must be positive")?,
+        },
+        "cosine" => LrSchedule::Cosine {
+            epochs: count(0)?,
+            min_lr: num(1, |v| v >= 0.0, "must be 0 or more")?,
+        },
+        _ => LrSchedule::ReduceOnPlateau {
+            factor: num(0, |v| v > 0.0 && v < 1.0, "must be in (0, 1)")?,
+            patience: count(1)?,
+            min_delta: num(2, |v| v >= 0.0, "must be 0 or more")?,
+        },
     })
 }
 
