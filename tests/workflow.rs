@@ -624,3 +624,93 @@ fn a_resumed_plateau_schedule_continues_exactly() {
     assert!(rates.last() < rates.first(), "{rates:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ctrl-C during training: the step in progress finishes, a checkpoint
+/// is written (inside the epoch), the run says where it stopped and how
+/// to resume, and exits 130; resumed, it ends with the weights, the
+/// optimizer's state and the log of a run never interrupted, bit for
+/// bit.
+#[test]
+fn an_interrupted_run_resumes_bit_identically() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("sigint");
+    let path = |n: &str| dir.join(n).display().to_string();
+    let model = "examples/digits_mlp.nn";
+    let epochs = "40";
+    let o = nnc(&[
+        "train",
+        model,
+        "--epochs",
+        epochs,
+        "--save",
+        &path("full.safetensors"),
+        "--log",
+        &path("full.jsonl"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args([
+            "train",
+            model,
+            "--epochs",
+            epochs,
+            "--save",
+            &path("ck.safetensors"),
+            "--log",
+            &path("split.jsonl"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nnc runs");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let third = line.starts_with("epoch 3/");
+        seen.push(line);
+        if third {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    seen.extend(lines.map(|l| l.expect("a line")));
+    let o = child.wait_with_output().expect("nnc ends");
+    let out = seen.join("\n");
+    assert_eq!(o.status.code(), Some(130), "{out}{}", text(&o.stderr));
+    assert!(out.contains("interrupted in epoch"), "{out}");
+    assert!(out.contains("--resume"), "{out}");
+    // Taken after a step inside an epoch, with that epoch's progress.
+    let m = meta(&dir.join("ck.safetensors"));
+    assert!(m.contains_key("batches") && m.contains_key("totals"), "{m:?}");
+    let o = nnc(&[
+        "train",
+        model,
+        "--epochs",
+        epochs,
+        "--resume",
+        &path("ck.safetensors"),
+        "--save",
+        &path("ck.safetensors"),
+        "--log",
+        &path("split.jsonl"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (full, _) = nnc::train::checkpoint::load(&dir.join("full.safetensors")).expect("full");
+    let (resumed, _) = nnc::train::checkpoint::load(&dir.join("ck.safetensors")).expect("ck");
+    assert_eq!(full.len(), resumed.len());
+    for (name, t) in &full {
+        assert_eq!(t.data, resumed[name].data, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("full.jsonl")).expect("log"),
+        std::fs::read_to_string(dir.join("split.jsonl")).expect("log")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,8 @@ pub fn main() -> i32 {
         return super::repl::run(color);
     }
     let (out, code) = match execute(&cli.command) {
+        // A run stopped by Ctrl-C exits as an interrupted program does.
+        Ok(out) if crate::train::interrupted() => (out, 130),
         Ok(out) => (out, 0),
         Err(out) => (out, 1),
     };

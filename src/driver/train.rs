@@ -57,6 +57,13 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         patience: args.patience,
         min_delta: args.min_delta,
     };
+    // Ctrl-C: the first finishes the step in progress, saves (with
+    // `--save`) and stops; a second exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if train::interrupt() > 1 {
+            std::process::exit(130);
+        }
+    });
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -139,6 +146,23 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
                 text.push('\n');
             } else {
                 text.push_str("nothing to do: the checkpoint has already reached the last epoch\n");
+            }
+            if let Some((epoch, step)) = summary.interrupted {
+                let file = args.file.display();
+                text.push_str(&format!(
+                    "interrupted in epoch {epoch}, after step {step}\n"
+                ));
+                text.push_str(&match &args.save {
+                    Some(p) => format!(
+                        "saved {0}: continue with `nnc train {file} --resume {0} --save {0}`\n",
+                        p.display()
+                    ),
+                    None => {
+                        "nothing saved (`--save W.safetensors` keeps a checkpoint to resume from)\n"
+                            .into()
+                    }
+                });
+                return Ok(Outcome::from(c, text));
             }
             if let Some(at) = summary.stopped_at {
                 if let Some((name, b)) = summary.best {

@@ -33,6 +33,20 @@ use std::path::{Path, PathBuf};
 
 pub use data_prep::prepare;
 
+/// Ctrl-C's: a run stops after the step in progress when there is one.
+static INTERRUPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Asks the training run to stop after its current step (Ctrl-C);
+/// returns how many times it has been asked.
+pub fn interrupt() -> usize {
+    INTERRUPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+}
+
+/// Whether a run was asked to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTS.load(std::sync::atomic::Ordering::SeqCst) > 0
+}
+
 /// Options of a training run (from the command line).
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -140,6 +154,9 @@ pub struct Summary {
     pub best: Option<(&'static str, Best)>,
     /// Training stopped early (`--patience`) after this epoch.
     pub stopped_at: Option<usize>,
+    /// Interrupted (Ctrl-C) in this epoch (from 1) after this many steps
+    /// in all.
+    pub interrupted: Option<(usize, u64)>,
 }
 
 fn error(span: Span, msg: String, hint: &str) -> Diag {
@@ -202,6 +219,9 @@ pub fn run(
     let mut warnings = Vec::new();
     let follow = opts.save_best.is_some() || opts.patience.is_some();
     let mut best: Option<Best> = None;
+    // A checkpoint taken inside an epoch: the batches it had done and
+    // their loss sums, to continue that epoch where it stopped.
+    let mut partial: Option<Partial> = None;
     if let Some(path) = &opts.resume {
         match restore(all, &mut params, path, spec.span)? {
             Some(at) => {
@@ -209,6 +229,7 @@ pub fn run(
                 first_epoch = at.epoch;
                 global_step = at.step;
                 best = at.best;
+                partial = at.partial;
             }
             None => warnings.push(
                 diag::warning(format!(
@@ -263,11 +284,16 @@ pub fn run(
         check_monitor(opts.monitor, has_val, spec)?;
     }
     let mut stopped_at = None;
-    for epoch in first_epoch..epochs {
+    let mut interrupted_at = None;
+    'epochs: for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
         let mut totals = vec![0.0f64; steps.len()];
         let mut seen = 0usize;
-        for (bi, rows) in order.chunks(spec.batch).enumerate() {
+        let mut skip = 0;
+        if let Some(p) = partial.take().filter(|p| p.totals.len() == steps.len()) {
+            (skip, totals, seen) = (p.batches, p.totals, p.seen);
+        }
+        for (bi, rows) in order.chunks(spec.batch).enumerate().skip(skip) {
             let mut inputs = data.batch(all, rows);
             let mut step_loss = 0.0f32;
             for (k, ph) in steps.iter().enumerate() {
@@ -333,6 +359,28 @@ pub fn run(
             global_step += 1;
             seen += rows.len();
             observe(Event::Step { loss: step_loss });
+            if interrupted() {
+                for e in &mut engines {
+                    e.sync(&mut params).map_err(|e| e.to_diag())?;
+                }
+                if let Some(path) = &opts.save {
+                    let at = Position {
+                        epoch,
+                        step: global_step,
+                        seed,
+                        best,
+                        plateaus: plateaus.clone(),
+                        partial: Some(Partial {
+                            batches: bi + 1,
+                            totals: totals.clone(),
+                            seen,
+                        }),
+                    };
+                    save(all, &params, path, &at)?;
+                }
+                interrupted_at = Some((epoch + 1, global_step));
+                break 'epochs;
+            }
         }
         let means: Vec<f32> = totals
             .iter()
@@ -401,6 +449,7 @@ pub fn run(
             seed,
             best,
             plateaus: plateaus.clone(),
+            partial: None,
         };
         if let Some(path) = &opts.save {
             save(all, &params, path, &at)?;
@@ -425,6 +474,7 @@ pub fn run(
             seed,
             best,
             plateaus: plateaus.clone(),
+            partial: None,
         };
         save(all, &params, path, &at)?;
     }
@@ -443,6 +493,7 @@ pub fn run(
             .filter(|_| follow)
             .map(|b| (opts.monitor.name(has_val), b)),
         stopped_at,
+        interrupted: interrupted_at,
     })
 }
 
@@ -561,6 +612,12 @@ fn save(
         // two numbers are the whole state of the data order's generator.
         ("seed".to_string(), at.seed.to_string()),
     ]);
+    if let Some(p) = &at.partial {
+        let totals: Vec<String> = p.totals.iter().map(|t| t.to_bits().to_string()).collect();
+        meta.insert("batches".into(), p.batches.to_string());
+        meta.insert("totals".into(), totals.join(","));
+        meta.insert("seen".into(), p.seen.to_string());
+    }
     for (k, p) in at.plateaus.iter().enumerate() {
         if *p != Plateau::default() {
             meta.insert(format!("plateau.{k}"), p.text());
@@ -585,6 +642,18 @@ pub struct Position {
     pub best: Option<Best>,
     /// Each phase's plateau schedule state.
     pub plateaus: Vec<Plateau>,
+    /// Taken inside epoch `epoch` (from 0; Ctrl-C): how far it had got.
+    pub partial: Option<Partial>,
+}
+
+/// How far into an epoch a checkpoint was taken: the batches done and,
+/// per phase, the sum of their losses (times their rows), over `seen`
+/// rows, so the resumed epoch reports the uninterrupted one's loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partial {
+    pub batches: usize,
+    pub totals: Vec<f64>,
+    pub seen: usize,
 }
 
 /// Where a `reduce_on_plateau` schedule stands: the factor the rate has
@@ -691,7 +760,29 @@ impl Position {
                 .ok_or_else(|| bad(format!("its `{k}` is `{v}`, not a count")))
         };
         let (epoch, step, seed) = (num("epoch")?, num("step")?, num("seed")?);
-        if epoch > 999_999_999 || (epoch > 0 && step == 0) || (epoch == 0 && step > 0) {
+        let partial = match meta.get("batches") {
+            None => None,
+            Some(_) => {
+                let totals = meta
+                    .get("totals")
+                    .map(|t| {
+                        t.split(',')
+                            .map(|x| x.parse::<u64>().map(f64::from_bits))
+                            .collect::<Result<Vec<f64>, _>>()
+                    })
+                    .transpose()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| bad("its `totals` are missing or not numbers".into()))?;
+                Some(Partial {
+                    batches: num("batches")? as usize,
+                    totals,
+                    seen: num("seen")? as usize,
+                })
+            }
+        };
+        let inside = partial.as_ref().is_some_and(|p| p.batches > 0);
+        if epoch > 999_999_999 || (epoch > 0 && step == 0) || (epoch == 0 && step > 0 && !inside) {
             return Err(bad(format!("epoch {epoch} at step {step} is impossible")));
         }
         let best = match meta.get("best") {
@@ -711,6 +802,7 @@ impl Position {
             seed,
             best,
             plateaus: Vec::new(),
+            partial,
         }))
     }
 
