@@ -688,7 +688,10 @@ fn an_interrupted_run_resumes_bit_identically() {
     assert!(out.contains("--resume"), "{out}");
     // Taken after a step inside an epoch, with that epoch's progress.
     let m = meta(&dir.join("ck.safetensors"));
-    assert!(m.contains_key("batches") && m.contains_key("totals"), "{m:?}");
+    assert!(
+        m.contains_key("batches") && m.contains_key("totals"),
+        "{m:?}"
+    );
     let o = nnc(&[
         "train",
         model,
