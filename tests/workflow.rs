@@ -717,3 +717,189 @@ fn an_interrupted_run_resumes_bit_identically() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `metrics = [...]`: each figure in the log and the epoch lines, equal
+/// to the figure computed here from the predictions `nnc predict` makes
+/// with the last epoch's weights on the held-out rows; the confusion
+/// matrix printed at the end is theirs.
+#[test]
+fn classification_metrics_match_the_predictions() {
+    let dir = temp_dir("metrics");
+    let src = std::fs::read_to_string("examples/iris.nn").expect("iris");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
+    let src = src
+        .replace("data/iris.csv", &data.display().to_string())
+        .replace(
+            "  seed = 7\n",
+            "  seed = 7\n  metrics = [accuracy, top_k(k = 2), precision, recall, f1, confusion_matrix]\n",
+        );
+    let model = dir.join("m.nn");
+    std::fs::write(&model, &src).expect("model");
+    let model = model.display().to_string();
+    let (log, w) = (dir.join("log.jsonl"), dir.join("w.safetensors"));
+    let o = nnc(&[
+        "train",
+        &model,
+        "--epochs",
+        "8",
+        "--log",
+        &log.display().to_string(),
+        "--save",
+        &w.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("val_f1 "), "{out}");
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .lines()
+            .last()
+            .expect("a line"),
+    )
+    .expect("JSON");
+    // The held-out rows' predictions with the final weights.
+    let lines = validation_lines("examples/iris.nn", Path::new("examples/data/iris.csv"));
+    let header = "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm,label";
+    let held = dir.join("held.csv");
+    std::fs::write(&held, format!("{header}\n{}\n", lines.join("\n"))).expect("held");
+    let o = nnc(&[
+        "predict",
+        &model,
+        "--params",
+        &w.display().to_string(),
+        "--data",
+        &held.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let labels: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            l.rsplit(',')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("label")
+        })
+        .collect();
+    let mut m = [[0usize; 3]; 3];
+    let mut top2 = 0;
+    for (row, &t) in text(&o.stdout).lines().skip(1).zip(&labels) {
+        let cells: Vec<f32> = row.split(',').map(|c| c.parse().expect("number")).collect();
+        m[t][cells[0] as usize] += 1;
+        let own = cells[1 + t];
+        top2 += usize::from(cells[1..].iter().filter(|&&v| v > own).count() < 2);
+    }
+    let (mut p, mut r, mut f) = (0.0, 0.0, 0.0);
+    for (c, true_c) in m.iter().enumerate() {
+        let tp = true_c[c] as f64;
+        let pc = match m.iter().map(|row| row[c]).sum::<usize>() {
+            0 => 0.0,
+            n => tp / n as f64,
+        };
+        let rc = match true_c.iter().sum::<usize>() {
+            0 => 0.0,
+            n => tp / n as f64,
+        };
+        p += pc / 3.0;
+        r += rc / 3.0;
+        f += if pc + rc == 0.0 {
+            0.0
+        } else {
+            2.0 * pc * rc / (pc + rc) / 3.0
+        };
+    }
+    for (key, want) in [
+        ("val_precision", p),
+        ("val_recall", r),
+        ("val_f1", f),
+        ("val_top2", top2 as f64 / 30.0),
+    ] {
+        let got = last[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key}: {last}"));
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{key}: logged {got}, computed {want}"
+        );
+    }
+    let printed: Vec<Vec<usize>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion matrix"))
+        .skip(2)
+        .take(3)
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|n| n.parse().expect("count"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        printed,
+        m.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A regressor's metrics (the LSTM on the sine data): MAE, RMSE and R²
+/// in the log, consistent with each other and with the validation loss
+/// (the block's loss is the mean squared error, so RMSE² = val_loss); a
+/// classifier's metric on it is a warning, and metrics without a
+/// `predict` an error.
+#[test]
+fn regression_metrics_and_misplaced_metrics() {
+    let dir = temp_dir("regression-metrics");
+    let src = std::fs::read_to_string("examples/lstm_sine.nn").expect("lstm_sine");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/sine.csv");
+    let src = src.replace("data/sine.csv", &data.display().to_string());
+    let with = |extra: &str| {
+        let s = src.replacen("train Lstm {", &format!("train Lstm {{\n  {extra}"), 1);
+        assert_ne!(s, src);
+        s
+    };
+    let model = dir.join("r.nn");
+    std::fs::write(
+        &model,
+        with("metrics = [mae, rmse, r2, f1]\n  predict = predict(x)"),
+    )
+    .expect("model");
+    let log = dir.join("log.jsonl");
+    let o = nnc(&[
+        "train",
+        &model.display().to_string(),
+        "--epochs",
+        "2",
+        "--log",
+        &log.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("metric `f1` is for classifiers"),
+        "{}",
+        text(&o.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .lines()
+            .last()
+            .expect("a line"),
+    )
+    .expect("JSON");
+    let f = |k: &str| last[k].as_f64().unwrap_or_else(|| panic!("no {k}: {last}"));
+    let (mae, rmse, r2, loss) = (f("val_mae"), f("val_rmse"), f("val_r2"), f("val_loss"));
+    assert!(0.0 < mae && mae <= rmse, "{last}");
+    assert!((rmse * rmse - loss).abs() < 1e-4 * loss.max(1e-3), "{last}");
+    assert!(r2 < 1.0 && r2 > 0.5, "{last}");
+    assert!(last.get("val_f1").is_none(), "{last}");
+    std::fs::write(&model, with("metrics = [mae]")).expect("model");
+    let o = nnc(&["check", &model.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("`metrics` are computed from the model's `predict`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,9 @@
 /* Times NAME_run of the MLP libraries bench/aot/run.sh builds (batch 1
  * and 128): 20 warm-up calls, then 200 timed one by one; prints the
  * median and the minimum in ms. Also times loading: dlopen + NAME_new +
- * the first NAME_run, in a fresh process (`mlp_run load LIB NEW RUN`). */
+ * the first NAME_run, in a fresh process (`mlp_run load LIB NEW RUN`).
+ * `mlp_run rows LIB NEW RUN B` times a library whose batch takes any
+ * size (NAME_run(m, B, x, y)) at B rows. */
 #define _POSIX_C_SOURCE 199309L
 #include <dlfcn.h>
 #include <stdio.h>
@@ -13,6 +15,17 @@
 
 typedef void *(*new_fn)(void);
 typedef int (*run_fn)(void *, const float *, float *);
+typedef int (*rows_fn)(void *, size_t, const float *, float *);
+
+/* The call being timed: a fixed-batch NAME_run, or an any-size one at
+ * `rows` rows. */
+static run_fn fixed;
+static rows_fn any;
+static size_t rows;
+
+static int call(void *m, const float *x, float *y) {
+    return any ? any(m, rows, x, y) : fixed(m, x, y);
+}
 
 static double now(void) {
     struct timespec t;
@@ -36,9 +49,14 @@ static void *sym(void *lib, const char *name) {
 
 int main(int argc, char **argv) {
     static float x[128 * 784], y[128 * 10];
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s time|load LIB.so NAME_new NAME_run\n", argv[0]);
+    int by_rows = argc == 6 && strcmp(argv[1], "rows") == 0;
+    if (argc != 5 && !by_rows) {
+        fprintf(stderr, "usage: %s time|load LIB.so NAME_new NAME_run | rows LIB.so NAME_new NAME_run B\n", argv[0]);
         return 2;
+    }
+    if (by_rows) {
+        rows = (size_t)atoi(argv[5]);
+        if (rows < 1 || rows > 128) return 2;
     }
     for (int i = 0; i < 128 * 784; i++) x[i] = (float)(i % 13) / 13.0f;
     double t0 = now();
@@ -48,22 +66,29 @@ int main(int argc, char **argv) {
         return 1;
     }
     new_fn mnew = (new_fn)sym(lib, argv[3]);
-    run_fn run = (run_fn)sym(lib, argv[4]);
+    if (by_rows)
+        any = (rows_fn)sym(lib, argv[4]);
+    else
+        fixed = (run_fn)sym(lib, argv[4]);
     void *m = mnew();
-    if (!m || run(m, x, y) != 0) return 1;
+    if (!m || call(m, x, y) != 0) return 1;
     double t1 = now();
     if (strcmp(argv[1], "load") == 0) {
         printf("%s: load + first run %.2f ms\n", argv[2], (t1 - t0) * 1e3);
         return 0;
     }
     static double t[RUNS];
-    for (int i = 0; i < 20; i++) run(m, x, y);
+    for (int i = 0; i < 20; i++) call(m, x, y);
     for (int i = 0; i < RUNS; i++) {
         double s = now();
-        run(m, x, y);
+        call(m, x, y);
         t[i] = now() - s;
     }
     qsort(t, RUNS, sizeof(double), cmp);
-    printf("%s: median %.4f ms, min %.4f ms\n", argv[2], t[RUNS / 2] * 1e3, t[0] * 1e3);
+    if (by_rows)
+        printf("%s at B = %zu: median %.4f ms, min %.4f ms\n", argv[2], rows, t[RUNS / 2] * 1e3,
+               t[0] * 1e3);
+    else
+        printf("%s: median %.4f ms, min %.4f ms\n", argv[2], t[RUNS / 2] * 1e3, t[0] * 1e3);
     return 0;
 }

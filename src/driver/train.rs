@@ -114,6 +114,9 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             if let Some(a) = s.val_accuracy {
                 line.push_str(&format!("  val_accuracy {a:.4}"));
             }
+            for (name, v) in &s.metrics {
+                line.push_str(&format!("  {name} {v:.4}"));
+            }
             bar.suspend(|| println!("{line}"));
             bar.reset();
             bar.set_prefix(format!(
@@ -163,6 +166,9 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
                     }
                 });
                 return Ok(Outcome::from(c, text));
+            }
+            if let Some(m) = &summary.confusion {
+                text.push_str(&confusion_text(m));
             }
             if let Some(at) = summary.stopped_at {
                 if let Some((name, b)) = summary.best {
@@ -222,4 +228,32 @@ fn check_overrides(args: &TrainArgs) -> Option<crate::diag::Diag> {
         );
     }
     None
+}
+
+/// The confusion matrix as a table: a row per true class, a column per
+/// predicted one.
+fn confusion_text(m: &[Vec<usize>]) -> String {
+    let width = m
+        .iter()
+        .flatten()
+        .map(|n| n.to_string().len())
+        .max()
+        .unwrap_or(1)
+        .max(m.len().saturating_sub(1).to_string().len());
+    let mut s = String::from(
+        "confusion matrix on the validation rows (row: true class, column: predicted)\n",
+    );
+    s.push_str(&format!("{:>w$}", "", w = width + 2));
+    for c in 0..m.len() {
+        s.push_str(&format!(" {c:>width$}"));
+    }
+    s.push('\n');
+    for (t, row) in m.iter().enumerate() {
+        s.push_str(&format!("{t:>w$}", w = width + 2));
+        for n in row {
+            s.push_str(&format!(" {n:>width$}"));
+        }
+        s.push('\n');
+    }
+    s
 }

@@ -16,6 +16,7 @@
 
 mod builtins;
 mod lower;
+pub mod metrics;
 pub mod optimizer;
 mod resolve;
 mod scope;
@@ -67,6 +68,8 @@ pub struct TrainSpec {
     /// The inputs fed with the data's features and targets.
     pub features: Option<crate::ir::InputId>,
     pub targets: Option<crate::ir::InputId>,
+    /// The figures computed on the validation rows every epoch.
+    pub metrics: Vec<metrics::Metric>,
     pub span: crate::diag::Span,
 }
 

@@ -232,6 +232,21 @@ impl Prepared {
         inputs
     }
 
+    /// The labels of `rows` (one a row, as the data gives them) and, for
+    /// targets fed one-hot, the number of classes; `None` for rows with
+    /// several labels (a sequence), which the metrics do not cover.
+    pub fn labels(&self, rows: &[usize]) -> Option<(Vec<f32>, Option<usize>)> {
+        if self.data.per_row != 1 {
+            return None;
+        }
+        let labels = rows.iter().map(|&r| self.data.labels[r]).collect();
+        let classes = match self.kind {
+            Targets::OneHot { classes } => Some(classes),
+            Targets::Values => None,
+        };
+        Some((labels, classes))
+    }
+
     /// How many labels `predict` gets right (the arg-max class for
     /// one-hot targets, the side of 0.5 for values), and how many there
     /// were.

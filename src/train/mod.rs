@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 mod data_prep;
+pub mod metrics;
 
 use crate::backend::interp;
 use crate::backend::Engine;
@@ -129,6 +130,8 @@ pub struct EpochStats {
     /// The learning rate of the epoch's last step (the first phase's),
     /// when it varies.
     pub lr: Option<f32>,
+    /// The `metrics` the block asks for, by their log names.
+    pub metrics: Vec<(String, f32)>,
 }
 
 /// What the loop reports as it goes.
@@ -157,6 +160,9 @@ pub struct Summary {
     /// Interrupted (Ctrl-C) in this epoch (from 1) after this many steps
     /// in all.
     pub interrupted: Option<(usize, u64)>,
+    /// The last epoch's confusion matrix on the validation rows
+    /// (`m[true][predicted]`), when `metrics` asks for it.
+    pub confusion: Option<Confusion>,
 }
 
 fn error(span: Span, msg: String, hint: &str) -> Diag {
@@ -283,8 +289,30 @@ pub fn run(
     if follow {
         check_monitor(opts.monitor, has_val, spec)?;
     }
+    // Metrics of the other kind of model are not computed: say so once.
+    if let Some((_, classes)) = data.labels(&data.val) {
+        for m in &spec.metrics {
+            if m.for_classes() != classes.is_some() {
+                warnings.push(diag::warning(format!(
+                    "metric `{}` is for {}, and this model's targets are {}: it is not computed",
+                    m.key().trim_start_matches("val_"),
+                    if m.for_classes() {
+                        "classifiers"
+                    } else {
+                        "regressors"
+                    },
+                    if classes.is_some() {
+                        "classes"
+                    } else {
+                        "values"
+                    }
+                )));
+            }
+        }
+    }
     let mut stopped_at = None;
     let mut interrupted_at = None;
+    let mut confusion = None;
     'epochs: for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
         let mut totals = vec![0.0f64; steps.len()];
@@ -390,8 +418,18 @@ pub fn run(
         for e in &mut engines {
             e.sync(&mut params).map_err(|e| e.to_diag())?;
         }
-        let (val_loss, val_accuracy) =
-            validate(&mut eval_engine, &eval, &mut params, &data, spec.batch)?;
+        let (val_loss, val_accuracy, predicted) = validate(
+            &mut eval_engine,
+            &eval,
+            &mut params,
+            &data,
+            spec.batch,
+            !spec.metrics.is_empty(),
+        )?;
+        let (figures, matrix) = epoch_metrics(spec, &data, predicted.as_deref());
+        if matrix.is_some() {
+            confusion = matrix;
+        }
         let stats = EpochStats {
             epoch: epoch + 1,
             train_loss,
@@ -403,6 +441,7 @@ pub fn run(
                 steps.iter().map(|p| p.name.clone()).zip(means).collect()
             },
             lr: last_lr,
+            metrics: figures,
         };
         // Plateau schedules follow the validation loss (else the
         // training loss), each with its own patience.
@@ -494,7 +533,63 @@ pub fn run(
             .map(|b| (opts.monitor.name(has_val), b)),
         stopped_at,
         interrupted: interrupted_at,
+        confusion,
     })
+}
+
+/// A confusion matrix, `m[true][predicted]`.
+pub type Confusion = Vec<Vec<usize>>;
+
+/// The validation loss and accuracy, and the rows' predictions.
+type Validation = (Option<f32>, Option<f32>, Option<Vec<f32>>);
+
+/// The block's `metrics` on the validation rows' predictions (their
+/// `predict` values, row by row), and the confusion matrix when asked.
+fn epoch_metrics(
+    spec: &TrainSpec,
+    data: &Prepared,
+    predicted: Option<&[f32]>,
+) -> (Vec<(String, f32)>, Option<Confusion>) {
+    let (Some(p), Some((labels, classes))) = (predicted, data.labels(&data.val)) else {
+        return (Vec::new(), None);
+    };
+    let out = match classes {
+        Some(c) if p.len() == labels.len() * c => metrics::Outcomes::Classes {
+            scores: p,
+            classes: c,
+            labels: &labels,
+        },
+        None if p.len() == labels.len() => metrics::Outcomes::Values {
+            predicted: p,
+            targets: &labels,
+        },
+        _ => return (Vec::new(), None),
+    };
+    let mut figures = Vec::new();
+    let mut matrix = None;
+    // `accuracy` is the epoch's `val_accuracy` already.
+    for &m in spec
+        .metrics
+        .iter()
+        .filter(|&&m| m != metrics::Metric::Accuracy)
+    {
+        match (m, &out, metrics::value(m, &out)) {
+            (
+                metrics::Metric::Confusion,
+                metrics::Outcomes::Classes {
+                    scores,
+                    classes,
+                    labels,
+                },
+                _,
+            ) => {
+                matrix = Some(metrics::confusion(scores, *classes, labels));
+            }
+            (_, _, Some(v)) => figures.push((m.key(), v as f32)),
+            _ => {}
+        }
+    }
+    (figures, matrix)
 }
 
 /// The monitored figure must be one the run computes.
@@ -559,24 +654,31 @@ pub fn log_line(s: &EpochStats) -> String {
     if let Some(lr) = s.lr {
         obj["lr"] = num(Some(lr));
     }
+    for (name, v) in &s.metrics {
+        obj[name.as_str()] = num(Some(*v));
+    }
     format!("{obj}\n")
 }
 
+/// The validation loss and accuracy, and (when the block has `metrics`
+/// and a `predict`) every validation row's prediction, in row order.
 fn validate(
     engine: &mut Engine,
     eval: &Graph,
     params: &mut SecondaryMap<ParamId, Tensor>,
     data: &Prepared,
     batch: usize,
-) -> Result<(Option<f32>, Option<f32>), Diag> {
+    keep: bool,
+) -> Result<Validation, Diag> {
     if data.val.is_empty() {
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let mut loss = 0.0f64;
     let (mut correct, mut labelled) = (0usize, 0usize);
     // Outputs: each phase's loss, then the prediction if any.
     let has_predict = eval.outputs.last().is_some_and(|o| o.name == "predict");
     let n_losses = eval.outputs.len() - usize::from(has_predict);
+    let mut kept = (keep && has_predict).then(Vec::new);
     for rows in data.val.chunks(batch) {
         let inputs = data.batch(eval, rows);
         let outs = engine.run(params, &inputs).map_err(|e| e.to_diag())?;
@@ -586,11 +688,14 @@ fn validate(
             let (c, t) = data.count_correct(&outs[n_losses], rows);
             correct += c;
             labelled += t;
+            if let Some(k) = &mut kept {
+                k.extend_from_slice(&outs[n_losses].data);
+            }
         }
     }
     let n = data.val.len() as f64;
     let accuracy = has_predict.then(|| (correct as f64 / labelled.max(1) as f64) as f32);
-    Ok((Some((loss / n) as f32), accuracy))
+    Ok((Some((loss / n) as f32), accuracy, kept))
 }
 
 fn save(

@@ -24,6 +24,7 @@ struct Draft {
     seed: u64,
     features: Option<InputId>,
     targets: Option<InputId>,
+    metrics: Vec<crate::sema::metrics::Metric>,
     span: Span,
 }
 
@@ -39,6 +40,7 @@ const SETTINGS: &[&str] = &[
     "seed",
     "features",
     "targets",
+    "metrics",
 ];
 
 /// The settings a `phase` takes; the others belong to the whole block.
@@ -86,6 +88,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             seed: 0,
             features: None,
             targets: None,
+            metrics: Vec::new(),
             span: t.span,
         };
         let mut ok = true;
@@ -128,6 +131,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     .param_set(scope, &st.value)
                     .map(|p| spec.params = Some(p)),
                 "data" => data(&st.value).map(|d| spec.data = Some(d)).map_err(Some),
+                "metrics" => metrics(&st.value).map(|m| spec.metrics = m).map_err(Some),
                 "batch" | "epochs" => positive_int(&st.value, name)
                     .map(|v| {
                         if name == "batch" {
@@ -205,6 +209,16 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 );
             }
         }
+        if !spec.metrics.is_empty() && spec.predict.is_none() {
+            if let Some(st) = t.settings.iter().find(|st| st.name.name == "metrics") {
+                self.diags.push(
+                    diag::error(code::INPUT, "`metrics` are computed from the model's `predict`, and this block has none")
+                        .with_labels(vec![st.name.span.primary("these metrics")])
+                        .with_notes(vec!["help: add `predict = forward(x)` (the model's output) to the block".into()]),
+                );
+                ok = false;
+            }
+        }
         let first = phases.first();
         Some(TrainSpec {
             loss: spec.loss.or(first.map(|p| p.loss)).filter(|_| ok)?,
@@ -222,6 +236,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             seed: spec.seed,
             features: spec.features,
             targets: spec.targets,
+            metrics: spec.metrics,
             span: spec.span,
         })
     }

@@ -343,6 +343,71 @@ fn schedule(e: &Expr) -> Result<LrSchedule, Diag> {
     })
 }
 
+/// `metrics = [accuracy, top_k(k = 3), f1, …]` (or one of them).
+pub(super) fn metrics(e: &Expr) -> Result<Vec<crate::sema::metrics::Metric>, Diag> {
+    use crate::sema::metrics::Metric;
+    let items: Vec<&Expr> = match &e.kind {
+        ExprKind::Tensor(items) => items.iter().collect(),
+        _ => vec![e],
+    };
+    let names = [
+        "accuracy",
+        "top_k",
+        "precision",
+        "recall",
+        "f1",
+        "confusion_matrix",
+        "mae",
+        "rmse",
+        "r2",
+    ];
+    let mut out = Vec::new();
+    for it in items {
+        let (name, args) = call_of(it, "a metric", "metrics = [accuracy, f1]")?;
+        let m = match name.name.as_str() {
+            "top_k" => {
+                let f = [Formal {
+                    name: "k",
+                    required: false,
+                }];
+                let bound = bind_args("top_k", &f, args, it.span, None, "top_k(k = 5)")?;
+                Metric::TopK(match bound[0] {
+                    Some(ai) => positive_int(&args[ai].value, "k")?,
+                    None => 5,
+                })
+            }
+            other if !args.is_empty() => {
+                return Err(diag::error(
+                    code::CONST_ARG,
+                    format!("the metric `{other}` takes no arguments"),
+                )
+                .with_labels(vec![it.span.primary("here")]))
+            }
+            "accuracy" => Metric::Accuracy,
+            "precision" => Metric::Precision,
+            "recall" => Metric::Recall,
+            "f1" => Metric::F1,
+            "confusion_matrix" => Metric::Confusion,
+            "mae" => Metric::Mae,
+            "rmse" => Metric::Rmse,
+            "r2" => Metric::R2,
+            other => {
+                let mut d = diag::error(code::CONST_ARG, format!("unknown metric `{other}`"))
+                    .with_labels(vec![name.span.primary("not a metric")])
+                    .with_notes(vec![format!("note: the metrics are {}", names.join(", "))]);
+                if let Some(s) = diag::suggest(other, names) {
+                    d.notes.insert(0, format!("help: did you mean `{s}`?"));
+                }
+                return Err(d);
+            }
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn string_arg(e: &Expr) -> Result<String, Diag> {
     match &e.kind {
         ExprKind::Str(s) => Ok(s.clone()),
