@@ -442,17 +442,22 @@ fn bad_training_overrides_are_diagnostics() {
     }
 }
 
-/// `examples/iris.nn` with another optimizer line, written to `dir`
-/// (reading the shipped data by its absolute path).
+/// The source of `examples/NAME.nn` reading its data file (`data/FILE`)
+/// by its absolute path, to be written elsewhere.
+fn example_source(name: &str, data_file: &str) -> String {
+    let src = std::fs::read_to_string(format!("examples/{name}.nn")).expect("example");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data")
+        .join(data_file);
+    src.replace(&format!("data/{data_file}"), &data.display().to_string())
+}
+
+/// `examples/iris.nn` with another optimizer line, written to `dir`.
 fn iris_with(dir: &Path, name: &str, optimizer: &str) -> String {
-    let src = std::fs::read_to_string("examples/iris.nn").expect("iris.nn");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
-    let src = src
-        .replace(
-            "optimizer = adam(lr = 1e-2)",
-            &format!("optimizer = {optimizer}"),
-        )
-        .replace("data/iris.csv", &data.display().to_string());
+    let src = example_source("iris", "iris.csv").replace(
+        "optimizer = adam(lr = 1e-2)",
+        &format!("optimizer = {optimizer}"),
+    );
     assert!(src.contains(optimizer));
     let path = dir.join(name);
     std::fs::write(&path, src).expect("model");
@@ -725,11 +730,7 @@ fn an_interrupted_run_resumes_bit_identically() {
 #[test]
 fn classification_metrics_match_the_predictions() {
     let dir = temp_dir("metrics");
-    let src = std::fs::read_to_string("examples/iris.nn").expect("iris");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
-    let src = src
-        .replace("data/iris.csv", &data.display().to_string())
-        .replace(
+    let src = example_source("iris", "iris.csv").replace(
             "  seed = 7\n",
             "  seed = 7\n  metrics = [accuracy, top_k(k = 2), precision, recall, f1, confusion_matrix]\n",
         );
@@ -850,9 +851,7 @@ fn classification_metrics_match_the_predictions() {
 #[test]
 fn regression_metrics_and_misplaced_metrics() {
     let dir = temp_dir("regression-metrics");
-    let src = std::fs::read_to_string("examples/lstm_sine.nn").expect("lstm_sine");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/sine.csv");
-    let src = src.replace("data/sine.csv", &data.display().to_string());
+    let src = example_source("lstm_sine", "sine.csv");
     let with = |extra: &str| {
         let s = src.replacen("train Lstm {", &format!("train Lstm {{\n  {extra}"), 1);
         assert_ne!(s, src);
