@@ -305,18 +305,6 @@ fn a_closed_pipe_ends_quietly() {
     assert_eq!(o.status.code(), Some(0), "{err}");
 }
 
-/// The `val_loss` of every epoch in a `--log` file.
-fn logged_val_losses(path: &Path) -> Vec<f64> {
-    std::fs::read_to_string(path)
-        .expect("log")
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
-            v["val_loss"].as_f64().expect("val_loss")
-        })
-        .collect()
-}
-
 fn meta(path: &Path) -> std::collections::HashMap<String, String> {
     let (_, meta) = nnc::train::checkpoint::load(path).expect("a checkpoint");
     meta
@@ -342,7 +330,7 @@ fn early_stopping_stops_on_a_plateau_and_resumes_its_count() {
         "{out}"
     );
     assert!(out.contains("best epoch 1: val_loss"), "{out}");
-    assert_eq!(logged_val_losses(Path::new(&log)).len(), 4);
+    assert_eq!(logged(Path::new(&log), "val_loss").len(), 4);
     // Two epochs, then resumed.
     let ck = dir.join("ck.safetensors").display().to_string();
     let mut args = vec!["train", "examples/iris.nn", "--epochs", "2", "--save", &ck];
@@ -380,7 +368,7 @@ fn save_best_keeps_the_epoch_with_the_lowest_validation_loss() {
         &best.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let losses = logged_val_losses(&log);
+    let losses = logged(&log, "val_loss");
     let (k, lowest) =
         losses.iter().enumerate().fold(
             (0, f64::INFINITY),
@@ -411,7 +399,7 @@ fn save_best_keeps_the_epoch_with_the_lowest_validation_loss() {
         &dir.join("again.jsonl").display().to_string(),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let again = logged_val_losses(&dir.join("again.jsonl"));
+    let again = logged(&dir.join("again.jsonl"), "val_loss");
     // The next epoch from the best one is the uninterrupted run's.
     assert_eq!(
         again.last().copied(),

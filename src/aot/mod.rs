@@ -296,10 +296,11 @@ pub fn compile(
         ));
     }
     if let Some((phases, _)) = &graphs.train {
-        if phases
-            .iter()
-            .any(|pg| pg.inputs.values().any(|i| i.name.starts_with("@lr.")))
-        {
+        if phases.iter().any(|pg| {
+            pg.inputs
+                .values()
+                .any(|i| i.name.starts_with(crate::ir::LR_INPUT_PREFIX))
+        }) {
             return Err(error(
                 "a learning rate that varies (`schedule`, `warmup`) is not compiled into libraries yet",
                 "compile with a constant rate: drop the optimizer's `schedule` and `warmup`",

@@ -155,6 +155,16 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// The error as a diagnostic (code `INPUT`), with its hint.
+    pub fn to_diag(&self) -> crate::diag::Diag {
+        let d = crate::diag::error(crate::diag::code::INPUT, self.to_string());
+        match self.hint() {
+            Some(h) if h.starts_with("help:") => d.with_notes(vec![h]),
+            Some(h) => d.with_notes(vec![format!("help: {h}")]),
+            None => d,
+        }
+    }
+
     /// A short "help: ..." text on how to fix the problem, where one is
     /// useful.
     pub fn hint(&self) -> Option<String> {

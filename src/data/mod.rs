@@ -94,6 +94,17 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// The factor every feature value is multiplied by.
+    pub fn scale(&self) -> f32 {
+        match self {
+            Source::Csv { scale, .. } | Source::Idx { scale, .. } | Source::Npy { scale, .. } => {
+                *scale
+            }
+        }
+    }
+}
+
 /// Loads a dataset.
 pub fn load(src: &Source) -> Result<Dataset, DataError> {
     match src {

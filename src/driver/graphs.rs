@@ -226,13 +226,7 @@ pub fn fed_graph(
             ));
         };
         let mut t = match crate::data::load_tensor(path) {
-            Some(r) => r.map_err(|e| {
-                let mut d = crate::diag::error(crate::diag::code::INPUT, e.to_string());
-                if let Some(h) = e.hint() {
-                    d = d.with_notes(vec![h]);
-                }
-                d
-            })?,
+            Some(r) => r.map_err(|e| e.to_diag())?,
             None => {
                 return Err(fail(
                     format!("`{}` is not a file `--input` reads", path.display()),
@@ -243,11 +237,7 @@ pub fn fed_graph(
         let scale = train
             .filter(|t| t.features == Some(*id))
             .and_then(|t| t.data.as_ref())
-            .map_or(1.0, |d| match &d.source {
-                crate::data::Source::Csv { scale, .. }
-                | crate::data::Source::Idx { scale, .. }
-                | crate::data::Source::Npy { scale, .. } => *scale,
-            });
+            .map_or(1.0, |d| d.source.scale());
         t.data.iter_mut().for_each(|v| *v *= scale);
         let info = &g.inputs[*id];
         let fits = t.shape.len() == info.ty.shape.len()

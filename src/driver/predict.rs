@@ -76,24 +76,15 @@ fn predict(
     };
     // The features as training reads them: its label columns set apart,
     // its scale applied.
-    let (labels, scale) = match spec.and_then(|s| s.data.as_ref()) {
-        Some(d) => match &d.source {
-            crate::data::Source::Csv { label, scale, .. } => (label.clone(), *scale),
-            crate::data::Source::Idx { scale, .. } | crate::data::Source::Npy { scale, .. } => {
-                (Vec::new(), *scale)
-            }
-        },
-        None => (Vec::new(), 1.0),
+    let source = spec.and_then(|s| s.data.as_ref()).map(|d| &d.source);
+    let labels = match source {
+        Some(crate::data::Source::Csv { label, .. }) => label.clone(),
+        _ => Vec::new(),
     };
+    let scale = source.map_or(1.0, |s| s.scale());
     let data =
         match crate::data::load_unlabelled(&a.data, &labels, scale) {
-            Some(r) => r.map_err(|e| {
-                let mut d = diag::error(code::INPUT, e.to_string());
-                if let Some(h) = e.hint() {
-                    d = d.with_notes(vec![h]);
-                }
-                d
-            })?,
+            Some(r) => r.map_err(|e| e.to_diag())?,
             None => return Err(error(
                 format!("`{}` is not a file nnc predicts on", a.data.display()),
                 "give a .csv file (a header row, one column per feature) or a .npy array [N, ...]",
@@ -120,11 +111,10 @@ fn predict(
             ),
         }]));
     }
-    let table = g;
-    let mut params = interp::init_params(table, 0);
+    let mut params = interp::init_params(g, 0);
     if let Some(p) = &a.params {
         let span = eval.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(table, &mut params, p, span)?;
+        crate::train::restore(g, &mut params, p, span)?;
     }
     let batch = a
         .batch

@@ -38,6 +38,11 @@ use cranelift_entity::{entity_impl, PrimaryMap};
 /// first draw, with the value `[0, 0]` when nothing is fed.
 pub const RNG_KEY_INPUT: &str = "@rng";
 
+/// The start of the name of the implicit input that feeds a learning
+/// rate that varies (`@lr.opt`, one per optimizer; the training loop
+/// feeds it every step).
+pub const LR_INPUT_PREFIX: &str = "@lr.";
+
 /// The implicit input behind `training()`: a scalar, 0 unless fed. The
 /// pipeline replaces it with the constant 1 in a training step's graph
 /// and 0 in an evaluation graph ([`crate::pipeline::set_training`]).

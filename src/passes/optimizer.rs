@@ -60,7 +60,11 @@ fn state(
 /// The name of the input that feeds the learning rate of the optimizer
 /// whose state is named `prefix…`, when the rate varies.
 pub fn lr_input(prefix: &str) -> String {
-    format!("@lr.{}", prefix.trim_end_matches('.'))
+    format!(
+        "{}{}",
+        crate::ir::LR_INPUT_PREFIX,
+        prefix.trim_end_matches('.')
+    )
 }
 
 /// Appends the updates of `opt` for `targets` to `g`.

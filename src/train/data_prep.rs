@@ -60,16 +60,8 @@ pub(super) fn rebase(src: &Source, dir: &Path) -> Source {
 }
 
 fn data_error(span: Span, e: &data::DataError) -> Diag {
-    let mut d =
-        diag::error(code::INPUT, e.to_string()).with_labels(vec![span.primary("data from here")]);
-    if let Some(h) = e.hint() {
-        d = d.with_notes(vec![if h.starts_with("help:") {
-            h
-        } else {
-            format!("help: {h}")
-        }]);
-    }
-    d
+    e.to_diag()
+        .with_labels(vec![span.primary("data from here")])
 }
 
 /// Loads the `train` block's data and checks it against the inputs.

@@ -228,6 +228,7 @@ pub fn run(
     // A checkpoint taken inside an epoch: the batches it had done and
     // their loss sums, to continue that epoch where it stopped.
     let mut partial: Option<Partial> = None;
+    let mut resumed_plateaus: Vec<Plateau> = Vec::new();
     if let Some(path) = &opts.resume {
         match restore(all, &mut params, path, spec.span)? {
             Some(at) => {
@@ -236,6 +237,7 @@ pub fn run(
                 global_step = at.step;
                 best = at.best;
                 partial = at.partial;
+                resumed_plateaus = at.plateaus;
             }
             None => warnings.push(
                 diag::warning(format!(
@@ -276,15 +278,14 @@ pub fn run(
                 .graph
                 .inputs
                 .iter()
-                .find(|(_, i)| i.name.starts_with("@lr."))
+                .find(|(_, i)| i.name.starts_with(crate::ir::LR_INPUT_PREFIX))
                 .map(|(id, _)| id)
         })
         .collect();
     // A plateau schedule's factor, best loss and epochs since, per phase.
-    let mut plateaus: Vec<Plateau> = vec![Plateau::default(); steps.len()];
-    if let Some(path) = &opts.resume {
-        plateaus = read_plateaus(path, steps.len());
-    }
+    let mut plateaus: Vec<Plateau> = (0..steps.len())
+        .map(|k| resumed_plateaus.get(k).copied().unwrap_or_default())
+        .collect();
     let mut last_lr = None;
     if follow {
         check_monitor(opts.monitor, has_val, spec)?;
@@ -819,9 +820,15 @@ impl Plateau {
     }
 }
 
-/// The plateau states a checkpoint keeps (defaults where it has none).
-fn read_plateaus(path: &Path, n: usize) -> Vec<Plateau> {
-    let meta = checkpoint::load(path).map(|(_, m)| m).unwrap_or_default();
+/// The plateau states in a checkpoint's metadata (`plateau.K`, per
+/// phase; the default where a phase has none).
+fn plateaus_of(meta: &HashMap<String, String>) -> Vec<Plateau> {
+    let n = meta
+        .keys()
+        .filter_map(|k| k.strip_prefix("plateau.")?.parse::<usize>().ok())
+        .map(|k| k + 1)
+        .max()
+        .unwrap_or(0);
     (0..n)
         .map(|k| {
             meta.get(&format!("plateau.{k}"))
@@ -906,7 +913,7 @@ impl Position {
             step,
             seed,
             best,
-            plateaus: Vec::new(),
+            plateaus: plateaus_of(meta),
             partial,
         }))
     }

@@ -87,6 +87,58 @@ pub(super) fn bool_arg(e: &Expr) -> Result<bool, Diag> {
     }
 }
 
+/// `unknown KIND `NAME``, with the known ones and the closest of them.
+fn unknown(name: &ast::Ident, kind: &str, known: &[&str]) -> Diag {
+    let mut d = diag::error(code::CONST_ARG, format!("unknown {kind} `{}`", name.name))
+        .with_labels(vec![name
+            .span
+            .primary(format!("not {} {kind}", article(kind)))])
+        .with_notes(vec![format!(
+            "note: the {kind}s are {}",
+            match known.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                _ => known.join(", "),
+            }
+        )]);
+    if let Some(s) = diag::suggest(&name.name, known.iter().copied()) {
+        d.notes.insert(0, format!("help: did you mean `{s}`?"));
+    }
+    d
+}
+
+fn article(word: &str) -> &'static str {
+    match word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    }
+}
+
+/// Binds a call's arguments to `formals` (name, default; no default:
+/// required), the signature in errors written from them.
+fn bind_formals(
+    name: &ast::Ident,
+    formals: &[(&str, &str)],
+    args: &[ast::Arg],
+    span: Span,
+) -> Result<Vec<Option<usize>>, Diag> {
+    let f: Vec<Formal> = formals
+        .iter()
+        .map(|(n, d)| Formal {
+            name: n,
+            required: d.is_empty(),
+        })
+        .collect();
+    let sig: Vec<String> = formals
+        .iter()
+        .map(|(n, d)| match d.is_empty() {
+            true => n.to_string(),
+            false => format!("{n} = {d}"),
+        })
+        .collect();
+    let sig = format!("{}({})", name.name, sig.join(", "));
+    bind_args(&name.name, &f, args, span, None, &sig)
+}
+
 pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
     let (name, args) = call_of(e, "the optimizer", "adam(lr = 1e-3)")?;
     let formals: &[(&str, &str)] = match name.name.as_str() {
@@ -127,38 +179,15 @@ pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
             ("warmup", "0"),
             ("clip_norm", "none"),
         ],
-        other => {
-            let names = ["sgd", "momentum", "adam", "adamw"];
-            let mut d = diag::error(code::CONST_ARG, format!("unknown optimizer `{other}`"))
-                .with_labels(vec![name.span.primary("not an optimizer")])
-                .with_notes(vec![
-                    "note: the optimizers are sgd, momentum, adam and adamw".into(),
-                ]);
-            if let Some(s) = diag::suggest(other, names) {
-                d.notes.insert(0, format!("help: did you mean `{s}`?"));
-            }
-            return Err(d);
+        _ => {
+            return Err(unknown(
+                name,
+                "optimizer",
+                &["sgd", "momentum", "adam", "adamw"],
+            ))
         }
     };
-    let f: Vec<Formal> = formals
-        .iter()
-        .map(|(n, d)| Formal {
-            name: n,
-            required: d.is_empty(),
-        })
-        .collect();
-    let sig: Vec<String> = formals
-        .iter()
-        .map(|(n, d)| {
-            if d.is_empty() {
-                n.to_string()
-            } else {
-                format!("{n} = {d}")
-            }
-        })
-        .collect();
-    let sig = format!("{}({})", name.name, sig.join(", "));
-    let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
+    let bound = bind_formals(name, formals, args, e.span)?;
     let num = |i: usize| -> Result<f32, Diag> {
         match bound[i] {
             Some(ai) => const_number(&args[ai].value, &format!("`{}`", formals[i].0)),
@@ -265,41 +294,21 @@ fn schedule(e: &Expr) -> Result<LrSchedule, Diag> {
         "exponential" => &[("gamma", "")],
         "cosine" => &[("epochs", ""), ("min_lr", "0")],
         "reduce_on_plateau" => &[("factor", "0.1"), ("patience", "10"), ("min_delta", "0")],
-        other => {
-            let names = [
-                "constant",
-                "step",
-                "exponential",
-                "cosine",
-                "reduce_on_plateau",
-            ];
-            let mut d = diag::error(code::CONST_ARG, format!("unknown schedule `{other}`"))
-                .with_labels(vec![name.span.primary("not a schedule")])
-                .with_notes(vec![
-                    "note: the schedules are constant, step, exponential, cosine and reduce_on_plateau".into(),
-                ]);
-            if let Some(s) = diag::suggest(other, names) {
-                d.notes.insert(0, format!("help: did you mean `{s}`?"));
-            }
-            return Err(d);
+        _ => {
+            return Err(unknown(
+                name,
+                "schedule",
+                &[
+                    "constant",
+                    "step",
+                    "exponential",
+                    "cosine",
+                    "reduce_on_plateau",
+                ],
+            ))
         }
     };
-    let f: Vec<Formal> = formals
-        .iter()
-        .map(|(n, d)| Formal {
-            name: n,
-            required: d.is_empty(),
-        })
-        .collect();
-    let sig: Vec<String> = formals
-        .iter()
-        .map(|(n, d)| match d.is_empty() {
-            true => n.to_string(),
-            false => format!("{n} = {d}"),
-        })
-        .collect();
-    let sig = format!("{}({})", name.name, sig.join(", "));
-    let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
+    let bound = bind_formals(name, formals, args, e.span)?;
     let num = |i: usize, ok: fn(f32) -> bool, rule: &str| -> Result<f32, Diag> {
         let v = match bound[i] {
             Some(ai) => const_number(&args[ai].value, &format!("`{}`", formals[i].0))?,
@@ -391,15 +400,7 @@ pub(super) fn metrics(e: &Expr) -> Result<Vec<crate::sema::metrics::Metric>, Dia
             "mae" => Metric::Mae,
             "rmse" => Metric::Rmse,
             "r2" => Metric::R2,
-            other => {
-                let mut d = diag::error(code::CONST_ARG, format!("unknown metric `{other}`"))
-                    .with_labels(vec![name.span.primary("not a metric")])
-                    .with_notes(vec![format!("note: the metrics are {}", names.join(", "))]);
-                if let Some(s) = diag::suggest(other, names) {
-                    d.notes.insert(0, format!("help: did you mean `{s}`?"));
-                }
-                return Err(d);
-            }
+            _ => return Err(unknown(name, "metric", &names)),
         };
         if !out.contains(&m) {
             out.push(m);
