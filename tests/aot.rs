@@ -1684,3 +1684,94 @@ fn aarch64_libraries_run_under_qemu_and_agree_with_the_host() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model trained with `scale = standardize` carries its learnt means
+/// and deviations in its weights: the library built with them gives what
+/// `nnc run` gives with the checkpoint (the JIT, 1e-6; the interpreter,
+/// 1e-4) — and not what the same weights give unscaled.
+#[test]
+fn a_learnt_scaling_is_embedded_with_the_weights() {
+    let dir = scratch("standardize");
+    let data = root().join("examples/data/iris.csv");
+    let src = std::fs::read_to_string(root().join("examples/iris.nn"))
+        .expect("example")
+        .replace("data/iris.csv", &data.display().to_string())
+        .replace("scale = 1/8", "scale = standardize");
+    assert!(src.contains("standardize"));
+    let file = dir.join("iris_std.nn");
+    std::fs::write(&file, &src).expect("model");
+    let file = file.display().to_string();
+    let o = nnc(
+        &["train", &file, "--epochs", "3", "--save", "w.safetensors"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = nnc(
+        &[
+            "compile",
+            &file,
+            "--dim",
+            "B=3",
+            "--params",
+            "w.safetensors",
+            "-o",
+            "iris_std.so",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let header = std::fs::read_to_string(dir.join("iris_std.h")).expect("header");
+    let (ins, outs) = declared(&header);
+    assert_eq!(ins.len(), 1, "{header}");
+    // Measurements in centimetres, as the data file has them.
+    let values = vec![(
+        ins[0].0.clone(),
+        vec![5.1, 3.5, 1.4, 0.2, 6.2, 2.9, 4.3, 1.3, 7.7, 3.0, 6.1, 2.3],
+    )];
+    let bytes: Vec<u8> = values[0]
+        .1
+        .iter()
+        .flat_map(|v: &f32| v.to_le_bytes())
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    run_c(&dir, &harness("iris_std", &ins, &outs), &["./iris_std.so"]);
+    let got = read_floats(&dir.join("out.bin"));
+    let c = pipeline::compile(&file, &src, Stage::Ir);
+    let g = nnc::aot::library_graph(c.graph.as_ref().expect("graph"), c.train.as_ref())
+        .expect("library graph");
+    let mut params = interp::init_params(&g, 0);
+    nnc::train::restore(
+        &g,
+        &mut params,
+        &dir.join("w.safetensors"),
+        Default::default(),
+    )
+    .expect("weights");
+    let dims = [("B".to_string(), 3)];
+    assert_as_jit(
+        &got,
+        &run_on(BackendKind::Jit, &file, &dims, &values, Some(&params)),
+        "standardized",
+    );
+    assert_close(
+        &got,
+        &reference(&file, &dims, &values, Some(&params)),
+        "standardized",
+    );
+    // The same weights without the scaling (center 0, spread 1).
+    let mut unscaled = params.clone();
+    for (id, p) in g.params.iter() {
+        if p.name.starts_with("standardize.") {
+            let fill = if p.name.ends_with(".std") { 1.0 } else { 0.0 };
+            unscaled[id].data.iter_mut().for_each(|v| *v = fill);
+        }
+    }
+    let plain = reference(&file, &dims, &values, Some(&unscaled));
+    let differs = plain[0]
+        .data
+        .iter()
+        .zip(&got)
+        .any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(differs, "the scaling changes the outputs");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -890,3 +890,306 @@ fn regression_metrics_and_misplaced_metrics() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Three inputs from three files, `t = x₁ + x₂ + 2z` row by row: the
+/// loss is exactly 0 on every batch of every (shuffled) epoch only when
+/// row i of each file meets row i of the others. The same files with
+/// `z`'s rows rotated by one give a loss above 0, so the check can fail.
+#[test]
+fn inputs_from_three_files_stay_aligned_through_the_shuffle() {
+    let dir = temp_dir("three-files");
+    let n = 40;
+    let mut a = String::from("id,p,q\n");
+    let mut t = String::from("t\n");
+    let mut z = Vec::new();
+    for i in 0..n {
+        let (p, q, zi) = (i % 7, (3 * i) % 11, (5 * i) % 13);
+        a.push_str(&format!("{i},{p},{q}\n"));
+        t.push_str(&format!("{}\n", p + q + 2 * zi));
+        z.push(zi as f32);
+    }
+    std::fs::write(dir.join("a.csv"), a).expect("a.csv");
+    std::fs::write(dir.join("t.csv"), t).expect("t.csv");
+    std::fs::write(dir.join("z.npy"), npy_f32(&[n, 1], &z)).expect("z.npy");
+    let mut rotated = z.clone();
+    rotated.rotate_left(1);
+    std::fs::write(dir.join("z_off.npy"), npy_f32(&[n, 1], &rotated)).expect("z_off.npy");
+    let model = |z_file: &str| {
+        format!(
+            r#"model Three {{
+  input x: [B, 2]
+  input z: [B, 1]
+  input t: [B, 1]
+  param w: [1] = zeros()
+}}
+
+train Three {{
+  data = inputs(x = csv("a.csv", columns = ["p", "q"]), z = npy("{z_file}"), t = csv("t.csv", columns = "t"))
+  loss = mean((x @ [[1.0], [1.0]] + 2.0 * z - t + w) ^ 2)
+  batch = 4
+  epochs = 3
+  split = 0.25
+  seed = 3
+}}
+"#
+        )
+    };
+    for (z_file, aligned) in [("z.npy", true), ("z_off.npy", false)] {
+        let file = dir.join(format!("three_{aligned}.nn"));
+        std::fs::write(&file, model(z_file)).expect("model");
+        let log = dir.join(format!("three_{aligned}.jsonl"));
+        let o = nnc(&[
+            "train",
+            &file.display().to_string(),
+            "--log",
+            &log.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let losses = [logged(&log, "train_loss"), logged(&log, "val_loss")].concat();
+        assert_eq!(losses.len(), 6);
+        if aligned {
+            assert!(losses.iter().all(|&l| l == 0.0), "{losses:?}");
+        } else {
+            assert!(losses.iter().all(|&l| l > 1.0), "{losses:?}");
+        }
+    }
+}
+
+/// Iris fed by name (the four measurement columns to `x`, the label
+/// column one-hot to `y`) trains exactly as the one-source form does:
+/// the same rows, split, order and figures.
+#[test]
+fn named_inputs_train_as_the_one_source_form_does() {
+    let dir = temp_dir("named-iris");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/iris.csv");
+    let pair = example_source("iris", "iris.csv");
+    let named = pair.replace(
+        &format!("csv(\"{}\", label = \"label\", scale = 1/8)", data.display()),
+        &format!(
+            "inputs(x = csv(\"{0}\", columns = [\"sepal_length_cm\", \"sepal_width_cm\", \"petal_length_cm\", \"petal_width_cm\"], scale = 1/8), y = csv(\"{0}\", columns = \"label\"))",
+            data.display()
+        ),
+    );
+    assert_ne!(pair, named);
+    let (mut logs, mut predictions) = (Vec::new(), Vec::new());
+    for (name, src) in [("pair", &pair), ("named", &named)] {
+        let file = dir.join(format!("{name}.nn"));
+        std::fs::write(&file, src).expect("model");
+        let log = dir.join(format!("{name}.jsonl"));
+        let w = dir
+            .join(format!("{name}.safetensors"))
+            .display()
+            .to_string();
+        let o = nnc(&[
+            "train",
+            &file.display().to_string(),
+            "--epochs",
+            "5",
+            "--log",
+            &log.display().to_string(),
+            "--save",
+            &w,
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        logs.push(std::fs::read_to_string(&log).expect("log"));
+        // `nnc predict` reads the named columns of a CSV.
+        let o = nnc(&[
+            "predict",
+            &file.display().to_string(),
+            "--params",
+            &w,
+            "--data",
+            &data.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        predictions.push(text(&o.stdout));
+    }
+    assert!(logs[0].contains("val_accuracy"), "{}", logs[0]);
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(predictions[0].lines().count(), 151);
+    assert_eq!(predictions[0], predictions[1]);
+}
+
+/// `scale = standardize` and `minmax` learn each column's constants from
+/// the training rows alone (not the held-out ones), keep them in the
+/// checkpoint, and `nnc predict` and `nnc run --input` apply them: a row
+/// of raw measurements gives what the scaled row gives a model that
+/// reads it unscaled.
+#[test]
+fn learnt_scalings_come_from_the_training_rows_and_travel_with_the_weights() {
+    let dir = temp_dir("learnt-scaling");
+    let lines = validation_lines("examples/iris.nn", Path::new("examples/data/iris.csv"));
+    let text_csv = std::fs::read_to_string("examples/data/iris.csv").expect("iris");
+    let all: Vec<Vec<f64>> = text_csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|c| c.parse().expect("number")).collect())
+        .collect();
+    let held: std::collections::HashSet<&str> = lines.iter().map(String::as_str).collect();
+    let train_rows: Vec<&Vec<f64>> = text_csv
+        .lines()
+        .skip(1)
+        .zip(&all)
+        .filter(|(l, _)| !held.contains(l))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(train_rows.len(), 120);
+    for how in ["standardize", "minmax"] {
+        let src =
+            example_source("iris", "iris.csv").replace("scale = 1/8", &format!("scale = {how}"));
+        let file = dir.join(format!("{how}.nn"));
+        std::fs::write(&file, &src).expect("model");
+        let w = dir.join(format!("{how}.safetensors"));
+        let o = nnc(&[
+            "train",
+            &file.display().to_string(),
+            "--epochs",
+            "3",
+            "--save",
+            &w.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let (tensors, _) = nnc::train::checkpoint::load(&w).expect("checkpoint");
+        let names = match how {
+            "standardize" => ["standardize.Iris.x.mean", "standardize.Iris.x.std"],
+            _ => ["minmax.Iris.x.min", "minmax.Iris.x.range"],
+        };
+        let (center, spread) = (&tensors[names[0]].data, &tensors[names[1]].data);
+        for c in 0..4 {
+            let col: Vec<f64> = train_rows.iter().map(|r| r[c]).collect();
+            let (want_c, want_s) = if how == "standardize" {
+                let mean = col.iter().sum::<f64>() / col.len() as f64;
+                let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
+                (mean, var.sqrt())
+            } else {
+                let lo = col.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = col.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (lo, hi - lo)
+            };
+            assert!((f64::from(center[c]) - want_c).abs() < 1e-5, "{how} {c}");
+            assert!((f64::from(spread[c]) - want_s).abs() < 1e-5, "{how} {c}");
+        }
+        // One raw row through `run --input` and `predict`: the same
+        // probabilities.
+        let row = &all[0][..4];
+        let raw = dir.join("row.npy");
+        let row32: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+        std::fs::write(&raw, npy_f32(&[1, 4], &row32)).expect("row");
+        let o = nnc(&[
+            "run",
+            &file.display().to_string(),
+            "--params",
+            &w.display().to_string(),
+            "--input",
+            &format!("x={}", raw.display()),
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).expect("json");
+        let ran: Vec<f64> = v["outputs"]["predict"]["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect();
+        let o = nnc(&[
+            "predict",
+            &file.display().to_string(),
+            "--params",
+            &w.display().to_string(),
+            "--data",
+            &raw.display().to_string(),
+            "-o",
+            &dir.join("p.jsonl").display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let p = std::fs::read_to_string(dir.join("p.jsonl")).expect("predictions");
+        let v: serde_json::Value =
+            serde_json::from_str(p.lines().next().expect("row")).expect("json");
+        let predicted: Vec<f64> = v["predict"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect();
+        assert_eq!(ran.len(), 3);
+        for (a, b) in ran.iter().zip(&predicted) {
+            assert!((a - b).abs() < 1e-6, "{ran:?} vs {predicted:?}");
+        }
+        // By hand: the scaled row through the model's weights.
+        let scaled: Vec<f64> = (0..4)
+            .map(|c| (row[c] - f64::from(center[c])) / f64::from(spread[c]))
+            .collect();
+        let dense = |x: &[f64], w: &nnc::tensor::Tensor, b: &nnc::tensor::Tensor| -> Vec<f64> {
+            let out = b.data.len();
+            (0..out)
+                .map(|j| {
+                    f64::from(b.data[j])
+                        + x.iter()
+                            .enumerate()
+                            .map(|(i, v)| v * f64::from(w.data[i * out + j]))
+                            .sum::<f64>()
+                })
+                .collect()
+        };
+        let h: Vec<f64> = dense(&scaled, &tensors["Iris.w1"], &tensors["Iris.b1"])
+            .into_iter()
+            .map(f64::tanh)
+            .collect();
+        let z = dense(&h, &tensors["Iris.w2"], &tensors["Iris.b2"]);
+        let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        for (k, a) in ran.iter().enumerate() {
+            assert!((a - e[k] / s).abs() < 1e-5, "{how}: {ran:?} vs by hand");
+        }
+    }
+}
+
+/// Mistakes in `inputs(...)` and `scale` are diagnostics at the place.
+#[test]
+fn bad_named_inputs_are_diagnostics() {
+    let dir = temp_dir("bad-named");
+    std::fs::write(dir.join("a.csv"), "p,q\n1,2\n3,4\n5,6\n").expect("a.csv");
+    std::fs::write(dir.join("t.csv"), "t\n1\n2\n").expect("t.csv");
+    let cases = [
+        (
+            r#"inputs(x = csv("a.csv"), w = csv("t.csv"))"#,
+            "`w` is not an input of the model",
+        ),
+        (
+            r#"inputs(x = csv("a.csv"), x = csv("t.csv"))"#,
+            "input `x` is fed twice",
+        ),
+        (
+            r#"inputs(x = csv("a.csv"), t = csv("t.csv"))"#,
+            "has 2 rows, but",
+        ),
+        (
+            r#"inputs(x = csv("a.csv"), t = csv("a.csv"))"#,
+            "gives 2 values a row, but input `M.t` is [B, 1]",
+        ),
+        (
+            r#"inputs(x = csv("a.csv", scale = normalize))"#,
+            "unknown scaling `normalize`",
+        ),
+        (r#"inputs(csv("a.csv"))"#, "names the input it feeds"),
+        (r#"inputs(x = csv("a.csv", columns = ["p", "r"]))"#, "`r`"),
+    ];
+    for (k, (data, message)) in cases.iter().enumerate() {
+        let file = dir.join(format!("m{k}.nn"));
+        std::fs::write(
+            &file,
+            format!(
+                "model M {{\n  input x: [B, 2]\n  input t: [B, 1]\n  param w: [1] = zeros()\n}}\n\ntrain M {{\n  data = {data}\n  loss = mean((x @ [[1.0], [1.0]] - t + w) ^ 2)\n  split = 0.0\n}}\n"
+            ),
+        )
+        .expect("model");
+        let o = nnc(&["train", &file.display().to_string(), "--epochs", "1"]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{data}: {err}");
+        assert!(err.contains(message), "{data}: {err}");
+        assert!(err.contains(&format!("m{k}.nn:")), "a location: {err}");
+    }
+}

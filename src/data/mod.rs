@@ -65,6 +65,67 @@ pub fn load_unlabelled(
     }
 }
 
+/// One input's values in a file, row `i` of the file being example `i`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Columns {
+    /// A CSV's columns by name, in the order given (all of them, in file
+    /// order, when `None`).
+    Csv {
+        path: PathBuf,
+        columns: Option<Vec<String>>,
+    },
+    /// A NumPy array `[N, ...]`.
+    Npy { path: PathBuf },
+}
+
+impl Columns {
+    pub fn path(&self) -> &Path {
+        match self {
+            Columns::Csv { path, .. } | Columns::Npy { path } => path,
+        }
+    }
+
+    /// The same columns with the path joined to `dir`.
+    pub fn rebase(&self, dir: &Path) -> Columns {
+        match self {
+            Columns::Csv { path, columns } => Columns::Csv {
+                path: dir.join(path),
+                columns: columns.clone(),
+            },
+            Columns::Npy { path } => Columns::Npy {
+                path: dir.join(path),
+            },
+        }
+    }
+
+    /// Loads the values as `[N, width]`, each multiplied by `scale`.
+    pub fn load(&self, scale: f32) -> Result<Tensor, DataError> {
+        let mut t = match self {
+            Columns::Csv {
+                path,
+                columns: Some(names),
+            } => {
+                let ds = csv::load_columns(path, names, 1.0)?;
+                Tensor::new(vec![ds.rows(), ds.per_row], ds.labels)
+            }
+            Columns::Csv {
+                path,
+                columns: None,
+            } => csv::load_unlabelled(path, &[], 1.0)?.features,
+            Columns::Npy { path } => {
+                let a = npy::load_array(path)?;
+                let n = a.shape.first().copied().unwrap_or(1);
+                let width = a.shape.iter().skip(1).product();
+                Tensor::new(vec![n, width], a.data)
+            }
+        };
+        if scale != 1.0 {
+            t.data.iter_mut().for_each(|v| *v *= scale);
+        }
+        Ok(t)
+    }
+}
+
 /// Where the data comes from. `scale` multiplies every feature value (not
 /// the labels).
 #[derive(Clone, Debug, PartialEq)]
@@ -126,8 +187,7 @@ pub fn load(src: &Source) -> Result<Dataset, DataError> {
 /// error names the first bad label's line (CSV, where the file can still be
 /// read) or record (IDX, `.npy`).
 pub fn check_class_labels(ds: &Dataset, classes: usize, src: &Source) -> Result<(), DataError> {
-    let is_class = |v: f32| v >= 0.0 && v.fract() == 0.0 && f64::from(v) < classes as f64;
-    let Some((i, &value)) = ds.labels.iter().enumerate().find(|(_, &v)| !is_class(v)) else {
+    let Some((i, value)) = first_non_class(&ds.labels, classes) else {
         return Ok(());
     };
     let record = i / ds.per_row.max(1);
@@ -142,6 +202,36 @@ pub fn check_class_labels(ds: &Dataset, classes: usize, src: &Source) -> Result<
         value,
         classes,
     })
+}
+
+/// As [`check_class_labels`], for the values `[N, width]` read from
+/// `file`.
+pub fn check_classes(values: &Tensor, classes: usize, file: &Columns) -> Result<(), DataError> {
+    let Some((i, value)) = first_non_class(&values.data, classes) else {
+        return Ok(());
+    };
+    let record = i / values.shape.get(1).copied().unwrap_or(1).max(1);
+    let line = match file {
+        Columns::Csv { path, .. } => csv::row_line(path, record),
+        Columns::Npy { .. } => None,
+    };
+    Err(DataError::BadLabel {
+        path: file.path().to_path_buf(),
+        line,
+        record,
+        value,
+        classes,
+    })
+}
+
+/// The first value that is not a class index in `0..classes`.
+fn first_non_class(values: &[f32], classes: usize) -> Option<(usize, f32)> {
+    let is_class = |v: f32| v >= 0.0 && v.fract() == 0.0 && f64::from(v) < classes as f64;
+    values
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| !is_class(v))
+        .map(|(i, &v)| (i, v))
 }
 
 /// Reads a whole file, with an error that says plainly why not.

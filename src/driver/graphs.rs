@@ -235,9 +235,8 @@ pub fn fed_graph(
             }
         };
         let scale = train
-            .filter(|t| t.features == Some(*id))
-            .and_then(|t| t.data.as_ref())
-            .map_or(1.0, |d| d.source.scale());
+            .and_then(|t| t.data.as_ref().map(|d| d.scale_of(*id, t.features)))
+            .unwrap_or(1.0);
         t.data.iter_mut().for_each(|v| *v *= scale);
         let info = &g.inputs[*id];
         let fits = t.shape.len() == info.ty.shape.len()

@@ -11,6 +11,7 @@ use crate::backend::Engine;
 use crate::diag::{self, code, Diag};
 use crate::ir::{Dim, Graph, InputId};
 use crate::pipeline::Stage;
+use crate::sema::Feeds;
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -76,14 +77,41 @@ fn predict(
     };
     // The features as training reads them: its label columns set apart,
     // its scale applied.
-    let source = spec.and_then(|s| s.data.as_ref()).map(|d| &d.source);
-    let labels = match source {
-        Some(crate::data::Source::Csv { label, .. }) => label.clone(),
-        _ => Vec::new(),
+    // Fed by name (`inputs(x = csv(..., columns = [...]))`): the same
+    // columns of a CSV.
+    let data_spec = spec.and_then(|s| s.data.as_ref());
+    let scale = data_spec.map_or(1.0, |d| d.scale_of(features, spec.and_then(|s| s.features)));
+    let (labels, columns) = match data_spec.map(|d| &d.feeds) {
+        Some(Feeds::Pair(crate::data::Source::Csv { label, .. })) => (label.clone(), None),
+        Some(Feeds::Named(feeds)) => {
+            let columns = feeds
+                .iter()
+                .find(|f| f.input == features)
+                .and_then(|f| match &f.file {
+                    crate::data::Columns::Csv { columns, .. } => columns.clone(),
+                    crate::data::Columns::Npy { .. } => None,
+                });
+            (Vec::new(), columns)
+        }
+        _ => (Vec::new(), None),
     };
-    let scale = source.map_or(1.0, |s| s.scale());
+    let is_csv = a.data.extension().is_some_and(|e| e == "csv");
+    let loaded = match columns {
+        Some(columns) if is_csv => {
+            let file = crate::data::Columns::Csv {
+                path: a.data.clone(),
+                columns: Some(columns),
+            };
+            Some(file.load(scale).map(|features| crate::data::Dataset {
+                features,
+                labels: Vec::new(),
+                per_row: 0,
+            }))
+        }
+        _ => crate::data::load_unlabelled(&a.data, &labels, scale),
+    };
     let data =
-        match crate::data::load_unlabelled(&a.data, &labels, scale) {
+        match loaded {
             Some(r) => r.map_err(|e| e.to_diag())?,
             None => return Err(error(
                 format!("`{}` is not a file nnc predicts on", a.data.display()),

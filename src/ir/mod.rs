@@ -30,7 +30,7 @@ pub use verify::verify;
 
 use crate::diag::Span;
 use crate::tensor::Tensor;
-use cranelift_entity::{entity_impl, PrimaryMap};
+use cranelift_entity::{entity_impl, EntityRef, PrimaryMap};
 
 /// The implicit input that keys random draws ([`Op::Random`]): `[2]`,
 /// the run's seed folded to 24 bits and a counter that training advances
@@ -205,6 +205,39 @@ impl Graph {
     pub fn add(&mut self, op: Op, span: Span) -> Result<Node, TypeError> {
         let ty = self.infer(&op)?;
         Ok(self.nodes.push(NodeData { op, ty, span }))
+    }
+
+    /// Rebuilds the arena so that every `Input(input)` node is followed
+    /// by what `wrap` adds on it, and every use of the input reads
+    /// `wrap`'s result instead (outputs and updates too). Returns the
+    /// new node of each old one.
+    pub fn wrap_input(
+        &mut self,
+        input: InputId,
+        wrap: &mut dyn FnMut(&mut Graph, Node) -> Result<Node, TypeError>,
+    ) -> Result<Vec<Node>, TypeError> {
+        let old = std::mem::take(&mut self.nodes);
+        let mut map: Vec<Node> = Vec::with_capacity(old.len());
+        for (_, d) in old.into_iter() {
+            let op = d.op.map_args(&|a| map[a.index()]);
+            let is_input = op == Op::Input(input);
+            let mut n = self.nodes.push(NodeData {
+                op,
+                ty: d.ty,
+                span: d.span,
+            });
+            if is_input {
+                n = wrap(self, n)?;
+            }
+            map.push(n);
+        }
+        for o in &mut self.outputs {
+            o.node = map[o.node.index()];
+        }
+        for u in &mut self.updates {
+            u.node = map[u.node.index()];
+        }
+        Ok(map)
     }
 
     /// A dimension as text: a number or a symbol's name.

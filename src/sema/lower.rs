@@ -13,6 +13,7 @@ use crate::diag::{self, code, Diag, Diagnostics, FileId, Span};
 use crate::ir::{shape, BinaryOp, CmpOp, Dim, Graph, Node, Op, ReduceOp, Shape, UnaryOp};
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, FnDef, ParamType};
 use crate::tensor::Tensor;
+use cranelift_entity::EntityRef;
 use std::collections::{HashMap, HashSet};
 
 mod annotations;
@@ -100,19 +101,100 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowere
         draws: 0,
     };
     l.items();
-    let train = l.train();
+    let mut train = l.train();
+    let moved = match train.as_mut() {
+        Some(t) => l.learnt_scalings(t),
+        None => None,
+    };
     let mut named: Vec<(String, Node)> = l
         .globals
         .iter()
         .filter_map(|(d, v)| match (v, s.def(*d).def) {
-            (Value::T(n), Def::Param(_) | Def::Input(_) | Def::Let(_)) => {
-                Some((s.def(*d).qual.clone(), *n))
-            }
+            (Value::T(n), Def::Param(_) | Def::Input(_) | Def::Let(_)) => Some((
+                s.def(*d).qual.clone(),
+                moved.as_ref().map_or(*n, |m| m[n.index()]),
+            )),
             _ => None,
         })
         .collect();
     named.sort_by_key(|(_, n)| *n);
     (l.g, train, named)
+}
+
+impl Lowerer<'_, '_, '_> {
+    /// Puts the `train` block's learnt scalings into the graph: each
+    /// scaled input is read through two `State` parameters, `(x -
+    /// center) / spread`, which start at 0 and 1 (no scaling) and which
+    /// training sets from its rows. Returns the new node of each old one
+    /// when the graph was rebuilt.
+    fn learnt_scalings(&mut self, t: &mut crate::sema::TrainSpec) -> Option<Vec<Node>> {
+        let data = t.data.as_ref()?;
+        let span = data.span;
+        let mut moved: Option<Vec<Node>> = None;
+        for &(input, learnt) in &data.learnt {
+            let info = &self.g.inputs[input];
+            let shape = info.ty.shape.clone();
+            let row: Option<Vec<u64>> = shape
+                .iter()
+                .skip(1)
+                .map(|d| match d {
+                    Dim::Known(k) => Some(*k),
+                    Dim::Sym(_) => None,
+                })
+                .collect();
+            let Some(row) = row.filter(|_| !shape.is_empty()) else {
+                self.diags.push(
+                    diag::error(
+                        code::INPUT,
+                        format!(
+                            "input `{}` is {}: a scaling learnt per column needs its row's shape known",
+                            info.name,
+                            self.g.shape_str(&shape)
+                        ),
+                    )
+                    .with_labels(vec![
+                        span.primary("scaled here"),
+                        info.span.secondary("this input"),
+                    ]),
+                );
+                continue;
+            };
+            let [c, s] = learnt.params(&info.name);
+            let [center, spread] = [(c, 0.0), (s, 1.0)].map(|(name, init)| {
+                self.g.params.push(crate::ir::ParamInfo {
+                    name,
+                    role: crate::ir::Role::State,
+                    shape: row.clone(),
+                    init: crate::ir::Init::Constant(init),
+                    seed: None,
+                    span,
+                })
+            });
+            let mut wrap = |g: &mut Graph, x: Node| {
+                let c = g.add(Op::Param(center), span)?;
+                let c = g.add(Op::Broadcast(c, shape.clone()), span)?;
+                let s = g.add(Op::Param(spread), span)?;
+                let s = g.add(Op::Broadcast(s, shape.clone()), span)?;
+                let d = g.add(Op::Binary(crate::ir::BinaryOp::Sub, x, c), span)?;
+                g.add(Op::Binary(crate::ir::BinaryOp::Div, d, s), span)
+            };
+            let map = self
+                .g
+                .wrap_input(input, &mut wrap)
+                .expect("a row-shaped parameter broadcasts over its input");
+            let at = |n: Node| map[n.index()];
+            t.loss = at(t.loss);
+            t.predict = t.predict.map(at);
+            for ph in &mut t.phases {
+                ph.loss = at(ph.loss);
+            }
+            moved = Some(match moved {
+                Some(m) => m.into_iter().map(at).collect(),
+                None => map,
+            });
+        }
+        moved
+    }
 }
 
 fn expr_kind_str(v: &Value) -> &'static str {

@@ -107,8 +107,132 @@ impl TrainSpec {
 /// Where training data comes from; paths are relative to the `.nn` file.
 #[derive(Clone, Debug)]
 pub struct DataSpec {
-    pub source: crate::data::Source,
+    pub feeds: Feeds,
+    /// The scalings learnt from the training rows (`scale = standardize`
+    /// or `minmax`), by input. Sema has put them in the graph: the input
+    /// is read through two `State` parameters ([`Learnt::params`]) that
+    /// training sets before its first step, so a checkpoint carries them
+    /// and everything that loads one (`run`, `predict`, libraries)
+    /// applies them.
+    pub learnt: Vec<(crate::ir::InputId, Learnt)>,
     pub span: crate::diag::Span,
+}
+
+/// What a `train` block's data feeds.
+#[derive(Clone, Debug)]
+pub enum Feeds {
+    /// `csv(...)`, `idx(...)` or `npy(...)`: each row's features and
+    /// labels, for the block's `features` and `targets` inputs.
+    Pair(crate::data::Source),
+    /// `inputs(x = csv(...), z = npy(...), ...)`: each input from its own
+    /// file or columns, row `i` of every file making example `i`.
+    Named(Vec<Feed>),
+}
+
+/// One input of [`Feeds::Named`].
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub input: crate::ir::InputId,
+    pub file: crate::data::Columns,
+    /// The factor every value is multiplied by (`scale = 1/255`).
+    pub scale: f32,
+    pub span: crate::diag::Span,
+}
+
+/// A feature scaling whose constants are learnt from the training rows,
+/// column by column: `x' = (x - center) / spread`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learnt {
+    /// Center the mean, spread the standard deviation (population).
+    Standardize,
+    /// Center the minimum, spread the range: the training rows map to
+    /// [0, 1].
+    Minmax,
+}
+
+impl Learnt {
+    /// The names of the two parameters holding input `input`'s center
+    /// and spread (`standardize.x.mean`, `standardize.x.std`): dotted, so
+    /// no name in a `.nn` file meets them.
+    pub fn params(self, input: &str) -> [String; 2] {
+        match self {
+            Learnt::Standardize => [
+                format!("standardize.{input}.mean"),
+                format!("standardize.{input}.std"),
+            ],
+            Learnt::Minmax => [
+                format!("minmax.{input}.min"),
+                format!("minmax.{input}.range"),
+            ],
+        }
+    }
+
+    /// Each column's center and spread over `rows` rows of `width`
+    /// values; a column that does not vary gets spread 1.
+    pub fn fit(
+        self,
+        values: impl Iterator<Item = f32> + Clone,
+        width: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut center = vec![0.0f64; width];
+        let mut spread = vec![0.0f64; width];
+        let mut rows = 0usize;
+        match self {
+            Learnt::Standardize => {
+                for (i, v) in values.clone().enumerate() {
+                    center[i % width] += f64::from(v);
+                    rows += usize::from(i % width == 0);
+                }
+                center.iter_mut().for_each(|c| *c /= rows.max(1) as f64);
+                for (i, v) in values.enumerate() {
+                    let d = f64::from(v) - center[i % width];
+                    spread[i % width] += d * d;
+                }
+                spread
+                    .iter_mut()
+                    .for_each(|s| *s = (*s / rows.max(1) as f64).sqrt());
+            }
+            Learnt::Minmax => {
+                let mut hi = vec![f64::NEG_INFINITY; width];
+                center.iter_mut().for_each(|c| *c = f64::INFINITY);
+                for (i, v) in values.enumerate() {
+                    center[i % width] = center[i % width].min(f64::from(v));
+                    hi[i % width] = hi[i % width].max(f64::from(v));
+                }
+                for ((s, c), h) in spread.iter_mut().zip(&mut center).zip(hi) {
+                    if !c.is_finite() {
+                        *c = 0.0;
+                    }
+                    *s = if h.is_finite() { h - *c } else { 1.0 };
+                }
+            }
+        }
+        let spread = spread
+            .into_iter()
+            .map(|s| {
+                if s > 0.0 && s.is_finite() {
+                    s as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        (center.into_iter().map(|c| c as f32).collect(), spread)
+    }
+}
+
+impl DataSpec {
+    /// The constant factor the values fed to `input` are multiplied by.
+    pub fn scale_of(&self, input: crate::ir::InputId, features: Option<crate::ir::InputId>) -> f32 {
+        match &self.feeds {
+            Feeds::Pair(src) if features == Some(input) => src.scale(),
+            Feeds::Pair(_) => 1.0,
+            Feeds::Named(feeds) => feeds
+                .iter()
+                .find(|f| f.input == input)
+                .map_or(1.0, |f| f.scale),
+        }
+    }
 }
 
 /// A checked program: its graph and its training description.

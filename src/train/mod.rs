@@ -220,6 +220,14 @@ pub fn run(
         .map(|(id, _)| id);
 
     let mut params = interp::init_params(all, seed);
+    // The scalings learnt from the training rows (a checkpoint resumed
+    // below holds the same values: the split is the seed's).
+    for (name, values) in data.learnt(g, spec)? {
+        if let Some((id, _)) = all.params.iter().find(|(_, p)| p.name == name) {
+            let shape = params[id].shape.clone();
+            params[id] = Tensor::new(shape, values);
+        }
+    }
     let mut first_epoch = 0;
     let mut global_step: u64 = 0;
     let mut warnings = Vec::new();
@@ -695,7 +703,8 @@ fn validate(
         }
     }
     let n = data.val.len() as f64;
-    let accuracy = has_predict.then(|| (correct as f64 / labelled.max(1) as f64) as f32);
+    let accuracy = (has_predict && data.has_targets())
+        .then(|| (correct as f64 / labelled.max(1) as f64) as f32);
     Ok((Some((loss / n) as f32), accuracy, kept))
 }
 
@@ -941,14 +950,18 @@ impl Position {
 /// The files a training run reads: its source and its data.
 fn run_inputs(spec: &TrainSpec, opts: &Options) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = opts.source.iter().cloned().collect();
-    if let Some(ds) = &spec.data {
-        match data_prep::rebase(&ds.source, &opts.base_dir) {
+    match spec.data.as_ref().map(|d| &d.feeds) {
+        Some(crate::sema::Feeds::Pair(src)) => match data_prep::rebase(src, &opts.base_dir) {
             crate::data::Source::Csv { path, .. } => out.push(path),
             crate::data::Source::Idx { images, labels, .. } => out.extend([images, labels]),
             crate::data::Source::Npy {
                 features, labels, ..
             } => out.extend([features, labels]),
+        },
+        Some(crate::sema::Feeds::Named(feeds)) => {
+            out.extend(feeds.iter().map(|f| opts.base_dir.join(f.file.path())))
         }
+        None => {}
     }
     out
 }

@@ -6,7 +6,7 @@ use super::builtin_calls::{const_number, not_const};
 use super::*;
 use crate::ir::{InputId, ParamId, Role};
 use crate::sema::optimizer::{Kind, Optimizer};
-use crate::sema::{DataSpec, Phase, TrainSpec};
+use crate::sema::{DataSpec, Feed, Feeds, Learnt, Phase, TrainSpec};
 
 mod settings;
 use settings::*;
@@ -24,6 +24,8 @@ struct Draft {
     seed: u64,
     features: Option<InputId>,
     targets: Option<InputId>,
+    /// The pair form's `scale = standardize | minmax`, for `features`.
+    features_learnt: Option<Learnt>,
     metrics: Vec<crate::sema::metrics::Metric>,
     span: Span,
 }
@@ -88,6 +90,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             seed: 0,
             features: None,
             targets: None,
+            features_learnt: None,
             metrics: Vec::new(),
             span: t.span,
         };
@@ -130,7 +133,10 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 "params" => self
                     .param_set(scope, &st.value)
                     .map(|p| spec.params = Some(p)),
-                "data" => data(&st.value).map(|d| spec.data = Some(d)).map_err(Some),
+                "data" => self.data_setting(scope, &st.value).map(|(d, l)| {
+                    spec.data = Some(d);
+                    spec.features_learnt = l;
+                }),
                 "metrics" => metrics(&st.value).map(|m| spec.metrics = m).map_err(Some),
                 "batch" | "epochs" => positive_int(&st.value, name)
                     .map(|v| {
@@ -191,13 +197,37 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     ]),
             );
         }
-        if spec.data.is_some() {
+        if let Some(DataSpec {
+            feeds: Feeds::Named(feeds),
+            ..
+        }) = &spec.data
+        {
+            // Every input is fed by name; `targets` (for accuracy and the
+            // metrics) defaults to the second input, when it is fed, and
+            // `features` (what `nnc predict` reads) to the first other.
+            let inputs = self.inputs_of(scope);
+            let fed = |i: &InputId| feeds.iter().any(|f| f.input == *i);
+            if spec.targets.is_none() {
+                spec.targets = inputs.get(1).copied().filter(fed);
+            }
+            if spec.features.is_none() {
+                spec.features = inputs
+                    .iter()
+                    .copied()
+                    .find(|i| fed(i) && Some(*i) != spec.targets);
+            }
+        } else if spec.data.is_some() {
             let inputs: Vec<InputId> = self.inputs_of(scope);
             if spec.features.is_none() {
                 spec.features = inputs.first().copied();
             }
             if spec.targets.is_none() {
                 spec.targets = inputs.get(1).copied();
+            }
+            if let (Some(f), Some(l), Some(d)) =
+                (spec.features, spec.features_learnt, &mut spec.data)
+            {
+                d.learnt.push((f, l));
             }
             if spec.features.is_none() || spec.targets.is_none() {
                 self.diags.push(
@@ -413,6 +443,106 @@ impl<'a> Lowerer<'_, 'a, '_> {
                     .map(|(id, _)| id)
             })
             .collect()
+    }
+
+    /// The block's `data`: a source of features and labels (and the
+    /// features' learnt scaling, for an input known once the block is
+    /// read), or `inputs(x = ..., z = ...)` naming the file of each input.
+    fn data_setting(
+        &mut self,
+        scope: ScopeId,
+        e: &'a Expr,
+    ) -> Result<(DataSpec, Option<Learnt>), Option<Diag>> {
+        let named = match &e.kind {
+            ExprKind::Call(callee, args) => match &callee.kind {
+                ExprKind::Name(i) if i.name == "inputs" => Some(args),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(args) = named else {
+            let (source, learnt) = data(e)?;
+            let spec = DataSpec {
+                feeds: Feeds::Pair(source),
+                learnt: Vec::new(),
+                span: e.span,
+            };
+            return Ok((spec, learnt));
+        };
+        let inputs = self.inputs_of(scope);
+        let mut feeds: Vec<Feed> = Vec::new();
+        let mut learnt = Vec::new();
+        for a in args {
+            let Some(name) = &a.name else {
+                return Err(Some(
+                    diag::error(code::CONST_ARG, "each file of `inputs(...)` names the input it feeds")
+                        .with_labels(vec![a.value.span.primary("fed to which input?")])
+                        .with_notes(vec!["help: write `inputs(x = csv(\"a.csv\"), y = csv(\"b.csv\", columns = \"label\"))`".into()]),
+                ));
+            };
+            let found = inputs.iter().copied().find(|&i| {
+                let n = &self.g.inputs[i].name;
+                n == &name.name || n.rsplit('.').next() == Some(name.name.as_str())
+            });
+            let Some(input) = found else {
+                let names: Vec<String> = inputs
+                    .iter()
+                    .map(|&i| {
+                        self.g.inputs[i]
+                            .name
+                            .rsplit('.')
+                            .next()
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect();
+                let mut d = diag::error(
+                    code::INPUT,
+                    format!("`{}` is not an input of the model", name.name),
+                )
+                .with_labels(vec![name.span.primary("no input of this name")])
+                .with_notes(vec![format!("note: the inputs are {}", names.join(", "))]);
+                if let Some(s) = diag::suggest(&name.name, names.iter().map(String::as_str)) {
+                    d.notes.insert(0, format!("help: did you mean `{s}`?"));
+                }
+                return Err(Some(d));
+            };
+            if let Some(first) = feeds.iter().find(|f| f.input == input) {
+                return Err(Some(
+                    diag::error(
+                        code::DUPLICATE,
+                        format!("input `{}` is fed twice", name.name),
+                    )
+                    .with_labels(vec![
+                        a.value.span.primary("fed again here"),
+                        first.span.secondary("first fed here"),
+                    ]),
+                ));
+            }
+            let (file, scale, l) = feed_file(&a.value)?;
+            if let Some(l) = l {
+                learnt.push((input, l));
+            }
+            feeds.push(Feed {
+                input,
+                file,
+                scale,
+                span: a.value.span,
+            });
+        }
+        if feeds.is_empty() {
+            return Err(Some(
+                diag::error(code::CONST_ARG, "`inputs()` feeds no input")
+                    .with_labels(vec![e.span.primary("empty")])
+                    .with_notes(vec!["help: write `inputs(x = csv(\"a.csv\"), y = csv(\"b.csv\", columns = \"label\"))`".into()]),
+            ));
+        }
+        let spec = DataSpec {
+            feeds: Feeds::Named(feeds),
+            learnt,
+            span: e.span,
+        };
+        Ok((spec, None))
     }
 
     fn input_named(&mut self, scope: ScopeId, e: &'a Expr) -> Result<InputId, Option<Diag>> {

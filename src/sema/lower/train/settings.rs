@@ -419,7 +419,26 @@ pub(super) fn string_arg(e: &Expr) -> Result<String, Diag> {
     }
 }
 
-pub(super) fn data(e: &Expr) -> Result<DataSpec, Diag> {
+/// A source's `scale`: a constant factor, or a scaling learnt from the
+/// training rows (`standardize`, `minmax`).
+fn scale_arg(e: Option<&Expr>) -> Result<(f32, Option<Learnt>), Diag> {
+    let Some(e) = e else {
+        return Ok((1.0, None));
+    };
+    match &e.kind {
+        ExprKind::Name(i) => match i.name.as_str() {
+            "standardize" => Ok((1.0, Some(Learnt::Standardize))),
+            "minmax" => Ok((1.0, Some(Learnt::Minmax))),
+            _ => Err(unknown(i, "scaling", &["standardize", "minmax"])
+                .with_notes(vec!["note: `scale` is a number (`scale = 1/255`) or a scaling learnt from the training rows".into()])),
+        },
+        _ => Ok((const_number(e, "`scale`")?, None)),
+    }
+}
+
+/// The pair form of `data`: `csv(path, label = ...)`, `idx(images,
+/// labels)` or `npy(features, labels)`, and the features' learnt scaling.
+pub(super) fn data(e: &Expr) -> Result<(crate::data::Source, Option<Learnt>), Diag> {
     let (name, args) = call_of(
         e,
         "the data source",
@@ -431,7 +450,7 @@ pub(super) fn data(e: &Expr) -> Result<DataSpec, Diag> {
         other => {
             return Err(diag::error(code::CONST_ARG, format!("unknown data source `{other}`"))
                 .with_labels(vec![name.span.primary("not a data source")])
-                .with_notes(vec!["note: the sources are csv(path, label = \"column\"), idx(images, labels) and npy(features, labels)".into()]))
+                .with_notes(vec!["note: the sources are csv(path, label = \"column\"), idx(images, labels), npy(features, labels) and, to feed inputs by name, inputs(x = csv(path, columns = [...]), z = npy(path), ...)".into()]))
         }
     };
     let f: Vec<Formal> = formals
@@ -444,24 +463,13 @@ pub(super) fn data(e: &Expr) -> Result<DataSpec, Diag> {
     let sig = format!("{}({})", name.name, formals.join(", "));
     let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
     let arg = |i: usize| bound[i].map(|ai| &args[ai].value);
-    let scale = match arg(2) {
-        Some(x) => const_number(x, "`scale`")?,
-        None => 1.0,
-    };
+    let (scale, learnt) = scale_arg(arg(2))?;
     let first = string_arg(arg(0).expect("bind_args checked required arguments"))?;
     let source = match name.name.as_str() {
         "csv" => crate::data::Source::Csv {
             path: first.into(),
             label: match arg(1) {
-                // One column, or a list: a label per position.
-                Some(x) => match &x.kind {
-                    ExprKind::Tensor(items) if !items.is_empty() => items
-                        .iter()
-                        .map(string_arg)
-                        .collect::<Result<Vec<_>, _>>(
-                    )?,
-                    _ => vec![string_arg(x)?],
-                },
+                Some(x) => strings(x)?,
                 None => vec!["label".to_string()],
             },
             scale,
@@ -483,8 +491,44 @@ pub(super) fn data(e: &Expr) -> Result<DataSpec, Diag> {
             }
         }
     };
-    Ok(DataSpec {
-        source,
-        span: e.span,
-    })
+    Ok((source, learnt))
+}
+
+/// One column name, or a list of them.
+fn strings(x: &Expr) -> Result<Vec<String>, Diag> {
+    match &x.kind {
+        ExprKind::Tensor(items) if !items.is_empty() => items.iter().map(string_arg).collect(),
+        _ => Ok(vec![string_arg(x)?]),
+    }
+}
+
+/// One input's file in `inputs(...)`: `csv(path, columns = ..., scale =
+/// ...)` or `npy(path, scale = ...)`.
+pub(super) fn feed_file(e: &Expr) -> Result<(crate::data::Columns, f32, Option<Learnt>), Diag> {
+    let (name, args) = call_of(
+        e,
+        "an input's file",
+        "csv(\"a.csv\", columns = [\"x1\", \"x2\"])",
+    )?;
+    let formals: &[(&str, &str)] = match name.name.as_str() {
+        "csv" => &[("path", ""), ("columns", "all"), ("scale", "1")],
+        "npy" => &[("path", ""), ("scale", "1")],
+        _ => {
+            return Err(unknown(name, "input file", &["csv", "npy"]).with_notes(vec![
+                "help: `inputs(x = csv(\"a.csv\", columns = [\"x1\", \"x2\"]), z = npy(\"z.npy\"))`".into(),
+            ]))
+        }
+    };
+    let bound = bind_formals(name, formals, args, e.span)?;
+    let arg = |i: usize| bound[i].map(|ai| &args[ai].value);
+    let path = string_arg(arg(0).expect("bind_args checked required arguments"))?.into();
+    let (file, scale) = match name.name.as_str() {
+        "csv" => {
+            let columns = arg(1).map(strings).transpose()?;
+            (crate::data::Columns::Csv { path, columns }, arg(2))
+        }
+        _ => (crate::data::Columns::Npy { path }, arg(1)),
+    };
+    let (scale, learnt) = scale_arg(scale)?;
+    Ok((file, scale, learnt))
 }
