@@ -1193,3 +1193,160 @@ fn bad_named_inputs_are_diagnostics() {
         assert!(err.contains(&format!("m{k}.nn:")), "a location: {err}");
     }
 }
+
+/// `--optimizer`, `--batch` and `--epochs` win over the file and the
+/// header line says so; `nnc grad --batch N` feeds the loss the first
+/// batch training takes: with every training row in one batch, its loss
+/// is the epoch's training loss and one `sgd(lr = 0.5)` step moves each
+/// weight by -0.5 times its gradient. A batch above the training rows
+/// is warned about.
+#[test]
+fn overrides_win_and_grad_takes_the_first_batch() {
+    let dir = temp_dir("overrides");
+    let file = dir.join("iris.nn");
+    std::fs::write(&file, example_source("iris", "iris.csv")).expect("model");
+    let f = file.display().to_string();
+    let w = dir.join("w.safetensors").display().to_string();
+    let log = dir.join("log.jsonl");
+    let o = nnc(&[
+        "train",
+        &f,
+        "--epochs",
+        "1",
+        "--batch",
+        "200",
+        "--optimizer",
+        "sgd(lr = 0.5)",
+        "--save",
+        &w,
+        "--log",
+        &log.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let first = text(&o.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for part in [
+        "sgd(lr = 0.5) (--optimizer)",
+        "batch 200 (--batch)",
+        "1 epoch (--epochs)",
+        "120 rows (30 held out)",
+        "1 step an epoch",
+        "seed 7",
+    ] {
+        assert!(first.contains(part), "{part}: {first}");
+    }
+    assert!(
+        text(&o.stderr).contains("`batch` is 200, more than the 120 training rows"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = nnc(&[
+        "grad", &f, "--batch", "200", "--format", "json", "--seed", "7",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).expect("json");
+    let loss = v["loss"].as_f64().expect("loss");
+    let train_loss = logged(&log, "train_loss")[0];
+    assert!(
+        (loss - train_loss).abs() <= 1e-6 * loss.abs(),
+        "{loss} vs {train_loss}"
+    );
+    let c = pipeline::compile(&f, &std::fs::read_to_string(&file).expect("src"), Stage::Ir);
+    let g = c.graph.expect("graph");
+    let init = nnc::backend::interp::init_params(&g, 7);
+    let (trained, _) = nnc::train::checkpoint::load(Path::new(&w)).expect("weights");
+    for (id, p) in g.params.iter() {
+        let grad: Vec<f64> = v["grads"][&p.name]["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no gradient of {}", p.name))
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect();
+        for (k, gk) in grad.iter().enumerate() {
+            let want = f64::from(init[id].data[k]) - 0.5 * gk;
+            let got = f64::from(trained[&p.name].data[k]);
+            assert!(
+                (want - got).abs() < 1e-5,
+                "{} [{k}]: {got} vs {want}",
+                p.name
+            );
+        }
+    }
+    // Without data, `--batch` is an error that says why.
+    let bare = dir.join("bare.nn");
+    std::fs::write(&bare, "param w: [] = 1.0\noutput loss = w * w\n").expect("bare");
+    let o = nnc(&["grad", &bare.display().to_string(), "--batch", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("has none"), "{}", text(&o.stderr));
+    // A bad `--optimizer` points into the flag's text.
+    let o = nnc(&["train", &f, "--optimizer", "adamm(lr = 0.1)"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("unknown optimizer `adamm`") && err.contains("--optimizer:1:1"),
+        "{err}"
+    );
+    let o = nnc(&["train", &f, "--save-every", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("no `--save`"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// `--save-every 5` writes the checkpoint after step 5 (inside epoch 1,
+/// with its progress); resumed from it, training ends with the weights
+/// and optimizer state of the uninterrupted run, bit for bit.
+#[test]
+fn save_every_writes_checkpoints_that_resume_bit_identically() {
+    let dir = temp_dir("save-every");
+    let file = dir.join("iris.nn");
+    let src = example_source("iris", "iris.csv");
+    std::fs::write(&file, &src).expect("model");
+    let c = pipeline::compile(&file.display().to_string(), &src, Stage::Ir);
+    let (g, spec) = (c.graph.expect("graph"), c.train.expect("train"));
+    let opts = |save: &str, resume: Option<&str>| nnc::train::Options {
+        epochs: Some(2),
+        save: Some(dir.join(save)),
+        resume: resume.map(|r| dir.join(r)),
+        base_dir: dir.clone(),
+        source: Some(file.clone()),
+        save_every: Some(5),
+        ..Default::default()
+    };
+    let mut steps = 0;
+    nnc::train::run(&g, &spec, &opts("full.safetensors", None), &mut |ev| {
+        if let nnc::train::Event::Step { .. } = ev {
+            steps += 1;
+            if steps == 5 {
+                std::fs::copy(dir.join("full.safetensors"), dir.join("step5.safetensors"))
+                    .expect("the checkpoint of step 5");
+            }
+        }
+    })
+    .expect("training");
+    assert_eq!(steps, 16, "8 steps an epoch");
+    let m = meta(&dir.join("step5.safetensors"));
+    assert_eq!(m.get("step").map(String::as_str), Some("5"), "{m:?}");
+    assert_eq!(m.get("batches").map(String::as_str), Some("5"), "{m:?}");
+    assert_eq!(m.get("epoch").map(String::as_str), Some("0"), "{m:?}");
+    nnc::train::run(
+        &g,
+        &spec,
+        &opts("resumed.safetensors", Some("step5.safetensors")),
+        &mut |_| {},
+    )
+    .expect("resumed training");
+    let (full, _) = nnc::train::checkpoint::load(&dir.join("full.safetensors")).expect("full");
+    let (resumed, _) =
+        nnc::train::checkpoint::load(&dir.join("resumed.safetensors")).expect("resumed");
+    assert_eq!(full.len(), resumed.len());
+    for (name, t) in &full {
+        assert_eq!(t.data, resumed[name].data, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,6 +107,10 @@ pub enum Command {
         /// Seed for parameters initialised at random.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Feed the loss N rows of the `train` block's data (the first
+        /// batch training would take) instead of the inputs' values.
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
         /// The backend that runs the program.
         #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
         backend: BackendKind,
@@ -250,6 +254,14 @@ pub struct TrainArgs {
     /// Rows per step (overrides the file's `batch`).
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// The optimizer, written as in a `train` block (overrides the
+    /// file's, for every phase): `--optimizer "adam(lr = 1e-3)"`.
+    #[arg(long, value_name = "OPTIMIZER")]
+    pub optimizer: Option<String>,
+    /// Also write the `--save` checkpoint every N steps (inside an epoch:
+    /// `--resume` continues from that step).
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
     /// Write a checkpoint whenever the monitored figure improves: the
     /// best epoch's weights (a checkpoint `--resume` continues).
     #[arg(long, value_name = "W.safetensors")]

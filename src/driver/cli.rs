@@ -2,7 +2,7 @@
 
 use super::args::{Cli, Color, Command, Emit, Format};
 use super::graphs::{
-    backend_text, fed_graph, grad_values, run_fed, run_graph, run_graph_with, warn_non_finite,
+    backend_text, fed_graph, grad_values_on, run_fed, run_graph, run_graph_with, warn_non_finite,
     LibraryArgs,
 };
 use super::outcome::{finish, load, Outcome};
@@ -141,13 +141,30 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
             format,
             params,
             seed,
+            batch,
             backend,
         } => {
             let mut c = load(file, Stage::Ir)?;
             let Some(g) = c.graph.take() else {
                 return Err(Outcome::from(c, String::new()));
             };
-            match grad_values(&g, c.train.as_ref(), params.as_deref(), *seed, *backend) {
+            if *batch == Some(0) {
+                c.diags.push(
+                    diag::error(diag::code::INPUT, "`--batch 0`: the loss needs a row")
+                        .with_notes(vec!["help: give 1 or more".into()]),
+                );
+                return Err(Outcome::from(c, String::new()));
+            }
+            let base = file.parent().unwrap_or(std::path::Path::new(""));
+            let rows = batch.map(|n| (n, base));
+            match grad_values_on(
+                &g,
+                c.train.as_ref(),
+                params.as_deref(),
+                *seed,
+                *backend,
+                rows,
+            ) {
                 Ok((loss, grads, warnings)) => {
                     for w in warnings {
                         c.diags.push(w);

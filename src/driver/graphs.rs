@@ -320,14 +320,48 @@ pub fn grad_values(
     seed: u64,
     backend: BackendKind,
 ) -> Result<GradValues, crate::diag::Diag> {
+    grad_values_on(g, train, params_file, seed, backend, None)
+}
+
+/// [`grad_values`], with the loss fed `rows` rows of the `train` block's
+/// data (paths relative to `base`): the first batch epoch 1 takes, with
+/// the scalings learnt from the training rows.
+pub fn grad_values_on(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    params_file: Option<&Path>,
+    seed: u64,
+    backend: BackendKind,
+    rows: Option<(usize, &Path)>,
+) -> Result<GradValues, crate::diag::Diag> {
     let loss = pipeline::find_loss(g, train)?;
     let gg = pipeline::grad_graph(g, loss)?;
     let mut params = interp::init_params(&gg.graph, seed);
+    let mut inputs = SecondaryMap::new();
+    if let Some((n, base)) = rows {
+        let Some(spec) = train.filter(|t| t.data.is_some()) else {
+            return Err(diag::error(
+                diag::code::INPUT,
+                "`--batch` feeds rows of the `train` block's data, and this file has none",
+            )
+            .with_notes(vec![
+                "help: add `data = csv(\"file.csv\", label = \"label\")` to a `train` block, or leave out `--batch`".into(),
+            ]));
+        };
+        let data = crate::train::prepare(g, spec, base, spec.seed)?;
+        let order = data.first_batch(spec.seed, n);
+        for (name, values) in data.learnt(g, spec)? {
+            if let Some((id, _)) = gg.graph.params.iter().find(|(_, p)| p.name == name) {
+                let shape = params[id].shape.clone();
+                params[id] = crate::tensor::Tensor::new(shape, values);
+            }
+        }
+        inputs = data.batch(&gg.graph, &order);
+    }
     if let Some(p) = params_file {
         let span = g.nodes[loss].span;
         crate::train::restore(&gg.graph, &mut params, p, span)?;
     }
-    let inputs = SecondaryMap::new();
     let outs = Engine::new(backend, &gg.graph)
         .run(&mut params, &inputs)
         .map_err(|e| e.to_diag())?;

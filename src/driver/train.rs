@@ -21,6 +21,23 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         return Err(Outcome::from(c, String::new()));
     };
     // Overrides of the file's settings, for every phase.
+    if let Some(text) = &args.optimizer {
+        let file = c.sources.add("--optimizer", text.clone());
+        let parsed = crate::syntax::parse_expr(file, text, &mut c.diags);
+        match parsed.map(|e| crate::sema::optimizer_of(&e)) {
+            Some(Ok(o)) => {
+                spec.optimizer = o;
+                for ph in &mut spec.phases {
+                    ph.optimizer = o;
+                }
+            }
+            Some(Err(d)) => {
+                c.diags.push(d);
+                return Err(Outcome::from(c, String::new()));
+            }
+            None => return Err(Outcome::from(c, String::new())),
+        }
+    }
     if let Some(lr) = args.lr {
         spec.optimizer.lr = lr;
         for ph in &mut spec.phases {
@@ -56,6 +73,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         save_best: args.save_best.clone(),
         patience: args.patience,
         min_delta: args.min_delta,
+        save_every: args.save_every,
     };
     // Ctrl-C: the first finishes the step in progress, saves (with
     // `--save`) and stops; a second exits at once.
@@ -82,8 +100,10 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             steps_per_epoch,
             first_epoch,
             epochs,
+            rows,
         } => {
             epochs_total = epochs;
+            println!("{}", header(args, &spec, rows, steps_per_epoch, epochs));
             bar.set_length(steps_per_epoch as u64);
             bar.set_prefix(format!("{}/{epochs}", first_epoch + 1));
             if first_epoch > 0 {
@@ -218,6 +238,21 @@ fn check_overrides(args: &TrainArgs) -> Option<crate::diag::Diag> {
     if args.batch == Some(0) {
         return bad("`--batch 0`: a step needs a row".into(), "give 1 or more");
     }
+    match (args.save_every, &args.save) {
+        (Some(0), _) => {
+            return bad(
+                "`--save-every 0`".into(),
+                "give a number of steps, 1 or more",
+            )
+        }
+        (Some(_), None) => {
+            return bad(
+                "`--save-every` writes the `--save` checkpoint, and no `--save` is given".into(),
+                "add `--save W.safetensors`",
+            )
+        }
+        _ => {}
+    }
     if !args.min_delta.is_finite() || args.min_delta < 0.0 {
         return bad(
             format!(
@@ -228,6 +263,52 @@ fn check_overrides(args: &TrainArgs) -> Option<crate::diag::Diag> {
         );
     }
     None
+}
+
+/// The run's first line: what it trains and how, each setting given on
+/// the command line marked as such.
+fn header(
+    args: &TrainArgs,
+    spec: &crate::sema::TrainSpec,
+    (train_rows, val_rows): (usize, usize),
+    steps_per_epoch: usize,
+    epochs: usize,
+) -> String {
+    let flag = |given: bool, name: &str| match given {
+        true => format!(" ({name})"),
+        false => String::new(),
+    };
+    let optimizers: Vec<String> = match spec.phases.is_empty() {
+        true => vec![spec.optimizer.describe()],
+        false => spec
+            .phases
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.optimizer.describe()))
+            .collect(),
+    };
+    let from_flags = match (args.optimizer.is_some(), args.lr.is_some()) {
+        (true, true) => " (--optimizer, --lr)",
+        (true, false) => " (--optimizer)",
+        (false, true) => " (--lr)",
+        (false, false) => "",
+    };
+    let plural = |n: usize, what: &str| match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    };
+    format!(
+        "training {}: {}{from_flags}, batch {}{}, {}{}, {} ({val_rows} held out), {} an epoch, seed {}{}",
+        args.file.display(),
+        optimizers.join(", "),
+        spec.batch,
+        flag(args.batch.is_some(), "--batch"),
+        plural(epochs, "epoch"),
+        flag(args.epochs.is_some(), "--epochs"),
+        plural(train_rows, "row"),
+        plural(steps_per_epoch, "step"),
+        args.seed.unwrap_or(spec.seed),
+        flag(args.seed.is_some(), "--seed"),
+    )
 }
 
 /// The confusion matrix as a table: a row per true class, a column per

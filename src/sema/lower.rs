@@ -22,6 +22,7 @@ mod items;
 mod operators;
 mod scan;
 mod train;
+pub(crate) use train::optimizer_setting;
 
 /// Inlining deeper than this is refused: only recursion through function
 /// arguments, which resolution cannot see, gets here.

@@ -43,6 +43,13 @@ pub fn analyze(stdlib: &[ast::File], user: &ast::File, diags: &mut Diagnostics) 
     }
 }
 
+/// An optimizer written as a `train` block's `optimizer` is
+/// (`adam(lr = 1e-3, schedule = cosine(epochs = 20))`), checked; for the
+/// command line's `--optimizer`.
+pub fn optimizer_of(e: &ast::Expr) -> Result<optimizer::Optimizer, crate::diag::Diag> {
+    lower::optimizer_setting(e)
+}
+
 /// The training description of a file (its `train` block), checked.
 #[derive(Clone, Debug)]
 pub struct TrainSpec {

@@ -60,6 +60,60 @@ pub enum LrSchedule {
 }
 
 impl Optimizer {
+    /// The optimizer as a `train` block writes it, with the settings that
+    /// differ from the defaults: `adam(lr = 0.01, schedule = cosine)`.
+    pub fn describe(&self) -> String {
+        let (name, mut args) = match self.kind {
+            Kind::Sgd => ("sgd", vec![]),
+            Kind::Momentum { momentum, nesterov } => (
+                "momentum",
+                [
+                    (momentum != 0.9).then(|| format!("momentum = {momentum}")),
+                    nesterov.then(|| "nesterov = true".to_string()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+            Kind::Adam {
+                beta1,
+                beta2,
+                decoupled,
+                ..
+            } => (
+                if decoupled { "adamw" } else { "adam" },
+                [
+                    (beta1 != 0.9).then(|| format!("beta1 = {beta1}")),
+                    (beta2 != 0.999).then(|| format!("beta2 = {beta2}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+        };
+        args.insert(0, format!("lr = {}", self.lr));
+        if self.weight_decay != 0.0 {
+            args.push(format!("weight_decay = {}", self.weight_decay));
+        }
+        let schedule = match self.schedule {
+            LrSchedule::Constant => None,
+            LrSchedule::Step { .. } => Some("step"),
+            LrSchedule::Exponential { .. } => Some("exponential"),
+            LrSchedule::Cosine { .. } => Some("cosine"),
+            LrSchedule::ReduceOnPlateau { .. } => Some("reduce_on_plateau"),
+        };
+        if let Some(s) = schedule {
+            args.push(format!("schedule = {s}"));
+        }
+        if self.warmup > 0 {
+            args.push(format!("warmup = {}", self.warmup));
+        }
+        if let Some(c) = self.clip_norm {
+            args.push(format!("clip_norm = {c}"));
+        }
+        format!("{name}({})", args.join(", "))
+    }
+
     /// Whether the rate changes during training (it is then fed to each
     /// step instead of compiled in).
     pub fn varies(&self) -> bool {

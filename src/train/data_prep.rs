@@ -269,6 +269,14 @@ pub fn epoch_order(train: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 impl Prepared {
+    /// The first `n` rows epoch 1 takes (fewer when the training rows
+    /// are fewer).
+    pub fn first_batch(&self, seed: u64, n: usize) -> Vec<usize> {
+        let mut order = epoch_order(&self.train, seed, 0);
+        order.truncate(n);
+        order
+    }
+
     /// The inputs for a batch of rows.
     pub fn batch(&self, g: &Graph, rows: &[usize]) -> SecondaryMap<InputId, Option<Tensor>> {
         let mut inputs = SecondaryMap::new();

@@ -72,6 +72,8 @@ pub struct Options {
     pub patience: Option<usize>,
     /// How much the figure must improve to count (`--min-delta`).
     pub min_delta: f32,
+    /// Also write `save` every this many steps (`--save-every`).
+    pub save_every: Option<u64>,
 }
 
 /// Which epoch figure early stopping and `--save-best` follow.
@@ -136,11 +138,13 @@ pub struct EpochStats {
 
 /// What the loop reports as it goes.
 pub enum Event<'e> {
-    /// Before the first epoch: steps per epoch and the epochs to run.
+    /// Before the first epoch: steps per epoch, the epochs to run and
+    /// the rows trained on and held out.
     Start {
         steps_per_epoch: usize,
         first_epoch: usize,
         epochs: usize,
+        rows: (usize, usize),
     },
     Step {
         loss: f32,
@@ -257,10 +261,29 @@ pub fn run(
         }
     }
     let steps_per_epoch = data.train.len().div_ceil(spec.batch);
+    if spec.batch > data.train.len() {
+        warnings.push(
+            diag::warning(format!(
+                "`batch` is {}, more than the {} training rows: every step takes all of them",
+                spec.batch,
+                data.train.len()
+            ))
+            .with_labels(vec![Span {
+                end: spec.span.start + "train".len() as u32,
+                ..spec.span
+            }
+            .primary("in this block")])
+            .with_notes(vec![format!(
+                "help: a batch of at most {} rows makes several steps an epoch",
+                data.train.len()
+            )]),
+        );
+    }
     observe(Event::Start {
         steps_per_epoch,
         first_epoch,
         epochs,
+        rows: (data.train.len(), data.val.len()),
     });
     let mut history = Vec::new();
     let mut log = String::new();
@@ -395,8 +418,9 @@ pub fn run(
             }
             global_step += 1;
             seen += rows.len();
-            observe(Event::Step { loss: step_loss });
-            if interrupted() {
+            let every = opts.save_every.is_some_and(|k| global_step.is_multiple_of(k));
+            let stop = interrupted();
+            if stop || every {
                 for e in &mut engines {
                     e.sync(&mut params).map_err(|e| e.to_diag())?;
                 }
@@ -415,6 +439,9 @@ pub fn run(
                     };
                     save(all, &params, path, &at)?;
                 }
+            }
+            observe(Event::Step { loss: step_loss });
+            if stop {
                 interrupted_at = Some((epoch + 1, global_step));
                 break 'epochs;
             }

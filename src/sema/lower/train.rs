@@ -9,6 +9,7 @@ use crate::sema::optimizer::{Kind, Optimizer};
 use crate::sema::{DataSpec, Feed, Feeds, Learnt, Phase, TrainSpec};
 
 mod settings;
+pub(crate) use settings::optimizer as optimizer_setting;
 use settings::*;
 
 /// A [`TrainSpec`] while its settings are read.

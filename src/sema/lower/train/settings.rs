@@ -139,7 +139,7 @@ fn bind_formals(
     bind_args(&name.name, &f, args, span, None, &sig)
 }
 
-pub(super) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
+pub(crate) fn optimizer(e: &Expr) -> Result<Optimizer, Diag> {
     let (name, args) = call_of(e, "the optimizer", "adam(lr = 1e-3)")?;
     let formals: &[(&str, &str)] = match name.name.as_str() {
         "sgd" => &[
