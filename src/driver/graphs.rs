@@ -350,12 +350,7 @@ pub fn grad_values_on(
         };
         let data = crate::train::prepare(g, spec, base, spec.seed)?;
         let order = data.first_batch(spec.seed, n);
-        for (name, values) in data.learnt(g, spec)? {
-            if let Some((id, _)) = gg.graph.params.iter().find(|(_, p)| p.name == name) {
-                let shape = params[id].shape.clone();
-                params[id] = crate::tensor::Tensor::new(shape, values);
-            }
-        }
+        data.set_learnt(g, spec, &gg.graph, &mut params)?;
         inputs = data.batch(&gg.graph, &order);
     }
     if let Some(p) = params_file {

@@ -3,7 +3,7 @@
 
 use crate::data::{self, Source};
 use crate::diag::{self, code, Diag, Span};
-use crate::ir::{Dim, Graph, InputId};
+use crate::ir::{Dim, Graph, InputId, ParamId};
 use crate::sema::{Feed, Feeds, TrainSpec};
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
@@ -311,9 +311,27 @@ impl Prepared {
         inputs
     }
 
+    /// Sets the parameters of the learnt scalings (`table` names them,
+    /// `params` holds its values) from the training rows.
+    pub fn set_learnt(
+        &self,
+        g: &Graph,
+        spec: &TrainSpec,
+        table: &Graph,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+    ) -> Result<(), Diag> {
+        for (name, values) in self.learnt(g, spec)? {
+            if let Some((id, _)) = table.params.iter().find(|(_, p)| p.name == name) {
+                let shape = params[id].shape.clone();
+                params[id] = Tensor::new(shape, values);
+            }
+        }
+        Ok(())
+    }
+
     /// Each learnt scaling's center and spread, from the training rows
     /// of its input's values: by the parameters' names.
-    pub fn learnt(&self, g: &Graph, spec: &TrainSpec) -> Result<Vec<(String, Vec<f32>)>, Diag> {
+    fn learnt(&self, g: &Graph, spec: &TrainSpec) -> Result<Vec<(String, Vec<f32>)>, Diag> {
         let Some(ds) = &spec.data else {
             return Ok(Vec::new());
         };

@@ -226,12 +226,7 @@ pub fn run(
     let mut params = interp::init_params(all, seed);
     // The scalings learnt from the training rows (a checkpoint resumed
     // below holds the same values: the split is the seed's).
-    for (name, values) in data.learnt(g, spec)? {
-        if let Some((id, _)) = all.params.iter().find(|(_, p)| p.name == name) {
-            let shape = params[id].shape.clone();
-            params[id] = Tensor::new(shape, values);
-        }
-    }
+    data.set_learnt(g, spec, all, &mut params)?;
     let mut first_epoch = 0;
     let mut global_step: u64 = 0;
     let mut warnings = Vec::new();
@@ -418,7 +413,9 @@ pub fn run(
             }
             global_step += 1;
             seen += rows.len();
-            let every = opts.save_every.is_some_and(|k| global_step.is_multiple_of(k));
+            let every = opts
+                .save_every
+                .is_some_and(|k| global_step.is_multiple_of(k));
             let stop = interrupted();
             if stop || every {
                 for e in &mut engines {
