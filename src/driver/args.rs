@@ -141,6 +141,13 @@ pub enum Command {
         after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
     )]
     Bench(BenchArgs),
+    /// Show a model's layers (output shape, parameters, FLOPs and
+    /// activation memory per example) with totals, and the memory of a
+    /// `train` block's step at its batch size.
+    #[command(
+        after_help = "Examples:\n  nnc summary examples/iris.nn\n  nnc summary examples/lenet_mnist.nn --batch 128\n  nnc summary model.nn --dim B=32 --format json"
+    )]
+    Summary(super::summary::SummaryArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
         after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors\n  nnc run examples/iris.nn --params iris.safetensors --input x=rows.npy"

@@ -189,6 +189,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         Command::Train(args) => super::train::command(args),
         Command::Predict(args) => super::predict::command(args),
         Command::Bench(args) => super::bench::command(args),
+        Command::Summary(args) => super::summary::command(args),
         Command::Repl => Ok(Outcome {
             stdout: String::new(),
             sources: SourceMap::new(),

@@ -8,4 +8,5 @@ pub mod outcome;
 pub mod output;
 pub mod predict;
 pub mod repl;
+pub mod summary;
 pub mod train;
