@@ -358,3 +358,89 @@ fn the_adversarial_reproductions_end_with_a_diagnostic() {
         }
     }
 }
+
+/// Weights of another model: the error points at the parameter the file
+/// lacks (or holds with another shape) and names the file, not at an
+/// unrelated output.
+#[test]
+fn run_with_another_models_weights_points_at_the_parameter() {
+    let d = common::temp_dir("other_weights");
+    let xor = d.join("xor.st");
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "1",
+        "--save",
+        xor.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = nnc(&[
+        "--color",
+        "never",
+        "run",
+        "examples/neuron.nn",
+        "--params",
+        xor.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "error[E0212]: `{}` has no tensor `w`",
+            xor.display()
+        )),
+        "{err}"
+    );
+    // `param w` is declared on line 5, `param b` on line 6.
+    assert!(err.contains("examples/neuron.nn:5:7"), "{err}");
+    assert!(
+        err.contains(&format!("^ not in `{}`", xor.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("- not in `{}`", xor.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("holds none of this model's parameters, but `Xor.b1`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("training this") && !err.contains("output z"),
+        "{err}"
+    );
+
+    // The right names with another shape.
+    let w = nnc::tensor::Tensor::new(vec![4], vec![0.0; 4]);
+    let b = nnc::tensor::Tensor::scalar(0.0);
+    let shaped = d.join("shaped.st");
+    nnc::train::checkpoint::save(
+        &shaped,
+        &[("w".to_string(), &w), ("b".to_string(), &b)],
+        &Default::default(),
+    )
+    .expect("saved");
+    let o = nnc(&[
+        "--color",
+        "never",
+        "run",
+        "examples/neuron.nn",
+        "--params",
+        shaped.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "`w` has shape [4] in `{}`, but the model declares [3]",
+            shaped.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("examples/neuron.nn:5:7"), "{err}");
+    assert!(
+        err.contains(&format!("[3] here, [4] in `{}`", shaped.display())),
+        "{err}"
+    );
+}

@@ -64,6 +64,38 @@ fn data_error(span: Span, e: &data::DataError) -> Diag {
         .with_labels(vec![span.primary("data from here")])
 }
 
+/// [`data_error`] for the block's data files, whose paths start from
+/// `base`, the `.nn` file's folder: a missing file's hint says so
+/// (`DataError`'s own is for paths given on the command line).
+fn load_error(span: Span, e: &data::DataError, base: &Path) -> Diag {
+    let data::DataError::Read {
+        path,
+        kind: std::io::ErrorKind::NotFound,
+        ..
+    } = e
+    else {
+        return data_error(span, e);
+    };
+    let help = match path.strip_prefix(base) {
+        Ok(written) if written.is_relative() => {
+            let folder = if base.as_os_str().is_empty() {
+                "the current directory".to_string()
+            } else {
+                format!("`{}`", base.display())
+            };
+            format!(
+                "help: a data path in a `train` block is relative to the folder of the .nn file, {folder}: `{}` is `{}`",
+                written.display(),
+                path.display()
+            )
+        }
+        _ => "help: check the path".into(),
+    };
+    diag::error(code::INPUT, e.to_string())
+        .with_labels(vec![span.primary("data from here")])
+        .with_notes(vec![help])
+}
+
 /// Loads the `train` block's data and checks it against the inputs.
 pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Prepared, Diag> {
     let Some(ds) = &spec.data else {
@@ -78,7 +110,7 @@ pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Pr
             .with_labels(vec![spec.span.primary("here")]));
     };
     let src = rebase(&ds.source, base);
-    let data = data::load(&src).map_err(|e| data_error(ds.span, &e))?;
+    let data = data::load(&src).map_err(|e| load_error(ds.span, &e, base))?;
     let fin = &g.inputs[features];
     let per_row: Option<u64> = fin
         .ty
