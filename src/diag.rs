@@ -318,20 +318,34 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `name`, if it is close enough to be a likely
-/// typo (at most a third of the name's length, at least two edits for
-/// names of four letters or more).
+/// typo: the same name in another case, or at most a third of the name's
+/// length in edits (two for names of four letters or more) that leave
+/// some of both names in place. So a one-letter name is never answered
+/// with another one-letter name (`y` is one edit from every one), nor a
+/// short name with one of several equally close ones.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     // Swapped letters cost two edits, so names of four letters or more
     // allow two.
     let len = name.chars().count();
     let limit = if len >= 4 { (len / 3).max(2) } else { 1 };
-    candidates
+    let mut close: Vec<(usize, &str)> = candidates
         .into_iter()
         .filter(|c| *c != name)
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)))
-        .map(|(_, c)| c)
+        .filter_map(|c| {
+            if c.to_lowercase() == name.to_lowercase() {
+                return Some((0, c));
+            }
+            let d = edit_distance(name, c);
+            (d <= limit && d < len && d < c.chars().count()).then_some((d, c))
+        })
+        .collect();
+    close.sort_unstable();
+    close.dedup();
+    match close.as_slice() {
+        [] => None,
+        [(d, _), (next, _), ..] if *d > 0 && next == d && len <= 3 => None,
+        [(_, c), ..] => Some(c),
+    }
 }
 
 #[cfg(test)]
@@ -352,5 +366,22 @@ mod tests {
         assert_eq!(suggest("sigmoud", names), Some("sigmoid"));
         assert_eq!(suggest("softmx", names), Some("softmax"));
         assert_eq!(suggest("zzzzzz", names), None);
+    }
+
+    #[test]
+    fn short_names_get_only_close_suggestions() {
+        // One letter is one edit from every other letter: no guess.
+        assert_eq!(suggest("y", ["b", "w", "x"]), None);
+        assert_eq!(suggest("z", ["b", "w", "x"]), None);
+        assert_eq!(suggest("y", ["by", "b"]), None);
+        // Another case is always close.
+        assert_eq!(suggest("X", ["b", "w", "x"]), Some("x"));
+        assert_eq!(suggest("Relu", ["relu", "selu"]), Some("relu"));
+        // A short name with one close candidate, but not among several.
+        assert_eq!(suggest("sm", ["sum", "w"]), Some("sum"));
+        assert_eq!(suggest("w3", ["w1", "w2"]), None);
+        assert_eq!(suggest("w3", ["w1", "b1"]), Some("w1"));
+        // A two-letter name is not answered with a one-letter one.
+        assert_eq!(suggest("wx", ["w", "x"]), None);
     }
 }

@@ -1740,13 +1740,7 @@ fn a_learnt_scaling_is_embedded_with_the_weights() {
     let g = nnc::aot::library_graph(c.graph.as_ref().expect("graph"), c.train.as_ref())
         .expect("library graph");
     let mut params = interp::init_params(&g, 0);
-    nnc::train::restore(
-        &g,
-        &mut params,
-        &dir.join("w.safetensors"),
-        Default::default(),
-    )
-    .expect("weights");
+    nnc::train::restore(&g, &mut params, &dir.join("w.safetensors")).expect("weights");
     let dims = [("B".to_string(), 3)];
     assert_as_jit(
         &got,

@@ -358,3 +358,184 @@ fn the_adversarial_reproductions_end_with_a_diagnostic() {
         }
     }
 }
+
+/// Weights of another model: the error points at the parameter the file
+/// lacks (or holds with another shape) and names the file, not at an
+/// unrelated output.
+#[test]
+fn run_with_another_models_weights_points_at_the_parameter() {
+    let d = common::temp_dir("other_weights");
+    let xor = d.join("xor.st");
+    let o = nnc(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "1",
+        "--save",
+        xor.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = nnc(&[
+        "--color",
+        "never",
+        "run",
+        "examples/neuron.nn",
+        "--params",
+        xor.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "error[E0212]: `{}` has no tensor `w`",
+            xor.display()
+        )),
+        "{err}"
+    );
+    // `param w` is declared on line 5, `param b` on line 6.
+    assert!(err.contains("examples/neuron.nn:5:7"), "{err}");
+    assert!(
+        err.contains(&format!("^ not in `{}`", xor.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("- not in `{}`", xor.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("holds none of this model's parameters, but `Xor.b1`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("training this") && !err.contains("output z"),
+        "{err}"
+    );
+
+    // The right names with another shape.
+    let w = nnc::tensor::Tensor::new(vec![4], vec![0.0; 4]);
+    let b = nnc::tensor::Tensor::scalar(0.0);
+    let shaped = d.join("shaped.st");
+    nnc::train::checkpoint::save(
+        &shaped,
+        &[("w".to_string(), &w), ("b".to_string(), &b)],
+        &Default::default(),
+    )
+    .expect("saved");
+    let o = nnc(&[
+        "--color",
+        "never",
+        "run",
+        "examples/neuron.nn",
+        "--params",
+        shaped.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "`w` has shape [4] in `{}`, but the model declares [3]",
+            shaped.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("examples/neuron.nn:5:7"), "{err}");
+    assert!(
+        err.contains(&format!("[3] here, [4] in `{}`", shaped.display())),
+        "{err}"
+    );
+}
+
+/// `nnc --help` lists the commands in the order of a workflow, and its
+/// examples show training and prediction.
+#[test]
+fn help_lists_the_commands_in_workflow_order_with_examples() {
+    let o = nnc(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let commands: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // Commands added later may sit anywhere; these keep this order.
+    let workflow = [
+        "check", "run", "grad", "train", "predict", "compile", "bench", "repl", "devices",
+    ];
+    let listed: Vec<&str> = commands
+        .iter()
+        .copied()
+        .filter(|c| workflow.contains(c))
+        .collect();
+    assert_eq!(listed, workflow, "{out}");
+    assert!(
+        out.contains("\n  nnc train examples/iris.nn --save iris.safetensors"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  nnc predict examples/iris.nn --params iris.safetensors"),
+        "{out}"
+    );
+}
+
+/// Every flag is documented, and a flag has one value name across the
+/// commands that take it (`--params W.safetensors`, `--seed S`, …).
+#[test]
+fn flags_are_documented_and_named_alike_in_every_command() {
+    use clap::CommandFactory;
+    let cli = nnc::driver::args::Cli::command();
+    let mut names: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    for cmd in cli.get_subcommands() {
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_global_set() || long == "help" {
+                continue;
+            }
+            assert!(
+                arg.get_help().is_some(),
+                "`nnc {} --{long}` has no help text",
+                cmd.get_name()
+            );
+            let value = arg
+                .get_value_names()
+                .map(|v| {
+                    v.iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            names
+                .entry(long.to_string())
+                .or_default()
+                .push((cmd.get_name().to_string(), value));
+        }
+    }
+    for (long, uses) in &names {
+        // `compile --dim` takes several sizes (`B=1,8,32`), `bench --dim` one.
+        if long == "dim" {
+            continue;
+        }
+        assert!(
+            uses.windows(2).all(|w| w[0].1 == w[1].1),
+            "--{long} has different value names: {uses:?}"
+        );
+    }
+    assert_eq!(names["params"][0].1, "W.safetensors");
+    assert_eq!(names["seed"][0].1, "S");
+    // `--format` says what each format prints, under grad and bench too.
+    for cmd in ["run", "grad", "bench"] {
+        let o = nnc(&[cmd, "--help"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let format = out
+            .split("--format <FORMAT>")
+            .nth(1)
+            .unwrap_or_else(|| panic!("`nnc {cmd} --help` has no --format:\n{out}"));
+        assert!(
+            format.trim_start().starts_with("How to print"),
+            "`nnc {cmd} --help`:\n{out}"
+        );
+        assert!(format.contains("json"), "`nnc {cmd} --help`:\n{out}");
+    }
+}

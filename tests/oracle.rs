@@ -211,6 +211,60 @@ fn mlp_tanh_softmax_cross_entropy() {
     );
 }
 
+/// `cross_entropy`, the name of the fixture's own reference
+/// (`F.cross_entropy(lin(x), labels)`), agrees with it as
+/// `softmax_cross_entropy` does: loss, gradients and optimizer steps.
+#[test]
+fn mlp_tanh_cross_entropy_as_pytorch_names_it() {
+    check(
+        "mlp_4_8_3_tanh_softmax_ce",
+        "train {\n  loss = cross_entropy(dense(dense(x, W1, b1, tanh), W2, b2, identity), target_onehot)\n  optimizer = sgd(lr = 0.1)\n}\n",
+    );
+}
+
+/// `cross_entropy` with soft targets (PyTorch's class-probability form)
+/// against the hand computation: L = −1/B Σ_b Σ_c t_bc log softmax(z_b)_c
+/// and, for rows of targets summing to 1, ∂L/∂z = (softmax(z) − t) / B.
+#[test]
+fn cross_entropy_with_soft_targets_by_hand() {
+    let z = [[2.0f64, 1.0, 0.1], [0.5, 2.5, -1.0]];
+    let t = [[0.7f64, 0.2, 0.1], [0.0, 0.5, 0.5]];
+    let src = "param z: [2, 3] = [[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]]\n\
+               let t = [[0.7, 0.2, 0.1], [0.0, 0.5, 0.5]]\n\
+               output loss = cross_entropy(z, t)\n";
+    let c = pipeline::compile("soft.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let mut loss = 0.0;
+    let mut grad = Vec::new();
+    for (zb, tb) in z.iter().zip(&t) {
+        let sum: f64 = zb.iter().map(|v| v.exp()).sum();
+        for (zc, tc) in zb.iter().zip(tb) {
+            let p = zc.exp() / sum;
+            loss -= tc * p.ln() / 2.0;
+            grad.push(((p - tc) / 2.0) as f32);
+        }
+    }
+    for backend in common::backends() {
+        let (got, grads, _) =
+            nnc::driver::graphs::grad_values(&g, None, None, 0, backend).expect("gradients");
+        assert_close(
+            &format!("loss [{backend:?}]"),
+            &Tensor::scalar(got),
+            &Tensor::scalar(loss as f32),
+        );
+        let (_, gz) = grads
+            .iter()
+            .find(|(n, _)| n == "z")
+            .expect("a gradient for z");
+        assert_close(
+            &format!("grad z [{backend:?}]"),
+            gz,
+            &Tensor::new(vec![2, 3], grad.clone()),
+        );
+    }
+}
+
 #[test]
 fn conv2d_relu_mse() {
     // y = relu(conv(x, K) + bias), the bias [2] broadcast per output

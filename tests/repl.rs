@@ -1,11 +1,12 @@
 //! The REPL. Transcripts: each `tests/ui/repl/*.nnrepl` is a script of
-//! inputs fed to a [`Session`] (an input runs on while brackets are open);
+//! inputs fed to a [`Session`] (an input runs on while it is
+//! [`incomplete`]: brackets open and no syntax error before its end);
 //! the snapshot shows each input after the prompt, then what it printed
 //! (values and diagnostics). The last test drives the real binary through
 //! a pseudo-terminal: line editing, continuation lines, completion,
 //! Ctrl-C, history and Ctrl-D.
 
-use nnc::driver::repl::{balance, Session};
+use nnc::driver::repl::{incomplete, Session};
 
 fn transcript(script: &str) -> String {
     let mut s = Session::new();
@@ -14,7 +15,7 @@ fn transcript(script: &str) -> String {
     for line in script.lines() {
         pending.push_str(line);
         pending.push('\n');
-        if balance(&pending) > 0 {
+        if incomplete(&pending) {
             continue;
         }
         for (i, l) in pending.trim_end().lines().enumerate() {
@@ -105,13 +106,21 @@ fn line_editing_continuation_completion_ctrl_c_and_history() {
     p.send_line("let x = [0.5, 0.8, 0.2]").expect("sends");
     p.expect("x: f32[3]\r\n").expect("the definition is echoed");
     p.expect("nnc> ").expect("a prompt");
-    // A definition over three lines: the editor continues while `{` is open.
+    // A definition over three lines, typed ahead of the prompts: the
+    // editor continues while `{` is open, after a `...` prompt.
     p.send_line("fn sq(v: [..S]) -> [..S] {").expect("sends");
     p.send_line("  v * v").expect("sends");
     p.send_line("}").expect("sends");
+    p.expect("...  ").expect("a continuation prompt");
     // "fn sq" and a line end: the reply, not the echo of the typed line.
     p.expect("fn sq\r\n").expect("the function is defined");
     p.expect("nnc> ").expect("a prompt");
+    // A syntax error before an open bracket ends the input at once: the
+    // next prompt is a fresh one.
+    p.send_line("let q = 1 +* sum([1.0,").expect("sends");
+    p.expect("unexpected `*`").expect("the error at once");
+    p.expect("nnc> ")
+        .expect("a fresh prompt, not a continuation");
     // Ctrl-C drops a half-typed input; the session goes on.
     p.send("sigmoid(x").expect("sends");
     p.send(ControlCode::EndOfText).expect("sends Ctrl-C");

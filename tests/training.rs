@@ -313,22 +313,21 @@ fn a_label_out_of_range_and_a_feature_count_mismatch_are_errors() {
     );
 }
 
+/// A model whose loss −mean(exp(x·w)) drives `w` up without bound until
+/// exp overflows; `w0` sets how soon (the data row is x = [0.5, 0.8, 0.2]).
+fn blow_up(d: &Path, w0: f32) -> std::path::PathBuf {
+    std::fs::copy("examples/data/neuron.csv", d.join("neuron.csv")).expect("copy");
+    let src = format!("model N {{\n input x: [B, 3]\n input t: [B]\n param w: [3] = [{w0:?}, {w0:?}, {w0:?}]\n}}\ntrain N {{\n data = csv(\"neuron.csv\", label = \"target\")\n loss = -mean(exp(x @ w)) + 0 * mean(t)\n optimizer = sgd(lr = 10)\n batch = 1\n epochs = 10\n split = 0\n}}\n");
+    std::fs::write(d.join("n.nn"), src).expect("nn");
+    d.join("n.nn")
+}
+
 #[test]
 fn a_blow_up_stops_training_and_keeps_the_last_good_checkpoint() {
     let d = temp_dir("blowup");
-    std::fs::copy("examples/data/neuron.csv", d.join("neuron.csv")).expect("copy");
-    // Minimising −exp(x·w) drives w up without bound: exp overflows.
-    let src = "model N {\n input x: [B, 3]\n input t: [B]\n param w: [3] = [1.0, 1.0, 1.0]\n}\ntrain N {\n data = csv(\"neuron.csv\", label = \"target\")\n loss = -mean(exp(x @ w)) + 0 * mean(t)\n optimizer = sgd(lr = 10)\n batch = 1\n epochs = 10\n split = 0\n}\n";
-    std::fs::write(d.join("n.nn"), src).expect("nn");
+    let nn = blow_up(&d, 1.0);
     let ck = d.join("n.st");
-    let o = nnc(&[
-        "--color",
-        "never",
-        "train",
-        s(&d.join("n.nn")),
-        "--save",
-        s(&ck),
-    ]);
+    let o = nnc(&["--color", "never", "train", s(&nn), "--save", s(&ck)]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(
@@ -341,7 +340,114 @@ fn a_blow_up_stops_training_and_keeps_the_last_good_checkpoint() {
     );
     let (tensors, meta) = nnc::train::checkpoint::load(&ck).expect("the last good checkpoint");
     assert!(tensors["N.w"].data.iter().all(|v| v.is_finite()));
-    assert!(meta["epoch"].parse::<u64>().expect("epoch") >= 1);
+    let epoch = meta["epoch"].parse::<u64>().expect("epoch");
+    assert!(epoch >= 1);
+    // The message names the epoch the checkpoint holds.
+    assert!(
+        err.contains(&format!(
+            "`{}` holds epoch {epoch}, the last before it diverged",
+            ck.display()
+        )),
+        "{err}"
+    );
+}
+
+/// Diverging without `--save`, or before the first save, leaves no
+/// checkpoint, and the message says so instead of calling one intact.
+#[test]
+fn a_blow_up_with_nothing_saved_says_so() {
+    let d = temp_dir("blowup_unsaved");
+    let nn = blow_up(&d, 1.0);
+    let o = nnc(&["--color", "never", "train", s(&nn)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("training diverged at epoch 3"), "{err}");
+    assert!(!err.contains("intact"), "{err}");
+    assert!(
+        err.contains(
+            "note: nothing was saved (`--save W.safetensors` keeps a checkpoint after each epoch)"
+        ),
+        "{err}"
+    );
+    // exp(150) overflows on the first step: no epoch ends, none is saved.
+    let nn = blow_up(&d, 100.0);
+    let ck = d.join("early.st");
+    let o = nnc(&["--color", "never", "train", s(&nn), "--save", s(&ck)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("training diverged at epoch 1, step 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "nothing was saved: it diverged before the end of this run's first epoch (`--save` writes `{}` after each epoch)",
+            ck.display()
+        )),
+        "{err}"
+    );
+    assert!(!ck.exists(), "no checkpoint was written");
+}
+
+/// A data path in a `train` block starts from the `.nn` file's folder,
+/// and the hint of a missing file says so, with the path looked for.
+#[test]
+fn a_missing_data_file_names_the_folder_its_path_starts_from() {
+    let d = temp_dir("missing_data");
+    std::fs::create_dir_all(d.join("models")).expect("folder");
+    let model = std::fs::read_to_string("examples/xor.nn")
+        .expect("example")
+        .replace("data/xor.csv", "data/absent.csv");
+    std::fs::write(d.join("models/xor.nn"), model).expect("nn");
+    let o = Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(["--color", "never", "train", "models/xor.nn"])
+        .current_dir(&d)
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot read `models/data/absent.csv`: no such file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("help: a data path in a `train` block is relative to the folder of the .nn file, `models`: `data/absent.csv` is `models/data/absent.csv`"),
+        "{err}"
+    );
+    assert!(!err.contains("current directory"), "{err}");
+}
+
+/// What `nnc train` printed after its first line (the header, which names
+/// the file and its settings).
+fn after_header(stdout: &str) -> &str {
+    assert!(stdout.starts_with("training "), "{stdout}");
+    stdout.split_once('\n').map_or("", |(_, rest)| rest)
+}
+
+/// `--epochs 0` trains nothing and says so (there is no checkpoint to
+/// speak of); with `--save` the initial weights are written, at epoch 0.
+#[test]
+fn zero_epochs_train_nothing_and_say_so() {
+    let d = temp_dir("zero_epochs");
+    let o = nnc(&["train", "examples/xor.nn", "--epochs", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        after_header(&text(&o.stdout)),
+        "nothing trained: --epochs 0 asks for no epoch\n"
+    );
+    let w = d.join("w0.st");
+    let o = nnc(&["train", "examples/xor.nn", "--epochs", "0", "--save", s(&w)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!(
+            "saved {}: the initial weights, at epoch 0",
+            w.display()
+        )),
+        "{}",
+        text(&o.stdout)
+    );
+    let (_, meta) = nnc::train::checkpoint::load(&w).expect("written");
+    assert_eq!(meta["epoch"], "0");
 }
 
 #[test]
@@ -721,10 +827,13 @@ fn resuming_at_the_last_epoch_still_writes_the_save_file() {
         s(&copy),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stdout).contains("nothing to do"),
-        "{}",
-        text(&o.stdout)
+    assert_eq!(
+        after_header(&text(&o.stdout)),
+        format!(
+            "nothing trained: `{}` is at epoch 2, and --epochs 2 counts every epoch, those before resuming too (--epochs 3 trains one more)\nsaved {}: the checkpoint's state, unchanged\n",
+            done.display(),
+            copy.display()
+        )
     );
     let (a, ma) = nnc::train::checkpoint::load(&done).expect("done");
     let (b, mb) = nnc::train::checkpoint::load(&copy).expect("the copy was written");

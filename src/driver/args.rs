@@ -9,7 +9,7 @@ use std::path::PathBuf;
     name = "nnc",
     version,
     about = "A compiler for neural networks written close to the math",
-    after_help = "Examples:\n  nnc check model.nn\n  nnc compile model.nn --emit ir\n  nnc run examples/neuron.nn --format json"
+    after_help = "Examples:\n  nnc check model.nn\n  nnc run examples/neuron.nn --format json\n  nnc train examples/iris.nn --save iris.safetensors --log metrics.jsonl\n  nnc predict examples/iris.nn --params iris.safetensors --data new.csv -o predictions.csv\n  nnc compile model.nn --emit ir"
 )]
 pub struct Cli {
     /// When to colour diagnostics.
@@ -38,7 +38,12 @@ pub enum Color {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check a file: exit 0 if it is valid, else print diagnostics and exit 1.
-    #[command(after_help = "Example:\n  nnc check examples/neuron.nn")]
+    // `display_order`: the help lists the commands in the order of a
+    // workflow.
+    #[command(
+        display_order = 0,
+        after_help = "Example:\n  nnc check examples/neuron.nn"
+    )]
     Check {
         /// The .nn file.
         file: PathBuf,
@@ -46,6 +51,7 @@ pub enum Command {
     /// Compile a file into a shared library and its C header, or print a
     /// stage of the pipeline (`--emit`).
     #[command(
+        display_order = 5,
         after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir"
     )]
     Compile {
@@ -70,11 +76,11 @@ pub enum Command {
         output: Option<PathBuf>,
         /// The model's name, the prefix of every exported symbol (default:
         /// the file's name).
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Weights to embed (a safetensors file, as `nnc train --save`
         /// writes) instead of the file's initialisers.
-        #[arg(long)]
+        #[arg(long, value_name = "W.safetensors")]
         params: Option<PathBuf>,
         /// The CPU the library's code is compiled for: a level (x86-64-v2,
         /// x86-64-v3, x86-64-v4), a CPU name (znver3, skylake, …), or
@@ -94,18 +100,23 @@ pub enum Command {
     },
     /// Print the loss and its gradient with respect to every parameter.
     #[command(
+        display_order = 2,
         after_help = "Examples:\n  nnc grad examples/neuron_train.nn --format json\n  nnc grad model.nn --params weights.safetensors"
     )]
     Grad {
         /// The .nn file: its `train` block's loss, or else an `output loss`.
         file: PathBuf,
+        /// How to print the loss and the gradients: `text`, a line each,
+        /// or `json`, one object `{"loss": L, "grads": {"NAME": {"shape":
+        /// [...], "data": [...]}, ...}}`.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Parameters to use instead of the file's initialisers.
-        #[arg(long)]
+        /// Parameters to use instead of the file's initialisers (weights or a
+        /// checkpoint written by `nnc train --save`).
+        #[arg(long, value_name = "W.safetensors")]
         params: Option<PathBuf>,
         /// Seed for parameters initialised at random.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, value_name = "S", default_value_t = 0)]
         seed: u64,
         /// Feed the loss N rows of the `train` block's data (the first
         /// batch training would take) instead of the inputs' values.
@@ -117,27 +128,32 @@ pub enum Command {
     },
     /// Start an interactive session.
     #[command(
+        display_order = 7,
         after_help = "Example:\n  nnc repl\n  nnc> let x = [0.5, 0.8, 0.2]\n  nnc> sigmoid(sum(x * [0.2, -0.5, 1.0]) + 0.1)\n  0.5\n\nPiped input works too: printf 'sigmoid(0.0)\\n' | nnc repl"
     )]
     Repl,
     /// List the OpenCL devices `--backend opencl` can run on.
     #[command(
+        display_order = 8,
         after_help = "Example:\n  nnc devices\n  nnc run model.nn --backend opencl --device 1"
     )]
     Devices,
     /// Train the model described by a file's `train` block.
     #[command(
+        display_order = 3,
         after_help = "Examples:\n  nnc train examples/digits_mlp.nn --log metrics.jsonl --save digits.safetensors\n  nnc train examples/digits_mlp.nn --epochs 30 --resume digits.safetensors\n  nnc train examples/iris.nn --lr 0.005 --patience 5 --save-best best.safetensors"
     )]
     Train(TrainArgs),
     /// Apply a model to every row of a data file: its `train` block's
     /// `predict` (or its outputs), one row of predictions per input row.
     #[command(
+        display_order = 4,
         after_help = "Examples:\n  nnc train examples/iris.nn --save iris.safetensors\n  nnc predict examples/iris.nn --params iris.safetensors --data new.csv -o predictions.csv\n  nnc predict examples/digits_mlp.nn --params digits.safetensors --data x.npy -o p.npy"
     )]
     Predict(PredictArgs),
     /// Time a training step (or the outputs): compile once, warm up, then time runs.
     #[command(
+        display_order = 6,
         after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
     )]
     Bench(BenchArgs),
@@ -150,17 +166,19 @@ pub enum Command {
     Summary(super::summary::SummaryArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
+        display_order = 1,
         after_help = "Examples:\n  nnc run examples/neuron.nn\n  nnc run examples/losses.nn --format json\n  nnc run examples/gan_mixture.nn --params gan.safetensors\n  nnc run examples/iris.nn --params iris.safetensors --input x=rows.npy"
     )]
     Run {
         /// The .nn file.
         file: PathBuf,
-        /// How to print the outputs.
+        /// How to print the outputs: `text`, a line each, or `json`, one
+        /// object `{"outputs": {"NAME": {"shape": [...], "data": [...]}, ...}}`.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Seed for parameters initialised at random (without a seed of their own)
         /// and for random draws.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, value_name = "S", default_value_t = 0)]
         seed: u64,
         /// Parameters to use instead of the file's initialisers (weights or a
         /// checkpoint written by `nnc train --save`).
@@ -194,14 +212,18 @@ pub struct BenchArgs {
     /// The .nn file: a `train` block is timed as a training step, else its outputs.
     pub file: PathBuf,
     /// Timed runs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50)]
     pub runs: usize,
     /// Untimed runs first.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5)]
     pub warmup: usize,
     /// The size of a symbolic dimension (e.g. `--dim B=128`).
     #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
+    /// How to print the timings: `text`, one line, or `json`, one object
+    /// `{"compile_ms": C, "median_ms": M, "min_ms": A, "max_ms": B,
+    /// "runs": N, "planned_bytes": P, "peak_rss_bytes": R}` (times in
+    /// milliseconds; `planned_bytes` is null on the interpreter).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// The backend to time.
@@ -240,17 +262,18 @@ pub struct PredictArgs {
 pub struct TrainArgs {
     /// The .nn file with a `train` block.
     pub file: PathBuf,
-    /// Train to this many epochs in all (overrides the file's `epochs`).
-    #[arg(long)]
+    /// Train to this many epochs in all, those of a resumed checkpoint
+    /// included (overrides the file's `epochs`).
+    #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// The seed for initialisation, the split and shuffling (overrides the file's).
-    #[arg(long)]
+    #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Write a checkpoint (weights, optimizer state, position) after every epoch.
     #[arg(long, value_name = "W.safetensors")]
     pub save: Option<PathBuf>,
     /// Continue from a checkpoint written by `--save`.
-    #[arg(long, value_name = "CKPT")]
+    #[arg(long, value_name = "W.safetensors")]
     pub resume: Option<PathBuf>,
     /// Write one JSON object per epoch to this file.
     #[arg(long, value_name = "metrics.jsonl")]

@@ -272,8 +272,7 @@ pub fn run_fed(
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, crate::diag::Diag> {
     let mut params = interp::init_params(g, seed);
     if let Some(p) = params_file {
-        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(g, &mut params, p, span)?;
+        crate::train::restore(g, &mut params, p)?;
     }
     run_with_params(g, seed, params, fed, backend).map_err(|e| e.to_diag())
 }
@@ -354,8 +353,7 @@ pub fn grad_values_on(
         inputs = data.batch(&gg.graph, &order);
     }
     if let Some(p) = params_file {
-        let span = g.nodes[loss].span;
-        crate::train::restore(&gg.graph, &mut params, p, span)?;
+        crate::train::restore(&gg.graph, &mut params, p)?;
     }
     let outs = Engine::new(backend, &gg.graph)
         .run(&mut params, &inputs)
@@ -550,8 +548,7 @@ pub fn compile_library(
     let table = steps.as_ref().and_then(|(s, _)| s.last()).unwrap_or(g);
     let mut params = interp::init_params(table, 0);
     if let Some(p) = a.params {
-        let span = g.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(table, &mut params, p, span)?;
+        crate::train::restore(table, &mut params, p)?;
     }
     let opts = crate::aot::Options {
         name,

@@ -141,8 +141,7 @@ fn predict(
     }
     let mut params = interp::init_params(g, 0);
     if let Some(p) = &a.params {
-        let span = eval.outputs.first().map(|o| o.span).unwrap_or_default();
-        crate::train::restore(g, &mut params, p, span)?;
+        crate::train::restore(g, &mut params, p)?;
     }
     let batch = a
         .batch

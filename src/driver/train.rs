@@ -93,6 +93,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
     );
     let started = Instant::now();
     let mut epochs_total = 0;
+    let mut resumed_at = 0;
     let mut running = 0.0f32;
     let mut steps = 0u64;
     let result = train::run(&g, &spec, &opts, &mut |ev| match ev {
@@ -104,6 +105,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         } => {
             epochs_total = epochs;
             println!("{}", header(args, &spec, rows, steps_per_epoch, epochs));
+            resumed_at = first_epoch;
             bar.set_length(steps_per_epoch as u64);
             bar.set_prefix(format!("{}/{epochs}", first_epoch + 1));
             if first_epoch > 0 {
@@ -167,8 +169,8 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
                     text.push_str(&format!(", val_accuracy {a:.4}"));
                 }
                 text.push('\n');
-            } else {
-                text.push_str("nothing to do: the checkpoint has already reached the last epoch\n");
+            } else if summary.interrupted.is_none() {
+                text.push_str(&nothing_trained(args, resumed_at, epochs_total));
             }
             if let Some((epoch, step)) = summary.interrupted {
                 let file = args.file.display();
@@ -206,10 +208,15 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
                 };
                 text.push_str(&format!("best epoch {}: {name} {v:.4}\n", b.epoch));
             }
-            if let Some(p) = &args.save {
+            if let (Some(p), false) = (&args.save, summary.epochs.is_empty()) {
                 text.push_str(&format!("saved {}\n", p.display()));
             }
-            if let (Some(p), Some((_, b))) = (&args.save_best, summary.best) {
+            // Only an epoch of this run was written (a resumed run's
+            // best may be older).
+            if let (Some(p), Some((_, b))) = (
+                &args.save_best,
+                summary.best.filter(|(_, b)| b.epoch > resumed_at),
+            ) {
                 text.push_str(&format!("saved epoch {} to {}\n", b.epoch, p.display()));
             }
             Ok(Outcome::from(c, text))
@@ -219,6 +226,38 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             Err(Outcome::from(c, String::new()))
         }
     }
+}
+
+/// What a run that trained no epoch did: `--epochs` counts every epoch,
+/// those of a resumed checkpoint too, so `--epochs 0`, or a checkpoint
+/// already at `--epochs`, trains nothing and evaluates nothing; `--save`
+/// still writes the weights it started from (the initial ones, or the
+/// checkpoint's state unchanged).
+fn nothing_trained(args: &TrainArgs, resumed_at: usize, epochs: usize) -> String {
+    let limit = match args.epochs {
+        Some(n) => format!("--epochs {n}"),
+        None => format!("the file's `epochs = {epochs}`"),
+    };
+    let mut text = match &args.resume {
+        Some(r) => format!(
+            "nothing trained: `{}` is at epoch {resumed_at}, and {limit} counts every epoch, those before resuming too (--epochs {} trains one more)\n",
+            r.display(),
+            resumed_at + 1
+        ),
+        None => format!("nothing trained: {limit} asks for no epoch\n"),
+    };
+    match (&args.save, &args.resume) {
+        (Some(p), Some(_)) => text.push_str(&format!(
+            "saved {}: the checkpoint's state, unchanged\n",
+            p.display()
+        )),
+        (Some(p), None) => text.push_str(&format!(
+            "saved {}: the initial weights, at epoch 0\n",
+            p.display()
+        )),
+        (None, _) => {}
+    }
+    text
 }
 
 /// Overrides that cannot work, as a usage diagnostic.

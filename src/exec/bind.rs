@@ -51,9 +51,20 @@ pub fn input_values(
             .clone()
             .or_else(|| info.default.map(|c| g.consts[c].clone()));
         if v.is_none() && used.contains(i) {
+            let (example, whole) = zeros_literal(&info.ty.shape);
             return Err(Error::MissingInput {
                 name: info.name.clone(),
                 span: info.span,
+                shape: g.shape_str(&info.ty.shape),
+                syms: info
+                    .ty
+                    .shape
+                    .iter()
+                    .filter(|d| matches!(d, Dim::Sym(_)))
+                    .map(|d| g.dim_str(*d))
+                    .collect(),
+                example,
+                whole,
             });
         }
         if let Some(t) = &v {
@@ -70,6 +81,38 @@ pub fn input_values(
         out[i] = v;
     }
     Ok(out)
+}
+
+/// A literal of zeros of `shape` (each symbolic dimension 1), for the
+/// hint of an input without a value, and whether it is whole: past 16
+/// values it is only an outline, `[[0.0, …], …]`.
+fn zeros_literal(shape: &[Dim]) -> (String, bool) {
+    let sizes: Vec<u64> = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => *n,
+            Dim::Sym(_) => 1,
+        })
+        .collect();
+    if sizes
+        .iter()
+        .try_fold(1u64, |n, &k| n.checked_mul(k))
+        .is_some_and(|n| n <= 16)
+    {
+        fn nest(sizes: &[u64]) -> String {
+            match sizes {
+                [] => "0.0".into(),
+                [n, rest @ ..] => {
+                    let inner = nest(rest);
+                    let items: Vec<&str> = (0..*n).map(|_| inner.as_str()).collect();
+                    format!("[{}]", items.join(", "))
+                }
+            }
+        }
+        return (nest(&sizes), true);
+    }
+    let outline = (0..sizes.len()).fold("0.0".to_string(), |inner, _| format!("[{inner}, …]"));
+    (outline, false)
 }
 
 /// A type's shape with its symbols bound, its element count checked
@@ -149,4 +192,29 @@ pub fn bind_syms_by<'s>(
         }
     }
     Ok(syms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zeros_literal;
+    use crate::ir::{Dim, Sym};
+    use cranelift_entity::EntityRef;
+
+    #[test]
+    fn zeros_literals_follow_the_shape() {
+        assert_eq!(zeros_literal(&[]), ("0.0".into(), true));
+        assert_eq!(
+            zeros_literal(&[Dim::Known(2), Dim::Known(2)]),
+            ("[[0.0, 0.0], [0.0, 0.0]]".into(), true)
+        );
+        assert_eq!(
+            zeros_literal(&[Dim::Sym(Sym::new(0)), Dim::Known(3)]),
+            ("[[0.0, 0.0, 0.0]]".into(), true)
+        );
+        // Too long to type: an outline of the right depth.
+        assert_eq!(
+            zeros_literal(&[Dim::Known(28), Dim::Known(28)]),
+            ("[[0.0, …], …]".into(), false)
+        );
+    }
 }

@@ -10,8 +10,19 @@ use crate::diag::{self, code, Diag, Span};
 /// at the declaration concerned.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
+    /// `shape` is the declared type (`[B, 3]`), `syms` its symbolic
+    /// dimensions; `example` a literal of that shape (zeros, each
+    /// symbolic dimension 1), or, when that is too long to type
+    /// (`whole` false), its outline (`[[0.0, …], …]`).
     #[error("input `{name}` has no value")]
-    MissingInput { name: String, span: Span },
+    MissingInput {
+        name: String,
+        span: Span,
+        shape: String,
+        syms: Vec<String>,
+        example: String,
+        whole: bool,
+    },
     #[error("input `{name}` has shape {found:?}, expected {expected}")]
     InputShape {
         name: String,
@@ -74,11 +85,16 @@ impl Error {
     pub fn to_diag(&self) -> Diag {
         let msg = self.to_string();
         match self {
-            Error::MissingInput { span, .. } => diag::error(code::INPUT, msg)
+            Error::MissingInput {
+                name,
+                span,
+                shape,
+                syms,
+                example,
+                whole,
+            } => diag::error(code::INPUT, msg)
                 .with_labels(vec![span.primary("declared here without a value")])
-                .with_notes(vec![
-                    "help: give the input a value, e.g. `input x: [3] = [1, 2, 3]`".into(),
-                ]),
+                .with_notes(vec![missing_input_help(name, shape, syms, example, *whole)]),
             Error::InputShape { span, .. }
             | Error::SymConflict { span, .. }
             | Error::UnboundSym { span, .. } => {
@@ -109,5 +125,58 @@ impl Error {
                     "note: indices are f32 values, each a whole number that names a row".into(),
                 ]),
         }
+    }
+}
+
+/// How to give input `name` (declared with type `shape`) a value: its
+/// declaration with `example` as the value, or, for a value too long to
+/// type (`whole` false), its outline and `nnc run --input`.
+fn missing_input_help(
+    name: &str,
+    shape: &str,
+    syms: &[String],
+    example: &str,
+    whole: bool,
+) -> String {
+    // The declaration inside a model names the input without its model.
+    let short = name.rsplit('.').next().unwrap_or(name);
+    let decl = format!("`input {short}: {shape} = {example}`");
+    if !whole {
+        return format!(
+            "help: give the input a value of shape {shape} in its declaration, {decl}, or feed one from a .npy or CSV file: `nnc run FILE --input {short}=DATA.npy`"
+        );
+    }
+    let mut help = format!("help: give the input a value, e.g. {decl}");
+    match syms {
+        [] => {}
+        [one] => help.push_str(&format!(
+            " (`{one}` is 1 here: a value of any size along `{one}` binds it)"
+        )),
+        _ => {
+            let quoted: Vec<String> = syms.iter().map(|s| format!("`{s}`")).collect();
+            help.push_str(&format!(
+                " ({} are 1 here: a value of any size along each binds it)",
+                quoted.join(", ")
+            ));
+        }
+    }
+    help
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_input_help;
+
+    #[test]
+    fn the_missing_input_hint_has_the_declared_shape() {
+        let syms = ["B".to_string(), "T".to_string()];
+        assert_eq!(
+            missing_input_help("M.x", "[B, T, 2]", &syms, "[[[0.0, 0.0]]]", true),
+            "help: give the input a value, e.g. `input x: [B, T, 2] = [[[0.0, 0.0]]]` (`B`, `T` are 1 here: a value of any size along each binds it)"
+        );
+        assert_eq!(
+            missing_input_help("x", "[]", &[], "0.0", true),
+            "help: give the input a value, e.g. `input x: [] = 0.0`"
+        );
     }
 }

@@ -5,7 +5,7 @@ pub mod ast;
 mod parser;
 mod print;
 
-pub use parser::{parse, parse_expr};
+pub use parser::{parse, parse_expr, syntax_error_at};
 pub use print::print_ast;
 
 /// A type as written in source: `[B, 784]`.

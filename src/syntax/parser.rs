@@ -75,6 +75,26 @@ pub fn parse_expr(file: FileId, source: &str, diags: &mut Diagnostics) -> Option
     Some(Builder { file, diags }.expr(expr))
 }
 
+/// Where the first syntax error of `source` is (a byte offset, the
+/// farthest the parser reached), read as a file (`expr` false) or as a
+/// REPL expression; `None` when it parses. The REPL asks, for an input
+/// with brackets open, whether more lines could complete it: only when
+/// the error is at its end.
+pub fn syntax_error_at(source: &str, expr: bool) -> Option<usize> {
+    pest::set_error_detail(true);
+    let rule = if expr { Rule::repl_expr } else { Rule::file };
+    let e = NnParser::parse(rule, source).err()?;
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    Some(
+        e.parse_attempts()
+            .map_or(pos, |a| pos.max(a.max_position))
+            .min(source.len()),
+    )
+}
+
 struct Builder<'d> {
     file: FileId,
     diags: &'d mut Diagnostics,

@@ -92,6 +92,38 @@ fn kind_for(shape: &[Dim], width: usize) -> Option<Kind> {
     (rest.iter().product::<usize>() == width).then_some(Kind::OneHot { classes })
 }
 
+/// [`data_error`] for the block's data files, whose paths start from
+/// `base`, the `.nn` file's folder: a missing file's hint says so
+/// (`DataError`'s own is for paths given on the command line).
+fn load_error(span: Span, e: &data::DataError, base: &Path) -> Diag {
+    let data::DataError::Read {
+        path,
+        kind: std::io::ErrorKind::NotFound,
+        ..
+    } = e
+    else {
+        return data_error(span, e);
+    };
+    let help = match path.strip_prefix(base) {
+        Ok(written) if written.is_relative() => {
+            let folder = if base.as_os_str().is_empty() {
+                "the current directory".to_string()
+            } else {
+                format!("`{}`", base.display())
+            };
+            format!(
+                "help: a data path in a `train` block is relative to the folder of the .nn file, {folder}: `{}` is `{}`",
+                written.display(),
+                path.display()
+            )
+        }
+        _ => "help: check the path".into(),
+    };
+    diag::error(code::INPUT, e.to_string())
+        .with_labels(vec![span.primary("data from here")])
+        .with_notes(vec![help])
+}
+
 /// Loads the `train` block's data and checks it against the inputs.
 pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Prepared, Diag> {
     let Some(ds) = &spec.data else {
@@ -102,7 +134,7 @@ pub fn prepare(g: &Graph, spec: &TrainSpec, base: &Path, seed: u64) -> Result<Pr
         );
     };
     let (columns, targets) = match &ds.feeds {
-        Feeds::Pair(source) => pair_columns(g, spec, ds.span, &rebase(source, base))?,
+        Feeds::Pair(source) => pair_columns(g, spec, ds.span, source, base)?,
         Feeds::Named(feeds) => named_columns(g, spec, feeds, base)?,
     };
     let n = columns[0].values.shape[0];
@@ -131,13 +163,15 @@ fn pair_columns(
     g: &Graph,
     spec: &TrainSpec,
     span: Span,
-    src: &Source,
+    source: &Source,
+    base: &Path,
 ) -> Result<(Vec<Column>, Option<usize>), Diag> {
+    let src = &rebase(source, base);
     let (Some(features), Some(targets)) = (spec.features, spec.targets) else {
         return Err(diag::error(code::INPUT, "no inputs to feed")
             .with_labels(vec![spec.span.primary("here")]));
     };
-    let data = data::load(src).map_err(|e| data_error(span, &e))?;
+    let data = data::load(src).map_err(|e| load_error(span, &e, base))?;
     let fin = &g.inputs[features];
     let have = data.features.shape.get(1).copied().unwrap_or(0);
     if kind_for(&fin.ty.shape, have) != Some(Kind::Values) {
@@ -203,7 +237,9 @@ fn named_columns(
     let mut columns: Vec<Column> = Vec::with_capacity(feeds.len());
     for f in feeds {
         let file = f.file.rebase(base);
-        let values = file.load(f.scale).map_err(|e| data_error(f.span, &e))?;
+        let values = file
+            .load(f.scale)
+            .map_err(|e| load_error(f.span, &e, base))?;
         let info = &g.inputs[f.input];
         let width = values.shape[1];
         let Some(kind) = kind_for(&info.ty.shape, width) else {

@@ -19,6 +19,7 @@
 pub mod checkpoint;
 mod data_prep;
 pub mod metrics;
+mod restore;
 
 use crate::backend::interp;
 use crate::backend::Engine;
@@ -33,6 +34,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use data_prep::prepare;
+pub use restore::restore;
 
 /// Ctrl-C's: a run stops after the step in progress when there is one.
 static INTERRUPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -237,7 +239,7 @@ pub fn run(
     let mut partial: Option<Partial> = None;
     let mut resumed_plateaus: Vec<Plateau> = Vec::new();
     if let Some(path) = &opts.resume {
-        match restore(all, &mut params, path, spec.span)? {
+        match restore(all, &mut params, path)? {
             Some(at) => {
                 at.check(path, seed)?;
                 first_epoch = at.epoch;
@@ -339,6 +341,8 @@ pub fn run(
     }
     let mut stopped_at = None;
     let mut interrupted_at = None;
+    // The epochs this run wrote to `--save` and `--save-best` last.
+    let (mut saved, mut best_saved) = (None, None);
     let mut confusion = None;
     'epochs: for epoch in first_epoch..epochs {
         let order = data_prep::epoch_order(&data.train, seed, epoch);
@@ -405,8 +409,9 @@ pub fn run(
                     return Err(error(
                         g.nodes[step.loss].span,
                         format!("training diverged at epoch {}, step {} (batch {} of the epoch{phase}): {what}", epoch + 1, global_step + 1, bi + 1),
-                        "lower the learning rate, scale the inputs, or check for log of 0; the last checkpoint saved is intact",
-                    ));
+                        "lower the learning rate, scale the inputs, or check for log of 0",
+                    )
+                    .with_notes(vec![saved_before_divergence(opts, saved, best_saved)]));
                 }
                 totals[k] += f64::from(loss) * rows.len() as f64;
                 step_loss += loss;
@@ -525,9 +530,11 @@ pub fn run(
         };
         if let Some(path) = &opts.save {
             save(all, &params, path, &at)?;
+            saved = Some(epoch + 1);
         }
         if let (Some(path), true) = (&opts.save_best, improved) {
             save(all, &params, path, &at)?;
+            best_saved = Some(epoch + 1);
         }
         history.push(stats);
         if let (Some(p), Some(b)) = (opts.patience, best) {
@@ -568,6 +575,36 @@ pub fn run(
         interrupted: interrupted_at,
         confusion,
     })
+}
+
+/// What a diverged run leaves behind: the epoch `--save` (and
+/// `--save-best`) last wrote in this run, or that nothing was written.
+fn saved_before_divergence(
+    opts: &Options,
+    saved: Option<usize>,
+    best_saved: Option<usize>,
+) -> String {
+    let mut note = match (&opts.save, saved) {
+        (Some(p), Some(e)) => format!(
+            "note: `{}` holds epoch {e}, the last before it diverged",
+            p.display()
+        ),
+        (Some(p), None) => format!(
+            "note: nothing was saved: it diverged before the end of this run's first epoch (`--save` writes `{}` after each epoch)",
+            p.display()
+        ),
+        (None, _) => {
+            "note: nothing was saved (`--save W.safetensors` keeps a checkpoint after each epoch)"
+                .to_string()
+        }
+    };
+    if let (Some(p), Some(e)) = (&opts.save_best, best_saved) {
+        note.push_str(&format!("; `{}` holds epoch {e}, the best", p.display()));
+    }
+    if let (Some(r), None) = (&opts.resume, saved) {
+        note.push_str(&format!("; `{}`, resumed from, is unchanged", r.display()));
+    }
+    note
 }
 
 /// A confusion matrix, `m[true][predicted]`.
@@ -1024,50 +1061,6 @@ fn check_save_target(save: &Path, inputs: &[PathBuf]) -> Result<(), Diag> {
 /// nothing in the source to point at.
 fn flag_error(message: String, hint: &str) -> Diag {
     diag::error(code::FILE, message).with_notes(vec![format!("help: {hint}")])
-}
-
-/// Loads parameters (and, from a checkpoint, optimizer state) by name;
-/// returns where the checkpoint was taken (`None` for plain weights).
-pub fn restore(
-    g: &Graph,
-    params: &mut SecondaryMap<ParamId, Tensor>,
-    path: &Path,
-    span: Span,
-) -> Result<Option<Position>, Diag> {
-    let (tensors, meta) = checkpoint::load(path).map_err(|e| {
-        let help = match e {
-            checkpoint::CheckpointError::Read { .. } => "help: check the path",
-            _ => "help: weights and checkpoints are safetensors files written by `nnc train --save`; this one may be truncated or of another kind",
-        };
-        diag::error(code::FILE, e.to_string()).with_notes(vec![help.into()])
-    })?;
-    for (id, p) in g.params.iter() {
-        match tensors.get(&p.name) {
-            Some(t) if t.shape == params[id].shape => params[id] = t.clone(),
-            Some(t) => {
-                return Err(error(
-                    span,
-                    format!(
-                        "`{}` in `{}` has shape {:?}, but the model's is {:?}",
-                        p.name,
-                        path.display(),
-                        t.shape,
-                        params[id].shape
-                    ),
-                    "the checkpoint comes from a different model",
-                ))
-            }
-            None if p.role == Role::State && !meta.contains_key("epoch") => {}
-            None => {
-                return Err(error(
-                    span,
-                    format!("`{}` has no tensor `{}`", path.display(), p.name),
-                    "the checkpoint comes from a different model or optimizer",
-                ))
-            }
-        }
-    }
-    Position::read(&meta, path)
 }
 
 fn file_error(path: &Path, e: &std::io::Error) -> Diag {

@@ -6,4 +6,4 @@ mod session;
 mod terminal;
 
 pub use session::{Backend, Reply, Session};
-pub use terminal::{balance, run};
+pub use terminal::{balance, incomplete, run};

@@ -77,6 +77,7 @@ leaves.
   :ir EXPR                    the IR of EXPR (only the nodes it needs)
   :fused EXPR                 the fused kernels of EXPR
   :grad EXPR wrt NAME         the gradient of the scalar EXPR with respect to NAME
+                              (a param, an input or a let)
   :load FILE                  the definitions of a .nn file (:reload reads it again)
   :backend jit|interp|opencl  the backend that evaluates expressions
   :time EXPR                  compile and run times of EXPR
@@ -261,6 +262,18 @@ impl Session {
     /// Compiles `text` as an expression over the session's definitions:
     /// the graph (pruned to what the expression needs) and its node.
     fn expression(&mut self, file: usize, text: &str) -> Result<(Graph, Node, f64), Reply> {
+        self.expression_wrt(file, text, None)
+            .map(|(g, node, _, seconds)| (g, node, seconds))
+    }
+
+    /// [`Self::expression`], and the node of the parameter, input or
+    /// `let` named `wrt` in its graph when the expression uses it.
+    fn expression_wrt(
+        &mut self,
+        file: usize,
+        text: &str,
+        wrt: Option<&str>,
+    ) -> Result<(Graph, Node, Option<Wrt>, f64), Reply> {
         let started = Instant::now();
         let mut diags = Diagnostics::new();
         let Some(expr) = syntax::parse_expr(file, text, &mut diags) else {
@@ -289,10 +302,80 @@ impl Session {
         let Some(out) = g.outputs.iter().find(|o| o.name == "_").cloned() else {
             return Err(Reply::err(self.render(&diags)));
         };
-        g.outputs = vec![out];
+        let found = wrt.map(|name| self.wrt(&g, &p.named, out.node, name));
+        let wrt = match found {
+            Some(Err(message)) => return Err(Reply::err(message)),
+            Some(Ok(w)) => Some(w),
+            None => None,
+        };
+        // The value differentiated for stays an output through pruning.
+        g.outputs = std::iter::once(out)
+            .chain(wrt.as_ref().map(|w| Output {
+                name: w.name.clone(),
+                node: w.node,
+                span,
+            }))
+            .collect();
         let g = passes::dce::prune(&g);
         let node = g.outputs[0].node;
-        Ok((g, node, started.elapsed().as_secs_f64()))
+        let wrt = wrt.map(|w| Wrt {
+            node: g.outputs[1].node,
+            ..w
+        });
+        Ok((g, node, wrt, started.elapsed().as_secs_f64()))
+    }
+
+    /// The node of the parameter, input or `let` named `name` that the
+    /// expression `out` reads, or why there is none.
+    fn wrt(
+        &self,
+        g: &Graph,
+        named: &[(String, Node)],
+        out: Node,
+        name: &str,
+    ) -> Result<Wrt, String> {
+        let Some(&(_, node)) = named.iter().find(|(n, _)| n == name) else {
+            let what = match self
+                .items
+                .iter()
+                .find(|i| i.name().is_some_and(|n| n.name == name))
+            {
+                Some(ast::Item::Fn(_)) => format!("`{name}` is a function"),
+                Some(ast::Item::Model(_)) => format!("`{name}` is a model"),
+                Some(ast::Item::Output(_)) => format!("`{name}` is an output"),
+                _ => format!("there is no parameter, input or `let` named `{name}`"),
+            };
+            let names = named
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| !n.contains('\''));
+            let hint = diag::suggest(name, names)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(format!(
+                "error: {what}{hint} (`:grad EXPR wrt NAME` differentiates with respect to a parameter, input or `let`)\n"
+            ));
+        };
+        if !reaches(g, node, out) {
+            return Err(format!(
+                "error: this expression does not use `{name}`: its gradient with respect to `{name}` is zero\n"
+            ));
+        }
+        // `let x = w` names w's value: its gradient is w's.
+        let same = match g.nodes[node].op {
+            crate::ir::Op::Param(p) => Some(g.params[p].name.clone()),
+            crate::ir::Op::Input(i) => Some(g.inputs[i].name.clone()),
+            _ => named
+                .iter()
+                .find(|(n, v)| *v == node && n != name)
+                .map(|(n, _)| n.clone()),
+        }
+        .filter(|other| other != name && !other.contains('\''));
+        Ok(Wrt {
+            name: name.to_string(),
+            node,
+            same,
+        })
     }
 
     fn run(&self, g: &Graph) -> Result<Vec<Tensor>, Reply> {
@@ -404,38 +487,57 @@ impl Session {
         }
     }
 
+    /// `:grad EXPR wrt NAME`: the gradient of the scalar EXPR with
+    /// respect to a parameter, an input or a `let` (the value it names,
+    /// as if it were an input: what flows back to it through EXPR).
     fn grad(&mut self, arg: &str) -> Reply {
         let Some((expr, name)) = arg.rsplit_once(" wrt ") else {
             return Reply::err(
                 "error: write `:grad EXPR wrt NAME`, e.g. `:grad sum(w * x) wrt w`\n",
             );
         };
-        let name = name.trim().to_string();
-        self.with_expr(expr.trim(), |s, g, n, _| {
-            let Some(target) = node_named(g, &name) else {
-                return Err(Reply::err(format!(
-                    "error: `{name}` is not a parameter or input that this expression uses\n"
-                )));
-            };
-            let mut g = g.clone();
-            let grads = passes::autodiff::grad(&mut g, n, &[target]).map_err(|d| s.error(d))?;
-            let span = g.nodes[n].span;
-            g.outputs = vec![Output {
-                name: format!("d/d{name}"),
-                node: grads.grads[0],
-                span,
-            }];
-            let values = s.run(&g)?;
-            let mut diags = Diagnostics::new();
-            for w in grads.warnings {
-                diags.push(w);
-            }
-            Ok(Reply {
-                out: format!("{}\n", show(&values[0])),
-                err: s.render(&diags),
-                quit: false,
-            })
-        })
+        let (expr, name) = (expr.trim(), name.trim());
+        if expr.is_empty() {
+            return Reply::err("error: this command takes an expression\n");
+        }
+        self.lines += 1;
+        let file = self
+            .sources
+            .add(format!("<repl:{}>", self.lines), expr.to_string());
+        let (mut g, n, wrt) = match self.expression_wrt(file, expr, Some(name)) {
+            Ok((g, n, Some(wrt), _)) => (g, n, wrt),
+            Ok(_) => return Reply::err(format!("error: no value named `{name}`\n")),
+            Err(r) => return r,
+        };
+        let grads = match passes::autodiff::grad(&mut g, n, &[wrt.node]) {
+            Ok(grads) => grads,
+            Err(d) => return self.error(d),
+        };
+        let span = g.nodes[n].span;
+        g.outputs = vec![Output {
+            name: format!("d/d{name}"),
+            node: grads.grads[0],
+            span,
+        }];
+        let values = match self.run(&g) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let mut diags = Diagnostics::new();
+        for w in grads.warnings {
+            diags.push(w);
+        }
+        let mut err = self.render(&diags);
+        if let Some(other) = &wrt.same {
+            err.push_str(&format!(
+                "note: `{name}` is the value of `{other}`: this is the gradient with respect to `{other}`\n"
+            ));
+        }
+        Reply {
+            out: format!("{}\n", show(&values[0])),
+            err,
+            quit: false,
+        }
     }
 
     fn load(&mut self, paths: Vec<PathBuf>) -> Reply {
@@ -534,7 +636,7 @@ fn same_name(a: &ast::Item, b: &ast::Item) -> bool {
 }
 
 /// Whether a line starts with a definition keyword.
-fn starts_definition(line: &str) -> bool {
+pub(super) fn starts_definition(line: &str) -> bool {
     let word: String = line
         .chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_')
@@ -545,12 +647,26 @@ fn starts_definition(line: &str) -> bool {
     )
 }
 
-/// The node of a parameter, input or named value, by (qualified) name.
-fn node_named(g: &Graph, name: &str) -> Option<Node> {
-    use crate::ir::Op;
-    g.nodes.iter().find_map(|(n, d)| match d.op {
-        Op::Param(p) if g.params[p].name == name => Some(n),
-        Op::Input(i) if g.inputs[i].name == name => Some(n),
-        _ => None,
-    })
+/// The value `:grad … wrt NAME` differentiates for.
+struct Wrt {
+    name: String,
+    node: Node,
+    /// Another name of the same value (`let x = w` names `w`'s), whose
+    /// gradient this is.
+    same: Option<String>,
+}
+
+/// Whether `to` reads `from` (nodes come after their arguments).
+fn reaches(g: &Graph, from: Node, to: Node) -> bool {
+    use cranelift_entity::EntityRef;
+    let mut live = vec![false; to.index() + 1];
+    live[to.index()] = true;
+    for i in (from.index()..=to.index()).rev() {
+        if live[i] {
+            for a in g.nodes[Node::new(i)].op.args() {
+                live[a.index()] = true;
+            }
+        }
+    }
+    live.get(from.index()).copied().unwrap_or(false)
 }

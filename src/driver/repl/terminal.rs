@@ -1,13 +1,15 @@
 //! The REPL's front end: rustyline on a terminal (history kept across
-//! sessions, tab completion, continuation lines while brackets are open,
-//! Ctrl-C cancels the input, Ctrl-D leaves), or plain lines from a pipe.
+//! sessions, tab completion, continuation lines after a `...` prompt
+//! while brackets are open, Ctrl-C cancels the input, Ctrl-D leaves), or
+//! plain lines from a pipe. Both continue an input while it is
+//! [`incomplete`].
 
 use super::Session;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
-use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 use std::cell::RefCell;
 use std::io::{BufRead, IsTerminal, Write};
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 const PROMPT: &str = "nnc> ";
+/// The prompt of an input's further lines, as wide as [`PROMPT`].
+const CONTINUATION: &str = "...  ";
 
 /// How many brackets (`(`, `[`, `{`) are open at the end of `text`,
 /// ignoring comments and strings. Negative when more close than open.
@@ -39,6 +43,23 @@ pub fn balance(text: &str) -> i64 {
         }
     }
     depth
+}
+
+/// Whether `text` is an input still being typed, so the next line
+/// continues it: brackets are open and the text has no syntax error
+/// before its end. An error inside the text is reported at once: no
+/// further line could fix it. (A command's expression, after `:grad`
+/// and the like, continues while its brackets are open.)
+pub fn incomplete(text: &str) -> bool {
+    if balance(text) <= 0 {
+        return false;
+    }
+    let text = text.trim();
+    if text.starts_with(':') {
+        return true;
+    }
+    let expr = !super::session::starts_definition(text);
+    crate::syntax::syntax_error_at(text, expr).is_some_and(|at| at >= text.len())
 }
 
 struct NnHelper {
@@ -81,15 +102,10 @@ impl Hinter for NnHelper {
 
 impl Highlighter for NnHelper {}
 
-impl Validator for NnHelper {
-    fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        Ok(if balance(ctx.input()) > 0 {
-            ValidationResult::Incomplete
-        } else {
-            ValidationResult::Valid(None)
-        })
-    }
-}
+// Each line is accepted as typed; the loop decides whether the input
+// goes on (with its own prompt, which rustyline's multi-line editing
+// cannot show).
+impl Validator for NnHelper {}
 
 impl Helper for NnHelper {}
 
@@ -128,7 +144,7 @@ fn piped(mut session: Session) -> i32 {
         let Ok(line) = line else { break };
         pending.push_str(&line);
         pending.push('\n');
-        if balance(&pending) > 0 {
+        if incomplete(&pending) {
             continue;
         }
         let reply = session.eval(&pending);
@@ -169,13 +185,24 @@ fn interactive(mut session: Session) -> i32 {
         "nnc {} — :help for help, Ctrl-D to leave",
         env!("CARGO_PKG_VERSION")
     );
+    let mut pending = String::new();
     loop {
-        match editor.readline(PROMPT) {
-            Ok(input) => {
-                if !input.trim().is_empty() {
-                    let _ = editor.add_history_entry(input.as_str());
+        let prompt = if pending.is_empty() {
+            PROMPT
+        } else {
+            CONTINUATION
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
                 }
-                let reply = session.eval(&input);
+                pending.push_str(&line);
+                pending.push('\n');
+                if incomplete(&pending) {
+                    continue;
+                }
+                let reply = session.eval(&std::mem::take(&mut pending));
                 print(&reply);
                 *names.borrow_mut() = session.names();
                 if reply.quit {
@@ -183,8 +210,14 @@ fn interactive(mut session: Session) -> i32 {
                 }
             }
             // Ctrl-C: drop the input, keep the session.
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
+            Err(ReadlineError::Interrupted) => pending.clear(),
+            // Ctrl-D: leave, saying why an unfinished input was not one.
+            Err(ReadlineError::Eof) => {
+                if !pending.trim().is_empty() {
+                    print(&session.eval(&pending));
+                }
+                break;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 break;
