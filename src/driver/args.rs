@@ -46,7 +46,7 @@ pub enum Command {
     /// Compile a file into a shared library and its C header, or print a
     /// stage of the pipeline (`--emit`).
     #[command(
-        after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir"
+        after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir\n  nnc compile examples/xor.nn --emit dot | dot -Tsvg > xor.svg"
     )]
     Compile {
         /// The .nn file.
@@ -132,6 +132,12 @@ pub enum Command {
         after_help = "Examples:\n  nnc train examples/iris.nn --save iris.safetensors\n  nnc predict examples/iris.nn --params iris.safetensors --data new.csv -o predictions.csv\n  nnc predict examples/digits_mlp.nn --params digits.safetensors --data x.npy -o p.npy"
     )]
     Predict(PredictArgs),
+    /// Draw a training log's curves: the loss and every metric per epoch,
+    /// training beside validation, as an SVG or PNG picture.
+    #[command(
+        after_help = "Examples:\n  nnc train examples/iris.nn --log metrics.jsonl\n  nnc plot metrics.jsonl -o curves.svg\n  nnc train examples/iris.nn --plot curves.png   (redrawn as it trains)"
+    )]
+    Plot(PlotArgs),
     /// Time a training step (or the outputs): compile once, warm up, then time runs.
     #[command(
         after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
@@ -176,6 +182,16 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
         }
         _ => Err(format!("expected NAME=FILE, e.g. x=rows.npy, found `{s}`")),
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// The log: one JSON object per epoch, as `nnc train --log` writes.
+    pub log: PathBuf,
+    /// The picture to write, its kind by the extension: `.svg` or `.png`.
+    /// A panel per figure, `train_X` and `val_X` on one (`X`).
+    #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = super::plot::parse_picture)]
+    pub output: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -244,6 +260,11 @@ pub struct TrainArgs {
     /// Write one JSON object per epoch to this file.
     #[arg(long, value_name = "metrics.jsonl")]
     pub log: Option<PathBuf>,
+    /// Draw the curves (as `nnc plot` does) to this .svg or .png as
+    /// epochs end (at most once a second, and after the last); a resumed
+    /// run takes the epochs before from `--log`.
+    #[arg(long, value_name = "curves.png", value_parser = super::plot::parse_picture)]
+    pub plot: Option<PathBuf>,
     /// The learning rate of every optimizer (overrides the file's).
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
@@ -290,6 +311,12 @@ pub enum Emit {
     /// The OpenCL C program (every loop kernel, and the library kernels
     /// the other steps call), for concrete sizes.
     Opencl,
+    /// The fused graph as Graphviz (`| dot -Tsvg`): each kernel a cluster.
+    Dot,
+    /// The IR as Graphviz.
+    DotIr,
+    /// The IR with the gradient of the loss, as Graphviz.
+    DotGrad,
 }
 
 /// A byte count, for `--max-memory`.

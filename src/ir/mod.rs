@@ -14,6 +14,7 @@
 //!   each autodiff rule and each kernel simple.
 
 pub mod constant;
+pub mod dot;
 mod infer;
 mod op;
 mod print;
