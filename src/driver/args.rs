@@ -51,8 +51,8 @@ pub enum Command {
     /// Compile a file into a shared library and its C header, or print a
     /// stage of the pipeline (`--emit`).
     #[command(
-        display_order = 5,
-        after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir"
+        display_order = 7,
+        after_help = "Examples:\n  nnc compile model.nn --dim B=1          writes model.so and model.h\n  nnc compile model.nn --params W.safetensors -o lib/digits.so --dim B=64\n  nnc compile examples/neuron.nn --emit ir\n  nnc compile examples/xor.nn --emit dot | dot -Tsvg > xor.svg"
     )]
     Compile {
         /// The .nn file.
@@ -128,13 +128,13 @@ pub enum Command {
     },
     /// Start an interactive session.
     #[command(
-        display_order = 7,
+        display_order = 9,
         after_help = "Example:\n  nnc repl\n  nnc> let x = [0.5, 0.8, 0.2]\n  nnc> sigmoid(sum(x * [0.2, -0.5, 1.0]) + 0.1)\n  0.5\n\nPiped input works too: printf 'sigmoid(0.0)\\n' | nnc repl"
     )]
     Repl,
     /// List the OpenCL devices `--backend opencl` can run on.
     #[command(
-        display_order = 8,
+        display_order = 10,
         after_help = "Example:\n  nnc devices\n  nnc run model.nn --backend opencl --device 1"
     )]
     Devices,
@@ -147,13 +147,20 @@ pub enum Command {
     /// Apply a model to every row of a data file: its `train` block's
     /// `predict` (or its outputs), one row of predictions per input row.
     #[command(
-        display_order = 4,
+        display_order = 5,
         after_help = "Examples:\n  nnc train examples/iris.nn --save iris.safetensors\n  nnc predict examples/iris.nn --params iris.safetensors --data new.csv -o predictions.csv\n  nnc predict examples/digits_mlp.nn --params digits.safetensors --data x.npy -o p.npy"
     )]
     Predict(PredictArgs),
+    /// Draw a training log's curves: the loss and every metric per epoch,
+    /// training beside validation, as an SVG or PNG picture.
+    #[command(
+        display_order = 4,
+        after_help = "Examples:\n  nnc train examples/iris.nn --log metrics.jsonl\n  nnc plot metrics.jsonl -o curves.svg\n  nnc train examples/iris.nn --plot curves.png   (redrawn as it trains)"
+    )]
+    Plot(PlotArgs),
     /// Time a training step (or the outputs): compile once, warm up, then time runs.
     #[command(
-        display_order = 6,
+        display_order = 8,
         after_help = "Examples:\n  nnc bench examples/bench/mlp_train.nn --format json\n  nnc bench examples/bench/matmul.nn --dim N=1024 --runs 20"
     )]
     Bench(BenchArgs),
@@ -161,6 +168,7 @@ pub enum Command {
     /// activation memory per example) with totals, and the memory of a
     /// `train` block's step at its batch size.
     #[command(
+        display_order = 6,
         after_help = "Examples:\n  nnc summary examples/iris.nn\n  nnc summary examples/lenet_mnist.nn --batch 128\n  nnc summary model.nn --dim B=32 --format json"
     )]
     Summary(super::summary::SummaryArgs),
@@ -205,6 +213,16 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
         }
         _ => Err(format!("expected NAME=FILE, e.g. x=rows.npy, found `{s}`")),
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// The log: one JSON object per epoch, as `nnc train --log` writes.
+    pub log: PathBuf,
+    /// The picture to write, its kind by the extension: `.svg` or `.png`.
+    /// A panel per figure, `train_X` and `val_X` on one (`X`).
+    #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = super::plot::parse_picture)]
+    pub output: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -278,6 +296,11 @@ pub struct TrainArgs {
     /// Write one JSON object per epoch to this file.
     #[arg(long, value_name = "metrics.jsonl")]
     pub log: Option<PathBuf>,
+    /// Draw the curves (as `nnc plot` does) to this .svg or .png as
+    /// epochs end (at most once a second, and after the last); a resumed
+    /// run takes the epochs before from `--log`.
+    #[arg(long, value_name = "curves.png", value_parser = super::plot::parse_picture)]
+    pub plot: Option<PathBuf>,
     /// The learning rate of every optimizer (overrides the file's).
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
@@ -332,6 +355,12 @@ pub enum Emit {
     /// The OpenCL C program (every loop kernel, and the library kernels
     /// the other steps call), for concrete sizes.
     Opencl,
+    /// The fused graph as Graphviz (`| dot -Tsvg`): each kernel a cluster.
+    Dot,
+    /// The IR as Graphviz.
+    DotIr,
+    /// The IR with the gradient of the loss, as Graphviz.
+    DotGrad,
 }
 
 /// A byte count, for `--max-memory`.

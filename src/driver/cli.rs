@@ -91,7 +91,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         } => {
             let stage = match emit {
                 Emit::Ast => Stage::Ast,
-                Emit::Ir | Emit::Grad | Emit::Fused | Emit::Clif | Emit::Opencl => Stage::Ir,
+                _ => Stage::Ir,
             };
             let mut c = load(file, stage)?;
             let text = match (emit, &c.ast, &c.graph) {
@@ -126,6 +126,18 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                         .collect();
                     match one.and_then(|d| backend_text(g, c.train.as_ref(), *emit, &d)) {
                         Ok(t) => t,
+                        Err(d) => {
+                            c.diags.push(d);
+                            String::new()
+                        }
+                    }
+                }
+                (Emit::Dot | Emit::DotIr | Emit::DotGrad, _, Some(g)) => {
+                    match super::dot::text(g, c.train.as_ref(), *emit, file) {
+                        Ok((text, warnings)) => {
+                            warnings.into_iter().for_each(|w| c.diags.push(w));
+                            text
+                        }
                         Err(d) => {
                             c.diags.push(d);
                             String::new()
@@ -186,7 +198,15 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
                 }
             }
         }
-        Command::Train(args) => super::train::command(args),
+        // A run that reported an error (a picture it could not write)
+        // fails, whatever it trained.
+        Command::Train(args) => {
+            super::train::command(args).and_then(|o| match o.diags.has_errors() {
+                true => Err(o),
+                false => Ok(o),
+            })
+        }
+        Command::Plot(args) => super::plot::command(args),
         Command::Predict(args) => super::predict::command(args),
         Command::Bench(args) => super::bench::command(args),
         Command::Summary(args) => super::summary::command(args),

@@ -3,9 +3,11 @@
 pub mod args;
 pub mod bench;
 pub mod cli;
+pub mod dot;
 pub mod graphs;
 pub mod outcome;
 pub mod output;
+pub mod plot;
 pub mod predict;
 pub mod repl;
 pub mod summary;

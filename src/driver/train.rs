@@ -91,6 +91,17 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    let plot = args
+        .plot
+        .as_deref()
+        .map(|p| super::plot::Live::new(p, args.log.as_deref()));
+    let mut plot = match plot.transpose() {
+        Ok(p) => p,
+        Err(d) => {
+            c.diags.push(d);
+            return Err(Outcome::from(c, String::new()));
+        }
+    };
     let started = Instant::now();
     let mut epochs_total = 0;
     let mut resumed_at = 0;
@@ -123,6 +134,9 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
             bar.inc(1);
         }
         Event::Epoch(s) => {
+            if let Some(p) = &mut plot {
+                p.epoch(s);
+            }
             let mut line = format!(
                 "epoch {}/{}  train_loss {:.4}",
                 s.epoch, epochs_total, s.train_loss
@@ -148,6 +162,9 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         }
     });
     bar.finish_and_clear();
+    if let Some(d) = plot.and_then(super::plot::Live::finish) {
+        c.diags.push(d);
+    }
     match result {
         Ok(summary) => {
             for w in summary.warnings {

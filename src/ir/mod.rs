@@ -15,6 +15,7 @@
 
 pub mod constant;
 pub mod cost;
+pub mod dot;
 mod infer;
 mod op;
 mod print;

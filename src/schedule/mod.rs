@@ -23,6 +23,7 @@
 
 mod buffers;
 mod build;
+pub mod dot;
 mod geometry;
 mod kernel;
 mod verify;
