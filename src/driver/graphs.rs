@@ -38,19 +38,7 @@ pub fn bind_dims(
         match g.syms.iter().find(|(_, s)| &s.name == name) {
             Some((s, _)) => syms[s] = Some(*size),
             None => {
-                let known: Vec<&str> = g.syms.values().map(|s| s.name.as_str()).collect();
-                return Err(crate::diag::error(
-                    crate::diag::code::UNBOUND_DIM,
-                    format!("`--dim {name}=…` names no dimension of this program"),
-                )
-                .with_notes(vec![format!(
-                    "help: its symbolic dimensions are: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )]));
+                return Err(unknown_dim(g, name));
             }
         }
     }
@@ -582,4 +570,21 @@ pub fn compile_library(
         text.push_str(&format!("{l}\n"));
     }
     Ok(text)
+}
+
+/// `--dim NAME=…` for a name that is no symbolic dimension of `g`.
+pub fn unknown_dim(g: &Graph, name: &str) -> crate::diag::Diag {
+    let known: Vec<&str> = g.syms.values().map(|s| s.name.as_str()).collect();
+    crate::diag::error(
+        crate::diag::code::UNBOUND_DIM,
+        format!("`--dim {name}=…` names no dimension of this program"),
+    )
+    .with_notes(vec![format!(
+        "help: its symbolic dimensions are: {}",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )])
 }

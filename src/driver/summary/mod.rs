@@ -114,7 +114,7 @@ pub fn summarize(c: &Compilation, name: &str, opts: &Options) -> Result<Summary,
     for (n, size) in &opts.dims {
         match g.syms.iter().find(|(_, s)| &s.name == n) {
             Some((s, _)) => sizes[s] = Some(*size),
-            None => return Err(unknown_dim(g, n)),
+            None => return Err(super::graphs::unknown_dim(g, n)),
         }
     }
     let shown = g
@@ -147,22 +147,6 @@ pub fn summarize(c: &Compilation, name: &str, opts: &Options) -> Result<Summary,
         },
         train,
     })
-}
-
-fn unknown_dim(g: &crate::ir::Graph, name: &str) -> Diag {
-    let known: Vec<&str> = g.syms.values().map(|s| s.name.as_str()).collect();
-    diag::error(
-        diag::code::UNBOUND_DIM,
-        format!("`--dim {name}=…` names no dimension of this program"),
-    )
-    .with_notes(vec![format!(
-        "help: its symbolic dimensions are: {}",
-        if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        }
-    )])
 }
 
 /// `nnc summary FILE`.
