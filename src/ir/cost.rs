@@ -116,25 +116,11 @@ pub fn flops(g: &Graph, n: Node, sizes: &Sizes) -> u64 {
 /// The operations of every node the graph's outputs and updates need
 /// (a loop body's: its one output).
 pub fn total_flops(g: &Graph, sizes: &Sizes) -> u64 {
-    let mut live = vec![false; g.nodes.len()];
-    for n in g
-        .outputs
-        .iter()
-        .map(|o| o.node)
-        .chain(g.updates.iter().map(|u| u.node))
-    {
-        live[cranelift_entity::EntityRef::index(n)] = true;
-    }
-    let mut total = 0u64;
-    for (n, d) in g.nodes.iter().rev() {
-        if live[cranelift_entity::EntityRef::index(n)] {
-            total = total.saturating_add(flops(g, n, sizes));
-            for a in d.op.args() {
-                live[cranelift_entity::EntityRef::index(a)] = true;
-            }
-        }
-    }
-    total
+    let live = g.live();
+    g.nodes
+        .keys()
+        .filter(|&n| live[cranelift_entity::EntityRef::index(n)])
+        .fold(0u64, |total, n| total.saturating_add(flops(g, n, sizes)))
 }
 
 #[cfg(test)]

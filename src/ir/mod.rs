@@ -209,6 +209,27 @@ impl Graph {
         Ok(self.nodes.push(NodeData { op, ty, span }))
     }
 
+    /// Which nodes the outputs and updates need, by node index.
+    pub fn live(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for n in self
+            .outputs
+            .iter()
+            .map(|o| o.node)
+            .chain(self.updates.iter().map(|u| u.node))
+        {
+            live[n.index()] = true;
+        }
+        for (n, d) in self.nodes.iter().rev() {
+            if live[n.index()] {
+                for a in d.op.args() {
+                    live[a.index()] = true;
+                }
+            }
+        }
+        live
+    }
+
     /// Rebuilds the arena so that every `Input(input)` node is followed
     /// by what `wrap` adds on it, and every use of the input reads
     /// `wrap`'s result instead (outputs and updates too). Returns the

@@ -10,22 +10,7 @@ use crate::ir::{ConstId, Graph, Init, InputId, Node, Op, Output, ParamId, Update
 use cranelift_entity::{EntityRef, SecondaryMap};
 
 pub fn prune(g: &Graph) -> Graph {
-    let mut live = vec![false; g.nodes.len()];
-    for n in g
-        .outputs
-        .iter()
-        .map(|o| o.node)
-        .chain(g.updates.iter().map(|u| u.node))
-    {
-        live[n.index()] = true;
-    }
-    for (n, d) in g.nodes.iter().rev() {
-        if live[n.index()] {
-            for a in d.op.args() {
-                live[a.index()] = true;
-            }
-        }
-    }
+    let live = g.live();
     let mut out = Graph {
         syms: g.syms.clone(),
         bodies: g.bodies.clone(),

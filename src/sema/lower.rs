@@ -179,6 +179,10 @@ impl Lowerer<'_, '_, '_> {
                 let d = g.add(Op::Binary(crate::ir::BinaryOp::Sub, x, c), span)?;
                 g.add(Op::Binary(crate::ir::BinaryOp::Div, d, s), span)
             };
+            // Cannot fail: the parameters have the input's row shape (all
+            // dimensions known, checked above), which broadcasts to the
+            // input's shape, and the subtraction and division then take
+            // operands of one shape.
             let map = self
                 .g
                 .wrap_input(input, &mut wrap)
