@@ -70,6 +70,7 @@ pub mod exec;
 pub mod fuzz;
 pub mod ir;
 pub mod log;
+pub mod onnx;
 pub mod passes;
 pub mod pipeline;
 pub mod rng;
