@@ -172,6 +172,14 @@ pub enum Command {
         after_help = "Examples:\n  nnc summary examples/iris.nn\n  nnc summary examples/lenet_mnist.nn --batch 128\n  nnc summary model.nn --dim B=32 --format json"
     )]
     Summary(super::summary::SummaryArgs),
+    /// Translate an ONNX model into a `.nn` file (one `let` per node,
+    /// the stdlib's layers where it recognises them) and its weights into
+    /// a safetensors file.
+    #[command(
+        display_order = 11,
+        after_help = "Examples:\n  nnc import mlp.onnx -o mlp.nn\n  nnc import lenet.onnx -o lenet.nn --params-out lenet.safetensors\n  nnc run lenet.nn --params lenet.safetensors --input x=images.npy"
+    )]
+    Import(ImportArgs),
     /// Evaluate a file's `output`s and print them.
     #[command(
         display_order = 1,
@@ -213,6 +221,19 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
         }
         _ => Err(format!("expected NAME=FILE, e.g. x=rows.npy, found `{s}`")),
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The ONNX model (`.onnx`, as `torch.onnx.export` writes it).
+    pub model: PathBuf,
+    /// The `.nn` file to write.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: PathBuf,
+    /// The weights file to write (safetensors); by default the `.nn`
+    /// file's path with the extension `.safetensors`.
+    #[arg(long = "params-out", value_name = "W.safetensors")]
+    pub params_out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

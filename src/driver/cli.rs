@@ -210,6 +210,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         Command::Predict(args) => super::predict::command(args),
         Command::Bench(args) => super::bench::command(args),
         Command::Summary(args) => super::summary::command(args),
+        Command::Import(args) => super::import::command(args),
         Command::Repl => Ok(Outcome {
             stdout: String::new(),
             sources: SourceMap::new(),

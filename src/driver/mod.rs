@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod dot;
 pub mod graphs;
+pub mod import;
 pub mod outcome;
 pub mod output;
 pub mod plot;

@@ -9,3 +9,4 @@
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
+pub mod import;

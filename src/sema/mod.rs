@@ -14,7 +14,7 @@
 //! value that silences errors depending on it, so independent errors are
 //! all reported, and dependent ones are not reported twice.
 
-mod builtins;
+pub(crate) mod builtins;
 mod lower;
 pub mod metrics;
 pub mod optimizer;
