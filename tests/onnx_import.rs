@@ -370,6 +370,63 @@ fn import_writes_a_file_that_runs_and_refuses_what_it_cannot_translate() {
     assert!(common::text(&out.stderr).contains("is not an ONNX model"));
 }
 
+/// An imported model trains like any other: the MLP, from PyTorch's
+/// weights, with a `train` block added, learns which of its first four
+/// features is largest.
+#[test]
+fn an_imported_model_trains() {
+    let dir = common::temp_dir("onnx-train");
+    let nn = dir.join("mlp.nn");
+    let out = common::nnc(&[
+        "import",
+        fixtures().join("mlp.onnx").to_str().unwrap(),
+        "-o",
+        nn.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let mut csv = String::from("f0,f1,f2,f3,f4,f5,f6,f7,label\n");
+    let mut rng = 12345u64;
+    for _ in 0..96 {
+        let row: Vec<f32> = (0..8)
+            .map(|_| {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let label = (0..4).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv.push_str(&format!("{},{label}\n", cells.join(",")));
+    }
+    std::fs::write(dir.join("points.csv"), csv).unwrap();
+    let mut text = std::fs::read_to_string(&nn).unwrap();
+    text.push_str(
+        "\ninput t: [B, 4]\ntrain {\n  data = csv(\"points.csv\", label = \"label\")\n  loss = mean((y - t) ^ 2)\n  optimizer = adam(lr = 0.01)\n  batch = 16; epochs = 30; split = 0\n}\n",
+    );
+    std::fs::write(&nn, text).unwrap();
+    let log = dir.join("log.jsonl");
+    let out = common::nnc(&[
+        "train",
+        nn.to_str().unwrap(),
+        "--resume",
+        dir.join("mlp.safetensors").to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let losses: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["train_loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 30);
+    assert!(
+        losses[29] < 0.5 * losses[0],
+        "the loss went from {} to {}",
+        losses[0],
+        losses[29]
+    );
+}
+
 /// A model with two Erf nodes and a TopK, which nnc does not translate.
 fn unsupported_model() -> Vec<u8> {
     use nnc::onnx::pb;
