@@ -1769,3 +1769,138 @@ fn a_learnt_scaling_is_embedded_with_the_weights() {
     assert!(differs, "the scaling changes the outputs");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A learning rate that varies: `NAME_set_epoch` sets the epoch the
+/// schedule reads and the steps count the warmup, so three steps from C
+/// (two in epoch 0, one in epoch 1) leave the weights the interpreter's
+/// steps leave when fed the rates `nnc train` feeds. A plateau schedule,
+/// which follows a validation loss, is refused.
+#[test]
+fn a_varying_learning_rate_follows_the_epoch_set_from_c() {
+    let dir = scratch("lr");
+    let src = std::fs::read_to_string(root().join("examples/digits_mlp.nn"))
+        .expect("example")
+        .replace(
+            "optimizer = adam(lr = 2e-3)",
+            "optimizer = adam(lr = 2e-3, schedule = step(every = 1, gamma = 0.5), warmup = 2)",
+        );
+    assert!(src.contains("warmup = 2"));
+    std::fs::write(dir.join("digits.nn"), &src).expect("write");
+    let o = nnc(
+        &["compile", "digits.nn", "--dim", "B=8", "-o", "digits.so"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("int digits_set_epoch(digits_model *m, unsigned long long epoch)"),
+        "{stdout}"
+    );
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+        .map(|b| {
+            let x = input_values(8 * 64, b);
+            let y = (0..80)
+                .map(|k| f32::from(u8::from(k % 10 == (k / 10 + b) % 10)))
+                .collect();
+            (x, y)
+        })
+        .collect();
+    let bytes: Vec<u8> = batches
+        .iter()
+        .flat_map(|(x, y)| {
+            x.iter()
+                .chain(y)
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let main = r#"#include <stdio.h>
+#include "digits.h"
+
+int main(void) {
+    static float x[DIGITS_MLP_X_LEN], y[DIGITS_MLP_Y_LEN];
+    const unsigned long long epochs[3] = {0, 0, 1};
+    float loss;
+    FILE *in = fopen("in.bin", "rb");
+    digits_model *m = digits_new();
+    if (!in || !m) return 2;
+    for (int s = 0; s < 3; s++) {
+        if (fread(x, sizeof(float), DIGITS_MLP_X_LEN, in) != DIGITS_MLP_X_LEN) return 3;
+        if (fread(y, sizeof(float), DIGITS_MLP_Y_LEN, in) != DIGITS_MLP_Y_LEN) return 3;
+        if (digits_set_epoch(m, epochs[s]) != DIGITS_OK) return 4;
+        if (digits_train_step(m, x, y, &loss) != DIGITS_OK) {
+            fprintf(stderr, "step: %s\n", digits_last_error());
+            return 4;
+        }
+    }
+    if (digits_save_params(m, "after.safetensors") != DIGITS_OK) return 5;
+    int rc = digits_set_epoch(NULL, 1);
+    printf("null: %d %s\n", rc, digits_last_error());
+    digits_free(m);
+    return 0;
+}
+"#;
+    let out = run_c(&dir, main, &["./digits.so"]);
+    assert!(out.contains("null: 1 set_epoch: a null model"), "{out}");
+    // The interpreter, fed the rate of each (epoch, step).
+    let c = pipeline::compile("digits.nn", &src, Stage::Ir);
+    let (g, t) = (c.graph.expect("graph"), c.train.expect("train block"));
+    let steps = pipeline::train_steps(&g, &t).expect("step graph");
+    let sg = &steps[0].step.graph;
+    let (lr_id, _) = sg
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name.starts_with(nnc::ir::LR_INPUT_PREFIX))
+        .expect("a learning-rate input");
+    let mut params = interp::init_params(sg, 0);
+    let mut rates = Vec::new();
+    for (s, ((x, y), epoch)) in batches.iter().zip([0u64, 0, 1]).enumerate() {
+        let mut inputs = SecondaryMap::new();
+        for (name, data, width) in [("Mlp.x", x, 64), ("Mlp.y", y, 10)] {
+            let (id, _) = sg
+                .inputs
+                .iter()
+                .find(|(_, i)| i.name == name)
+                .expect("input");
+            inputs[id] = Some(Tensor::new(vec![8, width], data.clone()));
+        }
+        let rate = t.optimizer.rate(epoch, s as u64, 1.0);
+        rates.push(rate);
+        inputs[lr_id] = Some(Tensor::scalar(rate));
+        Engine::new(BackendKind::Interp, sg)
+            .step(&mut params, &inputs)
+            .expect("interpreter step");
+    }
+    // Warmup's halves, then the step schedule's halving at epoch 1.
+    assert_eq!(rates, [1e-3, 2e-3, 1e-3]);
+    let (saved, _) = nnc::train::checkpoint::load(&dir.join("after.safetensors")).expect("saved");
+    for (id, p) in sg.params.iter() {
+        let got = &saved[&p.name];
+        for (k, (&a, &b)) in got.data.iter().zip(&params[id].data).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{}[{k}]: library {a}, interpreter {b}",
+                p.name
+            );
+        }
+    }
+    // Plateau schedules are refused.
+    let plateau = src.replace(
+        "schedule = step(every = 1, gamma = 0.5), warmup = 2",
+        "schedule = reduce_on_plateau()",
+    );
+    std::fs::write(dir.join("plateau.nn"), plateau).expect("write");
+    let o = nnc(
+        &["compile", "plateau.nn", "--dim", "B=8", "-o", "plateau.so"],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`reduce_on_plateau` follows the validation loss"),
+        "{err}"
+    );
+    assert!(!dir.join("plateau.so").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,9 @@ pub struct Api {
     pub outputs: Vec<Io>,
     /// The training step's inputs, for a file with a `train` block.
     pub train: Option<Vec<Io>>,
+    /// Whether a training phase's learning rate varies (`schedule`,
+    /// `warmup`): the library then has `NAME_set_epoch`.
+    pub lr_varies: bool,
 }
 
 /// A dimension of any size at run time: its name, the chunk sizes a run
@@ -138,6 +141,12 @@ impl Api {
                 "/* One training step on one batch (the `train` block's loss and\n   optimizer): updates the weights and the optimizer's state in place and\n   writes the loss; a loss that is not finite is an error. */",
                 format!("int {n}_train_step({})", self.train_params(inputs)),
             ));
+            if self.lr_varies {
+                fs.push((
+                    "/* Sets the epoch (from 0) the next training steps belong to: the\n   learning rate follows the optimizer's schedule over epochs and its\n   warmup over the steps taken, as `nnc train` feeds it (epoch 0 until set). */",
+                    format!("int {n}_set_epoch({n}_model *m, unsigned long long epoch)"),
+                ));
+            }
         }
         fs.push((
             "/* Writes the weights and the optimizer's state to a safetensors file\n   (readable by `nnc run --params` and {n}_load_params). */",
@@ -316,6 +325,7 @@ impl Api {
              int nnc_rt_train_step(struct nnc_rt_model *m, const size_t *dims, const float *const *inputs,\n\
              \x20   float *loss);\n\
              int nnc_rt_save_params(struct nnc_rt_model *m, const char *path);\n\
+             int nnc_rt_set_epoch(struct nnc_rt_model *m, unsigned long long epoch);\n\
              const char *nnc_rt_last_error(void);\n\
              void nnc_rt_free(struct nnc_rt_model *m);\n\
              struct nnc_rt_model *nnc_rt_context_new(const struct nnc_rt_model *m);\n\n\
@@ -347,9 +357,16 @@ impl Api {
                 None => String::new(),
                 Some(t) => {
                     let xs: Vec<String> = t.iter().map(|(x, _)| ident(x)).collect();
+                    let set_epoch = match self.lr_varies {
+                        true => format!(
+                            "int {n}_set_epoch({n}_model *m, unsigned long long epoch) {{\n\
+                             \x20   return nnc_rt_set_epoch((struct nnc_rt_model *)m, epoch);\n}}\n\n"
+                        ),
+                        false => String::new(),
+                    };
                     format!(
                         "int {n}_train_step({}) {{\n{}{}\
-                         \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, dims, inputs, loss);\n}}\n\n",
+                         \x20   return nnc_rt_train_step((struct nnc_rt_model *)m, dims, inputs, loss);\n}}\n\n{set_epoch}",
                         self.train_params(t),
                         dims_arr(false),
                         array("const float", "inputs", &xs)

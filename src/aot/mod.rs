@@ -28,7 +28,9 @@
 //! A symbolic dimension given several sizes (`--dim B=1,8,32`) is an
 //! argument of the library's functions: the plan holds one [`Variant`]
 //! per set of sizes, each compiled ahead, and the runtime builds a
-//! variant's programs on its first use. A symbolic dimension given no
+//! variant's programs on its first use. A training phase whose learning
+//! rate varies has its optimizer in the plan: the runtime feeds the rate
+//! from the epoch `NAME_set_epoch` sets and the steps taken. A symbolic dimension given no
 //! size that indexes independent examples ([`crate::ir::rows`]) takes
 //! any size at run time: `NAME_run` splits the rows into chunks of the
 //! sizes compiled ([`RowDim`]: 64, 32, …, 1) and runs each chunk's
@@ -117,6 +119,11 @@ pub struct Part {
     pub inputs: Vec<(InputId, Vec<usize>)>,
     /// The random draws' key input, fed by the runtime.
     pub rng_key: Option<InputId>,
+    /// A training phase's learning-rate input and the optimizer whose
+    /// schedule sets it, fed by the runtime from the epoch
+    /// (`NAME_set_epoch`) and the step counter.
+    #[serde(default)]
+    pub lr: Option<(InputId, crate::sema::optimizer::Optimizer)>,
 }
 
 /// A training step: one part per phase of the `train` block (run in
@@ -209,6 +216,8 @@ pub fn library_graph(g: &Graph, train: Option<&crate::sema::TrainSpec>) -> Resul
 pub struct Graphs<'g> {
     pub run: &'g Graph,
     pub train: Option<(Vec<Graph>, u64)>,
+    /// Each training phase's optimizer.
+    pub optimizers: Vec<crate::sema::optimizer::Optimizer>,
     pub dims: Vec<crate::ir::Sym>,
     pub rows: Option<(crate::ir::Sym, crate::ir::rows::RowAxes)>,
     pub variants: Vec<Binding>,
@@ -254,8 +263,13 @@ fn concrete(
     crate::exec::bind::concrete_shape(g, syms, shape, span).map_err(|e| e.to_diag())
 }
 
-/// Schedules `g` as one entry point.
-fn part(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Result<Part, Diag> {
+/// Schedules `g` as one entry point; a training phase's `optimizer`
+/// feeds its learning-rate input when the rate varies.
+fn part(
+    g: &Graph,
+    syms: &SecondaryMap<crate::ir::Sym, Option<usize>>,
+    optimizer: Option<crate::sema::optimizer::Optimizer>,
+) -> Result<Part, Diag> {
     let schedule =
         crate::pipeline::schedule(&crate::pipeline::fuse(g), syms).map_err(|e| e.to_diag())?;
     let rng_key = schedule
@@ -263,10 +277,16 @@ fn part(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Result
         .iter()
         .map(|&(i, _)| i)
         .find(|&i| g.inputs[i].name == crate::ir::RNG_KEY_INPUT);
+    let lr = schedule
+        .inputs
+        .iter()
+        .map(|&(i, _)| i)
+        .find(|&i| g.inputs[i].name.starts_with(crate::ir::LR_INPUT_PREFIX))
+        .zip(optimizer);
     let inputs = schedule
         .inputs
         .iter()
-        .filter(|&&(i, _)| Some(i) != rng_key)
+        .filter(|&&(i, _)| Some(i) != rng_key && Some(i) != lr.map(|(l, _)| l))
         .map(|&(i, _)| {
             Ok((
                 i,
@@ -278,6 +298,7 @@ fn part(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Result
         schedule,
         inputs,
         rng_key,
+        lr,
     })
 }
 
@@ -295,27 +316,27 @@ pub fn compile(
             "name a result with `output y = ...`",
         ));
     }
-    if let Some((phases, _)) = &graphs.train {
-        if phases.iter().any(|pg| {
-            pg.inputs
-                .values()
-                .any(|i| i.name.starts_with(crate::ir::LR_INPUT_PREFIX))
-        }) {
-            return Err(error(
-                "a learning rate that varies (`schedule`, `warmup`) is not compiled into libraries yet",
-                "compile with a constant rate: drop the optimizer's `schedule` and `warmup`",
-            ));
-        }
+    if graphs.optimizers.iter().any(|o| {
+        matches!(
+            o.schedule,
+            crate::sema::optimizer::LrSchedule::ReduceOnPlateau { .. }
+        )
+    }) {
+        return Err(error(
+            "`reduce_on_plateau` follows the validation loss, which a library's training step does not see",
+            "compile with a schedule of epochs (`step`, `exponential`, `cosine`), set with NAME_set_epoch, or a constant rate",
+        ));
     }
     let mut variants = Vec::new();
     for bind in &graphs.variants {
         let syms = &bind.syms;
-        let run = part(g, syms)?;
+        let run = part(g, syms, None)?;
         let train = match (&graphs.train, bind.train) {
             (Some((phases, seed)), true) => {
                 let parts: Vec<Part> = phases
                     .iter()
-                    .map(|pg| part(pg, syms))
+                    .zip(&graphs.optimizers)
+                    .map(|(pg, o)| part(pg, syms, Some(*o)))
                     .collect::<Result<_, _>>()?;
                 let mut inputs: Vec<(String, Vec<usize>)> = Vec::new();
                 for (pg, p) in phases.iter().zip(&parts) {
@@ -442,6 +463,7 @@ pub fn compile(
             }
             _ => None,
         },
+        lr_varies: graphs.train.is_some() && graphs.optimizers.iter().any(|o| o.varies()),
     };
     let isa = object_isa(opts.target.as_deref(), opts.target_cpu.as_deref())?;
     let tensors: Vec<(String, &Tensor)> = table

@@ -44,6 +44,8 @@ pub struct Model {
     params: SecondaryMap<ParamId, Tensor>,
     /// Training steps taken (the random draws' key counter).
     steps: u64,
+    /// The epoch a varying learning rate is read at (`nnc_rt_set_epoch`).
+    epoch: u64,
 }
 
 /// One variant's programs: its run and each phase of its training step.
@@ -96,6 +98,7 @@ impl Model {
             built: plan.variants.iter().map(|_| None).collect(),
             plan,
             steps: 0,
+            epoch: 0,
         };
         m.set_params(params, "the embedded parameters", true)?;
         Ok(m)
@@ -214,6 +217,7 @@ impl Model {
             |k, _| Some(k),
             inputs,
             key,
+            None,
             |i| window.zip(in_axis(i)),
         )?;
         let outs = built
@@ -288,6 +292,7 @@ impl Model {
         arg: impl Fn(usize, &str) -> Option<usize>,
         ptrs: *const *const f32,
         key: Option<Tensor>,
+        rate: Option<f32>,
         window: impl Fn(usize) -> Option<((usize, usize), usize)>,
     ) -> Result<(), (c_int, String)> {
         let g = &part.schedule.graph;
@@ -321,6 +326,12 @@ impl Model {
                 .input_mut(id)
                 .ok_or_else(|| damaged("no buffer for the random key".into()))?;
             buf.copy_from_slice(&key.data);
+        }
+        if let (Some((id, _)), Some(rate)) = (part.lr, rate) {
+            let buf = program
+                .input_mut(id)
+                .ok_or_else(|| damaged("no buffer for the learning rate".into()))?;
+            buf.copy_from_slice(&[rate]);
         }
         Ok(())
     }
@@ -539,7 +550,8 @@ pub unsafe extern "C" fn nnc_rt_train_step(
             let key = part
                 .rng_key
                 .map(|_| crate::backend::interp::rng_key(t.seed, counter));
-            Model::write_inputs(program, part, arg, inputs, key, |_| None).map_err(prefix)?;
+            let rate = part.lr.map(|(_, o)| o.rate(m.epoch, m.steps, 1.0));
+            Model::write_inputs(program, part, arg, inputs, key, rate, |_| None).map_err(prefix)?;
             let outs = program
                 .run(&mut m.params, true, true)
                 .map_err(|e| (ERR_RUN, e.to_string()))?;
@@ -583,6 +595,22 @@ pub unsafe extern "C" fn nnc_rt_save_params(m: *mut Model, path: *const c_char) 
     })
 }
 
+/// Sets the epoch (from 0) a varying learning rate is read at by the
+/// training steps that follow.
+///
+/// # Safety
+/// `m` comes from `nnc_rt_new` (or is null: an error).
+#[no_mangle]
+pub unsafe extern "C" fn nnc_rt_set_epoch(m: *mut Model, epoch: u64) -> c_int {
+    guard(|| {
+        let Some(m) = m.as_mut() else {
+            return Err((ERR_ARGUMENT, "set_epoch: a null model".into()));
+        };
+        m.epoch = epoch;
+        Ok(())
+    })
+}
+
 /// The message of this thread's last error ("" if none).
 #[no_mangle]
 pub extern "C" fn nnc_rt_last_error() -> *const c_char {
@@ -610,6 +638,7 @@ pub unsafe extern "C" fn nnc_rt_context_new(m: *const Model) -> *mut Model {
             built: m.plan.variants.iter().map(|_| None).collect(),
             params: m.params.clone(),
             steps: m.steps,
+            epoch: m.epoch,
         };
         out = Box::into_raw(Box::new(c));
         Ok(())

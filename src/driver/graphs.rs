@@ -553,6 +553,9 @@ pub fn compile_library(
     let graphs = crate::aot::Graphs {
         run: g,
         train: steps,
+        optimizers: train
+            .map(|t| t.steps().iter().map(|p| p.optimizer).collect())
+            .unwrap_or_default(),
         dims,
         rows,
         variants,

@@ -3,7 +3,7 @@
 //! is built by the optimizer pass (`passes::optimizer`).
 
 /// The update rule.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     Sgd,
     Momentum {
@@ -21,7 +21,7 @@ pub enum Kind {
 
 /// A rule with its learning rate and weight decay, the schedule that
 /// varies the rate, and the gradient clipping before the rule.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Optimizer {
     pub kind: Kind,
     pub lr: f32,
@@ -38,7 +38,7 @@ pub struct Optimizer {
 
 /// A learning-rate schedule over epochs e = 0, 1, … (the rate of every
 /// step of epoch e), from the optimizer's rate η.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LrSchedule {
     /// η throughout.
     Constant,
