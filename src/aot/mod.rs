@@ -28,13 +28,15 @@
 //! A symbolic dimension given several sizes (`--dim B=1,8,32`) is an
 //! argument of the library's functions: the plan holds one [`Variant`]
 //! per set of sizes, each compiled ahead, and the runtime builds a
-//! variant's programs on its first use. A training phase whose learning
-//! rate varies has its optimizer in the plan: the runtime feeds the rate
-//! from the epoch `NAME_set_epoch` sets and the steps taken. A symbolic dimension given no
+//! variant's programs on its first use. A symbolic dimension given no
 //! size that indexes independent examples ([`crate::ir::rows`]) takes
 //! any size at run time: `NAME_run` splits the rows into chunks of the
 //! sizes compiled ([`RowDim`]: 64, 32, …, 1) and runs each chunk's
 //! variant. A training step keeps the `train` block's batch.
+//!
+//! A training phase whose learning rate varies has its optimizer in the
+//! plan: the runtime feeds the rate from the epoch `NAME_set_epoch` sets
+//! and the steps taken, as `nnc train` does.
 //!
 //! A handle holds the weights and a run's buffers; a context
 //! (`NAME_context_new`) is another handle with buffers of its own and a
