@@ -147,6 +147,7 @@ const SUPPORTED: &[&str] = &[
     "Cast",
     "Concat",
     "Constant",
+    "ConstantOfShape",
     "Conv",
     "Div",
     "Dropout",
@@ -852,6 +853,39 @@ impl Translator {
             "Constant" => {
                 let v = constant(&attrs).map_err(err)?;
                 self.values.insert(out, v);
+            }
+            "ConstantOfShape" => {
+                let shape =
+                    known_dims(&arg(0)?).ok_or_else(|| err("its shape is not constant".into()))?;
+                let v = match attrs.get("value").and_then(|a| a.t.as_ref()) {
+                    Some(t) => tensor_values(t)
+                        .map_err(err)?
+                        .1
+                        .first()
+                        .copied()
+                        .unwrap_or(0.0) as f32,
+                    None => 0.0,
+                };
+                match static_shape(&shape) {
+                    Some(s) => {
+                        let n = numel(&s);
+                        self.values.insert(
+                            out,
+                            Value::Floats {
+                                shape: s,
+                                data: vec![v; n],
+                            },
+                        );
+                    }
+                    None => {
+                        let e = if v == 0.0 {
+                            format!("zeros({})", shape_text(&shape))
+                        } else {
+                            format!("full({}, {})", shape_text(&shape), number(v))
+                        };
+                        self.bind(&out, e, shape);
+                    }
+                }
             }
             "Shape" => {
                 let s = arg(0)?.shape();
