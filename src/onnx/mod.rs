@@ -9,3 +9,7 @@
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
+
+mod builder;
+pub mod export;
+pub mod print;
