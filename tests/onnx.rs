@@ -313,6 +313,15 @@ fn bench_models_export_and_agree() {
 }
 
 #[test]
+fn the_ops_no_example_reaches_export_and_agree() {
+    agrees(Case {
+        ints: &[("ids", 3)],
+        batch: 5,
+        ..Case::new("tests/fixtures/onnx/every_op.nn")
+    });
+}
+
+#[test]
 fn dropout_and_batch_norm_export_in_inference_mode() {
     agrees(Case::new("tests/fixtures/onnx/dropout_batch_norm.nn"));
 }

@@ -686,7 +686,14 @@ impl<'g> Emitter<'g> {
                 let x = self.value(*a);
                 let s = self.shape_value(shape, span);
                 let out = self.result_name(n);
-                self.put("Reshape", &out, &[&x, &s], vec![]);
+                // A 0 in the shape means "the operand's dim" unless
+                // `allowzero` (opset 14) says it is a 0.
+                let zero = shape.contains(&Dim::Known(0));
+                let attrs = match zero {
+                    true => vec![("allowzero", Attr::Int(1))],
+                    false => vec![],
+                };
+                self.put("Reshape", &out, &[&x, &s], attrs);
                 self.values[i] = Some(out);
             }
             Op::Transpose(a, perm) => {
@@ -898,5 +905,77 @@ fn constant(g: &Graph, alias: &[Node], n: Node) -> Option<f32> {
         Op::Fill { value, .. } => Some(*value),
         Op::Broadcast(a, _) | Op::Reshape(a, _) => constant(g, alias, alias[a.index()]),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{compile, Stage};
+
+    /// The op types of `source`'s exported outputs, in order.
+    fn ops(source: &str) -> Vec<String> {
+        let c = compile("t.nn", source, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let mut g = c.graph.expect("a graph");
+        crate::pipeline::set_training(&mut g, false);
+        let params = crate::backend::interp::init_params(&g, 0);
+        let opts = Options {
+            name: "t".into(),
+            dims: &[],
+            scales: Vec::new(),
+        };
+        let m = export(&g, &params, &opts).unwrap_or_else(|_| panic!("exports"));
+        let graph = m.graph.expect("a graph");
+        graph
+            .node
+            .iter()
+            .filter_map(|n| n.op_type.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_comparison_read_by_select_stays_boolean() {
+        let got = ops("input x: [3]\noutput y = select(x != 0.5, x, -x)");
+        assert_eq!(got, ["Expand", "Equal", "Not", "Neg", "Where"]);
+    }
+
+    #[test]
+    fn a_comparison_read_as_a_number_is_cast_to_float() {
+        let got = ops("input x: [3]\noutput y = x < 0.5");
+        assert!(got.ends_with(&["Less".into(), "Cast".into()]), "{got:?}");
+    }
+
+    #[test]
+    fn dropout_at_inference_draws_nothing() {
+        let got = ops("input x: [B, 3]\noutput y = dropout(x, p = 0.5)");
+        assert!(got.iter().all(|o| !o.starts_with("Random")), "{got:?}");
+        assert_eq!(got, ["Identity"]);
+    }
+
+    #[test]
+    fn a_symbolic_fill_reads_its_size_from_an_input() {
+        let got = ops("input x: [B, 3]\noutput y = x + ones([B, 3])");
+        assert_eq!(got, ["Shape", "Concat", "ConstantOfShape", "Add"]);
+    }
+
+    #[test]
+    fn a_random_draw_is_reported_at_its_span() {
+        let src = "input x: [3]\noutput y = x + random_uniform([3])";
+        let c = compile("t.nn", src, Stage::Ir);
+        let g = c.graph.expect("a graph");
+        let params = crate::backend::interp::init_params(&g, 0);
+        let opts = Options {
+            name: "t".into(),
+            dims: &[],
+            scales: Vec::new(),
+        };
+        let Err(errors) = export(&g, &params, &opts) else {
+            panic!("a random draw exports");
+        };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].code.as_deref(), Some(code::EXPORT));
+        let label = &errors[0].labels[0];
+        assert_eq!(&src[label.range.clone()], "random_uniform([3])");
     }
 }
