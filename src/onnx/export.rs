@@ -293,7 +293,9 @@ impl<'g> Emitter<'g> {
             return b.clone();
         }
         let v = self.value(c);
-        self.cast(&v, BOOL, &format!("{v}.bool"))
+        let b = self.cast(&v, BOOL, &format!("%{}.bool", c.index()));
+        self.bools[c.index()] = Some(b.clone());
+        b
     }
 
     fn cast(&mut self, x: &str, to: i32, base: &str) -> String {
@@ -957,6 +959,29 @@ mod tests {
     fn a_symbolic_fill_reads_its_size_from_an_input() {
         let got = ops("input x: [B, 3]\noutput y = x + ones([B, 3])");
         assert_eq!(got, ["Shape", "Concat", "ConstantOfShape", "Add"]);
+    }
+
+    #[test]
+    fn a_dimension_no_input_has_needs_a_size() {
+        // `x` is no input of the exported graph: the output does not read it.
+        let src = "input x: [B, 2]\noutput y = ones([B, 2])";
+        let c = compile("t.nn", src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("a graph");
+        let params = crate::backend::interp::init_params(&g, 0);
+        let mut opts = Options {
+            name: "t".into(),
+            dims: &[],
+            scales: Vec::new(),
+        };
+        let Err(errors) = export(&g, &params, &opts) else {
+            panic!("an unsized dimension exports");
+        };
+        assert!(errors[0].message.contains("dimension `B`"), "{errors:?}");
+        assert!(errors[0].notes[0].contains("--dim B=SIZE"), "{errors:?}");
+        let dims = [("B".to_string(), 4)];
+        opts.dims = &dims;
+        assert!(export(&g, &params, &opts).is_ok());
     }
 
     #[test]
