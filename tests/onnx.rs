@@ -310,6 +310,10 @@ fn bench_models_export_and_agree() {
         predict: Some("blocks(x)"),
         ..Case::new("examples/bench/transformer_stack_1.nn")
     });
+    agrees(Case {
+        predict: Some("transformer_encoder(x, wq, wk, wv, wo, g1, n1, w1, b1, w2, b2, g2, n2)"),
+        ..Case::new("examples/bench/transformer_train.nn")
+    });
 }
 
 #[test]
