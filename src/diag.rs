@@ -107,6 +107,9 @@ pub mod code {
     /// A library `nnc compile` cannot build: no C compiler, no runtime
     /// archive, a failed link, an unknown target CPU.
     pub const LIBRARY: &str = "E0305";
+    /// A graph `nnc export` cannot write as ONNX: an op without an ONNX
+    /// counterpart (a random draw), a dimension it cannot size.
+    pub const EXPORT: &str = "E0306";
     /// A derivative the autodiff pass does not take.
     pub const GRAD: &str = "E0401";
     pub const INTERNAL: &str = "E9999";

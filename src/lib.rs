@@ -36,6 +36,8 @@
 //! - [`backend::interp`]: the reference interpreter, the oracle for every
 //!   faster backend; [`backend::jit`]: the schedule compiled with
 //!   Cranelift.
+//! - [`onnx`]: the ONNX schema's messages and `nnc export`, an inference
+//!   graph written as an ONNX model (opset 17), op by op.
 //! - [`diag`]: spans, codes and rendering of diagnostics.
 //! - [`driver`]: the `nnc` command line and the REPL; [`train`]: the
 //!   training loop, data and checkpoints.

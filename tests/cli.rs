@@ -100,6 +100,7 @@ fn every_command_has_help_with_an_example() {
         vec!["check", "--help"],
         vec!["compile", "--help"],
         vec!["run", "--help"],
+        vec!["export", "--help"],
     ] {
         let o = nnc(&cmd);
         assert_eq!(o.status.code(), Some(0));

@@ -98,6 +98,14 @@ pub enum Command {
         #[arg(long)]
         keep_temps: bool,
     },
+    /// Write a model's inference graph (its `train` block's `predict`, or
+    /// its outputs) as an ONNX model, for ONNX Runtime, tract and other
+    /// ONNX tools.
+    #[command(
+        display_order = 7,
+        after_help = "Examples:\n  nnc train examples/iris.nn --save iris.safetensors\n  nnc export examples/iris.nn --params iris.safetensors -o iris.onnx\n  nnc export model.nn --params W.safetensors -o model.onnx --dim B=1\n\nThe model is opset 17. Its inputs and outputs are named as in the file\n(`Iris.x`, `predict`), its weights are initializers named after the\nparameters, and a symbolic dimension stays a named one unless --dim\nfixes it. A `train` block's `scale` is part of the model: it reads raw\nfeatures, as `nnc predict` does."
+    )]
+    Export(ExportArgs),
     /// Print the loss and its gradient with respect to every parameter.
     #[command(
         display_order = 2,
@@ -268,6 +276,27 @@ pub struct BenchArgs {
     /// The backend to time.
     #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     pub backend: BackendKind,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The .nn file: a `train` block's `predict`, else the outputs.
+    pub file: PathBuf,
+    /// The weights (as `nnc train --save` writes them); without, the
+    /// parameters' initial values (untrained: a warning says so).
+    #[arg(long, value_name = "W.safetensors")]
+    pub params: Option<PathBuf>,
+    /// The ONNX file to write (default: the file's name with `.onnx`, in
+    /// the current folder).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Fix a symbolic dimension's size (`--dim B=1`); the others stay
+    /// named dimensions of the model.
+    #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
+    pub dims: Vec<(String, usize)>,
+    /// Seed for parameters initialised at random, without `--params`.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(clap::Args, Debug)]

@@ -208,6 +208,7 @@ pub fn execute(cmd: &Command) -> Result<Outcome, Outcome> {
         }
         Command::Plot(args) => super::plot::command(args),
         Command::Predict(args) => super::predict::command(args),
+        Command::Export(args) => super::export::command(args),
         Command::Bench(args) => super::bench::command(args),
         Command::Summary(args) => super::summary::command(args),
         Command::Import(args) => super::import::command(args),

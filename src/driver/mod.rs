@@ -4,6 +4,7 @@ pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod dot;
+pub mod export;
 pub mod graphs;
 pub mod import;
 pub mod outcome;

@@ -9,4 +9,8 @@
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
+
+mod builder;
+pub mod export;
 pub mod import;
+pub mod print;
