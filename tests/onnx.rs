@@ -467,3 +467,121 @@ fn an_unknown_dim_is_an_error() {
         "{err}"
     );
 }
+
+/// `.nn → .onnx → .nn`: the exported model imported again computes the
+/// original's outputs (the interpreter on both, the same inputs; the
+/// same bound as against tract). Returns the worst difference.
+fn round_trip(c: &Case) -> f32 {
+    let Exported {
+        bytes,
+        eval,
+        mut params,
+        scales,
+    } = exported(c);
+    let imported = nnc::onnx::import::import(&bytes, c.file, "w.safetensors")
+        .unwrap_or_else(|d| panic!("{}: import: {}", c.file, d.message));
+    let comp = pipeline::compile("imported.nn", &imported.text, Stage::Ir);
+    assert!(
+        !comp.diags.has_errors(),
+        "{}:\n{}\n{}",
+        c.file,
+        imported.text,
+        comp.render(false)
+    );
+    let back = comp.graph.expect("a graph");
+    let mut back_params = SecondaryMap::new();
+    for (id, p) in back.params.iter() {
+        let (_, t) = imported
+            .params
+            .iter()
+            .find(|(n, _)| *n == p.name)
+            .expect("every parameter has its value");
+        back_params[id] = t.clone();
+    }
+    // The imported file declares the ONNX inputs in their order, which
+    // is the order `exported` feeds.
+    let proto = <nnc::onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice())
+        .expect("the model decodes");
+    let names: Vec<String> = proto
+        .graph
+        .expect("a graph")
+        .input
+        .iter()
+        .map(|v| v.name.clone().unwrap_or_default())
+        .collect();
+    let back_ids: Vec<nnc::ir::InputId> = back.inputs.keys().collect();
+    assert_eq!(
+        back_ids.len(),
+        names.len(),
+        "{}: one input per ONNX input",
+        c.file
+    );
+    let (mut fed, mut fed_back) = (SecondaryMap::new(), SecondaryMap::new());
+    for (k, name) in names.iter().enumerate() {
+        let (id, info) = eval
+            .inputs
+            .iter()
+            .find(|(_, i)| &i.name == name)
+            .expect("an input");
+        let shape: Vec<usize> = info
+            .ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Known(n) => *n as usize,
+                Dim::Sym(_) => c.batch,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let whole = c.ints.iter().find(|(s, _)| name.ends_with(s)).map(|x| x.1);
+        let data: Vec<f32> = (0..n)
+            .map(|i| match whole {
+                Some(bound) => ((value(k, i) + 1.0) * 0.5 * bound as f32).floor(),
+                None => value(k, i),
+            })
+            .collect();
+        let scale = scales.iter().find(|(i, _)| *i == id).map_or(1.0, |s| s.1);
+        fed[id] = Some(Tensor::new(
+            shape.clone(),
+            data.iter().map(|v| v * scale).collect(),
+        ));
+        fed_back[back_ids[k]] = Some(Tensor::new(shape, data));
+    }
+    let want = Engine::new(BackendKind::Interp, &eval)
+        .run(&mut params, &fed)
+        .expect("the original runs");
+    let got = Engine::new(BackendKind::Interp, &back)
+        .run(&mut back_params, &fed_back)
+        .expect("the imported file runs");
+    assert_eq!(got.len(), want.len(), "{}: one value per output", c.file);
+    let mut worst = 0.0f32;
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.shape, w.shape, "{}", c.file);
+        for (a, b) in g.data.iter().zip(&w.data) {
+            worst = worst.max((a - b).abs() / 1f32.max(a.abs()).max(b.abs()));
+        }
+    }
+    eprintln!("{}: round trip, worst difference {worst:e}", c.file);
+    worst
+}
+
+#[test]
+fn examples_survive_a_round_trip_through_onnx() {
+    for file in [
+        "examples/neuron.nn",
+        "examples/losses.nn",
+        "examples/xor.nn",
+        "examples/iris.nn",
+        "examples/digits_mlp.nn",
+        "examples/mnist_mlp.nn",
+        "examples/lenet_mnist.nn",
+        "examples/transformer_reverse.nn",
+    ] {
+        let mut c = Case::new(file);
+        if file.contains("transformer") {
+            c.ints = &[(".x", 10)];
+        }
+        let worst = round_trip(&c);
+        assert!(worst <= TOL, "{file}: {worst}");
+    }
+}
