@@ -697,6 +697,31 @@ fn python_with_numpy() -> Option<String> {
     })
 }
 
+/// Three batches of 8 rows for the digits MLP (pixels, and one-hot
+/// labels), also written to `dir/in.bin` for a C program to read.
+fn digits_batches(dir: &Path) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+        .map(|b| {
+            let x = input_values(8 * 64, b);
+            let y = (0..80)
+                .map(|k| f32::from(u8::from(k % 10 == (k / 10 + b) % 10)))
+                .collect();
+            (x, y)
+        })
+        .collect();
+    let bytes: Vec<u8> = batches
+        .iter()
+        .flat_map(|(x, y)| {
+            x.iter()
+                .chain(y)
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    batches
+}
+
 /// `NAME_train_step` from C: three Adam steps of the digits MLP on fixed
 /// batches give the interpreter's losses, and the weights and optimizer
 /// state `NAME_save_params` writes are the interpreter's after the same
@@ -723,26 +748,7 @@ fn training_steps_from_c_agree_with_the_interpreter() {
         stdout.contains("int digits_train_step(digits_model *m, const float *Mlp_x, const float *Mlp_y, float *loss)"),
         "{stdout}"
     );
-    // Three batches of 8 rows: pixels, and one-hot labels.
-    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
-        .map(|b| {
-            let x = input_values(8 * 64, b);
-            let y = (0..80)
-                .map(|k| f32::from(u8::from(k % 10 == (k / 10 + b) % 10)))
-                .collect();
-            (x, y)
-        })
-        .collect();
-    let bytes: Vec<u8> = batches
-        .iter()
-        .flat_map(|(x, y)| {
-            x.iter()
-                .chain(y)
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let batches = digits_batches(&dir);
     let main = r#"#include <stdio.h>
 #include "digits.h"
 
@@ -1796,25 +1802,7 @@ fn a_varying_learning_rate_follows_the_epoch_set_from_c() {
         stdout.contains("int digits_set_epoch(digits_model *m, unsigned long long epoch)"),
         "{stdout}"
     );
-    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
-        .map(|b| {
-            let x = input_values(8 * 64, b);
-            let y = (0..80)
-                .map(|k| f32::from(u8::from(k % 10 == (k / 10 + b) % 10)))
-                .collect();
-            (x, y)
-        })
-        .collect();
-    let bytes: Vec<u8> = batches
-        .iter()
-        .flat_map(|(x, y)| {
-            x.iter()
-                .chain(y)
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
+    let batches = digits_batches(&dir);
     let main = r#"#include <stdio.h>
 #include "digits.h"
 

@@ -113,6 +113,49 @@ fn exported(c: &Case) -> Exported {
     }
 }
 
+/// What input `k` (named `name` in the model) of a case is fed.
+struct Feed {
+    id: nnc::ir::InputId,
+    shape: Vec<usize>,
+    /// The values the ONNX model reads (raw features).
+    data: Vec<f32>,
+    /// The values the inference graph reads (times the input's scale).
+    scaled: Tensor,
+}
+
+fn feed(c: &Case, eval: &Graph, scales: &[(nnc::ir::InputId, f32)], k: usize, name: &str) -> Feed {
+    let (id, info) = eval
+        .inputs
+        .iter()
+        .find(|(_, i)| i.name == name)
+        .expect("every ONNX input is an input of the graph");
+    let shape: Vec<usize> = info
+        .ty
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => *n as usize,
+            Dim::Sym(_) => c.batch,
+        })
+        .collect();
+    let n: usize = shape.iter().product();
+    let whole = c.ints.iter().find(|(s, _)| name.ends_with(s)).map(|x| x.1);
+    let data: Vec<f32> = (0..n)
+        .map(|i| match whole {
+            Some(bound) => ((value(k, i) + 1.0) * 0.5 * bound as f32).floor(),
+            None => value(k, i),
+        })
+        .collect();
+    let scale = scales.iter().find(|(i, _)| *i == id).map_or(1.0, |s| s.1);
+    let scaled = Tensor::new(shape.clone(), data.iter().map(|v| v * scale).collect());
+    Feed {
+        id,
+        shape,
+        data,
+        scaled,
+    }
+}
+
 /// Exports the case, runs the model with tract and the inference graph
 /// with the interpreter on the same inputs, and returns the worst
 /// difference in units of `max(1, |a|, |b|)`.
@@ -140,31 +183,13 @@ fn worst_difference(c: &Case) -> f32 {
     let mut fed = SecondaryMap::new();
     let mut tract_inputs: TVec<TValue> = tvec![];
     for (k, name) in onnx_inputs.iter().enumerate() {
-        let (id, info) = eval
-            .inputs
-            .iter()
-            .find(|(_, i)| &i.name == name)
-            .expect("every ONNX input is an input of the graph");
-        let shape: Vec<usize> = info
-            .ty
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n as usize,
-                Dim::Sym(_) => c.batch,
-            })
-            .collect();
-        let n: usize = shape.iter().product();
-        let whole = c.ints.iter().find(|(s, _)| name.ends_with(s)).map(|x| x.1);
-        let data: Vec<f32> = (0..n)
-            .map(|i| match whole {
-                Some(bound) => ((value(k, i) + 1.0) * 0.5 * bound as f32).floor(),
-                None => value(k, i),
-            })
-            .collect();
-        let scale = scales.iter().find(|(i, _)| *i == id).map_or(1.0, |s| s.1);
-        let scaled = data.iter().map(|v| v * scale).collect();
-        fed[id] = Some(Tensor::new(shape.clone(), scaled));
+        let Feed {
+            id,
+            shape,
+            data,
+            scaled,
+        } = feed(c, &eval, &scales, k, name);
+        fed[id] = Some(scaled);
         model = model
             .with_input_fact(k, f32::fact(&shape).into())
             .expect("an input fact");
@@ -518,33 +543,13 @@ fn round_trip(c: &Case) -> f32 {
     );
     let (mut fed, mut fed_back) = (SecondaryMap::new(), SecondaryMap::new());
     for (k, name) in names.iter().enumerate() {
-        let (id, info) = eval
-            .inputs
-            .iter()
-            .find(|(_, i)| &i.name == name)
-            .expect("an input");
-        let shape: Vec<usize> = info
-            .ty
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n as usize,
-                Dim::Sym(_) => c.batch,
-            })
-            .collect();
-        let n: usize = shape.iter().product();
-        let whole = c.ints.iter().find(|(s, _)| name.ends_with(s)).map(|x| x.1);
-        let data: Vec<f32> = (0..n)
-            .map(|i| match whole {
-                Some(bound) => ((value(k, i) + 1.0) * 0.5 * bound as f32).floor(),
-                None => value(k, i),
-            })
-            .collect();
-        let scale = scales.iter().find(|(i, _)| *i == id).map_or(1.0, |s| s.1);
-        fed[id] = Some(Tensor::new(
-            shape.clone(),
-            data.iter().map(|v| v * scale).collect(),
-        ));
+        let Feed {
+            id,
+            shape,
+            data,
+            scaled,
+        } = feed(c, &eval, &scales, k, name);
+        fed[id] = Some(scaled);
         fed_back[back_ids[k]] = Some(Tensor::new(shape, data));
     }
     let want = Engine::new(BackendKind::Interp, &eval)

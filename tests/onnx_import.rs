@@ -320,7 +320,7 @@ fn import_writes_a_file_that_runs_and_refuses_what_it_cannot_translate() {
     let exp = expected("mlp");
     let x = tensor(&exp["x"]);
     let npy = dir.join("x.npy");
-    std::fs::write(&npy, npy_bytes(&x)).unwrap();
+    std::fs::write(&npy, nnc::data::npy_bytes(&x)).unwrap();
     let out = common::nnc(&[
         "run",
         nn.to_str().unwrap(),
@@ -460,24 +460,4 @@ fn unsupported_model() -> Vec<u8> {
         ..Default::default()
     };
     prost::Message::encode_to_vec(&model)
-}
-
-/// A little-endian f32 `.npy` file (version 1.0).
-fn npy_bytes(t: &Tensor) -> Vec<u8> {
-    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    for v in &t.data {
-        out.extend(v.to_le_bytes());
-    }
-    out
 }

@@ -9,6 +9,7 @@ mod csv;
 mod error;
 mod idx;
 mod npy;
+pub use npy::npy_bytes;
 #[cfg(test)]
 mod testutil;
 

@@ -253,5 +253,28 @@ fn le<const N: usize>(chunk: &[u8]) -> [u8; N] {
     out
 }
 
+/// A tensor as the bytes of a NumPy `.npy` file (format 1.0,
+/// little-endian `f4`, C order).
+pub fn npy_bytes(t: &Tensor) -> Vec<u8> {
+    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic, version, header length, then the header padded with spaces
+    // and a newline so the data starts at a multiple of 64 bytes.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in &t.data {
+        out.extend(v.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

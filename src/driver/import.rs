@@ -3,20 +3,12 @@
 
 use super::args::ImportArgs;
 use super::outcome::Outcome;
-use crate::diag::{self, code, Diag, Diagnostics, SourceMap};
+use crate::diag::{self, code, Diagnostics, SourceMap};
 use crate::pipeline::{self, Stage};
 use std::path::{Path, PathBuf};
 
 pub fn command(args: &ImportArgs) -> Result<Outcome, Outcome> {
-    let fail = |d: Diag| {
-        let mut diags = Diagnostics::new();
-        diags.push(d);
-        Outcome {
-            stdout: String::new(),
-            sources: SourceMap::new(),
-            diags,
-        }
-    };
+    let fail = Outcome::failed;
     let weights = args
         .params_out
         .clone()

@@ -17,6 +17,17 @@ impl Outcome {
         self.diags.render(&self.sources, color)
     }
 
+    /// A command that failed with `d` before reading any source.
+    pub fn failed(d: crate::diag::Diag) -> Outcome {
+        let mut diags = Diagnostics::new();
+        diags.push(d);
+        Outcome {
+            stdout: String::new(),
+            sources: SourceMap::new(),
+            diags,
+        }
+    }
+
     pub fn from(c: Compilation, stdout: String) -> Outcome {
         Outcome {
             stdout,

@@ -426,15 +426,7 @@ pub fn write(curves: &Curves, path: &Path) -> Result<(), Diag> {
 
 /// `nnc plot LOG -o PICTURE`.
 pub fn command(args: &PlotArgs) -> Result<Outcome, Outcome> {
-    let fail = |d: Diag| {
-        let mut diags = Diagnostics::new();
-        diags.push(d);
-        Outcome {
-            stdout: String::new(),
-            sources: SourceMap::new(),
-            diags,
-        }
-    };
+    let fail = Outcome::failed;
     let name = args.log.display().to_string();
     let text = std::fs::read(&args.log).map_err(|e| {
         fail(

@@ -433,29 +433,6 @@ fn jsonl_text(p: &Predictions) -> String {
     s
 }
 
-/// The first output as a NumPy `.npy` array (format 1.0, little-endian
-/// `f4`, C order).
-fn npy_bytes(t: &Tensor) -> Vec<u8> {
-    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-    let shape = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    // Magic, version, header length, then the header padded with spaces
-    // and a newline so the data starts at a multiple of 64 bytes.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    for v in &t.data {
-        out.extend(v.to_le_bytes());
-    }
-    out
-}
-
 /// Writes the predictions to `path`, the format by its extension,
 /// through a temporary file (a failed write leaves nothing half-written).
 fn write(path: &Path, p: &Predictions) -> Result<(), Diag> {
@@ -463,7 +440,7 @@ fn write(path: &Path, p: &Predictions) -> Result<(), Diag> {
         Some("csv") => csv_text(p).into_bytes(),
         Some("jsonl") => jsonl_text(p).into_bytes(),
         Some("npy") => match p.outputs.as_slice() {
-            [(_, t)] => npy_bytes(t),
+            [(_, t)] => crate::data::npy_bytes(t),
             _ => {
                 return Err(error(
                     format!(
