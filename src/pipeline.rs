@@ -274,6 +274,75 @@ fn phase_graph(
     Ok(gg)
 }
 
+/// A phase's step cut in two for data-parallel training
+/// ([`crate::train::dist`]): `local` computes the loss and the gradients
+/// (and runs the layers' `assign`s) on one worker's share of the batch;
+/// `update` applies the phase's optimizer to gradients fed as inputs
+/// (`grads[k]` feeds `local.grads[k]`'s), once they are summed across
+/// the workers. Parameter ids are the fused step's ([`train_steps`]).
+pub struct SplitPhase {
+    pub local: GradGraph,
+    pub update: Graph,
+    pub grads: Vec<ir::InputId>,
+}
+
+/// Every phase of `train` split as [`SplitPhase`], in order.
+pub fn split_steps(g: &Graph, train: &crate::sema::TrainSpec) -> Result<Vec<SplitPhase>, Diag> {
+    let mut base = g.clone();
+    let mut out = Vec::new();
+    for ph in train.steps() {
+        let mut local = grad_graph_wrt(&base, ph.loss, ph.params.as_deref())?;
+        keep_assigns_of(&mut local.graph, ph.loss);
+        set_training(&mut local.graph, true);
+        let mut update = Graph::new();
+        update.params = local.graph.params.clone();
+        let mut targets = Vec::new();
+        let mut grads = Vec::new();
+        for &(param, _) in &local.grads {
+            let info = &update.params[param];
+            let shape = info.shape.iter().map(|&d| ir::Dim::Known(d)).collect();
+            let (name, span) = (format!("dist.grad.{}", info.name), info.span);
+            let node = update
+                .add(ir::Op::Param(param), span)
+                .map_err(|e| internal(&e))?;
+            let id = update.inputs.push(ir::InputInfo {
+                name,
+                ty: ir::Type::f32(shape),
+                default: None,
+                span,
+            });
+            let grad = update
+                .add(ir::Op::Input(id), span)
+                .map_err(|e| internal(&e))?;
+            targets.push(crate::passes::optimizer::Target { param, node, grad });
+            grads.push(id);
+        }
+        let prefix = if ph.name.is_empty() {
+            "opt.".to_string()
+        } else {
+            format!("opt.{}.", ph.name)
+        };
+        crate::passes::optimizer::append_as(
+            &mut update,
+            &targets,
+            &ph.optimizer,
+            &prefix,
+            ph.span,
+        )?;
+        base.params = update.params.clone();
+        out.push(SplitPhase {
+            local,
+            update,
+            grads,
+        });
+    }
+    Ok(out)
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Diag {
+    diag::error(code::INTERNAL, format!("internal compiler error: {e}"))
+}
+
 /// The name of the guard output [`append_finite`] adds to a training
 /// step: 0 when every updated parameter and optimizer state is finite,
 /// else NaN.

@@ -365,6 +365,11 @@ pub struct TrainArgs {
     /// `--resume` continues from that step).
     #[arg(long, value_name = "N")]
     pub save_every: Option<u64>,
+    /// Train data-parallel on N processes of this machine (MPI; nnc
+    /// built with `--features mpi`): each takes 1/N of every batch and
+    /// the gradients are summed. The same as `mpirun -n N nnc train …`.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Write a checkpoint whenever the monitored figure improves: the
     /// best epoch's weights (a checkpoint `--resume` continues).
     #[arg(long, value_name = "W.safetensors")]

@@ -28,6 +28,15 @@ impl Outcome {
         }
     }
 
+    /// Nothing to print: the exit status says how it went.
+    pub fn empty() -> Outcome {
+        Outcome {
+            stdout: String::new(),
+            sources: SourceMap::new(),
+            diags: Diagnostics::new(),
+        }
+    }
+
     pub fn from(c: Compilation, stdout: String) -> Outcome {
         Outcome {
             stdout,

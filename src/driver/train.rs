@@ -10,6 +10,88 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
+    let workers = crate::train::dist::world().map_err(Outcome::failed)?;
+    if let (Some(n @ 2..), None) = (args.workers, &workers) {
+        return launch(n);
+    }
+    // Worker 0 reports for all; the others print nothing and exit with
+    // the run's status.
+    let lead = workers.as_ref().is_none_or(|w| w.rank() == 0);
+    let workers = workers.map(|w| crate::train::dist::Workers(std::rc::Rc::from(w)));
+    match (train(args, workers), lead) {
+        (out, true) => out,
+        (Ok(_), false) => Ok(Outcome::empty()),
+        (Err(_), false) => Err(Outcome::empty()),
+    }
+}
+
+/// `--workers N`: this command again on N processes under `mpirun`, each
+/// with an equal share of the cores.
+fn launch(n: usize) -> Result<Outcome, Outcome> {
+    if !cfg!(feature = "mpi") {
+        return Err(Outcome::failed(
+            crate::diag::error(crate::diag::code::DEVICE, format!("`--workers {n}` trains on {n} processes with MPI, and this nnc was built without it"))
+                .with_notes(vec!["help: build with `cargo build --release --features mpi` (Debian: libopenmpi-dev openmpi-bin libclang-dev)".into()]),
+        ));
+    }
+    let mut argv: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        match a.as_str() {
+            "--workers" => skip = true,
+            _ if a.starts_with("--workers=") => {}
+            _ => argv.push(a),
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| {
+        Outcome::failed(crate::diag::error(
+            crate::diag::code::FILE,
+            format!("cannot find this program to start it {n} times: {e}"),
+        ))
+    })?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads =
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| (cores / n).max(1).to_string());
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["-n", &n.to_string(), "--oversubscribe"]);
+    if nix_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["-x", &format!("RAYON_NUM_THREADS={threads}")]);
+    cmd.arg(exe).args(argv);
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(Outcome::empty()),
+        Ok(s) => Err(Outcome::failed(crate::diag::error(
+            crate::diag::code::INPUT,
+            format!("the {n} workers stopped (mpirun: {s})"),
+        ))),
+        Err(e) => Err(Outcome::failed(
+            crate::diag::error(
+                crate::diag::code::DEVICE,
+                format!("cannot start `mpirun`: {e}"),
+            )
+            .with_notes(vec!["help: install Open MPI (Debian: openmpi-bin)".into()]),
+        )),
+    }
+}
+
+/// Whether this process runs as root (Open MPI then wants to be told).
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn train(
+    args: &TrainArgs,
+    workers: Option<crate::train::dist::Workers>,
+) -> Result<Outcome, Outcome> {
     let mut c = load(&args.file, Stage::Ir)?;
     let (Some(g), Some(mut spec)) = (c.graph.take(), c.train.take()) else {
         if !c.diags.has_errors() {
@@ -74,6 +156,7 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         patience: args.patience,
         min_delta: args.min_delta,
         save_every: args.save_every,
+        workers,
     };
     // Ctrl-C: the first finishes the step in progress, saves (with
     // `--save`) and stops; a second exits at once.

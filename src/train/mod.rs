@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 mod data_prep;
+pub mod dist;
 pub mod metrics;
 mod restore;
 
@@ -76,6 +77,9 @@ pub struct Options {
     pub min_delta: f32,
     /// Also write `save` every this many steps (`--save-every`).
     pub save_every: Option<u64>,
+    /// The workers this run trains with, data-parallel ([`dist`]); none:
+    /// this process alone.
+    pub workers: Option<dist::Workers>,
 }
 
 /// Which epoch figure early stopping and `--save-best` follow.
@@ -184,13 +188,63 @@ pub fn run(
     opts: &Options,
     observe: &mut dyn FnMut(Event),
 ) -> Result<Summary, Diag> {
+    let comm: Option<&dyn dist::Comm> = opts.workers.as_ref().map(|w| &*w.0);
+    // Worker 0 alone reports, evaluates and writes files.
+    let lead = comm.is_none_or(|c| c.rank() == 0);
+    let mut observe = |e: Event| {
+        if lead {
+            observe(e)
+        }
+    };
+    if comm.is_some() && opts.backend.keeps_params() {
+        return Err(diag::error(
+            code::DEVICE,
+            "data-parallel training runs on the CPU backends (`--backend jit` or `interp`)",
+        ));
+    }
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);
+    // The other workers write nothing.
+    let quiet;
+    let opts = match lead {
+        true => opts,
+        false => {
+            quiet = Options {
+                save: None,
+                save_best: None,
+                log: None,
+                ..opts.clone()
+            };
+            &quiet
+        }
+    };
+    // Random draws differ from worker to worker (worker 0 draws what one
+    // process would).
+    let draw_seed =
+        seed ^ (comm.map_or(0, |c| c.rank()) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for save in opts.save.iter().chain(&opts.save_best) {
         check_save_target(save, &run_inputs(spec, opts))?;
     }
-    let data = prepare(g, spec, &opts.base_dir, seed)?;
+    let data = prepare(g, spec, &opts.base_dir, seed);
+    let data = match comm {
+        Some(c) => dist::agree(c, data)?,
+        None => data?,
+    };
     let mut steps = pipeline::train_steps(g, spec)?;
+    // Data-parallel: each phase cut into its local part and its update.
+    let split = match comm {
+        Some(_) => pipeline::split_steps(g, spec)?,
+        None => Vec::new(),
+    };
+    let mut split_engines: Vec<(Engine, Engine)> = split
+        .iter()
+        .map(|p| {
+            (
+                Engine::new(opts.backend, &p.local.graph),
+                Engine::new(opts.backend, &p.update),
+            )
+        })
+        .collect();
     // A backend that keeps the parameters on a device computes the
     // step's guard there ([`pipeline::append_finite`]); the others are
     // checked on the host.
@@ -256,6 +310,9 @@ pub fn run(
                 .with_notes(vec!["note: checkpoints written by `nnc train --save` carry their epoch, step and seed".into()]),
             ),
         }
+    }
+    if let Some(c) = comm {
+        dist::broadcast_params(c, &mut params);
     }
     let steps_per_epoch = data.train.len().div_ceil(spec.batch);
     if spec.batch > data.train.len() {
@@ -341,6 +398,7 @@ pub fn run(
     }
     let mut stopped_at = None;
     let mut interrupted_at = None;
+    let mut dist_stop = false;
     // The epochs this run wrote to `--save` and `--save-best` last.
     let (mut saved, mut best_saved) = (None, None);
     let mut confusion = None;
@@ -367,10 +425,38 @@ pub fn run(
                     // A fresh key for every phase of every step, from the
                     // step counter a checkpoint keeps: resuming draws the
                     // same values.
-                    inputs[id] = Some(interp::rng_key(seed, global_step * n_phases + k as u64));
+                    inputs[id] = Some(interp::rng_key(
+                        draw_seed,
+                        global_step * n_phases + k as u64,
+                    ));
                 }
                 let step = &ph.step;
-                let (loss, blown) = if kept {
+                let (loss, blown) = if let Some(c) = comm {
+                    // What every worker feeds its share alike.
+                    let fed: Vec<(&str, Tensor)> = lr_inputs[k]
+                        .iter()
+                        .chain(rng.iter())
+                        .filter_map(|&id| {
+                            let t = inputs[id].clone()?;
+                            Some((step.graph.inputs[id].name.as_str(), t))
+                        })
+                        .collect();
+                    let (local, update) = &mut split_engines[k];
+                    let done = dist::step(
+                        c,
+                        &split[k],
+                        local,
+                        update,
+                        &mut params,
+                        &data,
+                        all,
+                        rows,
+                        &fed,
+                        interrupted(),
+                    )?;
+                    dist_stop |= done.interrupted;
+                    (done.loss, non_finite(&split[k].local, &done.outs, &params))
+                } else if kept {
                     // Only the loss and the step's guard come back from a
                     // device that keeps the parameters.
                     let finite = step.graph.outputs.len() - 1;
@@ -421,7 +507,12 @@ pub fn run(
             let every = opts
                 .save_every
                 .is_some_and(|k| global_step.is_multiple_of(k));
-            let stop = interrupted();
+            // With workers, every one stops after the step in which one
+            // was interrupted (agreed by the step's all-reduce).
+            let stop = match comm {
+                Some(_) => dist_stop,
+                None => interrupted(),
+            };
             if stop || every {
                 for e in &mut engines {
                     e.sync(&mut params).map_err(|e| e.to_diag())?;
@@ -456,14 +547,35 @@ pub fn run(
         for e in &mut engines {
             e.sync(&mut params).map_err(|e| e.to_diag())?;
         }
-        let (val_loss, val_accuracy, predicted) = validate(
-            &mut eval_engine,
-            &eval,
-            &mut params,
-            &data,
-            spec.batch,
-            !spec.metrics.is_empty(),
-        )?;
+        let validated = match lead {
+            true => validate(
+                &mut eval_engine,
+                &eval,
+                &mut params,
+                &data,
+                spec.batch,
+                !spec.metrics.is_empty(),
+            ),
+            false => Ok((None, None, None)),
+        };
+        let (val_loss, val_accuracy, predicted) = match comm {
+            // The others follow worker 0's figures (early stopping,
+            // plateau schedules).
+            Some(c) => {
+                let (l, a, p) = dist::agree(c, validated)?;
+                let mut figures = [
+                    f32::from(u8::from(l.is_some())),
+                    l.unwrap_or(0.0),
+                    f32::from(u8::from(a.is_some())),
+                    a.unwrap_or(0.0),
+                ];
+                c.broadcast(&mut figures);
+                let l = (figures[0] > 0.0).then_some(figures[1]);
+                let a = (figures[2] > 0.0).then_some(figures[3]);
+                (l, a, p)
+            }
+            None => validated?,
+        };
         let (figures, matrix) = epoch_metrics(spec, &data, predicted.as_deref());
         if matrix.is_some() {
             confusion = matrix;

@@ -1,0 +1,186 @@
+//! Data-parallel training over MPI (`--features mpi`): two workers train
+//! as one process does (the same parameters up to the order of the
+//! gradients' sums), their checkpoints resume anywhere, and a worker
+//! that fails stops them all with its rank and its reason.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn nnc_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(args)
+        .current_dir(dir)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("nnc runs")
+}
+
+/// The digits MLP and its data in `dir`, the data file named `data`.
+fn digits(dir: &Path, name: &str, data: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("examples/digits_mlp.nn"))
+        .expect("example")
+        .replace("data/digits.csv", data);
+    std::fs::write(dir.join(name), src).expect("write");
+}
+
+fn tensors(path: &Path) -> std::collections::HashMap<String, nnc::tensor::Tensor> {
+    nnc::train::checkpoint::load(path).expect("a checkpoint").0
+}
+
+/// The worst relative difference between two checkpoints' tensors.
+fn worst(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for (name, x) in &a {
+        let y = &b[name];
+        assert_eq!(x.shape, y.shape, "{name}");
+        let scale = x.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for (p, q) in x.data.iter().zip(&y.data) {
+            worst = worst.max((p - q).abs() / scale);
+        }
+    }
+    worst
+}
+
+fn accuracy(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with("trained"))
+        .expect("a summary line");
+    let v = line.rsplit("val_accuracy ").next().expect("an accuracy");
+    v.trim().parse().expect("a number")
+}
+
+#[test]
+fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
+    let dir = common::temp_dir("mpi-parity");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
+        dir.join("digits.csv"),
+    )
+    .expect("data");
+    digits(&dir, "digits.nn", "digits.csv");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "digits.nn", "--batch", "64"];
+        args.extend_from_slice(extra);
+        let out = nnc_in(&dir, &args);
+        let stdout = common::text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            common::text(&out.stderr)
+        );
+        stdout
+    };
+    let one = run(&["--epochs", "3", "--save", "one.safetensors"]);
+    let two = run(&[
+        "--epochs",
+        "3",
+        "--save",
+        "two.safetensors",
+        "--workers",
+        "2",
+    ]);
+    let d = worst(&dir.join("one.safetensors"), &dir.join("two.safetensors"));
+    eprintln!("1 process against 2 workers: worst relative difference {d:e}");
+    assert!(d > 0.0, "two workers sum the gradients in another order");
+    assert!(d < 1e-5, "{d}");
+    let (a1, a2) = (accuracy(&one), accuracy(&two));
+    assert!((a1 - a2).abs() < 5e-4, "{a1} against {a2}");
+    // Worker 0 alone reports: one header line, one summary.
+    assert_eq!(two.matches("training digits.nn").count(), 1, "{two}");
+
+    // A checkpoint of 2 workers after 2 epochs resumes on 1 worker as on
+    // 2, and on 1 the same way every time.
+    run(&[
+        "--epochs",
+        "2",
+        "--save",
+        "two2.safetensors",
+        "--workers",
+        "2",
+    ]);
+    for (out, workers) in [
+        ("r1.safetensors", "1"),
+        ("r1b.safetensors", "1"),
+        ("r2.safetensors", "2"),
+    ] {
+        run(&[
+            "--epochs",
+            "3",
+            "--resume",
+            "two2.safetensors",
+            "--save",
+            out,
+            "--workers",
+            workers,
+        ]);
+    }
+    assert_eq!(
+        worst(&dir.join("r1.safetensors"), &dir.join("r1b.safetensors")),
+        0.0
+    );
+    let d = worst(&dir.join("r1.safetensors"), &dir.join("r2.safetensors"));
+    assert!(d < 1e-5, "{d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Worker 1 reads a file with a bad row (started as a second program of
+/// one MPI job): both workers exit non-zero within seconds, and the
+/// message names the worker, the file and the row.
+#[test]
+fn a_bad_row_on_one_worker_stops_every_worker() {
+    let dir = common::temp_dir("mpi-bad-row");
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
+    )
+    .expect("data");
+    let mut lines: Vec<String> = good.lines().map(String::from).collect();
+    let mut cells: Vec<&str> = lines[5].split(',').collect();
+    cells[3] = "abc";
+    lines[5] = cells.join(",");
+    std::fs::write(dir.join("good.csv"), &good).expect("write");
+    std::fs::write(dir.join("bad.csv"), lines.join("\n")).expect("write");
+    digits(&dir, "good.nn", "good.csv");
+    digits(&dir, "bad.nn", "bad.csv");
+    let nnc = env!("CARGO_BIN_EXE_nnc");
+    let started = std::time::Instant::now();
+    let out = Command::new("mpirun")
+        .args([
+            "--oversubscribe",
+            "-n",
+            "1",
+            nnc,
+            "train",
+            "good.nn",
+            ":",
+            "-n",
+            "1",
+            nnc,
+            "train",
+            "bad.nn",
+        ])
+        .current_dir(&dir)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun runs");
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("worker 1 of 2 stopped training: `bad.csv` line 6, column 4 (`pixel_0_3`): `abc` is not a number"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
