@@ -308,6 +308,12 @@ fn train(
                 };
                 text.push_str(&format!("best epoch {}: {name} {v:.4}\n", b.epoch));
             }
+            if let Some((n, steps, comm)) = summary.comm {
+                text.push_str(&format!(
+                    "{n} workers: the steps took {steps:.2}s on worker 0, {comm:.2}s of it in the all-reduce ({:.0}%)\n",
+                    100.0 * comm / steps.max(1e-9)
+                ));
+            }
             if let (Some(p), false) = (&args.save, summary.epochs.is_empty()) {
                 text.push_str(&format!("saved {}\n", p.display()));
             }

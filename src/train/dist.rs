@@ -206,6 +206,9 @@ pub struct Stepped {
     /// A worker was interrupted (Ctrl-C): every worker stops after this
     /// step.
     pub interrupted: bool,
+    /// The time this worker spent in the all-reduce (waiting for the
+    /// others included).
+    pub comm: std::time::Duration,
 }
 
 /// One phase of a step on `rows` (the whole batch; this worker takes its
@@ -272,7 +275,9 @@ pub fn step(
     let n = buf.len();
     buf[n - 2] = f32::from(u8::from(failed.is_err()));
     buf[n - 1] = f32::from(u8::from(interrupted));
+    let started = std::time::Instant::now();
     comm.all_reduce_sum(&mut buf);
+    let comm_time = started.elapsed();
     if buf[n - 2] > 0.0 {
         agree(comm, failed)?;
     }
@@ -308,6 +313,7 @@ pub fn step(
         loss: buf[total],
         outs,
         interrupted: buf[n - 1] > 0.0,
+        comm: comm_time,
     })
 }
 

@@ -173,6 +173,9 @@ pub struct Summary {
     /// The last epoch's confusion matrix on the validation rows
     /// (`m[true][predicted]`), when `metrics` asks for it.
     pub confusion: Option<Confusion>,
+    /// With workers: their number, and the seconds worker 0 spent in the
+    /// steps and, of those, in the all-reduce.
+    pub comm: Option<(usize, f64, f64)>,
 }
 
 fn error(span: Span, msg: String, hint: &str) -> Diag {
@@ -399,6 +402,7 @@ pub fn run(
     let mut stopped_at = None;
     let mut interrupted_at = None;
     let mut dist_stop = false;
+    let (mut comm_secs, mut step_secs) = (0.0f64, 0.0f64);
     // The epochs this run wrote to `--save` and `--save-best` last.
     let (mut saved, mut best_saved) = (None, None);
     let mut confusion = None;
@@ -411,6 +415,7 @@ pub fn run(
             (skip, totals, seen) = (p.batches, p.totals, p.seen);
         }
         for (bi, rows) in order.chunks(spec.batch).enumerate().skip(skip) {
+            let step_started = std::time::Instant::now();
             let mut inputs = data.batch(all, rows);
             let mut step_loss = 0.0f32;
             for (k, ph) in steps.iter().enumerate() {
@@ -455,6 +460,7 @@ pub fn run(
                         interrupted(),
                     )?;
                     dist_stop |= done.interrupted;
+                    comm_secs += done.comm.as_secs_f64();
                     (done.loss, non_finite(&split[k].local, &done.outs, &params))
                 } else if kept {
                     // Only the loss and the step's guard come back from a
@@ -503,6 +509,7 @@ pub fn run(
                 step_loss += loss;
             }
             global_step += 1;
+            step_secs += step_started.elapsed().as_secs_f64();
             seen += rows.len();
             let every = opts
                 .save_every
@@ -686,6 +693,7 @@ pub fn run(
         stopped_at,
         interrupted: interrupted_at,
         confusion,
+        comm: comm.map(|c| (c.size(), step_secs, comm_secs)),
     })
 }
 
