@@ -74,6 +74,8 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
         patience: args.patience,
         min_delta: args.min_delta,
         save_every: args.save_every,
+        start: Vec::new(),
+        stop: None,
     };
     // Ctrl-C: the first finishes the step in progress, saves (with
     // `--save`) and stops; a second exits at once.

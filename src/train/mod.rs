@@ -76,6 +76,14 @@ pub struct Options {
     pub min_delta: f32,
     /// Also write `save` every this many steps (`--save-every`).
     pub save_every: Option<u64>,
+    /// Values to start from instead of the initial ones, by parameter
+    /// name (a program that embeds nnc continues from its current
+    /// weights); a checkpoint resumed from replaces them.
+    pub start: Vec<(String, Tensor)>,
+    /// Set from another thread to stop after the step in progress, as
+    /// Ctrl-C does (a program that embeds nnc: its callback failed, or
+    /// its user interrupted it).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Which epoch figure early stopping and `--save-best` follow.
@@ -157,6 +165,10 @@ pub enum Event<'e> {
 pub struct Summary {
     pub epochs: Vec<EpochStats>,
     pub params: Vec<(String, Tensor)>,
+    /// Every parameter and state of the file's graph (its own, not the
+    /// optimizer's), by name, as training left them: what a program that
+    /// embeds nnc keeps, and continues from ([`Options::start`]).
+    pub values: Vec<(String, Tensor)>,
     pub warnings: Vec<Diag>,
     /// The best epoch by the monitored figure (named), when one was
     /// followed (`--save-best`, `--patience`).
@@ -226,6 +238,7 @@ pub fn run(
         .map(|(id, _)| id);
 
     let mut params = interp::init_params(all, seed);
+    start_from(all, &mut params, &opts.start)?;
     // The scalings learnt from the training rows (a checkpoint resumed
     // below holds the same values: the split is the seed's).
     data.set_learnt(g, spec, all, &mut params)?;
@@ -421,7 +434,11 @@ pub fn run(
             let every = opts
                 .save_every
                 .is_some_and(|k| global_step.is_multiple_of(k));
-            let stop = interrupted();
+            let stop = interrupted()
+                || opts
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             if stop || every {
                 for e in &mut engines {
                     e.sync(&mut params).map_err(|e| e.to_diag())?;
@@ -563,10 +580,16 @@ pub fn run(
         .filter(|(_, p)| p.role == Role::Trainable)
         .map(|(id, p)| (p.name.clone(), params[id].clone()))
         .collect();
+    let values = g
+        .params
+        .iter()
+        .map(|(id, p)| (p.name.clone(), params[id].clone()))
+        .collect();
     warnings.extend(steps.into_iter().flat_map(|p| p.step.warnings));
     Ok(Summary {
         epochs: history,
         params: out_params,
+        values,
         warnings,
         best: best
             .filter(|_| follow)
@@ -575,6 +598,33 @@ pub fn run(
         interrupted: interrupted_at,
         confusion,
     })
+}
+
+/// Replaces initial values with those of [`Options::start`] of the same
+/// name; one of another shape is an error (a name the table lacks is
+/// left alone: the caller's table may be a smaller graph's).
+fn start_from(
+    g: &Graph,
+    params: &mut SecondaryMap<ParamId, Tensor>,
+    start: &[(String, Tensor)],
+) -> Result<(), Diag> {
+    for (name, t) in start {
+        let Some((id, p)) = g.params.iter().find(|(_, p)| p.name == *name) else {
+            continue;
+        };
+        if t.shape != params[id].shape {
+            return Err(diag::error(
+                code::INPUT,
+                format!(
+                    "the value given for `{name}` has shape {:?}, but the model declares {:?}",
+                    t.shape, params[id].shape
+                ),
+            )
+            .with_labels(vec![p.span.primary("declared here")]));
+        }
+        params[id] = t.clone();
+    }
+    Ok(())
 }
 
 /// What a diverged run leaves behind: the epoch `--save` (and
