@@ -227,9 +227,9 @@ impl Model {
     /// dict: `epoch`, `train_loss`, `val_loss`, `val_accuracy`, `lr` and
     /// the block's metrics. Returns the training loss of every epoch.
     ///
-    /// An exception in the callback (or Ctrl-C) stops training after the
-    /// step in progress; the values trained so far are kept and the
-    /// exception raised.
+    /// An exception in the callback (or Ctrl-C) stops training at its
+    /// next step, which it finishes; the values trained so far are kept
+    /// and the exception raised.
     #[pyo3(signature = (epochs=None, data=None, callback=None))]
     fn train(
         &self,

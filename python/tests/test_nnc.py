@@ -155,6 +155,16 @@ def test_training_continues_from_the_current_values_and_learns_xor():
     np.testing.assert_array_equal(p > 0.5, [False, True, True, False])
 
 
+def test_training_on_another_csv_file(tmp_path):
+    rows = (EXAMPLES / "data" / "xor.csv").read_text()
+    (tmp_path / "same.csv").write_text(rows)
+    on_file = nnc.compile(EXAMPLES / "xor.nn").train(epochs=5)
+    on_copy = nnc.compile(EXAMPLES / "xor.nn").train(epochs=5, data=tmp_path / "same.csv")
+    assert on_copy == on_file
+    with pytest.raises(nnc.Error, match="missing.csv"):
+        nnc.compile(EXAMPLES / "xor.nn").train(epochs=1, data=tmp_path / "missing.csv")
+
+
 def test_an_exception_in_the_callback_stops_training():
     m = nnc.compile(EXAMPLES / "xor.nn")
     before = m.params["w1"]
