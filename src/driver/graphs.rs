@@ -170,8 +170,8 @@ pub fn run_graph_with(
 
 /// The tensors `--input NAME=FILE` feeds, by input, read from their
 /// files; with some, a file with no outputs but a `train` block's
-/// `predict` becomes its library graph (inference mode), which runs it.
-/// The block's features input gets its data's `scale`.
+/// `predict` becomes its library graph ([`run_graph_of`]), which runs it.
+/// The block's features input gets its data's `scale` ([`feed`]).
 pub fn fed_graph(
     g: &mut Graph,
     train: Option<&crate::sema::TrainSpec>,
@@ -180,14 +180,83 @@ pub fn fed_graph(
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    if g.outputs.is_empty() && train.is_some_and(|t| t.predict.is_some()) {
-        *g = crate::aot::library_graph(g, train)?;
+    if let Some(lib) = run_graph_of(g, train)? {
+        *g = lib;
     }
-    let fail = |msg: String, help: String| {
-        crate::diag::error(crate::diag::code::INPUT, msg).with_notes(vec![format!("help: {help}")])
-    };
-    let mut fed = Vec::new();
+    let mut given = Vec::new();
     for (name, path) in files {
+        let t = match crate::data::load_tensor(path) {
+            Some(r) => r.map_err(|e| e.to_diag())?,
+            None => {
+                return Err(crate::diag::error(
+                    crate::diag::code::INPUT,
+                    format!("`{}` is not a file `--input` reads", path.display()),
+                )
+                .with_notes(vec![
+                    "help: give a .npy array or a .csv file with a header row".into(),
+                ]))
+            }
+        };
+        given.push(Given {
+            name: name.clone(),
+            tensor: t,
+            from: Origin::File(path.clone()),
+        });
+    }
+    feed(g, train, given)
+}
+
+/// What `run` evaluates on inputs it is given: for a file with no
+/// outputs but a `train` block's `predict`, its library graph (inference
+/// mode, [`crate::aot::library_graph`]); `None` for any other file, whose
+/// outputs run. The graph returned has the file's parameter table.
+pub fn run_graph_of(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+) -> Result<Option<Graph>, crate::diag::Diag> {
+    match g.outputs.is_empty() && train.is_some_and(|t| t.predict.is_some()) {
+        true => crate::aot::library_graph(g, train).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// A value given for an input, by the input's name (or the part after
+/// its model's `.`).
+pub struct Given {
+    pub name: String,
+    pub tensor: crate::tensor::Tensor,
+    pub from: Origin,
+}
+
+/// Where a [`Given`] value comes from, for the diagnostics about it.
+pub enum Origin {
+    /// `--input NAME=FILE`.
+    File(std::path::PathBuf),
+    /// An array passed by a host language as `NAME=` (Python's `m.run`).
+    Keyword,
+}
+
+impl Given {
+    /// How the value was named: "`--input x=…`" or "`x=`".
+    fn naming(&self) -> String {
+        match &self.from {
+            Origin::File(_) => format!("`--input {}=…`", self.name),
+            Origin::Keyword => format!("`{}=`", self.name),
+        }
+    }
+}
+
+/// The given values by input of `g`, each checked against its input's
+/// shape (a symbolic dimension takes any size here; running binds it),
+/// the `train` block's features input multiplied by its data's `scale`.
+pub fn feed(
+    g: &Graph,
+    train: Option<&crate::sema::TrainSpec>,
+    given: Vec<Given>,
+) -> Result<Vec<(crate::ir::InputId, crate::tensor::Tensor)>, crate::diag::Diag> {
+    let mut fed = Vec::new();
+    for v in given {
+        let name = &v.name;
         let found: Vec<crate::ir::InputId> = g
             .inputs
             .iter()
@@ -201,49 +270,53 @@ pub fn fed_graph(
                 .map(|i| i.name.as_str())
                 .filter(|n| !n.starts_with('@'))
                 .collect();
-            return Err(fail(
+            return Err(crate::diag::error(
+                crate::diag::code::INPUT,
                 format!(
-                    "`--input {name}=…` names {} input of this program",
+                    "{} names {} input of this program",
+                    v.naming(),
                     if found.is_empty() {
                         "no"
                     } else {
                         "more than one"
                     }
                 ),
-                format!("its inputs are: {}", names.join(", ")),
-            ));
+            )
+            .with_notes(vec![format!("help: its inputs are: {}", names.join(", "))]));
         };
-        let mut t = match crate::data::load_tensor(path) {
-            Some(r) => r.map_err(|e| e.to_diag())?,
-            None => {
-                return Err(fail(
-                    format!("`{}` is not a file `--input` reads", path.display()),
-                    "give a .npy array or a .csv file with a header row".into(),
-                ))
-            }
-        };
-        let scale = train
-            .and_then(|t| t.data.as_ref().map(|d| d.scale_of(*id, t.features)))
-            .unwrap_or(1.0);
-        t.data.iter_mut().for_each(|v| *v *= scale);
         let info = &g.inputs[*id];
-        let fits = t.shape.len() == info.ty.shape.len()
-            && info.ty.shape.iter().zip(&t.shape).all(|(d, &n)| match d {
-                crate::ir::Dim::Known(k) => *k as usize == n,
-                crate::ir::Dim::Sym(_) => true,
-            });
+        let fits = v.tensor.shape.len() == info.ty.shape.len()
+            && info
+                .ty
+                .shape
+                .iter()
+                .zip(&v.tensor.shape)
+                .all(|(d, &n)| match d {
+                    crate::ir::Dim::Known(k) => *k as usize == n,
+                    crate::ir::Dim::Sym(_) => true,
+                });
         if !fits {
+            let what = match &v.from {
+                Origin::File(path) => format!("`{}` holds an array", path.display()),
+                Origin::Keyword => format!("{} is an array", v.naming()),
+            };
             return Err(crate::diag::error(
                 crate::diag::code::INPUT,
                 format!(
-                    "`{}` holds an array of shape {:?}, but input `{}` is {}",
-                    path.display(),
-                    t.shape,
+                    "{what} of shape {:?}, but input `{}` is {}",
+                    v.tensor.shape,
                     info.name,
                     g.shape_str(&info.ty.shape)
                 ),
             )
             .with_labels(vec![info.span.primary("this input")]));
+        }
+        let scale = train
+            .and_then(|t| t.data.as_ref().map(|d| d.scale_of(*id, t.features)))
+            .unwrap_or(1.0);
+        let mut t = v.tensor;
+        if scale != 1.0 {
+            t.data.iter_mut().for_each(|x| *x *= scale);
         }
         fed.push((*id, t));
     }
@@ -272,6 +345,20 @@ fn run_with_params(
     fed: Vec<(crate::ir::InputId, crate::tensor::Tensor)>,
     backend: BackendKind,
 ) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
+    run_on(&mut Engine::new(backend, g), g, seed, &mut params, fed)
+}
+
+/// The outputs of `g` by name, run on `engine` (made for `g`, and kept
+/// by a caller that runs it again) with these parameters and these
+/// inputs fed (the others take their declared values); random draws are
+/// keyed by `seed`.
+pub fn run_on(
+    engine: &mut Engine,
+    g: &Graph,
+    seed: u64,
+    params: &mut SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    fed: Vec<(crate::ir::InputId, crate::tensor::Tensor)>,
+) -> Result<Vec<(String, crate::tensor::Tensor)>, interp::Error> {
     let mut inputs = SecondaryMap::new();
     for (id, t) in fed {
         inputs[id] = Some(t);
@@ -283,7 +370,7 @@ fn run_with_params(
     {
         inputs[id] = Some(interp::rng_key(seed, 0));
     }
-    let values = Engine::new(backend, g).run(&mut params, &inputs)?;
+    let values = engine.run(params, &inputs)?;
     Ok(g.outputs
         .iter()
         .map(|o| o.name.clone())
@@ -343,16 +430,32 @@ pub fn grad_values_on(
     if let Some(p) = params_file {
         crate::train::restore(&gg.graph, &mut params, p)?;
     }
-    let outs = Engine::new(backend, &gg.graph)
-        .run(&mut params, &inputs)
-        .map_err(|e| e.to_diag())?;
+    let (loss, grads) = grads_on(
+        &mut Engine::new(backend, &gg.graph),
+        &gg,
+        &mut params,
+        &inputs,
+    )?;
+    Ok((loss, grads, gg.warnings))
+}
+
+/// The loss of a [`pipeline::GradGraph`] and each parameter's gradient
+/// by name, run on `engine` (made for `gg.graph`) with these parameters
+/// and inputs.
+pub fn grads_on(
+    engine: &mut Engine,
+    gg: &pipeline::GradGraph,
+    params: &mut SecondaryMap<crate::ir::ParamId, crate::tensor::Tensor>,
+    inputs: &SecondaryMap<crate::ir::InputId, Option<crate::tensor::Tensor>>,
+) -> Result<(f32, Vec<(String, crate::tensor::Tensor)>), crate::diag::Diag> {
+    let outs = engine.run(params, inputs).map_err(|e| e.to_diag())?;
     let grads = gg
         .grads
         .iter()
         .zip(&outs[1..])
         .map(|((p, _), t)| (gg.graph.params[*p].name.clone(), t.clone()))
         .collect();
-    Ok((outs[0].data[0], grads, gg.warnings))
+    Ok((outs[0].data[0], grads))
 }
 
 pub fn warn_non_finite(

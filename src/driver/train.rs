@@ -157,6 +157,8 @@ fn train(
         min_delta: args.min_delta,
         save_every: args.save_every,
         workers,
+        start: Vec::new(),
+        stop: None,
     };
     // Ctrl-C: the first finishes the step in progress, saves (with
     // `--save`) and stops; a second exits at once.

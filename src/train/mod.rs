@@ -80,6 +80,14 @@ pub struct Options {
     /// The workers this run trains with, data-parallel ([`dist`]); none:
     /// this process alone.
     pub workers: Option<dist::Workers>,
+    /// Values to start from instead of the initial ones, by parameter
+    /// name (a program that embeds nnc continues from its current
+    /// weights); a checkpoint resumed from replaces them.
+    pub start: Vec<(String, Tensor)>,
+    /// Set from another thread to stop after the step in progress, as
+    /// Ctrl-C does (a program that embeds nnc: its callback failed, or
+    /// its user interrupted it).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Which epoch figure early stopping and `--save-best` follow.
@@ -161,6 +169,10 @@ pub enum Event<'e> {
 pub struct Summary {
     pub epochs: Vec<EpochStats>,
     pub params: Vec<(String, Tensor)>,
+    /// Every parameter and state of the file's graph (its own, not the
+    /// optimizer's), by name, as training left them: what a program that
+    /// embeds nnc keeps, and continues from ([`Options::start`]).
+    pub values: Vec<(String, Tensor)>,
     pub warnings: Vec<Diag>,
     /// The best epoch by the monitored figure (named), when one was
     /// followed (`--save-best`, `--patience`).
@@ -283,6 +295,7 @@ pub fn run(
         .map(|(id, _)| id);
 
     let mut params = interp::init_params(all, seed);
+    start_from(all, &mut params, &opts.start)?;
     // The scalings learnt from the training rows (a checkpoint resumed
     // below holds the same values: the split is the seed's).
     data.set_learnt(g, spec, all, &mut params)?;
@@ -457,7 +470,11 @@ pub fn run(
                         all,
                         rows,
                         &fed,
-                        interrupted(),
+                        interrupted()
+                            || opts
+                                .stop
+                                .as_ref()
+                                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)),
                     )?;
                     dist_stop |= done.interrupted;
                     comm_secs += done.comm.as_secs_f64();
@@ -514,11 +531,16 @@ pub fn run(
             let every = opts
                 .save_every
                 .is_some_and(|k| global_step.is_multiple_of(k));
+            let asked = interrupted()
+                || opts
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             // With workers, every one stops after the step in which one
-            // was interrupted (agreed by the step's all-reduce).
+            // was asked to (agreed by the step's all-reduce).
             let stop = match comm {
                 Some(_) => dist_stop,
-                None => interrupted(),
+                None => asked,
             };
             if stop || every {
                 for e in &mut engines {
@@ -682,10 +704,16 @@ pub fn run(
         .filter(|(_, p)| p.role == Role::Trainable)
         .map(|(id, p)| (p.name.clone(), params[id].clone()))
         .collect();
+    let values = g
+        .params
+        .iter()
+        .map(|(id, p)| (p.name.clone(), params[id].clone()))
+        .collect();
     warnings.extend(steps.into_iter().flat_map(|p| p.step.warnings));
     Ok(Summary {
         epochs: history,
         params: out_params,
+        values,
         warnings,
         best: best
             .filter(|_| follow)
@@ -695,6 +723,33 @@ pub fn run(
         confusion,
         comm: comm.map(|c| (c.size(), step_secs, comm_secs)),
     })
+}
+
+/// Replaces initial values with those of [`Options::start`] of the same
+/// name; one of another shape is an error (a name the table lacks is
+/// left alone: the caller's table may be a smaller graph's).
+fn start_from(
+    g: &Graph,
+    params: &mut SecondaryMap<ParamId, Tensor>,
+    start: &[(String, Tensor)],
+) -> Result<(), Diag> {
+    for (name, t) in start {
+        let Some((id, p)) = g.params.iter().find(|(_, p)| p.name == *name) else {
+            continue;
+        };
+        if t.shape != params[id].shape {
+            return Err(diag::error(
+                code::INPUT,
+                format!(
+                    "the value given for `{name}` has shape {:?}, but the model declares {:?}",
+                    t.shape, params[id].shape
+                ),
+            )
+            .with_labels(vec![p.span.primary("declared here")]));
+        }
+        params[id] = t.clone();
+    }
+    Ok(())
 }
 
 /// What a diverged run leaves behind: the epoch `--save` (and
