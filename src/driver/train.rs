@@ -14,14 +14,26 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
     if let (Some(n @ 2..), None) = (args.workers, &workers) {
         return launch(n);
     }
-    // Worker 0 reports for all; the others print nothing and exit with
-    // the run's status.
-    let lead = workers.as_ref().is_none_or(|w| w.rank() == 0);
     let workers = workers.map(|w| crate::train::dist::Workers(std::rc::Rc::from(w)));
-    match (train(args, workers), lead) {
-        (out, true) => out,
-        (Ok(_), false) => Ok(Outcome::empty()),
-        (Err(_), false) => Err(Outcome::empty()),
+    let Some(comm) = workers.clone() else {
+        return train(args, None);
+    };
+    let out = train(args, workers);
+    // Worker 0 reports for all, before any worker exits: `mpirun` ends
+    // the job as soon as one exits with an error, which could cut
+    // worker 0's message. The others print nothing and exit with the
+    // run's status.
+    if comm.0.rank() == 0 {
+        use std::io::{IsTerminal, Write};
+        let (Ok(o) | Err(o)) = &out;
+        let _ = std::io::stdout().write_all(o.stdout.as_bytes());
+        let _ = std::io::stdout().flush();
+        eprint!("{}", o.render(std::io::stderr().is_terminal()));
+    }
+    comm.0.all_reduce_sum(&mut [0.0]);
+    match out {
+        Ok(_) => Ok(Outcome::empty()),
+        Err(_) => Err(Outcome::empty()),
     }
 }
 

@@ -16,7 +16,8 @@
 //! rows than workers) contributes zeros.
 //!
 //! Before the first step worker 0's parameters are broadcast to every
-//! worker. Worker 0 alone reports, evaluates the validation rows (and
+//! worker; after every epoch (and mid-epoch checkpoint) the workers
+//! compare a hash of their parameters. Worker 0 alone reports, evaluates the validation rows (and
 //! broadcasts the figures the others follow: early stopping, plateau
 //! schedules) and writes the log and checkpoints; a checkpoint is the
 //! same file whatever the number of workers, so it resumes on any.
@@ -197,6 +198,48 @@ pub fn broadcast_params(comm: &dyn Comm, params: &mut SecondaryMap<ParamId, Tens
     }
 }
 
+/// A 64-bit FNV-1a hash of every parameter's bits, in table order.
+fn params_hash(params: &SecondaryMap<ParamId, Tensor>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, t) in params.iter() {
+        for v in &t.data {
+            for b in v.to_bits().to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// Checks that every worker holds worker 0's parameters (their hashes,
+/// gathered): an error naming the workers that differ, `at` saying when.
+pub fn check_same(
+    comm: &dyn Comm,
+    params: &SecondaryMap<ParamId, Tensor>,
+    at: &str,
+) -> Result<(), Diag> {
+    let all = comm.all_gather(&params_hash(params).to_le_bytes());
+    let differ: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h != all[0])
+        .map(|(r, _)| r.to_string())
+        .collect();
+    match differ.is_empty() {
+        true => Ok(()),
+        false => Err(diag::error(
+            code::INTERNAL,
+            format!(
+                "{at}, the parameters of worker {} differ from worker 0's",
+                differ.join(", ")
+            ),
+        )
+        .with_notes(vec![
+            "note: the workers apply the same update to the same sums, so this is a fault of nnc or of the machines; no checkpoint was written".into(),
+        ])),
+    }
+}
+
 /// What one phase of a data-parallel step gave every worker.
 pub struct Stepped {
     /// The batch's loss (the shares' losses weighted by their rows).
@@ -327,6 +370,39 @@ pub fn share(batch: &[usize], rank: usize, size: usize) -> &[usize] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Worker 0 of two, the other's gathered bytes given.
+    struct Pair(Vec<u8>);
+
+    impl Comm for Pair {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) {}
+        fn broadcast(&self, _: &mut [f32]) {}
+        fn all_gather(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+            vec![mine.to_vec(), self.0.clone()]
+        }
+    }
+
+    #[test]
+    fn workers_whose_parameters_differ_are_named() {
+        let mut params: SecondaryMap<ParamId, Tensor> = SecondaryMap::new();
+        params[ParamId::from_u32(0)] = Tensor::new(vec![2], vec![1.0, 2.0]);
+        let same = params_hash(&params).to_le_bytes().to_vec();
+        assert!(check_same(&Pair(same), &params, "after epoch 1").is_ok());
+        let mut other = params.clone();
+        other[ParamId::from_u32(0)].data[1] = f32::from_bits(2.0f32.to_bits() + 1);
+        let differs = params_hash(&other).to_le_bytes().to_vec();
+        let e = check_same(&Pair(differs), &params, "after epoch 1").unwrap_err();
+        assert_eq!(
+            e.message,
+            "after epoch 1, the parameters of worker 1 differ from worker 0's"
+        );
+    }
 
     #[test]
     fn shares_cover_the_batch_once_in_order() {

@@ -546,6 +546,9 @@ pub fn run(
                 for e in &mut engines {
                     e.sync(&mut params).map_err(|e| e.to_diag())?;
                 }
+                if let Some(c) = comm {
+                    dist::check_same(c, &params, &format!("at step {global_step}"))?;
+                }
                 if let Some(path) = &opts.save {
                     let at = Position {
                         epoch,
@@ -605,6 +608,9 @@ pub fn run(
             }
             None => validated?,
         };
+        if let Some(c) = comm {
+            dist::check_same(c, &params, &format!("after epoch {}", epoch + 1))?;
+        }
         let (figures, matrix) = epoch_metrics(spec, &data, predicted.as_deref());
         if matrix.is_some() {
             confusion = matrix;
