@@ -14,23 +14,22 @@ pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
     if let (Some(n @ 2..), None) = (args.workers, &workers) {
         return launch(n);
     }
-    let workers = workers.map(|w| crate::train::dist::Workers(std::rc::Rc::from(w)));
-    let Some(comm) = workers.clone() else {
+    let Some(comm) = workers else {
         return train(args, None);
     };
-    let out = train(args, workers);
+    let out = train(args, Some(&*comm));
     // Worker 0 reports for all, before any worker exits: `mpirun` ends
     // the job as soon as one exits with an error, which could cut
     // worker 0's message. The others print nothing and exit with the
     // run's status.
-    if comm.0.rank() == 0 {
+    if comm.rank() == 0 {
         use std::io::{IsTerminal, Write};
         let (Ok(o) | Err(o)) = &out;
         let _ = std::io::stdout().write_all(o.stdout.as_bytes());
         let _ = std::io::stdout().flush();
         eprint!("{}", o.render(std::io::stderr().is_terminal()));
     }
-    comm.0.all_reduce_sum(&mut [0.0]);
+    comm.all_reduce_sum(&mut [0.0]);
     match out {
         Ok(_) => Ok(Outcome::empty()),
         Err(_) => Err(Outcome::empty()),
@@ -102,7 +101,7 @@ fn nix_root() -> bool {
 
 fn train(
     args: &TrainArgs,
-    workers: Option<crate::train::dist::Workers>,
+    workers: Option<&dyn crate::train::dist::Comm>,
 ) -> Result<Outcome, Outcome> {
     let mut c = load(&args.file, Stage::Ir)?;
     let (Some(g), Some(mut spec)) = (c.graph.take(), c.train.take()) else {
@@ -168,7 +167,6 @@ fn train(
         patience: args.patience,
         min_delta: args.min_delta,
         save_every: args.save_every,
-        workers,
         start: Vec::new(),
         stop: None,
     };
@@ -204,7 +202,7 @@ fn train(
     let mut resumed_at = 0;
     let mut running = 0.0f32;
     let mut steps = 0u64;
-    let result = train::run(&g, &spec, &opts, &mut |ev| match ev {
+    let result = train::run_on(&g, &spec, &opts, workers, &mut |ev| match ev {
         Event::Start {
             steps_per_epoch,
             first_epoch,

@@ -181,16 +181,6 @@ pub fn agree<T>(comm: &dyn Comm, r: Result<T, Diag>) -> Result<T, Diag> {
     }
 }
 
-/// The workers of a run, for [`super::Options`].
-#[derive(Clone)]
-pub struct Workers(pub std::rc::Rc<dyn Comm>);
-
-impl std::fmt::Debug for Workers {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "worker {} of {}", self.0.rank(), self.0.size())
-    }
-}
-
 /// Makes every worker's parameters (and states) worker 0's.
 pub fn broadcast_params(comm: &dyn Comm, params: &mut SecondaryMap<ParamId, Tensor>) {
     for (_, t) in params.iter_mut() {

@@ -77,9 +77,6 @@ pub struct Options {
     pub min_delta: f32,
     /// Also write `save` every this many steps (`--save-every`).
     pub save_every: Option<u64>,
-    /// The workers this run trains with, data-parallel ([`dist`]); none:
-    /// this process alone.
-    pub workers: Option<dist::Workers>,
     /// Values to start from instead of the initial ones, by parameter
     /// name (a program that embeds nnc continues from its current
     /// weights); a checkpoint resumed from replaces them.
@@ -203,7 +200,18 @@ pub fn run(
     opts: &Options,
     observe: &mut dyn FnMut(Event),
 ) -> Result<Summary, Diag> {
-    let comm: Option<&dyn dist::Comm> = opts.workers.as_ref().map(|w| &*w.0);
+    run_on(g, spec, opts, None, observe)
+}
+
+/// [`run`] on the workers `comm` joins, data-parallel ([`dist`]); none:
+/// this process alone.
+pub fn run_on(
+    g: &Graph,
+    spec: &TrainSpec,
+    opts: &Options,
+    comm: Option<&dyn dist::Comm>,
+    observe: &mut dyn FnMut(Event),
+) -> Result<Summary, Diag> {
     // Worker 0 alone reports, evaluates and writes files.
     let lead = comm.is_none_or(|c| c.rank() == 0);
     let mut observe = |e: Event| {
