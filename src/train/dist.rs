@@ -17,10 +17,11 @@
 //!
 //! Before the first step worker 0's parameters are broadcast to every
 //! worker; after every epoch (and mid-epoch checkpoint) the workers
-//! compare a hash of their parameters. Worker 0 alone reports, evaluates the validation rows (and
-//! broadcasts the figures the others follow: early stopping, plateau
-//! schedules) and writes the log and checkpoints; a checkpoint is the
-//! same file whatever the number of workers, so it resumes on any.
+//! compare a hash of their parameters. Worker 0 alone reports, evaluates
+//! the validation rows (and broadcasts the figures the others follow:
+//! early stopping, plateau schedules) and writes the log and
+//! checkpoints; a checkpoint is the same file whatever the number of
+//! workers, so it resumes on any.
 //! A worker that fails (bad data, a non-finite value) makes every
 //! worker stop with its message, prefixed by its rank.
 //!
