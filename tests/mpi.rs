@@ -173,6 +173,9 @@ fn a_bad_row_on_one_worker_stops_every_worker() {
         .expect("mpirun runs");
     let err = common::text(&out.stderr);
     assert!(!out.status.success());
+    // Not a speed figure: a guard that the job ends at all (a worker left
+    // waiting in a collective would hang it), with a bound far above
+    // the second or two it takes.
     assert!(
         started.elapsed().as_secs() < 30,
         "took {:?}",

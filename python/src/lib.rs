@@ -52,6 +52,7 @@ pub(crate) fn warn(py: Python<'_>, sources: &SourceMap, diags: Vec<Diag>) -> PyR
     }
     let text = all.render(sources, false);
     let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+    // Every NUL is replaced just before, so the conversion cannot fail.
     let message = std::ffi::CString::new(text.trim_end().replace('\0', " "))
         .expect("no NUL left in the message");
     PyErr::warn(py, &category, &message, 1)

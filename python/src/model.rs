@@ -164,12 +164,15 @@ impl Model {
         let ran = py.detach(|| {
             let mut st = self.lock();
             let State { params, run, .. } = &mut *st;
-            if run.is_none() {
-                let g = graphs::run_graph_of(&self.graph, self.train.as_ref())?
-                    .unwrap_or_else(|| self.graph.clone());
-                *run = Some(Runner::new(g, self.backend));
-            }
-            let (g, engine) = run.as_mut().expect("made above").parts();
+            let runner = match run {
+                Some(r) => r,
+                None => {
+                    let g = graphs::run_graph_of(&self.graph, self.train.as_ref())?
+                        .unwrap_or_else(|| self.graph.clone());
+                    run.insert(Runner::new(g, self.backend))
+                }
+            };
+            let (g, engine) = runner.parts();
             let fed = graphs::feed(g, self.train.as_ref(), given)?;
             graphs::run_on(engine, g, self.seed, params, fed).map_err(|e| e.to_diag())
         });
@@ -196,13 +199,16 @@ impl Model {
             let mut st = self.lock();
             let State { params, grad, .. } = &mut *st;
             let mut warnings = Vec::new();
-            if grad.is_none() {
-                let loss = pipeline::find_loss(&self.graph, self.train.as_ref())?;
-                let mut gg = pipeline::grad_graph(&self.graph, loss)?;
-                warnings = std::mem::take(&mut gg.warnings);
-                *grad = Some(Runner::new(gg, self.backend));
-            }
-            let (gg, engine) = grad.as_mut().expect("made above").parts();
+            let runner = match grad {
+                Some(r) => r,
+                None => {
+                    let loss = pipeline::find_loss(&self.graph, self.train.as_ref())?;
+                    let mut gg = pipeline::grad_graph(&self.graph, loss)?;
+                    warnings = std::mem::take(&mut gg.warnings);
+                    grad.insert(Runner::new(gg, self.backend))
+                }
+            };
+            let (gg, engine) = runner.parts();
             let mut fed = SecondaryMap::new();
             for (id, t) in graphs::feed(&gg.graph, self.train.as_ref(), given)? {
                 fed[id] = Some(t);

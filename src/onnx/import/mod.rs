@@ -448,11 +448,14 @@ impl Translator {
         match v {
             Value::Named { name, .. } => name.clone(),
             Value::Init { name, .. } => {
+                // `value` makes an `Init` only of an initializer whose
+                // values it has decoded, so this decodes again.
                 let init = self.inits[name].clone();
                 let (shape, vals) = tensor_values(&init).unwrap_or_default();
                 let data = vals.iter().map(|&v| v as f32).collect();
                 match self.param(name, Layout::AsIs, shape, data) {
                     Value::Named { name, .. } => name,
+                    // `param` returns the parameter's name, always.
                     _ => unreachable!("a parameter is named"),
                 }
             }

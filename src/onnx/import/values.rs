@@ -168,6 +168,8 @@ pub(super) fn tensor_values(t: &pb::TensorProto) -> Result<(Vec<usize>, Vec<f64>
     }
     let ty = T::try_from(t.data_type.unwrap_or(0)).unwrap_or(T::Undefined);
     let raw = t.raw_data.as_deref();
+    // `chunks_exact(n)` gives slices of exactly n bytes, so the
+    // conversions to arrays below cannot fail.
     let vals: Vec<f64> = match (ty, raw) {
         (T::Float, Some(r)) => r
             .chunks_exact(4)
@@ -440,6 +442,7 @@ pub(super) fn reshape_target(
             }
         }
     }
+    // The one hole was filled above (more than one is an error).
     Ok(out.into_iter().map(|d| d.expect("filled")).collect())
 }
 
