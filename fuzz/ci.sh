@@ -11,6 +11,8 @@
 #   fuzz/ci.sh                 every target, 30 s each
 #   FUZZ_SECONDS=300 fuzz/ci.sh loaders
 #   FUZZ_SEED=7 fuzz/ci.sh differential
+#   FUZZ_BUILD=dev fuzz/ci.sh  the dev profile (opt-level 1: a shorter
+#                              build, fewer executions per second), as CI
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,16 +30,22 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=(parse_check compile_run differential loaders)
 fi
 
-# -a: debug assertions on, as in `cargo test` (the IR verifier runs).
-echo "== cargo +nightly fuzz build"
-cargo +nightly fuzz build -O -a
+# -a: debug assertions on, as in `cargo test` (the IR verifier runs);
+# the dev profile has them anyway.
+case "${FUZZ_BUILD:-release}" in
+    release) mode=(-O -a) ;;
+    dev) mode=(--dev) ;;
+    *) echo "FUZZ_BUILD is release or dev, not ${FUZZ_BUILD}" >&2; exit 2 ;;
+esac
+echo "== cargo +nightly fuzz build ${mode[*]} ($(date -u +%H:%M:%S))"
+cargo +nightly fuzz build "${mode[@]}"
 
 for t in "${targets[@]}"; do
     echo "== fuzz $t for ${seconds}s"
     # New inputs go to corpus/$t (ignored by git); seeds/ is only read.
     mkdir -p "corpus/$t"
-    cargo +nightly fuzz run -O -a "$t" "corpus/$t" "seeds/$t" -- \
+    cargo +nightly fuzz run "${mode[@]}" "$t" "corpus/$t" "seeds/$t" -- \
         -seed="$seed" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1
 done
-echo "== no crash"
+echo "== no crash ($(date -u +%H:%M:%S))"
