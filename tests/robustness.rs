@@ -103,3 +103,79 @@ fn check(prefix: &[u8], seen: &mut HashSet<GraphKey>) {
         }
     }
 }
+
+#[test]
+fn input_nested_too_deep_for_the_stack_is_an_error() {
+    // On a thread with a small stack (2 MiB, Rust's default for threads
+    // other than main), as a library user's or a test's thread may be:
+    // the limits keep the parser's and the passes' recursion within it.
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "output y = {}1{}\n",
+                "(".repeat(100_000),
+                ")".repeat(100_000)
+            ),
+            "brackets nested more than 256 deep",
+        ),
+        (
+            format!("output y = [{}1{}]\n", "[".repeat(300), "]".repeat(300)),
+            "brackets nested more than 256 deep",
+        ),
+        (
+            format!("output y = 1{}\n", " + 1".repeat(100_000)),
+            "nested more than 1000 operations deep",
+        ),
+        (
+            format!("output y = 2{}\n", " ^ 1".repeat(100_000)),
+            "nested more than 1000 operations deep",
+        ),
+        (
+            format!("output y = {}1\n", "-".repeat(100_000)),
+            "nested more than 1000 operations deep",
+        ),
+        (
+            format!(
+                "output y = {}1{}{}\n",
+                "(1 + ".repeat(250),
+                ")".repeat(250),
+                " + 1".repeat(200)
+            ),
+            "nested more than 1000 operations deep",
+        ),
+        // Within the limits: it compiles.
+        (
+            format!(
+                "let a = {}1{}\noutput y = a + {}\n",
+                "(".repeat(250),
+                ")".repeat(250),
+                vec!["1"; 490].join(" + ")
+            ),
+            "",
+        ),
+        // Brackets in comments and strings are not counted.
+        (
+            format!(
+                "// {}\n/* {} */\noutput y = 1\n",
+                "(".repeat(1000),
+                "[".repeat(1000)
+            ),
+            "",
+        ),
+    ];
+    let h = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for (src, expected) in cases {
+                let c = pipeline::compile("deep.nn", &src, Stage::Ir);
+                let shown = c.render(false);
+                let head = &src[..src.len().min(40)];
+                match expected {
+                    "" => assert!(c.graph.is_some(), "{head}…: {shown}"),
+                    e => assert!(shown.contains(e), "{head}…: {shown}"),
+                }
+            }
+        })
+        .expect("a thread");
+    h.join().expect("no crash, no panic");
+}

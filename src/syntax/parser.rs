@@ -38,10 +38,26 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
+/// How deep brackets may nest. Parsing recurses through several rules per
+/// bracket, and a parse deeper than its thread's stack (8 MiB on a main
+/// thread, 2 MiB on others; a Python program's or a library user's) would
+/// crash the process instead of failing with a diagnostic.
+pub const MAX_BRACKETS: usize = 256;
+
+/// How deep an expression's tree may be: the operators and operands of the
+/// expressions around a point together (`1 + 1 + … + 1` is a tree as deep
+/// as it has terms). The passes over the tree recurse that deep, for the
+/// reason [`MAX_BRACKETS`] gives.
+pub const MAX_DEPTH: usize = 1000;
+
 /// Parses one source file. Returns `None` after a syntax error (already in
 /// `diags`); invalid literals are reported but still give a tree.
 pub fn parse(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<File> {
     pest::set_error_detail(true);
+    if let Some(at) = too_deep(source) {
+        diags.push(nested_too_deep(file, at));
+        return None;
+    }
     let pairs = match NnParser::parse(Rule::file, source) {
         Ok(pairs) => pairs,
         Err(e) => {
@@ -49,7 +65,7 @@ pub fn parse(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<File
             return None;
         }
     };
-    let mut b = Builder { file, diags };
+    let mut b = Builder::new(file, diags);
     let mut items = Vec::new();
     for pair in pairs.flat_map(|p| p.into_inner()) {
         if pair.as_rule() != Rule::EOI {
@@ -63,6 +79,10 @@ pub fn parse(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<File
 /// syntax error (already in `diags`).
 pub fn parse_expr(file: FileId, source: &str, diags: &mut Diagnostics) -> Option<Expr> {
     pest::set_error_detail(true);
+    if let Some(at) = too_deep(source) {
+        diags.push(nested_too_deep(file, at));
+        return None;
+    }
     let mut pairs = match NnParser::parse(Rule::repl_expr, source) {
         Ok(pairs) => pairs,
         Err(e) => {
@@ -72,7 +92,54 @@ pub fn parse_expr(file: FileId, source: &str, diags: &mut Diagnostics) -> Option
     };
     let top = pairs.next()?;
     let expr = top.into_inner().find(|p| p.as_rule() == Rule::expr)?;
-    Some(Builder { file, diags }.expr(expr))
+    Some(Builder::new(file, diags).expr(expr))
+}
+
+/// The offset of the first bracket (outside comments and strings) nested
+/// deeper than [`MAX_BRACKETS`].
+fn too_deep(source: &str) -> Option<usize> {
+    let b = source.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match (b[i], b.get(i + 1)) {
+            (b'/', Some(b'/')) => {
+                i = source[i..].find('\n').map_or(b.len(), |n| i + n);
+            }
+            (b'/', Some(b'*')) => {
+                i = source[i + 2..]
+                    .find("*/")
+                    .map_or(b.len(), |n| i + 2 + n + 1);
+            }
+            // A string ends at its quote or at the line's end.
+            (b'"', _) => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            (b'(' | b'[' | b'{', _) => {
+                depth += 1;
+                if depth > MAX_BRACKETS {
+                    return Some(i);
+                }
+            }
+            (b')' | b']' | b'}', _) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn nested_too_deep(file: FileId, at: usize) -> diag::Diag {
+    diag::error(
+        code::SYNTAX,
+        format!("syntax error: brackets nested more than {MAX_BRACKETS} deep"),
+    )
+    .with_labels(vec![
+        Span::new(file, at, at + 1).primary("this one is too deep")
+    ])
+    .with_notes(vec!["help: name inner parts with `let`".into()])
 }
 
 /// Where the first syntax error of `source` is (a byte offset, the
@@ -82,6 +149,9 @@ pub fn parse_expr(file: FileId, source: &str, diags: &mut Diagnostics) -> Option
 /// the error is at its end.
 pub fn syntax_error_at(source: &str, expr: bool) -> Option<usize> {
     pest::set_error_detail(true);
+    if let Some(at) = too_deep(source) {
+        return Some(at);
+    }
     let rule = if expr { Rule::repl_expr } else { Rule::file };
     let e = NnParser::parse(rule, source).err()?;
     let pos = match e.location {
@@ -98,6 +168,9 @@ pub fn syntax_error_at(source: &str, expr: bool) -> Option<usize> {
 struct Builder<'d> {
     file: FileId,
     diags: &'d mut Diagnostics,
+    /// The operators and operands of the expressions being built around
+    /// the current one (at most [`MAX_DEPTH`]).
+    depth: usize,
 }
 
 // The grammar fixes the shape of every pair, so the `next()` calls below
@@ -106,7 +179,15 @@ fn child<'i>(it: &mut pest::iterators::Pairs<'i, Rule>) -> Pair<'i, Rule> {
     it.next().expect("the grammar guarantees this child")
 }
 
-impl Builder<'_> {
+impl<'d> Builder<'d> {
+    fn new(file: FileId, diags: &'d mut Diagnostics) -> Self {
+        Builder {
+            file,
+            diags,
+            depth: 0,
+        }
+    }
+
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
         Span::new(self.file, s.start(), s.end())
@@ -294,6 +375,33 @@ impl Builder<'_> {
     }
 
     fn expr(&mut self, pair: Pair<Rule>) -> Expr {
+        // The tree the sequence makes is at most as deep as it is long.
+        let parts = pair.clone().into_inner().count();
+        if self.depth + parts > MAX_DEPTH {
+            let span = self.span(&pair);
+            self.diags.push(
+                diag::error(
+                    code::SYNTAX,
+                    format!(
+                        "syntax error: an expression nested more than {MAX_DEPTH} operations deep"
+                    ),
+                )
+                .with_labels(vec![span.primary("this expression is too deep")])
+                .with_notes(vec!["help: name inner parts with `let`".into()]),
+            );
+            return Expr {
+                kind: ExprKind::Error,
+                span,
+            };
+        }
+        self.depth += parts;
+        let tree = self.grouped(pair);
+        self.depth -= parts;
+        tree
+    }
+
+    /// [`Builder::expr`] below the depth check.
+    fn grouped(&mut self, pair: Pair<Rule>) -> Expr {
         // `expr` holds a flat sequence; the Pratt parser groups it. The
         // closures all need `self`, so it is shared through a RefCell.
         let this = std::cell::RefCell::new(self);
