@@ -1,6 +1,6 @@
-//! No input makes nnc panic: every prefix (cut at every byte) of every
-//! `.nn` file in the repository goes through the compiler, and through the
-//! interpreter and the JIT when it compiles.
+//! No input makes nnc panic: prefixes of every `.nn` file in the
+//! repository go through the compiler, and through the interpreter and the
+//! JIT when they compile.
 //!
 //! The work grows with the square of a file's length, and the largest file
 //! (`transformer_stack_32.nn`, one block 32 times) took most of it: a file
