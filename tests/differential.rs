@@ -1,7 +1,7 @@
 //! Randomised differential testing: small programs (`common/programs.rs`)
 //! run on the interpreter and on each compiling backend (the JIT on every
-//! case; OpenCL, where it runs, on every case in CI and every tenth
-//! elsewhere), outputs and gradients compared.
+//! case; OpenCL, where it runs, on every fourth case in CI and every
+//! tenth elsewhere), outputs and gradients compared.
 //! proptest shrinks a failure to a minimal program, which the failure
 //! message prints as `.nn` source.
 
@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The backends case `n` runs on: the JIT on every case; OpenCL (where it
 /// runs) on every `NNC_OPENCL_EVERY`-th (10 by default), since each
 /// program's kernels are compiled by the device's driver (PoCL, on a CPU:
-/// about half a second a program). The programs never repeat, so they are
-/// not put in the disk cache.
+/// about 2 s a program). The programs never repeat, so they are not put
+/// in the disk cache.
 ///
-/// A child process of [`opencl_runs_every_program_in_chunks`] (which sets
-/// `NNC_DIFF_CHUNK=k/m`) runs OpenCL alone, on the cases `n` with
-/// `n % m == k`. In CI the `chunked` proptest leaves OpenCL to those
+/// A child process of [`opencl_runs_every_fourth_program_in_children`]
+/// (which sets `NNC_DIFF_CHUNK=k/m`) runs OpenCL alone, on the cases `n`
+/// with `n % m == k`. In CI the `chunked` proptest leaves OpenCL to those
 /// children.
 fn backends_for(counter: &AtomicUsize, chunked: bool) -> Vec<BackendKind> {
     nnc::backend::opencl::cache_models_on_disk(false);
@@ -54,22 +54,28 @@ fn chunk() -> Option<(usize, usize)> {
     Some((k.parse().ok()?, m.parse().ok()?))
 }
 
-/// In CI, all 1000 programs of the first proptest run on OpenCL too, in
-/// child processes of 250 each: PoCL keeps every kernel library it loads
-/// mapped for the life of the process (about five memory maps a kernel),
-/// and the 1000 programs' kernels together exceed the kernel's limit of
-/// 65,530 maps. Outside CI (or with no device) this is skipped, and the
-/// proptest runs OpenCL on every tenth case in-process.
+/// In CI, every fourth of the 1000 programs of the first proptest runs
+/// on OpenCL too, in two child processes of 125 programs each (at once:
+/// the driver's compiler keeps a core busy each). Not all 1000: PoCL
+/// compiles a program's kernels in about 2 s of CPU here (25 programs:
+/// 53 s), so all of them took a quarter of an hour of CI. Not in this
+/// process: PoCL keeps every kernel library it loads mapped for the life
+/// of the process (about five memory maps a kernel), and a thousand
+/// programs' kernels exceed the kernel's limit of 65,530 maps. Outside CI
+/// (or with no device) this is skipped, and the proptest runs OpenCL on
+/// every tenth case in-process.
 #[test]
-fn opencl_runs_every_program_in_chunks() {
+fn opencl_runs_every_fourth_program_in_children() {
     if chunk().is_some() || !common::in_ci() || !common::opencl() {
         return;
     }
     let me = std::env::current_exe().expect("the test binary's path");
-    let parts = 4;
-    // Two at a time: the driver's compiler keeps a core busy each.
-    for pair in (0..parts).collect::<Vec<_>>().chunks(2) {
-        let children: Vec<_> = pair
+    // Child j takes the cases n with n % 8 == 4j: together, n % 4 == 0.
+    let (every, children) = (4, 2);
+    let parts = every * children;
+    let shares: Vec<usize> = (0..children).map(|j| j * every).collect();
+    for pair in shares.chunks(2) {
+        let running: Vec<_> = pair
             .iter()
             .map(|k| {
                 std::process::Command::new(&me)
@@ -86,7 +92,7 @@ fn opencl_runs_every_program_in_chunks() {
                     .expect("the test binary starts")
             })
             .collect();
-        for (k, child) in pair.iter().zip(children) {
+        for (k, child) in pair.iter().zip(running) {
             let o = child.wait_with_output().expect("the chunk finishes");
             let text = format!(
                 "{}{}",
