@@ -1,7 +1,8 @@
 //! Data-parallel training over MPI (`--features mpi`): two workers train
 //! as one process does (the same parameters up to the order of the
 //! gradients' sums), their checkpoints resume anywhere, and a worker
-//! that fails stops them all with its rank and its reason.
+//! that fails stops them all with its rank and its reason; one that
+//! hangs is named by the others, which end the job.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -183,6 +184,91 @@ fn a_bad_row_on_one_worker_stops_every_worker() {
     );
     assert!(
         err.contains("worker 1 of 2 stopped training: `bad.csv` line 6, column 4 (`pixel_0_3`): `abc` is not a number"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The pid of the process of this test's job (`NNC_TEST_JOB=job` in its
+/// environment) that is MPI's worker `rank`.
+fn worker_pid(job: &str, rank: usize) -> Option<u32> {
+    let want = [
+        format!("NNC_TEST_JOB={job}"),
+        format!("OMPI_COMM_WORLD_RANK={rank}"),
+    ];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        want.iter()
+            .all(|w| vars.contains(&w.as_bytes()))
+            .then_some(pid)
+    })
+}
+
+/// A worker that stops answering without dying (SIGSTOP: alive, never
+/// reaching the next all-reduce) makes the other wait `--worker-timeout`,
+/// name it and end the job, which exits non-zero instead of hanging.
+#[test]
+fn a_worker_that_stops_is_named_and_the_job_ends() {
+    let dir = common::temp_dir("mpi-stall");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
+        dir.join("digits.csv"),
+    )
+    .expect("data");
+    digits(&dir, "digits.nn", "digits.csv");
+    let job = format!("stall-{}", std::process::id());
+    let mut child = Command::new("mpirun")
+        .args(["--oversubscribe", "-n", "2", env!("CARGO_BIN_EXE_nnc")])
+        .args(["train", "digits.nn", "--epochs", "100000"])
+        .args(["--log", "log.jsonl", "--worker-timeout", "2"])
+        .current_dir(&dir)
+        .env("NNC_TEST_JOB", &job)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun runs");
+    // Once an epoch is logged, both workers are training.
+    let begun = std::time::Instant::now();
+    while !std::fs::read_to_string(dir.join("log.jsonl")).is_ok_and(|l| l.contains('\n')) {
+        assert!(
+            begun.elapsed().as_secs() < 60 && child.try_wait().expect("status").is_none(),
+            "training did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = worker_pid(&job, 1).expect("worker 1's process");
+    let stop = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill runs")
+    };
+    assert!(stop("-STOP").success());
+    let stopped = std::time::Instant::now();
+    // Not a speed figure: a guard that the job ends at all, with a bound
+    // far above the timeout and the two seconds it waits for answers.
+    while child.try_wait().expect("status").is_none() && stopped.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ended = child.try_wait().expect("status").is_some();
+    if !ended {
+        let _ = child.kill();
+    }
+    let _ = stop("-KILL");
+    let out = child.wait_with_output().expect("output");
+    let err = common::text(&out.stderr);
+    assert!(
+        ended,
+        "the job still ran 60 s after worker 1 stopped:\n{err}"
+    );
+    assert!(!out.status.success());
+    assert!(
+        err.contains("worker 0 of 2 waited 2 s in ")
+            && err.contains("worker 1 did not reach it; every worker stops"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -370,6 +370,11 @@ pub struct TrainArgs {
     /// the gradients are summed. The same as `mpirun -n N nnc train …`.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// With workers: how long one waits for the others in a collective
+    /// (an all-reduce, a broadcast) before it names those missing and
+    /// stops them all.
+    #[arg(long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_seconds)]
+    pub worker_timeout: f64,
     /// Write a checkpoint whenever the monitored figure improves: the
     /// best epoch's weights (a checkpoint `--resume` continues).
     #[arg(long, value_name = "W.safetensors")]
@@ -423,7 +428,17 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     crate::exec::memory::parse_size(s)
 }
 
-/// `NAME=SIZE`, for `--dim`.
+/// Seconds above zero (and at most a year), for `--worker-timeout`.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3.2e7 => Ok(v),
+        Ok(_) => Err(format!(
+            "`{s}` is not a number of seconds above 0 and at most a year"
+        )),
+        Err(_) => Err(format!("`{s}` is not a number of seconds")),
+    }
+}
+
 /// `NAME=SIZE[,SIZE…]`: a dimension and one or more sizes, sorted,
 /// each once.
 pub fn parse_dim_sizes(s: &str) -> Result<(String, Vec<usize>), String> {
@@ -439,6 +454,7 @@ pub fn parse_dim_sizes(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.trim().to_string(), out))
 }
 
+/// `NAME=SIZE`, for `--dim`.
 pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
     let (name, size) = s
         .split_once('=')

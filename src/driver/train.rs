@@ -10,7 +10,8 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 pub fn command(args: &TrainArgs) -> Result<Outcome, Outcome> {
-    let workers = crate::train::dist::world().map_err(Outcome::failed)?;
+    let timeout = std::time::Duration::from_secs_f64(args.worker_timeout);
+    let workers = crate::train::dist::world(timeout).map_err(Outcome::failed)?;
     if let (Some(n @ 2..), None) = (args.workers, &workers) {
         return launch(n);
     }

@@ -23,7 +23,9 @@
 //! checkpoints; a checkpoint is the same file whatever the number of
 //! workers, so it resumes on any.
 //! A worker that fails (bad data, a non-finite value) makes every
-//! worker stop with its message, prefixed by its rank.
+//! worker stop with its message, prefixed by its rank. One that hangs
+//! holds the others in a collective until their timeout
+//! (`--worker-timeout`): then they name it and end the job.
 //!
 //! The engine is MPI (Open MPI through the `mpi` crate, cargo feature
 //! `mpi`); without it there is one worker.
@@ -53,7 +55,10 @@ pub const MESSAGE: usize = 4096;
 
 /// The workers this process trains with: MPI's world when it was started
 /// by `mpirun` with more than one process (and nnc has MPI), else none.
-pub fn world() -> Result<Option<Box<dyn Comm>>, Diag> {
+///
+/// A worker waits at most `timeout` in a collective operation for the
+/// others: past it, it names those missing and ends the job.
+pub fn world(timeout: std::time::Duration) -> Result<Option<Box<dyn Comm>>, Diag> {
     let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .iter()
         .find_map(|v| std::env::var(v).ok())
@@ -74,12 +79,15 @@ pub fn world() -> Result<Option<Box<dyn Comm>>, Diag> {
             .num_threads((cores / local.max(1)).max(1))
             .build_global();
     }
-    mpi_world(launched)
+    mpi_world(launched, timeout)
 }
 
 #[cfg(feature = "mpi")]
-fn mpi_world(_launched: usize) -> Result<Option<Box<dyn Comm>>, Diag> {
-    match mpi_comm::Mpi::init() {
+fn mpi_world(
+    _launched: usize,
+    timeout: std::time::Duration,
+) -> Result<Option<Box<dyn Comm>>, Diag> {
+    match mpi_comm::Mpi::init(timeout) {
         Some(m) => Ok(Some(Box::new(m))),
         None => Err(diag::error(
             code::DEVICE,
@@ -89,7 +97,7 @@ fn mpi_world(_launched: usize) -> Result<Option<Box<dyn Comm>>, Diag> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_world(launched: usize) -> Result<Option<Box<dyn Comm>>, Diag> {
+fn mpi_world(launched: usize, _: std::time::Duration) -> Result<Option<Box<dyn Comm>>, Diag> {
     Err(diag::error(
         code::DEVICE,
         format!("started as one of {launched} MPI processes, but this nnc was built without MPI"),
@@ -101,17 +109,132 @@ fn mpi_world(launched: usize) -> Result<Option<Box<dyn Comm>>, Diag> {
 
 #[cfg(feature = "mpi")]
 mod mpi_comm {
+    use crate::diag::{Diagnostics, SourceMap};
     use mpi::collective::SystemOperation;
+    use mpi::point_to_point::Status;
+    use mpi::request::{Request, Scope, StaticScope};
     use mpi::traits::*;
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
+    /// The tags of the messages workers exchange about a stall: a
+    /// question (which collective are you in?) and its answer.
+    const QUESTION: i32 = 7101;
+    const ANSWER: i32 = 7102;
+    /// How long a collective is polled without pause before its waits
+    /// are spaced out (and questions answered).
+    const SPIN: Duration = Duration::from_millis(20);
+    /// How long a worker that timed out waits for the others' answers.
+    const ANSWERS: Duration = Duration::from_secs(2);
 
     /// MPI's world communicator; finalised when dropped.
+    ///
+    /// Every collective is started non-blocking and polled, so a worker
+    /// never waits in one for longer than `timeout`: past it, the worker
+    /// asks every other which collective it is in. Those waiting in a
+    /// collective answer while they poll; those that do not answer
+    /// within [`ANSWERS`] are named as missing, and the worker ends the
+    /// whole job (`MPI_Abort`) with that message. A worker that hangs
+    /// (a stalled file system, a stopped process, a loop that never
+    /// ends) thus stops the job instead of holding it forever; one that
+    /// dies is ended by `mpirun` with the others.
     pub struct Mpi {
         universe: mpi::environment::Universe,
+        timeout: Duration,
+        /// Collectives entered so far (the one being waited in is the
+        /// last): what a worker answers when asked.
+        entered: Cell<u64>,
     }
 
     impl Mpi {
-        pub fn init() -> Option<Mpi> {
-            mpi::initialize().map(|universe| Mpi { universe })
+        pub fn init(timeout: Duration) -> Option<Mpi> {
+            mpi::initialize().map(|universe| Mpi {
+                universe,
+                timeout,
+                entered: Cell::new(0),
+            })
+        }
+
+        /// Counts a collective entered, returning its number.
+        fn enter(&self) -> u64 {
+            self.entered.set(self.entered.get() + 1);
+            self.entered.get()
+        }
+
+        /// Waits for `req` (collective number `op`, `what`), answering
+        /// the others' questions once the wait is long; past the timeout
+        /// the job ends ([`Mpi::stalled`]).
+        fn wait<'a, D: ?Sized, S: Scope<'a>>(&self, op: u64, what: &str, req: Request<'a, D, S>) {
+            let started = Instant::now();
+            let mut req = req;
+            loop {
+                req = match req.test() {
+                    Ok(_) => return,
+                    Err(r) => r,
+                };
+                let waited = started.elapsed();
+                if waited < SPIN {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                self.answer();
+                if waited >= self.timeout {
+                    self.stalled(op, what);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+
+        /// Answers every question waiting: this worker's collective.
+        fn answer(&self) {
+            let world = self.universe.world();
+            while let Some((msg, status)) = world
+                .any_process()
+                .immediate_matched_probe_with_tag(QUESTION)
+            {
+                let (_, _): (u64, Status) = msg.matched_receive();
+                let at: &'static u64 = Box::leak(Box::new(self.entered.get()));
+                // Not waited for: the asker may end the job before it
+                // completes. The leaked 8 bytes are one per question.
+                std::mem::forget(
+                    world
+                        .process_at_rank(status.source_rank())
+                        .immediate_send_with_tag(StaticScope, at, ANSWER),
+                );
+            }
+        }
+
+        /// Collective `op` waited past the timeout: asks the others where
+        /// they are, reports those missing and ends the job.
+        fn stalled(&self, op: u64, what: &str) -> ! {
+            let world = self.universe.world();
+            let (me, n) = (world.rank() as usize, world.size() as usize);
+            let asked: &'static u64 = Box::leak(Box::new(op));
+            for r in (0..n).filter(|&r| r != me) {
+                std::mem::forget(world.process_at_rank(r as i32).immediate_send_with_tag(
+                    StaticScope,
+                    asked,
+                    QUESTION,
+                ));
+            }
+            let mut at: Vec<Option<u64>> = vec![None; n];
+            at[me] = Some(op);
+            let deadline = Instant::now() + ANSWERS;
+            while Instant::now() < deadline && at.iter().any(Option::is_none) {
+                self.answer();
+                while let Some((msg, status)) =
+                    world.any_process().immediate_matched_probe_with_tag(ANSWER)
+                {
+                    let (theirs, _): (u64, Status) = msg.matched_receive();
+                    at[status.source_rank() as usize] = Some(theirs);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let d = super::stall_report(me, n, op, what, self.timeout, ANSWERS, &at);
+            let mut diags = Diagnostics::new();
+            diags.push(d);
+            eprint!("{}", diags.render(&SourceMap::new(), false));
+            world.abort(1)
         }
     }
 
@@ -123,15 +246,26 @@ mod mpi_comm {
             self.universe.world().size() as usize
         }
         fn all_reduce_sum(&self, buf: &mut [f32]) {
+            let op = self.enter();
             let send = buf.to_vec();
-            self.universe
-                .world()
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            let world = self.universe.world();
+            mpi::request::scope(|scope| {
+                let req =
+                    world.immediate_all_reduce_into(scope, &send[..], buf, SystemOperation::sum());
+                self.wait(op, "an all-reduce", req);
+            });
         }
         fn broadcast(&self, buf: &mut [f32]) {
-            self.universe.world().process_at_rank(0).broadcast_into(buf);
+            let op = self.enter();
+            let world = self.universe.world();
+            let root = world.process_at_rank(0);
+            mpi::request::scope(|scope| {
+                let req = root.immediate_broadcast_into(scope, buf);
+                self.wait(op, "a broadcast from worker 0", req);
+            });
         }
         fn all_gather(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+            let op = self.enter();
             let world = self.universe.world();
             let n = world.size() as usize;
             let mut send = vec![0u8; super::MESSAGE + 4];
@@ -139,7 +273,10 @@ mod mpi_comm {
             send[..4].copy_from_slice(&(len as u32).to_le_bytes());
             send[4..4 + len].copy_from_slice(&mine[..len]);
             let mut all = vec![0u8; n * send.len()];
-            world.all_gather_into(&send[..], &mut all[..]);
+            mpi::request::scope(|scope| {
+                let req = world.immediate_all_gather_into(scope, &send[..], &mut all[..]);
+                self.wait(op, "an all-gather", req);
+            });
             all.chunks(send.len())
                 .map(|c| {
                     let l = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
@@ -148,6 +285,65 @@ mod mpi_comm {
                 .collect()
         }
     }
+}
+
+/// The message of worker `me` of `n`, whose collective number `op`
+/// (`what`: "an all-reduce", …) waited `timeout`, given the collective
+/// each worker said it was in (`None`: no answer within `answers`).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn stall_report(
+    me: usize,
+    n: usize,
+    op: u64,
+    what: &str,
+    timeout: std::time::Duration,
+    answers: std::time::Duration,
+    at: &[Option<u64>],
+) -> Diag {
+    let list = |ranks: &[usize]| {
+        ranks
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let missing: Vec<usize> = (0..n).filter(|&r| at[r].is_none()).collect();
+    let elsewhere: Vec<String> = (0..n)
+        .filter_map(|r| match at[r] {
+            Some(k) if k != op => Some(format!("worker {r} waits in collective {k}")),
+            _ => None,
+        })
+        .collect();
+    let secs = timeout.as_secs_f64();
+    let whom = match missing.len() {
+        0 => "every worker answered".to_string(),
+        1 => format!("worker {} did not reach it", missing[0]),
+        _ => format!("workers {} did not reach it", list(&missing)),
+    };
+    let mut notes = Vec::new();
+    if !elsewhere.is_empty() {
+        notes.push(format!(
+            "note: the workers are in different collectives ({}): their steps went out of step",
+            elsewhere.join("; ")
+        ));
+    }
+    if !missing.is_empty() {
+        notes.push(format!(
+            "note: {} answered nothing within {} s: stopped, hung (a stalled file system, a deadlock) or far behind",
+            if missing.len() == 1 { "it" } else { "they" },
+            answers.as_secs()
+        ));
+    }
+    notes.push(format!(
+        "help: `--worker-timeout SECS` sets how long workers wait for each other (now {secs} s)"
+    ));
+    diag::error(
+        code::DEVICE,
+        format!(
+            "worker {me} of {n} waited {secs} s in {what} (collective {op}): {whom}; every worker stops"
+        ),
+    )
+    .with_notes(notes)
 }
 
 /// Agrees on `r` across the workers: when any failed, every worker gets
@@ -377,6 +573,45 @@ mod tests {
         fn all_gather(&self, mine: &[u8]) -> Vec<Vec<u8>> {
             vec![mine.to_vec(), self.0.clone()]
         }
+    }
+
+    #[test]
+    fn a_stall_names_the_workers_that_did_not_answer() {
+        let t = std::time::Duration::from_secs(3);
+        let a = std::time::Duration::from_secs(2);
+        let d = stall_report(
+            0,
+            4,
+            57,
+            "an all-reduce",
+            t,
+            a,
+            &[Some(57), None, Some(57), None],
+        );
+        assert_eq!(
+            d.message,
+            "worker 0 of 4 waited 3 s in an all-reduce (collective 57): workers 1, 3 did not reach it; every worker stops"
+        );
+        assert!(
+            d.notes[0].contains("answered nothing within 2 s"),
+            "{:?}",
+            d.notes
+        );
+        assert!(d.notes[1].contains("--worker-timeout SECS") && d.notes[1].contains("now 3 s"));
+        let d = stall_report(1, 2, 9, "a broadcast from worker 0", t, a, &[None, Some(9)]);
+        assert!(
+            d.message.contains("worker 0 did not reach it"),
+            "{}",
+            d.message
+        );
+        // Everyone answered, but one is in another collective.
+        let d = stall_report(0, 3, 9, "an all-gather", t, a, &[Some(9), Some(9), Some(8)]);
+        assert!(d.message.contains("every worker answered"), "{}", d.message);
+        assert!(
+            d.notes[0].contains("worker 2 waits in collective 8") && d.notes.len() == 2,
+            "{:?}",
+            d.notes
+        );
     }
 
     #[test]
