@@ -461,3 +461,204 @@ fn unsupported_model() -> Vec<u8> {
     };
     prost::Message::encode_to_vec(&model)
 }
+
+/// A model of one node (with its attributes) over inputs `x` and `y`
+/// of shape [4, 3] and `i` of shape [4, 1].
+fn one_node_model(node: nnc::onnx::pb::NodeProto) -> Vec<u8> {
+    use nnc::onnx::pb;
+    let input = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let out = node.output.first().cloned().unwrap_or_default();
+    let model = pb::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![node],
+            input: vec![
+                input("x", &[4, 3]),
+                input("y", &[4, 3]),
+                input("i", &[4, 1]),
+            ],
+            output: vec![pb::ValueInfoProto {
+                name: Some(out),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&model)
+}
+
+/// `Scan` and `ScatterND` translate in the forms nnc's `scan` and
+/// `scatter_add` have; another form is an error naming the node and what
+/// differs, and an operator inside a Scan's body is checked like the
+/// graph's own.
+#[test]
+fn a_scan_or_scatter_of_another_form_is_refused_with_its_reason() {
+    use nnc::onnx::pb;
+    let node = |op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<pb::AttributeProto>| {
+        pb::NodeProto {
+            op_type: Some(op.into()),
+            name: Some(format!("the_{}", op.to_lowercase())),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            attribute,
+            ..Default::default()
+        }
+    };
+    let int = |name: &str, i: i64| pb::AttributeProto {
+        name: Some(name.into()),
+        i: Some(i),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        ..Default::default()
+    };
+    let text = |name: &str, s: &str| pb::AttributeProto {
+        name: Some(name.into()),
+        s: Some(s.as_bytes().to_vec()),
+        r#type: Some(pb::attribute_proto::AttributeType::String as i32),
+        ..Default::default()
+    };
+    let named = |n: &str| pb::ValueInfoProto {
+        name: Some(n.into()),
+        ..Default::default()
+    };
+    let body = |nodes: Vec<pb::NodeProto>, outputs: &[&str]| pb::AttributeProto {
+        name: Some("body".into()),
+        g: Some(pb::GraphProto {
+            node: nodes,
+            input: vec![named("h"), named("xt")],
+            output: outputs.iter().map(|o| named(o)).collect(),
+            ..Default::default()
+        }),
+        r#type: Some(pb::attribute_proto::AttributeType::Graph as i32),
+        ..Default::default()
+    };
+    let refused =
+        |bytes: Vec<u8>| match nnc::onnx::import::import(&bytes, "m.onnx", "w.safetensors") {
+            Ok(i) => panic!("imported:\n{}", i.text),
+            Err(d) => format!("{}\n{}", d.message, d.notes.join("\n")),
+        };
+    let step = || node("Add", &["h", "xt"], &["n"], vec![]);
+    let copies = || {
+        vec![
+            step(),
+            node("Identity", &["n"], &["s"], vec![]),
+            node("Identity", &["n"], &["e"], vec![]),
+        ]
+    };
+    // nnc's form imports: y's rows as steps from x's first row.
+    let ok = one_node_model(node(
+        "Scan",
+        &["x", "y"],
+        &["last", "all"],
+        vec![int("num_scan_inputs", 1), body(copies(), &["s", "e"])],
+    ));
+    let imported = nnc::onnx::import::import(&ok, "m.onnx", "w.safetensors")
+        .unwrap_or_else(|d| panic!("{}", d.message));
+    assert!(
+        imported.text.contains("scan(all_step, x, y)"),
+        "{}",
+        imported.text
+    );
+
+    // Two states.
+    let err = refused(one_node_model(node(
+        "Scan",
+        &["x", "y", "i"],
+        &["last", "all"],
+        vec![int("num_scan_inputs", 1), body(copies(), &["s", "e"])],
+    )));
+    assert!(
+        err.contains("`the_scan` (Scan)") && err.contains("2 state variables"),
+        "{err}"
+    );
+    // A scan output that is not the state.
+    let mut other = copies();
+    other[2] = node("Identity", &["xt"], &["e"], vec![]);
+    let err = refused(one_node_model(node(
+        "Scan",
+        &["x", "y"],
+        &["last", "all"],
+        vec![int("num_scan_inputs", 1), body(other, &["s", "e"])],
+    )));
+    assert!(err.contains("its scan output is not its state"), "{err}");
+    // Along axis 1.
+    let err = refused(one_node_model(node(
+        "Scan",
+        &["x", "y"],
+        &["last", "all"],
+        vec![
+            int("num_scan_inputs", 1),
+            pb::AttributeProto {
+                name: Some("scan_input_axes".into()),
+                ints: vec![1],
+                r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+                ..Default::default()
+            },
+            body(copies(), &["s", "e"]),
+        ],
+    )));
+    assert!(err.contains("an axis other than 0"), "{err}");
+    // An operator nnc lacks, inside the body: listed with the graph's.
+    let mut erf = copies();
+    erf[0] = node("Erf", &["h"], &["n"], vec![]);
+    let err = refused(one_node_model(node(
+        "Scan",
+        &["x", "y"],
+        &["last", "all"],
+        vec![int("num_scan_inputs", 1), body(erf, &["s", "e"])],
+    )));
+    assert!(
+        err.contains("cannot translate: Erf") && err.contains("`the_erf`"),
+        "{err}"
+    );
+
+    // ScatterND that replaces rows instead of adding them.
+    let err = refused(one_node_model(node(
+        "ScatterND",
+        &["x", "i", "y"],
+        &["z"],
+        vec![text("reduction", "none")],
+    )));
+    assert!(
+        err.contains("`the_scatternd` (ScatterND)") && err.contains("reduction `none`"),
+        "{err}"
+    );
+    // Adding: the rows of y summed into x at i.
+    let ok = one_node_model(node(
+        "ScatterND",
+        &["x", "i", "y"],
+        &["z"],
+        vec![text("reduction", "add")],
+    ));
+    let imported = nnc::onnx::import::import(&ok, "m.onnx", "w.safetensors")
+        .unwrap_or_else(|d| panic!("{}", d.message));
+    assert!(
+        imported
+            .text
+            .contains("x + scatter_add(y, reshape(i, [4]), n = 4)"),
+        "{}",
+        imported.text
+    );
+}

@@ -8,7 +8,9 @@
 //! bias, is `dense(x, w, b, identity)` (with the activation after it,
 //! when the product feeds only that activation: `dense(x, w, b, relu)`),
 //! `LayerNormalization` is `layer_norm`, `Softmax` `softmax`, `LSTM`
-//! and `GRU` the stdlib's `lstm` and `gru` over the sequence.
+//! and `GRU` the stdlib's `lstm` and `gru` over the sequence, a `Scan`
+//! of nnc's form a `scan` over a function its body becomes, and an
+//! adding `ScatterND` `scatter_add`.
 //!
 //! Layouts follow nnc's: a layer is `x @ w + b` with `w: [in, out]`, so a
 //! `Gemm` weight stored `[out, in]` (`transB = 1`) is transposed on the
@@ -26,6 +28,7 @@
 
 mod ops;
 mod recurrent;
+mod scan;
 mod values;
 
 use super::pb;
@@ -138,6 +141,8 @@ const SUPPORTED: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Scan",
+    "ScatterND",
     "Shape",
     "Sigmoid",
     "Slice",
@@ -155,7 +160,16 @@ const SUPPORTED: &[&str] = &[
 /// operator with its count and (up to five) node names.
 fn unsupported(graph: &pb::GraphProto, shown: &str) -> Result<(), Diag> {
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
-    for (i, n) in graph.node.iter().enumerate() {
+    // The nodes of the graph and of its loops' bodies.
+    let mut nodes: Vec<&pb::NodeProto> = Vec::new();
+    let mut graphs = vec![graph];
+    while let Some(g) = graphs.pop() {
+        for n in &g.node {
+            nodes.push(n);
+            graphs.extend(n.attribute.iter().filter_map(|a| a.g.as_ref()));
+        }
+    }
+    for (i, n) in nodes.into_iter().enumerate() {
         let op = n.op_type.clone().unwrap_or_default();
         let domain = n.domain.as_deref().unwrap_or("");
         let known = (domain.is_empty() || domain == "ai.onnx") && SUPPORTED.contains(&op.as_str());

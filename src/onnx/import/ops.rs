@@ -112,6 +112,8 @@ impl Translator {
                 );
             }
             "Gather" => self.gather(n, &out, arg(0)?, arg(1)?, attrs.int("axis", 0))?,
+            "Scan" => self.scan(n, &args, opset)?,
+            "ScatterND" => self.scatter_nd(n, &out, arg(0)?, arg(1)?, arg(2)?)?,
             "Unsqueeze" | "Squeeze" => {
                 let axes = match (opset >= 13, args.get(1).cloned().flatten()) {
                     (true, Some(v)) => Some(
@@ -528,18 +530,17 @@ impl Translator {
                 self.bind(out, e, shape);
                 Ok(())
             }
-            Value::Named { shape: is, .. } if a == 0 => {
+            // Rows by index: computed indices, or constant ones (a graph's
+            // edge list) written as a literal or a state.
+            _ if a == 0 && !idx.shape().is_empty() => {
                 let x = self.operand(&data, out);
                 let ids = self.operand(&idx, out);
-                let mut shape = is.clone();
+                let mut shape = idx.shape();
                 shape.extend(s[1..].iter().cloned());
                 self.bind(out, format!("gather({x}, {ids})"), shape);
                 Ok(())
             }
-            _ => Err(node_error(
-                n,
-                "a gather with constant indices of rank > 0, or along an axis other than the first",
-            )),
+            _ => Err(node_error(n, "a gather along an axis other than the first")),
         }
     }
 
