@@ -87,9 +87,10 @@ impl Translator {
         let init = value(0)?;
         let carry = init.shape();
         let xs: Vec<Value> = (1..=m).map(value).collect::<Result<_, _>>()?;
-        let Some(steps) = xs[0].shape().first().cloned() else {
-            return Err(err("its first scan input is a scalar".into()));
-        };
+        if xs.iter().any(|x| x.shape().is_empty()) {
+            return Err(err("a scan input is a scalar, with no steps".into()));
+        }
+        let steps = xs[0].shape()[0].clone();
         let init_e = self.operand(&init, &n.input[0]);
         let xs_e: Vec<String> = xs
             .iter()
