@@ -29,6 +29,18 @@ fn digits(dir: &Path, name: &str, data: &str) {
     std::fs::write(dir.join(name), src).expect("write");
 }
 
+/// A fresh folder holding the digits MLP as `digits.nn` and its data.
+fn digits_dir(name: &str) -> std::path::PathBuf {
+    let dir = common::temp_dir(name);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
+        dir.join("digits.csv"),
+    )
+    .expect("data");
+    digits(&dir, "digits.nn", "digits.csv");
+    dir
+}
+
 fn tensors(path: &Path) -> std::collections::HashMap<String, nnc::tensor::Tensor> {
     nnc::train::checkpoint::load(path).expect("a checkpoint").0
 }
@@ -60,13 +72,7 @@ fn accuracy(stdout: &str) -> f64 {
 
 #[test]
 fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
-    let dir = common::temp_dir("mpi-parity");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
-        dir.join("digits.csv"),
-    )
-    .expect("data");
-    digits(&dir, "digits.nn", "digits.csv");
+    let dir = digits_dir("mpi-parity");
     let run = |extra: &[&str]| {
         let mut args = vec!["train", "digits.nn", "--batch", "64"];
         args.extend_from_slice(extra);
@@ -211,13 +217,7 @@ fn worker_pid(job: &str, rank: usize) -> Option<u32> {
 /// name it and end the job, which exits non-zero instead of hanging.
 #[test]
 fn a_worker_that_stops_is_named_and_the_job_ends() {
-    let dir = common::temp_dir("mpi-stall");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),
-        dir.join("digits.csv"),
-    )
-    .expect("data");
-    digits(&dir, "digits.nn", "digits.csv");
+    let dir = digits_dir("mpi-stall");
     let job = format!("stall-{}", std::process::id());
     let mut child = Command::new("mpirun")
         .args(["--oversubscribe", "-n", "2", env!("CARGO_BIN_EXE_nnc")])
