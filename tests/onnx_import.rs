@@ -443,20 +443,26 @@ fn unsupported_model() -> Vec<u8> {
         output: vec![output.into()],
         ..Default::default()
     };
+    encoded(pb::GraphProto {
+        node: vec![
+            node("Erf", "erf_a", "x", "a"),
+            node("Erf", "erf_b", "a", "b"),
+            node("TopK", "top", "b", "y"),
+        ],
+        ..Default::default()
+    })
+}
+
+/// `graph` as an ONNX model of opset 17, encoded.
+fn encoded(graph: nnc::onnx::pb::GraphProto) -> Vec<u8> {
+    use nnc::onnx::pb;
     let model = pb::ModelProto {
         ir_version: Some(8),
         opset_import: vec![pb::OperatorSetIdProto {
             domain: Some(String::new()),
             version: Some(17),
         }],
-        graph: Some(pb::GraphProto {
-            node: vec![
-                node("Erf", "erf_a", "x", "a"),
-                node("Erf", "erf_b", "a", "b"),
-                node("TopK", "top", "b", "y"),
-            ],
-            ..Default::default()
-        }),
+        graph: Some(graph),
         ..Default::default()
     };
     prost::Message::encode_to_vec(&model)
@@ -486,28 +492,19 @@ fn one_node_model(node: nnc::onnx::pb::NodeProto) -> Vec<u8> {
         ..Default::default()
     };
     let out = node.output.first().cloned().unwrap_or_default();
-    let model = pb::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
-            node: vec![node],
-            input: vec![
-                input("x", &[4, 3]),
-                input("y", &[4, 3]),
-                input("i", &[4, 1]),
-            ],
-            output: vec![pb::ValueInfoProto {
-                name: Some(out),
-                ..Default::default()
-            }],
+    encoded(pb::GraphProto {
+        node: vec![node],
+        input: vec![
+            input("x", &[4, 3]),
+            input("y", &[4, 3]),
+            input("i", &[4, 1]),
+        ],
+        output: vec![pb::ValueInfoProto {
+            name: Some(out),
             ..Default::default()
-        }),
+        }],
         ..Default::default()
-    };
-    prost::Message::encode_to_vec(&model)
+    })
 }
 
 /// `Scan` and `ScatterND` translate in the forms nnc's `scan` and
