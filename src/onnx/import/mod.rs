@@ -245,6 +245,23 @@ struct Translator {
     absorbed: HashSet<usize>,
 }
 
+/// How many of `g`'s nodes read each value (its outputs count as
+/// readers).
+fn readers(g: &pb::GraphProto) -> HashMap<String, usize> {
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for n in &g.node {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            *readers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    for o in &g.output {
+        *readers
+            .entry(o.name.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    readers
+}
+
 /// A translation failure inside a node.
 fn node_error(node: &pb::NodeProto, msg: impl std::fmt::Display) -> Diag {
     diag::error(
@@ -302,22 +319,18 @@ impl Translator {
         name
     }
 
-    fn graph(&mut self, g: &pb::GraphProto, opset: i64) -> Result<(), Diag> {
+    /// Makes `g`'s initializers readable (declared as parameters on
+    /// first use).
+    fn add_initializers(&mut self, g: &pb::GraphProto) {
         for init in &g.initializer {
             self.inits
                 .insert(init.name.clone().unwrap_or_default(), init.clone());
         }
-        for n in &g.node {
-            for i in n.input.iter().filter(|i| !i.is_empty()) {
-                *self.readers.entry(i.clone()).or_default() += 1;
-            }
-        }
-        for o in &g.output {
-            *self
-                .readers
-                .entry(o.name.clone().unwrap_or_default())
-                .or_default() += 1;
-        }
+    }
+
+    fn graph(&mut self, g: &pb::GraphProto, opset: i64) -> Result<(), Diag> {
+        self.add_initializers(g);
+        self.readers = readers(g);
         let mut syms = 0;
         for input in &g.input {
             let name = input.name.clone().unwrap_or_default();

@@ -15,7 +15,7 @@
 use super::values::*;
 use super::{node_error, pb, Translator};
 use crate::diag::Diag;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 impl Translator {
     pub(super) fn scan(
@@ -117,23 +117,9 @@ impl Translator {
             sig.push(format!("{id}: {}", shape_text(&shape)));
             self.values.insert(raw, Value::Named { name: id, shape });
         }
-        for init in &body.initializer {
-            self.inits
-                .insert(init.name.clone().unwrap_or_default(), init.clone());
-        }
-        let mut readers: HashMap<String, usize> = HashMap::new();
-        for bn in &body.node {
-            for i in bn.input.iter().filter(|i| !i.is_empty()) {
-                *readers.entry(i.clone()).or_default() += 1;
-            }
-        }
-        for o in &body.output {
-            *readers
-                .entry(o.name.clone().unwrap_or_default())
-                .or_default() += 1;
-        }
+        self.add_initializers(body);
         let outer_lets = std::mem::take(&mut self.lets);
-        let outer_readers = std::mem::replace(&mut self.readers, readers);
+        let outer_readers = std::mem::replace(&mut self.readers, super::readers(body));
         let outer_absorbed = std::mem::take(&mut self.absorbed);
         let result = (|| {
             for (i, bn) in body.node.iter().enumerate() {
