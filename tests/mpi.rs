@@ -1,8 +1,9 @@
 //! Data-parallel training over MPI (`--features mpi`): two workers train
 //! as one process does (the same parameters up to the order of the
-//! gradients' sums), their checkpoints resume anywhere, and a worker
-//! that fails stops them all with its rank and its reason; one that
-//! hangs is named by the others, which end the job.
+//! gradients' sums; on the JIT, and on OpenCL where it runs), their
+//! checkpoints resume anywhere, and a worker that fails stops them all
+//! with its rank and its reason; one that hangs is named by the others,
+//! which end the job.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -135,6 +136,47 @@ fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
     );
     let d = worst(&dir.join("r1.safetensors"), &dir.join("r2.safetensors"));
     assert!(d < 1e-5, "{d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// OpenCL workers (PoCL in CI) train as one OpenCL process does: each
+/// runs its share on the device, the gradients come back for the
+/// all-reduce, and the parameters agree up to the order of the sums.
+#[test]
+fn two_opencl_workers_train_as_one_opencl_process() {
+    if !common::opencl() {
+        return;
+    }
+    let dir = digits_dir("mpi-opencl");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "digits.nn",
+            "--backend",
+            "opencl",
+            "--batch",
+            "64",
+            "--epochs",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = nnc_in(&dir, &args);
+        let stdout = common::text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            common::text(&out.stderr)
+        );
+        stdout
+    };
+    let one = run(&["--save", "one.safetensors"]);
+    let two = run(&["--save", "two.safetensors", "--workers", "2"]);
+    let d = worst(&dir.join("one.safetensors"), &dir.join("two.safetensors"));
+    eprintln!("1 OpenCL process against 2 OpenCL workers: worst relative difference {d:e}");
+    assert!(d > 0.0, "two workers sum the gradients in another order");
+    assert!(d < 1e-5, "{d}");
+    let (a1, a2) = (accuracy(&one), accuracy(&two));
+    assert!((a1 - a2).abs() < 5e-4, "{a1} against {a2}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -82,6 +82,19 @@ pub fn world(timeout: std::time::Duration) -> Result<Option<Box<dyn Comm>>, Diag
     mpi_world(launched, timeout)
 }
 
+/// This worker's number among the workers of its machine, as the MPI
+/// launcher says (Open MPI, MPICH, PMI); `None` when it does not.
+pub fn local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "PMI_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok())
+    .and_then(|s| s.parse().ok())
+}
+
 #[cfg(feature = "mpi")]
 fn mpi_world(
     _launched: usize,

@@ -219,11 +219,11 @@ pub fn run_on(
             observe(e)
         }
     };
-    if comm.is_some() && opts.backend.keeps_params() {
-        return Err(diag::error(
-            code::DEVICE,
-            "data-parallel training runs on the CPU backends (`--backend jit` or `interp`)",
-        ));
+    // OpenCL workers run the plain step (the parameters go to the device
+    // and the gradients come back every step, for the all-reduce), each
+    // on its own GPU where the machine has several.
+    if let Some(c) = comm.filter(|_| opts.backend == crate::backend::BackendKind::Opencl) {
+        crate::backend::opencl::share_devices(dist::local_rank().unwrap_or(c.rank()));
     }
     let seed = opts.seed.unwrap_or(spec.seed);
     let epochs = opts.epochs.unwrap_or(spec.epochs);

@@ -142,6 +142,26 @@ pub fn choose(index: usize) {
     CHOSEN.store(index, Ordering::Relaxed);
 }
 
+/// This worker's number among the data-parallel workers of its machine
+/// ([`super::share_devices`]); `usize::MAX` when it is not one.
+static WORKER: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+pub fn share(local: usize) {
+    WORKER.store(local, Ordering::Relaxed);
+}
+
+/// The device a process takes when none was chosen: the first GPU, else
+/// the first device; as the `worker`-th worker of its machine, the
+/// (worker mod G)-th of the G GPUs.
+fn default_device(kinds: &[&str], worker: Option<usize>) -> usize {
+    let gpus: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] == "GPU").collect();
+    match (gpus.is_empty(), worker) {
+        (true, _) => 0,
+        (false, Some(w)) => gpus[w % gpus.len()],
+        (false, None) => gpus[0],
+    }
+}
+
 fn chosen() -> Result<Option<usize>, Error> {
     let n = CHOSEN.load(Ordering::Relaxed);
     if n != usize::MAX {
@@ -182,10 +202,11 @@ fn open() -> Result<Gpu, Error> {
                 help: "`nnc devices` lists them".into(),
             })
         }
-        None => list
-            .iter()
-            .position(|(_, _, s)| s.kind == "GPU")
-            .unwrap_or(0),
+        None => {
+            let kinds: Vec<&str> = list.iter().map(|(_, _, s)| s.kind.as_str()).collect();
+            let worker = Some(WORKER.load(Ordering::Relaxed)).filter(|&w| w != usize::MAX);
+            default_device(&kinds, worker)
+        }
     };
     let (platform, device, summary) = list[at].clone();
     let context = Context::builder()
@@ -207,4 +228,20 @@ fn open() -> Result<Gpu, Error> {
         context,
         queue,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_device;
+
+    #[test]
+    fn workers_of_one_machine_take_its_gpus_in_turn() {
+        let kinds = ["CPU", "GPU", "GPU"];
+        assert_eq!(default_device(&kinds, None), 1);
+        let taken: Vec<usize> = (0..5).map(|w| default_device(&kinds, Some(w))).collect();
+        assert_eq!(taken, [1, 2, 1, 2, 1]);
+        // Without a GPU every worker shares the first device.
+        assert_eq!(default_device(&["CPU", "Accelerator"], Some(3)), 0);
+        assert_eq!(default_device(&["CPU"], None), 0);
+    }
 }

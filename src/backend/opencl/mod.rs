@@ -149,3 +149,14 @@ pub fn choose_device(index: usize) {
     #[cfg(not(feature = "opencl"))]
     let _ = index;
 }
+
+/// Makes this process the `local`-th data-parallel worker of its machine:
+/// without `--device` (or `NNC_OPENCL_DEVICE`), it takes the machine's
+/// GPUs in turn, worker k the (k mod G)-th of G, so the workers of one
+/// host spread over its GPUs; with no GPU, the first device.
+pub fn share_devices(local: usize) {
+    #[cfg(feature = "opencl")]
+    device::share(local);
+    #[cfg(not(feature = "opencl"))]
+    let _ = local;
+}
