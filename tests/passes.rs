@@ -325,3 +325,46 @@ output loss = sum(tanh(x @ w)) + sum(xs @ w) * 0.5 + sum(x @ transpose(v, [1, 0]
         }
     }
 }
+
+#[test]
+fn loop_bodies_that_return_an_operand_agree_with_the_interpreter() {
+    // A body whose result is one of its operands' buffers (an argument,
+    // a sequence's step) beside one that carries, forwards and in
+    // reverse: the JIT's buffers for the carry, the steps and the
+    // arguments must each keep their own values.
+    use nnc::backend::BackendKind::{Interp, Jit};
+    let src = "\
+fn keep_w(c: [2], x: [2], w: [2]) -> [2] {
+  w
+}
+fn mix(c: [2], x: [2], w: [2]) -> [2] {
+  c * w + x
+}
+fn take_x(c: [2], x: [2], w: [2]) -> [2] {
+  x
+}
+param w: [2] = uniform(-1.0, 1.0, seed = 1)
+param xs: [4, 2] = uniform(-1.0, 1.0, seed = 2)
+output a = scan(keep_w, ones([2]), xs, w)
+output b = scan(mix, ones([2]), xs, w)
+output c = scan(take_x, ones([2]), xs, w)
+output d = scan(mix, ones([2]), xs, w, reverse = true)
+";
+    let c = pipeline::compile("t.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("compiled");
+    let outs = |kind| {
+        let mut params = interp::init_params(&g, 0);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &SecondaryMap::new())
+            .expect("runs")
+            .into_iter()
+            .map(|t| t.data)
+            .collect::<Vec<_>>()
+    };
+    let (jit, oracle) = (outs(Jit), outs(Interp));
+    assert_eq!(jit, oracle);
+    // `keep_w` stacks w at every step; `mix` really carries.
+    assert_eq!(jit[0][0..2], jit[0][6..8]);
+    assert_ne!(jit[1][0..2], jit[1][6..8]);
+}

@@ -24,10 +24,13 @@ fn log_lines(p: &Path) -> Vec<serde_json::Value> {
 
 /// Every backend: the network-family examples must meet their bars on
 /// each (the interpreter is slower; these are sized for it), OpenCL
-/// included where it runs (`common::opencl`).
+/// included where it runs (`common::opencl`); those `common::wanted`.
 fn backends() -> Vec<&'static str> {
-    let mut v = vec!["jit", "interp"];
-    if common::opencl() {
+    let mut v: Vec<&str> = ["jit", "interp"]
+        .into_iter()
+        .filter(|b| common::wanted(b))
+        .collect();
+    if common::wanted("opencl") && common::opencl() {
         v.push("opencl");
     }
     v

@@ -45,19 +45,33 @@ pub fn opencl() -> bool {
     }
 }
 
+/// Whether the tests that run a case on every backend take `name`
+/// (`interp`, `jit`, `opencl`): all of them, unless `NNC_TEST_BACKENDS`
+/// lists those to take (comma-separated). CI's second pass, built with
+/// OpenCL, takes `opencl` alone: the first pass ran the others.
+pub fn wanted(name: &str) -> bool {
+    std::env::var("NNC_TEST_BACKENDS").map_or(true, |v| v.split(',').any(|b| b.trim() == name))
+}
+
 /// The compiling backends a test checks against the interpreter: the JIT,
-/// and OpenCL where [`opencl`] says it runs.
+/// and OpenCL where [`opencl`] says it runs (as [`wanted`]).
 pub fn compiled_backends() -> Vec<nnc::backend::BackendKind> {
-    let mut v = vec![nnc::backend::BackendKind::Jit];
-    if opencl() {
+    let mut v = Vec::new();
+    if wanted("jit") {
+        v.push(nnc::backend::BackendKind::Jit);
+    }
+    if wanted("opencl") && opencl() {
         v.push(nnc::backend::BackendKind::Opencl);
     }
     v
 }
 
-/// The interpreter, then [`compiled_backends`].
+/// The interpreter, then [`compiled_backends`] (as [`wanted`]).
 pub fn backends() -> Vec<nnc::backend::BackendKind> {
-    let mut v = vec![nnc::backend::BackendKind::Interp];
+    let mut v = Vec::new();
+    if wanted("interp") {
+        v.push(nnc::backend::BackendKind::Interp);
+    }
     v.extend(compiled_backends());
     v
 }
