@@ -71,36 +71,47 @@ fn accuracy(stdout: &str) -> f64 {
     v.trim().parse().expect("a number")
 }
 
-#[test]
-fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
-    let dir = digits_dir("mpi-parity");
-    let run = |extra: &[&str]| {
-        let mut args = vec!["train", "digits.nn", "--batch", "64"];
-        args.extend_from_slice(extra);
-        let out = nnc_in(&dir, &args);
-        let stdout = common::text(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            common::text(&out.stderr)
-        );
-        stdout
-    };
-    let one = run(&["--epochs", "3", "--save", "one.safetensors"]);
-    let two = run(&[
-        "--epochs",
-        "3",
-        "--save",
-        "two.safetensors",
-        "--workers",
-        "2",
-    ]);
+/// Runs `nnc train digits.nn` in `dir` with the `shared` then the `extra`
+/// arguments, which must succeed; its standard output.
+fn train_ok(dir: &Path, shared: &[&str], extra: &[&str]) -> String {
+    let mut args = vec!["train", "digits.nn"];
+    args.extend_from_slice(shared);
+    args.extend_from_slice(extra);
+    let out = nnc_in(dir, &args);
+    let stdout = common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        common::text(&out.stderr)
+    );
+    stdout
+}
+
+/// Trains in `dir` as one process (saving `one.safetensors`) and as two
+/// workers (`two.safetensors`), and checks both reach the same parameters
+/// up to the order of the gradients' sums, and the same accuracy; the two
+/// workers' output.
+fn one_and_two_agree(dir: &Path, shared: &[&str], what: &str) -> String {
+    let one = train_ok(dir, shared, &["--save", "one.safetensors"]);
+    let two = train_ok(
+        dir,
+        shared,
+        &["--save", "two.safetensors", "--workers", "2"],
+    );
     let d = worst(&dir.join("one.safetensors"), &dir.join("two.safetensors"));
-    eprintln!("1 process against 2 workers: worst relative difference {d:e}");
+    eprintln!("{what}: 1 process against 2 workers, worst relative difference {d:e}");
     assert!(d > 0.0, "two workers sum the gradients in another order");
     assert!(d < 1e-5, "{d}");
     let (a1, a2) = (accuracy(&one), accuracy(&two));
     assert!((a1 - a2).abs() < 5e-4, "{a1} against {a2}");
+    two
+}
+
+#[test]
+fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
+    let dir = digits_dir("mpi-parity");
+    let run = |extra: &[&str]| train_ok(&dir, &["--batch", "64"], extra);
+    let two = one_and_two_agree(&dir, &["--batch", "64", "--epochs", "3"], "JIT");
     // Worker 0 alone reports: one header line, one summary.
     assert_eq!(two.matches("training digits.nn").count(), 1, "{two}");
 
@@ -148,35 +159,8 @@ fn two_opencl_workers_train_as_one_opencl_process() {
         return;
     }
     let dir = digits_dir("mpi-opencl");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "digits.nn",
-            "--backend",
-            "opencl",
-            "--batch",
-            "64",
-            "--epochs",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        let out = nnc_in(&dir, &args);
-        let stdout = common::text(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            common::text(&out.stderr)
-        );
-        stdout
-    };
-    let one = run(&["--save", "one.safetensors"]);
-    let two = run(&["--save", "two.safetensors", "--workers", "2"]);
-    let d = worst(&dir.join("one.safetensors"), &dir.join("two.safetensors"));
-    eprintln!("1 OpenCL process against 2 OpenCL workers: worst relative difference {d:e}");
-    assert!(d > 0.0, "two workers sum the gradients in another order");
-    assert!(d < 1e-5, "{d}");
-    let (a1, a2) = (accuracy(&one), accuracy(&two));
-    assert!((a1 - a2).abs() < 5e-4, "{a1} against {a2}");
+    let shared = ["--backend", "opencl", "--batch", "64", "--epochs", "1"];
+    one_and_two_agree(&dir, &shared, "OpenCL");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
