@@ -22,18 +22,19 @@ fn log_lines(p: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Every backend: the network-family examples must meet their bars on
-/// each (the interpreter is slower; these are sized for it), OpenCL
-/// included where it runs (`common::opencl`); those `common::wanted`.
+/// Every backend, by its `--backend` name: the network-family examples
+/// must meet their bars on each (the interpreter is slower; these are
+/// sized for it), OpenCL included where it runs (`common::backends`).
 fn backends() -> Vec<&'static str> {
-    let mut v: Vec<&str> = ["jit", "interp"]
+    use nnc::backend::BackendKind;
+    common::backends()
         .into_iter()
-        .filter(|b| common::wanted(b))
-        .collect();
-    if common::wanted("opencl") && common::opencl() {
-        v.push("opencl");
-    }
-    v
+        .map(|k| match k {
+            BackendKind::Interp => "interp",
+            BackendKind::Jit => "jit",
+            BackendKind::Opencl => "opencl",
+        })
+        .collect()
 }
 
 /// Trains `examples/{example}.nn` on `backend` with the extra arguments;
