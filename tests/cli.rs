@@ -10,10 +10,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let p = common::temp_dir(name).join(name);
+/// A file named `name` holding `bytes`, in a folder that lives as long
+/// as the first value.
+fn temp_file(name: &str, bytes: &[u8]) -> (common::TempDir, PathBuf) {
+    let dir = common::temp_dir(name);
+    let p = dir.join(name);
     std::fs::write(&p, bytes).expect("temp file");
-    p
+    (dir, p)
 }
 
 #[test]
@@ -60,7 +63,7 @@ fn a_missing_file_is_an_error_not_a_panic() {
 
 #[test]
 fn a_non_utf8_file_is_an_error() {
-    let p = temp_file("latin1.nn", b"let x = 1\n// caf\xe9\n");
+    let (_dir, p) = temp_file("latin1.nn", b"let x = 1\n// caf\xe9\n");
     let o = nnc(&["check", p.to_str().expect("utf-8 temp path")]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
@@ -144,7 +147,7 @@ fn run_prints_text_by_default() {
 
 #[test]
 fn run_warns_about_non_finite_outputs() {
-    let p = temp_file("nan.nn", b"output y = log([0.0, -1.0])\n");
+    let (_dir, p) = temp_file("nan.nn", b"output y = log([0.0, -1.0])\n");
     let o = nnc(&[
         "--color",
         "never",
@@ -245,7 +248,7 @@ fn identical_layers_share_their_compiled_kernels() {
 #[test]
 fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
-    let p = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");
+    let (_dir, p) = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");
     let file = p.to_str().expect("a UTF-8 path");
     for backend in ["interp", "jit"] {
         let o = nnc(&[
@@ -291,7 +294,7 @@ fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
 #[test]
 fn an_error_on_a_megabyte_line_prints_a_few_lines_not_the_line() {
     let line = format!("output y = {} @\n", "1.0 + ".repeat(200_000));
-    let p = temp_file("long.nn", line.as_bytes());
+    let (_dir, p) = temp_file("long.nn", line.as_bytes());
     let o = nnc(&["--color", "never", "check", p.to_str().expect("UTF-8 path")]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{}", &err[..err.len().min(2000)]);

@@ -31,7 +31,7 @@ fn digits(dir: &Path, name: &str, data: &str) {
 }
 
 /// A fresh folder holding the digits MLP as `digits.nn` and its data.
-fn digits_dir(name: &str) -> std::path::PathBuf {
+fn digits_dir(name: &str) -> common::TempDir {
     let dir = common::temp_dir(name);
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/digits.csv"),

@@ -157,4 +157,5 @@ fn line_editing_continuation_completion_ctrl_c_and_history() {
         !history.contains("sigmoid(x\n"),
         "a cancelled input is not kept"
     );
+    let _ = std::fs::remove_dir_all(&home);
 }

@@ -856,7 +856,7 @@ fn save_refuses_the_runs_inputs_and_unwritable_places_before_training() {
     let data = d.join("data/digits.csv");
     let missing = d.join("no/such/dir/w.st");
     for (target, expected) in [
-        (&src, "an input of this run"),
+        (src.as_path(), "an input of this run"),
         (&data, "an input of this run"),
         (&missing, "cannot save to"),
         (&d, "it is a folder"),

@@ -1313,7 +1313,7 @@ fn save_every_writes_checkpoints_that_resume_bit_identically() {
         epochs: Some(2),
         save: Some(dir.join(save)),
         resume: resume.map(|r| dir.join(r)),
-        base_dir: dir.clone(),
+        base_dir: dir.to_path_buf(),
         source: Some(file.clone()),
         save_every: Some(5),
         ..Default::default()

@@ -213,5 +213,6 @@ mod tests {
         assert_eq!(m["epoch"], "3");
         std::fs::write(&p, b"not a checkpoint").expect("write");
         assert!(matches!(load(&p), Err(CheckpointError::Format { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
