@@ -125,10 +125,16 @@ mod mpi_comm {
     use crate::diag::{Diagnostics, SourceMap};
     use mpi::collective::SystemOperation;
     use mpi::point_to_point::Status;
+    use mpi::raw::AsRaw;
     use mpi::request::{Request, Scope, StaticScope};
     use mpi::traits::*;
     use std::cell::Cell;
     use std::time::{Duration, Instant};
+
+    extern "C" {
+        /// `MPI_IN_PLACE` (src/train/mpi_in_place.c, built by build.rs).
+        fn nnc_mpi_in_place() -> *mut std::ffi::c_void;
+    }
 
     /// The tags of the messages workers exchange about a stall: a
     /// question (which collective are you in?) and its answer.
@@ -258,15 +264,36 @@ mod mpi_comm {
         fn size(&self) -> usize {
             self.universe.world().size() as usize
         }
+        /// In place (`MPI_IN_PLACE`): no copy of the gradients to send
+        /// from. A buffer of more than `i32::MAX` elements (MPI's count)
+        /// goes in parts.
         fn all_reduce_sum(&self, buf: &mut [f32]) {
-            let op = self.enter();
-            let send = buf.to_vec();
             let world = self.universe.world();
-            mpi::request::scope(|scope| {
-                let req =
-                    world.immediate_all_reduce_into(scope, &send[..], buf, SystemOperation::sum());
-                self.wait(op, "an all-reduce", req);
-            });
+            for part in buf.chunks_mut(i32::MAX as usize) {
+                let op = self.enter();
+                mpi::request::scope(|scope| {
+                    let mut raw = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+                    // SAFETY: MPI reads and writes `part` (its length as
+                    // the count, which fits an i32) until the request
+                    // completes; the request holds the borrow of `part`
+                    // for the scope, and `wait` returns only once it has
+                    // completed. MPI's default error handler ends the job
+                    // on an error, so the request is set when it returns.
+                    let req = unsafe {
+                        mpi::ffi::MPI_Iallreduce(
+                            nnc_mpi_in_place(),
+                            part.as_mut_ptr().cast(),
+                            part.len() as i32,
+                            f32::equivalent_datatype().as_raw(),
+                            SystemOperation::sum().as_raw(),
+                            world.as_raw(),
+                            raw.as_mut_ptr(),
+                        );
+                        Request::from_raw(raw.assume_init(), &*part, scope)
+                    };
+                    self.wait(op, "an all-reduce", req);
+                });
+            }
         }
         fn broadcast(&self, buf: &mut [f32]) {
             let op = self.enter();
