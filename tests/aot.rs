@@ -11,6 +11,8 @@ use nnc::tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn nnc(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nnc"))
         .args(args)
@@ -21,14 +23,6 @@ fn nnc(args: &[&str], dir: &Path) -> std::process::Output {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh folder for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nnc-aot-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 /// The inputs and outputs a header declares, in `NAME_run`'s order:
@@ -233,7 +227,7 @@ fn assert_within(got: &[f32], want: &[Tensor], tol: impl Fn(f32) -> f32, what: &
 /// Compiles `file` with `args`, runs it from C on fixed inputs and
 /// compares with the interpreter.
 fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
-    let dir = scratch(name);
+    let dir = common::temp_dir(&format!("aot-{name}"));
     let mut args = vec![
         "compile".to_string(),
         root().join(file).display().to_string(),
@@ -270,7 +264,6 @@ fn agrees(file: &str, name: &str, dims: &[(&str, usize)]) {
     assert_close(&got, &reference(file, &dims, &values, None), file);
     let jit = run_on(BackendKind::Jit, file, &dims, &values, None);
     assert_as_jit(&got, &jit, file);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -297,7 +290,7 @@ fn loops_powers_and_wide_kernels_from_c_agree_with_the_interpreter() {
 /// none), and bad arguments answered with error codes and messages.
 #[test]
 fn weights_are_embedded_replaced_at_run_time_and_bad_calls_are_errors() {
-    let dir = scratch("params");
+    let dir = common::temp_dir("aot-params");
     let file = "examples/bench/mlp_infer.nn";
     let src = std::fs::read_to_string(root().join(file)).expect("example");
     let c = pipeline::compile(file, &src, Stage::Ir);
@@ -435,14 +428,13 @@ int main(void) {
         out.contains("xor: 2 ") && out.contains("has no tensor `Mlp.w1`"),
         "{out}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Two libraries in one program: each exports its own names only (the
 /// runtime inside each is hidden), and both run.
 #[test]
 fn two_models_link_into_one_program() {
-    let dir = scratch("two");
+    let dir = common::temp_dir("aot-two");
     for (file, name) in [
         ("examples/xor.nn", "xor"),
         ("examples/digits_mlp.nn", "digits_mlp"),
@@ -494,14 +486,13 @@ int main(void) {
 "#;
     let out = run_c(&dir, main, &["./xor.so", "./digits_mlp.so"]);
     assert_eq!(out.trim(), "ok 4 70"); // 4 rows of xor, 7 digits × 10 classes
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What cannot be built is a diagnostic (exit 1), and nothing is left
 /// behind.
 #[test]
 fn libraries_that_cannot_be_built_are_clear_errors() {
-    let dir = scratch("errors");
+    let dir = common::temp_dir("aot-errors");
     let mlp = root()
         .join("examples/bench/mlp_infer.nn")
         .display()
@@ -559,7 +550,6 @@ fn libraries_that_cannot_be_built_are_clear_errors() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `examples/aot/digits.c` end to end, as its comment and README say:
@@ -567,7 +557,7 @@ fn libraries_that_cannot_be_built_are_clear_errors() {
 /// at a time, build the C program and classify the data set.
 #[test]
 fn the_c_example_classifies_the_digits_with_trained_weights() {
-    let dir = scratch("example");
+    let dir = common::temp_dir("aot-example");
     let model = root().join("examples/digits_mlp.nn").display().to_string();
     let o = nnc(
         &[
@@ -678,7 +668,6 @@ fn the_c_example_classifies_the_digits_with_trained_weights() {
         }
         None => eprintln!("skipped examples/aot/digits.py: no python3 with numpy"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Python that imports NumPy: `PYTHON`, the system's, or the first
@@ -729,7 +718,7 @@ fn digits_batches(dir: &Path) -> Vec<(Vec<f32>, Vec<f32>)> {
 /// state) loads.
 #[test]
 fn training_steps_from_c_agree_with_the_interpreter() {
-    let dir = scratch("train");
+    let dir = common::temp_dir("aot-train");
     let file = "examples/digits_mlp.nn";
     let o = nnc(
         &[
@@ -841,7 +830,6 @@ int main(void) {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `-o NAME.a` and `-o NAME.o`: the wrappers and kernels, linked into a
@@ -849,7 +837,7 @@ int main(void) {
 /// share one runtime.
 #[test]
 fn static_archives_and_objects_link_into_one_program() {
-    let dir = scratch("static");
+    let dir = common::temp_dir("aot-static");
     let mut link = Vec::new();
     for (file, out, dims) in [
         ("examples/xor.nn", "xor.a", None),
@@ -895,7 +883,6 @@ int main(void) {
     args.extend(&xor_args);
     let out = run_c(&dir, main, &args);
     assert_eq!(out.trim(), "ok 4 10");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--target aarch64-unknown-linux-gnu`: an AArch64 relocatable object
@@ -904,7 +891,7 @@ int main(void) {
 /// needs an AArch64 toolchain and runtime, which this test does not have.
 #[test]
 fn cross_compiling_writes_an_aarch64_object_and_its_c_sources() {
-    let dir = scratch("cross");
+    let dir = common::temp_dir("aot-cross");
     for (file, name) in [
         ("tests/fixtures/aot/lstm_pow.nn", "lstm_pow"),
         ("examples/lenet_mnist.nn", "lenet_mnist"),
@@ -977,7 +964,6 @@ fn cross_compiling_writes_an_aarch64_object_and_its_c_sources() {
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains(msg), "{err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--dim B=2,5`: the batch is an argument of `NAME_run` and
@@ -985,7 +971,7 @@ fn cross_compiling_writes_an_aarch64_object_and_its_c_sources() {
 /// and a size not compiled is an error naming those that were.
 #[test]
 fn a_dimension_given_several_sizes_is_a_run_time_argument() {
-    let dir = scratch("dims");
+    let dir = common::temp_dir("aot-dims");
     let file = "examples/digits_mlp.nn";
     let model = root().join(file).display().to_string();
     let o = nnc(
@@ -1049,13 +1035,12 @@ int main(void) {
         want.extend(reference(file, &dims, &[("Mlp.x".to_string(), x)], None));
     }
     assert_close(&got, &want, "B = 2 and B = 5");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The headers of the examples, as a person reads them (insta snapshots).
 #[test]
 fn headers_of_the_examples() {
-    let dir = scratch("headers");
+    let dir = common::temp_dir("aot-headers");
     for (file, name, dims) in [
         ("examples/digits_mlp.nn", "digits", None),
         ("examples/xor.nn", "xor", None),
@@ -1072,7 +1057,6 @@ fn headers_of_the_examples() {
         let header = std::fs::read_to_string(dir.join(format!("{name}.h"))).expect("header");
         insta::assert_snapshot!(format!("header_{name}"), header);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The code's target: x86-64-v3 by default (AVX2 and FMA, no AVX-512:
@@ -1086,7 +1070,7 @@ fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
     if !cfg!(target_arch = "x86_64") {
         return;
     }
-    let dir = scratch("target");
+    let dir = common::temp_dir("aot-target");
     let model = root()
         .join("tests/fixtures/aot/lstm_pow.nn")
         .display()
@@ -1148,7 +1132,6 @@ fn the_default_target_uses_avx2_and_fma_but_not_avx512() {
         }
         std::fs::remove_file(dir.join("m.kernels.o")).expect("kernels.o");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The "x86 ISA needed" property of an ELF file's `.note.gnu.property`.
@@ -1181,7 +1164,7 @@ fn isa_needed(path: &Path) -> Option<u32> {
 /// every output is the one the model gives on one thread.
 #[test]
 fn eight_threads_with_their_own_contexts_give_the_single_thread_outputs() {
-    let dir = scratch("threads");
+    let dir = common::temp_dir("aot-threads");
     let model = root()
         .join("examples/bench/mlp_infer.nn")
         .display()
@@ -1231,7 +1214,6 @@ int main(void) {
 "#;
     let out = run_c(&dir, main, &["./mlp.so"]);
     assert_eq!(out.trim(), "0 runs differed\ndistinct: 1");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An input's or output's shape in a header, `None` where it holds the
@@ -1289,7 +1271,7 @@ fn any_batch_size_gives_the_rows_of_each_example_alone() {
         ("examples/gcn_karate.nn", "gcn"),
         ("tests/fixtures/aot/rows_axis.nn", "seq"),
     ] {
-        let dir = scratch(&format!("rows_{name}"));
+        let dir = common::temp_dir(&format!("aot-rows_{name}"));
         let model = root().join(file).display().to_string();
         let o = nnc(
             &[
@@ -1451,7 +1433,6 @@ int main(void) {{
             &run_on(BackendKind::Jit, file, &dims, &values, None),
             file,
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -1482,7 +1463,7 @@ fn a_portable_library_runs_without_avx512_and_is_refused_below_its_level() {
     if !cfg!(target_arch = "x86_64") || !qemu_x86() {
         return;
     }
-    let dir = scratch("portable");
+    let dir = common::temp_dir("aot-portable");
     let file = "tests/fixtures/aot/lstm_pow.nn";
     let model = root().join(file).display().to_string();
     let mut built = Vec::new();
@@ -1547,7 +1528,6 @@ fn a_portable_library_runs_without_avx512_and_is_refused_below_its_level() {
         err.contains("CPU ISA level is lower than required"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What running AArch64 code here needs: the cross C compiler, the
@@ -1593,7 +1573,7 @@ fn aarch64_libraries_run_under_qemu_and_agree_with_the_host() {
             return;
         }
     };
-    let dir = scratch("qemu");
+    let dir = common::temp_dir("aot-qemu");
     let digits = root().join("examples/digits_mlp.nn").display().to_string();
     let csv = root().join("examples/data/digits.csv");
     let cross_link = |name: &str, program: &Path, out: &str| {
@@ -1688,7 +1668,6 @@ fn aarch64_libraries_run_under_qemu_and_agree_with_the_host() {
         let got = read_floats(&dir.join("out.bin"));
         assert_close(&got, &reference(file, &dims, &values, None), file);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A model trained with `scale = standardize` carries its learnt means
@@ -1697,7 +1676,7 @@ fn aarch64_libraries_run_under_qemu_and_agree_with_the_host() {
 /// 1e-4) — and not what the same weights give unscaled.
 #[test]
 fn a_learnt_scaling_is_embedded_with_the_weights() {
-    let dir = scratch("standardize");
+    let dir = common::temp_dir("aot-standardize");
     let data = root().join("examples/data/iris.csv");
     let src = std::fs::read_to_string(root().join("examples/iris.nn"))
         .expect("example")
@@ -1773,7 +1752,6 @@ fn a_learnt_scaling_is_embedded_with_the_weights() {
         .zip(&got)
         .any(|(a, b)| (a - b).abs() > 1e-3);
     assert!(differs, "the scaling changes the outputs");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A learning rate that varies: `NAME_set_epoch` sets the epoch the
@@ -1783,7 +1761,7 @@ fn a_learnt_scaling_is_embedded_with_the_weights() {
 /// which follows a validation loss, is refused.
 #[test]
 fn a_varying_learning_rate_follows_the_epoch_set_from_c() {
-    let dir = scratch("lr");
+    let dir = common::temp_dir("aot-lr");
     let src = std::fs::read_to_string(root().join("examples/digits_mlp.nn"))
         .expect("example")
         .replace(
@@ -1890,5 +1868,4 @@ int main(void) {
         "{err}"
     );
     assert!(!dir.join("plateau.so").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
