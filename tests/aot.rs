@@ -1216,6 +1216,70 @@ int main(void) {
     assert_eq!(out.trim(), "0 runs differed\ndistinct: 1");
 }
 
+/// A context shares its model's weights rather than copying them: once
+/// the model loads weights twice as large (every layer's; the biases are
+/// zeros), the context created before gives logits 2³ times the first
+/// (exactly: a ReLU MLP without bias, scaled by powers of two). A context
+/// cannot change the weights it shares.
+#[test]
+fn a_context_reads_its_models_weights_and_cannot_change_them() {
+    let dir = common::temp_dir("aot-context-shares");
+    let model = root()
+        .join("examples/bench/mlp_infer.nn")
+        .display()
+        .to_string();
+    let o = nnc(&["compile", &model, "--dim", "B=2", "-o", "mlp.so"], &dir);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let save = r#"#include "mlp.h"
+int main(void) {
+    mlp_model *m = mlp_new();
+    return !m || mlp_save_params(m, "w.safetensors") != MLP_OK;
+}
+"#;
+    run_c(&dir, save, &["./mlp.so"]);
+    let (tensors, meta) = nnc::train::checkpoint::load(&dir.join("w.safetensors")).expect("loads");
+    let doubled: Vec<(String, nnc::tensor::Tensor)> = tensors
+        .into_iter()
+        .map(|(name, mut t)| {
+            t.data.iter_mut().for_each(|v| *v *= 2.0);
+            (name, t)
+        })
+        .collect();
+    let refs: Vec<(String, &nnc::tensor::Tensor)> =
+        doubled.iter().map(|(n, t)| (n.clone(), t)).collect();
+    nnc::train::checkpoint::save(&dir.join("w2.safetensors"), &refs, &meta).expect("saves");
+    let main = r#"#include <stdio.h>
+#include <string.h>
+#include "mlp.h"
+
+int main(void) {
+    static float x[MLP_MLP_X_LEN], y1[MLP_LOGITS_LEN], y2[MLP_LOGITS_LEN];
+    for (int i = 0; i < MLP_MLP_X_LEN; i++) x[i] = (float)(i % 9) / 9.0f;
+    mlp_model *m = mlp_new();
+    mlp_model *c = m ? mlp_context_new(m) : NULL;
+    if (!c || mlp_run(c, x, y1) != MLP_OK) return 1;
+    int refused = mlp_load_params(c, "w2.safetensors");
+    printf("context load_params: %d %d\n", refused == MLP_ERR_ARGUMENT,
+           strstr(mlp_last_error(), "shares its model's weights") != NULL);
+    if (mlp_load_params(m, "w2.safetensors") != MLP_OK || mlp_run(c, x, y2) != MLP_OK) return 2;
+    int scaled = 0, nonzero = 0;
+    for (int i = 0; i < MLP_LOGITS_LEN; i++) {
+        scaled += y2[i] == 8.0f * y1[i];
+        nonzero += y1[i] != 0.0f;
+    }
+    printf("%d of %d logits scaled by 8, %d nonzero\n", scaled, MLP_LOGITS_LEN, nonzero > 0);
+    mlp_free(c);
+    mlp_free(m);
+    return 0;
+}
+"#;
+    let out = run_c(&dir, main, &["./mlp.so"]);
+    assert_eq!(
+        out.trim(),
+        "context load_params: 1 1\n20 of 20 logits scaled by 8, 1 nonzero"
+    );
+}
+
 /// An input's or output's shape in a header, `None` where it holds the
 /// row dimension `B`.
 type RowShape = (String, Vec<Option<usize>>);

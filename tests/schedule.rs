@@ -94,6 +94,33 @@ fn an_update_aliasing_a_parameter_is_rejected() {
     assert!(e.contains("belongs to a leaf or another update"), "{e}");
 }
 
+/// Rule 7: leaves' buffers are read only (a library's execution contexts
+/// share the weights by binding them; a loop binds its operands).
+#[test]
+fn a_step_writing_a_parameter_is_rejected() {
+    let src = "input x: [B, 5]\n\
+               param w: [5] = uniform(-1, 1, seed = 1)\n\
+               output y = tanh(w) * 2\n";
+    let mut s = schedule_of("leaf.nn", src);
+    // A loop whose output has the length of a parameter writes that
+    // parameter instead.
+    let lens = s.bufs.clone();
+    let (out, p) = s
+        .steps
+        .iter_mut()
+        .find_map(|st| match st {
+            Step::Loop { out, .. } => {
+                let p = s.params.iter().find(|&&(_, b)| lens[b] == lens[*out])?;
+                Some((out, p.1))
+            }
+            _ => None,
+        })
+        .expect("a loop of a parameter's length");
+    *out = p;
+    let e = rejects(&s, "a loop writing a parameter");
+    assert!(e.contains("the buffer of a leaf"), "{e}");
+}
+
 #[test]
 fn a_missing_buffer_is_rejected() {
     let mut s = schedule();

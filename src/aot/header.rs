@@ -133,7 +133,7 @@ impl Api {
             ),
         ];
         fs.push((
-            "/* A context of `m`, to run it on another thread: a handle with its own\n   scratch buffers and a copy of m's current weights (m must not change\n   while this copies them); free it with {n}_free. NULL on failure. */",
+            "/* A context of `m`, to run it on another thread: a handle with its own\n   scratch buffers that reads m's weights (shared, not copied). m must\n   outlive it, and its weights must not change (load_params, train_step)\n   while a context runs; a context cannot change them. Free it with\n   {n}_free. NULL on failure. */",
             format!("{n}_model *{n}_context_new(const {n}_model *m)"),
         ));
         if let Some(inputs) = &self.train {
@@ -183,9 +183,10 @@ impl Api {
              \x20*\n\
              \x20* Threads: a {n}_model holds weights and the scratch buffers of a run,\n\
              \x20* and is used by one thread at a time. To run on several threads, give\n\
-             \x20* each a context: {n}_context_new(m) makes a handle of its own (its own\n\
-             \x20* buffers and a copy of m's weights) for {n}_run and the others, freed\n\
-             \x20* with {n}_free. A run may use a pool of worker threads.\n\
+             \x20* each a context: {n}_context_new(m) makes a handle with buffers of its\n\
+             \x20* own that shares m's weights (read only, not copied) for {n}_run and\n\
+             \x20* {n}_save_params, freed with {n}_free before m. A run may use a pool\n\
+             \x20* of worker threads.\n\
              \x20*/\n\
              #ifndef {up}_H\n#define {up}_H\n\n#include <stddef.h>\n\n\
              #ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n\

@@ -690,9 +690,10 @@ fn object(
     Ok((bytes, order.len(), plan_bytes.len()))
 }
 
-/// Where the runtime archive is: `NNC_RUNTIME`, else `libnnc.a` beside
-/// the running `nnc` (where `cargo build` puts it), else the newest
-/// `deps/libnnc-*.a` there (a build tree that only `cargo test` built).
+/// Where the runtime archive is: `NNC_RUNTIME`, else the newest of
+/// `libnnc.a` beside the running `nnc` (where `cargo build` and an
+/// installation put it) and `deps/libnnc-*.a` there (where `cargo test`
+/// puts it: in a build tree, `cargo test` leaves the one beside stale).
 fn runtime_archive() -> Result<PathBuf, Diag> {
     if let Some(p) = std::env::var_os("NNC_RUNTIME") {
         return Ok(PathBuf::from(p));
@@ -704,20 +705,18 @@ fn runtime_archive() -> Result<PathBuf, Diag> {
         )
     })?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let beside = dir.join("libnnc.a");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    let newest = std::fs::read_dir(dir.join("deps"))
+    let in_deps = std::fs::read_dir(dir.join("deps"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
             n.starts_with("libnnc-") && n.ends_with(".a")
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        });
+    let newest = std::iter::once(dir.join("libnnc.a"))
+        .chain(in_deps)
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .max();
     newest.map(|(_, p)| p).ok_or_else(|| {
         error(

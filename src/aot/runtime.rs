@@ -12,6 +12,7 @@ use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
+use std::sync::Arc;
 
 /// The error codes of the C API (the header defines them per model).
 pub const OK: c_int = 0;
@@ -33,19 +34,56 @@ fn set_error(msg: impl Into<String>) {
 
 /// A loaded model and its execution context: the plan, the programs
 /// built from it (each variant's on its first use, with their buffers)
-/// and the parameters.
+/// and the parameters; or an execution context of a model
+/// (`nnc_rt_context_new`): programs and buffers of its own on the model's
+/// plan and parameters.
 pub struct Model {
-    plan: Plan,
+    plan: Arc<Plan>,
     /// The library's kernels, and where each variant's start.
     fns: Vec<KernelFn>,
     starts: Vec<usize>,
     built: Vec<Option<Built>>,
-    /// Every parameter and state, by the largest graph's table.
-    params: SecondaryMap<ParamId, Tensor>,
+    params: Params,
     /// Training steps taken (the random draws' key counter).
     steps: u64,
     /// The epoch a varying learning rate is read at (`nnc_rt_set_epoch`).
     epoch: u64,
+}
+
+/// Every parameter and state, by the largest graph's table: a model's
+/// own, or a context's model's.
+enum Params {
+    Own(SecondaryMap<ParamId, Tensor>),
+    /// A context's: the model's, which outlives the context and does not
+    /// change while it runs (the header's contract); read only.
+    Of(*const Model),
+}
+
+impl Params {
+    fn get(&self) -> &SecondaryMap<ParamId, Tensor> {
+        match self {
+            Params::Own(p) => p,
+            // SAFETY: the model outlives its contexts, and a model's
+            // `params` is `Own` (`nnc_rt_context_new` takes the model of
+            // a context).
+            Params::Of(m) => unsafe { (**m).params.get() },
+        }
+    }
+
+    /// The parameters to change (`what`: the change, for the error on a
+    /// context).
+    fn get_mut(&mut self, what: &str) -> Result<&mut SecondaryMap<ParamId, Tensor>, Failure> {
+        match self {
+            Params::Own(p) => Ok(p),
+            Params::Of(_) => Err((
+                ERR_ARGUMENT,
+                format!(
+                    "{what}: a context shares its model's weights, read only; \
+                     {what} on the model"
+                ),
+            )),
+        }
+    }
 }
 
 /// One variant's programs: its run and each phase of its training step.
@@ -92,11 +130,11 @@ impl Model {
         }
         // Placeholders of the right shapes, replaced by the embedded values.
         let mut m = Model {
-            params: zeros(table_of(&plan)),
+            params: Params::Own(zeros(table_of(&plan))),
             fns: fns.to_vec(),
             starts,
             built: plan.variants.iter().map(|_| None).collect(),
-            plan,
+            plan: Arc::new(plan),
             steps: 0,
             epoch: 0,
         };
@@ -222,7 +260,7 @@ impl Model {
         )?;
         let outs = built
             .run
-            .run(&mut self.params, true, false)
+            .run_on(self.params.get(), true)
             .map_err(|e| (ERR_RUN, e.to_string()))?;
         for (i, t) in outs.iter().enumerate() {
             let dst = *outputs.add(i);
@@ -254,18 +292,20 @@ impl Model {
     /// moments, running statistics) keeps its value, as in `nnc run
     /// --params` with weights saved by `nnc train --save`.
     fn set_params(&mut self, bytes: &[u8], shown: &str, all: bool) -> Result<(), (c_int, String)> {
-        let (tensors, _) = crate::train::checkpoint::from_bytes(bytes, shown)
+        let (mut tensors, _) = crate::train::checkpoint::from_bytes(bytes, shown)
             .map_err(|e| (ERR_PARAMS, e.to_string()))?;
-        let mut new = self.params.clone();
-        for (id, p) in self.table().params.iter() {
-            match tensors.get(&p.name) {
-                Some(t) if t.shape == new[id].shape => new[id] = t.clone(),
+        let table = table_of(&self.plan);
+        let params = self.params.get_mut("load_params")?;
+        let mut new = Vec::new();
+        for (id, p) in table.params.iter() {
+            match tensors.remove(&p.name) {
+                Some(t) if t.shape == params[id].shape => new.push((id, t)),
                 Some(t) => {
                     return Err((
                         ERR_PARAMS,
                         format!(
                             "`{}` in `{shown}` has shape {:?}, the model's is {:?}",
-                            p.name, t.shape, new[id].shape
+                            p.name, t.shape, params[id].shape
                         ),
                     ))
                 }
@@ -273,7 +313,9 @@ impl Model {
                 None => return Err((ERR_PARAMS, format!("`{shown}` has no tensor `{}`", p.name))),
             }
         }
-        self.params = new;
+        for (id, t) in new {
+            params[id] = t;
+        }
         Ok(())
     }
 
@@ -541,6 +583,7 @@ pub unsafe extern "C" fn nnc_rt_train_step(
         let Some(built) = &mut m.built[k] else {
             return Err(damaged("a variant was not built".into()));
         };
+        let params = m.params.get_mut("train_step")?;
         let n_phases = t.phases.len() as u64;
         let mut total = 0.0f32;
         for (k, (part, program)) in t.phases.iter().zip(&mut built.train).enumerate() {
@@ -553,7 +596,7 @@ pub unsafe extern "C" fn nnc_rt_train_step(
             let rate = part.lr.map(|(_, o)| o.rate(m.epoch, m.steps, 1.0));
             Model::write_inputs(program, part, arg, inputs, key, rate, |_| None).map_err(prefix)?;
             let outs = program
-                .run(&mut m.params, true, true)
+                .run(params, true, true)
                 .map_err(|e| (ERR_RUN, e.to_string()))?;
             total += outs.first().map_or(f32::NAN, |l| l.data[0]);
         }
@@ -588,7 +631,7 @@ pub unsafe extern "C" fn nnc_rt_save_params(m: *mut Model, path: *const c_char) 
             .table()
             .params
             .iter()
-            .map(|(id, p)| (p.name.clone(), &m.params[id]))
+            .map(|(id, p)| (p.name.clone(), &m.params.get()[id]))
             .collect();
         crate::train::checkpoint::save(std::path::Path::new(&path), &tensors, &Default::default())
             .map_err(|e| (ERR_PARAMS, e.to_string()))
@@ -617,13 +660,15 @@ pub extern "C" fn nnc_rt_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// A context of `m`: a model of its own built from `m`'s plan, kernels
-/// and current weights (copied), with its own buffers, to run on another
-/// thread while `m` and its other contexts run on theirs. Null on failure.
+/// A context of `m`: programs and buffers of its own on `m`'s plan,
+/// kernels and weights (shared, not copied), to run on another thread
+/// while `m` and its other contexts run on theirs. A context of a context
+/// is one of its model. Null on failure.
 ///
 /// # Safety
-/// `m` comes from `nnc_rt_new`; nothing changes it (`nnc_rt_load_params`,
-/// a training step, a run) while this runs.
+/// `m` comes from `nnc_rt_new` or this function; its model outlives the
+/// context, and nothing changes the model's weights
+/// (`nnc_rt_load_params`, a training step) while the context is used.
 #[no_mangle]
 pub unsafe extern "C" fn nnc_rt_context_new(m: *const Model) -> *mut Model {
     let mut out = std::ptr::null_mut();
@@ -631,12 +676,16 @@ pub unsafe extern "C" fn nnc_rt_context_new(m: *const Model) -> *mut Model {
         let Some(m) = m.as_ref() else {
             return Err((ERR_ARGUMENT, "context_new: a null model".into()));
         };
+        let model = match m.params {
+            Params::Own(_) => m as *const Model,
+            Params::Of(model) => model,
+        };
         let c = Model {
-            plan: m.plan.clone(),
+            plan: Arc::clone(&m.plan),
             fns: m.fns.clone(),
             starts: m.starts.clone(),
             built: m.plan.variants.iter().map(|_| None).collect(),
-            params: m.params.clone(),
+            params: Params::Of(model),
             steps: m.steps,
             epoch: m.epoch,
         };

@@ -285,6 +285,24 @@ impl Schedule {
 }
 
 impl Step {
+    /// The buffers the step writes: its output, and a GEMM's epilogue's.
+    pub fn writes(&self) -> Vec<BufId> {
+        match self {
+            Step::MatMul { out, epilogue, .. } => std::iter::once(*out)
+                .chain(epilogue.as_ref().map(|e| e.out))
+                .collect(),
+            Step::Loop { out, .. }
+            | Step::Conv { out, .. }
+            | Step::Pool { out, .. }
+            | Step::Copy { out, .. }
+            | Step::Random { out, .. }
+            | Step::Host { out, .. } => vec![*out],
+            Step::Transpose { dst, .. } => vec![*dst],
+            Step::Rows(r) => vec![r.out],
+            Step::Scan(sc) => vec![sc.out],
+        }
+    }
+
     /// One line for `NNC_LOG=plan` and `NNC_LOG=profile`.
     pub fn describe(&self, g: &Graph) -> String {
         match self {

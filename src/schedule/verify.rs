@@ -12,7 +12,11 @@
 //!    inside their buffers, never writing what they read;
 //! 5. every update's buffer belongs to no input, parameter, constant or
 //!    other update (it is swapped into its parameter after a step);
-//! 6. a loop's body verifies, and its operands fit the body's slots.
+//! 6. a loop's body verifies, and its operands fit the body's slots;
+//! 7. no step writes a leaf's buffer (an input, parameter or constant):
+//!    the backends may bind those to storage outside the program, read
+//!    only (a library's weights, shared by its execution contexts; a
+//!    loop body's operands, the loop's own buffers).
 //!
 //! A failure is a compiler bug: [`build`](super::build) runs this in debug
 //! builds and tests, and reports one as an internal error.
@@ -48,9 +52,13 @@ fn reach(at: usize, dims: &[usize], strides: &[i64]) -> Result<Option<usize>, St
 impl Schedule {
     /// Checks the invariants listed in this module's documentation.
     pub fn verify(&self) -> Result<(), VerifyError> {
+        let leaves: HashSet<BufId> = self.leaves().collect();
         for (i, step) in self.steps.iter().enumerate() {
-            self.verify_step(step)
-                .map_err(|message| VerifyError { step: i, message })?;
+            let at = |message| VerifyError { step: i, message };
+            self.verify_step(step).map_err(at)?;
+            if let Some(b) = step.writes().into_iter().find(|b| leaves.contains(b)) {
+                return Err(at(format!("writes {b}, the buffer of a leaf")));
+            }
         }
         self.verify_updates().map_err(|message| VerifyError {
             step: usize::MAX,
@@ -312,14 +320,17 @@ impl Schedule {
         }
     }
 
-    fn verify_updates(&self) -> Result<(), String> {
-        let mut taken: HashSet<BufId> = self
-            .inputs
-            .iter()
-            .map(|&(_, b)| b)
-            .chain(self.params.iter().map(|&(_, b)| b))
+    /// The buffers of the inputs, parameters and constants.
+    fn leaves(&self) -> impl Iterator<Item = BufId> + '_ {
+        let inputs = self.inputs.iter().map(|&(_, b)| b);
+        let params = self.params.iter().map(|&(_, b)| b);
+        inputs
+            .chain(params)
             .chain(self.consts.iter().map(|&(_, b)| b))
-            .collect();
+    }
+
+    fn verify_updates(&self) -> Result<(), String> {
+        let mut taken: HashSet<BufId> = self.leaves().collect();
         for &(p, b) in &self.updates {
             self.len(b)?;
             if !taken.insert(b) {

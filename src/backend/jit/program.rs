@@ -78,8 +78,7 @@ pub struct Program {
     module: Option<JITModule>,
     sched: Schedule,
     exec: Vec<Exec>,
-    /// One per [`BufId`], as long as the schedule says.
-    bufs: Vec<Vec<f32>>,
+    bufs: Buffers,
     pub clif: Vec<String>,
     /// Seconds spent in each step, with `NNC_LOG=profile` (printed when
     /// the program is dropped).
@@ -459,9 +458,9 @@ impl Program {
         module: Option<JITModule>,
         clif: Vec<String>,
     ) -> Program {
-        let mut bufs: Vec<Vec<f32>> = sched.bufs.values().map(|&len| vec![0.0; len]).collect();
+        let mut bufs = Buffers::new(&sched);
         for &(c, b) in &sched.consts {
-            bufs[b.index()].copy_from_slice(&sched.graph.consts[c].data);
+            bufs.get_mut(b).copy_from_slice(&sched.graph.consts[c].data);
         }
         let n_steps = sched.steps.len();
         Program {
@@ -491,7 +490,7 @@ impl Program {
                     None => continue,
                 },
             };
-            let dst = &mut self.bufs[b.index()];
+            let dst = self.bufs.get_mut(b);
             check_len(&g.inputs[i].name, dst.len(), src.len(), g.inputs[i].span)?;
             dst.copy_from_slice(src);
         }
@@ -502,40 +501,67 @@ impl Program {
     /// [`Program::load_inputs`] (none if the schedule does not read it).
     pub fn input_mut(&mut self, i: crate::ir::InputId) -> Option<&mut [f32]> {
         let &(_, b) = self.sched.inputs.iter().find(|&&(id, _)| id == i)?;
-        Some(&mut self.bufs[b.index()])
+        Some(self.bufs.get_mut(b))
     }
 
-    /// Exchanges the parameters' storage with their buffers; calling it
-    /// twice restores both. The kernels' accesses rely on every buffer
-    /// having its planned length, so a parameter of another length (or a
-    /// missing one) is an error before anything is swapped.
-    fn swap_params(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) -> Result<(), Error> {
+    /// Runs with the parameters' buffers bound to `params` (no copy; the
+    /// steps only read them, the verifier's rule 7), so that any number
+    /// of programs may run on one set of parameters at once. With
+    /// `outputs`, returns the outputs (an output may be a parameter). The
+    /// kernels' accesses rely on every buffer having its planned length,
+    /// so a parameter of another length (or a missing one) is an error
+    /// before anything runs.
+    pub fn run_on(
+        &mut self,
+        params: &SecondaryMap<ParamId, Tensor>,
+        outputs: bool,
+    ) -> Result<Vec<Tensor>, Error> {
         for &(p, b) in &self.sched.params {
             let info = &self.sched.graph.params[p];
-            let (want, found) = (self.bufs[b.index()].len(), params[p].data.len());
+            let (want, found) = (self.bufs.len(b), params[p].data.len());
             check_len(&info.name, want, found, info.span)?;
         }
         for &(p, b) in &self.sched.params {
-            std::mem::swap(&mut self.bufs[b.index()], &mut params[p].data);
+            // SAFETY: `params` is borrowed until the bindings end below,
+            // and nothing writes it meanwhile (shared borrow; rule 7).
+            unsafe { self.bufs.bind(b, &params[p].data) };
         }
-        Ok(())
+        let r = self.execute_here_or_on_pool();
+        let outs = if outputs && r.is_ok() {
+            (0..self.sched.outputs.len())
+                .map(|i| self.output(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.bufs.unbind_all();
+        r.map(|()| outs)
     }
 
-    /// Runs with the parameters lent by swapping (no copy). With
-    /// `outputs`, returns the outputs, read while the parameters are still
-    /// in their buffers (an output may be a parameter). With `update`,
-    /// then moves each update into its parameter: the old parameter
-    /// storage becomes the update's buffer for the next call (the
-    /// schedule gives every update a buffer of its own).
+    /// [`Program::run_on`]; then, with `update`, moves each update into
+    /// its parameter: the old parameter storage becomes the update's
+    /// buffer for the next call (the schedule gives every update a buffer
+    /// of its own).
     pub fn run(
         &mut self,
         params: &mut SecondaryMap<ParamId, Tensor>,
         outputs: bool,
         update: bool,
     ) -> Result<Vec<Tensor>, Error> {
-        self.swap_params(params)?;
+        let outs = self.run_on(params, outputs)?;
+        if update {
+            for &(p, b) in &self.sched.updates {
+                self.bufs.exchange(b, &mut params[p].data);
+            }
+        }
+        Ok(outs)
+    }
+
+    /// Runs the steps, on one of the pool's workers where a step may split
+    /// its work.
+    fn execute_here_or_on_pool(&mut self) -> Result<(), Error> {
         let outside = rayon::current_thread_index().is_none();
-        let r = if outside && rayon::current_num_threads() > 1 && may_split(&self.sched) {
+        if outside && rayon::current_num_threads() > 1 && may_split(&self.sched) {
             // The steps run on one of the pool's workers, so that the work
             // a step splits starts there and the other workers steal it
             // (from outside, each split is a job injected into the pool,
@@ -552,29 +578,13 @@ impl Program {
             })
         } else {
             self.execute()
-        };
-        let outs = if outputs && r.is_ok() {
-            (0..self.sched.outputs.len())
-                .map(|i| self.output(i))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // The lengths were checked by the first swap and have not changed.
-        self.swap_params(params)?;
-        r?;
-        if update {
-            for &(p, b) in &self.sched.updates {
-                std::mem::swap(&mut self.bufs[b.index()], &mut params[p].data);
-            }
         }
-        Ok(outs)
     }
 
     fn output(&self, i: usize) -> Tensor {
         let b = self.sched.outputs[i];
         let n = self.sched.graph.outputs[i].node;
-        Tensor::new(self.sched.shapes[n].clone(), self.bufs[b.index()].clone())
+        Tensor::new(self.sched.shapes[n].clone(), self.bufs.get(b).to_vec())
     }
 
     /// Runs every step in order.
@@ -659,9 +669,110 @@ fn too_large_conv(sched: &Schedule, i: usize) -> Error {
     }
 }
 
-/// Buffer `b` of `bufs`.
-fn buf(bufs: &[Vec<f32>], b: BufId) -> &[f32] {
-    &bufs[b.index()]
+/// A program's buffers, one per [`BufId`], as long as the schedule says:
+/// storage of their own, except while one is bound to storage outside for
+/// a run (a model's parameters, which have no storage here; a loop body's
+/// operands). Steps only read a bound buffer (the verifier's rule 7).
+struct Buffers {
+    own: Vec<Vec<f32>>,
+    lens: Vec<usize>,
+    /// Per buffer, the storage it is bound to (null: its own).
+    bound: Vec<*const f32>,
+}
+
+impl Buffers {
+    /// Zeros for every buffer but the parameters', which runs bind.
+    fn new(sched: &Schedule) -> Buffers {
+        let lens: Vec<usize> = sched.bufs.values().copied().collect();
+        let mut own: Vec<Vec<f32>> = lens.iter().map(|&len| vec![0.0; len]).collect();
+        for &(_, b) in &sched.params {
+            own[b.index()] = Vec::new();
+        }
+        let bound = vec![std::ptr::null(); lens.len()];
+        Buffers { own, lens, bound }
+    }
+
+    fn len(&self, b: BufId) -> usize {
+        self.lens[b.index()]
+    }
+
+    /// Buffer `b`, to read.
+    fn get(&self, b: BufId) -> &[f32] {
+        let p = self.bound[b.index()];
+        if p.is_null() {
+            let own = &self.own[b.index()];
+            assert_eq!(own.len(), self.len(b), "{b} is bound while it is read");
+            own
+        } else {
+            // SAFETY: `bind`'s caller keeps the storage alive and
+            // unwritten until the binding ends; it holds `len(b)` floats.
+            unsafe { std::slice::from_raw_parts(p, self.len(b)) }
+        }
+    }
+
+    /// Buffer `b`, to write: its own storage (a step never writes a bound
+    /// buffer).
+    fn get_mut(&mut self, b: BufId) -> &mut [f32] {
+        assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
+        &mut self.own[b.index()]
+    }
+
+    /// The address of buffer `b` for a kernel's arguments (a bound one
+    /// is only read through it).
+    fn ptr(&mut self, b: BufId) -> *mut f32 {
+        match self.bound[b.index()] {
+            p if p.is_null() => self.get_mut(b).as_mut_ptr(),
+            p => p.cast_mut(),
+        }
+    }
+
+    /// Buffer `r` to read and buffer `w` to write (`r != w`: the verifier
+    /// checked that a step never writes what it reads).
+    fn read_write(&mut self, r: BufId, w: BufId) -> (&[f32], &mut [f32]) {
+        assert_ne!(r, w, "a step never writes what it reads");
+        let w = self.get_mut(w) as *mut [f32];
+        // SAFETY: `w` is `own[w]`, which `get(r)` does not reach (another
+        // buffer's own storage, or storage outside).
+        (self.get(r), unsafe { &mut *w })
+    }
+
+    /// Takes buffer `b`'s own storage out, to write while others are read;
+    /// [`Buffers::put`] returns it.
+    fn take(&mut self, b: BufId) -> Vec<f32> {
+        assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
+        std::mem::take(&mut self.own[b.index()])
+    }
+
+    fn put(&mut self, b: BufId, data: Vec<f32>) {
+        self.own[b.index()] = data;
+    }
+
+    /// Binds buffer `b` to `data` until [`Buffers::unbind_all`].
+    ///
+    /// # Safety
+    /// `data` stays alive, and nothing writes it, until then.
+    unsafe fn bind(&mut self, b: BufId, data: &[f32]) {
+        assert_eq!(
+            data.len(),
+            self.len(b),
+            "{b} is bound to storage of its length"
+        );
+        self.bound[b.index()] = data.as_ptr();
+    }
+
+    fn unbind_all(&mut self) {
+        self.bound.fill(std::ptr::null());
+    }
+
+    /// Exchanges buffer `b`'s own storage with `data`, of its length.
+    fn exchange(&mut self, b: BufId, data: &mut Vec<f32>) {
+        assert_eq!(
+            data.len(),
+            self.len(b),
+            "{b} is exchanged for storage of its length"
+        );
+        std::mem::swap(&mut self.own[b.index()], data);
+    }
 }
 
 /// Runs one step on the program's buffers.
@@ -669,7 +780,7 @@ fn run_step(
     sched: &Schedule,
     step: &Step,
     exec: &mut Exec,
-    bufs: &mut [Vec<f32>],
+    bufs: &mut Buffers,
 ) -> Result<(), Error> {
     match (step, exec) {
         (
@@ -683,10 +794,10 @@ fn run_step(
             Exec::Loop { f, ptrs, .. },
         ) => {
             if let Some(v) = init {
-                bufs[out.index()].fill(*v);
+                bufs.get_mut(*out).fill(*v);
             }
-            for (p, b) in ptrs.iter_mut().zip(std::iter::once(out).chain(args)) {
-                *p = bufs[b.index()].as_mut_ptr();
+            for (p, &b) in ptrs.iter_mut().zip(std::iter::once(out).chain(args)) {
+                *p = bufs.ptr(b);
             }
             let args = SendPtr(ptrs.as_ptr());
             // SAFETY: `ptrs` holds one live buffer per argument, each as
@@ -694,7 +805,7 @@ fn run_step(
             // verifier's rule 2).
             unsafe { call_loop(*f, &args, kernel, 0, kernel.dims[0]) };
             if let Some(d) = divisor {
-                bufs[out.index()].iter_mut().for_each(|x| *x /= *d);
+                bufs.get_mut(*out).iter_mut().for_each(|x| *x /= *d);
             }
         }
         (
@@ -713,8 +824,8 @@ fn run_step(
             // The epilogue's function and its arguments' addresses.
             let epi = match (epilogue, exec) {
                 (Some(e), Exec::Loop { f, ptrs, .. }) => {
-                    for (p, b) in ptrs.iter_mut().zip(std::iter::once(&e.out).chain(&e.args)) {
-                        *p = bufs[b.index()].as_mut_ptr();
+                    for (p, &b) in ptrs.iter_mut().zip(std::iter::once(&e.out).chain(&e.args)) {
+                        *p = bufs.ptr(b);
                     }
                     let rows_outer = e.kernel.dims.len() == 2;
                     Some((*f, SendPtr(ptrs.as_ptr()), rows_outer, &e.kernel))
@@ -728,8 +839,8 @@ fn run_step(
             } else {
                 1
             };
-            let (a, b) = (bufs[a.index()].as_ptr(), bufs[b.index()].as_ptr());
-            let o = bufs[out.index()].as_mut_ptr();
+            let (a, b) = (bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
+            let o = bufs.ptr(*out);
             for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs.iter()).enumerate() {
                 // SAFETY: the verifier's rule 3: the operand buffers hold a
                 // matrix of the sizes and strides in `dims` at each offset,
@@ -786,7 +897,7 @@ fn run_step(
             },
             Exec::Plain,
         ) => {
-            let (s, d) = two(bufs, *src, *dst);
+            let (s, d) = bufs.read_write(*src, *dst);
             native::transpose(s, d, shape, perm);
         }
         (
@@ -799,33 +910,26 @@ fn run_step(
             },
             Exec::Conv { scratch },
         ) => {
-            let mut o = std::mem::take(&mut bufs[out.index()]);
+            let mut o = bufs.take(*out);
             let per = geo.scratch_per_thread(*pass).max(1);
             let threads = rayon::current_num_threads().min(scratch.len() / per);
-            geo.run(
-                *pass,
-                buf(bufs, *a),
-                buf(bufs, *b),
-                &mut o,
-                scratch,
-                threads,
-            );
-            bufs[out.index()] = o;
+            geo.run(*pass, bufs.get(*a), bufs.get(*b), &mut o, scratch, threads);
+            bufs.put(*out, o);
         }
         (Step::Pool { geo, x, gy, out }, Exec::Plain) => {
-            let mut o = std::mem::take(&mut bufs[out.index()]);
+            let mut o = bufs.take(*out);
             match gy {
-                None => geo.forward(buf(bufs, *x), &mut o),
-                Some(gy) => geo.backward(buf(bufs, *x), buf(bufs, *gy), &mut o),
+                None => geo.forward(bufs.get(*x), &mut o),
+                Some(gy) => geo.backward(bufs.get(*x), bufs.get(*gy), &mut o),
             }
-            bufs[out.index()] = o;
+            bufs.put(*out, o);
         }
         (Step::Copy { parts, out }, Exec::Plain) => {
-            let mut o = std::mem::take(&mut bufs[out.index()]);
+            let mut o = bufs.take(*out);
             for (src, blocks) in parts.iter() {
-                blocks.copy(buf(bufs, *src), &mut o);
+                blocks.copy(bufs.get(*src), &mut o);
             }
-            bufs[out.index()] = o;
+            bufs.put(*out, o);
         }
         (
             &Step::Random {
@@ -837,19 +941,19 @@ fn run_step(
             },
             Exec::Plain,
         ) => {
-            let key = crate::rng::key(buf(bufs, key));
-            crate::rng::fill(dist, salt, key, &mut bufs[out.index()][..count]);
+            let key = crate::rng::key(bufs.get(key));
+            crate::rng::fill(dist, salt, key, &mut bufs.get_mut(out)[..count]);
         }
         (Step::Rows(r), Exec::Plain) => {
-            let mut o = std::mem::take(&mut bufs[r.out.index()]);
-            let done = rows(sched, r, buf(bufs, r.src), buf(bufs, r.idx), &mut o);
-            bufs[r.out.index()] = o;
+            let mut o = bufs.take(r.out);
+            let done = rows(sched, r, bufs.get(r.src), bufs.get(r.idx), &mut o);
+            bufs.put(r.out, o);
             done?;
         }
         (Step::Scan(sc), Exec::Scan(body)) => {
-            let mut o = std::mem::take(&mut bufs[sc.out.index()]);
+            let mut o = bufs.take(sc.out);
             let r = run_scan(sc, body, bufs, &mut o);
-            bufs[sc.out.index()] = o;
+            bufs.put(sc.out, o);
             r?;
         }
         (Step::Host { node, out }, Exec::Plain) => {
@@ -865,7 +969,7 @@ fn run_step(
                     let b = sched
                         .buf(a)
                         .expect("the schedule stores a host step's arguments");
-                    let t = Tensor::new(sched.shapes[a].clone(), bufs[b.index()].clone());
+                    let t = Tensor::new(sched.shapes[a].clone(), bufs.get(b).to_vec());
                     (a, t)
                 })
                 .collect();
@@ -876,7 +980,7 @@ fn run_step(
                 &|a| &args[&a],
                 &sched.shapes[node],
             )?;
-            bufs[out.index()].copy_from_slice(&v.data);
+            bufs.get_mut(*out).copy_from_slice(&v.data);
         }
         (step, _) => {
             return Err(internal(format!(
@@ -923,48 +1027,82 @@ fn rows(
 
 /// Runs a loop's body once per step: the carry is `init` at the first
 /// step, then the previous step's result; every result is stacked into
-/// `out` at its step's index (or added up, for a summed loop).
+/// `out` at its step's index (or added up, for a summed loop). The body's
+/// operands are bound to the loop's storage, not copied: its extra
+/// arguments to their buffers, its sequences' slots to the step's slices,
+/// its carry to `init` or to the previous result in `out`.
 fn run_scan(
     sc: &ScanStep,
     body: &mut Program,
-    outer: &[Vec<f32>],
+    outer: &Buffers,
+    out: &mut [f32],
+) -> Result<(), Error> {
+    if !body.sched.params.is_empty() {
+        return Err(internal("a loop body reads parameters of its own"));
+    }
+    let r = scan_steps(sc, body, outer, out);
+    body.bufs.unbind_all();
+    r
+}
+
+/// [`run_scan`]'s steps; the caller ends the bindings.
+fn scan_steps(
+    sc: &ScanStep,
+    body: &mut Program,
+    outer: &Buffers,
     out: &mut [f32],
 ) -> Result<(), Error> {
     let n_xs = sc.xs.len();
+    // SAFETY (every binding below): the loop's operands are not its
+    // output (the verifier's `distinct`), so nothing writes them while it
+    // runs, and they outlive it; the body never writes its inputs (rule
+    // 7). The carry's binding into `out` is a previous step's result,
+    // which the steps after it do not write.
     for (k, &a) in sc.args.iter().enumerate() {
         if let Some(b) = sc.slots[1 + n_xs + k] {
-            body.bufs[b.index()].copy_from_slice(buf(outer, a));
+            unsafe { body.bufs.bind(b, outer.get(a)) };
         }
     }
     let cl = sc.carry_len;
-    let result = body.sched.outputs[0].index();
+    let result = body.sched.outputs[0];
     if sc.sum && sc.steps == 0 {
         out.fill(0.0);
     }
+    // From here on `out` is reached through `base` alone: the carry's
+    // binding points into it.
+    let base = out.as_mut_ptr();
     for i in 0..sc.steps {
         let (t, prev) = sc.order(i);
         if let Some(b) = sc.slots[0] {
-            let carry = if i == 0 {
-                buf(outer, sc.init)
-            } else {
-                &out[prev * cl..][..cl]
+            let carry = match i {
+                0 => outer.get(sc.init),
+                // SAFETY: `prev` is a result already written, inside
+                // `out` (the verifier's rule 6).
+                _ => unsafe { std::slice::from_raw_parts(base.add(prev * cl), cl) },
             };
-            body.bufs[b.index()].copy_from_slice(carry);
+            unsafe { body.bufs.bind(b, carry) };
         }
         for (j, &x) in sc.xs.iter().enumerate() {
             if let Some(b) = sc.slots[1 + j] {
                 let len = sc.step_lens[j];
-                body.bufs[b.index()].copy_from_slice(&buf(outer, x)[t * len..][..len]);
+                unsafe { body.bufs.bind(b, &outer.get(x)[t * len..][..len]) };
             }
         }
         body.execute()?;
-        let r = &body.bufs[result];
-        if !sc.sum {
-            out[t * cl..][..cl].copy_from_slice(r);
-        } else if i == 0 {
-            out.copy_from_slice(r);
-        } else {
-            out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
+        // The body's result is its own buffer or one of its operands (a
+        // body may return one): never step `t`'s place in `out`.
+        let r = body.bufs.get(result);
+        // SAFETY: `t * cl + cl` lies inside `out` (rule 6), and `r`, as
+        // said, does not overlap it.
+        unsafe {
+            let to = base.add(if sc.sum { 0 } else { t * cl });
+            if !sc.sum || i == 0 {
+                std::ptr::copy_nonoverlapping(r.as_ptr(), to, cl);
+            } else {
+                for (k, v) in r.iter().enumerate() {
+                    *to.add(k) += v;
+                }
+            }
         }
     }
     Ok(())
@@ -1056,17 +1194,3 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 unsafe extern "C" fn dummy_kernel(_: *const *mut f32, _: i64, _: i64) {}
-
-/// Buffer `a` to read and buffer `b` to write (the verifier checked that
-/// a transpose never writes its own input).
-fn two(bufs: &mut [Vec<f32>], a: BufId, b: BufId) -> (&[f32], &mut [f32]) {
-    let (a, b) = (a.index(), b.index());
-    assert_ne!(a, b, "a transpose never writes its own input");
-    if a < b {
-        let (x, y) = bufs.split_at_mut(b);
-        (&x[a], &mut y[0])
-    } else {
-        let (x, y) = bufs.split_at_mut(a);
-        (&y[0], &mut x[b])
-    }
-}
