@@ -1159,18 +1159,31 @@ fn isa_needed(path: &Path) -> Option<u32> {
     None
 }
 
+/// A folder holding `mlp.so` and `mlp.h`: examples/bench/mlp_infer.nn
+/// compiled for `batch` rows.
+fn mlp_library(name: &str, batch: usize) -> common::TempDir {
+    let dir = common::temp_dir(name);
+    let model = root().join("examples/bench/mlp_infer.nn");
+    let dim = format!("B={batch}");
+    let args = [
+        "compile",
+        &model.display().to_string(),
+        "--dim",
+        &dim,
+        "-o",
+        "mlp.so",
+    ];
+    let o = nnc(&args, &dir);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    dir
+}
+
 /// Eight threads share one loaded model, each running through a context
 /// of its own (`NAME_context_new`), twenty times on inputs of its own:
 /// every output is the one the model gives on one thread.
 #[test]
 fn eight_threads_with_their_own_contexts_give_the_single_thread_outputs() {
-    let dir = common::temp_dir("aot-threads");
-    let model = root()
-        .join("examples/bench/mlp_infer.nn")
-        .display()
-        .to_string();
-    let o = nnc(&["compile", &model, "--dim", "B=4", "-o", "mlp.so"], &dir);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = mlp_library("aot-threads", 4);
     let main = r#"#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
@@ -1223,13 +1236,7 @@ int main(void) {
 /// cannot change the weights it shares.
 #[test]
 fn a_context_reads_its_models_weights_and_cannot_change_them() {
-    let dir = common::temp_dir("aot-context-shares");
-    let model = root()
-        .join("examples/bench/mlp_infer.nn")
-        .display()
-        .to_string();
-    let o = nnc(&["compile", &model, "--dim", "B=2", "-o", "mlp.so"], &dir);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = mlp_library("aot-context-shares", 2);
     let save = r#"#include "mlp.h"
 int main(void) {
     mlp_model *m = mlp_new();
