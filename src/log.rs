@@ -2,7 +2,9 @@
 //! topics, e.g. `NNC_LOG=fusion,plan`): `fusion` says which rule fired
 //! where and why a candidate was refused; `plan` lists the JIT's steps and
 //! buffers; `opencl` names the device and says whether each OpenCL
-//! program came from the disk cache or was built.
+//! program came from the disk cache or was built; `allreduce` says, for
+//! each data-parallel step, how long before the end of a worker's
+//! backward pass each bucket of gradients started its sum.
 
 /// Whether `topic` is in `NNC_LOG`.
 pub fn enabled(topic: &str) -> bool {

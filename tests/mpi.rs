@@ -115,6 +115,26 @@ fn two_workers_train_as_one_process_and_their_checkpoints_resume_on_one() {
     // Worker 0 alone reports: one header line, one summary.
     assert_eq!(two.matches("training digits.nn").count(), 1, "{two}");
 
+    // Buckets of 1 KiB (two of them: w2 and b2's gradients, then w1 and
+    // b1's) start the first sum while the backward pass computes w1's
+    // gradient; the sums are the same element by element, so the
+    // parameters are bit for bit those of one bucket (the default here).
+    let shared = ["--batch", "64", "--epochs", "3", "--workers", "2"];
+    let log = nnc_in(
+        &dir,
+        &[
+            &["train", "digits.nn"],
+            &shared[..],
+            &["--bucket-kib", "1", "--save", "two_b.safetensors"],
+        ]
+        .concat(),
+    );
+    assert!(log.status.success(), "{}", common::text(&log.stderr));
+    assert_eq!(
+        worst(&dir.join("two.safetensors"), &dir.join("two_b.safetensors")),
+        0.0
+    );
+
     // A checkpoint of 2 workers after 2 epochs resumes on 1 worker as on
     // 2, and on 1 the same way every time.
     run(&[

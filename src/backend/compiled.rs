@@ -30,6 +30,24 @@ pub trait Compile: Sized {
         update: bool,
     ) -> Result<Vec<Tensor>, Error>;
 
+    /// [`Compile::run`] with outputs and updates, handing each output to
+    /// `ready` (its index and data) as soon as it is final: on a program
+    /// that can tell, while the steps after its last writer run (the
+    /// data-parallel all-reduce of gradients overlaps the rest of the
+    /// backward pass); otherwise all of them after the run, in order.
+    /// Returns the outputs too.
+    fn run_observed(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        ready: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<Tensor>, Error> {
+        let outs = self.run(params, true, true)?;
+        for (i, t) in outs.iter().enumerate() {
+            ready(i, &t.data);
+        }
+        Ok(outs)
+    }
+
     /// Whether the program keeps the parameters in its own buffers across
     /// steps ([`Compile::step_kept`]: a device's memory); otherwise
     /// `params` always holds them.
@@ -269,5 +287,17 @@ impl<'g, P: Compile> Compiled<'g, P> {
     ) -> Result<Vec<Tensor>, Error> {
         self.sync(params)?;
         self.program(inputs, params)?.run(params, true, true)
+    }
+
+    /// [`Compiled::step`], handing each output to `ready` as soon as it
+    /// is final ([`Compile::run_observed`]).
+    pub fn step_observed(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        ready: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<Tensor>, Error> {
+        self.sync(params)?;
+        self.program(inputs, params)?.run_observed(params, ready)
     }
 }

@@ -132,6 +132,26 @@ impl<'g> Engine<'g> {
         }
     }
 
+    /// [`Engine::step`], handing each output to `ready` (its index and
+    /// data) as soon as it is final: on the JIT while the steps after its
+    /// last writer run; on the interpreter and OpenCL after the step.
+    pub fn step_observed(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        inputs: &SecondaryMap<InputId, Option<Tensor>>,
+        ready: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<Tensor>, Error> {
+        let outs = match self {
+            Engine::Jit(j) => return j.step_observed(params, inputs, ready),
+            Engine::OpenCl(c) => return c.step_observed(params, inputs, ready),
+            Engine::Interp(g, _) => interp::step(g, params, inputs)?,
+        };
+        for (i, t) in outs.iter().enumerate() {
+            ready(i, &t.data);
+        }
+        Ok(outs)
+    }
+
     /// A training step that may leave the parameters on the device that
     /// computes it (OpenCL) until [`Engine::sync`]: returns only the
     /// outputs `wanted`, by index. On the CPU backends `params` holds the

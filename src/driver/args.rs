@@ -375,6 +375,11 @@ pub struct TrainArgs {
     /// stops them all.
     #[arg(long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_seconds)]
     pub worker_timeout: f64,
+    /// With workers: the gradients' all-reduce goes in buckets of at
+    /// least this many KiB, each started as soon as the backward pass has
+    /// written its gradients (on the JIT, while it computes the rest).
+    #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub bucket_kib: u64,
     /// Write a checkpoint whenever the monitored figure improves: the
     /// best epoch's weights (a checkpoint `--resume` continues).
     #[arg(long, value_name = "W.safetensors")]

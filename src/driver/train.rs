@@ -170,6 +170,7 @@ fn train(
         save_every: args.save_every,
         start: Vec::new(),
         stop: None,
+        bucket_kib: Some(args.bucket_kib as usize),
     };
     // Ctrl-C: the first finishes the step in progress, saves (with
     // `--save`) and stops; a second exits at once.

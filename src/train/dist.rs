@@ -5,10 +5,11 @@
 //! Each step, worker r runs the phase's local graph
 //! ([`pipeline::SplitPhase`]) on rows `[r·n/N, (r+1)·n/N)` of the batch's
 //! n rows (the same seeded order on every worker), giving its loss and
-//! gradients. One all-reduce sums, weighted by each share's rows, the
-//! gradients, the loss, the states the layers' `assign`s changed (batch
-//! norm's running statistics) and two flags (a worker failed, a worker
-//! was interrupted); every worker then applies the optimizer's update to
+//! gradients. An all-reduce sums, weighted by each share's rows, the
+//! gradients (in buckets, each started as soon as the backward pass has
+//! written it: [`BUCKET_KIB`]), the loss, the states the layers'
+//! `assign`s changed (batch norm's running statistics) and two flags (a
+//! worker failed, a worker was interrupted); every worker then applies the optimizer's update to
 //! the same summed gradients, so all hold the same parameters after
 //! every step. The weights make the result the full batch's for a loss
 //! that is a mean over the batch's rows (every loss of the standard
@@ -42,8 +43,25 @@ use cranelift_entity::SecondaryMap;
 pub trait Comm {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
+    /// Starts summing the `len` floats at `buf` element-wise across the
+    /// workers, in place, without waiting for it ([`Comm::finish`]
+    /// does). Every worker starts its sums in the same order.
+    ///
+    /// # Safety
+    /// The floats stay alive, and nothing reads or writes them, until
+    /// `finish` returns.
+    unsafe fn start_sum(&self, buf: *mut f32, len: usize);
+    /// Lets the sums started move on (MPI moves data only inside its
+    /// calls).
+    fn progress(&self);
+    /// Waits for every sum started.
+    fn finish(&self);
     /// Sums `buf` element-wise across the workers, in place.
-    fn all_reduce_sum(&self, buf: &mut [f32]);
+    fn all_reduce_sum(&self, buf: &mut [f32]) {
+        // SAFETY: `buf` is borrowed until `finish` has returned.
+        unsafe { self.start_sum(buf.as_mut_ptr(), buf.len()) };
+        self.finish();
+    }
     /// Replaces `buf` by worker 0's.
     fn broadcast(&self, buf: &mut [f32]);
     /// Every worker's `mine`, by rank (each at most [`MESSAGE`] bytes).
@@ -128,7 +146,7 @@ mod mpi_comm {
     use mpi::raw::AsRaw;
     use mpi::request::{Request, Scope, StaticScope};
     use mpi::traits::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::time::{Duration, Instant};
 
     extern "C" {
@@ -163,6 +181,11 @@ mod mpi_comm {
         /// Collectives entered so far (the one being waited in is the
         /// last): what a worker answers when asked.
         entered: Cell<u64>,
+        /// The sums started and not yet completed ([`Comm::start_sum`]),
+        /// by collective number, oldest first.
+        ///
+        /// [`Comm::start_sum`]: super::Comm::start_sum
+        pending: RefCell<Vec<(u64, mpi::ffi::MPI_Request)>>,
     }
 
     impl Mpi {
@@ -171,6 +194,7 @@ mod mpi_comm {
                 universe,
                 timeout,
                 entered: Cell::new(0),
+                pending: RefCell::new(Vec::new()),
             })
         }
 
@@ -184,13 +208,30 @@ mod mpi_comm {
         /// the others' questions once the wait is long; past the timeout
         /// the job ends ([`Mpi::stalled`]).
         fn wait<'a, D: ?Sized, S: Scope<'a>>(&self, op: u64, what: &str, req: Request<'a, D, S>) {
+            let mut req = Some(req);
+            self.wait_until(op, what, || match req.take().map(Request::test) {
+                Some(Err(r)) => {
+                    req = Some(r);
+                    false
+                }
+                _ => true,
+            });
+        }
+
+        /// Whether the sum started as `req` has completed.
+        fn done(req: &mut mpi::ffi::MPI_Request) -> bool {
+            let mut flag = 0;
+            // SAFETY: `req` is a live request of `start_sum` (or null
+            // once completed, which MPI_Test reports as done).
+            unsafe { mpi::ffi::MPI_Test(req, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            flag != 0
+        }
+
+        /// Polls `done` until it holds (collective number `op`, `what`),
+        /// as [`Mpi::wait`] says.
+        fn wait_until(&self, op: u64, what: &str, mut done: impl FnMut() -> bool) {
             let started = Instant::now();
-            let mut req = req;
-            loop {
-                req = match req.test() {
-                    Ok(_) => return,
-                    Err(r) => r,
-                };
+            while !done() {
                 let waited = started.elapsed();
                 if waited < SPIN {
                     std::hint::spin_loop();
@@ -265,34 +306,43 @@ mod mpi_comm {
             self.universe.world().size() as usize
         }
         /// In place (`MPI_IN_PLACE`): no copy of the gradients to send
-        /// from. A buffer of more than `i32::MAX` elements (MPI's count)
-        /// goes in parts.
-        fn all_reduce_sum(&self, buf: &mut [f32]) {
+        /// from. More than `i32::MAX` floats (MPI's count) go in parts.
+        unsafe fn start_sum(&self, buf: *mut f32, len: usize) {
             let world = self.universe.world();
-            for part in buf.chunks_mut(i32::MAX as usize) {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(i32::MAX as usize);
                 let op = self.enter();
-                mpi::request::scope(|scope| {
-                    let mut raw = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
-                    // SAFETY: MPI reads and writes `part` (its length as
-                    // the count, which fits an i32) until the request
-                    // completes; the request holds the borrow of `part`
-                    // for the scope, and `wait` returns only once it has
-                    // completed. MPI's default error handler ends the job
-                    // on an error, so the request is set when it returns.
-                    let req = unsafe {
-                        mpi::ffi::MPI_Iallreduce(
-                            nnc_mpi_in_place(),
-                            part.as_mut_ptr().cast(),
-                            part.len() as i32,
-                            f32::equivalent_datatype().as_raw(),
-                            SystemOperation::sum().as_raw(),
-                            world.as_raw(),
-                            raw.as_mut_ptr(),
-                        );
-                        Request::from_raw(raw.assume_init(), &*part, scope)
-                    };
-                    self.wait(op, "an all-reduce", req);
-                });
+                let mut req = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+                // SAFETY: MPI reads and writes these `n` floats until the
+                // request completes, which `finish` waits for; the caller
+                // keeps them alive and untouched until then. MPI's default
+                // error handler ends the job on an error, so the request
+                // is set when it returns.
+                unsafe {
+                    mpi::ffi::MPI_Iallreduce(
+                        nnc_mpi_in_place(),
+                        buf.add(at).cast(),
+                        n as i32,
+                        f32::equivalent_datatype().as_raw(),
+                        SystemOperation::sum().as_raw(),
+                        world.as_raw(),
+                        req.as_mut_ptr(),
+                    );
+                    self.pending.borrow_mut().push((op, req.assume_init()));
+                }
+                at += n;
+            }
+        }
+        fn progress(&self) {
+            self.pending
+                .borrow_mut()
+                .retain_mut(|(_, req)| !Mpi::done(req));
+        }
+        fn finish(&self) {
+            let pending = std::mem::take(&mut *self.pending.borrow_mut());
+            for (op, mut req) in pending {
+                self.wait_until(op, "an all-reduce", || Mpi::done(&mut req));
             }
         }
         fn broadcast(&self, buf: &mut [f32]) {
@@ -476,19 +526,52 @@ pub struct Stepped {
     /// A worker was interrupted (Ctrl-C): every worker stops after this
     /// step.
     pub interrupted: bool,
-    /// The time this worker spent in the all-reduce (waiting for the
-    /// others included).
+    /// The time this worker spent in the all-reduce after its own
+    /// share's step (waiting for the others included): what the overlap
+    /// with the backward pass did not hide.
     pub comm: std::time::Duration,
 }
 
+/// The gradients' all-reduce goes in buckets of at least this many KiB
+/// (`--bucket-kib`; a parameter's gradient is never cut), the last
+/// parameters' first: the backward pass writes those first, and each
+/// bucket's sum starts as soon as all its gradients are written, while
+/// the backward pass goes on where the backend hands them over as they
+/// are done (the JIT; the interpreter and OpenCL hand them over after
+/// the step).
+pub const BUCKET_KIB: usize = 256;
+
+/// Gradients `lo..hi` (in the phase's order), to sum together.
+struct Bucket {
+    lo: usize,
+    hi: usize,
+}
+
+/// The buckets of at least `floats` floats of gradients of `lens` floats,
+/// in the order their sums start (from the last gradient back).
+fn buckets(lens: &[usize], floats: usize) -> Vec<Bucket> {
+    let mut out = Vec::new();
+    let (mut hi, mut have) = (lens.len(), 0);
+    for k in (0..lens.len()).rev() {
+        have += lens[k];
+        if have >= floats || k == 0 {
+            out.push(Bucket { lo: k, hi });
+            (hi, have) = (k, 0);
+        }
+    }
+    out
+}
+
 /// One phase of a step on `rows` (the whole batch; this worker takes its
-/// [`share`]): the local graph on the share, one all-reduce, then the
-/// optimizer's update on the summed gradients. `inputs` holds what every
-/// worker feeds alike (the random key, the learning rate), by the
-/// phase's input names.
+/// [`share`]): the local graph on the share, the all-reduce of its
+/// gradients in buckets of `bucket` floats overlapping it ([`buckets`])
+/// and of the rest after it, then the optimizer's update on the summed
+/// gradients. `fed` holds what every worker feeds alike (the random key,
+/// the learning rate), by the phase's input names.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     comm: &dyn Comm,
+    bucket: usize,
     ph: &SplitPhase,
     local: &mut Engine,
     update: &mut Engine,
@@ -507,11 +590,33 @@ pub fn step(
         .iter()
         .map(|(p, _)| params[*p].data.len())
         .collect();
+    let starts: Vec<usize> = grads
+        .iter()
+        .scan(0, |at, len| {
+            *at += len;
+            Some(*at - len)
+        })
+        .collect();
     // The states the layers' assigns change, averaged like the gradients.
     let states: Vec<ParamId> = ph.local.graph.updates.iter().map(|u| u.param).collect();
     let state_len: usize = states.iter().map(|p| params[*p].data.len()).sum();
     let total: usize = grads.iter().sum();
     let mut buf = vec![0.0f32; total + 1 + state_len + 2];
+    let n = buf.len();
+    let buckets = buckets(&grads, bucket);
+    // Which gradients are written, and when each bucket's sum started (in
+    // `buckets`' order, the same on every worker).
+    let mut written = vec![false; grads.len()];
+    let mut started = Vec::with_capacity(buckets.len());
+    // From here until `finish`, `buf` is reached through `base` alone: MPI
+    // owns the buckets whose sums started.
+    let base = buf.as_mut_ptr();
+    let start = |b: &Bucket| {
+        let (at, end) = (starts[b.lo], starts.get(b.hi).copied().unwrap_or(total));
+        // SAFETY: `at..end` lies in `buf`, which lives until `finish` has
+        // returned, and nothing else touches a bucket once started.
+        unsafe { comm.start_sum(base.add(at), end - at) };
+    };
     let mut failed: Result<(), Diag> = Ok(());
     if !mine.is_empty() {
         let mut inputs = data.batch(all, mine);
@@ -520,20 +625,38 @@ pub fn step(
                 inputs[id] = Some(t.clone());
             }
         }
-        match local.step(params, &inputs) {
-            Ok(outs) => {
-                let mut at = 0;
-                for (k, len) in grads.iter().enumerate() {
-                    for (b, v) in buf[at..at + len].iter_mut().zip(&outs[k + 1].data) {
-                        *b = v * weight;
-                    }
-                    at += len;
+        // Output 0 is the loss, output k + 1 gradient k.
+        let mut ready = |o: usize, data: &[f32]| {
+            let Some(k) = o.checked_sub(1).filter(|&k| k < grads.len()) else {
+                return;
+            };
+            // SAFETY: gradient k's place in `buf`, in a bucket not started
+            // (it starts once its gradients are all written).
+            let to = unsafe { std::slice::from_raw_parts_mut(base.add(starts[k]), grads[k]) };
+            for (b, v) in to.iter_mut().zip(data) {
+                *b = v * weight;
+            }
+            written[k] = true;
+            while let Some(b) = buckets.get(started.len()) {
+                if !written[b.lo..b.hi].iter().all(|&w| w) {
+                    break;
                 }
-                buf[total] = outs[0].data[0] * weight;
-                let mut at = total + 1;
+                start(b);
+                started.push(std::time::Instant::now());
+            }
+            comm.progress();
+        };
+        match local.step_observed(params, &inputs, &mut ready) {
+            Ok(outs) => {
+                // SAFETY: the loss and the states follow the gradients in
+                // `buf`; no sum started over them.
+                let tail =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(total), 1 + state_len) };
+                tail[0] = outs[0].data[0] * weight;
+                let mut at = 1;
                 for p in &states {
                     let t = &params[*p].data;
-                    for (b, v) in buf[at..at + t.len()].iter_mut().zip(t) {
+                    for (b, v) in tail[at..at + t.len()].iter_mut().zip(t) {
                         *b = v * weight;
                     }
                     at += t.len();
@@ -542,12 +665,37 @@ pub fn step(
             Err(e) => failed = Err(e.to_diag()),
         }
     }
-    let n = buf.len();
-    buf[n - 2] = f32::from(u8::from(failed.is_err()));
-    buf[n - 1] = f32::from(u8::from(interrupted));
-    let started = std::time::Instant::now();
-    comm.all_reduce_sum(&mut buf);
-    let comm_time = started.elapsed();
+    let waited = std::time::Instant::now();
+    if crate::log::enabled("allreduce") {
+        let leads: Vec<String> = started
+            .iter()
+            .map(|t| format!("{:.3}", (waited - *t).as_secs_f64() * 1e3))
+            .collect();
+        crate::log::lines(
+            "allreduce",
+            &[format!(
+                "worker {}: {} buckets; the sums of {} started [{}] ms before its step ended",
+                comm.rank(),
+                buckets.len(),
+                started.len(),
+                leads.join(", ")
+            )],
+        );
+    }
+    // The buckets not started (a worker with no rows or whose step
+    // failed: zeros, or what was written), then the rest in one sum.
+    for b in &buckets[started.len()..] {
+        start(b);
+    }
+    // SAFETY: the flags are the last two floats of `buf`; no sum started
+    // over them.
+    unsafe {
+        *base.add(n - 2) = f32::from(u8::from(failed.is_err()));
+        *base.add(n - 1) = f32::from(u8::from(interrupted));
+        comm.start_sum(base.add(total), n - total);
+    }
+    comm.finish();
+    let comm_time = waited.elapsed();
     if buf[n - 2] > 0.0 {
         agree(comm, failed)?;
     }
@@ -608,7 +756,9 @@ mod tests {
         fn size(&self) -> usize {
             2
         }
-        fn all_reduce_sum(&self, _: &mut [f32]) {}
+        unsafe fn start_sum(&self, _: *mut f32, _: usize) {}
+        fn progress(&self) {}
+        fn finish(&self) {}
         fn broadcast(&self, _: &mut [f32]) {}
         fn all_gather(&self, mine: &[u8]) -> Vec<Vec<u8>> {
             vec![mine.to_vec(), self.0.clone()]
@@ -668,6 +818,19 @@ mod tests {
             e.message,
             "after epoch 1, the parameters of worker 1 differ from worker 0's"
         );
+    }
+
+    #[test]
+    fn buckets_cover_the_gradients_once_from_the_last() {
+        let of = |lens: &[usize]| -> Vec<(usize, usize)> {
+            buckets(lens, 1 << 16)
+                .iter()
+                .map(|b| (b.lo, b.hi))
+                .collect()
+        };
+        assert_eq!(of(&[10, 70_000, 5, 100_000, 3]), [(3, 5), (1, 3), (0, 1)]);
+        assert!(of(&[]).is_empty());
+        assert_eq!(of(&[4, 4]), [(0, 2)]);
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Options {
     /// Ctrl-C does (a program that embeds nnc: its callback failed, or
     /// its user interrupted it).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// With workers: the size of the gradients' all-reduce buckets
+    /// (`--bucket-kib`; default [`dist::BUCKET_KIB`]).
+    pub bucket_kib: Option<usize>,
 }
 
 /// Which epoch figure early stopping and `--save-best` follow.
@@ -470,6 +473,7 @@ pub fn run_on(
                     let (local, update) = &mut split_engines[k];
                     let done = dist::step(
                         c,
+                        opts.bucket_kib.unwrap_or(dist::BUCKET_KIB) * 256,
                         &split[k],
                         local,
                         update,

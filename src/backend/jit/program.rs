@@ -516,6 +516,17 @@ impl Program {
         params: &SecondaryMap<ParamId, Tensor>,
         outputs: bool,
     ) -> Result<Vec<Tensor>, Error> {
+        self.bound_run(params, outputs, |p| p.execute_here_or_on_pool())
+    }
+
+    /// Binds the parameters' buffers to `params`, runs `execute`, reads
+    /// the outputs (with `outputs`) and ends the bindings.
+    fn bound_run(
+        &mut self,
+        params: &SecondaryMap<ParamId, Tensor>,
+        outputs: bool,
+        execute: impl FnOnce(&mut Program) -> Result<(), Error>,
+    ) -> Result<Vec<Tensor>, Error> {
         for &(p, b) in &self.sched.params {
             let info = &self.sched.graph.params[p];
             let (want, found) = (self.bufs.len(b), params[p].data.len());
@@ -526,7 +537,7 @@ impl Program {
             // and nothing writes it meanwhile (shared borrow; rule 7).
             unsafe { self.bufs.bind(b, &params[p].data) };
         }
-        let r = self.execute_here_or_on_pool();
+        let r = execute(self);
         let outs = if outputs && r.is_ok() {
             (0..self.sched.outputs.len())
                 .map(|i| self.output(i))
@@ -550,11 +561,59 @@ impl Program {
     ) -> Result<Vec<Tensor>, Error> {
         let outs = self.run_on(params, outputs)?;
         if update {
-            for &(p, b) in &self.sched.updates {
-                self.bufs.exchange(b, &mut params[p].data);
-            }
+            self.apply_updates(params);
         }
         Ok(outs)
+    }
+
+    /// Moves each update into its parameter, the parameter's storage
+    /// becoming the update's buffer.
+    fn apply_updates(&mut self, params: &mut SecondaryMap<ParamId, Tensor>) {
+        for &(p, b) in &self.sched.updates {
+            self.bufs.exchange(b, &mut params[p].data);
+        }
+    }
+
+    /// [`Program::run`] with outputs and updates, handing each output to
+    /// `ready` (its index and data) as soon as the last step that writes
+    /// it has run. The steps run on the calling thread, so `ready` may do
+    /// what must stay on it (MPI's calls).
+    pub fn run_observed(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        ready: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<Tensor>, Error> {
+        let outs = self.bound_run(params, true, |p| p.execute_observed(ready))?;
+        self.apply_updates(params);
+        Ok(outs)
+    }
+
+    /// Every step in order, handing each output to `ready` after its last
+    /// writer (those no step writes, before the first step).
+    fn execute_observed(&mut self, ready: &mut dyn FnMut(usize, &[f32])) -> Result<(), Error> {
+        let outputs = &self.sched.outputs;
+        let mut last = vec![None; outputs.len()];
+        for (si, step) in self.sched.steps.iter().enumerate() {
+            for b in step.writes() {
+                for (o, _) in outputs.iter().enumerate().filter(|&(_, &ob)| ob == b) {
+                    last[o] = Some(si);
+                }
+            }
+        }
+        let hand = |p: &Program, ready: &mut dyn FnMut(usize, &[f32]), at: Option<usize>| {
+            for (o, &b) in p.sched.outputs.iter().enumerate() {
+                if last[o] == at {
+                    ready(o, p.bufs.get(b));
+                }
+            }
+        };
+        hand(self, ready, None);
+        self.runs += 1;
+        for si in 0..self.sched.steps.len() {
+            self.run_one(si)?;
+            hand(self, ready, Some(si));
+        }
+        Ok(())
     }
 
     /// Runs the steps, on one of the pool's workers where a step may split
@@ -591,16 +650,22 @@ impl Program {
     fn execute(&mut self) -> Result<(), Error> {
         self.runs += 1;
         for si in 0..self.sched.steps.len() {
-            let started = self.profile.is_some().then(std::time::Instant::now);
-            run_step(
-                &self.sched,
-                &self.sched.steps[si],
-                &mut self.exec[si],
-                &mut self.bufs,
-            )?;
-            if let (Some(t), Some(p)) = (started, &mut self.profile) {
-                p[si] += t.elapsed().as_secs_f64();
-            }
+            self.run_one(si)?;
+        }
+        Ok(())
+    }
+
+    /// Runs step `si` (timed, with `NNC_LOG=profile`).
+    fn run_one(&mut self, si: usize) -> Result<(), Error> {
+        let started = self.profile.is_some().then(std::time::Instant::now);
+        run_step(
+            &self.sched,
+            &self.sched.steps[si],
+            &mut self.exec[si],
+            &mut self.bufs,
+        )?;
+        if let (Some(t), Some(p)) = (started, &mut self.profile) {
+            p[si] += t.elapsed().as_secs_f64();
         }
         Ok(())
     }
@@ -641,6 +706,14 @@ impl crate::backend::compiled::Compile for Program {
         update: bool,
     ) -> Result<Vec<Tensor>, Error> {
         Program::run(self, params, outputs, update)
+    }
+
+    fn run_observed(
+        &mut self,
+        params: &mut SecondaryMap<ParamId, Tensor>,
+        ready: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<Tensor>, Error> {
+        Program::run_observed(self, params, ready)
     }
 }
 
