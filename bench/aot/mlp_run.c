@@ -3,9 +3,12 @@
  * median and the minimum in ms. Also times loading: dlopen + NAME_new +
  * the first NAME_run, in a fresh process (`mlp_run load LIB NEW RUN`).
  * `mlp_run rows LIB NEW RUN B` times a library whose batch takes any
- * size (NAME_run(m, B, x, y)) at B rows. */
-#define _POSIX_C_SOURCE 199309L
+ * size (NAME_run(m, B, x, y)) at B rows. `mlp_run contexts LIB NEW RUN`
+ * measures what 8 execution contexts (NAME_context_new), each run once,
+ * add to the process's peak resident memory. */
+#define _XOPEN_SOURCE 700
 #include <dlfcn.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +54,7 @@ int main(int argc, char **argv) {
     static float x[128 * 784], y[128 * 10];
     int by_rows = argc == 6 && strcmp(argv[1], "rows") == 0;
     if (argc != 5 && !by_rows) {
-        fprintf(stderr, "usage: %s time|load LIB.so NAME_new NAME_run | rows LIB.so NAME_new NAME_run B\n", argv[0]);
+        fprintf(stderr, "usage: %s time|load|contexts LIB.so NAME_new NAME_run | rows LIB.so NAME_new NAME_run B\n", argv[0]);
         return 2;
     }
     if (by_rows) {
@@ -75,6 +78,27 @@ int main(int argc, char **argv) {
     double t1 = now();
     if (strcmp(argv[1], "load") == 0) {
         printf("%s: load + first run %.2f ms\n", argv[2], (t1 - t0) * 1e3);
+        return 0;
+    }
+    if (strcmp(argv[1], "contexts") == 0) {
+        /* NAME_context_new, from NAME_new's name. */
+        char name[256];
+        size_t stem = strlen(argv[3]) - strlen("new");
+        if (stem + strlen("context_new") >= sizeof name) return 2;
+        memcpy(name, argv[3], stem);
+        strcpy(name + stem, "context_new");
+        typedef void *(*ctx_fn)(const void *);
+        ctx_fn ctx = (ctx_fn)sym(lib, name);
+        struct rusage u;
+        getrusage(RUSAGE_SELF, &u);
+        long before = u.ru_maxrss;
+        for (int i = 0; i < 8; i++) {
+            void *c = ctx(m);
+            if (!c || call(c, x, y) != 0) return 1;
+        }
+        getrusage(RUSAGE_SELF, &u);
+        printf("%s: 8 contexts, each run once, add %ld KiB to the peak resident %ld KiB\n",
+               argv[2], u.ru_maxrss - before, before);
         return 0;
     }
     static double t[RUNS];
