@@ -774,7 +774,11 @@ impl Buffers {
         let p = self.bound[b.index()];
         if p.is_null() {
             let own = &self.own[b.index()];
-            assert_eq!(own.len(), self.len(b), "{b} is bound while it is read");
+            assert_eq!(
+                own.len(),
+                self.len(b),
+                "{b} has no storage: a parameter not bound, or taken"
+            );
             own
         } else {
             // SAFETY: `bind`'s caller keeps the storage alive and
