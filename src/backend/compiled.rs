@@ -41,11 +41,8 @@ pub trait Compile: Sized {
         params: &mut SecondaryMap<ParamId, Tensor>,
         ready: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<Vec<Tensor>, Error> {
-        let outs = self.run(params, true, true)?;
-        for (i, t) in outs.iter().enumerate() {
-            ready(i, &t.data);
-        }
-        Ok(outs)
+        self.run(params, true, true)
+            .map(|outs| hand_over(outs, ready))
     }
 
     /// Whether the program keeps the parameters in its own buffers across
@@ -81,6 +78,15 @@ pub trait Compile: Sized {
             message: "this backend does not keep its outputs".into(),
         })
     }
+}
+
+/// Hands each of `outs` to `ready` (its index and data), in order, for a
+/// run that cannot tell when each was final; returns them.
+pub fn hand_over(outs: Vec<Tensor>, ready: &mut dyn FnMut(usize, &[f32])) -> Vec<Tensor> {
+    for (i, t) in outs.iter().enumerate() {
+        ready(i, &t.data);
+    }
+    outs
 }
 
 /// A graph compiled on demand, once per set of input shapes.

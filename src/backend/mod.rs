@@ -141,15 +141,13 @@ impl<'g> Engine<'g> {
         inputs: &SecondaryMap<InputId, Option<Tensor>>,
         ready: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<Vec<Tensor>, Error> {
-        let outs = match self {
-            Engine::Jit(j) => return j.step_observed(params, inputs, ready),
-            Engine::OpenCl(c) => return c.step_observed(params, inputs, ready),
-            Engine::Interp(g, _) => interp::step(g, params, inputs)?,
-        };
-        for (i, t) in outs.iter().enumerate() {
-            ready(i, &t.data);
+        match self {
+            Engine::Jit(j) => j.step_observed(params, inputs, ready),
+            Engine::OpenCl(c) => c.step_observed(params, inputs, ready),
+            Engine::Interp(g, _) => {
+                interp::step(g, params, inputs).map(|outs| compiled::hand_over(outs, ready))
+            }
         }
-        Ok(outs)
     }
 
     /// A training step that may leave the parameters on the device that

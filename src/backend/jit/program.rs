@@ -84,6 +84,9 @@ pub struct Program {
     /// the program is dropped).
     profile: Option<Vec<f64>>,
     runs: usize,
+    /// For [`Program::run_observed`], made on its first call: the outputs
+    /// final before the first step (at 0), and after step `i` (at i + 1).
+    final_after: Option<Vec<Vec<usize>>>,
 }
 
 impl Drop for Program {
@@ -471,6 +474,7 @@ impl Program {
             clif,
             profile: crate::log::enabled("profile").then(|| vec![0.0; n_steps]),
             runs: 0,
+            final_after: None,
         }
     }
 
@@ -591,29 +595,43 @@ impl Program {
     /// Every step in order, handing each output to `ready` after its last
     /// writer (those no step writes, before the first step).
     fn execute_observed(&mut self, ready: &mut dyn FnMut(usize, &[f32])) -> Result<(), Error> {
-        let outputs = &self.sched.outputs;
-        let mut last = vec![None; outputs.len()];
-        for (si, step) in self.sched.steps.iter().enumerate() {
-            for b in step.writes() {
-                for (o, _) in outputs.iter().enumerate().filter(|&(_, &ob)| ob == b) {
-                    last[o] = Some(si);
-                }
-            }
-        }
-        let hand = |p: &Program, ready: &mut dyn FnMut(usize, &[f32]), at: Option<usize>| {
-            for (o, &b) in p.sched.outputs.iter().enumerate() {
-                if last[o] == at {
-                    ready(o, p.bufs.get(b));
-                }
+        let final_after = match self.final_after.take() {
+            Some(f) => f,
+            None => self.when_final(),
+        };
+        let hand = |p: &Program, ready: &mut dyn FnMut(usize, &[f32]), at: usize| {
+            for &o in &final_after[at] {
+                ready(o, p.bufs.get(p.sched.outputs[o]));
             }
         };
-        hand(self, ready, None);
+        hand(self, ready, 0);
         self.runs += 1;
+        let mut r = Ok(());
         for si in 0..self.sched.steps.len() {
-            self.run_one(si)?;
-            hand(self, ready, Some(si));
+            r = self.run_one(si);
+            if r.is_err() {
+                break;
+            }
+            hand(self, ready, si + 1);
         }
-        Ok(())
+        self.final_after = Some(final_after);
+        r
+    }
+
+    /// The outputs final before the first step (at 0) and after each step
+    /// `i` (at i + 1): after the last step that writes their buffer.
+    fn when_final(&self) -> Vec<Vec<usize>> {
+        let mut last_write = vec![0; self.sched.bufs.len()];
+        for (si, step) in self.sched.steps.iter().enumerate() {
+            for b in step.writes() {
+                last_write[b.index()] = si + 1;
+            }
+        }
+        let mut after = vec![Vec::new(); self.sched.steps.len() + 1];
+        for (o, b) in self.sched.outputs.iter().enumerate() {
+            after[last_write[b.index()]].push(o);
+        }
+        after
     }
 
     /// Runs the steps, on one of the pool's workers where a step may split
