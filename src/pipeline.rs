@@ -48,11 +48,13 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     for d in std_diags.iter() {
         diags.push(d.clone());
     }
-    let ast = syntax::parse(file, text, &mut diags);
+    let ast = crate::log::timed("parse", || syntax::parse(file, text, &mut diags));
     let mut graph = None;
     let mut train = None;
     if let (Some(a), Stage::Ir, false) = (&ast, stage, diags.has_errors()) {
-        if let Some(p) = sema::analyze(std_asts, a, &mut diags) {
+        if let Some(p) =
+            crate::log::timed("check and lower", || sema::analyze(std_asts, a, &mut diags))
+        {
             graph = Some(p.graph);
             train = p.train;
         }
@@ -89,7 +91,7 @@ pub fn fuse(g: &Graph) -> crate::schedule::Fused {
         .map(|o| o.node)
         .chain(graph.updates.iter().map(|u| u.node))
         .collect();
-    let fusion = crate::passes::fusion::fuse(&graph, &roots);
+    let fusion = crate::log::timed("fusion", || crate::passes::fusion::fuse(&graph, &roots));
     crate::log::lines("fusion", &fusion.log);
     let bodies = graph.bodies.iter().map(|(id, b)| (id, fuse(b))).collect();
     crate::schedule::Fused {
@@ -112,7 +114,7 @@ pub fn schedule(
     f: &crate::schedule::Fused,
     syms: &cranelift_entity::SecondaryMap<ir::Sym, Option<usize>>,
 ) -> Result<crate::schedule::Schedule, crate::exec::Error> {
-    crate::schedule::build(f, syms)
+    crate::log::timed("schedule", || crate::schedule::build(f, syms))
 }
 
 /// Reads a source file: it must exist and be UTF-8.

@@ -246,6 +246,56 @@ fn identical_layers_share_their_compiled_kernels() {
 }
 
 #[test]
+fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
+    let bench = |log: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"));
+        c.args([
+            "bench",
+            "examples/digits_mlp.nn",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NNC_LOG");
+        if let Some(topics) = log {
+            c.env("NNC_LOG", topics);
+        }
+        c.output().expect("the nnc binary runs")
+    };
+    let o = bench(Some("compile"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let stages = [
+        "parse",
+        "check and lower",
+        "step graphs",
+        "scan-residual",
+        "cse",
+        "licm",
+        "scan-lift",
+        "fusion",
+        "schedule",
+        "code generation",
+    ];
+    for stage in stages {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("[compile] {stage}: ")))
+            .unwrap_or_else(|| panic!("no time for {stage}: {err}"));
+        let ms = line.rsplit(": ").next().and_then(|t| t.strip_suffix(" ms"));
+        assert!(
+            ms.is_some_and(|t| t.parse::<f64>().is_ok_and(|v| v >= 0.0)),
+            "{line}"
+        );
+    }
+    // Without the topic, nothing of it.
+    let quiet = bench(None);
+    assert!(!stderr(&quiet).contains("[compile]"), "{}", stderr(&quiet));
+}
+
+#[test]
 fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
     let (_dir, p) = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");

@@ -161,7 +161,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
                 let syms = bind::bind_syms(&fused.graph, &values)?;
                 let sched = pipeline::schedule(fused, &syms)?;
                 self.planned.push(sched.planned_floats());
-                let p = match P::compile(sched) {
+                let p = match crate::log::timed("code generation", || P::compile(sched)) {
                     Ok(p) => p,
                     Err(e) => {
                         self.planned.pop();

@@ -18,10 +18,12 @@ pub fn compiled_graphs(
     train: Option<&crate::sema::TrainSpec>,
 ) -> Result<Vec<(String, Graph)>, crate::diag::Diag> {
     match train {
-        Some(t) => Ok(pipeline::train_steps(g, t)?
-            .into_iter()
-            .map(|p| (p.name, p.step.graph))
-            .collect()),
+        Some(t) => Ok(
+            crate::log::timed("step graphs", || pipeline::train_steps(g, t))?
+                .into_iter()
+                .map(|p| (p.name, p.step.graph))
+                .collect(),
+        ),
         None => Ok(vec![(String::new(), g.clone())]),
     }
 }

@@ -21,6 +21,10 @@ pub mod scan_residual;
 /// the same forward products). First, forward loops store the products
 /// of their carry their derivative loops would recompute.
 pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
-    let g = scan_residual::keep(g);
-    cse::cse(&scan_lift::lift(&licm::hoist(&cse::cse(&g))))
+    use crate::log::timed;
+    let g = timed("scan-residual", || scan_residual::keep(g));
+    let g = timed("cse", || cse::cse(&g));
+    let g = timed("licm", || licm::hoist(&g));
+    let g = timed("scan-lift", || scan_lift::lift(&g));
+    timed("cse", || cse::cse(&g))
 }
