@@ -185,6 +185,31 @@ impl Graph {
         Graph::default()
     }
 
+    /// A copy of the graph with `nodes` in place of its own, which are not
+    /// copied: what a pass that rebuilds every node returns.
+    pub fn with_nodes(&self, nodes: PrimaryMap<Node, NodeData>) -> Graph {
+        let Graph {
+            nodes: _,
+            syms,
+            params,
+            inputs,
+            consts,
+            outputs,
+            updates,
+            bodies,
+        } = self;
+        Graph {
+            nodes,
+            syms: syms.clone(),
+            params: params.clone(),
+            inputs: inputs.clone(),
+            consts: consts.clone(),
+            outputs: outputs.clone(),
+            updates: updates.clone(),
+            bodies: bodies.clone(),
+        }
+    }
+
     pub fn ty(&self, n: Node) -> &Type {
         &self.nodes[n].ty
     }

@@ -10,36 +10,127 @@
 //! After the pass the graph verifies and computes the same outputs.
 
 use super::build;
-use crate::ir::{Graph, Node, NodeData};
+use crate::ir::{Graph, Node, NodeData, Op};
 use cranelift_entity::{PrimaryMap, SecondaryMap};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 pub fn cse(g: &Graph) -> Graph {
     let mut nodes: PrimaryMap<Node, NodeData> = PrimaryMap::new();
     let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
-    let mut seen: HashMap<String, Node> = HashMap::new();
+    // The nodes kept so far, by the hash of their op: equal ops hash alike,
+    // and the few that collide are told apart by `same`.
+    let mut seen: HashMap<u64, Vec<Node>> = HashMap::new();
     for (n, d) in g.nodes.iter() {
         let op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
-        // The debug form names the op, its attributes and its (renamed)
-        // arguments: equal text means equal computation. f32 attributes
-        // print exactly (`{:?}` round-trips).
-        let key = format!("{op:?}");
-        let m = match seen.get(&key) {
-            Some(&m) if g.nodes[n].ty == nodes[m].ty => m,
-            _ => {
+        let kept = seen.entry(fingerprint(&op)).or_default();
+        let m = match kept
+            .iter()
+            .find(|&&m| same(&nodes[m].op, &op) && nodes[m].ty == d.ty)
+        {
+            Some(&m) => m,
+            None => {
                 let m = nodes.push(NodeData {
                     op,
                     ty: d.ty.clone(),
                     span: d.span,
                 });
-                seen.insert(key, m);
+                kept.push(m);
                 m
             }
         };
         new_of[n] = Some(m);
     }
-    let mut out = g.clone();
-    out.nodes = nodes;
+    let mut out = g.with_nodes(nodes);
     build::renumber_roots(&mut out, &new_of);
     out
+}
+
+/// Whether two ops (their arguments already renamed) compute the same
+/// thing: equal in every field, a `Fill`'s value compared bit for bit (so
+/// `0.0` and `-0.0` stay apart, and a NaN fill merges with its twin).
+fn same(a: &Op, b: &Op) -> bool {
+    match (a, b) {
+        (Op::Fill { value: x, shape: s }, Op::Fill { value: y, shape: t }) => {
+            x.to_bits() == y.to_bits() && s == t
+        }
+        _ => a == b,
+    }
+}
+
+/// A hash of an op consistent with `same`: its kind, its arguments and
+/// the attributes that tell ops of one kind on the same arguments apart.
+fn fingerprint(op: &Op) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::mem::discriminant(op).hash(&mut h);
+    for a in op.args() {
+        a.hash(&mut h);
+    }
+    match op {
+        Op::Input(i) => i.hash(&mut h),
+        Op::Param(p) => p.hash(&mut h),
+        Op::Const(c) => c.hash(&mut h),
+        Op::Fill { value, shape } => (value.to_bits(), shape).hash(&mut h),
+        Op::Random {
+            dist, shape, salt, ..
+        } => (dist, shape, salt).hash(&mut h),
+        Op::Unary(u, _) => u.hash(&mut h),
+        Op::Binary(b, ..) => b.hash(&mut h),
+        Op::Compare(c, ..) => c.hash(&mut h),
+        Op::Reduce { op, axes, .. } => (op, axes).hash(&mut h),
+        Op::Reshape(_, s) | Op::Broadcast(_, s) => s.hash(&mut h),
+        Op::Transpose(_, perm) => perm.hash(&mut h),
+        Op::Slice {
+            axis, start, end, ..
+        } => (axis, start, end).hash(&mut h),
+        Op::Scan { body, .. } => body.hash(&mut h),
+        // The rest are told apart by their arguments, or by `same`.
+        _ => {}
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Span;
+    use crate::ir::{BinaryOp, Dim, Output, UnaryOp};
+
+    #[test]
+    fn equal_ops_merge_and_signed_zeros_stay_apart() {
+        let mut g = Graph::new();
+        let sp = Span::default();
+        let fill = |g: &mut Graph, value: f32, n: u64| {
+            let shape = vec![Dim::Known(n)];
+            g.add(Op::Fill { value, shape }, sp).unwrap()
+        };
+        let (z1, z2, nz) = (
+            fill(&mut g, 0.0, 4),
+            fill(&mut g, 0.0, 4),
+            fill(&mut g, -0.0, 4),
+        );
+        let other_shape = fill(&mut g, 0.0, 3);
+        let e1 = g.add(Op::Unary(UnaryOp::Exp, z1), sp).unwrap();
+        let e2 = g.add(Op::Unary(UnaryOp::Exp, z2), sp).unwrap();
+        let t = g.add(Op::Unary(UnaryOp::Tanh, z2), sp).unwrap();
+        let en = g.add(Op::Unary(UnaryOp::Exp, nz), sp).unwrap();
+        let a = g.add(Op::Binary(BinaryOp::Add, e1, e2), sp).unwrap();
+        let b = g.add(Op::Binary(BinaryOp::Sub, e1, e2), sp).unwrap();
+        for (i, n) in [a, b, t, en, other_shape].into_iter().enumerate() {
+            g.outputs.push(Output {
+                name: format!("o{i}"),
+                node: n,
+                span: sp,
+            });
+        }
+        let out = cse(&g);
+        // Kept: 0.0 [4], -0.0 [4], 0.0 [3], exp 0.0, tanh 0.0, exp -0.0,
+        // the add and the sub (the two exps of 0.0 are one).
+        assert_eq!(out.nodes.len(), 8, "{:#?}", out.nodes);
+        let o = |i: usize| out.outputs[i].node;
+        let args = |n| out.nodes[n].op.args();
+        assert_eq!(args(o(0))[0], args(o(0))[1], "exp(z1) and exp(z2) merge");
+        assert_ne!(args(o(3))[0], args(args(o(0))[0])[0], "-0.0 is not 0.0");
+        assert_eq!(out.shape(o(4)), &vec![Dim::Known(3)]);
+    }
 }

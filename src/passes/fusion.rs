@@ -427,19 +427,33 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
 }
 
 pub fn op_name(op: &Op) -> String {
-    let s = format!("{op:?}");
-    let end = s.find(['(', ' ', '{']).unwrap_or(s.len());
-    let mut name = s[..end].to_lowercase();
-    if let Op::Unary(u, _) = op {
-        name = format!("{u:?}").to_lowercase();
-    } else if let Op::Binary(b, ..) = op {
-        name = format!("{b:?}").to_lowercase();
-    } else if let Op::Compare(c, ..) = op {
-        name = format!("{c:?}").to_lowercase();
-    } else if let Op::Reduce { op, .. } = op {
-        name = format!("reduce_{op:?}").to_lowercase();
-    }
-    name
+    let kind = match op {
+        Op::Unary(u, _) => return format!("{u:?}").to_lowercase(),
+        Op::Binary(b, ..) => return format!("{b:?}").to_lowercase(),
+        Op::Compare(c, ..) => return format!("{c:?}").to_lowercase(),
+        Op::Reduce { op, .. } => return format!("reduce_{op:?}").to_lowercase(),
+        Op::Input(_) => "input",
+        Op::Param(_) => "param",
+        Op::Const(_) => "const",
+        Op::Fill { .. } => "fill",
+        Op::Random { .. } => "random",
+        Op::Select(..) => "select",
+        Op::MatMul(..) => "matmul",
+        Op::Reshape(..) => "reshape",
+        Op::Transpose(..) => "transpose",
+        Op::Broadcast(..) => "broadcast",
+        Op::Conv2d { .. } => "conv2d",
+        Op::Conv2dBackwardInput { .. } => "conv2dbackwardinput",
+        Op::Conv2dBackwardWeight { .. } => "conv2dbackwardweight",
+        Op::Pool2d { .. } => "pool2d",
+        Op::Pool2dBackward { .. } => "pool2dbackward",
+        Op::Slice { .. } => "slice",
+        Op::Concat { .. } => "concat",
+        Op::Gather { .. } => "gather",
+        Op::ScatterAdd { .. } => "scatteradd",
+        Op::Scan { .. } => "scan",
+    };
+    kind.to_string()
 }
 
 /// The fused program as text: one line per kernel with the expression it
