@@ -3,10 +3,14 @@
 //! slicing and concatenation, and row gathers and scatters. Plain loop
 //! nests, like [`super::kernels`]; each takes the output shape the node's
 //! type gives (with symbols bound), which the typing rules make consistent
-//! with the operands.
+//! with the operands. The convolutions run their nest for each sample (the
+//! weight gradient: each output channel) on a thread of rayon's pool: the
+//! results are those of one thread, bit for bit (see [`by_slices`]).
 
 use crate::ir::PoolOp;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// An index that names no row: not a whole number, or outside `0..len`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,17 +47,21 @@ fn src(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<
 /// Calls `f(y, x, w)` with the flat offsets of every tap of a convolution
 /// — output `[n, o, i, j]`, input `[n, c, i·s + kh − p, j·s + kw − p]`,
 /// weight `[o, c, kh, kw]` — skipping taps that fall in the padding, in
-/// the order n, o, i, j, c, kh, kw. `xs`, `ws` and `ys` are the shapes.
+/// the order n, o, i, j, c, kh, kw, for the `n` in `ns` and the `o` in
+/// `os`. `xs`, `ws` and `ys` are the shapes.
+#[allow(clippy::too_many_arguments)]
 fn for_each_tap(
     xs: [usize; 4],
     ws: [usize; 4],
     ys: [usize; 4],
     s: usize,
     p: usize,
+    ns: Range<usize>,
+    os: Range<usize>,
     mut f: impl FnMut(usize, usize, usize),
 ) {
-    for n in 0..ys[0] {
-        for o in 0..ys[1] {
+    for n in ns {
+        for o in os.clone() {
             for i in 0..ys[2] {
                 for j in 0..ys[3] {
                     let y = at(ys, n, o, i, j);
@@ -78,19 +86,31 @@ fn for_each_tap(
 /// `y[n, o, i, j] = Σ_{c, kh, kw} x[n, c, i·s + kh − p, j·s + kw − p] ·
 /// w[o, c, kh, kw]`, the padding reading as zeros.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: u64, padding: u64, out: &[usize]) -> Tensor {
-    let mut y = vec![0.0f32; out.iter().product()];
-    let shapes = (dims4(&x.shape), dims4(&w.shape), dims4(out));
-    for_each_tap(
-        shapes.0,
-        shapes.1,
-        shapes.2,
-        stride as usize,
-        padding as usize,
-        |yi, xi, wi| {
-            y[yi] += x.data[xi] * w.data[wi];
-        },
-    );
+    let (xs, ws, ys) = (dims4(&x.shape), dims4(&w.shape), dims4(out));
+    let y = by_slices(out, |n, y, base| {
+        let (s, p) = (stride as usize, padding as usize);
+        for_each_tap(xs, ws, ys, s, p, n..n + 1, 0..ys[1], |yi, xi, wi| {
+            y[yi - base] += x.data[xi] * w.data[wi];
+        });
+    });
     Tensor::new(out.to_vec(), y)
+}
+
+/// A tensor of shape `out` whose slices along the leading axis are
+/// filled independently, in parallel: `fill(k, slice, base)` adds into
+/// `slice` the elements whose leading index is `k`, the first of which has
+/// the flat offset `base` in the whole tensor.
+///
+/// Each element is in one slice, and the call that fills it adds its terms
+/// in the order the whole loop nest would: the result is the same, bit for
+/// bit, as one thread's.
+fn by_slices(out: &[usize], fill: impl Fn(usize, &mut [f32], usize) + Sync) -> Vec<f32> {
+    let mut t = vec![0.0f32; out.iter().product()];
+    let len = out[1..].iter().product::<usize>().max(1);
+    t.par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(k, slice)| fill(k, slice, k * len));
+    t
 }
 
 /// The gradient of [`conv2d`] with respect to `x`: each `gy[n, o, i, j]`
@@ -103,18 +123,14 @@ pub fn conv2d_backward_input(
     padding: u64,
     out: &[usize],
 ) -> Tensor {
-    let mut gx = vec![0.0f32; out.iter().product()];
-    let shapes = (dims4(out), dims4(&w.shape), dims4(&gy.shape));
-    for_each_tap(
-        shapes.0,
-        shapes.1,
-        shapes.2,
-        stride as usize,
-        padding as usize,
-        |yi, xi, wi| {
-            gx[xi] += gy.data[yi] * w.data[wi];
-        },
-    );
+    let (xs, ws, ys) = (dims4(out), dims4(&w.shape), dims4(&gy.shape));
+    // Sample n of gx takes gradient from sample n of gy alone.
+    let gx = by_slices(out, |n, gx, base| {
+        let (s, p) = (stride as usize, padding as usize);
+        for_each_tap(xs, ws, ys, s, p, n..n + 1, 0..ys[1], |yi, xi, wi| {
+            gx[xi - base] += gy.data[yi] * w.data[wi];
+        });
+    });
     Tensor::new(out.to_vec(), gx)
 }
 
@@ -127,18 +143,14 @@ pub fn conv2d_backward_weight(
     padding: u64,
     out: &[usize],
 ) -> Tensor {
-    let mut gw = vec![0.0f32; out.iter().product()];
-    let shapes = (dims4(&x.shape), dims4(out), dims4(&gy.shape));
-    for_each_tap(
-        shapes.0,
-        shapes.1,
-        shapes.2,
-        stride as usize,
-        padding as usize,
-        |yi, xi, wi| {
-            gw[wi] += gy.data[yi] * x.data[xi];
-        },
-    );
+    let (xs, ws, ys) = (dims4(&x.shape), dims4(out), dims4(&gy.shape));
+    // Output channel o of gw sums over every sample, in sample order.
+    let gw = by_slices(out, |o, gw, base| {
+        let (s, p) = (stride as usize, padding as usize);
+        for_each_tap(xs, ws, ys, s, p, 0..ys[0], o..o + 1, |yi, xi, wi| {
+            gw[wi - base] += gy.data[yi] * x.data[xi];
+        });
+    });
     Tensor::new(out.to_vec(), gw)
 }
 
