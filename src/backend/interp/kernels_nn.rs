@@ -87,8 +87,8 @@ fn for_each_tap(
 /// w[o, c, kh, kw]`, the padding reading as zeros.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: u64, padding: u64, out: &[usize]) -> Tensor {
     let (xs, ws, ys) = (dims4(&x.shape), dims4(&w.shape), dims4(out));
+    let (s, p) = (stride as usize, padding as usize);
     let y = by_slices(out, |n, y, base| {
-        let (s, p) = (stride as usize, padding as usize);
         for_each_tap(xs, ws, ys, s, p, n..n + 1, 0..ys[1], |yi, xi, wi| {
             y[yi - base] += x.data[xi] * w.data[wi];
         });
@@ -125,8 +125,8 @@ pub fn conv2d_backward_input(
 ) -> Tensor {
     let (xs, ws, ys) = (dims4(out), dims4(&w.shape), dims4(&gy.shape));
     // Sample n of gx takes gradient from sample n of gy alone.
+    let (s, p) = (stride as usize, padding as usize);
     let gx = by_slices(out, |n, gx, base| {
-        let (s, p) = (stride as usize, padding as usize);
         for_each_tap(xs, ws, ys, s, p, n..n + 1, 0..ys[1], |yi, xi, wi| {
             gx[xi - base] += gy.data[yi] * w.data[wi];
         });
@@ -145,8 +145,8 @@ pub fn conv2d_backward_weight(
 ) -> Tensor {
     let (xs, ws, ys) = (dims4(&x.shape), dims4(out), dims4(&gy.shape));
     // Output channel o of gw sums over every sample, in sample order.
+    let (s, p) = (stride as usize, padding as usize);
     let gw = by_slices(out, |o, gw, base| {
-        let (s, p) = (stride as usize, padding as usize);
         for_each_tap(xs, ws, ys, s, p, 0..ys[0], o..o + 1, |yi, xi, wi| {
             gw[wi - base] += gy.data[yi] * x.data[xi];
         });
