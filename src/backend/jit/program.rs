@@ -13,6 +13,7 @@ use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
 use crate::tensor::Tensor;
 use cranelift_entity::{EntityRef, SecondaryMap};
 use cranelift_frontend::FunctionBuilderContext;
+use std::sync::atomic::{AtomicBool, Ordering};
 use cranelift_jit::JITModule;
 use std::collections::HashMap;
 
@@ -642,15 +643,31 @@ impl Program {
             // The steps run on one of the pool's workers, so that the work
             // a step splits starts there and the other workers steal it
             // (from outside, each split is a job injected into the pool,
-            // and the caller's thread only waits).
+            // and the caller's thread only waits); the other workers stand
+            // by ([`stand_by`]) until the steps end.
             struct Lent<'a>(&'a mut Program);
             // SAFETY: the program is used by the one worker that runs the
             // closure, while this thread waits for it (`scope` returns
             // only when the closure has).
             unsafe impl Send for Lent<'_> {}
             let lent = Lent(self);
-            rayon::scope(move |_| {
+            let running = AtomicBool::new(true);
+            let running = &running;
+            rayon::scope(move |s| {
                 let lent = lent;
+                let home = rayon::current_thread_index();
+                for _ in 1..rayon::current_num_threads() {
+                    s.spawn(move |_| stand_by(home, running));
+                }
+                // Released when the steps end, a panic included (the scope
+                // waits for the workers standing by before it unwinds).
+                struct Release<'a>(&'a AtomicBool);
+                impl Drop for Release<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _release = Release(running);
                 lent.0.execute()
             })
         } else {
@@ -686,6 +703,24 @@ impl Program {
             p[si] += t.elapsed().as_secs_f64();
         }
         Ok(())
+    }
+}
+
+/// Keeps one of the pool's workers taking work while a program runs on
+/// worker `home`, until `running` is false: the steps' splits are stolen
+/// at once instead of waking a sleeping worker at every step (tens to
+/// hundreds of microseconds each under a hypervisor, as much as a whole
+/// split GEMM of the MLP). When there is nothing to take it yields the
+/// core to the system, so a loaded machine loses little. On `home`
+/// itself (where the program waits for a split) it returns at once.
+fn stand_by(home: Option<usize>, running: &AtomicBool) {
+    if rayon::current_thread_index() == home {
+        return;
+    }
+    while running.load(Ordering::Acquire) {
+        if let Some(rayon::Yield::Idle) = rayon::yield_now() {
+            std::thread::yield_now();
+        }
     }
 }
 
