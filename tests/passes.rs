@@ -307,14 +307,16 @@ output loss = sum(max_pool2d(p, 2) * w) + sum(max_pool2d(q, 3, stride = 2) * v) 
 #[test]
 fn batch_one_products_agree_with_the_interpreter() {
     // Rows of one: the JIT's full-width GEMV (ragged k and n, three
-    // batches of one row each), and its gemm path where the right operand
-    // is read transposed.
+    // batches of one row each; 300 columns: blocks summed in registers
+    // and a ragged rest), and its gemm path where the right operand is
+    // read transposed.
     let src = "\
 param x: [1, 37] = uniform(-1, 1, seed = 1)
 param w: [37, 29] = uniform(-1, 1, seed = 2)
 param xs: [3, 1, 37] = uniform(-1, 1, seed = 3)
 param v: [29, 37] = uniform(-1, 1, seed = 4)
-output loss = sum(tanh(x @ w)) + sum(xs @ w) * 0.5 + sum(x @ transpose(v, [1, 0]))
+param u: [37, 300] = uniform(-1, 1, seed = 5)
+output loss = sum(tanh(x @ w)) + sum(xs @ w) * 0.5 + sum(x @ transpose(v, [1, 0])) + sum(tanh(x @ u))
 ";
     let jit = loss_and_grads(src, nnc::backend::BackendKind::Jit);
     let oracle = loss_and_grads(src, nnc::backend::BackendKind::Interp);
