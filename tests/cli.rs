@@ -296,6 +296,47 @@ fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
 }
 
 #[test]
+fn nnc_log_profile_sums_the_time_of_each_kind_of_step() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(["bench", "examples/digits_mlp.nn", "--runs", "2"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NNC_LOG", "profile")
+        .output()
+        .expect("the nnc binary runs");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    // The training step's program: its step count, and the kinds that
+    // account for every one of them (gemm and loop at least: the MLP's
+    // products and its elementwise work).
+    let head = err
+        .lines()
+        .find(|l| l.starts_with("[profile] ") && l.contains(" steps; the slowest:"))
+        .unwrap_or_else(|| panic!("no profile: {err}"));
+    let steps: usize = head
+        .split(" in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{head}"));
+    let kinds = err
+        .lines()
+        .find(|l| l.starts_with("[profile] by kind: "))
+        .unwrap_or_else(|| panic!("no time by kind: {err}"));
+    let mut counted = 0;
+    let mut names = Vec::new();
+    for part in kinds["[profile] by kind: ".len()..].split(", ") {
+        // "gemm 0.123 ms in 5"
+        let words: Vec<&str> = part.split(' ').collect();
+        assert_eq!(words.len(), 5, "{part}");
+        assert!(words[1].parse::<f64>().is_ok_and(|t| t >= 0.0), "{part}");
+        counted += words[4].parse::<usize>().unwrap_or_else(|_| panic!("{part}"));
+        names.push(words[0]);
+    }
+    assert_eq!(counted, steps, "{kinds} against {head}");
+    assert!(names.contains(&"gemm") && names.contains(&"loop"), "{kinds}");
+}
+
+#[test]
 fn a_run_beyond_the_memory_budget_is_a_diagnostic_not_an_abort() {
     // 10^10 floats: 37 GiB, over a 1 GiB budget on either backend.
     let (_dir, p) = temp_file("huge.nn", b"output y = ones([100000, 100000]) * 2\n");

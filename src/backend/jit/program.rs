@@ -102,13 +102,28 @@ impl Drop for Program {
                 total * 1e3 / self.runs.max(1) as f64,
                 p.len()
             );
+            let per_run = |t: f64| t * 1e3 / self.runs.max(1) as f64;
             for &i in order.iter().take(12) {
                 let what = self.sched.steps[i].describe(&self.sched.graph);
-                eprintln!(
-                    "[profile]   step {i:3}: {:8.4} ms  {what}",
-                    p[i] * 1e3 / self.runs.max(1) as f64
-                );
+                eprintln!("[profile]   step {i:3}: {:8.4} ms  {what}", per_run(p[i]));
             }
+            // The time of each kind of step (the first word of its
+            // description: gemm, loop, copy, …), largest first.
+            let mut kinds: Vec<(String, usize, f64)> = Vec::new();
+            for (i, step) in self.sched.steps.iter().enumerate() {
+                let what = step.describe(&self.sched.graph);
+                let kind = what.split_whitespace().next().unwrap_or("").to_string();
+                match kinds.iter_mut().find(|(k, ..)| *k == kind) {
+                    Some((_, n, t)) => (*n, *t) = (*n + 1, *t + p[i]),
+                    None => kinds.push((kind, 1, p[i])),
+                }
+            }
+            kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let kinds: Vec<String> = kinds
+                .iter()
+                .map(|(k, n, t)| format!("{k} {:.3} ms in {n}", per_run(*t)))
+                .collect();
+            eprintln!("[profile] by kind: {}", kinds.join(", "));
         }
         if let Some(m) = self.module.take() {
             // SAFETY: the functions of this module are only reachable
