@@ -986,7 +986,38 @@ fn run_step(
             };
             let (a, b) = (bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
             let o = bufs.ptr(*out);
+            // Whether the epilogue may run on parts of the rows, each on
+            // the thread that computed them.
+            let rows_parts = epi.as_ref().is_none_or(|(f, _, _, kernel)| {
+                kernel.splittable()
+                    && match f {
+                        Kern::Wide { slots, .. } => *slots >= threads,
+                        Kern::Jit(_) => true,
+                    }
+            });
             for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs.iter()).enumerate() {
+                // The epilogue over rows lo..hi of this batch's output,
+                // while they are in cache: those rows of a `[rows, n]`
+                // space, or their elements of a flat one.
+                let rows_done = |lo: usize, hi: usize, t: Option<usize>| {
+                    let Some((f, args, rows_outer, kernel)) = &epi else {
+                        return;
+                    };
+                    let (lo, hi) = match rows_outer {
+                        true => (bi * m + lo, bi * m + hi),
+                        false => ((bi * m + lo) * n, (bi * m + hi) * n),
+                    };
+                    // SAFETY: the verifier checked the epilogue's accesses
+                    // over its whole space (these rows are part of it) and
+                    // that it writes neither operand of the GEMM; a part
+                    // runs as thread `t` of a split, each on its own rows.
+                    unsafe {
+                        match t {
+                            Some(t) => f.call(args, kernel, lo, hi, t),
+                            None => call_loop(*f, args, kernel, lo, hi),
+                        }
+                    }
+                };
                 // SAFETY: the verifier's rule 3: the operand buffers hold a
                 // matrix of the sizes and strides in `dims` at each offset,
                 // the output the consecutive m×n ones, and it is neither
@@ -1004,7 +1035,9 @@ fn run_step(
                             b.add(bo),
                             dims.b_rc.0,
                         );
-                    if !done {
+                    if done {
+                        rows_done(0, m, None);
+                    } else {
                         native::sgemm_split(
                             (m, k, n),
                             o.add(bi * m * n),
@@ -1015,21 +1048,9 @@ fn run_step(
                             dims.b_rc,
                             false,
                             threads,
+                            (rows_parts, epi.as_ref().map(|_| &rows_done as native::RowsDone)),
                         )
                     }
-                }
-                if let Some((f, args, rows_outer, kernel)) = &epi {
-                    // This batch's outputs, while they are in cache: its
-                    // rows of a `[rows, n]` space, or its elements of a
-                    // flat one.
-                    let (lo, hi) = match rows_outer {
-                        true => (bi * m, (bi + 1) * m),
-                        false => (bi * m * n, (bi + 1) * m * n),
-                    };
-                    // SAFETY: the verifier checked the epilogue's accesses
-                    // over its whole space (this batch's range is part of
-                    // it) and that it writes neither operand of the GEMM.
-                    unsafe { call_loop(*f, args, kernel, lo, hi) };
                 }
             }
         }
