@@ -16,7 +16,10 @@ pub struct Thresholds {
     /// 0.93 ms on one thread and 0.81 ms on two, and with every GEMM of
     /// the MLP step on one thread the whole step went from 2.7 to 4.1 ms
     /// (the pool's workers stay awake between the GEMMs, so the loops
-    /// after them split cheaply).
+    /// after them split cheaply). From 2^20: the LSTM's 32x128x128 gate
+    /// products (2^19) ran faster on one thread, its step 5.9-6.2 ms with
+    /// them split against 5.3-5.7 ms without, the other benchmarks the
+    /// same (a 2-vCPU Xeon with AVX-512; 2^21 gave the same as 2^20).
     pub gemm_madds: usize,
     /// Multiply-adds of a convolution (split by samples).
     pub conv_madds: usize,
@@ -26,7 +29,7 @@ impl Thresholds {
     /// The measured defaults.
     pub const DEFAULT: Thresholds = Thresholds {
         loop_elements: 1 << 20,
-        gemm_madds: 1 << 18,
+        gemm_madds: 1 << 20,
         conv_madds: 1 << 17,
     };
 }
