@@ -23,3 +23,40 @@ proptest! {
         programs::check(&programs::program(&e, rows, cols))?;
     }
 }
+
+#[test]
+fn products_split_by_rows_with_their_epilogues_agree_with_the_interpreter() {
+    // Products with more rows than columns, split by rows over the pool's
+    // threads (ragged blocks: 200 and 48 rows in blocks of 16), each
+    // thread running the epilogue on its rows — a bias and tanh over
+    // `[rows, n]`, a flat ReLU and scale — and the gradients' products
+    // (200×40 @ 40×48, 48×200 @ 200×40) split the same way.
+    use nnc::backend::BackendKind::{Interp, Jit};
+    threads::set(Thresholds { loop_elements: 0, gemm_madds: 0, conv_madds: 0 });
+    let src = "\
+param x: [200, 48] = uniform(-1, 1, seed = 1)
+param w: [48, 40] = uniform(-0.5, 0.5, seed = 2)
+param b: [40] = uniform(-1, 1, seed = 3)
+param v: [48, 40] = uniform(-0.5, 0.5, seed = 4)
+output loss = sum(tanh(x @ w + b) * 0.5) + sum(relu(x @ v) * 2) * 0.25
+";
+    let c = nnc::pipeline::compile("rows.nn", src, nnc::pipeline::Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("a graph");
+    let loss = nnc::pipeline::find_loss(&g, None).expect("a loss");
+    let g = nnc::pipeline::grad_graph(&g, loss).expect("gradients").graph;
+    let run = |kind| {
+        let mut params = nnc::backend::interp::init_params(&g, 3);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &cranelift_entity::SecondaryMap::new())
+            .expect("runs")
+    };
+    let (j, i) = (run(Jit), run(Interp));
+    assert_eq!(j.len(), 5, "loss and four gradients");
+    for (a, b) in j.iter().zip(&i) {
+        assert_eq!(a.data.len(), b.data.len());
+        for (x, y) in a.data.iter().zip(&b.data) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+}

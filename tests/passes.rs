@@ -329,32 +329,6 @@ output loss = sum(tanh(x @ w)) + sum(xs @ w) * 0.5 + sum(x @ transpose(v, [1, 0]
 }
 
 #[test]
-fn products_split_by_rows_with_their_epilogues_agree_with_the_interpreter() {
-    // Products with more rows than columns and over the default split
-    // size (m·n·k ≥ 2^18): the JIT splits them by rows over the pool's
-    // threads (ragged blocks: 200 and 48 rows in blocks of 16), each
-    // thread running the epilogue on its rows — a bias and tanh over
-    // `[rows, n]`, a flat ReLU and scale — and the gradients' products
-    // (200×40 @ 40×48, 48×200 @ 200×40) split the same way.
-    use nnc::backend::BackendKind::{Interp, Jit};
-    let src = "\
-param x: [200, 48] = uniform(-1, 1, seed = 1)
-param w: [48, 40] = uniform(-0.5, 0.5, seed = 2)
-param b: [40] = uniform(-1, 1, seed = 3)
-param v: [48, 40] = uniform(-0.5, 0.5, seed = 4)
-output loss = sum(tanh(x @ w + b) * 0.5) + sum(relu(x @ v) * 2) * 0.25
-";
-    let (j, i) = (loss_and_grads(src, Jit), loss_and_grads(src, Interp));
-    assert_eq!(j.len(), 5, "loss and four gradients");
-    for (a, b) in j.iter().zip(&i) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
-        }
-    }
-}
-
-#[test]
 fn loop_bodies_that_return_an_operand_agree_with_the_interpreter() {
     // A body whose result is one of its operands' buffers (an argument,
     // a sequence's step) beside one that carries, forwards and in
