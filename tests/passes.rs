@@ -329,6 +329,31 @@ output loss = sum(tanh(x @ w)) + sum(xs @ w) * 0.5 + sum(x @ transpose(v, [1, 0]
 }
 
 #[test]
+fn batches_of_small_products_shared_among_threads_agree_with_the_interpreter() {
+    // 32 products of 48×32 @ 32×48: each below the size from which the
+    // JIT splits a product (2^20 multiply-adds by default; this test
+    // binary keeps the defaults), together above it, so with several
+    // threads each takes a share of the batch and runs the epilogue (a
+    // bias and tanh) on its own products; the gradients' batched products
+    // likewise.
+    use nnc::backend::BackendKind::{Interp, Jit};
+    let src = "\
+param x: [32, 48, 32] = uniform(-1, 1, seed = 1)
+param w: [32, 32, 48] = uniform(-0.5, 0.5, seed = 2)
+param b: [48] = uniform(-1, 1, seed = 3)
+output loss = sum(tanh(x @ w + b) * 0.5)
+";
+    let (j, i) = (loss_and_grads(src, Jit), loss_and_grads(src, Interp));
+    assert_eq!(j.len(), 4, "loss and three gradients");
+    for (a, b) in j.iter().zip(&i) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
 fn loop_bodies_that_return_an_operand_agree_with_the_interpreter() {
     // A body whose result is one of its operands' buffers (an argument,
     // a sequence's step) beside one that carries, forwards and in

@@ -978,25 +978,48 @@ fn run_step(
                 (None, Exec::Plain) => None,
                 _ => return Err(internal("a GEMM step without its compiled form")),
             };
-            let threads = rayon::current_num_threads();
-            let threads = if m * n * k >= super::threads::gemm_madds() {
-                threads
-            } else {
-                1
-            };
-            let (a, b) = (bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
-            let o = bufs.ptr(*out);
-            // Whether the epilogue may run on parts of the rows, each on
-            // the thread that computed them.
+            let pool = rayon::current_num_threads();
+            let (single, batches) = (m * n * k, a_offs.len());
+            let min = super::threads::gemm_madds();
+            // Each product split over the threads when it is large enough;
+            // else the batch's products shared out among them when they
+            // are together (a transformer's per-head products).
+            let threads = if single >= min { pool } else { 1 };
+            let by_batch = threads == 1 && pool > 1 && batches >= pool && batches * single >= min;
+            let lanes = if by_batch { pool } else { threads };
+            // Whether the epilogue may run on parts of its rows (a split's
+            // or a batch's), each on the thread that computed them.
             let rows_parts = epi.as_ref().is_none_or(|(f, _, _, kernel)| {
                 kernel.splittable()
                     && match f {
-                        Kern::Wide { slots, .. } => *slots >= threads,
+                        Kern::Wide { slots, .. } => *slots >= lanes,
                         Kern::Jit(_) => true,
                     }
             });
-            for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs.iter()).enumerate() {
-                // The epilogue over rows lo..hi of this batch's output,
+            let by_batch = by_batch && rows_parts;
+            #[derive(Clone, Copy)]
+            struct Ptrs(*mut f32, *const f32, *const f32);
+            // SAFETY: each product writes its own batch of the output; the
+            // operands are only read.
+            unsafe impl Send for Ptrs {}
+            unsafe impl Sync for Ptrs {}
+            impl Ptrs {
+                // Used whole, so that a closure captures the `Ptrs`.
+                fn get(self) -> (*mut f32, *const f32, *const f32) {
+                    (self.0, self.1, self.2)
+                }
+            }
+            let ptrs = Ptrs(
+                bufs.ptr(*out),
+                bufs.get(*a).as_ptr(),
+                bufs.get(*b).as_ptr(),
+            );
+            // Product `bi` of the batch on `threads` threads, or on the
+            // one thread `lane` of a split by batches.
+            let product = |bi: usize, threads: usize, lane: Option<usize>| {
+                let (o, a, b) = ptrs.get();
+                let (ao, bo) = (a_offs[bi], b_offs[bi]);
+                // The epilogue over rows lo..hi of this product's output,
                 // while they are in cache: those rows of a `[rows, n]`
                 // space, or their elements of a flat one.
                 let rows_done = |lo: usize, hi: usize, t: Option<usize>| {
@@ -1012,7 +1035,7 @@ fn run_step(
                     // that it writes neither operand of the GEMM; a part
                     // runs as thread `t` of a split, each on its own rows.
                     unsafe {
-                        match t {
+                        match t.or(lane) {
                             Some(t) => f.call(args, kernel, lo, hi, t),
                             None => call_loop(*f, args, kernel, lo, hi),
                         }
@@ -1051,6 +1074,18 @@ fn run_step(
                             (rows_parts, epi.as_ref().map(|_| &rows_done as native::RowsDone)),
                         )
                     }
+                }
+            };
+            if by_batch {
+                use rayon::prelude::*;
+                (0..pool).into_par_iter().for_each(|t| {
+                    for bi in batches * t / pool..batches * (t + 1) / pool {
+                        product(bi, 1, Some(t));
+                    }
+                });
+            } else {
+                for bi in 0..batches {
+                    product(bi, threads, None);
                 }
             }
         }
