@@ -60,11 +60,13 @@ pub unsafe fn sgemm(
 /// `dst (1×n) = a (1×k) @ b (k×n)` for a `b` whose rows are contiguous
 /// (column stride 1), at the CPU's full vector width (AVX-512 or AVX2
 /// with FMA, chosen at run time): blocks of columns whose sums stay in
-/// registers over all k rows (8 vector registers: 128 columns with
-/// AVX-512, 64 with AVX2), then the rest four rows of `b` at a time added
-/// into `dst` while it stays in the L1 cache. A batch-1 dense layer is this
-/// product, and reading `b` once is all its cost; the `gemm` crate took
-/// 17 µs for the MLP's 1×784 @ 784×256 (`NNC_LOG=profile`). Returns
+/// registers over all k rows (256 columns in 16 of AVX-512's 32
+/// registers, 64 in 8 of AVX2's 16; then narrower blocks), the last
+/// columns four rows of `b` at a time added into `dst` while it stays in
+/// the L1 cache. A batch-1 dense layer is this product, and reading `b`
+/// once is all its cost; the `gemm` crate took 17 µs for the MLP's
+/// 1×784 @ 784×256, four rows at a time 10.2 µs, the blocks 8.2 µs
+/// (`NNC_LOG=profile`, a 2-vCPU Xeon with AVX-512). Returns
 /// false (doing nothing) where neither extension is present.
 ///
 /// # Safety
@@ -198,6 +200,22 @@ fn sgemv_block<'r, const BLOCK: usize>(
     to
 }
 
+/// A product's output and operands, shared by the threads that split
+/// it: each writes its own block of the output, and the operands are
+/// only read.
+#[derive(Clone, Copy)]
+pub(crate) struct GemmPtrs(pub *mut f32, pub *const f32, pub *const f32);
+// SAFETY: as stated above: disjoint writes, shared reads.
+unsafe impl Send for GemmPtrs {}
+unsafe impl Sync for GemmPtrs {}
+impl GemmPtrs {
+    /// Used whole, so that a closure captures the `GemmPtrs`, not its
+    /// fields.
+    pub(crate) fn get(self) -> (*mut f32, *const f32, *const f32) {
+        (self.0, self.1, self.2)
+    }
+}
+
 /// The rows of `dst` a [`sgemm_split`] has finished: `rows_done(lo, hi,
 /// Some(t))` from thread `t` of a split by rows, right after it computed
 /// rows `lo..hi` (while they are in its cache), or `rows_done(0, m, None)`
@@ -233,19 +251,7 @@ pub unsafe fn sgemm_split(
     const COLS: usize = 64;
     /// Rows per block: likewise.
     const ROWS: usize = 16;
-    #[derive(Clone, Copy)]
-    struct Ptrs(*mut f32, *const f32, *const f32);
-    // SAFETY: the blocks written are disjoint; the operands are only read.
-    unsafe impl Send for Ptrs {}
-    unsafe impl Sync for Ptrs {}
-    impl Ptrs {
-        // Used whole, so that a closure captures the `Ptrs`, not its
-        // fields.
-        fn get(self) -> (*mut f32, *const f32, *const f32) {
-            (self.0, self.1, self.2)
-        }
-    }
-    let p = Ptrs(dst, a, b);
+    let p = GemmPtrs(dst, a, b);
     // Block `t`'s first row or column of `len`, in units of `unit`.
     let cut = |t: usize, len: usize, unit: usize| {
         if t == threads {

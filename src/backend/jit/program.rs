@@ -997,19 +997,7 @@ fn run_step(
                     }
             });
             let by_batch = by_batch && rows_parts;
-            #[derive(Clone, Copy)]
-            struct Ptrs(*mut f32, *const f32, *const f32);
-            // SAFETY: each product writes its own batch of the output; the
-            // operands are only read.
-            unsafe impl Send for Ptrs {}
-            unsafe impl Sync for Ptrs {}
-            impl Ptrs {
-                // Used whole, so that a closure captures the `Ptrs`.
-                fn get(self) -> (*mut f32, *const f32, *const f32) {
-                    (self.0, self.1, self.2)
-                }
-            }
-            let ptrs = Ptrs(
+            let ptrs = native::GemmPtrs(
                 bufs.ptr(*out),
                 bufs.get(*a).as_ptr(),
                 bufs.get(*b).as_ptr(),
