@@ -329,11 +329,16 @@ fn nnc_log_profile_sums_the_time_of_each_kind_of_step() {
         let words: Vec<&str> = part.split(' ').collect();
         assert_eq!(words.len(), 5, "{part}");
         assert!(words[1].parse::<f64>().is_ok_and(|t| t >= 0.0), "{part}");
-        counted += words[4].parse::<usize>().unwrap_or_else(|_| panic!("{part}"));
+        counted += words[4]
+            .parse::<usize>()
+            .unwrap_or_else(|_| panic!("{part}"));
         names.push(words[0]);
     }
     assert_eq!(counted, steps, "{kinds} against {head}");
-    assert!(names.contains(&"gemm") && names.contains(&"loop"), "{kinds}");
+    assert!(
+        names.contains(&"gemm") && names.contains(&"loop"),
+        "{kinds}"
+    );
 }
 
 #[test]

@@ -32,7 +32,11 @@ fn products_split_by_rows_with_their_epilogues_agree_with_the_interpreter() {
     // `[rows, n]`, a flat ReLU and scale — and the gradients' products
     // (200×40 @ 40×48, 48×200 @ 200×40) split the same way.
     use nnc::backend::BackendKind::{Interp, Jit};
-    threads::set(Thresholds { loop_elements: 0, gemm_madds: 0, conv_madds: 0 });
+    threads::set(Thresholds {
+        loop_elements: 0,
+        gemm_madds: 0,
+        conv_madds: 0,
+    });
     let src = "\
 param x: [200, 48] = uniform(-1, 1, seed = 1)
 param w: [48, 40] = uniform(-0.5, 0.5, seed = 2)
@@ -44,7 +48,9 @@ output loss = sum(tanh(x @ w + b) * 0.5) + sum(relu(x @ v) * 2) * 0.25
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("a graph");
     let loss = nnc::pipeline::find_loss(&g, None).expect("a loss");
-    let g = nnc::pipeline::grad_graph(&g, loss).expect("gradients").graph;
+    let g = nnc::pipeline::grad_graph(&g, loss)
+        .expect("gradients")
+        .graph;
     let run = |kind| {
         let mut params = nnc::backend::interp::init_params(&g, 3);
         nnc::backend::Engine::new(kind, &g)

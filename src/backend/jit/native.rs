@@ -187,7 +187,10 @@ fn sgemv_block<'r, const BLOCK: usize>(
     row: impl Fn(usize) -> &'r [f32],
 ) -> usize {
     let to = from + (y.len() - from) / BLOCK * BLOCK;
-    for (j0, out) in (from..to).step_by(BLOCK).zip(y[from..to].chunks_exact_mut(BLOCK)) {
+    for (j0, out) in (from..to)
+        .step_by(BLOCK)
+        .zip(y[from..to].chunks_exact_mut(BLOCK))
+    {
         let mut acc = [0.0f32; BLOCK];
         for i in 0..k {
             let (xi, r) = (x(i), &row(i)[j0..j0 + BLOCK]);

@@ -13,9 +13,9 @@ use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
 use crate::tensor::Tensor;
 use cranelift_entity::{EntityRef, SecondaryMap};
 use cranelift_frontend::FunctionBuilderContext;
-use std::sync::atomic::{AtomicBool, Ordering};
 use cranelift_jit::JITModule;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A compiled loop kernel: the addresses of its output and accesses, and
 /// the range of its outer dimension to run.
@@ -997,11 +997,8 @@ fn run_step(
                     }
             });
             let by_batch = by_batch && rows_parts;
-            let ptrs = native::GemmPtrs(
-                bufs.ptr(*out),
-                bufs.get(*a).as_ptr(),
-                bufs.get(*b).as_ptr(),
-            );
+            let ptrs =
+                native::GemmPtrs(bufs.ptr(*out), bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
             // Product `bi` of the batch on `threads` threads, or on the
             // one thread `lane` of a split by batches.
             let product = |bi: usize, threads: usize, lane: Option<usize>| {
@@ -1059,7 +1056,10 @@ fn run_step(
                             dims.b_rc,
                             false,
                             threads,
-                            (rows_parts, epi.as_ref().map(|_| &rows_done as native::RowsDone)),
+                            (
+                                rows_parts,
+                                epi.as_ref().map(|_| &rows_done as native::RowsDone),
+                            ),
                         )
                     }
                 }
