@@ -344,6 +344,7 @@ fn weights_are_embedded_replaced_at_run_time_and_bad_calls_are_errors() {
     std::fs::write(dir.join("in.bin"), bytes).expect("in.bin");
     let main = r#"#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "lib/net.h"
 
 static void dump(const char *path, const float *y) {
@@ -374,6 +375,11 @@ int main(void) {
     printf("null input: %d %s\n", rc, net_last_error());
     rc = net_run(NULL, x, y);
     printf("null model: %d %s\n", rc, net_last_error());
+    /* The runs read the input in place and never write it. */
+    static float again[NET_MLP_X_LEN];
+    rewind(in);
+    if (fread(again, sizeof(float), NET_MLP_X_LEN, in) != NET_MLP_X_LEN) return 7;
+    printf("input kept: %d\n", memcmp(x, again, sizeof x) == 0);
     net_free(m);
     net_free(NULL);
     return 0;
@@ -412,6 +418,7 @@ int main(void) {
         "{out}"
     );
     assert!(out.contains("null model: 1 "), "{out}");
+    assert!(out.contains("input kept: 1"), "{out}");
     let jit7 = run_on(BackendKind::Jit, file, &dims, &ins, Some(&w7));
     let jit9 = run_on(BackendKind::Jit, file, &dims, &ins, Some(&w9));
     assert_as_jit(

@@ -249,6 +249,7 @@ impl Model {
         };
         let key = v.run.rng_key.map(|_| crate::backend::interp::rng_key(0, 0));
         let in_axis = |i: usize| axes.and_then(|r| r.inputs.get(i).copied().flatten());
+        let mut in_place = Vec::new();
         Model::write_inputs(
             &mut built.run,
             &v.run,
@@ -257,10 +258,17 @@ impl Model {
             key,
             None,
             |i| window.zip(in_axis(i)),
+            Some(&mut in_place),
         )?;
+        // SAFETY: each argument holds its input's length (the caller's
+        // promise), and is only read while the run borrows it.
+        let in_place: Vec<_> = in_place
+            .iter()
+            .map(|&(id, p, len)| (id, std::slice::from_raw_parts(p, len)))
+            .collect();
         let outs = built
             .run
-            .run_on(self.params.get(), true)
+            .run_on_inputs(self.params.get(), &in_place, true)
             .map_err(|e| (ERR_RUN, e.to_string()))?;
         for (i, t) in outs.iter().enumerate() {
             let dst = *outputs.add(i);
@@ -324,10 +332,14 @@ impl Model {
     /// buffer, and the random draws' key (`key`) into its own. Where
     /// `window(k)` gives `((start, total), axis)`, the argument holds
     /// `total` rows along `axis` and the buffer takes rows `start..`.
+    /// With `in_place`, an input read whole is not copied but listed there
+    /// (its argument and length), for the run to read it in place
+    /// ([`Program::run_on_inputs`]).
     ///
     /// # Safety
     /// `ptrs` holds a pointer per argument, each to as many floats as its
     /// input's shape has (with `total` rows; or null: an error).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn write_inputs(
         program: &mut Program,
         part: &super::Part,
@@ -336,6 +348,7 @@ impl Model {
         key: Option<Tensor>,
         rate: Option<f32>,
         window: impl Fn(usize) -> Option<((usize, usize), usize)>,
+        mut in_place: Option<&mut Vec<InPlace>>,
     ) -> Result<(), (c_int, String)> {
         let g = &part.schedule.graph;
         for (k, (id, _)) in part.inputs.iter().enumerate() {
@@ -348,6 +361,10 @@ impl Model {
             let buf = program
                 .input_mut(*id)
                 .ok_or_else(|| damaged(format!("no buffer for `{name}`")))?;
+            if let (None, Some(list)) = (window(k), in_place.as_deref_mut()) {
+                list.push((*id, p, buf.len()));
+                continue;
+            }
             match window(k) {
                 Some(((start, total), a)) => {
                     let (outer, rows, inner) = split(&part.inputs[k].1, a);
@@ -398,6 +415,9 @@ fn split(shape: &[usize], a: usize) -> (usize, usize, usize) {
     let inner = shape.get(a + 1..).map_or(1, |s| s.iter().product());
     (outer, shape.get(a).copied().unwrap_or(1), inner)
 }
+
+/// An input read in place: its id, its argument and its length.
+type InPlace = (crate::ir::InputId, *const f32, usize);
 
 /// An error code and its message.
 type Failure = (c_int, String);
@@ -594,7 +614,8 @@ pub unsafe extern "C" fn nnc_rt_train_step(
                 .rng_key
                 .map(|_| crate::backend::interp::rng_key(t.seed, counter));
             let rate = part.lr.map(|(_, o)| o.rate(m.epoch, m.steps, 1.0));
-            Model::write_inputs(program, part, arg, inputs, key, rate, |_| None).map_err(prefix)?;
+            Model::write_inputs(program, part, arg, inputs, key, rate, |_| None, None)
+                .map_err(prefix)?;
             let outs = program
                 .run(params, true, true)
                 .map_err(|e| (ERR_RUN, e.to_string()))?;

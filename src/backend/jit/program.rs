@@ -536,14 +536,29 @@ impl Program {
         params: &SecondaryMap<ParamId, Tensor>,
         outputs: bool,
     ) -> Result<Vec<Tensor>, Error> {
-        self.bound_run(params, outputs, |p| p.execute_here_or_on_pool())
+        self.bound_run(params, &[], outputs, |p| p.execute_here_or_on_pool())
     }
 
-    /// Binds the parameters' buffers to `params`, runs `execute`, reads
-    /// the outputs (with `outputs`) and ends the bindings.
+    /// [`Program::run_on`] with the buffers of `inputs` bound to the
+    /// given data instead of holding a copy (the steps only read an
+    /// input, the verifier's rule 7): a library's caller's arrays, read
+    /// in place. Every input given must have its buffer's length.
+    pub fn run_on_inputs(
+        &mut self,
+        params: &SecondaryMap<ParamId, Tensor>,
+        inputs: &[(crate::ir::InputId, &[f32])],
+        outputs: bool,
+    ) -> Result<Vec<Tensor>, Error> {
+        self.bound_run(params, inputs, outputs, |p| p.execute_here_or_on_pool())
+    }
+
+    /// Binds the parameters' buffers to `params` and those of `inputs` to
+    /// their data, runs `execute`, reads the outputs (with `outputs`) and
+    /// ends the bindings.
     fn bound_run(
         &mut self,
         params: &SecondaryMap<ParamId, Tensor>,
+        inputs: &[(crate::ir::InputId, &[f32])],
         outputs: bool,
         execute: impl FnOnce(&mut Program) -> Result<(), Error>,
     ) -> Result<Vec<Tensor>, Error> {
@@ -552,10 +567,24 @@ impl Program {
             let (want, found) = (self.bufs.len(b), params[p].data.len());
             check_len(&info.name, want, found, info.span)?;
         }
+        let mut bind_inputs = Vec::with_capacity(inputs.len());
+        for &(id, data) in inputs {
+            let info = &self.sched.graph.inputs[id];
+            let Some(&(_, b)) = self.sched.inputs.iter().find(|&&(i, _)| i == id) else {
+                continue;
+            };
+            check_len(&info.name, self.bufs.len(b), data.len(), info.span)?;
+            bind_inputs.push((b, data));
+        }
         for &(p, b) in &self.sched.params {
             // SAFETY: `params` is borrowed until the bindings end below,
             // and nothing writes it meanwhile (shared borrow; rule 7).
             unsafe { self.bufs.bind(b, &params[p].data) };
+        }
+        for &(b, data) in &bind_inputs {
+            // SAFETY: as for the parameters: `inputs` is borrowed until
+            // the bindings end, and no step writes an input (rule 7).
+            unsafe { self.bufs.bind(b, data) };
         }
         let r = execute(self);
         let outs = if outputs && r.is_ok() {
@@ -603,7 +632,7 @@ impl Program {
         params: &mut SecondaryMap<ParamId, Tensor>,
         ready: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<Vec<Tensor>, Error> {
-        let outs = self.bound_run(params, true, |p| p.execute_observed(ready))?;
+        let outs = self.bound_run(params, &[], true, |p| p.execute_observed(ready))?;
         self.apply_updates(params);
         Ok(outs)
     }
