@@ -332,8 +332,9 @@ impl Model {
     /// buffer, and the random draws' key (`key`) into its own. Where
     /// `window(k)` gives `((start, total), axis)`, the argument holds
     /// `total` rows along `axis` and the buffer takes rows `start..`.
-    /// With `in_place`, an input read whole is not copied but listed there
-    /// (its argument and length), for the run to read it in place
+    /// With `in_place`, an input read whole, or a window of rows that lie
+    /// together in its argument, is not copied but listed there (where it
+    /// starts and its length), for the run to read it in place
     /// ([`Program::run_on_inputs`]).
     ///
     /// # Safety
@@ -361,9 +362,20 @@ impl Model {
             let buf = program
                 .input_mut(*id)
                 .ok_or_else(|| damaged(format!("no buffer for `{name}`")))?;
-            if let (None, Some(list)) = (window(k), in_place.as_deref_mut()) {
-                list.push((*id, p, buf.len()));
-                continue;
+            if let Some(list) = in_place.as_deref_mut() {
+                // Whole, or a window of rows that lie together in the
+                // argument (nothing outside the row axis): in place.
+                let at = match window(k) {
+                    None => Some(0),
+                    Some(((start, _), a)) => match split(&part.inputs[k].1, a) {
+                        (1, _, inner) => Some(start * inner),
+                        _ => None,
+                    },
+                };
+                if let Some(at) = at {
+                    list.push((*id, p.add(at), buf.len()));
+                    continue;
+                }
             }
             match window(k) {
                 Some(((start, total), a)) => {
