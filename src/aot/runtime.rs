@@ -260,12 +260,6 @@ impl Model {
             |i| window.zip(in_axis(i)),
             Some(&mut in_place),
         )?;
-        // SAFETY: each argument holds its input's length (the caller's
-        // promise), and is only read while the run borrows it.
-        let in_place: Vec<_> = in_place
-            .iter()
-            .map(|&(id, p, len)| (id, std::slice::from_raw_parts(p, len)))
-            .collect();
         let outs = built
             .run
             .run_on_inputs(self.params.get(), &in_place, true)
@@ -333,15 +327,15 @@ impl Model {
     /// `window(k)` gives `((start, total), axis)`, the argument holds
     /// `total` rows along `axis` and the buffer takes rows `start..`.
     /// With `in_place`, an input read whole, or a window of rows that lie
-    /// together in its argument, is not copied but listed there (where it
-    /// starts and its length), for the run to read it in place
+    /// together in its argument, is not copied but listed there (that part
+    /// of the argument), for the run to read it in place
     /// ([`Program::run_on_inputs`]).
     ///
     /// # Safety
     /// `ptrs` holds a pointer per argument, each to as many floats as its
     /// input's shape has (with `total` rows; or null: an error).
     #[allow(clippy::too_many_arguments)]
-    unsafe fn write_inputs(
+    unsafe fn write_inputs<'a>(
         program: &mut Program,
         part: &super::Part,
         arg: impl Fn(usize, &str) -> Option<usize>,
@@ -349,7 +343,7 @@ impl Model {
         key: Option<Tensor>,
         rate: Option<f32>,
         window: impl Fn(usize) -> Option<((usize, usize), usize)>,
-        mut in_place: Option<&mut Vec<InPlace>>,
+        mut in_place: Option<&mut Vec<InPlace<'a>>>,
     ) -> Result<(), (c_int, String)> {
         let g = &part.schedule.graph;
         for (k, (id, _)) in part.inputs.iter().enumerate() {
@@ -373,7 +367,9 @@ impl Model {
                     },
                 };
                 if let Some(at) = at {
-                    list.push((*id, p.add(at), buf.len()));
+                    // The argument holds the buffer's length from `at` (the
+                    // caller's promise); the run only reads it.
+                    list.push((*id, std::slice::from_raw_parts(p.add(at), buf.len())));
                     continue;
                 }
             }
@@ -428,8 +424,8 @@ fn split(shape: &[usize], a: usize) -> (usize, usize, usize) {
     (outer, shape.get(a).copied().unwrap_or(1), inner)
 }
 
-/// An input read in place: its id, its argument and its length.
-type InPlace = (crate::ir::InputId, *const f32, usize);
+/// An input read in place: its id and its part of the caller's array.
+type InPlace<'a> = (crate::ir::InputId, &'a [f32]);
 
 /// An error code and its message.
 type Failure = (c_int, String);

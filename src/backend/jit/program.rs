@@ -520,8 +520,14 @@ impl Program {
     /// The buffer of input `i`, to write it in place of
     /// [`Program::load_inputs`] (none if the schedule does not read it).
     pub fn input_mut(&mut self, i: crate::ir::InputId) -> Option<&mut [f32]> {
-        let &(_, b) = self.sched.inputs.iter().find(|&&(id, _)| id == i)?;
+        let b = self.input_buf(i)?;
         Some(self.bufs.get_mut(b))
+    }
+
+    /// The buffer of input `i`, if the schedule reads it.
+    fn input_buf(&self, i: crate::ir::InputId) -> Option<BufId> {
+        let &(_, b) = self.sched.inputs.iter().find(|&&(id, _)| id == i)?;
+        Some(b)
     }
 
     /// Runs with the parameters' buffers bound to `params` (no copy; the
@@ -567,24 +573,25 @@ impl Program {
             let (want, found) = (self.bufs.len(b), params[p].data.len());
             check_len(&info.name, want, found, info.span)?;
         }
-        let mut bind_inputs = Vec::with_capacity(inputs.len());
         for &(id, data) in inputs {
-            let info = &self.sched.graph.inputs[id];
-            let Some(&(_, b)) = self.sched.inputs.iter().find(|&&(i, _)| i == id) else {
-                continue;
-            };
-            check_len(&info.name, self.bufs.len(b), data.len(), info.span)?;
-            bind_inputs.push((b, data));
+            if let Some(b) = self.input_buf(id) {
+                let info = &self.sched.graph.inputs[id];
+                check_len(&info.name, self.bufs.len(b), data.len(), info.span)?;
+            }
         }
+        // Bound only once every length is checked: an error leaves no
+        // binding behind.
         for &(p, b) in &self.sched.params {
             // SAFETY: `params` is borrowed until the bindings end below,
             // and nothing writes it meanwhile (shared borrow; rule 7).
             unsafe { self.bufs.bind(b, &params[p].data) };
         }
-        for &(b, data) in &bind_inputs {
-            // SAFETY: as for the parameters: `inputs` is borrowed until
-            // the bindings end, and no step writes an input (rule 7).
-            unsafe { self.bufs.bind(b, data) };
+        for &(id, data) in inputs {
+            if let Some(b) = self.input_buf(id) {
+                // SAFETY: as for the parameters: `inputs` is borrowed
+                // until the bindings end, and no step writes an input.
+                unsafe { self.bufs.bind(b, data) };
+            }
         }
         let r = execute(self);
         let outs = if outputs && r.is_ok() {
