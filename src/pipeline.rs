@@ -102,10 +102,24 @@ pub fn fuse(g: &Graph) -> crate::schedule::Fused {
     }
 }
 
-/// The kernels of a fused graph as `--emit fused` prints them (loop
-/// bodies are fused likewise, and not printed).
+/// The kernels of a fused graph as `--emit fused` prints them, each loop
+/// body's after them (once per body, indented, under the loop that runs
+/// it first).
 pub fn print_fused(f: &crate::schedule::Fused) -> String {
-    crate::passes::fusion::print(&f.graph, &f.fusion)
+    let mut out = crate::passes::fusion::print(&f.graph, &f.fusion);
+    let mut shown = std::collections::HashSet::new();
+    for &(n, _) in &f.fusion.kernels {
+        let ir::Op::Scan { body, .. } = f.graph.nodes[n].op else {
+            continue;
+        };
+        if shown.insert(body) {
+            out += &format!("; {body}: a step of {n}\n");
+            for line in print_fused(&f.bodies[&body]).lines() {
+                out += &format!("  {line}\n");
+            }
+        }
+    }
+    out
 }
 
 /// The schedule of a fused graph for the given sizes of its symbolic

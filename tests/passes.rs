@@ -92,7 +92,21 @@ fn loop_invariant_slices_leave_every_loop_body_and_the_values_stay() {
         "{after:?}"
     );
     // Moving work does not change arithmetic: the same bits.
-    assert_eq!(run(&g), run(&opt));
+    assert_eq!(run(&g), run(&nnc::passes::licm::hoist(&g)));
+    // The pipeline also joins the derivative's summed products into one
+    // (`matmul-sum`), which adds in another order.
+    assert_close(&run(&g), &run(&opt));
+}
+
+/// Equal values up to the order of float additions.
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{x} vs {y}");
+        }
+    }
 }
 
 #[test]
@@ -172,11 +186,13 @@ fn step_parallel_products_leave_their_loops_and_the_values_stay() {
     before.sort();
     assert_eq!(before, vec![8, 12, 12, 16]);
     // After: only what reads a carry stays in a loop — the forward's
-    // h @ wh (4) and the carry adjoint's λ @ whᵀ (4). The rest runs over
-    // all steps at once (`scan-lift`, `scan-vectorize`).
+    // h @ wh (4, one batched product: `matmul-horizontal`) and the carry
+    // adjoint's Σₖ λₖ @ wh[k]ᵀ (4, one product over the four side by side:
+    // `matmul-sum`). The rest runs over all steps at once (`scan-lift`,
+    // `scan-vectorize`).
     let mut after = scans(&opt);
     after.sort();
-    assert_eq!(after, vec![4, 4]);
+    assert_eq!(after, vec![1, 1]);
     // The same values, up to the order of the weights' gradient sums.
     for (a, b) in run(&g).iter().zip(run(&opt)) {
         for (x, y) in a.iter().zip(&b) {
@@ -260,12 +276,14 @@ fn forward_loops_store_what_their_derivatives_would_recompute() {
     assert_eq!(widened, 1, "one forward body carries [B, 12 + 5·6]");
     // In the whole pipeline, the four products h @ wh[k] of the consumed
     // carries are computed once (in the forward loop), not again for the
-    // derivative.
+    // derivative: 4 fewer; 3 more fewer where the forward loop's four are
+    // one batched product (`matmul-horizontal`), and 3 where the carry
+    // adjoint's four summed ones are one (`matmul-sum`).
     let without = nnc::passes::cse::cse(&nnc::passes::scan_lift::lift(&nnc::passes::licm::hoist(
         &nnc::passes::cse::cse(&g),
     )));
     let with = nnc::pipeline::fuse(&g).graph;
-    assert_eq!(live_products(&without) - live_products(&with), 4);
+    assert_eq!(live_products(&without) - live_products(&with), 4 + 3 + 3);
     for (a, b) in run(&without).iter().zip(run(&with)) {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-6 + 1e-5 * x.abs(), "{x} vs {y}");
@@ -394,4 +412,43 @@ output d = scan(mix, ones([2]), xs, w, reverse = true)
     // `keep_w` stacks w at every step; `mix` really carries.
     assert_eq!(jit[0][0..2], jit[0][6..8]);
     assert_ne!(jit[1][0..2], jit[1][6..8]);
+}
+
+#[test]
+fn products_sharing_an_operand_become_one_batched_product_and_the_values_stay() {
+    use nnc::passes::{cse::cse, horizontal};
+    // In a loop body: the LSTM's four h @ wh[k] read the carry and become
+    // one (`matmul-horizontal`); its x @ wx[k] do not (scan-lift takes them
+    // out of the loop as one GEMM over all steps each). In the carry's
+    // derivative loop, Σₖ λₖ @ wh[k]ᵀ becomes one product (`matmul-sum`);
+    // the other derivative loops' products do not read their carry.
+    let g = cse(&grad_graph(LSTM));
+    let fused = horizontal::fuse(&g);
+    nnc::ir::verify(&fused).expect("verifies");
+    assert_eq!(live_products(&g) - live_products(&fused), 3 + 3);
+    assert_close(&run(&g), &run(&fused));
+    // Outside a loop every group is fused: an LSTM cell and a GRU cell
+    // written out for two steps.
+    let cells = "\
+param wx: [4, 3, 6] = xavier_uniform(seed = 1)
+param wh: [4, 6, 6] = xavier_uniform(seed = 2)
+param b: [4, 6] = uniform(-0.5, 0.5, seed = 3)
+param gx: [3, 3, 6] = xavier_uniform(seed = 5)
+param gh: [3, 6, 6] = xavier_uniform(seed = 6)
+param gb: [3, 6] = uniform(-0.5, 0.5, seed = 7)
+param x1: [2, 3] = uniform(-1.0, 1.0, seed = 4)
+param x2: [2, 3] = uniform(-1.0, 1.0, seed = 8)
+let s1 = lstm_cell(x1, zeros([2, 2, 6]), wx, wh, b)
+let s2 = lstm_cell(x2, s1, wx, wh, b)
+let h2 = gru_cell(x2, gru_cell(x1, zeros([2, 6]), gx, gh, gb, gb), gx, gh, gb, gb)
+output loss = sum(lstm_h(s2) ^ 2) + sum(h2 ^ 2)
+";
+    let g = cse(&grad_graph(cells));
+    let fused = horizontal::fuse(&g);
+    nnc::ir::verify(&fused).expect("verifies");
+    // Per step, the LSTM's 4 + 4 products (of x by wx, of h by wh) become
+    // 2, the GRU's 3 + 3 become 2: 28 forward products become 8. The
+    // derivative's products each read another operand and stay.
+    assert_eq!(live_products(&g) - live_products(&fused), 20);
+    assert_eq!(run(&g), run(&fused), "each batch is its member's product");
 }

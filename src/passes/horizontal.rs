@@ -1,0 +1,379 @@
+//! Horizontal fusion: matrix products side by side become one.
+//!
+//! Takes a graph; returns a copy with two rules applied, each logged under
+//! `NNC_LOG=fusion` with its name:
+//!
+//! - `matmul-horizontal`: every group of products
+//!   `a @ reshape(slice(w, axis 0, k, k+1), [K, N])` with the same `a`
+//!   ([M, K]) and the same stacked weight `w` ([G, K, N]), whose `k` cover
+//!   a range `lo..hi` once each, is one batched product
+//!   `broadcast(a, [hi−lo, M, K]) @ slice(w, axis 0, lo, hi)` (the slice
+//!   left out when it is all of `w`), and each member reads its matrix of
+//!   the result: `reshape(slice(p, axis 0, k−lo, k−lo+1), [M, N])`. An
+//!   LSTM cell's four gate products of the hidden state (`h @ wh[k]`,
+//!   `stdlib/sequence.nn`) are the case it is made for: the gates' weights
+//!   are one stacked parameter, so the fused product reads them where they
+//!   are, with no copy per step, and the broadcast operand is not copied
+//!   either (fusion's `matmul-broadcast-operand`).
+//! - `matmul-sum` (loop bodies only): a sum of products `Σᵢ aᵢ @ bᵢ` whose
+//!   `aᵢ` change from step to step (they read the carry) and whose `bᵢ` do
+//!   not (they read the loop's arguments alone) is one product over the
+//!   operands side by side, `concat(aᵢ, axis 1) @ concat(bᵢ, axis 0)`; the
+//!   `bᵢ`'s concatenation leaves the loop (`licm`). The LSTM's derivative
+//!   loop is the case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ.
+//!
+//! In a loop body both rules take only products whose per-step operand
+//! reads the carry. The others do not depend on the step before, and
+//! `scan-lift` takes each out of the loop as one GEMM over all steps'
+//! rows, which a batch of small products per step would not be.
+//!
+//! The stated cost rule: a group of two or more is always joined. It does
+//! the same multiply-adds as its members, in one GEMM step instead of one
+//! per member, so the backends may share the work among their threads
+//! where each member alone is too small to split (the JIT's `gemm_madds`
+//! threshold). What it costs: `matmul-horizontal`'s members each had
+//! their elementwise reader as the GEMM's epilogue, and now read a slice
+//! of the joined product (copied) in their own loop; `matmul-sum` copies
+//! the `aᵢ` side by side once per step. `NNC_LOG=profile` on
+//! `examples/bench/lstm_train.nn` shows what each gives.
+//!
+//! After the pass the graph verifies. `matmul-horizontal` computes the
+//! same values bit for bit where the backend runs each batch's product as
+//! it ran the member's (each element is the same sum in the same order);
+//! `matmul-sum` adds the same products' terms in another order. Replaced
+//! nodes are left dead.
+
+use super::build;
+use crate::ir::{BinaryOp, Dim, Graph, Node, NodeData, Op};
+use cranelift_entity::{PrimaryMap, SecondaryMap};
+use std::collections::HashMap;
+
+/// A member of a group: the product, and its weight matrix's index `k`.
+struct Member {
+    product: Node,
+    k: u64,
+}
+
+/// `(a, w, k)` when `n` is `a @ reshape(slice(w, 0, k, k+1), [K, N])` with
+/// `a` a matrix and `w` a stack of matrices `[G, K, N]` (the stdlib's
+/// cells; a batched `a` is left as it is).
+fn member_of(g: &Graph, n: Node) -> Option<(Node, Node, u64)> {
+    let Op::MatMul(a, r) = g.nodes[n].op else {
+        return None;
+    };
+    let Op::Reshape(s, _) = g.nodes[r].op else {
+        return None;
+    };
+    let Op::Slice {
+        arg: w,
+        axis: 0,
+        start,
+        end,
+    } = g.nodes[s].op
+    else {
+        return None;
+    };
+    let (sa, sw) = (g.shape(a), g.shape(w));
+    (end == start + 1 && sa.len() == 2 && sw.len() == 3 && sw[1..] == g.shape(r)[..])
+        .then_some((a, w, start))
+}
+
+pub fn fuse(g: &Graph) -> Graph {
+    fuse_in(g, None)
+}
+
+/// The pass over `g`, and over its loop bodies. In a loop body (`args`:
+/// the index of the body's first argument input, after the carry and the
+/// sequences) only products whose shared operand depends on the carry
+/// (the body's input 0) are fused: the others do not depend on the step
+/// before, and `scan-lift` takes them out of the loop as one GEMM over all
+/// steps' rows each, which a batch of small products per step would not be.
+fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
+    let in_body = args.is_some();
+    let carried = depends_on(g, |i| i == 0);
+    // The groups, keyed by (shared operand, stacked weight), in the order
+    // of their first member.
+    let mut groups: HashMap<(Node, Node), Vec<Member>> = HashMap::new();
+    let mut order = Vec::new();
+    let live = g.live();
+    for n in g.nodes.keys() {
+        if !live[cranelift_entity::EntityRef::index(n)] {
+            continue;
+        }
+        if let Some((a, w, k)) = member_of(g, n).filter(|&(a, ..)| !in_body || carried[a]) {
+            let members = groups.entry((a, w)).or_default();
+            if members.is_empty() {
+                order.push((a, w));
+            }
+            members.push(Member { product: n, k });
+        }
+    }
+    // Keep the groups whose members cover lo..hi once each.
+    let mut first_of: SecondaryMap<Node, Option<(Node, Node)>> = SecondaryMap::new();
+    let mut log = Vec::new();
+    for (a, w) in order {
+        let members = &groups[&(a, w)];
+        if members.len() < 2 {
+            continue;
+        }
+        let lo = members.iter().map(|m| m.k).min().unwrap_or_default();
+        let hi = members.iter().map(|m| m.k).max().unwrap_or_default() + 1;
+        let mut seen = vec![false; (hi - lo) as usize];
+        let once = members
+            .iter()
+            .all(|m| !std::mem::replace(&mut seen[(m.k - lo) as usize], true));
+        if once && seen.iter().all(|&s| s) {
+            first_of[members[0].product] = Some((a, w));
+            log.push(format!(
+                "matmul-horizontal: {} products of {a} by {w}[{lo}..{hi}] are one batched product",
+                members.len()
+            ));
+        } else {
+            log.push(format!(
+                "refused matmul-horizontal for the products of {a} by matrices of {w}: they do not cover a range once each"
+            ));
+        }
+    }
+    crate::log::lines("fusion", &log);
+    let g = if first_of.values().all(|f| f.is_none()) {
+        g.clone()
+    } else {
+        rewrite(g, &groups, &first_of)
+    };
+    let mut g = match args {
+        Some(args) => sum_of_products(&g, args),
+        None => g,
+    };
+    let mut args_of = HashMap::new();
+    for d in g.nodes.values() {
+        if let Op::Scan { body, xs, .. } = &d.op {
+            args_of.entry(*body).or_insert(1 + xs.len());
+        }
+    }
+    for (id, b) in g.bodies.iter_mut() {
+        if let Some(&args) = args_of.get(&id) {
+            *b = fuse_in(b, Some(args));
+        }
+    }
+    g
+}
+
+/// Which nodes of `g` depend on an input whose index `from` accepts.
+fn depends_on(g: &Graph, from: impl Fn(usize) -> bool) -> SecondaryMap<Node, bool> {
+    let mut on: SecondaryMap<Node, bool> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        on[n] = match d.op {
+            Op::Input(i) => from(cranelift_entity::EntityRef::index(i)),
+            ref op => op.args().iter().any(|&a| on[a]),
+        };
+    }
+    on
+}
+
+/// A sum `matmul-sum` joins: its products' operands `(aᵢ, bᵢ)`, and its
+/// other terms.
+#[derive(Clone)]
+struct Sum {
+    products: Vec<(Node, Node)>,
+    rest: Vec<Node>,
+}
+
+/// `matmul-sum`, in a loop body whose first argument input is `args`: a
+/// sum of products `Σᵢ aᵢ @ bᵢ` (a tree of additions, each product and
+/// each inner addition read by the tree alone) whose `aᵢ [M, Kᵢ]` depend
+/// on the carry and whose `bᵢ [Kᵢ, N]` on the loop's arguments alone is
+/// one product `concat(aᵢ, axis 1) @ concat(bᵢ, axis 0)` over
+/// `K = Σ Kᵢ`: the `aᵢ` are copied side by side once per step, and the
+/// `bᵢ`, the same at every step, are stacked once before the loop (`licm`
+/// moves their concatenation out). The LSTM's derivative loop is the
+/// case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ over the four gates.
+/// The other terms of the sum are added to the product.
+fn sum_of_products(g: &Graph, args: usize) -> Graph {
+    let carried = depends_on(g, |i| i == 0);
+    let stepwise = depends_on(g, |i| i < args);
+    let live = g.live();
+    let mut readers: SecondaryMap<Node, usize> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        if live[cranelift_entity::EntityRef::index(n)] {
+            for a in d.op.args() {
+                readers[a] += 1;
+            }
+        }
+    }
+    for o in g
+        .outputs
+        .iter()
+        .map(|o| o.node)
+        .chain(g.updates.iter().map(|u| u.node))
+    {
+        readers[o] += 1;
+    }
+    let is_add = |n: Node| matches!(g.nodes[n].op, Op::Binary(BinaryOp::Add, ..));
+    let known = |d: Dim| matches!(d, Dim::Known(_));
+    // A product that can join: rank 2, its `a` per step, its `b` fixed.
+    let term = |n: Node, shape: &[Dim]| match g.nodes[n].op {
+        Op::MatMul(a, b) => (readers[n] == 1
+            && g.shape(n)[..] == shape[..]
+            && shape.len() == 2
+            && carried[a]
+            && !stepwise[b]
+            && known(g.shape(a)[1]))
+        .then_some((a, b)),
+        _ => None,
+    };
+    // The roots of sums: additions not read by an addition of the tree.
+    let mut plans: SecondaryMap<Node, Option<Sum>> = SecondaryMap::new();
+    let mut log = Vec::new();
+    let mut inner: cranelift_entity::EntitySet<Node> = cranelift_entity::EntitySet::new();
+    for n in g.nodes.keys().rev() {
+        if !live[cranelift_entity::EntityRef::index(n)] || !is_add(n) || inner.contains(n) {
+            continue;
+        }
+        let shape = g.shape(n).clone();
+        let (mut products, mut rest, mut stack) = (Vec::new(), Vec::new(), vec![n]);
+        while let Some(x) = stack.pop() {
+            match g.nodes[x].op {
+                Op::Binary(BinaryOp::Add, l, r)
+                    if x == n || (readers[x] == 1 && g.shape(x) == &shape) =>
+                {
+                    inner.insert(x);
+                    stack.extend([r, l]);
+                }
+                _ => match term(x, &shape) {
+                    Some(t) => products.push(t),
+                    None => rest.push(x),
+                },
+            }
+        }
+        if products.len() >= 2 {
+            log.push(format!(
+                "matmul-sum: the sum {n} of {} products is one product over their operands side by side",
+                products.len()
+            ));
+            plans[n] = Some(Sum { products, rest });
+        }
+    }
+    crate::log::lines("fusion", &log);
+    if log.is_empty() {
+        return g.clone();
+    }
+    let mut out = g.with_nodes(PrimaryMap::new());
+    let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        let m = match &plans[n] {
+            Some(Sum { products, rest }) => {
+                let span = d.span;
+                let mut add = |op: Op| {
+                    out.add(op, span)
+                        .expect("matmul-sum: the joined product is well typed by construction")
+                };
+                let mut a = new_of[products[0].0].unwrap();
+                let mut b = new_of[products[0].1].unwrap();
+                for &(ai, bi) in &products[1..] {
+                    a = add(Op::Concat {
+                        a,
+                        b: new_of[ai].unwrap(),
+                        axis: 1,
+                    });
+                    b = add(Op::Concat {
+                        a: b,
+                        b: new_of[bi].unwrap(),
+                        axis: 0,
+                    });
+                }
+                let mut sum = add(Op::MatMul(a, b));
+                for &x in rest {
+                    sum = add(Op::Binary(BinaryOp::Add, sum, new_of[x].unwrap()));
+                }
+                sum
+            }
+            None => out.nodes.push(NodeData {
+                op: d.op.map_args(&|x| new_of[x].expect("arguments come first")),
+                ty: d.ty.clone(),
+                span: d.span,
+            }),
+        };
+        new_of[n] = Some(m);
+    }
+    build::renumber_roots(&mut out, &new_of);
+    out
+}
+
+/// `g` with each kept group's products replaced by the fused one and
+/// each member's matrix of it.
+fn rewrite(
+    g: &Graph,
+    groups: &HashMap<(Node, Node), Vec<Member>>,
+    first_of: &SecondaryMap<Node, Option<(Node, Node)>>,
+) -> Graph {
+    let mut out = g.with_nodes(PrimaryMap::new());
+    let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    // Each member's replacement, made when its group's first member is
+    // reached: `a` and `w` are defined by then (they come before every
+    // member's own operands).
+    let mut replaced: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        if let Some(key) = first_of[n] {
+            let members = &groups[&key];
+            let (a, w) = (new_of[key.0].unwrap(), new_of[key.1].unwrap());
+            let parts = fused_product(&mut out, a, w, members, d.span);
+            for (m, part) in members.iter().zip(parts) {
+                replaced[m.product] = Some(part);
+            }
+        }
+        new_of[n] = Some(match replaced[n] {
+            Some(r) => r,
+            None => out.nodes.push(NodeData {
+                op: d.op.map_args(&|x| new_of[x].expect("arguments come first")),
+                ty: d.ty.clone(),
+                span: d.span,
+            }),
+        });
+    }
+    build::renumber_roots(&mut out, &new_of);
+    out
+}
+
+/// Adds the batched product of `a` by the group's matrices of `w` and each
+/// member's matrix of it; returns those, in the members' order.
+fn fused_product(
+    g: &mut Graph,
+    a: Node,
+    w: Node,
+    members: &[Member],
+    span: crate::diag::Span,
+) -> Vec<Node> {
+    let lo = members.iter().map(|m| m.k).min().unwrap();
+    let count = members.len() as u64;
+    let whole = lo == 0 && g.shape(w)[0] == Dim::Known(count);
+    let (m, k) = (g.shape(a)[0], g.shape(a)[1]);
+    let n = g.shape(w)[2];
+    let mut add = |op: Op| {
+        g.add(op, span)
+            .expect("horizontal fusion: the fused product is well typed by construction")
+    };
+    let stacked = if whole {
+        w
+    } else {
+        add(Op::Slice {
+            arg: w,
+            axis: 0,
+            start: lo,
+            end: lo + count,
+        })
+    };
+    let shared = add(Op::Broadcast(a, vec![Dim::Known(count), m, k]));
+    let product = add(Op::MatMul(shared, stacked));
+    members
+        .iter()
+        .map(|mem| {
+            let one = add(Op::Slice {
+                arg: product,
+                axis: 0,
+                start: mem.k - lo,
+                end: mem.k - lo + 1,
+            });
+            add(Op::Reshape(one, vec![m, n]))
+        })
+        .collect()
+}
