@@ -413,7 +413,8 @@ pub enum Emit {
     /// The IR with the gradient of the loss appended.
     Grad,
     /// The kernels the fusion pass forms (of the training step when the
-    /// file has a `train` block, else of the outputs).
+    /// file has a `train` block, else of the outputs), each loop body's
+    /// after them.
     Fused,
     /// The Cranelift IR of each loop kernel, for concrete sizes.
     Clif,
