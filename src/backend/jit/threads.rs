@@ -8,9 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The sizes from which work is split over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Elements of a loop kernel. Adam's update of a 784x256 weight took
-    /// 0.19 ms on one thread and 0.43 ms split in two (`NNC_LOG=profile`),
-    /// so only loops of several megabytes are split.
+    /// Elements of a loop kernel (a wide kernel's: an eighth of it). From
+    /// 2^16: while a program runs the pool's workers stand by
+    /// (`program.rs`, `stand_by`), so a split no longer waits for one to
+    /// wake. The loops of a training step (`NNC_LOG=profile`, by kind, a
+    /// 2-vCPU EPYC with AVX-512), split from 2^20 and from 2^16:
+    /// mlp_train 0.58-0.67 and 0.37-0.40 ms (Adam's updates of the
+    /// 784x256 weight), lstm_train 0.89-1.06 and 0.61-0.62, lenet_train
+    /// 0.42-0.48 and 0.29-0.34, transformer_train 0.90-1.10 either way.
+    /// (Before the workers stood by, that Adam update took 0.19 ms on one
+    /// thread and 0.43 ms split in two.)
     pub loop_elements: usize,
     /// Multiply-adds (m·n·k) of a GEMM. The MLP's 128x784x256 product took
     /// 0.93 ms on one thread and 0.81 ms on two, and with every GEMM of
@@ -28,7 +35,7 @@ pub struct Thresholds {
 impl Thresholds {
     /// The measured defaults.
     pub const DEFAULT: Thresholds = Thresholds {
-        loop_elements: 1 << 20,
+        loop_elements: 1 << 16,
         gemm_madds: 1 << 20,
         conv_madds: 1 << 17,
     };
