@@ -128,6 +128,53 @@ impl Builder<'_> {
 /// that rebuilt the arena in order and recorded each node's copy in
 /// `new_of` (every output and update is a node of the old arena, so each
 /// has one: an invariant of the pass, not of user input).
+/// Which nodes of `g` depend on one of its inputs whose index (in
+/// declaration order) `which` accepts: in a loop body input 0 is the
+/// carry, then come the sequences' step slices, then the arguments.
+pub(super) fn reads_inputs(g: &Graph, which: impl Fn(usize) -> bool) -> Vec<bool> {
+    use cranelift_entity::EntityRef;
+    let mut dep = vec![false; g.nodes.len()];
+    for (n, d) in g.nodes.iter() {
+        dep[n.index()] = match d.op {
+            Op::Input(i) => which(i.index()),
+            ref op => op.args().iter().any(|a| dep[a.index()]),
+        };
+    }
+    dep
+}
+
+/// A copy of `g` in which `replace` may give each node, in order, a node
+/// already added to the copy instead of the node's own copy (adding what
+/// it needs; `new_of` maps every earlier node). The replaced nodes' own
+/// arguments stay, dead where nothing else reads them.
+pub(super) fn rebuild(
+    g: &Graph,
+    mut replace: impl FnMut(
+        Node,
+        &mut Graph,
+        &cranelift_entity::SecondaryMap<Node, Option<Node>>,
+    ) -> Option<Node>,
+) -> Graph {
+    let mut out = g.with_nodes(cranelift_entity::PrimaryMap::new());
+    let mut new_of: cranelift_entity::SecondaryMap<Node, Option<Node>> =
+        cranelift_entity::SecondaryMap::new();
+    for (n, d) in g.nodes.iter() {
+        let m = match replace(n, &mut out, &new_of) {
+            Some(m) => m,
+            // The arena is in topological order: every argument was
+            // copied (or replaced) before its reader.
+            None => out.nodes.push(crate::ir::NodeData {
+                op: d.op.map_args(&|x| new_of[x].expect("arguments come first")),
+                ty: d.ty.clone(),
+                span: d.span,
+            }),
+        };
+        new_of[n] = Some(m);
+    }
+    renumber_roots(&mut out, &new_of);
+    out
+}
+
 pub fn renumber_roots(g: &mut Graph, new_of: &cranelift_entity::SecondaryMap<Node, Option<Node>>) {
     for o in &mut g.outputs {
         o.node = new_of[o.node].expect("outputs are nodes");

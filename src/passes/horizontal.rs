@@ -44,14 +44,23 @@
 //! nodes are left dead.
 
 use super::build;
-use crate::ir::{BinaryOp, Dim, Graph, Node, NodeData, Op};
-use cranelift_entity::{PrimaryMap, SecondaryMap};
+use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
+use cranelift_entity::{EntityRef, SecondaryMap};
 use std::collections::HashMap;
 
 /// A member of a group: the product, and its weight matrix's index `k`.
 struct Member {
     product: Node,
     k: u64,
+}
+
+/// A group `matmul-horizontal` joins: the shared operand, the stacked
+/// weight, the first matrix of it the group reads, and its members.
+struct Group {
+    a: Node,
+    w: Node,
+    lo: u64,
+    members: Vec<Member>,
 }
 
 /// `(a, w, k)` when `n` is `a @ reshape(slice(w, 0, k, k+1), [K, N])` with
@@ -90,44 +99,52 @@ pub fn fuse(g: &Graph) -> Graph {
 /// steps' rows each, which a batch of small products per step would not be.
 fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
     let in_body = args.is_some();
-    let carried = depends_on(g, |i| i == 0);
-    // The groups, keyed by (shared operand, stacked weight), in the order
-    // of their first member.
-    let mut groups: HashMap<(Node, Node), Vec<Member>> = HashMap::new();
-    let mut order = Vec::new();
+    let carried = build::reads_inputs(g, |i| i == 0);
+    // The candidate groups, keyed by (shared operand, stacked weight), in
+    // the order of their first member.
+    let mut index: HashMap<(Node, Node), usize> = HashMap::new();
+    let mut candidates: Vec<Group> = Vec::new();
     let live = g.live();
     for n in g.nodes.keys() {
-        if !live[cranelift_entity::EntityRef::index(n)] {
+        if !live[n.index()] {
             continue;
         }
-        if let Some((a, w, k)) = member_of(g, n).filter(|&(a, ..)| !in_body || carried[a]) {
-            let members = groups.entry((a, w)).or_default();
-            if members.is_empty() {
-                order.push((a, w));
-            }
-            members.push(Member { product: n, k });
+        if let Some((a, w, k)) = member_of(g, n).filter(|&(a, ..)| !in_body || carried[a.index()]) {
+            let i = *index.entry((a, w)).or_insert_with(|| {
+                candidates.push(Group {
+                    a,
+                    w,
+                    lo: 0,
+                    members: Vec::new(),
+                });
+                candidates.len() - 1
+            });
+            candidates[i].members.push(Member { product: n, k });
         }
     }
     // Keep the groups whose members cover lo..hi once each.
-    let mut first_of: SecondaryMap<Node, Option<(Node, Node)>> = SecondaryMap::new();
+    let mut groups = Vec::new();
     let mut log = Vec::new();
-    for (a, w) in order {
-        let members = &groups[&(a, w)];
-        if members.len() < 2 {
+    for mut group in candidates {
+        let ks: Vec<u64> = group.members.iter().map(|m| m.k).collect();
+        let (Some(&lo), Some(&last)) = (ks.iter().min(), ks.iter().max()) else {
+            continue;
+        };
+        if ks.len() == 1 {
             continue;
         }
-        let lo = members.iter().map(|m| m.k).min().unwrap_or_default();
-        let hi = members.iter().map(|m| m.k).max().unwrap_or_default() + 1;
+        let (a, w, hi) = (group.a, group.w, last + 1);
         let mut seen = vec![false; (hi - lo) as usize];
-        let once = members
+        let once = ks
             .iter()
-            .all(|m| !std::mem::replace(&mut seen[(m.k - lo) as usize], true));
+            .all(|&k| !std::mem::replace(&mut seen[(k - lo) as usize], true));
         if once && seen.iter().all(|&s| s) {
-            first_of[members[0].product] = Some((a, w));
             log.push(format!(
                 "matmul-horizontal: {} products of {a} by {w}[{lo}..{hi}] are one batched product",
-                members.len()
+                ks.len()
             ));
+            group.lo = lo;
+            groups.push(group);
         } else {
             log.push(format!(
                 "refused matmul-horizontal for the products of {a} by matrices of {w}: they do not cover a range once each"
@@ -135,10 +152,10 @@ fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
         }
     }
     crate::log::lines("fusion", &log);
-    let g = if first_of.values().all(|f| f.is_none()) {
+    let g = if groups.is_empty() {
         g.clone()
     } else {
-        rewrite(g, &groups, &first_of)
+        join_groups(g, &groups)
     };
     let mut g = match args {
         Some(args) => sum_of_products(&g, args),
@@ -156,18 +173,6 @@ fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
         }
     }
     g
-}
-
-/// Which nodes of `g` depend on an input whose index `from` accepts.
-fn depends_on(g: &Graph, from: impl Fn(usize) -> bool) -> SecondaryMap<Node, bool> {
-    let mut on: SecondaryMap<Node, bool> = SecondaryMap::new();
-    for (n, d) in g.nodes.iter() {
-        on[n] = match d.op {
-            Op::Input(i) => from(cranelift_entity::EntityRef::index(i)),
-            ref op => op.args().iter().any(|&a| on[a]),
-        };
-    }
-    on
 }
 
 /// A sum `matmul-sum` joins: its products' operands `(aᵢ, bᵢ)`, and its
@@ -189,12 +194,12 @@ struct Sum {
 /// case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ over the four gates.
 /// The other terms of the sum are added to the product.
 fn sum_of_products(g: &Graph, args: usize) -> Graph {
-    let carried = depends_on(g, |i| i == 0);
-    let stepwise = depends_on(g, |i| i < args);
+    let carried = build::reads_inputs(g, |i| i == 0);
+    let stepwise = build::reads_inputs(g, |i| i < args);
     let live = g.live();
     let mut readers: SecondaryMap<Node, usize> = SecondaryMap::new();
     for (n, d) in g.nodes.iter() {
-        if live[cranelift_entity::EntityRef::index(n)] {
+        if live[n.index()] {
             for a in d.op.args() {
                 readers[a] += 1;
             }
@@ -215,8 +220,8 @@ fn sum_of_products(g: &Graph, args: usize) -> Graph {
         Op::MatMul(a, b) => (readers[n] == 1
             && g.shape(n)[..] == shape[..]
             && shape.len() == 2
-            && carried[a]
-            && !stepwise[b]
+            && carried[a.index()]
+            && !stepwise[b.index()]
             && known(g.shape(a)[1]))
         .then_some((a, b)),
         _ => None,
@@ -226,7 +231,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Graph {
     let mut log = Vec::new();
     let mut inner: cranelift_entity::EntitySet<Node> = cranelift_entity::EntitySet::new();
     for n in g.nodes.keys().rev() {
-        if !live[cranelift_entity::EntityRef::index(n)] || !is_add(n) || inner.contains(n) {
+        if !live[n.index()] || !is_add(n) || inner.contains(n) {
             continue;
         }
         let shape = g.shape(n).clone();
@@ -257,100 +262,81 @@ fn sum_of_products(g: &Graph, args: usize) -> Graph {
     if log.is_empty() {
         return g.clone();
     }
-    let mut out = g.with_nodes(PrimaryMap::new());
-    let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
-    for (n, d) in g.nodes.iter() {
-        let m = match &plans[n] {
-            Some(Sum { products, rest }) => {
-                let span = d.span;
-                let mut add = |op: Op| {
-                    out.add(op, span)
-                        .expect("matmul-sum: the joined product is well typed by construction")
-                };
-                let mut a = new_of[products[0].0].unwrap();
-                let mut b = new_of[products[0].1].unwrap();
-                for &(ai, bi) in &products[1..] {
-                    a = add(Op::Concat {
-                        a,
-                        b: new_of[ai].unwrap(),
-                        axis: 1,
-                    });
-                    b = add(Op::Concat {
-                        a: b,
-                        b: new_of[bi].unwrap(),
-                        axis: 0,
-                    });
-                }
-                let mut sum = add(Op::MatMul(a, b));
-                for &x in rest {
-                    sum = add(Op::Binary(BinaryOp::Add, sum, new_of[x].unwrap()));
-                }
-                sum
-            }
-            None => out.nodes.push(NodeData {
-                op: d.op.map_args(&|x| new_of[x].expect("arguments come first")),
-                ty: d.ty.clone(),
-                span: d.span,
-            }),
+    build::rebuild(g, |n, out, new_of| {
+        let Sum { products, rest } = plans[n].as_ref()?;
+        // Every operand of the sum comes before it, so has its copy.
+        let new = |x: Node| new_of[x].expect("operands come first");
+        let span = g.nodes[n].span;
+        // Typed by construction: every term is [M, N], each aᵢ [M, Kᵢ] and
+        // bᵢ [Kᵢ, N] with Kᵢ known (`term`), so the joins line up.
+        let mut add = |op: Op| {
+            out.add(op, span)
+                .expect("matmul-sum: the joined product is well typed by construction")
         };
-        new_of[n] = Some(m);
-    }
-    build::renumber_roots(&mut out, &new_of);
-    out
+        let (mut a, mut b) = (new(products[0].0), new(products[0].1));
+        for &(ai, bi) in &products[1..] {
+            a = add(Op::Concat {
+                a,
+                b: new(ai),
+                axis: 1,
+            });
+            b = add(Op::Concat {
+                a: b,
+                b: new(bi),
+                axis: 0,
+            });
+        }
+        let mut sum = add(Op::MatMul(a, b));
+        for &x in rest {
+            sum = add(Op::Binary(BinaryOp::Add, sum, new(x)));
+        }
+        Some(sum)
+    })
 }
 
-/// `g` with each kept group's products replaced by the fused one and
-/// each member's matrix of it.
-fn rewrite(
-    g: &Graph,
-    groups: &HashMap<(Node, Node), Vec<Member>>,
-    first_of: &SecondaryMap<Node, Option<(Node, Node)>>,
-) -> Graph {
-    let mut out = g.with_nodes(PrimaryMap::new());
-    let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
-    // Each member's replacement, made when its group's first member is
-    // reached: `a` and `w` are defined by then (they come before every
-    // member's own operands).
+/// `g` with each group's products replaced by each member's matrix of
+/// the joined product, made where the group's first member was.
+fn join_groups(g: &Graph, groups: &[Group]) -> Graph {
+    let mut first_of: SecondaryMap<Node, Option<usize>> = SecondaryMap::new();
+    for (i, group) in groups.iter().enumerate() {
+        first_of[group.members[0].product] = Some(i);
+    }
     let mut replaced: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
-    for (n, d) in g.nodes.iter() {
-        if let Some(key) = first_of[n] {
-            let members = &groups[&key];
-            let (a, w) = (new_of[key.0].unwrap(), new_of[key.1].unwrap());
-            let parts = fused_product(&mut out, a, w, members, d.span);
-            for (m, part) in members.iter().zip(parts) {
+    build::rebuild(g, |n, out, new_of| {
+        if let Some(i) = first_of[n] {
+            let group = &groups[i];
+            // `a` and `w` come before every member's own operands, so
+            // before the first member: both have their copies.
+            let operand = |x: Node| new_of[x].expect("a group's operands come first");
+            let (a, w) = (operand(group.a), operand(group.w));
+            let parts = joined_product(out, a, w, group, g.nodes[n].span);
+            for (m, part) in group.members.iter().zip(parts) {
                 replaced[m.product] = Some(part);
             }
         }
-        new_of[n] = Some(match replaced[n] {
-            Some(r) => r,
-            None => out.nodes.push(NodeData {
-                op: d.op.map_args(&|x| new_of[x].expect("arguments come first")),
-                ty: d.ty.clone(),
-                span: d.span,
-            }),
-        });
-    }
-    build::renumber_roots(&mut out, &new_of);
-    out
+        replaced[n]
+    })
 }
 
 /// Adds the batched product of `a` by the group's matrices of `w` and each
 /// member's matrix of it; returns those, in the members' order.
-fn fused_product(
+fn joined_product(
     g: &mut Graph,
     a: Node,
     w: Node,
-    members: &[Member],
+    group: &Group,
     span: crate::diag::Span,
 ) -> Vec<Node> {
-    let lo = members.iter().map(|m| m.k).min().unwrap();
+    let (lo, members) = (group.lo, &group.members);
     let count = members.len() as u64;
     let whole = lo == 0 && g.shape(w)[0] == Dim::Known(count);
     let (m, k) = (g.shape(a)[0], g.shape(a)[1]);
     let n = g.shape(w)[2];
+    // Typed by construction: `member_of` checked a [M, K], w [G, K, N],
+    // and the members' k lie in lo..lo+count ≤ G.
     let mut add = |op: Op| {
         g.add(op, span)
-            .expect("horizontal fusion: the fused product is well typed by construction")
+            .expect("matmul-horizontal: the joined product is well typed by construction")
     };
     let stacked = if whole {
         w

@@ -21,13 +21,13 @@ pub mod scan_residual;
 /// (the derivative loops of one scan hoist the same slices and recompute
 /// the same forward products). First, forward loops store the products
 /// of their carry their derivative loops would recompute, and products
-/// sharing an operand become one batched product (before their weights'
-/// slices leave the loop bodies).
+/// side by side become one (`matmul-horizontal`, `matmul-sum`: before
+/// their weights' slices leave the loop bodies).
 pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
     use crate::log::timed;
     let g = timed("scan-residual", || scan_residual::keep(g));
     let g = timed("cse", || cse::cse(&g));
-    let g = timed("matmul-horizontal", || horizontal::fuse(&g));
+    let g = timed("horizontal", || horizontal::fuse(&g));
     let g = timed("licm", || licm::hoist(&g));
     let g = timed("scan-lift", || scan_lift::lift(&g));
     timed("cse", || cse::cse(&g))

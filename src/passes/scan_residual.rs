@@ -178,15 +178,7 @@ impl Numbering {
 
 /// Nodes of `body` that depend on its first input (the carry).
 fn reads_carry(body: &Graph) -> Vec<bool> {
-    let carry = body.inputs.keys().next();
-    let mut dep = vec![false; body.nodes.len()];
-    for (n, d) in body.nodes.iter() {
-        dep[n.index()] = match d.op {
-            Op::Input(i) => Some(i) == carry,
-            ref op => op.args().iter().any(|a| dep[a.index()]),
-        };
-    }
-    dep
+    super::build::reads_inputs(body, |i| i == 0)
 }
 
 /// The nodes of `body` its output reads, not looking past `stop`.
