@@ -1,6 +1,8 @@
 //! The schedule verifier rejects a deliberately corrupted schedule of each
 //! kind it guards against, and accepts what the scheduler builds.
 
+mod common;
+
 use cranelift_entity::SecondaryMap;
 use nnc::pipeline::{self, Stage};
 use nnc::schedule::{Schedule, Step};
@@ -56,6 +58,23 @@ fn an_access_out_of_its_buffer_is_rejected() {
     step.dims[0] += 1;
     let e = rejects(&s, "an iteration space one row too long");
     assert!(e.contains("reaches element"), "{e}");
+}
+
+#[test]
+fn an_access_offset_past_its_buffer_is_rejected() {
+    let mut s = schedule();
+    let (kernel, args) = s
+        .steps
+        .iter_mut()
+        .find_map(|st| match st {
+            Step::Loop { kernel, args, .. } if !args.is_empty() => Some((kernel, args.clone())),
+            _ => None,
+        })
+        .expect("a loop kernel that reads a buffer");
+    kernel.offsets[0] += 1;
+    let e = rejects(&s, "a slice read one element past its operand");
+    assert!(e.contains("access 0 reaches element"), "{e}");
+    assert!(e.contains(&args[0].to_string()), "{e}");
 }
 
 #[test]
@@ -236,4 +255,69 @@ fn a_chain_of_joins_along_one_axis_is_one_copy_of_each_part() {
     );
     assert_eq!(jit.shape, vec![4, 9]);
     assert_eq!(jit.data, oracle.data);
+}
+
+#[test]
+fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter() {
+    // `t` is stored (slices are not loop kernels); its slices are read by
+    // elementwise kernels and a reduction, directly, through a reshape
+    // that splits a dim, through one that drops a unit dim, through a
+    // slice of a slice, along the batch axis and broadcast: fusion's
+    // `slice-in-place` reads them all from t's buffer at their offsets.
+    // Only `r`, a root, is copied.
+    let src = "input x: [4, 12]\n\
+               let t = x * 2 - 1\n\
+               let a = slice(t, 1, 2, 8)\n\
+               let b = reshape(slice(t, 1, 0, 6), [4, 2, 3])\n\
+               let c = reshape(slice(slice(b, 1, 1, 2), 0, 1, 3), [2, 3])\n\
+               output y = a * 3 + reshape(reshape(slice(t, 1, 6, 12), [4, 1, 6]), [4, 6])\n\
+               output z = sum(c, axis = 0) + slice(t, 1, 9, 12)\n\
+               output w = mean(slice(t, 0, 1, 3), axis = 0)\n\
+               output r = slice(t, 1, 3, 5)\n";
+    let c = pipeline::compile("slices.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let s = pipeline::schedule(&pipeline::fuse(&g), &SecondaryMap::new()).expect("schedules");
+    s.verify().expect("verifies");
+    let copies = s
+        .steps
+        .iter()
+        .filter(|st| matches!(st, Step::Copy { .. }))
+        .count();
+    assert_eq!(copies, 1, "only the root slice is copied: {:?}", s.steps);
+    let offsets: Vec<usize> = s
+        .steps
+        .iter()
+        .flat_map(|st| match st {
+            Step::Loop { kernel, .. } => kernel.offsets.clone(),
+            _ => Vec::new(),
+        })
+        .filter(|&o| o > 0)
+        .collect();
+    assert!(offsets.contains(&2) && offsets.contains(&15), "{offsets:?}");
+    let mut inputs = SecondaryMap::new();
+    inputs[g.inputs.keys().next().expect("x")] = Some(nnc::tensor::Tensor::new(
+        vec![4, 12],
+        (0..48).map(|i| (i as f32 * 0.37).sin()).collect(),
+    ));
+    let run = |kind| {
+        let mut params = nnc::backend::interp::init_params(&g, 0);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &inputs)
+            .expect("runs")
+    };
+    let oracle = run(nnc::backend::BackendKind::Interp);
+    for kind in common::compiled_backends() {
+        let got = run(kind);
+        assert_eq!(got.len(), oracle.len());
+        for (o, (x, want)) in got.iter().zip(&oracle).enumerate() {
+            assert_eq!(x.shape, want.shape, "{kind:?} output {o}");
+            for (i, (p, q)) in x.data.iter().zip(&want.data).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-6 * q.abs().max(1.0),
+                    "{kind:?} output {o}[{i}]: {p}, the interpreter {q}"
+                );
+            }
+        }
+    }
 }

@@ -27,6 +27,12 @@
 //!   (and when the other operand is contiguous, the batches become rows
 //!   of one GEMM).
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
+//! - `slice-in-place`: a slice read only by loop kernels (elementwise
+//!   nodes and reductions), directly or through reshapes that split dims
+//!   or add and drop dims of size 1 and through further slices, is not
+//!   copied: each kernel reads its operand's buffer at the slice's offset
+//!   with the operand's strides (an LSTM's gates, sliced from one product
+//!   of the stacked weights, and the halves of its carry).
 //! - `scan-sum`: a loop whose steps are independent (its body does not
 //!   read the carry) and whose stacked results are only summed over the
 //!   steps adds each step's result into the sum as it runs; the stack is
@@ -45,7 +51,7 @@
 //! `schedule/build.rs`): the elementwise kernel right after a matmul that
 //! reads its output is applied as the GEMM stores it.
 
-use crate::ir::{Graph, Node, Op};
+use crate::ir::{Dim, Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
 use std::fmt::Write;
 
@@ -145,6 +151,63 @@ fn reads_carry(body: &Graph) -> bool {
         }
     }
     false
+}
+
+/// Whether a reshape from `from` to `to` only splits dims into
+/// consecutive parts of known sizes and adds or drops dims of size 1:
+/// then an index of `from` is affine in the indices of `to`, and a loop
+/// kernel reads the operand of a reshaped slice with strides.
+pub fn splits_only(from: &[Dim], to: &[Dim]) -> bool {
+    let keep =
+        |s: &[Dim]| -> Vec<Dim> { s.iter().filter(|&&d| d != Dim::Known(1)).copied().collect() };
+    let (from, to) = (keep(from), keep(to));
+    if from.contains(&Dim::Known(0)) || to.contains(&Dim::Known(0)) {
+        return false;
+    }
+    let mut j = 0;
+    for &f in &from {
+        if to.get(j) == Some(&f) {
+            j += 1;
+            continue;
+        }
+        let Dim::Known(mut rest) = f else {
+            return false;
+        };
+        while rest > 1 {
+            match to.get(j) {
+                Some(&Dim::Known(t)) if rest % t == 0 => {
+                    rest /= t;
+                    j += 1;
+                }
+                _ => return false,
+            }
+        }
+    }
+    j == to.len()
+}
+
+/// Whether a slice `n` (or a reshape or slice of one) can be read in
+/// place by every kernel that reads it (fusion's `slice-in-place`): each
+/// reader is a loop kernel (an elementwise node or a reduction), or a
+/// reshape that only splits dims ([`splits_only`]) or another slice, read
+/// so in turn; and none of them is a root.
+fn read_in_place(
+    g: &Graph,
+    readers: &SecondaryMap<Node, Vec<Node>>,
+    roots: &EntitySet<Node>,
+    n: Node,
+) -> bool {
+    !roots.contains(n)
+        && !readers[n].is_empty()
+        && readers[n].iter().all(|&r| match &g.nodes[r].op {
+            op if is_elementwise(op) => true,
+            Op::Reduce { .. } => true,
+            Op::Slice { .. } => read_in_place(g, readers, roots, r),
+            Op::Reshape(a, _) => {
+                splits_only(g.shape(*a), g.shape(r)) && read_in_place(g, readers, roots, r)
+            }
+            _ => false,
+        })
 }
 
 /// Whether `r` sums `mm` over exactly its batch axes (all but the last
@@ -406,9 +469,18 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 f.fused.insert(n);
                 continue;
             }
+            Op::Slice { .. } if read_in_place(g, &readers, &is_root, n) => {
+                f.log.push(format!(
+                    "slice-in-place: {} is read in place by the loop kernels that read it",
+                    name(n)
+                ));
+                f.fused.insert(n);
+                continue;
+            }
             Op::Reshape(a, _) if f.fused.contains(*a) => {
                 // The operand is an append fused into a later one (see
-                // `append_sink`): so is this view of it.
+                // `append_sink`), or a slice read in place: so is this
+                // view of it.
                 f.fused.insert(n);
                 continue;
             }

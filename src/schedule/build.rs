@@ -613,12 +613,18 @@ fn fuse_epilogues(steps: &mut Vec<Step>) {
                 };
                 let reads: Vec<usize> = (0..args.len()).filter(|&k| args[k] == *product).collect();
                 match reads[..] {
-                    [acc] if walks && kernel.accesses[acc] == kernel.out => Some(Epilogue {
-                        kernel: kernel.clone(),
-                        acc,
-                        out: *out,
-                        args: args.clone(),
-                    }),
+                    [acc]
+                        if walks
+                            && kernel.accesses[acc] == kernel.out
+                            && kernel.offsets[acc] == 0 =>
+                    {
+                        Some(Epilogue {
+                            kernel: kernel.clone(),
+                            acc,
+                            out: *out,
+                            args: args.clone(),
+                        })
+                    }
                     _ => None,
                 }
             }

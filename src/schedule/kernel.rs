@@ -34,6 +34,9 @@ pub struct LoopKernel {
     pub dims: Vec<usize>,
     /// Element strides of each access along each dim.
     pub accesses: Vec<Vec<i64>>,
+    /// The element each access reads at the space's first point: not 0
+    /// where it reads a slice in place (fusion's `slice-in-place`).
+    pub offsets: Vec<usize>,
     /// Element strides of the output (0 along reduced dims).
     pub out: Vec<i64>,
     /// The expression DAG; the last entry is the kernel's value.
@@ -131,9 +134,10 @@ pub fn loop_kernel(
         exprs: Vec::new(),
         memo: HashMap::new(),
         accesses: Vec::new(),
+        offsets: Vec::new(),
         srcs: Vec::new(),
     };
-    let ident: Vec<Option<usize>> = (0..space.len()).map(Some).collect();
+    let ident: Vec<Index> = (0..space.len()).map(Index::dim).collect();
     let is_reduce = top != n;
     b.build(top, &ident, !is_reduce);
     let reduce = match &g.nodes[n].op {
@@ -143,6 +147,7 @@ pub fn loop_kernel(
     let mut k = LoopKernel {
         dims: space,
         accesses: b.accesses,
+        offsets: b.offsets,
         out,
         exprs: b.exprs,
         reduce,
@@ -151,14 +156,86 @@ pub fn loop_kernel(
     (k, b.srcs)
 }
 
+/// Where a node's index along one of its dims is, at a point of the
+/// iteration space: `Σ coef · i[dim] + at` over the `terms`. A node read
+/// in the kernel's own shape has one term per dim; a broadcast dim has
+/// none; a slice adds its start to `at`; a reshape that splits a dim sums
+/// the terms of its parts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Index {
+    terms: Vec<(usize, i64)>,
+    at: usize,
+}
+
+impl Index {
+    fn dim(d: usize) -> Index {
+        Index {
+            terms: vec![(d, 1)],
+            at: 0,
+        }
+    }
+
+    fn zero() -> Index {
+        Index {
+            terms: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+/// The index of each dim of `from` where a reshape of it to `to` is at
+/// `map`, when the reshape only adds or drops dims of size 1 and splits
+/// dims into consecutive parts (then every index is affine in the
+/// iteration); `None` when it merges dims. Fusion's `slice-in-place`
+/// fuses only such reshapes ([`crate::passes::fusion::splits_only`]).
+fn reshape_index(from: &[usize], to: &[usize], map: &[Index]) -> Option<Vec<Index>> {
+    let mut out = vec![Index::zero(); from.len()];
+    if from.contains(&0) {
+        // No point of the space is visited: nothing is read.
+        return Some(out);
+    }
+    let mut j = 0;
+    for (i, &f) in from.iter().enumerate() {
+        if f == 1 {
+            continue;
+        }
+        // The dims of `to` that make up dim `i`, innermost last.
+        let mut parts = Vec::new();
+        let mut size = 1;
+        while size < f {
+            let &t = to.get(j)?;
+            if t != 1 {
+                parts.push(j);
+                size *= t;
+            }
+            j += 1;
+        }
+        if size != f {
+            return None;
+        }
+        let mut idx = Index::zero();
+        let mut scale = 1usize;
+        for &p in parts.iter().rev() {
+            for &(d, c) in &map[p].terms {
+                idx.terms.push((d, c * scale as i64));
+            }
+            idx.at += map[p].at * scale;
+            scale *= to[p];
+        }
+        out[i] = idx;
+    }
+    Some(out)
+}
+
 struct KernelBuilder<'a> {
     g: &'a Graph,
     fu: &'a fusion::Fusion,
     shapes: &'a SecondaryMap<Node, Vec<usize>>,
     rank: usize,
     exprs: Vec<Expr>,
-    memo: HashMap<(Node, Vec<Option<usize>>), usize>,
+    memo: HashMap<(Node, Vec<Index>), usize>,
     accesses: Vec<Vec<i64>>,
+    offsets: Vec<usize>,
     srcs: Vec<Node>,
 }
 
@@ -168,10 +245,10 @@ impl KernelBuilder<'_> {
         self.exprs.len() - 1
     }
 
-    /// The expression of `n` evaluated where each of its dims is the
-    /// iteration dim `map[j]` (or 0 when `None`). `top`: compute `n` itself
-    /// even though it is stored.
-    fn build(&mut self, n: Node, map: &[Option<usize>], top: bool) -> usize {
+    /// The expression of `n` evaluated where each of its dims is at the
+    /// index `map[j]` of the iteration. `top`: compute `n` itself even
+    /// though it is stored.
+    fn build(&mut self, n: Node, map: &[Index], top: bool) -> usize {
         let key = (n, map.to_vec());
         if let Some(&e) = self.memo.get(&key) {
             return e;
@@ -180,13 +257,16 @@ impl KernelBuilder<'_> {
         let e = if stored && !top {
             let st = strides(&self.shapes[n]);
             let mut s = vec![0i64; self.rank];
-            for (j, m) in map.iter().enumerate() {
-                if let Some(d) = m {
-                    s[*d] += st[j] as i64;
+            let mut at = 0;
+            for (j, ix) in map.iter().enumerate() {
+                for &(d, c) in &ix.terms {
+                    s[d] += c * st[j] as i64;
                 }
+                at += ix.at * st[j];
             }
             self.srcs.push(n);
             self.accesses.push(s);
+            self.offsets.push(at);
             let a = self.accesses.len() - 1;
             self.push(Expr::Load(a))
         } else {
@@ -196,15 +276,29 @@ impl KernelBuilder<'_> {
                     let from = &self.shapes[*a];
                     let to = &self.shapes[n];
                     let off = to.len() - from.len();
-                    let m: Vec<Option<usize>> = (0..from.len())
+                    let m: Vec<Index> = (0..from.len())
                         .map(|j| {
                             if from[j] == 1 && to[j + off] != 1 {
-                                None
+                                Index::zero()
                             } else {
-                                map[j + off]
+                                map[j + off].clone()
                             }
                         })
                         .collect();
+                    self.build(*a, &m, false)
+                }
+                // fusion's `slice-in-place`: the operand read at the
+                // slice's start along its axis.
+                Op::Slice {
+                    arg, axis, start, ..
+                } => {
+                    let mut m = map.to_vec();
+                    m[*axis].at += *start as usize;
+                    self.build(*arg, &m, false)
+                }
+                Op::Reshape(a, _) => {
+                    let m = reshape_index(&self.shapes[*a], &self.shapes[n], map)
+                        .expect("fusion fuses only reshapes that split or add unit dims");
                     self.build(*a, &m, false)
                 }
                 Op::Unary(op, a) => {

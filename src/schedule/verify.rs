@@ -105,11 +105,13 @@ impl Schedule {
                 if space.is_empty()
                     || kernel.out.len() != space.len()
                     || kernel.accesses.iter().any(|a| a.len() != space.len())
+                    || kernel.offsets.len() != args.len()
                 {
                     return Err("a loop kernel's strides do not match its dimensions".into());
                 }
                 for (k, (&b, st)) in args.iter().zip(&kernel.accesses).enumerate() {
-                    self.inside(b, reach(0, space, st)?, &format!("access {k}"))?;
+                    let at = kernel.offsets[k];
+                    self.inside(b, reach(at, space, st)?, &format!("access {k}"))?;
                 }
                 self.inside(*out, reach(0, space, &kernel.out)?, "the output")
             }
@@ -148,6 +150,7 @@ impl Schedule {
                     let whole: usize = e.kernel.dims.iter().product();
                     if e.args.get(e.acc) != Some(out)
                         || e.kernel.accesses[e.acc] != e.kernel.out
+                        || e.kernel.offsets[e.acc] != 0
                         || whole != total
                         || e.out == *a
                         || e.out == *b

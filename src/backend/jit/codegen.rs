@@ -70,8 +70,14 @@ pub fn compile<M: Module>(
             out_ptr,
             powf,
         };
-        let zero = b.ins().iconst(types::I64, 0);
-        let offs = vec![zero; k.accesses.len() + 1];
+        // Each access starts at its offset (a slice read in place), the
+        // output at 0.
+        let offs: Vec<Value> = k
+            .offsets
+            .iter()
+            .chain(std::iter::once(&0))
+            .map(|&o| b.ins().iconst(types::I64, o as i64))
+            .collect();
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);
         b.ins().return_(&[]);
         b.seal_all_blocks();

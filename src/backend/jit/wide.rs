@@ -207,8 +207,8 @@ unsafe fn run_generic(
             };
             let out_base = base(&k.out);
             let mut acc_base = [0isize; MAX_ACCESSES];
-            for (b, s) in acc_base.iter_mut().zip(&k.accesses) {
-                *b = base(s);
+            for ((b, s), &o) in acc_base.iter_mut().zip(&k.accesses).zip(&k.offsets) {
+                *b = base(s) + o as isize;
             }
             let mut at = inner_lo;
             while at < inner_hi {

@@ -176,6 +176,7 @@ pub fn transpose_kernel(shape: &[usize], perm: &[usize]) -> LoopKernel {
     let out = crate::tensor::strides(&dims);
     let mut k = LoopKernel {
         accesses: vec![perm.iter().map(|&p| src[p] as i64).collect()],
+        offsets: vec![0],
         out: out.iter().map(|&x| x as i64).collect(),
         dims,
         exprs: vec![Expr::Load(0)],
@@ -252,8 +253,9 @@ fn index_type(k: &LoopKernel) -> &'static str {
     let widest = k
         .accesses
         .iter()
-        .chain(std::iter::once(&k.out))
-        .map(reach)
+        .zip(&k.offsets)
+        .map(|(s, &o)| reach(s) + o as i128)
+        .chain(std::iter::once(reach(&k.out)))
         .max()
         .unwrap_or(0)
         .max(total + GROUP as i128);
@@ -321,7 +323,11 @@ fn expressions_with(
         let v = |i: usize| format!("e{i}");
         let rhs = match *e {
             Expr::Load(a) if Some(a) == acc => "v".into(),
-            Expr::Load(a) => format!("a{a}[{}]", offset(&k.accesses[a], ds)),
+            Expr::Load(a) => match (k.offsets[a], offset(&k.accesses[a], ds)) {
+                (0, at) => format!("a{a}[{at}]"),
+                (o, at) if at == "0" => format!("a{a}[{o}]"),
+                (o, at) => format!("a{a}[{o} + {at}]"),
+            },
             Expr::Const(c) => float(c),
             Expr::Unary(op, a) => {
                 let a = v(a);
