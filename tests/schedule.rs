@@ -61,6 +61,29 @@ fn an_access_out_of_its_buffer_is_rejected() {
 }
 
 #[test]
+fn an_output_offset_past_its_buffer_or_under_a_reduction_is_rejected() {
+    // The first loop kernel of `s` that is (or is not) a reduction.
+    fn first_loop(s: &mut Schedule, reduction: bool) -> &mut nnc::schedule::LoopKernel {
+        s.steps
+            .iter_mut()
+            .find_map(|st| match st {
+                Step::Loop { kernel, init, .. } if init.is_some() == reduction => Some(kernel),
+                _ => None,
+            })
+            .expect("a loop kernel of that kind")
+    }
+    let src = "input x: [B, 3]\noutput y = tanh(x) * 2\noutput m = sum(x, axis = 0)\n";
+    let mut s = schedule_of("offsets.nn", src);
+    first_loop(&mut s, false).out_offset = 1;
+    let e = rejects(&s, "an elementwise output one element too far");
+    assert!(e.contains("the output reaches element"), "{e}");
+    let mut s = schedule_of("offsets.nn", src);
+    first_loop(&mut s, true).out_offset = 1;
+    let e = rejects(&s, "a reduction from an offset");
+    assert!(e.contains("from an offset"), "{e}");
+}
+
+#[test]
 fn an_access_offset_past_its_buffer_is_rejected() {
     let mut s = schedule();
     let (kernel, args) = s
@@ -262,9 +285,11 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
     // `t` is stored (slices are not loop kernels); its slices are read by
     // elementwise kernels and a reduction, directly, through a reshape
     // that splits a dim, through one that drops a unit dim, through a
-    // slice of a slice, along the batch axis and broadcast: fusion's
-    // `slice-in-place` reads them all from t's buffer at their offsets.
-    // Only `r`, a root, is copied.
+    // slice of a slice, along the first axis and broadcast, and joined
+    // by concatenations: fusion's `slice-in-place` reads them all from t's
+    // buffer at their offsets, and the joins copy the slices into their
+    // parts with loop kernels. Only `r`, a root, and `q`'s second part, a
+    // product, are copied by block copies.
     let src = "input x: [4, 12]\n\
                let t = x * 2 - 1\n\
                let a = slice(t, 1, 2, 8)\n\
@@ -273,7 +298,9 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
                output y = a * 3 + reshape(reshape(slice(t, 1, 6, 12), [4, 1, 6]), [4, 6])\n\
                output z = sum(c, axis = 0) + slice(t, 1, 9, 12)\n\
                output w = mean(slice(t, 0, 1, 3), axis = 0)\n\
-               output r = slice(t, 1, 3, 5)\n";
+               output r = slice(t, 1, 3, 5)\n\
+               output q = concat(slice(t, 1, 0, 2), slice(t, 1, 10, 12) * 2, 1)\n\
+               output p = concat(slice(t, 0, 0, 1), slice(t, 0, 2, 4), 0)\n";
     let c = pipeline::compile("slices.nn", src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("graph");
@@ -284,7 +311,14 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
         .iter()
         .filter(|st| matches!(st, Step::Copy { .. }))
         .count();
-    assert_eq!(copies, 1, "only the root slice is copied: {:?}", s.steps);
+    assert_eq!(copies, 2, "the root slice and one part of q: {:?}", s.steps);
+    let into_parts = s
+        .steps
+        .iter()
+        .filter(|st| matches!(st, Step::Loop { kernel, .. } if kernel.out_offset > 0))
+        .count();
+    // q's first part is at offset 0; p's second part at 12.
+    assert_eq!(into_parts, 1, "{:?}", s.steps);
     let offsets: Vec<usize> = s
         .steps
         .iter()

@@ -28,11 +28,14 @@
 //!   of one GEMM).
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
 //! - `slice-in-place`: a slice read only by loop kernels (elementwise
-//!   nodes and reductions), directly or through reshapes that split dims
-//!   or add and drop dims of size 1 and through further slices, is not
-//!   copied: each kernel reads its operand's buffer at the slice's offset
-//!   with the operand's strides (an LSTM's gates, sliced from one product
-//!   of the stacked weights, and the halves of its carry).
+//!   nodes and reductions) and concatenations, directly or through
+//!   reshapes that split dims or add and drop dims of size 1 and through
+//!   further slices, is not copied: each kernel reads its operand's
+//!   buffer at the slice's offset with the operand's strides (an LSTM's
+//!   gates, sliced from one product of the stacked weights, and the
+//!   halves of its carry), and a concatenation copies it from there into
+//!   its part by a loop kernel (the steps of a loop's stacked results
+//!   shifted by one, in its derivative).
 //! - `scan-sum`: a loop whose steps are independent (its body does not
 //!   read the carry) and whose stacked results are only summed over the
 //!   steps adds each step's result into the sum as it runs; the stack is
@@ -188,9 +191,10 @@ pub fn splits_only(from: &[Dim], to: &[Dim]) -> bool {
 
 /// Whether a slice `n` (or a reshape or slice of one) can be read in
 /// place by every kernel that reads it (fusion's `slice-in-place`): each
-/// reader is a loop kernel (an elementwise node or a reduction), or a
-/// reshape that only splits dims ([`splits_only`]) or another slice, read
-/// so in turn; and none of them is a root.
+/// reader is a loop kernel (an elementwise node or a reduction), a
+/// concatenation (which copies it with a loop kernel), or a reshape that
+/// only splits dims ([`splits_only`]) or another slice, read so in turn;
+/// and none of them is a root.
 fn read_in_place(
     g: &Graph,
     readers: &SecondaryMap<Node, Vec<Node>>,
@@ -201,13 +205,25 @@ fn read_in_place(
         && !readers[n].is_empty()
         && readers[n].iter().all(|&r| match &g.nodes[r].op {
             op if is_elementwise(op) => true,
-            Op::Reduce { .. } => true,
+            Op::Reduce { .. } | Op::Concat { .. } => true,
             Op::Slice { .. } => read_in_place(g, readers, roots, r),
             Op::Reshape(a, _) => {
                 splits_only(g.shape(*a), g.shape(r)) && read_in_place(g, readers, roots, r)
             }
             _ => false,
         })
+}
+
+/// Whether `n` is a slice read in place (`slice-in-place`), or a reshape
+/// or slice of one: a view of a stored node's buffer that no kernel
+/// stores.
+pub fn is_slice_view(g: &Graph, f: &Fusion, n: Node) -> bool {
+    f.fused.contains(n)
+        && match g.nodes[n].op {
+            Op::Slice { .. } => true,
+            Op::Reshape(a, _) => is_slice_view(g, f, a),
+            _ => false,
+        }
 }
 
 /// Whether `r` sums `mm` over exactly its batch axes (all but the last
@@ -471,7 +487,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             }
             Op::Slice { .. } if read_in_place(g, &readers, &is_root, n) => {
                 f.log.push(format!(
-                    "slice-in-place: {} is read in place by the loop kernels that read it",
+                    "slice-in-place: {} is read in place by the kernels that read it",
                     name(n)
                 ));
                 f.fused.insert(n);

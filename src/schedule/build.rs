@@ -8,8 +8,8 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep, Schedule,
-    Step,
+    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep,
+    Schedule, Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
@@ -78,7 +78,12 @@ impl<'f> Builder<'f> {
             if matches!(kind, Kind::Leaf | Kind::View) {
                 continue;
             }
-            steps.push(self.step(n, kind)?);
+            match self.step(n, kind)? {
+                // Every part was a slice read in place.
+                Step::Copy { parts, .. } if parts.is_empty() => {}
+                step => steps.push(step),
+            }
+            steps.extend(self.parts_in_place(n)?);
         }
         fuse_epilogues(&mut steps);
         for (src, dst) in update_copies {
@@ -171,6 +176,36 @@ impl<'f> Builder<'f> {
             }
             Kind::Host => self.host_step(n, out)?,
         })
+    }
+
+    /// The loop kernels copying the parts of concatenation `n` that are
+    /// slices read in place (fusion's `slice-in-place`) into its buffer;
+    /// its block copy skips them. None for any other node.
+    fn parts_in_place(&self, n: Node) -> Result<Vec<Step>, Error> {
+        let (g, fu, shapes) = (self.g, self.fu, &self.shapes);
+        if fu.fused.contains(n) || !matches!(g.nodes[n].op, Op::Concat { .. }) {
+            return Ok(Vec::new());
+        }
+        let out = self.buf(n)?;
+        let mut steps = Vec::new();
+        for (x, at, strides) in concat_parts(g, fu, shapes, n) {
+            if !fusion::is_slice_view(g, fu, x) || shapes[x].contains(&0) {
+                continue;
+            }
+            let (kernel, srcs) = copy_kernel(g, fu, shapes, x, strides, at);
+            let args = srcs
+                .iter()
+                .map(|&s| self.buf(s))
+                .collect::<Result<_, _>>()?;
+            steps.push(Step::Loop {
+                kernel,
+                out,
+                args,
+                init: None,
+                divisor: None,
+            });
+        }
+        Ok(steps)
     }
 
     /// A matmul, or the sum over its batch of a fused one: GEMMs reading
@@ -384,48 +419,42 @@ impl<'f> Builder<'f> {
                     out,
                 }
             }
-            &Op::Concat { .. } if fusion::is_append(g, n) => {
-                let mut sources = Vec::new();
-                append_sources(g, self.fu, n, &mut sources);
-                let total: usize = shapes[n].iter().product();
-                let mut at = 0;
-                let mut parts = Vec::new();
-                for x in sources {
-                    let len: usize = shapes[x].iter().product();
-                    let part = Blocks {
-                        count: 1,
-                        len,
-                        src_at: 0,
-                        src_stride: len,
-                        dst_at: at,
-                        dst_stride: total,
-                    };
-                    parts.push((self.buf(x)?, part));
-                    at += len;
-                }
-                Step::Copy { parts, out }
-            }
             &Op::Concat { axis, .. } => {
-                // The parts of a chain of joins along one axis (fusion's
-                // `concat-chain`), each copied once.
-                let mut sources = Vec::new();
-                append_sources(g, self.fu, n, &mut sources);
+                // An append copies each part whole, after the one before;
+                // a join along an axis (with the parts of a chain of them,
+                // fusion's `concat-chain`) copies each part's rows into
+                // their columns. Slices read in place are copied by
+                // [`Builder::parts_in_place`].
                 let (count, _, inner) = along(n, axis);
-                let row = shapes[n][axis] * inner;
-                let mut at = 0;
+                let append = fusion::is_append(g, n);
+                let total: usize = shapes[n].iter().product();
                 let mut parts = Vec::new();
-                for x in sources {
-                    let len = shapes[x][axis] * inner;
-                    let part = Blocks {
-                        count,
-                        len,
-                        src_at: 0,
-                        src_stride: len,
-                        dst_at: at,
-                        dst_stride: row,
+                for (x, at, _) in concat_parts(g, self.fu, shapes, n) {
+                    if fusion::is_slice_view(g, self.fu, x) {
+                        continue;
+                    }
+                    let part = if append {
+                        let len: usize = shapes[x].iter().product();
+                        Blocks {
+                            count: 1,
+                            len,
+                            src_at: 0,
+                            src_stride: len,
+                            dst_at: at,
+                            dst_stride: total,
+                        }
+                    } else {
+                        let len = shapes[x][axis] * inner;
+                        Blocks {
+                            count,
+                            len,
+                            src_at: 0,
+                            src_stride: len,
+                            dst_at: at,
+                            dst_stride: shapes[n][axis] * inner,
+                        }
                     };
                     parts.push((self.buf(x)?, part));
-                    at += len;
                 }
                 Step::Copy { parts, out }
             }
@@ -528,9 +557,45 @@ impl<'f> Builder<'f> {
     }
 }
 
-/// The stored values an append concatenation joins, in order, looking
-/// through the appends and reshapes fused into it (fusion's
-/// `append-chain`).
+/// The parts a concatenation joins, in order, looking through the
+/// appends, joins and reshapes fused into it (fusion's `append-chain` and
+/// `concat-chain`) but not into a slice read in place (which is a part):
+/// each with the element of the output its first element goes to, and
+/// the output's strides over the part's dims (an append writes its part
+/// whole, contiguously; a join along an axis writes it into its columns).
+fn concat_parts(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &Shapes,
+    n: Node,
+) -> Vec<(Node, usize, Vec<i64>)> {
+    let mut sources = Vec::new();
+    append_sources(g, fu, n, &mut sources);
+    let append = fusion::is_append(g, n);
+    let Op::Concat { axis, .. } = g.nodes[n].op else {
+        unreachable!("concat_parts is given concatenations")
+    };
+    let out_strides: Vec<i64> = strides(&shapes[n]).iter().map(|&s| s as i64).collect();
+    let inner: usize = shapes[n][axis + 1..].iter().product();
+    let mut at = 0;
+    sources
+        .into_iter()
+        .map(|x| {
+            let (len, st) = if append {
+                let st = strides(&shapes[x]).iter().map(|&s| s as i64).collect();
+                (shapes[x].iter().product(), st)
+            } else {
+                (shapes[x][axis] * inner, out_strides.clone())
+            };
+            let part = (x, at, st);
+            at += len;
+            part
+        })
+        .collect()
+}
+
+/// The values a concatenation joins, in order, looking through the
+/// appends, joins and reshapes fused into it.
 fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) {
     let parts = match g.nodes[n].op {
         Op::Concat { a, b, .. } => vec![a, b],
@@ -538,7 +603,7 @@ fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) 
         _ => unreachable!("only joins and reshapes are fused into a join"),
     };
     for x in parts {
-        if fu.fused.contains(x) {
+        if fu.fused.contains(x) && !fusion::is_slice_view(g, fu, x) {
             append_sources(g, fu, x, out);
         } else {
             out.push(x);
@@ -616,7 +681,8 @@ fn fuse_epilogues(steps: &mut Vec<Step>) {
                     [acc]
                         if walks
                             && kernel.accesses[acc] == kernel.out
-                            && kernel.offsets[acc] == 0 =>
+                            && kernel.offsets[acc] == 0
+                            && kernel.out_offset == 0 =>
                     {
                         Some(Epilogue {
                             kernel: kernel.clone(),

@@ -39,6 +39,10 @@ pub struct LoopKernel {
     pub offsets: Vec<usize>,
     /// Element strides of the output (0 along reduced dims).
     pub out: Vec<i64>,
+    /// The element of the output written at the space's first point: not
+    /// 0 where the kernel copies a slice read in place into its part of a
+    /// concatenation ([`copy_kernel`]).
+    pub out_offset: usize,
     /// The expression DAG; the last entry is the kernel's value.
     pub exprs: Vec<Expr>,
     /// Set for reductions: the output is combined into, not overwritten.
@@ -149,8 +153,49 @@ pub fn loop_kernel(
         accesses: b.accesses,
         offsets: b.offsets,
         out,
+        out_offset: 0,
         exprs: b.exprs,
         reduce,
+    };
+    k.simplify();
+    (k, b.srcs)
+}
+
+/// The loop kernel copying `part`, a slice read in place (fusion's
+/// `slice-in-place`: not stored), into its place in a concatenation:
+/// over the part's shape, reading the slice's operand at its offset, and
+/// writing the output from element `at` with strides `out`. Returns the
+/// kernel and the stored node each access reads.
+pub fn copy_kernel(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    part: Node,
+    out: Vec<i64>,
+    at: usize,
+) -> (LoopKernel, Vec<Node>) {
+    let space = shapes[part].clone();
+    let mut b = KernelBuilder {
+        g,
+        fu,
+        shapes,
+        rank: space.len(),
+        exprs: Vec::new(),
+        memo: HashMap::new(),
+        accesses: Vec::new(),
+        offsets: Vec::new(),
+        srcs: Vec::new(),
+    };
+    let ident: Vec<Index> = (0..space.len()).map(Index::dim).collect();
+    b.build(part, &ident, false);
+    let mut k = LoopKernel {
+        dims: space,
+        accesses: b.accesses,
+        offsets: b.offsets,
+        out,
+        out_offset: at,
+        exprs: b.exprs,
+        reduce: None,
     };
     k.simplify();
     (k, b.srcs)

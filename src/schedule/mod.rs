@@ -30,7 +30,7 @@ mod verify;
 
 pub use build::build;
 pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
-pub use kernel::{loop_kernel, Expr, LoopKernel};
+pub use kernel::{copy_kernel, loop_kernel, Expr, LoopKernel};
 pub use verify::VerifyError;
 
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};

@@ -92,7 +92,11 @@ impl Schedule {
         };
         match step {
             Step::Loop {
-                kernel, out, args, ..
+                kernel,
+                out,
+                args,
+                init,
+                divisor,
             } => {
                 if kernel.accesses.len() != args.len() {
                     return Err(format!(
@@ -113,7 +117,16 @@ impl Schedule {
                     let at = kernel.offsets[k];
                     self.inside(b, reach(at, space, st)?, &format!("access {k}"))?;
                 }
-                self.inside(*out, reach(0, space, &kernel.out)?, "the output")
+                if (init.is_some() || divisor.is_some()) && kernel.out_offset != 0 {
+                    // A reduction's start and its mean's division cover
+                    // the whole output buffer.
+                    return Err("a reduction writes its output from an offset".into());
+                }
+                self.inside(
+                    *out,
+                    reach(kernel.out_offset, space, &kernel.out)?,
+                    "the output",
+                )
             }
             Step::MatMul {
                 a,
@@ -151,6 +164,7 @@ impl Schedule {
                     if e.args.get(e.acc) != Some(out)
                         || e.kernel.accesses[e.acc] != e.kernel.out
                         || e.kernel.offsets[e.acc] != 0
+                        || e.kernel.out_offset != 0
                         || whole != total
                         || e.out == *a
                         || e.out == *b

@@ -70,12 +70,12 @@ pub fn compile<M: Module>(
             out_ptr,
             powf,
         };
-        // Each access starts at its offset (a slice read in place), the
-        // output at 0.
+        // Each access and the output start at their offsets (a slice read
+        // in place, a part of a concatenation).
         let offs: Vec<Value> = k
             .offsets
             .iter()
-            .chain(std::iter::once(&0))
+            .chain(std::iter::once(&k.out_offset))
             .map(|&o| b.ins().iconst(types::I64, o as i64))
             .collect();
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);

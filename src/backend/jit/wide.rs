@@ -205,7 +205,7 @@ unsafe fn run_generic(
                     .map(|(&i, &s)| i as isize * s as isize)
                     .sum()
             };
-            let out_base = base(&k.out);
+            let out_base = base(&k.out) + k.out_offset as isize;
             let mut acc_base = [0isize; MAX_ACCESSES];
             for ((b, s), &o) in acc_base.iter_mut().zip(&k.accesses).zip(&k.offsets) {
                 *b = base(s) + o as isize;

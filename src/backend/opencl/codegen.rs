@@ -178,6 +178,7 @@ pub fn transpose_kernel(shape: &[usize], perm: &[usize]) -> LoopKernel {
         accesses: vec![perm.iter().map(|&p| src[p] as i64).collect()],
         offsets: vec![0],
         out: out.iter().map(|&x| x as i64).collect(),
+        out_offset: 0,
         dims,
         exprs: vec![Expr::Load(0)],
         reduce: None,
@@ -255,7 +256,7 @@ fn index_type(k: &LoopKernel) -> &'static str {
         .iter()
         .zip(&k.offsets)
         .map(|(s, &o)| reach(s) + o as i128)
-        .chain(std::iter::once(reach(&k.out)))
+        .chain(std::iter::once(reach(&k.out) + k.out_offset as i128))
         .max()
         .unwrap_or(0)
         .max(total + GROUP as i128);
@@ -416,7 +417,11 @@ pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Optio
     let _ = writeln!(s, "__kernel {attr}\nvoid {name}({}) {{", args.join(", "));
     let outs: usize = kept.iter().map(|&d| k.dims[d]).product();
     let terms: usize = reduced.iter().map(|&d| k.dims[d]).product();
-    let out_at = offset(&k.out, &kept);
+    let out_at = match (k.out_offset, offset(&k.out, &kept)) {
+        (0, at) => at,
+        (o, at) if at == "0" => o.to_string(),
+        (o, at) => format!("{o} + {at}"),
+    };
     let finish = |acc: &str| match divisor {
         Some(d) => format!("{acc} / {}", float(d)),
         None => acc.to_string(),
