@@ -45,6 +45,12 @@
 //!   through reshapes), is not stored: the outer one copies its parts in
 //!   place. Joined gradients (an LSTM's four gates, the packed arguments
 //!   of a loop) are then one copy of each part instead of one per join.
+//! - `concat-in-place`: an elementwise kernel whose value only a
+//!   concatenation reads, as one of its parts, writes it straight into
+//!   its place in the concatenation's buffer (with the concatenation's
+//!   strides) instead of into a buffer of its own that the concatenation
+//!   copies (the gates' gradients an LSTM's derivative loop lays side by
+//!   side for `matmul-sum`).
 //!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a
@@ -88,6 +94,9 @@ pub struct Fusion {
     /// of the last two axes (swapped strides) and batch broadcasts (the
     /// same matrix for every batch).
     pub strided: EntitySet<Node>,
+    /// Elementwise kernels that write their value into their part of a
+    /// concatenation (`concat-in-place`): the stored concatenation.
+    pub placed: SecondaryMap<Node, Option<Node>>,
     /// Why each decision was taken, for `NNC_LOG=fusion`.
     pub log: Vec<String>,
 }
@@ -258,6 +267,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         kernels: Vec::new(),
         fused: EntitySet::new(),
         strided: EntitySet::new(),
+        placed: SecondaryMap::new(),
         log: Vec::new(),
     };
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
@@ -511,7 +521,71 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         };
         f.kernels.push((n, kind));
     }
+    place_parts(g, &readers, &is_root, &mut f);
     f
+}
+
+/// The parts a concatenation joins, in order, looking through the
+/// appends, joins and reshapes fused into it (`append-chain`,
+/// `concat-chain`) but not into a slice read in place, which is a part.
+pub fn concat_sources(g: &Graph, f: &Fusion, n: Node, out: &mut Vec<Node>) {
+    let parts = match g.nodes[n].op {
+        Op::Concat { a, b, .. } => vec![a, b],
+        Op::Reshape(a, _) => vec![a],
+        _ => unreachable!("only joins and reshapes are fused into a join"),
+    };
+    for x in parts {
+        if f.fused.contains(x) && !is_slice_view(g, f, x) {
+            concat_sources(g, f, x, out);
+        } else {
+            out.push(x);
+        }
+    }
+}
+
+/// The rule `concat-in-place`: each elementwise kernel that is not a
+/// root and whose only reader is a concatenation (directly, or through
+/// the joins fused into a stored one), of which it is one part, once.
+fn place_parts(
+    g: &Graph,
+    readers: &SecondaryMap<Node, Vec<Node>>,
+    roots: &EntitySet<Node>,
+    f: &mut Fusion,
+) {
+    let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
+    let mut placed = Vec::new();
+    for &(p, kind) in &f.kernels {
+        if kind != Kind::Elementwise || roots.contains(p) {
+            continue;
+        }
+        // The stored concatenation the part's value flows into.
+        let mut c = match readers[p][..] {
+            [r] if matches!(g.nodes[r].op, Op::Concat { .. }) => r,
+            _ => continue,
+        };
+        while f.fused.contains(c) {
+            match readers[c][..] {
+                [r] => c = r,
+                _ => break,
+            }
+        }
+        if f.fused.contains(c) || !matches!(g.nodes[c].op, Op::Concat { .. }) {
+            continue;
+        }
+        let mut parts = Vec::new();
+        concat_sources(g, f, c, &mut parts);
+        if parts.iter().filter(|&&x| x == p).count() == 1 {
+            placed.push((p, c));
+        }
+    }
+    for (p, c) in placed {
+        f.log.push(format!(
+            "concat-in-place: {} is written straight into its part of {}",
+            name(p),
+            name(c)
+        ));
+        f.placed[p] = Some(c);
+    }
 }
 
 pub fn op_name(op: &Op) -> String {

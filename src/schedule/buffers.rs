@@ -1,8 +1,10 @@
 //! Buffer planning: which buffer holds each stored node. Buffers are
 //! assigned in kernel order, and one whose last reader has run is reused
 //! by the next value of the same size; leaves and roots keep their own, a
-//! view shares its operand's, and every parameter update gets a buffer
-//! of its own (a copy where its value shares one).
+//! view shares its operand's, a part written in place into a
+//! concatenation (fusion's `concat-in-place`) shares the concatenation's
+//! (assigned when its first such part is), and every parameter update
+//! gets a buffer of its own (a copy where its value shares one).
 
 use super::BufId;
 use crate::exec::Error;
@@ -128,6 +130,8 @@ pub(super) fn plan_buffers(
             };
             base[n] = Some(root_of(&base, a));
         }
+        // A part written into its concatenation lives in its buffer.
+        base[n] = base[n].or(fu.placed[n]);
         if kind == Kind::Leaf {
             pinned.insert(n);
         }
@@ -145,16 +149,26 @@ pub(super) fn plan_buffers(
     let mut sizes: PrimaryMap<BufId, usize> = PrimaryMap::new();
     let mut free: HashMap<usize, Vec<BufId>> = HashMap::new();
     for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
-        if kind == Kind::View {
-            buf_of[n] = buf_of[root_of(&base, n)];
-        } else {
-            let len: usize = shapes[n].iter().product();
-            let reuse = if pinned.contains(n) {
+        // A new buffer for `x`, or a free one of its size.
+        let mut take = |x: Node, sizes: &mut PrimaryMap<BufId, usize>| -> BufId {
+            let len: usize = shapes[x].iter().product();
+            let reuse = if pinned.contains(x) {
                 None
             } else {
                 free.get_mut(&len).and_then(|v| v.pop())
             };
-            buf_of[n] = reuse.unwrap_or_else(|| sizes.push(len)).into();
+            reuse.unwrap_or_else(|| sizes.push(len))
+        };
+        if kind == Kind::View {
+            buf_of[n] = buf_of[root_of(&base, n)];
+        } else if let Some(c) = fu.placed[n] {
+            // The concatenation's buffer, from its first part on.
+            if buf_of[c].is_none() {
+                buf_of[c] = take(c, &mut sizes).into();
+            }
+            buf_of[n] = buf_of[c];
+        } else if buf_of[n].is_none() {
+            buf_of[n] = take(n, &mut sizes).into();
         }
         // Release what this kernel was the last to need: what it reads, and
         // what the product before it read.

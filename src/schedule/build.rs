@@ -138,7 +138,15 @@ impl<'f> Builder<'f> {
         Ok(match kind {
             Kind::Leaf | Kind::View => unreachable!("leaves and views have no step"),
             Kind::Elementwise | Kind::Reduce => {
-                let (kernel, srcs) = loop_kernel(g, fu, shapes, n);
+                // A part written into its concatenation: where it goes.
+                let place = fu.placed[n].map(|c| {
+                    concat_parts(g, fu, shapes, c)
+                        .into_iter()
+                        .find(|&(x, ..)| x == n)
+                        .map(|(_, at, strides)| (strides, at))
+                        .expect("fusion places a part of its concatenation")
+                });
+                let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place);
                 let args = srcs
                     .iter()
                     .map(|&s| self.buf(s))
@@ -430,7 +438,9 @@ impl<'f> Builder<'f> {
                 let total: usize = shapes[n].iter().product();
                 let mut parts = Vec::new();
                 for (x, at, _) in concat_parts(g, self.fu, shapes, n) {
-                    if fusion::is_slice_view(g, self.fu, x) {
+                    if fusion::is_slice_view(g, self.fu, x) || self.fu.placed[x].is_some() {
+                        // Copied by a loop kernel, or written here by its
+                        // own (fusion's `concat-in-place`).
                         continue;
                     }
                     let part = if append {
@@ -570,7 +580,7 @@ fn concat_parts(
     n: Node,
 ) -> Vec<(Node, usize, Vec<i64>)> {
     let mut sources = Vec::new();
-    append_sources(g, fu, n, &mut sources);
+    fusion::concat_sources(g, fu, n, &mut sources);
     let append = fusion::is_append(g, n);
     let Op::Concat { axis, .. } = g.nodes[n].op else {
         unreachable!("concat_parts is given concatenations")
@@ -592,23 +602,6 @@ fn concat_parts(
             part
         })
         .collect()
-}
-
-/// The values a concatenation joins, in order, looking through the
-/// appends, joins and reshapes fused into it.
-fn append_sources(g: &Graph, fu: &fusion::Fusion, n: Node, out: &mut Vec<Node>) {
-    let parts = match g.nodes[n].op {
-        Op::Concat { a, b, .. } => vec![a, b],
-        Op::Reshape(a, _) => vec![a],
-        _ => unreachable!("only joins and reshapes are fused into a join"),
-    };
-    for x in parts {
-        if fu.fused.contains(x) && !fusion::is_slice_view(g, fu, x) {
-            append_sources(g, fu, x, out);
-        } else {
-            out.push(x);
-        }
-    }
 }
 
 /// The offset of each batch's matrix in a tensor of shape `src` read by a

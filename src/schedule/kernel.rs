@@ -101,12 +101,15 @@ impl LoopKernel {
 }
 
 /// The loop kernel computing stored node `n`, and the stored node each of
-/// its accesses reads.
+/// its accesses reads. With `place`, an elementwise kernel writes with
+/// those strides over its dims from that element (its part of a
+/// concatenation, fusion's `concat-in-place`).
 pub fn loop_kernel(
     g: &Graph,
     fu: &fusion::Fusion,
     shapes: &SecondaryMap<Node, Vec<usize>>,
     n: Node,
+    place: Option<(Vec<i64>, usize)>,
 ) -> (LoopKernel, Vec<Node>) {
     let (space, out, top) = match &g.nodes[n].op {
         Op::Reduce { arg, axes, .. } => {
@@ -126,7 +129,10 @@ pub fn loop_kernel(
         }
         _ => {
             let s = shapes[n].clone();
-            let out = strides(&s).iter().map(|&x| x as i64).collect();
+            let out = match &place {
+                Some((st, _)) => st.clone(),
+                None => strides(&s).iter().map(|&x| x as i64).collect(),
+            };
             (s, out, n)
         }
     };
@@ -153,7 +159,7 @@ pub fn loop_kernel(
         accesses: b.accesses,
         offsets: b.offsets,
         out,
-        out_offset: 0,
+        out_offset: place.map_or(0, |(_, at)| at),
         exprs: b.exprs,
         reduce,
     };

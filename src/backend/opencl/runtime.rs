@@ -236,12 +236,18 @@ fn check_memory(gpu: &device::Gpu, sched: &Schedule) -> Result<(), Error> {
         .max_by_key(|(_, &len)| len)
         .map(|(b, _)| b);
     let largest = biggest.map_or(0, |b| sched.bufs[b]) as u64 * 4;
-    // The tensor that buffer holds, to name it.
+    // The tensor that buffer holds, to name it (not a part of it written
+    // in place: fusion's `concat-in-place`).
     let shape = sched
         .graph
         .nodes
         .keys()
-        .find(|&n| biggest.is_some() && sched.buf(n) == biggest)
+        .find(|&n| {
+            biggest.is_some_and(|b| {
+                sched.buf(n) == Some(b)
+                    && sched.shapes[n].iter().product::<usize>() == sched.bufs[b]
+            })
+        })
         .map_or_else(String::new, |n| {
             format!(" (a tensor of shape {:?})", sched.shapes[n])
         });
