@@ -136,6 +136,29 @@ pub fn loop_kernel(
             (s, out, n)
         }
     };
+    let reduce = match &g.nodes[n].op {
+        Op::Reduce { op, .. } => Some(*op),
+        _ => None,
+    };
+    let at = place.map_or(0, |(_, at)| at);
+    // A reduction's loop computes its operand; any other kernel its node.
+    kernel_over(g, fu, shapes, space, top, top == n, (out, at), reduce)
+}
+
+/// The kernel over `space` evaluating `value` (computed even though it is
+/// stored, with `top`) at each point, writing with strides and offset
+/// `out`.
+#[allow(clippy::too_many_arguments)]
+fn kernel_over(
+    g: &Graph,
+    fu: &fusion::Fusion,
+    shapes: &SecondaryMap<Node, Vec<usize>>,
+    space: Vec<usize>,
+    value: Node,
+    top: bool,
+    (out, out_offset): (Vec<i64>, usize),
+    reduce: Option<ReduceOp>,
+) -> (LoopKernel, Vec<Node>) {
     let mut b = KernelBuilder {
         g,
         fu,
@@ -148,18 +171,13 @@ pub fn loop_kernel(
         srcs: Vec::new(),
     };
     let ident: Vec<Index> = (0..space.len()).map(Index::dim).collect();
-    let is_reduce = top != n;
-    b.build(top, &ident, !is_reduce);
-    let reduce = match &g.nodes[n].op {
-        Op::Reduce { op, .. } => Some(*op),
-        _ => None,
-    };
+    b.build(value, &ident, top);
     let mut k = LoopKernel {
         dims: space,
         accesses: b.accesses,
         offsets: b.offsets,
         out,
-        out_offset: place.map_or(0, |(_, at)| at),
+        out_offset,
         exprs: b.exprs,
         reduce,
     };
@@ -181,30 +199,7 @@ pub fn copy_kernel(
     at: usize,
 ) -> (LoopKernel, Vec<Node>) {
     let space = shapes[part].clone();
-    let mut b = KernelBuilder {
-        g,
-        fu,
-        shapes,
-        rank: space.len(),
-        exprs: Vec::new(),
-        memo: HashMap::new(),
-        accesses: Vec::new(),
-        offsets: Vec::new(),
-        srcs: Vec::new(),
-    };
-    let ident: Vec<Index> = (0..space.len()).map(Index::dim).collect();
-    b.build(part, &ident, false);
-    let mut k = LoopKernel {
-        dims: space,
-        accesses: b.accesses,
-        offsets: b.offsets,
-        out,
-        out_offset: at,
-        exprs: b.exprs,
-        reduce: None,
-    };
-    k.simplify();
-    (k, b.srcs)
+    kernel_over(g, fu, shapes, space, part, false, (out, at), None)
 }
 
 /// Where a node's index along one of its dims is, at a point of the
