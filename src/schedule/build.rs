@@ -139,6 +139,10 @@ impl<'f> Builder<'f> {
             Kind::Leaf | Kind::View => unreachable!("leaves and views have no step"),
             Kind::Elementwise | Kind::Reduce => {
                 // A part written into its concatenation: where it goes.
+                // Fusion places a node only when it is one of the
+                // concatenation's parts (`place_parts` counts it in
+                // `concat_sources`, the walk `concat_parts` makes), so the
+                // search finds it: an invariant of fusion, not of input.
                 let place = fu.placed[n].map(|c| {
                     concat_parts(g, fu, shapes, c)
                         .into_iter()

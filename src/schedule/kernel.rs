@@ -343,6 +343,10 @@ impl KernelBuilder<'_> {
                     self.build(*arg, &m, false)
                 }
                 Op::Reshape(a, _) => {
+                    // A reshape is fused only on a slice read in place, and
+                    // `read_in_place` admits only reshapes `splits_only`
+                    // accepts, for which `reshape_index` succeeds on the
+                    // concrete sizes: an invariant of fusion, not of input.
                     let m = reshape_index(&self.shapes[*a], &self.shapes[n], map)
                         .expect("fusion fuses only reshapes that split or add unit dims");
                     self.build(*a, &m, false)
