@@ -353,3 +353,52 @@ fn full_width_kernels_give_the_cranelift_kernels_bits() {
         }
     }
 }
+
+/// A wide kernel over rows, with broadcast operands (a row read by every
+/// row, a column of one value per row): its loads read the operands
+/// where they lie and its last pass writes the output directly, and it
+/// still gives the Cranelift kernel's bits, ragged row end included.
+#[test]
+fn full_width_kernels_over_rows_with_broadcasts_give_the_same_bits() {
+    use nnc::backend::jit::wide;
+    let (rows, cols) = (5, 777);
+    let src = format!(
+        "input x: [{rows}, {cols}]\ninput b: [{cols}]\ninput c: [{rows}, 1]\n\
+         output y = tanh(x * c + b) * sigmoid(b) - exp(c)\n"
+    );
+    let c = pipeline::compile("rows", &src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
+            .collect()
+    };
+    let mut inputs = SecondaryMap::new();
+    for (id, input) in g.inputs.iter() {
+        let shape = match input.name.as_str() {
+            "x" => vec![rows, cols],
+            "b" => vec![cols],
+            _ => vec![rows, 1],
+        };
+        let n = shape.iter().product();
+        inputs[id] = Some(Tensor::new(shape, values(n, 0.37)));
+    }
+    let run = |on: bool| {
+        wide::set_enabled(on);
+        let mut params = SecondaryMap::new();
+        let mut e = Engine::new(BackendKind::Jit, &g);
+        let y = e.run(&mut params, &inputs).expect("runs").remove(0).data;
+        wide::set_enabled(true);
+        y
+    };
+    let (wide_bits, narrow) = (run(true), run(false));
+    assert_eq!(wide_bits.len(), rows * cols);
+    for (i, (a, b)) in wide_bits.iter().zip(&narrow).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "point {i}: wide {a:e}, Cranelift {b:e}"
+        );
+    }
+}
