@@ -1,7 +1,8 @@
 //! Horizontal fusion: matrix products side by side become one.
 //!
-//! Takes a graph; returns a copy with two rules applied, each logged under
-//! `NNC_LOG=fusion` with its name:
+//! Takes a graph; returns a copy with two rules applied (the graph itself,
+//! not a copy, where neither fires), each logged under `NNC_LOG=fusion`
+//! with its name:
 //!
 //! - `matmul-horizontal`: every group of products
 //!   `a @ reshape(slice(w, axis 0, k, k+1), [K, N])` with the same `a`
@@ -46,6 +47,7 @@
 use super::build;
 use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
 use cranelift_entity::{EntityRef, SecondaryMap};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// A member of a group: the product, and its weight matrix's index `k`.
@@ -87,7 +89,8 @@ fn member_of(g: &Graph, n: Node) -> Option<(Node, Node, u64)> {
         .then_some((a, w, start))
 }
 
-pub fn fuse(g: &Graph) -> Graph {
+/// `g` with its groups fused (unchanged, not copied, when none is).
+pub fn fuse(g: &Graph) -> Cow<'_, Graph> {
     fuse_in(g, None)
 }
 
@@ -97,7 +100,7 @@ pub fn fuse(g: &Graph) -> Graph {
 /// (the body's input 0) are fused: the others do not depend on the step
 /// before, and `scan-lift` takes them out of the loop as one GEMM over all
 /// steps' rows each, which a batch of small products per step would not be.
-fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
+fn fuse_in(g: &Graph, args: Option<usize>) -> Cow<'_, Graph> {
     let in_body = args.is_some();
     let carried = build::reads_inputs(g, |i| i == 0);
     // The candidate groups, keyed by (shared operand, stacked weight), in
@@ -152,25 +155,32 @@ fn fuse_in(g: &Graph, args: Option<usize>) -> Graph {
         }
     }
     crate::log::lines("fusion", &log);
-    let g = if groups.is_empty() {
-        g.clone()
+    let mut g = if groups.is_empty() {
+        Cow::Borrowed(g)
     } else {
-        join_groups(g, &groups)
+        Cow::Owned(join_groups(g, &groups))
     };
-    let mut g = match args {
-        Some(args) => sum_of_products(&g, args),
-        None => g,
-    };
+    if let Some(args) = args {
+        if let Some(summed) = sum_of_products(&g, args) {
+            g = Cow::Owned(summed);
+        }
+    }
     let mut args_of = HashMap::new();
     for d in g.nodes.values() {
         if let Op::Scan { body, xs, .. } = &d.op {
             args_of.entry(*body).or_insert(1 + xs.len());
         }
     }
-    for (id, b) in g.bodies.iter_mut() {
-        if let Some(&args) = args_of.get(&id) {
-            *b = fuse_in(b, Some(args));
-        }
+    let fused: Vec<_> = g
+        .bodies
+        .iter()
+        .filter_map(|(id, b)| match fuse_in(b, Some(*args_of.get(&id)?)) {
+            Cow::Owned(b) => Some((id, b)),
+            Cow::Borrowed(_) => None,
+        })
+        .collect();
+    for (id, b) in fused {
+        g.to_mut().bodies[id] = b;
     }
     g
 }
@@ -192,8 +202,9 @@ struct Sum {
 /// `bᵢ`, the same at every step, are stacked once before the loop (`licm`
 /// moves their concatenation out). The LSTM's derivative loop is the
 /// case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ over the four gates.
-/// The other terms of the sum are added to the product.
-fn sum_of_products(g: &Graph, args: usize) -> Graph {
+/// The other terms of the sum are added to the product. `None` where no
+/// sum qualifies.
+fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
     let carried = build::reads_inputs(g, |i| i == 0);
     let stepwise = build::reads_inputs(g, |i| i < args);
     let live = g.live();
@@ -260,9 +271,9 @@ fn sum_of_products(g: &Graph, args: usize) -> Graph {
     }
     crate::log::lines("fusion", &log);
     if log.is_empty() {
-        return g.clone();
+        return None;
     }
-    build::rebuild(g, |n, out, new_of| {
+    Some(build::rebuild(g, |n, out, new_of| {
         let Sum { products, rest } = plans[n].as_ref()?;
         // Every operand of the sum comes before it, so has its copy.
         let new = |x: Node| new_of[x].expect("operands come first");
@@ -291,7 +302,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Graph {
             sum = add(Op::Binary(BinaryOp::Add, sum, new(x)));
         }
         Some(sum)
-    })
+    }))
 }
 
 /// `g` with each group's products replaced by each member's matrix of

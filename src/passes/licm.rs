@@ -1,7 +1,8 @@
 //! Loop-invariant code motion: work that every step of a loop repeats is
 //! done once, before it.
 //!
-//! Takes a graph; returns a copy in which each scan body computes only
+//! Takes a graph; returns it unchanged when it has no loop, else a copy
+//! in which each scan body computes only
 //! what changes from step to step. A body node that depends on the loop's
 //! extra arguments alone (not on the carry, nor on the step's slices of
 //! the sequences), whose shape is fully known and which is not a random
@@ -20,11 +21,12 @@
 use super::build;
 use crate::ir::{Dim, Graph, InputId, InputInfo, Node, NodeData, Op};
 use cranelift_entity::{EntityRef, PrimaryMap, SecondaryMap};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-pub fn hoist(g: &Graph) -> Graph {
+pub fn hoist(g: &Graph) -> Cow<'_, Graph> {
     if !g.nodes.values().any(|d| matches!(d.op, Op::Scan { .. })) {
-        return g.clone();
+        return Cow::Borrowed(g);
     }
     let mut out = g.clone();
     out.nodes = PrimaryMap::new();
@@ -72,7 +74,7 @@ pub fn hoist(g: &Graph) -> Graph {
         new_of[n] = Some(m);
     }
     build::renumber_roots(&mut out, &new_of);
-    out
+    Cow::Owned(out)
 }
 
 /// What moves out of one body.

@@ -25,10 +25,12 @@ pub mod scan_residual;
 /// their weights' slices leave the loop bodies).
 pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
     use crate::log::timed;
-    let g = timed("scan-residual", || scan_residual::keep(g));
-    let g = timed("cse", || cse::cse(&g));
+    // A pass with nothing to do (a graph without loops) hands its input
+    // back instead of a copy.
+    let kept = timed("scan-residual", || scan_residual::keep(g));
+    let g = timed("cse", || cse::cse(&kept));
     let g = timed("horizontal", || horizontal::fuse(&g));
-    let g = timed("licm", || licm::hoist(&g));
-    let g = timed("scan-lift", || scan_lift::lift(&g));
-    timed("cse", || cse::cse(&g))
+    let hoisted = timed("licm", || licm::hoist(&g));
+    let lifted = timed("scan-lift", || scan_lift::lift(&hoisted));
+    timed("cse", || cse::cse(&lifted))
 }

@@ -1,7 +1,8 @@
 //! Step-parallel products leave their loop: work a loop's steps could do
 //! side by side is done for all of them at once, before it.
 //!
-//! Takes a graph; returns a copy in which each scan body's values that
+//! Takes a graph; returns it unchanged when it has no loop, else a copy
+//! in which each scan body's values that
 //! do not depend on the carry — they read step slices of the sequences,
 //! and arguments — and that the rest of the body reads are computed for
 //! every step before the loop, over a new leading step axis `[T, ..]`,
@@ -41,16 +42,17 @@
 use super::build;
 use crate::ir::{Dim, Graph, InputInfo, Node, NodeData, Op, ReduceOp, TypeError};
 use cranelift_entity::{EntityRef, EntitySet, PrimaryMap, SecondaryMap};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-pub fn lift(g: &Graph) -> Graph {
+pub fn lift(g: &Graph) -> Cow<'_, Graph> {
     let scans = g
         .nodes
         .values()
         .filter(|d| matches!(d.op, Op::Scan { .. }))
         .count();
     if scans == 0 {
-        return g.clone();
+        return Cow::Borrowed(g);
     }
     let mut uses: SecondaryMap<crate::ir::BodyId, usize> = SecondaryMap::new();
     for d in g.nodes.values() {
@@ -158,7 +160,7 @@ pub fn lift(g: &Graph) -> Graph {
     }
     crate::log::lines("fusion", &log);
     build::renumber_roots(&mut out, &new_of);
-    out
+    Cow::Owned(out)
 }
 
 /// What leaves one body.

@@ -2,7 +2,8 @@
 //! step, the matrix products of its carry that its derivative loops would
 //! otherwise compute again.
 //!
-//! Takes a graph; returns a copy in which each forward `scan` F whose
+//! Takes a graph; returns it unchanged where no loop qualifies, else a
+//! copy in which each forward `scan` F whose
 //! derivative loops (built by differentiation: they read F's consumed
 //! carries as their first sequence, F's sequences and F's arguments)
 //! recompute a product of F's body that reads the carry carries those
@@ -40,17 +41,18 @@ use super::build;
 use super::scan_grad::ScanParts;
 use crate::ir::{BodyId, Dim, Graph, Node, NodeData, Op, Output, Type, TypeError};
 use cranelift_entity::{EntityRef, PrimaryMap, SecondaryMap};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-pub fn keep(g: &Graph) -> Graph {
+pub fn keep(g: &Graph) -> Cow<'_, Graph> {
     let plans = plan(g);
     if plans.forward.is_empty() {
-        return g.clone();
+        return Cow::Borrowed(g);
     }
     match rewrite(g, &plans) {
         Ok(out) => {
             crate::log::lines("fusion", &plans.log);
-            out
+            Cow::Owned(out)
         }
         Err(e) => {
             crate::log::lines(
@@ -59,7 +61,7 @@ pub fn keep(g: &Graph) -> Graph {
                     "scan-residual: not applied ({e}); the derivative loops recompute"
                 )],
             );
-            g.clone()
+            Cow::Borrowed(g)
         }
     }
 }
