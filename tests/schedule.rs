@@ -368,3 +368,36 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
         }
     }
 }
+
+/// The JIT compiles each distinct loop kernel once, keyed by the kernel:
+/// equal kernels (over other buffers) are one key, and kernels that differ
+/// in anything, a constant's sign included, are two.
+#[test]
+fn loop_kernels_are_equal_when_every_part_is_constants_bit_for_bit() {
+    use nnc::ir::BinaryOp;
+    use nnc::schedule::{Expr, LoopKernel};
+    use std::hash::{BuildHasher, RandomState};
+    let kernel = |c: f32, out_offset: usize| LoopKernel {
+        dims: vec![4, 8],
+        accesses: vec![vec![8, 1]],
+        offsets: vec![0],
+        out: vec![8, 1],
+        out_offset,
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(c),
+            Expr::Binary(BinaryOp::Mul, 0, 1),
+        ],
+        reduce: None,
+    };
+    let hasher = RandomState::new();
+    let (a, b) = (kernel(0.0, 0), kernel(0.0, 0));
+    assert!(a == b && hasher.hash_one(&a) == hasher.hash_one(&b));
+    assert!(a != kernel(-0.0, 0), "x * 0.0 and x * -0.0 differ in sign");
+    assert!(a != kernel(0.0, 3), "another output offset");
+    let nan = kernel(f32::NAN, 0);
+    assert!(
+        nan == nan.clone(),
+        "the same NaN constant is the same kernel"
+    );
+}

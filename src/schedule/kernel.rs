@@ -49,6 +49,67 @@ pub struct LoopKernel {
     pub reduce: Option<ReduceOp>,
 }
 
+/// A kernel is the same code as another when every part of it is equal,
+/// its constants bit for bit (`-0.0` is not `0.0`): the JIT compiles each
+/// distinct kernel once, keyed by this (a stack of equal layers has the
+/// same kernels over other buffers).
+impl PartialEq for LoopKernel {
+    fn eq(&self, o: &Self) -> bool {
+        self.dims == o.dims
+            && self.accesses == o.accesses
+            && self.offsets == o.offsets
+            && self.out == o.out
+            && self.out_offset == o.out_offset
+            && self.reduce == o.reduce
+            && self
+                .exprs
+                .iter()
+                .map(ExprBits::from)
+                .eq(o.exprs.iter().map(ExprBits::from))
+    }
+}
+
+impl Eq for LoopKernel {}
+
+impl std::hash::Hash for LoopKernel {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.dims.hash(h);
+        self.accesses.hash(h);
+        self.offsets.hash(h);
+        self.out.hash(h);
+        self.out_offset.hash(h);
+        self.reduce.hash(h);
+        self.exprs.len().hash(h);
+        self.exprs.iter().for_each(|e| ExprBits::from(e).hash(h));
+    }
+}
+
+/// An [`Expr`] with its constant as bits, to compare and hash.
+#[derive(PartialEq, Eq, Hash)]
+enum ExprBits {
+    Load(usize),
+    Const(u32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    PowI(usize, i32),
+    Compare(CmpOp, usize, usize),
+    Select(usize, usize, usize),
+}
+
+impl From<&Expr> for ExprBits {
+    fn from(e: &Expr) -> ExprBits {
+        match *e {
+            Expr::Load(a) => ExprBits::Load(a),
+            Expr::Const(c) => ExprBits::Const(c.to_bits()),
+            Expr::Unary(op, x) => ExprBits::Unary(op, x),
+            Expr::Binary(op, x, y) => ExprBits::Binary(op, x, y),
+            Expr::PowI(x, k) => ExprBits::PowI(x, k),
+            Expr::Compare(op, x, y) => ExprBits::Compare(op, x, y),
+            Expr::Select(c, x, y) => ExprBits::Select(c, x, y),
+        }
+    }
+}
+
 impl LoopKernel {
     /// Drops unit dims and merges neighbours that every access walks
     /// contiguously, so a full-shape elementwise kernel is one flat loop.

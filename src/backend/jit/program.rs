@@ -163,14 +163,15 @@ fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Err
 }
 
 /// What the JIT needs to compile a program's loop kernels: the module
-/// they go into, the kernels compiled so far by their description
+/// they go into, the kernels compiled so far by their whole description
 /// (iteration space, strides, expression — no buffers — so structurally
-/// identical ones, a stack of equal layers, are compiled once), and the
+/// identical ones, a stack of equal layers, are compiled once; `Eq` on
+/// [`crate::schedule::LoopKernel`]), and the
 /// functions to look up once the module is finalised.
 struct JitKernels {
     module: JITModule,
     fctx: FunctionBuilderContext,
-    compiled: HashMap<String, cranelift_module::FuncId>,
+    compiled: HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// Kernels that reused an identical one.
     shared: usize,
     /// Step index and function of each compiled kernel.
@@ -195,7 +196,7 @@ fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
 fn compile_kernel<M: cranelift_module::Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    compiled: &mut HashMap<String, cranelift_module::FuncId>,
+    compiled: &mut HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     shared: &mut usize,
     clif: Option<&mut Vec<String>>,
     kernel: &crate::schedule::LoopKernel,
@@ -203,8 +204,7 @@ fn compile_kernel<M: cranelift_module::Module>(
     what: &str,
     i: usize,
 ) -> Result<cranelift_module::FuncId, Error> {
-    let key = format!("{kernel:?}");
-    if let Some(&id) = compiled.get(&key) {
+    if let Some(&id) = compiled.get(kernel) {
         *shared += 1;
         return Ok(id);
     }
@@ -213,7 +213,7 @@ fn compile_kernel<M: cranelift_module::Module>(
     if let Some(c) = clif {
         c.extend(text);
     }
-    compiled.insert(key, id);
+    compiled.insert(kernel.clone(), id);
     Ok(id)
 }
 
@@ -262,7 +262,7 @@ impl Kernels for JitKernels {
 pub struct ObjectKernels<'m, M: cranelift_module::Module> {
     pub module: &'m mut M,
     fctx: FunctionBuilderContext,
-    compiled: HashMap<String, cranelift_module::FuncId>,
+    compiled: HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// The prefix of the kernels' symbol names.
     prefix: String,
     pub order: Vec<cranelift_module::FuncId>,
