@@ -1,8 +1,7 @@
 //! Loop-invariant code motion: work that every step of a loop repeats is
 //! done once, before it.
 //!
-//! Takes a graph; returns it unchanged when it has no loop, else a copy
-//! in which each scan body computes only
+//! Takes a graph; returns a copy in which each scan body computes only
 //! what changes from step to step. A body node that depends on the loop's
 //! extra arguments alone (not on the carry, nor on the step's slices of
 //! the sequences), whose shape is fully known and which is not a random
@@ -10,7 +9,8 @@
 //! reads it as a new input, appended after the arguments (the loop gets it
 //! as a new argument). The LSTM's four gate weights sliced from one
 //! stacked tensor are the case in point: sliced once per call, not once
-//! per step in each of the forward and derivative loops.
+//! per step in each of the forward and derivative loops. A graph without
+//! a loop comes back as it is, not copied.
 //!
 //! Fills and constants are not moved on their own (they cost nothing in a
 //! fused loop), nor is a reshape or broadcast of an argument (a view, or

@@ -1,9 +1,9 @@
 //! Step-parallel products leave their loop: work a loop's steps could do
 //! side by side is done for all of them at once, before it.
 //!
-//! Takes a graph; returns it unchanged when it has no loop, else a copy
-//! in which each scan body's values that
-//! do not depend on the carry — they read step slices of the sequences,
+//! Takes a graph (a graph without a loop comes back as it is, not
+//! copied); returns a copy in which each scan body's values that do not
+//! depend on the carry — they read step slices of the sequences,
 //! and arguments — and that the rest of the body reads are computed for
 //! every step before the loop, over a new leading step axis `[T, ..]`,
 //! and the body reads each one's step slice as a new sequence. A step's

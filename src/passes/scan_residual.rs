@@ -2,9 +2,9 @@
 //! step, the matrix products of its carry that its derivative loops would
 //! otherwise compute again.
 //!
-//! Takes a graph; returns it unchanged where no loop qualifies, else a
-//! copy in which each forward `scan` F whose
-//! derivative loops (built by differentiation: they read F's consumed
+//! Takes a graph (one in which no loop qualifies comes back as it is, not
+//! copied); returns a copy in which each forward `scan` F whose derivative
+//! loops (built by differentiation: they read F's consumed
 //! carries as their first sequence, F's sequences and F's arguments)
 //! recompute a product of F's body that reads the carry carries those
 //! products along with its carry, and the derivative loops read them as

@@ -163,10 +163,9 @@ fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Err
 }
 
 /// What the JIT needs to compile a program's loop kernels: the module
-/// they go into, the kernels compiled so far by their whole description
+/// they go into, the kernels compiled so far keyed by the kernel itself
 /// (iteration space, strides, expression — no buffers — so structurally
-/// identical ones, a stack of equal layers, are compiled once; `Eq` on
-/// [`crate::schedule::LoopKernel`]), and the
+/// identical ones, a stack of equal layers, are compiled once), and the
 /// functions to look up once the module is finalised.
 struct JitKernels {
     module: JITModule,
