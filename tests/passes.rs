@@ -452,3 +452,79 @@ output loss = sum(lstm_h(s2) ^ 2) + sum(h2 ^ 2)
     assert_eq!(live_products(&g) - live_products(&fused), 20);
     assert_eq!(run(&g), run(&fused), "each batch is its member's product");
 }
+
+/// The outputs' bits.
+fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    v.iter()
+        .map(|o| o.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn peephole_rules_give_the_same_bits_with_fewer_nodes() {
+    // `a` holds both zeros, infinity and NaN among ordinary values.
+    let src = "\
+param p: [2, 3] = uniform(-1.0, 1.0, seed = 1)
+param b: [4, 3] = uniform(-1.0, 1.0, seed = 2)
+param c: [4, 3] = uniform(-1.0, 1.0, seed = 3)
+let z = p - p
+let a = concat(concat(concat(z, -z, axis = 0), concat(1.0 / z, z / z, axis = 0), axis = 1), concat(p, -p, axis = 0), axis = 1)
+output whole = slice(concat(p, b, axis = 0), axis = 0, start = 2, end = 6)
+output inside = slice(concat(p, b, axis = 0), axis = 0, start = 3, end = 5)
+output across = slice(concat(p, b, axis = 0), axis = 0, start = 1, end = 3)
+output twice = reshape(reshape(a, [36]), [6, 6])
+output same = reshape(a, [4, 9])
+output ones = a * 1.0 + (1.0 * a) / 1.0 + a ^ 1.0
+output negative_one = a * -1.0
+output split = concat(zeros([2, 3]), b, axis = 0) + concat(p, zeros([4, 3]), axis = 0)
+output unpadded = concat(p, b, axis = 0) * concat(p, c, axis = 0)
+";
+    let c = pipeline::compile("t.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("compiled");
+    let out = nnc::passes::cse::cse(&g);
+    nnc::ir::verify(&out).expect("verifies");
+    // The same bits for every output, signed zeros and NaN included.
+    let (before, after) = (run(&g), run(&out));
+    let a = &before[4];
+    assert!(a.iter().any(|x| x.is_nan()) && a.iter().any(|x| x.is_infinite()));
+    assert!(a.iter().any(|x| *x == 0.0 && x.is_sign_negative()));
+    assert_eq!(bits(&before), bits(&after));
+    let op = |i: usize| &out.nodes[out.outputs[i].node].op;
+    let arg_op = |i: usize, k: usize| &out.nodes[op(i).args()[k]].op;
+    // `slice-of-concat`: the part itself, a slice of the part, and (across
+    // the cut) the slice as it was.
+    assert!(matches!(op(0), Op::Param(_)), "{:?}", op(0));
+    assert!(
+        matches!(
+            op(1),
+            Op::Slice {
+                start: 1,
+                end: 3,
+                ..
+            }
+        ),
+        "{:?}",
+        op(1)
+    );
+    assert!(matches!(arg_op(1, 0), Op::Param(_)));
+    assert!(matches!(arg_op(2, 0), Op::Concat { .. }));
+    // `reshape-of-reshape`: one reshape of `a`; a reshape to a's own shape
+    // is `a`.
+    assert!(matches!(op(3), Op::Reshape(..)), "{:?}", op(3));
+    assert!(!matches!(arg_op(3, 0), Op::Reshape(..)));
+    assert!(matches!(op(4), Op::Concat { .. }), "{:?}", op(4));
+    // `times-one`: `a + a + a` is left; a product by -1 stays.
+    let Op::Binary(_, x, y) = *op(5) else {
+        panic!("{:?}", op(5))
+    };
+    assert!(matches!(out.nodes[x].op, Op::Binary(_, l, r) if l == r));
+    assert_eq!(out.nodes[x].op.args()[0], y);
+    assert!(matches!(op(6), Op::Binary(..)));
+    assert!(matches!(arg_op(6, 1), Op::Broadcast(..) | Op::Fill { .. }));
+    // `concat-split`: an add per part, joined; without a fill in each
+    // concatenation the product stays one kernel over both.
+    assert!(matches!(op(7), Op::Concat { .. }), "{:?}", op(7));
+    assert!(matches!(arg_op(7, 0), Op::Binary(..)));
+    assert!(matches!(op(8), Op::Binary(..)), "{:?}", op(8));
+}

@@ -1,4 +1,5 @@
-//! Common-subexpression elimination.
+//! Common-subexpression elimination, with the peephole rules of
+//! [`simplify`](super::simplify).
 //!
 //! Takes a graph; returns a copy in which no two nodes compute the same
 //! operation on the same arguments (the later one is replaced by the
@@ -6,44 +7,93 @@
 //! parameters and constants are leaves and stay distinct; random draws
 //! are merged only when their salt and key agree, which is when they are
 //! the same values. The training step needs it: autodiff rebuilds the
-//! forward values the loss already computed.
-//! After the pass the graph verifies and computes the same outputs.
+//! forward values the loss already computed. As each node is copied, the
+//! simplification rules replace it by one of its operands or by cheaper
+//! nodes computing the same bits (a slice of a concatenation by the part
+//! it cuts), and the nodes they make are merged like any other.
+//! After the pass the graph verifies and computes the same outputs, bit
+//! for bit.
 
 use super::build;
-use crate::ir::{Graph, Node, NodeData, Op};
+use crate::diag::Span;
+use crate::ir::{Graph, Node, NodeData, Op, Type};
 use cranelift_entity::{PrimaryMap, SecondaryMap};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 pub fn cse(g: &Graph) -> Graph {
-    let mut nodes: PrimaryMap<Node, NodeData> = PrimaryMap::new();
+    let mut b = Builder {
+        out: g.with_nodes(PrimaryMap::new()),
+        seen: HashMap::new(),
+        fired: BTreeMap::new(),
+    };
     let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
-    // The nodes kept so far, by the hash of their op: equal ops hash alike,
-    // and the few that collide are told apart by `same`.
-    let mut seen: HashMap<u64, Vec<Node>> = HashMap::new();
     for (n, d) in g.nodes.iter() {
         let op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
-        let kept = seen.entry(fingerprint(&op)).or_default();
-        let m = match kept
+        new_of[n] = Some(b.node(op, &d.ty, d.span));
+    }
+    if !b.fired.is_empty() {
+        let fired: Vec<String> = b
+            .fired
             .iter()
-            .find(|&&m| same(&nodes[m].op, &op) && nodes[m].ty == d.ty)
+            .map(|(rule, k)| format!("{rule}: {k} node(s)"))
+            .collect();
+        crate::log::lines("fusion", &[format!("simplify: {}", fired.join(", "))]);
+    }
+    let mut out = b.out;
+    build::renumber_roots(&mut out, &new_of);
+    out
+}
+
+/// The graph being built: its nodes, by the hash of their op (equal ops
+/// hash alike, and the few that collide are told apart by `same`), and
+/// how often each simplification rule fired.
+pub(super) struct Builder {
+    pub(super) out: Graph,
+    seen: HashMap<u64, Vec<Node>>,
+    fired: BTreeMap<&'static str, usize>,
+}
+
+impl Builder {
+    /// The node computing `op` (of type `ty`): what a simplification rule
+    /// gives for it, else an equal node already built, else a new one.
+    fn node(&mut self, op: Op, ty: &Type, span: Span) -> Node {
+        if let Some((rule, m)) = super::simplify::rewrite(self, &op, span) {
+            // A rule keeps the type; one that did not would be a bug in
+            // it, and the op is then kept as it is.
+            if self.out.ty(m) == ty {
+                *self.fired.entry(rule).or_default() += 1;
+                return m;
+            }
+        }
+        self.intern(op, ty, span)
+    }
+
+    /// A node computing `op` made by a rule: its type inferred.
+    pub(super) fn make(&mut self, op: Op, span: Span) -> Option<Node> {
+        let ty = self.out.infer(&op).ok()?;
+        Some(self.node(op, &ty, span))
+    }
+
+    fn intern(&mut self, op: Op, ty: &Type, span: Span) -> Node {
+        let kept = self.seen.entry(fingerprint(&op)).or_default();
+        let nodes = &mut self.out.nodes;
+        match kept
+            .iter()
+            .find(|&&m| same(&nodes[m].op, &op) && nodes[m].ty == *ty)
         {
             Some(&m) => m,
             None => {
                 let m = nodes.push(NodeData {
                     op,
-                    ty: d.ty.clone(),
-                    span: d.span,
+                    ty: ty.clone(),
+                    span,
                 });
                 kept.push(m);
                 m
             }
-        };
-        new_of[n] = Some(m);
+        }
     }
-    let mut out = g.with_nodes(nodes);
-    build::renumber_roots(&mut out, &new_of);
-    out
 }
 
 /// Whether two ops (their arguments already renamed) compute the same

@@ -14,6 +14,7 @@ pub mod optimizer;
 mod scan_grad;
 pub mod scan_lift;
 pub mod scan_residual;
+pub mod simplify;
 
 /// The graph-level optimisations run before fusion and code generation:
 /// common subexpressions merged, loop-invariant work moved out of loop

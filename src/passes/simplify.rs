@@ -1,0 +1,156 @@
+//! Peephole simplification: rules that replace a node by one of its
+//! operands or by cheaper nodes computing the same bits. [`cse`] applies
+//! them to each node as it copies it (so a rule sees its operands already
+//! simplified and merged), and merges the nodes a rule makes like any
+//! other. The rules, by name (`NNC_LOG=fusion` counts where each fired):
+//!
+//! - `slice-of-concat`: a slice along a concatenation's axis that lies
+//!   within one of its parts is that part, or the same slice of it. A
+//!   loop's derivative packs the gradients of its arguments into one
+//!   vector, which the optimizer's updates cut apart again: each update
+//!   then reads its gradient where it was computed, and the packed vector
+//!   is never built.
+//! - `reshape-of-reshape`: a reshape of a reshape is one reshape of the
+//!   first operand, and a reshape to the operand's own shape is the
+//!   operand.
+//! - `concat-split`: an elementwise binary op of two concatenations cut at
+//!   the same place along the same axis, each with a fill as one of its
+//!   parts, is the concatenation of the op on the parts, each part then
+//!   written straight into its place (fusion's `concat-in-place`). The adjoint of a loop's stacked results (zeros
+//!   but at the steps the loss reads) added to the adjoints the loop's
+//!   steps pass back (shifted by one step, a zero at the end) becomes two
+//!   kernels writing one buffer, instead of both concatenations stored
+//!   and then added.
+//! - `times-one`: `x * 1`, `1 * x`, `x / 1` and `x ^ 1` are `x` (exact
+//!   in IEEE arithmetic, signed zeros, infinities and NaN included);
+//!   differentiation seeds a loss's adjoint with 1 and the chain rule's
+//!   `x ^ 2` leaves `x ^ 1`.
+//!
+//! [`cse`]: super::cse
+
+use super::cse::Builder;
+use crate::diag::Span;
+use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
+
+/// The rule that applies to `op` (its operands already in the builder's
+/// graph), with the node computing the same bits, or `None`.
+pub(super) fn rewrite(b: &mut Builder, op: &Op, span: Span) -> Option<(&'static str, Node)> {
+    match *op {
+        Op::Slice {
+            arg,
+            axis,
+            start,
+            end,
+        } => slice_of_concat(b, arg, axis, (start, end), span).map(|m| ("slice-of-concat", m)),
+        Op::Reshape(x, ref shape) => {
+            if b.out.shape(x) == shape {
+                return Some(("reshape-of-reshape", x));
+            }
+            let Op::Reshape(inner, _) = b.out.nodes[x].op else {
+                return None;
+            };
+            let m = b.make(Op::Reshape(inner, shape.clone()), span)?;
+            Some(("reshape-of-reshape", m))
+        }
+        Op::Binary(bop, x, y) => {
+            let one = |n: Node| fill_value(&b.out, n) == Some(1.0);
+            match bop {
+                BinaryOp::Mul if one(y) => return Some(("times-one", x)),
+                BinaryOp::Mul if one(x) => return Some(("times-one", y)),
+                BinaryOp::Div | BinaryOp::Pow if one(y) => return Some(("times-one", x)),
+                _ => {}
+            }
+            concat_split(b, bop, x, y, span).map(|m| ("concat-split", m))
+        }
+        _ => None,
+    }
+}
+
+/// `slice(concat(a, c), axis, start..end)` as `a`, `c` or a slice of one.
+fn slice_of_concat(
+    b: &mut Builder,
+    arg: Node,
+    axis: usize,
+    (start, end): (u64, u64),
+    span: Span,
+) -> Option<Node> {
+    let Op::Concat {
+        a,
+        b: second,
+        axis: cat,
+    } = b.out.nodes[arg].op
+    else {
+        return None;
+    };
+    if cat != axis {
+        return None;
+    }
+    let Dim::Known(first_len) = b.out.shape(a)[axis] else {
+        return None;
+    };
+    let (part, at) = if end <= first_len {
+        (a, 0)
+    } else if start >= first_len {
+        (second, first_len)
+    } else {
+        return None;
+    };
+    let (start, end) = (start - at, end - at);
+    if start == 0 && b.out.shape(part)[axis] == Dim::Known(end) {
+        return Some(part);
+    }
+    b.make(
+        Op::Slice {
+            arg: part,
+            axis,
+            start,
+            end,
+        },
+        span,
+    )
+}
+
+/// `op(concat(x1, x2), concat(y1, y2))`, both cut at the same place, as
+/// `concat(op(x1, y1), op(x2, y2))`.
+fn concat_split(b: &mut Builder, op: BinaryOp, x: Node, y: Node, span: Span) -> Option<Node> {
+    let (
+        &Op::Concat { a: x1, b: x2, axis },
+        &Op::Concat {
+            a: y1,
+            b: y2,
+            axis: y_axis,
+        },
+    ) = (&b.out.nodes[x].op, &b.out.nodes[y].op)
+    else {
+        return None;
+    };
+    // Where a part of each is a fill, which the parts' kernels recompute
+    // for free: otherwise the concatenations may be stored anyway for
+    // other readers, and the op, fused into its reader, would become
+    // kernels and a buffer of its own.
+    let padded =
+        |p: Node, q: Node| fill_value(&b.out, p).is_some() || fill_value(&b.out, q).is_some();
+    if axis != y_axis || b.out.ty(x1) != b.out.ty(y1) || !padded(x1, x2) || !padded(y1, y2) {
+        return None;
+    }
+    let first = b.make(Op::Binary(op, x1, y1), span)?;
+    let second = b.make(Op::Binary(op, x2, y2), span)?;
+    b.make(
+        Op::Concat {
+            a: first,
+            b: second,
+            axis,
+        },
+        span,
+    )
+}
+
+/// The value of every element of `n` when it is a fill (through
+/// broadcasts and reshapes).
+fn fill_value(g: &Graph, n: Node) -> Option<f32> {
+    match g.nodes[n].op {
+        Op::Fill { value, .. } => Some(value),
+        Op::Broadcast(x, _) | Op::Reshape(x, _) => fill_value(g, x),
+        _ => None,
+    }
+}
