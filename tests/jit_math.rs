@@ -360,11 +360,29 @@ fn full_width_kernels_give_the_cranelift_kernels_bits() {
 /// still gives the Cranelift kernel's bits, ragged row end included.
 #[test]
 fn full_width_kernels_over_rows_with_broadcasts_give_the_same_bits() {
+    // Long rows, taken in blocks along each row.
+    same_bits_over_rows(&[5, 777]);
+    // Rows shorter than a block, grouped whole into blocks: a softmax's
+    // rows of 32 and a classifier's of 10 (split over threads: more than
+    // 8192 points), and rows under an outer dim the column broadcast
+    // does not follow (three dims, the middle one walked per row).
+    same_bits_over_rows(&[301, 32]);
+    same_bits_over_rows(&[997, 10]);
+    same_bits_over_rows(&[3, 41, 24]);
+}
+
+/// A kernel over `shape` (`[.., rows, cols]`) reading `x` of that shape,
+/// a row `b` broadcast over the rows and a column `c` ([rows, 1])
+/// broadcast along them: the same bits wide and from Cranelift.
+fn same_bits_over_rows(shape: &[usize]) {
     use nnc::backend::jit::wide;
-    let (rows, cols) = (5, 777);
+    let r = shape.len();
+    let (rows, cols) = (shape[r - 2], shape[r - 1]);
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let src = format!(
-        "input x: [{rows}, {cols}]\ninput b: [{cols}]\ninput c: [{rows}, 1]\n\
-         output y = tanh(x * c + b) * sigmoid(b) - exp(c)\n"
+        "input x: [{}]\ninput b: [{cols}]\ninput c: [{rows}, 1]\n\
+         output y = tanh(x * c + b) * sigmoid(b) - exp(c)\n",
+        dims.join(", ")
     );
     let c = pipeline::compile("rows", &src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
@@ -377,7 +395,7 @@ fn full_width_kernels_over_rows_with_broadcasts_give_the_same_bits() {
     let mut inputs = SecondaryMap::new();
     for (id, input) in g.inputs.iter() {
         let shape = match input.name.as_str() {
-            "x" => vec![rows, cols],
+            "x" => shape.to_vec(),
             "b" => vec![cols],
             _ => vec![rows, 1],
         };
@@ -393,12 +411,12 @@ fn full_width_kernels_over_rows_with_broadcasts_give_the_same_bits() {
         y
     };
     let (wide_bits, narrow) = (run(true), run(false));
-    assert_eq!(wide_bits.len(), rows * cols);
+    assert_eq!(wide_bits.len(), shape.iter().product::<usize>());
     for (i, (a, b)) in wide_bits.iter().zip(&narrow).enumerate() {
         assert_eq!(
             a.to_bits(),
             b.to_bits(),
-            "point {i}: wide {a:e}, Cranelift {b:e}"
+            "{shape:?}, point {i}: wide {a:e}, Cranelift {b:e}"
         );
     }
 }

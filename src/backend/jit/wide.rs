@@ -14,7 +14,8 @@
 //!
 //! Which kernels: elementwise (no reduction), every access and the output
 //! walking the innermost dim contiguously or not at all (a broadcast),
-//! at least [`MIN_INNER`] points along it, and at least one
+//! at least [`MIN_INNER`] points along it (or shorter rows, at least a
+//! block of them, grouped whole into blocks), and at least one
 //! transcendental (where the width pays; an add or a copy is memory-bound
 //! either way), with no general power (`x ^ y` calls the host's `powf`).
 
@@ -105,7 +106,10 @@ pub fn eligible(k: &LoopKernel) -> Option<Level> {
         .iter()
         .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
     let small = k.accesses.len() <= MAX_ACCESSES && k.dims.len() <= MAX_RANK;
-    (k.reduce.is_none() && contiguous && heavy && supported && small && k.dims[last] >= MIN_INNER)
+    // Short rows are grouped into blocks: worth it from one full block.
+    let points: usize = k.dims.iter().product();
+    let long_enough = k.dims[last] >= MIN_INNER || (last > 0 && points >= BLOCK);
+    (k.reduce.is_none() && contiguous && heavy && supported && small && long_enough)
         .then_some(level)
 }
 
@@ -192,6 +196,11 @@ unsafe fn run_generic(
         if let Expr::Const(c) = *expr {
             regs[e * BLOCK..(e + 1) * BLOCK].fill(c);
         }
+    }
+    if rank > 1 && k.dims[last] < MIN_INNER {
+        // SAFETY: the caller's promise.
+        unsafe { run_short_rows(k, out, &acc, lo, hi, regs) };
+        return;
     }
     let mut idx_store = [0usize; MAX_RANK];
     let idx = &mut idx_store[..rank - 1];
@@ -290,35 +299,9 @@ unsafe fn run_generic(
                         Expr::Const(_) => {}
                         Expr::Unary(op, x) => unary(op, reg(x), r),
                         Expr::Binary(op, x, y) => binary(op, reg(x), reg(y), r),
-                        Expr::PowI(x, p) => {
-                            for (o, &v) in r.iter_mut().zip(reg(x)) {
-                                let mut acc = 1.0f32;
-                                for _ in 0..p.unsigned_abs() {
-                                    acc *= v;
-                                }
-                                *o = if p < 0 { 1.0 / acc } else { acc };
-                            }
-                        }
-                        Expr::Compare(op, x, y) => {
-                            for ((o, &a), &b) in r.iter_mut().zip(reg(x)).zip(reg(y)) {
-                                let c = match op {
-                                    CmpOp::Eq => a == b,
-                                    CmpOp::Ne => a != b,
-                                    CmpOp::Lt => a < b,
-                                    CmpOp::Le => a <= b,
-                                    CmpOp::Gt => a > b,
-                                    CmpOp::Ge => a >= b,
-                                };
-                                *o = if c { 1.0 } else { 0.0 };
-                            }
-                        }
-                        Expr::Select(c, x, y) => {
-                            for (((o, &c), &a), &b) in
-                                r.iter_mut().zip(reg(c)).zip(reg(x)).zip(reg(y))
-                            {
-                                *o = if c != 0.0 { a } else { b };
-                            }
-                        }
+                        Expr::PowI(x, p) => powi(reg(x), p, r),
+                        Expr::Compare(op, x, y) => compare(op, reg(x), reg(y), r),
+                        Expr::Select(c, x, y) => select(reg(c), reg(x), reg(y), r),
                     }
                 }
                 if !direct_out {
@@ -331,6 +314,94 @@ unsafe fn run_generic(
                 at += len;
             }
         }
+    }
+}
+
+/// [`run_generic`] for rows shorter than [`MIN_INNER`] (a softmax over a
+/// sequence of 32, say): a block holds as many whole rows as fit, each
+/// load gathered row by row into its part of the scratch (a broadcast
+/// along the row filled with its one value) and the value scattered to
+/// the output's rows, so that the passes run over a full block instead
+/// of one short row at a time. The arithmetic per point is the same.
+///
+/// # Safety
+///
+/// As [`run`], with `out` and `acc` its output's and accesses' buffers;
+/// the constants' parts of `regs` are filled.
+#[inline(always)]
+unsafe fn run_short_rows(
+    k: &LoopKernel,
+    out: *mut f32,
+    acc: &[*mut f32; MAX_ACCESSES],
+    lo: usize,
+    hi: usize,
+    regs: &mut [f32],
+) {
+    let rank = k.dims.len();
+    let last = rank - 1;
+    let inner = k.dims[last];
+    let per_block = BLOCK / inner;
+    let middle: usize = k.dims[1..last].iter().product();
+    let n = k.exprs.len();
+    // The element offset of row `r` (counted from row 0 of `lo`) for the
+    // strides `s` and start `at`.
+    let row_at = |r: usize, s: &[i64], at: usize| -> isize {
+        let (i0, mut m) = (lo + r / middle, r % middle);
+        let mut off = i0 as isize * s[0] as isize + at as isize;
+        for d in (1..last).rev() {
+            off += (m % k.dims[d]) as isize * s[d] as isize;
+            m /= k.dims[d];
+        }
+        off
+    };
+    let rows = (hi - lo) * middle;
+    let mut first = 0;
+    while first < rows {
+        let count = per_block.min(rows - first);
+        let len = count * inner;
+        for (e, expr) in k.exprs.iter().enumerate() {
+            let (done, rest) = regs.split_at_mut(e * BLOCK);
+            let r = &mut rest[..len];
+            match *expr {
+                Expr::Load(a) => {
+                    let stride = k.accesses[a][last];
+                    for (j, seg) in r.chunks_exact_mut(inner).enumerate() {
+                        let at = row_at(first + j, &k.accesses[a], k.offsets[a]);
+                        // SAFETY: the caller's promise covers every point
+                        // of the range.
+                        let p = unsafe { acc[a].offset(at) };
+                        if stride == 0 {
+                            seg.fill(unsafe { *p });
+                        } else {
+                            seg.copy_from_slice(unsafe { std::slice::from_raw_parts(p, inner) });
+                        }
+                    }
+                }
+                Expr::Const(_) => {}
+                Expr::Unary(op, x) => unary(op, &done[x * BLOCK..][..len], r),
+                Expr::Binary(op, x, y) => {
+                    binary(op, &done[x * BLOCK..][..len], &done[y * BLOCK..][..len], r)
+                }
+                Expr::PowI(x, p) => powi(&done[x * BLOCK..][..len], p, r),
+                Expr::Compare(op, x, y) => {
+                    compare(op, &done[x * BLOCK..][..len], &done[y * BLOCK..][..len], r)
+                }
+                Expr::Select(c, x, y) => select(
+                    &done[c * BLOCK..][..len],
+                    &done[x * BLOCK..][..len],
+                    &done[y * BLOCK..][..len],
+                    r,
+                ),
+            }
+        }
+        let value = &regs[(n - 1) * BLOCK..][..len];
+        for (j, seg) in value.chunks_exact(inner).enumerate() {
+            let at = row_at(first + j, &k.out, k.out_offset);
+            // SAFETY: as for the loads; the output's rows are contiguous.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.offset(at), inner) };
+            dst.copy_from_slice(seg);
+        }
+        first += count;
     }
 }
 
@@ -385,6 +456,40 @@ fn binary(op: BinaryOp, x: &[f32], y: &[f32], r: &mut [f32]) {
         BinaryOp::Max => it.for_each(|((o, &a), &b)| *o = fmax(a, b)),
         BinaryOp::Min => it.for_each(|((o, &a), &b)| *o = fmin(a, b)),
         BinaryOp::Pow => unreachable!("`eligible` refuses kernels with a general power"),
+    }
+}
+
+/// `x ^ p` for a whole `p`, as the JIT's multiplications.
+#[inline(always)]
+fn powi(x: &[f32], p: i32, r: &mut [f32]) {
+    for (o, &v) in r.iter_mut().zip(x) {
+        let mut acc = 1.0f32;
+        for _ in 0..p.unsigned_abs() {
+            acc *= v;
+        }
+        *o = if p < 0 { 1.0 / acc } else { acc };
+    }
+}
+
+#[inline(always)]
+fn compare(op: CmpOp, x: &[f32], y: &[f32], r: &mut [f32]) {
+    for ((o, &a), &b) in r.iter_mut().zip(x).zip(y) {
+        let c = match op {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+        };
+        *o = if c { 1.0 } else { 0.0 };
+    }
+}
+
+#[inline(always)]
+fn select(c: &[f32], x: &[f32], y: &[f32], r: &mut [f32]) {
+    for (((o, &c), &a), &b) in r.iter_mut().zip(c).zip(x).zip(y) {
+        *o = if c != 0.0 { a } else { b };
     }
 }
 
