@@ -79,19 +79,11 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 pub fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
-    let f = |x: f32, y: f32| match op {
-        CmpOp::Eq => x == y,
-        CmpOp::Ne => x != y,
-        CmpOp::Lt => x < y,
-        CmpOp::Le => x <= y,
-        CmpOp::Gt => x > y,
-        CmpOp::Ge => x >= y,
-    };
     let data = a
         .data
         .iter()
         .zip(&b.data)
-        .map(|(&x, &y)| if f(x, y) { 1.0 } else { 0.0 })
+        .map(|(&x, &y)| if op.holds(x, y) { 1.0 } else { 0.0 })
         .collect();
     Tensor::new(a.shape.clone(), data)
 }

@@ -474,15 +474,7 @@ fn powi(x: &[f32], p: i32, r: &mut [f32]) {
 #[inline(always)]
 fn compare(op: CmpOp, x: &[f32], y: &[f32], r: &mut [f32]) {
     for ((o, &a), &b) in r.iter_mut().zip(x).zip(y) {
-        let c = match op {
-            CmpOp::Eq => a == b,
-            CmpOp::Ne => a != b,
-            CmpOp::Lt => a < b,
-            CmpOp::Le => a <= b,
-            CmpOp::Gt => a > b,
-            CmpOp::Ge => a >= b,
-        };
-        *o = if c { 1.0 } else { 0.0 };
+        *o = if op.holds(a, b) { 1.0 } else { 0.0 };
     }
 }
 
