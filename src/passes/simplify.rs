@@ -14,8 +14,8 @@
 //!   first operand, and a reshape to the operand's own shape is the
 //!   operand.
 //! - `concat-split`: an elementwise binary op of two concatenations cut at
-//!   the same place along the same axis, each with a fill as one of its
-//!   parts, is the concatenation of the op on the parts, each part then
+//!   the same place along the same axis, each with a constant (a fill)
+//!   as one of its parts, is the concatenation of the op on the parts, each part then
 //!   written straight into its place (fusion's `concat-in-place`). The adjoint of a loop's stacked results (zeros
 //!   but at the steps the loss reads) added to the adjoints the loop's
 //!   steps pass back (shifted by one step, a zero at the end) becomes two
@@ -30,6 +30,7 @@
 
 use super::cse::Builder;
 use crate::diag::Span;
+use crate::ir::constant::constant_value;
 use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
 
 /// The rule that applies to `op` (its operands already in the builder's
@@ -53,7 +54,7 @@ pub(super) fn rewrite(b: &mut Builder, op: &Op, span: Span) -> Option<(&'static 
             Some(("reshape-of-reshape", m))
         }
         Op::Binary(bop, x, y) => {
-            let one = |n: Node| fill_value(&b.out, n) == Some(1.0);
+            let one = |n: Node| uniform(&b.out, n) == Some(1.0);
             match bop {
                 BinaryOp::Mul if one(y) => return Some(("times-one", x)),
                 BinaryOp::Mul if one(x) => return Some(("times-one", y)),
@@ -124,12 +125,11 @@ fn concat_split(b: &mut Builder, op: BinaryOp, x: Node, y: Node, span: Span) -> 
     else {
         return None;
     };
-    // Where a part of each is a fill, which the parts' kernels recompute
+    // Where a part of each is a constant, which the parts' kernels recompute
     // for free: otherwise the concatenations may be stored anyway for
     // other readers, and the op, fused into its reader, would become
     // kernels and a buffer of its own.
-    let padded =
-        |p: Node, q: Node| fill_value(&b.out, p).is_some() || fill_value(&b.out, q).is_some();
+    let padded = |p: Node, q: Node| uniform(&b.out, p).is_some() || uniform(&b.out, q).is_some();
     if axis != y_axis || b.out.ty(x1) != b.out.ty(y1) || !padded(x1, x2) || !padded(y1, y2) {
         return None;
     }
@@ -145,12 +145,13 @@ fn concat_split(b: &mut Builder, op: BinaryOp, x: Node, y: Node, span: Span) -> 
     )
 }
 
-/// The value of every element of `n` when it is a fill (through
-/// broadcasts and reshapes).
-fn fill_value(g: &Graph, n: Node) -> Option<f32> {
+/// The value of every element of `n` when it is a constant
+/// ([`constant_value`]), seen through broadcasts and reshapes in any
+/// order (differentiation seeds a loop body's adjoint with a broadcast
+/// of a reshaped 1).
+fn uniform(g: &Graph, n: Node) -> Option<f32> {
     match g.nodes[n].op {
-        Op::Fill { value, .. } => Some(value),
-        Op::Broadcast(x, _) | Op::Reshape(x, _) => fill_value(g, x),
-        _ => None,
+        Op::Broadcast(x, _) | Op::Reshape(x, _) => uniform(g, x),
+        _ => constant_value(g, n),
     }
 }
