@@ -373,7 +373,8 @@ fn full_width_kernels_over_rows_with_broadcasts_give_the_same_bits() {
 
 /// A kernel over `shape` (`[.., rows, cols]`) reading `x` of that shape,
 /// a row `b` broadcast over the rows and a column `c` ([rows, 1])
-/// broadcast along them: the same bits wide and from Cranelift.
+/// broadcast along them, and storing `t` besides its value (fusion's
+/// `store-alongside`): the same bits wide and from Cranelift.
 fn same_bits_over_rows(shape: &[usize]) {
     use nnc::backend::jit::wide;
     let r = shape.len();
@@ -381,12 +382,23 @@ fn same_bits_over_rows(shape: &[usize]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let src = format!(
         "input x: [{}]\ninput b: [{cols}]\ninput c: [{rows}, 1]\n\
-         output y = tanh(x * c + b) * sigmoid(b) - exp(c)\n",
+         let h = tanh(x * c + b)\n\
+         output t = h\n\
+         output y = h * sigmoid(b) - exp(c)\n",
         dims.join(", ")
     );
     let c = pipeline::compile("rows", &src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("graph");
+    let fused = pipeline::fuse(&g);
+    assert!(
+        fused
+            .fusion
+            .log
+            .iter()
+            .any(|l| l.starts_with("store-alongside")),
+        "t is stored by y's kernel"
+    );
     let values = |n: usize, scale: f32| -> Vec<f32> {
         (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
@@ -406,12 +418,12 @@ fn same_bits_over_rows(shape: &[usize]) {
         wide::set_enabled(on);
         let mut params = SecondaryMap::new();
         let mut e = Engine::new(BackendKind::Jit, &g);
-        let y = e.run(&mut params, &inputs).expect("runs").remove(0).data;
+        let outs = e.run(&mut params, &inputs).expect("runs");
         wide::set_enabled(true);
-        y
+        outs.into_iter().flat_map(|t| t.data).collect::<Vec<f32>>()
     };
     let (wide_bits, narrow) = (run(true), run(false));
-    assert_eq!(wide_bits.len(), shape.iter().product::<usize>());
+    assert_eq!(wide_bits.len(), 2 * shape.iter().product::<usize>());
     for (i, (a, b)) in wide_bits.iter().zip(&narrow).enumerate() {
         assert_eq!(
             a.to_bits(),

@@ -375,7 +375,7 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
 #[test]
 fn loop_kernels_are_equal_when_every_part_is_constants_bit_for_bit() {
     use nnc::ir::BinaryOp;
-    use nnc::schedule::{Expr, LoopKernel};
+    use nnc::schedule::{Expr, LoopKernel, Store};
     use std::hash::{BuildHasher, RandomState};
     let kernel = |c: f32, out_offset: usize| LoopKernel {
         dims: vec![4, 8],
@@ -389,15 +389,112 @@ fn loop_kernels_are_equal_when_every_part_is_constants_bit_for_bit() {
             Expr::Binary(BinaryOp::Mul, 0, 1),
         ],
         reduce: None,
+        also: Vec::new(),
     };
     let hasher = RandomState::new();
     let (a, b) = (kernel(0.0, 0), kernel(0.0, 0));
     assert!(a == b && hasher.hash_one(&a) == hasher.hash_one(&b));
     assert!(a != kernel(-0.0, 0), "x * 0.0 and x * -0.0 differ in sign");
     assert!(a != kernel(0.0, 3), "another output offset");
+    let mut storing = kernel(0.0, 0);
+    storing.also.push(Store {
+        expr: 0,
+        strides: vec![8, 1],
+    });
+    assert!(a != storing, "a further store");
     let nan = kernel(f32::NAN, 0);
     assert!(
         nan == nan.clone(),
         "the same NaN constant is the same kernel"
     );
+}
+
+#[test]
+fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
+    // m and v are roots (an optimizer's moments) that the update u reads
+    // at its own index: fusion's `store-alongside` computes both in u's
+    // kernel, which stores them as further outputs; the sum over m runs
+    // after it and reads m's buffer. n's first reader is a reduction, so
+    // n keeps its own kernel.
+    let src = "input x: [4, 6]\n\
+               param w: [4, 6] = uniform(-1, 1, seed = 1)\n\
+               let m = x * 0.9 + w\n\
+               let v = x * x * 0.5 - w\n\
+               let n = x - 1\n\
+               output mo = m\n\
+               output vo = v\n\
+               output u = w - m / (sqrt(v * v) + 0.001)\n\
+               output r = sum(m, axis = 0)\n\
+               output no = n\n\
+               output s = sum(n, axis = 1)\n\
+               output t = n * 3\n";
+    let c = pipeline::compile("alongside.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let fused = pipeline::fuse(&g);
+    let rule: Vec<&String> = fused
+        .fusion
+        .log
+        .iter()
+        .filter(|l| l.starts_with("store-alongside"))
+        .collect();
+    assert_eq!(rule.len(), 2, "{rule:?}");
+    let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
+    s.verify().expect("verifies");
+    let alongside: Vec<usize> = s
+        .steps
+        .iter()
+        .filter_map(|st| match st {
+            Step::Loop { also, kernel, .. } if !also.is_empty() => {
+                assert_eq!(kernel.also.len(), also.len());
+                Some(also.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alongside, vec![2], "{:?}", s.steps);
+    let mut inputs = SecondaryMap::new();
+    inputs[g.inputs.keys().next().expect("x")] = Some(nnc::tensor::Tensor::new(
+        vec![4, 6],
+        (0..24).map(|i| (i as f32 * 0.61).cos()).collect(),
+    ));
+    let run = |kind| {
+        let mut params = nnc::backend::interp::init_params(&g, 0);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &inputs)
+            .expect("runs")
+    };
+    let oracle = run(nnc::backend::BackendKind::Interp);
+    for kind in common::compiled_backends() {
+        let got = run(kind);
+        assert_eq!(got.len(), oracle.len());
+        for (o, (x, want)) in got.iter().zip(&oracle).enumerate() {
+            assert_eq!(x.shape, want.shape, "{kind:?} output {o}");
+            for (i, (p, q)) in x.data.iter().zip(&want.data).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-6 * q.abs().max(1.0),
+                    "{kind:?} output {o}[{i}]: {p}, the interpreter {q}"
+                );
+            }
+        }
+    }
+    // A further output that is a buffer the kernel reads, or its own
+    // output, is rejected.
+    let at = s
+        .steps
+        .iter()
+        .position(|st| matches!(st, Step::Loop { also, .. } if !also.is_empty()))
+        .expect("the carrying step");
+    for corrupt in ["read", "out"] {
+        let mut bad = s.clone();
+        let Step::Loop {
+            also, args, out, ..
+        } = &mut bad.steps[at]
+        else {
+            unreachable!()
+        };
+        also[0] = if corrupt == "read" { args[0] } else { *out };
+        let e = rejects(&bad, corrupt);
+        assert!(e.contains("also reads") || e.contains("twice"), "{e}");
+    }
 }

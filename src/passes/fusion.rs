@@ -52,6 +52,13 @@
 //!   copies (the gates' gradients an LSTM's derivative loop lays side by
 //!   side for `matmul-sum`).
 //!
+//! - `store-alongside`: an elementwise kernel whose value is stored (a
+//!   root: an optimizer's new moment, read by the parameter's update) and
+//!   whose first reader is an elementwise kernel over the same shape that
+//!   reads it directly is computed in that kernel, which stores it as a
+//!   second output: one pass over memory instead of a store, then a load
+//!   in the next pass (Adam's moments and its update in one kernel).
+//!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a
 //! loop kernel (matmul, convolution, scan …), a root of the graph.
@@ -62,6 +69,7 @@
 
 use crate::ir::{Dim, Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// What a stored node's kernel is.
@@ -97,6 +105,11 @@ pub struct Fusion {
     /// Elementwise kernels that write their value into their part of a
     /// concatenation (`concat-in-place`): the stored concatenation.
     pub placed: SecondaryMap<Node, Option<Node>>,
+    /// Stored elementwise nodes computed and stored by a later kernel
+    /// (`store-alongside`): they have a buffer but no kernel of their own.
+    pub carried: EntitySet<Node>,
+    /// The nodes each kernel stores besides its own value, in order.
+    pub carries: HashMap<Node, Vec<Node>>,
     /// Why each decision was taken, for `NNC_LOG=fusion`.
     pub log: Vec<String>,
 }
@@ -268,6 +281,8 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         fused: EntitySet::new(),
         strided: EntitySet::new(),
         placed: SecondaryMap::new(),
+        carried: EntitySet::new(),
+        carries: HashMap::new(),
         log: Vec::new(),
     };
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
@@ -522,7 +537,101 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         f.kernels.push((n, kind));
     }
     place_parts(g, &readers, &is_root, &mut f);
+    store_alongside(g, &mut f);
     f
+}
+
+/// The stored nodes kernel `n` reads: its operands, looking through the
+/// nodes computed inside it (fused, read in place, or carried by it).
+pub fn kernel_reads(g: &Graph, f: &Fusion, n: Node) -> Vec<Node> {
+    let carried = f.carries.get(&n).map_or(&[][..], Vec::as_slice);
+    let mut out = Vec::new();
+    let mut stack = g.nodes[n].op.args();
+    while let Some(a) = stack.pop() {
+        if f.fused.contains(a) || f.strided.contains(a) || carried.contains(&a) {
+            stack.extend(g.nodes[a].op.args());
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Whether kernel `n` reads `a` at its own index: `a` is an operand of
+/// `n` or of an elementwise node fused into it, with no broadcast, slice
+/// or reshape between.
+fn reads_in_place(g: &Graph, f: &Fusion, n: Node, a: Node) -> bool {
+    let mut stack = g.nodes[n].op.args();
+    while let Some(x) = stack.pop() {
+        if x == a {
+            return true;
+        }
+        if f.fused.contains(x) && is_elementwise(&g.nodes[x].op) {
+            stack.extend(g.nodes[x].op.args());
+        }
+    }
+    false
+}
+
+/// The rule `store-alongside`: a stored elementwise kernel `a` (not a
+/// part written into a concatenation, not itself carrying another) whose
+/// first reader `b` is an elementwise kernel over the same shape that
+/// reads it at its own index is computed in `b`, which stores it besides
+/// its own value. Every other reader of `a` runs after `b`, so it finds
+/// `a` stored. Neither may be the elementwise kernel right after a GEMM
+/// that reads its output (`gemm-epilogue` takes that one).
+fn store_alongside(g: &Graph, f: &mut Fusion) {
+    let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
+    let mut first_reader: SecondaryMap<Node, Option<usize>> = SecondaryMap::new();
+    let mut reads = Vec::with_capacity(f.kernels.len());
+    for (i, &(k, kind)) in f.kernels.iter().enumerate() {
+        let r = match kind {
+            Kind::Leaf => Vec::new(),
+            _ => kernel_reads(g, f, k),
+        };
+        for &a in &r {
+            first_reader[a].get_or_insert(i);
+        }
+        reads.push(r);
+    }
+    let after_gemm =
+        |i: usize| i > 0 && matches!(f.kernels[i - 1], (p, Kind::MatMul) if reads[i].contains(&p));
+    let mut found = Vec::new();
+    for (i, &(a, kind)) in f.kernels.iter().enumerate() {
+        if kind != Kind::Elementwise
+            || !is_elementwise(&g.nodes[a].op)
+            || f.placed[a].is_some()
+            || after_gemm(i)
+        {
+            continue;
+        }
+        let Some(j) = first_reader[a] else { continue };
+        let (b, b_kind) = f.kernels[j];
+        if b_kind != Kind::Elementwise
+            || !is_elementwise(&g.nodes[b].op)
+            || g.shape(a) != g.shape(b)
+            || after_gemm(j)
+            || !reads_in_place(g, f, b, a)
+        {
+            continue;
+        }
+        found.push((a, b));
+    }
+    for (a, b) in found {
+        // A kernel that carries others keeps its own; one carried is not
+        // a carrier (its values would be stored from a kernel that no
+        // longer runs).
+        if f.carries.contains_key(&a) || f.carried.contains(b) {
+            continue;
+        }
+        f.log.push(format!(
+            "store-alongside: {} is computed and stored by the kernel of {}",
+            name(a),
+            name(b)
+        ));
+        f.carried.insert(a);
+        f.carries.entry(b).or_default().push(a);
+    }
 }
 
 /// The parts a concatenation joins, in order, looking through the
@@ -618,6 +727,15 @@ pub fn op_name(op: &Op) -> String {
     kind.to_string()
 }
 
+/// The kernel that computes and stores carried node `a`
+/// (`store-alongside`).
+pub fn carrier(f: &Fusion, a: Node) -> Option<Node> {
+    f.carries
+        .iter()
+        .find(|(_, v)| v.contains(&a))
+        .map(|(&b, _)| b)
+}
+
 /// The fused program as text: one line per kernel with the expression it
 /// computes, fused nodes written inline.
 pub fn print(g: &Graph, f: &Fusion) -> String {
@@ -630,7 +748,11 @@ pub fn print(g: &Graph, f: &Fusion) -> String {
             _ => expr(g, f, n, true),
         };
         count += 1;
-        let _ = writeln!(out, "kernel {count} {kind:?} -> {n}: {ty} = {body}");
+        let _ = write!(out, "kernel {count} {kind:?} -> {n}: {ty} = {body}");
+        if let Some(b) = f.carried.contains(n).then(|| carrier(f, n)).flatten() {
+            let _ = write!(out, "  [stored by the kernel of {b}]");
+        }
+        out.push('\n');
     }
     for o in &g.outputs {
         let _ = writeln!(out, "output {} = {}", o.name, o.node);

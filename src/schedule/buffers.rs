@@ -3,7 +3,9 @@
 //! by the next value of the same size; leaves and roots keep their own, a
 //! view shares its operand's, a part written in place into a
 //! concatenation (fusion's `concat-in-place`) shares the concatenation's
-//! (assigned when its first such part is), and every parameter update
+//! (assigned when its first such part is), a value stored alongside a
+//! later kernel's (fusion's `store-alongside`) gets its buffer with that
+//! kernel's, and every parameter update
 //! gets a buffer of its own (a copy where its value shares one).
 
 use super::BufId;
@@ -90,19 +92,8 @@ pub(super) fn plan_buffers(
     shapes: &SecondaryMap<Node, Vec<usize>>,
     roots: &[Node],
 ) -> BufferPlan {
-    // The stored nodes each kernel reads (through fused nodes).
-    let reads = |n: Node| -> Vec<Node> {
-        let mut out = Vec::new();
-        let mut stack = g.nodes[n].op.args();
-        while let Some(a) = stack.pop() {
-            if fu.fused.contains(a) || fu.strided.contains(a) {
-                stack.extend(g.nodes[a].op.args());
-            } else {
-                out.push(a);
-            }
-        }
-        out
-    };
+    // The stored nodes each kernel reads (through the nodes computed in it).
+    let reads = |n: Node| crate::passes::fusion::kernel_reads(g, fu, n);
     // Whether kernel `i` is a product read by the elementwise kernel right
     // after it, which may become its epilogue: the product's operands then
     // stay live through that kernel (`gemm-epilogue` runs on the planned
@@ -167,8 +158,14 @@ pub(super) fn plan_buffers(
                 buf_of[c] = take(c, &mut sizes).into();
             }
             buf_of[n] = buf_of[c];
+        } else if fu.carried.contains(n) {
+            // Written by a later kernel (fusion's `store-alongside`),
+            // which takes its buffer.
         } else if buf_of[n].is_none() {
             buf_of[n] = take(n, &mut sizes).into();
+        }
+        for &a in crate::schedule::stored_alongside(fu, n) {
+            buf_of[a] = take(a, &mut sizes).into();
         }
         // Release what this kernel was the last to need: what it reads, and
         // what the product before it read.

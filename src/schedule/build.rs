@@ -8,8 +8,8 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep,
-    Schedule, Step,
+    copy_kernel, loop_kernel, stored_alongside, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm,
+    Pool, Rows, ScanStep, Schedule, Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
@@ -75,7 +75,9 @@ impl<'f> Builder<'f> {
         self.plan.check_budget(self.g, self.fu)?;
         let mut steps = Vec::new();
         for &(n, kind) in &self.fu.kernels {
-            if matches!(kind, Kind::Leaf | Kind::View) {
+            // A value stored alongside another's is written by that
+            // kernel (fusion's `store-alongside`).
+            if matches!(kind, Kind::Leaf | Kind::View) || self.fu.carried.contains(n) {
                 continue;
             }
             match self.step(n, kind)? {
@@ -155,6 +157,10 @@ impl<'f> Builder<'f> {
                     .iter()
                     .map(|&s| self.buf(s))
                     .collect::<Result<_, _>>()?;
+                let also = stored_alongside(fu, n)
+                    .iter()
+                    .map(|&s| self.buf(s))
+                    .collect::<Result<_, _>>()?;
                 let (init, divisor) = match &g.nodes[n].op {
                     Op::Reduce { op, arg, axes } => {
                         let count: usize = axes.iter().map(|&a| shapes[*arg][a]).product();
@@ -170,6 +176,7 @@ impl<'f> Builder<'f> {
                     kernel,
                     out,
                     args,
+                    also,
                     init,
                     divisor,
                 }
@@ -213,6 +220,7 @@ impl<'f> Builder<'f> {
                 kernel,
                 out,
                 args,
+                also: Vec::new(),
                 init: None,
                 divisor: None,
             });
@@ -642,8 +650,9 @@ fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
 /// batch's output while it is in cache). The product is still stored, so
 /// later readers of it are unaffected. Refused when the loop writes one
 /// of the product's operands (the GEMM still reads them while blocks are
-/// stored) or reads the product elsewhere too, and when its iteration
-/// space is not the outputs in order (`[rows, n]` or flat).
+/// stored) or reads the product elsewhere too, when it stores further
+/// values (`store-alongside`), and when its iteration space is not the
+/// outputs in order (`[rows, n]` or flat).
 fn fuse_epilogues(steps: &mut Vec<Step>) {
     let mut i = 0;
     while i + 1 < steps.len() {
@@ -662,10 +671,11 @@ fn fuse_epilogues(steps: &mut Vec<Step>) {
                     kernel,
                     out,
                     args,
+                    also,
                     init: None,
                     divisor: None,
                 },
-            ) if kernel.reduce.is_none() && out != a && out != b => {
+            ) if kernel.reduce.is_none() && also.is_empty() && out != a && out != b => {
                 let rows = a_offs.len() * dims.m;
                 let n = dims.n as i64;
                 let walks = match kernel.dims[..] {

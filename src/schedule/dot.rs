@@ -46,9 +46,13 @@ pub fn write_fused(dot: &mut Dot, f: &Fused, prefix: &str) {
             continue;
         }
         count += 1;
+        let by = match crate::passes::fusion::carrier(fusion, n) {
+            Some(b) => format!(", stored by the kernel of {b},"),
+            None => String::new(),
+        };
         dot.open_cluster(
             &format!("{prefix}k{count}"),
-            &format!("kernel {count}: {}", kind_name(kind)),
+            &format!("kernel {count}{by}: {}", kind_name(kind)),
             false,
         );
         // The stored node, then what is fused into it, each node once per

@@ -47,6 +47,19 @@ pub struct LoopKernel {
     pub exprs: Vec<Expr>,
     /// Set for reductions: the output is combined into, not overwritten.
     pub reduce: Option<ReduceOp>,
+    /// Further values stored at each point besides the kernel's own
+    /// (fusion's `store-alongside`; never on a reduction): the kernel
+    /// function's arguments after the accesses' buffers, in this order.
+    #[serde(default)]
+    pub also: Vec<Store>,
+}
+
+/// A value a loop kernel stores besides its own: entry `expr` of its
+/// expressions, written with `strides` from the buffer's first element.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Store {
+    pub expr: usize,
+    pub strides: Vec<i64>,
 }
 
 /// A kernel is the same code as another when every part of it is equal,
@@ -66,6 +79,7 @@ impl PartialEq for LoopKernel {
             && self.out == o.out
             && self.out_offset == o.out_offset
             && self.reduce == o.reduce
+            && self.also == o.also
             && self.exprs.len() == o.exprs.len()
             && self.exprs.iter().zip(&o.exprs).all(|(a, b)| same(a, b))
     }
@@ -81,6 +95,7 @@ impl std::hash::Hash for LoopKernel {
         self.out.hash(h);
         self.out_offset.hash(h);
         self.reduce.hash(h);
+        self.also.hash(h);
         // Each entry's kind and constant: equal kernels hash equal; the
         // operands, left out, are told apart by `eq`.
         for e in &self.exprs {
@@ -103,19 +118,24 @@ impl LoopKernel {
         let mut dims: Vec<usize> = keep.iter().map(|&d| self.dims[d]).collect();
         let mut acc: Vec<Vec<i64>> = self.accesses.iter().map(pick).collect();
         let mut out = pick(&self.out);
+        let mut also: Vec<Vec<i64>> = self.also.iter().map(|a| pick(&a.strides)).collect();
         if dims.is_empty() {
             dims.push(1);
-            acc.iter_mut().for_each(|a| a.push(0));
+            acc.iter_mut().chain(&mut also).for_each(|a| a.push(0));
             out.push(0);
         }
         let mut d = dims.len() - 1;
         while d > 0 {
             let inner = dims[d] as i64;
             let merges = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
-            if acc.iter().all(merges) && merges(&out) {
+            if acc.iter().chain(&also).all(merges) && merges(&out) {
                 dims[d - 1] *= dims[d];
                 dims.remove(d);
-                for s in acc.iter_mut().chain(std::iter::once(&mut out)) {
+                for s in acc
+                    .iter_mut()
+                    .chain(&mut also)
+                    .chain(std::iter::once(&mut out))
+                {
                     s.remove(d - 1);
                 }
             }
@@ -124,6 +144,9 @@ impl LoopKernel {
         self.dims = dims;
         self.accesses = acc;
         self.out = out;
+        for (a, strides) in self.also.iter_mut().zip(also) {
+            a.strides = strides;
+        }
     }
 
     /// Whether the innermost loop can run on vectors: every access moves
@@ -132,6 +155,7 @@ impl LoopKernel {
         let last = self.dims.len() - 1;
         self.accesses
             .iter()
+            .chain(self.also.iter().map(|a| &a.strides))
             .chain(std::iter::once(&self.out))
             .all(|s| s[last] == 0 || s[last] == 1)
     }
@@ -188,6 +212,13 @@ pub fn loop_kernel(
     kernel_over(g, fu, shapes, space, top, top == n, (out, at), reduce)
 }
 
+/// The stored values, in the order of [`LoopKernel::also`], that the
+/// kernel of stored node `n` writes besides its own (fusion's
+/// `store-alongside`).
+pub fn stored_alongside(fu: &fusion::Fusion, n: Node) -> &[Node] {
+    fu.carries.get(&n).map_or(&[], Vec::as_slice)
+}
+
 /// The kernel over `space` evaluating `value` (computed even though it is
 /// stored, with `top`) at each point, writing with strides and offset
 /// `out`.
@@ -212,9 +243,35 @@ fn kernel_over(
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
+        carried: if top {
+            stored_alongside(fu, value)
+        } else {
+            &[]
+        },
+        ident: (0..space.len()).map(Index::dim).collect(),
+        also: Vec::new(),
     };
-    let ident: Vec<Index> = (0..space.len()).map(Index::dim).collect();
+    let ident = b.ident.clone();
     b.build(value, &ident, top);
+    let whole: Vec<i64> = strides(&space).iter().map(|&x| x as i64).collect();
+    // Fusion carries a value only into a kernel over its own shape that
+    // reads it directly (through elementwise nodes alone), so the build
+    // met each at the identity index: an invariant of fusion.
+    let also = b
+        .carried
+        .iter()
+        .map(|&c| {
+            let &(expr, _) = b
+                .also
+                .iter()
+                .find(|&&(_, x)| x == c)
+                .expect("fusion carries a value only into a kernel that reads it in place");
+            Store {
+                expr,
+                strides: whole.clone(),
+            }
+        })
+        .collect();
     let mut k = LoopKernel {
         dims: space,
         accesses: b.accesses,
@@ -223,6 +280,7 @@ fn kernel_over(
         out_offset,
         exprs: b.exprs,
         reduce,
+        also,
     };
     k.simplify();
     (k, b.srcs)
@@ -326,6 +384,13 @@ struct KernelBuilder<'a> {
     accesses: Vec<Vec<i64>>,
     offsets: Vec<usize>,
     srcs: Vec<Node>,
+    /// The stored values this kernel computes and stores besides its own
+    /// (fusion's `store-alongside`), and the identity index they are
+    /// stored at.
+    carried: &'a [Node],
+    ident: Vec<Index>,
+    /// The expression of each carried value met at the identity index.
+    also: Vec<(usize, Node)>,
 }
 
 impl KernelBuilder<'_> {
@@ -342,7 +407,8 @@ impl KernelBuilder<'_> {
         if let Some(&e) = self.memo.get(&key) {
             return e;
         }
-        let stored = !self.fu.fused.contains(n);
+        let carried = self.carried.contains(&n);
+        let stored = !self.fu.fused.contains(n) && !carried;
         let e = if stored && !top {
             let st = strides(&self.shapes[n]);
             let mut s = vec![0i64; self.rank];
@@ -426,6 +492,9 @@ impl KernelBuilder<'_> {
                 op => unreachable!("{op:?} is not a loop operation"),
             }
         };
+        if carried && map == self.ident.as_slice() {
+            self.also.push((e, n));
+        }
         self.memo.insert(key, e);
         e
     }

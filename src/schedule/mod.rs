@@ -30,7 +30,7 @@ mod verify;
 
 pub use build::build;
 pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
-pub use kernel::{copy_kernel, loop_kernel, Expr, LoopKernel};
+pub use kernel::{copy_kernel, loop_kernel, stored_alongside, Expr, LoopKernel, Store};
 pub use verify::VerifyError;
 
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
@@ -88,11 +88,14 @@ pub struct Schedule {
 /// One step of a schedule.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub enum Step {
-    /// A loop kernel writing `out`; `args[k]` is the buffer of access `k`.
+    /// A loop kernel writing `out`; `args[k]` is the buffer of access `k`,
+    /// `also[j]` the buffer of the kernel's further store `j`
+    /// ([`LoopKernel::also`]).
     Loop {
         kernel: LoopKernel,
         out: BufId,
         args: Vec<BufId>,
+        also: Vec<BufId>,
         /// For reductions: the output's starting value, and for a mean
         /// the count it is divided by (a division, as the interpreter's,
         /// not a product with 1/count, which rounds differently).
@@ -291,8 +294,8 @@ impl Step {
             Step::MatMul { out, epilogue, .. } => std::iter::once(*out)
                 .chain(epilogue.as_ref().map(|e| e.out))
                 .collect(),
-            Step::Loop { out, .. }
-            | Step::Conv { out, .. }
+            Step::Loop { out, also, .. } => std::iter::once(*out).chain(also.clone()).collect(),
+            Step::Conv { out, .. }
             | Step::Pool { out, .. }
             | Step::Copy { out, .. }
             | Step::Random { out, .. }
@@ -307,11 +310,21 @@ impl Step {
     pub fn describe(&self, g: &Graph) -> String {
         match self {
             Step::Loop {
-                kernel, out, args, ..
-            } => format!(
-                "loop over {} elements into {out}, reading {args:?}",
-                kernel.dims.iter().product::<usize>()
-            ),
+                kernel,
+                out,
+                args,
+                also,
+                ..
+            } => {
+                let also = match &also[..] {
+                    [] => String::new(),
+                    more => format!(" (and {more:?})"),
+                };
+                format!(
+                    "loop over {} elements into {out}{also}, reading {args:?}",
+                    kernel.dims.iter().product::<usize>()
+                )
+            }
             Step::MatMul {
                 a_offs,
                 dims,

@@ -3,9 +3,10 @@
 //! they rely on is checked here, once, before any of it runs:
 //!
 //! 1. every buffer a step names exists;
-//! 2. every loop kernel's accesses (and its output) stay inside their
+//! 2. every loop kernel's accesses (and its outputs) stay inside their
 //!    buffers over the whole iteration space, with strides that are not
-//!    negative;
+//!    negative; a kernel's further outputs are neither its output nor a
+//!    buffer it reads, and a reduction has none;
 //! 3. every GEMM's operands, at every offset, lie inside their buffers,
 //!    its outputs fit, and the output is neither operand;
 //! 4. transposes, convolutions, poolings and block copies read and write
@@ -95,14 +96,17 @@ impl Schedule {
                 kernel,
                 out,
                 args,
+                also,
                 init,
                 divisor,
             } => {
-                if kernel.accesses.len() != args.len() {
+                if kernel.accesses.len() != args.len() || kernel.also.len() != also.len() {
                     return Err(format!(
-                        "a loop kernel with {} accesses is given {} buffers",
+                        "a loop kernel with {} accesses and {} further outputs is given {} and {} buffers",
                         kernel.accesses.len(),
-                        args.len()
+                        kernel.also.len(),
+                        args.len(),
+                        also.len()
                     ));
                 }
                 let space = &kernel.dims;
@@ -110,8 +114,28 @@ impl Schedule {
                     || kernel.out.len() != space.len()
                     || kernel.accesses.iter().any(|a| a.len() != space.len())
                     || kernel.offsets.len() != args.len()
+                    || kernel.also.iter().any(|a| a.strides.len() != space.len())
                 {
                     return Err("a loop kernel's strides do not match its dimensions".into());
+                }
+                if !also.is_empty() && kernel.reduce.is_some() {
+                    return Err("a reduction stores further values".into());
+                }
+                for (j, (&b, st)) in also.iter().zip(&kernel.also).enumerate() {
+                    if st.expr >= kernel.exprs.len() {
+                        return Err(format!(
+                            "further output {j} stores a value it does not compute"
+                        ));
+                    }
+                    distinct(b, args, "a loop kernel's further output")?;
+                    if b == *out || also[..j].contains(&b) {
+                        return Err(format!("a loop kernel writes {b} twice"));
+                    }
+                    self.inside(
+                        b,
+                        reach(0, space, &st.strides)?,
+                        &format!("further output {j}"),
+                    )?;
                 }
                 for (k, (&b, st)) in args.iter().zip(&kernel.accesses).enumerate() {
                     let at = kernel.offsets[k];
@@ -155,6 +179,7 @@ impl Schedule {
                         kernel: e.kernel.clone(),
                         out: e.out,
                         args: e.args.clone(),
+                        also: Vec::new(),
                         init: None,
                         divisor: None,
                     })

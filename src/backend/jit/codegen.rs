@@ -4,7 +4,8 @@
 //! point of an iteration space and stored (or, for a reduction, combined)
 //! into the output at a strided offset. Its function has the signature
 //! `fn(args: *const *mut f32, start: i64, end: i64)`: `args[0]` is the
-//! output, `args[1 + k]` the buffer of access `k`; the outermost loop runs
+//! output, `args[1 + k]` the buffer of access `k`, then the buffers of the
+//! kernel's further stores ([`LoopKernel::also`]); the outermost loop runs
 //! `start..end`, so callers can split it over threads. The innermost loop
 //! runs on `f32x4` vectors when every access moves by 0 or 1 element along
 //! it, then a scalar tail finishes the row.
@@ -22,6 +23,8 @@ use cranelift_module::{FuncId, Linkage, Module};
 struct Ctx {
     ptrs: Vec<Value>,
     out_ptr: Value,
+    /// The buffers of the further stores.
+    also_ptrs: Vec<Value>,
     /// The host's `powf`, declared when the kernel has a general power.
     powf: Option<FuncRef>,
 }
@@ -57,6 +60,12 @@ pub fn compile<M: Module>(
         let ptrs = (0..k.accesses.len())
             .map(|i| b.ins().load(ptr, flags, args, 8 * (i as i32 + 1)))
             .collect();
+        let also_ptrs = (0..k.also.len())
+            .map(|j| {
+                let at = 1 + k.accesses.len() + j;
+                b.ins().load(ptr, flags, args, 8 * at as i32)
+            })
+            .collect();
         let powf = match k
             .exprs
             .iter()
@@ -68,14 +77,16 @@ pub fn compile<M: Module>(
         let cx = Ctx {
             ptrs,
             out_ptr,
+            also_ptrs,
             powf,
         };
         // Each access and the output start at their offsets (a slice read
-        // in place, a part of a concatenation).
+        // in place, a part of a concatenation), the further stores at 0.
         let offs: Vec<Value> = k
             .offsets
             .iter()
             .chain(std::iter::once(&k.out_offset))
+            .chain(k.also.iter().map(|_| &0))
             .map(|&o| b.ins().iconst(types::I64, o as i64))
             .collect();
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);
@@ -135,7 +146,8 @@ fn emit_for(
 }
 
 /// Emits the loop over dim `d` (from `lo` to `hi`), with the element
-/// offsets of the output (last entry) and each access at the loop's start.
+/// offsets of each access, the output and each further store (in that
+/// order) at the loop's start.
 fn emit_dims(
     b: &mut FunctionBuilder,
     k: &LoopKernel,
@@ -155,6 +167,7 @@ fn emit_dims(
         .iter()
         .map(|s| s[d])
         .chain(std::iter::once(k.out[d]))
+        .chain(k.also.iter().map(|a| a.strides[d]))
         .collect();
     let n_next = k.dims[d + 1] as i64;
     emit_for(b, lo, hi, 1, &mut |b, i| {
@@ -208,11 +221,23 @@ fn emit_inner(
             b.def_var(acc, id);
         }
         let iv = emit_for(b, from, hi, step, &mut |b, i| {
-            let v = eval(b, k, cx, ty, i, offs, flags);
+            let vs = eval(b, k, cx, ty, i, offs, flags);
+            // A kernel's expression list always ends with its value
+            // (`kernel_over` builds at least one entry).
+            let v = vs[vs.len() - 1];
             let addr = address(b, cx.out_ptr, out_off, i, out_stride);
             match k.reduce {
                 None => {
                     b.ins().store(flags, v, addr, 0);
+                    // Every value is computed before anything is stored:
+                    // a further output never aliases a buffer the kernel
+                    // reads (the verifier's rule 2), and each point is
+                    // written once.
+                    for (j, st) in k.also.iter().enumerate() {
+                        let off = offs[k.accesses.len() + 1 + j];
+                        let at = address(b, cx.also_ptrs[j], off, i, st.strides[last]);
+                        b.ins().store(flags, vs[st.expr], at, 0);
+                    }
                 }
                 Some(op) if along.is_some() => {
                     let a = b.use_var(acc);
@@ -271,7 +296,7 @@ fn horizontal(b: &mut FunctionBuilder, op: ReduceOp, v: Value) -> Value {
 }
 
 /// Evaluates the expression DAG at point `i` of the innermost loop; returns
-/// the value of its last entry, the kernel's value.
+/// the value of every entry (the last is the kernel's value).
 fn eval(
     b: &mut FunctionBuilder,
     k: &LoopKernel,
@@ -280,7 +305,7 @@ fn eval(
     i: Value,
     offs: &[Value],
     flags: MemFlagsData,
-) -> Value {
+) -> Vec<Value> {
     let last = k.dims.len() - 1;
     let mut v: Vec<Value> = Vec::with_capacity(k.exprs.len());
     for e in &k.exprs {
@@ -358,7 +383,5 @@ fn eval(
         };
         v.push(x);
     }
-    // A kernel's expression list always ends with its value (plan.rs
-    // builds at least one entry).
-    v[v.len() - 1]
+    v
 }

@@ -440,9 +440,15 @@ impl Program {
         let mut exec = Vec::with_capacity(sched.steps.len());
         for (i, step) in sched.steps.iter().enumerate() {
             exec.push(match step {
-                Step::Loop { kernel, args, .. } => {
-                    kx.exec(i, kernel, args.len(), format!("k{i}"), "kernel")?
-                }
+                Step::Loop {
+                    kernel, args, also, ..
+                } => kx.exec(
+                    i,
+                    kernel,
+                    args.len() + also.len(),
+                    format!("k{i}"),
+                    "kernel",
+                )?,
                 Step::MatMul {
                     epilogue: Some(e), ..
                 } => kx.exec(i, &e.kernel, e.args.len(), format!("k{i}e"), "epilogue")?,
@@ -968,6 +974,7 @@ fn run_step(
                 kernel,
                 out,
                 args,
+                also,
                 init,
                 divisor,
             },
@@ -976,7 +983,8 @@ fn run_step(
             if let Some(v) = init {
                 bufs.get_mut(*out).fill(*v);
             }
-            for (p, &b) in ptrs.iter_mut().zip(std::iter::once(out).chain(args)) {
+            let all = std::iter::once(out).chain(args).chain(also);
+            for (p, &b) in ptrs.iter_mut().zip(all) {
                 *p = bufs.ptr(b);
             }
             let args = SendPtr(ptrs.as_ptr());

@@ -18,6 +18,10 @@
 //! block of them, grouped whole into blocks), and at least one
 //! transcendental (where the width pays; an add or a copy is memory-bound
 //! either way), with no general power (`x ^ y` calls the host's `powf`).
+//! A kernel's further outputs (fusion's `store-alongside`) must walk the
+//! innermost dim contiguously too: each such value's pass writes straight
+//! into its output's row (rows shorter than a block: into the scratch,
+//! then scattered), and later passes read it there.
 
 // Elsewhere than x86-64 there is no wider vector to reach: the JIT's
 // own kernels run and these routines are not called.
@@ -91,7 +95,13 @@ pub fn level() -> Option<Level> {
 pub fn eligible(k: &LoopKernel) -> Option<Level> {
     let level = level()?;
     let last = k.dims.len() - 1;
-    let contiguous = k.out[last] == 1 && k.accesses.iter().all(|s| s[last] == 0 || s[last] == 1);
+    // Further outputs (`store-alongside`) are contiguous rows of computed
+    // values, copied from the scratch.
+    let contiguous = k.out[last] == 1
+        && k.accesses.iter().all(|s| s[last] == 0 || s[last] == 1)
+        && k.also.iter().all(|a| {
+            a.strides[last] == 1 && !matches!(k.exprs[a.expr], Expr::Load(_) | Expr::Const(_))
+        });
     let heavy = k.exprs.iter().any(|e| {
         matches!(
             e,
@@ -105,7 +115,9 @@ pub fn eligible(k: &LoopKernel) -> Option<Level> {
         .exprs
         .iter()
         .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
-    let small = k.accesses.len() <= MAX_ACCESSES && k.dims.len() <= MAX_RANK;
+    let small = k.accesses.len() <= MAX_ACCESSES
+        && k.also.len() <= MAX_ACCESSES
+        && k.dims.len() <= MAX_RANK;
     // Short rows are grouped into blocks: worth it from one full block.
     let points: usize = k.dims.iter().product();
     let long_enough = k.dims[last] >= MIN_INNER || (last > 0 && points >= BLOCK);
@@ -118,8 +130,9 @@ pub fn eligible(k: &LoopKernel) -> Option<Level> {
 ///
 /// # Safety
 ///
-/// As a compiled loop kernel: `ptrs` holds the output's and each access's
-/// buffer, each as long as the kernel's strides reach over `lo..hi`.
+/// As a compiled loop kernel: `ptrs` holds the output's, each access's
+/// and each further output's buffer, each as long as the kernel's strides
+/// reach over `lo..hi`.
 pub unsafe fn run(
     level: Level,
     k: &LoopKernel,
@@ -181,6 +194,11 @@ unsafe fn run_generic(
     for (a, p) in acc.iter_mut().enumerate().take(n_acc) {
         *p = unsafe { *ptrs.add(a + 1) };
     }
+    // The further outputs' buffers follow the accesses'.
+    let mut also = [std::ptr::null_mut::<f32>(); MAX_ACCESSES];
+    for (j, p) in also.iter_mut().enumerate().take(k.also.len()) {
+        *p = unsafe { *ptrs.add(1 + n_acc + j) };
+    }
     // The points: every index of the dims before the last (the first
     // within lo..hi), then the innermost dim in blocks; a kernel of one dim
     // has its range split directly.
@@ -199,7 +217,7 @@ unsafe fn run_generic(
     }
     if rank > 1 && k.dims[last] < MIN_INNER {
         // SAFETY: the caller's promise.
-        unsafe { run_short_rows(k, out, &acc, lo, hi, regs) };
+        unsafe { run_short_rows(k, out, &acc, &also, lo, hi, regs) };
         return;
     }
     let mut idx_store = [0usize; MAX_RANK];
@@ -223,6 +241,10 @@ unsafe fn run_generic(
                     .sum()
             };
             let out_base = base(&k.out) + k.out_offset as isize;
+            let mut also_base = [0isize; MAX_ACCESSES];
+            for (b, a) in also_base.iter_mut().zip(&k.also) {
+                *b = base(&a.strides);
+            }
             let mut acc_base = [0isize; MAX_ACCESSES];
             for ((b, s), &o) in acc_base.iter_mut().zip(&k.accesses).zip(&k.offsets) {
                 *b = base(s) + o as isize;
@@ -259,17 +281,30 @@ unsafe fn run_generic(
                         prefetch_block(p);
                     }
                 }
+                // A value stored alongside is computed straight into its
+                // output's row and read from there by the later passes.
+                let also_row = |e: usize| -> Option<*mut f32> {
+                    let j = k.also.iter().position(|a| a.expr == e)?;
+                    Some(also[j].wrapping_offset(also_base[j] + at as isize))
+                };
                 for (e, expr) in k.exprs.iter().enumerate() {
                     let (done, rest) = regs.split_at_mut(e * BLOCK);
                     let r = if direct_out && e == n - 1 {
                         // SAFETY: the caller's promise covers the
                         // output's row, which no access overlaps here.
                         unsafe { std::slice::from_raw_parts_mut(out_row.add(at), len) }
+                    } else if let Some(p) = also_row(e) {
+                        // SAFETY: as for the output; a further output is
+                        // contiguous along the row (`eligible`), and no
+                        // access reads it (the verifier's rule 2).
+                        unsafe { std::slice::from_raw_parts_mut(p, len) }
                     } else {
                         &mut rest[..len]
                     };
-                    let reg = |j: usize| match k.exprs[j] {
-                        Expr::Load(a) if k.accesses[a][last] == 1 => {
+                    let reg = |j: usize| match (also_row(j), &k.exprs[j]) {
+                        // SAFETY: written by pass j, above.
+                        (Some(p), _) => unsafe { std::slice::from_raw_parts(p, len) },
+                        (None, &Expr::Load(a)) if k.accesses[a][last] == 1 => {
                             // SAFETY: the caller's promise covers every
                             // point of the range.
                             unsafe {
@@ -326,13 +361,14 @@ unsafe fn run_generic(
 ///
 /// # Safety
 ///
-/// As [`run`], with `out` and `acc` its output's and accesses' buffers;
-/// the constants' parts of `regs` are filled.
+/// As [`run`], with `out`, `acc` and `also` its output's, accesses' and
+/// further outputs' buffers; the constants' parts of `regs` are filled.
 #[inline(always)]
 unsafe fn run_short_rows(
     k: &LoopKernel,
     out: *mut f32,
     acc: &[*mut f32; MAX_ACCESSES],
+    also: &[*mut f32; MAX_ACCESSES],
     lo: usize,
     hi: usize,
     regs: &mut [f32],
@@ -400,6 +436,15 @@ unsafe fn run_short_rows(
             // SAFETY: as for the loads; the output's rows are contiguous.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.offset(at), inner) };
             dst.copy_from_slice(seg);
+        }
+        for (a, &p) in k.also.iter().zip(also) {
+            let value = &regs[a.expr * BLOCK..][..len];
+            for (j, seg) in value.chunks_exact(inner).enumerate() {
+                let at = row_at(first + j, &a.strides, 0);
+                // SAFETY: as for the output.
+                let dst = unsafe { std::slice::from_raw_parts_mut(p.offset(at), inner) };
+                dst.copy_from_slice(seg);
+            }
         }
         first += count;
     }

@@ -182,6 +182,7 @@ pub fn transpose_kernel(shape: &[usize], perm: &[usize]) -> LoopKernel {
         dims,
         exprs: vec![Expr::Load(0)],
         reduce: None,
+        also: Vec::new(),
     };
     if k.dims.is_empty() {
         k.dims.push(1);
@@ -400,7 +401,8 @@ fn identity(op: ReduceOp) -> f32 {
 }
 
 /// The OpenCL C kernel `name` computing loop kernel `k`: arguments
-/// `out, a0, a1, …` (the output, then each access's buffer). A reduction
+/// `out, a0, a1, …, o0, o1, …` (the output, each access's buffer, then
+/// each further store's, [`LoopKernel::also`]). A reduction
 /// starts from `init` (else from what `out` holds) and its result is
 /// divided by `divisor` (a mean), as [`Step::Loop`] says.
 pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Option<f32>) -> String {
@@ -414,6 +416,7 @@ pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Optio
     };
     let mut args = vec!["__global float *out".to_string()];
     args.extend((0..k.accesses.len()).map(|a| format!("__global const float *a{a}")));
+    args.extend((0..k.also.len()).map(|j| format!("__global float *o{j}")));
     let _ = writeln!(s, "__kernel {attr}\nvoid {name}({}) {{", args.join(", "));
     let outs: usize = kept.iter().map(|&d| k.dims[d]).product();
     let terms: usize = reduced.iter().map(|&d| k.dims[d]).product();
@@ -433,6 +436,14 @@ pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Optio
             decompose(&mut s, ty, k, &kept, "g", "    ");
             let v = expressions(&mut s, k, &kept, "    ");
             let _ = writeln!(s, "    out[{out_at}] = {v};");
+            for (j, st) in k.also.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "    o{j}[{}] = e{};",
+                    offset(&st.strides, &kept),
+                    st.expr
+                );
+            }
         }
         (Some(op), Launch::Items(_)) => {
             let _ = writeln!(s, "    const {ty} g = get_global_id(0);");

@@ -397,11 +397,12 @@ impl Program {
                 kernel: lk,
                 out,
                 args,
+                also,
                 ..
             } => {
                 let mut k = kernel(&programs.names.of(path));
                 k.arg(buf(*out));
-                for a in args {
+                for a in args.iter().chain(also) {
                     k.arg(buf(*a));
                 }
                 let (g, l) = codegen::loop_launch(lk).sizes();
