@@ -51,13 +51,14 @@
 //!   strides) instead of into a buffer of its own that the concatenation
 //!   copies (the gates' gradients an LSTM's derivative loop lays side by
 //!   side for `matmul-sum`).
-//!
 //! - `store-alongside`: an elementwise kernel whose value is stored (a
-//!   root: an optimizer's new moment, read by the parameter's update) and
-//!   whose first reader is an elementwise kernel over the same shape that
-//!   reads it directly is computed in that kernel, which stores it as a
-//!   second output: one pass over memory instead of a store, then a load
-//!   in the next pass (Adam's moments and its update in one kernel).
+//!   root, such as an optimizer's new moment, which the parameter's update
+//!   reads; or a value with several readers, such as a ReLU's mask kept
+//!   for its derivative) and whose first reader is an elementwise kernel
+//!   over the same shape that reads it at its own index is computed in
+//!   that kernel, which stores it as a further output: one pass over
+//!   memory instead of a store, then a load in the next pass (Adam's
+//!   moments and its update in one kernel).
 //!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a

@@ -95,8 +95,8 @@ pub fn level() -> Option<Level> {
 pub fn eligible(k: &LoopKernel) -> Option<Level> {
     let level = level()?;
     let last = k.dims.len() - 1;
-    // Further outputs (`store-alongside`) are contiguous rows of computed
-    // values, copied from the scratch.
+    // Further outputs (`store-alongside`) are rows of computed values,
+    // each written where it lies (see the module's rules).
     let contiguous = k.out[last] == 1
         && k.accesses.iter().all(|s| s[last] == 0 || s[last] == 1)
         && k.also.iter().all(|a| {
