@@ -73,6 +73,15 @@ use cranelift_entity::{EntitySet, SecondaryMap};
 use std::collections::HashMap;
 use std::fmt::Write;
 
+impl Fusion {
+    /// The stored values, in the order of the kernel's further outputs
+    /// (`LoopKernel::also`), that the kernel of stored node `n` writes
+    /// besides its own (`store-alongside`).
+    pub fn stored_alongside(&self, n: Node) -> &[Node] {
+        self.carries.get(&n).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// What a stored node's kernel is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -106,11 +115,13 @@ pub struct Fusion {
     /// Elementwise kernels that write their value into their part of a
     /// concatenation (`concat-in-place`): the stored concatenation.
     pub placed: SecondaryMap<Node, Option<Node>>,
-    /// Stored elementwise nodes computed and stored by a later kernel
-    /// (`store-alongside`): they have a buffer but no kernel of their own.
-    pub carried: EntitySet<Node>,
-    /// The nodes each kernel stores besides its own value, in order.
-    pub carries: HashMap<Node, Vec<Node>>,
+    /// For a stored elementwise node computed and stored by a later
+    /// kernel (`store-alongside`), that kernel's node: the node has a
+    /// buffer but no kernel of its own.
+    pub carrier: SecondaryMap<Node, Option<Node>>,
+    /// The nodes each kernel stores besides its own value, in order
+    /// ([`Fusion::stored_alongside`]).
+    carries: HashMap<Node, Vec<Node>>,
     /// Why each decision was taken, for `NNC_LOG=fusion`.
     pub log: Vec<String>,
 }
@@ -282,7 +293,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         fused: EntitySet::new(),
         strided: EntitySet::new(),
         placed: SecondaryMap::new(),
-        carried: EntitySet::new(),
+        carrier: SecondaryMap::new(),
         carries: HashMap::new(),
         log: Vec::new(),
     };
@@ -545,7 +556,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
 /// The stored nodes kernel `n` reads: its operands, looking through the
 /// nodes computed inside it (fused, read in place, or carried by it).
 pub fn kernel_reads(g: &Graph, f: &Fusion, n: Node) -> Vec<Node> {
-    let carried = f.carries.get(&n).map_or(&[][..], Vec::as_slice);
+    let carried = f.stored_alongside(n);
     let mut out = Vec::new();
     let mut stack = g.nodes[n].op.args();
     while let Some(a) = stack.pop() {
@@ -619,10 +630,10 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
         found.push((a, b));
     }
     for (a, b) in found {
-        // A kernel that carries others keeps its own; one carried is not
-        // a carrier (its values would be stored from a kernel that no
-        // longer runs).
-        if f.carries.contains_key(&a) || f.carried.contains(b) {
+        // A kernel that carries others keeps its own (their values would
+        // be stored from a kernel that no longer runs). The pairs come in
+        // kernel order and `b` runs after `a`, so `b` is never carried yet.
+        if f.carries.contains_key(&a) {
             continue;
         }
         f.log.push(format!(
@@ -630,7 +641,7 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
             name(a),
             name(b)
         ));
-        f.carried.insert(a);
+        f.carrier[a] = Some(b);
         f.carries.entry(b).or_default().push(a);
     }
 }
@@ -728,15 +739,6 @@ pub fn op_name(op: &Op) -> String {
     kind.to_string()
 }
 
-/// The kernel that computes and stores carried node `a`
-/// (`store-alongside`).
-pub fn carrier(f: &Fusion, a: Node) -> Option<Node> {
-    f.carries
-        .iter()
-        .find(|(_, v)| v.contains(&a))
-        .map(|(&b, _)| b)
-}
-
 /// The fused program as text: one line per kernel with the expression it
 /// computes, fused nodes written inline.
 pub fn print(g: &Graph, f: &Fusion) -> String {
@@ -750,7 +752,7 @@ pub fn print(g: &Graph, f: &Fusion) -> String {
         };
         count += 1;
         let _ = write!(out, "kernel {count} {kind:?} -> {n}: {ty} = {body}");
-        if let Some(b) = f.carried.contains(n).then(|| carrier(f, n)).flatten() {
+        if let Some(b) = f.carrier[n] {
             let _ = write!(out, "  [stored by the kernel of {b}]");
         }
         out.push('\n');

@@ -158,13 +158,13 @@ pub(super) fn plan_buffers(
                 buf_of[c] = take(c, &mut sizes).into();
             }
             buf_of[n] = buf_of[c];
-        } else if fu.carried.contains(n) {
+        } else if fu.carrier[n].is_some() {
             // Written by a later kernel (fusion's `store-alongside`),
             // which takes its buffer.
         } else if buf_of[n].is_none() {
             buf_of[n] = take(n, &mut sizes).into();
         }
-        for &a in crate::schedule::stored_alongside(fu, n) {
+        for &a in fu.stored_alongside(n) {
             buf_of[a] = take(a, &mut sizes).into();
         }
         // Release what this kernel was the last to need: what it reads, and

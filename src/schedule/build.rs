@@ -8,8 +8,8 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    copy_kernel, loop_kernel, stored_alongside, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm,
-    Pool, Rows, ScanStep, Schedule, Step,
+    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep,
+    Schedule, Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
@@ -77,7 +77,7 @@ impl<'f> Builder<'f> {
         for &(n, kind) in &self.fu.kernels {
             // A value stored alongside another's is written by that
             // kernel (fusion's `store-alongside`).
-            if matches!(kind, Kind::Leaf | Kind::View) || self.fu.carried.contains(n) {
+            if matches!(kind, Kind::Leaf | Kind::View) || self.fu.carrier[n].is_some() {
                 continue;
             }
             match self.step(n, kind)? {
@@ -157,7 +157,8 @@ impl<'f> Builder<'f> {
                     .iter()
                     .map(|&s| self.buf(s))
                     .collect::<Result<_, _>>()?;
-                let also = stored_alongside(fu, n)
+                let also = fu
+                    .stored_alongside(n)
                     .iter()
                     .map(|&s| self.buf(s))
                     .collect::<Result<_, _>>()?;

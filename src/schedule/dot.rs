@@ -46,7 +46,7 @@ pub fn write_fused(dot: &mut Dot, f: &Fused, prefix: &str) {
             continue;
         }
         count += 1;
-        let by = match crate::passes::fusion::carrier(fusion, n) {
+        let by = match fusion.carrier[n] {
             Some(b) => format!(", stored by the kernel of {b},"),
             None => String::new(),
         };

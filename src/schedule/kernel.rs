@@ -212,13 +212,6 @@ pub fn loop_kernel(
     kernel_over(g, fu, shapes, space, top, top == n, (out, at), reduce)
 }
 
-/// The stored values, in the order of [`LoopKernel::also`], that the
-/// kernel of stored node `n` writes besides its own (fusion's
-/// `store-alongside`).
-pub fn stored_alongside(fu: &fusion::Fusion, n: Node) -> &[Node] {
-    fu.carries.get(&n).map_or(&[], Vec::as_slice)
-}
-
 /// The kernel over `space` evaluating `value` (computed even though it is
 /// stored, with `top`) at each point, writing with strides and offset
 /// `out`.
@@ -243,11 +236,7 @@ fn kernel_over(
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
-        carried: if top {
-            stored_alongside(fu, value)
-        } else {
-            &[]
-        },
+        carried: if top { fu.stored_alongside(value) } else { &[] },
         ident: (0..space.len()).map(Index::dim).collect(),
         also: Vec::new(),
     };

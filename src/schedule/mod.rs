@@ -30,7 +30,7 @@ mod verify;
 
 pub use build::build;
 pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
-pub use kernel::{copy_kernel, loop_kernel, stored_alongside, Expr, LoopKernel, Store};
+pub use kernel::{copy_kernel, loop_kernel, Expr, LoopKernel, Store};
 pub use verify::VerifyError;
 
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
