@@ -18,13 +18,15 @@ use super::build;
 use crate::diag::Span;
 use crate::ir::{Graph, Node, NodeData, Op, Type};
 use cranelift_entity::{PrimaryMap, SecondaryMap};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::{FxHashMap, FxHasher};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 pub fn cse(g: &Graph) -> Graph {
     let mut b = Builder {
-        out: g.with_nodes(PrimaryMap::new()),
-        seen: HashMap::new(),
+        out: g.with_nodes(PrimaryMap::with_capacity(g.nodes.len())),
+        seen: FxHashMap::with_capacity_and_hasher(g.nodes.len(), Default::default()),
+        collided: FxHashMap::default(),
         fired: BTreeMap::new(),
     };
     let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
@@ -46,11 +48,13 @@ pub fn cse(g: &Graph) -> Graph {
 }
 
 /// The graph being built: its nodes, by the hash of their op (equal ops
-/// hash alike, and the few that collide are told apart by `same`), and
-/// how often each simplification rule fired.
+/// hash alike; the first node of each hash is in `seen`, the few others
+/// that collide with it in `collided`, told apart by `same`), and how
+/// often each simplification rule fired.
 pub(super) struct Builder {
     pub(super) out: Graph,
-    seen: HashMap<u64, Vec<Node>>,
+    seen: FxHashMap<u64, Node>,
+    collided: FxHashMap<u64, Vec<Node>>,
     fired: BTreeMap<&'static str, usize>,
 }
 
@@ -76,23 +80,33 @@ impl Builder {
     }
 
     fn intern(&mut self, op: Op, ty: &Type, span: Span) -> Node {
-        let kept = self.seen.entry(fingerprint(&op)).or_default();
-        let nodes = &mut self.out.nodes;
-        match kept
-            .iter()
-            .find(|&&m| same(&nodes[m].op, &op) && nodes[m].ty == *ty)
-        {
-            Some(&m) => m,
-            None => {
-                let m = nodes.push(NodeData {
-                    op,
-                    ty: ty.clone(),
-                    span,
-                });
-                kept.push(m);
-                m
-            }
+        let fp = fingerprint(&op);
+        let nodes = &self.out.nodes;
+        let equal = |m: &Node| same(&nodes[*m].op, &op) && nodes[*m].ty == *ty;
+        let first = self.seen.get(&fp);
+        if let Some(&m) = first.filter(|m| equal(m)) {
+            return m;
         }
+        if let Some(&m) = self
+            .collided
+            .get(&fp)
+            .and_then(|ms| ms.iter().find(|m| equal(m)))
+        {
+            return m;
+        }
+        let taken = first.is_some();
+        let m = self.out.nodes.push(NodeData {
+            op,
+            ty: ty.clone(),
+            span,
+        });
+        match taken {
+            false => {
+                self.seen.insert(fp, m);
+            }
+            true => self.collided.entry(fp).or_default().push(m),
+        }
+        m
     }
 }
 
@@ -111,7 +125,7 @@ fn same(a: &Op, b: &Op) -> bool {
 /// A hash of an op consistent with `same`: its kind, its arguments and
 /// the attributes that tell ops of one kind on the same arguments apart.
 fn fingerprint(op: &Op) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = FxHasher::default();
     std::mem::discriminant(op).hash(&mut h);
     for a in op.args() {
         a.hash(&mut h);

@@ -122,8 +122,20 @@ pub struct Fusion {
     /// The nodes each kernel stores besides its own value, in order
     /// ([`Fusion::stored_alongside`]).
     carries: HashMap<Node, Vec<Node>>,
-    /// Why each decision was taken, for `NNC_LOG=fusion`.
+    /// Why each decision was taken, for `NNC_LOG=fusion` (empty when it
+    /// is off: the lines are not even formatted).
     pub log: Vec<String>,
+    logging: bool,
+}
+
+/// Logs a decision of fusion `f` under `NNC_LOG=fusion`; formats nothing
+/// when that is off.
+macro_rules! note {
+    ($f:expr, $($line:tt)*) => {
+        if $f.logging {
+            $f.log.push(format!($($line)*));
+        }
+    };
 }
 
 fn is_elementwise(op: &Op) -> bool {
@@ -296,6 +308,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         carrier: SecondaryMap::new(),
         carries: HashMap::new(),
         log: Vec::new(),
+        logging: crate::log::enabled("fusion"),
     };
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     let only_matmuls =
@@ -378,25 +391,28 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     && !f.strided.contains(*src)
                     && !matches!(g.nodes[*src].op, Op::Fill { .. } | Op::Broadcast(..)) =>
             {
-                f.log.push(format!(
+                note!(
+                    f,
                     "matmul-broadcast-operand: {} is read in place by each batch of the GEMM",
                     name(n)
-                ));
+                );
                 f.strided.insert(n);
                 continue;
             }
             Op::Fill { .. } | Op::Broadcast(..) => {
                 let all_loops = rs.iter().all(|&r| loop_reader(r));
                 if !is_root.contains(n) && all_loops {
-                    f.log.push(format!(
+                    note!(
+                        f,
                         "recompute-broadcast: {} is recomputed in its {} reader(s)",
                         name(n),
                         rs.len()
-                    ));
+                    );
                     f.fused.insert(n);
                     continue;
                 }
-                f.log.push(format!(
+                note!(
+                    f,
                     "refused recompute-broadcast for {}: {}",
                     name(n),
                     if is_root.contains(n) {
@@ -404,7 +420,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     } else {
                         "a reader is not a loop kernel".to_string()
                     }
-                ));
+                );
                 Kind::Elementwise
             }
             op if is_loop_op(g, op) => {
@@ -433,13 +449,12 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                         } else {
                             "elementwise-chain"
                         };
-                        f.log
-                            .push(format!("{rule}: {} fused into {}", name(n), name(into)));
+                        note!(f, "{rule}: {} fused into {}", name(n), name(into));
                         f.fused.insert(n);
                         continue;
                     }
                     Some(why) => {
-                        f.log.push(format!("refused fusion of {}: {why}", name(n)));
+                        note!(f, "refused fusion of {}: {why}", name(n));
                         Kind::Elementwise
                     }
                 }
@@ -459,16 +474,16 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     && matches!(rs[..], [r] if sums_steps(g, r, n))
                     && !reads_carry(&g.bodies[*body]) =>
             {
-                f.log.push(format!(
+                note!(
+                    f,
                     "scan-sum: {} is summed over its steps as it runs, never stacked",
                     name(n)
-                ));
+                );
                 f.fused.insert(n);
                 continue;
             }
             Op::Reduce { .. } => {
-                f.log
-                    .push(format!("reduce-ends-group: {} is stored", name(n)));
+                note!(f, "reduce-ends-group: {} is stored", name(n));
                 Kind::Reduce
             }
             Op::MatMul(x, y) => {
@@ -484,11 +499,12 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                         && !is_root.contains(n)
                         && sums_batch_axes(g, r, n)
                     {
-                        f.log.push(format!(
+                        note!(
+                            f,
                             "matmul-batch-sum: {} summed over its batch by {} is one GEMM over the stacked rows",
                             name(n),
                             name(r)
-                        ));
+                        );
                         f.fused.insert(n);
                         continue;
                     }
@@ -497,36 +513,40 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             }
             Op::Transpose(_, perm) => {
                 if swaps_last_two(perm) && only_matmuls(rs) && !is_root.contains(n) {
-                    f.log.push(format!(
+                    note!(
+                        f,
                         "matmul-transposed-operand: {} is read with swapped strides",
                         name(n)
-                    ));
+                    );
                     f.strided.insert(n);
                     continue;
                 }
                 Kind::Transpose
             }
             Op::Concat { .. } if is_append(g, n) && append_sink(n) => {
-                f.log.push(format!(
+                note!(
+                    f,
                     "append-chain: {} is written straight into the concatenation that reads it",
                     name(n)
-                ));
+                );
                 f.fused.insert(n);
                 continue;
             }
             Op::Concat { axis, .. } if column_sink(n, *axis) => {
-                f.log.push(format!(
+                note!(
+                    f,
                     "concat-chain: {}'s parts are written straight into the concatenation that reads it",
                     name(n)
-                ));
+                );
                 f.fused.insert(n);
                 continue;
             }
             Op::Slice { .. } if read_in_place(g, &readers, &is_root, n) => {
-                f.log.push(format!(
+                note!(
+                    f,
                     "slice-in-place: {} is read in place by the kernels that read it",
                     name(n)
-                ));
+                );
                 f.fused.insert(n);
                 continue;
             }
@@ -538,10 +558,11 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 continue;
             }
             Op::Reshape(..) => {
-                f.log.push(format!(
+                note!(
+                    f,
                     "reshape-is-a-view: {} shares its operand's buffer",
                     name(n)
-                ));
+                );
                 Kind::View
             }
             _ => Kind::Host,
@@ -636,11 +657,12 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
         if f.carries.contains_key(&a) {
             continue;
         }
-        f.log.push(format!(
+        note!(
+            f,
             "store-alongside: {} is computed and stored by the kernel of {}",
             name(a),
             name(b)
-        ));
+        );
         f.carrier[a] = Some(b);
         f.carries.entry(b).or_default().push(a);
     }
@@ -700,11 +722,12 @@ fn place_parts(
         }
     }
     for (p, c) in placed {
-        f.log.push(format!(
+        note!(
+            f,
             "concat-in-place: {} is written straight into its part of {}",
             name(p),
             name(c)
-        ));
+        );
         f.placed[p] = Some(c);
     }
 }

@@ -87,7 +87,7 @@ impl<'f> Builder<'f> {
             }
             steps.extend(self.parts_in_place(n)?);
         }
-        fuse_epilogues(&mut steps);
+        let mut steps = fuse_epilogues(steps);
         for (src, dst) in update_copies {
             steps.push(Step::Copy {
                 parts: vec![(src, Blocks::whole(self.plan.sizes[dst]))],
@@ -654,62 +654,71 @@ fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
 /// stored) or reads the product elsewhere too, when it stores further
 /// values (`store-alongside`), and when its iteration space is not the
 /// outputs in order (`[rows, n]` or flat).
-fn fuse_epilogues(steps: &mut Vec<Step>) {
-    let mut i = 0;
-    while i + 1 < steps.len() {
-        let merged = match (&steps[i], &steps[i + 1]) {
-            (
-                Step::MatMul {
-                    a,
-                    b,
-                    out: product,
-                    a_offs,
-                    dims,
-                    epilogue: None,
-                    ..
-                },
-                Step::Loop {
-                    kernel,
-                    out,
-                    args,
-                    also,
-                    init: None,
-                    divisor: None,
-                },
-            ) if kernel.reduce.is_none() && also.is_empty() && out != a && out != b => {
-                let rows = a_offs.len() * dims.m;
-                let n = dims.n as i64;
-                let walks = match kernel.dims[..] {
-                    [r, c] => r == rows && c == dims.n && kernel.out == [n, 1],
-                    [f] => f == rows * dims.n && kernel.out == [1],
-                    _ => false,
-                };
-                let reads: Vec<usize> = (0..args.len()).filter(|&k| args[k] == *product).collect();
-                match reads[..] {
-                    [acc]
-                        if walks
-                            && kernel.accesses[acc] == kernel.out
-                            && kernel.offsets[acc] == 0
-                            && kernel.out_offset == 0 =>
-                    {
-                        Some(Epilogue {
-                            kernel: kernel.clone(),
-                            acc,
-                            out: *out,
-                            args: args.clone(),
-                        })
-                    }
-                    _ => None,
+/// One pass: removing each merged step from the middle of the list
+/// would move every step after it (quadratic in a deep model's steps).
+fn fuse_epilogues(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let Some(prev) = out.last_mut() {
+            if let Some(e) = epilogue_of(prev, &step) {
+                if let Step::MatMul { epilogue, .. } = prev {
+                    *epilogue = Some(Box::new(e));
                 }
-            }
-            _ => None,
-        };
-        if let Some(e) = merged {
-            steps.remove(i + 1);
-            if let Step::MatMul { epilogue, .. } = &mut steps[i] {
-                *epilogue = Some(Box::new(e));
+                continue;
             }
         }
-        i += 1;
+        out.push(step);
+    }
+    out
+}
+
+/// The epilogue `next` makes for `prev` under `gemm-epilogue`, if any.
+fn epilogue_of(prev: &Step, next: &Step) -> Option<Epilogue> {
+    match (prev, next) {
+        (
+            Step::MatMul {
+                a,
+                b,
+                out: product,
+                a_offs,
+                dims,
+                epilogue: None,
+                ..
+            },
+            Step::Loop {
+                kernel,
+                out,
+                args,
+                also,
+                init: None,
+                divisor: None,
+            },
+        ) if kernel.reduce.is_none() && also.is_empty() && out != a && out != b => {
+            let rows = a_offs.len() * dims.m;
+            let n = dims.n as i64;
+            let walks = match kernel.dims[..] {
+                [r, c] => r == rows && c == dims.n && kernel.out == [n, 1],
+                [f] => f == rows * dims.n && kernel.out == [1],
+                _ => false,
+            };
+            let reads: Vec<usize> = (0..args.len()).filter(|&k| args[k] == *product).collect();
+            match reads[..] {
+                [acc]
+                    if walks
+                        && kernel.accesses[acc] == kernel.out
+                        && kernel.offsets[acc] == 0
+                        && kernel.out_offset == 0 =>
+                {
+                    Some(Epilogue {
+                        kernel: kernel.clone(),
+                        acc,
+                        out: *out,
+                        args: args.clone(),
+                    })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }

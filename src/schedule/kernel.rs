@@ -9,7 +9,7 @@ use crate::ir::{BinaryOp, CmpOp, Graph, Node, Op, ReduceOp, UnaryOp};
 use crate::passes::fusion;
 use crate::tensor::strides;
 use cranelift_entity::SecondaryMap;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// One element computation. Operands index earlier entries of
 /// [`LoopKernel::exprs`].
@@ -232,7 +232,9 @@ fn kernel_over(
         shapes,
         rank: space.len(),
         exprs: Vec::new(),
-        memo: HashMap::new(),
+        memo: FxHashMap::default(),
+        maps: Vec::new(),
+        map_ids: FxHashMap::default(),
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
@@ -240,8 +242,8 @@ fn kernel_over(
         ident: (0..space.len()).map(Index::dim).collect(),
         also: Vec::new(),
     };
-    let ident = b.ident.clone();
-    b.build(value, &ident, top);
+    let ident = b.map_id(b.ident.clone());
+    b.build(value, ident, top);
     let whole: Vec<i64> = strides(&space).iter().map(|&x| x as i64).collect();
     // Fusion carries a value only into a kernel over its own shape that
     // reads it directly (through elementwise nodes alone), so the build
@@ -369,7 +371,12 @@ struct KernelBuilder<'a> {
     shapes: &'a SecondaryMap<Node, Vec<usize>>,
     rank: usize,
     exprs: Vec<Expr>,
-    memo: HashMap<(Node, Vec<Index>), usize>,
+    /// The expression of each node at each index map met so far.
+    memo: FxHashMap<(Node, MapId), usize>,
+    /// The distinct index maps met so far, and each one's id: operands
+    /// are mostly read at their user's map, so each is hashed once.
+    maps: Vec<Vec<Index>>,
+    map_ids: FxHashMap<Vec<Index>, MapId>,
     accesses: Vec<Vec<i64>>,
     offsets: Vec<usize>,
     srcs: Vec<Node>,
@@ -382,20 +389,33 @@ struct KernelBuilder<'a> {
     also: Vec<(usize, Node)>,
 }
 
+/// An index map of a [`KernelBuilder`], by its place in `maps`.
+type MapId = usize;
+
 impl KernelBuilder<'_> {
+    fn map_id(&mut self, map: Vec<Index>) -> MapId {
+        if let Some(&id) = self.map_ids.get(&map) {
+            return id;
+        }
+        self.maps.push(map.clone());
+        self.map_ids.insert(map, self.maps.len() - 1);
+        self.maps.len() - 1
+    }
+
     fn push(&mut self, e: Expr) -> usize {
         self.exprs.push(e);
         self.exprs.len() - 1
     }
 
-    /// The expression of `n` evaluated where each of its dims is at the
-    /// index `map[j]` of the iteration. `top`: compute `n` itself even
+    /// The expression of `n` evaluated where each of its dims `j` is at
+    /// the index `maps[map_id][j]` of the iteration. `top`: compute `n` itself even
     /// though it is stored.
-    fn build(&mut self, n: Node, map: &[Index], top: bool) -> usize {
-        let key = (n, map.to_vec());
+    fn build(&mut self, n: Node, map_id: MapId, top: bool) -> usize {
+        let key = (n, map_id);
         if let Some(&e) = self.memo.get(&key) {
             return e;
         }
+        let map = &self.maps[map_id];
         let carried = self.carried.contains(&n);
         let stored = !self.fu.fused.contains(n) && !carried;
         let e = if stored && !top {
@@ -429,7 +449,8 @@ impl KernelBuilder<'_> {
                             }
                         })
                         .collect();
-                    self.build(*a, &m, false)
+                    let m = self.map_id(m);
+                    self.build(*a, m, false)
                 }
                 // fusion's `slice-in-place`: the operand read at the
                 // slice's start along its axis.
@@ -438,7 +459,8 @@ impl KernelBuilder<'_> {
                 } => {
                     let mut m = map.to_vec();
                     m[*axis].at += *start as usize;
-                    self.build(*arg, &m, false)
+                    let m = self.map_id(m);
+                    self.build(*arg, m, false)
                 }
                 Op::Reshape(a, _) => {
                     // A reshape is fused only on a slice read in place, and
@@ -447,10 +469,11 @@ impl KernelBuilder<'_> {
                     // concrete sizes: an invariant of fusion, not of input.
                     let m = reshape_index(&self.shapes[*a], &self.shapes[n], map)
                         .expect("fusion fuses only reshapes that split or add unit dims");
-                    self.build(*a, &m, false)
+                    let m = self.map_id(m);
+                    self.build(*a, m, false)
                 }
                 Op::Unary(op, a) => {
-                    let a = self.build(*a, map, false);
+                    let a = self.build(*a, map_id, false);
                     self.push(Expr::Unary(*op, a))
                 }
                 Op::Binary(op, a, b) => {
@@ -458,30 +481,30 @@ impl KernelBuilder<'_> {
                         BinaryOp::Pow => crate::ir::constant::pow_exponent(self.g, *b),
                         _ => None,
                     };
-                    let a = self.build(*a, map, false);
+                    let a = self.build(*a, map_id, false);
                     match whole {
                         Some(k) => self.push(Expr::PowI(a, k)),
                         None => {
-                            let b = self.build(*b, map, false);
+                            let b = self.build(*b, map_id, false);
                             self.push(Expr::Binary(*op, a, b))
                         }
                     }
                 }
                 Op::Compare(op, a, b) => {
-                    let a = self.build(*a, map, false);
-                    let b = self.build(*b, map, false);
+                    let a = self.build(*a, map_id, false);
+                    let b = self.build(*b, map_id, false);
                     self.push(Expr::Compare(*op, a, b))
                 }
                 Op::Select(c, a, b) => {
-                    let c = self.build(*c, map, false);
-                    let a = self.build(*a, map, false);
-                    let b = self.build(*b, map, false);
+                    let c = self.build(*c, map_id, false);
+                    let a = self.build(*a, map_id, false);
+                    let b = self.build(*b, map_id, false);
                     self.push(Expr::Select(c, a, b))
                 }
                 op => unreachable!("{op:?} is not a loop operation"),
             }
         };
-        if carried && map == self.ident.as_slice() {
+        if carried && self.maps[map_id] == self.ident {
             self.also.push((e, n));
         }
         self.memo.insert(key, e);

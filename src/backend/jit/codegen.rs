@@ -13,12 +13,14 @@
 use super::math;
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::schedule::{Expr, LoopKernel};
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
+use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
 
 struct Ctx {
     ptrs: Vec<Value>,
@@ -29,14 +31,15 @@ struct Ctx {
     powf: Option<FuncRef>,
 }
 
-/// Declares and defines the kernel's function in `module`.
-pub fn compile<M: Module>(
+/// Declares the kernel's function in `module` and builds its IR: the
+/// function and its context, to define with [`define`] or
+/// [`define_all`].
+pub fn build<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
     k: &LoopKernel,
     name: &str,
-    want_text: bool,
-) -> Result<(FuncId, Option<String>), String> {
+) -> Result<(FuncId, Context), String> {
     let ptr = module.target_config().pointer_type();
     let mut ctx = module.make_context();
     ctx.func.signature.params.push(AbiParam::new(ptr));
@@ -94,12 +97,52 @@ pub fn compile<M: Module>(
         b.seal_all_blocks();
         b.finalize(module.target_config());
     }
-    let text = want_text.then(|| format!("; {name}\n{}", ctx.func.display()));
+    Ok((id, ctx))
+}
+
+/// Compiles the function built by [`build`] and defines it in `module`.
+pub fn define<M: Module>(module: &mut M, id: FuncId, mut ctx: Context) -> Result<(), String> {
     module
         .define_function(id, &mut ctx)
-        .map_err(|e| format!("{e:?}"))?;
-    module.clear_context(&mut ctx);
-    Ok((id, text))
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// A compiled function: its id, alignment, machine code and relocations.
+type Machine = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
+
+/// Compiles the functions built by [`build`] on every thread of the pool
+/// (each function's compilation is independent; the module's ISA is
+/// shared read-only), then defines them in `module` in their order.
+pub fn define_all<M: Module>(module: &mut M, funcs: Vec<(FuncId, Context)>) -> Result<(), String> {
+    use rayon::prelude::*;
+    let isa = module.isa();
+    let compiled: Vec<Result<Machine, String>> = funcs
+        .into_par_iter()
+        .map(|(id, mut ctx)| {
+            let align = ctx
+                .compile(isa, &mut ControlPlane::default())
+                .map_err(|e| format!("{:?}", e.inner))?
+                .buffer
+                .alignment as u64;
+            let code = ctx
+                .compiled_code()
+                .expect("a context holds its code once compiled");
+            let relocs = code
+                .buffer
+                .relocs()
+                .iter()
+                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+                .collect();
+            Ok((id, align, code.code_buffer().to_vec(), relocs))
+        })
+        .collect();
+    for c in compiled {
+        let (id, align, bytes, relocs) = c?;
+        module
+            .define_function_bytes(id, align, &bytes, &relocs)
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(())
 }
 
 /// Imports [`math::powf`] into the function being built.

@@ -14,6 +14,7 @@ use crate::tensor::Tensor;
 use cranelift_entity::{EntityRef, SecondaryMap};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -170,11 +171,13 @@ fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Err
 struct JitKernels {
     module: JITModule,
     fctx: FunctionBuilderContext,
-    compiled: HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// Kernels that reused an identical one.
     shared: usize,
     /// Step index and function of each compiled kernel.
     pending: Vec<(usize, cranelift_module::FuncId)>,
+    /// The functions built and not yet compiled.
+    built: Vec<(cranelift_module::FuncId, cranelift_codegen::Context)>,
     clif: Vec<String>,
     want_clif: bool,
 }
@@ -190,14 +193,17 @@ fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
 }
 
 /// Compiles `kernel` into `module` unless an identical one is in
-/// `compiled` (which then counts in `shared`).
+/// `compiled` (which then counts in `shared`). With `deferred`, the
+/// function is only built and queued there, for
+/// [`codegen::define_all`] to compile with the others.
 #[allow(clippy::too_many_arguments)]
 fn compile_kernel<M: cranelift_module::Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    compiled: &mut HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: &mut FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     shared: &mut usize,
     clif: Option<&mut Vec<String>>,
+    deferred: Option<&mut Vec<(cranelift_module::FuncId, cranelift_codegen::Context)>>,
     kernel: &crate::schedule::LoopKernel,
     name: &str,
     what: &str,
@@ -207,10 +213,14 @@ fn compile_kernel<M: cranelift_module::Module>(
         *shared += 1;
         return Ok(id);
     }
-    let (id, text) = codegen::compile(module, fctx, kernel, name, clif.is_some())
-        .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
+    let rejected = |e: String| internal(format!("Cranelift rejected {what} {i}: {e}"));
+    let (id, ctx) = codegen::build(module, fctx, kernel, name).map_err(rejected)?;
     if let Some(c) = clif {
-        c.extend(text);
+        c.push(format!("; {name}\n{}", ctx.func.display()));
+    }
+    match deferred {
+        Some(d) => d.push((id, ctx)),
+        None => codegen::define(module, id, ctx).map_err(rejected)?,
     }
     compiled.insert(kernel.clone(), id);
     Ok(id)
@@ -237,6 +247,7 @@ impl Kernels for JitKernels {
             &mut self.compiled,
             &mut self.shared,
             self.want_clif.then_some(&mut self.clif),
+            Some(&mut self.built),
             kernel,
             &name,
             what,
@@ -261,7 +272,7 @@ impl Kernels for JitKernels {
 pub struct ObjectKernels<'m, M: cranelift_module::Module> {
     pub module: &'m mut M,
     fctx: FunctionBuilderContext,
-    compiled: HashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// The prefix of the kernels' symbol names.
     prefix: String,
     pub order: Vec<cranelift_module::FuncId>,
@@ -273,7 +284,7 @@ impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
         ObjectKernels {
             module,
             fctx: FunctionBuilderContext::new(),
-            compiled: HashMap::new(),
+            compiled: FxHashMap::default(),
             prefix: prefix.to_string(),
             order: Vec::new(),
             shared: 0,
@@ -305,6 +316,7 @@ impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
             &mut self.fctx,
             &mut self.compiled,
             &mut self.shared,
+            None,
             None,
             kernel,
             &name,
@@ -386,9 +398,10 @@ impl Program {
         let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
             fctx: FunctionBuilderContext::new(),
-            compiled: HashMap::new(),
+            compiled: FxHashMap::default(),
             shared: 0,
             pending: Vec::new(),
+            built: Vec::new(),
             clif: Vec::new(),
             want_clif,
         };
@@ -398,9 +411,12 @@ impl Program {
             compiled,
             shared,
             pending,
+            built,
             clif,
             ..
         } = kx;
+        codegen::define_all(&mut module, built)
+            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?;
         if crate::log::enabled("plan") {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
