@@ -871,23 +871,100 @@ fn too_large_conv(sched: &Schedule, i: usize) -> Error {
 /// storage of their own, except while one is bound to storage outside for
 /// a run (a model's parameters, which have no storage here; a loop body's
 /// operands). Steps only read a bound buffer (the verifier's rule 7).
+///
+/// The updates' storage is a vector each, exchanged with the parameters
+/// after a step; every other buffer is a region of one zeroed allocation,
+/// the arena (each region 64-byte aligned). A large arena comes straight
+/// from the OS as zero pages, touched first by the step that writes them,
+/// instead of being set to zero buffer by buffer when the program is made.
 struct Buffers {
     own: Vec<Vec<f32>>,
     lens: Vec<usize>,
     /// Per buffer, the storage it is bound to (null: its own).
     bound: Vec<*const f32>,
+    /// Owns the arena; reached only through `base` (never borrowed whole,
+    /// so the regions handed out never alias a borrow of it).
+    _arena: Vec<f32>,
+    base: *mut f32,
+    /// Per buffer, where its region starts in the arena ([`OWN`]: it has
+    /// a vector of its own in `own`, or no storage).
+    at: Vec<usize>,
+    /// Per buffer, whether its region is taken out by [`Buffers::take`].
+    taken: Vec<bool>,
+}
+
+/// [`Buffers::at`] of a buffer outside the arena.
+const OWN: usize = usize::MAX;
+
+/// A buffer's storage taken out for a step to write while it reads
+/// others ([`Buffers::take`], given back with [`Buffers::put`]).
+enum Taken {
+    Own(Vec<f32>),
+    /// The `len` floats of an arena region, from `ptr`.
+    Arena(*mut f32, usize),
+}
+
+impl std::ops::Deref for Taken {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Taken::Own(v) => v,
+            // SAFETY: the region is this buffer's alone (regions do not
+            // overlap), and `get` refuses it while it is taken.
+            Taken::Arena(p, len) => unsafe { std::slice::from_raw_parts(*p, *len) },
+        }
+    }
+}
+
+impl std::ops::DerefMut for Taken {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match self {
+            Taken::Own(v) => v,
+            // SAFETY: as for `deref`.
+            Taken::Arena(p, len) => unsafe { std::slice::from_raw_parts_mut(*p, *len) },
+        }
+    }
 }
 
 impl Buffers {
     /// Zeros for every buffer but the parameters', which runs bind.
     fn new(sched: &Schedule) -> Buffers {
+        /// Floats per 64 bytes: each region starts on a cache line.
+        const LINE: usize = 16;
         let lens: Vec<usize> = sched.bufs.values().copied().collect();
-        let mut own: Vec<Vec<f32>> = lens.iter().map(|&len| vec![0.0; len]).collect();
-        for &(_, b) in &sched.params {
-            own[b.index()] = Vec::new();
+        let mut at = vec![0; lens.len()];
+        for &(_, b) in sched.params.iter().chain(&sched.updates) {
+            at[b.index()] = OWN;
+        }
+        let mut total = 0;
+        for (a, &len) in at.iter_mut().zip(&lens) {
+            if *a != OWN {
+                *a = total;
+                total += len.next_multiple_of(LINE);
+            }
+        }
+        // `Vec`'s allocations are 16-byte aligned at least; the arena is
+        // over-allocated by a line so that its first region can start on
+        // one.
+        let mut arena = vec![0.0f32; total + LINE];
+        let skip = arena.as_ptr().align_offset(64).min(LINE);
+        // SAFETY: `skip <= LINE`, inside the allocation.
+        let base = unsafe { arena.as_mut_ptr().add(skip) };
+        let mut own = vec![Vec::new(); lens.len()];
+        for &(_, b) in &sched.updates {
+            own[b.index()] = vec![0.0; lens[b.index()]];
         }
         let bound = vec![std::ptr::null(); lens.len()];
-        Buffers { own, lens, bound }
+        let taken = vec![false; lens.len()];
+        Buffers {
+            own,
+            lens,
+            bound,
+            _arena: arena,
+            base,
+            at,
+            taken,
+        }
     }
 
     fn len(&self, b: BufId) -> usize {
@@ -898,6 +975,14 @@ impl Buffers {
     fn get(&self, b: BufId) -> &[f32] {
         let p = self.bound[b.index()];
         if p.is_null() {
+            let a = self.at[b.index()];
+            if a != OWN {
+                assert!(!self.taken[b.index()], "{b} is taken: being written");
+                // SAFETY: the region `a..a + len` of the arena is `b`'s
+                // alone, and no `&mut` to it lives while `&self` does
+                // (`get_mut` takes `&mut self`; `take` is refused above).
+                return unsafe { std::slice::from_raw_parts(self.base.add(a), self.len(b)) };
+            }
             let own = &self.own[b.index()];
             assert_eq!(
                 own.len(),
@@ -916,6 +1001,12 @@ impl Buffers {
     /// buffer).
     fn get_mut(&mut self, b: BufId) -> &mut [f32] {
         assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
+        let a = self.at[b.index()];
+        if a != OWN {
+            assert!(!self.taken[b.index()], "{b} is taken: being written");
+            // SAFETY: `b`'s region, reached only through `&mut self`.
+            return unsafe { std::slice::from_raw_parts_mut(self.base.add(a), self.len(b)) };
+        }
         &mut self.own[b.index()]
     }
 
@@ -933,20 +1024,30 @@ impl Buffers {
     fn read_write(&mut self, r: BufId, w: BufId) -> (&[f32], &mut [f32]) {
         assert_ne!(r, w, "a step never writes what it reads");
         let w = self.get_mut(w) as *mut [f32];
-        // SAFETY: `w` is `own[w]`, which `get(r)` does not reach (another
-        // buffer's own storage, or storage outside).
+        // SAFETY: `w` is `w`'s own storage, which `get(r)` does not reach
+        // (another buffer's storage or region, or storage outside).
         (self.get(r), unsafe { &mut *w })
     }
 
     /// Takes buffer `b`'s own storage out, to write while others are read;
     /// [`Buffers::put`] returns it.
-    fn take(&mut self, b: BufId) -> Vec<f32> {
+    fn take(&mut self, b: BufId) -> Taken {
         assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
-        std::mem::take(&mut self.own[b.index()])
+        let (a, len) = (self.at[b.index()], self.len(b));
+        if a == OWN {
+            return Taken::Own(std::mem::take(&mut self.own[b.index()]));
+        }
+        assert!(!self.taken[b.index()], "{b} is taken already");
+        self.taken[b.index()] = true;
+        // SAFETY: `a + len` lies inside the arena.
+        Taken::Arena(unsafe { self.base.add(a) }, len)
     }
 
-    fn put(&mut self, b: BufId, data: Vec<f32>) {
-        self.own[b.index()] = data;
+    fn put(&mut self, b: BufId, data: Taken) {
+        match data {
+            Taken::Own(v) => self.own[b.index()] = v,
+            Taken::Arena(..) => self.taken[b.index()] = false,
+        }
     }
 
     /// Binds buffer `b` to `data` until [`Buffers::unbind_all`].
@@ -968,6 +1069,7 @@ impl Buffers {
 
     /// Exchanges buffer `b`'s own storage with `data`, of its length.
     fn exchange(&mut self, b: BufId, data: &mut Vec<f32>) {
+        assert_eq!(self.at[b.index()], OWN, "{b} is an update: its own vector");
         assert_eq!(
             data.len(),
             self.len(b),
