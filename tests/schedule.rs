@@ -450,7 +450,10 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         .filter_map(|(a, c)| c.map(|c| (a, c)))
         .collect();
     assert_eq!(carried.len(), 2, "{carried:?}");
-    assert!(carried.iter().all(|&(_, c)| c == carried[0].1), "{carried:?}");
+    assert!(
+        carried.iter().all(|&(_, c)| c == carried[0].1),
+        "{carried:?}"
+    );
     let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
     s.verify().expect("verifies");
     let alongside: Vec<usize> = s
