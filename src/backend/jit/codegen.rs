@@ -32,8 +32,7 @@ struct Ctx {
 }
 
 /// Declares the kernel's function in `module` and builds its IR: the
-/// function and its context, to define with [`define`] or
-/// [`define_all`].
+/// function and its context, to compile and define with [`define_all`].
 pub fn build<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
@@ -100,12 +99,8 @@ pub fn build<M: Module>(
     Ok((id, ctx))
 }
 
-/// Compiles the function built by [`build`] and defines it in `module`.
-pub fn define<M: Module>(module: &mut M, id: FuncId, mut ctx: Context) -> Result<(), String> {
-    module
-        .define_function(id, &mut ctx)
-        .map_err(|e| format!("{e:?}"))
-}
+/// A function built by [`build`], not yet compiled.
+pub type Built = (FuncId, Context);
 
 /// A compiled function: its id, alignment, machine code and relocations.
 type Machine = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
@@ -113,7 +108,7 @@ type Machine = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
 /// Compiles the functions built by [`build`] on every thread of the pool
 /// (each function's compilation is independent; the module's ISA is
 /// shared read-only), then defines them in `module` in their order.
-pub fn define_all<M: Module>(module: &mut M, funcs: Vec<(FuncId, Context)>) -> Result<(), String> {
+pub fn define_all<M: Module>(module: &mut M, funcs: Vec<Built>) -> Result<(), String> {
     use rayon::prelude::*;
     let isa = module.isa();
     let compiled: Vec<Result<Machine, String>> = funcs
@@ -124,6 +119,8 @@ pub fn define_all<M: Module>(module: &mut M, funcs: Vec<(FuncId, Context)>) -> R
                 .map_err(|e| format!("{:?}", e.inner))?
                 .buffer
                 .alignment as u64;
+            // `compile` succeeded just above, and it leaves the code in
+            // the context: an invariant of Cranelift's API.
             let code = ctx
                 .compiled_code()
                 .expect("a context holds its code once compiled");

@@ -177,7 +177,7 @@ struct JitKernels {
     /// Step index and function of each compiled kernel.
     pending: Vec<(usize, cranelift_module::FuncId)>,
     /// The functions built and not yet compiled.
-    built: Vec<(cranelift_module::FuncId, cranelift_codegen::Context)>,
+    built: Vec<codegen::Built>,
     clif: Vec<String>,
     want_clif: bool,
 }
@@ -193,9 +193,9 @@ fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
 }
 
 /// Compiles `kernel` into `module` unless an identical one is in
-/// `compiled` (which then counts in `shared`). With `deferred`, the
-/// function is only built and queued there, for
-/// [`codegen::define_all`] to compile with the others.
+/// `compiled` (which then counts in `shared`): builds its function and
+/// queues it in `built`, for [`codegen::define_all`] to compile with the
+/// others.
 #[allow(clippy::too_many_arguments)]
 fn compile_kernel<M: cranelift_module::Module>(
     module: &mut M,
@@ -203,7 +203,7 @@ fn compile_kernel<M: cranelift_module::Module>(
     compiled: &mut FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     shared: &mut usize,
     clif: Option<&mut Vec<String>>,
-    deferred: Option<&mut Vec<(cranelift_module::FuncId, cranelift_codegen::Context)>>,
+    built: &mut Vec<codegen::Built>,
     kernel: &crate::schedule::LoopKernel,
     name: &str,
     what: &str,
@@ -218,10 +218,7 @@ fn compile_kernel<M: cranelift_module::Module>(
     if let Some(c) = clif {
         c.push(format!("; {name}\n{}", ctx.func.display()));
     }
-    match deferred {
-        Some(d) => d.push((id, ctx)),
-        None => codegen::define(module, id, ctx).map_err(rejected)?,
-    }
+    built.push((id, ctx));
     compiled.insert(kernel.clone(), id);
     Ok(id)
 }
@@ -247,7 +244,7 @@ impl Kernels for JitKernels {
             &mut self.compiled,
             &mut self.shared,
             self.want_clif.then_some(&mut self.clif),
-            Some(&mut self.built),
+            &mut self.built,
             kernel,
             &name,
             what,
@@ -277,6 +274,7 @@ pub struct ObjectKernels<'m, M: cranelift_module::Module> {
     prefix: String,
     pub order: Vec<cranelift_module::FuncId>,
     pub shared: usize,
+    built: Vec<codegen::Built>,
 }
 
 impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
@@ -288,12 +286,15 @@ impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
             prefix: prefix.to_string(),
             order: Vec::new(),
             shared: 0,
+            built: Vec::new(),
         }
     }
 
     /// Compiles the kernels of `sched` (consumed: nothing runs).
     pub fn add(&mut self, sched: Schedule) -> Result<(), Error> {
-        Program::assemble(&sched, self).map(drop)
+        Program::assemble(&sched, self)?;
+        codegen::define_all(self.module, std::mem::take(&mut self.built))
+            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))
     }
 }
 
@@ -317,7 +318,7 @@ impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
             &mut self.compiled,
             &mut self.shared,
             None,
-            None,
+            &mut self.built,
             kernel,
             &name,
             what,
