@@ -871,7 +871,8 @@ fn too_large_conv(sched: &Schedule, i: usize) -> Error {
 /// A program's buffers, one per [`BufId`], as long as the schedule says:
 /// storage of their own, except while one is bound to storage outside for
 /// a run (a model's parameters, which have no storage here; a loop body's
-/// operands). Steps only read a bound buffer (the verifier's rule 7).
+/// operands, and its result, written straight into the loop's stack).
+/// Steps only read a buffer bound to read (the verifier's rule 7).
 ///
 /// The updates' storage is a vector each, exchanged with the parameters
 /// after a step; every other buffer is a region of one zeroed allocation,
@@ -883,6 +884,8 @@ struct Buffers {
     lens: Vec<usize>,
     /// Per buffer, the storage it is bound to (null: its own).
     bound: Vec<*const f32>,
+    /// Per buffer, whether its binding is to write ([`Buffers::bind_out`]).
+    writable: Vec<bool>,
     /// Owns the arena; reached only through `base` (never borrowed whole,
     /// so the regions handed out never alias a borrow of it).
     _arena: Vec<f32>,
@@ -956,11 +959,13 @@ impl Buffers {
             own[b.index()] = vec![0.0; lens[b.index()]];
         }
         let bound = vec![std::ptr::null(); lens.len()];
+        let writable = vec![false; lens.len()];
         let taken = vec![false; lens.len()];
         Buffers {
             own,
             lens,
             bound,
+            writable,
             _arena: arena,
             base,
             at,
@@ -992,16 +997,34 @@ impl Buffers {
             );
             own
         } else {
-            // SAFETY: `bind`'s caller keeps the storage alive and
-            // unwritten until the binding ends; it holds `len(b)` floats.
+            assert!(!self.taken[b.index()], "{b} is taken: being written");
+            // SAFETY: `bind`'s (or `bind_out`'s) caller keeps the storage
+            // alive, and written through this buffer alone, until the
+            // binding ends; it holds `len(b)` floats.
             unsafe { std::slice::from_raw_parts(p, self.len(b)) }
         }
     }
 
-    /// Buffer `b`, to write: its own storage (a step never writes a bound
-    /// buffer).
+    /// The storage a buffer bound to write lies in ([`Buffers::bind_out`]),
+    /// if `b` is one; panics if `b` is bound to read.
+    fn bound_out(&self, b: BufId) -> Option<*mut f32> {
+        let p = self.bound[b.index()];
+        if p.is_null() {
+            return None;
+        }
+        assert!(self.writable[b.index()], "{b} is bound: read only");
+        assert!(!self.taken[b.index()], "{b} is taken: being written");
+        Some(p.cast_mut())
+    }
+
+    /// Buffer `b`, to write: its own storage or the storage it is bound to
+    /// write (a step never writes a buffer bound to read).
     fn get_mut(&mut self, b: BufId) -> &mut [f32] {
-        assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
+        if let Some(p) = self.bound_out(b) {
+            // SAFETY: `bind_out`'s caller: `len(b)` floats, reached only
+            // through this buffer until the binding ends.
+            return unsafe { std::slice::from_raw_parts_mut(p, self.len(b)) };
+        }
         let a = self.at[b.index()];
         if a != OWN {
             assert!(!self.taken[b.index()], "{b} is taken: being written");
@@ -1033,8 +1056,12 @@ impl Buffers {
     /// Takes buffer `b`'s own storage out, to write while others are read;
     /// [`Buffers::put`] returns it.
     fn take(&mut self, b: BufId) -> Taken {
-        assert!(self.bound[b.index()].is_null(), "{b} is bound: read only");
-        let (a, len) = (self.at[b.index()], self.len(b));
+        let len = self.len(b);
+        if let Some(p) = self.bound_out(b) {
+            self.taken[b.index()] = true;
+            return Taken::Arena(p, len);
+        }
+        let a = self.at[b.index()];
         if a == OWN {
             return Taken::Own(std::mem::take(&mut self.own[b.index()]));
         }
@@ -1064,8 +1091,20 @@ impl Buffers {
         self.bound[b.index()] = data.as_ptr();
     }
 
+    /// Binds buffer `b` to `len(b)` floats at `data`, which the steps
+    /// then write in its place, until [`Buffers::unbind_all`].
+    ///
+    /// # Safety
+    /// The storage stays alive, and nothing but this buffer reads or
+    /// writes it, until then.
+    unsafe fn bind_out(&mut self, b: BufId, data: *mut f32) {
+        self.bound[b.index()] = data;
+        self.writable[b.index()] = true;
+    }
+
     fn unbind_all(&mut self) {
         self.bound.fill(std::ptr::null());
+        self.writable.fill(false);
     }
 
     /// Exchanges buffer `b`'s own storage with `data`, of its length.
@@ -1422,8 +1461,19 @@ fn scan_steps(
     // From here on `out` is reached through `base` alone: the carry's
     // binding points into it.
     let base = out.as_mut_ptr();
+    // A stacked result that is the body's own buffer is written by the
+    // body straight into its step's place in `out`; a summed one, or one
+    // of the body's operands (a body may return one), is copied there.
+    let in_place = !sc.sum && !sc.slots.contains(&Some(result));
     for i in 0..sc.steps {
         let (t, prev) = sc.order(i);
+        if in_place {
+            // SAFETY: step `t`'s place, inside `out` (rule 6), which
+            // nothing else reads or writes during the step: the carry is
+            // the previous step's place, the other operands are outside
+            // `out` (`distinct`).
+            unsafe { body.bufs.bind_out(result, base.add(t * cl)) };
+        }
         if let Some(b) = sc.slots[0] {
             let carry = match i {
                 0 => outer.get(sc.init),
@@ -1440,8 +1490,11 @@ fn scan_steps(
             }
         }
         body.execute()?;
-        // The body's result is its own buffer or one of its operands (a
-        // body may return one): never step `t`'s place in `out`.
+        if in_place {
+            continue;
+        }
+        // The body's result is then one of its operands, or a sum's: never
+        // step `t`'s place in `out`.
         let r = body.bufs.get(result);
         // SAFETY: `t * cl + cl` lies inside `out` (rule 6), and `r`, as
         // said, does not overlap it.
