@@ -36,6 +36,14 @@
 //!   halves of its carry), and a concatenation copies it from there into
 //!   its part by a loop kernel (the steps of a loop's stacked results
 //!   shifted by one, in its derivative).
+//! - `fill-in-place`: a fill that is a part of a concatenation is written
+//!   into its place there by a loop kernel of its own, and recomputed in
+//!   its other readers (`recompute-broadcast`, with the concatenation
+//!   counted as a loop reader): never stored and copied. The adjoint of a
+//!   loop's stacked results (zeros but at the steps the loss reads) is
+//!   then one fill and one copy into the stack, and its zeros are
+//!   constants in the kernels that add them to the adjoints the loop's
+//!   steps pass back.
 //! - `scan-sum`: a loop whose steps are independent (its body does not
 //!   read the carry) and whose stacked results are only summed over the
 //!   steps adds each step's result into the sum as it runs; the stack is
@@ -272,6 +280,14 @@ pub fn is_slice_view(g: &Graph, f: &Fusion, n: Node) -> bool {
         }
 }
 
+/// Whether `n`, a part of a concatenation, is written into its place by
+/// a kernel of its own without a buffer: a slice read in place
+/// (`slice-in-place`), copied there, or a fill recomputed there
+/// (`fill-in-place`).
+pub fn is_part_in_place(g: &Graph, f: &Fusion, n: Node) -> bool {
+    is_slice_view(g, f, n) || (f.fused.contains(n) && matches!(g.nodes[n].op, Op::Fill { .. }))
+}
+
 /// Whether `r` sums `mm` over exactly its batch axes (all but the last
 /// two).
 fn sums_batch_axes(g: &Graph, r: Node, mm: Node) -> bool {
@@ -400,8 +416,25 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 continue;
             }
             Op::Fill { .. } | Op::Broadcast(..) => {
-                let all_loops = rs.iter().all(|&r| loop_reader(r));
+                // A concatenation writes a fill that is one of its parts
+                // into its place itself (`fill-in-place`).
+                let fill = matches!(d.op, Op::Fill { .. });
+                let all_loops = rs.iter().all(|&r| {
+                    loop_reader(r) || (fill && matches!(g.nodes[r].op, Op::Concat { .. }))
+                });
                 if !is_root.contains(n) && all_loops {
+                    let joins = rs
+                        .iter()
+                        .filter(|&&r| matches!(g.nodes[r].op, Op::Concat { .. }))
+                        .count();
+                    if joins > 0 {
+                        note!(
+                            f,
+                            "fill-in-place: {} is written into its place in {} concatenation(s)",
+                            name(n),
+                            joins
+                        );
+                    }
                     note!(
                         f,
                         "recompute-broadcast: {} is recomputed in its {} reader(s)",
@@ -678,7 +711,7 @@ pub fn concat_sources(g: &Graph, f: &Fusion, n: Node, out: &mut Vec<Node>) {
         _ => unreachable!("only joins and reshapes are fused into a join"),
     };
     for x in parts {
-        if f.fused.contains(x) && !is_slice_view(g, f, x) {
+        if f.fused.contains(x) && !is_part_in_place(g, f, x) {
             concat_sources(g, f, x, out);
         } else {
             out.push(x);

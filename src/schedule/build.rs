@@ -209,14 +209,21 @@ impl<'f> Builder<'f> {
         let out = self.buf(n)?;
         let mut steps = Vec::new();
         for (x, at, strides) in concat_parts(g, fu, shapes, n) {
-            if !fusion::is_slice_view(g, fu, x) || shapes[x].contains(&0) {
+            if !fusion::is_part_in_place(g, fu, x) || shapes[x].contains(&0) {
                 continue;
             }
             let (kernel, srcs) = copy_kernel(g, fu, shapes, x, strides, at);
-            let args = srcs
+            let args: Vec<BufId> = srcs
                 .iter()
                 .map(|&s| self.buf(s))
                 .collect::<Result<_, _>>()?;
+            if let Some(part) = kernel.as_blocks() {
+                steps.push(Step::Copy {
+                    parts: vec![(args[0], part)],
+                    out,
+                });
+                continue;
+            }
             steps.push(Step::Loop {
                 kernel,
                 out,
@@ -451,9 +458,9 @@ impl<'f> Builder<'f> {
                 let total: usize = shapes[n].iter().product();
                 let mut parts = Vec::new();
                 for (x, at, _) in concat_parts(g, self.fu, shapes, n) {
-                    if fusion::is_slice_view(g, self.fu, x) || self.fu.placed[x].is_some() {
-                        // Copied by a loop kernel, or written here by its
-                        // own (fusion's `concat-in-place`).
+                    if fusion::is_part_in_place(g, self.fu, x) || self.fu.placed[x].is_some() {
+                        // Copied or filled by a loop kernel, or written
+                        // here by its own (fusion's `concat-in-place`).
                         continue;
                     }
                     let part = if append {

@@ -294,6 +294,68 @@ pub fn copy_kernel(
     kernel_over(g, fu, shapes, space, part, false, (out, at), None)
 }
 
+impl LoopKernel {
+    /// The block copy this kernel is, when it only copies one access to
+    /// its output row by row: after merging each dim into the next where
+    /// both walk on as one (`stride[d] = stride[d + 1] · dims[d + 1]`), at
+    /// most two dims remain, and the innermost is contiguous on both
+    /// sides. A concatenation's part read as a slice of another buffer
+    /// (the shifted states of a loop) is then copied row by row with
+    /// `memcpy`, not element by element (fusion's `concat-in-place`).
+    pub fn as_blocks(&self) -> Option<super::Blocks> {
+        if !matches!(self.exprs[..], [Expr::Load(0)])
+            || self.accesses.len() != 1
+            || self.reduce.is_some()
+            || !self.also.is_empty()
+        {
+            return None;
+        }
+        // (size, output stride, source stride), innermost first, merged.
+        let mut dims: Vec<(usize, i64, i64)> = Vec::new();
+        for ((&n, &o), &a) in self.dims.iter().zip(&self.out).zip(&self.accesses[0]).rev() {
+            if n == 1 {
+                continue;
+            }
+            match dims.last_mut() {
+                Some((m, oi, ai)) if o == *oi * *m as i64 && a == *ai * *m as i64 => *m *= n,
+                _ => dims.push((n, o, a)),
+            }
+        }
+        let len_of =
+            |d: &(usize, i64, i64)| usize::try_from(d.1).ok().zip(usize::try_from(d.2).ok());
+        match dims[..] {
+            [] => Some(super::Blocks {
+                count: 1,
+                len: 1,
+                src_at: self.offsets[0],
+                src_stride: 1,
+                dst_at: self.out_offset,
+                dst_stride: 1,
+            }),
+            [(len, 1, 1)] => Some(super::Blocks {
+                count: 1,
+                len,
+                src_at: self.offsets[0],
+                src_stride: len,
+                dst_at: self.out_offset,
+                dst_stride: len,
+            }),
+            [(len, 1, 1), outer] => {
+                let (dst_stride, src_stride) = len_of(&outer)?;
+                Some(super::Blocks {
+                    count: outer.0,
+                    len,
+                    src_at: self.offsets[0],
+                    src_stride,
+                    dst_at: self.out_offset,
+                    dst_stride,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Where a node's index along one of its dims is, at a point of the
 /// iteration space: `Σ coef · i[dim] + at` over the `terms`. A node read
 /// in the kernel's own shape has one term per dim; a broadcast dim has
