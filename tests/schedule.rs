@@ -518,3 +518,93 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         assert!(e.contains("also reads") || e.contains("twice"), "{e}");
     }
 }
+
+/// Every element `kernel` (a copy of its one access) writes, as
+/// (output index, source index), walked point by point.
+fn copied_elements(k: &nnc::schedule::LoopKernel) -> Vec<(usize, usize)> {
+    let points: usize = k.dims.iter().product();
+    (0..points)
+        .map(|mut p| {
+            let (mut o, mut a) = (k.out_offset as i64, k.offsets[0] as i64);
+            for d in (0..k.dims.len()).rev() {
+                let i = (p % k.dims[d]) as i64;
+                p /= k.dims[d];
+                o += i * k.out[d];
+                a += i * k.accesses[0][d];
+            }
+            (o as usize, a as usize)
+        })
+        .collect()
+}
+
+#[test]
+fn a_copy_kernel_is_a_block_copy_where_its_rows_are_contiguous() {
+    use nnc::schedule::{Expr, LoopKernel};
+    let copy = |dims: Vec<usize>, out: Vec<i64>, acc: Vec<i64>, exprs: Vec<Expr>| LoopKernel {
+        dims,
+        accesses: vec![acc],
+        offsets: vec![3],
+        out,
+        out_offset: 5,
+        exprs,
+        reduce: None,
+        also: Vec::new(),
+    };
+    // [2, 3, 4] read from rows 8 apart into rows 4 apart: the two outer
+    // dims walk on as one (6 rows), the inner one is each row.
+    let k = copy(
+        vec![2, 3, 4],
+        vec![12, 4, 1],
+        vec![24, 8, 1],
+        vec![Expr::Load(0)],
+    );
+    let b = k.as_blocks().expect("rows of 4, 8 apart");
+    assert_eq!(
+        (
+            b.count,
+            b.len,
+            b.src_at,
+            b.src_stride,
+            b.dst_at,
+            b.dst_stride
+        ),
+        (6, 4, 3, 8, 5, 4)
+    );
+    let mut blocks = Vec::new();
+    for i in 0..b.count {
+        for j in 0..b.len {
+            blocks.push((
+                b.dst_at + i * b.dst_stride + j,
+                b.src_at + i * b.src_stride + j,
+            ));
+        }
+    }
+    assert_eq!(blocks, copied_elements(&k));
+    // A unit dim is no dim; a whole buffer is one block.
+    let k = copy(vec![1, 10], vec![10, 1], vec![10, 1], vec![Expr::Load(0)]);
+    let b = k.as_blocks().expect("one block");
+    assert_eq!((b.count, b.len), (1, 10));
+    // Not rows: three dims that do not merge, an inner stride of 2, an
+    // expression that is not a load.
+    assert!(copy(
+        vec![2, 3, 4],
+        vec![12, 4, 1],
+        vec![25, 8, 1],
+        vec![Expr::Load(0)]
+    )
+    .as_blocks()
+    .is_none());
+    assert!(
+        copy(vec![3, 4], vec![4, 1], vec![8, 2], vec![Expr::Load(0)])
+            .as_blocks()
+            .is_none()
+    );
+    let scaled = vec![
+        Expr::Load(0),
+        Expr::Const(2.0),
+        Expr::Binary(nnc::ir::BinaryOp::Mul, 0, 1),
+    ];
+    assert!(copy(vec![3, 4], vec![4, 1], vec![8, 1], scaled)
+        .as_blocks()
+        .is_none());
+}

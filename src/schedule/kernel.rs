@@ -300,8 +300,8 @@ impl LoopKernel {
     /// both walk on as one (`stride[d] = stride[d + 1] · dims[d + 1]`), at
     /// most two dims remain, and the innermost is contiguous on both
     /// sides. A concatenation's part read as a slice of another buffer
-    /// (the shifted states of a loop) is then copied row by row with
-    /// `memcpy`, not element by element (fusion's `concat-in-place`).
+    /// (fusion's `slice-in-place`: the shifted states of a loop) is then
+    /// copied row by row with `memcpy`, not element by element.
     pub fn as_blocks(&self) -> Option<super::Blocks> {
         if !matches!(self.exprs[..], [Expr::Load(0)])
             || self.accesses.len() != 1
