@@ -418,15 +418,15 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             Op::Fill { .. } | Op::Broadcast(..) => {
                 // A concatenation writes a fill that is one of its parts
                 // into its place itself (`fill-in-place`).
-                let fill = matches!(d.op, Op::Fill { .. });
-                let all_loops = rs.iter().all(|&r| {
-                    loop_reader(r) || (fill && matches!(g.nodes[r].op, Op::Concat { .. }))
-                });
-                if !is_root.contains(n) && all_loops {
-                    let joins = rs
+                let joins = match d.op {
+                    Op::Fill { .. } => rs
                         .iter()
                         .filter(|&&r| matches!(g.nodes[r].op, Op::Concat { .. }))
-                        .count();
+                        .count(),
+                    _ => 0,
+                };
+                let all_loops = rs.iter().filter(|&&r| loop_reader(r)).count() + joins == rs.len();
+                if !is_root.contains(n) && all_loops {
                     if joins > 0 {
                         note!(
                             f,

@@ -296,12 +296,11 @@ pub fn copy_kernel(
 
 impl LoopKernel {
     /// The block copy this kernel is, when it only copies one access to
-    /// its output row by row: after merging each dim into the next where
-    /// both walk on as one (`stride[d] = stride[d + 1] · dims[d + 1]`), at
-    /// most two dims remain, and the innermost is contiguous on both
-    /// sides. A concatenation's part read as a slice of another buffer
-    /// (fusion's `slice-in-place`: the shifted states of a loop) is then
-    /// copied row by row with `memcpy`, not element by element.
+    /// its output row by row: [simplified](LoopKernel::simplify), at most
+    /// two dims remain, and the innermost is contiguous on both sides. A
+    /// concatenation's part read as a slice of another buffer (fusion's
+    /// `slice-in-place`: the shifted states of a loop) is then copied row
+    /// by row with `memcpy`, not element by element.
     pub fn as_blocks(&self) -> Option<super::Blocks> {
         if !matches!(self.exprs[..], [Expr::Load(0)])
             || self.accesses.len() != 1
@@ -310,49 +309,31 @@ impl LoopKernel {
         {
             return None;
         }
-        // (size, output stride, source stride), innermost first, merged.
-        let mut dims: Vec<(usize, i64, i64)> = Vec::new();
-        for ((&n, &o), &a) in self.dims.iter().zip(&self.out).zip(&self.accesses[0]).rev() {
-            if n == 1 {
-                continue;
-            }
-            match dims.last_mut() {
-                Some((m, oi, ai)) if o == *oi * *m as i64 && a == *ai * *m as i64 => *m *= n,
-                _ => dims.push((n, o, a)),
-            }
+        let mut k = self.clone();
+        k.simplify();
+        let last = k.dims.len() - 1;
+        let len = k.dims[last];
+        // (A single point may have strides of 0.)
+        if len > 1 && (k.out[last], k.accesses[0][last]) != (1, 1) {
+            return None;
         }
-        let len_of =
-            |d: &(usize, i64, i64)| usize::try_from(d.1).ok().zip(usize::try_from(d.2).ok());
-        match dims[..] {
-            [] => Some(super::Blocks {
-                count: 1,
-                len: 1,
-                src_at: self.offsets[0],
-                src_stride: 1,
-                dst_at: self.out_offset,
-                dst_stride: 1,
-            }),
-            [(len, 1, 1)] => Some(super::Blocks {
-                count: 1,
-                len,
-                src_at: self.offsets[0],
-                src_stride: len,
-                dst_at: self.out_offset,
-                dst_stride: len,
-            }),
-            [(len, 1, 1), outer] => {
-                let (dst_stride, src_stride) = len_of(&outer)?;
-                Some(super::Blocks {
-                    count: outer.0,
-                    len,
-                    src_at: self.offsets[0],
-                    src_stride,
-                    dst_at: self.out_offset,
-                    dst_stride,
-                })
-            }
-            _ => None,
-        }
+        let (count, dst_stride, src_stride) = match last {
+            0 => (1, len, len),
+            1 => (
+                k.dims[0],
+                usize::try_from(k.out[0]).ok()?,
+                usize::try_from(k.accesses[0][0]).ok()?,
+            ),
+            _ => return None,
+        };
+        Some(super::Blocks {
+            count,
+            len,
+            src_at: k.offsets[0],
+            src_stride,
+            dst_at: k.out_offset,
+            dst_stride,
+        })
     }
 }
 
