@@ -21,7 +21,13 @@
 //!   not (they read the loop's arguments alone) is one product over the
 //!   operands side by side, `concat(aᵢ, axis 1) @ concat(bᵢ, axis 0)`; the
 //!   `bᵢ`'s concatenation leaves the loop (`licm`). The LSTM's derivative
-//!   loop is the case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ.
+//!   loop is the case: the carry's adjoint is Σₖ gₖ @ wh[k]ᵀ. Where the
+//!   `bᵢ` are the matrices `lo..hi` of one stack transposed (as there),
+//!   their join is that part of the stack transposed at once,
+//!   `reshape(transpose(w[lo..hi], [0, 2, 1]), [(hi−lo)·N, K])`, the
+//!   products taken in the order of their matrices (logged as a second
+//!   `matmul-sum` line): one transpose step instead of a slice, a
+//!   transpose and a copy into the join for each matrix.
 //!
 //! In a loop body both rules take only products whose per-step operand
 //! reads the carry. The others do not depend on the step before, and
@@ -191,6 +197,73 @@ fn fuse_in(g: &Graph, args: Option<usize>) -> Cow<'_, Graph> {
 struct Sum {
     products: Vec<(Node, Node)>,
     rest: Vec<Node>,
+    /// Where the `bᵢ` are the matrices of one stack, transposed.
+    stack: Option<Stack>,
+}
+
+/// Matrices `lo..hi` of a stack `w` ([G, K, N]).
+#[derive(Clone, Copy)]
+struct Stack {
+    w: Node,
+    lo: u64,
+    hi: u64,
+}
+
+/// When every `bᵢ` of `products` is `transpose(reshape(slice(w, axis 0,
+/// k, k+1), [K, N]))` for one stack `w` ([G, K, N], N known), the `k`s
+/// covering `lo..hi` once each: the stack, with `products` put in the
+/// order of their `k`. Their `bᵢ` joined are then the stack's matrices
+/// transposed, `reshape(transpose(w[lo..hi], [0, 2, 1]), [(hi−lo)·N, K])`:
+/// one transpose instead of a slice, a transpose and a copy into the
+/// join per matrix (the LSTM derivative's `Σₖ gₖ @ wh[k]ᵀ`).
+fn transposed_stack(g: &Graph, products: &mut [(Node, Node)]) -> Option<Stack> {
+    let matrix = |b: Node| -> Option<(Node, u64)> {
+        let Op::Transpose(r, ref perm) = g.nodes[b].op else {
+            return None;
+        };
+        let Op::Reshape(s, _) = g.nodes[r].op else {
+            return None;
+        };
+        let Op::Slice {
+            arg: w,
+            axis: 0,
+            start,
+            end,
+        } = g.nodes[s].op
+        else {
+            return None;
+        };
+        let sw = g.shape(w);
+        (perm[..] == [1, 0]
+            && end == start + 1
+            && sw.len() == 3
+            && sw[1..] == g.shape(r)[..]
+            && matches!(sw[2], Dim::Known(_)))
+        .then_some((w, start))
+    };
+    let mut keyed = Vec::with_capacity(products.len());
+    for &(a, b) in products.iter() {
+        let (w, k) = matrix(b)?;
+        keyed.push((k, w, (a, b)));
+    }
+    let w = keyed[0].1;
+    keyed.sort_by_key(|&(k, ..)| k);
+    let lo = keyed[0].0;
+    let consecutive = keyed
+        .iter()
+        .enumerate()
+        .all(|(i, &(k, wi, _))| wi == w && k == lo + i as u64);
+    if !consecutive {
+        return None;
+    }
+    for (p, (.., ab)) in products.iter_mut().zip(&keyed) {
+        *p = *ab;
+    }
+    Some(Stack {
+        w,
+        lo,
+        hi: lo + keyed.len() as u64,
+    })
 }
 
 /// `matmul-sum`, in a loop body whose first argument input is `args`: a
@@ -266,7 +339,17 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
                 "matmul-sum: the sum {n} of {} products is one product over their operands side by side",
                 products.len()
             ));
-            plans[n] = Some(Sum { products, rest });
+            let stack = transposed_stack(g, &mut products);
+            if let Some(Stack { w, lo, hi }) = stack {
+                log.push(format!(
+                    "matmul-sum: the right operands of {n} are {w}[{lo}..{hi}] transposed, one transpose of the stack"
+                ));
+            }
+            plans[n] = Some(Sum {
+                products,
+                rest,
+                stack,
+            });
         }
     }
     crate::log::lines("fusion", &log);
@@ -274,7 +357,11 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
         return None;
     }
     Some(build::rebuild(g, |n, out, new_of| {
-        let Sum { products, rest } = plans[n].as_ref()?;
+        let Sum {
+            products,
+            rest,
+            stack,
+        } = plans[n].as_ref()?;
         // Every operand of the sum comes before it, so has its copy.
         let new = |x: Node| new_of[x].expect("operands come first");
         let span = g.nodes[n].span;
@@ -284,19 +371,50 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
             out.add(op, span)
                 .expect("matmul-sum: the joined product is well typed by construction")
         };
-        let (mut a, mut b) = (new(products[0].0), new(products[0].1));
-        for &(ai, bi) in &products[1..] {
+        let mut a = new(products[0].0);
+        for &(ai, _) in &products[1..] {
             a = add(Op::Concat {
                 a,
                 b: new(ai),
                 axis: 1,
             });
-            b = add(Op::Concat {
-                a: b,
-                b: new(bi),
-                axis: 0,
-            });
         }
+        let b = match *stack {
+            Some(Stack { w, lo, hi }) => {
+                // Typed by construction (`transposed_stack`): w is
+                // [G, K, N] with N known and lo..hi within G.
+                let sw = g.shape(w);
+                let (k, n) = (sw[1], sw[2]);
+                let whole = lo == 0 && sw[0] == Dim::Known(hi);
+                let w = new(w);
+                let part = match whole {
+                    true => w,
+                    false => add(Op::Slice {
+                        arg: w,
+                        axis: 0,
+                        start: lo,
+                        end: hi,
+                    }),
+                };
+                let turned = add(Op::Transpose(part, vec![0, 2, 1]));
+                let rows = match n {
+                    Dim::Known(n) => Dim::Known((hi - lo) * n),
+                    Dim::Sym(_) => unreachable!("transposed_stack takes stacks of known width"),
+                };
+                add(Op::Reshape(turned, vec![rows, k]))
+            }
+            None => {
+                let mut b = new(products[0].1);
+                for &(_, bi) in &products[1..] {
+                    b = add(Op::Concat {
+                        a: b,
+                        b: new(bi),
+                        axis: 0,
+                    });
+                }
+                b
+            }
+        };
         let mut sum = add(Op::MatMul(a, b));
         for &x in rest {
             sum = add(Op::Binary(BinaryOp::Add, sum, new(x)));

@@ -723,8 +723,60 @@ impl Pool {
 }
 
 /// `dst` = `src` (of `shape`) with its axes permuted, walking `dst` in
-/// order.
+/// order. A swap of the last two axes (a matrix, or a batch of them) goes
+/// tile by tile, so that the rows a tile writes stay in the L1 cache
+/// while it reads its source rows; the 4×128×128 stack of an LSTM's
+/// weights took 0.134 ms element by element (`NNC_LOG=profile`).
 pub fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) {
+    let r = shape.len();
+    let swaps_last_two = r >= 2
+        && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+        && perm[r - 2] == r - 1
+        && perm[r - 1] == r - 2;
+    if swaps_last_two {
+        let (rows, cols) = (shape[r - 2], shape[r - 1]);
+        let size = rows * cols;
+        if size > 0 {
+            for (s, d) in src.chunks_exact(size).zip(dst.chunks_exact_mut(size)) {
+                transpose_matrix(s, d, rows, cols);
+            }
+        }
+        return;
+    }
+    transpose_any(src, dst, shape, perm);
+}
+
+/// `dst` ([cols, rows]) = `src` ([rows, cols]) transposed, in tiles of
+/// `TILE`×`TILE`: a whole tile is read row by row into registers and
+/// written back row by row, each a contiguous run on both sides; the
+/// tiles at the edges go element by element.
+fn transpose_matrix(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    const TILE: usize = 8;
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            if i0 + TILE <= rows && j0 + TILE <= cols {
+                let mut t = [[0.0f32; TILE]; TILE];
+                for (a, row) in src[i0 * cols..].chunks(cols).take(TILE).enumerate() {
+                    for (b, &x) in row[j0..j0 + TILE].iter().enumerate() {
+                        t[b][a] = x;
+                    }
+                }
+                for (b, line) in t.iter().enumerate() {
+                    dst[(j0 + b) * rows + i0..][..TILE].copy_from_slice(line);
+                }
+            } else {
+                for i in i0..(i0 + TILE).min(rows) {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        dst[j * rows + i] = src[i * cols + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`transpose`] for any permutation, element by element.
+fn transpose_any(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) {
     let r = shape.len();
     let st = strides(shape);
     let mut idx = [0usize; 8];
@@ -766,4 +818,32 @@ pub fn conv_scratch(geo: &Conv, pass: ConvPass, threads: usize) -> Option<usize>
     let unfolded = [geo.c, geo.kh, geo.kw, geo.oh, geo.ow];
     crate::ir::shape::checked_elements(&unfolded)?;
     geo.scratch_per_thread(pass).checked_mul(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiled swap of the last two axes gives what the general walk
+    /// gives, for sizes that are and are not multiples of the tile.
+    #[test]
+    fn tiled_transpose_matches_the_general_one() {
+        for shape in [
+            vec![1, 1],
+            vec![3, 5],
+            vec![16, 16],
+            vec![17, 33],
+            vec![2, 40, 7],
+        ] {
+            let r = shape.len();
+            let mut perm: Vec<usize> = (0..r).collect();
+            perm.swap(r - 2, r - 1);
+            let n: usize = shape.iter().product();
+            let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let (mut tiled, mut plain) = (vec![0.0; n], vec![0.0; n]);
+            transpose(&src, &mut tiled, &shape, &perm);
+            transpose_any(&src, &mut plain, &shape, &perm);
+            assert_eq!(tiled, plain, "shape {shape:?}");
+        }
+    }
 }
