@@ -78,6 +78,13 @@ fn member_of(g: &Graph, n: Node) -> Option<(Node, Node, u64)> {
     let Op::MatMul(a, r) = g.nodes[n].op else {
         return None;
     };
+    let (w, k) = matrix_of_stack(g, r)?;
+    (g.shape(a).len() == 2).then_some((a, w, k))
+}
+
+/// `(w, k)` when `r` is `reshape(slice(w, axis 0, k, k+1), [K, N])`, matrix
+/// `k` of a stack `w` of matrices `[G, K, N]`.
+fn matrix_of_stack(g: &Graph, r: Node) -> Option<(Node, u64)> {
     let Op::Reshape(s, _) = g.nodes[r].op else {
         return None;
     };
@@ -90,9 +97,8 @@ fn member_of(g: &Graph, n: Node) -> Option<(Node, Node, u64)> {
     else {
         return None;
     };
-    let (sa, sw) = (g.shape(a), g.shape(w));
-    (end == start + 1 && sa.len() == 2 && sw.len() == 3 && sw[1..] == g.shape(r)[..])
-        .then_some((a, w, start))
+    let sw = g.shape(w);
+    (end == start + 1 && sw.len() == 3 && sw[1..] == g.shape(r)[..]).then_some((w, start))
 }
 
 /// `g` with its groups fused (unchanged, not copied, when none is).
@@ -221,25 +227,8 @@ fn transposed_stack(g: &Graph, products: &mut [(Node, Node)]) -> Option<Stack> {
         let Op::Transpose(r, ref perm) = g.nodes[b].op else {
             return None;
         };
-        let Op::Reshape(s, _) = g.nodes[r].op else {
-            return None;
-        };
-        let Op::Slice {
-            arg: w,
-            axis: 0,
-            start,
-            end,
-        } = g.nodes[s].op
-        else {
-            return None;
-        };
-        let sw = g.shape(w);
-        (perm[..] == [1, 0]
-            && end == start + 1
-            && sw.len() == 3
-            && sw[1..] == g.shape(r)[..]
-            && matches!(sw[2], Dim::Known(_)))
-        .then_some((w, start))
+        let (w, k) = matrix_of_stack(g, r)?;
+        (perm[..] == [1, 0] && matches!(g.shape(w)[2], Dim::Known(_))).then_some((w, k))
     };
     let mut keyed = Vec::with_capacity(products.len());
     for &(a, b) in products.iter() {
