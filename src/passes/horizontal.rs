@@ -207,12 +207,13 @@ struct Sum {
     stack: Option<Stack>,
 }
 
-/// Matrices `lo..hi` of a stack `w` ([G, K, N]).
+/// Matrices `lo..hi` of a stack `w` ([G, K, N]), N = `width`.
 #[derive(Clone, Copy)]
 struct Stack {
     w: Node,
     lo: u64,
     hi: u64,
+    width: u64,
 }
 
 /// When every `bᵢ` of `products` is `transpose(reshape(slice(w, axis 0,
@@ -228,7 +229,10 @@ fn transposed_stack(g: &Graph, products: &mut [(Node, Node)]) -> Option<Stack> {
             return None;
         };
         let (w, k) = matrix_of_stack(g, r)?;
-        (perm[..] == [1, 0] && matches!(g.shape(w)[2], Dim::Known(_))).then_some((w, k))
+        (perm[..] == [1, 0]).then_some((w, k))
+    };
+    let Dim::Known(width) = g.shape(matrix(products.first()?.1)?.0)[2] else {
+        return None;
     };
     let mut keyed = Vec::with_capacity(products.len());
     for &(a, b) in products.iter() {
@@ -252,6 +256,7 @@ fn transposed_stack(g: &Graph, products: &mut [(Node, Node)]) -> Option<Stack> {
         w,
         lo,
         hi: lo + keyed.len() as u64,
+        width,
     })
 }
 
@@ -329,7 +334,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
                 products.len()
             ));
             let stack = transposed_stack(g, &mut products);
-            if let Some(Stack { w, lo, hi }) = stack {
+            if let Some(Stack { w, lo, hi, .. }) = stack {
                 log.push(format!(
                     "matmul-sum: the right operands of {n} are {w}[{lo}..{hi}] transposed, one transpose of the stack"
                 ));
@@ -369,11 +374,11 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
             });
         }
         let b = match *stack {
-            Some(Stack { w, lo, hi }) => {
+            Some(Stack { w, lo, hi, width }) => {
                 // Typed by construction (`transposed_stack`): w is
-                // [G, K, N] with N known and lo..hi within G.
+                // [G, K, width] and lo..hi lies within G.
                 let sw = g.shape(w);
-                let (k, n) = (sw[1], sw[2]);
+                let k = sw[1];
                 let whole = lo == 0 && sw[0] == Dim::Known(hi);
                 let w = new(w);
                 let part = match whole {
@@ -386,11 +391,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
                     }),
                 };
                 let turned = add(Op::Transpose(part, vec![0, 2, 1]));
-                let rows = match n {
-                    Dim::Known(n) => Dim::Known((hi - lo) * n),
-                    Dim::Sym(_) => unreachable!("transposed_stack takes stacks of known width"),
-                };
-                add(Op::Reshape(turned, vec![rows, k]))
+                add(Op::Reshape(turned, vec![Dim::Known((hi - lo) * width), k]))
             }
             None => {
                 let mut b = new(products[0].1);
