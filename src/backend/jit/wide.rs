@@ -38,6 +38,21 @@ const BLOCK: usize = 256;
 /// stack: a call allocates nothing).
 const MAX_ACCESSES: usize = 32;
 const MAX_RANK: usize = 8;
+/// The most entries a wide kernel's expression has (where each entry's
+/// block lies is kept on the stack too).
+const MAX_EXPRS: usize = 256;
+
+/// Where an entry's block of values lies while a block is computed.
+#[derive(Clone, Copy)]
+enum Home {
+    /// In the entry's part of the scratch.
+    Scratch,
+    /// In the row of further output `j` (fusion's `store-alongside`),
+    /// written there by the entry's pass and read there by the later ones.
+    Also(usize),
+    /// Where access `a` lies (a contiguous load): read in place, no pass.
+    InPlace(usize),
+}
 
 /// The floats of scratch one thread needs to run `k`.
 pub fn scratch_len(k: &LoopKernel) -> usize {
@@ -117,6 +132,7 @@ pub fn eligible(k: &LoopKernel) -> Option<Level> {
         .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
     let small = k.accesses.len() <= MAX_ACCESSES
         && k.also.len() <= MAX_ACCESSES
+        && k.exprs.len() <= MAX_EXPRS
         && k.dims.len() <= MAX_RANK;
     // Short rows are grouped into blocks: worth it from one full block.
     let points: usize = k.dims.iter().product();
@@ -220,6 +236,21 @@ unsafe fn run_generic(
         unsafe { run_short_rows(k, out, &acc, &also, lo, hi, regs) };
         return;
     }
+    // Where each entry's block lies (see `Home`); the rows themselves are
+    // found once per block.
+    let n = k.exprs.len();
+    let mut homes = [Home::Scratch; MAX_EXPRS];
+    for (e, home) in homes[..n].iter_mut().enumerate() {
+        if let Some(j) = k.also.iter().position(|a| a.expr == e) {
+            *home = Home::Also(j);
+        } else if let Expr::Load(a) = k.exprs[e] {
+            // The value itself is copied into the scratch, then out.
+            if k.accesses[a][last] == 1 && e + 1 < n {
+                *home = Home::InPlace(a);
+            }
+        }
+    }
+    let mut rows = [std::ptr::null_mut::<f32>(); MAX_EXPRS];
     let mut idx_store = [0usize; MAX_RANK];
     let idx = &mut idx_store[..rank - 1];
     let middle: usize = k.dims[1..last.max(1)].iter().product();
@@ -262,7 +293,6 @@ unsafe fn run_generic(
                 let to = from.wrapping_add(if s == 0 { 1 } else { inner_hi - inner_lo });
                 from < out_row.wrapping_add(inner_hi) && out_row.wrapping_add(inner_lo) < to
             });
-            let n = k.exprs.len();
             let direct_out = !overlaps && !matches!(k.exprs[n - 1], Expr::Load(_) | Expr::Const(_));
             let mut at = inner_lo;
             while at < inner_hi {
@@ -281,45 +311,35 @@ unsafe fn run_generic(
                         prefetch_block(p);
                     }
                 }
-                // A value stored alongside is computed straight into its
-                // output's row and read from there by the later passes.
-                let also_row = |e: usize| -> Option<*mut f32> {
-                    let j = k.also.iter().position(|a| a.expr == e)?;
-                    Some(also[j].wrapping_offset(also_base[j] + at as isize))
-                };
+                // Where each entry's block lies, found once per block for
+                // all the passes (`Home`): a value stored alongside in its
+                // output's row, a contiguous load where it lies, the
+                // output's last pass in the output's row, the rest in the
+                // scratch.
+                let scratch = regs.as_mut_ptr();
+                for (e, row) in rows[..n].iter_mut().enumerate() {
+                    *row = match homes[e] {
+                        Home::Also(j) => also[j].wrapping_offset(also_base[j] + at as isize),
+                        Home::InPlace(a) => acc[a].wrapping_offset(acc_base[a] + at as isize),
+                        Home::Scratch => scratch.wrapping_add(e * BLOCK),
+                    };
+                }
+                if direct_out {
+                    rows[n - 1] = out_row.wrapping_add(at);
+                }
                 for (e, expr) in k.exprs.iter().enumerate() {
-                    let (done, rest) = regs.split_at_mut(e * BLOCK);
-                    let r = if direct_out && e == n - 1 {
-                        // SAFETY: the caller's promise covers the
-                        // output's row, which no access overlaps here.
-                        unsafe { std::slice::from_raw_parts_mut(out_row.add(at), len) }
-                    } else if let Some(p) = also_row(e) {
-                        // SAFETY: as for the output; a further output is
-                        // contiguous along the row (`eligible`), and no
-                        // access reads it (the verifier's rule 2).
-                        unsafe { std::slice::from_raw_parts_mut(p, len) }
-                    } else {
-                        &mut rest[..len]
-                    };
-                    let reg = |j: usize| match (also_row(j), &k.exprs[j]) {
-                        // SAFETY: written by pass j, above.
-                        (Some(p), _) => unsafe { std::slice::from_raw_parts(p, len) },
-                        (None, &Expr::Load(a)) if k.accesses[a][last] == 1 => {
-                            // SAFETY: the caller's promise covers every
-                            // point of the range.
-                            unsafe {
-                                std::slice::from_raw_parts(
-                                    acc[a].offset(acc_base[a] + at as isize),
-                                    len,
-                                )
-                            }
-                        }
-                        _ => &done[j * BLOCK..j * BLOCK + len],
-                    };
+                    // SAFETY: every row holds `len` floats (the output's,
+                    // a further output's and a load's by the caller's
+                    // promise, the scratch's by its length); the entry
+                    // written is not one of its operands (an operand comes
+                    // before it), and no access overlaps the output's or a
+                    // further output's row (checked above; the verifier's
+                    // rule 2).
+                    let r = unsafe { std::slice::from_raw_parts_mut(rows[e], len) };
+                    let reg = |j: usize| unsafe { std::slice::from_raw_parts(rows[j], len) };
                     match *expr {
-                        // Read where it lies (`reg`), unless it is the
-                        // value itself.
-                        Expr::Load(a) if k.accesses[a][last] == 1 && e + 1 < n => {}
+                        // Read where it lies, unless it is the value itself.
+                        Expr::Load(_) if matches!(homes[e], Home::InPlace(_)) => {}
                         Expr::Load(a) => {
                             let s = k.accesses[a][last] as isize;
                             // SAFETY: as above.
