@@ -4,8 +4,9 @@
 # For each workload it runs `nnc bench` and then the peer script from
 # ../shared/bench (see ANCHORS.md there), back to back, and prints a markdown
 # table: median [min-max] ms for both sides, ratio nnc/peer (< 1: nnc faster),
-# nnc's compile_ms and the peer's setup time (jax/torch: first step, i.e.
-# trace + compile; onnxruntime: session creation), both in ms.
+# nnc's compile_ms (plus init_ms, drawing the parameters' initial values)
+# and the peer's setup time (jax/torch: first step, i.e. trace + compile;
+# onnxruntime: session creation), all in ms.
 # matmul is shown in GFLOP/s (2*n^3 / median time); its ratio is nnc/peer in
 # GFLOP/s (> 1: nnc faster). Peers are pinned to ANCHOR_THREADS (default 2)
 # threads. The memory column gives nnc's planned buffers and its process's
@@ -116,7 +117,7 @@ else:
     cells.append(f"{a['median_ms'] / (p['median'] * 1e3):.2f}" if ok_a and ok_p else "n/a")
     # peer setup: jax/torch first step (trace + compile), onnxruntime session creation
     first = next((p[k] for k in ("first_step_s", "first_call_s", "session_s") if p.get(k)), None) if ok_p else None
-c = f"{a['compile_ms']:.0f}" if ok_a else "n/a"
+c = f"{a['compile_ms']:.0f} + {a.get('init_ms', 0):.0f}" if ok_a else "n/a"
 cells.append(c + (f" (peer setup {first*1e3:.0f})" if first else ""))
 cells.append(f"{mib(a.get('planned_bytes'))} / {mib(a.get('peak_rss_bytes'))} · {mib(peer_rss())}"
              if ok_a else f"n/a · {mib(peer_rss())}")
@@ -174,7 +175,7 @@ done
 echo
 echo "nnc vs peers, $(date -u +%FT%TZ), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg), RUNS=$RUNS, peer threads=$ANCHOR_THREADS"
 echo
-echo "| workload | nnc median ms [min–max] | peer | peer median ms | ratio nnc/peer | compile_ms | MiB: nnc planned / peak RSS · peer peak RSS |"
+echo "| workload | nnc median ms [min–max] | peer | peer median ms | ratio nnc/peer | compile_ms + init_ms | MiB: nnc planned / peak RSS · peer peak RSS |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
 [ "${KEEP_LOGS:-0}" = 1 ] && echo "logs: $LOGS" >&2

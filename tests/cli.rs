@@ -204,6 +204,10 @@ fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     // a, b and c: three 64×64 float buffers, and nothing else.
     assert_eq!(v["planned_bytes"], 3 * 64 * 64 * 4, "{v}");
+    // Compilation and drawing the parameters are timed apart.
+    for key in ["compile_ms", "init_ms"] {
+        assert!(v[key].as_f64().is_some_and(|t| t >= 0.0), "{key}: {v}");
+    }
     let rss = v["peak_rss_bytes"].as_u64().expect("a peak on Linux");
     assert!(rss > 3 * 64 * 64 * 4, "{v}");
     // The interpreter plans no buffers.

@@ -268,9 +268,11 @@ pub struct BenchArgs {
     #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
     /// How to print the timings: `text`, one line, or `json`, one object
-    /// `{"compile_ms": C, "median_ms": M, "min_ms": A, "max_ms": B,
-    /// "runs": N, "planned_bytes": P, "peak_rss_bytes": R}` (times in
-    /// milliseconds; `planned_bytes` is null on the interpreter).
+    /// `{"compile_ms": C, "init_ms": I, "median_ms": M, "min_ms": A,
+    /// "max_ms": B, "runs": N, "planned_bytes": P, "peak_rss_bytes": R}`
+    /// (times in milliseconds, `init_ms` the parameters' initial values
+    /// drawn, not counted in `compile_ms`; `planned_bytes` is null on the
+    /// interpreter).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// The backend to time.

@@ -12,7 +12,9 @@
 //! `compile_ms` is from the source text to a compiled step ready to run:
 //! parsing, checking, lowering, autodiff and optimizer, fusion and code
 //! generation (the JIT compiles when the step is prepared, not on the first
-//! timed run).
+//! timed run). Drawing the parameters' initial values is not compilation
+//! (a model loaded from a checkpoint skips it): it is timed apart, as
+//! `init_ms`.
 
 use super::args::{BenchArgs, Format};
 use super::graphs::{bind_dims, compiled_graphs};
@@ -43,9 +45,12 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
     // `compiled_graphs` gives the outputs' graph, or one step per phase of
     // a `train` block, which has at least one: never empty.
     let last = &graphs.last().expect("one graph at least").1;
+    let drawn = Instant::now();
     let mut params = interp::init_params(last, 0);
-    // Making up input data is not compilation: the clock stops meanwhile.
-    let front = started.elapsed();
+    let init = drawn.elapsed();
+    // Making up input data is not compilation either: the clock stops
+    // meanwhile.
+    let front = started.elapsed() - init;
     let mut feeds = Vec::new();
     for (_, graph) in &graphs {
         let syms = match bind_dims(graph, &args.dims, train.as_ref().map(|t| t.batch)) {
@@ -68,6 +73,7 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
         }
     }
     let compile_ms = (front + restarted.elapsed()).as_secs_f64() * 1e3;
+    let init_ms = init.as_secs_f64() * 1e3;
     let is_train = train.is_some();
     let mut step = |params: &mut SecondaryMap<_, Tensor>| -> Result<(), interp::Error> {
         for (e, inputs) in engines.iter_mut().zip(&feeds) {
@@ -105,6 +111,7 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
             "{}\n",
             serde_json::json!({
                 "compile_ms": round3(compile_ms),
+                "init_ms": round3(init_ms),
                 "median_ms": round3(median),
                 "min_ms": round3(min),
                 "max_ms": round3(max),
@@ -114,7 +121,7 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
             })
         ),
         Format::Text => format!(
-            "{} ({}, {:?} backend): compile {compile_ms:.1} ms; {} runs: median {median:.3} ms, min {min:.3} ms, max {max:.3} ms; planned {}, peak resident {}\n",
+            "{} ({}, {:?} backend): compile {compile_ms:.1} ms (and {init_ms:.1} ms drawing the parameters); {} runs: median {median:.3} ms, min {min:.3} ms, max {max:.3} ms; planned {}, peak resident {}\n",
             args.file.display(),
             if is_train { "training step" } else { "outputs" },
             args.backend,
