@@ -432,8 +432,12 @@ fn loop_kernels_are_equal_when_every_part_is_constants_bit_for_bit() {
     storing.also.push(Store {
         expr: 0,
         strides: vec![8, 1],
+        offset: 0,
     });
     assert!(a != storing, "a further store");
+    let mut placed = storing.clone();
+    placed.also[0].offset = 4;
+    assert!(placed != storing, "a further store from another element");
     let nan = kernel(f32::NAN, 0);
     assert!(
         nan == nan.clone(),
@@ -516,6 +520,51 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         also[0] = if corrupt == "read" { args[0] } else { *out };
         let e = rejects(&bad, corrupt);
         assert!(e.contains("also reads") || e.contains("twice"), "{e}");
+    }
+}
+
+#[test]
+fn a_value_stored_alongside_into_a_concatenation_is_written_in_its_place() {
+    // s = sigmoid(x) is read by u's kernel and by the join: stored, and
+    // computed in u's kernel (`store-alongside`). u, read by the join
+    // alone, is written into its columns (`concat-in-place`), and so is
+    // s, whose buffer no kernel but the join reads: the one loop kernel
+    // writes both halves of y, and no copy is left. (300 columns: the
+    // JIT runs it as a wide kernel, in blocks.)
+    let src = "input x: [B, 300]\n\
+               let s = sigmoid(x)\n\
+               output y = concat(s * 2 + x, s, axis = 1)\n";
+    let s = schedule_of("placed.nn", src);
+    let [Step::Loop {
+        kernel, out, also, ..
+    }] = &s.steps[..]
+    else {
+        panic!("one loop kernel: {:?}", s.steps)
+    };
+    assert_eq!(also[..], [*out]);
+    assert_eq!((kernel.out_offset, kernel.also[0].offset), (0, 300));
+    assert_eq!(kernel.out, [600, 1]);
+    assert_eq!(kernel.also[0].strides, [600, 1]);
+    let c = pipeline::compile("placed.nn", src, Stage::Ir);
+    let g = c.graph.expect("graph");
+    agrees_with_the_interpreter(
+        &g,
+        nnc::tensor::Tensor::new(
+            vec![4, 300],
+            (0..1200).map(|i| (i as f32 * 0.83).sin() * 3.0).collect(),
+        ),
+    );
+    // Two stores into one place of the buffer, or places that a row of
+    // one reaches into the other's, are rejected.
+    for (offset, strides) in [(0, vec![600, 1]), (2, vec![600, 1]), (300, vec![300, 1])] {
+        let mut bad = s.clone();
+        let Step::Loop { kernel, .. } = &mut bad.steps[0] else {
+            unreachable!()
+        };
+        kernel.also[0].offset = offset;
+        kernel.also[0].strides = strides;
+        let e = rejects(&bad, "overlapping stores");
+        assert!(e.contains("twice") || e.contains("reaches"), "{e}");
     }
 }
 

@@ -58,7 +58,10 @@
 //!   its place in the concatenation's buffer (with the concatenation's
 //!   strides) instead of into a buffer of its own that the concatenation
 //!   copies (the gates' gradients an LSTM's derivative loop lays side by
-//!   side for `matmul-sum`).
+//!   side for `matmul-sum`). So is a value stored alongside (below)
+//!   whose buffer no kernel but the concatenation reads: its carrier
+//!   stores it there (the gates an LSTM's forward loop keeps for its
+//!   derivative, in the loop's stacked result).
 //! - `store-alongside`: an elementwise kernel whose value is stored (a
 //!   root, such as an optimizer's new moment, which the parameter's update
 //!   reads; or a value with several readers, such as a ReLU's mask kept
@@ -121,7 +124,8 @@ pub struct Fusion {
     /// same matrix for every batch).
     pub strided: EntitySet<Node>,
     /// Elementwise kernels that write their value into their part of a
-    /// concatenation (`concat-in-place`): the stored concatenation.
+    /// concatenation, and values stored alongside into theirs
+    /// (`concat-in-place`): the stored concatenation.
     pub placed: SecondaryMap<Node, Option<Node>>,
     /// For a stored elementwise node computed and stored by a later
     /// kernel (`store-alongside`), that kernel's node: the node has a
@@ -604,6 +608,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     }
     place_parts(g, &readers, &is_root, &mut f);
     store_alongside(g, &mut f);
+    place_carried(g, &is_root, &mut f);
     f
 }
 
@@ -698,6 +703,53 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
         );
         f.carrier[a] = Some(b);
         f.carries.entry(b).or_default().push(a);
+    }
+}
+
+/// The rule `concat-in-place` for a value stored alongside
+/// (`store-alongside`): when no kernel but one stored concatenation reads
+/// its buffer (its other readers are computed in the kernel that carries
+/// it), of which it is one part, once, the carrier stores it straight
+/// into its place there (the gates an LSTM's forward loop keeps for its
+/// derivative, laid side by side in the loop's stacked result).
+fn place_carried(g: &Graph, roots: &EntitySet<Node>, f: &mut Fusion) {
+    let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
+    // The kernels that read each carried value's buffer.
+    let mut read_by: SecondaryMap<Node, Vec<Node>> = SecondaryMap::new();
+    for &(k, kind) in &f.kernels {
+        if kind == Kind::Leaf {
+            continue;
+        }
+        for a in kernel_reads(g, f, k) {
+            if f.carrier[a].is_some() && !read_by[a].contains(&k) {
+                read_by[a].push(k);
+            }
+        }
+    }
+    let mut placed = Vec::new();
+    for &(a, _) in &f.kernels {
+        if f.carrier[a].is_none() || roots.contains(a) {
+            continue;
+        }
+        let [c] = read_by[a][..] else { continue };
+        if f.fused.contains(c) || !matches!(g.nodes[c].op, Op::Concat { .. }) {
+            continue;
+        }
+        let mut parts = Vec::new();
+        concat_sources(g, f, c, &mut parts);
+        if parts.iter().filter(|&&x| x == a).count() == 1 {
+            placed.push((a, c));
+        }
+    }
+    for (a, c) in placed {
+        note!(
+            f,
+            "concat-in-place: {}, stored alongside by the kernel of {}, is written straight into its part of {}",
+            name(a),
+            f.carrier[a].map_or_else(String::new, name),
+            name(c)
+        );
+        f.placed[a] = Some(c);
     }
 }
 
@@ -810,6 +862,9 @@ pub fn print(g: &Graph, f: &Fusion) -> String {
         let _ = write!(out, "kernel {count} {kind:?} -> {n}: {ty} = {body}");
         if let Some(b) = f.carrier[n] {
             let _ = write!(out, "  [stored by the kernel of {b}]");
+        }
+        if let Some(c) = f.placed[n] {
+            let _ = write!(out, "  [written into its part of {c}]");
         }
         out.push('\n');
     }

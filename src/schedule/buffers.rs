@@ -2,10 +2,11 @@
 //! assigned in kernel order, and one whose last reader has run is reused
 //! by the next value of the same size; leaves and roots keep their own, a
 //! view shares its operand's, a part written in place into a
-//! concatenation (fusion's `concat-in-place`) shares the concatenation's
-//! (assigned when its first such part is), a value stored alongside a
-//! later kernel's (fusion's `store-alongside`) gets its buffer with that
-//! kernel's, and every parameter update
+//! concatenation (fusion's `concat-in-place`, a value stored alongside
+//! included) shares the concatenation's (assigned when its first such
+//! part is), any other value stored alongside a later kernel's (fusion's
+//! `store-alongside`) gets its buffer with that kernel's, and every
+//! parameter update
 //! gets a buffer of its own (a copy where its value shares one).
 
 use super::BufId;
@@ -164,8 +165,12 @@ pub(super) fn plan_buffers(
         } else if buf_of[n].is_none() {
             buf_of[n] = take(n, &mut sizes).into();
         }
+        // (A value stored alongside into its part of a concatenation has
+        // the concatenation's buffer, given above.)
         for &a in fu.stored_alongside(n) {
-            buf_of[a] = take(a, &mut sizes).into();
+            if fu.placed[a].is_none() {
+                buf_of[a] = take(a, &mut sizes).into();
+            }
         }
         // Release what this kernel was the last to need: what it reads, and
         // what the product before it read.

@@ -140,19 +140,24 @@ impl<'f> Builder<'f> {
         Ok(match kind {
             Kind::Leaf | Kind::View => unreachable!("leaves and views have no step"),
             Kind::Elementwise | Kind::Reduce => {
-                // A part written into its concatenation: where it goes.
+                // A part written into its concatenation (the kernel's
+                // value, or one it stores alongside): where it goes.
                 // Fusion places a node only when it is one of the
-                // concatenation's parts (`place_parts` counts it in
-                // `concat_sources`, the walk `concat_parts` makes), so the
-                // search finds it: an invariant of fusion, not of input.
-                let place = fu.placed[n].map(|c| {
-                    concat_parts(g, fu, shapes, c)
-                        .into_iter()
-                        .find(|&(x, ..)| x == n)
-                        .map(|(_, at, strides)| (strides, at))
-                        .expect("fusion places a part of its concatenation")
-                });
-                let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place);
+                // concatenation's parts (`place_parts` and `place_carried`
+                // count it in `concat_sources`, the walk `concat_parts`
+                // makes), so the search finds it: an invariant of fusion,
+                // not of input.
+                let place = |x: Node| {
+                    fu.placed[x].map(|c| {
+                        concat_parts(g, fu, shapes, c)
+                            .into_iter()
+                            .find(|&(p, ..)| p == x)
+                            .map(|(_, at, strides)| (strides, at))
+                            .expect("fusion places a part of its concatenation")
+                    })
+                };
+                let also_place: Vec<_> = fu.stored_alongside(n).iter().map(|&a| place(a)).collect();
+                let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place(n), &also_place);
                 let args = srcs
                     .iter()
                     .map(|&s| self.buf(s))

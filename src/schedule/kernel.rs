@@ -55,11 +55,15 @@ pub struct LoopKernel {
 }
 
 /// A value a loop kernel stores besides its own: entry `expr` of its
-/// expressions, written with `strides` from the buffer's first element.
+/// expressions, written with `strides` from element `offset` of its
+/// buffer (not 0 where it is a part of a concatenation, fusion's
+/// `concat-in-place`).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Store {
     pub expr: usize,
     pub strides: Vec<i64>,
+    #[serde(default)]
+    pub offset: usize,
 }
 
 /// A kernel is the same code as another when every part of it is equal,
@@ -167,16 +171,23 @@ impl LoopKernel {
     }
 }
 
+/// Where a kernel writes a value into its part of a concatenation
+/// (fusion's `concat-in-place`): the concatenation's strides over the
+/// value's dims, and the element its first element goes to.
+pub type Place = (Vec<i64>, usize);
+
 /// The loop kernel computing stored node `n`, and the stored node each of
 /// its accesses reads. With `place`, an elementwise kernel writes with
-/// those strides over its dims from that element (its part of a
-/// concatenation, fusion's `concat-in-place`).
+/// those strides over its dims from that element; `also_place` is the
+/// same for each value it stores alongside, in order (none: its own
+/// buffer, whole).
 pub fn loop_kernel(
     g: &Graph,
     fu: &fusion::Fusion,
     shapes: &SecondaryMap<Node, Vec<usize>>,
     n: Node,
-    place: Option<(Vec<i64>, usize)>,
+    place: Option<Place>,
+    also_place: &[Option<Place>],
 ) -> (LoopKernel, Vec<Node>) {
     let (space, out, top) = match &g.nodes[n].op {
         Op::Reduce { arg, axes, .. } => {
@@ -209,12 +220,13 @@ pub fn loop_kernel(
     };
     let at = place.map_or(0, |(_, at)| at);
     // A reduction's loop computes its operand; any other kernel its node.
-    kernel_over(g, fu, shapes, space, top, top == n, (out, at), reduce)
+    let out = (out, at);
+    kernel_over(g, fu, shapes, space, top, top == n, out, also_place, reduce)
 }
 
 /// The kernel over `space` evaluating `value` (computed even though it is
 /// stored, with `top`) at each point, writing with strides and offset
-/// `out`.
+/// `out`, and each value it stores alongside as `also_place` says.
 #[allow(clippy::too_many_arguments)]
 fn kernel_over(
     g: &Graph,
@@ -223,7 +235,8 @@ fn kernel_over(
     space: Vec<usize>,
     value: Node,
     top: bool,
-    (out, out_offset): (Vec<i64>, usize),
+    (out, out_offset): Place,
+    also_place: &[Option<Place>],
     reduce: Option<ReduceOp>,
 ) -> (LoopKernel, Vec<Node>) {
     let mut b = KernelBuilder {
@@ -251,15 +264,21 @@ fn kernel_over(
     let also = b
         .carried
         .iter()
-        .map(|&c| {
+        .enumerate()
+        .map(|(j, &c)| {
             let &(expr, _) = b
                 .also
                 .iter()
                 .find(|&&(_, x)| x == c)
                 .expect("fusion carries a value only into a kernel that reads it in place");
+            let (strides, offset) = match also_place.get(j) {
+                Some(Some((strides, at))) => (strides.clone(), *at),
+                _ => (whole.clone(), 0),
+            };
             Store {
                 expr,
-                strides: whole.clone(),
+                strides,
+                offset,
             }
         })
         .collect();
@@ -291,7 +310,7 @@ pub fn copy_kernel(
     at: usize,
 ) -> (LoopKernel, Vec<Node>) {
     let space = shapes[part].clone();
-    kernel_over(g, fu, shapes, space, part, false, (out, at), None)
+    kernel_over(g, fu, shapes, space, part, false, (out, at), &[], None)
 }
 
 impl LoopKernel {

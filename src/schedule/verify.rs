@@ -5,8 +5,9 @@
 //! 1. every buffer a step names exists;
 //! 2. every loop kernel's accesses (and its outputs) stay inside their
 //!    buffers over the whole iteration space, with strides that are not
-//!    negative; a kernel's further outputs are neither its output nor a
-//!    buffer it reads, and a reduction has none;
+//!    negative; a kernel's further outputs are not buffers it reads, and
+//!    write no place its output or another of them writes; a reduction
+//!    has none;
 //! 3. every GEMM's operands, at every offset, lie inside their buffers,
 //!    its outputs fit, and the output is neither operand;
 //! 4. transposes, convolutions, poolings and block copies read and write
@@ -48,6 +49,43 @@ fn reach(at: usize, dims: &[usize], strides: &[i64]) -> Result<Option<usize>, St
         hi += (d as u128 - 1) * s as u128;
     }
     Ok(Some(usize::try_from(hi).unwrap_or(usize::MAX)))
+}
+
+/// Whether two stores over `dims` (strides, first element) write no
+/// element in common. Proven only where they have the same strides: the
+/// dim of the largest stride `s` steps over rows, the others reach less
+/// than `e <= s` elements into a row, so each store writes inside
+/// `[at + k·s, at + k·s + e)`, and two of them are apart when their
+/// starts are at least `e` apart modulo `s` (either way round). Anything
+/// else counts as overlapping.
+fn apart(dims: &[usize], (a, at_a): (&[i64], usize), (b, at_b): (&[i64], usize)) -> bool {
+    if dims.contains(&0) {
+        return true;
+    }
+    if a != b {
+        return false;
+    }
+    let moving: Vec<(usize, u128)> = dims
+        .iter()
+        .zip(a)
+        .filter(|&(&d, _)| d > 1)
+        .map(|(&d, &s)| (d, s.max(0) as u128))
+        .collect();
+    let Some(outer) = (0..moving.len()).max_by_key(|&i| moving[i].1) else {
+        return at_a != at_b;
+    };
+    let row = moving[outer].1;
+    let reach: u128 = 1 + moving
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != outer)
+        .map(|(_, &(d, s))| (d as u128 - 1) * s)
+        .sum::<u128>();
+    if row == 0 || reach > row {
+        return false;
+    }
+    let gap = (at_b as u128 + row - at_a as u128 % row) % row;
+    gap >= reach && row - gap >= reach
 }
 
 impl Schedule {
@@ -128,12 +166,23 @@ impl Schedule {
                         ));
                     }
                     distinct(b, args, "a loop kernel's further output")?;
-                    if b == *out || also[..j].contains(&b) {
-                        return Err(format!("a loop kernel writes {b} twice"));
+                    // Several stores into one buffer (parts of one
+                    // concatenation) write places apart.
+                    let stores = std::iter::once((*out, &kernel.out, kernel.out_offset)).chain(
+                        also[..j]
+                            .iter()
+                            .zip(&kernel.also)
+                            .map(|(&b, s)| (b, &s.strides, s.offset)),
+                    );
+                    for (other, strides, offset) in stores {
+                        if other == b && !apart(space, (&st.strides, st.offset), (strides, offset))
+                        {
+                            return Err(format!("a loop kernel writes a place of {b} twice"));
+                        }
                     }
                     self.inside(
                         b,
-                        reach(0, space, &st.strides)?,
+                        reach(st.offset, space, &st.strides)?,
                         &format!("further output {j}"),
                     )?;
                 }
@@ -385,5 +434,51 @@ impl Schedule {
             self.len(b)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apart;
+
+    /// Every element a store of `strides` from `at` writes over `dims`.
+    fn places(dims: &[usize], strides: &[i64], at: usize) -> Vec<usize> {
+        let mut out = vec![at];
+        for (&d, &s) in dims.iter().zip(strides) {
+            out = out
+                .iter()
+                .flat_map(|&p| (0..d).map(move |i| p + i * s as usize))
+                .collect();
+        }
+        out
+    }
+
+    #[test]
+    fn stores_are_apart_only_where_they_write_no_element_in_common() {
+        // Columns of a [4, 9] join (parts of 3), a single point, rows in
+        // reverse order of their strides, and starts a row apart.
+        let cases: [(&[usize], &[i64]); 4] = [
+            (&[4, 3], &[9, 1]),
+            (&[1], &[1]),
+            (&[3, 2], &[1, 8]),
+            (&[2, 3], &[10, 2]),
+        ];
+        for (dims, strides) in cases {
+            for a in 0..20 {
+                for b in 0..20 {
+                    let (pa, pb) = (places(dims, strides, a), places(dims, strides, b));
+                    let disjoint = !pa.iter().any(|p| pb.contains(p));
+                    if apart(dims, (strides, a), (strides, b)) {
+                        assert!(disjoint, "{dims:?} {strides:?} from {a} and {b}");
+                    }
+                }
+            }
+        }
+        // The join's parts are proven apart; other strides never are.
+        assert!(apart(&[4, 3], (&[9, 1], 0), (&[9, 1], 3)));
+        assert!(apart(&[4, 3], (&[9, 1], 6), (&[9, 1], 0)));
+        assert!(!apart(&[4, 3], (&[9, 1], 0), (&[9, 1], 2)));
+        assert!(!apart(&[4, 3], (&[9, 1], 0), (&[3, 1], 3)));
+        assert!(apart(&[0, 3], (&[9, 1], 0), (&[9, 1], 0)));
     }
 }

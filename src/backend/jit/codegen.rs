@@ -82,13 +82,13 @@ pub fn build<M: Module>(
             also_ptrs,
             powf,
         };
-        // Each access and the output start at their offsets (a slice read
-        // in place, a part of a concatenation), the further stores at 0.
+        // Each access, the output and the further stores start at their
+        // offsets (a slice read in place, a part of a concatenation).
         let offs: Vec<Value> = k
             .offsets
             .iter()
             .chain(std::iter::once(&k.out_offset))
-            .chain(k.also.iter().map(|_| &0))
+            .chain(k.also.iter().map(|a| &a.offset))
             .map(|&o| b.ins().iconst(types::I64, o as i64))
             .collect();
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);

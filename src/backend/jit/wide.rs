@@ -274,7 +274,7 @@ unsafe fn run_generic(
             let out_base = base(&k.out) + k.out_offset as isize;
             let mut also_base = [0isize; MAX_ACCESSES];
             for (b, a) in also_base.iter_mut().zip(&k.also) {
-                *b = base(&a.strides);
+                *b = base(&a.strides) + a.offset as isize;
             }
             let mut acc_base = [0isize; MAX_ACCESSES];
             for ((b, s), &o) in acc_base.iter_mut().zip(&k.accesses).zip(&k.offsets) {
@@ -460,7 +460,7 @@ unsafe fn run_short_rows(
         for (a, &p) in k.also.iter().zip(also) {
             let value = &regs[a.expr * BLOCK..][..len];
             for (j, seg) in value.chunks_exact(inner).enumerate() {
-                let at = row_at(first + j, &a.strides, 0);
+                let at = row_at(first + j, &a.strides, a.offset);
                 // SAFETY: as for the output.
                 let dst = unsafe { std::slice::from_raw_parts_mut(p.offset(at), inner) };
                 dst.copy_from_slice(seg);

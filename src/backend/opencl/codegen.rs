@@ -420,11 +420,12 @@ pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Optio
     let _ = writeln!(s, "__kernel {attr}\nvoid {name}({}) {{", args.join(", "));
     let outs: usize = kept.iter().map(|&d| k.dims[d]).product();
     let terms: usize = reduced.iter().map(|&d| k.dims[d]).product();
-    let out_at = match (k.out_offset, offset(&k.out, &kept)) {
+    let at = |o: usize, strides: &[i64]| match (o, offset(strides, &kept)) {
         (0, at) => at,
         (o, at) if at == "0" => o.to_string(),
         (o, at) => format!("{o} + {at}"),
     };
+    let out_at = at(k.out_offset, &k.out);
     let finish = |acc: &str| match divisor {
         Some(d) => format!("{acc} / {}", float(d)),
         None => acc.to_string(),
@@ -440,7 +441,7 @@ pub fn loop_source(name: &str, k: &LoopKernel, init: Option<f32>, divisor: Optio
                 let _ = writeln!(
                     s,
                     "    o{j}[{}] = e{};",
-                    offset(&st.strides, &kept),
+                    at(st.offset, &st.strides),
                     st.expr
                 );
             }
