@@ -1435,15 +1435,16 @@ fn run_scan(
     r
 }
 
-/// The most floats of a loop's stacked result that [`scan_steps`]
-/// prefetches for the next step: 256 KiB, a quarter of the L2 cache of the
-/// CPUs measured (Zen 4), so that it stays there beside the body's own
-/// buffers. (lstm_train's step stacks 28672 floats.)
+/// The most floats of a loop's stacked result, or of a step's slice of a
+/// sequence, that [`scan_steps`] prefetches for the next step: 256 KiB, a
+/// quarter of the L2 cache of the CPUs measured (Zen 4), so that it stays
+/// there beside the body's own buffers. (lstm_train's step stacks 28672
+/// floats.)
 const PREFETCH_SLOT_MAX: usize = 1 << 16;
 
 /// Asks for the `len` floats at `p` to be brought into the L1 cache (a
-/// line about to be written is then there when the store comes).
-fn prefetch_for_write(p: *mut f32, len: usize) {
+/// line about to be written or read is then there when the access comes).
+fn prefetch(p: *const f32, len: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..len).step_by(16) {
         // SAFETY: a prefetch is a hint; it reads nothing and never faults.
@@ -1500,7 +1501,7 @@ fn scan_steps(
             // while this step runs (its GEMMs leave the memory idle), so
             // that the body's stores there do not wait for it.
             if i + 1 < sc.steps && cl <= PREFETCH_SLOT_MAX {
-                prefetch_for_write(base.wrapping_add(sc.order(i + 1).0 * cl), cl);
+                prefetch(base.wrapping_add(sc.order(i + 1).0 * cl), cl);
             }
         }
         if let Some(b) = sc.slots[0] {
@@ -1516,6 +1517,11 @@ fn scan_steps(
             if let Some(b) = sc.slots[1 + j] {
                 let len = sc.step_lens[j];
                 unsafe { body.bufs.bind(b, &outer.get(x)[t * len..][..len]) };
+                // And the next step's slice, read then.
+                if i + 1 < sc.steps && len <= PREFETCH_SLOT_MAX {
+                    let next = outer.get(x).as_ptr().wrapping_add(sc.order(i + 1).0 * len);
+                    prefetch(next, len);
+                }
             }
         }
         body.execute()?;
