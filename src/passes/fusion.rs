@@ -731,14 +731,10 @@ fn place_carried(g: &Graph, roots: &EntitySet<Node>, f: &mut Fusion) {
         if f.carrier[a].is_none() || roots.contains(a) {
             continue;
         }
-        let [c] = read_by[a][..] else { continue };
-        if f.fused.contains(c) || !matches!(g.nodes[c].op, Op::Concat { .. }) {
-            continue;
-        }
-        let mut parts = Vec::new();
-        concat_sources(g, f, c, &mut parts);
-        if parts.iter().filter(|&&x| x == a).count() == 1 {
-            placed.push((a, c));
+        if let [c] = read_by[a][..] {
+            if is_part_once(g, f, c, a) {
+                placed.push((a, c));
+            }
         }
     }
     for (a, c) in placed {
@@ -771,6 +767,17 @@ pub fn concat_sources(g: &Graph, f: &Fusion, n: Node, out: &mut Vec<Node>) {
     }
 }
 
+/// Whether `c` is a stored concatenation and `p` one of its parts, once
+/// (looking through the joins fused into it).
+fn is_part_once(g: &Graph, f: &Fusion, c: Node, p: Node) -> bool {
+    if f.fused.contains(c) || !matches!(g.nodes[c].op, Op::Concat { .. }) {
+        return false;
+    }
+    let mut parts = Vec::new();
+    concat_sources(g, f, c, &mut parts);
+    parts.iter().filter(|&&x| x == p).count() == 1
+}
+
 /// The rule `concat-in-place`: each elementwise kernel that is not a
 /// root and whose only reader is a concatenation (directly, or through
 /// the joins fused into a stored one), of which it is one part, once.
@@ -797,12 +804,7 @@ fn place_parts(
                 _ => break,
             }
         }
-        if f.fused.contains(c) || !matches!(g.nodes[c].op, Op::Concat { .. }) {
-            continue;
-        }
-        let mut parts = Vec::new();
-        concat_sources(g, f, c, &mut parts);
-        if parts.iter().filter(|&&x| x == p).count() == 1 {
+        if is_part_once(g, f, c, p) {
             placed.push((p, c));
         }
     }
