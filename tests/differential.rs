@@ -158,3 +158,35 @@ proptest! {
         }
     }
 }
+
+/// Rows of every length from 1 to 40: the JIT runs a row four vectors at
+/// a time, then single vectors, then scalars; a reduction along the row
+/// keeps four running values, and a value broadcast along the row is
+/// loaded once per row. Reductions along the row, a broadcast along it,
+/// and their gradients against the interpreter (the JIT alone: the change
+/// of length is the JIT's concern, and OpenCL's drivers take seconds a
+/// program).
+#[test]
+fn rows_of_every_length_agree() {
+    let jit: Vec<BackendKind> = common::compiled_backends()
+        .into_iter()
+        .filter(|&b| b == BackendKind::Jit)
+        .collect();
+    for n in 1..=40 {
+        let source = format!(
+            "param p: [3, {n}] = uniform(-1, 1, seed = 1)\n\
+             param c: [3, 1] = uniform(-1, 1, seed = 2)\n\
+             let m = max(p, axis = -1, keepdims = true)\n\
+             let y = (p - m) * c + mean(p * p, axis = -1, keepdims = true)\n\
+             let s = sum(exp(p), axis = -1)\n\
+             output y = y\n\
+             output s = s\n\
+             output loss = sum(y * y) + sum(s)\n"
+        );
+        for &kind in &jit {
+            if let Err(e) = programs::check_on(&source, kind) {
+                panic!("rows of {n}: {e}");
+            }
+        }
+    }
+}

@@ -100,6 +100,48 @@ fn an_access_offset_past_its_buffer_is_rejected() {
     assert!(e.contains(&args[0].to_string()), "{e}");
 }
 
+/// A loop kernel reads its output's buffer only at the point it writes:
+/// the JIT loads a value broadcast along a row once per row, which would
+/// miss the kernel's own writes to that place.
+#[test]
+fn a_loop_reading_its_output_at_other_points_is_rejected() {
+    let src = "input x: [B, 3]\noutput y = x - mean(x, axis = -1, keepdims = true)\n";
+    // The subtraction: an access broadcast along the row, the output not.
+    let broadcast = |s: &mut Schedule| -> Option<(usize, usize)> {
+        s.steps.iter().enumerate().find_map(|(i, st)| match st {
+            Step::Loop { kernel, .. } => {
+                let last = kernel.dims.len() - 1;
+                let k = kernel.accesses.iter().position(|a| a[last] == 0)?;
+                (kernel.out[last] != 0).then_some((i, k))
+            }
+            _ => None,
+        })
+    };
+    let mut s = schedule_of("self.nn", src);
+    let (i, k) = broadcast(&mut s).expect("a kernel reading a broadcast");
+    if let Step::Loop { args, out, .. } = &mut s.steps[i] {
+        args[k] = *out;
+    }
+    let e = rejects(&s, "a broadcast read of the kernel's own output");
+    assert!(e.contains(&format!("access {k} reads places")), "{e}");
+    // Read at the very point written (a GEMM epilogue's accumulator): fine.
+    let mut s = schedule_of("self.nn", src);
+    let (i, _) = broadcast(&mut s).expect("a kernel reading a broadcast");
+    if let Step::Loop {
+        kernel, args, out, ..
+    } = &mut s.steps[i]
+    {
+        let k = kernel
+            .accesses
+            .iter()
+            .position(|a| *a == kernel.out)
+            .expect("an access walking as the output does");
+        kernel.offsets[k] = kernel.out_offset;
+        args[k] = *out;
+    }
+    s.verify().expect("a read at the point written verifies");
+}
+
 #[test]
 fn a_gemm_writing_its_operand_is_rejected() {
     let mut s = schedule();

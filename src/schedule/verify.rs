@@ -7,7 +7,8 @@
 //!    buffers over the whole iteration space, with strides that are not
 //!    negative; a kernel's further outputs are not buffers it reads, and
 //!    write no place its output or another of them writes; a reduction
-//!    has none;
+//!    has none; it reads its output's buffer only at the point it writes
+//!    or at places it never writes;
 //! 3. every GEMM's operands, at every offset, lie inside their buffers,
 //!    its outputs fit, and the output is neither operand;
 //! 4. transposes, convolutions, poolings and block copies read and write
@@ -189,6 +190,20 @@ impl Schedule {
                 for (k, (&b, st)) in args.iter().zip(&kernel.accesses).enumerate() {
                     let at = kernel.offsets[k];
                     self.inside(b, reach(at, space, st)?, &format!("access {k}"))?;
+                    // The output's buffer is read only at the point being
+                    // written (a GEMM's epilogue reads its accumulator) or
+                    // at places never written (another part of one
+                    // concatenation): the JIT loads a value that stays put
+                    // along a row once per row.
+                    let same = st == &kernel.out && at == kernel.out_offset;
+                    if b == *out
+                        && !same
+                        && !apart(space, (st, at), (&kernel.out, kernel.out_offset))
+                    {
+                        return Err(format!(
+                            "access {k} reads places of {b} the kernel writes at other points"
+                        ));
+                    }
                 }
                 if (init.is_some() || divisor.is_some()) && kernel.out_offset != 0 {
                     // A reduction's start and its mean's division cover

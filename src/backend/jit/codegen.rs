@@ -8,7 +8,9 @@
 //! kernel's further stores ([`LoopKernel::also`]); the outermost loop runs
 //! `start..end`, so callers can split it over threads. The innermost loop
 //! runs on `f32x4` vectors when every access moves by 0 or 1 element along
-//! it, then a scalar tail finishes the row.
+//! it, [`UNROLL`] vectors per iteration while the row lasts, then single
+//! vectors, then a scalar tail finishes the row. A value that stays put
+//! along the row (a broadcast) is loaded once per row.
 
 use super::math;
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
@@ -232,6 +234,11 @@ fn address(b: &mut FunctionBuilder, base: Value, off: Value, i: Value, stride: i
     b.ins().iadd(base, bytes)
 }
 
+/// Vectors per iteration of the innermost loop's unrolled part: four
+/// independent chains keep the vector units busy where one would wait on
+/// each result (a reduction along the row keeps four running values).
+const UNROLL: i64 = 4;
+
 fn emit_inner(
     b: &mut FunctionBuilder,
     k: &LoopKernel,
@@ -244,56 +251,117 @@ fn emit_inner(
     let out_off = offs[k.accesses.len()];
     let out_stride = k.out[last];
     let flags = MemFlagsData::new().with_notrap();
-    // A reduction along this loop keeps a running value in a variable and
-    // combines it into the output once, after the loop.
+    // A reduction along this loop keeps running values in variables and
+    // combines them into the output once, after the loop.
     let along = k.reduce.filter(|_| out_stride == 0);
-    let mut lanes: Vec<(Type, i64)> = Vec::new();
+    // An access that stays put along the row (a broadcast) is loaded once
+    // per row: the kernel writes no place it reads at another point (the
+    // verifier's rule 2), so the value cannot change in the row. The row
+    // holds at least one point, so the place is inside the buffer.
+    let fixed: Vec<Option<Value>> = k
+        .accesses
+        .iter()
+        .enumerate()
+        .map(|(a, s)| {
+            (s[last] == 0 && k.dims[last] > 0).then(|| {
+                let addr = address(b, cx.ptrs[a], offs[a], lo, 0);
+                b.ins().load(types::F32, flags, addr, 0)
+            })
+        })
+        .collect();
+    // (type, lanes, copies per iteration): unrolled vectors, then single
+    // vectors, then scalars for the tail.
+    let mut parts: Vec<(Type, i64, i64)> = Vec::new();
     if k.vectorizable() {
-        lanes.push((types::F32X4, 4));
+        if last == 0 || k.dims[last] as i64 >= 4 * UNROLL {
+            parts.push((types::F32X4, 4, UNROLL));
+        }
+        parts.push((types::F32X4, 4, 1));
     }
-    lanes.push((types::F32, 1));
+    parts.push((types::F32, 1, 1));
     let mut from = lo;
     let mut total: Option<Value> = None;
-    for (ty, step) in lanes {
-        let acc = b.declare_var(ty);
-        if let Some(op) = along {
-            let id = identity(b, op, ty);
-            b.def_var(acc, id);
-        }
-        let iv = emit_for(b, from, hi, step, &mut |b, i| {
-            let vs = eval(b, k, cx, ty, i, offs, flags);
-            // A kernel's expression list always ends with its value
-            // (`kernel_over` builds at least one entry).
-            let v = vs[vs.len() - 1];
-            let addr = address(b, cx.out_ptr, out_off, i, out_stride);
-            match k.reduce {
-                None => {
-                    b.ins().store(flags, v, addr, 0);
-                    // Every value is computed before anything is stored:
-                    // a further output never aliases a buffer the kernel
-                    // reads (the verifier's rule 2), and each point is
-                    // written once.
-                    for (j, st) in k.also.iter().enumerate() {
-                        let off = offs[k.accesses.len() + 1 + j];
-                        let at = address(b, cx.also_ptrs[j], off, i, st.strides[last]);
-                        b.ins().store(flags, vs[st.expr], at, 0);
+    // The unrolled part's running vector, carried into the single vectors'.
+    let mut carried: Option<Value> = None;
+    for (ty, width, copies) in parts {
+        let fixed: Vec<Option<Value>> = fixed
+            .iter()
+            .map(|f| {
+                f.map(|x| {
+                    if ty.is_vector() {
+                        b.ins().splat(ty, x)
+                    } else {
+                        x
                     }
-                }
-                Some(op) if along.is_some() => {
-                    let a = b.use_var(acc);
-                    let c = combine(b, op, a, v);
-                    b.def_var(acc, c);
-                }
-                Some(op) => {
-                    let old = b.ins().load(ty, flags, addr, 0);
-                    let c = combine(b, op, old, v);
-                    b.ins().store(flags, c, addr, 0);
+                })
+            })
+            .collect();
+        let accs: Vec<Variable> = (0..copies).map(|_| b.declare_var(ty)).collect();
+        if let Some(op) = along {
+            for &acc in &accs {
+                let init = match carried.take() {
+                    Some(v) => v,
+                    None => identity(b, op, ty),
+                };
+                b.def_var(acc, init);
+            }
+        }
+        let iv = emit_for(b, from, hi, width * copies, &mut |b, i| {
+            for (c, &acc) in accs.iter().enumerate() {
+                let at = match c {
+                    0 => i,
+                    _ => b.ins().iadd_imm_s(i, width * c as i64),
+                };
+                let vs = eval(b, k, cx, ty, at, offs, &fixed);
+                // A kernel's expression list always ends with its value
+                // (`kernel_over` builds at least one entry).
+                let v = vs[vs.len() - 1];
+                let addr = address(b, cx.out_ptr, out_off, at, out_stride);
+                match k.reduce {
+                    None => {
+                        b.ins().store(flags, v, addr, 0);
+                        // Every value is computed before anything is
+                        // stored: a further output never aliases a buffer
+                        // the kernel reads (the verifier's rule 2), and
+                        // each point is written once.
+                        for (j, st) in k.also.iter().enumerate() {
+                            let off = offs[k.accesses.len() + 1 + j];
+                            let to = address(b, cx.also_ptrs[j], off, at, st.strides[last]);
+                            b.ins().store(flags, vs[st.expr], to, 0);
+                        }
+                    }
+                    Some(op) if along.is_some() => {
+                        let a = b.use_var(acc);
+                        let c = combine(b, op, a, v);
+                        b.def_var(acc, c);
+                    }
+                    Some(op) => {
+                        let old = b.ins().load(ty, flags, addr, 0);
+                        let c = combine(b, op, old, v);
+                        b.ins().store(flags, c, addr, 0);
+                    }
                 }
             }
         });
         from = b.use_var(iv);
         if let Some(op) = along {
-            let a = b.use_var(acc);
+            // The running values, pairwise.
+            let mut vals: Vec<Value> = accs.iter().map(|&a| b.use_var(a)).collect();
+            while vals.len() > 1 {
+                vals = vals
+                    .chunks(2)
+                    .map(|p| match *p {
+                        [x, y] => combine(b, op, x, y),
+                        [x] => x,
+                        _ => unreachable!("chunks of two"),
+                    })
+                    .collect();
+            }
+            let a = vals[0];
+            if copies > 1 {
+                carried = Some(a);
+                continue;
+            }
             let s = if ty.is_vector() {
                 horizontal(b, op, a)
             } else {
@@ -335,8 +403,9 @@ fn horizontal(b: &mut FunctionBuilder, op: ReduceOp, v: Value) -> Value {
     combine(b, op, x, y)
 }
 
-/// Evaluates the expression DAG at point `i` of the innermost loop; returns
-/// the value of every entry (the last is the kernel's value).
+/// Evaluates the expression DAG at point `i` of the innermost loop, with
+/// `fixed` the values of the accesses loaded once per row; returns the
+/// value of every entry (the last is the kernel's value).
 fn eval(
     b: &mut FunctionBuilder,
     k: &LoopKernel,
@@ -344,22 +413,21 @@ fn eval(
     ty: Type,
     i: Value,
     offs: &[Value],
-    flags: MemFlagsData,
+    fixed: &[Option<Value>],
 ) -> Vec<Value> {
+    let flags = MemFlagsData::new().with_notrap();
     let last = k.dims.len() - 1;
     let mut v: Vec<Value> = Vec::with_capacity(k.exprs.len());
     for e in &k.exprs {
         let x = match *e {
-            Expr::Load(a) => {
-                let s = k.accesses[a][last];
-                let addr = address(b, cx.ptrs[a], offs[a], i, s);
-                if ty.is_vector() && s == 0 {
-                    let x = b.ins().load(types::F32, flags, addr, 0);
-                    b.ins().splat(ty, x)
-                } else {
+            Expr::Load(a) => match fixed[a] {
+                Some(x) => x,
+                None => {
+                    let s = k.accesses[a][last];
+                    let addr = address(b, cx.ptrs[a], offs[a], i, s);
                     b.ins().load(ty, flags, addr, 0)
                 }
-            }
+            },
             Expr::Const(c) => math::cst(b, ty, c),
             Expr::Unary(op, a) => {
                 let a = v[a];
