@@ -467,6 +467,7 @@ fn peephole_rules_give_the_same_bits_with_fewer_nodes() {
 param p: [2, 3] = uniform(-1.0, 1.0, seed = 1)
 param b: [4, 3] = uniform(-1.0, 1.0, seed = 2)
 param c: [4, 3] = uniform(-1.0, 1.0, seed = 3)
+param t: [2, 3, 4] = uniform(-1.0, 1.0, seed = 4)
 let z = p - p
 let a = concat(concat(concat(z, -z, axis = 0), concat(1.0 / z, z / z, axis = 0), axis = 1), concat(p, -p, axis = 0), axis = 1)
 output whole = slice(concat(p, b, axis = 0), axis = 0, start = 2, end = 6)
@@ -478,6 +479,8 @@ output ones = a * 1.0 + (1.0 * a) / 1.0 + a ^ 1.0
 output negative_one = a * -1.0
 output split = concat(zeros([2, 3]), b, axis = 0) + concat(p, zeros([4, 3]), axis = 0)
 output unpadded = concat(p, b, axis = 0) * concat(p, c, axis = 0)
+output back = transpose(transpose(t)) + 1.0
+output turned = transpose(transpose(t, perm = [1, 0, 2]), perm = [0, 2, 1])
 ";
     let c = pipeline::compile("t.nn", src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
@@ -527,4 +530,14 @@ output unpadded = concat(p, b, axis = 0) * concat(p, c, axis = 0)
     assert!(matches!(op(7), Op::Concat { .. }), "{:?}", op(7));
     assert!(matches!(arg_op(7, 0), Op::Binary(..)));
     assert!(matches!(op(8), Op::Binary(..)), "{:?}", op(8));
+    // `transpose-of-transpose`: a transpose back is the operand itself;
+    // two others are one transpose, the permutations composed.
+    assert!(matches!(arg_op(9, 0), Op::Param(_)), "{:?}", arg_op(9, 0));
+    match op(10) {
+        Op::Transpose(x, perm) => {
+            assert_eq!(perm, &[1, 2, 0]);
+            assert!(matches!(out.nodes[*x].op, Op::Param(_)));
+        }
+        other => panic!("{other:?}"),
+    }
 }

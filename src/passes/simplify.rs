@@ -21,6 +21,12 @@
 //!   steps pass back (shifted by one step, a zero at the end) becomes two
 //!   kernels writing one buffer, instead of both concatenations stored
 //!   and then added.
+//! - `transpose-of-transpose`: a transpose of a transpose is one
+//!   transpose of the first operand (the permutations composed), and a
+//!   transpose by the identity is its operand. Attention's derivative
+//!   transposes `Kᵀ` back: `Kᵀ` is then read by its product alone, which
+//!   reads it with swapped strides (fusion's `matmul-transposed-operand`)
+//!   instead of a copy.
 //! - `times-one`: `x * 1`, `1 * x`, `x / 1` and `x ^ 1` are `x` (exact
 //!   in IEEE arithmetic, signed zeros, infinities and NaN included);
 //!   differentiation seeds a loss's adjoint with 1 and the chain rule's
@@ -52,6 +58,23 @@ pub(super) fn rewrite(b: &mut Builder, op: &Op, span: Span) -> Option<(&'static 
             };
             let m = b.make(Op::Reshape(inner, shape.clone()), span)?;
             Some(("reshape-of-reshape", m))
+        }
+        Op::Transpose(x, ref perm) => {
+            let id = |p: &[usize]| p.iter().enumerate().all(|(i, &a)| i == a);
+            if id(perm) {
+                return Some(("transpose-of-transpose", x));
+            }
+            let Op::Transpose(inner, ref first) = b.out.nodes[x].op else {
+                return None;
+            };
+            // Axis i of the result is axis perm[i] of x, which is axis
+            // first[perm[i]] of inner.
+            let both: Vec<usize> = perm.iter().map(|&a| first[a]).collect();
+            if id(&both) {
+                return Some(("transpose-of-transpose", inner));
+            }
+            let m = b.make(Op::Transpose(inner, both), span)?;
+            Some(("transpose-of-transpose", m))
         }
         Op::Binary(bop, x, y) => {
             let one = |n: Node| uniform(&b.out, n) == Some(1.0);
