@@ -348,14 +348,14 @@ fn emit_inner(
             // The running values, pairwise.
             let mut vals: Vec<Value> = accs.iter().map(|&a| b.use_var(a)).collect();
             while vals.len() > 1 {
-                vals = vals
-                    .chunks(2)
-                    .map(|p| match *p {
+                let mut next = Vec::with_capacity(vals.len().div_ceil(2));
+                for p in vals.chunks(2) {
+                    next.push(match *p {
                         [x, y] => combine(b, op, x, y),
-                        [x] => x,
-                        _ => unreachable!("chunks of two"),
-                    })
-                    .collect();
+                        _ => p[0],
+                    });
+                }
+                vals = next;
             }
             let a = vals[0];
             if copies > 1 {
