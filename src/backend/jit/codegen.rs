@@ -283,19 +283,16 @@ fn emit_inner(
     let mut total: Option<Value> = None;
     // The unrolled part's running vector, carried into the single vectors'.
     let mut carried: Option<Value> = None;
-    for (ty, width, copies) in parts {
-        let fixed: Vec<Option<Value>> = fixed
+    // The same values in every lane, for the vector parts.
+    let splats: Vec<Option<Value>> = match k.vectorizable() {
+        true => fixed
             .iter()
-            .map(|f| {
-                f.map(|x| {
-                    if ty.is_vector() {
-                        b.ins().splat(ty, x)
-                    } else {
-                        x
-                    }
-                })
-            })
-            .collect();
+            .map(|f| f.map(|x| b.ins().splat(types::F32X4, x)))
+            .collect(),
+        false => Vec::new(),
+    };
+    for (ty, width, copies) in parts {
+        let fixed = if ty.is_vector() { &splats } else { &fixed };
         let accs: Vec<Variable> = (0..copies).map(|_| b.declare_var(ty)).collect();
         if let Some(op) = along {
             for &acc in &accs {
@@ -312,7 +309,7 @@ fn emit_inner(
                     0 => i,
                     _ => b.ins().iadd_imm_s(i, width * c as i64),
                 };
-                let vs = eval(b, k, cx, ty, at, offs, &fixed);
+                let vs = eval(b, k, cx, ty, at, offs, fixed);
                 // A kernel's expression list always ends with its value
                 // (`kernel_over` builds at least one entry).
                 let v = vs[vs.len() - 1];
