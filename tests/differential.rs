@@ -190,3 +190,30 @@ fn rows_of_every_length_agree() {
         }
     }
 }
+
+/// Batch-1 layers wide enough (from 2^16 multiply-adds) that the JIT
+/// shares each GEMV's columns with its helper thread, run from this
+/// thread (outside rayon's pool, where the helper is used) call after
+/// call, so that some calls find the helper awake and some do not: the
+/// outputs and gradients agree with the interpreter every time.
+#[test]
+fn batch_one_layers_shared_with_the_helper_agree() {
+    let source = "param x: [1, 784] = uniform(-1, 1, seed = 1)\n\
+                  param w: [784, 256] = uniform(-0.1, 0.1, seed = 2)\n\
+                  param b: [256] = uniform(-1, 1, seed = 3)\n\
+                  param v: [256, 300] = uniform(-0.1, 0.1, seed = 4)\n\
+                  let h = relu(x @ w + b)\n\
+                  output y = h @ v\n\
+                  output loss = sum(tanh(h @ v))\n";
+    let jit: Vec<BackendKind> = common::compiled_backends()
+        .into_iter()
+        .filter(|&b| b == BackendKind::Jit)
+        .collect();
+    for call in 0..20 {
+        for &kind in &jit {
+            if let Err(e) = programs::check_on(source, kind) {
+                panic!("call {call}: {e}");
+            }
+        }
+    }
+}

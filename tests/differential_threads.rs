@@ -19,7 +19,7 @@ proptest! {
 
     #[test]
     fn split_over_threads_the_jit_agrees_with_the_interpreter(e in programs::expr(), rows in 1usize..7, cols in 1usize..10) {
-        threads::set(Thresholds { loop_elements: 0, gemm_madds: 0, conv_madds: 0 });
+        threads::set(Thresholds { loop_elements: 0, gemm_madds: 0, conv_madds: 0, gemv_madds: 0 });
         programs::check(&programs::program(&e, rows, cols))?;
     }
 }
@@ -36,6 +36,7 @@ fn products_split_by_rows_with_their_epilogues_agree_with_the_interpreter() {
         loop_elements: 0,
         gemm_madds: 0,
         conv_madds: 0,
+        gemv_madds: 0,
     });
     let src = "\
 param x: [200, 48] = uniform(-1, 1, seed = 1)

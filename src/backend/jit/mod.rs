@@ -35,6 +35,7 @@
 //! [`pipeline::fuse`]: crate::pipeline::fuse
 
 mod codegen;
+mod helper;
 mod math;
 mod native;
 mod program;

@@ -13,6 +13,7 @@ use crate::ir::PoolOp;
 use crate::schedule::{Conv, ConvPass, Pool};
 use crate::tensor::strides;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `dst (m×n) = [dst +] a (m×k) @ b (k×n)`, each operand with its own
 /// (row, column) strides; `dst` is row-major with row stride `dst_rs`.
@@ -97,6 +98,72 @@ pub unsafe fn sgemv(
     false
 }
 
+/// [`sgemv`] with its columns in two parts, the second run by the
+/// helper thread ([`super::helper::split`]) while this one runs the
+/// first, where the product has at least
+/// [`gemv_madds`](super::threads::gemv_madds) multiply-adds and this
+/// thread is outside rayon's pool (whose workers split their own work).
+/// Each core then reads its part of `b`, which stays in its L2 cache from
+/// call to call. Every column is summed by the same code either way, so
+/// the result is the same bits. Returns false (doing nothing) where
+/// [`sgemv`] would.
+///
+/// # Safety
+/// As [`sgemv`].
+pub unsafe fn sgemv_parts(
+    (k, n): (usize, usize),
+    dst: *mut f32,
+    a: *const f32,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+) -> bool {
+    let parts =
+        n >= 2 && k * n >= super::threads::gemv_madds() && rayon::current_thread_index().is_none();
+    if !parts {
+        // SAFETY: the caller's promise.
+        return unsafe { sgemv((k, n), dst, a, a_cs, b, b_rs) };
+    }
+    // The first part a whole number of the narrowest register blocks
+    // where there are enough columns.
+    let half = if n >= 32 {
+        (n / 2).div_ceil(16) * 16
+    } else {
+        n / 2
+    };
+    // SAFETY: the caller's promise; 0 < half < n.
+    unsafe { sgemv_split_at(half, (k, n), dst, a, a_cs, b, b_rs) }
+}
+
+/// [`sgemv`] as columns `..half` here and `half..` on the helper thread
+/// (or here, where it is not free).
+///
+/// # Safety
+/// As [`sgemv`], and `half <= n`.
+unsafe fn sgemv_split_at(
+    half: usize,
+    (k, n): (usize, usize),
+    dst: *mut f32,
+    a: *const f32,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+) -> bool {
+    let ptrs = GemmPtrs(dst, a, b);
+    let found = AtomicBool::new(true);
+    let part = |from: usize, to: usize| {
+        let (dst, a, b) = ptrs.get();
+        // SAFETY: columns from..to of the caller's product: `dst` and `b`
+        // advanced within their rows, the parts' outputs disjoint.
+        let ok = unsafe { sgemv((k, to - from), dst.add(from), a, a_cs, b.add(from), b_rs) };
+        if !ok {
+            found.store(false, Ordering::Relaxed);
+        }
+    };
+    super::helper::split(&|| part(0, half), &|| part(half, n));
+    found.into_inner()
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn sgemv_avx512(
@@ -108,7 +175,7 @@ unsafe fn sgemv_avx512(
     b_rs: isize,
 ) {
     // SAFETY: as the caller promised.
-    unsafe { sgemv_body::<256, 64, 16>(kn, dst, a, a_cs, b, b_rs) }
+    unsafe { sgemv_body::<256, 128, 64, 16>(kn, dst, a, a_cs, b, b_rs) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -122,16 +189,19 @@ unsafe fn sgemv_avx2(
     b_rs: isize,
 ) {
     // SAFETY: as the caller promised.
-    unsafe { sgemv_body::<64, 32, 8>(kn, dst, a, a_cs, b, b_rs) }
+    unsafe { sgemv_body::<64, 32, 16, 8>(kn, dst, a, a_cs, b, b_rs) }
 }
 
 /// The loops of [`sgemv`], inlined into each feature level's function so
 /// that they vectorize at its width: blocks of `B1` columns, then of `B2`,
-/// then of `B3` (decreasing) whose sums stay in registers over all rows,
-/// and the last columns four rows at a time.
+/// `B3` and `B4` (decreasing) whose sums stay in registers over all rows,
+/// and the last columns four rows at a time. A block of at least eight
+/// registers keeps both FMA units busy (four wait on the FMAs' latency):
+/// the 128-column halves of a split GEMV ([`sgemv_parts`]) run in blocks
+/// of 128.
 #[inline(always)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-unsafe fn sgemv_body<const B1: usize, const B2: usize, const B3: usize>(
+unsafe fn sgemv_body<const B1: usize, const B2: usize, const B3: usize, const B4: usize>(
     (k, n): (usize, usize),
     dst: *mut f32,
     a: *const f32,
@@ -153,6 +223,7 @@ unsafe fn sgemv_body<const B1: usize, const B2: usize, const B3: usize>(
     blocked = sgemv_block::<B1>(k, (blocked, y), x, row);
     blocked = sgemv_block::<B2>(k, (blocked, y), x, row);
     blocked = sgemv_block::<B3>(k, (blocked, y), x, row);
+    blocked = sgemv_block::<B4>(k, (blocked, y), x, row);
     let y = &mut y[blocked..];
     let row = |i: usize| &row(i)[blocked..];
     y.fill(0.0);
@@ -823,6 +894,56 @@ pub fn conv_scratch(geo: &Conv, pass: ConvPass, threads: usize) -> Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GEMV split in two at any column gives the bits of the whole one,
+    /// whoever runs the second part (`helper::split`).
+    #[test]
+    fn split_gemv_matches_the_whole_one() {
+        for (k, n) in [(1, 2), (7, 17), (33, 40), (300, 200), (784, 256), (5, 301)] {
+            let x: Vec<f32> = (0..k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.37).collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.051)
+                .collect();
+            let mut whole = vec![f32::NAN; n];
+            // SAFETY: the sizes as promised: x of k, w of k rows of n.
+            let had = unsafe {
+                sgemv(
+                    (k, n),
+                    whole.as_mut_ptr(),
+                    x.as_ptr(),
+                    1,
+                    w.as_ptr(),
+                    n as isize,
+                )
+            };
+            if !had {
+                return; // no AVX2/AVX-512: nothing to split
+            }
+            for half in [0, 1, n / 2, n.saturating_sub(16), n] {
+                for _ in 0..50 {
+                    let mut parts = vec![f32::NAN; n];
+                    // SAFETY: as above; half <= n.
+                    let ok = unsafe {
+                        sgemv_split_at(
+                            half,
+                            (k, n),
+                            parts.as_mut_ptr(),
+                            x.as_ptr(),
+                            1,
+                            w.as_ptr(),
+                            n as isize,
+                        )
+                    };
+                    assert!(ok);
+                    let (a, b): (Vec<u32>, Vec<u32>) = (
+                        whole.iter().map(|v| v.to_bits()).collect(),
+                        parts.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(a, b, "k {k} n {n} split at {half}");
+                }
+            }
+        }
+    }
 
     /// The tiled swap of the last two axes gives what the general walk
     /// gives, for sizes that are and are not multiples of the tile.

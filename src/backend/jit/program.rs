@@ -1236,7 +1236,7 @@ fn run_step(
                     // GEMV where the CPU has one; else the gemm crate.
                     let done = m == 1
                         && dims.b_rc.1 == 1
-                        && native::sgemv(
+                        && native::sgemv_parts(
                             (k, n),
                             o.add(bi * m * n),
                             a.add(ao),

@@ -30,6 +30,10 @@ pub struct Thresholds {
     pub gemm_madds: usize,
     /// Multiply-adds of a convolution (split by samples).
     pub conv_madds: usize,
+    /// Multiply-adds (k·n) of a one-row product (a batch-1 layer's GEMV)
+    /// run outside rayon's pool, from which its columns are shared with
+    /// the helper thread (`helper.rs`).
+    pub gemv_madds: usize,
 }
 
 impl Thresholds {
@@ -38,12 +42,14 @@ impl Thresholds {
         loop_elements: 1 << 16,
         gemm_madds: 1 << 20,
         conv_madds: 1 << 17,
+        gemv_madds: 1 << 16,
     };
 }
 
 static LOOP: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.loop_elements);
 static GEMM: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.gemm_madds);
 static CONV: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.conv_madds);
+static GEMV: AtomicUsize = AtomicUsize::new(Thresholds::DEFAULT.gemv_madds);
 
 /// Sets the thresholds for every program of this process, from the next
 /// step on. Results do not depend on them beyond the order of a split
@@ -52,6 +58,7 @@ pub fn set(t: Thresholds) {
     LOOP.store(t.loop_elements, Ordering::Relaxed);
     GEMM.store(t.gemm_madds, Ordering::Relaxed);
     CONV.store(t.conv_madds, Ordering::Relaxed);
+    GEMV.store(t.gemv_madds, Ordering::Relaxed);
 }
 
 pub(crate) fn loop_elements() -> usize {
@@ -64,4 +71,8 @@ pub(crate) fn gemm_madds() -> usize {
 
 pub(crate) fn conv_madds() -> usize {
     CONV.load(Ordering::Relaxed)
+}
+
+pub(crate) fn gemv_madds() -> usize {
+    GEMV.load(Ordering::Relaxed)
 }
