@@ -101,8 +101,11 @@ pub unsafe fn sgemv(
 /// [`sgemv`] with its columns in two parts, the second run by the
 /// helper thread ([`super::helper::split`]) while this one runs the
 /// first, where the product has at least
-/// [`gemv_madds`](super::threads::gemv_madds) multiply-adds and this
-/// thread is outside rayon's pool (whose workers split their own work).
+/// [`gemv_madds`](super::threads::gemv_madds) multiply-adds, this
+/// thread is outside rayon's pool (whose workers split their own work)
+/// and the pool has more than one thread (not on one core, nor under
+/// `RAYON_NUM_THREADS=1`, which MPI's workers get on a shared machine:
+/// one thread, and no helper spinning beside it).
 /// Each core then reads its part of `b`, which stays in its L2 cache from
 /// call to call. Every column is summed by the same code either way, so
 /// the result is the same bits. Returns false (doing nothing) where
@@ -118,8 +121,10 @@ pub unsafe fn sgemv_parts(
     b: *const f32,
     b_rs: isize,
 ) -> bool {
-    let parts =
-        n >= 2 && k * n >= super::threads::gemv_madds() && rayon::current_thread_index().is_none();
+    let parts = n >= 2
+        && k * n >= super::threads::gemv_madds()
+        && rayon::current_thread_index().is_none()
+        && rayon::current_num_threads() > 1;
     if !parts {
         // SAFETY: the caller's promise.
         return unsafe { sgemv((k, n), dst, a, a_cs, b, b_rs) };
