@@ -58,6 +58,35 @@ pub unsafe fn sgemm(
     }
 }
 
+/// A one-row product `dst (1×n) = a (1×k) @ b (k×n)`: `a`'s k floats at
+/// stride `a_cs`, `b`'s k rows of n contiguous floats at stride `b_rs`.
+#[derive(Clone, Copy)]
+pub struct Gemv {
+    pub k: usize,
+    pub n: usize,
+    pub dst: *mut f32,
+    pub a: *const f32,
+    pub a_cs: isize,
+    pub b: *const f32,
+    pub b_rs: isize,
+}
+// SAFETY: the parts of a split product write disjoint columns of `dst`
+// and only read `a` and `b`.
+unsafe impl Send for Gemv {}
+unsafe impl Sync for Gemv {}
+
+impl Gemv {
+    /// Columns `from..to` of the product.
+    fn columns(self, from: usize, to: usize) -> Gemv {
+        Gemv {
+            n: to - from,
+            dst: self.dst.wrapping_add(from),
+            b: self.b.wrapping_add(from),
+            ..self
+        }
+    }
+}
+
 /// `dst (1×n) = a (1×k) @ b (k×n)` for a `b` whose rows are contiguous
 /// (column stride 1), at the CPU's full vector width (AVX-512 or AVX2
 /// with FMA, chosen at run time): blocks of columns whose sums stay in
@@ -71,30 +100,23 @@ pub unsafe fn sgemm(
 /// false (doing nothing) where neither extension is present.
 ///
 /// # Safety
-/// `a` holds k floats at stride `a_cs`, `b` k rows of n floats at stride
-/// `b_rs`, `dst` n floats overlapping neither.
-pub unsafe fn sgemv(
-    (k, n): (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-) -> bool {
+/// `g.a` holds k floats at stride `a_cs`, `g.b` k rows of n floats at
+/// stride `b_rs`, `g.dst` n floats overlapping neither.
+pub unsafe fn sgemv(g: Gemv) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
             // SAFETY: the features are present; the rest as promised.
-            unsafe { sgemv_avx512((k, n), dst, a, a_cs, b, b_rs) };
+            unsafe { sgemv_avx512(g) };
             return true;
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            unsafe { sgemv_avx2((k, n), dst, a, a_cs, b, b_rs) };
+            unsafe { sgemv_avx2(g) };
             return true;
         }
     }
-    let _ = (k, n, dst, a, a_cs, b, b_rs);
+    let _ = g;
     false
 }
 
@@ -113,88 +135,56 @@ pub unsafe fn sgemv(
 ///
 /// # Safety
 /// As [`sgemv`].
-pub unsafe fn sgemv_parts(
-    (k, n): (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-) -> bool {
-    let parts = n >= 2
-        && k * n >= super::threads::gemv_madds()
+pub unsafe fn sgemv_parts(g: Gemv) -> bool {
+    let parts = g.n >= 2
+        && g.k * g.n >= super::threads::gemv_madds()
         && rayon::current_thread_index().is_none()
         && rayon::current_num_threads() > 1;
     if !parts {
         // SAFETY: the caller's promise.
-        return unsafe { sgemv((k, n), dst, a, a_cs, b, b_rs) };
+        return unsafe { sgemv(g) };
     }
     // The first part a whole number of the narrowest register blocks
     // where there are enough columns.
-    let half = if n >= 32 {
-        (n / 2).div_ceil(16) * 16
+    let half = if g.n >= 32 {
+        (g.n / 2).div_ceil(16) * 16
     } else {
-        n / 2
+        g.n / 2
     };
-    // SAFETY: the caller's promise; 0 < half < n.
-    unsafe { sgemv_split_at(half, (k, n), dst, a, a_cs, b, b_rs) }
+    // SAFETY: the caller's promise; half <= n.
+    unsafe { sgemv_split_at(half, g) }
 }
 
 /// [`sgemv`] as columns `..half` here and `half..` on the helper thread
 /// (or here, where it is not free).
 ///
 /// # Safety
-/// As [`sgemv`], and `half <= n`.
-unsafe fn sgemv_split_at(
-    half: usize,
-    (k, n): (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-) -> bool {
-    let ptrs = GemmPtrs(dst, a, b);
+/// As [`sgemv`], and `half <= g.n`.
+unsafe fn sgemv_split_at(half: usize, g: Gemv) -> bool {
     let found = AtomicBool::new(true);
     let part = |from: usize, to: usize| {
-        let (dst, a, b) = ptrs.get();
-        // SAFETY: columns from..to of the caller's product: `dst` and `b`
-        // advanced within their rows, the parts' outputs disjoint.
-        let ok = unsafe { sgemv((k, to - from), dst.add(from), a, a_cs, b.add(from), b_rs) };
-        if !ok {
+        // SAFETY: columns from..to of the caller's product, the parts'
+        // outputs disjoint.
+        if !unsafe { sgemv(g.columns(from, to)) } {
             found.store(false, Ordering::Relaxed);
         }
     };
-    super::helper::split(&|| part(0, half), &|| part(half, n));
+    super::helper::split(&|| part(0, half), &|| part(half, g.n));
     found.into_inner()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn sgemv_avx512(
-    kn: (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-) {
+unsafe fn sgemv_avx512(g: Gemv) {
     // SAFETY: as the caller promised.
-    unsafe { sgemv_body::<256, 128, 64, 16>(kn, dst, a, a_cs, b, b_rs) }
+    unsafe { sgemv_body::<256, 128, 64, 16>(g) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sgemv_avx2(
-    kn: (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
-) {
+unsafe fn sgemv_avx2(g: Gemv) {
     // SAFETY: as the caller promised.
-    unsafe { sgemv_body::<64, 32, 16, 8>(kn, dst, a, a_cs, b, b_rs) }
+    unsafe { sgemv_body::<64, 32, 16, 8>(g) }
 }
 
 /// The loops of [`sgemv`], inlined into each feature level's function so
@@ -207,12 +197,15 @@ unsafe fn sgemv_avx2(
 #[inline(always)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 unsafe fn sgemv_body<const B1: usize, const B2: usize, const B3: usize, const B4: usize>(
-    (k, n): (usize, usize),
-    dst: *mut f32,
-    a: *const f32,
-    a_cs: isize,
-    b: *const f32,
-    b_rs: isize,
+    Gemv {
+        k,
+        n,
+        dst,
+        a,
+        a_cs,
+        b,
+        b_rs,
+    }: Gemv,
 ) {
     // SAFETY: as [`sgemv`]'s caller promised.
     let (y, x, row) = unsafe {
@@ -911,16 +904,17 @@ mod tests {
                 .collect();
             let mut whole = vec![f32::NAN; n];
             // SAFETY: the sizes as promised: x of k, w of k rows of n.
-            let had = unsafe {
-                sgemv(
-                    (k, n),
-                    whole.as_mut_ptr(),
-                    x.as_ptr(),
-                    1,
-                    w.as_ptr(),
-                    n as isize,
-                )
+            let gemv = |dst: &mut [f32]| Gemv {
+                k,
+                n,
+                dst: dst.as_mut_ptr(),
+                a: x.as_ptr(),
+                a_cs: 1,
+                b: w.as_ptr(),
+                b_rs: n as isize,
             };
+            // SAFETY: the sizes as promised: x of k, w of k rows of n.
+            let had = unsafe { sgemv(gemv(&mut whole)) };
             if !had {
                 return; // no AVX2/AVX-512: nothing to split
             }
@@ -928,17 +922,7 @@ mod tests {
                 for _ in 0..50 {
                     let mut parts = vec![f32::NAN; n];
                     // SAFETY: as above; half <= n.
-                    let ok = unsafe {
-                        sgemv_split_at(
-                            half,
-                            (k, n),
-                            parts.as_mut_ptr(),
-                            x.as_ptr(),
-                            1,
-                            w.as_ptr(),
-                            n as isize,
-                        )
-                    };
+                    let ok = unsafe { sgemv_split_at(half, gemv(&mut parts)) };
                     assert!(ok);
                     let (a, b): (Vec<u32>, Vec<u32>) = (
                         whole.iter().map(|v| v.to_bits()).collect(),

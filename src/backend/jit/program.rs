@@ -1236,14 +1236,15 @@ fn run_step(
                     // GEMV where the CPU has one; else the gemm crate.
                     let done = m == 1
                         && dims.b_rc.1 == 1
-                        && native::sgemv_parts(
-                            (k, n),
-                            o.add(bi * m * n),
-                            a.add(ao),
-                            dims.a_rc.1,
-                            b.add(bo),
-                            dims.b_rc.0,
-                        );
+                        && native::sgemv_parts(native::Gemv {
+                            k,
+                            n,
+                            dst: o.add(bi * m * n),
+                            a: a.add(ao),
+                            a_cs: dims.a_rc.1,
+                            b: b.add(bo),
+                            b_rs: dims.b_rc.0,
+                        });
                     if done {
                         rows_done(0, m, None);
                     } else {
