@@ -135,7 +135,9 @@ if wanted mlp_train 0; then
 fi
 for b in 1 128; do
   wanted "mlp_infer_b$b" 0 || continue
-  nnc "mlp_infer_b$b" mlp_infer --dim "B=$b"
+  # Timed as bench_onnx.py times onnxruntime: 20 runs' warm-up, then runs
+  # until they add up to half a second.
+  nnc "mlp_infer_b$b" mlp_infer --dim "B=$b" --warmup 20 --min-time 0.5
   peer onnx "$PEER_PY" "$SB/bench_onnx.py"          # measures batch 1 and 128
   add "mlp_infer_b$b" "mlp_infer_b$b" "onnxruntime" onnx "infer/onnxruntime/mlp/bs$b"
 done

@@ -228,6 +228,42 @@ fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
 }
 
 #[test]
+fn bench_times_runs_until_the_minimum_time_and_refuses_a_bad_one() {
+    let bench = |min_time: &str| {
+        nnc(&[
+            "bench",
+            "examples/bench/matmul.nn",
+            "--dim",
+            "N=8",
+            "--runs",
+            "1",
+            "--min-time",
+            min_time,
+            "--format",
+            "json",
+        ])
+    };
+    let o = bench("0.05");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    // Past the one run asked for, until 50 ms of runs (or 100000 runs).
+    let runs = v["runs"].as_u64().expect("runs");
+    assert!(runs > 1 && runs <= 100_000, "{v}");
+    let o = bench("0");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["runs"], 1, "{v}");
+    for bad in ["-1", "inf", "nan", "soon"] {
+        let o = nnc(&[
+            "bench",
+            "examples/bench/matmul.nn",
+            &format!("--min-time={bad}"),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("seconds"), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
 fn identical_layers_share_their_compiled_kernels() {
     // Eight encoder blocks of one shape, each with its own weights: the
     // JIT compiles each distinct kernel once, so the stack has the one

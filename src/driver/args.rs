@@ -264,6 +264,11 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub warmup: usize,
+    /// Keep timing runs, past `--runs`, until they add up to this many
+    /// seconds (at most 100000 runs): the peers' benchmarks time their
+    /// inference so (`../shared/bench/common.py`, `min_time=0.5`).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_seconds)]
+    pub min_time: f64,
     /// The size of a symbolic dimension (e.g. `--dim B=128`).
     #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
@@ -463,6 +468,16 @@ pub fn parse_dim_sizes(s: &str) -> Result<(String, Vec<usize>), String> {
 }
 
 /// `NAME=SIZE`, for `--dim`.
+/// A duration in seconds: a finite number, zero or more.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!(
+            "expected a number of seconds, zero or more (e.g. 0.5), found `{s}`"
+        )),
+    }
+}
+
 pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
     let (name, size) = s
         .split_once('=')

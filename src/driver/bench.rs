@@ -27,6 +27,9 @@ use cranelift_entity::SecondaryMap;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+/// The most runs `--min-time` adds up to (as the peers' harness).
+const MAX_RUNS: usize = 100_000;
+
 pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
     let started = Instant::now();
     let mut c = load(&args.file, Stage::Ir)?;
@@ -87,12 +90,17 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
         }
     }
     let mut times = Vec::with_capacity(args.runs);
-    for _ in 0..args.runs.max(1) {
+    let mut total_ms = 0.0;
+    while times.len() < args.runs.max(1)
+        || (total_ms < args.min_time * 1e3 && times.len() < MAX_RUNS)
+    {
         let t = Instant::now();
         if let Err(e) = step(&mut params) {
             return fail(c, e.to_diag());
         }
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        total_ms += ms;
+        times.push(ms);
     }
     times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
