@@ -250,6 +250,18 @@ impl Drop for Posted<'_> {
     }
 }
 
+/// Runs `f(t)` for every `t` in `0..parts`, in parallel: two parts on
+/// this thread and the helper ([`split`]) from outside rayon's pool,
+/// else on the pool.
+pub fn for_each_part(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    if parts == 2 && rayon::current_thread_index().is_none() {
+        split(&|| f(0), &|| f(1));
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

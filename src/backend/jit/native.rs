@@ -332,13 +332,15 @@ pub unsafe fn sgemm_split(
             len / unit * t / threads * unit
         }
     };
-    let par = if threads > 1 {
+    // The gemm crate's own split is rayon's: from a pool worker only (a
+    // caller outside the pool splits with the helper thread, below).
+    let par = if threads > 1 && rayon::current_thread_index().is_some() {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     if threads > 1 && m >= n && m >= ROWS * threads && (rows_parts || rows_done.is_none()) {
-        (0..threads).into_par_iter().for_each(|t| {
+        super::helper::for_each_part(threads, &|t| {
             let (dst, a, b) = p.get();
             let (lo, hi) = (cut(t, m, ROWS), cut(t + 1, m, ROWS));
             // SAFETY: rows lo..hi of dst and a, as the caller promised
@@ -363,7 +365,7 @@ pub unsafe fn sgemm_split(
         return;
     }
     if threads > 1 && n >= COLS * threads {
-        (0..threads).into_par_iter().for_each(|t| {
+        super::helper::for_each_part(threads, &|t| {
             let (dst, a, b) = p.get();
             let (lo, hi) = (cut(t, n, COLS), cut(t + 1, n, COLS));
             // SAFETY: columns lo..hi of dst and b, as the caller promised

@@ -712,7 +712,15 @@ impl Program {
     /// its work.
     fn execute_here_or_on_pool(&mut self) -> Result<(), Error> {
         let outside = rayon::current_thread_index().is_none();
-        if outside && rayon::current_num_threads() > 1 && may_split(&self.sched) {
+        let pool = rayon::current_num_threads();
+        if outside && pool == 2 && may_split(&self.sched) && !uses_pool(&self.sched) {
+            // Two threads: the steps run here and each split's second
+            // part on the helper thread (`helper.rs`), which stays awake
+            // between them, instead of entering the pool: neither this
+            // thread nor a worker sleeps and wakes at every run.
+            return self.execute();
+        }
+        if outside && pool > 1 && may_split(&self.sched) {
             // The steps run on one of the pool's workers, so that the work
             // a step splits starts there and the other workers steal it
             // (from outside, each split is a job injected into the pool,
@@ -795,6 +803,17 @@ fn stand_by(home: Option<usize>, running: &AtomicBool) {
             std::thread::yield_now();
         }
     }
+}
+
+/// Whether some step of `sched` splits its work with rayon's own
+/// parallel iterators (convolutions and pooling), which need the pool
+/// whoever runs them.
+fn uses_pool(sched: &Schedule) -> bool {
+    sched.steps.iter().any(|step| match step {
+        Step::Conv { .. } | Step::Pool { .. } => true,
+        Step::Scan(s) => uses_pool(&s.body),
+        _ => false,
+    })
 }
 
 /// Whether some step of `sched` is large enough that the JIT splits it
@@ -1267,8 +1286,7 @@ fn run_step(
                 }
             };
             if by_batch {
-                use rayon::prelude::*;
-                (0..pool).into_par_iter().for_each(|t| {
+                super::helper::for_each_part(pool, &|t| {
                     for bi in batches * t / pool..batches * (t + 1) / pool {
                         product(bi, 1, Some(t));
                     }
@@ -1576,8 +1594,7 @@ unsafe fn call_loop(
     let split =
         room && kernel.splittable() && outer * inner >= min && outer >= threads && threads > 1;
     if split {
-        use rayon::prelude::*;
-        (0..threads).into_par_iter().for_each(|t| {
+        super::helper::for_each_part(threads, &|t| {
             let a = lo + outer * t / threads;
             let b = lo + outer * (t + 1) / threads;
             // SAFETY: as the caller promised, over a part of its range;
