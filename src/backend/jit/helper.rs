@@ -6,9 +6,12 @@
 //! the caller to sleep until the program ends, tens of microseconds each
 //! under a hypervisor) still has work worth two cores: a batch-1 layer's
 //! GEMV reads its whole weight, and split by columns each core reads half
-//! of it, which then stays in that core's L2 from call to call. Here a
-//! split costs what two atomic stores and a spin cost, because neither
-//! side ever sleeps while the other works:
+//! of it, which then stays in that core's L2 from call to call. Where the
+//! pool has two threads, a program with larger splits runs on its
+//! caller's thread too, each split's second part here
+//! ([`for_each_part`]), so that no run enters the pool. Here a split
+//! costs what two atomic stores and a spin cost, because neither side
+//! ever sleeps while the other works:
 //!
 //! - The helper thread, after a job, stays awake (spinning) for
 //!   [`LINGER`]; then it parks until the next caller finds it parked and
