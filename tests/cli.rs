@@ -188,20 +188,19 @@ fn a_dimension_too_large_for_any_tensor_is_a_usage_error() {
     assert!(stderr(&o).contains("2^48 elements"), "{}", stderr(&o));
 }
 
+/// `nnc bench examples/bench/matmul.nn --format json` with `args`: its
+/// one JSON object (the run must succeed).
+fn bench_matmul(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "examples/bench/matmul.nn", "--format", "json"];
+    all.extend_from_slice(args);
+    let o = nnc(&all);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
 #[test]
 fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
-    let o = nnc(&[
-        "bench",
-        "examples/bench/matmul.nn",
-        "--dim",
-        "N=64",
-        "--runs",
-        "2",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let v = bench_matmul(&["--dim", "N=64", "--runs", "2"]);
     // a, b and c: three 64×64 float buffers, and nothing else.
     assert_eq!(v["planned_bytes"], 3 * 64 * 64 * 4, "{v}");
     // Compilation and drawing the parameters are timed apart.
@@ -211,46 +210,17 @@ fn bench_reports_the_planned_buffers_and_the_peak_resident_memory() {
     let rss = v["peak_rss_bytes"].as_u64().expect("a peak on Linux");
     assert!(rss > 3 * 64 * 64 * 4, "{v}");
     // The interpreter plans no buffers.
-    let o = nnc(&[
-        "bench",
-        "examples/bench/matmul.nn",
-        "--dim",
-        "N=8",
-        "--runs",
-        "1",
-        "--format",
-        "json",
-        "--backend",
-        "interp",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let v = bench_matmul(&["--dim", "N=8", "--runs", "1", "--backend", "interp"]);
     assert!(v["planned_bytes"].is_null(), "{v}");
 }
 
 #[test]
 fn bench_times_runs_until_the_minimum_time_and_refuses_a_bad_one() {
-    let bench = |min_time: &str| {
-        nnc(&[
-            "bench",
-            "examples/bench/matmul.nn",
-            "--dim",
-            "N=8",
-            "--runs",
-            "1",
-            "--min-time",
-            min_time,
-            "--format",
-            "json",
-        ])
-    };
-    let o = bench("0.05");
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     // Past the one run asked for, until 50 ms of runs (or 100000 runs).
+    let v = bench_matmul(&["--dim", "N=8", "--runs", "1", "--min-time", "0.05"]);
     let runs = v["runs"].as_u64().expect("runs");
     assert!(runs > 1 && runs <= 100_000, "{v}");
-    let o = bench("0");
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let v = bench_matmul(&["--dim", "N=8", "--runs", "1", "--min-time", "0"]);
     assert_eq!(v["runs"], 1, "{v}");
     for bad in ["-1", "inf", "nan", "soon"] {
         let o = nnc(&[
