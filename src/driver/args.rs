@@ -467,7 +467,6 @@ pub fn parse_dim_sizes(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.trim().to_string(), out))
 }
 
-/// `NAME=SIZE`, for `--dim`.
 /// A duration in seconds: a finite number, zero or more.
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
@@ -478,6 +477,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `NAME=SIZE`, for `--dim`.
 pub fn parse_dim(s: &str) -> Result<(String, usize), String> {
     let (name, size) = s
         .split_once('=')

@@ -709,7 +709,8 @@ impl Program {
     }
 
     /// Runs the steps, on one of the pool's workers where a step may split
-    /// its work.
+    /// its work, but on this thread (its splits shared with the helper
+    /// thread) where the pool has two threads and no step needs it.
     fn execute_here_or_on_pool(&mut self) -> Result<(), Error> {
         let outside = rayon::current_thread_index().is_none();
         let pool = rayon::current_num_threads();
