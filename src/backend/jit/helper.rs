@@ -123,7 +123,8 @@ impl Helper {
             return false;
         }
         // SAFETY: the state was `POSTED`: the caller wrote the part before
-        // posting it (released by that store) and waits for `DONE`.
+        // posting it (released by that store) and waits for `DONE`. So the
+        // slot holds a part: `split`'s invariant, whatever the input.
         let part = unsafe { (*self.part.get()).expect("a posted part") };
         // A part that panics is reported to its caller (which panics in
         // turn), never left for it to wait on.
@@ -212,6 +213,9 @@ pub fn split(mine: &(dyn Fn() + Sync), theirs: &(dyn Fn() + Sync)) {
         // Not taken yet: run here.
         theirs();
     } else if posted.finish() {
+        // The part (the JIT's own loop or GEMM code, never a user's)
+        // panicked on the helper: that bug is reported here, on its
+        // caller, as if the part had run here.
         drop(_guard);
         panic!("the helper thread's part of a split panicked");
     }
