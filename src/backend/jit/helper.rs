@@ -257,11 +257,17 @@ impl Drop for Posted<'_> {
     }
 }
 
+/// Whether [`for_each_part`] of `parts` parts gives one to the helper
+/// (else they go to rayon's pool).
+pub fn takes_a_part(parts: usize) -> bool {
+    parts == 2 && rayon::current_thread_index().is_none()
+}
+
 /// Runs `f(t)` for every `t` in `0..parts`, in parallel: two parts on
 /// this thread and the helper ([`split`]) from outside rayon's pool,
 /// else on the pool.
 pub fn for_each_part(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    if parts == 2 && rayon::current_thread_index().is_none() {
+    if takes_a_part(parts) {
         split(&|| f(0), &|| f(1));
     } else {
         use rayon::prelude::*;

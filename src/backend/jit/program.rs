@@ -820,11 +820,11 @@ fn uses_pool(sched: &Schedule) -> bool {
 /// Whether some step of `sched` is large enough that the JIT splits it
 /// over threads (the thresholds of [`super::threads`], read now: tests
 /// change them). A loop counts from the smallest size at which any loop
-/// kernel splits (a wide one's).
+/// kernel splits (a wide one's, shared with the helper).
 fn may_split(sched: &Schedule) -> bool {
     sched.steps.iter().any(|step| match step {
         Step::Loop { kernel, .. } => {
-            kernel.dims.iter().product::<usize>() >= super::threads::loop_elements() / 8
+            kernel.dims.iter().product::<usize>() >= super::threads::wide_loop_points(true)
         }
         Step::MatMul { dims, .. } => dims.m * dims.n * dims.k >= super::threads::gemm_madds(),
         Step::Conv { .. } => true,
@@ -1586,10 +1586,14 @@ unsafe fn call_loop(
     let inner: usize = kernel.dims[1..].iter().product();
     let threads = rayon::current_num_threads();
     // A wide kernel costs several times a plain loop's time per element
-    // (it is chosen for its transcendentals): it is split from an eighth
-    // of the size.
+    // (it is chosen for its transcendentals): it is split from a smaller
+    // size, smaller still when the helper takes the second part.
+    let with_helper = super::helper::takes_a_part(threads);
     let (room, min) = match f {
-        Kern::Wide { slots, .. } => (slots >= threads, super::threads::loop_elements() / 8),
+        Kern::Wide { slots, .. } => (
+            slots >= threads,
+            super::threads::wide_loop_points(with_helper),
+        ),
         Kern::Jit(_) => (true, super::threads::loop_elements()),
     };
     let split =

@@ -65,6 +65,18 @@ pub(crate) fn loop_elements() -> usize {
     LOOP.load(Ordering::Relaxed)
 }
 
+/// Points of a wide loop kernel ([`super::wide`]) from which it splits:
+/// an eighth of [`Thresholds::loop_elements`] (it is chosen for its
+/// transcendentals, several times a plain loop's time per point), and a
+/// sixteenth where the second part goes to the helper thread (`helper.rs`),
+/// which is awake between the parts. The LSTM's gate kernels (4096
+/// points) take 0.0060-0.0068 ms per step on one thread and 0.0037-0.0040
+/// split with the helper: lstm_train 1.92-2.03 against 1.79-1.93 ms in
+/// alternated runs (`NNC_LOG=profile`, a 2-vCPU EPYC with AVX-512).
+pub(crate) fn wide_loop_points(with_helper: bool) -> usize {
+    loop_elements() / if with_helper { 16 } else { 8 }
+}
+
 pub(crate) fn gemm_madds() -> usize {
     GEMM.load(Ordering::Relaxed)
 }
