@@ -481,6 +481,9 @@ output split = concat(zeros([2, 3]), b, axis = 0) + concat(p, zeros([4, 3]), axi
 output unpadded = concat(p, b, axis = 0) * concat(p, c, axis = 0)
 output back = transpose(transpose(t)) + 1.0
 output turned = transpose(transpose(t, perm = [1, 0, 2]), perm = [0, 2, 1])
+output merged = reshape(concat(reshape(p, [2, 1, 3]), reshape(-p, [2, 1, 3]), axis = 1), [2, 6])
+output split_back = reshape(reshape(concat(p, b, axis = 0), [18]), [6, 3])
+output uneven = reshape(concat(p, b, axis = 0), [2, 9])
 ";
     let c = pipeline::compile("t.nn", src, Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
@@ -540,4 +543,19 @@ output turned = transpose(transpose(t, perm = [1, 0, 2]), perm = [0, 2, 1])
         }
         other => panic!("{other:?}"),
     }
+    // `reshape-of-concat`: `[p, -p]` stacked on a new axis and flattened
+    // is `p` and `-p` side by side; a flattened concatenation split back
+    // is the concatenation itself; a reshape whose rows straddle the cut
+    // stays.
+    assert!(matches!(op(11), Op::Concat { .. }), "{:?}", op(11));
+    assert!(matches!(arg_op(11, 0), Op::Param(_)), "{:?}", arg_op(11, 0));
+    assert!(
+        matches!(arg_op(11, 1), Op::Unary(..)),
+        "{:?}",
+        arg_op(11, 1)
+    );
+    assert!(matches!(op(12), Op::Concat { .. }), "{:?}", op(12));
+    assert!(matches!(arg_op(12, 0), Op::Param(_)), "{:?}", arg_op(12, 0));
+    assert!(matches!(arg_op(12, 1), Op::Param(_)), "{:?}", arg_op(12, 1));
+    assert!(matches!(op(13), Op::Reshape(..)), "{:?}", op(13));
 }

@@ -13,6 +13,16 @@
 //! - `reshape-of-reshape`: a reshape of a reshape is one reshape of the
 //!   first operand, and a reshape to the operand's own shape is the
 //!   operand.
+//! - `reshape-of-concat`: a reshape that keeps the dims before a
+//!   concatenation's axis, where each part fills whole rows of the new
+//!   dims after it, is the concatenation of the parts each so reshaped
+//!   (merging every dim from the axis on always qualifies, and so does
+//!   splitting such a merged dim back). An LSTM's step stacks its new
+//!   state `[h, c]` on a new axis and flattens it: the state is then `h`
+//!   and `c` side by side in the loop's result, `h` written straight
+//!   into its place there (fusion's `concat-in-place`), instead of
+//!   stacked and the stack copied. (Where the stacked form has another
+//!   reader, it is still built, and the side-by-side one besides.)
 //! - `concat-split`: an elementwise binary op of two concatenations cut at
 //!   the same place along the same axis, each with a constant (a fill)
 //!   as one of its parts, is the concatenation of the op on the parts, each part then
@@ -52,6 +62,9 @@ pub(super) fn rewrite(b: &mut Builder, op: &Op, span: Span) -> Option<(&'static 
         Op::Reshape(x, ref shape) => {
             if b.out.shape(x) == shape {
                 return Some(("reshape-of-reshape", x));
+            }
+            if let Some(m) = reshape_of_concat(b, x, shape, span) {
+                return Some(("reshape-of-concat", m));
             }
             let Op::Reshape(inner, _) = b.out.nodes[x].op else {
                 return None;
@@ -132,6 +145,41 @@ fn slice_of_concat(
         },
         span,
     )
+}
+
+/// `reshape(concat(a, c), shape)`, where `shape` keeps the dims before
+/// the axis and reshapes only the others, as the concatenation along the
+/// axis of `a` and `c` each so reshaped: for each index of the kept dims,
+/// the flat elements of `a` then those of `c` either way. It holds where
+/// each part's flat elements there fill whole rows of the new dims after
+/// the axis (always, when `shape` merges them all into one).
+fn reshape_of_concat(b: &mut Builder, x: Node, shape: &[Dim], span: Span) -> Option<Node> {
+    let Op::Concat { a, b: c, axis } = b.out.nodes[x].op else {
+        return None;
+    };
+    if shape.len() <= axis || shape[..axis] != b.out.shape(x)[..axis] {
+        return None;
+    }
+    let known = |dims: &[Dim]| {
+        dims.iter().try_fold(1u64, |n, d| match d {
+            Dim::Known(k) => n.checked_mul(*k),
+            Dim::Sym(_) => None,
+        })
+    };
+    let row = known(&shape[axis + 1..])?;
+    let mut reshaped = |p: Node| {
+        let dims = b.out.shape(p);
+        let flat = known(&dims[axis..])?;
+        if row == 0 || flat % row != 0 {
+            return None;
+        }
+        let mut to = dims[..axis].to_vec();
+        to.push(Dim::Known(flat / row));
+        to.extend_from_slice(&shape[axis + 1..]);
+        b.make(Op::Reshape(p, to), span)
+    };
+    let (a, c) = (reshaped(a)?, reshaped(c)?);
+    b.make(Op::Concat { a, b: c, axis }, span)
 }
 
 /// `op(concat(x1, x2), concat(y1, y2))`, both cut at the same place, as
