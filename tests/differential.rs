@@ -217,3 +217,25 @@ fn batch_one_layers_shared_with_the_helper_agree() {
         }
     }
 }
+
+/// Products that read slices of a stored matrix in place (fusion's
+/// `slice-in-place`, a GEMM's operand at the slice's offset with its
+/// operand's strides): a block of columns as a left operand, and a block
+/// of columns, reshaped, sliced again and reshaped, as the matrix a batch
+/// of products shares (an LSTM's `h`, read out of its carry). Outputs
+/// and gradients agree with the interpreter.
+#[test]
+fn products_of_slices_read_in_place_agree() {
+    let source = "param x: [6, 20] = uniform(-1, 1, seed = 1)\n\
+                  param w: [4, 5] = uniform(-1, 1, seed = 2)\n\
+                  param s: [3, 5, 7] = uniform(-1, 1, seed = 3)\n\
+                  let h = reshape(slice(x, axis = 1, start = 10, end = 20), [6, 2, 5])\n\
+                  output y = slice(x, axis = 1, start = 3, end = 7) @ w\n\
+                  output z = reshape(slice(h, axis = 1, start = 1, end = 2), [6, 5]) @ s\n\
+                  output loss = sum(tanh(slice(x, axis = 1, start = 3, end = 7) @ w))\n";
+    for kind in common::compiled_backends() {
+        if let Err(e) = programs::check_on(source, kind) {
+            panic!("{kind:?}: {e}");
+        }
+    }
+}

@@ -28,7 +28,9 @@
 //!   of one GEMM).
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
 //! - `slice-in-place`: a slice read only by loop kernels (elementwise
-//!   nodes and reductions) and concatenations, directly or through
+//!   nodes and reductions), concatenations and products (as an operand,
+//!   or as the matrix a batch of products shares; not a product summed
+//!   over its batch), directly or through
 //!   reshapes that split dims or add and drop dims of size 1 and through
 //!   further slices, is not copied: each kernel reads its operand's
 //!   buffer at the slice's offset with the operand's strides (an LSTM's
@@ -259,11 +261,26 @@ fn read_in_place(
     roots: &EntitySet<Node>,
     n: Node,
 ) -> bool {
+    // A product reads its operands with any strides; not one summed over
+    // its batch, which stacks the batches as one contiguous operand.
+    let product = |m: Node| {
+        matches!(g.nodes[m].op, Op::MatMul(..))
+            && !readers[m].iter().any(|&r| sums_batch_axes(g, r, m))
+    };
     !roots.contains(n)
         && !readers[n].is_empty()
         && readers[n].iter().all(|&r| match &g.nodes[r].op {
             op if is_elementwise(op) => true,
             Op::Reduce { .. } | Op::Concat { .. } => true,
+            Op::MatMul(..) => product(r),
+            // A matrix shared by every batch of products
+            // (`matmul-broadcast-operand`).
+            Op::Broadcast(_, to) => {
+                batch_broadcast(g, n, to)
+                    && !roots.contains(r)
+                    && !readers[r].is_empty()
+                    && readers[r].iter().all(|&m| product(m))
+            }
             Op::Slice { .. } => read_in_place(g, readers, roots, r),
             Op::Reshape(a, _) => {
                 splits_only(g.shape(*a), g.shape(r)) && read_in_place(g, readers, roots, r)

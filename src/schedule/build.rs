@@ -259,25 +259,31 @@ impl<'f> Builder<'f> {
         let batch_shape = &s[..r - 2];
         let batch: usize = batch_shape.iter().product();
         // Each operand: its buffer, (row, column) strides, and the offset
-        // of every batch's matrix.
-        let operand = |x: Node, rows: usize, cols: usize| {
-            let (src, rc) = match &g.nodes[x].op {
-                Op::Transpose(src, _) if fu.strided.contains(x) => {
-                    // x[i][j] = src[j][i], src is [cols, rows].
-                    (*src, (1isize, rows as isize))
-                }
-                _ => (x, (cols as isize, 1isize)),
+        // of every batch's matrix. The matrices lie where a slice read in
+        // place (fusion's `slice-in-place`) puts them in its operand's
+        // buffer, else in the operand's own.
+        let operand = |x: Node| {
+            let (src, transposed) = match &g.nodes[x].op {
+                Op::Transpose(src, _) if fu.strided.contains(x) => (*src, true),
+                _ => (x, false),
             };
-            let (src, offs) = match &g.nodes[src].op {
-                Op::Broadcast(from, _) if fu.strided.contains(src) => {
-                    (*from, batch_offsets(batch_shape, &shapes[*from]))
-                }
-                _ => (src, batch_offsets(batch_shape, &shapes[src])),
+            let mat = match &g.nodes[src].op {
+                Op::Broadcast(from, _) if fu.strided.contains(src) => *from,
+                _ => src,
             };
-            self.buf(src).map(|b| (b, rc, offs))
+            let (stored, at, st) = view(g, fu, shapes, mat);
+            let r = st.len();
+            let (rs, cs) = (st[r - 2] as isize, st[r - 1] as isize);
+            // A transpose reads x[i][j] = src[j][i].
+            let rc = if transposed { (cs, rs) } else { (rs, cs) };
+            let offs = batch_offsets(batch_shape, &shapes[mat], &st)
+                .into_iter()
+                .map(|o| o + at)
+                .collect::<Vec<_>>();
+            self.buf(stored).map(|b| (b, rc, offs))
         };
-        let (ab, a_rc, mut a_offs) = operand(a, m, k)?;
-        let (bb, b_rc, mut b_offs) = operand(b, k, nn)?;
+        let (ab, a_rc, mut a_offs) = operand(a)?;
+        let (bb, b_rc, mut b_offs) = operand(b)?;
         let mut dims = Gemm {
             m,
             k,
@@ -629,12 +635,62 @@ fn concat_parts(
         .collect()
 }
 
-/// The offset of each batch's matrix in a tensor of shape `src` read by a
-/// product over batch axes `batch`: `src`'s batch axes are aligned to the
-/// right of `batch`, and an axis of size 1 (or a missing one) is
-/// broadcast, so its stride is 0.
-fn batch_offsets(batch: &[usize], src: &[usize]) -> Vec<usize> {
-    let st = strides(src);
+/// Where the elements of `n` lie: the stored node whose buffer holds
+/// them, the offset of its first element there, and the stride of each
+/// of its dims. `n` itself with its own strides, unless it is a slice
+/// read in place (fusion's `slice-in-place`), or a reshape or slice of
+/// one: a view of a stored operand, through slices (an offset) and
+/// reshapes that only split dims or add and drop dims of size 1
+/// (`fusion::splits_only`), whose strides follow from the operand's.
+fn view(g: &Graph, fu: &fusion::Fusion, shapes: &Shapes, n: Node) -> (Node, usize, Vec<usize>) {
+    if !fusion::is_slice_view(g, fu, n) {
+        return (n, 0, strides(&shapes[n]));
+    }
+    match g.nodes[n].op {
+        Op::Slice {
+            arg, axis, start, ..
+        } => {
+            let (stored, at, st) = view(g, fu, shapes, arg);
+            (stored, at + start as usize * st[axis], st)
+        }
+        Op::Reshape(a, _) => {
+            let (stored, at, st) = view(g, fu, shapes, a);
+            let (from, to) = (&shapes[a], &shapes[n]);
+            // Each dim of `a` is split into consecutive dims of `n`, the
+            // innermost part with its stride; dims of size 1 (and every
+            // dim, when nothing is there) take stride 0.
+            let mut out = vec![0; to.len()];
+            let mut j = 0;
+            for (i, &f) in from.iter().enumerate() {
+                if f <= 1 {
+                    continue;
+                }
+                let mut parts = Vec::new();
+                let mut size = 1;
+                while size < f && j < to.len() {
+                    if to[j] != 1 {
+                        parts.push(j);
+                        size *= to[j];
+                    }
+                    j += 1;
+                }
+                let mut stride = st[i];
+                for &p in parts.iter().rev() {
+                    out[p] = stride;
+                    stride *= to[p];
+                }
+            }
+            (stored, at, out)
+        }
+        _ => unreachable!("a slice view is a slice, or a reshape of one"),
+    }
+}
+
+/// The offset of each batch's matrix in a tensor of shape `src` (with
+/// strides `st`) read by a product over batch axes `batch`: `src`'s batch
+/// axes are aligned to the right of `batch`, and an axis of size 1 (or a
+/// missing one) is broadcast, so its stride is 0.
+fn batch_offsets(batch: &[usize], src: &[usize], st: &[usize]) -> Vec<usize> {
     let sb = src.len() - 2;
     let lead = batch.len() - sb;
     let stride: Vec<usize> = (0..batch.len())
