@@ -682,6 +682,7 @@ fn view(g: &Graph, fu: &fusion::Fusion, shapes: &Shapes, n: Node) -> (Node, usiz
             }
             (stored, at, out)
         }
+        // `is_slice_view` holds only for those two ops (checked above).
         _ => unreachable!("a slice view is a slice, or a reshape of one"),
     }
 }
