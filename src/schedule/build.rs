@@ -641,7 +641,8 @@ fn concat_parts(
 /// read in place (fusion's `slice-in-place`), or a reshape or slice of
 /// one: a view of a stored operand, through slices (an offset) and
 /// reshapes that only split dims or add and drop dims of size 1
-/// (`fusion::splits_only`), whose strides follow from the operand's.
+/// (`fusion::splits_only`), whose strides follow from the operand's
+/// (`kernel::reshape_strides`).
 fn view(g: &Graph, fu: &fusion::Fusion, shapes: &Shapes, n: Node) -> (Node, usize, Vec<usize>) {
     if !fusion::is_slice_view(g, fu, n) {
         return (n, 0, strides(&shapes[n]));
@@ -655,32 +656,12 @@ fn view(g: &Graph, fu: &fusion::Fusion, shapes: &Shapes, n: Node) -> (Node, usiz
         }
         Op::Reshape(a, _) => {
             let (stored, at, st) = view(g, fu, shapes, a);
-            let (from, to) = (&shapes[a], &shapes[n]);
-            // Each dim of `a` is split into consecutive dims of `n`, the
-            // innermost part with its stride; dims of size 1 (and every
-            // dim, when nothing is there) take stride 0.
-            let mut out = vec![0; to.len()];
-            let mut j = 0;
-            for (i, &f) in from.iter().enumerate() {
-                if f <= 1 {
-                    continue;
-                }
-                let mut parts = Vec::new();
-                let mut size = 1;
-                while size < f && j < to.len() {
-                    if to[j] != 1 {
-                        parts.push(j);
-                        size *= to[j];
-                    }
-                    j += 1;
-                }
-                let mut stride = st[i];
-                for &p in parts.iter().rev() {
-                    out[p] = stride;
-                    stride *= to[p];
-                }
-            }
-            (stored, at, out)
+            // Fusion reads a slice in place only through reshapes that
+            // `splits_only` accepts, for which `reshape_strides` succeeds
+            // on the concrete sizes: an invariant of fusion, not of input.
+            let st = super::kernel::reshape_strides(&shapes[a], &shapes[n], &st)
+                .expect("fusion fuses only reshapes that split or add unit dims");
+            (stored, at, st)
         }
         // `is_slice_view` holds only for those two ops (checked above).
         _ => unreachable!("a slice view is a slice, or a reshape of one"),

@@ -427,6 +427,24 @@ fn reshape_index(from: &[usize], to: &[usize], map: &[Index]) -> Option<Vec<Inde
     Some(out)
 }
 
+/// The stride of each dim of a reshape to `to` of a tensor of shape
+/// `from` whose dims have strides `st` (each index of `from` being affine
+/// in `to`'s, [`reshape_index`]); `None` when the reshape merges dims.
+/// A product reads a slice in place through such reshapes
+/// (`schedule::build::view`).
+pub(super) fn reshape_strides(from: &[usize], to: &[usize], st: &[usize]) -> Option<Vec<usize>> {
+    let ident: Vec<Index> = (0..to.len()).map(Index::dim).collect();
+    let mut out = vec![0usize; to.len()];
+    for (i, idx) in reshape_index(from, to, &ident)?.iter().enumerate() {
+        for &(d, c) in &idx.terms {
+            // A coefficient of the identity map is a product of sizes:
+            // never negative.
+            out[d] += c as usize * st[i];
+        }
+    }
+    Some(out)
+}
+
 struct KernelBuilder<'a> {
     g: &'a Graph,
     fu: &'a fusion::Fusion,

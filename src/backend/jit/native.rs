@@ -15,26 +15,38 @@ use crate::tensor::strides;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// `dst (m×n) = [dst +] a (m×k) @ b (k×n)`, each operand with its own
-/// (row, column) strides; `dst` is row-major with row stride `dst_rs`.
+/// A product `dst (m×n) = [dst +] a (m×k) @ b (k×n)` for [`sgemm`]:
+/// each operand with its own (row, column) strides; `dst` is row-major
+/// with row stride `dst_rs`; `accumulate` adds to what `dst` holds.
+#[derive(Clone, Copy)]
+pub struct Product {
+    /// (m, k, n).
+    pub dims: (usize, usize, usize),
+    pub dst: *mut f32,
+    pub dst_rs: isize,
+    pub a: *const f32,
+    pub a_rc: (isize, isize),
+    pub b: *const f32,
+    pub b_rc: (isize, isize),
+    pub accumulate: bool,
+}
+
+/// Computes `product`: a narrow one by [`sgemm_narrow`], on this thread;
+/// else by the gemm crate, split as `par` says.
 ///
 /// # Safety
 /// The pointers hold matrices of the sizes and strides given, and `dst`
 /// does not overlap `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(
-    (m, k, n): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: isize,
-    a: *const f32,
-    a_rc: (isize, isize),
-    b: *const f32,
-    b_rc: (isize, isize),
-    accumulate: bool,
-    par: gemm::Parallelism,
-) {
+pub unsafe fn sgemm(product: Product, par: gemm::Parallelism) {
+    let Product {
+        dims: (m, k, n),
+        a_rc,
+        b_rc,
+        accumulate,
+        ..
+    } = product;
     // SAFETY: the caller's promise.
-    if unsafe { sgemm_narrow((m, k, n), dst, dst_rs, a, a_rc, b, b_rc, accumulate) } {
+    if unsafe { sgemm_narrow(product) } {
         return;
     }
     unsafe {
@@ -42,14 +54,14 @@ pub unsafe fn sgemm(
             m,
             n,
             k,
-            dst,
+            product.dst,
             1,
-            dst_rs,
+            product.dst_rs,
             accumulate,
-            a,
+            product.a,
             a_rc.1,
             a_rc.0,
-            b,
+            product.b,
             b_rc.1,
             b_rc.0,
             if accumulate { 1.0 } else { 0.0 },
@@ -77,44 +89,36 @@ const NARROW: usize = 16;
 ///
 /// # Safety
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_narrow(
-    (m, k, n): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: isize,
-    a: *const f32,
-    a_rc: (isize, isize),
-    b: *const f32,
-    b_rc: (isize, isize),
-    accumulate: bool,
-) -> bool {
+unsafe fn sgemm_narrow(p: Product) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if (1..=NARROW).contains(&n)
-        && b_rc.1 == 1
+    if (1..=NARROW).contains(&p.dims.2)
+        && p.b_rc.1 == 1
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("fma")
     {
         // SAFETY: the features are present; the rest the caller's
         // promise.
-        unsafe { sgemm_narrow_avx512((m, k, n), dst, dst_rs, a, a_rc, b, b_rc.0, accumulate) };
+        unsafe { sgemm_narrow_avx512(p) };
         return true;
     }
-    let _ = (m, k, n, dst, dst_rs, a, a_rc, b, b_rc, accumulate);
+    let _ = p;
     false
 }
 
+/// [`sgemm_narrow`] on AVX-512, where `b`'s rows are contiguous.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_narrow_avx512(
-    (m, k, n): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: isize,
-    a: *const f32,
-    (a_rs, a_cs): (isize, isize),
-    b: *const f32,
-    b_rs: isize,
-    accumulate: bool,
+    Product {
+        dims: (m, k, n),
+        dst,
+        dst_rs,
+        a,
+        a_rc: (a_rs, a_cs),
+        b,
+        b_rc: (b_rs, _),
+        accumulate,
+    }: Product,
 ) {
     use std::arch::x86_64::*;
     /// Rows of `dst` in registers at once.
@@ -423,6 +427,16 @@ pub unsafe fn sgemm_split(
     /// Rows per block: likewise.
     const ROWS: usize = 16;
     let p = GemmPtrs(dst, a, b);
+    let whole = Product {
+        dims: (m, k, n),
+        dst,
+        dst_rs,
+        a,
+        a_rc,
+        b,
+        b_rc,
+        accumulate,
+    };
     // Block `t`'s first row or column of `len`, in units of `unit`.
     let cut = |t: usize, len: usize, unit: usize| {
         if t == threads {
@@ -446,14 +460,16 @@ pub unsafe fn sgemm_split(
             // for all of them.
             unsafe {
                 sgemm(
-                    (hi - lo, k, n),
-                    dst.offset(lo as isize * dst_rs),
-                    dst_rs,
-                    a.offset(lo as isize * a_rc.0),
-                    a_rc,
-                    b,
-                    b_rc,
-                    accumulate,
+                    Product {
+                        dims: (hi - lo, k, n),
+                        dst: dst.offset(lo as isize * dst_rs),
+                        dst_rs,
+                        a: a.offset(lo as isize * a_rc.0),
+                        a_rc,
+                        b,
+                        b_rc,
+                        accumulate,
+                    },
                     gemm::Parallelism::None,
                 )
             }
@@ -471,21 +487,23 @@ pub unsafe fn sgemm_split(
             // for all of them.
             unsafe {
                 sgemm(
-                    (m, k, hi - lo),
-                    dst.add(lo),
-                    dst_rs,
-                    a,
-                    a_rc,
-                    b.offset(lo as isize * b_rc.1),
-                    b_rc,
-                    accumulate,
+                    Product {
+                        dims: (m, k, hi - lo),
+                        dst: dst.add(lo),
+                        dst_rs,
+                        a,
+                        a_rc,
+                        b: b.offset(lo as isize * b_rc.1),
+                        b_rc,
+                        accumulate,
+                    },
                     gemm::Parallelism::None,
                 )
             }
         });
     } else {
         // SAFETY: as the caller promised.
-        unsafe { sgemm((m, k, n), dst, dst_rs, a, a_rc, b, b_rc, accumulate, par) }
+        unsafe { sgemm(whole, par) }
     }
     if let Some(done) = rows_done {
         done(0, m, None);
@@ -604,14 +622,16 @@ impl Conv {
                     // SAFETY: sizes and strides as stated above.
                     unsafe {
                         sgemm(
-                            (o, k, p),
-                            y.as_mut_ptr(),
-                            p as isize,
-                            w.as_ptr(),
-                            (k as isize, 1),
-                            cols.as_ptr(),
-                            (p as isize, 1),
-                            false,
+                            Product {
+                                dims: (o, k, p),
+                                dst: y.as_mut_ptr(),
+                                dst_rs: p as isize,
+                                a: w.as_ptr(),
+                                a_rc: (k as isize, 1),
+                                b: cols.as_ptr(),
+                                b_rc: (p as isize, 1),
+                                accumulate: false,
+                            },
                             one,
                         )
                     }
@@ -624,14 +644,16 @@ impl Conv {
                     // SAFETY: sizes and strides as stated above.
                     unsafe {
                         sgemm(
-                            (k, o, p),
-                            cols.as_mut_ptr(),
-                            p as isize,
-                            w.as_ptr(),
-                            (1, k as isize),
-                            gy[s * ylen..].as_ptr(),
-                            (p as isize, 1),
-                            false,
+                            Product {
+                                dims: (k, o, p),
+                                dst: cols.as_mut_ptr(),
+                                dst_rs: p as isize,
+                                a: w.as_ptr(),
+                                a_rc: (1, k as isize),
+                                b: gy[s * ylen..].as_ptr(),
+                                b_rc: (p as isize, 1),
+                                accumulate: false,
+                            },
                             one,
                         )
                     }
@@ -655,14 +677,16 @@ impl Conv {
                             // SAFETY: sizes and strides as stated above.
                             unsafe {
                                 sgemm(
-                                    (o, p, k),
-                                    acc.as_mut_ptr(),
-                                    k as isize,
-                                    gy[s * ylen..].as_ptr(),
-                                    (p as isize, 1),
-                                    cols.as_ptr(),
-                                    (1, p as isize),
-                                    i > 0,
+                                    Product {
+                                        dims: (o, p, k),
+                                        dst: acc.as_mut_ptr(),
+                                        dst_rs: k as isize,
+                                        a: gy[s * ylen..].as_ptr(),
+                                        a_rc: (p as isize, 1),
+                                        b: cols.as_ptr(),
+                                        b_rc: (1, p as isize),
+                                        accumulate: i > 0,
+                                    },
                                     one,
                                 )
                             }
@@ -1056,16 +1080,16 @@ mod tests {
                     // SAFETY: a holds [k, m], read with strides (1, m) as
                     // [m, k]; b [k, n]; dst m rows of rs >= n.
                     let done = unsafe {
-                        sgemm_narrow(
-                            (m, k, n),
-                            dst.as_mut_ptr(),
-                            rs as isize,
-                            a.as_ptr(),
-                            (1, m as isize),
-                            b.as_ptr(),
-                            (n as isize, 1),
+                        sgemm_narrow(Product {
+                            dims: (m, k, n),
+                            dst: dst.as_mut_ptr(),
+                            dst_rs: rs as isize,
+                            a: a.as_ptr(),
+                            a_rc: (1, m as isize),
+                            b: b.as_ptr(),
+                            b_rc: (n as isize, 1),
                             accumulate,
-                        )
+                        })
                     };
                     if !done {
                         return; // no AVX-512: the gemm crate computes it
