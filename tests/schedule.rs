@@ -283,7 +283,9 @@ fn a_chain_of_joins_along_one_axis_writes_each_part_once() {
     // `concat-chain` writes the inner join's parts straight into the outer
     // one, and `concat-in-place` has the kernels of tanh(x) and x · 2
     // write their values into their columns: one step copies x, the
-    // input, and two loop kernels write from columns 3 and 6.
+    // input, and the values are written from columns 3 and 6, both by
+    // one loop kernel (`sibling-loops`: the two are over one shape, and
+    // nothing reads tanh(x) before x · 2 is computed).
     let src = "input x: [B, 3]\n\
                output y = concat(concat(x, tanh(x), axis = 1), x * 2, axis = 1)\n";
     let c = pipeline::compile("chain.nn", src, Stage::Ir);
@@ -302,14 +304,19 @@ fn a_chain_of_joins_along_one_axis_writes_each_part_once() {
         })
         .collect();
     assert_eq!(copies, vec![1]);
-    let mut placed: Vec<(usize, Vec<i64>)> = s
+    let loops: Vec<_> = s
         .steps
         .iter()
         .filter_map(|st| match st {
-            Step::Loop { kernel, .. } => Some((kernel.out_offset, kernel.out.clone())),
+            Step::Loop { kernel, .. } => Some(kernel),
             _ => None,
         })
         .collect();
+    assert_eq!(loops.len(), 1, "{:?}", s.steps);
+    let mut placed: Vec<(usize, Vec<i64>)> =
+        std::iter::once((loops[0].out_offset, loops[0].out.clone()))
+            .chain(loops[0].also.iter().map(|a| (a.offset, a.strides.clone())))
+            .collect();
     placed.sort();
     assert_eq!(placed, vec![(3, vec![9, 1]), (6, vec![9, 1])]);
     // The JIT runs those steps; the interpreter (the oracle) joins node by
@@ -492,8 +499,8 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
     // m and v are roots (an optimizer's moments) that the update u reads
     // at its own index: fusion's `store-alongside` computes both in u's
     // kernel, which stores them as further outputs; the sum over m runs
-    // after it and reads m's buffer. n's first reader is a reduction, so
-    // n keeps its own kernel.
+    // after it and reads m's buffer. n, which u does not read and nothing
+    // reads before u, is computed there too (`sibling-loops`).
     let src = "input x: [4, 6]\n\
                param w: [4, 6] = uniform(-1, 1, seed = 1)\n\
                let m = x * 0.9 + w\n\
@@ -518,7 +525,7 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         .iter()
         .filter_map(|(a, c)| c.map(|c| (a, c)))
         .collect();
-    assert_eq!(carried.len(), 2, "{carried:?}");
+    assert_eq!(carried.len(), 3, "{carried:?}");
     assert!(
         carried.iter().all(|&(_, c)| c == carried[0].1),
         "{carried:?}"
@@ -536,7 +543,7 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
             _ => None,
         })
         .collect();
-    assert_eq!(alongside, vec![2], "{:?}", s.steps);
+    assert_eq!(alongside, vec![3], "{:?}", s.steps);
     agrees_with_the_interpreter(
         &g,
         nnc::tensor::Tensor::new(
@@ -563,6 +570,65 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         let e = rejects(&bad, corrupt);
         assert!(e.contains("also reads") || e.contains("twice"), "{e}");
     }
+}
+
+#[test]
+fn sibling_loops_join_only_where_no_reader_comes_between() {
+    // a, b and c are independent loops over one shape. A reduction reads
+    // a before b's kernel: a keeps its own kernel. b, which nothing reads
+    // before c runs, is computed and stored in one kernel with c
+    // (`sibling-loops`). Ten more independent values over one shape
+    // share kernels of at most eight stores each.
+    let mut src = String::from(
+        "input x: [4, 6]\n\
+         let a = x * 2 + 1\n\
+         output s = sum(a, axis = 1)\n\
+         output ao = a\n\
+         let b = x * x - 3\n\
+         let c = sigmoid(x) * 0.5\n\
+         output bo = b\n\
+         output co = c\n",
+    );
+    for k in 0..10 {
+        src.push_str(&format!("output p{k} = x * {k}.5 + x\n"));
+    }
+    let c = pipeline::compile("siblings.nn", &src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let fused = pipeline::fuse(&g);
+    let node = |name: &str| {
+        g.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.node)
+            .expect("an output")
+    };
+    let carrier = &fused.fusion.carrier;
+    assert_eq!(carrier[node("ao")], None, "a reduction reads a before b");
+    // (c, and b with it, join the later values in turn.)
+    assert!(carrier[node("bo")].is_some());
+    assert_eq!(carrier[node("bo")], carrier[node("co")]);
+    let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
+    s.verify().expect("verifies");
+    let stores: Vec<usize> = s
+        .steps
+        .iter()
+        .filter_map(|st| match st {
+            Step::Loop {
+                also, init: None, ..
+            } => Some(1 + also.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(stores.iter().all(|&n| n <= 8), "{stores:?}");
+    assert_eq!(stores.iter().sum::<usize>(), 13, "{stores:?}");
+    agrees_with_the_interpreter(
+        &g,
+        nnc::tensor::Tensor::new(
+            vec![4, 6],
+            (0..24).map(|i| (i as f32 * 0.37).sin() * 2.0).collect(),
+        ),
+    );
 }
 
 #[test]

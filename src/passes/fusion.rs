@@ -72,6 +72,14 @@
 //!   that kernel, which stores it as a further output: one pass over
 //!   memory instead of a store, then a load in the next pass (Adam's
 //!   moments and its update in one kernel).
+//! - `sibling-loops`: an elementwise kernel whose value nothing reads
+//!   before the next elementwise kernel over the same shape runs (nor,
+//!   for a value written into its part of a concatenation, does the
+//!   concatenation's own step run before it) is computed and stored by
+//!   that kernel too, with what it already stores: independent
+//!   loops over one shape make one pass instead of several (an LSTM
+//!   cell's gates, state and output; its derivative's gate gradients;
+//!   the bias corrections of Adam). At most eight stores a kernel.
 //!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a
@@ -634,7 +642,12 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
 pub fn kernel_reads(g: &Graph, f: &Fusion, n: Node) -> Vec<Node> {
     let carried = f.stored_alongside(n);
     let mut out = Vec::new();
+    // A value stored alongside as a sibling (`sibling-loops`) is not an
+    // operand of `n`'s own: start from each one's operands too.
     let mut stack = g.nodes[n].op.args();
+    for &c in carried {
+        stack.extend(g.nodes[c].op.args());
+    }
     while let Some(a) = stack.pop() {
         if f.fused.contains(a) || f.strided.contains(a) || carried.contains(&a) {
             stack.extend(g.nodes[a].op.args());
@@ -661,65 +674,137 @@ fn reads_in_place(g: &Graph, f: &Fusion, n: Node, a: Node) -> bool {
     false
 }
 
-/// The rule `store-alongside`: a stored elementwise kernel `a` (not a
-/// part written into a concatenation, not itself carrying another) whose
-/// first reader `b` is an elementwise kernel over the same shape that
-/// reads it at its own index is computed in `b`, which stores it besides
-/// its own value. Every other reader of `a` runs after `b`, so it finds
-/// `a` stored. Neither may be the elementwise kernel right after a GEMM
-/// that reads its output (`gemm-epilogue` takes that one).
+/// The most values one loop kernel stores (its own and those it stores
+/// alongside): enough for an LSTM cell's gates and state, few enough that
+/// a kernel's pointers and live values stay in registers.
+const MAX_STORES: usize = 8;
+
+/// How many kernels ahead `sibling-loops` looks for a kernel to join.
+const SIBLING_WINDOW: usize = 32;
+
+/// The rules `store-alongside` and `sibling-loops`, which move a stored
+/// elementwise kernel `a` into a later elementwise kernel `b` over the
+/// same shape; `b` then computes `a` (and whatever `a` already carried)
+/// at each of its points and stores it besides its own value.
+///
+/// - `store-alongside`: `b` is `a`'s first reader and reads it at its own
+///   index (Adam's moments and the parameter's update in one kernel).
+/// - `sibling-loops`: `b` does not read `a`; it is the nearest such
+///   kernel, and nothing reads `a` (or writes the concatenation `a` is
+///   written into, `concat-in-place`) before `b` runs. Independent loops
+///   over one shape then make one pass instead of several (an LSTM
+///   derivative's four gate gradients and the state's, Adam's updates of
+///   parameters of one shape).
+///
+/// Moving `a` later is safe: every reader of it runs at or after `b`
+/// (chains included: a group's carrier never passes the first reader of
+/// any value it carries), and the buffers `a` reads stay live until `b`
+/// (the buffer plan reads through carried values). Neither kernel may be
+/// the elementwise kernel right after a GEMM that reads its output
+/// (`gemm-epilogue` takes that one), and a kernel stores at most
+/// [`MAX_STORES`] values.
 fn store_alongside(g: &Graph, f: &mut Fusion) {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
-    let mut first_reader: SecondaryMap<Node, Option<usize>> = SecondaryMap::new();
-    let mut reads = Vec::with_capacity(f.kernels.len());
+    let count = f.kernels.len();
+    let mut pos: SecondaryMap<Node, usize> = SecondaryMap::new();
+    let mut reads = Vec::with_capacity(count);
     for (i, &(k, kind)) in f.kernels.iter().enumerate() {
-        let r = match kind {
+        pos[k] = i;
+        reads.push(match kind {
             Kind::Leaf => Vec::new(),
             _ => kernel_reads(g, f, k),
-        };
-        for &a in &r {
-            first_reader[a].get_or_insert(i);
+        });
+    }
+    // The kernels that need each stored value, in order: its readers, and
+    // the concatenation it is written into.
+    let mut uses: SecondaryMap<Node, Vec<usize>> = SecondaryMap::new();
+    for (i, &(k, _)) in f.kernels.iter().enumerate() {
+        for &a in &reads[i] {
+            uses[a].push(i);
         }
-        reads.push(r);
+        if let Some(c) = f.placed[k] {
+            uses[k].push(pos[c]);
+        }
     }
     let after_gemm =
         |i: usize| i > 0 && matches!(f.kernels[i - 1], (p, Kind::MatMul) if reads[i].contains(&p));
-    let mut found = Vec::new();
-    for (i, &(a, kind)) in f.kernels.iter().enumerate() {
-        if kind != Kind::Elementwise
-            || !is_elementwise(&g.nodes[a].op)
-            || f.placed[a].is_some()
-            || after_gemm(i)
-        {
+    let movable = |i: usize| {
+        let (n, kind) = f.kernels[i];
+        kind == Kind::Elementwise && is_elementwise(&g.nodes[n].op) && !after_gemm(i)
+    };
+    // What each kernel computes and stores besides its own value.
+    let mut members: Vec<Vec<Node>> = vec![Vec::new(); count];
+    for i in 0..count {
+        if !movable(i) {
             continue;
         }
-        let Some(j) = first_reader[a] else { continue };
-        let (b, b_kind) = f.kernels[j];
-        if b_kind != Kind::Elementwise
-            || !is_elementwise(&g.nodes[b].op)
-            || g.shape(a) != g.shape(b)
-            || after_gemm(j)
-            || !reads_in_place(g, f, b, a)
-        {
-            continue;
+        let a = f.kernels[i].0;
+        let mut group = std::mem::take(&mut members[i]);
+        group.push(a);
+        // The first kernel after this one that needs a value of the group
+        // (those before it are in the group, moved along with it).
+        let limit = group
+            .iter()
+            .filter_map(|&x| uses[x].iter().copied().find(|&u| u > i))
+            .min()
+            .unwrap_or(usize::MAX);
+        let mut into = None;
+        for j in i + 1..count.min(i + 1 + SIBLING_WINDOW) {
+            if j > limit {
+                break;
+            }
+            let b = f.kernels[j].0;
+            let fits = movable(j)
+                && g.shape(a) == g.shape(b)
+                && group.len() + members[j].len() < MAX_STORES;
+            // The first reader must read every value of the group it
+            // reads at its own index; a kernel before it reads none.
+            let joins = fits
+                && group
+                    .iter()
+                    .all(|&x| !reads[j].contains(&x) || reads_in_place(g, f, b, x));
+            if joins {
+                into = Some(j);
+                break;
+            }
+            if j == limit {
+                break;
+            }
         }
-        found.push((a, b));
+        match into {
+            Some(j) => {
+                let b = f.kernels[j].0;
+                let rule = match reads[j].contains(&a) {
+                    true => "store-alongside",
+                    false => "sibling-loops",
+                };
+                let with = match group.len() - 1 {
+                    0 => String::new(),
+                    c => format!(" (with the {c} value(s) it stores alongside)"),
+                };
+                note!(
+                    f,
+                    "{rule}: {}{with} is computed and stored by the kernel of {}",
+                    name(a),
+                    name(b)
+                );
+                members[j].extend(group);
+            }
+            None => {
+                group.pop();
+                members[i] = group;
+            }
+        }
     }
-    for (a, b) in found {
-        // A kernel that carries others keeps its own (their values would
-        // be stored from a kernel that no longer runs). The pairs come in
-        // kernel order and `b` runs after `a`, so `b` is never carried yet.
-        if f.carries.contains_key(&a) {
+    for (i, group) in members.into_iter().enumerate() {
+        if group.is_empty() {
             continue;
         }
-        note!(
-            f,
-            "store-alongside: {} is computed and stored by the kernel of {}",
-            name(a),
-            name(b)
-        );
-        f.carrier[a] = Some(b);
-        f.carries.entry(b).or_default().push(a);
+        let b = f.kernels[i].0;
+        for &x in &group {
+            f.carrier[x] = Some(b);
+        }
+        f.carries.insert(b, group);
     }
 }
 
@@ -734,7 +819,9 @@ fn place_carried(g: &Graph, roots: &EntitySet<Node>, f: &mut Fusion) {
     // The kernels that read each carried value's buffer.
     let mut read_by: SecondaryMap<Node, Vec<Node>> = SecondaryMap::new();
     for &(k, kind) in &f.kernels {
-        if kind == Kind::Leaf {
+        // (A carried kernel's reads are its carrier's, which reads
+        // through the values it carries.)
+        if kind == Kind::Leaf || f.carrier[k].is_some() {
             continue;
         }
         for a in kernel_reads(g, f, k) {

@@ -5,9 +5,10 @@
 //! concatenation (fusion's `concat-in-place`, a value stored alongside
 //! included) shares the concatenation's (assigned when its first such
 //! part is), any other value stored alongside a later kernel's (fusion's
-//! `store-alongside`) gets its buffer with that kernel's, and every
-//! parameter update
-//! gets a buffer of its own (a copy where its value shares one).
+//! `store-alongside` and `sibling-loops`) gets its buffer with that
+//! kernel's, and every parameter update gets a buffer of its own (a copy
+//! where its value shares one). A value stored alongside is computed
+//! where its carrier runs, so what it reads stays live until then.
 
 use super::BufId;
 use crate::exec::Error;
@@ -115,6 +116,13 @@ pub(super) fn plan_buffers(
         }
         n
     };
+    // Where each kernel runs: a value stored alongside another's
+    // (`store-alongside`, `sibling-loops`) runs in its carrier's kernel.
+    let mut at: SecondaryMap<Node, usize> = SecondaryMap::new();
+    for (i, &(n, _)) in fu.kernels.iter().enumerate() {
+        at[n] = i;
+    }
+    let runs_at = |i: usize| fu.carrier[fu.kernels[i].0].map_or(i, |c| at[c]);
     for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
         if kind == Kind::View {
             let Op::Reshape(a, _) = g.nodes[n].op else {
@@ -127,7 +135,7 @@ pub(super) fn plan_buffers(
         if kind == Kind::Leaf {
             pinned.insert(n);
         }
-        let until = if epilogue_next(i) { i + 1 } else { i };
+        let until = if epilogue_next(i) { i + 1 } else { runs_at(i) };
         for a in reads(n) {
             let b = root_of(&base, a);
             last[b] = last[b].max(until);
@@ -172,9 +180,17 @@ pub(super) fn plan_buffers(
                 buf_of[a] = take(a, &mut sizes).into();
             }
         }
-        // Release what this kernel was the last to need: what it reads, and
-        // what the product before it read.
+        if fu.carrier[n].is_some() {
+            // Its reads are its carrier's, released there.
+            continue;
+        }
+        // Release what this kernel was the last to need: what it reads
+        // (the values it stores alongside included), and what the product
+        // before it read.
         let mut needed = reads(n);
+        for &a in fu.stored_alongside(n) {
+            needed.extend(reads(a));
+        }
         if i > 0 && epilogue_next(i - 1) {
             needed.extend(reads(fu.kernels[i - 1].0));
         }

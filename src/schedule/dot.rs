@@ -47,7 +47,7 @@ pub fn write_fused(dot: &mut Dot, f: &Fused, prefix: &str) {
         }
         count += 1;
         let by = match fusion.carrier[n] {
-            Some(b) => format!(", stored by the kernel of {b},"),
+            Some(b) => format!(" (stored by the kernel of {b})"),
             None => String::new(),
         };
         dot.open_cluster(

@@ -239,7 +239,8 @@ fn kernel_over(
     also_place: &[Option<Place>],
     reduce: Option<ReduceOp>,
 ) -> (LoopKernel, Vec<Node>) {
-    let mut b = KernelBuilder {
+    let carried = if top { fu.stored_alongside(value) } else { &[] };
+    let new_builder = || KernelBuilder {
         g,
         fu,
         shapes,
@@ -251,16 +252,34 @@ fn kernel_over(
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
-        carried: if top { fu.stored_alongside(value) } else { &[] },
+        carried,
         ident: (0..space.len()).map(Index::dim).collect(),
         also: Vec::new(),
     };
+    let mut b = new_builder();
     let ident = b.map_id(b.ident.clone());
     b.build(value, ident, top);
+    // A value carried as a sibling (fusion's `sibling-loops`) is not read
+    // by the kernel's own: build those first, then the kernel's value,
+    // which stays the last entry (the rest share the expressions built).
+    let unmet = |b: &KernelBuilder| {
+        carried
+            .iter()
+            .any(|&c| !b.also.iter().any(|&(_, x)| x == c))
+    };
+    if unmet(&b) {
+        b = new_builder();
+        let ident = b.map_id(b.ident.clone());
+        for &c in carried {
+            b.build(c, ident, false);
+        }
+        b.build(value, ident, top);
+    }
     let whole: Vec<i64> = strides(&space).iter().map(|&x| x as i64).collect();
-    // Fusion carries a value only into a kernel over its own shape that
-    // reads it directly (through elementwise nodes alone), so the build
-    // met each at the identity index: an invariant of fusion.
+    // Fusion carries a value only into a kernel over its own shape, and
+    // each is built at the identity index above (read in place by the
+    // kernel's value, `store-alongside`, or built first, `sibling-loops`):
+    // an invariant of fusion.
     let also = b
         .carried
         .iter()
@@ -270,7 +289,7 @@ fn kernel_over(
                 .also
                 .iter()
                 .find(|&&(_, x)| x == c)
-                .expect("fusion carries a value only into a kernel that reads it in place");
+                .expect("each carried value is built at the identity index");
             let (strides, offset) = match also_place.get(j) {
                 Some(Some((strides, at))) => (strides.clone(), *at),
                 _ => (whole.clone(), 0),
