@@ -6,6 +6,8 @@ use nnc::backend::interp::{self, Feed};
 use nnc::ir::{Dim, Graph, Op};
 use nnc::pipeline::{self, Stage};
 
+mod common;
+
 /// An LSTM over 5 steps with the stacked gate weights of the stdlib.
 const LSTM: &str = "\
 param wx: [4, 3, 6] = xavier_uniform(seed = 1)
@@ -558,4 +560,57 @@ output uneven = reshape(concat(p, b, axis = 0), [2, 9])
     assert!(matches!(arg_op(12, 0), Op::Param(_)), "{:?}", arg_op(12, 0));
     assert!(matches!(arg_op(12, 1), Op::Param(_)), "{:?}", arg_op(12, 1));
     assert!(matches!(op(13), Op::Reshape(..)), "{:?}", op(13));
+}
+
+/// The sequences of each live loop that are slices of another value.
+fn sliced_sequences(g: &Graph) -> usize {
+    g.nodes
+        .values()
+        .map(|d| match &d.op {
+            Op::Scan { xs, .. } => xs
+                .iter()
+                .filter(|&&x| matches!(g.nodes[x].op, Op::Slice { .. }))
+                .count(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn sequences_sliced_from_one_stack_are_read_through_it_with_the_same_bits() {
+    // After `scan-residual` and `scan-lift`, the LSTM's derivative loop
+    // reads the five values its forward loop kept as five slices of the
+    // forward loop's stacked carry (and a sixth stack of its own).
+    // `scan-sequence-slices` reads the stack instead, once per step, and
+    // the body slices each step: the same bits, no sequence is a slice.
+    let g = grad_graph(LSTM);
+    let before = nnc::passes::cse::cse(&nnc::passes::scan_lift::lift(&nnc::passes::licm::hoist(
+        &nnc::passes::horizontal::fuse(&nnc::passes::cse::cse(&nnc::passes::scan_residual::keep(
+            &g,
+        ))),
+    )));
+    assert_eq!(sliced_sequences(&before), 5);
+    let after = nnc::passes::scan_views::share(&before).into_owned();
+    nnc::ir::verify(&after).expect("verifies");
+    assert_eq!(sliced_sequences(&after), 0);
+    assert_eq!(bits(&run(&before)), bits(&run(&after)));
+    // Each body reads as many inputs as its loop passes it.
+    for d in after.nodes.values() {
+        if let Op::Scan { body, xs, args, .. } = &d.op {
+            assert_eq!(after.bodies[*body].inputs.len(), 1 + xs.len() + args.len());
+        }
+    }
+    // And the compiled step agrees with the interpreter on every backend.
+    let oracle = loss_and_grads(LSTM, nnc::backend::BackendKind::Interp);
+    for kind in common::compiled_backends() {
+        let got = loss_and_grads(LSTM, kind);
+        for (a, b) in oracle.iter().zip(&got) {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 + 1e-4 * x.abs(),
+                    "{kind:?}: {x} vs {y}"
+                );
+            }
+        }
+    }
 }

@@ -14,13 +14,15 @@ pub mod optimizer;
 mod scan_grad;
 pub mod scan_lift;
 pub mod scan_residual;
+pub mod scan_views;
 pub mod simplify;
 
 /// The graph-level optimisations run before fusion and code generation:
 /// common subexpressions merged, loop-invariant work moved out of loop
 /// bodies, step-parallel products lifted out of them, and merged again
 /// (the derivative loops of one scan hoist the same slices and recompute
-/// the same forward products). First, forward loops store the products
+/// the same forward products); a loop's sequences that are slices of one
+/// stacked value are read through it (`scan-sequence-slices`). First, forward loops store the products
 /// of their carry their derivative loops would recompute, and products
 /// side by side become one (`matmul-horizontal`, `matmul-sum`: before
 /// their weights' slices leave the loop bodies).
@@ -33,5 +35,6 @@ pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
     let g = timed("horizontal", || horizontal::fuse(&g));
     let hoisted = timed("licm", || licm::hoist(&g));
     let lifted = timed("scan-lift", || scan_lift::lift(&hoisted));
-    timed("cse", || cse::cse(&lifted))
+    let shared = timed("scan-views", || scan_views::share(&lifted));
+    timed("cse", || cse::cse(&shared))
 }
