@@ -59,7 +59,9 @@ pub fn share(g: &Graph) -> Cow<'_, Graph> {
         else {
             continue;
         };
-        if uses[*body] != 1 {
+        // (A body reads the carry, then the sequences, then the extra
+        // arguments: `regroup` renumbers them so.)
+        if uses[*body] != 1 || g.bodies[*body].inputs.len() != 1 + xs.len() + args.len() {
             continue;
         }
         let Some((members, stacks)) = plan(g, xs) else {
