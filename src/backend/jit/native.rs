@@ -10,10 +10,11 @@
 //! and the gradient tests check that.
 
 use crate::ir::PoolOp;
-use crate::schedule::{Conv, ConvPass, Pool};
+use crate::schedule::{Blocks, Conv, ConvPass, Pool};
 use crate::tensor::strides;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// A product `dst (m×n) = [dst +] a (m×k) @ b (k×n)` for [`sgemm`]:
 /// each operand with its own (row, column) strides; `dst` is row-major
@@ -930,14 +931,78 @@ pub fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) 
     if swaps_last_two {
         let (rows, cols) = (shape[r - 2], shape[r - 1]);
         let size = rows * cols;
-        if size > 0 {
+        if size == 0 {
+            return;
+        }
+        let each = |src: &[f32], dst: &mut [f32]| {
             for (s, d) in src.chunks_exact(size).zip(dst.chunks_exact_mut(size)) {
                 transpose_matrix(s, d, rows, cols);
             }
+        };
+        // A stack of matrices large enough is shared by two threads, half
+        // the matrices each (the LSTM's [4, 128, 128] gate weights).
+        let batches = dst.len() / size;
+        if batches >= 2 && in_two(dst.len()) {
+            let at = batches / 2 * size;
+            let (s0, s1) = src.split_at(at);
+            let (d0, d1) = dst.split_at_mut(at);
+            let halves = [Mutex::new(d0), Mutex::new(d1)];
+            super::helper::for_each_part(2, &|p| {
+                let s = if p == 0 { s0 } else { s1 };
+                each(s, &mut halves[p].lock().unwrap_or_else(|e| e.into_inner()));
+            });
+        } else {
+            each(src, dst);
         }
         return;
     }
     transpose_any(src, dst, shape, perm);
+}
+
+/// Whether a copy or transpose of `floats` floats is split over two
+/// threads: from [`super::threads`]' loop threshold (these are as memory
+/// bound as a plain loop), when there are two.
+fn in_two(floats: usize) -> bool {
+    floats >= super::threads::loop_elements().max(2) && rayon::current_num_threads() >= 2
+}
+
+/// `blocks.copy(src, dst)`, in two halves side by side when it moves
+/// enough floats ([`in_two`]): the first half of the rows and the rest
+/// (or, for one row, its two halves), each into its own part of `dst`.
+/// Rows that overlap in `dst` are copied in order, on one thread.
+pub fn copy_blocks(blocks: &Blocks, src: &[f32], dst: &mut [f32]) {
+    let b = *blocks;
+    if !in_two(b.count * b.len) || (b.count > 1 && b.dst_stride < b.len) {
+        b.copy(src, dst);
+        return;
+    }
+    // The second half's blocks, from `cut` in `dst`.
+    let (first, second, cut) = if b.count > 1 {
+        let h = b.count / 2;
+        let cut = b.dst_at + h * b.dst_stride;
+        let second = Blocks {
+            count: b.count - h,
+            src_at: b.src_at + h * b.src_stride,
+            dst_at: 0,
+            ..b
+        };
+        (Blocks { count: h, ..b }, second, cut)
+    } else {
+        let h = b.len / 2;
+        let second = Blocks {
+            len: b.len - h,
+            src_at: b.src_at + h,
+            dst_at: 0,
+            ..b
+        };
+        (Blocks { len: h, ..b }, second, b.dst_at + h)
+    };
+    let (d0, d1) = dst.split_at_mut(cut);
+    let halves = [Mutex::new(d0), Mutex::new(d1)];
+    super::helper::for_each_part(2, &|p| {
+        let mut d = halves[p].lock().unwrap_or_else(|e| e.into_inner());
+        if p == 0 { first } else { second }.copy(src, &mut d);
+    });
 }
 
 /// `dst` ([cols, rows]) = `src` ([rows, cols]) transposed, in tiles of
@@ -1017,6 +1082,45 @@ pub fn conv_scratch(geo: &Conv, pass: ConvPass, threads: usize) -> Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Copies and transposes large enough to run in two halves (at the
+    /// default thresholds, on two threads) give what one pass gives: rows
+    /// split at the half, one long row split at its half, rows that
+    /// overlap (in order, whole), and a stack of matrices split by
+    /// matrices.
+    #[test]
+    fn copies_and_transposes_in_two_halves_match_one_pass() {
+        let src: Vec<f32> = (0..400_000).map(|i| (i % 977) as f32 * 0.5 - 3.0).collect();
+        let cases = [
+            (301, 256, 3, 900, 7, 260),
+            (1, 70_001, 5, 0, 11, 0),
+            (300, 300, 0, 301, 0, 200),
+        ];
+        for (count, len, src_at, src_stride, dst_at, dst_stride) in cases {
+            let b = Blocks {
+                count,
+                len,
+                src_at,
+                src_stride,
+                dst_at,
+                dst_stride,
+            };
+            let size = dst_at + (count - 1) * dst_stride + len + 5;
+            let (mut one, mut two) = (vec![f32::NAN; size], vec![f32::NAN; size]);
+            b.copy(&src, &mut one);
+            copy_blocks(&b, &src, &mut two);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&two), "{b:?}");
+        }
+        for shape in [[4, 128, 128], [3, 200, 120], [1, 300, 257]] {
+            let n: usize = shape.iter().product();
+            let mut whole = vec![0.0; n];
+            let mut halves = vec![0.0; n];
+            transpose_any(&src[..n], &mut whole, &shape, &[0, 2, 1]);
+            transpose(&src[..n], &mut halves, &shape, &[0, 2, 1]);
+            assert_eq!(whole, halves, "{shape:?}");
+        }
+    }
 
     /// A GEMV split in two at any column gives the bits of the whole one,
     /// whoever runs the second part (`helper::split`).

@@ -1337,7 +1337,7 @@ fn run_step(
         (Step::Copy { parts, out }, Exec::Plain) => {
             let mut o = bufs.take(*out);
             for (src, blocks) in parts.iter() {
-                blocks.copy(bufs.get(*src), &mut o);
+                native::copy_blocks(blocks, bufs.get(*src), &mut o);
             }
             bufs.put(*out, o);
         }
