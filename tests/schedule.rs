@@ -500,7 +500,9 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
     // at its own index: fusion's `store-alongside` computes both in u's
     // kernel, which stores them as further outputs; the sum over m runs
     // after it and reads m's buffer. n, which u does not read and nothing
-    // reads before u, is computed there too (`sibling-loops`).
+    // reads before u, is computed there too (`sibling-loops`), and so is
+    // t, which reads n, although the sums come between u and t (the
+    // rule's other way).
     let src = "input x: [4, 6]\n\
                param w: [4, 6] = uniform(-1, 1, seed = 1)\n\
                let m = x * 0.9 + w\n\
@@ -525,7 +527,7 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         .iter()
         .filter_map(|(a, c)| c.map(|c| (a, c)))
         .collect();
-    assert_eq!(carried.len(), 3, "{carried:?}");
+    assert_eq!(carried.len(), 4, "{carried:?}");
     assert!(
         carried.iter().all(|&(_, c)| c == carried[0].1),
         "{carried:?}"
@@ -543,7 +545,7 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
             _ => None,
         })
         .collect();
-    assert_eq!(alongside, vec![3], "{:?}", s.steps);
+    assert_eq!(alongside, vec![4], "{:?}", s.steps);
     agrees_with_the_interpreter(
         &g,
         nnc::tensor::Tensor::new(
@@ -629,6 +631,49 @@ fn sibling_loops_join_only_where_no_reader_comes_between() {
             (0..24).map(|i| (i as f32 * 0.37).sin() * 2.0).collect(),
         ),
     );
+}
+
+#[test]
+fn a_sibling_joins_an_earlier_kernel_only_when_what_it_reads_is_ready() {
+    // b reads x and d (computed in a's kernel, which a reduction reads
+    // too); a reduction of a comes between a and b, so a cannot move to
+    // b: b is computed by a's kernel instead (`sibling-loops`, the other
+    // way). c reads the reduction, which is not ready when a's kernel
+    // runs, and e reads a itself, which a's kernel computes last: both
+    // keep their own kernels.
+    for (src, joins) in [
+        ("output bo = d * 3 - x\n", true),
+        ("output c = x / (s + 10)\n", false),
+        ("output e = a * 3 - x\n", false),
+    ] {
+        let src = format!(
+            "input x: [4, 6]\n\
+             let d = x * x\n\
+             let a = d * 2 + 1\n\
+             let s = sum(a, axis = 0)\n\
+             output so = s\n\
+             output r = sum(d, axis = 1)\n\
+             output ao = a\n\
+             {src}"
+        );
+        let c = pipeline::compile("earlier.nn", &src, Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("graph");
+        let fused = pipeline::fuse(&g);
+        let last = g.outputs.last().expect("an output").node;
+        let a = g.outputs[2].node;
+        let want = if joins { Some(a) } else { None };
+        assert_eq!(fused.fusion.carrier[last], want, "{src}");
+        let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
+        s.verify().expect("verifies");
+        agrees_with_the_interpreter(
+            &g,
+            nnc::tensor::Tensor::new(
+                vec![4, 6],
+                (0..24).map(|i| (i as f32 * 0.53).cos() * 2.0).collect(),
+            ),
+        );
+    }
 }
 
 #[test]

@@ -796,6 +796,59 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
             }
         }
     }
+    // Then `sibling-loops` the other way: a kernel that carries nothing
+    // and reads only values ready before an earlier kernel over its shape
+    // runs (or those that kernel stores alongside, at its own index) is
+    // computed by it. The
+    // derivative of an LSTM's gates, recomputed over all steps for the
+    // weight gradients, is one pass although the reduction of the first
+    // gate comes before the second.
+    let mut runs_in: Vec<Option<usize>> = vec![None; count];
+    for (m, group) in members.iter().enumerate() {
+        for &x in group {
+            runs_in[pos[x]] = Some(m);
+        }
+    }
+    // The kernel after which a stored value is there to read.
+    let ready = |runs_in: &[Option<usize>], mut x: Node| loop {
+        let i = pos[x];
+        match (f.kernels[i].1, &g.nodes[x].op) {
+            (Kind::View, Op::Reshape(a, _)) => x = *a,
+            (Kind::Leaf, _) => return 0,
+            _ => return runs_in[i].unwrap_or(i),
+        }
+    };
+    for j in 0..count {
+        if !movable(j) || runs_in[j].is_some() || !members[j].is_empty() {
+            continue;
+        }
+        let b = f.kernels[j].0;
+        // (Not one that reads the earlier kernel's own value: the kernel
+        // builds the values it stores alongside before its own, which
+        // stays its last expression.)
+        let into = (j.saturating_sub(SIBLING_WINDOW)..j).rev().find(|&i| {
+            let a = f.kernels[i].0;
+            movable(i)
+                && runs_in[i].is_none()
+                && g.shape(a) == g.shape(b)
+                && members[i].len() + 2 <= MAX_STORES
+                && !reads[j].contains(&a)
+                && reads[j].iter().all(|&x| match members[i].contains(&x) {
+                    true => reads_in_place(g, f, b, x),
+                    false => ready(&runs_in, x) < i,
+                })
+        });
+        if let Some(i) = into {
+            note!(
+                f,
+                "sibling-loops: {} is computed and stored by the earlier kernel of {}, over the same shape",
+                name(b),
+                name(f.kernels[i].0)
+            );
+            members[i].push(b);
+            runs_in[j] = Some(i);
+        }
+    }
     for (i, group) in members.into_iter().enumerate() {
         if group.is_empty() {
             continue;
