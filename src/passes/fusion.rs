@@ -79,7 +79,12 @@
 //!   that kernel too, with what it already stores: independent
 //!   loops over one shape make one pass instead of several (an LSTM
 //!   cell's gates, state and output; its derivative's gate gradients;
-//!   the bias corrections of Adam). At most eight stores a kernel.
+//!   the bias corrections of Adam). The other way too: a kernel whose
+//!   reads are all ready before an earlier elementwise kernel over its
+//!   shape runs (or are values that kernel stores alongside, at its own
+//!   index) is computed by it (the LSTM's gate gradients recomputed over
+//!   all steps, whose bias reductions come between them). At most eight
+//!   stores a kernel.
 //!
 //! Refusals are logged with their reason: several readers (the value is
 //! stored once rather than recomputed per reader), a reader that is not a
