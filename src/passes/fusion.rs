@@ -804,10 +804,9 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
     // Then `sibling-loops` the other way: a kernel that carries nothing
     // and reads only values ready before an earlier kernel over its shape
     // runs (or those that kernel stores alongside, at its own index) is
-    // computed by it. The
-    // derivative of an LSTM's gates, recomputed over all steps for the
-    // weight gradients, is one pass although the reduction of the first
-    // gate comes before the second.
+    // computed by it. The derivative of an LSTM's gates, recomputed over
+    // all steps for the weight gradients, is one pass although the
+    // reduction of the first gate comes before the second.
     let mut runs_in: Vec<Option<usize>> = vec![None; count];
     for (m, group) in members.iter().enumerate() {
         for &x in group {

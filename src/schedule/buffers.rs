@@ -173,11 +173,20 @@ pub(super) fn plan_buffers(
         } else if buf_of[n].is_none() {
             buf_of[n] = take(n, &mut sizes).into();
         }
-        // (A value stored alongside into its part of a concatenation has
-        // the concatenation's buffer, given above.)
+        // A value stored alongside gets its buffer here, where it is
+        // written; one written into its part of a concatenation, the
+        // concatenation's (given at its own place in the order when that
+        // came first, but a value computed by an earlier kernel,
+        // `sibling-loops`, is written before it).
         for &a in fu.stored_alongside(n) {
-            if fu.placed[a].is_none() {
-                buf_of[a] = take(a, &mut sizes).into();
+            match fu.placed[a] {
+                None => buf_of[a] = take(a, &mut sizes).into(),
+                Some(c) => {
+                    if buf_of[c].is_none() {
+                        buf_of[c] = take(c, &mut sizes).into();
+                    }
+                    buf_of[a] = buf_of[c];
+                }
             }
         }
         if fu.carrier[n].is_some() {
