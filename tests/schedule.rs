@@ -677,6 +677,46 @@ fn a_sibling_joins_an_earlier_kernel_only_when_what_it_reads_is_ready() {
 }
 
 #[test]
+fn a_part_written_by_an_earlier_kernel_has_its_concatenation_s_buffer_from_there() {
+    // The part d · 3 − x of y is computed by the kernel of x · 3 (which
+    // v's join writes in place), earlier than its own place in the
+    // order (`sibling-loops`, the other way). y must take its buffer
+    // there: at the part's own place, v's buffer (as long as y, read last
+    // by the sum vs before it) is free and would be taken, though the
+    // earlier kernel wrote into it while v was live.
+    let src = "input x: [4, 6]\n\
+               param w: [6, 6] = uniform(-1, 1, seed = 1)\n\
+               let d = x * x\n\
+               let a = d * 2 + 1\n\
+               let v = concat(x, x * 3, axis = 1)\n\
+               output so = sum(a, axis = 0)\n\
+               output r = sum(d, axis = 1)\n\
+               output ao = a\n\
+               output vs = sum(v, axis = 1)\n\
+               let y = concat(d * 3 - x, x @ w, axis = 1)\n\
+               output ys = sum(y, axis = 1)\n";
+    let c = pipeline::compile("part.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let fused = pipeline::fuse(&g);
+    let hoisted = g
+        .nodes
+        .keys()
+        .filter(|&n| fused.fusion.carrier[n].is_some() && fused.fusion.placed[n].is_some())
+        .count();
+    assert!(hoisted >= 1, "a placed part is computed by another kernel");
+    let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
+    s.verify().expect("verifies");
+    agrees_with_the_interpreter(
+        &g,
+        nnc::tensor::Tensor::new(
+            vec![4, 6],
+            (0..24).map(|i| (i as f32 * 0.41).sin() + 0.5).collect(),
+        ),
+    );
+}
+
+#[test]
 fn a_value_stored_alongside_into_a_concatenation_is_written_in_its_place() {
     // s = sigmoid(x) is read by u's kernel and by the join: stored, and
     // computed in u's kernel (`store-alongside`). u, read by the join
