@@ -425,6 +425,13 @@ fn slices_read_by_loop_kernels_are_read_in_place_and_agree_with_the_interpreter(
 
 /// Every compiled backend's outputs of `g`, fed `x` as its one input,
 /// agree with the interpreter's to 1e-6 (relative where above 1).
+/// [`agrees_with_the_interpreter`] on a [4, 6] input whose `i`-th
+/// element is `f(i)`.
+fn agrees_on_4x6(g: &nnc::ir::Graph, f: impl Fn(f32) -> f32) {
+    let x = nnc::tensor::Tensor::new(vec![4, 6], (0..24).map(|i| f(i as f32)).collect());
+    agrees_with_the_interpreter(g, x);
+}
+
 fn agrees_with_the_interpreter(g: &nnc::ir::Graph, x: nnc::tensor::Tensor) {
     let mut inputs = SecondaryMap::new();
     inputs[g.inputs.keys().next().expect("x")] = Some(x);
@@ -546,13 +553,7 @@ fn values_stored_alongside_a_later_kernel_agree_with_the_interpreter() {
         })
         .collect();
     assert_eq!(alongside, vec![4], "{:?}", s.steps);
-    agrees_with_the_interpreter(
-        &g,
-        nnc::tensor::Tensor::new(
-            vec![4, 6],
-            (0..24).map(|i| (i as f32 * 0.61).cos()).collect(),
-        ),
-    );
+    agrees_on_4x6(&g, |i| (i * 0.61).cos());
     // A further output that is a buffer the kernel reads, or its own
     // output, is rejected.
     let at = s
@@ -624,13 +625,7 @@ fn sibling_loops_join_only_where_no_reader_comes_between() {
         .collect();
     assert!(stores.iter().all(|&n| n <= 8), "{stores:?}");
     assert_eq!(stores.iter().sum::<usize>(), 13, "{stores:?}");
-    agrees_with_the_interpreter(
-        &g,
-        nnc::tensor::Tensor::new(
-            vec![4, 6],
-            (0..24).map(|i| (i as f32 * 0.37).sin() * 2.0).collect(),
-        ),
-    );
+    agrees_on_4x6(&g, |i| (i * 0.37).sin() * 2.0);
 }
 
 #[test]
@@ -666,13 +661,7 @@ fn a_sibling_joins_an_earlier_kernel_only_when_what_it_reads_is_ready() {
         assert_eq!(fused.fusion.carrier[last], want, "{src}");
         let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
         s.verify().expect("verifies");
-        agrees_with_the_interpreter(
-            &g,
-            nnc::tensor::Tensor::new(
-                vec![4, 6],
-                (0..24).map(|i| (i as f32 * 0.53).cos() * 2.0).collect(),
-            ),
-        );
+        agrees_on_4x6(&g, |i| (i * 0.53).cos() * 2.0);
     }
 }
 
@@ -707,13 +696,7 @@ fn a_part_written_by_an_earlier_kernel_has_its_concatenation_s_buffer_from_there
     assert!(hoisted >= 1, "a placed part is computed by another kernel");
     let s = pipeline::schedule(&fused, &SecondaryMap::new()).expect("schedules");
     s.verify().expect("verifies");
-    agrees_with_the_interpreter(
-        &g,
-        nnc::tensor::Tensor::new(
-            vec![4, 6],
-            (0..24).map(|i| (i as f32 * 0.41).sin() + 0.5).collect(),
-        ),
-    );
+    agrees_on_4x6(&g, |i| (i * 0.41).sin() + 0.5);
 }
 
 #[test]

@@ -212,7 +212,9 @@ fn regroup(body: &Graph, nx: usize, members: &[Member], stacks: &[Node], outer: 
         };
         let Some(m) = m else {
             // The arena is in topological order: arguments come first (an
-            // invariant of the graph).
+            // invariant of the graph). Every input but the members after
+            // their group's first was given a new id above, and this node
+            // is not a member's: both lookups hold by construction.
             let op = match d.op {
                 Op::Input(i) => Op::Input(new_id[i].expect("only members lose their input")),
                 ref op => op.map_args(&|a| new_of[a].expect("arguments come first")),
@@ -228,7 +230,9 @@ fn regroup(body: &Graph, nx: usize, members: &[Member], stacks: &[Node], outer: 
             Some(s) => s,
             None => {
                 let first = first_of(members, m.group);
-                // The group's first member keeps its input (`first + 1`).
+                // The group's first member keeps its input (`first + 1`:
+                // the carry is input 0), renumbered above: an invariant of
+                // this function, not of its input.
                 let id = new_id[InputId::new(first + 1)].expect("the first member keeps its input");
                 let s = nodes.push(NodeData {
                     op: Op::Input(id),
