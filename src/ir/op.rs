@@ -5,6 +5,7 @@
 //! applies them), and the walk over an op's arguments.
 
 use super::{BodyId, ConstId, Dim, InputId, Node, ParamId, Shape};
+use smallvec::{smallvec, SmallVec};
 use std::fmt;
 
 #[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -228,10 +229,11 @@ pub enum Op {
 }
 
 impl Op {
-    /// The nodes this op reads, in order.
-    pub fn args(&self) -> Vec<Node> {
+    /// The nodes this op reads, in order (inline, not allocated, for up to
+    /// three: every op but a loop with sequences or extra arguments).
+    pub fn args(&self) -> SmallVec<[Node; 3]> {
         match self {
-            Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => vec![],
+            Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => SmallVec::new(),
             Op::Unary(_, a)
             | Op::Random { key: a, .. }
             | Op::Reduce { arg: a, .. }
@@ -239,23 +241,23 @@ impl Op {
             | Op::Transpose(a, _)
             | Op::Broadcast(a, _)
             | Op::Pool2d { arg: a, .. }
-            | Op::Slice { arg: a, .. } => vec![*a],
-            Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
-            Op::Select(c, a, b) => vec![*c, *a, *b],
-            Op::Conv2d { x, w, .. } => vec![*x, *w],
-            Op::Conv2dBackwardInput { gy, w, .. } => vec![*gy, *w],
+            | Op::Slice { arg: a, .. } => smallvec![*a],
+            Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::MatMul(a, b) => smallvec![*a, *b],
+            Op::Select(c, a, b) => smallvec![*c, *a, *b],
+            Op::Conv2d { x, w, .. } => smallvec![*x, *w],
+            Op::Conv2dBackwardInput { gy, w, .. } => smallvec![*gy, *w],
             Op::Conv2dBackwardWeight { x, gy, .. } | Op::Pool2dBackward { x, gy, .. } => {
-                vec![*x, *gy]
+                smallvec![*x, *gy]
             }
-            Op::Concat { a, b, .. } => vec![*a, *b],
-            Op::Gather { table, indices } => vec![*table, *indices],
+            Op::Concat { a, b, .. } => smallvec![*a, *b],
+            Op::Gather { table, indices } => smallvec![*table, *indices],
             Op::ScatterAdd {
                 values, indices, ..
-            } => vec![*values, *indices],
+            } => smallvec![*values, *indices],
             Op::Scan { init, xs, args, .. } => {
-                let mut v = vec![*init];
-                v.extend(xs);
-                v.extend(args);
+                let mut v = smallvec![*init];
+                v.extend_from_slice(xs);
+                v.extend_from_slice(args);
                 v
             }
         }

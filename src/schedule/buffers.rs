@@ -94,16 +94,23 @@ pub(super) fn plan_buffers(
     shapes: &SecondaryMap<Node, Vec<usize>>,
     roots: &[Node],
 ) -> BufferPlan {
-    // The stored nodes each kernel reads (through the nodes computed in it).
-    let reads = |n: Node| crate::passes::fusion::kernel_reads(g, fu, n);
+    // The stored nodes each kernel reads (through the nodes computed in
+    // it), by its place in the order: walked once, read twice below.
+    let reads: Vec<Vec<Node>> = fu
+        .kernels
+        .iter()
+        .map(|&(n, _)| crate::passes::fusion::kernel_reads(g, fu, n))
+        .collect();
     // Whether kernel `i` is a product read by the elementwise kernel right
     // after it, which may become its epilogue: the product's operands then
     // stay live through that kernel (`gemm-epilogue` runs on the planned
     // steps and refuses an epilogue that writes an operand the GEMM reads).
-    let epilogue_next = |i: usize| match (fu.kernels.get(i), fu.kernels.get(i + 1)) {
-        (Some(&(p, Kind::MatMul)), Some(&(e, Kind::Elementwise))) => reads(e).contains(&p),
-        _ => false,
-    };
+    let epilogue_next: Vec<bool> = (0..fu.kernels.len())
+        .map(|i| match (fu.kernels.get(i), fu.kernels.get(i + 1)) {
+            (Some(&(p, Kind::MatMul)), Some(&(_, Kind::Elementwise))) => reads[i + 1].contains(&p),
+            _ => false,
+        })
+        .collect();
     let mut base: SecondaryMap<Node, Option<Node>> = SecondaryMap::new();
     let mut last: SecondaryMap<Node, usize> = SecondaryMap::new();
     let mut pinned: EntitySet<Node> = EntitySet::new();
@@ -135,8 +142,8 @@ pub(super) fn plan_buffers(
         if kind == Kind::Leaf {
             pinned.insert(n);
         }
-        let until = if epilogue_next(i) { i + 1 } else { runs_at(i) };
-        for a in reads(n) {
+        let until = if epilogue_next[i] { i + 1 } else { runs_at(i) };
+        for &a in &reads[i] {
             let b = root_of(&base, a);
             last[b] = last[b].max(until);
         }
@@ -196,12 +203,13 @@ pub(super) fn plan_buffers(
         // Release what this kernel was the last to need: what it reads
         // (the values it stores alongside included), and what the product
         // before it read.
-        let mut needed = reads(n);
+        let mut needed: Vec<Node> = reads[i].clone();
         for &a in fu.stored_alongside(n) {
-            needed.extend(reads(a));
+            debug_assert_eq!(fu.kernels[at[a]].0, a, "a carried value is a kernel");
+            needed.extend_from_slice(&reads[at[a]]);
         }
-        if i > 0 && epilogue_next(i - 1) {
-            needed.extend(reads(fu.kernels[i - 1].0));
+        if i > 0 && epilogue_next[i - 1] {
+            needed.extend_from_slice(&reads[i - 1]);
         }
         for a in needed {
             let b = root_of(&base, a);

@@ -15,7 +15,7 @@ use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
 use crate::tensor::strides;
-use cranelift_entity::SecondaryMap;
+use cranelift_entity::{EntitySet, SecondaryMap};
 
 type Shapes = SecondaryMap<Node, Vec<usize>>;
 
@@ -45,14 +45,20 @@ impl<'f> Builder<'f> {
         let (g, fu) = (&f.graph, &f.fusion);
         let concrete = |shape: &[Dim], span| bind::concrete_shape(g, syms, shape, span);
         let mut shapes: Shapes = SecondaryMap::new();
+        let mut unknown = EntitySet::new();
         for (n, d) in g.nodes.iter() {
-            if let Ok(s) = concrete(&d.ty.shape, d.span) {
-                shapes[n] = s;
+            match concrete(&d.ty.shape, d.span) {
+                Ok(s) => shapes[n] = s,
+                Err(_) => {
+                    unknown.insert(n);
+                }
             }
         }
         // Every live node's shape must be known, and of a size that fits.
         for &(n, _) in &fu.kernels {
-            concrete(&g.nodes[n].ty.shape, g.nodes[n].span)?;
+            if unknown.contains(n) {
+                concrete(&g.nodes[n].ty.shape, g.nodes[n].span)?;
+            }
         }
         let plan = plan_buffers(g, fu, &shapes, &f.roots);
         Ok(Builder {
