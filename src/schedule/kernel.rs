@@ -10,6 +10,7 @@ use crate::passes::fusion;
 use crate::tensor::strides;
 use cranelift_entity::SecondaryMap;
 use rustc_hash::FxHashMap;
+use smallvec::{smallvec, SmallVec};
 
 /// One element computation. Operands index earlier entries of
 /// [`LoopKernel::exprs`].
@@ -382,21 +383,23 @@ impl LoopKernel {
 /// the terms of its parts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Index {
-    terms: Vec<(usize, i64)>,
+    /// Inline for up to two terms (a dim read as itself, or one split
+    /// across two): building a kernel clones and hashes many of these.
+    terms: SmallVec<[(usize, i64); 2]>,
     at: usize,
 }
 
 impl Index {
     fn dim(d: usize) -> Index {
         Index {
-            terms: vec![(d, 1)],
+            terms: smallvec![(d, 1)],
             at: 0,
         }
     }
 
     fn zero() -> Index {
         Index {
-            terms: Vec::new(),
+            terms: SmallVec::new(),
             at: 0,
         }
     }
