@@ -833,3 +833,50 @@ fn a_copy_kernel_is_a_block_copy_where_its_rows_are_contiguous() {
         .as_blocks()
         .is_none());
 }
+
+#[test]
+fn a_product_summed_over_its_batch_reads_a_slice_in_place_only_where_its_rows_keep_one_stride() {
+    // Σₜ hₜᵀ gₜ (`matmul-batch-sum`: one GEMM over the 3·2 rows of all
+    // steps) where `h` is one of two [B, 4] halves of each step's state,
+    // as an LSTM's `h` beside its `c`: its rows (t, b) follow one another
+    // 8 floats apart, so the GEMM reads it in t's buffer. `u` takes rows
+    // 0..2 of 4 of each step: step t+1's rows do not follow step t's at
+    // that stride, so it is copied first.
+    let src = "input x: [48]\n\
+               let t = reshape(x * 2 - 1, [3, 2, 2, 4])\n\
+               let h = reshape(slice(t, 2, 0, 1), [3, 2, 4])\n\
+               let g = tanh(reshape(slice(t, 2, 1, 2), [3, 2, 4])) * 3\n\
+               output w = sum(transpose(h) @ g, axis = 0)\n\
+               let s = reshape(x + 1, [3, 4, 4])\n\
+               let u = slice(s, 1, 0, 2)\n\
+               output v = sum(transpose(u) @ g, axis = 0)\n";
+    let c = pipeline::compile("stacked.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("graph");
+    let fu = pipeline::fuse(&g);
+    let slices = |axis: usize| -> Vec<bool> {
+        fu.graph
+            .nodes
+            .iter()
+            .filter(|(_, d)| matches!(d.op, nnc::ir::Op::Slice { axis: a, .. } if a == axis))
+            .map(|(n, _)| fu.fusion.fused.contains(n))
+            .collect()
+    };
+    // h's slice (and g's, read by an elementwise kernel) in place; u's
+    // slice of the row axis stored.
+    assert_eq!(slices(2), vec![true, true]);
+    assert_eq!(slices(1), vec![false]);
+    let s = pipeline::schedule(&fu, &SecondaryMap::new()).expect("schedules");
+    s.verify().expect("verifies");
+    // Both sums are one GEMM over the 6 stacked rows.
+    let stacked = s
+        .steps
+        .iter()
+        .filter(|st| matches!(st, Step::MatMul { dims, .. } if dims.k == 6 && dims.m == 4))
+        .count();
+    assert_eq!(stacked, 2, "{:?}", s.steps);
+    agrees_with_the_interpreter(
+        &g,
+        nnc::tensor::Tensor::new(vec![48], (0..48).map(|i| (i as f32 * 0.61).cos()).collect()),
+    );
+}

@@ -29,8 +29,9 @@
 //! - `reshape-is-a-view`: a reshape shares its operand's buffer.
 //! - `slice-in-place`: a slice read only by loop kernels (elementwise
 //!   nodes and reductions), concatenations and products (as an operand,
-//!   or as the matrix a batch of products shares; not a product summed
-//!   over its batch), directly or through
+//!   transposed or not, or as the matrix a batch of products shares; a
+//!   product summed over its batch only where the slice keeps its rows at
+//!   one stride, as an LSTM's `h` beside its `c`), directly or through
 //!   reshapes that split dims or add and drop dims of size 1 and through
 //!   further slices, is not copied: each kernel reads its operand's
 //!   buffer at the slice's offset with the operand's strides (an LSTM's
@@ -274,18 +275,19 @@ fn read_in_place(
     roots: &EntitySet<Node>,
     n: Node,
 ) -> bool {
-    // A product reads its operands with any strides; not one summed over
-    // its batch, which stacks the batches as one contiguous operand.
-    let product = |m: Node| {
-        matches!(g.nodes[m].op, Op::MatMul(..))
-            && !readers[m].iter().any(|&r| sums_batch_axes(g, r, m))
-    };
+    // A product reads its operands with any strides; one summed over its
+    // batch stacks the batches' rows as one operand, which a view gives
+    // only when its rows follow one another at one stride ([`rows_stacked`]).
+    let sums_batch = |m: Node| readers[m].iter().any(|&r| sums_batch_axes(g, r, m));
+    let product = |m: Node| matches!(g.nodes[m].op, Op::MatMul(..)) && !sums_batch(m);
+    let stacked_product =
+        |m: Node| matches!(g.nodes[m].op, Op::MatMul(..)) && (!sums_batch(m) || rows_stacked(g, n));
     !roots.contains(n)
         && !readers[n].is_empty()
         && readers[n].iter().all(|&r| match &g.nodes[r].op {
             op if is_elementwise(op) => true,
             Op::Reduce { .. } | Op::Concat { .. } => true,
-            Op::MatMul(..) => product(r),
+            Op::MatMul(..) => stacked_product(r),
             // A matrix shared by every batch of products
             // (`matmul-broadcast-operand`).
             Op::Broadcast(_, to) => {
@@ -294,12 +296,59 @@ fn read_in_place(
                     && !readers[r].is_empty()
                     && readers[r].iter().all(|&m| product(m))
             }
+            // A transpose that products read with swapped strides
+            // (`matmul-transposed-operand`): the activations a weight's
+            // gradient multiplies, such as an LSTM's `h` sliced from its
+            // stacked states.
+            Op::Transpose(_, perm) => {
+                swaps_last_two(perm)
+                    && !roots.contains(r)
+                    && !readers[r].is_empty()
+                    && readers[r].iter().all(|&m| stacked_product(m))
+            }
             Op::Slice { .. } => read_in_place(g, readers, roots, r),
             Op::Reshape(a, _) => {
                 splits_only(g.shape(*a), g.shape(r)) && read_in_place(g, readers, roots, r)
             }
             _ => false,
         })
+}
+
+/// Whether view `v` of a stored value (a slice, or a reshape of one)
+/// keeps its rows, the indices of every dim but the last, one after the
+/// other at one stride, as a product summed over its batch reads them
+/// (`matmul-batch-sum` stacks the batches' rows into one operand): a slice
+/// of the last dim, or one entry of one of the last two dims that a
+/// reshape drops (an LSTM's `h` beside its `c` in the stacked states).
+/// Every other dim is then whole. The value sliced must be laid out
+/// whole: not a slice, nor a reshape of one.
+fn rows_stacked(g: &Graph, v: Node) -> bool {
+    fn whole(g: &Graph, x: Node) -> bool {
+        match g.nodes[x].op {
+            Op::Slice { .. } => false,
+            Op::Reshape(a, _) => whole(g, a),
+            _ => true,
+        }
+    }
+    let whole = |x: Node| whole(g, x);
+    match &g.nodes[v].op {
+        Op::Slice { arg, axis, .. } => whole(*arg) && axis + 1 == g.shape(*arg).len(),
+        Op::Reshape(s, to) => match g.nodes[*s].op {
+            Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => {
+                let from = g.shape(*s);
+                let mut dropped = from.clone();
+                dropped.remove(axis);
+                whole(arg) && end - start == 1 && axis + 2 >= from.len() && *to == dropped
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Whether `n` is a slice read in place (`slice-in-place`), or a reshape

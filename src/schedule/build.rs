@@ -303,9 +303,24 @@ impl<'f> Builder<'f> {
         let stacked =
             a_rc == (k as isize, 1) && a_offs.iter().enumerate().all(|(i, &o)| o == i * m * k);
         if batch_sum {
-            // Σ_b a_bᵀ b_b: the batches' rows stacked along k (fusion
-            // checked that `a` is a transposed stack and `b` a contiguous
-            // one).
+            // Σ_b a_bᵀ b_b: the batches' rows stacked along k. Fusion
+            // checked that `a` is a transposed stack and that both are
+            // whole or viewed with their rows at one stride
+            // (`fusion::rows_stacked`): batch `i` starts `i·k` rows after
+            // the first. Checked here too, as a wrong stride would be a
+            // wrong sum, not a crash.
+            let at_one_stride = |offs: &[usize], row: isize| {
+                offs.iter()
+                    .enumerate()
+                    .all(|(i, &o)| o as isize - offs[0] as isize == i as isize * k as isize * row)
+            };
+            if !at_one_stride(&a_offs, a_rc.1) || !at_one_stride(&b_offs, b_rc.0) {
+                return Err(Error::Backend {
+                    message: format!(
+                        "{mm}: the batches of a product summed over its batch are not rows at one stride"
+                    ),
+                });
+            }
             dims.k = k * batch;
             a_offs.truncate(1);
             b_offs.truncate(1);
