@@ -230,7 +230,8 @@ pub enum Op {
 
 impl Op {
     /// The nodes this op reads, in order (inline, not allocated, for up to
-    /// three: every op but a loop with sequences or extra arguments).
+    /// three: every op but a loop reading more than two sequences and
+    /// arguments together).
     pub fn args(&self) -> SmallVec<[Node; 3]> {
         match self {
             Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => SmallVec::new(),
