@@ -3,6 +3,8 @@
 //!
 //! [`ir::Graph`]: crate::ir::Graph
 
+use std::borrow::Cow;
+
 pub mod autodiff;
 pub(crate) mod build;
 pub mod cse;
@@ -31,10 +33,25 @@ pub fn optimize(g: &crate::ir::Graph) -> crate::ir::Graph {
     // A pass with nothing to do (a graph without loops) hands its input
     // back instead of a copy.
     let kept = timed("scan-residual", || scan_residual::keep(g));
-    let g = timed("cse", || cse::cse(&kept));
-    let g = timed("horizontal", || horizontal::fuse(&g));
-    let hoisted = timed("licm", || licm::hoist(&g));
+    let merged = timed("cse", || cse::cse(&kept));
+    let fused = timed("horizontal", || horizontal::fuse(&merged));
+    let hoisted = timed("licm", || licm::hoist(&fused));
     let lifted = timed("scan-lift", || scan_lift::lift(&hoisted));
     let shared = timed("scan-views", || scan_views::share(&lifted));
-    timed("cse", || cse::cse(&shared))
+    // Where every pass since handed the graph back as it was (no loop, no
+    // products side by side: a plain network, however deep), it is CSE's
+    // own output, which a second CSE would only copy: each node was
+    // merged and rewritten from its final arguments when it was built.
+    let unchanged = [&fused, &hoisted, &lifted, &shared]
+        .iter()
+        .all(|c| matches!(c, Cow::Borrowed(_)));
+    if !unchanged {
+        return timed("cse", || cse::cse(&shared));
+    }
+    // (Each borrows the one before it, back to `merged`.)
+    drop(shared);
+    drop(lifted);
+    drop(hoisted);
+    drop(fused);
+    merged
 }
