@@ -22,8 +22,8 @@ pub mod simplify;
 /// The graph-level optimisations run before fusion and code generation:
 /// common subexpressions merged, loop-invariant work moved out of loop
 /// bodies, step-parallel products lifted out of them, and merged again
-/// (the derivative loops of one scan hoist the same slices and recompute
-/// the same forward products); a loop's sequences that are slices of one
+/// where those passes changed the graph (the derivative loops of one scan
+/// hoist the same slices and recompute the same forward products); a loop's sequences that are slices of one
 /// stacked value are read through it (`scan-sequence-slices`). First, forward loops store the products
 /// of their carry their derivative loops would recompute, and products
 /// side by side become one (`matmul-horizontal`, `matmul-sum`: before
