@@ -330,20 +330,13 @@ fn rows_stacked(g: &Graph, v: Node) -> bool {
             _ => true,
         }
     }
-    let whole = |x: Node| whole(g, x);
     match &g.nodes[v].op {
-        Op::Slice { arg, axis, .. } => whole(*arg) && axis + 1 == g.shape(*arg).len(),
+        Op::Slice { arg, axis, .. } => whole(g, *arg) && axis + 1 == g.shape(*arg).len(),
         Op::Reshape(s, to) => match g.nodes[*s].op {
-            Op::Slice {
-                arg,
-                axis,
-                start,
-                end,
-            } => {
-                let from = g.shape(*s);
-                let mut dropped = from.clone();
-                dropped.remove(axis);
-                whole(arg) && end - start == 1 && axis + 2 >= from.len() && *to == dropped
+            Op::Slice { arg, axis, .. } => {
+                let mut dropped = g.shape(*s).clone();
+                let one = dropped.remove(axis) == Dim::Known(1);
+                whole(g, arg) && one && axis + 1 >= dropped.len() && *to == dropped
             }
             _ => false,
         },

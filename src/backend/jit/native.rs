@@ -945,12 +945,7 @@ pub fn transpose(src: &[f32], dst: &mut [f32], shape: &[usize], perm: &[usize]) 
         if batches >= 2 && in_two(dst.len()) {
             let at = batches / 2 * size;
             let (s0, s1) = src.split_at(at);
-            let (d0, d1) = dst.split_at_mut(at);
-            let halves = [Mutex::new(d0), Mutex::new(d1)];
-            super::helper::for_each_part(2, &|p| {
-                let s = if p == 0 { s0 } else { s1 };
-                each(s, &mut halves[p].lock().unwrap_or_else(|e| e.into_inner()));
-            });
+            in_halves(dst, at, &|p, d| each(if p == 0 { s0 } else { s1 }, d));
         } else {
             each(src, dst);
         }
@@ -997,11 +992,19 @@ pub fn copy_blocks(blocks: &Blocks, src: &[f32], dst: &mut [f32]) {
         };
         (Blocks { len: h, ..b }, second, b.dst_at + h)
     };
-    let (d0, d1) = dst.split_at_mut(cut);
+    in_halves(dst, cut, &|p, d| {
+        if p == 0 { first } else { second }.copy(src, d)
+    });
+}
+
+/// `f(0, &mut dst[..at])` and `f(1, &mut dst[at..])` side by side, on this
+/// thread and the helper ([`super::helper::for_each_part`]): each half is
+/// handed to its part alone.
+fn in_halves(dst: &mut [f32], at: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let (d0, d1) = dst.split_at_mut(at);
     let halves = [Mutex::new(d0), Mutex::new(d1)];
     super::helper::for_each_part(2, &|p| {
-        let mut d = halves[p].lock().unwrap_or_else(|e| e.into_inner());
-        if p == 0 { first } else { second }.copy(src, &mut d);
+        f(p, &mut halves[p].lock().unwrap_or_else(|e| e.into_inner()));
     });
 }
 
