@@ -84,7 +84,7 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
 /// (`NNC_LOG=fusion` prints why), recursively into loop bodies. What is
 /// fused here is what every backend runs, and what `--emit fused` shows.
 pub fn fuse(g: &Graph) -> crate::schedule::Fused {
-    let graph = crate::passes::optimize(g);
+    let graph = std::sync::Arc::new(crate::passes::optimize(g));
     let roots: Vec<ir::Node> = graph
         .outputs
         .iter()

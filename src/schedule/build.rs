@@ -126,7 +126,7 @@ impl<'f> Builder<'f> {
             .map(|(u, &b)| (u.param, b))
             .collect();
         Ok(Schedule {
-            graph: g.clone(),
+            graph: std::sync::Arc::clone(&self.f.graph),
             shapes: self.shapes,
             buf_of: self.plan.buf_of,
             bufs: self.plan.sizes,

@@ -45,7 +45,8 @@ use cranelift_entity::{entity_impl, PrimaryMap, SecondaryMap};
 /// [`passes::optimize`]: crate::passes::optimize
 /// [`fusion::fuse`]: crate::passes::fusion::fuse
 pub struct Fused {
-    pub graph: crate::ir::Graph,
+    /// Shared with the schedules built from it (one per set of sizes).
+    pub graph: std::sync::Arc<crate::ir::Graph>,
     /// The outputs, then the updates: what the program computes.
     pub roots: Vec<crate::ir::Node>,
     pub fusion: crate::passes::fusion::Fusion,
@@ -63,8 +64,9 @@ entity_impl!(BufId, "buf");
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Schedule {
     /// The optimised graph the steps compute (host steps evaluate its
-    /// nodes; logs describe them).
-    pub graph: Graph,
+    /// nodes; logs describe them), shared with the fused graph it was
+    /// built from.
+    pub graph: std::sync::Arc<Graph>,
     /// Every node's shape, where it could be bound.
     pub shapes: SecondaryMap<Node, Vec<usize>>,
     /// The buffer holding each stored node (a view shares its base's);

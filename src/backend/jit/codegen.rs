@@ -18,8 +18,10 @@ use crate::schedule::{Expr, LoopKernel};
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+    types, AbiParam, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature,
+    Type, UserExternalName, UserFuncName, Value,
 };
+use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
@@ -33,22 +35,52 @@ struct Ctx {
     powf: Option<FuncRef>,
 }
 
-/// Declares the kernel's function in `module` and builds its IR: the
-/// function and its context, to compile and define with [`define_all`].
-pub fn build<M: Module>(
-    module: &mut M,
+/// A kernel's function, declared in its module by [`declare`]; its IR is
+/// built and compiled by [`define_all`].
+pub struct Declared {
+    pub id: FuncId,
+    pub kernel: LoopKernel,
+    /// Its name, for `--emit clif`.
+    pub name: String,
+}
+
+/// Declares the function of a kernel named `name` in `module`.
+pub fn declare<M: Module>(module: &mut M, name: &str) -> Result<FuncId, String> {
+    module
+        .declare_function(name, Linkage::Local, &signature(module))
+        .map_err(|e| e.to_string())
+}
+
+/// A kernel's signature: `fn(args: *const *mut f32, start: i64, end: i64)`.
+fn signature<M: Module>(module: &M) -> Signature {
+    let mut sig = module.make_signature();
+    sig.params
+        .push(AbiParam::new(module.target_config().pointer_type()));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// The host's `powf` as declared in the module, for kernels to import.
+#[derive(Clone)]
+struct Powf {
+    id: FuncId,
+    sig: Signature,
+}
+
+/// Builds the IR of kernel `d` (declared with signature `sig`): touches no
+/// module, so kernels are built side by side.
+fn build(
+    config: TargetFrontendConfig,
+    sig: &Signature,
     fctx: &mut FunctionBuilderContext,
-    k: &LoopKernel,
-    name: &str,
-) -> Result<(FuncId, Context), String> {
-    let ptr = module.target_config().pointer_type();
-    let mut ctx = module.make_context();
-    ctx.func.signature.params.push(AbiParam::new(ptr));
-    ctx.func.signature.params.push(AbiParam::new(types::I64));
-    ctx.func.signature.params.push(AbiParam::new(types::I64));
-    let id = module
-        .declare_function(name, Linkage::Local, &ctx.func.signature)
-        .map_err(|e| e.to_string())?;
+    d: &Declared,
+    powf: Option<&Powf>,
+) -> Context {
+    let (k, id) = (&d.kernel, d.id);
+    let ptr = config.pointer_type();
+    let mut ctx = Context::new();
+    ctx.func.signature = sig.clone();
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
@@ -70,14 +102,7 @@ pub fn build<M: Module>(
                 b.ins().load(ptr, flags, args, 8 * at as i32)
             })
             .collect();
-        let powf = match k
-            .exprs
-            .iter()
-            .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
-        {
-            true => Some(declare_powf(module, &mut b)?),
-            false => None,
-        };
+        let powf = has_power(k).then(|| import_powf(&mut b, powf));
         let cx = Ctx {
             ptrs,
             out_ptr,
@@ -96,26 +121,41 @@ pub fn build<M: Module>(
         emit_dims(&mut b, k, &cx, 0, start, end, &offs);
         b.ins().return_(&[]);
         b.seal_all_blocks();
-        b.finalize(module.target_config());
+        b.finalize(config);
     }
-    Ok((id, ctx))
+    ctx
 }
 
-/// A function built by [`build`], not yet compiled.
-pub type Built = (FuncId, Context);
-
-/// A compiled function: its id, alignment, machine code and relocations.
+/// Compiled machine code: its id, alignment, code and relocations.
 type Machine = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
 
-/// Compiles the functions built by [`build`] on every thread of the pool
-/// (each function's compilation is independent; the module's ISA is
-/// shared read-only), then defines them in `module` in their order.
-pub fn define_all<M: Module>(module: &mut M, funcs: Vec<Built>) -> Result<(), String> {
+/// Builds and compiles the declared kernels on every thread of the pool
+/// (each function is independent; the module's ISA is shared read-only),
+/// then defines them in `module` in their order. With `clif`, returns
+/// each function's IR as built, in order (`nnc compile --emit clif`).
+pub fn define_all<M: Module>(
+    module: &mut M,
+    funcs: Vec<Declared>,
+    clif: bool,
+) -> Result<Vec<String>, String> {
     use rayon::prelude::*;
+    let powf = match funcs.iter().any(|d| has_power(&d.kernel)) {
+        true => Some(declare_powf(module)?),
+        false => None,
+    };
+    let sig = signature(module);
+    let config = module.target_config();
     let isa = module.isa();
-    let compiled: Vec<Result<Machine, String>> = funcs
+    thread_local! {
+        static FCTX: std::cell::RefCell<FunctionBuilderContext> =
+            std::cell::RefCell::new(FunctionBuilderContext::new());
+    }
+    let compiled: Vec<Result<(Machine, Option<String>), String>> = funcs
         .into_par_iter()
-        .map(|(id, mut ctx)| {
+        .map(|d| {
+            let powf = powf.as_ref().filter(|_| has_power(&d.kernel));
+            let mut ctx = FCTX.with(|f| build(config, &sig, &mut f.borrow_mut(), &d, powf));
+            let text = clif.then(|| format!("; {}\n{}", d.name, ctx.func.display()));
             let align = ctx
                 .compile(isa, &mut ControlPlane::default())
                 .map_err(|e| format!("{:?}", e.inner))?
@@ -130,22 +170,31 @@ pub fn define_all<M: Module>(module: &mut M, funcs: Vec<Built>) -> Result<(), St
                 .buffer
                 .relocs()
                 .iter()
-                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, d.id))
                 .collect();
-            Ok((id, align, code.code_buffer().to_vec(), relocs))
+            Ok(((d.id, align, code.code_buffer().to_vec(), relocs), text))
         })
         .collect();
+    let mut texts = Vec::new();
     for c in compiled {
-        let (id, align, bytes, relocs) = c?;
+        let ((id, align, bytes, relocs), text) = c?;
         module
             .define_function_bytes(id, align, &bytes, &relocs)
             .map_err(|e| format!("{e:?}"))?;
+        texts.extend(text);
     }
-    Ok(())
+    Ok(texts)
 }
 
-/// Imports [`math::powf`] into the function being built.
-fn declare_powf<M: Module>(module: &mut M, b: &mut FunctionBuilder) -> Result<FuncRef, String> {
+/// Whether `k` raises to a general power (calls the host's `powf`).
+fn has_power(k: &LoopKernel) -> bool {
+    k.exprs
+        .iter()
+        .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
+}
+
+/// Declares [`math::powf`] in `module`, imported.
+fn declare_powf<M: Module>(module: &mut M) -> Result<Powf, String> {
     let mut sig = module.make_signature();
     sig.params.push(AbiParam::new(types::F32));
     sig.params.push(AbiParam::new(types::F32));
@@ -153,7 +202,25 @@ fn declare_powf<M: Module>(module: &mut M, b: &mut FunctionBuilder) -> Result<Fu
     let id = module
         .declare_function(math::POWF_SYMBOL, Linkage::Import, &sig)
         .map_err(|e| e.to_string())?;
-    Ok(module.declare_func_in_func(id, b.func))
+    Ok(Powf { id, sig })
+}
+
+/// Imports the declared `powf` into the function being built (as
+/// `Module::declare_func_in_func` does, without the module).
+fn import_powf(b: &mut FunctionBuilder, powf: Option<&Powf>) -> FuncRef {
+    let p = powf.expect("powf is declared for kernels with a power");
+    let signature = b.func.import_signature(p.sig.clone());
+    let name = b.func.declare_imported_user_function(UserExternalName {
+        namespace: 0,
+        index: p.id.as_u32(),
+    });
+    b.func.import_function(ExtFuncData {
+        name: ExternalName::user(name),
+        signature,
+        // An import is not final: it may lie anywhere.
+        colocated: false,
+        patchable: false,
+    })
 }
 
 /// `for i in lo..hi step` with a variable; calls `body(i)`. Returns the

@@ -12,7 +12,6 @@ use crate::ir::{Node, ParamId};
 use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
 use crate::tensor::Tensor;
 use cranelift_entity::{EntityRef, SecondaryMap};
-use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -160,7 +159,8 @@ trait Kernels {
 /// gives each body a module of its own).
 fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Error> {
     let exec = Program::assemble(&body, kx)?;
-    Ok(Program::with_exec(body, exec, None, Vec::new()))
+    let updates = update_storage(&body);
+    Ok(Program::with_exec(body, exec, None, Vec::new(), updates))
 }
 
 /// What the JIT needs to compile a program's loop kernels: the module
@@ -170,15 +170,17 @@ fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Err
 /// functions to look up once the module is finalised.
 struct JitKernels {
     module: JITModule,
-    fctx: FunctionBuilderContext,
     compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// Kernels that reused an identical one.
     shared: usize,
     /// Step index and function of each compiled kernel.
     pending: Vec<(usize, cranelift_module::FuncId)>,
-    /// The functions built and not yet compiled.
-    built: Vec<codegen::Built>,
-    clif: Vec<String>,
+    /// The functions declared and not yet built and compiled.
+    declared: Vec<codegen::Declared>,
+    /// With `want_clif`, the Cranelift IR of every kernel in the order
+    /// they were asked for: a loop body's as text, this program's own as
+    /// `None` (the next declared kernel's, known once it is built).
+    clif: Vec<Option<String>>,
     want_clif: bool,
 }
 
@@ -192,18 +194,16 @@ fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
     }
 }
 
-/// Compiles `kernel` into `module` unless an identical one is in
-/// `compiled` (which then counts in `shared`): builds its function and
-/// queues it in `built`, for [`codegen::define_all`] to compile with the
+/// Declares `kernel`'s function in `module` unless an identical one is
+/// in `compiled` (which then counts in `shared`), and queues it in
+/// `declared`, for [`codegen::define_all`] to build and compile with the
 /// others.
 #[allow(clippy::too_many_arguments)]
 fn compile_kernel<M: cranelift_module::Module>(
     module: &mut M,
-    fctx: &mut FunctionBuilderContext,
     compiled: &mut FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     shared: &mut usize,
-    clif: Option<&mut Vec<String>>,
-    built: &mut Vec<codegen::Built>,
+    declared: &mut Vec<codegen::Declared>,
     kernel: &crate::schedule::LoopKernel,
     name: &str,
     what: &str,
@@ -213,12 +213,13 @@ fn compile_kernel<M: cranelift_module::Module>(
         *shared += 1;
         return Ok(id);
     }
-    let rejected = |e: String| internal(format!("Cranelift rejected {what} {i}: {e}"));
-    let (id, ctx) = codegen::build(module, fctx, kernel, name).map_err(rejected)?;
-    if let Some(c) = clif {
-        c.push(format!("; {name}\n{}", ctx.func.display()));
-    }
-    built.push((id, ctx));
+    let id = codegen::declare(module, name)
+        .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
+    declared.push(codegen::Declared {
+        id,
+        kernel: kernel.clone(),
+        name: name.to_string(),
+    });
     compiled.insert(kernel.clone(), id);
     Ok(id)
 }
@@ -238,25 +239,27 @@ impl Kernels for JitKernels {
             let (f, scratch) = wide_kern(level, kernel);
             return Ok(loop_exec(f, scratch, n_args));
         }
+        let declared = self.declared.len();
         let id = compile_kernel(
             &mut self.module,
-            &mut self.fctx,
             &mut self.compiled,
             &mut self.shared,
-            self.want_clif.then_some(&mut self.clif),
-            &mut self.built,
+            &mut self.declared,
             kernel,
             &name,
             what,
             i,
         )?;
+        if self.want_clif && self.declared.len() > declared {
+            self.clif.push(None);
+        }
         self.pending.push((i, id));
         Ok(loop_exec(Kern::Jit(dummy_kernel), Vec::new(), n_args))
     }
 
     fn body(&mut self, body: Schedule) -> Result<Program, Error> {
         let p = Program::compile_with(body, self.want_clif)?;
-        self.clif.extend(p.clif.iter().cloned());
+        self.clif.extend(p.clif.iter().cloned().map(Some));
         Ok(p)
     }
 }
@@ -268,33 +271,32 @@ impl Kernels for JitKernels {
 /// by the CPU the library runs on.
 pub struct ObjectKernels<'m, M: cranelift_module::Module> {
     pub module: &'m mut M,
-    fctx: FunctionBuilderContext,
     compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
     /// The prefix of the kernels' symbol names.
     prefix: String,
     pub order: Vec<cranelift_module::FuncId>,
     pub shared: usize,
-    built: Vec<codegen::Built>,
+    declared: Vec<codegen::Declared>,
 }
 
 impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
     pub fn new(module: &'m mut M, prefix: &str) -> Self {
         ObjectKernels {
             module,
-            fctx: FunctionBuilderContext::new(),
             compiled: FxHashMap::default(),
             prefix: prefix.to_string(),
             order: Vec::new(),
             shared: 0,
-            built: Vec::new(),
+            declared: Vec::new(),
         }
     }
 
     /// Compiles the kernels of `sched` (consumed: nothing runs).
     pub fn add(&mut self, sched: Schedule) -> Result<(), Error> {
         Program::assemble(&sched, self)?;
-        codegen::define_all(self.module, std::mem::take(&mut self.built))
-            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))
+        codegen::define_all(self.module, std::mem::take(&mut self.declared), false)
+            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?;
+        Ok(())
     }
 }
 
@@ -314,11 +316,9 @@ impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
         let name = format!("{}k{}", self.prefix, self.compiled.len());
         let id = compile_kernel(
             self.module,
-            &mut self.fctx,
             &mut self.compiled,
             &mut self.shared,
-            None,
-            &mut self.built,
+            &mut self.declared,
             kernel,
             &name,
             what,
@@ -398,11 +398,10 @@ impl Program {
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
         let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
-            fctx: FunctionBuilderContext::new(),
             compiled: FxHashMap::default(),
             shared: 0,
             pending: Vec::new(),
-            built: Vec::new(),
+            declared: Vec::new(),
             clif: Vec::new(),
             want_clif,
         };
@@ -412,12 +411,23 @@ impl Program {
             compiled,
             shared,
             pending,
-            built,
+            declared,
             clif,
             ..
         } = kx;
-        codegen::define_all(&mut module, built)
-            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?;
+        // The kernels are compiled while the update buffers are allocated
+        // (zeroing them is most of a deep model's allocation).
+        let (texts, updates) = rayon::join(
+            || codegen::define_all(&mut module, declared, want_clif),
+            || update_storage(&sched),
+        );
+        let mut texts = texts
+            .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?
+            .into_iter();
+        let clif = clif
+            .into_iter()
+            .map(|c| c.or_else(|| texts.next()).unwrap_or_default())
+            .collect();
         if crate::log::enabled("plan") {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
@@ -440,7 +450,7 @@ impl Program {
                 *f = Kern::Jit(unsafe { std::mem::transmute::<*const u8, KernelFn>(p) });
             }
         }
-        Ok(Program::with_exec(sched, exec, Some(module), clif))
+        Ok(Program::with_exec(sched, exec, Some(module), clif, updates))
     }
 
     /// A program whose loop kernels are a library's compiled ones, taken
@@ -449,7 +459,11 @@ impl Program {
     pub fn from_table(sched: Schedule, fns: &[KernelFn]) -> Result<(Program, usize), Error> {
         let mut kx = TableKernels::new(fns);
         let exec = Program::assemble(&sched, &mut kx)?;
-        Ok((Program::with_exec(sched, exec, None, Vec::new()), kx.next))
+        let updates = update_storage(&sched);
+        Ok((
+            Program::with_exec(sched, exec, None, Vec::new(), updates),
+            kx.next,
+        ))
     }
 
     /// One [`Exec`] per step of `sched`, its loop kernels from `kx`.
@@ -491,15 +505,16 @@ impl Program {
         Ok(exec)
     }
 
-    /// The program running `exec`, with its buffers allocated and its
-    /// constants copied in.
+    /// The program running `exec`, with its buffers allocated (the
+    /// updates' from [`update_storage`]) and its constants copied in.
     fn with_exec(
         sched: Schedule,
         exec: Vec<Exec>,
         module: Option<JITModule>,
         clif: Vec<String>,
+        updates: Vec<Vec<f32>>,
     ) -> Program {
-        let mut bufs = Buffers::new(&sched);
+        let mut bufs = Buffers::new(&sched, updates);
         for &(c, b) in &sched.consts {
             bufs.get_mut(b).copy_from_slice(&sched.graph.consts[c].data);
         }
@@ -917,6 +932,17 @@ struct Buffers {
     taken: Vec<bool>,
 }
 
+/// Per buffer of `sched`, the storage of its own: zeros for each update
+/// (its new value is written there, then handed to the parameter), empty
+/// for the others.
+fn update_storage(sched: &Schedule) -> Vec<Vec<f32>> {
+    let mut own = vec![Vec::new(); sched.bufs.len()];
+    for &(_, b) in &sched.updates {
+        own[b.index()] = vec![0.0; sched.bufs[b]];
+    }
+    own
+}
+
 /// [`Buffers::at`] of a buffer outside the arena.
 const OWN: usize = usize::MAX;
 
@@ -951,8 +977,9 @@ impl std::ops::DerefMut for Taken {
 }
 
 impl Buffers {
-    /// Zeros for every buffer but the parameters', which runs bind.
-    fn new(sched: &Schedule) -> Buffers {
+    /// Zeros for every buffer but the parameters', which runs bind, and
+    /// the updates', which are `updates` ([`update_storage`]).
+    fn new(sched: &Schedule, updates: Vec<Vec<f32>>) -> Buffers {
         /// Floats per 64 bytes: each region starts on a cache line.
         const LINE: usize = 16;
         let lens: Vec<usize> = sched.bufs.values().copied().collect();
@@ -974,10 +1001,7 @@ impl Buffers {
         let skip = arena.as_ptr().align_offset(64).min(LINE);
         // SAFETY: `skip <= LINE`, inside the allocation.
         let base = unsafe { arena.as_mut_ptr().add(skip) };
-        let mut own = vec![Vec::new(); lens.len()];
-        for &(_, b) in &sched.updates {
-            own[b.index()] = vec![0.0; lens[b.index()]];
-        }
+        let own = updates;
         let bound = vec![std::ptr::null(); lens.len()];
         let writable = vec![false; lens.len()];
         let taken = vec![false; lens.len()];
