@@ -62,6 +62,10 @@
 //! - A step's parameter updates never share a buffer with anything else:
 //!   the scheduler gives an update that would its own buffer and a copy.
 
+// pest is built without its `std` feature (Cargo.toml): its generated
+// parser then names the `alloc` crate.
+extern crate alloc;
+
 pub mod aot;
 pub mod backend;
 pub mod data;

@@ -44,11 +44,14 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     stdlib::add_sources(&mut sources);
     let file = sources.add(name, text);
     let mut diags = Diagnostics::new();
-    let (std_asts, std_diags) = stdlib::asts();
+    // The stdlib (parsed once per process) is parsed on another thread
+    // while this one parses the file: a large model's file takes as long.
+    let ((std_asts, std_diags), ast) = rayon::join(stdlib::asts, || {
+        crate::log::timed("parse", || syntax::parse(file, text, &mut diags))
+    });
     for d in std_diags.iter() {
         diags.push(d.clone());
     }
-    let ast = crate::log::timed("parse", || syntax::parse(file, text, &mut diags));
     let mut graph = None;
     let mut train = None;
     if let (Some(a), Stage::Ir, false) = (&ast, stage, diags.has_errors()) {
