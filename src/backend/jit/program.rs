@@ -1613,15 +1613,17 @@ unsafe fn call_loop(
     // (it is chosen for its transcendentals): it is split from a smaller
     // size, smaller still when the helper takes the second part.
     let with_helper = super::helper::takes_a_part(threads);
-    let (room, min) = match f {
+    let (room, big) = match f {
         Kern::Wide { slots, .. } => (
             slots >= threads,
-            super::threads::wide_loop_points(with_helper),
+            outer * inner >= super::threads::wide_loop_points(with_helper),
         ),
-        Kern::Jit(_) => (true, super::threads::loop_elements()),
+        Kern::Jit(_) => (
+            true,
+            super::threads::jit_loop_splits(outer * inner, kernel.exprs.len(), with_helper),
+        ),
     };
-    let split =
-        room && kernel.splittable() && outer * inner >= min && outer >= threads && threads > 1;
+    let split = room && big && kernel.splittable() && outer >= threads && threads > 1;
     if split {
         super::helper::for_each_part(threads, &|t| {
             let a = lo + outer * t / threads;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The sizes from which work is split over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Elements of a loop kernel (a wide kernel's: an eighth of it). From
+    /// Elements of a loop kernel (a wide kernel's: an eighth of it; with
+    /// the helper, a compiled one's weighed by its work, see
+    /// [`jit_loop_splits`]). From
     /// 2^16: while a program runs the pool's workers stand by
     /// (`program.rs`, `stand_by`), so a split no longer waits for one to
     /// wake. The loops of a training step (`NNC_LOG=profile`, by kind, a
@@ -75,6 +77,23 @@ pub(crate) fn loop_elements() -> usize {
 /// alternated runs (`NNC_LOG=profile`, a 2-vCPU EPYC with AVX-512).
 pub(crate) fn wide_loop_points(with_helper: bool) -> usize {
     loop_elements() / if with_helper { 16 } else { 8 }
+}
+
+/// Whether a compiled loop kernel over `points` points, whose expression
+/// has `entries` entries, is split: from [`Thresholds::loop_elements`]
+/// points, and where the helper takes the second part (`helper.rs`, awake
+/// between the parts) from half as many points times entries, a measure of
+/// its work. A transformer's elementwise kernels of 8192-32768 points then
+/// split. Alternated rounds of 400 steps (`nnc bench`, median ms, a
+/// 2-vCPU EPYC with AVX-512; four rounds in a fast stretch), points alone
+/// against points times entries:
+/// transformer_train 0.625-0.651 against 0.578-0.590 (0.928-0.942 against
+/// 0.884-0.905 in a slow stretch), transformer_stack_8 6.45-6.65 against
+/// 5.96-6.11; lstm_train (its derivative step's kernel, 4096 points and 31
+/// entries, now split), mlp_train and lenet_train within noise.
+pub(crate) fn jit_loop_splits(points: usize, entries: usize, with_helper: bool) -> bool {
+    let min = loop_elements();
+    points >= min || (with_helper && points.saturating_mul(entries) >= min / 2)
 }
 
 pub(crate) fn gemm_madds() -> usize {
