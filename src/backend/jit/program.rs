@@ -835,11 +835,14 @@ fn uses_pool(sched: &Schedule) -> bool {
 /// Whether some step of `sched` is large enough that the JIT splits it
 /// over threads (the thresholds of [`super::threads`], read now: tests
 /// change them). A loop counts from the smallest size at which any loop
-/// kernel splits (a wide one's, shared with the helper).
+/// kernel splits (a wide one's, or a compiled one's by its work, shared
+/// with the helper).
 fn may_split(sched: &Schedule) -> bool {
     sched.steps.iter().any(|step| match step {
         Step::Loop { kernel, .. } => {
-            kernel.dims.iter().product::<usize>() >= super::threads::wide_loop_points(true)
+            let points = kernel.dims.iter().product::<usize>();
+            points >= super::threads::wide_loop_points(true)
+                || super::threads::jit_loop_splits(points, kernel.exprs.len(), true)
         }
         Step::MatMul { dims, .. } => dims.m * dims.n * dims.k >= super::threads::gemm_madds(),
         Step::Conv { .. } => true,
