@@ -44,11 +44,19 @@ pub fn compile(name: &str, text: &str, stage: Stage) -> Compilation {
     stdlib::add_sources(&mut sources);
     let file = sources.add(name, text);
     let mut diags = Diagnostics::new();
-    // The stdlib (parsed once per process) is parsed on another thread
-    // while this one parses the file: a large model's file takes as long.
-    let ((std_asts, std_diags), ast) = rayon::join(stdlib::asts, || {
-        crate::log::timed("parse", || syntax::parse(file, text, &mut diags))
-    });
+    let mut parse = || crate::log::timed("parse", || syntax::parse(file, text, &mut diags));
+    // The stdlib is parsed once per process: the first time, on a thread of
+    // its own while this one parses the file (a large model's file takes
+    // as long).
+    let ((std_asts, std_diags), ast) = match stdlib::parsed() {
+        true => (stdlib::asts(), parse()),
+        false => std::thread::scope(|s| {
+            let std = s.spawn(stdlib::asts);
+            let ast = parse();
+            let std = std.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (std, ast)
+        }),
+    };
     for d in std_diags.iter() {
         diags.push(d.clone());
     }

@@ -27,10 +27,17 @@ pub fn add_sources(sources: &mut SourceMap) {
     }
 }
 
+/// The stdlib parsed, once per process ([`asts`]).
+static ASTS: OnceLock<(Vec<ast::File>, Diagnostics)> = OnceLock::new();
+
+/// Whether this process has parsed the stdlib already.
+pub fn parsed() -> bool {
+    ASTS.get().is_some()
+}
+
 /// The parsed stdlib, and the diagnostics of parsing it (empty unless the
 /// embedded files are broken, which a test rules out).
 pub fn asts() -> &'static (Vec<ast::File>, Diagnostics) {
-    static ASTS: OnceLock<(Vec<ast::File>, Diagnostics)> = OnceLock::new();
     ASTS.get_or_init(|| {
         let mut diags = Diagnostics::new();
         let files = FILES
