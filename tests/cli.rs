@@ -256,6 +256,50 @@ fn identical_layers_share_their_compiled_kernels() {
 }
 
 #[test]
+fn emit_clif_gives_each_compiled_kernel_once_under_its_name_loop_bodies_included() {
+    // The kernels' IR is built on the pool as they compile, a loop body's
+    // in a program of its own: each text must still come out under its
+    // kernel's name, one per kernel the programs compiled (as the plan log
+    // counts them, bodies included).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"))
+        .args(["compile", "examples/lstm_sine.nn", "--emit", "clif"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NNC_LOG", "plan")
+        .output()
+        .expect("the nnc binary runs");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let compiled: usize = stderr(&o)
+        .lines()
+        .filter(|l| l.contains("loop kernels compiled"))
+        .filter_map(|l| {
+            l.split("; ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let functions = lines.iter().filter(|l| l.starts_with("function")).count();
+    let named: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("; k"))
+        .collect();
+    assert!(functions > 3, "{functions} functions:\n{text}");
+    assert_eq!(functions, compiled, "{}", stderr(&o));
+    assert_eq!(named.len(), functions, "{text}");
+    for i in named {
+        assert!(
+            lines[i + 1].starts_with("function"),
+            "{}: {}",
+            lines[i],
+            lines[i + 1]
+        );
+    }
+}
+
+#[test]
 fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
     let bench = |log: Option<&str>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"));
