@@ -85,7 +85,7 @@ pub(crate) fn wide_loop_points(with_helper: bool) -> usize {
 /// between the parts) from half as many points times entries, a measure of
 /// its work. A transformer's elementwise kernels of 8192-32768 points then
 /// split. Alternated rounds of 400 steps (`nnc bench`, median ms, a
-/// 2-vCPU EPYC with AVX-512; four rounds in a fast stretch), points alone
+/// 2-vCPU EPYC with AVX-512; the rounds in a fast stretch), points alone
 /// against points times entries:
 /// transformer_train 0.625-0.651 against 0.578-0.590 (0.928-0.942 against
 /// 0.884-0.905 in a slow stretch), transformer_stack_8 6.45-6.65 against
