@@ -261,12 +261,10 @@ fn emit_clif_gives_each_compiled_kernel_once_under_its_name_loop_bodies_included
     // in a program of its own: each text must still come out under its
     // kernel's name, one per kernel the programs compiled (as the plan log
     // counts them, bodies included).
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"))
-        .args(["compile", "examples/lstm_sine.nn", "--emit", "clif"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NNC_LOG", "plan")
-        .output()
-        .expect("the nnc binary runs");
+    let o = common::nnc_logging(
+        &["compile", "examples/lstm_sine.nn", "--emit", "clif"],
+        Some("plan"),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let compiled: usize = stderr(&o)
         .lines()
@@ -302,21 +300,15 @@ fn emit_clif_gives_each_compiled_kernel_once_under_its_name_loop_bodies_included
 #[test]
 fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
     let bench = |log: Option<&str>| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"));
-        c.args([
+        let args = [
             "bench",
             "examples/digits_mlp.nn",
             "--runs",
             "1",
             "--warmup",
             "0",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("NNC_LOG");
-        if let Some(topics) = log {
-            c.env("NNC_LOG", topics);
-        }
-        c.output().expect("the nnc binary runs")
+        ];
+        common::nnc_logging(&args, log)
     };
     let o = bench(Some("compile"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -351,12 +343,10 @@ fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
 
 #[test]
 fn nnc_log_profile_sums_the_time_of_each_kind_of_step() {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"))
-        .args(["bench", "examples/digits_mlp.nn", "--runs", "2"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NNC_LOG", "profile")
-        .output()
-        .expect("the nnc binary runs");
+    let o = common::nnc_logging(
+        &["bench", "examples/digits_mlp.nn", "--runs", "2"],
+        Some("profile"),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);
     // The training step's program: its step count, and the kinds that

@@ -13,6 +13,19 @@ pub fn nnc(args: &[&str]) -> Output {
         .expect("the nnc binary runs")
 }
 
+/// Runs `nnc` with `args` from the repository root, with `NNC_LOG` set to
+/// `topics` (unset with `None`, whatever the test's environment holds).
+pub fn nnc_logging(args: &[&str], topics: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nnc"));
+    c.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NNC_LOG");
+    if let Some(t) = topics {
+        c.env("NNC_LOG", t);
+    }
+    c.output().expect("the nnc binary runs")
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

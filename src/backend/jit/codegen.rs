@@ -208,6 +208,8 @@ fn declare_powf<M: Module>(module: &mut M) -> Result<Powf, String> {
 /// Imports the declared `powf` into the function being built (as
 /// `Module::declare_func_in_func` does, without the module).
 fn import_powf(b: &mut FunctionBuilder, powf: Option<&Powf>) -> FuncRef {
+    // `define_all` declares powf whenever a kernel has a power and hands
+    // it to exactly those kernels; `build` imports it only for them.
     let p = powf.expect("powf is declared for kernels with a power");
     let signature = b.func.import_signature(p.sig.clone());
     let name = b.func.declare_imported_user_function(UserExternalName {
