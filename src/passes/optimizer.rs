@@ -31,12 +31,51 @@ use crate::ir::{
     UnaryOp, Update,
 };
 pub use crate::sema::optimizer::{Kind, Optimizer};
+use rustc_hash::FxHashMap;
 
 /// A trainable parameter: its id, its node in the graph, its gradient.
 pub struct Target {
     pub param: ParamId,
     pub node: Node,
     pub grad: Node,
+}
+
+/// The scalars every parameter's update reads (β, 1 − β, ε, the rate,
+/// the bias corrections), each made once and broadcast once per shape:
+/// a deep model's parameters share a few shapes, and its step graph is
+/// mostly these updates.
+#[derive(Default)]
+struct Splats {
+    consts: FxHashMap<u32, Node>,
+    broadcasts: FxHashMap<(Node, Vec<Dim>), Node>,
+}
+
+impl Splats {
+    /// The scalar constant `v`.
+    fn konst(&mut self, b: &mut Builder, v: f32, sp: Span) -> Result<Node, Diag> {
+        if let Some(&n) = self.consts.get(&v.to_bits()) {
+            return Ok(n);
+        }
+        let n = b.fill(v, vec![], sp)?;
+        self.consts.insert(v.to_bits(), n);
+        Ok(n)
+    }
+
+    /// Scalar node `s` broadcast to `dims`.
+    fn splat(&mut self, b: &mut Builder, s: Node, dims: &[Dim], sp: Span) -> Result<Node, Diag> {
+        if let Some(&n) = self.broadcasts.get(&(s, dims.to_vec())) {
+            return Ok(n);
+        }
+        let n = b.broadcast(s, dims.to_vec(), sp)?;
+        self.broadcasts.insert((s, dims.to_vec()), n);
+        Ok(n)
+    }
+
+    /// The constant `v` broadcast to `dims`.
+    fn scalar(&mut self, b: &mut Builder, v: f32, dims: &[Dim], sp: Span) -> Result<Node, Diag> {
+        let s = self.konst(b, v, sp)?;
+        self.splat(b, s, dims, sp)
+    }
 }
 
 fn state(
@@ -133,18 +172,53 @@ pub fn append_as(
             Some(b.binary(BinaryOp::Min, coef, one, sp)?)
         }
     };
+    let splats = &mut Splats::default();
+    // Adam's bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ, computed at run time
+    // from the counter, once for all parameters.
+    let corrections = match opt.kind {
+        Kind::Adam {
+            beta1,
+            beta2,
+            bias_correction: true,
+            ..
+        } => {
+            let t = t_next.expect("Adam creates its step counter above");
+            let mut correction = |beta: f32| -> Result<Node, Diag> {
+                let bt = b.fill(beta, vec![], sp)?;
+                let pow = b.binary(BinaryOp::Pow, bt, t, sp)?;
+                let one = splats.konst(&mut b, 1.0, sp)?;
+                b.sub(one, pow, sp)
+            };
+            Some((correction(beta1)?, correction(beta2)?))
+        }
+        _ => None,
+    };
+    // AdamW's factor 1 − ηλ, when the rate is fed.
+    let decay_fed = match (opt.kind, lr_fed) {
+        (
+            Kind::Adam {
+                decoupled: true, ..
+            },
+            Some(r),
+        ) if opt.weight_decay != 0.0 => {
+            let wd = b.fill(opt.weight_decay, vec![], sp)?;
+            let d = b.mul(r, wd, sp)?;
+            let one = splats.konst(&mut b, 1.0, sp)?;
+            Some(b.sub(one, d, sp)?)
+        }
+        _ => None,
+    };
     for t in targets {
         let p = &b.g.params[t.param];
         let (name, shape) = (p.name.clone(), p.shape.clone());
         let dims: Vec<Dim> = shape.iter().map(|&d| Dim::Known(d)).collect();
-        let scalar = |b: &mut Builder, v: f32| -> Result<Node, Diag> {
-            let s = b.fill(v, vec![], sp)?;
-            b.broadcast(s, dims.clone(), sp)
+        let scalar = |b: &mut Builder, splats: &mut Splats, v: f32| -> Result<Node, Diag> {
+            splats.scalar(b, v, &dims, sp)
         };
         let w = t.node;
         let mut gr = t.grad;
         if let Some(k) = clip {
-            let k = b.broadcast(k, dims.clone(), sp)?;
+            let k = splats.splat(&mut b, k, &dims, sp)?;
             gr = b.mul(gr, k, sp)?;
         }
         let coupled_decay = !matches!(
@@ -155,20 +229,20 @@ pub fn append_as(
             }
         );
         if opt.weight_decay != 0.0 && coupled_decay {
-            let wd = scalar(&mut b, opt.weight_decay)?;
+            let wd = scalar(&mut b, splats, opt.weight_decay)?;
             let d = b.mul(wd, w, sp)?;
             gr = b.add2(gr, d, sp)?;
         }
         let lr = match lr_fed {
-            Some(r) => b.broadcast(r, dims.clone(), sp)?,
-            None => scalar(&mut b, opt.lr)?,
+            Some(r) => splats.splat(&mut b, r, &dims, sp)?,
+            None => scalar(&mut b, splats, opt.lr)?,
         };
         let step = match opt.kind {
             Kind::Sgd => gr,
             Kind::Momentum { momentum, nesterov } => {
                 let (buf_id, buf) =
                     state(&mut b, format!("{prefix}buf.{name}"), shape.clone(), sp)?;
-                let mu = scalar(&mut b, momentum)?;
+                let mu = scalar(&mut b, splats, momentum)?;
                 let kept = b.mul(mu, buf, sp)?;
                 let nb = b.add2(kept, gr, sp)?;
                 updates.push(Update {
@@ -183,25 +257,25 @@ pub fn append_as(
                 }
             }
             Kind::Adam {
-                beta1,
-                beta2,
-                eps,
-                bias_correction,
-                ..
+                beta1, beta2, eps, ..
             } => {
                 let (m_id, m) = state(&mut b, format!("{prefix}m.{name}"), shape.clone(), sp)?;
                 let (v_id, v) = state(&mut b, format!("{prefix}v.{name}"), shape.clone(), sp)?;
-                let lerp =
-                    |b: &mut Builder, beta: f32, old: Node, new: Node| -> Result<Node, Diag> {
-                        let kb = scalar(b, beta)?;
-                        let kn = scalar(b, 1.0 - beta)?;
-                        let x = b.mul(kb, old, sp)?;
-                        let y = b.mul(kn, new, sp)?;
-                        b.add2(x, y, sp)
-                    };
-                let nm = lerp(&mut b, beta1, m, gr)?;
+                let lerp = |b: &mut Builder,
+                            splats: &mut Splats,
+                            beta: f32,
+                            old: Node,
+                            new: Node|
+                 -> Result<Node, Diag> {
+                    let kb = scalar(b, splats, beta)?;
+                    let kn = scalar(b, splats, 1.0 - beta)?;
+                    let x = b.mul(kb, old, sp)?;
+                    let y = b.mul(kn, new, sp)?;
+                    b.add2(x, y, sp)
+                };
+                let nm = lerp(&mut b, splats, beta1, m, gr)?;
                 let g2 = b.mul(gr, gr, sp)?;
-                let nv = lerp(&mut b, beta2, v, g2)?;
+                let nv = lerp(&mut b, splats, beta2, v, g2)?;
                 updates.push(Update {
                     param: m_id,
                     node: nm,
@@ -211,22 +285,14 @@ pub fn append_as(
                     node: nv,
                 });
                 let (mut mh, mut vh) = (nm, nv);
-                if bias_correction {
-                    let t = t_next.expect("Adam creates its step counter above");
-                    let correct = |b: &mut Builder, beta: f32, x: Node| -> Result<Node, Diag> {
-                        // 1 − βᵗ, computed at run time from the counter.
-                        let bt = b.fill(beta, vec![], sp)?;
-                        let pow = b.binary(BinaryOp::Pow, bt, t, sp)?;
-                        let one = b.fill(1.0, vec![], sp)?;
-                        let den = b.sub(one, pow, sp)?;
-                        let den = b.broadcast(den, dims.clone(), sp)?;
-                        b.div(x, den, sp)
-                    };
-                    mh = correct(&mut b, beta1, nm)?;
-                    vh = correct(&mut b, beta2, nv)?;
+                if let Some((c1, c2)) = corrections {
+                    let c1 = splats.splat(&mut b, c1, &dims, sp)?;
+                    mh = b.div(nm, c1, sp)?;
+                    let c2 = splats.splat(&mut b, c2, &dims, sp)?;
+                    vh = b.div(nv, c2, sp)?;
                 }
                 let root = b.unary(UnaryOp::Sqrt, vh, sp)?;
-                let e = scalar(&mut b, eps)?;
+                let e = scalar(&mut b, splats, eps)?;
                 let den = b.add2(root, e, sp)?;
                 b.div(mh, den, sp)?
             }
@@ -238,15 +304,9 @@ pub fn append_as(
         {
             if opt.weight_decay != 0.0 {
                 // AdamW: w ← w·(1 − ηλ) before the Adam step.
-                let k = match lr_fed {
-                    Some(r) => {
-                        let wd = b.fill(opt.weight_decay, vec![], sp)?;
-                        let d = b.mul(r, wd, sp)?;
-                        let one = b.fill(1.0, vec![], sp)?;
-                        let k = b.sub(one, d, sp)?;
-                        b.broadcast(k, dims.clone(), sp)?
-                    }
-                    None => scalar(&mut b, 1.0 - opt.lr * opt.weight_decay)?,
+                let k = match decay_fed {
+                    Some(k) => splats.splat(&mut b, k, &dims, sp)?,
+                    None => scalar(&mut b, splats, 1.0 - opt.lr * opt.weight_decay)?,
                 };
                 nw = b.mul(k, w, sp)?;
             }
@@ -260,4 +320,87 @@ pub fn append_as(
     }
     b.g.updates.extend(updates);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sema::optimizer::LrSchedule;
+
+    /// The step graph of `n` parameters of shape [4, 4] (each its own
+    /// gradient, which is enough to build the updates) under `opt`: its
+    /// count of fills and broadcasts, and of all nodes.
+    fn built(n: usize, opt: &Optimizer) -> (usize, usize) {
+        let mut g = Graph::new();
+        let sp = Span::default();
+        let mut targets = Vec::new();
+        for i in 0..n {
+            let param = g.params.push(ParamInfo {
+                name: format!("w{i}"),
+                role: Role::Trainable,
+                shape: vec![4, 4],
+                init: Init::Constant(0.0),
+                seed: None,
+                span: sp,
+            });
+            let node = g.add(Op::Param(param), sp).unwrap();
+            targets.push(Target {
+                param,
+                node,
+                grad: node,
+            });
+        }
+        append(&mut g, &targets, opt, sp).unwrap();
+        let splats = g
+            .nodes
+            .values()
+            .filter(|d| matches!(d.op, Op::Fill { .. } | Op::Broadcast(..)))
+            .count();
+        (splats, g.nodes.len())
+    }
+
+    #[test]
+    fn parameters_of_one_shape_share_their_scalars() {
+        let adam = Kind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bias_correction: true,
+            decoupled: true,
+        };
+        let fed = [LrSchedule::Constant, LrSchedule::Exponential { gamma: 0.5 }];
+        let kinds = [
+            Kind::Sgd,
+            Kind::Momentum {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            adam,
+        ];
+        for kind in kinds {
+            for schedule in fed {
+                let opt = Optimizer {
+                    kind,
+                    lr: 0.01,
+                    weight_decay: 0.1,
+                    schedule,
+                    warmup: 0,
+                    clip_norm: Some(1.0),
+                };
+                let (one, nodes_one) = built(1, &opt);
+                let (eight, nodes_eight) = built(8, &opt);
+                assert_eq!(one, eight, "{kind:?}, {schedule:?}: fills and broadcasts");
+                // Each further parameter adds only its own update.
+                let per = (nodes_eight - nodes_one) / 7;
+                assert_eq!(nodes_one + 7 * per, nodes_eight, "{kind:?}, {schedule:?}");
+                if matches!(kind, Kind::Adam { .. }) {
+                    // The parameter; clipping (g², its sum, the running
+                    // total, g·k); m and v; two lerps of 3; g²; the two
+                    // corrections (÷); √, +ε, ÷; AdamW's decay (×); the
+                    // step (×, −). No scalar of its own.
+                    assert_eq!(per, 22, "{kind:?}, {schedule:?}: nodes a parameter");
+                }
+            }
+        }
+    }
 }
