@@ -26,7 +26,7 @@ use super::build::Builder;
 use crate::diag::{self, Diag, Span};
 use crate::ir::{shape, BinaryOp, CmpOp, Dim, Graph, Node, Op, PoolOp, ReduceOp, UnaryOp};
 use cranelift_entity::EntityRef;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// The gradients, and warnings about flat paths.
 pub struct Gradients {
@@ -60,12 +60,12 @@ pub fn grad(g: &mut Graph, loss: Node, wrt: &[Node]) -> Result<Gradients, Diag> 
             needs[n.index()] = true;
         }
     }
-    let mut adj: HashMap<Node, Node> = HashMap::new();
+    let mut adj: FxHashMap<Node, Node> = FxHashMap::default();
     let mut warnings = Vec::new();
     let mut b = Builder { g };
     let seed = b.fill(1.0, vec![], b.g.nodes[loss].span)?;
     adj.insert(loss, seed);
-    let mut pieces: HashMap<Node, Vec<Piece>> = HashMap::new();
+    let mut pieces: FxHashMap<Node, Vec<Piece>> = FxHashMap::default();
     for i in (0..=loss.index()).rev() {
         let n = Node::from_u32(i as u32);
         if !needs[i] {
@@ -124,8 +124,8 @@ struct Piece {
 fn settle(
     b: &mut Builder,
     n: Node,
-    adj: &mut HashMap<Node, Node>,
-    pieces: &mut HashMap<Node, Vec<Piece>>,
+    adj: &mut FxHashMap<Node, Node>,
+    pieces: &mut FxHashMap<Node, Vec<Piece>>,
     sp: Span,
 ) -> Result<Option<Node>, Diag> {
     let mut total = adj.get(&n).copied();
@@ -244,7 +244,7 @@ fn vjp(
     gb: Node,
     sp: Span,
     needs: &[bool],
-    pieces: &mut HashMap<Node, Vec<Piece>>,
+    pieces: &mut FxHashMap<Node, Vec<Piece>>,
     warnings: &mut Vec<Diag>,
 ) -> Result<Vec<(Node, Node)>, Diag> {
     let need = |n: &Node| needs.get(n.index()).copied().unwrap_or(false);

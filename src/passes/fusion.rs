@@ -97,7 +97,7 @@
 
 use crate::ir::{Dim, Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt::Write;
 
 impl Fusion {
@@ -149,7 +149,7 @@ pub struct Fusion {
     pub carrier: SecondaryMap<Node, Option<Node>>,
     /// The nodes each kernel stores besides its own value, in order
     /// ([`Fusion::stored_alongside`]).
-    carries: HashMap<Node, Vec<Node>>,
+    carries: FxHashMap<Node, Vec<Node>>,
     /// Why each decision was taken, for `NNC_LOG=fusion` (empty when it
     /// is off: the lines are not even formatted).
     pub log: Vec<String>,
@@ -398,7 +398,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         strided: EntitySet::new(),
         placed: SecondaryMap::new(),
         carrier: SecondaryMap::new(),
-        carries: HashMap::new(),
+        carries: FxHashMap::default(),
         log: Vec::new(),
         logging: crate::log::enabled("fusion"),
     };

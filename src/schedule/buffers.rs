@@ -16,7 +16,7 @@ use crate::ir::{Graph, Node, Op};
 use crate::passes::fusion::{Fusion, Kind};
 use cranelift_entity::packed_option::PackedOption;
 use cranelift_entity::{EntitySet, PrimaryMap, SecondaryMap};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Where each stored node lives.
 pub(super) struct BufferPlan {
@@ -36,7 +36,7 @@ impl BufferPlan {
     /// Such an update gets a buffer of its own, filled by a copy after
     /// every other step; returns those copies as (from, to) buffers.
     pub fn separate_updates(&mut self, g: &Graph, fu: &Fusion) -> Vec<(BufId, BufId)> {
-        let mut taken: HashSet<BufId> = fu
+        let mut taken: FxHashSet<BufId> = fu
             .kernels
             .iter()
             .filter(|&&(_, kind)| kind == Kind::Leaf)
@@ -154,7 +154,7 @@ pub(super) fn plan_buffers(
     }
     let mut buf_of: SecondaryMap<Node, PackedOption<BufId>> = SecondaryMap::new();
     let mut sizes: PrimaryMap<BufId, usize> = PrimaryMap::new();
-    let mut free: HashMap<usize, Vec<BufId>> = HashMap::new();
+    let mut free: FxHashMap<usize, Vec<BufId>> = FxHashMap::default();
     for (i, &(n, kind)) in fu.kernels.iter().enumerate() {
         // A new buffer for `x`, or a free one of its size.
         let mut take = |x: Node, sizes: &mut PrimaryMap<BufId, usize>| -> BufId {
