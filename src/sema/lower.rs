@@ -428,7 +428,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             args,
             span,
             Some(f.name.span),
-            &fn_signature(f),
+            &|| fn_signature(f),
         ) {
             Ok(b) => b,
             Err(d) => {

@@ -279,7 +279,8 @@ impl Walker<'_, '_, '_> {
                 // `scan` takes extra arguments for its function: its
                 // lowering checks them.
                 if b != Builtin::Scan {
-                    if let Err(d) = bind_args(&name, &formals, args, span, None, &b.signature()) {
+                    if let Err(d) = bind_args(&name, &formals, args, span, None, &|| b.signature())
+                    {
                         self.diags.push(d);
                     }
                 }
@@ -294,14 +295,9 @@ impl Walker<'_, '_, '_> {
             Some((id, Def::Fn(f), name)) => {
                 self.calls.push((id, span));
                 let formals = fn_formals(f);
-                if let Err(d) = bind_args(
-                    &name,
-                    &formals,
-                    args,
-                    span,
-                    Some(f.name.span),
-                    &fn_signature(f),
-                ) {
+                if let Err(d) = bind_args(&name, &formals, args, span, Some(f.name.span), &|| {
+                    fn_signature(f)
+                }) {
                     self.diags.push(d);
                 }
                 args.iter().for_each(|a| self.expr(&a.value));
@@ -384,7 +380,7 @@ pub fn bind_args(
     args: &[Arg],
     call: Span,
     def: Option<Span>,
-    signature: &str,
+    signature: &dyn Fn() -> String,
 ) -> Result<Vec<Option<usize>>, Diag> {
     let mut bound: Vec<Option<usize>> = vec![None; formals.len()];
     let with_def = |mut d: Diag| {
@@ -392,7 +388,7 @@ pub fn bind_args(
             d.labels
                 .push(sp.secondary(format!("`{callee}` defined here")));
         }
-        d.with_notes(vec![format!("note: the signature is `{signature}`")])
+        d.with_notes(vec![format!("note: the signature is `{}`", signature())])
     };
     let positional = args.iter().filter(|a| a.name.is_none()).count();
     let (min, max) = (formals.iter().filter(|f| f.required).count(), formals.len());

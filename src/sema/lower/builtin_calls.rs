@@ -131,7 +131,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             return self.scan(env, args, span);
         }
         let formals = b.formals();
-        let bound = match bind_args(b.name(), &formals, args, span, None, &b.signature()) {
+        let bound = match bind_args(b.name(), &formals, args, span, None, &|| b.signature()) {
             Ok(x) => x,
             Err(d) => {
                 self.diags.push(d);

@@ -196,9 +196,11 @@ impl<'a> Lowerer<'_, 'a, '_> {
             name: "seed",
             required: false,
         });
-        let mut sig: Vec<String> = params.iter().map(|s| s.to_string()).collect();
-        sig.push("seed = …".into());
-        let sig = format!("{}({})", name.name, sig.join(", "));
+        let sig = || {
+            let mut sig: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+            sig.push("seed = …".into());
+            format!("{}({})", name.name, sig.join(", "))
+        };
         let bound = bind_args(&name.name, &formals, args, e.span, None, &sig)?;
         let mut vals = Vec::new();
         for b in &bound[..params.len()] {

@@ -115,9 +115,12 @@ impl<'a> Lowerer<'_, 'a, '_> {
         at: Span,
         span: Span,
     ) -> Value<'a> {
-        let (la, lb) = (self.shape_str(a), self.shape_str(b));
+        // The operands' shapes as a diagnostic shows them, made only for
+        // one.
+        let shown = |l: &Self| (l.shape_str(a), l.shape_str(b));
         let (mut ash, mut bsh) = (self.g.shape(a).clone(), self.g.shape(b).clone());
         if ash.is_empty() || bsh.is_empty() {
+            let (la, lb) = shown(self);
             let (bad, bsp) = if ash.is_empty() { (&la, sa) } else { (&lb, sb) };
             self.diags.push(
                 diag::error(
@@ -141,6 +144,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
         }
         let (k1, k2) = (ash[ash.len() - 1], bsh[bsh.len() - 2]);
         if k1 != k2 {
+            let (la, lb) = shown(self);
             self.diags.push(
                 diag::error(code::MATMUL, format!("matrix product dimensions do not match: {la} @ {lb}"))
                     .with_labels(vec![
@@ -162,6 +166,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
         let batch = match shape::broadcast(ba, bb) {
             Ok(s) => s,
             Err(_) => {
+                let (la, lb) = shown(self);
                 self.diags.push(
                     diag::error(
                         code::BROADCAST,

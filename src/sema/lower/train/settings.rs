@@ -128,14 +128,16 @@ fn bind_formals(
             required: d.is_empty(),
         })
         .collect();
-    let sig: Vec<String> = formals
-        .iter()
-        .map(|(n, d)| match d.is_empty() {
-            true => n.to_string(),
-            false => format!("{n} = {d}"),
-        })
-        .collect();
-    let sig = format!("{}({})", name.name, sig.join(", "));
+    let sig = || {
+        let sig: Vec<String> = formals
+            .iter()
+            .map(|(n, d)| match d.is_empty() {
+                true => n.to_string(),
+                false => format!("{n} = {d}"),
+            })
+            .collect();
+        format!("{}({})", name.name, sig.join(", "))
+    };
     bind_args(&name.name, &f, args, span, None, &sig)
 }
 
@@ -379,7 +381,7 @@ pub(super) fn metrics(e: &Expr) -> Result<Vec<crate::sema::metrics::Metric>, Dia
                     name: "k",
                     required: false,
                 }];
-                let bound = bind_args("top_k", &f, args, it.span, None, "top_k(k = 5)")?;
+                let bound = bind_args("top_k", &f, args, it.span, None, &|| "top_k(k = 5)".into())?;
                 Metric::TopK(match bound[0] {
                     Some(ai) => positive_int(&args[ai].value, "k")?,
                     None => 5,
@@ -460,7 +462,7 @@ pub(super) fn data(e: &Expr) -> Result<(crate::data::Source, Option<Learnt>), Di
             required: *n != "scale" && !(*n == "label" && name.name == "csv"),
         })
         .collect();
-    let sig = format!("{}({})", name.name, formals.join(", "));
+    let sig = || format!("{}({})", name.name, formals.join(", "));
     let bound = bind_args(&name.name, &f, args, e.span, None, &sig)?;
     let arg = |i: usize| bound[i].map(|ai| &args[ai].value);
     let (scale, learnt) = scale_arg(arg(2))?;
