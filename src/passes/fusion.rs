@@ -536,15 +536,18 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                 let not_loop = rs
                     .iter()
                     .find(|&&r| !loop_reader(r) || matches!(g.nodes[r].op, Op::Broadcast(..)));
+                // Why `n` is stored, if it is (formatted only when logged).
+                enum Stored {
+                    Root,
+                    Reader(Node),
+                    Spread(usize),
+                }
                 let reason = if is_root.contains(n) {
-                    Some("it is a root".to_string())
+                    Some(Stored::Root)
                 } else if let Some(&r) = not_loop {
-                    Some(format!("its reader {} is not a loop kernel", name(r)))
+                    Some(Stored::Reader(r))
                 } else if owner[n] == Some(n) {
-                    Some(format!(
-                        "{} readers in different kernels: stored once instead of recomputed",
-                        rs.len()
-                    ))
+                    Some(Stored::Spread(rs.len()))
                 } else {
                     None
                 };
@@ -563,7 +566,19 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                         continue;
                     }
                     Some(why) => {
-                        note!(f, "refused fusion of {}: {why}", name(n));
+                        note!(
+                            f,
+                            "refused fusion of {}: {}",
+                            name(n),
+                            match why {
+                                Stored::Root => "it is a root".to_string(),
+                                Stored::Reader(r) =>
+                                    format!("its reader {} is not a loop kernel", name(r)),
+                                Stored::Spread(k) => format!(
+                                    "{k} readers in different kernels: stored once instead of recomputed"
+                                ),
+                            }
+                        );
                         Kind::Elementwise
                     }
                 }
