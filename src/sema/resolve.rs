@@ -373,7 +373,8 @@ pub fn fn_signature(f: &FnDef) -> String {
 
 /// Matches call arguments to formals: positional ones in order, named ones
 /// by name. Returns, for each formal, the index of its argument (`None`:
-/// use the default).
+/// use the default). `signature` gives the callee's signature for a
+/// diagnostic's note; it is called only when there is one.
 pub fn bind_args(
     callee: &str,
     formals: &[Formal],
