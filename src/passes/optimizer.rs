@@ -63,11 +63,12 @@ impl Splats {
 
     /// Scalar node `s` broadcast to `dims`.
     fn splat(&mut self, b: &mut Builder, s: Node, dims: &[Dim], sp: Span) -> Result<Node, Diag> {
-        if let Some(&n) = self.broadcasts.get(&(s, dims.to_vec())) {
+        let key = (s, dims.to_vec());
+        if let Some(&n) = self.broadcasts.get(&key) {
             return Ok(n);
         }
-        let n = b.broadcast(s, dims.to_vec(), sp)?;
-        self.broadcasts.insert((s, dims.to_vec()), n);
+        let n = b.broadcast(s, key.1.clone(), sp)?;
+        self.broadcasts.insert(key, n);
         Ok(n)
     }
 
@@ -182,6 +183,7 @@ pub fn append_as(
             bias_correction: true,
             ..
         } => {
+            // `t_next` is `Some` for every Adam optimizer (made above).
             let t = t_next.expect("Adam creates its step counter above");
             let mut correction = |beta: f32| -> Result<Node, Diag> {
                 let bt = b.fill(beta, vec![], sp)?;
