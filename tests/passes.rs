@@ -658,3 +658,36 @@ fn a_training_step_without_loops_is_left_by_a_second_cse_as_the_first_gave_it() 
         );
     }
 }
+
+#[test]
+fn a_sum_read_only_through_its_slices_is_computed_where_they_are_read() {
+    // `s` is read only through its two halves, each by a kernel of its own
+    // (the exp of one is stored for two readers): fusion's
+    // `slice-recompute` computes it in both instead of storing it. The
+    // JIT gives the interpreter's values, and the gradients too.
+    let src = "\
+param a: [3, 2, 5] = uniform(-1.0, 1.0, seed = 1)
+param b: [3, 2, 5] = uniform(-1.0, 1.0, seed = 2)
+let s = a + b
+let lo = exp(reshape(slice(s, axis = 1, start = 0, end = 1), [3, 5]))
+let hi = reshape(slice(s, axis = 1, start = 1, end = 2), [3, 5])
+output loss = sum(lo * tanh(hi)) + sum(lo ^ 2)
+";
+    let g = grad_graph(src);
+    let fused = pipeline::fuse(&g);
+    let s = fused
+        .graph
+        .nodes
+        .iter()
+        .find(|(_, d)| {
+            matches!(d.op, Op::Binary(nnc::ir::BinaryOp::Add, x, y)
+                if matches!(fused.graph.nodes[x].op, Op::Param(_))
+                    && matches!(fused.graph.nodes[y].op, Op::Param(_)))
+        })
+        .map(|(n, _)| n)
+        .expect("a + b");
+    assert!(fused.fusion.fused.contains(s), "a + b is not stored");
+    let jit = loss_and_grads(src, nnc::backend::BackendKind::Jit);
+    let reference = loss_and_grads(src, nnc::backend::BackendKind::Interp);
+    assert_close(&jit, &reference);
+}

@@ -7,10 +7,17 @@
 //!
 //! - `elementwise-chain`: an elementwise node (unary, binary, compare,
 //!   select) whose readers, elementwise nodes or reductions over the same
-//!   shape, all end up in one kernel (one reader, or several fused into
-//!   the same kernel: `relu` reads `z` twice, through `z > 0` and the
-//!   select) is fused into that kernel, which computes it once per
-//!   element.
+//!   shape (or slices of it that only such nodes read), all end up in one
+//!   kernel (one reader, or several fused into the same kernel: `relu`
+//!   reads `z` twice, through `z > 0` and the select) is fused into that
+//!   kernel, which computes it once per element.
+//! - `slice-recompute`: an addition, subtraction or product read only
+//!   through slices (and reshapes of them that split dims) that only
+//!   elementwise nodes and reductions read is not stored, though they lie
+//!   in several kernels: each computes it where it reads its slice (one
+//!   operation on two loads, for the write and the read it saves; the
+//!   derivative step of an LSTM adds the gradients of its carried `h` and
+//!   `c`, then reads each half).
 //! - `reduce-prologue`: the same, when the reader is a reduction: the
 //!   reduction's loop computes its operand per element.
 //! - `reduce-ends-group`: a reduction's result is always stored; its
@@ -95,7 +102,7 @@
 //! `schedule/build.rs`): the elementwise kernel right after a matmul that
 //! reads its output is applied as the GEMM stores it.
 
-use crate::ir::{Dim, Graph, Node, Op};
+use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
 use rustc_hash::FxHashMap;
 use std::fmt::Write;
@@ -344,6 +351,38 @@ fn rows_stacked(g: &Graph, v: Node) -> bool {
     }
 }
 
+/// Whether `n` is a slice read in place by loop kernels alone (the
+/// elementwise nodes and reductions that read it, directly or through
+/// further such slices and reshapes that only split dims): a view through
+/// which an elementwise operand can be computed in the kernels that read
+/// it (`elementwise-chain` through a slice), each reading it at the
+/// slice's offset. The gradient an LSTM's derivative step gets for its
+/// carried `h` and `c`, one sum sliced into the two, is then added where
+/// each half is read instead of stored first.
+fn view_into_loops(
+    g: &Graph,
+    readers: &SecondaryMap<Node, Vec<Node>>,
+    roots: &EntitySet<Node>,
+    n: Node,
+) -> bool {
+    let fits = match g.nodes[n].op {
+        Op::Slice { .. } => true,
+        Op::Reshape(a, _) => {
+            matches!(g.nodes[a].op, Op::Slice { .. } | Op::Reshape(..))
+                && splits_only(g.shape(a), g.shape(n))
+        }
+        _ => false,
+    };
+    fits && !roots.contains(n)
+        && !readers[n].is_empty()
+        && readers[n].iter().all(|&r| {
+            let op = &g.nodes[r].op;
+            is_elementwise(op)
+                || matches!(op, Op::Reduce { .. })
+                || view_into_loops(g, readers, roots, r)
+        })
+}
+
 /// Whether `n` is a slice read in place (`slice-in-place`), or a reshape
 /// or slice of one: a view of a stored node's buffer that no kernel
 /// stores.
@@ -445,7 +484,9 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     // node's computation into it.
     let loop_reader = |r: Node| -> bool {
         let op = &g.nodes[r].op;
-        is_loop_op(g, op) || matches!(op, Op::Reduce { .. } | Op::Broadcast(..))
+        is_loop_op(g, op)
+            || matches!(op, Op::Reduce { .. } | Op::Broadcast(..))
+            || view_into_loops(g, &readers, &is_root, r)
     };
     // The kernel each elementwise node will be computed in: itself when
     // stored, else the one kernel all its readers are computed in (decided
@@ -456,7 +497,8 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
             continue;
         }
         let mut o = Some(n);
-        if is_loop_op(g, &d.op) && !is_root.contains(n) {
+        let computed = is_loop_op(g, &d.op) || view_into_loops(g, &readers, &is_root, n);
+        if computed && !is_root.contains(n) {
             let rs = &readers[n];
             let first = rs.first().and_then(|&r| owner[r]);
             let one = rs.iter().all(|&r| {
@@ -542,16 +584,38 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     Reader(Node),
                     Spread(usize),
                 }
+                // One addition, subtraction or product of values computed
+                // elsewhere, read only through slices by loop kernels:
+                // computed where each slice is read (once per kernel that
+                // reads it) rather than stored (`slice-recompute`).
+                let through_slices = match d.op {
+                    Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, a, b) => {
+                        owner[a] != Some(n) && owner[b] != Some(n)
+                    }
+                    _ => false,
+                } && rs
+                    .iter()
+                    .all(|&r| view_into_loops(g, &readers, &is_root, r));
                 let reason = if is_root.contains(n) {
                     Some(Stored::Root)
                 } else if let Some(&r) = not_loop {
                     Some(Stored::Reader(r))
-                } else if owner[n] == Some(n) {
+                } else if owner[n] == Some(n) && !through_slices {
                     Some(Stored::Spread(rs.len()))
                 } else {
                     None
                 };
                 match reason {
+                    None if owner[n] == Some(n) => {
+                        note!(
+                            f,
+                            "slice-recompute: {} is computed where its {} slice(s) are read",
+                            name(n),
+                            rs.len()
+                        );
+                        f.fused.insert(n);
+                        continue;
+                    }
                     None => {
                         // The owner pass above gave every live node an
                         // owner; here it is not `n` itself.
