@@ -584,48 +584,55 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
                     Reader(Node),
                     Spread(usize),
                 }
+                // Its readers lie in several kernels (else the one they
+                // share computes it).
+                let spread = owner[n] == Some(n);
                 // One addition, subtraction or product of values computed
-                // elsewhere, read only through slices by loop kernels:
+                // elsewhere, read only through slices by loop kernels, is
                 // computed where each slice is read (once per kernel that
                 // reads it) rather than stored (`slice-recompute`).
-                let through_slices = match d.op {
-                    Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, a, b) => {
-                        owner[a] != Some(n) && owner[b] != Some(n)
-                    }
-                    _ => false,
-                } && rs
-                    .iter()
-                    .all(|&r| view_into_loops(g, &readers, &is_root, r));
+                let recomputed_where_sliced = || {
+                    let computed_elsewhere = match d.op {
+                        Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, a, b) => {
+                            owner[a] != Some(n) && owner[b] != Some(n)
+                        }
+                        _ => false,
+                    };
+                    computed_elsewhere
+                        && rs
+                            .iter()
+                            .all(|&r| view_into_loops(g, &readers, &is_root, r))
+                };
                 let reason = if is_root.contains(n) {
                     Some(Stored::Root)
                 } else if let Some(&r) = not_loop {
                     Some(Stored::Reader(r))
-                } else if owner[n] == Some(n) && !through_slices {
+                } else if spread && !recomputed_where_sliced() {
                     Some(Stored::Spread(rs.len()))
                 } else {
                     None
                 };
                 match reason {
-                    None if owner[n] == Some(n) => {
-                        note!(
-                            f,
-                            "slice-recompute: {} is computed where its {} slice(s) are read",
-                            name(n),
-                            rs.len()
-                        );
-                        f.fused.insert(n);
-                        continue;
-                    }
                     None => {
-                        // The owner pass above gave every live node an
-                        // owner; here it is not `n` itself.
-                        let into = owner[n].expect("a fused node has the kernel it is fused into");
-                        let rule = if matches!(g.nodes[into].op, Op::Reduce { .. }) {
-                            "reduce-prologue"
+                        if spread {
+                            note!(
+                                f,
+                                "slice-recompute: {} is computed where its {} slice(s) are read",
+                                name(n),
+                                rs.len()
+                            );
                         } else {
-                            "elementwise-chain"
-                        };
-                        note!(f, "{rule}: {} fused into {}", name(n), name(into));
+                            // The owner pass above gave every live node an
+                            // owner; here it is not `n` itself.
+                            let into =
+                                owner[n].expect("a fused node has the kernel it is fused into");
+                            let rule = if matches!(g.nodes[into].op, Op::Reduce { .. }) {
+                                "reduce-prologue"
+                            } else {
+                                "elementwise-chain"
+                            };
+                            note!(f, "{rule}: {} fused into {}", name(n), name(into));
+                        }
                         f.fused.insert(n);
                         continue;
                     }
