@@ -56,17 +56,28 @@ pub const MAX_DEPTH: usize = 1000;
 /// half of a parse (a 20 KB model, `NNC_LOG=compile`'s parse stage:
 /// 7.7 ms with it, 3.2 ms without), so a parse runs without it and only
 /// a failed one runs again with it, giving the same error. The setting
-/// is the process's, read when a parse starts: a lock keeps each parse's
-/// own when threads parse at once.
+/// is the process's, read when a parse starts, and off but while a failed
+/// parse runs again: that run holds a lock, so that each failed parse
+/// gets its detail when threads parse at once. A parse that starts
+/// meanwhile takes the detail too, which changes its time, not its
+/// result. Parses that succeed take no lock: the stdlib's, on a thread of
+/// its own, and the file's run side by side.
 fn pest_parse(
     rule: Rule,
     source: &str,
 ) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
-    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // A panic while held leaves nothing half-done: the lock guards a flag.
-    let _held = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
-    pest::set_error_detail(false);
     NnParser::parse(rule, source).or_else(|_| {
+        static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A panic while held leaves nothing half-done: the lock guards a
+        // flag, which `Detail` turns off again however the parse ends.
+        let _held = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
+        struct Detail;
+        impl Drop for Detail {
+            fn drop(&mut self) {
+                pest::set_error_detail(false);
+            }
+        }
+        let _detail = Detail;
         pest::set_error_detail(true);
         NnParser::parse(rule, source)
     })
