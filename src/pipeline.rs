@@ -12,6 +12,7 @@ use crate::diag::{self, code, Diag, Diagnostics, FileId, SourceMap};
 use crate::ir::{self, Graph};
 use crate::syntax::{self, ast};
 use crate::{sema, stdlib};
+use cranelift_entity::SecondaryMap;
 use std::path::Path;
 
 /// The products of a compilation, as far as it got.
@@ -237,11 +238,19 @@ pub struct PhaseStep {
 /// parameters (and states) of the phases before it, so one table of
 /// values, sized by the last graph's `params`, serves them all.
 pub fn train_steps(g: &Graph, train: &crate::sema::TrainSpec) -> Result<Vec<PhaseStep>, Diag> {
-    let mut base = g.clone();
+    // Each phase's step is a copy of its base with the phase's gradient
+    // and optimizer added; the next phase's base has the parameters the
+    // optimizer added (its state). The first phase's base is `g` itself,
+    // not a copy of it.
+    let phases = train.steps();
+    let count = phases.len();
+    let mut base = std::borrow::Cow::Borrowed(g);
     let mut out = Vec::new();
-    for ph in train.steps() {
+    for (i, ph) in phases.into_iter().enumerate() {
         let step = phase_graph(&base, &ph, train)?;
-        base.params = step.graph.params.clone();
+        if i + 1 < count {
+            base.to_mut().params = step.graph.params.clone();
+        }
         out.push(PhaseStep {
             name: ph.name,
             step,
@@ -261,18 +270,21 @@ fn phase_graph(
 ) -> Result<GradGraph, Diag> {
     let mut gg = grad_graph_wrt(g, ph.loss, ph.params.as_deref())?;
     keep_assigns_of(&mut gg.graph, ph.loss);
+    // Each parameter's (first) node, found in one pass over the graph
+    // rather than a search of it per parameter.
+    let mut node_of: SecondaryMap<ir::ParamId, Option<ir::Node>> = SecondaryMap::new();
+    for (n, d) in gg.graph.nodes.iter() {
+        if let ir::Op::Param(p) = d.op {
+            node_of[p].get_or_insert(n);
+        }
+    }
     let targets: Vec<crate::passes::optimizer::Target> = gg
         .grads
         .iter()
         .map(|&(param, grad)| crate::passes::optimizer::Target {
             param,
-            node: gg
-                .graph
-                .nodes
-                .iter()
-                .find(|(_, d)| d.op == ir::Op::Param(param))
-                .map(|(n, _)| n)
-                .expect("every parameter has its node"),
+            // `grad_graph_wrt` differentiated with respect to this node.
+            node: node_of[param].expect("every parameter has its node"),
             grad,
         })
         .collect();

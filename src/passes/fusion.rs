@@ -157,6 +157,11 @@ pub struct Fusion {
     /// The nodes each kernel stores besides its own value, in order
     /// ([`Fusion::stored_alongside`]).
     carries: FxHashMap<Node, Vec<Node>>,
+    /// The stored nodes each kernel reads ([`kernel_reads`]), by its place
+    /// in `kernels`, walked once the kernels are final (the last rule,
+    /// `concat-in-place` for carried values, reads them; the schedule's
+    /// buffer plan too).
+    pub reads: Vec<Vec<Node>>,
     /// Why each decision was taken, for `NNC_LOG=fusion` (empty when it
     /// is off: the lines are not even formatted).
     pub log: Vec<String>,
@@ -438,6 +443,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         placed: SecondaryMap::new(),
         carrier: SecondaryMap::new(),
         carries: FxHashMap::default(),
+        reads: Vec::new(),
         log: Vec::new(),
         logging: crate::log::enabled("fusion"),
     };
@@ -766,6 +772,12 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     }
     place_parts(g, &readers, &is_root, &mut f);
     store_alongside(g, &mut f);
+    // No rule after this point changes what a kernel reads.
+    f.reads = f
+        .kernels
+        .iter()
+        .map(|&(k, _)| kernel_reads(g, &f, k))
+        .collect();
     place_carried(g, &is_root, &mut f);
     f
 }
@@ -861,10 +873,15 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
     }
     let after_gemm =
         |i: usize| i > 0 && matches!(f.kernels[i - 1], (p, Kind::MatMul) if reads[i].contains(&p));
-    let movable = |i: usize| {
-        let (n, kind) = f.kernels[i];
-        kind == Kind::Elementwise && is_elementwise(&g.nodes[n].op) && !after_gemm(i)
-    };
+    // (Asked of each kernel many times below: once per kernel that
+    // looks for one to join.)
+    let movable: Vec<bool> = (0..count)
+        .map(|i| {
+            let (n, kind) = f.kernels[i];
+            kind == Kind::Elementwise && is_elementwise(&g.nodes[n].op) && !after_gemm(i)
+        })
+        .collect();
+    let movable = |i: usize| movable[i];
     // What each kernel computes and stores besides its own value.
     let mut members: Vec<Vec<Node>> = vec![Vec::new(); count];
     for i in 0..count {
@@ -1003,13 +1020,13 @@ fn place_carried(g: &Graph, roots: &EntitySet<Node>, f: &mut Fusion) {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     // The kernels that read each carried value's buffer.
     let mut read_by: SecondaryMap<Node, Vec<Node>> = SecondaryMap::new();
-    for &(k, kind) in &f.kernels {
+    for (&(k, kind), reads) in f.kernels.iter().zip(&f.reads) {
         // (A carried kernel's reads are its carrier's, which reads
         // through the values it carries.)
         if kind == Kind::Leaf || f.carrier[k].is_some() {
             continue;
         }
-        for a in kernel_reads(g, f, k) {
+        for &a in reads {
             if f.carrier[a].is_some() && !read_by[a].contains(&k) {
                 read_by[a].push(k);
             }

@@ -95,12 +95,8 @@ pub(super) fn plan_buffers(
     roots: &[Node],
 ) -> BufferPlan {
     // The stored nodes each kernel reads (through the nodes computed in
-    // it), by its place in the order: walked once, read twice below.
-    let reads: Vec<Vec<Node>> = fu
-        .kernels
-        .iter()
-        .map(|&(n, _)| crate::passes::fusion::kernel_reads(g, fu, n))
-        .collect();
+    // it), by its place in the order, as fusion walked them.
+    let reads = &fu.reads;
     // Whether kernel `i` is a product read by the elementwise kernel right
     // after it, which may become its epilogue: the product's operands then
     // stay live through that kernel (`gemm-epilogue` runs on the planned

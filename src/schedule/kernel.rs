@@ -116,41 +116,43 @@ impl LoopKernel {
     /// Drops unit dims and merges neighbours that every access walks
     /// contiguously, so a full-shape elementwise kernel is one flat loop.
     pub fn simplify(&mut self) {
-        let keep: Vec<usize> = (0..self.dims.len())
-            .filter(|&d| self.dims[d] != 1)
-            .collect();
-        let pick = |v: &Vec<i64>| keep.iter().map(|&d| v[d]).collect::<Vec<i64>>();
-        let mut dims: Vec<usize> = keep.iter().map(|&d| self.dims[d]).collect();
-        let mut acc: Vec<Vec<i64>> = self.accesses.iter().map(pick).collect();
-        let mut out = pick(&self.out);
-        let mut also: Vec<Vec<i64>> = self.also.iter().map(|a| pick(&a.strides)).collect();
-        if dims.is_empty() {
-            dims.push(1);
-            acc.iter_mut().chain(&mut also).for_each(|a| a.push(0));
-            out.push(0);
+        // In place: a kernel is simplified as it is built, thousands of
+        // them for a deep model.
+        fn strides(k: &mut LoopKernel) -> Vec<&mut Vec<i64>> {
+            let mut all: Vec<&mut Vec<i64>> = k.accesses.iter_mut().collect();
+            all.extend(k.also.iter_mut().map(|a| &mut a.strides));
+            all.push(&mut k.out);
+            all
         }
-        let mut d = dims.len() - 1;
+        if self.dims.contains(&1) {
+            let keep: Vec<bool> = self.dims.iter().map(|&n| n != 1).collect();
+            for s in strides(self) {
+                let mut d = 0;
+                s.retain(|_| {
+                    d += 1;
+                    keep[d - 1]
+                });
+            }
+            self.dims.retain(|&n| n != 1);
+        }
+        if self.dims.is_empty() {
+            self.dims.push(1);
+            for s in strides(self) {
+                s.push(0);
+            }
+        }
+        let mut d = self.dims.len() - 1;
         while d > 0 {
-            let inner = dims[d] as i64;
-            let merges = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
-            if acc.iter().chain(&also).all(merges) && merges(&out) {
-                dims[d - 1] *= dims[d];
-                dims.remove(d);
-                for s in acc
-                    .iter_mut()
-                    .chain(&mut also)
-                    .chain(std::iter::once(&mut out))
-                {
+            let inner = self.dims[d] as i64;
+            let mut all = strides(self);
+            if all.iter().all(|s| s[d - 1] == s[d] * inner) {
+                for s in all.iter_mut() {
                     s.remove(d - 1);
                 }
+                self.dims[d - 1] *= self.dims[d];
+                self.dims.remove(d);
             }
             d -= 1;
-        }
-        self.dims = dims;
-        self.accesses = acc;
-        self.out = out;
-        for (a, strides) in self.also.iter_mut().zip(also) {
-            a.strides = strides;
         }
     }
 
@@ -246,10 +248,12 @@ fn kernel_over(
         fu,
         shapes,
         rank: space.len(),
-        exprs: Vec::new(),
-        memo: FxHashMap::default(),
-        maps: Vec::new(),
-        map_ids: FxHashMap::default(),
+        // Sized for a typical kernel (a handful to a few dozen nodes, at
+        // one or two index maps), so that few grow while it is built.
+        exprs: Vec::with_capacity(16),
+        memo: FxHashMap::with_capacity_and_hasher(16, Default::default()),
+        maps: Vec::with_capacity(4),
+        map_ids: FxHashMap::with_capacity_and_hasher(4, Default::default()),
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
@@ -521,14 +525,16 @@ impl KernelBuilder<'_> {
         let carried = self.carried.contains(&n);
         let stored = !self.fu.fused.contains(n) && !carried;
         let e = if stored && !top {
-            let st = strides(&self.shapes[n]);
+            // The operand's row-major strides, innermost first.
             let mut s = vec![0i64; self.rank];
             let mut at = 0;
-            for (j, ix) in map.iter().enumerate() {
+            let mut stride = 1;
+            for (ix, &len) in map.iter().zip(&self.shapes[n]).rev() {
                 for &(d, c) in &ix.terms {
-                    s[d] += c * st[j] as i64;
+                    s[d] += c * stride as i64;
                 }
-                at += ix.at * st[j];
+                at += ix.at * stride;
+                stride *= len;
             }
             self.srcs.push(n);
             self.accesses.push(s);
