@@ -453,6 +453,17 @@ pub unsafe fn sgemm_split(
     } else {
         gemm::Parallelism::None
     };
+    if threads > 1
+        && m.min(n) > 0
+        && k >= SPLIT_K * m.max(n)
+        && m * n * (threads - 1) <= PARTIALS_MAX
+    {
+        sgemm_split_k((m, k, n), p, dst_rs, a_rc, b_rc, accumulate, threads);
+        if let Some(done) = rows_done {
+            done(0, m, None);
+        }
+        return;
+    }
     if threads > 1 && m >= n && m >= ROWS * threads && (rows_parts || rows_done.is_none()) {
         super::helper::for_each_part(threads, &|t| {
             let (dst, a, b) = p.get();
@@ -509,6 +520,93 @@ pub unsafe fn sgemm_split(
     if let Some(done) = rows_done {
         done(0, m, None);
     }
+}
+
+/// How many times its longer side a product's `k` must be for
+/// [`sgemm_split`] to split it along `k` ([`sgemm_split_k`]).
+const SPLIT_K: usize = 8;
+
+/// The most floats of partial products [`sgemm_split_k`] keeps.
+const PARTIALS_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// [`sgemm_split_k`]'s partial products, kept from call to call by
+    /// the thread that splits (grown to the largest product it split).
+    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`sgemm`] split along `k` over `threads` threads: thread `t` computes
+/// the product of columns `k·t/threads..` of `a` and those rows of `b`,
+/// the first into `dst` (added to it when `accumulate`), the others into
+/// partial products, which are then added into `dst` here. A product
+/// whose `k` is long beside `m` and `n` (a weight's gradient, summed over
+/// a batch's rows: the LSTM's 128×1024 @ 1024×128) is split so: each
+/// thread packs its part of both operands, where a split by rows or by
+/// columns has every thread pack the whole of one of them. The sums are
+/// the same terms in another order, so the result may differ from an
+/// unsplit product's in the last bits; it is the same from run to run.
+///
+/// # Safety
+/// As [`sgemm`] for the product `p` holds.
+unsafe fn sgemm_split_k(
+    (m, k, n): (usize, usize, usize),
+    p: GemmPtrs,
+    dst_rs: isize,
+    a_rc: (isize, isize),
+    b_rc: (isize, isize),
+    accumulate: bool,
+    threads: usize,
+) {
+    PARTIALS.with(|cell| {
+        let mut partials = cell.borrow_mut();
+        if partials.len() < m * n * (threads - 1) {
+            partials.resize(m * n * (threads - 1), 0.0);
+        }
+        let at = GemmPtrs(partials.as_mut_ptr(), std::ptr::null(), std::ptr::null());
+        super::helper::for_each_part(threads, &|t| {
+            let (dst, a, b) = p.get();
+            let (lo, hi) = (k * t / threads, k * (t + 1) / threads);
+            let (out, out_rs, acc) = match t {
+                0 => (dst, dst_rs, accumulate),
+                // SAFETY: partial product t − 1 lies in `partials`, sized
+                // above for all of them.
+                _ => (
+                    unsafe { at.get().0.add((t - 1) * m * n) },
+                    n as isize,
+                    false,
+                ),
+            };
+            // SAFETY: columns lo..hi of a and rows lo..hi of b, as the
+            // caller promised for all of them; each thread writes its own
+            // output (dst, or its partial product).
+            unsafe {
+                sgemm(
+                    Product {
+                        dims: (m, hi - lo, n),
+                        dst: out,
+                        dst_rs: out_rs,
+                        a: a.offset(lo as isize * a_rc.1),
+                        a_rc,
+                        b: b.offset(lo as isize * b_rc.0),
+                        b_rc,
+                        accumulate: acc,
+                    },
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+        for part in partials[..m * n * (threads - 1)].chunks_exact(m * n) {
+            for (i, row) in part.chunks_exact(n).enumerate() {
+                // SAFETY: row i of dst, n floats at stride dst_rs, which
+                // no other thread touches now.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(p.0.offset(i as isize * dst_rs), n) };
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o += x;
+                }
+            }
+        }
+    });
 }
 
 impl Conv {
@@ -1122,6 +1220,77 @@ mod tests {
             transpose_any(&src[..n], &mut whole, &shape, &[0, 2, 1]);
             transpose(&src[..n], &mut halves, &shape, &[0, 2, 1]);
             assert_eq!(whole, halves, "{shape:?}");
+        }
+    }
+
+    /// A product split along `k` ([`sgemm_split_k`]: `k` at least
+    /// [`SPLIT_K`] times `m` and `n`) over two and three threads, with a
+    /// transposed operand (the weight gradient's `hᵀ`), a row stride
+    /// beyond the row, and added into what `dst` held, agrees with the
+    /// sum taken in double precision; the elements beyond each row are
+    /// left alone. A second call (its partial products reused) gives the
+    /// same bits.
+    #[test]
+    fn a_product_split_along_k_agrees_with_the_plain_sum() {
+        for (m, k, n, threads, accumulate) in [
+            (128, 1024, 128, 2, false),
+            (32, 1024, 128, 2, true),
+            (7, 100, 3, 3, true),
+            (1, 64, 8, 2, false),
+        ] {
+            assert!(k >= SPLIT_K * m.max(n));
+            // `a` stored transposed ([k, m]), `b` row-major, `dst` rows of
+            // n + 2 floats.
+            let at: Vec<f32> = (0..k * m)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.11)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 17) as f32 - 8.0) * 0.07)
+                .collect();
+            let rs = n + 2;
+            let held: Vec<f32> = (0..m * rs).map(|i| (i % 5) as f32 - 2.0).collect();
+            let run = || {
+                let mut dst = held.clone();
+                // SAFETY: the sizes as promised: a is m×k at strides
+                // (1, m), b k×n at (n, 1), dst m rows of n at stride rs.
+                unsafe {
+                    sgemm_split(
+                        (m, k, n),
+                        dst.as_mut_ptr(),
+                        rs as isize,
+                        at.as_ptr(),
+                        (1, m as isize),
+                        b.as_ptr(),
+                        (n as isize, 1),
+                        accumulate,
+                        threads,
+                        (false, None),
+                    )
+                };
+                dst
+            };
+            let (first, second) = (run(), run());
+            assert_eq!(first, second, "{m}×{k}×{n}");
+            for i in 0..m {
+                for j in 0..rs {
+                    let got = first[i * rs + j];
+                    if j >= n {
+                        assert_eq!(got, held[i * rs + j]);
+                        continue;
+                    }
+                    let mut want: f64 = (0..k)
+                        .map(|p| at[p * m + i] as f64 * b[p * n + j] as f64)
+                        .sum();
+                    if accumulate {
+                        want += held[i * rs + j] as f64;
+                    }
+                    let tol = 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt();
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "{m}×{k}×{n} on {threads} threads, ({i}, {j}): {got} against {want}"
+                    );
+                }
+            }
         }
     }
 
