@@ -248,9 +248,10 @@ fn kernel_over(
         fu,
         shapes,
         rank: space.len(),
+        exprs: Vec::new(),
         // Sized for a typical kernel (a handful to a few dozen nodes, at
-        // one or two index maps), so that few grow while it is built.
-        exprs: Vec::with_capacity(16),
+        // one or two index maps), so that few grow while it is built
+        // (they are dropped once it is; the expressions are kept).
         memo: FxHashMap::with_capacity_and_hasher(16, Default::default()),
         maps: Vec::with_capacity(4),
         map_ids: FxHashMap::with_capacity_and_hasher(4, Default::default()),

@@ -532,7 +532,10 @@ const PARTIALS_MAX: usize = 1 << 20;
 thread_local! {
     /// [`sgemm_split_k`]'s partial products, kept from call to call by
     /// the thread that splits (grown to the largest product it split).
-    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A call takes the vector out while it runs: a rayon worker waiting
+    /// for its parts may run another split meanwhile, which then finds
+    /// none and makes its own.
+    static PARTIALS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// [`sgemm`] split along `k` over `threads` threads: thread `t` computes
@@ -557,56 +560,54 @@ unsafe fn sgemm_split_k(
     accumulate: bool,
     threads: usize,
 ) {
-    PARTIALS.with(|cell| {
-        let mut partials = cell.borrow_mut();
-        if partials.len() < m * n * (threads - 1) {
-            partials.resize(m * n * (threads - 1), 0.0);
-        }
-        let at = GemmPtrs(partials.as_mut_ptr(), std::ptr::null(), std::ptr::null());
-        super::helper::for_each_part(threads, &|t| {
-            let (dst, a, b) = p.get();
-            let (lo, hi) = (k * t / threads, k * (t + 1) / threads);
-            let (out, out_rs, acc) = match t {
-                0 => (dst, dst_rs, accumulate),
-                // SAFETY: partial product t − 1 lies in `partials`, sized
-                // above for all of them.
-                _ => (
-                    unsafe { at.get().0.add((t - 1) * m * n) },
-                    n as isize,
-                    false,
-                ),
-            };
-            // SAFETY: columns lo..hi of a and rows lo..hi of b, as the
-            // caller promised for all of them; each thread writes its own
-            // output (dst, or its partial product).
-            unsafe {
-                sgemm(
-                    Product {
-                        dims: (m, hi - lo, n),
-                        dst: out,
-                        dst_rs: out_rs,
-                        a: a.offset(lo as isize * a_rc.1),
-                        a_rc,
-                        b: b.offset(lo as isize * b_rc.0),
-                        b_rc,
-                        accumulate: acc,
-                    },
-                    gemm::Parallelism::None,
-                )
-            }
-        });
-        for part in partials[..m * n * (threads - 1)].chunks_exact(m * n) {
-            for (i, row) in part.chunks_exact(n).enumerate() {
-                // SAFETY: row i of dst, n floats at stride dst_rs, which
-                // no other thread touches now.
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(p.0.offset(i as isize * dst_rs), n) };
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o += x;
-                }
-            }
+    let mut partials = PARTIALS.take();
+    if partials.len() < m * n * (threads - 1) {
+        partials.resize(m * n * (threads - 1), 0.0);
+    }
+    let at = GemmPtrs(partials.as_mut_ptr(), std::ptr::null(), std::ptr::null());
+    super::helper::for_each_part(threads, &|t| {
+        let (dst, a, b) = p.get();
+        let (lo, hi) = (k * t / threads, k * (t + 1) / threads);
+        let (out, out_rs, acc) = match t {
+            0 => (dst, dst_rs, accumulate),
+            // SAFETY: partial product t − 1 lies in `partials`, sized
+            // above for all of them.
+            _ => (
+                unsafe { at.get().0.add((t - 1) * m * n) },
+                n as isize,
+                false,
+            ),
+        };
+        // SAFETY: columns lo..hi of a and rows lo..hi of b, as the caller
+        // promised for all of them; each thread writes its own output
+        // (dst, or its partial product).
+        unsafe {
+            sgemm(
+                Product {
+                    dims: (m, hi - lo, n),
+                    dst: out,
+                    dst_rs: out_rs,
+                    a: a.offset(lo as isize * a_rc.1),
+                    a_rc,
+                    b: b.offset(lo as isize * b_rc.0),
+                    b_rc,
+                    accumulate: acc,
+                },
+                gemm::Parallelism::None,
+            )
         }
     });
+    for part in partials[..m * n * (threads - 1)].chunks_exact(m * n) {
+        for (i, row) in part.chunks_exact(n).enumerate() {
+            // SAFETY: row i of dst, n floats at stride dst_rs, which no
+            // other thread touches now.
+            let out = unsafe { std::slice::from_raw_parts_mut(p.0.offset(i as isize * dst_rs), n) };
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+    }
+    PARTIALS.set(partials);
 }
 
 impl Conv {
