@@ -12,7 +12,6 @@ use crate::diag::{self, code, Diag, Diagnostics, FileId, SourceMap};
 use crate::ir::{self, Graph};
 use crate::syntax::{self, ast};
 use crate::{sema, stdlib};
-use cranelift_entity::SecondaryMap;
 use std::path::Path;
 
 /// The products of a compilation, as far as it got.
@@ -192,6 +191,9 @@ pub struct GradGraph {
     pub loss: ir::Node,
     /// (parameter, its gradient node), in parameter order.
     pub grads: Vec<(ir::ParamId, ir::Node)>,
+    /// The parameter's node each of `grads` is the gradient with respect
+    /// to, in the same order.
+    pub wrt: Vec<ir::Node>,
     /// Warnings from differentiation (flat paths through comparisons).
     pub warnings: Vec<Diag>,
 }
@@ -270,23 +272,11 @@ fn phase_graph(
 ) -> Result<GradGraph, Diag> {
     let mut gg = grad_graph_wrt(g, ph.loss, ph.params.as_deref())?;
     keep_assigns_of(&mut gg.graph, ph.loss);
-    // Each parameter's (first) node, found in one pass over the graph
-    // rather than a search of it per parameter.
-    let mut node_of: SecondaryMap<ir::ParamId, Option<ir::Node>> = SecondaryMap::new();
-    for (n, d) in gg.graph.nodes.iter() {
-        if let ir::Op::Param(p) = d.op {
-            node_of[p].get_or_insert(n);
-        }
-    }
     let targets: Vec<crate::passes::optimizer::Target> = gg
         .grads
         .iter()
-        .map(|&(param, grad)| crate::passes::optimizer::Target {
-            param,
-            // `grad_graph_wrt` differentiated with respect to this node.
-            node: node_of[param].expect("every parameter has its node"),
-            grad,
-        })
+        .zip(&gg.wrt)
+        .map(|(&(param, grad), &node)| crate::passes::optimizer::Target { param, node, grad })
         .collect();
     let prefix = if ph.name.is_empty() {
         "opt.".to_string()
@@ -527,6 +517,7 @@ pub fn grad_graph_wrt(
     Ok(GradGraph {
         loss,
         grads: params.iter().map(|(p, _)| *p).zip(grads.grads).collect(),
+        wrt,
         warnings: grads.warnings,
         graph,
     })
