@@ -330,9 +330,24 @@ fn nnc_log_compile_times_every_stage_of_a_training_steps_compilation() {
             .lines()
             .find(|l| l.starts_with(&format!("[compile] {stage}: ")))
             .unwrap_or_else(|| panic!("no time for {stage}: {err}"));
-        let ms = line.rsplit(": ").next().and_then(|t| t.strip_suffix(" ms"));
+        // `T ms`, then on Linux `, N page faults`.
+        let (ms, faults) = match line.rsplit(": ").next().map(|t| t.split_once(", ")) {
+            Some(Some((ms, faults))) => (Some(ms), Some(faults)),
+            Some(None) => (line.rsplit(": ").next(), None),
+            None => (None, None),
+        };
+        let ms = ms.and_then(|t| t.strip_suffix(" ms"));
         assert!(
             ms.is_some_and(|t| t.parse::<f64>().is_ok_and(|v| v >= 0.0)),
+            "{line}"
+        );
+        let faults = faults.and_then(|t| {
+            t.strip_suffix(" page faults")
+                .or_else(|| t.strip_suffix(" page fault"))
+        });
+        assert_eq!(
+            faults.is_some_and(|n| n.parse::<u64>().is_ok()),
+            cfg!(target_os = "linux"),
             "{line}"
         );
     }
