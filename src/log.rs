@@ -63,6 +63,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn minor_faults_grow_as_fresh_memory_is_touched() {
+        // Linux always has /proc/self/stat, with minflt in it (this test
+        // runs only there): a `None` would be a misread field.
         let before = super::minor_faults().expect("Linux has /proc/self/stat");
         // 8 MiB written: fresh pages from the system, not the allocator's.
         let touched = std::hint::black_box(vec![1u8; 8 << 20]);

@@ -1185,6 +1185,14 @@ pub fn conv_scratch(geo: &Conv, pass: ConvPass, threads: usize) -> Option<usize>
 mod tests {
     use super::*;
 
+    /// `len` test values spread around 0: `(i·step mod modulus − modulus/2)
+    /// · scale` for each index i (an odd modulus centres them exactly).
+    fn spread(len: usize, step: usize, modulus: usize, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * step % modulus) as f32 - (modulus / 2) as f32) * scale)
+            .collect()
+    }
+
     /// Copies and transposes large enough to run in two halves (at the
     /// default thresholds, on two threads) give what one pass gives: rows
     /// split at the half, one long row split at its half, rows that
@@ -1242,12 +1250,8 @@ mod tests {
             assert!(k >= SPLIT_K * m.max(n));
             // `a` stored transposed ([k, m]), `b` row-major, `dst` rows of
             // n + 2 floats.
-            let at: Vec<f32> = (0..k * m)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.11)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 5 % 17) as f32 - 8.0) * 0.07)
-                .collect();
+            let at = spread(k * m, 7, 13, 0.11);
+            let b = spread(k * n, 5, 17, 0.07);
             let rs = n + 2;
             let held: Vec<f32> = (0..m * rs).map(|i| (i % 5) as f32 - 2.0).collect();
             let run = || {
@@ -1300,10 +1304,8 @@ mod tests {
     #[test]
     fn split_gemv_matches_the_whole_one() {
         for (k, n) in [(1, 2), (7, 17), (33, 40), (300, 200), (784, 256), (5, 301)] {
-            let x: Vec<f32> = (0..k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.37).collect();
-            let w: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.051)
-                .collect();
+            let x = spread(k, 7, 13, 0.37);
+            let w = spread(k * n, 11, 23, 0.051);
             let mut whole = vec![f32::NAN; n];
             // SAFETY: the sizes as promised: x of k, w of k rows of n.
             let gemv = |dst: &mut [f32]| Gemv {
@@ -1345,12 +1347,8 @@ mod tests {
         for (m, k) in [(1, 1), (7, 5), (8, 33), (9, 256), (17, 3)] {
             for n in 1..=NARROW {
                 for accumulate in [false, true] {
-                    let a: Vec<f32> = (0..k * m)
-                        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.37)
-                        .collect();
-                    let b: Vec<f32> = (0..k * n)
-                        .map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.051)
-                        .collect();
+                    let a = spread(k * m, 7, 13, 0.37);
+                    let b = spread(k * n, 11, 23, 0.051);
                     // `a` is given as its transpose's buffer ([k, m]).
                     let (rs, before) = (n + 3, |i: usize| i as f32 * 0.5 - 3.0);
                     let mut dst: Vec<f32> = (0..m * rs).map(before).collect();
