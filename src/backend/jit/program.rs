@@ -88,6 +88,11 @@ pub struct Program {
     /// For [`Program::run_observed`], made on its first call: the outputs
     /// final before the first step (at 0), and after step `i` (at i + 1).
     final_after: Option<Vec<Vec<usize>>>,
+    /// The buffers that hold the same values at every run: the constants,
+    /// the parameters the program does not update, and a loop body's
+    /// invariant operands (set by the enclosing program). A product whose
+    /// `b` is one is split by rows (`native::sgemm_split`).
+    fixed: cranelift_entity::EntitySet<BufId>,
 }
 
 impl Drop for Program {
@@ -432,6 +437,9 @@ impl Program {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
             }
+            let fixed = fixed_buffers(&sched);
+            let fixed: Vec<BufId> = sched.bufs.keys().filter(|&b| fixed.contains(b)).collect();
+            eprintln!("[plan] fixed from run to run (a product reading one as `b` is split by rows): {fixed:?}");
             eprintln!(
                 "[plan] {} buffers, {} floats; {} loop kernels compiled, {shared} shared with an identical one",
                 sched.bufs.len(),
@@ -498,7 +506,19 @@ impl Program {
                         scratch: vec![0.0; scratch],
                     }
                 }
-                Step::Scan(sc) => Exec::Scan(Box::new(kx.body(sc.body.clone())?)),
+                Step::Scan(sc) => {
+                    let mut body = kx.body(sc.body.clone())?;
+                    // The extra arguments are the same at every step.
+                    let args = sc.slots[1 + sc.xs.len()..].iter().flatten();
+                    for b in args.clone() {
+                        body.fixed.insert(*b);
+                    }
+                    if crate::log::enabled("plan") {
+                        let args: Vec<&BufId> = args.collect();
+                        eprintln!("[plan] step {i} runs a loop whose body's buffers {args:?} are fixed from step to step");
+                    }
+                    Exec::Scan(Box::new(body))
+                }
                 _ => Exec::Plain,
             });
         }
@@ -519,6 +539,7 @@ impl Program {
             bufs.get_mut(b).copy_from_slice(&sched.graph.consts[c].data);
         }
         let n_steps = sched.steps.len();
+        let fixed = fixed_buffers(&sched);
         Program {
             module,
             sched,
@@ -528,6 +549,7 @@ impl Program {
             profile: crate::log::enabled("profile").then(|| vec![0.0; n_steps]),
             runs: 0,
             final_after: None,
+            fixed,
         }
     }
 
@@ -795,12 +817,29 @@ impl Program {
             &self.sched.steps[si],
             &mut self.exec[si],
             &mut self.bufs,
+            &self.fixed,
         )?;
         if let (Some(t), Some(p)) = (started, &mut self.profile) {
             p[si] += t.elapsed().as_secs_f64();
         }
         Ok(())
     }
+}
+
+/// The buffers of `sched` that hold the same values at every run: its
+/// constants and the parameters it does not update ([`Program`]'s
+/// `fixed`; a loop body's invariant operands are added by the program
+/// that runs the loop).
+fn fixed_buffers(sched: &Schedule) -> cranelift_entity::EntitySet<BufId> {
+    let mut fixed = cranelift_entity::EntitySet::new();
+    let updated = |p: &crate::ir::ParamId| sched.updates.iter().any(|(u, _)| u == p);
+    for &(_, b) in &sched.consts {
+        fixed.insert(b);
+    }
+    for (_, b) in sched.params.iter().filter(|(p, _)| !updated(p)) {
+        fixed.insert(*b);
+    }
+    fixed
 }
 
 /// Keeps one of the pool's workers taking work while a program runs on
@@ -1172,6 +1211,7 @@ fn run_step(
     step: &Step,
     exec: &mut Exec,
     bufs: &mut Buffers,
+    fixed: &cranelift_entity::EntitySet<BufId>,
 ) -> Result<(), Error> {
     match (step, exec) {
         (
@@ -1245,6 +1285,7 @@ fn run_step(
                     }
             });
             let by_batch = by_batch && rows_parts;
+            let b_fixed = fixed.contains(*b);
             let ptrs =
                 native::GemmPtrs(bufs.ptr(*out), bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
             // Product `bi` of the batch on `threads` threads, or on the
@@ -1309,6 +1350,7 @@ fn run_step(
                                 rows_parts,
                                 epi.as_ref().map(|_| &rows_done as native::RowsDone),
                             ),
+                            b_fixed,
                         )
                     }
                 }
