@@ -540,7 +540,7 @@ pub unsafe fn sgemm_split(
 
 /// Rows per block of a split by rows: a multiple of the gemm crate's
 /// micro-kernels' rows.
-const ROWS: usize = 16;
+pub(crate) const ROWS: usize = 16;
 
 /// How many times its longer side a product's `k` must be for
 /// [`sgemm_split`] to split it along `k` ([`sgemm_split_k`]).

@@ -1269,10 +1269,16 @@ fn run_step(
             let pool = rayon::current_num_threads();
             let (single, batches) = (m * n * k, a_offs.len());
             let min = super::threads::gemm_madds();
-            // Each product split over the threads when it is large enough;
-            // else the batch's products shared out among them when they
-            // are together (a transformer's per-head products).
-            let threads = if single >= min { pool } else { 1 };
+            // Each product split over the threads when it is large enough
+            // (a lone one split by rows, sooner); else the batch's
+            // products shared out among them when they are together (a
+            // transformer's per-head products, an LSTM's gates).
+            let b_fixed = fixed.contains(*b);
+            let by_rows = b_fixed && batches == 1 && m >= native::ROWS * pool;
+            let threads = match super::threads::gemm_splits(single, by_rows) {
+                true => pool,
+                false => 1,
+            };
             let by_batch = threads == 1 && pool > 1 && batches >= pool && batches * single >= min;
             let lanes = if by_batch { pool } else { threads };
             // Whether the epilogue may run on parts of its rows (a split's
@@ -1285,7 +1291,6 @@ fn run_step(
                     }
             });
             let by_batch = by_batch && rows_parts;
-            let b_fixed = fixed.contains(*b);
             let ptrs =
                 native::GemmPtrs(bufs.ptr(*out), bufs.get(*a).as_ptr(), bufs.get(*b).as_ptr());
             // Product `bi` of the batch on `threads` threads, or on the

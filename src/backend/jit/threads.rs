@@ -100,6 +100,21 @@ pub(crate) fn gemm_madds() -> usize {
     GEMM.load(Ordering::Relaxed)
 }
 
+/// Whether one GEMM of `madds` multiply-adds is split over the threads:
+/// from [`Thresholds::gemm_madds`], or from a quarter of it where it
+/// would be split by rows because its right operand is fixed
+/// (`by_rows`: `native::sgemm_split`), each core then computing the rows
+/// whose `a` it wrote itself. mlp_infer at batch 128's last layer,
+/// 128x256 @ 256x10 (2^18.3 multiply-adds), took 0.0142 ms on one thread
+/// and 0.0076 ms split (`NNC_LOG=profile`), the whole run 0.235-0.253 ms
+/// (median 0.2515) against 0.237-0.247 ms (median 0.243) in ten
+/// alternated pairs (`nnc bench`, a 2-core Xeon with AVX-512). A batch of
+/// products (an LSTM's four gates) is shared out by products instead.
+pub(crate) fn gemm_splits(madds: usize, by_rows: bool) -> bool {
+    let min = gemm_madds();
+    madds >= min || (by_rows && madds >= min / 4)
+}
+
 pub(crate) fn conv_madds() -> usize {
     CONV.load(Ordering::Relaxed)
 }
