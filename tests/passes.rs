@@ -296,14 +296,17 @@ fn forward_loops_store_what_their_derivatives_would_recompute() {
 #[test]
 fn max_pooling_sends_each_gradient_to_the_first_maximal_tap_on_both_backends() {
     // Every window a tie: the gradient goes to its first tap in row-major
-    // order. 2×2 with stride 2 (the JIT's own path for the common window)
-    // and 3×3 with stride 2 (overlapping windows, the general path).
+    // order. 2×2 with stride 2 (the JIT's own path for the common window,
+    // on sides that it tiles and on odd ones, whose last row and column
+    // no window reads) and 3×3 with stride 2 (overlapping windows, the
+    // general path).
     let src = "\
 param p: [2, 3, 6, 6] = ones()
 param q: [2, 3, 7, 7] = ones()
 param w: [2, 3, 3, 3] = uniform(-1, 1, seed = 5)
 param v: [2, 3, 3, 3] = uniform(-1, 1, seed = 6)
-output loss = sum(max_pool2d(p, 2) * w) + sum(max_pool2d(q, 3, stride = 2) * v) + sum(max_pool2d(w * v, 2, stride = 1))
+param r: [2, 3, 7, 7] = uniform(-1, 1, seed = 7)
+output loss = sum(max_pool2d(p, 2) * w) + sum(max_pool2d(q, 3, stride = 2) * v) + sum(max_pool2d(w * v, 2, stride = 1)) + sum(max_pool2d(r, 2) * w)
 ";
     let jit = loss_and_grads(src, nnc::backend::BackendKind::Jit);
     let oracle = loss_and_grads(src, nnc::backend::BackendKind::Interp);
@@ -322,6 +325,16 @@ output loss = sum(max_pool2d(p, 2) * w) + sum(max_pool2d(q, 3, stride = 2) * v) 
     let nonzero = gp.iter().filter(|x| **x != 0.0).count();
     assert_eq!(nonzero, 2 * 3 * 3 * 3);
     assert!(gp[0] != 0.0 && gp[1] == 0.0 && gp[6] == 0.0 && gp[7] == 0.0);
+    // The odd sides: one tap of each window, and nothing in the last row
+    // and column of each plane.
+    let gr = &jit[5];
+    assert_eq!(gr.iter().filter(|x| **x != 0.0).count(), 2 * 3 * 3 * 3);
+    for plane in gr.chunks_exact(49) {
+        assert!(plane[42..]
+            .iter()
+            .chain(plane.iter().skip(6).step_by(7))
+            .all(|x| *x == 0.0));
+    }
 }
 
 #[test]
