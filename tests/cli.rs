@@ -166,6 +166,34 @@ fn run_warns_about_non_finite_outputs() {
 }
 
 #[test]
+fn flush_subnormals_zeroes_the_jits_subnormal_results_only() {
+    // 1e-30 · 1e-10 is subnormal (1e-40): kept by default, 0 with the
+    // flag on the JIT; the interpreter keeps it either way.
+    let (_dir, p) = temp_file(
+        "sub.nn",
+        b"param x: [2] = [1e-30, 2.0]\noutput y = x * 1e-10\n",
+    );
+    let path = p.to_str().expect("utf-8 temp path");
+    let y = |extra: &[&str]| {
+        let mut args = vec!["run", path, "--format", "json"];
+        args.extend(extra);
+        let o = nnc(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+        json["outputs"]["y"]["data"].clone()
+    };
+    assert_eq!(y(&["--backend", "jit"]), serde_json::json!([1e-40, 2e-10]));
+    assert_eq!(
+        y(&["--backend", "jit", "--flush-subnormals"]),
+        serde_json::json!([0, 2e-10])
+    );
+    assert_eq!(
+        y(&["--backend", "interp", "--flush-subnormals"]),
+        serde_json::json!([1e-40, 2e-10])
+    );
+}
+
+#[test]
 fn run_of_a_file_with_an_input_missing_its_value_fails() {
     let o = nnc(&["--color", "never", "run", "tests/ui/fail/missing_input.nn"]);
     assert_eq!(o.status.code(), Some(1));

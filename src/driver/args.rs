@@ -24,6 +24,14 @@ pub struct Cli {
     /// the first device.
     #[arg(long, value_name = "N", global = true)]
     pub device: Option<usize>,
+    /// Run the JIT's programs with subnormal floats flushed to zero (the
+    /// CPU's FTZ and DAZ modes; also `NNC_FLUSH_SUBNORMALS=1`): results
+    /// below 2^-126 become 0 and such inputs count as 0, where on some
+    /// CPUs each costs many times a normal operation (gradients that
+    /// decay over a long sequence reach them). By default the JIT keeps
+    /// them, as the interpreter does.
+    #[arg(long, global = true)]
+    pub flush_subnormals: bool,
     #[command(subcommand)]
     pub command: Command,
 }

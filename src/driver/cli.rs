@@ -22,6 +22,9 @@ pub fn main() -> i32 {
         Color::Auto => std::io::stderr().is_terminal(),
     };
     crate::exec::memory::set_limit(cli.max_memory);
+    if cli.flush_subnormals {
+        crate::backend::jit::subnormal::set_flush(true);
+    }
     if let Some(n) = cli.device {
         crate::backend::opencl::choose_device(n);
     }

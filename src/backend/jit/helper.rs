@@ -130,7 +130,11 @@ impl Helper {
         let part = unsafe { (*self.part.get()).expect("a posted part") };
         // A part that panics is reported to its caller (which panics in
         // turn), never left for it to wait on.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*part)() }));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // In the float modes of the programs' threads.
+            let _modes = super::subnormal::enter();
+            unsafe { (*part)() }
+        }));
         self.panicked.store(ran.is_err(), Ordering::Relaxed);
         self.state.store(DONE, Ordering::Release);
         self.stay_awake();

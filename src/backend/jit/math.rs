@@ -12,7 +12,8 @@
 //! subnormals to 0 (so a −inf mask gives exactly 0); `log` takes
 //! subnormal inputs at their value, gives −inf at ±0, NaN below 0 and
 //! inf at inf; NaN stays NaN. Subnormals are not flushed on either
-//! backend. `tests/jit_math.rs` checks these ends too. A general power
+//! backend, unless the user asks the JIT to (`--flush-subnormals`,
+//! [`super::subnormal`]). `tests/jit_math.rs` checks these ends too. A general power
 //! calls the host's `powf` ([`powf`]).
 
 // The coefficients are written as published, with more digits than f32

@@ -39,6 +39,7 @@ mod helper;
 mod math;
 mod native;
 mod program;
+pub mod subnormal;
 pub mod threads;
 pub mod wide;
 

@@ -716,6 +716,7 @@ impl Program {
             }
         };
         hand(self, ready, 0);
+        let _modes = super::subnormal::enter();
         self.runs += 1;
         let mut r = Ok(());
         for si in 0..self.sched.steps.len() {
@@ -776,7 +777,11 @@ impl Program {
                 let lent = lent;
                 let home = rayon::current_thread_index();
                 for _ in 1..rayon::current_num_threads() {
-                    s.spawn(move |_| stand_by(home, running));
+                    // Work stolen from the steps runs in their float modes.
+                    s.spawn(move |_| {
+                        let _modes = super::subnormal::enter();
+                        stand_by(home, running)
+                    });
                 }
                 // Released when the steps end, a panic included (the scope
                 // waits for the workers standing by before it unwinds).
@@ -802,6 +807,7 @@ impl Program {
 
     /// Runs every step in order.
     fn execute(&mut self) -> Result<(), Error> {
+        let _modes = super::subnormal::enter();
         self.runs += 1;
         for si in 0..self.sched.steps.len() {
             self.run_one(si)?;
