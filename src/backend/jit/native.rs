@@ -408,8 +408,8 @@ pub type RowsDone<'a> = &'a (dyn Fn(usize, usize, Option<usize>) + Sync);
 /// product of a transformer's feed-forward layer took 0.096 ms split by
 /// columns and 0.057 by rows on two threads (`NNC_LOG=profile`).
 ///
-/// Where `b_fixed` (`b` is the same matrix at every call: a weight the
-/// program does not update, a loop's invariant operand), rows are split
+/// Where `b_fixed` (no step writes `b` while the program runs: a weight
+/// the program does not update, a loop's invariant operand), rows are split
 /// whenever each thread gets [`ROWS`] of them, however wide `dst` is:
 /// each thread then reads only its own rows of `a` and writes only its
 /// own rows of `dst`, which the elementwise kernels before and after,

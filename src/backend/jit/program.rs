@@ -88,10 +88,12 @@ pub struct Program {
     /// For [`Program::run_observed`], made on its first call: the outputs
     /// final before the first step (at 0), and after step `i` (at i + 1).
     final_after: Option<Vec<Vec<usize>>>,
-    /// The buffers that hold the same values at every run: the constants,
-    /// the parameters the program does not update, and a loop body's
-    /// invariant operands (set by the enclosing program). A product whose
-    /// `b` is one is split by rows (`native::sgemm_split`).
+    /// The buffers no step writes while the program runs (both cores only
+    /// read them): the constants, the parameters the program does not
+    /// update (bound to the caller's tensors for the run), and a loop
+    /// body's invariant operands, the same at every step (set by the
+    /// enclosing program). A product whose `b` is one is split by rows
+    /// (`native::sgemm_split`).
     fixed: cranelift_entity::EntitySet<BufId>,
 }
 
@@ -439,7 +441,7 @@ impl Program {
             }
             let fixed = fixed_buffers(&sched);
             let fixed: Vec<BufId> = sched.bufs.keys().filter(|&b| fixed.contains(b)).collect();
-            eprintln!("[plan] fixed from run to run (a product reading one as `b` is split by rows): {fixed:?}");
+            eprintln!("[plan] fixed while the program runs (a product reading one as `b` is split by rows): {fixed:?}");
             eprintln!(
                 "[plan] {} buffers, {} floats; {} loop kernels compiled, {shared} shared with an identical one",
                 sched.bufs.len(),
@@ -832,7 +834,7 @@ impl Program {
     }
 }
 
-/// The buffers of `sched` that hold the same values at every run: its
+/// The buffers of `sched` that no step writes while it runs: its
 /// constants and the parameters it does not update ([`Program`]'s
 /// `fixed`; a loop body's invariant operands are added by the program
 /// that runs the loop).
