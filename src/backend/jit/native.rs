@@ -1350,6 +1350,8 @@ mod tests {
             let b = spread(k * n, 5, 17, 0.07);
             let run = |b_fixed: bool| {
                 let mut dst = vec![f32::NAN; m * n];
+                // Poisoned only if a part panicked, which fails the test
+                // on its own.
                 let parts = std::sync::Mutex::new(Vec::new());
                 let done = |lo: usize, hi: usize, t: Option<usize>| {
                     parts.lock().expect("no part panics").push((lo, hi, t))

@@ -439,9 +439,6 @@ impl Program {
             for (i, s) in sched.steps.iter().enumerate() {
                 eprintln!("[plan] step {i}: {}", s.describe(&sched.graph));
             }
-            let fixed = fixed_buffers(&sched);
-            let fixed: Vec<BufId> = sched.bufs.keys().filter(|&b| fixed.contains(b)).collect();
-            eprintln!("[plan] fixed while the program runs (a product reading one as `b` is split by rows): {fixed:?}");
             eprintln!(
                 "[plan] {} buffers, {} floats; {} loop kernels compiled, {shared} shared with an identical one",
                 sched.bufs.len(),
@@ -542,6 +539,10 @@ impl Program {
         }
         let n_steps = sched.steps.len();
         let fixed = fixed_buffers(&sched);
+        if crate::log::enabled("plan") {
+            let list: Vec<BufId> = sched.bufs.keys().filter(|&b| fixed.contains(b)).collect();
+            eprintln!("[plan] fixed while the program runs (a product reading one as `b` is split by rows): {list:?}");
+        }
         Program {
             module,
             sched,
