@@ -726,3 +726,39 @@ fn flags_are_documented_and_named_alike_in_every_command() {
         assert!(format.contains("json"), "`nnc {cmd} --help`:\n{out}");
     }
 }
+
+#[test]
+fn scan_rows_runs_an_lstms_loop_bodies_in_parts_on_two_threads() {
+    // The plan log of lstm_sine's training step on two threads: both
+    // loops (the forward one, the derivative one) run their bodies in two
+    // parts by rows; on one thread there is nothing to cut for.
+    let plan = |threads: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"))
+            .args([
+                "bench",
+                "examples/lstm_sine.nn",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NNC_LOG", "plan")
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("the nnc binary runs");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stderr(&o)
+            .lines()
+            .filter(|l| l.contains("scan"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    insta::assert_snapshot!("scan_rows_lstm_sine_plan", plan("2"));
+    let one = plan("1");
+    assert!(
+        one.contains("scan-rows does not apply: one thread"),
+        "{one}"
+    );
+    assert!(!one.contains("parts"), "{one}");
+}

@@ -67,3 +67,58 @@ output loss = sum(tanh(x @ w + b) * 0.5) + sum(relu(x @ v) * 2) * 0.25
         }
     }
 }
+
+#[test]
+fn loop_bodies_run_in_parts_by_rows_agree_with_the_interpreter() {
+    // An LSTM's and a GRU's training gradients over 6 steps of a batch of
+    // 8, in pools of 2 and 4 threads: each loop's body (the gates' product
+    // of the carry's rows, the cell's kernel over the same rows, and
+    // their derivatives) runs cut into as many parts by rows, each part
+    // every step of the body on its own thread (`scan-rows`;
+    // `NNC_LOG=plan` shows it applies to all four loops).
+    use nnc::backend::BackendKind::{Interp, Jit};
+    let src = "\
+param xs: [6, 8, 5] = uniform(-1, 1, seed = 1)
+param wx: [4, 5, 16] = uniform(-0.5, 0.5, seed = 2)
+param wh: [4, 16, 16] = uniform(-0.5, 0.5, seed = 3)
+param b: [4, 16] = uniform(-0.5, 0.5, seed = 4)
+param gx: [3, 5, 16] = uniform(-0.5, 0.5, seed = 5)
+param gh: [3, 16, 16] = uniform(-0.5, 0.5, seed = 6)
+param gbx: [3, 16] = uniform(-0.5, 0.5, seed = 7)
+param gbh: [3, 16] = uniform(-0.5, 0.5, seed = 8)
+let hs = lstm(xs, zeros([8, 2, 16]), wx, wh, b)
+let gs = gru(xs, zeros([8, 16]), gx, gh, gbx, gbh)
+output loss = sum(lstm_h(last(hs)) * 0.5) + mean(gs * gs)
+";
+    let c = nnc::pipeline::compile("rows.nn", src, nnc::pipeline::Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let g = c.graph.expect("a graph");
+    let loss = nnc::pipeline::find_loss(&g, None).expect("a loss");
+    let g = nnc::pipeline::grad_graph(&g, loss)
+        .expect("gradients")
+        .graph;
+    let run = |kind| {
+        let mut params = nnc::backend::interp::init_params(&g, 3);
+        nnc::backend::Engine::new(kind, &g)
+            .run(&mut params, &cranelift_entity::SecondaryMap::new())
+            .expect("runs")
+    };
+    let oracle = run(Interp);
+    for threads in [2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a pool");
+        let j = pool.install(|| run(Jit));
+        assert_eq!(j.len(), oracle.len());
+        for (a, b) in j.iter().zip(&oracle) {
+            assert_eq!(a.data.len(), b.data.len());
+            for (x, y) in a.data.iter().zip(&b.data) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{threads} threads: {x} vs {y}"
+                );
+            }
+        }
+    }
+}

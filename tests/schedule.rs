@@ -880,3 +880,77 @@ fn a_product_summed_over_its_batch_reads_a_slice_in_place_only_where_its_rows_ke
         nnc::tensor::Tensor::new(vec![48], (0..48).map(|i| (i as f32 * 0.61).cos()).collect()),
     );
 }
+
+/// The loop steps of `s`, each with its body.
+fn scans(s: &Schedule) -> Vec<&nnc::schedule::ScanStep> {
+    s.steps
+        .iter()
+        .filter_map(|st| match st {
+            Step::Scan(sc) => Some(&**sc),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_body_treating_each_row_alone_is_cut_into_parts_by_rows() {
+    // An RNN's training step for B = 4: the forward loop's body (the
+    // product of the carry's rows, then tanh over the same rows) and the
+    // derivative loop's each split into parts that share no element one
+    // of them writes (`scan-rows`), for 2 and 4 parts.
+    use nnc::schedule::parts::independent_parts;
+    let src = "param w: [3, 3] = uniform(-1, 1, seed = 1)\n\
+               input xs: [5, B, 3]\n\
+               fn step(h: [N, 3], x: [N, 3]) -> [N, 3] { tanh(h @ w + x) }\n\
+               let y = sum(last(scan(step, zeros([B, 3]), xs)))\n\
+               train { loss = y\n optimizer = sgd(lr = 0.1)\n batch = 4 }\n";
+    let s = training_schedule_of(src);
+    let loops = scans(&s);
+    assert_eq!(loops.len(), 2, "{:?}", s.steps);
+    for sc in loops {
+        assert_eq!(
+            independent_parts(&sc.body, 2),
+            Ok(()),
+            "{:?}",
+            sc.body.steps
+        );
+        assert_eq!(
+            independent_parts(&sc.body, 4),
+            Ok(()),
+            "{:?}",
+            sc.body.steps
+        );
+    }
+}
+
+#[test]
+fn a_body_mixing_rows_it_computed_is_not_cut() {
+    // `m @ tanh(h)`: each row of the result reads every row of tanh(h),
+    // which the body computes, half of it in each part.
+    use nnc::schedule::parts::independent_parts;
+    let src = "input m: [B, B]\n\
+               input xs: [5, B, 3]\n\
+               fn step(h: [B, 3], x: [B, 3]) -> [B, 3] { m @ tanh(h + x) }\n\
+               output y = sum(last(scan(step, zeros([B, 3]), xs)))\n";
+    let s = schedule_of("mix.nn", src);
+    let loops = scans(&s);
+    assert_eq!(loops.len(), 1, "{:?}", s.steps);
+    let e = independent_parts(&loops[0].body, 2).expect_err("rows mixed");
+    assert!(e.0.contains("another part writes"), "{e}");
+}
+
+/// The schedule of `src`'s training step (its `train` block's batch for
+/// B), verified.
+fn training_schedule_of(src: &str) -> Schedule {
+    let c = pipeline::compile("train.nn", src, Stage::Ir);
+    assert!(!c.diags.has_errors(), "{}", c.render(false));
+    let (g, train) = (c.graph.expect("graph"), c.train.expect("a train block"));
+    let step = pipeline::step_graph(&g, &train).expect("step graph").graph;
+    let mut syms = SecondaryMap::new();
+    for (s, _) in step.syms.iter() {
+        syms[s] = Some(4);
+    }
+    let s = pipeline::schedule(&pipeline::fuse(&step), &syms).expect("schedules");
+    s.verify().expect("verifies");
+    s
+}

@@ -26,6 +26,7 @@ mod build;
 pub mod dot;
 mod geometry;
 mod kernel;
+pub mod parts;
 mod verify;
 
 pub use build::build;

@@ -95,6 +95,13 @@ pub struct Program {
     /// enclosing program). A product whose `b` is one is split by rows
     /// (`native::sgemm_split`).
     fixed: cranelift_entity::EntitySet<BufId>,
+    /// For a loop body that `scan-rows` cuts ([`crate::schedule::parts`]):
+    /// into how many parts, each running every step on its own thread
+    /// (the pool's size); 1 elsewhere.
+    parts: usize,
+    /// Per step, the addresses its parts use, taken before each run by
+    /// parts ([`Program::execute_in_parts`]).
+    part_ptrs: Vec<Vec<*mut f32>>,
 }
 
 impl Drop for Program {
@@ -516,6 +523,7 @@ impl Program {
                         let args: Vec<&BufId> = args.collect();
                         eprintln!("[plan] step {i} runs a loop whose body's buffers {args:?} are fixed from step to step");
                     }
+                    body.parts = in_parts(&body, i);
                     Exec::Scan(Box::new(body))
                 }
                 _ => Exec::Plain,
@@ -553,6 +561,8 @@ impl Program {
             runs: 0,
             final_after: None,
             fixed,
+            parts: 1,
+            part_ptrs: vec![Vec::new(); n_steps],
         }
     }
 
@@ -809,12 +819,106 @@ impl Program {
     }
 
     /// Runs every step in order.
+    /// Whether [`Program::execute`] runs the steps in parts (`scan-rows`).
+    fn runs_in_parts(&self) -> bool {
+        self.parts > 1 && rayon::current_num_threads() == self.parts
+    }
+
     fn execute(&mut self) -> Result<(), Error> {
+        if self.runs_in_parts() {
+            return self.execute_in_parts();
+        }
         let _modes = super::subnormal::enter();
         self.runs += 1;
         for si in 0..self.sched.steps.len() {
             self.run_one(si)?;
         }
+        Ok(())
+    }
+
+    /// Runs every step cut into [`Program::parts`] parts (`scan-rows`):
+    /// each part runs all the steps, in order, on a thread of its own, and
+    /// this returns when every part is done. With `NNC_LOG=profile`, each
+    /// step's time is part 0's.
+    fn execute_in_parts(&mut self) -> Result<(), Error> {
+        let _modes = super::subnormal::enter();
+        self.runs += 1;
+        // The addresses, taken here where the loop's bindings are: the
+        // parts only read them.
+        let mut ptrs = std::mem::take(&mut self.part_ptrs);
+        for ((step, p), exec) in self.sched.steps.iter().zip(&mut ptrs).zip(&self.exec) {
+            p.clear();
+            match (step, exec) {
+                (
+                    Step::Loop {
+                        out, args, also, ..
+                    },
+                    Exec::Loop { .. },
+                ) => {
+                    for &b in std::iter::once(out).chain(args).chain(also) {
+                        p.push(self.bufs.ptr(b));
+                    }
+                }
+                (
+                    Step::MatMul {
+                        a,
+                        b,
+                        out,
+                        epilogue,
+                        ..
+                    },
+                    _,
+                ) => {
+                    p.push(self.bufs.ptr(*out));
+                    p.push(self.bufs.get(*a).as_ptr().cast_mut());
+                    p.push(self.bufs.get(*b).as_ptr().cast_mut());
+                    if let Some(e) = epilogue {
+                        for &b in std::iter::once(&e.out).chain(&e.args) {
+                            p.push(self.bufs.ptr(b));
+                        }
+                    }
+                }
+                (Step::Copy { parts, out }, _) => {
+                    p.push(self.bufs.ptr(*out));
+                    for (src, _) in parts {
+                        p.push(self.bufs.get(*src).as_ptr().cast_mut());
+                    }
+                }
+                _ => {
+                    return Err(internal(
+                        "a step cut into parts that is no loop, product or copy",
+                    ))
+                }
+            }
+        }
+        let parts = self.parts;
+        let times = std::sync::Mutex::new(self.profile.take());
+        let shared = PartsOf {
+            steps: &self.sched.steps,
+            exec: &self.exec,
+            ptrs: &ptrs,
+        };
+        super::helper::for_each_part(parts, &|t| {
+            let mut spent = Vec::new();
+            for si in 0..shared.len() {
+                let started = (t == 0).then(std::time::Instant::now);
+                // SAFETY: `ptrs` holds the step's buffers as
+                // `execute_in_parts` took them; `independent_parts`
+                // accepted the body for `parts` parts (`in_parts`), so no
+                // other part touches an element this part writes; each
+                // part runs on one thread.
+                unsafe { shared.run(si, t, parts) };
+                spent.extend(started.map(|s| s.elapsed().as_secs_f64()));
+            }
+            if !spent.is_empty() {
+                let mut times = times.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = times.as_mut() {
+                    p.iter_mut().zip(&spent).for_each(|(p, s)| *p += s);
+                }
+            }
+        });
+        self.profile = times.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.part_ptrs = ptrs;
         Ok(())
     }
 
@@ -832,6 +936,151 @@ impl Program {
             p[si] += t.elapsed().as_secs_f64();
         }
         Ok(())
+    }
+}
+
+/// Into how many parts `scan-rows` cuts loop body `body` (step `step`
+/// of the program running the loop): the pool's threads where
+/// [`crate::schedule::parts::independent_parts`] accepts the body for
+/// that many and each of its wide kernels has a scratch slot per part,
+/// else 1 (the body's steps run one by one, each split on its own).
+fn in_parts(body: &Program, step: usize) -> usize {
+    let pool = rayon::current_num_threads();
+    let slots = body.exec.iter().all(|e| match e {
+        Exec::Loop {
+            f: Kern::Wide { slots, .. },
+            ..
+        } => *slots >= pool,
+        _ => true,
+    });
+    let verdict = match (pool, slots) {
+        (1, _) => Err("one thread".to_string()),
+        (_, false) => Err("a wide kernel has fewer scratch slots than threads".to_string()),
+        _ => crate::schedule::parts::independent_parts(&body.sched, pool).map_err(|e| e.0),
+    };
+    if crate::log::enabled("plan") {
+        match &verdict {
+            Ok(()) => eprintln!("[plan] step {step}: scan-rows: the loop's body runs in {pool} parts, each part every step of the body on its own thread, the threads meeting once per step of the loop"),
+            Err(why) => eprintln!("[plan] step {step}: scan-rows does not apply: {why}"),
+        }
+    }
+    match verdict {
+        Ok(()) => pool,
+        Err(_) => 1,
+    }
+}
+
+/// What the parts of a body's steps read, shared by the threads that run
+/// them ([`Program::execute_in_parts`]).
+struct PartsOf<'a> {
+    steps: &'a [Step],
+    exec: &'a [Exec],
+    ptrs: &'a [Vec<*mut f32>],
+}
+
+// SAFETY: the threads only read these; the storage behind the pointers is
+// written by each part in elements no other part reads or writes
+// (`independent_parts`).
+unsafe impl Sync for PartsOf<'_> {}
+
+impl PartsOf<'_> {
+    fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Part `t` of `parts` of step `si` ([`run_part`]).
+    ///
+    /// # Safety
+    /// As [`run_part`]'s.
+    unsafe fn run(&self, si: usize, t: usize, parts: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { run_part(&self.steps[si], &self.exec[si], &self.ptrs[si], t, parts) }
+    }
+}
+
+/// Runs part `t` of `parts` of `step` ([`crate::schedule::parts`] says
+/// what each part covers), its buffers' addresses in `ptrs` as
+/// [`Program::execute_in_parts`] takes them.
+///
+/// # Safety
+///
+/// `ptrs` holds live buffers for the step; the body passed
+/// `independent_parts` for `parts` parts; no other thread runs part `t`.
+unsafe fn run_part(step: &Step, exec: &Exec, ptrs: &[*mut f32], t: usize, parts: usize) {
+    use crate::schedule::parts::{copy_part, epilogue_range, share};
+    match (step, exec) {
+        (Step::Loop { kernel, .. }, Exec::Loop { f, .. }) => {
+            let r = share(kernel.dims[0], t, parts);
+            if !r.is_empty() {
+                // SAFETY: the caller's promise, over this part's range.
+                unsafe { f.call(&SendPtr(ptrs.as_ptr()), kernel, r.start, r.end, t) };
+            }
+        }
+        (
+            Step::MatMul {
+                a_offs,
+                b_offs,
+                dims,
+                epilogue,
+                ..
+            },
+            exec,
+        ) => {
+            let Gemm {
+                m,
+                k,
+                n,
+                a_rc,
+                b_rc,
+            } = *dims;
+            let rows = share(m, t, parts);
+            if rows.is_empty() {
+                return;
+            }
+            let (o, a, b) = (ptrs[0], ptrs[1].cast_const(), ptrs[2].cast_const());
+            for (bi, (&ao, &bo)) in a_offs.iter().zip(b_offs).enumerate() {
+                // SAFETY: the verifier's rule 3 for the whole product, of
+                // which these are rows; the caller's promise for the rest.
+                unsafe {
+                    native::sgemm(
+                        native::Product {
+                            dims: (rows.len(), k, n),
+                            dst: o.add(bi * m * n + rows.start * n),
+                            dst_rs: n as isize,
+                            a: a.add(ao).offset(rows.start as isize * a_rc.0),
+                            a_rc,
+                            b: b.add(bo),
+                            b_rc,
+                            accumulate: false,
+                        },
+                        gemm::Parallelism::None,
+                    );
+                    if let (Some(e), Exec::Loop { f, .. }) = (epilogue, exec) {
+                        let r = epilogue_range(&e.kernel, (m, n), bi, rows.clone());
+                        f.call(&SendPtr(ptrs[3..].as_ptr()), &e.kernel, r.start, r.end, t);
+                    }
+                }
+            }
+        }
+        (Step::Copy { parts: cp, .. }, _) => {
+            for ((_, blocks), &src) in cp.iter().zip(&ptrs[1..]) {
+                let p = copy_part(blocks, t, parts);
+                for i in 0..p.count {
+                    // SAFETY: the verifier's rule 4 for the whole copy (a
+                    // copy never writes what it reads), of which these
+                    // are blocks.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.add(p.src_at + i * p.src_stride),
+                            ptrs[0].add(p.dst_at + i * p.dst_stride),
+                            p.len,
+                        )
+                    };
+                }
+            }
+        }
+        // `execute_in_parts` refused any other step before the parts ran.
+        _ => {}
     }
 }
 
@@ -1592,6 +1841,7 @@ fn scan_steps(
     // body straight into its step's place in `out`; a summed one, or one
     // of the body's operands (a body may return one), is copied there.
     let in_place = !sc.sum && !sc.slots.contains(&Some(result));
+    let in_parts = body.runs_in_parts();
     for i in 0..sc.steps {
         let (t, prev) = sc.order(i);
         if in_place {
@@ -1603,7 +1853,7 @@ fn scan_steps(
             // The next step's place is brought into the cache for writing
             // while this step runs (its GEMMs leave the memory idle), so
             // that the body's stores there do not wait for it.
-            if i + 1 < sc.steps && cl <= PREFETCH_SLOT_MAX {
+            if i + 1 < sc.steps && cl <= PREFETCH_SLOT_MAX && !in_parts {
                 prefetch(base.wrapping_add(sc.order(i + 1).0 * cl), cl);
             }
         }
@@ -1621,7 +1871,7 @@ fn scan_steps(
                 let len = sc.step_lens[j];
                 unsafe { body.bufs.bind(b, &outer.get(x)[t * len..][..len]) };
                 // And the next step's slice, read then.
-                if i + 1 < sc.steps && len <= PREFETCH_SLOT_MAX {
+                if i + 1 < sc.steps && len <= PREFETCH_SLOT_MAX && !in_parts {
                     let next = outer.get(x).as_ptr().wrapping_add(sc.order(i + 1).0 * len);
                     prefetch(next, len);
                 }
