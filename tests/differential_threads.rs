@@ -45,25 +45,38 @@ param b: [40] = uniform(-1, 1, seed = 3)
 param v: [48, 40] = uniform(-0.5, 0.5, seed = 4)
 output loss = sum(tanh(x @ w + b) * 0.5) + sum(relu(x @ v) * 2) * 0.25
 ";
-    let c = nnc::pipeline::compile("rows.nn", src, nnc::pipeline::Stage::Ir);
+    let g = gradient_graph(src);
+    let (j, i) = (gradients(&g, Jit), gradients(&g, Interp));
+    assert_eq!(j.len(), 5, "loss and four gradients");
+    assert_close(&j, &i, "");
+}
+
+/// The graph of `src`'s loss and its gradient.
+fn gradient_graph(src: &str) -> nnc::ir::Graph {
+    let c = nnc::pipeline::compile("t.nn", src, nnc::pipeline::Stage::Ir);
     assert!(!c.diags.has_errors(), "{}", c.render(false));
     let g = c.graph.expect("a graph");
     let loss = nnc::pipeline::find_loss(&g, None).expect("a loss");
-    let g = nnc::pipeline::grad_graph(&g, loss)
+    nnc::pipeline::grad_graph(&g, loss)
         .expect("gradients")
-        .graph;
-    let run = |kind| {
-        let mut params = nnc::backend::interp::init_params(&g, 3);
-        nnc::backend::Engine::new(kind, &g)
-            .run(&mut params, &cranelift_entity::SecondaryMap::new())
-            .expect("runs")
-    };
-    let (j, i) = (run(Jit), run(Interp));
-    assert_eq!(j.len(), 5, "loss and four gradients");
-    for (a, b) in j.iter().zip(&i) {
-        assert_eq!(a.data.len(), b.data.len());
+        .graph
+}
+
+/// `g`'s outputs on `kind`, from parameters drawn with seed 3.
+fn gradients(g: &nnc::ir::Graph, kind: nnc::backend::BackendKind) -> Vec<nnc::tensor::Tensor> {
+    let mut params = nnc::backend::interp::init_params(g, 3);
+    nnc::backend::Engine::new(kind, g)
+        .run(&mut params, &cranelift_entity::SecondaryMap::new())
+        .expect("runs")
+}
+
+/// Every value of `j` within 1e-4 (relative, past 1) of `i`'s.
+fn assert_close(j: &[nnc::tensor::Tensor], i: &[nnc::tensor::Tensor], what: &str) {
+    assert_eq!(j.len(), i.len(), "{what}");
+    for (a, b) in j.iter().zip(i) {
+        assert_eq!(a.data.len(), b.data.len(), "{what}");
         for (x, y) in a.data.iter().zip(&b.data) {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}{x} vs {y}");
         }
     }
 }
@@ -90,35 +103,14 @@ let hs = lstm(xs, zeros([8, 2, 16]), wx, wh, b)
 let gs = gru(xs, zeros([8, 16]), gx, gh, gbx, gbh)
 output loss = sum(lstm_h(last(hs)) * 0.5) + mean(gs * gs)
 ";
-    let c = nnc::pipeline::compile("rows.nn", src, nnc::pipeline::Stage::Ir);
-    assert!(!c.diags.has_errors(), "{}", c.render(false));
-    let g = c.graph.expect("a graph");
-    let loss = nnc::pipeline::find_loss(&g, None).expect("a loss");
-    let g = nnc::pipeline::grad_graph(&g, loss)
-        .expect("gradients")
-        .graph;
-    let run = |kind| {
-        let mut params = nnc::backend::interp::init_params(&g, 3);
-        nnc::backend::Engine::new(kind, &g)
-            .run(&mut params, &cranelift_entity::SecondaryMap::new())
-            .expect("runs")
-    };
-    let oracle = run(Interp);
+    let g = gradient_graph(src);
+    let oracle = gradients(&g, Interp);
     for threads in [2, 4] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .expect("a pool");
-        let j = pool.install(|| run(Jit));
-        assert_eq!(j.len(), oracle.len());
-        for (a, b) in j.iter().zip(&oracle) {
-            assert_eq!(a.data.len(), b.data.len());
-            for (x, y) in a.data.iter().zip(&b.data) {
-                assert!(
-                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "{threads} threads: {x} vs {y}"
-                );
-            }
-        }
+        let j = pool.install(|| gradients(&g, Jit));
+        assert_close(&j, &oracle, &format!("{threads} threads: "));
     }
 }
