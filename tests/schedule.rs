@@ -907,6 +907,28 @@ fn a_body_treating_each_row_alone_is_cut_into_parts_by_rows() {
     let s = training_schedule_of(src);
     let loops = scans(&s);
     assert_eq!(loops.len(), 2, "{:?}", s.steps);
+    // The forward body's epilogue (tanh over the product's rows) made to
+    // read the product's first element at every point (stride 0): the
+    // second part reads what the first writes.
+    let mut body = loops[0].body.clone();
+    let broadcast = body.steps.iter_mut().find_map(|st| match st {
+        Step::MatMul {
+            out,
+            epilogue: Some(e),
+            ..
+        } => {
+            let a = e.args.iter().position(|b| b == out)?;
+            e.kernel.accesses[a][0] = 0;
+            Some(())
+        }
+        _ => None,
+    });
+    assert_eq!(broadcast, Some(()), "{:?}", body.steps);
+    let e = independent_parts(&body, 2).expect_err("rows read across parts");
+    assert!(
+        e.0.contains("part 1 reads") && e.0.contains("another part writes"),
+        "{e}"
+    );
     for sc in loops {
         assert_eq!(
             independent_parts(&sc.body, 2),

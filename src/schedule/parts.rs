@@ -32,7 +32,7 @@
 //! one part is read by any part at the next.
 
 use super::{BufId, Epilogue, LoopKernel, Schedule, Step};
-use std::collections::HashMap;
+use cranelift_entity::EntityRef;
 use std::ops::Range;
 
 /// The most element reads and writes [`independent_parts`] simulates
@@ -87,15 +87,26 @@ struct Touched {
 
 /// The simulation of one step of the loop.
 struct Check {
-    touched: HashMap<BufId, Touched>,
+    /// Per buffer (by index), its touches where a step of the body
+    /// writes it; none for the buffers the body only reads.
+    touched: Vec<Option<Touched>>,
     budget: usize,
     step: usize,
+}
+
+/// One access of a loop kernel over its iteration space: its buffer, the
+/// element it reaches at the space's first point, its strides.
+struct Stream<'a> {
+    buf: BufId,
+    at: usize,
+    strides: &'a [i64],
+    write: bool,
 }
 
 impl Check {
     /// Part `t` reads (or writes) element `e` of `b`.
     fn touch(&mut self, b: BufId, e: usize, t: usize, write: bool) -> Result<(), NotIndependent> {
-        let Some(tb) = self.touched.get_mut(&b) else {
+        let Some(tb) = self.touched[b.index()].as_mut() else {
             return Ok(()); // read only in the body
         };
         let (Some(r), Some(w)) = (tb.read.get_mut(e), tb.written.get_mut(e)) else {
@@ -136,7 +147,7 @@ impl Check {
 
     /// Whether buffer `b` is written in the body (its touches count).
     fn written(&self, b: BufId) -> bool {
-        self.touched.contains_key(&b)
+        self.touched[b.index()].is_some()
     }
 
     /// Part `t` of a loop kernel over `outer` of its outer dim: its
@@ -149,45 +160,63 @@ impl Check {
         outer: Range<usize>,
         t: usize,
     ) -> Result<(), NotIndependent> {
+        let reads = args.iter().enumerate().map(|(a, &buf)| Stream {
+            buf,
+            at: k.offsets[a],
+            strides: &k.accesses[a],
+            write: false,
+        });
+        let writes = std::iter::once(Stream {
+            buf: out,
+            at: k.out_offset,
+            strides: &k.out,
+            write: true,
+        })
+        .chain(k.also.iter().zip(also).map(|(s, &buf)| Stream {
+            buf,
+            at: s.offset,
+            strides: &s.strides,
+            write: true,
+        }));
+        let streams: Vec<Stream> = reads
+            .chain(writes)
+            .filter(|s| self.written(s.buf))
+            .collect();
         let inner: usize = k.dims[1..].iter().product();
-        let streams = 1 + k.also.len() + args.iter().filter(|&&b| self.written(b)).count();
-        self.charge(outer.len().saturating_mul(inner).saturating_mul(streams))?;
+        self.charge(
+            outer
+                .len()
+                .saturating_mul(inner)
+                .saturating_mul(streams.len()),
+        )?;
+        // Every point, as runs along the last dim: each stream's first
+        // element of the run, then its last stride.
+        let last = k.dims.len() - 1;
         let mut idx = vec![0usize; k.dims.len()];
-        for i in outer {
-            idx[0] = i;
-            idx[1..].fill(0);
-            loop {
-                let at = |base: usize, strides: &[i64]| {
-                    idx.iter()
-                        .zip(strides)
-                        .fold(base as i64, |s, (&i, &st)| s + i as i64 * st)
-                        as usize
-                };
-                for (a, &b) in args.iter().enumerate() {
-                    if self.written(b) {
-                        self.touch(b, at(k.offsets[a], &k.accesses[a]), t, false)?;
-                    }
+        let rows: usize = outer.len() * k.dims[1..last.max(1)].iter().product::<usize>();
+        let run = if last == 0 { 1 } else { k.dims[last] };
+        idx[0] = outer.start;
+        for _ in 0..rows {
+            for s in &streams {
+                let start = idx[..last.max(1)]
+                    .iter()
+                    .zip(s.strides)
+                    .fold(s.at as i64, |e, (&i, &st)| e + i as i64 * st);
+                let step = if last == 0 { 0 } else { s.strides[last] };
+                for j in 0..run as i64 {
+                    self.touch(s.buf, (start + j * step) as usize, t, s.write)?;
                 }
-                self.touch(out, at(k.out_offset, &k.out), t, true)?;
-                for (s, &b) in k.also.iter().zip(also) {
-                    self.touch(b, at(s.offset, &s.strides), t, true)?;
-                }
-                // The next point of the inner dims, last fastest.
-                let mut d = k.dims.len();
-                loop {
-                    d -= 1;
-                    if d == 0 {
-                        break;
-                    }
-                    idx[d] += 1;
-                    if idx[d] < k.dims[d] {
-                        break;
-                    }
-                    idx[d] = 0;
-                }
-                if d == 0 {
+            }
+            // The next run: the dims before the last, the last of them
+            // fastest.
+            let mut d = last.max(1);
+            while d > 0 {
+                d -= 1;
+                idx[d] += 1;
+                if d == 0 || idx[d] < k.dims[d] {
                     break;
                 }
+                idx[d] = 0;
             }
         }
         Ok(())
@@ -202,7 +231,7 @@ pub fn independent_parts(body: &Schedule, parts: usize) -> Result<(), NotIndepen
     if !(2..=PARTS_MAX).contains(&parts) {
         return fail(format!("{parts} parts (2 to {PARTS_MAX})"));
     }
-    let mut touched = HashMap::new();
+    let mut touched: Vec<Option<Touched>> = (0..body.bufs.len()).map(|_| None).collect();
     for (i, step) in body.steps.iter().enumerate() {
         let writes: Vec<BufId> = match step {
             Step::Loop {
@@ -237,7 +266,7 @@ pub fn independent_parts(body: &Schedule, parts: usize) -> Result<(), NotIndepen
             }
         };
         for b in writes {
-            touched.entry(b).or_insert_with(|| Touched {
+            touched[b.index()].get_or_insert_with(|| Touched {
                 read: vec![0; body.bufs[b]],
                 written: vec![0; body.bufs[b]],
             });
