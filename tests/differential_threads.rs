@@ -114,3 +114,35 @@ output loss = sum(lstm_h(last(hs)) * 0.5) + mean(gs * gs)
         assert_close(&j, &oracle, &format!("{threads} threads: "));
     }
 }
+
+#[test]
+fn convolutions_over_groups_of_samples_agree_with_the_interpreter() {
+    // 25 samples of 2×20×20 by 3×3 kernels: 18×324 unfolded floats a
+    // sample, so the forward pass and the weight's gradient unfold 11
+    // samples side by side per product; split over two threads (13 and
+    // 12 samples), each thread has a full group and a partial one. Also
+    // stride 2 with padding (the general unfolding).
+    use nnc::backend::BackendKind::{Interp, Jit};
+    threads::set(Thresholds {
+        loop_elements: 0,
+        gemm_madds: 0,
+        conv_madds: 0,
+        gemv_madds: 0,
+    });
+    let src = "\
+param x: [25, 2, 20, 20] = uniform(-1, 1, seed = 1)
+param w: [3, 2, 3, 3] = uniform(-0.5, 0.5, seed = 2)
+param v: [4, 3, 3, 3] = uniform(-0.5, 0.5, seed = 3)
+let h = tanh(conv2d(x, w))
+output loss = mean(h ^ 2) + mean(conv2d(h, v, stride = 2, padding = 1) ^ 2)
+";
+    let g = gradient_graph(src);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a pool");
+    let j = pool.install(|| gradients(&g, Jit));
+    let i = gradients(&g, Interp);
+    assert_eq!(j.len(), 4, "the loss and three gradients");
+    assert_close(&j, &i, "");
+}

@@ -49,9 +49,21 @@ impl Conv {
     /// Floats of scratch each thread needs for `pass`.
     pub fn scratch_per_thread(&self, pass: ConvPass) -> usize {
         match pass {
-            ConvPass::BackWeight => self.k() * self.p() + self.o * self.k(),
-            _ => self.k() * self.p(),
+            // Saturating: a size past memory fails the budget, not here.
+            ConvPass::Forward => (self.group() * self.p()).saturating_mul(self.k() + self.o),
+            ConvPass::BackWeight => (self.group() * self.p())
+                .saturating_mul(self.k() + self.o)
+                .saturating_add(self.o * self.k()),
+            ConvPass::BackInput => (self.group() * self.p()).saturating_mul(self.k() + self.o),
         }
+    }
+
+    /// How many samples each pass unfolds (or folds back) side by side
+    /// for one product: as many as fit 64K floats of unfolded input (256 KiB, in
+    /// a core's L2 cache beside the weights), at least one. LeNet's layers
+    /// take 4 (25×576 floats a sample) and 6 (150×64).
+    pub fn group(&self) -> usize {
+        ((1 << 16) / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
     }
 }
 

@@ -630,18 +630,38 @@ unsafe fn sgemm_split_k(
     PARTIALS.set(partials);
 }
 
-/// `dst = src` for a short run (of equal lengths), by 8 floats at a time
-/// without a call to `memmove`.
+/// Copies `len` floats from `src` to `dst` (which do not overlap), 8 at a
+/// time, then one by one, without a call to `memmove`.
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `len` floats.
 #[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    let (d8, dt) = dst.as_chunks_mut::<8>();
-    let (s8, st) = src.as_chunks::<8>();
-    for (d, s) in d8.iter_mut().zip(s8) {
-        // SAFETY: reads and writes 8 floats inside `s` and `d`.
-        unsafe { std::ptr::write_unaligned(d, std::ptr::read_unaligned(s)) };
+unsafe fn copy_run(dst: *mut f32, src: *const f32, len: usize) {
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: floats i..i + 8, inside both (the caller's promise).
+        unsafe {
+            let v = std::ptr::read_unaligned(src.add(i) as *const [f32; 8]);
+            std::ptr::write_unaligned(dst.add(i) as *mut [f32; 8], v);
+        }
+        i += 8;
     }
-    for (d, s) in dt.iter_mut().zip(st) {
-        *d = *s;
+    while i < len {
+        // SAFETY: as above.
+        unsafe { *dst.add(i) = *src.add(i) };
+        i += 1;
+    }
+}
+
+/// Adds `len` floats from `src` into `dst` (which do not overlap).
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `len` floats.
+#[inline(always)]
+unsafe fn add_run(dst: *mut f32, src: *const f32, len: usize) {
+    for i in 0..len {
+        // SAFETY: float i, inside both (the caller's promise).
+        unsafe { *dst.add(i) += *src.add(i) };
     }
 }
 
@@ -654,34 +674,53 @@ impl Conv {
             .filter(|&v| v < len)
     }
 
-    /// Unfolds one sample `x` (`[c, h, w]`) into `cols` (`[k, p]`):
-    /// `cols[(c, a, b), (i, j)] = x[c, i·s + a − pad, j·s + b − pad]`, zero
-    /// in the padding.
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (p, ow) = (self.p(), self.ow);
+    /// Unfolds one sample `x` (`[c, h, w]`) into columns `at..at + p` of
+    /// `cols`, a `[k, width]` matrix (the unfoldings of several samples
+    /// side by side): `cols[(c, a, b), at + (i, j)] = x[c, i·s + a − pad,
+    /// j·s + b − pad]`, zero in the padding.
+    fn im2col_at(&self, x: &[f32], cols: &mut [f32], width: usize, at: usize) {
+        let ow = self.ow;
         if self.stride == 1 && self.pad == 0 {
             // Each row of `cols` is `oh` runs of `ow` floats, `w` apart in
-            // `x`: copied inline (a call to `memmove` per run of LeNet's
-            // 24 or 8 floats cost more than the copy).
-            let mut row = 0;
+            // `x`, copied inline: a call to `memmove` per run of LeNet's
+            // 24 or 8 floats cost more than the copy, and so did slicing
+            // (two bounds checks a run), so the bounds are checked once
+            // here and the runs copied through pointers.
+            let (k, p, (h, w)) = (self.k(), self.p(), (self.h, self.w));
+            assert!(x.len() >= self.c * h * w, "a sample of the input");
+            assert!(
+                k == 0 || cols.len() >= (k - 1) * width + at + p,
+                "room for the unfolding"
+            );
+            assert!(
+                ow + self.kw - 1 <= w && self.oh + self.kh - 1 <= h,
+                "windows inside the input"
+            );
+            let (src, dst) = (x.as_ptr(), cols.as_mut_ptr());
+            let mut row = at;
             for c in 0..self.c {
                 for a in 0..self.kh {
                     for b in 0..self.kw {
-                        let at = (c * self.h + a) * self.w + b;
+                        let from = (c * h + a) * w + b;
                         for i in 0..self.oh {
-                            let dst = &mut cols[row + i * ow..][..ow];
-                            copy_run(dst, &x[at + i * self.w..][..ow]);
+                            // SAFETY: run i of row (c, a, b) reads
+                            // x[c][i + a][b..b + ow] and writes
+                            // cols[row + i·ow..][..ow], both inside the
+                            // bounds checked above.
+                            unsafe { copy_run(dst.add(row + i * ow), src.add(from + i * w), ow) };
                         }
-                        row += p;
+                        row += width;
                     }
                 }
             }
             return;
         }
+        let p = self.p();
         for c in 0..self.c {
             for a in 0..self.kh {
                 for b in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    let r = (c * self.kh + a) * self.kw + b;
+                    let row = &mut cols[r * width + at..][..p];
                     for (i, dst) in row.chunks_exact_mut(ow).enumerate() {
                         let Some(h) = self.src(i, a, self.h) else {
                             dst.fill(0.0);
@@ -697,29 +736,57 @@ impl Conv {
         }
     }
 
-    /// The adjoint of [`Conv::im2col`]: `x` (one sample) is set to the sum
-    /// of the columns that read each of its elements.
-    fn col2im(&self, cols: &[f32], x: &mut [f32]) {
+    /// The adjoint of [`Conv::im2col_at`]: `x` (one sample) is set to the sum
+    /// of the columns that read each of its elements, its columns being
+    /// `at..at + p` of `cols`, a `[k, width]` matrix.
+    fn col2im_at(&self, cols: &[f32], width: usize, at: usize, x: &mut [f32]) {
         x.fill(0.0);
         let (p, ow) = (self.p(), self.ow);
+        if self.stride == 1 && self.pad == 0 {
+            // Runs of `ow` floats added through pointers, the bounds
+            // checked once (as `im2col_at` copies them).
+            let (k, (h, w)) = (self.k(), (self.h, self.w));
+            assert!(x.len() >= self.c * h * w, "a sample of the input");
+            assert!(
+                k == 0 || cols.len() >= (k - 1) * width + at + p,
+                "the unfolding"
+            );
+            assert!(
+                ow + self.kw - 1 <= w && self.oh + self.kh - 1 <= h,
+                "windows inside the input"
+            );
+            let (src, dst) = (cols.as_ptr(), x.as_mut_ptr());
+            let mut row = at;
+            for c in 0..self.c {
+                for a in 0..self.kh {
+                    for b in 0..self.kw {
+                        let to = (c * h + a) * w + b;
+                        for i in 0..self.oh {
+                            // SAFETY: run i of row (c, a, b) reads
+                            // cols[row + i·ow..][..ow] and adds into
+                            // x[c][i + a][b..b + ow], both inside the
+                            // bounds checked above.
+                            unsafe { add_run(dst.add(to + i * w), src.add(row + i * ow), ow) };
+                        }
+                        row += width;
+                    }
+                }
+            }
+            return;
+        }
         for c in 0..self.c {
             for a in 0..self.kh {
                 for b in 0..self.kw {
-                    let row = &cols[((c * self.kh + a) * self.kw + b) * p..][..p];
+                    let r = (c * self.kh + a) * self.kw + b;
+                    let row = &cols[r * width + at..][..p];
                     for (i, src) in row.chunks_exact(ow).enumerate() {
                         let Some(h) = self.src(i, a, self.h) else {
                             continue;
                         };
                         let line = &mut x[(c * self.h + h) * self.w..][..self.w];
-                        if self.stride == 1 && self.pad == 0 {
-                            for (d, s) in line[b..b + ow].iter_mut().zip(src) {
-                                *d += s;
-                            }
-                        } else {
-                            for (j, s) in src.iter().enumerate() {
-                                if let Some(v) = self.src(j, b, self.w) {
-                                    line[v] += s;
-                                }
+                        for (j, s) in src.iter().enumerate() {
+                            if let Some(v) = self.src(j, b, self.w) {
+                                line[v] += s;
                             }
                         }
                     }
@@ -765,115 +832,160 @@ impl Conv {
         let one = gemm::Parallelism::None;
         match pass {
             ConvPass::Forward => {
-                // y[n] (o×p) = w (o×k) @ cols (k×p)
+                // For a group of samples at once ([`Conv::group`]): their
+                // unfoldings side by side, cols (k × width), one product
+                // w (o×k) @ cols into prod (o × width), then each
+                // sample's y[n] (o×p) copied out of its columns. LeNet's
+                // first layer, 6×25 @ 25×576 per sample, is a product too
+                // thin for the GEMM's micro-kernels one sample at a time.
                 let (x, w) = (a, b);
-                per_sample(out, ylen, scratch, each, (t, per), |s, y, cols| {
-                    self.im2col(&x[s * xlen..][..xlen], cols);
-                    // SAFETY: sizes and strides as stated above.
-                    unsafe {
-                        sgemm(
-                            Product {
-                                dims: (o, k, p),
-                                dst: y.as_mut_ptr(),
-                                dst_rs: p as isize,
-                                a: w.as_ptr(),
-                                a_rc: (k as isize, 1),
-                                b: cols.as_ptr(),
-                                b_rc: (p as isize, 1),
-                                accumulate: false,
-                            },
-                            one,
-                        )
-                    }
-                });
+                let group = self.group();
+                let outs = out.par_chunks_mut(per * ylen);
+                let scratches = scratch.par_chunks_mut(each).take(t);
+                outs.zip(scratches)
+                    .enumerate()
+                    .for_each(|(ti, (outs, sc))| {
+                        let (cols, prod) = sc.split_at_mut(k * group * p);
+                        for (gi, ys) in outs.chunks_mut(group * ylen).enumerate() {
+                            let first = ti * per + gi * group;
+                            let count = ys.len() / ylen;
+                            let width = count * p;
+                            for s in 0..count {
+                                let xs = &x[(first + s) * xlen..][..xlen];
+                                self.im2col_at(xs, cols, width, s * p);
+                            }
+                            // SAFETY: cols holds k rows of `width`, prod o
+                            // rows of `width` (the scratch is sized for a
+                            // whole group), w is o×k.
+                            unsafe {
+                                sgemm(
+                                    Product {
+                                        dims: (o, k, width),
+                                        dst: prod.as_mut_ptr(),
+                                        dst_rs: width as isize,
+                                        a: w.as_ptr(),
+                                        a_rc: (k as isize, 1),
+                                        b: cols.as_ptr(),
+                                        b_rc: (width as isize, 1),
+                                        accumulate: false,
+                                    },
+                                    one,
+                                )
+                            }
+                            for (s, y) in ys.chunks_exact_mut(ylen).enumerate() {
+                                for (oo, row) in y.chunks_exact_mut(p).enumerate() {
+                                    row.copy_from_slice(&prod[oo * width + s * p..][..p]);
+                                }
+                            }
+                        }
+                    });
             }
             ConvPass::BackInput => {
-                // cols (k×p) = wᵀ (k×o) @ gy[n] (o×p), folded back into gx[n]
+                // cols (k × width) = wᵀ (k×o) @ gys (o × width) for a group
+                // of samples at once ([`Conv::group`]), their gy side by
+                // side in gys; each sample's columns then folded back
+                // into its gx[n].
                 let (gy, w) = (a, b);
-                per_sample(out, xlen, scratch, each, (t, per), |s, gx, cols| {
-                    // SAFETY: sizes and strides as stated above.
-                    unsafe {
-                        sgemm(
-                            Product {
-                                dims: (k, o, p),
-                                dst: cols.as_mut_ptr(),
-                                dst_rs: p as isize,
-                                a: w.as_ptr(),
-                                a_rc: (1, k as isize),
-                                b: gy[s * ylen..].as_ptr(),
-                                b_rc: (p as isize, 1),
-                                accumulate: false,
-                            },
-                            one,
-                        )
-                    }
-                    self.col2im(cols, gx);
-                });
+                let group = self.group();
+                let outs = out.par_chunks_mut(per * xlen);
+                let scratches = scratch.par_chunks_mut(each).take(t);
+                outs.zip(scratches)
+                    .enumerate()
+                    .for_each(|(ti, (outs, sc))| {
+                        let (cols, gys) = sc.split_at_mut(k * group * p);
+                        for (gi, gxs) in outs.chunks_mut(group * xlen).enumerate() {
+                            let first = ti * per + gi * group;
+                            let count = gxs.len() / xlen;
+                            let width = count * p;
+                            for s in 0..count {
+                                let g = &gy[(first + s) * ylen..][..ylen];
+                                for (oo, row) in g.chunks_exact(p).enumerate() {
+                                    gys[oo * width + s * p..][..p].copy_from_slice(row);
+                                }
+                            }
+                            // SAFETY: gys holds o rows of `width`, cols k
+                            // rows of `width`, w is o×k (read transposed).
+                            unsafe {
+                                sgemm(
+                                    Product {
+                                        dims: (k, o, width),
+                                        dst: cols.as_mut_ptr(),
+                                        dst_rs: width as isize,
+                                        a: w.as_ptr(),
+                                        a_rc: (1, k as isize),
+                                        b: gys.as_ptr(),
+                                        b_rc: (width as isize, 1),
+                                        accumulate: false,
+                                    },
+                                    one,
+                                )
+                            }
+                            for (s, gx) in gxs.chunks_exact_mut(xlen).enumerate() {
+                                self.col2im_at(cols, width, s * p, gx);
+                            }
+                        }
+                    });
             }
             ConvPass::BackWeight => {
-                // gw (o×k) = Σ_n gy[n] (o×p) @ cols[n]ᵀ (p×k), one partial
-                // sum per thread, added up at the end.
+                // gw (o×k) = Σ_n gy[n] (o×p) @ cols[n]ᵀ (p×k), for a group
+                // of samples at once ([`Conv::group`]): their gy side by
+                // side in gys (o × width) and their unfoldings in cols
+                // (k × width), one product gys @ colsᵀ summed into this
+                // thread's partial sum acc; the threads' sums added up at
+                // the end.
                 let (x, gy) = (a, b);
                 let wlen = o * k;
+                let group = self.group();
+                let acc_at = group * p * (k + o);
                 scratch
                     .par_chunks_mut(each)
                     .take(t)
                     .enumerate()
-                    .for_each(|(g, sc)| {
-                        let (cols, acc) = sc.split_at_mut(k * p);
-                        let samples = g * per..((g + 1) * per).min(self.n);
-                        for (i, s) in samples.enumerate() {
-                            self.im2col(&x[s * xlen..][..xlen], cols);
-                            // SAFETY: sizes and strides as stated above.
+                    .for_each(|(ti, sc)| {
+                        let (cols, rest) = sc.split_at_mut(k * group * p);
+                        let (gys, acc) = rest.split_at_mut(o * group * p);
+                        let samples = ti * per..((ti + 1) * per).min(self.n);
+                        for (gi, first) in samples.clone().step_by(group).enumerate() {
+                            let count = group.min(samples.end - first);
+                            let width = count * p;
+                            for s in 0..count {
+                                let xs = &x[(first + s) * xlen..][..xlen];
+                                self.im2col_at(xs, cols, width, s * p);
+                                let g = &gy[(first + s) * ylen..][..ylen];
+                                for (oo, row) in g.chunks_exact(p).enumerate() {
+                                    gys[oo * width + s * p..][..p].copy_from_slice(row);
+                                }
+                            }
+                            // SAFETY: gys holds o rows of `width`, cols k
+                            // rows of `width` (read transposed), acc o×k.
                             unsafe {
                                 sgemm(
                                     Product {
-                                        dims: (o, p, k),
+                                        dims: (o, width, k),
                                         dst: acc.as_mut_ptr(),
                                         dst_rs: k as isize,
-                                        a: gy[s * ylen..].as_ptr(),
-                                        a_rc: (p as isize, 1),
+                                        a: gys.as_ptr(),
+                                        a_rc: (width as isize, 1),
                                         b: cols.as_ptr(),
-                                        b_rc: (1, p as isize),
-                                        accumulate: i > 0,
+                                        b_rc: (1, width as isize),
+                                        accumulate: gi > 0,
                                     },
                                     one,
                                 )
                             }
                         }
-                        if per * g >= self.n {
-                            acc.fill(0.0);
+                        if samples.is_empty() {
+                            acc[..wlen].fill(0.0);
                         }
                     });
-                out.copy_from_slice(&scratch[k * p..][..wlen]);
+                out.copy_from_slice(&scratch[acc_at..][..wlen]);
                 for g in 1..t {
-                    let part = &scratch[g * each + k * p..][..wlen];
+                    let part = &scratch[g * each + acc_at..][..wlen];
                     out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
                 }
             }
         }
     }
-}
-
-/// Calls `f(sample, its output, scratch)` for every sample, whose outputs
-/// are consecutive `len`-float blocks of `out`: `t` groups of `per`
-/// samples, one group per thread, each with its own `each`-float scratch.
-fn per_sample(
-    out: &mut [f32],
-    len: usize,
-    scratch: &mut [f32],
-    each: usize,
-    (t, per): (usize, usize),
-    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
-) {
-    out.par_chunks_mut(per * len)
-        .zip(scratch.par_chunks_mut(each).take(t))
-        .enumerate()
-        .for_each(|(g, (outs, sc))| {
-            for (i, o) in outs.chunks_exact_mut(len).enumerate() {
-                f(g * per + i, o, sc);
-            }
-        });
 }
 
 impl Pool {
@@ -1263,14 +1375,15 @@ mod tests {
     /// The unfolding of a stride-1 convolution without padding (runs of
     /// `ow` floats copied 8 at a time, then one by one) puts every input
     /// element where the definition says: widths that are multiples of 8
-    /// (LeNet's 24 and 8), one that is not, and several channels.
+    /// (LeNet's 24 and 8), one that is not, and several channels; two
+    /// samples side by side, the second's columns after the first's.
     #[test]
     fn im2col_without_stride_or_padding_follows_the_definition() {
         use crate::schedule::Conv;
         for (c, h, w, kh, kw) in [(1, 28, 28, 5, 5), (6, 12, 12, 5, 5), (3, 9, 17, 2, 4)] {
             let (oh, ow) = (h - kh + 1, w - kw + 1);
             let g = Conv {
-                n: 1,
+                n: 2,
                 c,
                 h,
                 w,
@@ -1282,20 +1395,25 @@ mod tests {
                 stride: 1,
                 pad: 0,
             };
-            let x: Vec<f32> = (0..c * h * w).map(|i| i as f32).collect();
-            let mut cols = vec![f32::NAN; c * kh * kw * oh * ow];
-            g.im2col(&x, &mut cols);
+            let (xlen, p) = (c * h * w, oh * ow);
+            let x: Vec<f32> = (0..2 * xlen).map(|i| i as f32).collect();
+            let mut cols = vec![f32::NAN; c * kh * kw * 2 * p];
+            for s in 0..2 {
+                g.im2col_at(&x[s * xlen..][..xlen], &mut cols, 2 * p, s * p);
+            }
             for ((ci, a), b) in (0..c)
                 .flat_map(|ci| (0..kh).map(move |a| (ci, a)))
                 .flat_map(|ca| (0..kw).map(move |b| (ca, b)))
             {
-                for (i, j) in (0..oh).flat_map(|i| (0..ow).map(move |j| (i, j))) {
+                for (s, i, j) in
+                    (0..2).flat_map(|s| (0..oh).flat_map(move |i| (0..ow).map(move |j| (s, i, j))))
+                {
                     let row = (ci * kh + a) * kw + b;
-                    let want = x[(ci * h + i + a) * w + j + b];
+                    let want = x[s * xlen + (ci * h + i + a) * w + j + b];
                     assert_eq!(
-                        cols[row * oh * ow + i * ow + j],
+                        cols[row * 2 * p + s * p + i * ow + j],
                         want,
-                        "{c}x{h}x{w}, tap {ci},{a},{b}, at {i},{j}"
+                        "{c}x{h}x{w}, sample {s}, tap {ci},{a},{b}, at {i},{j}"
                     );
                 }
             }
