@@ -685,7 +685,9 @@ impl Conv {
             // `x`, copied inline: a call to `memmove` per run of LeNet's
             // 24 or 8 floats cost more than the copy, and so did slicing
             // (two bounds checks a run), so the bounds are checked once
-            // here and the runs copied through pointers.
+            // here and the runs copied through pointers. (The schedule's
+            // geometry and the caller's slicing make these hold; a
+            // failure is a compiler bug, stopped before any access.)
             let (k, p, (h, w)) = (self.k(), self.p(), (self.h, self.w));
             assert!(x.len() >= self.c * h * w, "a sample of the input");
             assert!(
@@ -744,7 +746,8 @@ impl Conv {
         let (p, ow) = (self.p(), self.ow);
         if self.stride == 1 && self.pad == 0 {
             // Runs of `ow` floats added through pointers, the bounds
-            // checked once (as `im2col_at` copies them).
+            // checked once (as `im2col_at` copies them; a failure is a
+            // compiler bug, stopped before any access).
             let (k, (h, w)) = (self.k(), (self.h, self.w));
             assert!(x.len() >= self.c * h * w, "a sample of the input");
             assert!(
