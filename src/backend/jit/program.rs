@@ -818,12 +818,12 @@ impl Program {
         Tensor::new(self.sched.shapes[n].clone(), self.bufs.get(b).to_vec())
     }
 
-    /// Runs every step in order.
     /// Whether [`Program::execute`] runs the steps in parts (`scan-rows`).
     fn runs_in_parts(&self) -> bool {
         self.parts > 1 && rayon::current_num_threads() == self.parts
     }
 
+    /// Runs every step in order (in parts, where `scan-rows` cut them).
     fn execute(&mut self) -> Result<(), Error> {
         if self.runs_in_parts() {
             return self.execute_in_parts();
@@ -885,13 +885,15 @@ impl Program {
                     }
                 }
                 _ => {
+                    self.part_ptrs = ptrs;
                     return Err(internal(
                         "a step cut into parts that is no loop, product or copy",
-                    ))
+                    ));
                 }
             }
         }
         let parts = self.parts;
+        let profiling = self.profile.is_some();
         let times = std::sync::Mutex::new(self.profile.take());
         let shared = PartsOf {
             steps: &self.sched.steps,
@@ -901,7 +903,7 @@ impl Program {
         super::helper::for_each_part(parts, &|t| {
             let mut spent = Vec::new();
             for si in 0..shared.len() {
-                let started = (t == 0).then(std::time::Instant::now);
+                let started = (profiling && t == 0).then(std::time::Instant::now);
                 // SAFETY: `ptrs` holds the step's buffers as
                 // `execute_in_parts` took them; `independent_parts`
                 // accepted the body for `parts` parts (`in_parts`), so no
