@@ -19,7 +19,7 @@ proptest! {
 
     #[test]
     fn split_over_threads_the_jit_agrees_with_the_interpreter(e in programs::expr(), rows in 1usize..7, cols in 1usize..10) {
-        threads::set(Thresholds { loop_elements: 0, gemm_madds: 0, conv_madds: 0, gemv_madds: 0 });
+        split_everything();
         programs::check(&programs::program(&e, rows, cols))?;
     }
 }
@@ -32,12 +32,7 @@ fn products_split_by_rows_with_their_epilogues_agree_with_the_interpreter() {
     // `[rows, n]`, a flat ReLU and scale — and the gradients' products
     // (200×40 @ 40×48, 48×200 @ 200×40) split the same way.
     use nnc::backend::BackendKind::{Interp, Jit};
-    threads::set(Thresholds {
-        loop_elements: 0,
-        gemm_madds: 0,
-        conv_madds: 0,
-        gemv_madds: 0,
-    });
+    split_everything();
     let src = "\
 param x: [200, 48] = uniform(-1, 1, seed = 1)
 param w: [48, 40] = uniform(-0.5, 0.5, seed = 2)
@@ -123,12 +118,7 @@ fn convolutions_over_groups_of_samples_agree_with_the_interpreter() {
     // 12 samples), each thread has a full group and a partial one. Also
     // stride 2 with padding (the general unfolding).
     use nnc::backend::BackendKind::{Interp, Jit};
-    threads::set(Thresholds {
-        loop_elements: 0,
-        gemm_madds: 0,
-        conv_madds: 0,
-        gemv_madds: 0,
-    });
+    split_everything();
     let src = "\
 param x: [25, 2, 20, 20] = uniform(-1, 1, seed = 1)
 param w: [3, 2, 3, 3] = uniform(-0.5, 0.5, seed = 2)
@@ -145,4 +135,15 @@ output loss = mean(h ^ 2) + mean(conv2d(h, v, stride = 2, padding = 1) ^ 2)
     let i = gradients(&g, Interp);
     assert_eq!(j.len(), 4, "the loss and three gradients");
     assert_close(&j, &i, "");
+}
+
+/// Every threading threshold at 0: each loop, GEMM and convolution that
+/// can be split over threads is.
+fn split_everything() {
+    threads::set(Thresholds {
+        loop_elements: 0,
+        gemm_madds: 0,
+        conv_madds: 0,
+        gemv_madds: 0,
+    });
 }

@@ -681,40 +681,14 @@ impl Conv {
     fn im2col_at(&self, x: &[f32], cols: &mut [f32], width: usize, at: usize) {
         let ow = self.ow;
         if self.stride == 1 && self.pad == 0 {
-            // Each row of `cols` is `oh` runs of `ow` floats, `w` apart in
-            // `x`, copied inline: a call to `memmove` per run of LeNet's
-            // 24 or 8 floats cost more than the copy, and so did slicing
-            // (two bounds checks a run), so the bounds are checked once
-            // here and the runs copied through pointers. (The schedule's
-            // geometry and the caller's slicing make these hold; a
-            // failure is a compiler bug, stopped before any access.)
-            let (k, p, (h, w)) = (self.k(), self.p(), (self.h, self.w));
-            assert!(x.len() >= self.c * h * w, "a sample of the input");
-            assert!(
-                k == 0 || cols.len() >= (k - 1) * width + at + p,
-                "room for the unfolding"
-            );
-            assert!(
-                ow + self.kw - 1 <= w && self.oh + self.kh - 1 <= h,
-                "windows inside the input"
-            );
+            // Copied inline: a call to `memmove` per run of LeNet's 24 or
+            // 8 floats cost more than the copy, and so did slicing (two
+            // bounds checks a run).
             let (src, dst) = (x.as_ptr(), cols.as_mut_ptr());
-            let mut row = at;
-            for c in 0..self.c {
-                for a in 0..self.kh {
-                    for b in 0..self.kw {
-                        let from = (c * h + a) * w + b;
-                        for i in 0..self.oh {
-                            // SAFETY: run i of row (c, a, b) reads
-                            // x[c][i + a][b..b + ow] and writes
-                            // cols[row + i·ow..][..ow], both inside the
-                            // bounds checked above.
-                            unsafe { copy_run(dst.add(row + i * ow), src.add(from + i * w), ow) };
-                        }
-                        row += width;
-                    }
-                }
-            }
+            self.runs((x.len(), cols.len()), width, at, |xo, co| {
+                // SAFETY: `runs` checked that the run lies inside both.
+                unsafe { copy_run(dst.add(co), src.add(xo), ow) }
+            });
             return;
         }
         let p = self.p();
@@ -738,6 +712,50 @@ impl Conv {
         }
     }
 
+    /// For a stride-1 convolution without padding, calls `f(x_at,
+    /// cols_at)` with the offsets of each run of `ow` floats of one
+    /// sample's unfolding: in the sample (`x_len` floats) and in columns
+    /// `at..` of a `[k, width]` matrix (`cols_len` floats). Row (c, a, b)
+    /// of the unfolding is `oh` runs, `x[c][i + a][b..b + ow]` for each
+    /// `i`. It first checks that every run lies inside both, so that `f`
+    /// may copy through pointers (the schedule's geometry and the callers'
+    /// slicing make the checks hold; a failure is a compiler bug, stopped
+    /// before any access).
+    fn runs(
+        &self,
+        (x_len, cols_len): (usize, usize),
+        width: usize,
+        at: usize,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        let (k, p, (h, w), ow) = (self.k(), self.p(), (self.h, self.w), self.ow);
+        assert!(x_len >= self.c * h * w, "a sample of the input");
+        assert!(
+            k == 0 || cols_len >= (k - 1) * width + at + p,
+            "room for the unfolding"
+        );
+        assert!(
+            ow + self.kw - 1 <= w && self.oh + self.kh - 1 <= h,
+            "windows inside the input"
+        );
+        assert!(
+            self.stride == 1 && self.pad == 0,
+            "runs without stride or padding"
+        );
+        let mut row = at;
+        for c in 0..self.c {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let from = (c * h + a) * w + b;
+                    for i in 0..self.oh {
+                        f(from + i * w, row + i * ow);
+                    }
+                    row += width;
+                }
+            }
+        }
+    }
+
     /// The adjoint of [`Conv::im2col_at`]: `x` (one sample) is set to the sum
     /// of the columns that read each of its elements, its columns being
     /// `at..at + p` of `cols`, a `[k, width]` matrix.
@@ -745,36 +763,11 @@ impl Conv {
         x.fill(0.0);
         let (p, ow) = (self.p(), self.ow);
         if self.stride == 1 && self.pad == 0 {
-            // Runs of `ow` floats added through pointers, the bounds
-            // checked once (as `im2col_at` copies them; a failure is a
-            // compiler bug, stopped before any access).
-            let (k, (h, w)) = (self.k(), (self.h, self.w));
-            assert!(x.len() >= self.c * h * w, "a sample of the input");
-            assert!(
-                k == 0 || cols.len() >= (k - 1) * width + at + p,
-                "the unfolding"
-            );
-            assert!(
-                ow + self.kw - 1 <= w && self.oh + self.kh - 1 <= h,
-                "windows inside the input"
-            );
             let (src, dst) = (cols.as_ptr(), x.as_mut_ptr());
-            let mut row = at;
-            for c in 0..self.c {
-                for a in 0..self.kh {
-                    for b in 0..self.kw {
-                        let to = (c * h + a) * w + b;
-                        for i in 0..self.oh {
-                            // SAFETY: run i of row (c, a, b) reads
-                            // cols[row + i·ow..][..ow] and adds into
-                            // x[c][i + a][b..b + ow], both inside the
-                            // bounds checked above.
-                            unsafe { add_run(dst.add(to + i * w), src.add(row + i * ow), ow) };
-                        }
-                        row += width;
-                    }
-                }
-            }
+            self.runs((x.len(), cols.len()), width, at, |xo, co| {
+                // SAFETY: `runs` checked that the run lies inside both.
+                unsafe { add_run(dst.add(xo), src.add(co), ow) }
+            });
             return;
         }
         for c in 0..self.c {
@@ -843,45 +836,45 @@ impl Conv {
                 // thin for the GEMM's micro-kernels one sample at a time.
                 let (x, w) = (a, b);
                 let group = self.group();
-                let outs = out.par_chunks_mut(per * ylen);
-                let scratches = scratch.par_chunks_mut(each).take(t);
-                outs.zip(scratches)
-                    .enumerate()
-                    .for_each(|(ti, (outs, sc))| {
+                per_group(
+                    out,
+                    ylen,
+                    scratch,
+                    each,
+                    (t, per, group),
+                    |first, ys, sc| {
                         let (cols, prod) = sc.split_at_mut(k * group * p);
-                        for (gi, ys) in outs.chunks_mut(group * ylen).enumerate() {
-                            let first = ti * per + gi * group;
-                            let count = ys.len() / ylen;
-                            let width = count * p;
-                            for s in 0..count {
-                                let xs = &x[(first + s) * xlen..][..xlen];
-                                self.im2col_at(xs, cols, width, s * p);
-                            }
-                            // SAFETY: cols holds k rows of `width`, prod o
-                            // rows of `width` (the scratch is sized for a
-                            // whole group), w is o×k.
-                            unsafe {
-                                sgemm(
-                                    Product {
-                                        dims: (o, k, width),
-                                        dst: prod.as_mut_ptr(),
-                                        dst_rs: width as isize,
-                                        a: w.as_ptr(),
-                                        a_rc: (k as isize, 1),
-                                        b: cols.as_ptr(),
-                                        b_rc: (width as isize, 1),
-                                        accumulate: false,
-                                    },
-                                    one,
-                                )
-                            }
-                            for (s, y) in ys.chunks_exact_mut(ylen).enumerate() {
-                                for (oo, row) in y.chunks_exact_mut(p).enumerate() {
-                                    row.copy_from_slice(&prod[oo * width + s * p..][..p]);
-                                }
+                        let count = ys.len() / ylen;
+                        let width = count * p;
+                        for s in 0..count {
+                            let xs = &x[(first + s) * xlen..][..xlen];
+                            self.im2col_at(xs, cols, width, s * p);
+                        }
+                        // SAFETY: cols holds k rows of `width`, prod o
+                        // rows of `width` (the scratch is sized for a
+                        // whole group), w is o×k.
+                        unsafe {
+                            sgemm(
+                                Product {
+                                    dims: (o, k, width),
+                                    dst: prod.as_mut_ptr(),
+                                    dst_rs: width as isize,
+                                    a: w.as_ptr(),
+                                    a_rc: (k as isize, 1),
+                                    b: cols.as_ptr(),
+                                    b_rc: (width as isize, 1),
+                                    accumulate: false,
+                                },
+                                one,
+                            )
+                        }
+                        for (s, y) in ys.chunks_exact_mut(ylen).enumerate() {
+                            for (oo, row) in y.chunks_exact_mut(p).enumerate() {
+                                row.copy_from_slice(&prod[oo * width + s * p..][..p]);
                             }
                         }
-                    });
+                    },
+                );
             }
             ConvPass::BackInput => {
                 // cols (k × width) = wᵀ (k×o) @ gys (o × width) for a group
@@ -890,44 +883,42 @@ impl Conv {
                 // into its gx[n].
                 let (gy, w) = (a, b);
                 let group = self.group();
-                let outs = out.par_chunks_mut(per * xlen);
-                let scratches = scratch.par_chunks_mut(each).take(t);
-                outs.zip(scratches)
-                    .enumerate()
-                    .for_each(|(ti, (outs, sc))| {
+                per_group(
+                    out,
+                    xlen,
+                    scratch,
+                    each,
+                    (t, per, group),
+                    |first, gxs, sc| {
                         let (cols, gys) = sc.split_at_mut(k * group * p);
-                        for (gi, gxs) in outs.chunks_mut(group * xlen).enumerate() {
-                            let first = ti * per + gi * group;
-                            let count = gxs.len() / xlen;
-                            let width = count * p;
-                            for s in 0..count {
-                                let g = &gy[(first + s) * ylen..][..ylen];
-                                for (oo, row) in g.chunks_exact(p).enumerate() {
-                                    gys[oo * width + s * p..][..p].copy_from_slice(row);
-                                }
-                            }
-                            // SAFETY: gys holds o rows of `width`, cols k
-                            // rows of `width`, w is o×k (read transposed).
-                            unsafe {
-                                sgemm(
-                                    Product {
-                                        dims: (k, o, width),
-                                        dst: cols.as_mut_ptr(),
-                                        dst_rs: width as isize,
-                                        a: w.as_ptr(),
-                                        a_rc: (1, k as isize),
-                                        b: gys.as_ptr(),
-                                        b_rc: (width as isize, 1),
-                                        accumulate: false,
-                                    },
-                                    one,
-                                )
-                            }
-                            for (s, gx) in gxs.chunks_exact_mut(xlen).enumerate() {
-                                self.col2im_at(cols, width, s * p, gx);
-                            }
+                        let count = gxs.len() / xlen;
+                        let width = count * p;
+                        for s in 0..count {
+                            let g = &gy[(first + s) * ylen..][..ylen];
+                            side_by_side(g, p, gys, width, s * p);
                         }
-                    });
+                        // SAFETY: gys holds o rows of `width`, cols k
+                        // rows of `width`, w is o×k (read transposed).
+                        unsafe {
+                            sgemm(
+                                Product {
+                                    dims: (k, o, width),
+                                    dst: cols.as_mut_ptr(),
+                                    dst_rs: width as isize,
+                                    a: w.as_ptr(),
+                                    a_rc: (1, k as isize),
+                                    b: gys.as_ptr(),
+                                    b_rc: (width as isize, 1),
+                                    accumulate: false,
+                                },
+                                one,
+                            )
+                        }
+                        for (s, gx) in gxs.chunks_exact_mut(xlen).enumerate() {
+                            self.col2im_at(cols, width, s * p, gx);
+                        }
+                    },
+                );
             }
             ConvPass::BackWeight => {
                 // gw (o×k) = Σ_n gy[n] (o×p) @ cols[n]ᵀ (p×k), for a group
@@ -955,9 +946,7 @@ impl Conv {
                                 let xs = &x[(first + s) * xlen..][..xlen];
                                 self.im2col_at(xs, cols, width, s * p);
                                 let g = &gy[(first + s) * ylen..][..ylen];
-                                for (oo, row) in g.chunks_exact(p).enumerate() {
-                                    gys[oo * width + s * p..][..p].copy_from_slice(row);
-                                }
+                                side_by_side(g, p, gys, width, s * p);
                             }
                             // SAFETY: gys holds o rows of `width`, cols k
                             // rows of `width` (read transposed), acc o×k.
@@ -988,6 +977,37 @@ impl Conv {
                 }
             }
         }
+    }
+}
+
+/// Calls `f(first sample, their outputs, scratch)` for every group of
+/// up to `group` consecutive samples, whose outputs are consecutive
+/// `len`-float blocks of `out`: `t` runs of `per` samples, one run per
+/// thread, each with its own `each`-float scratch.
+fn per_group(
+    out: &mut [f32],
+    len: usize,
+    scratch: &mut [f32],
+    each: usize,
+    (t, per, group): (usize, usize, usize),
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(per * len)
+        .zip(scratch.par_chunks_mut(each).take(t))
+        .enumerate()
+        .for_each(|(ti, (outs, sc))| {
+            for (gi, o) in outs.chunks_mut(group * len).enumerate() {
+                f(ti * per + gi * group, o, sc);
+            }
+        });
+}
+
+/// Lays the rows of `src` (each `p` floats) into columns `at..at + p` of
+/// `dst`, a matrix of `width`-float rows: one sample's rows beside the
+/// others' of its group.
+fn side_by_side(src: &[f32], p: usize, dst: &mut [f32], width: usize, at: usize) {
+    for (r, row) in src.chunks_exact(p).enumerate() {
+        dst[r * width + at..][..p].copy_from_slice(row);
     }
 }
 
