@@ -35,8 +35,8 @@ use super::{BufId, Epilogue, LoopKernel, Schedule, Step};
 use cranelift_entity::EntityRef;
 use std::ops::Range;
 
-/// The most element reads and writes [`independent_parts`] simulates
-/// (lstm_train's bodies take about 150 000).
+/// The most element reads and writes [`independent_parts`] simulates for
+/// one body, all its parts together.
 pub const TOUCHES_MAX: usize = 1 << 22;
 
 /// The most parts a body is cut into (a part is a bit of a byte below).
