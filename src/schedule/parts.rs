@@ -50,7 +50,8 @@ pub fn share(len: usize, t: usize, parts: usize) -> Range<usize> {
 
 /// The range of an epilogue's outer dim that rows `rows` of product `bi`
 /// (each of `n` columns, `m` rows per product) cover: those rows of a
-/// `[rows, n]` space, or their elements of a flat one.
+/// `[rows, n]` space, or their elements of a flat one. (Also where a
+/// product split over threads runs its epilogue on each block of rows.)
 pub fn epilogue_range(
     kernel: &LoopKernel,
     (m, n): (usize, usize),

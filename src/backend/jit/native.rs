@@ -32,6 +32,19 @@ pub struct Product {
     pub accumulate: bool,
 }
 
+impl Product {
+    /// Rows `lo..hi` of this product: those rows of `dst` and of `a`, all
+    /// of `b` (the addresses computed, not read).
+    pub fn rows(self, lo: usize, hi: usize) -> Product {
+        Product {
+            dims: (hi - lo, self.dims.1, self.dims.2),
+            dst: self.dst.wrapping_offset(lo as isize * self.dst_rs),
+            a: self.a.wrapping_offset(lo as isize * self.a_rc.0),
+            ..self
+        }
+    }
+}
+
 /// Computes `product`: a narrow one by [`sgemm_narrow`], on this thread;
 /// else by the gemm crate, split as `par` says.
 ///
@@ -484,23 +497,19 @@ pub unsafe fn sgemm_split(
         super::helper::for_each_part(threads, &|t| {
             let (dst, a, b) = p.get();
             let (lo, hi) = (cut(t, m, ROWS), cut(t + 1, m, ROWS));
+            let product = Product {
+                dims: (m, k, n),
+                dst,
+                dst_rs,
+                a,
+                a_rc,
+                b,
+                b_rc,
+                accumulate,
+            };
             // SAFETY: rows lo..hi of dst and a, as the caller promised
             // for all of them.
-            unsafe {
-                sgemm(
-                    Product {
-                        dims: (hi - lo, k, n),
-                        dst: dst.offset(lo as isize * dst_rs),
-                        dst_rs,
-                        a: a.offset(lo as isize * a_rc.0),
-                        a_rc,
-                        b,
-                        b_rc,
-                        accumulate,
-                    },
-                    gemm::Parallelism::None,
-                )
-            }
+            unsafe { sgemm(product.rows(lo, hi), gemm::Parallelism::None) }
             if let Some(done) = rows_done {
                 done(lo, hi, Some(t));
             }

@@ -1044,19 +1044,17 @@ unsafe fn run_part(step: &Step, exec: &Exec, ptrs: &[*mut f32], t: usize, parts:
                 // SAFETY: the verifier's rule 3 for the whole product, of
                 // which these are rows; the caller's promise for the rest.
                 unsafe {
-                    native::sgemm(
-                        native::Product {
-                            dims: (rows.len(), k, n),
-                            dst: o.add(bi * m * n + rows.start * n),
-                            dst_rs: n as isize,
-                            a: a.add(ao).offset(rows.start as isize * a_rc.0),
-                            a_rc,
-                            b: b.add(bo),
-                            b_rc,
-                            accumulate: false,
-                        },
-                        gemm::Parallelism::None,
-                    );
+                    let product = native::Product {
+                        dims: (m, k, n),
+                        dst: o.add(bi * m * n),
+                        dst_rs: n as isize,
+                        a: a.add(ao),
+                        a_rc,
+                        b: b.add(bo),
+                        b_rc,
+                        accumulate: false,
+                    };
+                    native::sgemm(product.rows(rows.start, rows.end), gemm::Parallelism::None);
                     if let (Some(e), Exec::Loop { f, .. }) = (epilogue, exec) {
                         let r = epilogue_range(&e.kernel, (m, n), bi, rows.clone());
                         f.call(&SendPtr(ptrs[3..].as_ptr()), &e.kernel, r.start, r.end, t);
@@ -1520,8 +1518,7 @@ fn run_step(
                     for (p, &b) in ptrs.iter_mut().zip(std::iter::once(&e.out).chain(&e.args)) {
                         *p = bufs.ptr(b);
                     }
-                    let rows_outer = e.kernel.dims.len() == 2;
-                    Some((*f, SendPtr(ptrs.as_ptr()), rows_outer, &e.kernel))
+                    Some((*f, SendPtr(ptrs.as_ptr()), &e.kernel))
                 }
                 (None, Exec::Plain) => None,
                 _ => return Err(internal("a GEMM step without its compiled form")),
@@ -1543,7 +1540,7 @@ fn run_step(
             let lanes = if by_batch { pool } else { threads };
             // Whether the epilogue may run on parts of its rows (a split's
             // or a batch's), each on the thread that computed them.
-            let rows_parts = epi.as_ref().is_none_or(|(f, _, _, kernel)| {
+            let rows_parts = epi.as_ref().is_none_or(|(f, _, kernel)| {
                 kernel.splittable()
                     && match f {
                         Kern::Wide { slots, .. } => *slots >= lanes,
@@ -1562,13 +1559,11 @@ fn run_step(
                 // while they are in cache: those rows of a `[rows, n]`
                 // space, or their elements of a flat one.
                 let rows_done = |lo: usize, hi: usize, t: Option<usize>| {
-                    let Some((f, args, rows_outer, kernel)) = &epi else {
+                    let Some((f, args, kernel)) = &epi else {
                         return;
                     };
-                    let (lo, hi) = match rows_outer {
-                        true => (bi * m + lo, bi * m + hi),
-                        false => ((bi * m + lo) * n, (bi * m + hi) * n),
-                    };
+                    let r = crate::schedule::parts::epilogue_range(kernel, (m, n), bi, lo..hi);
+                    let (lo, hi) = (r.start, r.end);
                     // SAFETY: the verifier checked the epilogue's accesses
                     // over its whole space (these rows are part of it) and
                     // that it writes neither operand of the GEMM; a part
