@@ -63,6 +63,9 @@ pub unsafe fn sgemm(product: Product, par: gemm::Parallelism) {
     if unsafe { sgemm_narrow(product) } {
         return;
     }
+    LHS_PACKING.call_once(|| {
+        gemm::set_lhs_packing_threshold_single_thread(gemm::get_lhs_packing_threshold_multi_thread())
+    });
     unsafe {
         gemm::gemm(
             m,
@@ -87,6 +90,21 @@ pub unsafe fn sgemm(product: Product, par: gemm::Parallelism) {
         )
     }
 }
+
+/// Sets, once, when the gemm crate copies a panel of its left operand before
+/// its micro-kernels read it: the crate's threshold for its own split
+/// products, also for the single-threaded calls of [`sgemm_split`]'s parts.
+/// The crate computes a row-major product transposed, so its left operand is
+/// `b`, and it copies a panel of `b` where the thread's share has more than a
+/// threshold times its micro-kernel's width in rows of `dst` (with AVX-512,
+/// 6: 48 rows single-threaded, 96 for a thread of its own split). A weight of a dense layer is already laid out as such
+/// panels (its rows contiguous), and the copy, redone by each thread at every
+/// call, cost more than the strided reads it saves: mlp_infer at batch 128,
+/// each thread 64 rows, took 0.205-0.217 ms (medians 0.207, 0.208, 0.205,
+/// 0.217) with the threshold of 96 rows against 0.214-0.242 (0.223, 0.221,
+/// 0.214, 0.242) with 48 (4 alternated runs, `nnc bench`); mlp_train,
+/// transformer_train, lstm_train and lenet_train did not change.
+static LHS_PACKING: std::sync::Once = std::sync::Once::new();
 
 /// The most columns of a product [`sgemm_narrow`] computes: one AVX-512
 /// register.
