@@ -103,7 +103,10 @@ pub unsafe fn sgemm(product: Product, par: gemm::Parallelism) {
 /// each thread 64 rows, took 0.205-0.217 ms (medians 0.207, 0.208, 0.205,
 /// 0.217) with the threshold of 96 rows against 0.214-0.242 (0.223, 0.221,
 /// 0.214, 0.242) with 48 (4 alternated runs, `nnc bench`); mlp_train,
-/// transformer_train, lstm_train and lenet_train did not change.
+/// transformer_train, lstm_train and lenet_train did not change. The copy
+/// does not change the order of the sums, so the results are the same bit
+/// for bit. The threshold is the crate's, for the whole process: another
+/// user of the crate in the same process gets it too.
 static LHS_PACKING: std::sync::Once = std::sync::Once::new();
 
 /// The most columns of a product [`sgemm_narrow`] computes: one AVX-512
