@@ -859,6 +859,8 @@ impl Program {
                         p.push(self.bufs.ptr(b));
                     }
                 }
+                // A product with an epilogue has its compiled kernel (as
+                // `run_step` requires too): `run_part` runs it only so.
                 (
                     Step::MatMul {
                         a,
@@ -867,8 +869,8 @@ impl Program {
                         epilogue,
                         ..
                     },
-                    _,
-                ) => {
+                    exec,
+                ) if epilogue.is_none() || matches!(exec, Exec::Loop { .. }) => {
                     p.push(self.bufs.ptr(*out));
                     p.push(self.bufs.get(*a).as_ptr().cast_mut());
                     p.push(self.bufs.get(*b).as_ptr().cast_mut());
@@ -887,7 +889,7 @@ impl Program {
                 _ => {
                     self.part_ptrs = ptrs;
                     return Err(internal(
-                        "a step cut into parts that is no loop, product or copy",
+                        "a step cut into parts that is no loop, product or copy, or a product without its epilogue's kernel",
                     ));
                 }
             }
