@@ -194,6 +194,52 @@ fn flush_subnormals_zeroes_the_jits_subnormal_results_only() {
 }
 
 #[test]
+fn training_flushes_subnormals_unless_told_to_keep_them() {
+    // The loss, 1e-30 · 1e-10, is subnormal (1e-40): training on the JIT
+    // flushes it to 0 by default and keeps it with `--keep-subnormals`
+    // (or NNC_FLUSH_SUBNORMALS=0); the interpreter keeps it either way.
+    let xor = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/xor.csv");
+    let text = format!(
+        "input x: [B, 2]\ninput t: [B]\nparam w: [1] = [1e-30]\n\
+         train {{\n  data = csv({:?}, label = \"label\")\n\
+         loss = sum(w) * 1e-10 + mean(x) * 0 + mean(t) * 0\n\
+         optimizer = sgd(lr = 0.1)\n  batch = 4\n  epochs = 1\n  split = 0\n}}\n",
+        xor.to_str().expect("UTF-8 path")
+    );
+    let (dir, p) = temp_file("sub_train.nn", text.as_bytes());
+    let log = dir.join("log.jsonl");
+    let loss = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nnc"));
+        cmd.args([
+            "train",
+            p.to_str().expect("UTF-8 path"),
+            "--log",
+            log.to_str().expect("UTF-8 path"),
+        ])
+        .args(extra);
+        cmd.env_remove("NNC_FLUSH_SUBNORMALS");
+        if let Some(v) = env {
+            cmd.env("NNC_FLUSH_SUBNORMALS", v);
+        }
+        let o = cmd.output().expect("nnc runs");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let line = std::fs::read_to_string(&log).expect("the log");
+        let json: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+        json["train_loss"].as_f64().expect("a loss")
+    };
+    // The f32 nearest 1e-40, a subnormal.
+    let kept = f64::from(1e-40f32);
+    assert_eq!(loss(&[], None), 0.0);
+    assert_eq!(loss(&["--keep-subnormals"], None), kept);
+    assert_eq!(loss(&[], Some("0")), kept);
+    assert_eq!(loss(&["--backend", "interp"], None), kept);
+    assert_eq!(
+        loss(&["--keep-subnormals", "--backend", "interp"], None),
+        kept
+    );
+}
+
+#[test]
 fn run_of_a_file_with_an_input_missing_its_value_fails() {
     let o = nnc(&["--color", "never", "run", "tests/ui/fail/missing_input.nn"]);
     assert_eq!(o.status.code(), Some(1));

@@ -236,6 +236,9 @@ impl Model {
     /// An exception in the callback (or Ctrl-C) stops training at its
     /// next step, which it finishes; the values trained so far are kept
     /// and the exception raised.
+    ///
+    /// As `nnc train`, it flushes subnormal floats to zero on the JIT
+    /// (`NNC_FLUSH_SUBNORMALS=0` keeps them).
     #[pyo3(signature = (epochs=None, data=None, callback=None))]
     fn train(
         &self,

@@ -27,11 +27,17 @@ pub struct Cli {
     /// Run the JIT's programs with subnormal floats flushed to zero (the
     /// CPU's FTZ and DAZ modes; also `NNC_FLUSH_SUBNORMALS=1`): results
     /// below 2^-126 become 0 and such inputs count as 0, where on some
-    /// CPUs each costs many times a normal operation (gradients that
-    /// decay over a long sequence reach them). By default the JIT keeps
+    /// CPUs each costs many times a normal operation (decaying gradients
+    /// and a confident softmax reach them). The default when training
+    /// (`train`, and `bench` of a training step); otherwise the JIT keeps
     /// them, as the interpreter does.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "keep_subnormals")]
     pub flush_subnormals: bool,
+    /// Keep subnormal floats when training too (also
+    /// `NNC_FLUSH_SUBNORMALS=0`): the JIT then computes what the
+    /// interpreter does, at the cost above.
+    #[arg(long, global = true)]
+    pub keep_subnormals: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -78,6 +78,9 @@ pub fn command(args: &BenchArgs) -> Result<Outcome, Outcome> {
     let compile_ms = (front + restarted.elapsed()).as_secs_f64() * 1e3;
     let init_ms = init.as_secs_f64() * 1e3;
     let is_train = train.is_some();
+    // A training step runs as `nnc train` runs it: subnormals flushed
+    // unless the user said otherwise.
+    let _training = is_train.then(crate::backend::jit::subnormal::training);
     let mut step = |params: &mut SecondaryMap<_, Tensor>| -> Result<(), interp::Error> {
         for (e, inputs) in engines.iter_mut().zip(&feeds) {
             e.again(params, inputs, is_train)?;

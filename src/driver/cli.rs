@@ -22,8 +22,8 @@ pub fn main() -> i32 {
         Color::Auto => std::io::stderr().is_terminal(),
     };
     crate::exec::memory::set_limit(cli.max_memory);
-    if cli.flush_subnormals {
-        crate::backend::jit::subnormal::set_flush(true);
+    if cli.flush_subnormals || cli.keep_subnormals {
+        crate::backend::jit::subnormal::set_flush(cli.flush_subnormals);
     }
     if let Some(n) = cli.device {
         crate::backend::opencl::choose_device(n);

@@ -215,6 +215,8 @@ pub fn run_on(
     comm: Option<&dyn dist::Comm>,
     observe: &mut dyn FnMut(Event),
 ) -> Result<Summary, Diag> {
+    // Subnormals flushed, unless the user said otherwise.
+    let _training = crate::backend::jit::subnormal::training();
     // Worker 0 alone reports, evaluates and writes files.
     let lead = comm.is_none_or(|c| c.rank() == 0);
     let mut observe = |e: Event| {
