@@ -11,10 +11,10 @@
 //! or read (a microcode assist). Training reaches them: gradients that
 //! decay step after step through a recurrence, and the softmax of a
 //! classifier growing confident (its small probabilities, and with them
-//! the gradients and Adam's second moments). lstm_train over 256 steps
-//! took a median of 263-271 ms a step with outliers past 520 ms, against
-//! 28.2-29.3 ms flushed (40 runs each, a 2-core Xeon with AVX-512);
-//! mlp_train, after 2000 steps on one batch, 5.4 ms a step against 0.85.
+//! the gradients and Adam's second moments). On a 2-core Xeon with
+//! AVX-512, lstm_train over 256 steps took a median of 404 ms a step
+//! kept against 29.1 ms flushed (10 runs), and mlp_train, after 2000
+//! steps on one batch, 5.43 ms against 0.90.
 //! For a training step the difference is below what a float can add to
 //! the parameters: an update below 2^-126 changes no weight of magnitude
 //! 2^-101 or more, and Adam divides by √v + ε, ε far above any
