@@ -61,7 +61,10 @@ pub fn flushing() -> bool {
 }
 
 /// While alive, the programs the JIT runs are training's: subnormals
-/// flushed unless [`set_flush`] or the environment says otherwise.
+/// flushed unless [`set_flush`] or the environment says otherwise. The
+/// mark is the process's: a program another thread runs meanwhile (a
+/// Python thread's `Model.run` beside another's `Model.train`) flushes
+/// too.
 pub struct Training(());
 
 /// Marks training as running until the guard is dropped.
