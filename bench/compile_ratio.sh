@@ -12,8 +12,13 @@
 # leaves out drawing the parameters' initial values (init_ms) and making
 # up the inputs.
 #
+# With STAGES=1 it then runs each file N more times with NNC_LOG=compile
+# (apart: the log's reads of /proc cost a little) and prints each
+# compiler stage's median time for A and for B, and B − A: where B's
+# extra compile time goes.
+#
 # usage: bench/compile_ratio.sh [N] [A.nn B.nn]
-# env: NNC (target/release/nnc)
+# env: NNC (target/release/nnc), STAGES (1: the stages' table too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NNC=${NNC:-target/release/nnc}
@@ -51,3 +56,35 @@ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpus, $(grep -o 'avx512f\|avx2' /
 printf '%s: compile_ms median %s [%s–%s] over %s cold runs\n' "$A" "$ma" "$loa" "$hia" "$N"
 printf '%s: compile_ms median %s [%s–%s] over %s cold runs\n' "$B" "$mb" "$lob" "$hib" "$N"
 awk -v a="$ma" -v b="$mb" 'BEGIN {printf "ratio %.2f\n", b / a}'
+
+[[ ${STAGES:-0} == 1 ]] || exit 0
+# "file<TAB>order<TAB>stage<TAB>ms" for every stage NNC_LOG=compile reports in one
+# cold run of $1 (a stage that runs more than once, such as cse, summed).
+stage_ms() {
+  NNC_LOG=compile "$NNC" bench "$1" --runs 1 --warmup 0 --format json 2>&1 >/dev/null |
+    sed -n 's/^\[compile\] \(.*\): \([0-9.]*\) ms.*/\1\t\2/p' |
+    awk -F'\t' -v f="$2" '{ms[$1] += $2; if (!($1 in at)) at[$1] = n++}
+      END {for (s in ms) printf "%s\t%d\t%s\t%s\n", f, at[s], s, ms[s]}'
+}
+rows=$(for _ in $(seq "$N"); do stage_ms "$A" A; stage_ms "$B" B; done)
+echo
+echo "stage medians over $N cold runs each (ms; NNC_LOG=compile):"
+printf '| stage | A | B | B − A |\n| --- | --- | --- | --- |\n'
+# Per stage, in the order the compiler ran them for B, each file's median
+# ("-" where a file's compile has no such stage).
+sort -t$'\t' -k3,3 -k1,1 -k4,4g <<<"$rows" | awk -F'\t' '
+  {if ($1 == "B") atb[$3] = $2; else ata[$3] = $2; v[$1, $3, ++c[$1, $3]] = $4}
+  END {
+    # B'\''s order; a stage only A ran goes just before its place in A.
+    for (s in ata) at[s] = ata[s] - 0.5
+    for (s in atb) at[s] = atb[s]
+    for (s in at) {
+      a = c["A", s] ? v["A", s, int((c["A", s] + 1) / 2)] : "-"
+      b = c["B", s] ? v["B", s, int((c["B", s] + 1) / 2)] : "-"
+      printf "%s\t%s\t%s\t%s\n", at[s], s, a, b
+    }
+  }' | sort -n | awk -F'\t' '{
+    d = ($3 == "-" || $4 == "-") ? "-" : sprintf("%+.2f", $4 - $3)
+    fa = ($3 == "-") ? "-" : sprintf("%.2f", $3); fb = ($4 == "-") ? "-" : sprintf("%.2f", $4)
+    printf "| %s | %s | %s | %s |\n", $2, fa, fb, d
+  }'
