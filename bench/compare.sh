@@ -39,6 +39,11 @@ done
 [ -x "$PEER_PY" ] || { echo "no python at PEER_PY=$PEER_PY" >&2; exit 2; }
 LOGS=$(mktemp -d /tmp/nnc-compare.XXXXXX)
 [ "${KEEP_LOGS:-0}" = 1 ] || trap 'rm -rf "$LOGS"' EXIT
+# One untimed nnc process first. On the VMs this is measured on, the first
+# process after a pause compiled mlp_train in 48-72 ms and drew its
+# parameters in 47-53 ms, against 7-13 ms and 1.6-2 ms in the processes
+# right after: without this, that lands on whichever workload runs first.
+"$NNC" bench examples/bench/mlp_train.nn --runs 1 --warmup 0 > /dev/null 2>&1 || true
 
 wanted() {  # wanted NAME FAMILY?: selected by NAMES, else by the default set
   if [ -n "$SEL" ]; then
