@@ -44,7 +44,7 @@ impl<'f> Builder<'f> {
     fn new(f: &'f Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Builder<'f>, Error> {
         let (g, fu) = (&f.graph, &f.fusion);
         let concrete = |shape: &[Dim], span| bind::concrete_shape(g, syms, shape, span);
-        let mut shapes: Shapes = SecondaryMap::new();
+        let mut shapes: Shapes = SecondaryMap::with_capacity(g.nodes.len());
         let mut unknown = EntitySet::new();
         for (n, d) in g.nodes.iter() {
             match concrete(&d.ty.shape, d.span) {
@@ -79,7 +79,9 @@ impl<'f> Builder<'f> {
     fn finish(mut self) -> Result<Schedule, Error> {
         let update_copies = self.plan.separate_updates(self.g, self.fu);
         self.plan.check_budget(self.g, self.fu)?;
-        let mut steps = Vec::new();
+        // About one step per kernel: allocated once, not grown (and
+        // copied) step by step.
+        let mut steps = Vec::with_capacity(self.fu.kernels.len());
         for &(n, kind) in &self.fu.kernels {
             // A value stored alongside another's is written by that
             // kernel (fusion's `store-alongside`).

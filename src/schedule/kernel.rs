@@ -116,44 +116,48 @@ impl LoopKernel {
     /// Drops unit dims and merges neighbours that every access walks
     /// contiguously, so a full-shape elementwise kernel is one flat loop.
     pub fn simplify(&mut self) {
-        // In place: a kernel is simplified as it is built, thousands of
-        // them for a deep model.
-        fn strides(k: &mut LoopKernel) -> Vec<&mut Vec<i64>> {
-            let mut all: Vec<&mut Vec<i64>> = k.accesses.iter_mut().collect();
-            all.extend(k.also.iter_mut().map(|a| &mut a.strides));
-            all.push(&mut k.out);
-            all
-        }
+        // In place and without allocating: a kernel is simplified as it
+        // is built, thousands of them for a deep model.
         if self.dims.contains(&1) {
-            let keep: Vec<bool> = self.dims.iter().map(|&n| n != 1).collect();
-            for s in strides(self) {
+            let dims = std::mem::take(&mut self.dims);
+            self.each_strides(|s| {
                 let mut d = 0;
                 s.retain(|_| {
                     d += 1;
-                    keep[d - 1]
+                    dims[d - 1] != 1
                 });
-            }
+            });
+            self.dims = dims;
             self.dims.retain(|&n| n != 1);
         }
         if self.dims.is_empty() {
             self.dims.push(1);
-            for s in strides(self) {
-                s.push(0);
-            }
+            self.each_strides(|s| s.push(0));
         }
         let mut d = self.dims.len() - 1;
         while d > 0 {
             let inner = self.dims[d] as i64;
-            let mut all = strides(self);
-            if all.iter().all(|s| s[d - 1] == s[d] * inner) {
-                for s in all.iter_mut() {
+            let contiguous = |s: &Vec<i64>| s[d - 1] == s[d] * inner;
+            let merge = self.accesses.iter().all(contiguous)
+                && self.also.iter().all(|a| contiguous(&a.strides))
+                && contiguous(&self.out);
+            if merge {
+                self.each_strides(|s| {
                     s.remove(d - 1);
-                }
+                });
                 self.dims[d - 1] *= self.dims[d];
                 self.dims.remove(d);
             }
             d -= 1;
         }
+    }
+
+    /// Applies `f` to the strides of every access, every further store
+    /// and the output.
+    fn each_strides(&mut self, mut f: impl FnMut(&mut Vec<i64>)) {
+        self.accesses.iter_mut().for_each(&mut f);
+        self.also.iter_mut().for_each(|a| f(&mut a.strides));
+        f(&mut self.out);
     }
 
     /// Whether the innermost loop can run on vectors: every access moves
@@ -254,7 +258,6 @@ fn kernel_over(
         // (they are dropped once it is; the expressions are kept).
         memo: FxHashMap::with_capacity_and_hasher(16, Default::default()),
         maps: Vec::with_capacity(4),
-        map_ids: FxHashMap::with_capacity_and_hasher(4, Default::default()),
         accesses: Vec::new(),
         offsets: Vec::new(),
         srcs: Vec::new(),
@@ -480,10 +483,11 @@ struct KernelBuilder<'a> {
     exprs: Vec<Expr>,
     /// The expression of each node at each index map met so far.
     memo: FxHashMap<(Node, MapId), usize>,
-    /// The distinct index maps met so far, and each one's id: operands
-    /// are mostly read at their user's map, so each is hashed once.
+    /// The distinct index maps met so far, an id being a place in the
+    /// list. Operands are mostly read at their user's map, and a kernel
+    /// meets few maps (one, or one per broadcast or slice): a search of
+    /// the list costs less than hashing a map.
     maps: Vec<Vec<Index>>,
-    map_ids: FxHashMap<Vec<Index>, MapId>,
     accesses: Vec<Vec<i64>>,
     offsets: Vec<usize>,
     srcs: Vec<Node>,
@@ -501,11 +505,10 @@ type MapId = usize;
 
 impl KernelBuilder<'_> {
     fn map_id(&mut self, map: Vec<Index>) -> MapId {
-        if let Some(&id) = self.map_ids.get(&map) {
+        if let Some(id) = self.maps.iter().position(|m| *m == map) {
             return id;
         }
-        self.maps.push(map.clone());
-        self.map_ids.insert(map, self.maps.len() - 1);
+        self.maps.push(map);
         self.maps.len() - 1
     }
 
