@@ -29,7 +29,7 @@ pub fn cse(g: &Graph) -> Graph {
         collided: FxHashMap::default(),
         fired: BTreeMap::new(),
     };
-    let mut new_of: SecondaryMap<Node, Option<Node>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut new_of: SecondaryMap<Node, Option<Node>> = g.node_table();
     for (n, d) in g.nodes.iter() {
         let op = d.op.map_args(&|a| new_of[a].expect("arguments come first"));
         new_of[n] = Some(b.node(op, &d.ty, d.span));

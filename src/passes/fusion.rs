@@ -421,11 +421,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     for &r in roots {
         live.insert(r);
     }
-    // Per-node tables are sized for the whole graph up front, here and in
-    // the passes and schedule after: filled index by index, each would be
-    // copied whenever it doubled, onto memory not touched before (a deep
-    // model's first touches of memory are a fifth of its compile time).
-    let mut readers: SecondaryMap<Node, Vec<Node>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut readers: SecondaryMap<Node, Vec<Node>> = g.node_table();
     for (n, d) in g.nodes.iter().rev() {
         if live.contains(n) {
             for a in d.op.args() {
@@ -444,8 +440,8 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         kernels: Vec::new(),
         fused: EntitySet::new(),
         strided: EntitySet::new(),
-        placed: SecondaryMap::with_capacity(g.nodes.len()),
-        carrier: SecondaryMap::with_capacity(g.nodes.len()),
+        placed: g.node_table(),
+        carrier: g.node_table(),
         carries: FxHashMap::default(),
         reads: Vec::new(),
         log: Vec::new(),
@@ -501,7 +497,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     // The kernel each elementwise node will be computed in: itself when
     // stored, else the one kernel all its readers are computed in (decided
     // from the consumers back, as the loop below decides forwards).
-    let mut owner: SecondaryMap<Node, Option<Node>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut owner: SecondaryMap<Node, Option<Node>> = g.node_table();
     for (n, d) in g.nodes.iter().rev() {
         if !live.contains(n) {
             continue;
@@ -855,7 +851,7 @@ const SIBLING_WINDOW: usize = 32;
 fn store_alongside(g: &Graph, f: &mut Fusion) {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     let count = f.kernels.len();
-    let mut pos: SecondaryMap<Node, usize> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut pos: SecondaryMap<Node, usize> = g.node_table();
     let mut reads = Vec::with_capacity(count);
     for (i, &(k, kind)) in f.kernels.iter().enumerate() {
         pos[k] = i;
@@ -866,7 +862,7 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
     }
     // The kernels that need each stored value, in order: its readers, and
     // the concatenation it is written into.
-    let mut uses: SecondaryMap<Node, Vec<usize>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut uses: SecondaryMap<Node, Vec<usize>> = g.node_table();
     for (i, &(k, _)) in f.kernels.iter().enumerate() {
         for &a in &reads[i] {
             uses[a].push(i);
@@ -1023,7 +1019,7 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
 fn place_carried(g: &Graph, roots: &EntitySet<Node>, f: &mut Fusion) {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     // The kernels that read each carried value's buffer.
-    let mut read_by: SecondaryMap<Node, Vec<Node>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut read_by: SecondaryMap<Node, Vec<Node>> = g.node_table();
     for (&(k, kind), reads) in f.kernels.iter().zip(&f.reads) {
         // (A carried kernel's reads are its carrier's, which reads
         // through the values it carries.)

@@ -275,7 +275,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
     let carried = build::reads_inputs(g, |i| i == 0);
     let stepwise = build::reads_inputs(g, |i| i < args);
     let live = g.live();
-    let mut readers: SecondaryMap<Node, usize> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut readers: SecondaryMap<Node, usize> = g.node_table();
     for (n, d) in g.nodes.iter() {
         if live[n.index()] {
             for a in d.op.args() {
@@ -305,7 +305,7 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
         _ => None,
     };
     // The roots of sums: additions not read by an addition of the tree.
-    let mut plans: SecondaryMap<Node, Option<Sum>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut plans: SecondaryMap<Node, Option<Sum>> = g.node_table();
     let mut log = Vec::new();
     let mut inner: cranelift_entity::EntitySet<Node> = cranelift_entity::EntitySet::new();
     for n in g.nodes.keys().rev() {
@@ -416,12 +416,11 @@ fn sum_of_products(g: &Graph, args: usize) -> Option<Graph> {
 /// `g` with each group's products replaced by each member's matrix of
 /// the joined product, made where the group's first member was.
 fn join_groups(g: &Graph, groups: &[Group]) -> Graph {
-    let mut first_of: SecondaryMap<Node, Option<usize>> =
-        SecondaryMap::with_capacity(g.nodes.len());
+    let mut first_of: SecondaryMap<Node, Option<usize>> = g.node_table();
     for (i, group) in groups.iter().enumerate() {
         first_of[group.members[0].product] = Some(i);
     }
-    let mut replaced: SecondaryMap<Node, Option<Node>> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut replaced: SecondaryMap<Node, Option<Node>> = g.node_table();
     build::rebuild(g, |n, out, new_of| {
         if let Some(i) = first_of[n] {
             let group = &groups[i];

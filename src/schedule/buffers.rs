@@ -107,8 +107,8 @@ pub(super) fn plan_buffers(
             _ => false,
         })
         .collect();
-    let mut base: SecondaryMap<Node, Option<Node>> = SecondaryMap::with_capacity(g.nodes.len());
-    let mut last: SecondaryMap<Node, usize> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut base: SecondaryMap<Node, Option<Node>> = g.node_table();
+    let mut last: SecondaryMap<Node, usize> = g.node_table();
     let mut pinned: EntitySet<Node> = EntitySet::new();
     for &r in roots {
         pinned.insert(r);
@@ -121,7 +121,7 @@ pub(super) fn plan_buffers(
     };
     // Where each kernel runs: a value stored alongside another's
     // (`store-alongside`, `sibling-loops`) runs in its carrier's kernel.
-    let mut at: SecondaryMap<Node, usize> = SecondaryMap::with_capacity(g.nodes.len());
+    let mut at: SecondaryMap<Node, usize> = g.node_table();
     for (i, &(n, _)) in fu.kernels.iter().enumerate() {
         at[n] = i;
     }
@@ -148,8 +148,7 @@ pub(super) fn plan_buffers(
         let b = root_of(&base, r);
         pinned.insert(b);
     }
-    let mut buf_of: SecondaryMap<Node, PackedOption<BufId>> =
-        SecondaryMap::with_capacity(g.nodes.len());
+    let mut buf_of: SecondaryMap<Node, PackedOption<BufId>> = g.node_table();
     let mut sizes: PrimaryMap<BufId, usize> = PrimaryMap::new();
     let mut free: FxHashMap<usize, Vec<BufId>> = FxHashMap::default();
     for (i, &(n, kind)) in fu.kernels.iter().enumerate() {

@@ -44,7 +44,7 @@ impl<'f> Builder<'f> {
     fn new(f: &'f Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Builder<'f>, Error> {
         let (g, fu) = (&f.graph, &f.fusion);
         let concrete = |shape: &[Dim], span| bind::concrete_shape(g, syms, shape, span);
-        let mut shapes: Shapes = SecondaryMap::with_capacity(g.nodes.len());
+        let mut shapes: Shapes = g.node_table();
         let mut unknown = EntitySet::new();
         for (n, d) in g.nodes.iter() {
             match concrete(&d.ty.shape, d.span) {
