@@ -66,6 +66,13 @@ pub fn flops(g: &Graph, n: Node, sizes: &Sizes) -> u64 {
         | Op::Concat { .. }
         | Op::Gather { .. } => 0,
         Op::Unary(..) | Op::Binary(..) | Op::Compare(..) | Op::Select(..) => out(),
+        // The separate ops they fuse: two products and a sum (and the
+        // square); a sum, a square root, two quotients, a product and a
+        // difference (and the two quotients of the bias corrections).
+        Op::AdamMoment { square, .. } => out().saturating_mul(3 + u64::from(*square)),
+        Op::AdamStep { correction, .. } => {
+            out().saturating_mul(5 + 2 * u64::from(correction.is_some()))
+        }
         Op::Reduce { arg, .. } => elements(g, *arg, sizes),
         Op::ScatterAdd { values, .. } => elements(g, *values, sizes),
         Op::MatMul(a, _) => {

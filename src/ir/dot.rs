@@ -208,6 +208,11 @@ pub fn op_label(g: &Graph, op: &Op) -> String {
         Op::Binary(b, ..) => b.to_string(),
         Op::Compare(c, ..) => format!("cmp.{c}"),
         Op::Select(..) => "select".into(),
+        Op::AdamMoment { beta, square, .. } => {
+            let sq = if *square { ".square" } else { "" };
+            format!("adam.moment{sq} beta={}", format_f32(*beta))
+        }
+        Op::AdamStep { eps, .. } => format!("adam.step eps={}", format_f32(*eps)),
         Op::Reduce { op, axes, .. } => format!("reduce.{op} axes={}", list(axes)),
         Op::MatMul(..) => "matmul".into(),
         Op::Reshape(..) => "reshape".into(),
@@ -264,6 +269,8 @@ pub fn arg_role(op: &Op, k: usize) -> Option<String> {
             pick(&["lhs", "rhs"])
         }
         Op::Select(..) => pick(&["cond", "then", "else"]),
+        Op::AdamMoment { .. } => pick(&["old", "new"]),
+        Op::AdamStep { .. } => pick(&["w", "m", "v", "lr", "c1", "c2"]),
         Op::Conv2d { .. } => pick(&["x", "w"]),
         Op::Conv2dBackwardInput { .. } => pick(&["gy", "w"]),
         Op::Conv2dBackwardWeight { .. } | Op::Pool2dBackward { .. } => pick(&["x", "gy"]),

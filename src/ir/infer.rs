@@ -62,6 +62,13 @@ impl Graph {
                 same("select", *c, *a)?;
                 same("select", *a, *b)?
             }
+            Op::AdamMoment { old, new, .. } => same("adam moment", *old, *new)?,
+            op @ Op::AdamStep { w, .. } => {
+                for a in op.args() {
+                    same("adam step", *w, a)?;
+                }
+                self.ty(*w).clone()
+            }
             Op::Reduce { arg, axes, .. } => {
                 let shape = self.shape(*arg);
                 let sorted = axes.windows(2).all(|w| w[0] < w[1]);

@@ -122,6 +122,32 @@ pub enum Op {
     /// `select(c, a, b)`: `a` where `c != 0`, else `b`. All three of one
     /// type; the result has it too.
     Select(Node, Node, Node),
+    /// One moment of Adam, fused (made by the optimizer pass alone, never
+    /// differentiated): `β·old + (1 − β)·new`, with `new` squared first
+    /// when `square` (the second moment, `β₂·v + (1 − β₂)·g²`). The
+    /// arithmetic is that of the separate ops, in their order and
+    /// rounding: `1 − β` rounded to `f32` once, then two products and a
+    /// sum (and `new·new` first). All operands of one type; the result
+    /// has it too.
+    AdamMoment {
+        beta: f32,
+        square: bool,
+        old: Node,
+        new: Node,
+    },
+    /// Adam's step of a parameter, fused likewise: `w − lr·(m̂ / (√v̂ + ε))`
+    /// with `m̂ = m / c₁` and `v̂ = v / c₂` where `correction` is
+    /// `Some((c₁, c₂))` (the bias corrections), else `m` and `v`, each
+    /// operation rounded as the separate ops round it. All operands of one
+    /// type; the result has it too.
+    AdamStep {
+        w: Node,
+        m: Node,
+        v: Node,
+        lr: Node,
+        correction: Option<(Node, Node)>,
+        eps: f32,
+    },
     /// Reduction over `axes` (sorted, distinct, in range), which are removed
     /// from the shape: `[2, 3, 4]` over `[1]` gives `[2, 4]`.
     Reduce {
@@ -230,9 +256,9 @@ pub enum Op {
 
 impl Op {
     /// The nodes this op reads, in order (inline, not allocated, for up to
-    /// three: every op but a loop reading more than two sequences and
+    /// six: every op but a loop reading more than five sequences and
     /// arguments together).
-    pub fn args(&self) -> SmallVec<[Node; 3]> {
+    pub fn args(&self) -> SmallVec<[Node; 6]> {
         match self {
             Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } => SmallVec::new(),
             Op::Unary(_, a)
@@ -245,6 +271,21 @@ impl Op {
             | Op::Slice { arg: a, .. } => smallvec![*a],
             Op::Binary(_, a, b) | Op::Compare(_, a, b) | Op::MatMul(a, b) => smallvec![*a, *b],
             Op::Select(c, a, b) => smallvec![*c, *a, *b],
+            Op::AdamMoment { old, new, .. } => smallvec![*old, *new],
+            Op::AdamStep {
+                w,
+                m,
+                v,
+                lr,
+                correction,
+                ..
+            } => {
+                let mut a = smallvec![*w, *m, *v, *lr];
+                if let Some((c1, c2)) = correction {
+                    a.extend([*c1, *c2]);
+                }
+                a
+            }
             Op::Conv2d { x, w, .. } => smallvec![*x, *w],
             Op::Conv2dBackwardInput { gy, w, .. } => smallvec![*gy, *w],
             Op::Conv2dBackwardWeight { x, gy, .. } | Op::Pool2dBackward { x, gy, .. } => {
@@ -283,6 +324,32 @@ impl Op {
             Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
             Op::Compare(c, x, y) => Op::Compare(*c, f(*x), f(*y)),
             Op::Select(c, x, y) => Op::Select(f(*c), f(*x), f(*y)),
+            Op::AdamMoment {
+                beta,
+                square,
+                old,
+                new,
+            } => Op::AdamMoment {
+                beta: *beta,
+                square: *square,
+                old: f(*old),
+                new: f(*new),
+            },
+            Op::AdamStep {
+                w,
+                m,
+                v,
+                lr,
+                correction,
+                eps,
+            } => Op::AdamStep {
+                w: f(*w),
+                m: f(*m),
+                v: f(*v),
+                lr: f(*lr),
+                correction: correction.map(|(c1, c2)| (f(c1), f(c2))),
+                eps: *eps,
+            },
             Op::Reduce { op, arg, axes } => Op::Reduce {
                 op: *op,
                 arg: f(*arg),

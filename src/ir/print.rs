@@ -135,6 +135,32 @@ pub(crate) fn op_str(g: &Graph, op: &Op) -> String {
         Op::Binary(b, x, y) => format!("{b} {x}, {y}"),
         Op::Compare(c, x, y) => format!("cmp.{c} {x}, {y}"),
         Op::Select(c, x, y) => format!("select {c}, {x}, {y}"),
+        Op::AdamMoment {
+            beta,
+            square,
+            old,
+            new,
+        } => {
+            let sq = if *square { ".square" } else { "" };
+            format!("adam.moment{sq} {old}, {new}, beta={}", format_f32(*beta))
+        }
+        Op::AdamStep {
+            w,
+            m,
+            v,
+            lr,
+            correction,
+            eps,
+        } => {
+            let c = match correction {
+                Some((c1, c2)) => format!(", correction=({c1}, {c2})"),
+                None => String::new(),
+            };
+            format!(
+                "adam.step {w}, {m}, {v}, lr={lr}{c}, eps={}",
+                format_f32(*eps)
+            )
+        }
         Op::Reduce { op, arg, axes } => format!("reduce.{op} {arg}, axes={}", list(axes)),
         Op::MatMul(a, b) => format!("matmul {a}, {b}"),
         Op::Reshape(a, s) => format!("reshape {a}, {}", g.shape_str(s)),

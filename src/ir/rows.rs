@@ -158,6 +158,9 @@ fn node(
         Op::Unary(_, a) => of(*a),
         Op::Binary(_, x, y) | Op::Compare(_, x, y) => same(span, &[of(*x), of(*y)]),
         Op::Select(c, x, y) => same(span, &[of(*c), of(*x), of(*y)]),
+        Op::AdamMoment { .. } | Op::AdamStep { .. } => {
+            same(span, &op.args().iter().map(|&a| of(a)).collect::<Vec<_>>())
+        }
         Op::Concat { a, b: c, .. } => same(span, &[of(*a), of(*c)]),
         Op::Reduce { arg, axes, .. } => match of(*arg)? {
             Rows::Free => Ok(Rows::Free),

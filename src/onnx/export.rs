@@ -493,6 +493,13 @@ impl<'g> Emitter<'g> {
                 "an inference graph has no derivatives",
                 "export a file's outputs or `predict`, not a gradient",
             ),
+            Op::AdamMoment { .. } | Op::AdamStep { .. } => self.unsupported(
+                n,
+                span,
+                "an optimizer's update",
+                "an inference graph has no training step",
+                "export a file's outputs or `predict`, not a training step",
+            ),
         }
     }
 

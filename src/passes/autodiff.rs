@@ -274,6 +274,14 @@ fn vjp(
         // key only picks the stream, so ∂out/∂key = 0 (keys are never
         // learned, so nothing reaches here that needs one).
         Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Fill { .. } | Op::Random { .. } => {}
+        // The optimizer pass makes these after differentiation; a graph
+        // that holds one is a training step, which is not differentiated.
+        Op::AdamMoment { .. } | Op::AdamStep { .. } => {
+            return Err(internal(
+                "an optimizer's update is not differentiable".into(),
+                sp,
+            ))
+        }
         // d(−a) = −ḡ
         Op::Unary(UnaryOp::Neg, a) => v.push((*a, b.unary(UnaryOp::Neg, gb, sp)?)),
         // d(eᵃ) = ḡ·eᵃ = ḡ·out

@@ -181,7 +181,12 @@ macro_rules! note {
 fn is_elementwise(op: &Op) -> bool {
     matches!(
         op,
-        Op::Unary(..) | Op::Compare(..) | Op::Select(..) | Op::Binary(..)
+        Op::Unary(..)
+            | Op::Compare(..)
+            | Op::Select(..)
+            | Op::Binary(..)
+            | Op::AdamMoment { .. }
+            | Op::AdamStep { .. }
     )
 }
 
@@ -1137,6 +1142,8 @@ pub fn op_name(op: &Op) -> String {
         Op::Fill { .. } => "fill",
         Op::Random { .. } => "random",
         Op::Select(..) => "select",
+        Op::AdamMoment { .. } => "adam_moment",
+        Op::AdamStep { .. } => "adam_step",
         Op::MatMul(..) => "matmul",
         Op::Reshape(..) => "reshape",
         Op::Transpose(..) => "transpose",
@@ -1202,6 +1209,11 @@ fn expr(g: &Graph, f: &Fusion, n: Node, top: bool) -> String {
             )
         }
         Op::Transpose(_, perm) => format!("transpose({}, {perm:?})", args[0]),
+        Op::AdamMoment { beta, square, .. } => {
+            let sq = if *square { ", square" } else { "" };
+            format!("adam_moment({}, beta={beta:?}{sq})", args.join(", "))
+        }
+        Op::AdamStep { eps, .. } => format!("adam_step({}, eps={eps:?})", args.join(", ")),
         op => format!("{}({})", op_name(op), args.join(", ")),
     }
 }

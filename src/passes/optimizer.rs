@@ -239,8 +239,13 @@ pub fn append_as(
             Some(r) => splats.splat(&mut b, r, &dims, sp)?,
             None => scalar(&mut b, splats, opt.lr)?,
         };
-        let step = match opt.kind {
-            Kind::Sgd => gr,
+        // w − lr·step for the rules that take a step; Adam's is one node.
+        let minus = |b: &mut Builder, step: Node| -> Result<Node, Diag> {
+            let delta = b.mul(lr, step, sp)?;
+            b.sub(w, delta, sp)
+        };
+        let nw = match opt.kind {
+            Kind::Sgd => minus(&mut b, gr)?,
             Kind::Momentum { momentum, nesterov } => {
                 let (buf_id, buf) =
                     state(&mut b, format!("{prefix}buf.{name}"), shape.clone(), sp)?;
@@ -251,33 +256,39 @@ pub fn append_as(
                     param: buf_id,
                     node: nb,
                 });
-                if nesterov {
+                let step = if nesterov {
                     let ahead = b.mul(mu, nb, sp)?;
                     b.add2(gr, ahead, sp)?
                 } else {
                     nb
-                }
+                };
+                minus(&mut b, step)?
             }
             Kind::Adam {
-                beta1, beta2, eps, ..
+                beta1,
+                beta2,
+                eps,
+                decoupled,
+                ..
             } => {
+                // One fused node per moment and one for the step: the
+                // arithmetic of the separate ops (module doc), in a third
+                // of the nodes, which every later stage walks.
                 let (m_id, m) = state(&mut b, format!("{prefix}m.{name}"), shape.clone(), sp)?;
                 let (v_id, v) = state(&mut b, format!("{prefix}v.{name}"), shape.clone(), sp)?;
-                let lerp = |b: &mut Builder,
-                            splats: &mut Splats,
-                            beta: f32,
-                            old: Node,
-                            new: Node|
-                 -> Result<Node, Diag> {
-                    let kb = scalar(b, splats, beta)?;
-                    let kn = scalar(b, splats, 1.0 - beta)?;
-                    let x = b.mul(kb, old, sp)?;
-                    let y = b.mul(kn, new, sp)?;
-                    b.add2(x, y, sp)
+                let moment = |b: &mut Builder, beta: f32, square: bool, old: Node| {
+                    b.add(
+                        Op::AdamMoment {
+                            beta,
+                            square,
+                            old,
+                            new: gr,
+                        },
+                        sp,
+                    )
                 };
-                let nm = lerp(&mut b, splats, beta1, m, gr)?;
-                let g2 = b.mul(gr, gr, sp)?;
-                let nv = lerp(&mut b, splats, beta2, v, g2)?;
+                let nm = moment(&mut b, beta1, false, m)?;
+                let nv = moment(&mut b, beta2, true, v)?;
                 updates.push(Update {
                     param: m_id,
                     node: nm,
@@ -286,35 +297,35 @@ pub fn append_as(
                     param: v_id,
                     node: nv,
                 });
-                let (mut mh, mut vh) = (nm, nv);
-                if let Some((c1, c2)) = corrections {
-                    let c1 = splats.splat(&mut b, c1, &dims, sp)?;
-                    mh = b.div(nm, c1, sp)?;
-                    let c2 = splats.splat(&mut b, c2, &dims, sp)?;
-                    vh = b.div(nv, c2, sp)?;
+                let correction = match corrections {
+                    Some((c1, c2)) => Some((
+                        splats.splat(&mut b, c1, &dims, sp)?,
+                        splats.splat(&mut b, c2, &dims, sp)?,
+                    )),
+                    None => None,
+                };
+                let mut w = w;
+                if decoupled && opt.weight_decay != 0.0 {
+                    // AdamW: w ← w·(1 − ηλ) before the Adam step.
+                    let k = match decay_fed {
+                        Some(k) => splats.splat(&mut b, k, &dims, sp)?,
+                        None => scalar(&mut b, splats, 1.0 - opt.lr * opt.weight_decay)?,
+                    };
+                    w = b.mul(k, w, sp)?;
                 }
-                let root = b.unary(UnaryOp::Sqrt, vh, sp)?;
-                let e = scalar(&mut b, splats, eps)?;
-                let den = b.add2(root, e, sp)?;
-                b.div(mh, den, sp)?
+                b.add(
+                    Op::AdamStep {
+                        w,
+                        m: nm,
+                        v: nv,
+                        lr,
+                        correction,
+                        eps,
+                    },
+                    sp,
+                )?
             }
         };
-        let mut nw = w;
-        if let Kind::Adam {
-            decoupled: true, ..
-        } = opt.kind
-        {
-            if opt.weight_decay != 0.0 {
-                // AdamW: w ← w·(1 − ηλ) before the Adam step.
-                let k = match decay_fed {
-                    Some(k) => splats.splat(&mut b, k, &dims, sp)?,
-                    None => scalar(&mut b, splats, 1.0 - opt.lr * opt.weight_decay)?,
-                };
-                nw = b.mul(k, w, sp)?;
-            }
-        }
-        let delta = b.mul(lr, step, sp)?;
-        let nw = b.sub(nw, delta, sp)?;
         updates.push(Update {
             param: t.param,
             node: nw,
@@ -328,6 +339,133 @@ pub fn append_as(
 mod tests {
     use super::*;
     use crate::sema::optimizer::LrSchedule;
+
+    /// Adam's fused nodes give what the separate ops they stand for gave
+    /// (as this pass wrote them before they were fused: `β·m + (1 − β)·g`,
+    /// `β·v + (1 − β)·g²`, `w − lr·((m/c₁) / (√(v/c₂) + ε))`), bit for
+    /// bit, on the interpreter and on the JIT, at ordinary values, zeros,
+    /// subnormals and values near overflow.
+    #[test]
+    fn fused_adam_nodes_compute_the_separate_ops_bit_for_bit() {
+        use crate::backend::{interp, BackendKind, Engine};
+        use crate::tensor::Tensor;
+        use cranelift_entity::SecondaryMap;
+        let columns: [[f32; 5]; 6] = [
+            [0.5, -1.5, 3e-39, 1e30, 0.0],     // w
+            [0.25, -2.0, 1e-20, -1e19, 0.0],   // g
+            [0.1, 0.3, -4e-39, 2e18, 0.0],     // m
+            [0.01, 4.0, 1e-40, 3e37, 0.0],     // v
+            [0.19, 0.271, 0.1, 0.5, 0.9],      // c₁
+            [0.001, 0.002997, 0.5, 1e-3, 1.0], // c₂
+        ];
+        let mut g = Graph::new();
+        let sp = Span::default();
+        let dims = vec![Dim::Known(5)];
+        let mut feeds = SecondaryMap::new();
+        let mut fed = Vec::new();
+        for (i, col) in columns.iter().enumerate() {
+            let id = g.inputs.push(InputInfo {
+                name: format!("x{i}"),
+                ty: Type::f32(dims.clone()),
+                default: None,
+                span: sp,
+            });
+            feeds[id] = Some(Tensor::new(vec![5], col.to_vec()));
+            fed.push(g.add(Op::Input(id), sp).unwrap());
+        }
+        let [w, gr, m, v, c1, c2] = fed[..] else {
+            unreachable!("six columns")
+        };
+        let mut b = Builder { g: &mut g };
+        let splat = |b: &mut Builder, x: f32| {
+            let f = b.fill(x, vec![], sp).unwrap();
+            b.broadcast(f, dims.clone(), sp).unwrap()
+        };
+        let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        let lr = splat(&mut b, 0.05);
+        let mut outputs = Vec::new();
+        for (beta, square, old) in [(beta1, false, m), (beta2, true, v)] {
+            let fused = b
+                .add(
+                    Op::AdamMoment {
+                        beta,
+                        square,
+                        old,
+                        new: gr,
+                    },
+                    sp,
+                )
+                .unwrap();
+            let kb = splat(&mut b, beta);
+            let kn = splat(&mut b, 1.0 - beta);
+            let x = b.mul(kb, old, sp).unwrap();
+            let new = match square {
+                true => b.mul(gr, gr, sp).unwrap(),
+                false => gr,
+            };
+            let y = b.mul(kn, new, sp).unwrap();
+            outputs.push((fused, b.add2(x, y, sp).unwrap()));
+        }
+        for correction in [Some((c1, c2)), None] {
+            let fused = b
+                .add(
+                    Op::AdamStep {
+                        w,
+                        m,
+                        v,
+                        lr,
+                        correction,
+                        eps,
+                    },
+                    sp,
+                )
+                .unwrap();
+            let (mh, vh) = match correction {
+                Some((c1, c2)) => (b.div(m, c1, sp).unwrap(), b.div(v, c2, sp).unwrap()),
+                None => (m, v),
+            };
+            let root = b.unary(UnaryOp::Sqrt, vh, sp).unwrap();
+            let e = splat(&mut b, eps);
+            let den = b.add2(root, e, sp).unwrap();
+            let step = b.div(mh, den, sp).unwrap();
+            let delta = b.mul(lr, step, sp).unwrap();
+            outputs.push((fused, b.sub(w, delta, sp).unwrap()));
+        }
+        for (i, &(fused, separate)) in outputs.iter().enumerate() {
+            for (which, node) in [("fused", fused), ("separate", separate)] {
+                g.outputs.push(crate::ir::Output {
+                    name: format!("{which}{i}"),
+                    node,
+                    span: sp,
+                });
+            }
+        }
+        let params = SecondaryMap::new();
+        let feed = crate::exec::bind::Feed {
+            params: &params,
+            inputs: &feeds,
+        };
+        let reference = interp::run(&g, &feed).unwrap();
+        let mut jit_params = SecondaryMap::new();
+        let jit = Engine::new(BackendKind::Jit, &g)
+            .run(&mut jit_params, &feeds)
+            .unwrap();
+        let bits = |t: &Tensor| t.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for i in 0..outputs.len() {
+            let (fused, separate) = (&reference[2 * i], &reference[2 * i + 1]);
+            assert_eq!(
+                bits(fused),
+                bits(separate),
+                "output {i}: {fused:?} {separate:?}"
+            );
+            assert_eq!(bits(&jit[2 * i]), bits(fused), "output {i} on the JIT");
+            assert_eq!(
+                bits(&jit[2 * i + 1]),
+                bits(separate),
+                "output {i} on the JIT"
+            );
+        }
+    }
 
     /// The step graph of `n` parameters of shape [4, 4] (each its own
     /// gradient, which is enough to build the updates) under `opt`: its
@@ -397,10 +535,10 @@ mod tests {
                 assert_eq!(nodes_one + 7 * per, nodes_eight, "{kind:?}, {schedule:?}");
                 if matches!(kind, Kind::Adam { .. }) {
                     // The parameter; clipping (g², its sum, the running
-                    // total, g·k); m and v; two lerps of 3; g²; the two
-                    // corrections (÷); √, +ε, ÷; AdamW's decay (×); the
-                    // step (×, −). No scalar of its own.
-                    assert_eq!(per, 22, "{kind:?}, {schedule:?}: nodes a parameter");
+                    // total, g·k); m and v; the two moments; AdamW's
+                    // decay (×); the step: 11 (22 before the moments and
+                    // the step were fused nodes). No scalar of its own.
+                    assert_eq!(per, 11, "{kind:?}, {schedule:?}: nodes a parameter");
                 }
             }
         }

@@ -264,6 +264,7 @@ fn kernel_over(
         carried,
         ident: (0..space.len()).map(Index::dim).collect(),
         also: Vec::new(),
+        consts: Vec::new(),
     };
     let mut b = new_builder();
     let ident = b.map_id(b.ident.clone());
@@ -498,6 +499,8 @@ struct KernelBuilder<'a> {
     ident: Vec<Index>,
     /// The expression of each carried value met at the identity index.
     also: Vec<(usize, Node)>,
+    /// The constants of fused ops pushed so far (bits, expression).
+    consts: Vec<(u32, usize)>,
 }
 
 /// An index map of a [`KernelBuilder`], by its place in `maps`.
@@ -515,6 +518,18 @@ impl KernelBuilder<'_> {
     fn push(&mut self, e: Expr) -> usize {
         self.exprs.push(e);
         self.exprs.len() - 1
+    }
+
+    /// The constant `v` of a fused op, one expression per value in the
+    /// kernel (as one node per value was before the op was fused).
+    fn konst(&mut self, v: f32) -> usize {
+        let bits = v.to_bits();
+        if let Some(&(_, e)) = self.consts.iter().find(|&&(b, _)| b == bits) {
+            return e;
+        }
+        let e = self.push(Expr::Const(v));
+        self.consts.push((bits, e));
+        e
     }
 
     /// The expression of `n` evaluated where each of its dims `j` is at
@@ -612,6 +627,56 @@ impl KernelBuilder<'_> {
                     let a = self.build(*a, map_id, false);
                     let b = self.build(*b, map_id, false);
                     self.push(Expr::Select(c, a, b))
+                }
+                // The expressions of the separate ops the optimizer made
+                // before these were fused nodes, in the order it built
+                // them (the same code, its constants shared as their
+                // nodes were).
+                Op::AdamMoment {
+                    beta,
+                    square,
+                    old,
+                    new,
+                } => {
+                    let (beta, square, old, new) = (*beta, *square, *old, *new);
+                    let kb = self.konst(beta);
+                    let old = self.build(old, map_id, false);
+                    let x = self.push(Expr::Binary(BinaryOp::Mul, kb, old));
+                    let kn = self.konst(1.0 - beta);
+                    let mut new = self.build(new, map_id, false);
+                    if square {
+                        new = self.push(Expr::Binary(BinaryOp::Mul, new, new));
+                    }
+                    let y = self.push(Expr::Binary(BinaryOp::Mul, kn, new));
+                    self.push(Expr::Binary(BinaryOp::Add, x, y))
+                }
+                Op::AdamStep {
+                    w,
+                    m,
+                    v,
+                    lr,
+                    correction,
+                    eps,
+                } => {
+                    let (w, m, v, lr, correction, eps) = (*w, *m, *v, *lr, *correction, *eps);
+                    let w = self.build(w, map_id, false);
+                    let lr = self.build(lr, map_id, false);
+                    let mut m = self.build(m, map_id, false);
+                    if let Some((c1, _)) = correction {
+                        let c1 = self.build(c1, map_id, false);
+                        m = self.push(Expr::Binary(BinaryOp::Div, m, c1));
+                    }
+                    let mut v = self.build(v, map_id, false);
+                    if let Some((_, c2)) = correction {
+                        let c2 = self.build(c2, map_id, false);
+                        v = self.push(Expr::Binary(BinaryOp::Div, v, c2));
+                    }
+                    let root = self.push(Expr::Unary(crate::ir::UnaryOp::Sqrt, v));
+                    let e = self.konst(eps);
+                    let den = self.push(Expr::Binary(BinaryOp::Add, root, e));
+                    let step = self.push(Expr::Binary(BinaryOp::Div, m, den));
+                    let delta = self.push(Expr::Binary(BinaryOp::Mul, lr, step));
+                    self.push(Expr::Binary(BinaryOp::Sub, w, delta))
                 }
                 op => unreachable!("{op:?} is not a loop operation"),
             }

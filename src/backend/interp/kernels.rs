@@ -78,6 +78,44 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
     )
 }
 
+/// [`Op::AdamMoment`](crate::ir::Op::AdamMoment): `β·old + (1 − β)·new`
+/// (`new` squared first when `square`), rounded op by op.
+pub fn adam_moment(beta: f32, square: bool, old: &Tensor, new: &Tensor) -> Tensor {
+    let kept = 1.0 - beta;
+    let data = old
+        .data
+        .iter()
+        .zip(&new.data)
+        .map(|(&o, &n)| {
+            let n = if square { n * n } else { n };
+            beta * o + kept * n
+        })
+        .collect();
+    Tensor::new(old.shape.clone(), data)
+}
+
+/// [`Op::AdamStep`](crate::ir::Op::AdamStep): `w − lr·(m̂ / (√v̂ + ε))`,
+/// `m̂ = m / c₁` and `v̂ = v / c₂` with `correction`, rounded op by op.
+pub fn adam_step(
+    w: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    lr: &Tensor,
+    correction: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+) -> Tensor {
+    let data = (0..w.data.len())
+        .map(|i| {
+            let (mh, vh) = match correction {
+                Some((c1, c2)) => (m.data[i] / c1.data[i], v.data[i] / c2.data[i]),
+                None => (m.data[i], v.data[i]),
+            };
+            w.data[i] - lr.data[i] * (mh / (vh.sqrt() + eps))
+        })
+        .collect();
+    Tensor::new(w.shape.clone(), data)
+}
+
 pub fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
     let data = a
         .data
