@@ -97,6 +97,27 @@ fn state(
     Ok((id, n))
 }
 
+/// Adam's moment `β·old + (1 − β)·new` (of `new²` when `square`) as one
+/// fused node.
+fn moment(
+    b: &mut Builder,
+    beta: f32,
+    square: bool,
+    old: Node,
+    new: Node,
+    sp: Span,
+) -> Result<Node, Diag> {
+    b.add(
+        Op::AdamMoment {
+            beta,
+            square,
+            old,
+            new,
+        },
+        sp,
+    )
+}
+
 /// The name of the input that feeds the learning rate of the optimizer
 /// whose state is named `prefix…`, when the rate varies.
 pub fn lr_input(prefix: &str) -> String {
@@ -276,19 +297,8 @@ pub fn append_as(
                 // of the nodes, which every later stage walks.
                 let (m_id, m) = state(&mut b, format!("{prefix}m.{name}"), shape.clone(), sp)?;
                 let (v_id, v) = state(&mut b, format!("{prefix}v.{name}"), shape.clone(), sp)?;
-                let moment = |b: &mut Builder, beta: f32, square: bool, old: Node| {
-                    b.add(
-                        Op::AdamMoment {
-                            beta,
-                            square,
-                            old,
-                            new: gr,
-                        },
-                        sp,
-                    )
-                };
-                let nm = moment(&mut b, beta1, false, m)?;
-                let nv = moment(&mut b, beta2, true, v)?;
+                let nm = moment(&mut b, beta1, false, m, gr, sp)?;
+                let nv = moment(&mut b, beta2, true, v, gr, sp)?;
                 updates.push(Update {
                     param: m_id,
                     node: nm,
@@ -345,6 +355,9 @@ mod tests {
     /// `β·v + (1 − β)·g²`, `w − lr·((m/c₁) / (√(v/c₂) + ε))`), bit for
     /// bit, on the interpreter and on the JIT, at ordinary values, zeros,
     /// subnormals and values near overflow.
+    // The unwraps below are on a graph this test builds itself, every
+    // operand of one type ([5]): adding its nodes and running it cannot
+    // fail unless the pass or a backend is wrong, which the test reports.
     #[test]
     fn fused_adam_nodes_compute_the_separate_ops_bit_for_bit() {
         use crate::backend::{interp, BackendKind, Engine};
@@ -385,17 +398,7 @@ mod tests {
         let lr = splat(&mut b, 0.05);
         let mut outputs = Vec::new();
         for (beta, square, old) in [(beta1, false, m), (beta2, true, v)] {
-            let fused = b
-                .add(
-                    Op::AdamMoment {
-                        beta,
-                        square,
-                        old,
-                        new: gr,
-                    },
-                    sp,
-                )
-                .unwrap();
+            let fused = moment(&mut b, beta, square, old, gr, sp).unwrap();
             let kb = splat(&mut b, beta);
             let kn = splat(&mut b, 1.0 - beta);
             let x = b.mul(kb, old, sp).unwrap();
