@@ -6,6 +6,7 @@ mod common;
 use cranelift_entity::SecondaryMap;
 use nnc::pipeline::{self, Stage};
 use nnc::schedule::{Schedule, Step};
+use std::sync::Arc;
 
 /// A matmul, an elementwise chain and a state update, for B = 4.
 fn schedule() -> Schedule {
@@ -51,7 +52,7 @@ fn an_access_out_of_its_buffer_is_rejected() {
         .steps
         .iter_mut()
         .find_map(|st| match st {
-            Step::Loop { kernel, .. } => Some(kernel),
+            Step::Loop { kernel, .. } => Some(Arc::make_mut(kernel)),
             _ => None,
         })
         .expect("a loop kernel");
@@ -67,7 +68,9 @@ fn an_output_offset_past_its_buffer_or_under_a_reduction_is_rejected() {
         s.steps
             .iter_mut()
             .find_map(|st| match st {
-                Step::Loop { kernel, init, .. } if init.is_some() == reduction => Some(kernel),
+                Step::Loop { kernel, init, .. } if init.is_some() == reduction => {
+                    Some(Arc::make_mut(kernel))
+                }
                 _ => None,
             })
             .expect("a loop kernel of that kind")
@@ -90,7 +93,9 @@ fn an_access_offset_past_its_buffer_is_rejected() {
         .steps
         .iter_mut()
         .find_map(|st| match st {
-            Step::Loop { kernel, args, .. } if !args.is_empty() => Some((kernel, args.clone())),
+            Step::Loop { kernel, args, .. } if !args.is_empty() => {
+                Some((Arc::make_mut(kernel), args.clone()))
+            }
             _ => None,
         })
         .expect("a loop kernel that reads a buffer");
@@ -131,6 +136,7 @@ fn a_loop_reading_its_output_at_other_points_is_rejected() {
         kernel, args, out, ..
     } = &mut s.steps[i]
     {
+        let kernel = Arc::make_mut(kernel);
         let k = kernel
             .accesses
             .iter()
@@ -737,6 +743,7 @@ fn a_value_stored_alongside_into_a_concatenation_is_written_in_its_place() {
         let Step::Loop { kernel, .. } = &mut bad.steps[0] else {
             unreachable!()
         };
+        let kernel = Arc::make_mut(kernel);
         kernel.also[0].offset = offset;
         kernel.also[0].strides = strides;
         let e = rejects(&bad, "overlapping stores");
@@ -918,7 +925,7 @@ fn a_body_treating_each_row_alone_is_cut_into_parts_by_rows() {
             ..
         } => {
             let a = e.args.iter().position(|b| b == out)?;
-            e.kernel.accesses[a][0] = 0;
+            Arc::make_mut(&mut e.kernel).accesses[a][0] = 0;
             Some(())
         }
         _ => None,

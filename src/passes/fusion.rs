@@ -105,7 +105,13 @@
 use crate::ir::{BinaryOp, Dim, Graph, Node, Op};
 use cranelift_entity::{EntitySet, SecondaryMap};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::fmt::Write;
+
+/// The readers of each live node. Inline for up to two (most nodes have
+/// one or two): a deep model's graph has thousands of nodes, and a list
+/// allocated per node was a tenth of this pass.
+type Readers = SecondaryMap<Node, SmallVec<[Node; 2]>>;
 
 impl Fusion {
     /// The stored values, in the order of the kernel's further outputs
@@ -286,12 +292,7 @@ pub fn splits_only(from: &[Dim], to: &[Dim]) -> bool {
 /// concatenation (which copies it with a loop kernel), or a reshape that
 /// only splits dims ([`splits_only`]) or another slice, read so in turn;
 /// and none of them is a root.
-fn read_in_place(
-    g: &Graph,
-    readers: &SecondaryMap<Node, Vec<Node>>,
-    roots: &EntitySet<Node>,
-    n: Node,
-) -> bool {
+fn read_in_place(g: &Graph, readers: &Readers, roots: &EntitySet<Node>, n: Node) -> bool {
     // A product reads its operands with any strides; one summed over its
     // batch stacks the batches' rows as one operand, which a view gives
     // only when its rows follow one another at one stride ([`rows_stacked`]).
@@ -369,12 +370,7 @@ fn rows_stacked(g: &Graph, v: Node) -> bool {
 /// slice's offset. The gradient an LSTM's derivative step gets for its
 /// carried `h` and `c`, one sum sliced into the two, is then added where
 /// each half is read instead of stored first.
-fn view_into_loops(
-    g: &Graph,
-    readers: &SecondaryMap<Node, Vec<Node>>,
-    roots: &EntitySet<Node>,
-    n: Node,
-) -> bool {
+fn view_into_loops(g: &Graph, readers: &Readers, roots: &EntitySet<Node>, n: Node) -> bool {
     let fits = match g.nodes[n].op {
         Op::Slice { .. } => true,
         Op::Reshape(a, _) => {
@@ -426,7 +422,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     for &r in roots {
         live.insert(r);
     }
-    let mut readers: SecondaryMap<Node, Vec<Node>> = g.node_table();
+    let mut readers: Readers = g.node_table();
     for (n, d) in g.nodes.iter().rev() {
         if live.contains(n) {
             for a in d.op.args() {
@@ -458,12 +454,7 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
     // Whether an append's value flows, through single-reader reshapes
     // only, into another append: then it need not be stored (its parts are
     // copied straight into the outer one).
-    fn sinks(
-        g: &Graph,
-        readers: &SecondaryMap<Node, Vec<Node>>,
-        roots: &EntitySet<Node>,
-        n: Node,
-    ) -> bool {
+    fn sinks(g: &Graph, readers: &Readers, roots: &EntitySet<Node>, n: Node) -> bool {
         match readers[n][..] {
             [r] if !roots.contains(n) => match g.nodes[r].op {
                 Op::Concat { .. } => is_append(g, r),
@@ -776,13 +767,17 @@ pub fn fuse(g: &Graph, roots: &[Node]) -> Fusion {
         f.kernels.push((n, kind));
     }
     place_parts(g, &readers, &is_root, &mut f);
-    store_alongside(g, &mut f);
-    // No rule after this point changes what a kernel reads.
-    f.reads = f
-        .kernels
-        .iter()
-        .map(|&(k, _)| kernel_reads(g, &f, k))
-        .collect();
+    let mut reads = store_alongside(g, &mut f);
+    // No rule after this point changes what a kernel reads. Only a kernel
+    // that now carries values reads other nodes than it did before
+    // `store_alongside` (through the values it carries, and their
+    // operands): the others' reads are kept.
+    for (&(k, _), r) in f.kernels.iter().zip(&mut reads) {
+        if !f.stored_alongside(k).is_empty() {
+            *r = kernel_reads(g, &f, k);
+        }
+    }
+    f.reads = reads;
     place_carried(g, &is_root, &mut f);
     f
 }
@@ -853,7 +848,10 @@ const SIBLING_WINDOW: usize = 32;
 /// the elementwise kernel right after a GEMM that reads its output
 /// (`gemm-epilogue` takes that one), and a kernel stores at most
 /// [`MAX_STORES`] values.
-fn store_alongside(g: &Graph, f: &mut Fusion) {
+///
+/// Returns what each kernel read before ([`kernel_reads`], none for a
+/// leaf).
+fn store_alongside(g: &Graph, f: &mut Fusion) -> Vec<Vec<Node>> {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     let count = f.kernels.len();
     let mut pos: SecondaryMap<Node, usize> = g.node_table();
@@ -1013,6 +1011,7 @@ fn store_alongside(g: &Graph, f: &mut Fusion) {
         }
         f.carries.insert(b, group);
     }
+    reads
 }
 
 /// The rule `concat-in-place` for a value stored alongside
@@ -1092,12 +1091,7 @@ fn is_part_once(g: &Graph, f: &Fusion, c: Node, p: Node) -> bool {
 /// The rule `concat-in-place`: each elementwise kernel that is not a
 /// root and whose only reader is a concatenation (directly, or through
 /// the joins fused into a stored one), of which it is one part, once.
-fn place_parts(
-    g: &Graph,
-    readers: &SecondaryMap<Node, Vec<Node>>,
-    roots: &EntitySet<Node>,
-    f: &mut Fusion,
-) {
+fn place_parts(g: &Graph, readers: &Readers, roots: &EntitySet<Node>, f: &mut Fusion) {
     let name = |n: Node| format!("{n} ({})", op_name(&g.nodes[n].op));
     let mut placed = Vec::new();
     for &(p, kind) in &f.kernels {

@@ -8,14 +8,16 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, Pool, Rows, ScanStep,
-    Schedule, Step,
+    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, KernelKey, LoopKernel,
+    Pool, Rows, ScanStep, Schedule, Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
 use crate::passes::fusion::{self, Kind};
 use crate::tensor::strides;
 use cranelift_entity::{EntitySet, SecondaryMap};
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 type Shapes = SecondaryMap<Node, Vec<usize>>;
 
@@ -23,7 +25,19 @@ type Shapes = SecondaryMap<Node, Vec<usize>>;
 /// Verified in debug builds (a failure is a compiler bug, reported as an
 /// internal error).
 pub fn build(f: &Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Schedule, Error> {
-    let s = Builder::new(f, syms)?.finish()?;
+    build_with(f, syms, true)
+}
+
+/// [`build`], sharing equal loop kernels found by their [`KernelKey`]
+/// when `share` (without, for tests: every kernel built on its own).
+fn build_with(
+    f: &Fused,
+    syms: &SecondaryMap<Sym, Option<usize>>,
+    share: bool,
+) -> Result<Schedule, Error> {
+    let mut b = Builder::new(f, syms)?;
+    b.share = share;
+    let s = b.finish()?;
     if cfg!(debug_assertions) {
         s.verify().map_err(|e| Error::Backend {
             message: format!("the schedule does not verify: {e}"),
@@ -38,6 +52,16 @@ struct Builder<'f> {
     fu: &'f fusion::Fusion,
     shapes: Shapes,
     plan: BufferPlan,
+    /// Each loop kernel built, by its [`KernelKey`], with the place in
+    /// the key's nodes of the stored node each access reads: a stack of
+    /// equal layers builds each of its kernels once.
+    kernels: FxHashMap<Vec<u64>, (Arc<LoopKernel>, Vec<u32>)>,
+    /// The key of the kernel being built (reused, not reallocated).
+    key: KernelKey,
+    share: bool,
+    /// Loop kernels built, and found by their key instead.
+    built: usize,
+    found: usize,
 }
 
 impl<'f> Builder<'f> {
@@ -67,6 +91,11 @@ impl<'f> Builder<'f> {
             fu,
             shapes,
             plan,
+            kernels: FxHashMap::default(),
+            key: KernelKey::default(),
+            share: true,
+            built: 0,
+            found: 0,
         })
     }
 
@@ -76,16 +105,58 @@ impl<'f> Builder<'f> {
         })
     }
 
+    /// [`loop_kernel`] for stored node `n`, shared with an equal kernel
+    /// built before when its [`KernelKey`] finds one (reading other
+    /// stored nodes: those met at the same places in the key). Backends
+    /// compile a shared kernel once without comparing it again.
+    fn loop_kernel(
+        &mut self,
+        n: Node,
+        place: Option<super::kernel::Place>,
+        also_place: &[Option<super::kernel::Place>],
+    ) -> (Arc<LoopKernel>, Vec<Node>) {
+        let (g, fu, shapes, key) = (self.g, self.fu, &self.shapes, &mut self.key);
+        if !self.share || !key.describe(g, fu, shapes, n, place.as_ref(), also_place) {
+            self.built += 1;
+            let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place, also_place);
+            return (Arc::new(kernel), srcs);
+        }
+        if let Some((kernel, at)) = self.kernels.get(&key.words[..]) {
+            self.found += 1;
+            let srcs: Vec<Node> = at.iter().map(|&i| key.nodes[i as usize]).collect();
+            if cfg!(debug_assertions) {
+                let built = loop_kernel(g, fu, shapes, n, place, also_place);
+                assert!(
+                    built.0 == **kernel && built.1 == srcs,
+                    "{n}: the kernel found by its key is not the kernel built"
+                );
+            }
+            return (Arc::clone(kernel), srcs);
+        }
+        self.built += 1;
+        let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place, also_place);
+        let kernel = Arc::new(kernel);
+        // Each access reads a stored node the key met (an invariant of
+        // the key, which writes out every node the builder reads); if one
+        // were not, the kernel is just not remembered.
+        if let Some(at) = srcs.iter().map(|&s| key.position(s)).collect() {
+            self.kernels
+                .insert(key.words.clone(), (Arc::clone(&kernel), at));
+        }
+        (kernel, srcs)
+    }
+
     fn finish(mut self) -> Result<Schedule, Error> {
         let update_copies = self.plan.separate_updates(self.g, self.fu);
         self.plan.check_budget(self.g, self.fu)?;
         // About one step per kernel: allocated once, not grown (and
         // copied) step by step.
-        let mut steps = Vec::with_capacity(self.fu.kernels.len());
-        for &(n, kind) in &self.fu.kernels {
+        let fu = self.fu;
+        let mut steps = Vec::with_capacity(fu.kernels.len());
+        for &(n, kind) in &fu.kernels {
             // A value stored alongside another's is written by that
             // kernel (fusion's `store-alongside`).
-            if matches!(kind, Kind::Leaf | Kind::View) || self.fu.carrier[n].is_some() {
+            if matches!(kind, Kind::Leaf | Kind::View) || fu.carrier[n].is_some() {
                 continue;
             }
             match self.step(n, kind)? {
@@ -94,6 +165,12 @@ impl<'f> Builder<'f> {
                 step => steps.push(step),
             }
             steps.extend(self.parts_in_place(n)?);
+        }
+        if crate::log::enabled("plan") {
+            eprintln!(
+                "[plan] {} loop kernels built, {} found equal to one built before by their key",
+                self.built, self.found
+            );
         }
         let mut steps = fuse_epilogues(steps);
         for (src, dst) in update_copies {
@@ -142,7 +219,7 @@ impl<'f> Builder<'f> {
     }
 
     /// The step computing stored node `n`.
-    fn step(&self, n: Node, kind: Kind) -> Result<Step, Error> {
+    fn step(&mut self, n: Node, kind: Kind) -> Result<Step, Error> {
         let (g, fu, shapes) = (self.g, self.fu, &self.shapes);
         let out = self.buf(n)?;
         Ok(match kind {
@@ -165,7 +242,8 @@ impl<'f> Builder<'f> {
                     })
                 };
                 let also_place: Vec<_> = fu.stored_alongside(n).iter().map(|&a| place(a)).collect();
-                let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place(n), &also_place);
+                let (kernel, srcs) = self.loop_kernel(n, place(n), &also_place);
+                let shapes = &self.shapes;
                 let args = srcs
                     .iter()
                     .map(|&s| self.buf(s))
@@ -238,7 +316,7 @@ impl<'f> Builder<'f> {
                 continue;
             }
             steps.push(Step::Loop {
-                kernel,
+                kernel: Arc::new(kernel),
                 out,
                 args,
                 also: Vec::new(),
@@ -793,5 +871,113 @@ fn epilogue_of(prev: &Step, next: &Step) -> Option<Epilogue> {
             }
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline;
+
+    /// The schedule of `src`'s training step (or, without a `train`
+    /// block, of its outputs) for B = 4, built with and without sharing
+    /// equal kernels.
+    fn both(src: &str) -> (Schedule, Schedule) {
+        let c = pipeline::compile("shared.nn", src, pipeline::Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let g = c.graph.expect("a graph");
+        let g = match &c.train {
+            Some(t) => {
+                let steps = pipeline::train_steps(&g, t).expect("a step graph");
+                steps.into_iter().next().expect("one phase").step.graph
+            }
+            None => g,
+        };
+        let f = pipeline::fuse(&g);
+        let mut syms = SecondaryMap::new();
+        for s in f.graph.syms.keys() {
+            syms[s] = Some(4);
+        }
+        let shared = build_with(&f, &syms, true).expect("schedules");
+        let apart = build_with(&f, &syms, false).expect("schedules");
+        (shared, apart)
+    }
+
+    /// The loop kernels of `s`, GEMM epilogues included.
+    fn loops(s: &Schedule) -> Vec<&Arc<LoopKernel>> {
+        s.steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Loop { kernel, .. } => Some(kernel),
+                Step::MatMul {
+                    epilogue: Some(e), ..
+                } => Some(&e.kernel),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sharing changes no step: the schedules serialize to the same text
+    /// (every kernel, buffer and operand), and the shared one has fewer
+    /// distinct kernels where equal ones repeat.
+    #[test]
+    fn kernels_found_by_their_key_are_the_kernels_built() {
+        // Equal layers; kernels that differ only in a constant (a whole
+        // power, a slope), in which operands are the same node ((x − y)·x
+        // against (y − x)·x; reductions, which are not merged into one
+        // kernel), or in shape; a training step with Adam, whose moments
+        // and updates are stored alongside.
+        let src = "input x: [B, 8]\n\
+                   input y: [B, 8]\n\
+                   input z: [B, 6]\n\
+                   fn layer(h: [N, 8], w: [8, 8], b: [8]) -> [N, 8] { tanh(h @ w + b) }\n\
+                   param w1: [8, 8] = uniform(-1, 1, seed = 1)\n\
+                   param b1: [8] = zeros()\n\
+                   param w2: [8, 8] = uniform(-1, 1, seed = 2)\n\
+                   param b2: [8] = zeros()\n\
+                   param w3: [8, 8] = uniform(-1, 1, seed = 3)\n\
+                   param b3: [8] = zeros()\n\
+                   let h = layer(layer(layer(x, w1, b1), w2, b2), w3, b3)\n\
+                   output p2 = sum(h ^ 2 + x ^ 2)\n\
+                   output p3 = sum(h ^ 3 + y ^ 3)\n\
+                   output q1 = sum((x - y) * x, axis = 1)\n\
+                   output q2 = sum((y - x) * x, axis = 1)\n\
+                   output q3 = sum((y + x) * y, axis = 1)\n\
+                   output r1 = sum(leaky_relu(x, 0.1), axis = 1)\n\
+                   output r2 = sum(leaky_relu(y, 0.2), axis = 1)\n\
+                   output r3 = sum(leaky_relu(z, 0.1), axis = 1)\n\
+                   output r4 = sum(leaky_relu(y, 0.1), axis = 1)\n\
+                   output m = mean(h * y, axis = 1)\n\
+                   train { loss = mean((h - y) ^ 2); optimizer = adam(lr = 0.01); batch = 4 }\n";
+        for train in [false, true] {
+            let src = match train {
+                true => src.to_string(),
+                false => src.replace("train {", "// train {"),
+            };
+            let (shared, apart) = both(&src);
+            let text = |s: &Schedule| serde_json::to_string(&s.steps).expect("serializes");
+            assert_eq!(text(&shared), text(&apart), "train: {train}");
+            let distinct = |s: &Schedule| {
+                let mut seen: Vec<&Arc<LoopKernel>> = Vec::new();
+                for x in loops(s) {
+                    if !seen.iter().any(|y| Arc::ptr_eq(x, y)) {
+                        seen.push(x);
+                    }
+                }
+                seen.len()
+            };
+            assert_eq!(distinct(&apart), loops(&apart).len());
+            assert!(
+                distinct(&shared) < loops(&shared).len(),
+                "train: {train}: the three layers' kernels are shared"
+            );
+            // Kernels that differ only in a constant or in which operands
+            // are the same node are not shared.
+            for (i, a) in loops(&shared).into_iter().enumerate() {
+                for b in loops(&shared).into_iter().skip(i + 1) {
+                    assert_eq!(Arc::ptr_eq(a, b), **a == **b, "train: {train}");
+                }
+            }
+        }
     }
 }

@@ -231,6 +231,213 @@ pub fn loop_kernel(
     kernel_over(g, fu, shapes, space, top, top == n, out, also_place, reduce)
 }
 
+/// A description of the kernel [`loop_kernel`] builds for a node, equal
+/// for two nodes exactly when their kernels are the same but for the
+/// stored nodes they read: the memo key of [`crate::schedule::build`],
+/// where a stack of equal layers builds each of its kernels once.
+///
+/// It is the fused expression written out node by node, depth first
+/// from the kernel's value and then each value it stores alongside: for
+/// each node its shape, whether it is fused, carried or the kernel's
+/// value, and (for a node the kernel computes) its operation, with every
+/// attribute the builder reads, and its operands; a node met again is
+/// written as a reference to where it was first met, so which operands
+/// are the same node is part of the key. The header holds what
+/// [`loop_kernel`] takes besides the node: the reduction, and where the
+/// kernel writes its value and the values it stores alongside. Nothing
+/// else of the graph is read by the builder, so equal descriptions build
+/// equal kernels, reading the stored nodes met at the same places.
+#[derive(Default)]
+pub struct KernelKey {
+    /// The description.
+    pub words: Vec<u64>,
+    /// Each node met, in the order first met (a kernel meets a handful
+    /// to a few dozen: a search costs less than hashing).
+    pub nodes: Vec<Node>,
+}
+
+/// The words that begin each record of a [`KernelKey`].
+const NEW: u64 = 1 << 62;
+const SEEN: u64 = 2 << 62;
+
+impl KernelKey {
+    /// Describes the kernel `loop_kernel(g, fu, shapes, n, place,
+    /// also_place)` would build; false when it computes an operation the
+    /// description does not cover (then it is built, not looked up).
+    pub fn describe(
+        &mut self,
+        g: &Graph,
+        fu: &fusion::Fusion,
+        shapes: &SecondaryMap<Node, Vec<usize>>,
+        n: Node,
+        place: Option<&Place>,
+        also_place: &[Option<Place>],
+    ) -> bool {
+        self.words.clear();
+        self.nodes.clear();
+        let w = &mut self.words;
+        let (value, top) = match &g.nodes[n].op {
+            Op::Reduce { op, arg, axes } => {
+                w.extend([1, *op as u64, axes.len() as u64]);
+                w.extend(axes.iter().map(|&a| a as u64));
+                (*arg, false)
+            }
+            _ => (n, true),
+        };
+        w.push(shapes[n].len() as u64);
+        w.extend(shapes[n].iter().map(|&d| d as u64));
+        let placed = |w: &mut Vec<u64>, p: Option<&Place>| match p {
+            Some((strides, at)) => {
+                w.extend([1, strides.len() as u64, *at as u64]);
+                w.extend(strides.iter().map(|&s| s as u64));
+            }
+            None => w.push(0),
+        };
+        placed(w, place);
+        w.push(also_place.len() as u64);
+        for p in also_place {
+            placed(w, p.as_ref());
+        }
+        let carried = if top { fu.stored_alongside(value) } else { &[] };
+        self.words.extend([top as u64, carried.len() as u64]);
+        let cx = Describe {
+            g,
+            fu,
+            shapes,
+            value,
+            top,
+            carried,
+        };
+        std::iter::once(value)
+            .chain(carried.iter().copied())
+            .all(|x| self.node(&cx, x))
+    }
+
+    /// Where `x` was first met, if it was.
+    pub fn position(&self, x: Node) -> Option<u32> {
+        self.nodes.iter().position(|&y| y == x).map(|i| i as u32)
+    }
+
+    fn node(&mut self, cx: &Describe, x: Node) -> bool {
+        if let Some(i) = self.position(x) {
+            self.words.push(SEEN | i as u64);
+            return true;
+        }
+        self.nodes.push(x);
+        let fused = cx.fu.fused.contains(x);
+        // Where in the carried values, counted from 1 (0: not carried).
+        let carried = cx.carried.iter().position(|&c| c == x).map_or(0, |i| i + 1);
+        let value = x == cx.value && cx.top;
+        let shape = &cx.shapes[x];
+        let w = &mut self.words;
+        w.extend([
+            NEW | (fused as u64) | (value as u64) << 1,
+            carried as u64,
+            shape.len() as u64,
+        ]);
+        w.extend(shape.iter().map(|&d| d as u64));
+        if !fused && carried == 0 && !value {
+            // Stored: read, at the shape written above.
+            return true;
+        }
+        let args: SmallVec<[Node; 6]> = match &cx.g.nodes[x].op {
+            Op::Fill { value, .. } => {
+                w.extend([2, value.to_bits() as u64]);
+                SmallVec::new()
+            }
+            Op::Broadcast(a, _) => {
+                w.push(3);
+                smallvec![*a]
+            }
+            Op::Slice {
+                arg,
+                axis,
+                start,
+                end,
+            } => {
+                w.extend([4, *axis as u64, *start, *end]);
+                smallvec![*arg]
+            }
+            Op::Reshape(a, _) => {
+                w.push(5);
+                smallvec![*a]
+            }
+            Op::Unary(op, a) => {
+                w.extend([6, *op as u64]);
+                smallvec![*a]
+            }
+            Op::Binary(op, a, b) => {
+                let whole = match op {
+                    BinaryOp::Pow => crate::ir::constant::pow_exponent(cx.g, *b),
+                    _ => None,
+                };
+                w.extend([7, *op as u64]);
+                match whole {
+                    // The exponent is part of the code, not an operand.
+                    Some(k) => {
+                        w.extend([1, k as u32 as u64]);
+                        smallvec![*a]
+                    }
+                    None => {
+                        w.push(0);
+                        smallvec![*a, *b]
+                    }
+                }
+            }
+            Op::Compare(op, a, b) => {
+                w.extend([8, *op as u64]);
+                smallvec![*a, *b]
+            }
+            Op::Select(c, a, b) => {
+                w.push(9);
+                smallvec![*c, *a, *b]
+            }
+            Op::AdamMoment {
+                beta,
+                square,
+                old,
+                new,
+            } => {
+                w.extend([10, beta.to_bits() as u64, *square as u64]);
+                smallvec![*old, *new]
+            }
+            Op::AdamStep {
+                w: p,
+                m,
+                v,
+                lr,
+                correction,
+                eps,
+            } => {
+                w.extend([11, eps.to_bits() as u64]);
+                match correction {
+                    Some((c1, c2)) => {
+                        w.push(1);
+                        smallvec![*p, *m, *v, *lr, *c1, *c2]
+                    }
+                    None => {
+                        w.push(0);
+                        smallvec![*p, *m, *v, *lr]
+                    }
+                }
+            }
+            // Not a loop operation: the builder reports it.
+            _ => return false,
+        };
+        args.into_iter().all(|a| self.node(cx, a))
+    }
+}
+
+/// What [`KernelKey::node`] reads besides the node.
+struct Describe<'a> {
+    g: &'a Graph,
+    fu: &'a fusion::Fusion,
+    shapes: &'a SecondaryMap<Node, Vec<usize>>,
+    value: Node,
+    top: bool,
+    carried: &'a [Node],
+}
+
 /// The kernel over `space` evaluating `value` (computed even though it is
 /// stored, with `top`) at each point, writing with strides and offset
 /// `out`, and each value it stores alongside as `also_place` says.

@@ -31,7 +31,7 @@ mod verify;
 
 pub use build::build;
 pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
-pub use kernel::{copy_kernel, loop_kernel, Expr, LoopKernel, Store};
+pub use kernel::{copy_kernel, loop_kernel, Expr, KernelKey, LoopKernel, Store};
 pub use verify::VerifyError;
 
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
@@ -95,7 +95,7 @@ pub enum Step {
     /// `also[j]` the buffer of the kernel's further store `j`
     /// ([`LoopKernel::also`]).
     Loop {
-        kernel: LoopKernel,
+        kernel: std::sync::Arc<LoopKernel>,
         out: BufId,
         args: Vec<BufId>,
         also: Vec<BufId>,
@@ -201,7 +201,7 @@ impl Rows {
 /// point. The product is stored into the step's own `out` as well.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Epilogue {
-    pub kernel: LoopKernel,
+    pub kernel: std::sync::Arc<LoopKernel>,
     pub acc: usize,
     pub out: BufId,
     pub args: Vec<BufId>,

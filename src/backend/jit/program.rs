@@ -9,13 +9,15 @@ use crate::backend::interp;
 use crate::diag::Span;
 use crate::exec::Error;
 use crate::ir::{Node, ParamId};
-use crate::schedule::{BufId, Gemm, ScanStep, Schedule, Step};
+use crate::schedule::{BufId, Gemm, LoopKernel, ScanStep, Schedule, Step};
 use crate::tensor::Tensor;
 use cranelift_entity::{EntityRef, SecondaryMap};
 use cranelift_jit::JITModule;
+use cranelift_module::FuncId;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A compiled loop kernel: the addresses of its output and accesses, and
 /// the range of its outer dimension to run.
@@ -154,13 +156,15 @@ impl Drop for Program {
 /// a schedule's kernels in the same order ([`Program::assemble`]).
 trait Kernels {
     /// The [`Exec`] of step `i`'s loop kernel (its own or a GEMM's
-    /// epilogue, `what`) reading `n_args` buffers, named `name`.
+    /// epilogue, `what`) reading `n_args` buffers, named `k{i}{suffix}`
+    /// where it is compiled (the name is made only then: most kernels of
+    /// a deep model share an earlier one's function).
     fn exec(
         &mut self,
         i: usize,
-        kernel: &crate::schedule::LoopKernel,
+        kernel: &Arc<LoopKernel>,
         n_args: usize,
-        name: String,
+        suffix: &str,
         what: &str,
     ) -> Result<Exec, Error>;
 
@@ -177,14 +181,33 @@ fn body_from_source(kx: &mut dyn Kernels, body: Schedule) -> Result<Program, Err
     Ok(Program::with_exec(body, exec, None, Vec::new(), updates))
 }
 
+/// The functions of the loop kernels declared so far, keyed by the
+/// kernel itself (iteration space, strides, expression — no buffers — so
+/// structurally identical ones, a stack of equal layers, are compiled
+/// once). The schedule already shares one allocation between the equal
+/// kernels it finds ([`crate::schedule::build`]): those are found by
+/// address, without hashing and comparing the kernel again. The cache
+/// holds every kernel it was asked for, so no address it knows is
+/// reused while it lives.
+#[derive(Default)]
+struct KernelCache {
+    by_value: FxHashMap<Arc<LoopKernel>, FuncId>,
+    by_address: FxHashMap<usize, (Arc<LoopKernel>, FuncId)>,
+}
+
+impl KernelCache {
+    /// How many distinct kernels it holds.
+    fn len(&self) -> usize {
+        self.by_value.len()
+    }
+}
+
 /// What the JIT needs to compile a program's loop kernels: the module
-/// they go into, the kernels compiled so far keyed by the kernel itself
-/// (iteration space, strides, expression — no buffers — so structurally
-/// identical ones, a stack of equal layers, are compiled once), and the
+/// they go into, the kernels compiled so far ([`KernelCache`]), and the
 /// functions to look up once the module is finalised.
 struct JitKernels {
     module: JITModule,
-    compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: KernelCache,
     /// Kernels that reused an identical one.
     shared: usize,
     /// Step index and function of each compiled kernel.
@@ -215,26 +238,40 @@ fn loop_exec(f: Kern, scratch: Vec<f32>, n_args: usize) -> Exec {
 #[allow(clippy::too_many_arguments)]
 fn compile_kernel<M: cranelift_module::Module>(
     module: &mut M,
-    compiled: &mut FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: &mut KernelCache,
     shared: &mut usize,
     declared: &mut Vec<codegen::Declared>,
-    kernel: &crate::schedule::LoopKernel,
-    name: &str,
+    kernel: &Arc<LoopKernel>,
+    name: impl FnOnce() -> String,
     what: &str,
     i: usize,
-) -> Result<cranelift_module::FuncId, Error> {
-    if let Some(&id) = compiled.get(kernel) {
+) -> Result<FuncId, Error> {
+    let address = Arc::as_ptr(kernel) as usize;
+    if let Some(&(_, id)) = compiled.by_address.get(&address) {
         *shared += 1;
         return Ok(id);
     }
-    let id = codegen::declare(module, name)
-        .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
-    declared.push(codegen::Declared {
-        id,
-        kernel: kernel.clone(),
-        name: name.to_string(),
-    });
-    compiled.insert(kernel.clone(), id);
+    let id = match compiled.by_value.get(&**kernel) {
+        Some(&id) => {
+            *shared += 1;
+            id
+        }
+        None => {
+            let name = name();
+            let id = codegen::declare(module, &name)
+                .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
+            declared.push(codegen::Declared {
+                id,
+                kernel: LoopKernel::clone(kernel),
+                name,
+            });
+            compiled.by_value.insert(Arc::clone(kernel), id);
+            id
+        }
+    };
+    compiled
+        .by_address
+        .insert(address, (Arc::clone(kernel), id));
     Ok(id)
 }
 
@@ -244,9 +281,9 @@ impl Kernels for JitKernels {
     fn exec(
         &mut self,
         i: usize,
-        kernel: &crate::schedule::LoopKernel,
+        kernel: &Arc<LoopKernel>,
         n_args: usize,
-        name: String,
+        suffix: &str,
         what: &str,
     ) -> Result<Exec, Error> {
         if let Some(level) = wide::eligible(kernel).filter(|_| !self.want_clif) {
@@ -260,7 +297,7 @@ impl Kernels for JitKernels {
             &mut self.shared,
             &mut self.declared,
             kernel,
-            &name,
+            || format!("k{i}{suffix}"),
             what,
             i,
         )?;
@@ -285,7 +322,7 @@ impl Kernels for JitKernels {
 /// by the CPU the library runs on.
 pub struct ObjectKernels<'m, M: cranelift_module::Module> {
     pub module: &'m mut M,
-    compiled: FxHashMap<crate::schedule::LoopKernel, cranelift_module::FuncId>,
+    compiled: KernelCache,
     /// The prefix of the kernels' symbol names.
     prefix: String,
     pub order: Vec<cranelift_module::FuncId>,
@@ -297,7 +334,7 @@ impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
     pub fn new(module: &'m mut M, prefix: &str) -> Self {
         ObjectKernels {
             module,
-            compiled: FxHashMap::default(),
+            compiled: KernelCache::default(),
             prefix: prefix.to_string(),
             order: Vec::new(),
             shared: 0,
@@ -322,19 +359,20 @@ impl<M: cranelift_module::Module> Kernels for ObjectKernels<'_, M> {
     fn exec(
         &mut self,
         i: usize,
-        kernel: &crate::schedule::LoopKernel,
+        kernel: &Arc<LoopKernel>,
         n_args: usize,
-        _name: String,
+        _suffix: &str,
         what: &str,
     ) -> Result<Exec, Error> {
-        let name = format!("{}k{}", self.prefix, self.compiled.len());
+        let (prefix, count) = (&self.prefix, self.compiled.len());
+        let name = || format!("{prefix}k{count}");
         let id = compile_kernel(
             self.module,
             &mut self.compiled,
             &mut self.shared,
             &mut self.declared,
             kernel,
-            &name,
+            name,
             what,
             i,
         )?;
@@ -365,9 +403,9 @@ impl Kernels for TableKernels<'_> {
     fn exec(
         &mut self,
         i: usize,
-        kernel: &crate::schedule::LoopKernel,
+        kernel: &Arc<LoopKernel>,
         n_args: usize,
-        _name: String,
+        _suffix: &str,
         what: &str,
     ) -> Result<Exec, Error> {
         let &f = self.fns.get(self.next).ok_or_else(|| {
@@ -412,7 +450,7 @@ impl Program {
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
         let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
-            compiled: FxHashMap::default(),
+            compiled: KernelCache::default(),
             shared: 0,
             pending: Vec::new(),
             declared: Vec::new(),
@@ -491,12 +529,12 @@ impl Program {
                     i,
                     kernel,
                     args.len() + also.len(),
-                    format!("k{i}"),
+                    "",
                     "kernel",
                 )?,
                 Step::MatMul {
                     epilogue: Some(e), ..
-                } => kx.exec(i, &e.kernel, e.args.len(), format!("k{i}e"), "epilogue")?,
+                } => kx.exec(i, &e.kernel, e.args.len(), "e", "epilogue")?,
                 Step::Conv { pass, geo, .. } => {
                     let threads = rayon::current_num_threads();
                     let scratch = native::conv_scratch(geo, *pass, threads)
@@ -1092,12 +1130,19 @@ unsafe fn run_part(step: &Step, exec: &Exec, ptrs: &[*mut f32], t: usize, parts:
 /// that runs the loop).
 fn fixed_buffers(sched: &Schedule) -> cranelift_entity::EntitySet<BufId> {
     let mut fixed = cranelift_entity::EntitySet::new();
-    let updated = |p: &crate::ir::ParamId| sched.updates.iter().any(|(u, _)| u == p);
+    // A set, not a search of the updates per parameter: a deep model has
+    // hundreds of each (Adam's three updates per parameter).
+    let mut updated = cranelift_entity::EntitySet::<crate::ir::ParamId>::new();
+    for &(p, _) in &sched.updates {
+        updated.insert(p);
+    }
     for &(_, b) in &sched.consts {
         fixed.insert(b);
     }
-    for (_, b) in sched.params.iter().filter(|(p, _)| !updated(p)) {
-        fixed.insert(*b);
+    for &(p, b) in &sched.params {
+        if !updated.contains(p) {
+            fixed.insert(b);
+        }
     }
     fixed
 }
