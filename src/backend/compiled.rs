@@ -17,6 +17,19 @@ use cranelift_entity::SecondaryMap;
 pub trait Compile: Sized {
     fn compile(sched: Schedule) -> Result<Self, Error>;
 
+    /// Whether the program takes storage of its own for each parameter
+    /// update, zeroed ([`Compile::compile_with_updates`]): then it is
+    /// allocated while the schedule is built, on another thread (a deep
+    /// model's updates are megabytes, each page touched once).
+    const OWNS_UPDATES: bool = false;
+
+    /// [`Compile::compile`], given zeroed storage for the updates, one
+    /// vector per update in the graph's order, of its element count.
+    fn compile_with_updates(sched: Schedule, updates: Vec<Vec<f32>>) -> Result<Self, Error> {
+        drop(updates);
+        Self::compile(sched)
+    }
+
     /// Copies the fed inputs (or their declared defaults) into the
     /// program's buffers.
     fn load_inputs(&mut self, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Result<(), Error>;
@@ -159,9 +172,17 @@ impl<'g, P: Compile> Compiled<'g, P> {
                 let feed = Feed { params, inputs };
                 let values = bind::input_values(&fused.graph, &feed, &live)?;
                 let syms = bind::bind_syms(&fused.graph, &values)?;
-                let sched = pipeline::schedule(fused, &syms)?;
+                let (sched, updates) = match P::OWNS_UPDATES {
+                    true => rayon::join(
+                        || pipeline::schedule(fused, &syms),
+                        || update_storage(&fused.graph, &syms),
+                    ),
+                    false => (pipeline::schedule(fused, &syms), Vec::new()),
+                };
+                let sched = sched?;
                 self.planned.push(sched.planned_floats());
-                let p = match crate::log::timed("code generation", || P::compile(sched)) {
+                let compile = || P::compile_with_updates(sched, updates);
+                let p = match crate::log::timed("code generation", compile) {
                     Ok(p) => p,
                     Err(e) => {
                         self.planned.pop();
@@ -306,4 +327,18 @@ impl<'g, P: Compile> Compiled<'g, P> {
         self.sync(params)?;
         self.program(inputs, params)?.run_observed(params, ready)
     }
+}
+
+/// Zeroed storage for each update of `g` (in order) at the sizes `syms`
+/// give, for a program that owns its updates ([`Compile::OWNS_UPDATES`]);
+/// none for an update whose size is not known (the schedule reports it).
+fn update_storage(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Vec<Vec<f32>> {
+    g.updates
+        .iter()
+        .map(|u| {
+            let d = &g.nodes[u.node];
+            bind::concrete_shape(g, syms, &d.ty.shape, d.span)
+                .map_or_else(|_| Vec::new(), |s| vec![0.0; s.iter().product()])
+        })
+        .collect()
 }

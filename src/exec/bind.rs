@@ -124,6 +124,32 @@ pub fn concrete_shape(
     shape: &[Dim],
     span: Span,
 ) -> Result<Vec<usize>, Error> {
+    // The common case first, without the error paths' iterator adapters:
+    // every node of a deep model's graph passes through here.
+    let mut dims = Vec::with_capacity(shape.len());
+    for d in shape {
+        let n = match d {
+            Dim::Known(k) => usize::try_from(*k).ok(),
+            Dim::Sym(s) => syms[*s],
+        };
+        match n {
+            Some(n) => dims.push(n),
+            None => return concrete_shape_error(g, syms, shape, span),
+        }
+    }
+    match crate::ir::shape::checked_elements(&dims) {
+        Some(_) => Ok(dims),
+        None => concrete_shape_error(g, syms, shape, span),
+    }
+}
+
+/// [`concrete_shape`] step by step, for its errors.
+fn concrete_shape_error(
+    g: &Graph,
+    syms: &SecondaryMap<Sym, Option<usize>>,
+    shape: &[Dim],
+    span: Span,
+) -> Result<Vec<usize>, Error> {
     let dims = shape
         .iter()
         .map(|d| match d {

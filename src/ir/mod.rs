@@ -210,13 +210,17 @@ impl Graph {
         }
     }
 
-    /// An empty table of a value per node, with room for every node of
-    /// the graph. The passes and the schedule fill such tables index by
-    /// index. A table grown as it is filled would be copied each time it
-    /// doubled, onto memory not touched before, and a deep model's first
-    /// touches of memory are about a fifth of its compile time.
+    /// A table of a value per node, every node's the default to begin
+    /// with. The passes and the schedule fill such tables index by index.
+    /// A table grown as it is filled would be copied each time it
+    /// doubled, onto memory not touched before (a deep model's first
+    /// touches of memory are about a fifth of its compile time), and one
+    /// only reserved would still grow element by element, through a call
+    /// per new index.
     pub fn node_table<V: Clone + Default>(&self) -> SecondaryMap<Node, V> {
-        SecondaryMap::with_capacity(self.nodes.len())
+        let mut t = SecondaryMap::with_capacity(self.nodes.len());
+        t.resize(self.nodes.len());
+        t
     }
 
     pub fn ty(&self, n: Node) -> &Type {

@@ -14,7 +14,7 @@ use crate::ir::{shape, BinaryOp, CmpOp, Dim, Graph, Node, Op, ReduceOp, Shape, U
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, FnDef, ParamType};
 use crate::tensor::Tensor;
 use cranelift_entity::EntityRef;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 mod annotations;
 mod builtin_calls;
@@ -93,9 +93,9 @@ pub fn lower(s: &Scopes, resolved: &Resolved, diags: &mut Diagnostics) -> Lowere
         recursive: &resolved.recursive,
         g: Graph::new(),
         diags,
-        globals: HashMap::new(),
-        in_progress: HashSet::new(),
-        top_dims: Bindings::new(),
+        globals: HashMap::default(),
+        in_progress: HashSet::default(),
+        top_dims: Bindings::default(),
         stdlib_files: stdlib_scope_files(s),
         inlining: Vec::new(),
         outer: None,
@@ -494,7 +494,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
             );
             return Value::Poison;
         }
-        let mut dims = Bindings::new();
+        let mut dims = Bindings::default();
         for (p, (v, sp)) in f.params.iter().zip(&values) {
             if !self.check_param(f, p, v, *sp, &mut dims) {
                 return Value::Poison;

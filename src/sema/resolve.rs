@@ -13,7 +13,7 @@ use super::builtins::{ArgKind, Builtin};
 use super::scope::{Def, DefId, ScopeId, Scopes, STDLIB};
 use crate::diag::{self, code, Diag, Diagnostics, Span};
 use crate::syntax::ast::*;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// What resolution found that lowering needs.
 pub struct Resolved {
@@ -24,7 +24,7 @@ pub struct Resolved {
 /// Resolves the user's definitions, and the stdlib's too when `stdlib`.
 pub fn check(s: &Scopes, diags: &mut Diagnostics, stdlib: bool) -> Resolved {
     let input_dims = input_dims(s);
-    let mut calls: HashMap<DefId, Vec<(DefId, Span)>> = HashMap::new();
+    let mut calls: HashMap<DefId, Vec<(DefId, Span)>> = HashMap::default();
     for (id, entry) in s.defs.iter().enumerate() {
         if entry.scope == STDLIB && !stdlib {
             continue;
@@ -118,7 +118,7 @@ pub fn check(s: &Scopes, diags: &mut Diagnostics, stdlib: bool) -> Resolved {
 
 /// The dimension names that inputs introduce (`input x: [B, 3]` binds `B`).
 fn input_dims(s: &Scopes) -> HashSet<String> {
-    let mut out = HashSet::new();
+    let mut out = HashSet::default();
     for e in &s.defs {
         if let Def::Input(i) = e.def {
             for d in &i.ty.dims {
@@ -134,7 +134,7 @@ fn input_dims(s: &Scopes) -> HashSet<String> {
 /// The dimension names a function's parameters bind; reports a type with
 /// two `..` parts.
 fn fn_dims(f: &FnDef, diags: &mut Diagnostics) -> HashSet<String> {
-    let mut out = HashSet::new();
+    let mut out = HashSet::default();
     for p in &f.params {
         if let ParamType::Tensor(t) = &p.ty {
             let variadic: Vec<&Ident> = t
@@ -485,7 +485,7 @@ fn find_cycles(
     calls: &HashMap<DefId, Vec<(DefId, Span)>>,
     diags: &mut Diagnostics,
 ) -> HashSet<DefId> {
-    let mut recursive = HashSet::new();
+    let mut recursive = HashSet::default();
     let mut ids: Vec<DefId> = calls.keys().copied().collect();
     ids.sort();
     for &start in &ids {
@@ -495,7 +495,7 @@ fn find_cycles(
         // Depth-first search for a path from `start` back to itself.
         let mut stack: Vec<(DefId, usize)> = vec![(start, 0)];
         let mut path: Vec<(DefId, Span)> = Vec::new();
-        let mut visited = HashSet::new();
+        let mut visited = HashSet::default();
         while let Some((node, next)) = stack.pop() {
             let edges = calls.get(&node).map(|v| v.as_slice()).unwrap_or(&[]);
             if next >= edges.len() {

@@ -5,7 +5,7 @@
 use super::builtins::{self, Builtin};
 use crate::diag::{self, code, Diagnostics};
 use crate::syntax::ast::*;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 pub type ScopeId = usize;
 pub type DefId = usize;

@@ -3,7 +3,7 @@
 
 use crate::ir::{Dim, Graph, Shape};
 use crate::syntax::ast::{DimExpr, TypeExpr};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// What a dimension name stands for in one function instance.
 #[derive(Clone, Debug, PartialEq)]

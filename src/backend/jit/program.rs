@@ -448,6 +448,17 @@ impl Program {
     /// builds; the kernels below trust its ranges), keeping each kernel's
     /// Cranelift IR as text when `want_clif`.
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
+        Program::compile_prepared(sched, want_clif, Vec::new())
+    }
+
+    /// [`Program::compile_with`], taking the updates' storage from
+    /// `updates` (zeroed, one vector per update in the graph's order)
+    /// where it has the update buffer's length.
+    fn compile_prepared(
+        sched: Schedule,
+        want_clif: bool,
+        updates: Vec<Vec<f32>>,
+    ) -> Result<Program, Error> {
         let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
             compiled: KernelCache::default(),
@@ -468,10 +479,11 @@ impl Program {
             ..
         } = kx;
         // The kernels are compiled while the update buffers are allocated
-        // (zeroing them is most of a deep model's allocation).
+        // (zeroing them is most of a deep model's allocation), where they
+        // were not allocated while the schedule was built.
         let (texts, updates) = rayon::join(
             || codegen::define_all(&mut module, declared, want_clif),
-            || update_storage(&sched),
+            || update_storage_from(&sched, updates),
         );
         let mut texts = texts
             .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?
@@ -1200,6 +1212,12 @@ impl crate::backend::compiled::Compile for Program {
         Program::compile_with(sched, false)
     }
 
+    const OWNS_UPDATES: bool = true;
+
+    fn compile_with_updates(sched: Schedule, updates: Vec<Vec<f32>>) -> Result<Program, Error> {
+        Program::compile_prepared(sched, false, updates)
+    }
+
     fn load_inputs(
         &mut self,
         inputs: &SecondaryMap<crate::ir::InputId, Option<Tensor>>,
@@ -1283,9 +1301,19 @@ struct Buffers {
 /// (its new value is written there, then handed to the parameter), empty
 /// for the others.
 fn update_storage(sched: &Schedule) -> Vec<Vec<f32>> {
+    update_storage_from(sched, Vec::new())
+}
+
+/// [`update_storage`], taking each update's zeros from `made` (one
+/// vector per update, in order) where it has the buffer's length.
+fn update_storage_from(sched: &Schedule, made: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
     let mut own = vec![Vec::new(); sched.bufs.len()];
+    let mut made = made.into_iter();
     for &(_, b) in &sched.updates {
-        own[b.index()] = vec![0.0; sched.bufs[b]];
+        own[b.index()] = match made.next() {
+            Some(v) if v.len() == sched.bufs[b] => v,
+            _ => vec![0.0; sched.bufs[b]],
+        };
     }
     own
 }

@@ -78,7 +78,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
 
     pub(super) fn train(&mut self) -> Option<TrainSpec> {
         let (t, scope) = self.s.train?;
-        let mut seen: HashMap<String, Span> = HashMap::new();
+        let mut seen: HashMap<String, Span> = HashMap::default();
         let mut spec = Draft {
             loss: None,
             predict: None,
@@ -282,7 +282,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
         ok: &mut bool,
     ) -> Vec<Phase> {
         let mut out = Vec::new();
-        let mut names: HashMap<&str, Span> = HashMap::new();
+        let mut names: HashMap<&str, Span> = HashMap::default();
         for ph in &t.phases {
             if let Some(first) = names.insert(&ph.name.name, ph.name.span) {
                 self.diags.push(
@@ -298,7 +298,7 @@ impl<'a> Lowerer<'_, 'a, '_> {
                 *ok = false;
                 continue;
             }
-            let mut seen: HashMap<String, Span> = HashMap::new();
+            let mut seen: HashMap<String, Span> = HashMap::default();
             let (mut loss, mut params, mut opt) = (None, spec.params.clone(), spec.optimizer);
             for st in &ph.settings {
                 if self.repeated(&mut seen, st) {
