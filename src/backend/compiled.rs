@@ -167,17 +167,21 @@ impl<'g, P: Compile> Compiled<'g, P> {
         let at = match hit {
             Some(at) => at,
             None => {
-                let fused = self.fused.get_or_insert_with(|| pipeline::fuse(self.g));
-                let live = bind::live_nodes(&fused.graph, &fused.roots);
-                let feed = Feed { params, inputs };
-                let values = bind::input_values(&fused.graph, &feed, &live)?;
-                let syms = bind::bind_syms(&fused.graph, &values)?;
+                let (g, fused) = (self.g, &mut self.fused);
+                let mut schedule = move || {
+                    let fused = fused.get_or_insert_with(|| pipeline::fuse(g));
+                    let live = bind::live_nodes(&fused.graph, &fused.roots);
+                    let feed = Feed { params, inputs };
+                    let values = bind::input_values(&fused.graph, &feed, &live)?;
+                    let syms = bind::bind_syms(&fused.graph, &values)?;
+                    pipeline::schedule(fused, &syms)
+                };
+                // The updates' storage depends only on the parameters'
+                // sizes: it is zeroed on another thread while the graph
+                // is fused and scheduled.
                 let (sched, updates) = match P::OWNS_UPDATES {
-                    true => rayon::join(
-                        || pipeline::schedule(fused, &syms),
-                        || update_storage(&fused.graph, &syms),
-                    ),
-                    false => (pipeline::schedule(fused, &syms), Vec::new()),
+                    true => rayon::join(schedule, || update_storage(g, inputs)),
+                    false => (schedule(), Vec::new()),
                 };
                 let sched = sched?;
                 self.planned.push(sched.planned_floats());
@@ -329,15 +333,20 @@ impl<'g, P: Compile> Compiled<'g, P> {
     }
 }
 
-/// Zeroed storage for each update of `g` (in order) at the sizes `syms`
-/// give, for a program that owns its updates ([`Compile::OWNS_UPDATES`]);
-/// none for an update whose size is not known (the schedule reports it).
-fn update_storage(g: &Graph, syms: &SecondaryMap<crate::ir::Sym, Option<usize>>) -> Vec<Vec<f32>> {
+/// Zeroed storage for each update of `g` (in order) at the sizes the
+/// fed `inputs` give, for a program that owns its updates
+/// ([`Compile::OWNS_UPDATES`]); none for an update whose size is not
+/// known that way (the program then allocates it itself, and the
+/// schedule reports an error in the sizes).
+fn update_storage(g: &Graph, inputs: &SecondaryMap<InputId, Option<Tensor>>) -> Vec<Vec<f32>> {
+    let Ok(syms) = bind::bind_syms(g, inputs) else {
+        return Vec::new();
+    };
     g.updates
         .iter()
         .map(|u| {
             let d = &g.nodes[u.node];
-            bind::concrete_shape(g, syms, &d.ty.shape, d.span)
+            bind::concrete_shape(g, &syms, &d.ty.shape, d.span)
                 .map_or_else(|_| Vec::new(), |s| vec![0.0; s.iter().product()])
         })
         .collect()
