@@ -124,6 +124,9 @@ impl<'f> Builder<'f> {
         if let Some((kernel, at)) = self.kernels.get(&key.words[..]) {
             self.found += 1;
             let srcs: Vec<Node> = at.iter().map(|&i| key.nodes[i as usize]).collect();
+            // Debug builds (every test run in the debug profile) check
+            // the key on every kernel it finds: a difference is a bug in
+            // the key, not in the input.
             if cfg!(debug_assertions) {
                 let built = loop_kernel(g, fu, shapes, n, place, also_place);
                 assert!(
