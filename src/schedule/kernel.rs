@@ -244,9 +244,11 @@ pub fn loop_kernel(
 /// written as a reference to where it was first met, so which operands
 /// are the same node is part of the key. The header holds what
 /// [`loop_kernel`] takes besides the node: the reduction, and where the
-/// kernel writes its value and the values it stores alongside. Nothing
-/// else of the graph is read by the builder, so equal descriptions build
-/// equal kernels, reading the stored nodes met at the same places.
+/// kernel writes its value and the values it stores alongside. Each part
+/// begins with words that say what and how much follows (a tag, a
+/// count, a rank), so the words read back one way only. Nothing else of
+/// the graph is read by the builder, so equal descriptions build equal
+/// kernels, reading the stored nodes met at the same places.
 #[derive(Default)]
 pub struct KernelKey {
     /// The description.
@@ -282,7 +284,10 @@ impl KernelKey {
                 w.extend(axes.iter().map(|&a| a as u64));
                 (*arg, false)
             }
-            _ => (n, true),
+            _ => {
+                w.push(0);
+                (n, true)
+            }
         };
         w.push(shapes[n].len() as u64);
         w.extend(shapes[n].iter().map(|&d| d as u64));
