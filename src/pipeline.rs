@@ -142,6 +142,18 @@ pub fn schedule(
     crate::log::timed("schedule", || crate::schedule::build(f, syms))
 }
 
+/// [`schedule`], telling `sink` of each loop kernel as it is built (a
+/// backend compiles it while the rest is scheduled).
+pub fn schedule_observed(
+    f: &crate::schedule::Fused,
+    syms: &cranelift_entity::SecondaryMap<ir::Sym, Option<usize>>,
+    sink: &dyn crate::schedule::KernelSink,
+) -> Result<crate::schedule::Schedule, crate::exec::Error> {
+    crate::log::timed("schedule", || {
+        crate::schedule::build_observed(f, syms, sink)
+    })
+}
+
 /// Reads a source file: it must exist and be UTF-8.
 pub fn read_source(path: &Path) -> Result<String, Diag> {
     let shown = path.display();

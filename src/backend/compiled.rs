@@ -9,7 +9,7 @@ use crate::exec::bind::{self, Feed};
 use crate::exec::Error;
 use crate::ir::{Graph, InputId, ParamId};
 use crate::pipeline;
-use crate::schedule::{Fused, Schedule};
+use crate::schedule::{Fused, KernelSink, Schedule};
 use crate::tensor::Tensor;
 use cranelift_entity::SecondaryMap;
 
@@ -18,15 +18,28 @@ pub trait Compile: Sized {
     fn compile(sched: Schedule) -> Result<Self, Error>;
 
     /// Whether the program takes storage of its own for each parameter
-    /// update, zeroed ([`Compile::compile_with_updates`]): then it is
+    /// update, zeroed ([`Compile::compile_begun`]): then it is
     /// allocated while the schedule is built, on another thread (a deep
     /// model's updates are megabytes, each page touched once).
     const OWNS_UPDATES: bool = false;
 
-    /// [`Compile::compile`], given zeroed storage for the updates, one
-    /// vector per update in the graph's order, of its element count.
-    fn compile_with_updates(sched: Schedule, updates: Vec<Vec<f32>>) -> Result<Self, Error> {
-        drop(updates);
+    /// What the backend does with each loop kernel while the rest of the
+    /// schedule is still being built ([`KernelSink`]; the JIT starts
+    /// compiling it on another thread), handed to
+    /// [`Compile::compile_begun`] once the schedule is done. `()` for
+    /// nothing.
+    type Early: KernelSink + Default + Send;
+
+    /// [`Compile::compile`] of a schedule whose compile began while it
+    /// was built: given zeroed storage for the updates (with
+    /// [`Compile::OWNS_UPDATES`]; one vector per update in the graph's
+    /// order, of its element count) and the work started on its kernels.
+    fn compile_begun(
+        sched: Schedule,
+        updates: Vec<Vec<f32>>,
+        early: Self::Early,
+    ) -> Result<Self, Error> {
+        drop((updates, early));
         Self::compile(sched)
     }
 
@@ -168,13 +181,15 @@ impl<'g, P: Compile> Compiled<'g, P> {
             Some(at) => at,
             None => {
                 let (g, fused) = (self.g, &mut self.fused);
+                let early = P::Early::default();
+                let sink = &early;
                 let mut schedule = move || {
                     let fused = fused.get_or_insert_with(|| pipeline::fuse(g));
                     let live = bind::live_nodes(&fused.graph, &fused.roots);
                     let feed = Feed { params, inputs };
                     let values = bind::input_values(&fused.graph, &feed, &live)?;
                     let syms = bind::bind_syms(&fused.graph, &values)?;
-                    pipeline::schedule(fused, &syms)
+                    pipeline::schedule_observed(fused, &syms, sink)
                 };
                 // The updates' storage depends only on the parameters'
                 // sizes: it is zeroed on another thread while the graph
@@ -185,7 +200,7 @@ impl<'g, P: Compile> Compiled<'g, P> {
                 };
                 let sched = sched?;
                 self.planned.push(sched.planned_floats());
-                let compile = || P::compile_with_updates(sched, updates);
+                let compile = || P::compile_begun(sched, updates, early);
                 let p = match crate::log::timed("code generation", compile) {
                     Ok(p) => p,
                     Err(e) => {

@@ -8,8 +8,8 @@
 use super::buffers::{plan_buffers, BufferPlan};
 use super::Fused;
 use super::{
-    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, KernelKey, LoopKernel,
-    Pool, Rows, ScanStep, Schedule, Step,
+    copy_kernel, loop_kernel, Blocks, BufId, Conv, ConvPass, Epilogue, Gemm, KernelKey, KernelSink,
+    LoopKernel, Pool, Rows, ScanStep, Schedule, Step,
 };
 use crate::exec::{bind, Error};
 use crate::ir::{Dim, Graph, InputId, Node, Op, ReduceOp, Sym};
@@ -21,22 +21,45 @@ use std::sync::Arc;
 
 type Shapes = SecondaryMap<Node, Vec<usize>>;
 
+/// `kernel`, just built, to be shared; `sink` is told of it.
+fn new_kernel(sink: Option<&dyn KernelSink>, kernel: LoopKernel) -> Arc<LoopKernel> {
+    let kernel = Arc::new(kernel);
+    if let Some(sink) = sink {
+        sink.built(&kernel);
+    }
+    kernel
+}
+
 /// The schedule of `f` with its symbolic dimensions bound to `syms`.
 /// Verified in debug builds (a failure is a compiler bug, reported as an
 /// internal error).
 pub fn build(f: &Fused, syms: &SecondaryMap<Sym, Option<usize>>) -> Result<Schedule, Error> {
-    build_with(f, syms, true)
+    build_with(f, syms, true, None)
+}
+
+/// [`build`], telling `sink` of each loop kernel as it is built (its
+/// loop bodies' too), before the rest of the schedule is: a backend can
+/// start compiling it on another thread.
+pub fn build_observed(
+    f: &Fused,
+    syms: &SecondaryMap<Sym, Option<usize>>,
+    sink: &dyn KernelSink,
+) -> Result<Schedule, Error> {
+    build_with(f, syms, true, Some(sink))
 }
 
 /// [`build`], sharing equal loop kernels found by their [`KernelKey`]
-/// when `share` (without, for tests: every kernel built on its own).
-fn build_with(
-    f: &Fused,
+/// when `share` (without, for tests: every kernel built on its own), and
+/// telling `sink` of every kernel built.
+fn build_with<'f>(
+    f: &'f Fused,
     syms: &SecondaryMap<Sym, Option<usize>>,
     share: bool,
+    sink: Option<&'f dyn KernelSink>,
 ) -> Result<Schedule, Error> {
     let mut b = Builder::new(f, syms)?;
     b.share = share;
+    b.sink = sink;
     let s = b.finish()?;
     if cfg!(debug_assertions) {
         s.verify().map_err(|e| Error::Backend {
@@ -59,6 +82,8 @@ struct Builder<'f> {
     /// The key of the kernel being built (reused, not reallocated).
     key: KernelKey,
     share: bool,
+    /// Told of each loop kernel built.
+    sink: Option<&'f dyn KernelSink>,
     /// Loop kernels built, and found by their key instead.
     built: usize,
     found: usize,
@@ -94,6 +119,7 @@ impl<'f> Builder<'f> {
             kernels: FxHashMap::default(),
             key: KernelKey::default(),
             share: true,
+            sink: None,
             built: 0,
             found: 0,
         })
@@ -119,7 +145,7 @@ impl<'f> Builder<'f> {
         if !self.share || !key.describe(g, fu, shapes, n, place.as_ref(), also_place) {
             self.built += 1;
             let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place, also_place);
-            return (Arc::new(kernel), srcs);
+            return (new_kernel(self.sink, kernel), srcs);
         }
         if let Some((kernel, at)) = self.kernels.get(&key.words[..]) {
             self.found += 1;
@@ -138,7 +164,7 @@ impl<'f> Builder<'f> {
         }
         self.built += 1;
         let (kernel, srcs) = loop_kernel(g, fu, shapes, n, place, also_place);
-        let kernel = Arc::new(kernel);
+        let kernel = new_kernel(self.sink, kernel);
         // Each access reads a stored node the key met (an invariant of
         // the key, which writes out every node the builder reads); if one
         // were not, the kernel is just not remembered.
@@ -319,7 +345,7 @@ impl<'f> Builder<'f> {
                 continue;
             }
             steps.push(Step::Loop {
-                kernel: Arc::new(kernel),
+                kernel: new_kernel(self.sink, kernel),
                 out,
                 args,
                 also: Vec::new(),
@@ -675,7 +701,7 @@ impl<'f> Builder<'f> {
         let syms = bind::bind_syms_by(bg, |i| {
             ids.iter().position(|&j| j == i).map(|k| &operands[k][..])
         })?;
-        let body = build(fused_body, &syms)?;
+        let body = build_with(fused_body, &syms, self.share, self.sink)?;
         let slots = ids
             .iter()
             .map(|&i| body.inputs.iter().find(|(j, _)| *j == i).map(|&(_, b)| b))
@@ -903,8 +929,8 @@ mod tests {
         for s in f.graph.syms.keys() {
             syms[s] = Some(4);
         }
-        let shared = build_with(&f, &syms, true).expect("schedules");
-        let apart = build_with(&f, &syms, false).expect("schedules");
+        let shared = build_with(&f, &syms, true, None).expect("schedules");
+        let apart = build_with(&f, &syms, false, None).expect("schedules");
         (shared, apart)
     }
 

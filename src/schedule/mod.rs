@@ -29,7 +29,7 @@ mod kernel;
 pub mod parts;
 mod verify;
 
-pub use build::build;
+pub use build::{build, build_observed};
 pub use geometry::{index_row, Blocks, Conv, ConvPass, Pool};
 pub use kernel::{copy_kernel, loop_kernel, Expr, KernelKey, LoopKernel, Store};
 pub use verify::VerifyError;
@@ -37,6 +37,28 @@ pub use verify::VerifyError;
 use crate::ir::{ConstId, Graph, InputId, Node, ParamId};
 use cranelift_entity::packed_option::PackedOption;
 use cranelift_entity::{entity_impl, PrimaryMap, SecondaryMap};
+
+/// Told of each loop kernel as [`build_observed`] builds it, once per
+/// kernel built (a kernel found equal to one built before is not told
+/// again), while the rest of the schedule is still to be built: a backend
+/// starts compiling it on another thread (the JIT's `Precompile`), so a
+/// deep model's kernels are compiled while its later layers are
+/// scheduled.
+pub trait KernelSink: Sync {
+    fn built(&self, kernel: &std::sync::Arc<LoopKernel>);
+}
+
+/// A shared sink.
+impl<S: KernelSink + Send> KernelSink for std::sync::Arc<S> {
+    fn built(&self, kernel: &std::sync::Arc<LoopKernel>) {
+        (**self).built(kernel)
+    }
+}
+
+/// The sink of a backend that compiles nothing early.
+impl KernelSink for () {
+    fn built(&self, _: &std::sync::Arc<LoopKernel>) {}
+}
 
 /// What scheduling takes: a graph optimised ([`passes::optimize`]: CSE,
 /// loop-invariant code motion) and fused into kernels ([`fusion::fuse`]),

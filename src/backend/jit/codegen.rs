@@ -21,10 +21,11 @@ use cranelift_codegen::ir::{
     types, AbiParam, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature,
     Type, UserExternalName, UserFuncName, Value,
 };
-use cranelift_codegen::isa::TargetFrontendConfig;
+use cranelift_codegen::isa::{TargetFrontendConfig, TargetIsa};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
-use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc, ModuleRelocTarget};
+use std::sync::Arc;
 
 struct Ctx {
     ptrs: Vec<Value>,
@@ -39,7 +40,7 @@ struct Ctx {
 /// built and compiled by [`define_all`].
 pub struct Declared {
     pub id: FuncId,
-    pub kernel: LoopKernel,
+    pub kernel: Arc<LoopKernel>,
     /// Its name, for `--emit clif`.
     pub name: String,
 }
@@ -47,41 +48,68 @@ pub struct Declared {
 /// Declares the function of a kernel named `name` in `module`.
 pub fn declare<M: Module>(module: &mut M, name: &str) -> Result<FuncId, String> {
     module
-        .declare_function(name, Linkage::Local, &signature(module))
+        .declare_function(name, Linkage::Local, &signature(module.isa()))
         .map_err(|e| e.to_string())
 }
 
-/// A kernel's signature: `fn(args: *const *mut f32, start: i64, end: i64)`.
-fn signature<M: Module>(module: &M) -> Signature {
-    let mut sig = module.make_signature();
+/// A kernel's signature: `fn(args: *const *mut f32, start: i64, end: i64)`
+/// (as `Module::make_signature` starts it, from the ISA alone).
+fn signature(isa: &dyn TargetIsa) -> Signature {
+    let mut sig = Signature::new(isa.default_call_conv());
     sig.params
-        .push(AbiParam::new(module.target_config().pointer_type()));
+        .push(AbiParam::new(isa.frontend_config().pointer_type()));
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
     sig
 }
 
-/// The host's `powf` as declared in the module, for kernels to import.
+/// The host's `powf` as a kernel imports it: its index among the
+/// module's functions and its signature.
 #[derive(Clone)]
 struct Powf {
-    id: FuncId,
+    index: u32,
     sig: Signature,
 }
 
-/// Builds the IR of kernel `d` (declared with signature `sig`): touches no
+/// What a kernel's code names: its own function (a relocation into its
+/// own body) and the host's `powf`. Code compiled before its module is
+/// known ([`compile_apart`]) names placeholders, which [`define_all`]
+/// replaces with the ids of the module it is defined in.
+struct Names {
+    own: FuncId,
+    powf: Option<Powf>,
+}
+
+/// The placeholder of a kernel's own function in code compiled apart.
+fn own_placeholder() -> FuncId {
+    FuncId::from_u32(u32::MAX)
+}
+
+/// The placeholder index of `powf` in code compiled apart.
+const POWF_PLACEHOLDER: u32 = u32::MAX - 1;
+
+/// A kernel's machine code: alignment, bytes and relocations (naming
+/// [`Names`]), with its Cranelift IR as text where it was asked for.
+pub struct Code {
+    align: u64,
+    pub(super) bytes: Vec<u8>,
+    relocs: Vec<ModuleReloc>,
+    text: Option<String>,
+}
+
+/// Builds the IR of `kernel` (its function named by `names`): touches no
 /// module, so kernels are built side by side.
 fn build(
     config: TargetFrontendConfig,
     sig: &Signature,
     fctx: &mut FunctionBuilderContext,
-    d: &Declared,
-    powf: Option<&Powf>,
+    k: &LoopKernel,
+    names: &Names,
 ) -> Context {
-    let (k, id) = (&d.kernel, d.id);
     let ptr = config.pointer_type();
     let mut ctx = Context::new();
     ctx.func.signature = sig.clone();
-    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    ctx.func.name = UserFuncName::user(0, names.own.as_u32());
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
         let entry = b.create_block();
@@ -102,7 +130,7 @@ fn build(
                 b.ins().load(ptr, flags, args, 8 * at as i32)
             })
             .collect();
-        let powf = has_power(k).then(|| import_powf(&mut b, powf));
+        let powf = has_power(k).then(|| import_powf(&mut b, names.powf.as_ref()));
         let cx = Ctx {
             ptrs,
             out_ptr,
@@ -126,64 +154,127 @@ fn build(
     ctx
 }
 
-/// Compiled machine code: its id, alignment, code and relocations.
-type Machine = (FuncId, u64, Vec<u8>, Vec<ModuleReloc>);
+/// Builds and compiles `kernel` for `isa`, its function and `powf` named
+/// by `names`; with `name`, keeps its IR as text under that name.
+fn compile(
+    isa: &dyn TargetIsa,
+    kernel: &LoopKernel,
+    names: &Names,
+    name: Option<&str>,
+) -> Result<Code, String> {
+    thread_local! {
+        static FCTX: std::cell::RefCell<FunctionBuilderContext> =
+            std::cell::RefCell::new(FunctionBuilderContext::new());
+    }
+    let (config, sig) = (isa.frontend_config(), signature(isa));
+    let mut ctx = FCTX.with(|f| build(config, &sig, &mut f.borrow_mut(), kernel, names));
+    let text = name.map(|n| format!("; {n}\n{}", ctx.func.display()));
+    let align = ctx
+        .compile(isa, &mut ControlPlane::default())
+        .map_err(|e| format!("{:?}", e.inner))?
+        .buffer
+        .alignment as u64;
+    // `compile` succeeded just above, and it leaves the code in the
+    // context: an invariant of Cranelift's API.
+    let code = ctx
+        .compiled_code()
+        .expect("a context holds its code once compiled");
+    let relocs = code
+        .buffer
+        .relocs()
+        .iter()
+        .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, names.own))
+        .collect();
+    Ok(Code {
+        align,
+        bytes: code.code_buffer().to_vec(),
+        relocs,
+        text,
+    })
+}
+
+/// Compiles `kernel` for `isa` before the module it goes into is known,
+/// naming placeholders ([`Names`]) that [`define_all`] replaces.
+pub fn compile_apart(isa: &dyn TargetIsa, kernel: &LoopKernel) -> Result<Code, String> {
+    let powf = has_power(kernel).then(|| Powf {
+        index: POWF_PLACEHOLDER,
+        sig: powf_signature(isa),
+    });
+    let names = Names {
+        own: own_placeholder(),
+        powf,
+    };
+    compile(isa, kernel, &names, None)
+}
 
 /// Builds and compiles the declared kernels on every thread of the pool
 /// (each function is independent; the module's ISA is shared read-only),
-/// then defines them in `module` in their order. With `clif`, returns
-/// each function's IR as built, in order (`nnc compile --emit clif`).
+/// taking the code of those `early` compiled already, then defines them
+/// in `module` in their order. With `clif`, returns each function's IR as
+/// built, in order (`nnc compile --emit clif`).
 pub fn define_all<M: Module>(
     module: &mut M,
     funcs: Vec<Declared>,
     clif: bool,
+    early: Option<&super::precompile::Precompile>,
 ) -> Result<Vec<String>, String> {
     use rayon::prelude::*;
     let powf = match funcs.iter().any(|d| has_power(&d.kernel)) {
         true => Some(declare_powf(module)?),
         false => None,
     };
-    let sig = signature(module);
-    let config = module.target_config();
     let isa = module.isa();
-    thread_local! {
-        static FCTX: std::cell::RefCell<FunctionBuilderContext> =
-            std::cell::RefCell::new(FunctionBuilderContext::new());
-    }
-    let compiled: Vec<Result<(Machine, Option<String>), String>> = funcs
+    let compiled: Vec<Result<(FuncId, Code), String>> = funcs
         .into_par_iter()
         .map(|d| {
-            let powf = powf.as_ref().filter(|_| has_power(&d.kernel));
-            let mut ctx = FCTX.with(|f| build(config, &sig, &mut f.borrow_mut(), &d, powf));
-            let text = clif.then(|| format!("; {}\n{}", d.name, ctx.func.display()));
-            let align = ctx
-                .compile(isa, &mut ControlPlane::default())
-                .map_err(|e| format!("{:?}", e.inner))?
-                .buffer
-                .alignment as u64;
-            // `compile` succeeded just above, and it leaves the code in
-            // the context: an invariant of Cranelift's API.
-            let code = ctx
-                .compiled_code()
-                .expect("a context holds its code once compiled");
-            let relocs = code
-                .buffer
-                .relocs()
-                .iter()
-                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, d.id))
-                .collect();
-            Ok(((d.id, align, code.code_buffer().to_vec(), relocs), text))
+            let taken = early.filter(|_| !clif).and_then(|e| e.take(&d.kernel));
+            let code = match taken {
+                Some(code) => code?,
+                None => {
+                    let names = Names {
+                        own: d.id,
+                        powf: powf.clone().filter(|_| has_power(&d.kernel)),
+                    };
+                    compile(isa, &d.kernel, &names, clif.then_some(&d.name[..]))?
+                }
+            };
+            Ok((d.id, code))
         })
         .collect();
     let mut texts = Vec::new();
     for c in compiled {
-        let ((id, align, bytes, relocs), text) = c?;
+        let (id, code) = c?;
+        let relocs: Vec<ModuleReloc> = code
+            .relocs
+            .into_iter()
+            .map(|r| named(r, id, powf.as_ref()))
+            .collect();
         module
-            .define_function_bytes(id, align, &bytes, &relocs)
+            .define_function_bytes(id, code.align, &code.bytes, &relocs)
             .map_err(|e| format!("{e:?}"))?;
-        texts.extend(text);
+        texts.extend(code.text);
     }
     Ok(texts)
+}
+
+/// `r` with the placeholders of code compiled apart replaced by the
+/// function `own` and the module's `powf`.
+fn named(mut r: ModuleReloc, own: FuncId, powf: Option<&Powf>) -> ModuleReloc {
+    match &mut r.name {
+        ModuleRelocTarget::FunctionOffset(f, _) if *f == own_placeholder() => *f = own,
+        ModuleRelocTarget::User {
+            namespace: 0,
+            index,
+        } if *index == POWF_PLACEHOLDER => {
+            // Code that calls `powf` has a power, and `define_all`
+            // declares `powf` for every such kernel.
+            *index = powf
+                .expect("powf is declared for kernels with a power")
+                .index;
+        }
+        _ => {}
+    }
+    r
 }
 
 /// Whether `k` raises to a general power (calls the host's `powf`).
@@ -193,28 +284,37 @@ fn has_power(k: &LoopKernel) -> bool {
         .any(|e| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
 }
 
-/// Declares [`math::powf`] in `module`, imported.
-fn declare_powf<M: Module>(module: &mut M) -> Result<Powf, String> {
-    let mut sig = module.make_signature();
+/// The signature of [`math::powf`]: `fn(f32, f32) -> f32`.
+fn powf_signature(isa: &dyn TargetIsa) -> Signature {
+    let mut sig = Signature::new(isa.default_call_conv());
     sig.params.push(AbiParam::new(types::F32));
     sig.params.push(AbiParam::new(types::F32));
     sig.returns.push(AbiParam::new(types::F32));
+    sig
+}
+
+/// Declares [`math::powf`] in `module`, imported.
+fn declare_powf<M: Module>(module: &mut M) -> Result<Powf, String> {
+    let sig = powf_signature(module.isa());
     let id = module
         .declare_function(math::POWF_SYMBOL, Linkage::Import, &sig)
         .map_err(|e| e.to_string())?;
-    Ok(Powf { id, sig })
+    Ok(Powf {
+        index: id.as_u32(),
+        sig,
+    })
 }
 
 /// Imports the declared `powf` into the function being built (as
 /// `Module::declare_func_in_func` does, without the module).
 fn import_powf(b: &mut FunctionBuilder, powf: Option<&Powf>) -> FuncRef {
-    // `define_all` declares powf whenever a kernel has a power and hands
-    // it to exactly those kernels; `build` imports it only for them.
-    let p = powf.expect("powf is declared for kernels with a power");
+    // `define_all` and `compile_apart` name powf whenever a kernel has a
+    // power; `build` imports it only for those kernels.
+    let p = powf.expect("powf is named for kernels with a power");
     let signature = b.func.import_signature(p.sig.clone());
     let name = b.func.declare_imported_user_function(UserExternalName {
         namespace: 0,
-        index: p.id.as_u32(),
+        index: p.index,
     });
     b.func.import_function(ExtFuncData {
         name: ExternalName::user(name),
@@ -558,4 +658,83 @@ fn eval(
         v.push(x);
     }
     v
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The `expect`s and asserts below are the test's own checks, on a
+    //! source it writes itself: none is reachable from user input.
+    use super::*;
+    use crate::pipeline;
+    use crate::schedule::Step;
+    use cranelift_entity::SecondaryMap;
+
+    /// The loop kernels of `src`'s outputs at B = 3.
+    pub(crate) fn kernels(src: &str) -> Vec<Arc<LoopKernel>> {
+        let c = pipeline::compile("k.nn", src, pipeline::Stage::Ir);
+        assert!(!c.diags.has_errors(), "{}", c.render(false));
+        let f = pipeline::fuse(&c.graph.expect("a graph"));
+        let mut syms = SecondaryMap::new();
+        for s in f.graph.syms.keys() {
+            syms[s] = Some(3);
+        }
+        let sched = pipeline::schedule(&f, &syms).expect("schedules");
+        sched
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Loop { kernel, .. } => Some(Arc::clone(kernel)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A reloc's fields, comparable.
+    fn fields(r: &ModuleReloc) -> (u32, String, String, i64) {
+        (
+            r.offset,
+            format!("{:?}", r.kind),
+            format!("{:?}", r.name),
+            r.addend,
+        )
+    }
+
+    /// Code compiled apart, its placeholders named, is the code compiled
+    /// with the names known: the same bytes, alignment and relocations
+    /// (a kernel that calls `powf` included).
+    #[test]
+    fn code_compiled_apart_is_the_code_compiled_in_place() {
+        let isa = crate::backend::jit::host_isa().expect("an ISA");
+        let ks = kernels(
+            "input x: [B, 5]\ninput y: [B, 5]\n\
+             output p = abs(x) ^ y + 1\n\
+             output q = sum(exp(x) * y, axis = 1)\n",
+        );
+        assert!(ks.iter().any(|k| has_power(k)), "a kernel calls powf");
+        let powf = Powf {
+            index: 3,
+            sig: powf_signature(&*isa),
+        };
+        for k in &ks {
+            let own = FuncId::from_u32(7);
+            let names = Names {
+                own,
+                powf: has_power(k).then(|| powf.clone()),
+            };
+            let here = compile(&*isa, k, &names, None).expect("compiles");
+            let apart = compile_apart(&*isa, k).expect("compiles");
+            assert_eq!(apart.bytes, here.bytes);
+            assert_eq!(apart.align, here.align);
+            let named: Vec<_> = apart
+                .relocs
+                .into_iter()
+                .map(|r| fields(&named(r, own, Some(&powf))))
+                .collect();
+            let want: Vec<_> = here.relocs.iter().map(fields).collect();
+            assert_eq!(named, want);
+            if has_power(k) {
+                assert!(!want.is_empty(), "the call to powf is relocated");
+            }
+        }
+    }
 }

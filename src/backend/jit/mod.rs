@@ -38,6 +38,7 @@ mod codegen;
 mod helper;
 mod math;
 mod native;
+mod precompile;
 mod program;
 pub mod subnormal;
 pub mod threads;

@@ -4,6 +4,7 @@
 //! what runs — and the buffers, allocated once.
 
 use super::native;
+use super::precompile::Precompile;
 use super::{codegen, wide};
 use crate::backend::interp;
 use crate::diag::Span;
@@ -219,6 +220,8 @@ struct JitKernels {
     /// `None` (the next declared kernel's, known once it is built).
     clif: Vec<Option<String>>,
     want_clif: bool,
+    /// The kernels whose compilation began while the schedule was built.
+    early: Option<Arc<Precompile>>,
 }
 
 /// A loop step's [`Exec`] whose function is `f`, with the `n_args + 1`
@@ -262,7 +265,7 @@ fn compile_kernel<M: cranelift_module::Module>(
                 .map_err(|e| internal(format!("Cranelift rejected {what} {i}: {e}")))?;
             declared.push(codegen::Declared {
                 id,
-                kernel: LoopKernel::clone(kernel),
+                kernel: Arc::clone(kernel),
                 name,
             });
             compiled.by_value.insert(Arc::clone(kernel), id);
@@ -309,7 +312,7 @@ impl Kernels for JitKernels {
     }
 
     fn body(&mut self, body: Schedule) -> Result<Program, Error> {
-        let p = Program::compile_with(body, self.want_clif)?;
+        let p = Program::compile_prepared(body, self.want_clif, Vec::new(), self.early.clone())?;
         self.clif.extend(p.clif.iter().cloned().map(Some));
         Ok(p)
     }
@@ -345,7 +348,7 @@ impl<'m, M: cranelift_module::Module> ObjectKernels<'m, M> {
     /// Compiles the kernels of `sched` (consumed: nothing runs).
     pub fn add(&mut self, sched: Schedule) -> Result<(), Error> {
         Program::assemble(&sched, self)?;
-        codegen::define_all(self.module, std::mem::take(&mut self.declared), false)
+        codegen::define_all(self.module, std::mem::take(&mut self.declared), false, None)
             .map_err(|e| internal(format!("Cranelift rejected a loop kernel: {e}")))?;
         Ok(())
     }
@@ -448,16 +451,18 @@ impl Program {
     /// builds; the kernels below trust its ranges), keeping each kernel's
     /// Cranelift IR as text when `want_clif`.
     pub fn compile_with(sched: Schedule, want_clif: bool) -> Result<Program, Error> {
-        Program::compile_prepared(sched, want_clif, Vec::new())
+        Program::compile_prepared(sched, want_clif, Vec::new(), None)
     }
 
     /// [`Program::compile_with`], taking the updates' storage from
     /// `updates` (zeroed, one vector per update in the graph's order)
-    /// where it has the update buffer's length.
+    /// where it has the update buffer's length, and the code of the
+    /// kernels `early` compiled while the schedule was built.
     fn compile_prepared(
         sched: Schedule,
         want_clif: bool,
         updates: Vec<Vec<f32>>,
+        early: Option<Arc<Precompile>>,
     ) -> Result<Program, Error> {
         let mut kx = JitKernels {
             module: super::new_module().map_err(internal)?,
@@ -467,6 +472,7 @@ impl Program {
             declared: Vec::new(),
             clif: Vec::new(),
             want_clif,
+            early,
         };
         let mut exec = Program::assemble(&sched, &mut kx)?;
         let JitKernels {
@@ -476,13 +482,14 @@ impl Program {
             pending,
             declared,
             clif,
+            early,
             ..
         } = kx;
         // The kernels are compiled while the update buffers are allocated
         // (zeroing them is most of a deep model's allocation), where they
         // were not allocated while the schedule was built.
         let (texts, updates) = rayon::join(
-            || codegen::define_all(&mut module, declared, want_clif),
+            || codegen::define_all(&mut module, declared, want_clif, early.as_deref()),
             || update_storage_from(&sched, updates),
         );
         let mut texts = texts
@@ -502,6 +509,11 @@ impl Program {
                 sched.bufs.values().sum::<usize>(),
                 compiled.len(),
             );
+            if let Some((queued, by_job)) = early.as_ref().map(|e| e.counts()) {
+                eprintln!(
+                    "[plan] {queued} loop kernels queued while the schedule was built (this program's and its loop bodies' so far), {by_job} of them compiled by the queue"
+                );
+            }
         }
         module
             .finalize_definitions()
@@ -1214,8 +1226,15 @@ impl crate::backend::compiled::Compile for Program {
 
     const OWNS_UPDATES: bool = true;
 
-    fn compile_with_updates(sched: Schedule, updates: Vec<Vec<f32>>) -> Result<Program, Error> {
-        Program::compile_prepared(sched, false, updates)
+    /// The kernels' compilation starts as the schedule builds them.
+    type Early = Arc<Precompile>;
+
+    fn compile_begun(
+        sched: Schedule,
+        updates: Vec<Vec<f32>>,
+        early: Arc<Precompile>,
+    ) -> Result<Program, Error> {
+        Program::compile_prepared(sched, false, updates, Some(early))
     }
 
     fn load_inputs(

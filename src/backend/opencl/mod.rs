@@ -84,6 +84,8 @@ pub enum Unavailable {}
 
 #[cfg(not(feature = "opencl"))]
 impl crate::backend::compiled::Compile for Unavailable {
+    type Early = ();
+
     fn compile(_: crate::schedule::Schedule) -> Result<Self, Error> {
         Err(unavailable())
     }

@@ -810,6 +810,8 @@ impl Program {
 }
 
 impl crate::backend::compiled::Compile for Program {
+    type Early = ();
+
     fn compile(sched: Schedule) -> Result<Program, Error> {
         Program::new(sched)
     }
