@@ -80,13 +80,15 @@ struct Names {
     powf: Option<Powf>,
 }
 
-/// The placeholder of a kernel's own function in code compiled apart.
+/// The placeholder of a kernel's own function in code compiled apart
+/// (the largest id: `u32::MAX` itself is the entity crate's reserved
+/// value).
 fn own_placeholder() -> FuncId {
-    FuncId::from_u32(u32::MAX)
+    FuncId::from_u32(u32::MAX - 1)
 }
 
 /// The placeholder index of `powf` in code compiled apart.
-const POWF_PLACEHOLDER: u32 = u32::MAX - 1;
+const POWF_PLACEHOLDER: u32 = u32::MAX - 2;
 
 /// A kernel's machine code: alignment, bytes and relocations (naming
 /// [`Names`]), with its Cranelift IR as text where it was asked for.
