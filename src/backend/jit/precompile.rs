@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// The kernels queued for compilation while a schedule is built, by
-/// address (the schedule holds each, so no address is reused while the
-/// schedule lives).
+/// address (each slot holds its kernel, so no address is reused while
+/// the queue lives).
 #[derive(Default)]
 pub struct Precompile {
     slots: Mutex<FxHashMap<usize, Arc<Slot>>>,
