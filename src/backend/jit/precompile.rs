@@ -63,17 +63,11 @@ impl Slot {
         }
         // A job's panic would abort the process (rayon's rule for spawned
         // work): it becomes the kernel's error instead, which the compile
-        // that takes it reports.
+        // that takes it reports (the panic's own message is printed above
+        // it, as `nnc compile`'s code generator failures are).
         let compile = || host_isa().and_then(|isa| codegen::compile_apart(&*isa, &self.kernel));
-        let code =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile)).unwrap_or_else(|p| {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(format!("the code generator panicked: {why}"))
-            });
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile))
+            .unwrap_or_else(|_| Err("the code generator panicked on a kernel".to_string()));
         *lock(&self.state) = State::Done(code);
         self.done.notify_all();
     }
